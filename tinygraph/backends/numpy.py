@@ -1,0 +1,59 @@
+"""The reference backend: runs each op's NumPy reference, honouring the memory plan.
+
+Intermediates live in one byte arena per plan, at the planner's offsets, so a planner that let two
+live blocks overlap would give wrong results here too. Every tensor is read through a strided
+NumPy view of its buffer: views, transposes and KV-cache slots cost no copy.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import ExecPlan, Graph
+from ..ops import OPS
+from ..tensor import Tensor
+from . import Backend
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+
+    def __init__(self) -> None:
+        self.buffers: dict[int, np.ndarray] = {}  # persistent id -> flat array
+        self._arena = np.empty(0, np.uint8)
+
+    def allocate(self, t: Tensor) -> None:
+        self.buffers[t.id] = np.zeros(t.size, t.dtype.np)
+
+    def upload(self, t: Tensor, array: np.ndarray) -> None:
+        self.buffers[t.id][:] = array.reshape(-1)
+
+    def download(self, t: Tensor) -> np.ndarray:
+        return self.buffers[t.id].reshape(t.shape).copy()
+
+    def close(self) -> None:
+        self.buffers.clear()
+        self._arena = np.empty(0, np.uint8)
+
+    def execute(self, graph: Graph, plan: ExecPlan, inputs: dict[int, np.ndarray]) -> list[np.ndarray]:
+        if self._arena.nbytes < plan.arena_bytes:  # grows to the largest plan seen, then is reused
+            self._arena = np.empty(plan.arena_bytes, np.uint8)
+        flat: dict[int, np.ndarray] = dict(self.buffers)
+        for tid, a in inputs.items():
+            flat[tid] = a.reshape(-1)
+        mem = plan.memory
+        for tid, off in mem.offsets.items():
+            flat[tid] = self._arena[off: off + mem.sizes[tid]]
+
+        def arr(t: Tensor) -> np.ndarray:
+            it = t.dtype.itemsize
+            return np.ndarray(t.shape, t.dtype.np, buffer=flat[t.storage.id], offset=t.offset * it,
+                              strides=tuple(s * it for s in t.strides))
+
+        for n in plan.order:
+            result = OPS[n.op].reference(n.params, *[arr(s) for s in n.srcs])
+            out = arr(n)
+            if result.dtype == out.dtype:
+                out[...] = result
+            else:
+                out[...] = result.astype(out.dtype)
+        return [arr(o).copy() for o in graph.outputs]

@@ -1,0 +1,128 @@
+"""A lazy graph: the nodes of one step (a prefill or a decode token) in build order."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import networkx as nx
+
+from .dtypes import DType, as_dtype
+from .errors import GraphError
+from .memory import MemoryPlan, plan_memory
+from .schedule import dependency_graph, schedule
+from .tensor import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .session import Session
+
+
+@dataclass
+class ExecPlan:
+    """What a backend needs to run a graph: compute nodes in order and their arena placement."""
+
+    order: list[Tensor]
+    memory: MemoryPlan
+
+    @property
+    def arena_bytes(self) -> int:
+        return self.memory.peak
+
+
+class Graph:
+    """One step's nodes. Make with ``sess.graph()``; add inputs with :meth:`input`, build with the ops,
+    mark results with :meth:`output`, run with ``sess.compute(g, feeds)``."""
+
+    def __init__(self, session: "Session") -> None:
+        self.session = session
+        self.nodes: list[Tensor] = []
+        self.outputs: list[Tensor] = []
+        self.side_effects: list[Tensor] = []
+        self._plan: ExecPlan | None = None
+
+    # -- building ---------------------------------------------------------------------------
+    def _add(self, t: Tensor) -> None:
+        self.nodes.append(t)
+        self._plan = None
+
+    def _side_effect(self, t: Tensor) -> None:
+        self.side_effects.append(t)
+
+    def input(self, shape: Sequence[int], dtype: DType | str, name: str | None = None) -> Tensor:
+        """A tensor fed at ``compute`` time (NumPy array of this shape)."""
+        t = Tensor("input", (), tuple(shape), as_dtype(dtype), name=name, graph=self, session=self.session)
+        self._add(t)
+        return t
+
+    def output(self, *tensors: Tensor) -> "Tensor | tuple[Tensor, ...]":
+        """Mark results returned by ``compute``, in this order. Returns its argument(s)."""
+        for t in tensors:
+            if t.graph is not self and not (t.graph is None and t.session is self.session):
+                raise GraphError(f"output {t.describe()} belongs to another graph")
+            self.outputs.append(t)
+        self._plan = None
+        return tensors[0] if len(tensors) == 1 else tensors
+
+    def __enter__(self) -> "Graph":
+        self._prev = self.session.current_graph
+        self.session.current_graph = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.session.current_graph = self._prev
+
+    # -- analysis ---------------------------------------------------------------------------
+    @property
+    def inputs(self) -> list[Tensor]:
+        return [n for n in self.nodes if n.op == "input"]
+
+    def signature(self) -> tuple:
+        """A key that is equal for graphs with the same structure, shapes and layouts (view offsets
+        and scalar parameters aside), so a plan computed for one serves the other."""
+        pos = {n.id: i for i, n in enumerate(self.nodes)}
+        out = []
+        for n in self.nodes:
+            srcs = tuple(pos[s.id] if s.id in pos else ("p", s.id) for s in n.srcs)
+            out.append((n.op, n.shape, n.dtype.name, n.strides, srcs))
+        return (tuple(out), tuple(pos.get(o.id, ("p", o.id)) for o in self.outputs),
+                tuple(pos[s.id] for s in self.side_effects))
+
+    def plan(self) -> ExecPlan:
+        """Schedule and memory plan (cached by the session per :meth:`signature`)."""
+        if self._plan is None:
+            self._plan = self.session._plan_for(self)
+        return self._plan
+
+    def _compute_plan(self) -> ExecPlan:
+        order = schedule(self)
+        return ExecPlan(order, plan_memory(order, self.outputs))
+
+    def to_networkx(self) -> nx.DiGraph:
+        """Needed nodes and their data/hazard edges (see :func:`tinygraph.schedule.dependency_graph`)."""
+        return dependency_graph(self)
+
+    def dump(self) -> str:
+        """Text table: id, name, op, shape, dtype, strides, offset, base buffer, arena offset/size."""
+        plan = self.plan()
+        mem = plan.memory
+        step = {n.id: i for i, n in enumerate(plan.order)}
+        rows = [("step", "id", "name", "op", "shape", "dtype", "strides", "offset", "buffer", "arena")]
+        for n in sorted({x.id: x for x in self.nodes + [s for n in self.nodes for s in n.srcs]}.values(),
+                        key=lambda t: (step.get(t.id, -1), t.id)):
+            if n.op == "persistent":
+                continue
+            if n.id in mem.offsets:
+                arena = f"{mem.offsets[n.id]}+{mem.sizes[n.id]}" + (" (in place)" if n.id in mem.inplace else "")
+            else:
+                arena = "-"
+            buf = "arena" if n.storage.id in mem.offsets and n.storage is n else n.storage.name
+            rows.append((str(step.get(n.id, "-")), str(n.id), n.name, n.op, str(n.shape), n.dtype.short,
+                         str(n.strides), str(n.offset), buf, arena))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.append(f"{len(plan.order)} compute nodes, {len(self.outputs)} outputs, "
+                     f"{len(self.side_effects)} side effects; arena peak {mem.peak} bytes "
+                     f"(without reuse {mem.total})")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.dump()

@@ -1,0 +1,461 @@
+"""Every op of tinygraph, each defined once: argument checks, shape/dtype rule, reference semantics.
+
+The public functions (``matmul``, ``softmax``, ...) check their arguments and add a node to the graph;
+nothing runs until ``Session.compute``. The reference functions registered in :data:`OPS` give each
+op's exact meaning on NumPy arrays (float32 math, results cast to the node's dtype by the backend);
+the NumPy backend runs them and every other backend is tested against them.
+
+Conventions: shapes are NumPy order; strides and offsets are in elements of the tensor's dtype;
+``matmul(a, b)`` is ``a @ b`` over the last two axes with NumPy broadcasting of the leading axes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .dtypes import FLOAT_DTYPES, DType, as_dtype, float32, int32
+from .errors import BoundsError, DTypeError, GraphError, ShapeError
+from .tensor import Tensor, contiguous_strides, extent
+
+Array = np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------
+# registry
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OpDef:
+    """One op: its ``family`` (for display and kernel grouping), its NumPy reference
+    ``reference(params, *srcs) -> array``, and whether its output may reuse the memory of its
+    first source (element-wise ops with equal layout)."""
+
+    name: str
+    family: str
+    reference: Callable[..., Array]
+    elementwise: bool = False
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def _reference(name: str, family: str, elementwise: bool = False):
+    def deco(fn: Callable[..., Array]) -> Callable[..., Array]:
+        OPS[name] = OpDef(name, family, fn, elementwise)
+        return fn
+    return deco
+
+
+def _f32(x: Array) -> Array:
+    """Upcast half types for math; float32 and int arrays pass through without a copy."""
+    return x if x.dtype == np.float32 or x.dtype.kind in "iu" else x.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# node construction helpers
+# ----------------------------------------------------------------------------------------------
+def _graph_for(op: str, srcs: Sequence[Tensor]):
+    graphs = {id(s.graph): s.graph for s in srcs if s.graph is not None}
+    if len(graphs) > 1:
+        names = ", ".join(s.describe() for s in srcs)
+        raise GraphError(f"{op}: sources belong to different graphs: {names}")
+    if graphs:
+        return next(iter(graphs.values()))
+    session = srcs[0].session
+    g = session.current_graph if session is not None else None
+    if g is None:
+        raise GraphError(f"{op}: no graph to add to: call sess.graph() before building on {srcs[0].describe()}")
+    return g
+
+
+def _node(op: str, srcs: Sequence[Tensor], shape: Sequence[int], dtype: DType, params: dict | None = None,
+          name: str | None = None, **layout: Any) -> Tensor:
+    for s in srcs:
+        if not isinstance(s, Tensor):
+            raise GraphError(f"{op}: expected tinygraph Tensors, got {type(s).__name__}")
+    g = _graph_for(op, srcs)
+    t = Tensor(op, tuple(srcs), tuple(shape), dtype, params=params, name=name, graph=g,
+               session=g.session, **layout)
+    g._add(t)
+    return t
+
+
+def _need_float(op: str, *ts: Tensor) -> None:
+    for t in ts:
+        if not t.dtype.is_float:
+            raise DTypeError(f"{op}: {t.describe()} must be a float tensor (float32, float16, bfloat16)")
+
+
+def _broadcast_shape(op: str, a: Tensor, b: Tensor) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(a.shape, b.shape))
+    except ValueError:
+        raise ShapeError(f"{op}: shapes do not broadcast: {a.describe()} and {b.describe()}") from None
+
+
+def _norm_axis(op: str, t: Tensor, axis: int) -> int:
+    if not -t.ndim <= axis < t.ndim:
+        raise ShapeError(f"{op}: axis {axis} out of range for {t.describe()}")
+    return axis % t.ndim
+
+
+# ----------------------------------------------------------------------------------------------
+# views: no compute, a new layout over the same memory
+# ----------------------------------------------------------------------------------------------
+def view(t: Tensor, shape: Sequence[int], strides: Sequence[int] | None = None, offset: int = 0,
+         name: str | None = None) -> Tensor:
+    """A view of ``t``'s memory: ``shape``; ``strides`` in elements of the underlying buffer
+    (default: contiguous); ``offset`` in elements, added to ``t``'s own offset. Checked against
+    the extent of the buffer that owns the memory."""
+    shape = tuple(int(n) for n in shape)
+    strides = contiguous_strides(shape) if strides is None else tuple(int(s) for s in strides)
+    if len(strides) != len(shape):
+        raise ShapeError(f"view of {t.describe()}: shape {shape} and strides {strides} differ in rank")
+    if any(n < 0 for n in shape) or any(s < 0 for s in strides):
+        raise ShapeError(f"view of {t.describe()}: negative size or stride in shape {shape}, strides {strides}")
+    start = t.offset + int(offset)
+    limit = t.storage.size
+    end = start + extent(shape, strides)
+    if start < 0 or end > limit:
+        raise BoundsError(
+            f"view of {t.describe()}: shape {shape}, strides {strides}, offset {start} reaches elements "
+            f"[{start}, {end}) but buffer {t.storage.describe()} has {limit} elements")
+    return _node("view", (t,), shape, t.dtype, {"kind": "view"}, name,
+                 strides=strides, offset=start, storage=t.storage)
+
+
+def reshape(t: Tensor, shape: Sequence[int], name: str | None = None) -> Tensor:
+    """Same elements, new shape (one axis may be -1). A non-contiguous ``t`` is copied first (``cont``)."""
+    shape = list(int(n) for n in shape)
+    if shape.count(-1) > 1:
+        raise ShapeError(f"reshape of {t.describe()}: at most one -1 in {tuple(shape)}")
+    if -1 in shape:
+        known = math.prod(n for n in shape if n != -1)
+        if known == 0 or t.size % known:
+            raise ShapeError(f"reshape of {t.describe()} to {tuple(shape)}: sizes do not divide")
+        shape[shape.index(-1)] = t.size // known
+    if math.prod(shape) != t.size:
+        raise ShapeError(f"reshape of {t.describe()} to {tuple(shape)}: {t.size} elements vs {math.prod(shape)}")
+    src = t if t.is_contiguous else cont(t)
+    return _node("view", (src,), shape, t.dtype, {"kind": "reshape"}, name,
+                 strides=contiguous_strides(tuple(shape)), offset=src.offset, storage=src.storage)
+
+
+def permute(t: Tensor, axes: Sequence[int], name: str | None = None) -> Tensor:
+    """Reorder axes (a view): result axis i is ``t``'s axis ``axes[i]``."""
+    axes = tuple(int(a) % t.ndim if t.ndim else int(a) for a in axes)
+    if sorted(axes) != list(range(t.ndim)):
+        raise ShapeError(f"permute of {t.describe()}: {axes} is not a permutation of {t.ndim} axes")
+    return _node("view", (t,), [t.shape[a] for a in axes], t.dtype, {"kind": "permute", "axes": axes}, name,
+                 strides=[t.strides[a] for a in axes], offset=t.offset, storage=t.storage)
+
+
+def transpose(t: Tensor, name: str | None = None) -> Tensor:
+    """Swap the last two axes (a view)."""
+    if t.ndim < 2:
+        raise ShapeError(f"transpose needs at least 2 axes: {t.describe()}")
+    axes = list(range(t.ndim))
+    axes[-1], axes[-2] = axes[-2], axes[-1]
+    return permute(t, axes, name)
+
+
+# ----------------------------------------------------------------------------------------------
+# copies
+# ----------------------------------------------------------------------------------------------
+def cont(t: Tensor, name: str | None = None) -> Tensor:
+    """A contiguous copy of ``t``."""
+    return _node("cont", (t,), t.shape, t.dtype, None, name)
+
+
+@_reference("cont", "copy")
+def _cont_ref(p, x):
+    return x
+
+
+def cast(t: Tensor, dtype: DType | str, name: str | None = None) -> Tensor:
+    """A contiguous copy of ``t`` converted to ``dtype``."""
+    return _node("cast", (t,), t.shape, as_dtype(dtype), None, name)
+
+
+@_reference("cast", "copy")
+def _cast_ref(p, x):
+    return x
+
+
+def cpy(src: Tensor, dst: Tensor, name: str | None = None) -> Tensor:
+    """Write ``src`` into the memory ``dst`` describes (converting dtype). A side effect: it runs
+    without being an output, and accesses to overlapping memory keep build order. Returns a tensor
+    with ``dst``'s layout whose reads see the written values."""
+    if src.shape != dst.shape:
+        raise ShapeError(f"cpy: source {src.describe()} and destination {dst.describe()} differ in shape")
+    if dst.storage.op == "input":
+        raise GraphError(f"cpy: destination {dst.describe()} is a graph input, which is read-only")
+    # write-into-self with overlapping but different layouts would read half-written data
+    if src.storage is dst.storage:
+        (a0, a1), (b0, b1) = src.region(), dst.region()
+        if a0 < b1 and b0 < a1 and (src.offset, src.strides) != (dst.offset, dst.strides):
+            raise GraphError(f"cpy: source {src.describe()} overlaps destination {dst.describe()}")
+    t = _node("cpy", (src, dst), dst.shape, dst.dtype, None, name,
+              strides=dst.strides, offset=dst.offset, storage=dst.storage)
+    t.graph._side_effect(t)
+    return t
+
+
+@_reference("cpy", "copy")
+def _cpy_ref(p, src, dst):
+    return src
+
+
+def get_rows(table: Tensor, ids: Tensor, name: str | None = None) -> Tensor:
+    """Rows of ``table`` [V, D] picked by int32 ``ids`` (any shape) -> ``ids.shape + (D,)``."""
+    if table.ndim != 2:
+        raise ShapeError(f"get_rows: table {table.describe()} must be 2-D [rows, width]")
+    if ids.dtype != int32:
+        raise DTypeError(f"get_rows: ids {ids.describe()} must be int32")
+    return _node("get_rows", (table, ids), ids.shape + (table.shape[1],), table.dtype, None, name)
+
+
+@_reference("get_rows", "copy")
+def _get_rows_ref(p, table, ids):
+    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+        raise IndexError(f"get_rows: id out of range [0, {table.shape[0]}): {ids.min()}..{ids.max()}")
+    return table[ids]
+
+
+def concat(a: Tensor, b: Tensor, axis: int = -1, name: str | None = None) -> Tensor:
+    """``a`` and ``b`` joined along ``axis`` (other axes equal, same dtype)."""
+    if a.ndim != b.ndim:
+        raise ShapeError(f"concat: {a.describe()} and {b.describe()} differ in rank")
+    ax = _norm_axis("concat", a, axis)
+    if a.dtype != b.dtype:
+        raise DTypeError(f"concat: {a.describe()} and {b.describe()} differ in dtype")
+    if any(x != y for i, (x, y) in enumerate(zip(a.shape, b.shape)) if i != ax):
+        raise ShapeError(f"concat on axis {ax}: {a.describe()} and {b.describe()} differ off that axis")
+    shape = list(a.shape)
+    shape[ax] += b.shape[ax]
+    return _node("concat", (a, b), shape, a.dtype, {"axis": ax}, name)
+
+
+@_reference("concat", "copy")
+def _concat_ref(p, a, b):
+    return np.concatenate([a, b], axis=p["axis"])
+
+
+# ----------------------------------------------------------------------------------------------
+# arithmetic
+# ----------------------------------------------------------------------------------------------
+def matmul(a: Tensor, b: Tensor, name: str | None = None) -> Tensor:
+    """``a @ b``: ``a`` [..., M, K], ``b`` [..., K, N] -> [..., M, N]; leading axes broadcast; either
+    operand may be a strided view such as ``transpose(W)``. Result dtype: ``a``'s."""
+    _need_float("matmul", a, b)
+    if a.ndim < 2 or b.ndim < 2:
+        raise ShapeError(f"matmul needs operands with >= 2 axes: {a.describe()} @ {b.describe()}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ShapeError(f"matmul: inner sizes differ: {a.describe()} @ {b.describe()}")
+    try:
+        lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ShapeError(f"matmul: leading axes do not broadcast: {a.describe()} @ {b.describe()}") from None
+    return _node("matmul", (a, b), tuple(lead) + (a.shape[-2], b.shape[-1]), a.dtype, None, name)
+
+
+@_reference("matmul", "matmul")
+def _matmul_ref(p, a, b):
+    return np.matmul(_f32(a), _f32(b))
+
+
+def add(a: Tensor, b: Tensor, name: str | None = None) -> Tensor:
+    """``a + b`` with NumPy broadcasting; result dtype ``a``'s."""
+    _need_float("add", a, b)
+    return _node("add", (a, b), _broadcast_shape("add", a, b), a.dtype, None, name)
+
+
+@_reference("add", "elementwise", elementwise=True)
+def _add_ref(p, a, b):
+    return _f32(a) + _f32(b)
+
+
+def mul(a: Tensor, b: Tensor, name: str | None = None) -> Tensor:
+    """``a * b`` with NumPy broadcasting; result dtype ``a``'s."""
+    _need_float("mul", a, b)
+    return _node("mul", (a, b), _broadcast_shape("mul", a, b), a.dtype, None, name)
+
+
+@_reference("mul", "elementwise", elementwise=True)
+def _mul_ref(p, a, b):
+    return _f32(a) * _f32(b)
+
+
+def scale(x: Tensor, s: float, name: str | None = None) -> Tensor:
+    """``x * s`` for a Python scalar ``s``."""
+    _need_float("scale", x)
+    return _node("scale", (x,), x.shape, x.dtype, {"scale": float(s)}, name)
+
+
+@_reference("scale", "elementwise", elementwise=True)
+def _scale_ref(p, x):
+    return _f32(x) * np.float32(p["scale"])
+
+
+def gelu(x: Tensor, name: str | None = None) -> Tensor:
+    """GELU, tanh approximation (GPT-2's ``gelu_new``)."""
+    _need_float("gelu", x)
+    return _node("gelu", (x,), x.shape, x.dtype, None, name)
+
+
+@_reference("gelu", "elementwise", elementwise=True)
+def _gelu_ref(p, x):
+    x = _f32(x)
+    return 0.5 * x * (1.0 + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)))
+
+
+def silu(x: Tensor, name: str | None = None) -> Tensor:
+    """SiLU: ``x * sigmoid(x)``."""
+    _need_float("silu", x)
+    return _node("silu", (x,), x.shape, x.dtype, None, name)
+
+
+@_reference("silu", "elementwise", elementwise=True)
+def _silu_ref(p, x):
+    x = _f32(x)
+    with np.errstate(over="ignore"):
+        return x / (np.float32(1.0) + np.exp(-x))
+
+
+# ----------------------------------------------------------------------------------------------
+# row-wise ops over the last axis
+# ----------------------------------------------------------------------------------------------
+def softmax(x: Tensor, scale: float = 1.0, causal: bool = False, past: int = 0, name: str | None = None) -> Tensor:
+    """Softmax over the last axis of ``x * scale``. With ``causal``, query row ``i`` (the
+    second-to-last axis) sees keys ``j <= i + past``: the prefill/decode attention mask."""
+    _need_float("softmax", x)
+    if causal and x.ndim < 2:
+        raise ShapeError(f"softmax(causal=True) needs [..., queries, keys]: {x.describe()}")
+    if past < 0:
+        raise GraphError(f"softmax: past must be >= 0, got {past}")
+    return _node("softmax", (x,), x.shape, x.dtype,
+                 {"scale": float(scale), "causal": bool(causal), "past": int(past)}, name)
+
+
+@_reference("softmax", "softmax")
+def _softmax_ref(p, x):
+    x = _f32(x) * np.float32(p["scale"])
+    if p["causal"]:
+        q, k = x.shape[-2], x.shape[-1]
+        allowed = np.arange(k)[None, :] <= np.arange(q)[:, None] + p["past"]
+        x = np.where(allowed, x, -np.inf)
+    x = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _row_param(op: str, x: Tensor, w: Tensor | None, what: str) -> None:
+    if w is not None and w.shape != (x.shape[-1],):
+        raise ShapeError(f"{op}: {what} {w.describe()} must have shape ({x.shape[-1]},) to match {x.describe()}")
+
+
+def layer_norm(x: Tensor, w: Tensor | None = None, b: Tensor | None = None, eps: float = 1e-5,
+               name: str | None = None) -> Tensor:
+    """LayerNorm over the last axis: ``(x - mean) / sqrt(var + eps) * w + b`` (``w``/``b`` [D] optional)."""
+    _need_float("layer_norm", x)
+    _row_param("layer_norm", x, w, "weight")
+    _row_param("layer_norm", x, b, "bias")
+    srcs = (x,) + tuple(t for t in (w, b) if t is not None)
+    return _node("layer_norm", srcs, x.shape, x.dtype,
+                 {"eps": float(eps), "has_w": w is not None, "has_b": b is not None}, name)
+
+
+@_reference("layer_norm", "norm")
+def _layer_norm_ref(p, x, *wb):
+    x = _f32(x)
+    mean = x.mean(axis=-1, keepdims=True)
+    xc = x - mean
+    y = xc / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + np.float32(p["eps"]))
+    wb = list(wb)
+    if p["has_w"]:
+        y = y * _f32(wb.pop(0))
+    if p["has_b"]:
+        y = y + _f32(wb.pop(0))
+    return y
+
+
+def rms_norm(x: Tensor, w: Tensor | None = None, eps: float = 1e-6, name: str | None = None) -> Tensor:
+    """RMSNorm over the last axis: ``x / sqrt(mean(x^2) + eps) * w``."""
+    _need_float("rms_norm", x)
+    _row_param("rms_norm", x, w, "weight")
+    srcs = (x,) if w is None else (x, w)
+    return _node("rms_norm", srcs, x.shape, x.dtype, {"eps": float(eps), "has_w": w is not None}, name)
+
+
+@_reference("rms_norm", "norm")
+def _rms_norm_ref(p, x, *w):
+    x = _f32(x)
+    y = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + np.float32(p["eps"]))
+    return y * _f32(w[0]) if p["has_w"] else y
+
+
+def rope(x: Tensor, positions: Tensor, theta: float = 10000.0, mode: str = "neox",
+         freq_factors: Tensor | None = None, name: str | None = None) -> Tensor:
+    """Rotary position embedding over the last axis of ``x`` [..., T, heads, head_dim] with int32
+    ``positions`` [T]. ``mode="neox"`` rotates halves (pairs d, d + head_dim/2: HF LLaMA/Qwen);
+    ``"normal"`` rotates interleaved pairs (2d, 2d+1). Pair d turns by ``pos * theta^(-2d/head_dim)
+    / freq_factors[d]`` radians (``freq_factors`` float32 [head_dim/2], for Llama-3 scaling)."""
+    _need_float("rope", x)
+    if mode not in ("neox", "normal"):
+        raise GraphError(f"rope: mode must be 'neox' or 'normal', got {mode!r}")
+    if x.ndim < 3 or x.shape[-1] % 2:
+        raise ShapeError(f"rope: x must be [..., T, heads, head_dim] with even head_dim: {x.describe()}")
+    if positions.dtype != int32 or positions.shape != (x.shape[-3],):
+        raise ShapeError(f"rope: positions {positions.describe()} must be int32 of shape ({x.shape[-3]},) "
+                         f"for x {x.describe()}")
+    srcs = (x, positions)
+    if freq_factors is not None:
+        if freq_factors.dtype != float32 or freq_factors.shape != (x.shape[-1] // 2,):
+            raise ShapeError(f"rope: freq_factors {freq_factors.describe()} must be float32 ({x.shape[-1] // 2},)")
+        srcs += (freq_factors,)
+    return _node("rope", srcs, x.shape, x.dtype,
+                 {"theta": float(theta), "mode": mode, "has_ff": freq_factors is not None}, name)
+
+
+def rope_angles(positions: Array, head_dim: int, theta: float, freq_factors: Array | None = None):
+    """cos, sin of the rotation angles, float32 [T, head_dim/2], computed in float32 as HF does."""
+    inv_freq = (np.float32(1.0) / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32)
+                                                        / np.float32(head_dim)))).astype(np.float32)
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors.astype(np.float32)
+    ang = positions.astype(np.float32)[:, None] * inv_freq[None, :]
+    return np.cos(ang), np.sin(ang)
+
+
+@_reference("rope", "rope")
+def _rope_ref(p, x, positions, *ff):
+    x = _f32(x)
+    hd = x.shape[-1]
+    cos, sin = rope_angles(positions, hd, p["theta"], ff[0] if p["has_ff"] else None)
+    cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1 (heads), hd/2]
+    if p["mode"] == "neox":
+        x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out
+
+
+def argmax(x: Tensor, name: str | None = None) -> Tensor:
+    """Index of the largest element over the last axis (first one on ties), int32 ``x.shape[:-1]``."""
+    _need_float("argmax", x)
+    return _node("argmax", (x,), x.shape[:-1], int32, None, name)
+
+
+@_reference("argmax", "reduce")
+def _argmax_ref(p, x):
+    return np.argmax(x, axis=-1).astype(np.int32)
+
+
+__all__ = ["OPS", "OpDef", "view", "reshape", "permute", "transpose", "cont", "cast", "cpy", "get_rows",
+           "concat", "matmul", "add", "mul", "scale", "gelu", "silu", "softmax", "layer_norm", "rms_norm",
+           "rope", "rope_angles", "argmax", "FLOAT_DTYPES"]

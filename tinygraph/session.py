@@ -1,0 +1,145 @@
+"""A Session owns persistent buffers (weights, KV caches) and runs graphs on one backend."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .backends import Backend, create_backend
+from .dtypes import DType, as_dtype
+from .errors import GraphError, ShapeError
+from .graph import ExecPlan, Graph
+from .memory import MemoryPlan
+from .tensor import Tensor
+
+
+class Session:
+    """Owns persistent buffers and a backend.
+
+    ``backend``: ``"numpy"``, ``"cuda"`` or ``"auto"`` (CUDA when a GPU and driver are present,
+    NumPy otherwise; the choice is printed to stderr once)."""
+
+    def __init__(self, backend: str | Backend = "auto", verbose: bool = True) -> None:
+        self.backend: Backend = create_backend(backend, verbose=verbose) if isinstance(backend, str) else backend
+        self.persistents: list[Tensor] = []
+        self.current_graph: Graph | None = None
+        self.finalized = False
+        self.closed = False
+        self._plans: dict[tuple, tuple[list[int], dict[str, dict[int, Any]], int, int]] = {}
+
+    # -- persistent buffers -----------------------------------------------------------------
+    def persistent(self, shape: Sequence[int], dtype: DType | str, name: str | None = None) -> Tensor:
+        """Declare a buffer that lives across graphs. Allocated at :meth:`finalize` (immediately if
+        the session is already finalized)."""
+        self._check_open()
+        shape = tuple(int(n) for n in shape)
+        if any(n < 0 for n in shape):
+            raise ShapeError(f"persistent {name!r}: negative size in shape {shape}")
+        t = Tensor("persistent", (), shape, as_dtype(dtype), name=name, session=self)
+        self.persistents.append(t)
+        if self.finalized:
+            self.backend.allocate(t)
+        return t
+
+    def finalize(self) -> None:
+        """Allocate every declared persistent buffer (once)."""
+        self._check_open()
+        if not self.finalized:
+            for t in self.persistents:
+                self.backend.allocate(t)
+            self.finalized = True
+
+    def _check_buffer(self, t: Tensor, what: str) -> None:
+        self._check_open()
+        if t.op != "persistent" or t.session is not self:
+            raise GraphError(f"{what}: {t.describe()} is not a persistent buffer of this session")
+        if not self.finalized:
+            raise GraphError(f"{what}: call sess.finalize() before {what} of {t.describe()}")
+
+    def upload(self, t: Tensor, array: Any) -> None:
+        """Copy a host array (same shape; converted to the buffer's dtype) into persistent ``t``."""
+        self._check_buffer(t, "upload")
+        a = np.asarray(array)
+        if a.shape != t.shape:
+            raise ShapeError(f"upload: array of shape {a.shape} into {t.describe()}")
+        self.backend.upload(t, np.ascontiguousarray(a, dtype=t.dtype.np))
+
+    def download(self, t: Tensor) -> np.ndarray:
+        """A host copy of persistent ``t``."""
+        self._check_buffer(t, "download")
+        return self.backend.download(t)
+
+    # -- graphs -----------------------------------------------------------------------------
+    def graph(self) -> Graph:
+        """A fresh graph; it becomes the current graph that ops on persistent buffers add to."""
+        self._check_open()
+        g = Graph(self)
+        self.current_graph = g
+        return g
+
+    def _plan_for(self, g: Graph) -> ExecPlan:
+        key = g.signature()
+        cached = self._plans.get(key)
+        if cached is None:
+            plan = g._compute_plan()
+            pos = {n.id: i for i, n in enumerate(g.nodes)}
+            m = plan.memory
+            by_pos = {f: {pos[k]: v for k, v in getattr(m, f).items()}
+                      for f in ("offsets", "sizes", "lifetimes")}
+            by_pos["inplace"] = {pos[k]: pos[v] for k, v in m.inplace.items()}
+            self._plans[key] = ([pos[n.id] for n in plan.order], by_pos, m.peak, m.total)
+            return plan
+        order, by_pos, peak, total = cached
+        nodes = g.nodes
+        mem = MemoryPlan(peak=peak, total=total, inplace={nodes[k].id: nodes[v].id for k, v in by_pos["inplace"].items()},
+                         **{f: {nodes[k].id: v for k, v in by_pos[f].items()} for f in ("offsets", "sizes", "lifetimes")})
+        return ExecPlan([nodes[i] for i in order], mem)
+
+    def compute(self, g: Graph, feeds: Mapping[Tensor | str, Any] | None = None) -> list[np.ndarray]:
+        """Run ``g``: ``feeds`` maps each input (or its name) to a NumPy array. Returns one array
+        per output, in declaration order."""
+        self._check_open()
+        if g.session is not self:
+            raise GraphError("compute: graph belongs to another session")
+        if not self.finalized:
+            self.finalize()
+        if not g.outputs and not g.side_effects:
+            raise GraphError("compute: graph has no outputs and no side effects (call g.output(...))")
+        by_name = {t.name: t for t in g.inputs}
+        arrays: dict[int, np.ndarray] = {}
+        for k, v in (feeds or {}).items():
+            t = by_name.get(k) if isinstance(k, str) else k
+            if t is None or t.op != "input" or t.graph is not g:
+                raise GraphError(f"compute: {k!r} is not an input of this graph")
+            a = np.asarray(v)
+            if a.shape != t.shape:
+                raise ShapeError(f"compute: input {t.describe()} fed an array of shape {a.shape}")
+            arrays[t.id] = np.ascontiguousarray(a, dtype=t.dtype.np)
+        plan = g.plan()
+        needed = {s.storage.id for n in plan.order for s in n.srcs} | {o.storage.id for o in g.outputs}
+        missing = [t.describe() for t in g.inputs if t.id in needed and t.id not in arrays]
+        if missing:
+            raise GraphError(f"compute: no value fed for input(s) {', '.join(missing)}")
+        return self.backend.execute(g, plan, arrays)
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.closed:
+            raise GraphError("session is closed")
+
+    def close(self) -> None:
+        """Release every buffer the backend holds. The session is unusable afterwards."""
+        if not self.closed:
+            self.backend.close()
+            self.closed = True
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Session(backend={self.backend.name!r}, persistent={len(self.persistents)})"
+
+
