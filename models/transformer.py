@@ -1,0 +1,279 @@
+"""One decoder-only transformer builder for every supported family, driven by a ModelSpec.
+
+The spec says what differs between GPT-2, LLaMA/Mistral/SmolLM2, Qwen2 and Qwen3 (norm type,
+activation, gated MLP, learned positions vs RoPE, biases, QK-norm, tied embeddings); this module
+turns spec + config + weights into graphs. Weights are persistent buffers uploaded once; each
+layer's KV cache is a persistent buffer ``[kv_heads, max_context, head_dim]`` written by ``cpy``
+into the slot of the new positions. Every call builds a fresh graph for T new tokens (prefill:
+T = prompt length; decode: T = 1); plans are cached by structure, so a decode loop re-plans only
+when the attended length crosses a bucket boundary.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+import tinygraph as tg
+from tinygraph.io import Checkpoint, ModelSpec, TransformerConfig, rope_freq_factors
+
+#: attention reads the cache in multiples of this many positions (masked beyond the sequence), so
+#: consecutive decode steps share one graph structure and one memory plan
+ATTN_BUCKET = 64
+
+
+@dataclass
+class KVCache:
+    """The model's KV cache state: ``length`` positions are filled. The buffers themselves are
+    persistent tensors of the model's session (``k[i]``, ``v[i]``: [kv_heads, max_context, head_dim])."""
+
+    k: list[tg.Tensor]
+    v: list[tg.Tensor]
+    max_context: int
+    length: int = 0
+
+
+class HostArray:
+    """A result on the host; ``to_numpy()`` for PyGPUkit compatibility."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def to_numpy(self) -> np.ndarray:
+        return self.array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+
+class Transformer:
+    """A decoder-only language model as tinygraph graphs.
+
+    ``dtype``: storage and compute dtype of weights, activations and KV cache ("float32",
+    "float16", "bfloat16"); ``max_context``: KV-cache length in tokens (default: the config's
+    ``max_position_embeddings``, capped at 4096)."""
+
+    def __init__(self, ckpt: Checkpoint, dtype: str = "float32", backend: str = "auto",
+                 max_context: int | None = None, session: tg.Session | None = None) -> None:
+        self.spec: ModelSpec = ckpt.spec
+        self.config: TransformerConfig = ckpt.config
+        self.tokenizer = ckpt.tokenizer
+        self.chat_template = ckpt.chat_template
+        self.dtype = tg.dtypes.as_dtype(dtype)
+        if not self.dtype.is_float:
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+        cfg = self.config
+        limit = cfg.max_position_embeddings or 4096
+        self.max_context = int(max_context) if max_context else min(limit, 4096)
+        if self.max_context < 1 or (self.spec.position == "learned" and self.max_context > limit):
+            raise ValueError(f"max_context {self.max_context} outside 1..{limit}")
+        self.session = session or tg.Session(backend=backend)
+        self._declare_weights(ckpt)
+        self.session.finalize()
+        self._upload_weights(ckpt)
+        self.kv = KVCache(self.kv_k, self.kv_v, self.max_context)
+
+    # -- weights -----------------------------------------------------------------------------
+    def _declare_weights(self, ckpt: Checkpoint) -> None:
+        cfg, spec, s, dt = self.config, self.spec, self.session, self.dtype
+        hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+        names = set(ckpt.names)
+        self.W: dict[str, tg.Tensor] = {}
+
+        def decl(name: str, shape: tuple[int, ...], dtype: tg.DType = dt) -> None:
+            self.W[name] = s.persistent(shape, dtype, name=name)
+
+        # plain weights keep their canonical names; q/k/v and gate/up are packed into one matrix
+        # each so a layer does one matmul for q, k and v and one for gate and up
+        self._packs: dict[str, list[str]] = {}
+        for n in sorted(names):
+            if ".attn.q." in n or ".attn.k." in n or ".attn.v." in n or ".mlp.gate." in n or \
+                    (spec.gated_mlp and ".mlp.up." in n):
+                continue
+            decl(n, tuple(ckpt.shape(n)))
+        for i in range(cfg.num_layers):
+            for kind in ("weight", "bias"):
+                parts = [f"layers.{i}.attn.{p}.{kind}" for p in "qkv"]
+                if parts[0] in names:
+                    self._packs[f"layers.{i}.attn.qkv.{kind}"] = parts
+                    rows = (nh + 2 * nkv) * hd
+                    decl(f"layers.{i}.attn.qkv.{kind}", (rows, cfg.hidden_size) if kind == "weight" else (rows,))
+                if spec.gated_mlp:
+                    parts = [f"layers.{i}.mlp.{p}.{kind}" for p in ("gate", "up")]
+                    if parts[0] in names:
+                        self._packs[f"layers.{i}.mlp.gate_up.{kind}"] = parts
+                        rows = 2 * cfg.intermediate_size
+                        decl(f"layers.{i}.mlp.gate_up.{kind}", (rows, cfg.hidden_size) if kind == "weight" else (rows,))
+        ff = rope_freq_factors(cfg) if spec.position == "rope" else None
+        self._freq_factors = ff
+        if ff is not None:
+            decl("rope.freq_factors", ff.shape, tg.float32)
+        self.kv_k = [s.persistent((nkv, self.max_context, hd), dt, name=f"cache.k.{i}") for i in range(cfg.num_layers)]
+        self.kv_v = [s.persistent((nkv, self.max_context, hd), dt, name=f"cache.v.{i}") for i in range(cfg.num_layers)]
+
+    def _upload_weights(self, ckpt: Checkpoint) -> None:
+        s = self.session
+        for name, t in self.W.items():
+            if name in self._packs:
+                s.upload(t, np.concatenate([ckpt.tensor(p) for p in self._packs[name]], axis=0))
+            elif name == "rope.freq_factors":
+                s.upload(t, self._freq_factors)
+            else:
+                s.upload(t, ckpt.tensor(name))
+        self.weight_bytes = sum(t.nbytes for t in self.W.values())
+
+    @property
+    def lm_head(self) -> tg.Tensor:
+        return self.W.get("lm_head.weight", self.W["tok_emb.weight"])
+
+    # -- graph building ------------------------------------------------------------------------
+    def _norm(self, x: tg.Tensor, prefix: str) -> tg.Tensor:
+        w, b = self.W.get(f"{prefix}.weight"), self.W.get(f"{prefix}.bias")
+        if self.spec.norm == "layernorm":
+            return tg.layer_norm(x, w, b, self.config.norm_eps, name=prefix)
+        return tg.rms_norm(x, w, self.config.norm_eps, name=prefix)
+
+    def _linear(self, x: tg.Tensor, prefix: str) -> tg.Tensor:
+        """``x @ W.T (+ b)`` for an HF ``[out, in]`` weight."""
+        y = tg.matmul(x, tg.transpose(self.W[f"{prefix}.weight"]), name=prefix)
+        b = self.W.get(f"{prefix}.bias")
+        return tg.add(y, b, name=f"{prefix}.bias") if b is not None else y
+
+    def _attention(self, x: tg.Tensor, i: int, start: int, positions: tg.Tensor) -> tg.Tensor:
+        cfg, spec = self.config, self.spec
+        T = x.shape[0]
+        hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+        groups, ctx, P = nh // nkv, self.max_context, f"layers.{i}.attn"
+        qkv = self._linear(x, f"{P}.qkv")                                   # [T, (nh + 2 nkv) hd]
+        row = qkv.shape[1]
+        q = tg.view(qkv, (T, nh, hd), (row, hd, 1), 0, name=f"{P}.q")
+        k = tg.view(qkv, (T, nkv, hd), (row, hd, 1), nh * hd, name=f"{P}.k")
+        v = tg.view(qkv, (T, nkv, hd), (row, hd, 1), (nh + nkv) * hd, name=f"{P}.v")
+        if spec.qk_norm:
+            q = tg.rms_norm(q, self.W[f"{P}.q_norm.weight"], cfg.norm_eps, name=f"{P}.q_norm")
+            k = tg.rms_norm(k, self.W[f"{P}.k_norm.weight"], cfg.norm_eps, name=f"{P}.k_norm")
+        if spec.position == "rope":
+            ff = self.W.get("rope.freq_factors")
+            q = tg.rope(q, positions, cfg.rope_theta, spec.rope_mode, ff, name=f"{P}.q_rope")
+            k = tg.rope(k, positions, cfg.rope_theta, spec.rope_mode, ff, name=f"{P}.k_rope")
+        # write the new keys/values into their slots: cache[:, start:start+T, :]
+        Kc, Vc = self.kv_k[i], self.kv_v[i]
+        slot = ((nkv, T, hd), (ctx * hd, hd, 1), start * hd)
+        tg.cpy(tg.permute(k, (1, 0, 2)), tg.view(Kc, *slot), name=f"{P}.k_store")
+        tg.cpy(tg.permute(v, (1, 0, 2)), tg.view(Vc, *slot), name=f"{P}.v_store")
+        # attend over a bucketed history; the causal mask hides positions >= start + T
+        S = min(ctx, -(-(start + T) // ATTN_BUCKET) * ATTN_BUCKET)
+        keys_t = tg.view(Kc, (nkv, 1, hd, S), (ctx * hd, 0, 1, hd), 0, name=f"{P}.keys")
+        vals = tg.view(Vc, (nkv, 1, S, hd), (ctx * hd, 0, hd, 1), 0, name=f"{P}.values")
+        qg = tg.permute(tg.reshape(q, (T, nkv, groups, hd)), (1, 2, 0, 3))   # [nkv, groups, T, hd]
+        scores = tg.matmul(qg, keys_t, name=f"{P}.scores")                   # [nkv, groups, T, S]
+        probs = tg.softmax(scores, 1.0 / math.sqrt(hd), causal=True, past=start, name=f"{P}.probs")
+        out = tg.matmul(probs, vals, name=f"{P}.mix")                          # [nkv, groups, T, hd]
+        out = tg.reshape(tg.permute(out, (2, 0, 1, 3)), (T, nh * hd))
+        return self._linear(out, f"{P}.o")
+
+    def _mlp(self, x: tg.Tensor, i: int) -> tg.Tensor:
+        P = f"layers.{i}.mlp"
+        if self.spec.gated_mlp:
+            gu = self._linear(x, f"{P}.gate_up")                              # [T, 2 I]
+            T, I2 = gu.shape
+            I = I2 // 2
+            gate = tg.view(gu, (T, I), (I2, 1), 0, name=f"{P}.gate")
+            up = tg.view(gu, (T, I), (I2, 1), I, name=f"{P}.up")
+            h = tg.mul(self._act(gate, P), up, name=f"{P}.gated")
+        else:
+            h = self._act(self._linear(x, f"{P}.up"), P)
+        return self._linear(h, f"{P}.down")
+
+    def _act(self, x: tg.Tensor, prefix: str) -> tg.Tensor:
+        if self.spec.activation == "gelu_tanh":
+            return tg.gelu(x, name=f"{prefix}.act")
+        return tg.silu(x, name=f"{prefix}.act")
+
+    def build_step(self, g: tg.Graph, T: int, start: int, last_only: bool) -> tuple[tg.Tensor, tg.Tensor, tg.Tensor]:
+        """Add one forward step over ``T`` new tokens at positions ``start..start+T-1`` to ``g``.
+        Returns (ids input [T] int32, positions input [T] int32, final-normed hidden
+        [T or 1, hidden])."""
+        ids = g.input((T,), tg.int32, name="token_ids")
+        positions = g.input((T,), tg.int32, name="positions")
+        x = tg.get_rows(self.W["tok_emb.weight"], ids, name="tok_emb")
+        if self.spec.position == "learned":
+            x = tg.add(x, tg.get_rows(self.W["pos_emb.weight"], positions, name="pos_emb"), name="embed")
+        for i in range(self.config.num_layers):
+            x = tg.add(x, self._attention(self._norm(x, f"layers.{i}.attn_norm"), i, start, positions),
+                       name=f"layers.{i}.attn_residual")
+            x = tg.add(x, self._mlp(self._norm(x, f"layers.{i}.mlp_norm"), i), name=f"layers.{i}.mlp_residual")
+        if last_only and T > 1:
+            x = tg.view(x, (1, x.shape[1]), (x.shape[1], 1), (T - 1) * x.shape[1], name="last_token")
+        return ids, positions, self._norm(x, "final_norm")
+
+    def logits_node(self, h: tg.Tensor) -> tg.Tensor:
+        return tg.matmul(h, tg.transpose(self.lm_head), name="lm_head")
+
+    # -- running ---------------------------------------------------------------------------------
+    def _check_ids(self, ids: np.ndarray, start: int) -> None:
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError(f"input_ids must be a non-empty 1-D sequence of token ids, got shape {ids.shape}")
+        bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
+        if bad.size:
+            raise ValueError(f"token id {int(bad[0])} outside the vocabulary [0, {self.config.vocab_size})")
+        if start + ids.size > self.max_context:
+            raise ValueError(f"{start} cached + {ids.size} new tokens exceed the context of {self.max_context} "
+                             f"(load with a larger max_context)")
+
+    def step(self, ids, start: int, want: str = "logits") -> np.ndarray:
+        """Run ``ids`` (1-D) at positions ``start..``; write their keys/values into the cache.
+        ``want``: "logits" (last position, [vocab]), "argmax" (int), "hidden" (all positions,
+        [T, hidden]) or "all_logits" ([T, vocab])."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        self._check_ids(ids, start)
+        T = int(ids.size)
+        g = self.session.graph()
+        last_only = want in ("logits", "argmax")
+        tid, pid, h = self.build_step(g, T, start, last_only)
+        if want == "hidden":
+            g.output(h)
+        else:
+            logits = self.logits_node(h)
+            g.output(tg.argmax(logits) if want == "argmax" else logits)
+        (out,) = self.session.compute(g, {tid: ids.astype(np.int32),
+                                          pid: np.arange(start, start + T, dtype=np.int32)})
+        self.kv.length = start + T
+        self.last_graph = g
+        if want == "argmax":
+            return int(out[0])
+        return out[0] if want == "logits" else out
+
+    def __call__(self, input_ids, position_ids=None, past_key_values: KVCache | None = None,
+                 use_cache: bool = True) -> tuple[HostArray, KVCache | None]:
+        """Forward ``input_ids`` (1-D, or [1, T]) after the cached positions of ``past_key_values``
+        (None: start a new sequence). Returns (final-normed hidden states [T, hidden], cache)."""
+        ids = np.asarray(input_ids).reshape(-1)
+        start = past_key_values.length if past_key_values is not None else 0
+        if position_ids is not None:
+            pos = np.asarray(position_ids).reshape(-1)
+            if pos.size != ids.size or not np.array_equal(pos, np.arange(start, start + ids.size)):
+                raise ValueError("position_ids must continue the cache: "
+                                 f"expected {start}..{start + ids.size - 1}")
+        hidden = self.step(ids, start, want="hidden")
+        return HostArray(hidden), (self.kv if use_cache else None)
+
+    def get_logits(self, hidden: "HostArray | np.ndarray") -> HostArray:
+        """Logits [T, vocab] for final-normed hidden states [T, hidden]."""
+        h = hidden.to_numpy() if isinstance(hidden, HostArray) else np.asarray(hidden)
+        g = self.session.graph()
+        x = g.input(h.shape, self.dtype, name="hidden")
+        g.output(self.logits_node(x))
+        (out,) = self.session.compute(g, {x: h})
+        return HostArray(out)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> "Transformer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

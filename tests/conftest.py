@@ -1,0 +1,46 @@
+"""Shared fixtures: the backends to run op tests on (CUDA is skipped with a reason where absent)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tinygraph as tg
+from tinygraph.backends import cuda_available
+
+BACKENDS = ["numpy", "cuda"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    name = request.param
+    if name == "cuda":
+        ok, why = cuda_available()
+        if not ok:
+            pytest.skip(f"CUDA backend not testable here: {why}")
+        try:
+            import tinygraph.backends.cuda.backend  # noqa: F401
+        except ImportError as e:
+            pytest.skip(f"CUDA graph backend not built yet: {e}")
+    return name
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+# relative error bounds per dtype (float32 math everywhere; inputs/outputs rounded to the dtype)
+TOL = {"float32": 2e-5, "float16": 2e-2, "bfloat16": 2e-2}
+
+
+def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
+    out = np.asarray(out, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    assert np.isfinite(out).all(), "non-finite values in output"
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def rounded(a: np.ndarray, dtype: tg.DType) -> np.ndarray:
+    """``a`` rounded to ``dtype`` and returned as float64: the exact inputs a backend sees."""
+    return np.asarray(a).astype(dtype.np).astype(np.float64)

@@ -1,0 +1,307 @@
+"""Model hyper-parameters: one :class:`TransformerConfig` for every supported family.
+
+``config_from_hf`` accepts Hugging Face ``config.json`` dictionaries in both the
+transformers v4 form (``rope_theta`` / ``rope_scaling`` / ``torch_dtype``) and
+the v5 form (``rope_parameters`` / ``dtype``), and GPT-2's own key names
+(``n_embd``, ``n_head``, ...). Both forms normalise to equal configs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import LoadError, UnsupportedModelError
+
+ACTIVATIONS = ("gelu_tanh", "silu")
+
+# HF `hidden_act` / `activation_function` values -> our two kernels.
+_ACT_ALIASES = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu_tanh": "gelu_tanh",
+}
+
+# `architectures[0]` -> model_type, for configs that lack model_type.
+_ARCH_TO_TYPE = {
+    "GPT2LMHeadModel": "gpt2",
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+
+
+@dataclass
+class TransformerConfig:
+    """Hyper-parameters of a decoder-only transformer.
+
+    Sizes are element counts; ``norm_eps`` is the epsilon added to the variance
+    (RMSNorm/LayerNorm); ``rope_theta`` is the RoPE base. ``head_dim`` defaults to
+    ``hidden_size // num_heads`` (Qwen3 sets it explicitly), ``num_kv_heads`` to
+    ``num_heads`` (no GQA). ``rope_scaling`` is None for plain RoPE, else a dict
+    with ``rope_type`` (e.g. "llama3", "linear") and that type's parameters
+    (llama3: factor, low_freq_factor, high_freq_factor,
+    original_max_position_embeddings).
+    """
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    intermediate_size: int | None = None
+    max_position_embeddings: int = 2048
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    activation: str = "silu"
+    dtype: str | None = None  # storage dtype the checkpoint declares ("bfloat16", ...), informative
+    sliding_window: int | None = None  # Mistral-style local attention window, if the config enables one
+
+    def __post_init__(self) -> None:
+        if self.num_kv_heads is None:
+            self.num_kv_heads = self.num_heads
+        if self.head_dim is None and self.num_heads:
+            self.head_dim = self.hidden_size // self.num_heads
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        self.rope_theta = float(self.rope_theta)
+        self.norm_eps = float(self.norm_eps)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise LoadError when sizes are missing/non-positive or inconsistent."""
+        name = f"config ({self.model_type})"
+        for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                    "intermediate_size", "max_position_embeddings"):
+            v = getattr(self, key)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+                raise LoadError(f"{name}: {key} must be a positive int, got {v!r}")
+        assert self.num_kv_heads is not None
+        if self.num_heads % self.num_kv_heads:
+            raise LoadError(f"{name}: num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.activation not in ACTIVATIONS:
+            raise LoadError(f"{name}: activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if not self.norm_eps > 0:
+            raise LoadError(f"{name}: norm_eps must be > 0, got {self.norm_eps}")
+
+    @property
+    def num_kv_groups(self) -> int:
+        """Query heads sharing one K/V head (GQA group size)."""
+        assert self.num_kv_heads is not None
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def rope_type(self) -> str:
+        """"default" for plain RoPE, else rope_scaling["rope_type"]."""
+        return (self.rope_scaling or {}).get("rope_type", "default")
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """eos_token_id as a (possibly empty) list."""
+        e = self.eos_token_id
+        return [] if e is None else [int(x) for x in (e if isinstance(e, list) else [e])]
+
+
+# --------------------------------------------------------------------------- parsing
+def _act(value: Any, where: str) -> str:
+    act = _ACT_ALIASES.get(str(value))
+    if act is None:
+        raise UnsupportedModelError(f"{where}: activation {value!r} is not supported (supported: {sorted(_ACT_ALIASES)})")
+    return act
+
+
+def _normalise_rope(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """Return (rope_theta, rope_scaling) from either config form.
+
+    v5: ``rope_parameters = {rope_theta, rope_type, factor, ...}``.
+    v4: ``rope_theta`` at top level, ``rope_scaling = {rope_type|type, factor, ...}`` or None.
+    The scaling dict comes back with ``rope_type`` (never the legacy ``type``) and
+    without ``rope_theta``; "default" scaling becomes None.
+    """
+    params = d.get("rope_parameters")
+    if isinstance(params, dict) and "sliding_attention" in params:  # per-layer-type form (Gemma-like)
+        raise UnsupportedModelError("config: per-layer-type rope_parameters are not supported")
+    theta = d.get("rope_theta", 10000.0)
+    scaling = d.get("rope_scaling")
+    if isinstance(params, dict):
+        theta = params.get("rope_theta", theta)
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    if not scaling:
+        return float(theta), None
+    scaling = dict(scaling)
+    rtype = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
+    scaling.pop("type", None)
+    if rtype == "default":
+        return float(theta), None
+    return float(theta), {"rope_type": rtype, **scaling}
+
+
+def _infer_model_type(d: dict[str, Any]) -> str:
+    mt = d.get("model_type")
+    if mt:
+        return str(mt)
+    for arch in d.get("architectures") or []:
+        if arch in _ARCH_TO_TYPE:
+            return _ARCH_TO_TYPE[arch]
+    if "n_embd" in d:
+        return "gpt2"
+    raise UnsupportedModelError("config: no model_type and no recognised architectures entry")
+
+
+def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
+    """Build a TransformerConfig from a parsed HF ``config.json`` (v4 or v5 form, or GPT-2 keys)."""
+    if not isinstance(d, dict):
+        raise LoadError(f"config: expected a JSON object, got {type(d).__name__}")
+    mt = _infer_model_type(d)
+    dtype = d.get("dtype") or d.get("torch_dtype")
+    try:
+        if mt == "gpt2" or "n_embd" in d:
+            hidden = int(d.get("n_embd", d.get("hidden_size")))
+            return TransformerConfig(
+                model_type=mt,
+                vocab_size=int(d["vocab_size"]),
+                hidden_size=hidden,
+                num_layers=int(d.get("n_layer", d.get("num_hidden_layers"))),
+                num_heads=int(d.get("n_head", d.get("num_attention_heads"))),
+                intermediate_size=int(d.get("n_inner") or 4 * hidden),
+                max_position_embeddings=int(d.get("n_positions", d.get("n_ctx", 1024))),
+                norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
+                tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
+                bos_token_id=d.get("bos_token_id"),
+                eos_token_id=d.get("eos_token_id"),
+                activation=_act(d.get("activation_function", "gelu_new"), "config"),
+                dtype=dtype,
+            )
+        theta, scaling = _normalise_rope(d)
+        heads = int(d["num_attention_heads"])
+        kv = d.get("num_key_value_heads")
+        use_sw = d.get("use_sliding_window", True)
+        return TransformerConfig(
+            model_type=mt,
+            vocab_size=int(d["vocab_size"]),
+            hidden_size=int(d["hidden_size"]),
+            num_layers=int(d["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(kv) if kv is not None else heads,
+            head_dim=int(d["head_dim"]) if d.get("head_dim") else None,
+            intermediate_size=int(d["intermediate_size"]),
+            max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
+            norm_eps=float(d.get("rms_norm_eps", d.get("layer_norm_eps", 1e-6))),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            # Llama/Mistral/Qwen config classes default to untied heads.
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            bos_token_id=d.get("bos_token_id"),
+            eos_token_id=d.get("eos_token_id"),
+            activation=_act(d.get("hidden_act", "silu"), "config"),
+            dtype=dtype,
+            sliding_window=d.get("sliding_window") if use_sw else None,
+        )
+    except KeyError as exc:
+        raise LoadError(f"config ({mt}): required key {exc.args[0]!r} is missing") from exc
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, LoadError):
+            raise
+        raise LoadError(f"config ({mt}): bad value: {exc}") from exc
+
+
+def load_hf_config(path: str | os.PathLike[str]) -> TransformerConfig:
+    """Read a ``config.json`` file (or the one inside a directory)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LoadError(f"{p}: cannot read config JSON: {exc}") from exc
+    try:
+        return config_from_hf(d)
+    except LoadError as exc:
+        raise type(exc)(f"{p}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- RoPE
+def rope_inv_freq(cfg: TransformerConfig) -> np.ndarray:
+    """Unscaled RoPE inverse frequencies, shape [head_dim // 2], float64, units rad/position.
+
+    ``inv_freq[j] = theta ** (-2j / head_dim)``.
+    """
+    assert cfg.head_dim is not None
+    return 1.0 / (cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2, dtype=np.float64) / cfg.head_dim))
+
+
+def rope_freq_factors(cfg: TransformerConfig) -> np.ndarray | None:
+    """Per-pair divisors of the RoPE frequencies, shape [head_dim // 2], float32; None for plain RoPE.
+
+    ``inv_freq_scaled = inv_freq / factors`` (llama.cpp calls these "freq_factors").
+    For ``rope_type == "llama3"`` this reproduces HF transformers'
+    ``_compute_llama3_parameters``: wavelengths shorter than
+    ``original_max_position_embeddings / high_freq_factor`` keep their
+    frequency (factor 1), those longer than ``... / low_freq_factor`` are divided
+    by ``factor``, and the band between is smoothly interpolated. HF classifies
+    the bands on float32 frequencies; we do the same so band edges agree, then
+    compute the divisor in float64. ``"linear"`` divides every frequency by
+    ``factor``. Other scaling types raise UnsupportedModelError.
+    """
+    sc = cfg.rope_scaling
+    if not sc or sc.get("rope_type", "default") == "default":
+        return None
+    assert cfg.head_dim is not None
+    rtype = sc["rope_type"]
+    half = cfg.head_dim // 2
+    where = f"config ({cfg.model_type}): rope_scaling {rtype!r}"
+    try:
+        factor = float(sc["factor"])
+        if rtype == "linear":
+            return np.full(half, factor, dtype=np.float32)
+        if rtype != "llama3":
+            raise UnsupportedModelError(f"{where} is not supported (supported: default, linear, llama3)")
+        low = float(sc["low_freq_factor"])
+        high = float(sc["high_freq_factor"])
+        old_ctx = float(sc["original_max_position_embeddings"])
+    except KeyError as exc:
+        raise LoadError(f"{where}: missing parameter {exc.args[0]!r}") from exc
+    if high == low:
+        raise LoadError(f"{where}: high_freq_factor must differ from low_freq_factor")
+
+    # float32 frequencies, as torch computes them in HF (exponent in float32 too).
+    expo = np.arange(0, cfg.head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(cfg.head_dim)
+    inv_freq32 = (np.float32(1.0) / (np.float32(cfg.rope_theta) ** expo)).astype(np.float32)
+    wavelen32 = (np.float32(2 * math.pi) / inv_freq32).astype(np.float32)
+    low_wavelen = old_ctx / low
+    high_wavelen = old_ctx / high
+
+    wavelen = wavelen32.astype(np.float64)
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    factors = np.ones(half, dtype=np.float64)
+    factors[wavelen32 > low_wavelen] = factor
+    medium = ~(wavelen32 < high_wavelen) & ~(wavelen32 > low_wavelen)
+    # smoothed_inv_freq = inv_freq * ((1 - s) / factor + s)  => divisor is its reciprocal.
+    factors[medium] = 1.0 / ((1.0 - smooth[medium]) / factor + smooth[medium])
+    return factors.astype(np.float32)
+
+
+__all__ = [
+    "TransformerConfig",
+    "config_from_hf",
+    "load_hf_config",
+    "rope_inv_freq",
+    "rope_freq_factors",
+    "ACTIVATIONS",
+]

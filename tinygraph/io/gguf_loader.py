@@ -1,0 +1,377 @@
+"""GGUF (llama.cpp) checkpoints: metadata -> TransformerConfig, tensors -> canonical float32 arrays.
+
+Facts this module relies on:
+
+* ggml stores dims innermost-first, so a GGUF tensor with ``ne = [in, out]``
+  is the NumPy array ``[out, in]`` (HF orientation); the reader already
+  reverses the dims for us.
+* Quantised blocks run along the innermost (row) axis: Q8_0 = 34-byte blocks
+  ``{f16 d, i8 q[32]}`` -> ``q*d``; Q4_0 = 18-byte ``{f16 d, u8 qs[16]}`` ->
+  ``(q-8)*d``; Q4_1 = 20-byte ``{f16 d, f16 m, u8 qs[16]}`` -> ``q*d + m``;
+  element ``j`` is the low nibble of ``qs[j]``, element ``j+16`` the high nibble.
+  These three (and F32/F16/BF16) are decoded here with vectorised NumPy; any
+  other type goes through ``gguf.quants.dequantize``.
+* llama.cpp's converter permutes the rows of LLaMA-architecture Q and K
+  projections (``reshape(h, 2, rows/h/2, in).swapaxes(1, 2)``) so its
+  interleaved ("normal") RoPE sees HF's rotate-half pairs. We undo that so every
+  checkpoint has HF/"neox" layout. Qwen2/Qwen3 are not permuted by llama.cpp.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import TransformerConfig
+from .errors import LoadError, UnsupportedModelError
+from .spec import GPT2_SPEC, LLAMA_SPEC, QWEN2_SPEC, QWEN3_SPEC, ModelSpec
+
+try:
+    import gguf
+    from gguf import GGMLQuantizationType as QT
+    from gguf import GGUFValueType as VT
+except ImportError as _exc:  # pragma: no cover - gguf is a hard dependency in pyproject
+    raise ImportError("tinygraph.io.gguf_loader needs the 'gguf' package (pip install gguf)") from _exc
+
+ARCH_SPECS: dict[str, ModelSpec] = {
+    "llama": LLAMA_SPEC,
+    "qwen2": QWEN2_SPEC,
+    "qwen3": QWEN3_SPEC,
+    "gpt2": GPT2_SPEC,
+}
+
+# GGUF tensor name template -> canonical template ({i} = block index).
+_GGUF_NAMES: tuple[tuple[str, str], ...] = (
+    ("token_embd.weight", "tok_emb.weight"),
+    ("position_embd.weight", "pos_emb.weight"),
+    ("output_norm.weight", "final_norm.weight"),
+    ("output_norm.bias", "final_norm.bias"),
+    ("output.weight", "lm_head.weight"),
+    ("blk.{i}.attn_norm.weight", "layers.{i}.attn_norm.weight"),
+    ("blk.{i}.attn_norm.bias", "layers.{i}.attn_norm.bias"),
+    ("blk.{i}.attn_q_norm.weight", "layers.{i}.attn.q_norm.weight"),
+    ("blk.{i}.attn_k_norm.weight", "layers.{i}.attn.k_norm.weight"),
+    ("blk.{i}.ffn_norm.weight", "layers.{i}.mlp_norm.weight"),
+    ("blk.{i}.ffn_norm.bias", "layers.{i}.mlp_norm.bias"),
+) + tuple(
+    (f"blk.{{i}}.{g}.{kind}", f"layers.{{i}}.{c}.{kind}")
+    for g, c in (
+        ("attn_q", "attn.q"), ("attn_k", "attn.k"), ("attn_v", "attn.v"), ("attn_output", "attn.o"),
+        ("ffn_gate", "mlp.gate"), ("ffn_up", "mlp.up"), ("ffn_down", "mlp.down"),
+    )
+    for kind in ("weight", "bias")
+)
+_FUSED_QKV = re.compile(r"^blk\.(\d+)\.attn_qkv\.(weight|bias)$")
+_NOT_WEIGHTS = {"rope_freqs.weight"}  # exposed separately as rope factors
+
+
+def _rx(t: str) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(t).replace(r"\{i\}", r"(\d+)") + "$")
+
+
+_GGUF_RULES = [(_rx(g), c) for g, c in _GGUF_NAMES]
+
+
+# --------------------------------------------------------------------------- reader
+class _Reader(gguf.GGUFReader):
+    """GGUFReader that slices a plain ndarray view of its memmap.
+
+    Why: the stock reader slices an ``np.memmap`` ~10^6 times while parsing a
+    50k-token vocabulary, and every memmap slice runs Python-level
+    ``__array_finalize__``; a base-class view of the same mapping is ~2x faster
+    to parse and behaves identically (it still references the mmap).
+    """
+
+    def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
+        if type(self.data) is np.memmap:
+            self.data = self.data.view(np.ndarray)
+        return super()._get(offset, dtype, count, override_order)
+
+
+# --------------------------------------------------------------------------- metadata
+def field_value(reader: Any, key: str, default: Any = None) -> Any:
+    """Python value of metadata ``key`` (str, int, float, bool or list), or ``default``.
+
+    Decoded from the reader's raw parts so it works across gguf package versions.
+    """
+    f = reader.fields.get(key)
+    if f is None or not f.types:
+        return default
+    if f.types[0] == VT.ARRAY:
+        sub = f.types[-1] if len(f.types) > 1 else None
+        if sub == VT.STRING:
+            return [bytes(f.parts[i]).decode("utf-8", errors="replace") for i in f.data]
+        if not f.data:
+            return []
+        return np.concatenate([np.asarray(f.parts[i]).ravel() for i in f.data]).tolist()
+    if f.types[0] == VT.STRING:
+        return bytes(f.parts[f.data[0]]).decode("utf-8", errors="replace")
+    return np.asarray(f.parts[f.data[0]]).ravel()[0].item()
+
+
+def _clean_f32(v: float) -> float:
+    # GGUF stores float32; 9.999999747e-06 -> 1e-05 so configs compare equal to HF's.
+    return float(str(np.float32(v)))
+
+
+def _uniform(v: Any, key: str, path: Path) -> Any:
+    """Per-layer arrays (e.g. head counts) are only supported when all equal."""
+    if isinstance(v, list):
+        if not v or any(x != v[0] for x in v):
+            raise UnsupportedModelError(f"{path}: {key} varies per layer ({v[:8]}...), not supported")
+        return v[0]
+    return v
+
+
+# --------------------------------------------------------------------------- dequantisation
+def _f16(col: np.ndarray) -> np.ndarray:
+    """[n, 2] uint8 -> [n, 1] float32 (little-endian f16)."""
+    return np.ascontiguousarray(col).view("<f2").astype(np.float32)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """[n, 16] uint8 -> [n, 32] float32: low nibbles are elements 0..15, high nibbles 16..31."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32)
+
+
+def dequantize(data: np.ndarray, qtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode raw GGUF tensor ``data`` of ggml type ``qtype`` to float32 with NumPy ``shape``."""
+    qtype = QT(int(qtype))
+    if qtype == QT.F32:
+        return np.asarray(data, dtype=np.float32).reshape(shape)
+    if qtype == QT.F16:
+        return np.asarray(data).astype(np.float32).reshape(shape)
+    raw = np.asarray(data).view(np.uint8).reshape(-1)
+    if qtype == QT.BF16:
+        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
+    if qtype == QT.Q8_0:
+        b = raw.reshape(-1, 34)
+        return (b[:, 2:].view(np.int8).astype(np.float32) * _f16(b[:, :2])).reshape(shape)
+    if qtype == QT.Q4_0:
+        b = raw.reshape(-1, 18)
+        return ((_nibbles(b[:, 2:]) - np.float32(8)) * _f16(b[:, :2])).reshape(shape)
+    if qtype == QT.Q4_1:
+        b = raw.reshape(-1, 20)
+        return (_nibbles(b[:, 4:]) * _f16(b[:, :2]) + _f16(b[:, 2:4])).reshape(shape)
+    try:
+        out = gguf.quants.dequantize(np.asarray(data), qtype)
+    except NotImplementedError as exc:
+        raise UnsupportedModelError(f"GGUF tensor type {qtype.name} cannot be dequantised: {exc}") from exc
+    return np.asarray(out, dtype=np.float32).reshape(shape)
+
+
+def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation (works on [rows, in] weights and [rows] biases).
+
+    llama.cpp: ``w.reshape(h, 2, rows//h//2, ...).swapaxes(1, 2)``; inverse:
+    ``w.reshape(h, rows//h//2, 2, ...).swapaxes(1, 2)``.
+    """
+    rows = w.shape[0]
+    if rows % (2 * n_head):
+        raise LoadError(f"cannot un-permute {rows} rows over {n_head} heads (need a multiple of {2 * n_head})")
+    rest = w.shape[1:]
+    return np.ascontiguousarray(w.reshape(n_head, rows // n_head // 2, 2, *rest).swapaxes(1, 2).reshape(w.shape))
+
+
+# --------------------------------------------------------------------------- file
+@dataclass(frozen=True)
+class GGUFSource:
+    """How a canonical tensor is read: GGUF tensor, optional row range (fused qkv), optional un-permute."""
+
+    gguf_name: str
+    rows: tuple[int, int] | None = None
+    unpermute_heads: int | None = None
+
+
+class GGUFFile:
+    """An opened ``.gguf`` file: config, spec, canonical tensor plan.
+
+    The reader memory-maps the file; tensors are decoded on demand by :meth:`load`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self.reader = _Reader(str(self.path), "r")
+        except (ValueError, KeyError, IndexError, OSError) as exc:
+            raise LoadError(f"{self.path}: not a readable GGUF file: {exc}") from exc
+        self._tensors = {t.name: t for t in self.reader.tensors}
+        self.arch: str = str(self.meta("general.architecture", ""))
+        if self.arch not in ARCH_SPECS:
+            raise UnsupportedModelError(
+                f"{self.path}: GGUF architecture {self.arch!r} is not supported (supported: {', '.join(ARCH_SPECS)})"
+            )
+        self.spec: ModelSpec = ARCH_SPECS[self.arch]
+        self.config: TransformerConfig = self._config()
+        self.plan: dict[str, GGUFSource] = self._plan()
+
+    # ---- metadata
+    def meta(self, key: str, default: Any = None) -> Any:
+        return field_value(self.reader, key, default)
+
+    def _need(self, key: str) -> Any:
+        v = self.meta(key)
+        if v is None:
+            raise LoadError(f"{self.path}: required GGUF metadata {key!r} is missing")
+        return _uniform(v, key, self.path)
+
+    def _config(self) -> TransformerConfig:
+        a = self.arch
+        hidden = int(self._need(f"{a}.embedding_length"))
+        heads = int(self._need(f"{a}.attention.head_count"))
+        kv = _uniform(self.meta(f"{a}.attention.head_count_kv", heads), "head_count_kv", self.path)
+        head_dim = self.meta(f"{a}.attention.key_length")
+        tokens = self.meta("tokenizer.ggml.tokens")
+        vocab = len(tokens) if tokens else self.meta(f"{a}.vocab_size")
+        emb = self._tensors.get("token_embd.weight")
+        if emb is not None:  # the embedding is what the model actually indexes
+            vocab = int(emb.shape[-1])
+        if not vocab:
+            raise LoadError(f"{self.path}: cannot determine vocab size (no token list, vocab_size or token_embd)")
+        eps_key = f"{a}.attention.layer_norm_epsilon" if a == "gpt2" else f"{a}.attention.layer_norm_rms_epsilon"
+        scaling = None
+        st = self.meta(f"{a}.rope.scaling.type")
+        if st and st != "none":
+            scaling = {"rope_type": str(st), "factor": _clean_f32(self.meta(f"{a}.rope.scaling.factor", 1.0))}
+            orig = self.meta(f"{a}.rope.scaling.original_context_length")
+            if orig:
+                scaling["original_max_position_embeddings"] = int(orig)
+        eos = self.meta("tokenizer.ggml.eos_token_id")
+        bos = self.meta("tokenizer.ggml.bos_token_id")
+        return TransformerConfig(
+            model_type=a,
+            vocab_size=int(vocab),
+            hidden_size=hidden,
+            num_layers=int(self._need(f"{a}.block_count")),
+            num_heads=heads,
+            num_kv_heads=int(kv),
+            head_dim=int(_uniform(head_dim, "key_length", self.path)) if head_dim else None,
+            intermediate_size=int(self._need(f"{a}.feed_forward_length")),
+            max_position_embeddings=int(self.meta(f"{a}.context_length", 2048)),
+            norm_eps=_clean_f32(self.meta(eps_key, 1e-5)),
+            rope_theta=_clean_f32(self.meta(f"{a}.rope.freq_base", 10000.0)),
+            rope_scaling=scaling,
+            tie_word_embeddings="output.weight" not in self._tensors,
+            bos_token_id=int(bos) if bos is not None else None,
+            eos_token_id=int(eos) if eos is not None else None,
+            activation="gelu_tanh" if a == "gpt2" else "silu",
+        )
+
+    # ---- tensors
+    def _plan(self) -> dict[str, GGUFSource]:
+        cfg = self.config
+        assert cfg.head_dim is not None and cfg.num_kv_heads is not None
+        q_out, kv_out = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        permute = self.arch == "llama"
+        plan: dict[str, GGUFSource] = {}
+        self.unused: list[str] = []
+        for name in self._tensors:
+            m = _FUSED_QKV.match(name)
+            if m:  # GPT-2 style fused projection: rows are [q; k; v]
+                i, kind = m.groups()
+                bounds = {"q": (0, q_out), "k": (q_out, q_out + kv_out), "v": (q_out + kv_out, q_out + 2 * kv_out)}
+                for p, rows in bounds.items():
+                    plan[f"layers.{i}.attn.{p}.{kind}"] = GGUFSource(name, rows=rows)
+                continue
+            for rx, canon in _GGUF_RULES:
+                m = rx.match(name)
+                if m:
+                    c = canon.replace("{i}", m.group(1)) if m.groups() else canon
+                    heads = None
+                    if permute and (".attn.q." in c or ".attn.k." in c):
+                        heads = cfg.num_heads if ".attn.q." in c else cfg.num_kv_heads
+                    plan[c] = GGUFSource(name, unpermute_heads=heads)
+                    break
+            else:
+                if name not in _NOT_WEIGHTS:
+                    self.unused.append(name)
+        if cfg.tie_word_embeddings:
+            plan.pop("lm_head.weight", None)
+        return plan
+
+    def stored_shape(self, gguf_name: str) -> tuple[int, ...]:
+        """NumPy-order shape of a GGUF tensor (ggml dims reversed)."""
+        return tuple(int(x) for x in reversed(self._tensors[gguf_name].shape.tolist()))
+
+    def shape(self, canonical: str) -> tuple[int, ...]:
+        src = self.plan[canonical]
+        shape = self.stored_shape(src.gguf_name)
+        if src.rows is not None:
+            shape = (src.rows[1] - src.rows[0],) + shape[1:]
+        return shape
+
+    def tensor_type(self, gguf_name: str) -> str:
+        return QT(int(self._tensors[gguf_name].tensor_type)).name
+
+    def load_raw(self, gguf_name: str) -> np.ndarray:
+        """Dequantised float32 array of a GGUF tensor, NumPy shape, no remapping."""
+        t = self._tensors[gguf_name]
+        shape = self.stored_shape(gguf_name)
+        try:
+            return dequantize(t.data, t.tensor_type, shape)
+        except ValueError as exc:
+            raise LoadError(f"{self.path}: tensor {gguf_name!r}: cannot decode {self.tensor_type(gguf_name)}: {exc}") from exc
+
+    def load(self, canonical: str) -> np.ndarray:
+        """Canonical float32 array: dequantised, split, un-permuted, contiguous."""
+        src = self.plan[canonical]
+        w = self.load_raw(src.gguf_name)
+        if src.rows is not None:
+            if src.rows[1] > w.shape[0]:
+                raise LoadError(
+                    f"{self.path}: tensor {src.gguf_name!r} has {w.shape[0]} rows, fused q/k/v needs {src.rows[1]}"
+                )
+            w = w[src.rows[0] : src.rows[1]]
+        if src.unpermute_heads:
+            try:
+                w = unpermute_rows(w, src.unpermute_heads)
+            except LoadError as exc:
+                raise LoadError(f"{self.path}: tensor {src.gguf_name!r}: {exc}") from exc
+        return np.ascontiguousarray(w)
+
+    def rope_freq_factors(self) -> np.ndarray | None:
+        """llama.cpp's ``rope_freqs.weight`` (Llama 3.x scaling divisors), float32 [head_dim/2], if present."""
+        if "rope_freqs.weight" not in self._tensors:
+            return None
+        return np.array(self.load_raw("rope_freqs.weight"), dtype=np.float32).reshape(-1)
+
+    @property
+    def chat_template(self) -> str | None:
+        v = self.meta("tokenizer.chat_template")
+        return str(v) if v else None
+
+    def tokenizer(self) -> Any:
+        from .tokenizer import tokenizer_from_gguf
+
+        return tokenizer_from_gguf(self.reader)
+
+    @property
+    def file_size(self) -> int:
+        return self.path.stat().st_size
+
+    def close(self) -> None:
+        # GGUFReader keeps an np.memmap; dropping our references lets the OS unmap it.
+        self._tensors = {}
+        self.reader = None
+
+
+def load_gguf(path: str | os.PathLike[str]) -> GGUFFile:
+    """Open a ``.gguf`` file (validates architecture and metadata; decodes no tensors)."""
+    return GGUFFile(path)
+
+
+def __getattr__(name: str) -> Any:
+    # tokenizer helpers live in tokenizer.py; keep them reachable from here too.
+    if name in ("tokenizer_from_gguf", "apply_chat_template"):
+        from . import tokenizer
+
+        return getattr(tokenizer, name)
+    raise AttributeError(name)
+
+
+__all__ = ["GGUFFile", "GGUFSource", "load_gguf", "dequantize", "unpermute_rows", "field_value", "ARCH_SPECS"]

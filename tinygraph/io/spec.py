@@ -1,0 +1,338 @@
+"""Architecture descriptions (:class:`ModelSpec`) and the HF -> canonical weight-name mapping.
+
+The model builder only ever sees *canonical* names (``layers.{i}.attn.q.weight``
+...), all in HF ``[out, in]`` orientation. Each spec carries, as plain data,
+the rules that produce a canonical tensor from a Hugging Face tensor:
+a name template, optionally a transpose (GPT-2's Conv1D stores ``[in, out]``)
+and optionally a row split (GPT-2's fused ``c_attn`` holds q, k and v).
+
+Canonical names (``{i}`` = layer index)::
+
+    tok_emb.weight                [vocab, hidden]
+    pos_emb.weight                [max_pos, hidden]          learned positions only
+    layers.{i}.attn_norm.weight   [hidden]                   (+ .bias for layernorm)
+    layers.{i}.attn.q.weight      [heads*head_dim, hidden]   (+ .bias if qkv_bias)
+    layers.{i}.attn.k.weight      [kv_heads*head_dim, hidden]
+    layers.{i}.attn.v.weight      [kv_heads*head_dim, hidden]
+    layers.{i}.attn.o.weight      [hidden, heads*head_dim]   (+ .bias if o_bias)
+    layers.{i}.attn.q_norm.weight [head_dim]                 qk_norm only
+    layers.{i}.attn.k_norm.weight [head_dim]
+    layers.{i}.mlp_norm.weight    [hidden]                   (+ .bias)
+    layers.{i}.mlp.gate.weight    [inter, hidden]            gated only
+    layers.{i}.mlp.up.weight      [inter, hidden]            (+ .bias if mlp_bias)
+    layers.{i}.mlp.down.weight    [hidden, inter]            (+ .bias)
+    final_norm.weight             [hidden]                   (+ .bias)
+    lm_head.weight                [vocab, hidden]            absent when tied to tok_emb
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+from .errors import UnsupportedModelError
+
+if TYPE_CHECKING:
+    from .config import TransformerConfig
+
+
+@dataclass(frozen=True)
+class WeightRule:
+    """How one canonical tensor is made from one HF tensor.
+
+    Attributes:
+        canonical: canonical name template (``{i}`` = layer).
+        hf: HF name template, without the ``model.`` / ``transformer.`` prefix.
+        transpose: the HF tensor is ``[in, out]`` (GPT-2 Conv1D); transpose it.
+        split: ``(part, parts)``: after the optional transpose, take row block
+            ``part`` of ``parts`` equal blocks (fused q/k/v).
+    """
+
+    canonical: str
+    hf: str
+    transpose: bool = False
+    split: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What distinguishes one decoder-only architecture from another.
+
+    Attributes:
+        name: "gpt2", "llama", "mistral", "qwen2", "qwen3".
+        norm: "layernorm" (weight+bias, mean-centred) or "rmsnorm".
+        activation: "gelu_tanh" or "silu".
+        gated_mlp: MLP is ``down(act(gate(x)) * up(x))`` rather than ``down(act(up(x)))``.
+        position: "learned" (``pos_emb``) or "rope".
+        rope_mode: "neox" (rotate halves: pairs (j, j + head_dim/2)); None without RoPE.
+        qkv_bias / o_bias / mlp_bias: which linear layers carry a bias.
+        qk_norm: per-head RMSNorm on q and k before RoPE (Qwen3).
+        rules: HF -> canonical weight rules (data, see :class:`WeightRule`).
+        ignore: HF name templates that are buffers, not weights (skipped silently).
+    """
+
+    name: str
+    norm: str
+    activation: str
+    gated_mlp: bool
+    position: str
+    rope_mode: str | None
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    qk_norm: bool
+    rules: tuple[WeightRule, ...]
+    ignore: tuple[str, ...] = ()
+
+    # PyGPUkit-compatible aliases.
+    @property
+    def norm_type(self) -> str:
+        return self.norm
+
+    @property
+    def use_rope(self) -> bool:
+        return self.position == "rope"
+
+    @property
+    def use_qk_norm(self) -> bool:
+        return self.qk_norm
+
+    @property
+    def norm_bias(self) -> bool:
+        """LayerNorm has a bias; RMSNorm has none."""
+        return self.norm == "layernorm"
+
+
+# Checkpoints may or may not nest everything under one of these.
+HF_PREFIXES = ("model.", "transformer.")
+
+
+def _llama_rules() -> tuple[WeightRule, ...]:
+    r = [
+        WeightRule("tok_emb.weight", "embed_tokens.weight"),
+        WeightRule("layers.{i}.attn_norm.weight", "layers.{i}.input_layernorm.weight"),
+        WeightRule("layers.{i}.mlp_norm.weight", "layers.{i}.post_attention_layernorm.weight"),
+        WeightRule("layers.{i}.attn.q_norm.weight", "layers.{i}.self_attn.q_norm.weight"),
+        WeightRule("layers.{i}.attn.k_norm.weight", "layers.{i}.self_attn.k_norm.weight"),
+        WeightRule("final_norm.weight", "norm.weight"),
+        WeightRule("lm_head.weight", "lm_head.weight"),
+    ]
+    # Biases are mapped for every family; whether they are *required* depends on the spec flags.
+    for p in ("q", "k", "v", "o"):
+        for kind in ("weight", "bias"):
+            r.append(WeightRule(f"layers.{{i}}.attn.{p}.{kind}", f"layers.{{i}}.self_attn.{p}_proj.{kind}"))
+    for p in ("gate", "up", "down"):
+        for kind in ("weight", "bias"):
+            r.append(WeightRule(f"layers.{{i}}.mlp.{p}.{kind}", f"layers.{{i}}.mlp.{p}_proj.{kind}"))
+    return tuple(r)
+
+
+def _gpt2_rules() -> tuple[WeightRule, ...]:
+    r = [
+        WeightRule("tok_emb.weight", "wte.weight"),
+        WeightRule("pos_emb.weight", "wpe.weight"),
+        WeightRule("lm_head.weight", "lm_head.weight"),
+    ]
+    for kind in ("weight", "bias"):
+        r += [
+            WeightRule(f"layers.{{i}}.attn_norm.{kind}", f"h.{{i}}.ln_1.{kind}"),
+            WeightRule(f"layers.{{i}}.mlp_norm.{kind}", f"h.{{i}}.ln_2.{kind}"),
+            WeightRule(f"final_norm.{kind}", f"ln_f.{kind}"),
+        ]
+        t = kind == "weight"  # Conv1D weights are [in, out]; biases are 1-D
+        r += [
+            WeightRule(f"layers.{{i}}.attn.{p}.{kind}", f"h.{{i}}.attn.c_attn.{kind}", transpose=t, split=(n, 3))
+            for n, p in enumerate("qkv")
+        ]
+        r += [
+            WeightRule(f"layers.{{i}}.attn.o.{kind}", f"h.{{i}}.attn.c_proj.{kind}", transpose=t),
+            WeightRule(f"layers.{{i}}.mlp.up.{kind}", f"h.{{i}}.mlp.c_fc.{kind}", transpose=t),
+            WeightRule(f"layers.{{i}}.mlp.down.{kind}", f"h.{{i}}.mlp.c_proj.{kind}", transpose=t),
+        ]
+    return tuple(r)
+
+
+GPT2_SPEC = ModelSpec(
+    name="gpt2", norm="layernorm", activation="gelu_tanh", gated_mlp=False, position="learned",
+    rope_mode=None, qkv_bias=True, o_bias=True, mlp_bias=True, qk_norm=False,
+    rules=_gpt2_rules(), ignore=("h.{i}.attn.bias", "h.{i}.attn.masked_bias"),
+)
+_LLAMA_KW = dict(norm="rmsnorm", activation="silu", gated_mlp=True, position="rope", rope_mode="neox",
+                 o_bias=False, mlp_bias=False, rules=_llama_rules(),
+                 ignore=("layers.{i}.self_attn.rotary_emb.inv_freq",))
+LLAMA_SPEC = ModelSpec(name="llama", qkv_bias=False, qk_norm=False, **_LLAMA_KW)  # type: ignore[arg-type]
+MISTRAL_SPEC = ModelSpec(name="mistral", qkv_bias=False, qk_norm=False, **_LLAMA_KW)  # type: ignore[arg-type]
+QWEN2_SPEC = ModelSpec(name="qwen2", qkv_bias=True, qk_norm=False, **_LLAMA_KW)  # type: ignore[arg-type]
+QWEN3_SPEC = ModelSpec(name="qwen3", qkv_bias=False, qk_norm=True, **_LLAMA_KW)  # type: ignore[arg-type]
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    "gpt2": GPT2_SPEC,
+    "llama": LLAMA_SPEC,
+    "mistral": MISTRAL_SPEC,
+    "qwen2": QWEN2_SPEC,
+    "qwen3": QWEN3_SPEC,
+}
+
+# config.json model_type values that are architecturally one of the above.
+_TYPE_ALIASES = {"smollm": "llama", "smollm2": "llama", "tinyllama": "llama", "llama2": "llama", "llama3": "llama"}
+
+
+def strip_prefix(name: str) -> str:
+    """Drop a leading ``model.`` / ``transformer.`` from an HF tensor name."""
+    for p in HF_PREFIXES:
+        if name.startswith(p):
+            return name[len(p):]
+    return name
+
+
+def spec_for_model_type(model_type: str) -> ModelSpec:
+    """ModelSpec for a config.json ``model_type`` (smollm/tinyllama are llama)."""
+    key = str(model_type).lower()
+    key = _TYPE_ALIASES.get(key, key)
+    if key not in MODEL_SPECS:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported (supported: {', '.join(MODEL_SPECS)})"
+        )
+    return MODEL_SPECS[key]
+
+
+def detect_model_spec(tensor_names: Iterable[str]) -> ModelSpec:
+    """Guess the architecture from HF tensor names.
+
+    GPT-2 by ``h.0.attn.c_attn.weight`` / ``wte.weight``; Qwen3 by ``q_norm``;
+    Qwen2 by ``q_proj.bias``; otherwise LLaMA when the LLaMA layout is present.
+    """
+    names = {strip_prefix(n) for n in tensor_names}
+    if "h.0.attn.c_attn.weight" in names or "wte.weight" in names:
+        return GPT2_SPEC
+    if any(n.endswith("self_attn.q_norm.weight") for n in names):
+        return QWEN3_SPEC
+    if any(n.endswith("self_attn.q_proj.bias") for n in names):
+        return QWEN2_SPEC
+    if "embed_tokens.weight" in names or "layers.0.self_attn.q_proj.weight" in names:
+        return LLAMA_SPEC
+    sample = sorted(names)[:5]
+    raise UnsupportedModelError(f"cannot recognise the architecture from tensor names (first few: {sample})")
+
+
+# --------------------------------------------------------------------------- name matching
+def _template_regex(template: str) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(\d+)") + "$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a canonical tensor comes from in the HF checkpoint (``hf_name`` is the full stored name)."""
+
+    hf_name: str
+    transpose: bool = False
+    split: tuple[int, int] | None = None
+
+
+def map_hf_names(spec: ModelSpec, hf_names: Iterable[str]) -> tuple[dict[str, Source], list[str]]:
+    """Map stored HF tensor names to canonical names.
+
+    Returns ``(plan, unused)``: ``plan[canonical] = Source`` for every canonical
+    tensor that can be produced, and the stored names no rule (nor ignore
+    template) matched.
+    """
+    rules = [(_template_regex(r.hf), r) for r in spec.rules]
+    ignores = [_template_regex(t) for t in spec.ignore]
+    plan: dict[str, Source] = {}
+    unused: list[str] = []
+    for full in hf_names:
+        short = strip_prefix(full)
+        hit = False
+        for rx, rule in rules:
+            m = rx.match(short)
+            if m:
+                canon = rule.canonical.replace("{i}", m.group(1)) if m.groups() else rule.canonical
+                plan[canon] = Source(full, rule.transpose, rule.split)
+                hit = True
+        if not hit and not any(rx.match(short) for rx in ignores):
+            unused.append(full)
+    return plan, unused
+
+
+def required_names(spec: ModelSpec, cfg: TransformerConfig) -> list[str]:
+    """Canonical names the builder needs for ``spec``/``cfg``, in model order."""
+    nb = ("weight", "bias") if spec.norm_bias else ("weight",)
+    names = ["tok_emb.weight"]
+    if spec.position == "learned":
+        names.append("pos_emb.weight")
+    for i in range(cfg.num_layers):
+        L = f"layers.{i}."
+        names += [L + "attn_norm." + k for k in nb]
+        for p in "qkv":
+            names.append(f"{L}attn.{p}.weight")
+            if spec.qkv_bias:
+                names.append(f"{L}attn.{p}.bias")
+        names.append(L + "attn.o.weight")
+        if spec.o_bias:
+            names.append(L + "attn.o.bias")
+        if spec.qk_norm:
+            names += [L + "attn.q_norm.weight", L + "attn.k_norm.weight"]
+        names += [L + "mlp_norm." + k for k in nb]
+        for p in (("gate", "up", "down") if spec.gated_mlp else ("up", "down")):
+            names.append(f"{L}mlp.{p}.weight")
+            if spec.mlp_bias:
+                names.append(f"{L}mlp.{p}.bias")
+    names += ["final_norm." + k for k in nb]
+    if not cfg.tie_word_embeddings:
+        names.append("lm_head.weight")
+    return names
+
+
+def expected_shape(name: str, cfg: TransformerConfig) -> tuple[int, ...] | None:
+    """Shape the canonical tensor ``name`` must have under ``cfg`` (None if unknown name)."""
+    assert cfg.head_dim is not None and cfg.num_kv_heads is not None and cfg.intermediate_size is not None
+    h, hd, inter = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+    q_out, kv_out = cfg.num_heads * hd, cfg.num_kv_heads * hd
+    base = re.sub(r"^layers\.\d+\.", "", name)
+    table: dict[str, tuple[int, ...]] = {
+        "tok_emb.weight": (cfg.vocab_size, h),
+        "pos_emb.weight": (cfg.max_position_embeddings, h),
+        "lm_head.weight": (cfg.vocab_size, h),
+        "final_norm.weight": (h,), "final_norm.bias": (h,),
+        "attn_norm.weight": (h,), "attn_norm.bias": (h,),
+        "mlp_norm.weight": (h,), "mlp_norm.bias": (h,),
+        "attn.q.weight": (q_out, h), "attn.q.bias": (q_out,),
+        "attn.k.weight": (kv_out, h), "attn.k.bias": (kv_out,),
+        "attn.v.weight": (kv_out, h), "attn.v.bias": (kv_out,),
+        "attn.o.weight": (h, q_out), "attn.o.bias": (h,),
+        "attn.q_norm.weight": (hd,), "attn.k_norm.weight": (hd,),
+        "mlp.gate.weight": (inter, h), "mlp.gate.bias": (inter,),
+        "mlp.up.weight": (inter, h), "mlp.up.bias": (inter,),
+        "mlp.down.weight": (h, inter), "mlp.down.bias": (h,),
+    }
+    return table.get(base)
+
+
+def source_shape(src: Source, stored: tuple[int, ...]) -> tuple[int, ...]:
+    """Canonical shape produced by ``src`` from a stored tensor of shape ``stored``."""
+    shape = tuple(reversed(stored)) if src.transpose and len(stored) == 2 else tuple(stored)
+    if src.split is not None and shape:
+        shape = (shape[0] // src.split[1],) + shape[1:]
+    return shape
+
+
+__all__ = [
+    "ModelSpec",
+    "WeightRule",
+    "Source",
+    "GPT2_SPEC",
+    "LLAMA_SPEC",
+    "MISTRAL_SPEC",
+    "QWEN2_SPEC",
+    "QWEN3_SPEC",
+    "MODEL_SPECS",
+    "HF_PREFIXES",
+    "detect_model_spec",
+    "spec_for_model_type",
+    "strip_prefix",
+    "map_hf_names",
+    "required_names",
+    "expected_shape",
+    "source_shape",
+]
