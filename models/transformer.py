@@ -123,6 +123,9 @@ class Transformer:
             else:
                 s.upload(t, ckpt.tensor(name))
         self.weight_bytes = sum(t.nbytes for t in self.W.values())
+        # views of persistent buffers belong to no graph: make the transposed weights once
+        self.WT = {n: tg.transpose(t, name=f"{n}.T") for n, t in self.W.items() if t.ndim == 2}
+        self._history_views: dict[tuple[int, int], tuple[tg.Tensor, tg.Tensor]] = {}
 
     @property
     def lm_head(self) -> tg.Tensor:
@@ -137,7 +140,7 @@ class Transformer:
 
     def _linear(self, x: tg.Tensor, prefix: str) -> tg.Tensor:
         """``x @ W.T (+ b)`` for an HF ``[out, in]`` weight."""
-        y = tg.matmul(x, tg.transpose(self.W[f"{prefix}.weight"]), name=prefix)
+        y = tg.matmul(x, self.WT[f"{prefix}.weight"], name=prefix)
         b = self.W.get(f"{prefix}.bias")
         return tg.add(y, b, name=f"{prefix}.bias") if b is not None else y
 
@@ -165,14 +168,23 @@ class Transformer:
         tg.cpy(tg.permute(v, (1, 0, 2)), tg.view(Vc, *slot), name=f"{P}.v_store")
         # attend over a bucketed history; the causal mask hides positions >= start + T
         S = min(ctx, -(-(start + T) // ATTN_BUCKET) * ATTN_BUCKET)
-        keys_t = tg.view(Kc, (nkv, 1, hd, S), (ctx * hd, 0, 1, hd), 0, name=f"{P}.keys")
-        vals = tg.view(Vc, (nkv, 1, S, hd), (ctx * hd, 0, hd, 1), 0, name=f"{P}.values")
+        keys_t, vals = self._history(i, S)
         qg = tg.permute(tg.reshape(q, (T, nkv, groups, hd)), (1, 2, 0, 3))   # [nkv, groups, T, hd]
         scores = tg.matmul(qg, keys_t, name=f"{P}.scores")                   # [nkv, groups, T, S]
         probs = tg.softmax(scores, 1.0 / math.sqrt(hd), causal=True, past=start, name=f"{P}.probs")
         out = tg.matmul(probs, vals, name=f"{P}.mix")                          # [nkv, groups, T, hd]
         out = tg.reshape(tg.permute(out, (2, 0, 1, 3)), (T, nh * hd))
         return self._linear(out, f"{P}.o")
+
+    def _history(self, i: int, S: int) -> tuple[tg.Tensor, tg.Tensor]:
+        """Layer ``i``'s first ``S`` cached keys (transposed, [nkv, 1, hd, S]) and values
+        ([nkv, 1, S, hd]); the size-1 axis broadcasts over the query heads of each KV head."""
+        if (i, S) not in self._history_views:
+            nkv, hd, ctx = self.config.num_kv_heads, self.config.head_dim, self.max_context
+            self._history_views[i, S] = (
+                tg.view(self.kv_k[i], (nkv, 1, hd, S), (ctx * hd, 0, 1, hd), 0, name=f"layers.{i}.attn.keys"),
+                tg.view(self.kv_v[i], (nkv, 1, S, hd), (ctx * hd, 0, hd, 1), 0, name=f"layers.{i}.attn.values"))
+        return self._history_views[i, S]
 
     def _mlp(self, x: tg.Tensor, i: int) -> tg.Tensor:
         P = f"layers.{i}.mlp"
@@ -210,7 +222,8 @@ class Transformer:
         return ids, positions, self._norm(x, "final_norm")
 
     def logits_node(self, h: tg.Tensor) -> tg.Tensor:
-        return tg.matmul(h, tg.transpose(self.lm_head), name="lm_head")
+        return tg.matmul(h, self.WT["lm_head.weight" if "lm_head.weight" in self.WT else "tok_emb.weight"],
+                         name="lm_head")
 
     # -- running ---------------------------------------------------------------------------------
     def _check_ids(self, ids: np.ndarray, start: int) -> None:

@@ -49,7 +49,7 @@ class Graph:
 
     def input(self, shape: Sequence[int], dtype: DType | str, name: str | None = None) -> Tensor:
         """A tensor fed at ``compute`` time (NumPy array of this shape)."""
-        t = Tensor("input", (), tuple(shape), as_dtype(dtype), name=name, graph=self, session=self.session)
+        t = Tensor("input", (), tuple(int(n) for n in shape), as_dtype(dtype), name=name, graph=self, session=self.session)
         self._add(t)
         return t
 
@@ -79,12 +79,12 @@ class Graph:
         """A key that is equal for graphs with the same structure, shapes and layouts (view offsets
         and scalar parameters aside), so a plan computed for one serves the other."""
         pos = {n.id: i for i, n in enumerate(self.nodes)}
-        out = []
-        for n in self.nodes:
-            srcs = tuple(pos[s.id] if s.id in pos else ("p", s.id) for s in n.srcs)
-            out.append((n.op, n.shape, n.dtype.name, n.strides, srcs))
-        return (tuple(out), tuple(pos.get(o.id, ("p", o.id)) for o in self.outputs),
-                tuple(pos[s.id] for s in self.side_effects))
+
+        def ref(s: Tensor):  # a node of this graph, or a persistent buffer / view of one
+            i = pos.get(s.id)
+            return i if i is not None else (s.storage.id, s.shape, s.strides)
+        out = [(n.op, n.shape, n.dtype.name, n.strides, tuple(map(ref, n.srcs))) for n in self.nodes]
+        return (tuple(out), tuple(map(ref, self.outputs)), tuple(pos[s.id] for s in self.side_effects))
 
     def plan(self) -> ExecPlan:
         """Schedule and memory plan (cached by the session per :meth:`signature`)."""

@@ -56,13 +56,18 @@ def _f32(x: Array) -> Array:
 # ----------------------------------------------------------------------------------------------
 # node construction helpers
 # ----------------------------------------------------------------------------------------------
-def _graph_for(op: str, srcs: Sequence[Tensor]):
-    graphs = {id(s.graph): s.graph for s in srcs if s.graph is not None}
-    if len(graphs) > 1:
-        names = ", ".join(s.describe() for s in srcs)
-        raise GraphError(f"{op}: sources belong to different graphs: {names}")
-    if graphs:
-        return next(iter(graphs.values()))
+def _graph_for(op: str, srcs: Sequence[Tensor], floating: bool = False):
+    """The graph a new node joins: its sources' graph. A view of persistent buffers alone joins
+    no graph (``floating``): it is a layout that any later graph may use, e.g. ``transpose(W)``."""
+    g = None
+    for s in srcs:
+        if s.graph is not None:
+            if g is not None and s.graph is not g:
+                names = ", ".join(x.describe() for x in srcs)
+                raise GraphError(f"{op}: sources belong to different graphs: {names}")
+            g = s.graph
+    if g is not None or floating:
+        return g
     session = srcs[0].session
     g = session.current_graph if session is not None else None
     if g is None:
@@ -70,15 +75,16 @@ def _graph_for(op: str, srcs: Sequence[Tensor]):
     return g
 
 
-def _node(op: str, srcs: Sequence[Tensor], shape: Sequence[int], dtype: DType, params: dict | None = None,
+def _node(op: str, srcs: tuple[Tensor, ...], shape: tuple[int, ...], dtype: DType, params: dict | None = None,
           name: str | None = None, **layout: Any) -> Tensor:
     for s in srcs:
         if not isinstance(s, Tensor):
             raise GraphError(f"{op}: expected tinygraph Tensors, got {type(s).__name__}")
-    g = _graph_for(op, srcs)
-    t = Tensor(op, tuple(srcs), tuple(shape), dtype, params=params, name=name, graph=g,
-               session=g.session, **layout)
-    g._add(t)
+    g = _graph_for(op, srcs, floating=op == "view")
+    t = Tensor(op, srcs, shape, dtype, params=params, name=name, graph=g,
+               session=srcs[0].session if g is None else g.session, **layout)
+    if g is not None:
+        g._add(t)
     return t
 
 
@@ -89,6 +95,8 @@ def _need_float(op: str, *ts: Tensor) -> None:
 
 
 def _broadcast_shape(op: str, a: Tensor, b: Tensor) -> tuple[int, ...]:
+    if a.shape == b.shape:
+        return a.shape
     try:
         return tuple(np.broadcast_shapes(a.shape, b.shape))
     except ValueError:
@@ -139,8 +147,9 @@ def reshape(t: Tensor, shape: Sequence[int], name: str | None = None) -> Tensor:
     if math.prod(shape) != t.size:
         raise ShapeError(f"reshape of {t.describe()} to {tuple(shape)}: {t.size} elements vs {math.prod(shape)}")
     src = t if t.is_contiguous else cont(t)
+    shape = tuple(shape)
     return _node("view", (src,), shape, t.dtype, {"kind": "reshape"}, name,
-                 strides=contiguous_strides(tuple(shape)), offset=src.offset, storage=src.storage)
+                 strides=contiguous_strides(shape), offset=src.offset, storage=src.storage)
 
 
 def permute(t: Tensor, axes: Sequence[int], name: str | None = None) -> Tensor:
@@ -148,8 +157,8 @@ def permute(t: Tensor, axes: Sequence[int], name: str | None = None) -> Tensor:
     axes = tuple(int(a) % t.ndim if t.ndim else int(a) for a in axes)
     if sorted(axes) != list(range(t.ndim)):
         raise ShapeError(f"permute of {t.describe()}: {axes} is not a permutation of {t.ndim} axes")
-    return _node("view", (t,), [t.shape[a] for a in axes], t.dtype, {"kind": "permute", "axes": axes}, name,
-                 strides=[t.strides[a] for a in axes], offset=t.offset, storage=t.storage)
+    return _node("view", (t,), tuple(t.shape[a] for a in axes), t.dtype, {"kind": "permute", "axes": axes}, name,
+                 strides=tuple(t.strides[a] for a in axes), offset=t.offset, storage=t.storage)
 
 
 def transpose(t: Tensor, name: str | None = None) -> Tensor:
@@ -235,7 +244,7 @@ def concat(a: Tensor, b: Tensor, axis: int = -1, name: str | None = None) -> Ten
         raise ShapeError(f"concat on axis {ax}: {a.describe()} and {b.describe()} differ off that axis")
     shape = list(a.shape)
     shape[ax] += b.shape[ax]
-    return _node("concat", (a, b), shape, a.dtype, {"axis": ax}, name)
+    return _node("concat", (a, b), tuple(shape), a.dtype, {"axis": ax}, name)
 
 
 @_reference("concat", "copy")

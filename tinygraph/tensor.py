@@ -26,6 +26,8 @@ LEAF_OPS = frozenset({"persistent", "input"})
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     """Row-major strides, in elements, for ``shape``."""
+    if len(shape) == 2:  # fast path: the common case in a model graph
+        return (max(shape[1], 1), 1)
     strides, acc = [], 1
     for n in reversed(shape):
         strides.append(acc)
@@ -58,10 +60,11 @@ class Tensor:
         self.op = op
         self.srcs = srcs
         self.params = params or {}
-        self.shape = tuple(int(n) for n in shape)
+        # callers pass tuples of Python ints (ops.py normalises user input at the API boundary)
+        self.shape = shape
         self.dtype = dtype
-        self.strides = contiguous_strides(self.shape) if strides is None else tuple(int(s) for s in strides)
-        self.offset = int(offset)
+        self.strides = contiguous_strides(shape) if strides is None else strides
+        self.offset = offset
         self.storage = self if storage is None else storage
         self.graph = graph
         self.session = session

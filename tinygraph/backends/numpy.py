@@ -44,10 +44,15 @@ class NumpyBackend(Backend):
         for tid, off in mem.offsets.items():
             flat[tid] = self._arena[off: off + mem.sizes[tid]]
 
+        made: dict[int, np.ndarray] = {}
+
         def arr(t: Tensor) -> np.ndarray:
-            it = t.dtype.itemsize
-            return np.ndarray(t.shape, t.dtype.np, buffer=flat[t.storage.id], offset=t.offset * it,
-                              strides=tuple(s * it for s in t.strides))
+            a = made.get(t.id)
+            if a is None:
+                it = t.dtype.itemsize
+                a = made[t.id] = np.ndarray(t.shape, t.dtype.np, buffer=flat[t.storage.id], offset=t.offset * it,
+                                            strides=tuple(s * it for s in t.strides))
+            return a
 
         for n in plan.order:
             result = OPS[n.op].reference(n.params, *[arr(s) for s in n.srcs])
