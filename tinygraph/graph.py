@@ -9,7 +9,7 @@ import networkx as nx
 from .dtypes import DType, as_dtype
 from .errors import GraphError
 from .memory import MemoryPlan, plan_memory
-from .schedule import dependency_graph, schedule
+from .schedule import dependency_graph, needed_nodes, schedule
 from .tensor import Tensor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,8 +106,7 @@ class Graph:
         mem = plan.memory
         step = {n.id: i for i, n in enumerate(plan.order)}
         rows = [("step", "id", "name", "op", "shape", "dtype", "strides", "offset", "buffer", "arena")]
-        for n in sorted({x.id: x for x in self.nodes + [s for n in self.nodes for s in n.srcs]}.values(),
-                        key=lambda t: (step.get(t.id, -1), t.id)):
+        for n in sorted(needed_nodes(self), key=lambda t: (step.get(t.id, -1), t.id)):
             if n.op == "persistent":
                 continue
             if n.id in mem.offsets:
