@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import tinygraph as tg
-from tinygraph.io import Checkpoint, ModelSpec, TransformerConfig, rope_freq_factors
+from tinygraph.io import Checkpoint, ModelSpec, TransformerConfig
 
 #: attention reads the cache in multiples of this many positions (masked beyond the sequence), so
 #: consecutive decode steps share one graph structure and one memory plan
@@ -106,7 +106,7 @@ class Transformer:
                         self._packs[f"layers.{i}.mlp.gate_up.{kind}"] = parts
                         rows = 2 * cfg.intermediate_size
                         decl(f"layers.{i}.mlp.gate_up.{kind}", (rows, cfg.hidden_size) if kind == "weight" else (rows,))
-        ff = rope_freq_factors(cfg) if spec.position == "rope" else None
+        ff = ckpt.rope_freq_factors if spec.position == "rope" else None
         self._freq_factors = ff
         if ff is not None:
             decl("rope.freq_factors", ff.shape, tg.float32)

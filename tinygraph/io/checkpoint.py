@@ -15,8 +15,9 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -99,9 +100,10 @@ class Checkpoint:
     def tensor(self, name: str) -> np.ndarray:
         """The canonical tensor ``name`` as a contiguous array in [out, in] orientation.
 
-        Safetensors: stored dtype (float32/float16/bfloat16); plain tensors are
-        read-only zero-copy views of the memory-mapped file. GGUF: a new float32
-        array (dequantised).
+        Safetensors: stored dtype (float32/float16/bfloat16). GGUF: float32
+        (dequantised). Tensors needing no conversion (plain safetensors entries,
+        GGUF F32) are read-only zero-copy views of the memory-mapped file; the
+        rest are new arrays. Views stay valid after :meth:`close`.
         """
         self._check(name)
         return self._backend.load(name)
@@ -215,6 +217,17 @@ def _infer_config(st: SafeTensorsFile, spec: ModelSpec, where: Path) -> Transfor
     )
 
 
+def _merge_generation_eos(cfg: TransformerConfig, gen_path: Path) -> int | list[int] | None:
+    """config.json's eos ids plus generation_config.json's (HF generate stops on the latter;
+    e.g. Qwen2.5-Instruct's config says <|endoftext|> but chat turns end with <|im_end|>)."""
+    if not gen_path.is_file():
+        return cfg.eos_token_id
+    extra = _read_json(gen_path).get("eos_token_id")
+    extra_ids = [] if extra is None else (extra if isinstance(extra, list) else [extra])
+    ids = list(dict.fromkeys(cfg.eos_token_ids + [int(x) for x in extra_ids]))
+    return ids[0] if len(ids) == 1 else (ids or None)
+
+
 def _chat_template_from_dir(d: Path) -> str | None:
     jinja = d / "chat_template.jinja"  # transformers v5 writes the template to its own file
     if jinja.is_file():
@@ -248,13 +261,13 @@ def _load_safetensors_checkpoint(p: Path, spec: ModelSpec | None) -> Checkpoint:
 
 def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: ModelSpec | None) -> Checkpoint:
     cfg_path = model_dir / "config.json"
-    detected = detect_model_spec(st.tensor_names)
     if cfg_path.is_file():
         cfg = load_hf_config(cfg_path)
+        cfg.eos_token_id = _merge_generation_eos(cfg, model_dir / "generation_config.json")
         if spec is None:
             spec = spec_for_model_type(cfg.model_type)
     else:
-        spec = spec or detected
+        spec = spec or detect_model_spec(st.tensor_names)
         cfg = _infer_config(st, spec, p)
 
     plan, unused = map_hf_names(spec, st.tensor_names)
@@ -266,7 +279,7 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
         "mlp_bias": any(n.endswith((".mlp.up.bias", ".mlp.down.bias")) for n in plan),
         "qk_norm": any(n.endswith(".attn.q_norm.weight") for n in plan),
     }
-    upgrade = {k: True for k, v in flags.items() if v and not getattr(spec, k)}
+    upgrade: dict[str, Any] = {k: True for k, v in flags.items() if v and not getattr(spec, k)}
     if upgrade:
         spec = dataclasses.replace(spec, **upgrade)
     if unused:
@@ -291,7 +304,11 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
 
 
 def _validate(
-    where: Path, spec: ModelSpec, cfg: TransformerConfig, plan: dict[str, Any], shape_of: Callable[[str], tuple[int, ...]]
+    where: Path,
+    spec: ModelSpec,
+    cfg: TransformerConfig,
+    plan: dict[str, Any],
+    shape_of: Callable[[str], tuple[int, ...]],
 ) -> dict[str, tuple[int, ...]]:
     """Check every required canonical tensor exists with the config's shape; return name -> shape."""
     need = required_names(spec, cfg)

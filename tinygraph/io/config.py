@@ -122,7 +122,9 @@ class TransformerConfig:
 def _act(value: Any, where: str) -> str:
     act = _ACT_ALIASES.get(str(value))
     if act is None:
-        raise UnsupportedModelError(f"{where}: activation {value!r} is not supported (supported: {sorted(_ACT_ALIASES)})")
+        raise UnsupportedModelError(
+            f"{where}: activation {value!r} is not supported (supported: {sorted(_ACT_ALIASES)})"
+        )
     return act
 
 
@@ -164,6 +166,14 @@ def _infer_model_type(d: dict[str, Any]) -> str:
     raise UnsupportedModelError("config: no model_type and no recognised architectures entry")
 
 
+def _first(d: dict[str, Any], *keys: str) -> Any:
+    """Value of the first of ``keys`` present (GPT-2 and HF spell sizes differently)."""
+    for k in keys:
+        if d.get(k) is not None:
+            return d[k]
+    raise KeyError(keys[0])
+
+
 def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
     """Build a TransformerConfig from a parsed HF ``config.json`` (v4 or v5 form, or GPT-2 keys)."""
     if not isinstance(d, dict):
@@ -172,15 +182,15 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
     dtype = d.get("dtype") or d.get("torch_dtype")
     try:
         if mt == "gpt2" or "n_embd" in d:
-            hidden = int(d.get("n_embd", d.get("hidden_size")))
+            hidden = int(_first(d, "n_embd", "hidden_size"))
             return TransformerConfig(
                 model_type=mt,
                 vocab_size=int(d["vocab_size"]),
                 hidden_size=hidden,
-                num_layers=int(d.get("n_layer", d.get("num_hidden_layers"))),
-                num_heads=int(d.get("n_head", d.get("num_attention_heads"))),
+                num_layers=int(_first(d, "n_layer", "num_hidden_layers")),
+                num_heads=int(_first(d, "n_head", "num_attention_heads")),
                 intermediate_size=int(d.get("n_inner") or 4 * hidden),
-                max_position_embeddings=int(d.get("n_positions", d.get("n_ctx", 1024))),
+                max_position_embeddings=int(d.get("n_positions") or d.get("n_ctx") or 1024),
                 norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
                 tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
                 bos_token_id=d.get("bos_token_id"),

@@ -89,7 +89,7 @@ class _Reader(gguf.GGUFReader):
 
     def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
         if type(self.data) is np.memmap:
-            self.data = self.data.view(np.ndarray)
+            self.data = self.data.view(np.ndarray)  # type: ignore[assignment]
         return super()._get(offset, dtype, count, override_order)
 
 
@@ -241,7 +241,11 @@ class GGUFFile:
             orig = self.meta(f"{a}.rope.scaling.original_context_length")
             if orig:
                 scaling["original_max_position_embeddings"] = int(orig)
-        eos = self.meta("tokenizer.ggml.eos_token_id")
+        # Chat models end turns with an end-of-turn token that may differ from EOS
+        # (<|eot_id|>, <|im_end|>); generation must stop on all of them.
+        stops = [self.meta(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+        eos_ids = list(dict.fromkeys(int(x) for x in stops if x is not None))
+        eos: int | list[int] | None = eos_ids[0] if len(eos_ids) == 1 else (eos_ids or None)
         bos = self.meta("tokenizer.ggml.bos_token_id")
         return TransformerConfig(
             model_type=a,
@@ -258,7 +262,7 @@ class GGUFFile:
             rope_scaling=scaling,
             tie_word_embeddings="output.weight" not in self._tensors,
             bos_token_id=int(bos) if bos is not None else None,
-            eos_token_id=int(eos) if eos is not None else None,
+            eos_token_id=eos,
             activation="gelu_tanh" if a == "gpt2" else "silu",
         )
 
@@ -310,12 +314,15 @@ class GGUFFile:
 
     def load_raw(self, gguf_name: str) -> np.ndarray:
         """Dequantised float32 array of a GGUF tensor, NumPy shape, no remapping."""
+        if self.reader is None:
+            raise LoadError(f"{self.path}: file was closed; cannot read tensor {gguf_name!r}")
         t = self._tensors[gguf_name]
         shape = self.stored_shape(gguf_name)
         try:
             return dequantize(t.data, t.tensor_type, shape)
         except ValueError as exc:
-            raise LoadError(f"{self.path}: tensor {gguf_name!r}: cannot decode {self.tensor_type(gguf_name)}: {exc}") from exc
+            kind = self.tensor_type(gguf_name)
+            raise LoadError(f"{self.path}: tensor {gguf_name!r}: cannot decode {kind}: {exc}") from exc
 
     def load(self, canonical: str) -> np.ndarray:
         """Canonical float32 array: dequantised, split, un-permuted, contiguous."""
@@ -357,7 +364,7 @@ class GGUFFile:
     def close(self) -> None:
         # GGUFReader keeps an np.memmap; dropping our references lets the OS unmap it.
         self._tensors = {}
-        self.reader = None
+        self.reader = None  # type: ignore[assignment]
 
 
 def load_gguf(path: str | os.PathLike[str]) -> GGUFFile:

@@ -18,9 +18,10 @@ import difflib
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -38,6 +39,9 @@ _DTYPES: dict[str, tuple[np.dtype, str]] = {
     "I16": (np.dtype("<i2"), "int16"),
     "I8": (np.dtype("i1"), "int8"),
     "U8": (np.dtype("u1"), "uint8"),
+    "U16": (np.dtype("<u2"), "uint16"),
+    "U32": (np.dtype("<u4"), "uint32"),
+    "U64": (np.dtype("<u8"), "uint64"),
     "BOOL": (np.dtype("?"), "bool"),
 }
 
@@ -130,7 +134,7 @@ def _parse_header(path: Path) -> tuple[dict[str, _Entry], dict[str, str]]:
 
     # Overlapping tensors would alias memory; the format forbids it.
     spans = sorted((e.begin, e.end, k) for k, e in entries.items() if e.end > e.begin)
-    for (b0, e0, k0), (b1, _e1, k1) in zip(spans, spans[1:]):
+    for (_b0, e0, k0), (b1, _e1, k1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise LoadError(f"{path}: tensors {k0!r} and {k1!r} overlap in the data buffer")
     return entries, {str(k): str(v) for k, v in meta.items()}
@@ -181,6 +185,7 @@ class SafeTensorsFile:
         self.path: Path = p
         self._shards: dict[Path, _Shard] = {}
         self._where: dict[str, Path] = {}  # tensor name -> shard file
+        self._closed = False
         self.metadata: dict[str, Any] = {}
         if p.name.endswith(".json"):
             self._init_index(p)
@@ -220,6 +225,8 @@ class SafeTensorsFile:
             close = difflib.get_close_matches(name, self._where.keys(), n=5, cutoff=0.5)
             hint = f"; close names: {close}" if close else f"; {len(self._where)} tensors present"
             raise KeyError(f"{self.path}: no tensor named {name!r}{hint}")
+        if self._closed:
+            raise LoadError(f"{self.path}: file was closed; cannot read tensor {name!r}")
         sp = self._where[name]
         shard = self._shards.get(sp)
         if shard is None:  # lazily open a shard the first time one of its tensors is used
@@ -260,7 +267,7 @@ class SafeTensorsFile:
     def tensor_bytes(self, name: str) -> memoryview:
         """Raw little-endian bytes of ``name`` (zero-copy memoryview of the mapping)."""
         shard, _ = self._shard_for(name)
-        return memoryview(shard.raw(name))
+        return memoryview(shard.raw(name))  # type: ignore[arg-type]  # ndarray exports the buffer protocol
 
     def tensor_as_numpy(self, name: str) -> np.ndarray:
         """Array in its stored dtype (bfloat16 via ml_dtypes), shape as stored; read-only view."""
@@ -275,6 +282,8 @@ class SafeTensorsFile:
         return self.tensor_as_numpy(name).astype(np.float32)
 
     def close(self) -> None:
+        """Drop the memory maps; arrays already returned stay valid, new reads raise LoadError."""
+        self._closed = True
         for s in self._shards.values():
             s.close()
         self._shards.clear()

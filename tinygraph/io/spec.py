@@ -28,8 +28,9 @@ Canonical names (``{i}`` = layer index)::
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from .errors import UnsupportedModelError
 

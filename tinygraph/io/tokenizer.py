@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
@@ -37,6 +38,35 @@ _PRE_FAMILY = {
 }
 
 TOKEN_TYPE_NORMAL, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED = 1, 3, 4
+
+
+def _byte_level_table() -> tuple[set[str], list[str]]:
+    """GPT-2's byte -> printable-char table: (alphabet, char for each byte 0..255)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+                 *range(ord("\xae"), ord("\xff") + 1)]
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:  # unprintable bytes are shifted past 255, in byte order
+            chars.append(chr(256 + extra))
+            extra += 1
+    return set(chars), chars
+
+
+_ALPHABET, _BYTE_CHAR = _byte_level_table()
+
+
+def _byte_level_spelling(token: str) -> str:
+    """A normal token as the merges spell it.
+
+    llama.cpp stores byte-level tokens in GPT-2's spelling, except that some
+    (e.g. a lone U+FFFD) come back raw; re-spell those from their UTF-8 bytes so
+    the vocabulary and the merges agree.
+    """
+    if set(token) <= _ALPHABET:
+        return token
+    return "".join(_BYTE_CHAR[b] for b in token.encode("utf-8"))
 
 
 def _pre_tokenizer(pre: str | None) -> tuple[Any, bool]:
@@ -93,8 +123,10 @@ def tokenizer_from_gguf(reader: Any) -> Tokenizer:
         raise LoadError(f"GGUF: {len(tokens)} tokens but {len(types)} token types")
 
     vocab: dict[str, int] = {}
-    for i, t in enumerate(tokens):
-        vocab.setdefault(t, i)  # duplicates (rare padding entries) keep their first id
+    for i, (t, ty) in enumerate(zip(tokens, types)):
+        # Added tokens match raw text, so only normal tokens are re-spelled.
+        key = t if ty in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED) else _byte_level_spelling(t)
+        vocab.setdefault(key, i)  # duplicates (rare padding entries) keep their first id
     pairs: list[tuple[str, str]] = []
     for m in merges or []:
         a, sep, b = m.partition(" ")
@@ -103,7 +135,11 @@ def tokenizer_from_gguf(reader: Any) -> Tokenizer:
         pairs.append((a, b))
 
     pre, ignore_merges = _pre_tokenizer(field_value(reader, "tokenizer.ggml.pre"))
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges, fuse_unk=False))
+    try:
+        bpe = models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges, fuse_unk=False)
+    except Exception as exc:  # tokenizers raises bare Exception on inconsistent vocab/merges
+        raise LoadError(f"GGUF: tokenizer vocab/merges are inconsistent: {exc}") from exc
+    tok = Tokenizer(bpe)
     tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
 

@@ -1,0 +1,122 @@
+// common.cuh -- shared definitions for every tinygraph kernel source.
+//
+// Kernel ABI (mirrored in tinygraph/backends/cuda/kernels.py):
+//   * A tensor is passed as a raw device pointer plus a descriptor struct TD BY VALUE.
+//   * TD holds shape (ne) and strides (st) in ELEMENTS of the tensor's dtype, NumPy order
+//     (outermost first), padded on the LEFT to rank 4 with ne=1, st=0.
+//   * Broadcasting: an input dimension broadcasts against the output when its ne is 1 or its
+//     stride is 0 (the kernels ignore the coordinate of a size-1 input dimension, so either
+//     spelling works).
+//   * Row-wise kernels (norms, softmax, argmax, rope) treat the last axis (index 3) as the row.
+//   * Scalars are float32 / int32 by value. Math is float32 for every storage dtype.
+//   * Kernel names: <op>_<dtype> with dtype in {f32, f16, bf16}; conversions <op>_<src>_<dst>.
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+struct TD {
+    long long ne[4];
+    long long st[4];
+};
+
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+typedef __half f16;
+typedef __nv_bfloat16 bf16;
+
+// ---- dtype helpers --------------------------------------------------------------------------
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f32(int x) { return (float)x; }
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+template <> __device__ __forceinline__ int from_f32<int>(float x) { return (int)x; }
+
+// Conversion between storage types (identity for equal types, exact for int->int).
+template <typename D, typename S> struct Convert {
+    static __device__ __forceinline__ D f(S x) { return from_f32<D>(to_f32(x)); }
+};
+template <typename T> struct Convert<T, T> {
+    static __device__ __forceinline__ T f(T x) { return x; }
+};
+
+// ---- descriptor helpers -----------------------------------------------------------------------
+__device__ __forceinline__ long long td_numel(const TD& d) {
+    return d.ne[0] * d.ne[1] * d.ne[2] * d.ne[3];
+}
+__device__ __forceinline__ long long td_rows(const TD& d) { return d.ne[0] * d.ne[1] * d.ne[2]; }
+
+// Split a linear (row-major) index over shape `ne` into 4 coordinates. I is the index type:
+// 32-bit unsigned when the element count fits (cheaper division), else 64-bit.
+template <typename I>
+__device__ __forceinline__ void td_unravel(I i, const TD& d, I c[4]) {
+    const I n3 = (I)d.ne[3], n2 = (I)d.ne[2], n1 = (I)d.ne[1];
+    c[3] = i % n3; i /= n3;
+    c[2] = i % n2; i /= n2;
+    c[1] = i % n1; i /= n1;
+    c[0] = i;
+}
+
+// Element offset of coordinates c in descriptor d; a size-1 dimension of d broadcasts.
+template <typename I>
+__device__ __forceinline__ long long td_offset(const TD& d, const I c[4]) {
+    long long o = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) o += (d.ne[k] == 1 ? 0LL : (long long)c[k]) * d.st[k];
+    return o;
+}
+
+// Offset of the first element of row r (rows = all but the last axis) of d.
+__device__ __forceinline__ long long td_row_offset(const TD& d, long long r) {
+    const long long c2 = r % d.ne[2];
+    r /= d.ne[2];
+    const long long c1 = r % d.ne[1];
+    const long long c0 = r / d.ne[1];
+    return c0 * d.st[0] + c1 * d.st[1] + c2 * d.st[2];
+}
+
+// Same, but with broadcasting of size-1 dims against the row coordinates of shape `shape`.
+__device__ __forceinline__ long long td_row_offset_bcast(const TD& d, const TD& shape, long long r) {
+    const long long c2 = r % shape.ne[2];
+    r /= shape.ne[2];
+    const long long c1 = r % shape.ne[1];
+    const long long c0 = r / shape.ne[1];
+    return (d.ne[0] == 1 ? 0 : c0 * d.st[0]) + (d.ne[1] == 1 ? 0 : c1 * d.st[1]) +
+           (d.ne[2] == 1 ? 0 : c2 * d.st[2]);
+}
+
+// ---- reductions -----------------------------------------------------------------------------
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the whole block (blockDim.x a multiple of 32, <= 1024). Every thread gets the result.
+// `scratch` must hold 32 floats; the function may be called repeatedly with the same scratch.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[wid] = v;
+    __syncthreads();
+    v = lane < nw ? scratch[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+#define TG_GRID_STRIDE_LOOP(i, n)                                                            \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);             \
+         i += (long long)gridDim.x * blockDim.x)

@@ -1,0 +1,358 @@
+// matmul.cu -- batched matrix products C = A @ B with arbitrary element strides, float32 accumulation.
+//
+// Shapes (padded to rank 4): C (b0, b1, M, N), A (a0, a1, M, K), B (c0, c1, K, N). A batch dim of
+// A or B broadcasts when its ne is 1 or its stride is 0. Any strides on A and B (e.g. B =
+// transpose(W) of an HF [out, in] weight has strides (1, K)); C may be strided too.
+//
+// Signatures (T = float | __half | __nv_bfloat16, suffix f32 | f16 | bf16):
+//   matmul_T    (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)
+//       CUDA-core tiled kernel, 64x64 output tile per block, K step 16, 4x4 outputs per thread.
+//       Launch: grid = (ceil(N/64), ceil(M/64), b0*b1), block = (256, 1, 1).
+//   matmul_tc_T (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)        T = f16 | bf16 only
+//       tensor-core kernel (mma.sync m16n8k16, float32 accumulators), 128x128 output tile, K step
+//       32; 16-byte loads when an operand is K-contiguous and aligned, scalar strided loads else.
+//       Launch: grid = (ceil(N/128), ceil(M/128), b0*b1), block = (256, 1, 1). sm_80+.
+//   gemv_T      (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)
+//       M == 1 and B K-contiguous (bd.st[2] == 1: the transposed HF weight). One warp per output
+//       column n, 16-byte loads along K when K, the row stride and the pointers allow it (else
+//       scalar loads). The decode hot path.
+//       Launch: grid = (ceil(N/(B/32)), b0*b1, 1), block = (B, 1, 1), B a multiple of 32 (256).
+//   gemv_nc_T   (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)
+//       M == 1, any B strides; coalesced when B is N-contiguous (e.g. attention probs @ V).
+//       Launch: grid = (ceil(N/32), b0*b1, 1), block = (32, 8, 1).
+#include "common.cuh"
+
+// Element offset of batch z (over C's batch dims) in descriptor d, with broadcasting.
+__device__ __forceinline__ long long batch_offset(const TD& d, const TD& cd, long long z) {
+    const long long c1 = z % cd.ne[1], c0 = z / cd.ne[1];
+    return (d.ne[0] == 1 ? 0 : c0 * d.st[0]) + (d.ne[1] == 1 ? 0 : c1 * d.st[1]);
+}
+
+// ------------------------------------------------------------------------------------------------
+// CUDA-core tiled kernel
+// ------------------------------------------------------------------------------------------------
+#define MM_BM 64
+#define MM_BN 64
+#define MM_BK 16
+
+template <typename T>
+__device__ __forceinline__ void matmul_tiled(T* C, const TD& cd, const T* A, const TD& ad,
+                                             const T* B, const TD& bd) {
+    __shared__ float As[MM_BK][MM_BM + 4];
+    __shared__ float Bs[MM_BK][MM_BN + 4];
+    const long long M = cd.ne[2], N = cd.ne[3], K = ad.ne[3];
+    const long long z = blockIdx.z;
+    const T* Ab = A + batch_offset(ad, cd, z);
+    const T* Bb = B + batch_offset(bd, cd, z);
+    T* Cb = C + batch_offset(cd, cd, z);
+    const long long m0 = (long long)blockIdx.y * MM_BM, n0 = (long long)blockIdx.x * MM_BN;
+    const long long as_m = ad.st[2], as_k = ad.st[3], bs_k = bd.st[2], bs_n = bd.st[3];
+    // Choose the load mapping so that neighbouring threads read neighbouring addresses.
+    const bool a_kfast = (as_k == 1) && (as_m != 1);
+    const bool b_kfast = (bs_k == 1) && (bs_n != 1);
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+    for (long long k0 = 0; k0 < K; k0 += MM_BK) {
+#pragma unroll
+        for (int l = 0; l < 4; ++l) {
+            const int idx = tid + 256 * l;
+            int kk, mm;
+            if (a_kfast) { kk = idx % MM_BK; mm = idx / MM_BK; }
+            else { mm = idx % MM_BM; kk = idx / MM_BM; }
+            const long long m = m0 + mm, k = k0 + kk;
+            As[kk][mm] = (m < M && k < K) ? to_f32(Ab[m * as_m + k * as_k]) : 0.0f;
+            int nn;
+            if (b_kfast) { kk = idx % MM_BK; nn = idx / MM_BK; }
+            else { nn = idx % MM_BN; kk = idx / MM_BN; }
+            const long long n = n0 + nn, k2 = k0 + kk;
+            Bs[kk][nn] = (n < N && k2 < K) ? to_f32(Bb[k2 * bs_k + n * bs_n]) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < MM_BK; ++kk) {
+            float a[4], b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    const long long cs_m = cd.st[2], cs_n = cd.st[3];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const long long m = m0 + ty + 16 * i;
+        if (m >= M) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const long long n = n0 + tx + 16 * j;
+            if (n < N) Cb[m * cs_m + n * cs_n] = from_f32<T>(acc[i][j]);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tensor-core kernel (f16 / bf16): mma.sync.m16n8k16, 8 warps as 2 (M) x 4 (N), warp tile 64x32.
+// Shared tiles hold A as [m][k] and B as [n][k] (K contiguous), rows padded to 40 halves (80 B)
+// so fragment loads of 8 rows x 4 words hit 32 different banks.
+// ------------------------------------------------------------------------------------------------
+#define TC_BM 128
+#define TC_BN 128
+#define TC_BK 32
+#define TC_LD 40
+
+template <typename T> struct MmaOp;
+template <> struct MmaOp<__half> {
+    static __device__ __forceinline__ void run(float* d, const unsigned* a, const unsigned* b) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+};
+template <> struct MmaOp<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(float* d, const unsigned* a, const unsigned* b) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+};
+
+// Load a TC_ROWS x TC_BK tile of a row-major-in-smem [row][k] operand from global memory, where
+// element (row r, k) lives at base + r*s_r + k*s_k. `vec` selects 16-byte loads (requires s_k == 1,
+// K % 8 == 0, s_r % 8 == 0 and a 16-byte aligned base).
+template <typename T>
+__device__ __forceinline__ void tc_load_tile(T (*S)[TC_LD], const T* base, long long rows,
+                                             long long K, long long r0, long long k0, long long s_r,
+                                             long long s_k, bool vec, bool kfast) {
+    const int tid = threadIdx.x;
+    if (vec) {
+#pragma unroll
+        for (int l = 0; l < 2; ++l) {
+            const int c = tid + 256 * l;        // 512 chunks of 8 elements
+            const int rr = c >> 2, kc = (c & 3) * 8;
+            const long long r = r0 + rr, k = k0 + kc;
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (r < rows && k < K) v = __ldg(reinterpret_cast<const uint4*>(base + r * s_r + k));
+            *reinterpret_cast<uint4*>(&S[rr][kc]) = v;
+        }
+    } else {
+        const T zero = from_f32<T>(0.0f);
+#pragma unroll 4
+        for (int l = 0; l < 16; ++l) {
+            const int idx = tid + 256 * l;      // 4096 elements
+            int rr, kk;
+            if (kfast) { kk = idx & 31; rr = idx >> 5; }
+            else { rr = idx & 127; kk = idx >> 7; }
+            const long long r = r0 + rr, k = k0 + kk;
+            S[rr][kk] = (r < rows && k < K) ? base[r * s_r + k * s_k] : zero;
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void matmul_tc(T* C, const TD& cd, const T* A, const TD& ad, const T* B,
+                                          const TD& bd) {
+    __shared__ __align__(16) T As[TC_BM][TC_LD];
+    __shared__ __align__(16) T Bs[TC_BN][TC_LD];
+    const long long M = cd.ne[2], N = cd.ne[3], K = ad.ne[3];
+    const long long z = blockIdx.z;
+    const T* Ab = A + batch_offset(ad, cd, z);
+    const T* Bb = B + batch_offset(bd, cd, z);
+    T* Cb = C + batch_offset(cd, cd, z);
+    const long long m0 = (long long)blockIdx.y * TC_BM, n0 = (long long)blockIdx.x * TC_BN;
+    const long long as_m = ad.st[2], as_k = ad.st[3], bs_k = bd.st[2], bs_n = bd.st[3];
+    const bool a_vec = as_k == 1 && (K & 7) == 0 && (as_m & 7) == 0 &&
+                       ((reinterpret_cast<unsigned long long>(Ab) & 15) == 0);
+    const bool b_vec = bs_k == 1 && (K & 7) == 0 && (bs_n & 7) == 0 &&
+                       ((reinterpret_cast<unsigned long long>(Bb) & 15) == 0);
+    const bool a_kfast = as_k == 1 && as_m != 1;
+    const bool b_kfast = bs_k == 1 && bs_n != 1;
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wm = warp >> 2, wn = warp & 3;
+    const int g = lane >> 2, t = lane & 3;
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+
+    for (long long k0 = 0; k0 < K; k0 += TC_BK) {
+        tc_load_tile<T>(As, Ab, M, K, m0, k0, as_m, as_k, a_vec, a_kfast);
+        tc_load_tile<T>(Bs, Bb, N, K, n0, k0, bs_n, bs_k, b_vec, b_kfast);
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < TC_BK; ks += 16) {
+            unsigned af[4][4], bfr[4][2];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int r = wm * 64 + i * 16 + g;
+                af[i][0] = *reinterpret_cast<const unsigned*>(&As[r][ks + 2 * t]);
+                af[i][1] = *reinterpret_cast<const unsigned*>(&As[r + 8][ks + 2 * t]);
+                af[i][2] = *reinterpret_cast<const unsigned*>(&As[r][ks + 2 * t + 8]);
+                af[i][3] = *reinterpret_cast<const unsigned*>(&As[r + 8][ks + 2 * t + 8]);
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int c = wn * 32 + j * 8 + g;
+                bfr[j][0] = *reinterpret_cast<const unsigned*>(&Bs[c][ks + 2 * t]);
+                bfr[j][1] = *reinterpret_cast<const unsigned*>(&Bs[c][ks + 2 * t + 8]);
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) MmaOp<T>::run(acc[i][j], af[i], bfr[j]);
+        }
+        __syncthreads();
+    }
+    const long long cs_m = cd.st[2], cs_n = cd.st[3];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const long long m = m0 + wm * 64 + i * 16 + g + 8 * h;
+            if (m >= M) continue;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const long long n = n0 + wn * 32 + j * 8 + 2 * t;
+                if (n < N) Cb[m * cs_m + n * cs_n] = from_f32<T>(acc[i][j][2 * h]);
+                if (n + 1 < N) Cb[m * cs_m + (n + 1) * cs_n] = from_f32<T>(acc[i][j][2 * h + 1]);
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// GEMV, B K-contiguous (transposed [out, in] weight): one warp per output column.
+// ------------------------------------------------------------------------------------------------
+__device__ __forceinline__ float dot16(const uint4& w, const uint4& x, float) {
+    return __uint_as_float(w.x) * __uint_as_float(x.x) + __uint_as_float(w.y) * __uint_as_float(x.y) +
+           __uint_as_float(w.z) * __uint_as_float(x.z) + __uint_as_float(w.w) * __uint_as_float(x.w);
+}
+__device__ __forceinline__ float2 h2f(unsigned u, __half) {
+    __half2 h = *reinterpret_cast<__half2*>(&u);
+    return __half22float2(h);
+}
+__device__ __forceinline__ float2 h2f(unsigned u, __nv_bfloat16) {
+    __nv_bfloat162 h = *reinterpret_cast<__nv_bfloat162*>(&u);
+    return __bfloat1622float2(h);
+}
+template <typename T>
+__device__ __forceinline__ float dot16(const uint4& w, const uint4& x, T tag) {
+    float s = 0.0f;
+    const unsigned wa[4] = {w.x, w.y, w.z, w.w};
+    const unsigned xa[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+        const float2 wf = h2f(wa[q], tag), xf = h2f(xa[q], tag);
+        s = fmaf(wf.x, xf.x, s);
+        s = fmaf(wf.y, xf.y, s);
+    }
+    return s;
+}
+
+template <typename T>
+__device__ __forceinline__ void gemv_kernel(T* C, const TD& cd, const T* A, const TD& ad, const T* B,
+                                            const TD& bd) {
+    constexpr int VEC = 16 / sizeof(T);
+    const long long N = cd.ne[3], K = ad.ne[3];
+    const int lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+    const long long n = (long long)blockIdx.x * nwarps + (threadIdx.x >> 5);
+    const long long z = blockIdx.y;
+    if (n >= N) return;  // whole warp; no block-level barrier below
+    const T* a = A + batch_offset(ad, cd, z);
+    const T* w = B + batch_offset(bd, cd, z) + n * bd.st[3];
+    const long long as_k = ad.st[3], bs_k = bd.st[2];
+    const bool vec = bs_k == 1 && as_k == 1 && (K % VEC) == 0 &&
+                     ((reinterpret_cast<unsigned long long>(w) & 15) == 0) &&
+                     ((reinterpret_cast<unsigned long long>(a) & 15) == 0);
+    float acc = 0.0f;
+    if (vec) {
+        const uint4* w4 = reinterpret_cast<const uint4*>(w);
+        const uint4* a4 = reinterpret_cast<const uint4*>(a);
+        const int nv = (int)(K / VEC);
+        int i = lane;
+        float acc1 = 0.0f, acc2 = 0.0f, acc3 = 0.0f;
+        for (; i + 96 < nv; i += 128) {
+            const uint4 w0 = __ldg(w4 + i), w1 = __ldg(w4 + i + 32), w2 = __ldg(w4 + i + 64),
+                        w3 = __ldg(w4 + i + 96);
+            const uint4 x0 = __ldg(a4 + i), x1 = __ldg(a4 + i + 32), x2 = __ldg(a4 + i + 64),
+                        x3 = __ldg(a4 + i + 96);
+            acc += dot16(w0, x0, T());
+            acc1 += dot16(w1, x1, T());
+            acc2 += dot16(w2, x2, T());
+            acc3 += dot16(w3, x3, T());
+        }
+        for (; i < nv; i += 32) acc += dot16(__ldg(w4 + i), __ldg(a4 + i), T());
+        acc += acc1 + acc2 + acc3;
+    } else {
+        for (long long k = lane; k < K; k += 32) acc = fmaf(to_f32(a[k * as_k]), to_f32(w[k * bs_k]), acc);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) C[batch_offset(cd, cd, z) + n * cd.st[3]] = from_f32<T>(acc);
+}
+
+// ------------------------------------------------------------------------------------------------
+// GEMV, generic B strides (coalesced when B is N-contiguous): block (32, 8), K split over y.
+// ------------------------------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ void gemv_nc_kernel(T* C, const TD& cd, const T* A, const TD& ad,
+                                               const T* B, const TD& bd) {
+    __shared__ float red[8][33];
+    const long long N = cd.ne[3], K = ad.ne[3];
+    const long long n = (long long)blockIdx.x * 32 + threadIdx.x;
+    const long long z = blockIdx.y;
+    const T* a = A + batch_offset(ad, cd, z);
+    const T* b = B + batch_offset(bd, cd, z);
+    const long long as_k = ad.st[3], bs_k = bd.st[2], bs_n = bd.st[3];
+    float acc = 0.0f;
+    if (n < N)
+        for (long long k = threadIdx.y; k < K; k += blockDim.y)
+            acc = fmaf(to_f32(a[k * as_k]), to_f32(b[k * bs_k + n * bs_n]), acc);
+    red[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && n < N) {
+        float s = 0.0f;
+        for (int y = 0; y < (int)blockDim.y; ++y) s += red[y][threadIdx.x];
+        C[batch_offset(cd, cd, z) + n * cd.st[3]] = from_f32<T>(s);
+    }
+}
+
+#define TG_MATMUL(T, sfx)                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                          \
+        matmul_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) {                      \
+        matmul_tiled<T>(C, cd, A, ad, B, bd);                                                  \
+    }                                                                                          \
+    extern "C" __global__ void gemv_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) { \
+        gemv_kernel<T>(C, cd, A, ad, B, bd);                                                   \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256)                                          \
+        gemv_nc_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) {                     \
+        gemv_nc_kernel<T>(C, cd, A, ad, B, bd);                                                \
+    }
+TG_MATMUL(float, f32)
+TG_MATMUL(__half, f16)
+TG_MATMUL(__nv_bfloat16, bf16)
+
+#define TG_MATMUL_TC(T, sfx)                                                                   \
+    extern "C" __global__ void __launch_bounds__(256)                                          \
+        matmul_tc_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) {                   \
+        matmul_tc<T>(C, cd, A, ad, B, bd);                                                     \
+    }
+TG_MATMUL_TC(__half, f16)
+TG_MATMUL_TC(__nv_bfloat16, bf16)

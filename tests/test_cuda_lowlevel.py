@@ -1,0 +1,797 @@
+"""CUDA low level: driver wrapper and every kernel vs a float64 NumPy reference (needs a GPU).
+
+Each output buffer is poisoned (all bytes 0xFF = NaN / -1) before a launch, so an unwritten
+element shows up as NaN; strided outputs also check that the gaps stay untouched.
+Set TINYGRAPH_BENCH=1 to also run the timing test (GEMV bandwidth etc., printed with -s).
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import zlib
+
+import numpy as np
+import pytest
+
+def _import_lowlevel():
+    """tinygraph.backends.cuda.{compiler,driver,kernels}; if the package itself does not import
+    (its other modules being in flux), load the three files standalone."""
+    try:
+        from tinygraph.backends.cuda import compiler, driver, kernels
+
+        return compiler, driver, kernels
+    except ImportError:
+        import importlib.util
+        import sys
+        import types
+        from pathlib import Path
+
+        d = Path(__file__).resolve().parents[1] / "tinygraph" / "backends" / "cuda"
+        pkg = types.ModuleType("_tg_cuda_lowlevel")
+        pkg.__path__ = [str(d)]
+        sys.modules["_tg_cuda_lowlevel"] = pkg
+        mods = []
+        for name in ("compiler", "driver", "kernels"):
+            spec = importlib.util.spec_from_file_location(f"_tg_cuda_lowlevel.{name}", d / f"{name}.py")
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = mod
+            spec.loader.exec_module(mod)
+            setattr(pkg, name, mod)
+            mods.append(mod)
+        return tuple(mods)
+
+
+compiler, driver, kernels = _import_lowlevel()
+Arg = kernels.Arg
+
+if not driver.driver_available():
+    pytest.skip(f"no CUDA driver/GPU: {driver.driver_unavailable_reason()}", allow_module_level=True)
+
+import ml_dtypes  # noqa: E402
+
+NP = {"f32": np.float32, "f16": np.float16, "bf16": ml_dtypes.bfloat16}
+TOL = {"f32": 1e-5, "f16": 1e-2, "bf16": 1e-2}
+DTYPES = ["f32", "f16", "bf16"]
+
+
+@pytest.fixture(scope="module")
+def dev():
+    return driver.get_device(0)
+
+
+@pytest.fixture(scope="module")
+def lib(dev, tmp_path_factory):
+    old = os.environ.get("TINYGRAPH_CACHE_DIR")
+    os.environ["TINYGRAPH_CACHE_DIR"] = str(tmp_path_factory.mktemp("kcache"))
+    try:
+        lib = kernels.KernelLibrary(dev)
+        lib.load_all()
+        yield lib
+    finally:
+        if old is None:
+            os.environ.pop("TINYGRAPH_CACHE_DIR", None)
+        else:
+            os.environ["TINYGRAPH_CACHE_DIR"] = old
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+class DT:
+    """A host array mirrored in a device buffer, plus a NumPy view of it that the kernel sees.
+
+    ``fn`` maps the (contiguous) host base array to the view (slicing / transposition), so the
+    device Arg has the same element offset and strides as the NumPy view."""
+
+    def __init__(self, base, fn=None, poison=False):
+        self.host = np.ascontiguousarray(base)
+        self.fn = fn
+        self.view = fn(self.host) if fn else self.host
+        self.buf = driver.DeviceBuffer(max(self.host.nbytes, 1), what="test tensor")
+        if poison:
+            driver.memset_d8(self.buf, 0xFF, self.host.nbytes)
+            self.buf.download(self.host)
+        else:
+            self.buf.upload(self.host)
+
+    @classmethod
+    def empty(cls, shape, dtype, fn=None):
+        return cls(np.zeros(shape, dtype), fn, poison=True)
+
+    def remap(self, g):
+        """A new DT whose base is g(base), with the same view function."""
+        return DT(g(self.host), self.fn)
+
+    def _offset_strides(self):
+        isz = self.host.itemsize
+        v = self.view
+        assert v.size == 0 or np.shares_memory(v, self.host), "view function must return a view"
+        off = v.__array_interface__["data"][0] - self.host.__array_interface__["data"][0]
+        assert off % isz == 0 and all(st % isz == 0 for st in v.strides)
+        return off // isz, tuple(st // isz for st in v.strides)
+
+    @property
+    def arg(self) -> Arg:
+        off, st = self._offset_strides()
+        return Arg(self.buf.ptr + off * self.host.itemsize, tuple(self.view.shape), st)
+
+    def fetch(self):
+        self.buf.download(self.host)
+        return self.view
+
+    def untouched_mask(self):
+        """True where the host base is NOT part of the view."""
+        off, st = self._offset_strides()
+        m = np.ones(self.host.size, bool)
+        mv = np.lib.stride_tricks.as_strided(m[off:], shape=self.view.shape, strides=st)
+        mv[...] = False
+        return m.reshape(self.host.shape)
+
+
+def rnd(rng, shape, dt, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(NP[dt])
+
+
+def f64(a):
+    return np.asarray(a).astype(np.float64)
+
+
+def assert_close(out, ref, dt, tol=None, what=""):
+    tol = TOL[dt] if tol is None else tol
+    out = f64(out)
+    ref = np.asarray(ref, np.float64)
+    assert out.shape == ref.shape, (what, out.shape, ref.shape)
+    bad = ~np.isfinite(out) & np.isfinite(ref)
+    assert not bad.any(), f"{what}: {bad.sum()} of {bad.size} outputs non-finite (unwritten?)"
+    fin = np.isfinite(ref)
+    o, r = out[fin], ref[fin]
+    if r.size == 0:
+        return
+    nrm = np.linalg.norm(r)
+    err = np.linalg.norm(o - r) / max(nrm, 1e-30)
+    assert err < tol, f"{what}: relative error {err:.3g} >= {tol:g}"
+    rms = nrm / math.sqrt(r.size)
+    lim = 8 * tol * (np.abs(r) + rms)
+    worst = np.argmax(np.abs(o - r) - lim)
+    assert (np.abs(o - r) <= lim).all(), (
+        f"{what}: element {np.unravel_index(worst, r.shape)} off: got {o.flat[worst]!r}, "
+        f"want {r.flat[worst]!r}")
+
+
+def assert_poison_kept(t: DT, what=""):
+    raw = t.host.view(np.uint8).reshape(t.host.shape + (t.host.itemsize,))
+    m = t.untouched_mask()
+    assert (raw[m] == 0xFF).all(), f"{what}: wrote outside the output view"
+
+
+# ----------------------------------------------------------------------------------------------
+# driver
+# ----------------------------------------------------------------------------------------------
+def test_device_info(dev):
+    assert dev.sm_count > 0 and dev.total_memory > 0
+    assert dev.compute_capability[0] >= 7
+    assert dev.arch.startswith("sm_")
+    free, total = driver.mem_get_info()
+    assert 0 < free <= total
+    print(dev, f"free {driver.format_bytes(free)}", "include:", compiler.cuda_include_dirs(),
+          "nvrtc", compiler.nvrtc_version())
+
+
+def test_out_of_memory_message(dev):
+    n = 1 << 50
+    with pytest.raises(driver.CudaError) as ei:
+        driver.DeviceBuffer(n, what="loading weights")
+    msg = str(ei.value)
+    assert f"cuMemAlloc of {n} bytes while loading weights" in msg
+    assert "CUDA_ERROR_OUT_OF_MEMORY" in msg and "free" in msg and "GiB" in msg
+    assert ei.value.out_of_memory
+
+
+def test_bad_launch_names_kernel(lib):
+    f = lib.get("add", "f32")
+    a = driver.DeviceBuffer(64)
+    d = kernels.td((4,))
+    with pytest.raises(driver.CudaError) as ei:
+        driver.launch(f, 1, 2048, [a, d, a, d, a, d])
+    assert "add_f32" in str(ei.value) and "CUDA_ERROR_INVALID_VALUE" in str(ei.value)
+    with pytest.raises(driver.KernelArgumentError) as ei:
+        driver.launch(f, 1, 32, [a, d, a, d, a])
+    assert "add_f32" in str(ei.value) and "6 parameters" in str(ei.value)
+    with pytest.raises(driver.KernelArgumentError):
+        driver.launch(f, 1, 32, [a, d, a, d, a, ctypes.c_int32(0)])
+    # the context is still fine
+    driver.launch(f, 1, 32, [a, d, a, d, a, d])
+    dev = lib.device
+    dev.synchronize()
+
+
+def test_missing_function_error(lib):
+    with pytest.raises(driver.CudaError) as ei:
+        lib.module("elementwise.cu").get_function("no_such_kernel")
+    assert "no_such_kernel" in str(ei.value)
+    with pytest.raises(TypeError):
+        lib.get("matmul_tc", "f32")
+
+
+def test_memcpy_roundtrip_and_streams(dev, rng):
+    x = rng.standard_normal(12345).astype(np.float32)
+    a = driver.DeviceBuffer.from_array(x)
+    b = driver.DeviceBuffer(a.nbytes)
+    b.copy_from(a)
+    assert np.array_equal(b.to_array(np.float32, x.shape), x)
+    s = driver.Stream()
+    pin = driver.PinnedBuffer(x.nbytes)
+    pin.array(np.float32)[:] = x * 2
+    driver.memcpy_htod(b, pin.ptr, x.nbytes, stream=s)
+    out = driver.PinnedBuffer(x.nbytes)
+    driver.memcpy_dtoh(out.ptr, b, x.nbytes, stream=s)
+    s.synchronize()
+    assert np.array_equal(out.array(np.float32), x * 2)
+    driver.memcpy_dtod(a, b, x.nbytes, stream=s)
+    s.synchronize()
+    assert np.array_equal(a.to_array(np.float32, x.shape), x * 2)
+    a.free()
+    a.free()  # idempotent
+
+
+def test_upload_staged(dev, rng):
+    x = rng.integers(0, 255, size=(5 << 20) + 77, dtype=np.uint8)
+    buf = driver.DeviceBuffer(x.nbytes)
+    driver.upload_staged(buf, x, chunk_bytes=1 << 20)
+    assert np.array_equal(buf.to_array(np.uint8, x.shape), x)
+    mv = memoryview(x.tobytes())  # read-only host buffer
+    buf2 = driver.DeviceBuffer(x.nbytes)
+    driver.upload_staged(buf2, mv, chunk_bytes=3 << 20, stream=driver.Stream())
+    assert np.array_equal(buf2.to_array(np.uint8, x.shape), x)
+
+
+def test_events_and_graph_capture(lib, rng):
+    n = 1000
+    x = DT(rnd(rng, (n,), "f32"))
+    y = DT.empty((n,), np.float32)
+    s = driver.Stream()
+    g = driver.Graph()
+    with driver.capture(s, g):
+        lib.scale("f32", y.arg, x.arg, 2.0, stream=s)
+        lib.unary("silu", "f32", y.arg, y.arg, stream=s)
+    assert g.num_nodes() == 2
+    exe = g.instantiate()
+    e0, e1 = driver.Event(), driver.Event()
+    for trial in range(3):
+        xv = rng.standard_normal(n).astype(np.float32)
+        x.buf.upload(xv)
+        e0.record(s)
+        exe.launch(s)
+        e1.record(s)
+        s.synchronize()
+        assert driver.Event.elapsed_ms(e0, e1) >= 0
+        z = 2.0 * f64(xv)
+        assert_close(y.fetch(), z / (1 + np.exp(-z)), "f32", what=f"graph replay {trial}")
+
+
+# ----------------------------------------------------------------------------------------------
+# elementwise
+# ----------------------------------------------------------------------------------------------
+BIN_REF = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
+
+
+def _binary_cases(rng, dt):
+    # (out_shape, a DT, b DT)
+    yield "same", (37, 53), DT(rnd(rng, (37, 53), dt)), DT(rnd(rng, (37, 53), dt))
+    yield "bcast_row", (5, 37, 53), DT(rnd(rng, (5, 37, 53), dt)), DT(rnd(rng, (53,), dt))
+    yield "bcast_both", (4, 7, 33), DT(rnd(rng, (4, 1, 33), dt)), DT(rnd(rng, (1, 7, 1), dt))
+    yield ("transposed", (29, 41), DT(rnd(rng, (41, 29), dt), lambda h: h.T),
+           DT(rnd(rng, (29, 82), dt), lambda h: h[:, ::2]))
+    yield "rank4", (2, 3, 5, 67), DT(rnd(rng, (2, 3, 5, 67), dt)), DT(rnd(rng, (2, 1, 5, 1), dt))
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
+def test_binary(lib, rng, op, dt):
+    for name, oshape, a, b in _binary_cases(rng, dt):
+        if op == "div":
+            b = b.remap(lambda h: (np.abs(f64(h)) + 0.5).astype(NP[dt]))
+        out = DT.empty(oshape, NP[dt])
+        lib.binary(op, dt, out.arg, a.arg, b.arg)
+        ref = BIN_REF[op](f64(a.view), f64(b.view))
+        assert_close(out.fetch(), ref, dt, what=f"{op} {name}")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_binary_explicit_stride0(lib, rng, dt):
+    # broadcasting spelled as ne = out's ne with stride 0 (instead of ne = 1)
+    a = DT(rnd(rng, (31, 45), dt))
+    b = DT(rnd(rng, (45,), dt))
+    out = DT.empty((31, 45), NP[dt])
+    lib.binary("add", dt, out.arg, a.arg, Arg(b.buf.ptr, (31, 45), (0, 1)))
+    assert_close(out.fetch(), f64(a.host) + f64(b.host)[None, :], dt, what="stride0")
+
+
+def _gelu(x):
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _gelu_erf(x):
+    from math import erf
+
+    return 0.5 * x * (1 + np.vectorize(erf)(x / math.sqrt(2)))
+
+
+UN_REF = {"gelu": _gelu, "gelu_erf": _gelu_erf, "silu": lambda x: x / (1 + np.exp(-x))}
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("op", ["gelu", "gelu_erf", "silu", "scale"])
+def test_unary(lib, rng, op, dt):
+    cases = [
+        ("contig", DT(rnd(rng, (3, 7, 129), dt, 3.0)), (3, 7, 129)),
+        ("strided", DT(rnd(rng, (65, 40), dt, 3.0), lambda h: h[::2, 1:34].T), (33, 33)),
+    ]
+    for name, x, oshape in cases:
+        out = DT.empty(oshape, NP[dt])
+        if op == "scale":
+            lib.scale(dt, out.arg, x.arg, -0.37)
+            ref = f64(x.view) * np.float64(np.float32(-0.37))
+        else:
+            lib.unary(op, dt, out.arg, x.arg)
+            ref = UN_REF[op](f64(x.view))
+        assert_close(out.fetch(), ref, dt, what=f"{op} {name}")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_inplace_unary(lib, rng, dt):
+    x = DT(rnd(rng, (1000,), dt))
+    ref = UN_REF["silu"](f64(x.host))
+    lib.unary("silu", dt, x.arg, x.arg)
+    assert_close(x.fetch(), ref, dt, what="silu in place")
+
+
+@pytest.mark.parametrize("src", DTYPES)
+@pytest.mark.parametrize("dst", DTYPES)
+def test_cpy_cast(lib, rng, src, dst):
+    # transposed strided source -> contiguous destination, with conversion
+    x = DT(rnd(rng, (45, 37), src), lambda h: h.T)
+    out = DT.empty((37, 45), NP[dst])
+    lib.copy(out.arg, x.arg, src, dst)
+    ref = np.asarray(x.view).astype(NP[dst])  # ml_dtypes / numpy: round to nearest even
+    got = out.fetch()
+    assert np.array_equal(got.view(np.uint8), np.ascontiguousarray(ref).view(np.uint8)) or \
+        np.array_equal(f64(got), f64(ref)), f"cpy {src}->{dst} not exact"
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_cpy_reshape_and_concat(lib, rng, dt):
+    # reshape-copy: a (6, 35) transposed view copied into a flat (210,) buffer (row-major order)
+    x = DT(rnd(rng, (35, 6), dt), lambda h: h.T)
+    flat = DT.empty((210,), NP[dt])
+    lib.copy(flat.arg, x.arg, dt)
+    assert np.array_equal(f64(flat.fetch()), f64(x.view).reshape(-1))
+    # concat along the last axis as two copies into views of the output (3, 5, 17 + 30)
+    a = DT(rnd(rng, (3, 5, 17), dt))
+    b = DT(rnd(rng, (3, 5, 30), dt), None)
+    out = DT.empty((3, 5, 47), NP[dt])
+    isz = out.host.itemsize
+    ost = (5 * 47, 47, 1)
+    lib.copy(Arg(out.buf.ptr, (3, 5, 17), ost), a.arg, dt)
+    lib.copy(Arg(out.buf.ptr + 17 * isz, (3, 5, 30), ost), b.arg, dt)
+    assert np.array_equal(f64(out.fetch()), np.concatenate([f64(a.host), f64(b.host)], axis=-1))
+    # a copy into a strided destination view leaves the rest alone
+    dstv = DT.empty((8, 20), NP[dt], lambda h: h[1:7:2, 3:14])
+    src = DT(rnd(rng, (3, 11), dt))
+    lib.copy(dstv.arg, src.arg, dt)
+    assert np.array_equal(f64(dstv.fetch()), f64(src.host))
+    assert_poison_kept(dstv, "strided cpy")
+
+
+def test_cpy_i32(lib, rng):
+    x = DT(rng.integers(-2**31, 2**31 - 1, size=(17, 9), dtype=np.int32), lambda h: h.T)
+    out = DT.empty((9, 17), np.int32)
+    lib.copy(out.arg, x.arg, "i32")
+    assert np.array_equal(out.fetch(), x.view)
+
+
+# ----------------------------------------------------------------------------------------------
+# norms
+# ----------------------------------------------------------------------------------------------
+def _rms_ref(x, w, eps):
+    r = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+    return r * w if w is not None else r
+
+
+def _ln_ref(x, w, b, eps):
+    mu = x.mean(-1, keepdims=True)
+    r = (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps)
+    if w is not None:
+        r = r * w
+    if b is not None:
+        r = r + b
+    return r
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 7, 577), (5, 33), (2, 4097), (1, 1, 1, 31)])
+def test_rms_norm(lib, rng, dt, shape):
+    D = shape[-1]
+    x = DT(rnd(rng, shape, dt) + NP[dt](0.5))
+    w = DT(rnd(rng, (D,), dt))
+    out = DT.empty(shape, NP[dt])
+    eps = 1e-6
+    lib.rms_norm(dt, out.arg, x.arg, w.buf, eps)
+    assert_close(out.fetch(), _rms_ref(f64(x.host), f64(w.host), np.float32(eps)), dt, what="rms_norm")
+    out2 = DT.empty(shape, NP[dt])
+    lib.rms_norm(dt, out2.arg, x.arg, None, eps)
+    assert_close(out2.fetch(), _rms_ref(f64(x.host), None, np.float32(eps)), dt, what="rms_norm no w")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_rms_norm_strided(lib, rng, dt):
+    # rows with a padded row stride, output written into a strided view
+    x = DT(rnd(rng, (9, 200), dt), lambda h: h[:, 3:164])
+    w = DT(rnd(rng, (161,), dt))
+    out = DT.empty((9, 170), NP[dt], lambda h: h[:, :161])
+    lib.rms_norm(dt, out.arg, x.arg, w.buf, 1e-5)
+    assert_close(out.fetch(), _rms_ref(f64(x.view), f64(w.host), np.float32(1e-5)), dt, what="rms strided")
+    assert_poison_kept(out, "rms strided")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 7, 577), (5, 33), (2, 1025)])
+def test_layer_norm(lib, rng, dt, shape):
+    D = shape[-1]
+    x = DT(rnd(rng, shape, dt, 2.0) + NP[dt](3.0))  # non-zero mean: tests the two-pass variance
+    w = DT(rnd(rng, (D,), dt))
+    b = DT(rnd(rng, (D,), dt))
+    out = DT.empty(shape, NP[dt])
+    lib.layer_norm(dt, out.arg, x.arg, w.buf, b.buf, 1e-5)
+    assert_close(out.fetch(), _ln_ref(f64(x.host), f64(w.host), f64(b.host), np.float32(1e-5)), dt,
+                 what="layer_norm")
+    out2 = DT.empty(shape, NP[dt])
+    lib.layer_norm(dt, out2.arg, x.arg, None, None, 1e-5)
+    assert_close(out2.fetch(), _ln_ref(f64(x.host), None, None, np.float32(1e-5)), dt, what="ln plain")
+
+
+# ----------------------------------------------------------------------------------------------
+# softmax
+# ----------------------------------------------------------------------------------------------
+def _softmax_ref(x, scale, causal, past):
+    z = x * np.float64(np.float32(scale))
+    T, S = x.shape[-2], x.shape[-1]
+    mask = np.zeros((T, S), bool)
+    if causal:
+        mask = np.arange(S)[None, :] > (np.arange(T)[:, None] + past)
+    z = np.where(mask, -np.inf, z)
+    m = z.max(-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.where(mask, 0.0, np.exp(z - m))
+    s = e.sum(-1, keepdims=True)
+    return np.where(s > 0, e / np.where(s > 0, s, 1), 0.0)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_softmax(lib, rng, dt):
+    cases = [
+        ("plain", (2, 3, 37, 53), 0.37, False, 0),
+        ("causal_past", (2, 3, 37, 53), 0.125, True, 16),
+        ("causal_square", (4, 67, 67), 1.0, True, 0),
+        ("masked_rows", (3, 9, 40), 0.5, True, -4),  # first rows see nothing -> zeros
+        ("long_row", (2, 5000), 1.0, False, 0),
+        ("decode_row", (8, 1, 300), 0.1, True, 250),  # one query at position 250 of a 300 buffer
+    ]
+    for name, shape, scale, causal, past in cases:
+        x = DT(rnd(rng, shape, dt, 3.0))
+        out = DT.empty(shape, NP[dt])
+        lib.softmax(dt, out.arg, x.arg, scale, causal, past)
+        assert_close(out.fetch(), _softmax_ref(f64(x.host), scale, causal, past), dt, what=f"softmax {name}")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_softmax_past_on_device_and_strided(lib, rng, dt):
+    x = DT(rnd(rng, (2, 6, 128), dt, 2.0), lambda h: h[:, :, :90])
+    past = DT(np.array([40], np.int32))
+    out = DT.empty((2, 6, 90), NP[dt])
+    lib.softmax(dt, out.arg, x.arg, 0.7, causal=True, past=-1000, past_dev=past.buf)
+    assert_close(out.fetch(), _softmax_ref(f64(x.view), 0.7, True, 40), dt, what="softmax past_dev")
+    # in place
+    y = DT(rnd(rng, (5, 77), dt))
+    ref = _softmax_ref(f64(y.host), 1.0, False, 0)
+    lib.softmax(dt, y.arg, y.arg, 1.0)
+    assert_close(y.fetch(), ref, dt, what="softmax in place")
+
+
+# ----------------------------------------------------------------------------------------------
+# rope
+# ----------------------------------------------------------------------------------------------
+def _rope_ref(x, pos, theta, mode, n_dims, ff=None):
+    """HF-style: float32 inv_freq and float32 angles, then float64 math."""
+    hd = x.shape[-1]
+    half = n_dims // 2
+    d = np.arange(half)
+    inv = (1.0 / np.power(np.float64(np.float32(theta)), (2.0 * d) / n_dims)).astype(np.float32)
+    if ff is not None:
+        inv = (inv / ff.astype(np.float32)).astype(np.float32)
+    ang = (pos.astype(np.float32)[:, None] * inv[None, :]).astype(np.float32).astype(np.float64)
+    cos = np.cos(ang)[:, None, :]  # (T, 1, half) against x (..., T, H, hd)
+    sin = np.sin(ang)[:, None, :]
+    out = x.copy()
+    if mode == "neox":
+        a, b = x[..., :half], x[..., half:n_dims]
+        out[..., :half] = a * cos - b * sin
+        out[..., half:n_dims] = b * cos + a * sin
+    else:
+        a, b = x[..., 0:n_dims:2], x[..., 1:n_dims:2]
+        out[..., 0:n_dims:2] = a * cos - b * sin
+        out[..., 1:n_dims:2] = b * cos + a * sin
+    return out
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("mode", ["neox", "normal"])
+def test_rope(lib, rng, dt, mode):
+    cases = [
+        ("full", (7, 3, 64), 10000.0, None, False),
+        ("batch", (2, 5, 4, 128), 1e6, None, False),
+        ("partial", (9, 2, 80), 10000.0, 32, False),
+        ("freq_factors", (6, 3, 64), 500000.0, None, True),
+    ]
+    for name, shape, theta, n_dims, use_ff in cases:
+        T, hd = shape[-3], shape[-1]
+        nd = hd if n_dims is None else n_dims
+        x = DT(rnd(rng, shape, dt))
+        pos = DT(rng.integers(0, 3000, size=T).astype(np.int32))
+        ff = DT((1.0 + rng.random(nd // 2) * 7).astype(np.float32)) if use_ff else None
+        out = DT.empty(shape, NP[dt])
+        lib.rope(dt, out.arg, x.arg, pos.buf, theta, mode, n_dims=nd, freq_factors=ff.buf if ff else None)
+        ref = _rope_ref(f64(x.host), pos.host, theta, mode, nd, ff.host if ff else None)
+        assert_close(out.fetch(), ref, dt, what=f"rope {mode} {name}")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_rope_strided_inplace(lib, rng, dt):
+    # q = view into a fused qkv buffer (T, 3*H*hd) -> (T, H, hd), rotated in place
+    T, H, hd = 11, 4, 64
+    qkv = DT(rnd(rng, (T, 3 * H * hd), dt), lambda h: h[:, H * hd:2 * H * hd].reshape(T, H, hd))
+    pos = DT(np.arange(100, 100 + T, dtype=np.int32))
+    ref = _rope_ref(f64(qkv.view), pos.host, 10000.0, "neox", hd)
+    before = qkv.host.copy()
+    lib.rope(dt, qkv.arg, qkv.arg, pos.buf, 10000.0, "neox")
+    got = qkv.fetch()
+    assert_close(got, ref, dt, what="rope in place strided")
+    assert np.array_equal(qkv.host[:, :H * hd].view(np.uint8), before[:, :H * hd].view(np.uint8))
+
+
+# ----------------------------------------------------------------------------------------------
+# getrows / set_rows / argmax
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dt", DTYPES)
+def test_getrows(lib, rng, dt):
+    V, D = 101, 67
+    table = DT(rnd(rng, (V, D), dt))
+    ids = DT(np.array([[0, 5, 100, 5, 33], [99, 1, 2, 3, 4], [7, 7, 7, 0, 100]], np.int32))
+    out = DT.empty((3, 5, D), NP[dt])
+    lib.getrows(dt, out.arg, table.arg, ids.buf)
+    assert np.array_equal(f64(out.fetch()), f64(table.host)[ids.host])
+    # transposed table view and an out-of-range id
+    tt = DT(rnd(rng, (D, V), dt), lambda h: h.T)
+    ids2 = DT(np.array([3, -1, 101, 50], np.int32))
+    out2 = DT.empty((4, D), NP[dt])
+    lib.getrows(dt, out2.arg, tt.arg, ids2.buf)
+    got = f64(out2.fetch())
+    assert np.array_equal(got[[0, 3]], f64(tt.view)[[3, 50]])
+    assert np.isnan(got[[1, 2]]).all()
+
+
+@pytest.mark.parametrize("src", DTYPES)
+@pytest.mark.parametrize("dst", DTYPES)
+def test_set_rows(lib, rng, src, dst):
+    # KV cache (B, H, Tmax, hd) written at positions idx from src (B, H, T, hd)
+    cache = DT(rnd(rng, (2, 3, 50, 64), dst))
+    before = f64(cache.host).copy()
+    s = DT(rnd(rng, (2, 3, 5, 64), src))
+    idx = DT(np.array([7, 0, 49, 20, 60], np.int32))  # 60 is out of range: skipped
+    lib.set_rows(cache.arg, s.arg, idx.buf, src, dst)
+    ref = before.copy()
+    for j, p in enumerate(idx.host):
+        if 0 <= p < 50:
+            ref[:, :, p, :] = f64(np.asarray(s.host[:, :, j, :]).astype(NP[dst]))
+    assert np.array_equal(f64(cache.fetch()), ref)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_argmax(lib, rng, dt):
+    x = rnd(rng, (9, 1000), dt)
+    x[1, 17] = x[1, 900] = NP[dt](50.0)  # tie: first wins
+    x[2, :] = NP[dt](1.0)  # all equal -> 0
+    x[3, 500] = np.nan
+    x[3, 600] = np.nan  # first NaN wins, as np.argmax
+    x[4, 999] = NP[dt](1e4 if dt != "f16" else 6e4)
+    xt = DT(x)
+    out = DT.empty((9,), np.int32)
+    lib.argmax(dt, out.arg, xt.arg)
+    assert np.array_equal(out.fetch(), np.argmax(f64(x), axis=-1))
+    # strided rows, vocab not a multiple of 32, 3-D
+    y = DT(rnd(rng, (2, 3, 4099), dt), lambda h: h[:, :, 2:4001])
+    out2 = DT.empty((2, 3), np.int32)
+    lib.argmax(dt, out2.arg, y.arg)
+    assert np.array_equal(out2.fetch(), np.argmax(f64(y.view), axis=-1))
+
+
+# ----------------------------------------------------------------------------------------------
+# matmul
+# ----------------------------------------------------------------------------------------------
+MM_TOL = {"f32": 1e-4, "f16": 1e-2, "bf16": 1e-2}
+
+
+def _mm_cases(rng, dt, k_mult8=False):
+    K = 264 if k_mult8 else 129
+    yield "plain", DT(rnd(rng, (67, K), dt)), DT(rnd(rng, (K, 93), dt))
+    # B = transpose of an HF [out, in] weight
+    yield "b_transposed", DT(rnd(rng, (67, K), dt)), DT(rnd(rng, (93, K), dt), lambda h: h.T)
+    yield ("both_transposed", DT(rnd(rng, (K, 130), dt), lambda h: h.T),
+           DT(rnd(rng, (200, K), dt), lambda h: h.T))
+    # batch broadcast: B shared by all batches (ne = 1 / stride 0)
+    yield "bcast_b", DT(rnd(rng, (2, 3, 17, 40), dt)), DT(rnd(rng, (40, 33), dt))
+    yield "bcast_a", DT(rnd(rng, (19, 40), dt)), DT(rnd(rng, (3, 40, 33), dt), lambda h: h[None])
+    # attention-like: q (H, T, hd) @ K^T (H, hd, S) with K a [S, H, hd] cache
+    yield ("attn", DT(rnd(rng, (4, 31, 64), dt)),
+           DT(rnd(rng, (45, 4, 64), dt), lambda h: h.transpose(1, 2, 0)))
+    yield "odd_sizes", DT(rnd(rng, (130, 1), dt)), DT(rnd(rng, (1, 129), dt))
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("algo", ["matmul", "matmul_tc"])
+def test_matmul(lib, rng, dt, algo):
+    if algo == "matmul_tc" and dt == "f32":
+        pytest.skip("tensor-core kernel is f16/bf16 only")
+    for k8 in (False, True):
+        for name, a, b in _mm_cases(rng, dt, k8):
+            ref = np.matmul(f64(a.view), f64(b.view))
+            out = DT.empty(ref.shape, NP[dt])
+            lib.matmul(dt, out.arg, a.arg, b.arg, algo=algo)
+            assert_close(out.fetch(), ref, dt, MM_TOL[dt], what=f"{algo} {name} K%8={k8}")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_matmul_strided_out_and_big_tc(lib, rng, dt):
+    # output into a column slice of a wider buffer (e.g. fused qkv)
+    a = DT(rnd(rng, (70, 96), dt))
+    b = DT(rnd(rng, (50, 96), dt), lambda h: h.T)
+    out = DT.empty((70, 160), NP[dt], lambda h: h[:, 20:70])
+    lib.matmul(dt, out.arg, a.arg, b.arg)
+    assert_close(out.fetch(), f64(a.host) @ f64(b.view), dt, MM_TOL[dt], what="strided C")
+    assert_poison_kept(out, "strided C")
+    # a larger product through the default dispatch (tensor cores for f16/bf16)
+    a = DT(rnd(rng, (300, 1024), dt))
+    b = DT(rnd(rng, (520, 1024), dt), lambda h: h.T)
+    out = DT.empty((300, 520), NP[dt])
+    lib.matmul(dt, out.arg, a.arg, b.arg)
+    assert_close(out.fetch(), f64(a.host) @ f64(b.view), dt, MM_TOL[dt], what="big")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("K", [1000, 1001, 4096, 24])
+def test_gemv(lib, rng, dt, K):
+    N = 77
+    cases = [
+        ("weightT", DT(rnd(rng, (1, K), dt)), DT(rnd(rng, (N, K), dt), lambda h: h.T)),
+        # batched decode attention: q (H, 1, hd) @ K^T (H, hd, S), cache (H, S, hd)
+        ("batched", DT(rnd(rng, (3, 1, K), dt)), DT(rnd(rng, (3, N, K), dt), lambda h: h.transpose(0, 2, 1))),
+        # misaligned row stride (K + 1) -> scalar path
+        ("padded_rows", DT(rnd(rng, (1, K), dt)), DT(rnd(rng, (N, K + 1), dt), lambda h: h[:, :K].T)),
+        # x is a strided view
+        ("strided_x", DT(rnd(rng, (1, 2 * K), dt), lambda h: h[:, ::2]), DT(rnd(rng, (N, K), dt), lambda h: h.T)),
+    ]
+    for name, a, b in cases:
+        ref = np.matmul(f64(a.view), f64(b.view))
+        out = DT.empty(ref.shape, NP[dt])
+        f, grid, block = lib.plan_matmul(dt, out.arg, a.arg, b.arg)
+        assert f.name.startswith("gemv_"), f.name
+        lib.matmul(dt, out.arg, a.arg, b.arg)
+        assert_close(out.fetch(), ref, dt, MM_TOL[dt], what=f"gemv {name} K={K}")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_gemv_nc(lib, rng, dt):
+    # probs (H, 1, S) @ V (H, S, hd) with V N-contiguous; and a broadcast weight (K, N)
+    for name, a, b in [
+        ("attn_v", DT(rnd(rng, (4, 1, 301), dt)), DT(rnd(rng, (4, 301, 64), dt))),
+        ("conv1d_weight", DT(rnd(rng, (1, 200), dt)), DT(rnd(rng, (200, 333), dt))),
+    ]:
+        ref = np.matmul(f64(a.view), f64(b.view))
+        out = DT.empty(ref.shape, NP[dt])
+        f, _, _ = lib.plan_matmul(dt, out.arg, a.arg, b.arg)
+        assert f.name.startswith("gemv_nc_"), f.name
+        lib.matmul(dt, out.arg, a.arg, b.arg)
+        assert_close(out.fetch(), ref, dt, MM_TOL[dt], what=f"gemv_nc {name}")
+    # the generic path on a K-contiguous B, forced
+    a, b = DT(rnd(rng, (1, 96), dt)), DT(rnd(rng, (50, 96), dt), lambda h: h.T)
+    out = DT.empty((1, 50), NP[dt])
+    lib.matmul(dt, out.arg, a.arg, b.arg, algo="gemv_nc")
+    assert_close(out.fetch(), f64(a.host) @ f64(b.view), dt, MM_TOL[dt], what="gemv_nc forced")
+
+
+def test_registry_functions_all_load(lib):
+    for file, name in kernels.all_kernel_names():
+        f = lib.function(name)
+        assert f.num_regs > 0
+        assert f.param_sizes() is None or len(f.param_sizes()) == len(
+            kernels.KERNELS[next(b for b in sorted(kernels.KERNELS, key=len, reverse=True)
+                                 if name.startswith(b + "_"))].params)
+
+
+# ----------------------------------------------------------------------------------------------
+# timing (TINYGRAPH_BENCH=1)
+# ----------------------------------------------------------------------------------------------
+def _time(fn, stream, reps=50, warm=5):
+    for _ in range(warm):
+        fn(0)
+    ev = [(driver.Event(), driver.Event()) for _ in range(reps)]
+    for i, (e0, e1) in enumerate(ev):
+        e0.record(stream)
+        fn(i)
+        e1.record(stream)
+    stream.synchronize()
+    return float(np.median([driver.Event.elapsed_ms(a, b) for a, b in ev]))
+
+
+@pytest.mark.skipif(os.environ.get("TINYGRAPH_BENCH") != "1", reason="set TINYGRAPH_BENCH=1 to time")
+def test_bench(lib, rng):
+    s = driver.Stream()
+    res = {}
+    K = N = 4096
+    for dt in DTYPES:
+        isz = np.dtype(NP[dt]).itemsize
+        ws = [DT(rnd(rng, (N, K), dt), lambda h: h.T) for _ in range(4)]  # 4 copies > L2
+        x = DT(rnd(rng, (1, K), dt))
+        y = DT.empty((1, N), NP[dt])
+        ms = _time(lambda i: lib.matmul(dt, y.arg, x.arg, ws[i % 4].arg, stream=s), s)
+        res[f"gemv_{dt}_4096x4096_GBps"] = (N * K + K + N) * isz / (ms * 1e-3) / 1e9
+        res[f"gemv_{dt}_4096x4096_us"] = ms * 1e3
+        # the last timed launch (i = 49) used ws[49 % 4]
+        assert_close(y.fetch(), f64(x.host) @ f64(ws[49 % 4].view), dt, MM_TOL[dt], what="bench gemv")
+        del ws
+    for dt, M in (("f16", 512), ("bf16", 512), ("f32", 512)):
+        a = DT(rnd(rng, (M, K), dt))
+        w = DT(rnd(rng, (N, K), dt), lambda h: h.T)
+        c = DT.empty((M, N), NP[dt])
+        ms = _time(lambda i: lib.matmul(dt, c.arg, a.arg, w.arg, stream=s), s, reps=20, warm=3)
+        algo = lib.plan_matmul(dt, c.arg, a.arg, w.arg)[0].name
+        res[f"{algo}_{M}x{K}x{N}_TFLOPs"] = 2 * M * N * K / (ms * 1e-3) / 1e12
+    # launch overhead: eager vs CUDA-graph replay of 200 tiny launches
+    t = DT(rnd(rng, (256,), "f32"))
+    f = lib.get("scale", "f32")
+    args = [t.arg.addr, t.arg.td, t.arg.addr, t.arg.td, kernels.f32(1.0)]
+
+    def many(_):
+        for _ in range(200):
+            driver.launch(f, 1, 256, args, stream=s)
+
+    import time as _t
+
+    many(0)
+    s.synchronize()
+    t0 = _t.perf_counter()
+    for _ in range(5):
+        many(0)
+    s.synchronize()
+    res["eager_launch_us"] = (_t.perf_counter() - t0) / 1000 * 1e6
+    g = driver.Graph()
+    with driver.capture(s, g):
+        many(0)
+    exe = g.instantiate()
+    exe.launch(s)
+    s.synchronize()
+    ms = _time(lambda i: exe.launch(s), s, reps=20, warm=2)
+    res["graph_replay_us_per_kernel"] = ms * 1e3 / 200
+    print("\nBENCH " + json.dumps({k: round(v, 2) for k, v in res.items()}))
+    out = os.environ.get("TINYGRAPH_BENCH_OUT")
+    if out:
+        with open(out, "w") as fh:
+            json.dump(res, fh, indent=1)
+    assert res["gemv_f16_4096x4096_GBps"] > 100

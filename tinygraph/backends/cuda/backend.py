@@ -1,0 +1,204 @@
+"""The CUDA backend: runs planned graphs with the NVRTC-compiled kernels of ``cuda_src/``.
+
+Memory: every persistent buffer is one device allocation made at ``finalize``; a graph's
+intermediates live in one arena (grown to the largest plan, then reused); graph inputs are
+staged into one device input area. A node's address is its owner's base address plus its view
+offset; kernels read strides from the descriptor, so views, transposes and KV-cache slots cost no
+copy. Operands whose dtype differs from the kernel's are converted into scratch space first.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import BackendError
+from ...graph import ExecPlan, Graph
+from ...tensor import Tensor
+from .. import Backend
+from . import driver
+from .kernels import Arg, KernelLibrary
+
+_ALIGN = 256
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+
+    def __init__(self, ordinal: int = 0) -> None:
+        self.device = driver.get_device(ordinal)
+        self.device.make_current()
+        self.lib = KernelLibrary(self.device)
+        self.stream = driver.Stream()
+        self.buffers: dict[int, driver.DeviceBuffer] = {}
+        self._arena: driver.DeviceBuffer | None = None
+        self._inputs: driver.DeviceBuffer | None = None
+        self._scratch: driver.DeviceBuffer | None = None
+
+    # -- persistent buffers -------------------------------------------------------------------
+    def allocate(self, t: Tensor) -> None:
+        buf = driver.DeviceBuffer(max(t.nbytes, 1), what=f"allocating persistent buffer '{t.name}'",
+                                  device=self.device)
+        driver.memset_d8(buf.ptr, 0, buf.nbytes)  # KV caches start as zeros, never garbage/NaN
+        self.buffers[t.id] = buf
+
+    def upload(self, t: Tensor, array: np.ndarray) -> None:
+        if array.nbytes:
+            driver.upload_staged(self.buffers[t.id].ptr, np.ascontiguousarray(array).view(np.uint8).reshape(-1))
+
+    def download(self, t: Tensor) -> np.ndarray:
+        self.stream.synchronize("download")
+        out = np.empty(t.shape, t.dtype.np)
+        if out.nbytes:
+            self.buffers[t.id].download(out.view(np.uint8).reshape(-1))
+        return out
+
+    def close(self) -> None:
+        try:
+            self.stream.synchronize("close")
+        except Exception:
+            pass
+        for b in self.buffers.values():
+            b.free()
+        self.buffers.clear()
+        for b in (self._arena, self._inputs, self._scratch):
+            if b is not None:
+                b.free()
+        self._arena = self._inputs = self._scratch = None
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _grow(self, attr: str, nbytes: int, what: str) -> driver.DeviceBuffer:
+        buf = getattr(self, attr)
+        if buf is None or buf.nbytes < nbytes:
+            if buf is not None:
+                self.stream.synchronize(what)
+                buf.free()
+            buf = driver.DeviceBuffer(max(nbytes, _ALIGN), what=what, device=self.device)
+            setattr(self, attr, buf)
+        return buf
+
+    def execute(self, graph: Graph, plan: ExecPlan, inputs: dict[int, np.ndarray]) -> list[np.ndarray]:
+        self.device.make_current()
+        base: dict[int, int] = {tid: b.ptr for tid, b in self.buffers.items()}
+        arena = self._grow("_arena", plan.arena_bytes, "allocating the graph's arena")
+        for tid, off in plan.memory.offsets.items():
+            base[tid] = arena.ptr + off
+        # inputs: one staging area, each input 256-byte aligned
+        offs, total = {}, 0
+        for tid, a in inputs.items():
+            offs[tid] = total
+            total += -(-max(a.nbytes, 1) // _ALIGN) * _ALIGN
+        if inputs:
+            area = self._grow("_inputs", total, "staging graph inputs")
+            host = np.empty(total, np.uint8)
+            for tid, a in inputs.items():
+                host[offs[tid]: offs[tid] + a.nbytes] = a.view(np.uint8).reshape(-1)
+                base[tid] = area.ptr + offs[tid]
+            driver.memcpy_htod(area.ptr, host, total, self.stream)
+            self._host_inputs = host  # keep alive until the stream has read it
+        self._scratch_used = 0
+        for n in plan.order:
+            try:
+                self._run(n, base)
+            except driver.CudaError as e:
+                raise driver.CudaError(f"while running node {n.describe()}: {e}", getattr(e, "result", None)) from e
+        outs = []
+        self.stream.synchronize("reading graph outputs")
+        for o in graph.outputs:
+            outs.append(self._fetch(o, base))
+        return outs
+
+    def _fetch(self, t: Tensor, base: dict[int, int]) -> np.ndarray:
+        """Host copy of ``t`` (any strides): download its span, then view it with its strides."""
+        it = t.dtype.itemsize
+        span = t.extent
+        raw = np.empty(max(span, 1), t.dtype.np)
+        if span:
+            driver.memcpy_dtoh(raw, base[t.storage.id] + t.offset * it, span * it)
+        view = np.lib.stride_tricks.as_strided(raw, t.shape, tuple(s * it for s in t.strides))
+        return np.array(view)
+
+    def _arg(self, t: Tensor, base: dict[int, int]) -> Arg:
+        return Arg(base[t.storage.id] + t.offset * t.dtype.itemsize, t.shape, t.strides)
+
+    def _as(self, t: Tensor, base: dict[int, int], dtype) -> Arg:
+        """``t`` as an operand of ``dtype``: itself, or a converted contiguous copy in scratch."""
+        a = self._arg(t, base)
+        if t.dtype == dtype:
+            return a
+        nbytes = t.size * dtype.itemsize
+        need = self._scratch_used + -(-nbytes // _ALIGN) * _ALIGN
+        scratch = self._scratch
+        if scratch is None or scratch.nbytes < need:
+            raise _NeedScratch(need)
+        ptr = scratch.ptr + self._scratch_used
+        self._scratch_used = need
+        out = Arg(ptr, t.shape, None)
+        self.lib.copy(out, a, t.dtype.short, dtype.short, stream=self.stream)
+        return out
+
+    def _run(self, n: Tensor, base: dict[int, int]) -> None:
+        try:
+            self._dispatch(n, base)
+        except _NeedScratch as e:  # first sight of a mixed-dtype node: make room, then retry
+            self.stream.synchronize("growing scratch")
+            old = self._scratch
+            self._scratch = driver.DeviceBuffer(max(e.nbytes * 2, 1 << 20), what="dtype-conversion scratch",
+                                                device=self.device)
+            if old is not None:
+                old.free()
+            self._scratch_used = 0
+            self._dispatch(n, base)
+
+    def _dispatch(self, n: Tensor, base: dict[int, int]) -> None:
+        lib, s, op, p = self.lib, self.stream, n.op, n.params
+        out = self._arg(n, base)
+        dt = n.dtype
+        src = n.srcs
+        if op in ("cont", "cast", "cpy"):
+            lib.copy(out, self._arg(src[0], base), src[0].dtype.short, dt.short, stream=s)
+        elif op == "concat":
+            ax, off = p["axis"], 0
+            for part in src:
+                it = dt.itemsize
+                dst = Arg(out.ptr + off * n.strides[ax] * it, part.shape, n.strides)
+                lib.copy(dst, self._arg(part, base), part.dtype.short, dt.short, stream=s)
+                off += part.shape[ax]
+        elif op == "get_rows":
+            ids = self._contiguous_ids(src[1], base)
+            lib.getrows(dt.short, out, self._as(src[0], base, dt), ids, stream=s)
+        elif op == "matmul":
+            lib.matmul(dt.short, out, self._as(src[0], base, dt), self._as(src[1], base, dt), stream=s)
+        elif op in ("add", "mul"):
+            lib.binary(op, dt.short, out, self._as(src[0], base, dt), self._as(src[1], base, dt), stream=s)
+        elif op == "scale":
+            lib.scale(dt.short, out, self._as(src[0], base, dt), p["scale"], stream=s)
+        elif op in ("gelu", "silu"):
+            lib.unary(op, dt.short, out, self._as(src[0], base, dt), stream=s)
+        elif op == "softmax":
+            lib.softmax(dt.short, out, self._as(src[0], base, dt), p["scale"], p["causal"], p["past"], stream=s)
+        elif op == "rms_norm":
+            w = self._as(src[1], base, dt).ptr if p["has_w"] else None
+            lib.rms_norm(dt.short, out, self._as(src[0], base, dt), w, p["eps"], stream=s)
+        elif op == "layer_norm":
+            rest = list(src[1:])
+            w = self._as(rest.pop(0), base, dt).ptr if p["has_w"] else None
+            b = self._as(rest.pop(0), base, dt).ptr if p["has_b"] else None
+            lib.layer_norm(dt.short, out, self._as(src[0], base, dt), w, b, p["eps"], stream=s)
+        elif op == "rope":
+            pos = self._contiguous_ids(src[1], base)
+            ff = self._arg(src[2], base).ptr if p["has_ff"] else None
+            lib.rope(dt.short, out, self._as(src[0], base, dt), pos, p["theta"], p["mode"],
+                     freq_factors=ff, stream=s)
+        elif op == "argmax":
+            lib.argmax(src[0].dtype.short, out, self._arg(src[0], base), stream=s)
+        else:
+            raise BackendError(f"CUDA backend has no kernel for op {op!r} (node {n.describe()})")
+
+    def _contiguous_ids(self, t: Tensor, base: dict[int, int]) -> int:
+        if not t.is_contiguous:
+            raise BackendError(f"CUDA backend needs contiguous int32 ids/positions: {t.describe()}")
+        return self._arg(t, base).ptr
+
+
+class _NeedScratch(Exception):
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes

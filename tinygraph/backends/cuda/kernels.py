@@ -1,0 +1,543 @@
+"""Kernel registry, descriptor helpers and launch helpers for the sources in ``cuda_src/``.
+
+Independent of the graph classes: everything here takes device pointers, shapes and strides.
+
+ABI (see ``cuda_src/common.cuh``)
+---------------------------------
+* A tensor is a device pointer plus ``TD`` *by value*: ``struct TD { long long ne[4]; long long
+  st[4]; }`` -- shape and strides in ELEMENTS, NumPy order, padded on the LEFT to rank 4
+  (ne=1, st=0). Broadcasting: an input dim with ne == 1 (or stride 0) broadcasts.
+* Scalars are float32 / int32 by value. Storage dtypes f32, f16, bf16 (math in float32); int32
+  for ids / positions / argmax output.
+* Names: ``<op>_<dtype>`` (``add_f16``), conversions ``<op>_<src>_<dst>`` (``cpy_f32_bf16``).
+
+Kernel table (mirrors the comments at the top of each ``.cu``):
+
+=========== ============== ======================================================================
+base        file           parameters (T* = device pointer of the kernel's dtype)
+=========== ============== ======================================================================
+add/sub/    elementwise.cu (T* out, TD od, const T* a, TD ad, const T* b, TD bd)
+mul/div
+scale       elementwise.cu (T* out, TD od, const T* x, TD xd, float s)
+gelu,       elementwise.cu (T* out, TD od, const T* x, TD xd)
+gelu_erf,
+silu
+cpy         elementwise.cu (D* dst, TD dd, const S* src, TD sd)  name cpy_<S>_<D>; cpy_i32_i32
+rms_norm    norms.cu       (T* out, TD od, const T* x, TD xd, const T* w, float eps)
+layer_norm  norms.cu       (T* out, TD od, const T* x, TD xd, const T* w, const T* b, float eps)
+softmax     softmax.cu     (T* out, TD od, const T* x, TD xd, float scale, int causal, int past,
+                            const int* past_dev)
+rope        rope.cu        (T* out, TD od, const T* x, TD xd, const int* pos, const float* ff,
+                            float theta, int mode, int n_dims)    mode 0 normal, 2 neox
+getrows     getrows.cu     (T* out, TD od, const T* table, TD tbl, const int* ids)
+set_rows    getrows.cu     (D* dst, TD dd, const S* src, TD sd, const int* idx)  set_rows_<S>_<D>
+argmax      reduce.cu      (int* out, TD od, const T* x, TD xd)
+matmul      matmul.cu      (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)  CUDA cores
+matmul_tc   matmul.cu      same; f16/bf16 only, tensor cores (sm_80+)
+gemv        matmul.cu      same; M == 1, B K-contiguous (B.st[-2] == 1)
+gemv_nc     matmul.cu      same; M == 1, any B strides
+=========== ============== ======================================================================
+
+Concat has no kernel of its own: copy each input with ``cpy`` into a strided view of the output
+(output pointer advanced by the input's offset along the concat axis).
+
+Usage::
+
+    from tinygraph.backends.cuda import driver, kernels
+    dev = driver.get_device(0)
+    lib = kernels.KernelLibrary(dev)
+    a = driver.DeviceBuffer.from_array(np.ones((3, 5), np.float32))
+    out = driver.DeviceBuffer(3 * 5 * 4)
+    lib.binary("add", "f32", kernels.Arg(out, (3, 5)), kernels.Arg(a, (3, 5)),
+               kernels.Arg(a, (1, 5)))          # broadcast of row 0
+    # or by hand:
+    f = lib.get("add", "f32")
+    driver.launch(f, grid, 256, [kernels.ptr(out), kernels.td((3, 5)), ...])
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+from . import compiler
+from . import driver
+
+__all__ = [
+    "TD",
+    "td",
+    "contiguous_strides",
+    "ptr",
+    "f32",
+    "i32",
+    "Arg",
+    "KernelSpec",
+    "KERNELS",
+    "ELEMENTWISE_DTYPES",
+    "kernel_name",
+    "all_kernel_names",
+    "dtype_suffix",
+    "itemsize",
+    "KernelLibrary",
+    "elementwise_config",
+    "row_block_size",
+    "ROPE_NORMAL",
+    "ROPE_NEOX",
+]
+
+ROPE_NORMAL = 0
+ROPE_NEOX = 2
+
+
+# --------------------------------------------------------------------------------------------
+# descriptor
+# --------------------------------------------------------------------------------------------
+class TD(ctypes.Structure):
+    """``struct TD { long long ne[4]; long long st[4]; }`` (64 bytes, passed by value)."""
+
+    _fields_ = [("ne", ctypes.c_longlong * 4), ("st", ctypes.c_longlong * 4)]
+
+    def __repr__(self) -> str:
+        return f"TD(ne={list(self.ne)}, st={list(self.st)})"
+
+
+def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    st, acc = [], 1
+    for n in reversed(tuple(shape)):
+        st.append(acc)
+        acc *= int(n)
+    return tuple(reversed(st))
+
+
+def td(shape: Sequence[int], strides: Sequence[int] | None = None) -> TD:
+    """Descriptor for a tensor of ``shape`` with element ``strides`` (None: C-contiguous),
+    padded on the left to rank 4."""
+    shape = tuple(int(n) for n in shape)
+    strides = contiguous_strides(shape) if strides is None else tuple(int(s) for s in strides)
+    if len(shape) != len(strides):
+        raise ValueError(f"shape {shape} and strides {strides} differ in rank")
+    if len(shape) > 4:
+        # fold leading dims that are mutually contiguous; otherwise refuse
+        shape, strides = _fold_to_rank4(shape, strides)
+    if any(n < 0 for n in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
+    pad = 4 - len(shape)
+    d = TD()
+    for i in range(4):
+        if i < pad:
+            d.ne[i], d.st[i] = 1, 0
+        else:
+            d.ne[i], d.st[i] = shape[i - pad], strides[i - pad]
+    return d
+
+
+def _fold_to_rank4(shape, strides):
+    shape, strides = list(shape), list(strides)
+    i = 0
+    while len(shape) > 4 and i < len(shape) - 1:
+        if shape[i] == 1 or strides[i] == strides[i + 1] * shape[i + 1]:
+            shape[i:i + 2] = [shape[i] * shape[i + 1]]
+            strides[i:i + 2] = [strides[i + 1]]
+        else:
+            i += 1
+    if len(shape) > 4:
+        raise ValueError(f"tensor of rank {len(shape)} with strides {tuple(strides)} cannot be "
+                         "expressed in a rank-4 descriptor")
+    return tuple(shape), tuple(strides)
+
+
+def ptr(x) -> ctypes.c_uint64:
+    """A device pointer argument (DeviceBuffer, int, or None for NULL)."""
+    if x is None:
+        return ctypes.c_uint64(0)
+    if isinstance(x, driver.DeviceBuffer):
+        return ctypes.c_uint64(x.ptr)
+    return ctypes.c_uint64(int(x))
+
+
+def f32(x) -> ctypes.c_float:
+    return ctypes.c_float(float(x))
+
+
+def i32(x) -> ctypes.c_int32:
+    return ctypes.c_int32(int(x))
+
+
+class Arg(NamedTuple):
+    """A tensor argument: device pointer (DeviceBuffer or int address of the first element),
+    shape and element strides (None: C-contiguous)."""
+
+    ptr: Any
+    shape: tuple
+    strides: tuple | None = None
+
+    @property
+    def td(self) -> TD:
+        return td(self.shape, self.strides)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def addr(self) -> ctypes.c_uint64:
+        return ptr(self.ptr)
+
+    def full_strides(self) -> tuple:
+        return contiguous_strides(self.shape) if self.strides is None else tuple(self.strides)
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------------------------
+_DTYPE_ALIASES = {
+    "f32": "f32", "float32": "f32", "fp32": "f32", "float": "f32",
+    "f16": "f16", "float16": "f16", "fp16": "f16", "half": "f16",
+    "bf16": "bf16", "bfloat16": "bf16",
+    "i32": "i32", "int32": "i32",
+}
+_ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2, "i32": 4}
+
+
+def dtype_suffix(dt) -> str:
+    """'f32' | 'f16' | 'bf16' | 'i32' for a NumPy dtype / ml_dtypes type / name."""
+    if isinstance(dt, str):
+        key = dt.lower()
+    else:
+        try:
+            import numpy as np
+
+            key = np.dtype(dt).name
+        except Exception:
+            key = str(dt).lower()
+    if key not in _DTYPE_ALIASES:
+        raise TypeError(f"unsupported dtype {dt!r} for the CUDA kernels (want float32, float16, "
+                        "bfloat16 or int32)")
+    return _DTYPE_ALIASES[key]
+
+
+def itemsize(dt) -> int:
+    return _ITEMSIZE[dtype_suffix(dt)]
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    base: str
+    file: str
+    params: tuple          # (name, kind) with kind in {'ptr', 'td', 'f32', 'i32'}
+    dtypes: tuple          # suffix tuples accepted, e.g. (('f32',), ('f16',)) or (('f32','f16'),...)
+    launch: str            # 'elementwise' | 'rows' | 'rope' | 'matmul' | 'matmul_tc' | 'gemv' | 'gemv_nc'
+    doc: str = ""
+
+
+_F = ("f32", "f16", "bf16")
+_ONE = tuple((d,) for d in _F)
+_PAIRS = tuple((s, d) for s in _F for d in _F)
+_BIN = (("out", "ptr"), ("od", "td"), ("a", "ptr"), ("ad", "td"), ("b", "ptr"), ("bd", "td"))
+_UN = (("out", "ptr"), ("od", "td"), ("x", "ptr"), ("xd", "td"))
+_MM = (("C", "ptr"), ("cd", "td"), ("A", "ptr"), ("ad", "td"), ("B", "ptr"), ("bd", "td"))
+
+KERNELS: dict[str, KernelSpec] = {}
+
+
+def _reg(*specs: KernelSpec) -> None:
+    for s in specs:
+        KERNELS[s.base] = s
+
+
+_reg(
+    KernelSpec("add", "elementwise.cu", _BIN, _ONE, "elementwise", "out = a + b (broadcasting)"),
+    KernelSpec("sub", "elementwise.cu", _BIN, _ONE, "elementwise", "out = a - b (broadcasting)"),
+    KernelSpec("mul", "elementwise.cu", _BIN, _ONE, "elementwise", "out = a * b (broadcasting)"),
+    KernelSpec("div", "elementwise.cu", _BIN, _ONE, "elementwise", "out = a / b (broadcasting)"),
+    KernelSpec("scale", "elementwise.cu", _UN + (("s", "f32"),), _ONE, "elementwise", "out = x * s"),
+    KernelSpec("gelu", "elementwise.cu", _UN, _ONE, "elementwise", "GELU, tanh form"),
+    KernelSpec("gelu_erf", "elementwise.cu", _UN, _ONE, "elementwise", "GELU, erf form"),
+    KernelSpec("silu", "elementwise.cu", _UN, _ONE, "elementwise", "x * sigmoid(x)"),
+    KernelSpec("cpy", "elementwise.cu", (("dst", "ptr"), ("dd", "td"), ("src", "ptr"), ("sd", "td")),
+               _PAIRS + (("i32", "i32"),), "elementwise",
+               "strided copy with dtype conversion; name cpy_<src>_<dst>"),
+    KernelSpec("rms_norm", "norms.cu", _UN + (("w", "ptr"), ("eps", "f32")), _ONE, "rows"),
+    KernelSpec("layer_norm", "norms.cu", _UN + (("w", "ptr"), ("b", "ptr"), ("eps", "f32")), _ONE, "rows"),
+    KernelSpec("softmax", "softmax.cu",
+               _UN + (("scale", "f32"), ("causal", "i32"), ("past", "i32"), ("past_dev", "ptr")),
+               _ONE, "rows"),
+    KernelSpec("rope", "rope.cu",
+               _UN + (("pos", "ptr"), ("ff", "ptr"), ("theta", "f32"), ("mode", "i32"), ("n_dims", "i32")),
+               _ONE, "rope"),
+    KernelSpec("getrows", "getrows.cu",
+               (("out", "ptr"), ("od", "td"), ("table", "ptr"), ("tbl", "td"), ("ids", "ptr")),
+               _ONE, "elementwise"),
+    KernelSpec("set_rows", "getrows.cu",
+               (("dst", "ptr"), ("dd", "td"), ("src", "ptr"), ("sd", "td"), ("idx", "ptr")),
+               _PAIRS, "elementwise", "name set_rows_<src>_<dst>"),
+    KernelSpec("argmax", "reduce.cu", (("out", "ptr"), ("od", "td"), ("x", "ptr"), ("xd", "td")),
+               _ONE, "rows"),
+    KernelSpec("matmul", "matmul.cu", _MM, _ONE, "matmul"),
+    KernelSpec("matmul_tc", "matmul.cu", _MM, (("f16",), ("bf16",)), "matmul_tc"),
+    KernelSpec("gemv", "matmul.cu", _MM, _ONE, "gemv"),
+    KernelSpec("gemv_nc", "matmul.cu", _MM, _ONE, "gemv_nc"),
+)
+
+ELEMENTWISE_DTYPES = _F
+SOURCE_FILES = tuple(sorted({s.file for s in KERNELS.values()}))
+
+
+def kernel_name(base: str, *dtypes) -> str:
+    """Full kernel name: kernel_name('add', 'float16') -> 'add_f16';
+    kernel_name('cpy', 'f32', 'bf16') -> 'cpy_f32_bf16'."""
+    spec = KERNELS.get(base)
+    if spec is None:
+        raise KeyError(f"unknown kernel {base!r}; known: {', '.join(sorted(KERNELS))}")
+    sfx = tuple(dtype_suffix(d) for d in dtypes)
+    if sfx not in spec.dtypes:
+        raise TypeError(f"kernel {base!r} has no variant for dtypes {sfx}; available: "
+                        f"{', '.join('_'.join(d) for d in spec.dtypes)}")
+    return base + "_" + "_".join(sfx)
+
+
+def all_kernel_names() -> list[tuple[str, str]]:
+    """[(file, full_name)] for every instantiated kernel."""
+    return [(s.file, s.base + "_" + "_".join(d)) for s in KERNELS.values() for d in s.dtypes]
+
+
+# --------------------------------------------------------------------------------------------
+# launch configuration
+# --------------------------------------------------------------------------------------------
+def elementwise_config(n: int, sm_count: int = 132, block: int = 256) -> tuple[int, int]:
+    """(grid, block) for a 1-D grid-stride kernel over n items."""
+    grid = max(1, min(-(-int(n) // block), sm_count * 16))
+    return grid, block
+
+
+def row_block_size(n: int) -> int:
+    """Threads per block for a row-wise kernel on rows of n elements (multiple of 32, <= 1024)."""
+    want = -(-int(n) // 4)  # ~4 elements per thread
+    b = 32
+    while b < want and b < 1024:
+        b *= 2
+    return b
+
+
+# --------------------------------------------------------------------------------------------
+# library
+# --------------------------------------------------------------------------------------------
+class KernelLibrary:
+    """Compiles (through the disk cache) and loads each kernel source once per device, and
+    hands out functions by name; also offers one helper per op family that computes descriptors
+    and launch configs from pointers/shapes/strides."""
+
+    def __init__(self, device: driver.Device, arch: str | None = None, options: Sequence[str] = (),
+                 src_dir: str | Path | None = None, cache: bool = True):
+        self.device = device
+        self.arch = compiler.normalize_arch(arch or device.arch)
+        self.options = tuple(options)
+        self.src_dir = Path(src_dir) if src_dir else compiler.cuda_src_dir()
+        self.cache = cache
+        self._modules: dict[str, driver.Module] = {}
+        self._functions: dict[str, driver.Function] = {}
+        self._lock = threading.Lock()
+        self.sm_count = getattr(device, "sm_count", 132)
+
+    # -- loading ---------------------------------------------------------------------------------
+    def module(self, file: str) -> driver.Module:
+        with self._lock:
+            m = self._modules.get(file)
+            if m is None:
+                cubin = compiler.compile_source(self.src_dir / file, self.arch, self.options,
+                                                cache=self.cache)
+                self.device.make_current()
+                m = self._modules[file] = driver.Module(cubin, name=file)
+            return m
+
+    def function(self, full_name: str) -> driver.Function:
+        f = self._functions.get(full_name)
+        if f is None:
+            base = next((b for b in sorted(KERNELS, key=len, reverse=True)
+                         if full_name.startswith(b + "_")), None)
+            if base is None:
+                raise KeyError(f"unknown kernel {full_name!r}")
+            f = self._functions[full_name] = self.module(KERNELS[base].file).get_function(full_name)
+        return f
+
+    def get(self, base: str, *dtypes) -> driver.Function:
+        """``lib.get('add', 'f16')``, ``lib.get('cpy', np.float32, 'bf16')``."""
+        return self.function(kernel_name(base, *dtypes))
+
+    def load_all(self) -> None:
+        for f in SOURCE_FILES:
+            self.module(f)
+
+    # -- op helpers ------------------------------------------------------------------------------
+    def _ew(self, n):
+        return elementwise_config(n, self.sm_count)
+
+    def binary(self, op: str, dtype, out: Arg, a: Arg, b: Arg, stream=None) -> None:
+        """out = a (op) b with NumPy broadcasting (a, b right-aligned against out)."""
+        n = out.numel
+        if n == 0:
+            return
+        _check_broadcast(op, out.shape, a.shape, b.shape)
+        g, bl = self._ew(n)
+        driver.launch(self.get(op, dtype), g, bl,
+                      [out.addr, out.td, a.addr, a.td, b.addr, b.td], stream=stream)
+
+    def unary(self, op: str, dtype, out: Arg, x: Arg, stream=None) -> None:
+        """op in gelu, gelu_erf, silu."""
+        if out.numel == 0:
+            return
+        _check_broadcast(op, out.shape, x.shape)
+        g, bl = self._ew(out.numel)
+        driver.launch(self.get(op, dtype), g, bl, [out.addr, out.td, x.addr, x.td], stream=stream)
+
+    def scale(self, dtype, out: Arg, x: Arg, s: float, stream=None) -> None:
+        if out.numel == 0:
+            return
+        g, bl = self._ew(out.numel)
+        driver.launch(self.get("scale", dtype), g, bl,
+                      [out.addr, out.td, x.addr, x.td, f32(s)], stream=stream)
+
+    def copy(self, dst: Arg, src: Arg, src_dtype, dst_dtype=None, stream=None) -> None:
+        """Strided copy / cast; element i of src (row-major over its shape) -> element i of dst."""
+        dst_dtype = src_dtype if dst_dtype is None else dst_dtype
+        if src.numel != dst.numel:
+            raise ValueError(f"cpy: src has {src.numel} elements {src.shape}, dst {dst.numel} {dst.shape}")
+        if dst.numel == 0:
+            return
+        g, bl = self._ew(dst.numel)
+        driver.launch(self.get("cpy", src_dtype, dst_dtype), g, bl,
+                      [dst.addr, dst.td, src.addr, src.td], stream=stream)
+
+    def rms_norm(self, dtype, out: Arg, x: Arg, w, eps: float, stream=None) -> None:
+        rows = x.numel // max(1, x.shape[-1]) if x.shape else 1
+        if x.numel == 0:
+            return
+        driver.launch(self.get("rms_norm", dtype), rows, row_block_size(x.shape[-1]),
+                      [out.addr, out.td, x.addr, x.td, ptr(w), f32(eps)], stream=stream)
+
+    def layer_norm(self, dtype, out: Arg, x: Arg, w, b, eps: float, stream=None) -> None:
+        if x.numel == 0:
+            return
+        rows = x.numel // x.shape[-1]
+        driver.launch(self.get("layer_norm", dtype), rows, row_block_size(x.shape[-1]),
+                      [out.addr, out.td, x.addr, x.td, ptr(w), ptr(b), f32(eps)], stream=stream)
+
+    def softmax(self, dtype, out: Arg, x: Arg, scale: float = 1.0, causal: bool = False,
+                past: int = 0, past_dev=None, stream=None) -> None:
+        if x.numel == 0:
+            return
+        rows = x.numel // x.shape[-1]
+        driver.launch(self.get("softmax", dtype), rows, row_block_size(x.shape[-1]),
+                      [out.addr, out.td, x.addr, x.td, f32(scale), i32(1 if causal else 0),
+                       i32(past), ptr(past_dev)], stream=stream)
+
+    def rope(self, dtype, out: Arg, x: Arg, pos, theta: float, mode: int | str = ROPE_NEOX,
+             n_dims: int | None = None, freq_factors=None, stream=None) -> None:
+        """x (..., T, heads, head_dim); pos: device int32[T]; freq_factors: device float32[n_dims/2]."""
+        if isinstance(mode, str):
+            mode = {"neox": ROPE_NEOX, "normal": ROPE_NORMAL}[mode]
+        hd = x.shape[-1]
+        n_dims = hd if n_dims is None else int(n_dims)
+        if hd % 2 or n_dims % 2 or n_dims > hd:
+            raise ValueError(f"rope: head_dim {hd} and n_dims {n_dims} must be even, n_dims <= head_dim")
+        if x.numel == 0:
+            return
+        g, bl = self._ew(x.numel // 2)
+        driver.launch(self.get("rope", dtype), g, bl,
+                      [out.addr, out.td, x.addr, x.td, ptr(pos), ptr(freq_factors), f32(theta),
+                       i32(mode), i32(n_dims)], stream=stream)
+
+    def getrows(self, dtype, out: Arg, table: Arg, ids, stream=None) -> None:
+        """out[..., r, :] = table[ids[r], :]; ids device int32 with one entry per out row."""
+        if out.numel == 0:
+            return
+        g, bl = self._ew(out.numel)
+        driver.launch(self.get("getrows", dtype), g, bl,
+                      [out.addr, out.td, table.addr, table.td, ptr(ids)], stream=stream)
+
+    def set_rows(self, dst: Arg, src: Arg, idx, src_dtype, dst_dtype=None, stream=None) -> None:
+        """dst[c0, c1, idx[c2], c3] = src[c0, c1, c2, c3] (rank-4 padded coordinates)."""
+        dst_dtype = src_dtype if dst_dtype is None else dst_dtype
+        if src.numel == 0:
+            return
+        g, bl = self._ew(src.numel)
+        driver.launch(self.get("set_rows", src_dtype, dst_dtype), g, bl,
+                      [dst.addr, dst.td, src.addr, src.td, ptr(idx)], stream=stream)
+
+    def argmax(self, dtype, out: Arg, x: Arg, stream=None) -> None:
+        """out: int32 with x's shape minus the last axis (or with a trailing 1)."""
+        if x.numel == 0:
+            return
+        rows = x.numel // x.shape[-1]
+        oshape = tuple(x.shape[:-1]) + (1,)
+        ost = out.full_strides()
+        if len(ost) == len(x.shape) - 1:
+            ost = tuple(ost) + (1,)
+        driver.launch(self.get("argmax", dtype), rows, row_block_size(x.shape[-1]),
+                      [out.addr, td(oshape, ost), x.addr, x.td], stream=stream)
+
+    # -- matmul ----------------------------------------------------------------------------------
+    def plan_matmul(self, dtype, c: Arg, a: Arg, b: Arg, algo: str | None = None):
+        """Pick a kernel and launch config: (function, grid, block)."""
+        sfx = dtype_suffix(dtype)
+        if len(a.shape) < 2 or len(b.shape) < 2 or len(c.shape) < 2:
+            raise ValueError("matmul operands need rank >= 2")
+        M, K = a.shape[-2], a.shape[-1]
+        K2, N = b.shape[-2], b.shape[-1]
+        if K != K2 or tuple(c.shape[-2:]) != (M, N):
+            raise ValueError(f"matmul shapes: C{tuple(c.shape)} = A{tuple(a.shape)} @ B{tuple(b.shape)}")
+        if len(c.shape) > 4 or len(a.shape) > 4 or len(b.shape) > 4:
+            raise ValueError("matmul supports at most 2 batch dims")
+        _check_broadcast("matmul", tuple(c.shape[:-2]), tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+        batch = math.prod(c.shape[:-2])
+        b_st = b.full_strides()
+        if algo is None:
+            if M == 1:
+                algo = "gemv" if b_st[-2] == 1 else "gemv_nc"
+            elif sfx in ("f16", "bf16") and _arch_number(self.arch) >= 80:
+                algo = "matmul_tc"
+            else:
+                algo = "matmul"
+        if algo in ("gemv", "gemv_nc") and M != 1:
+            raise ValueError(f"{algo} needs M == 1, got M = {M}")
+        if algo == "gemv":
+            grid, block = (-(-N // 8), batch, 1), (256, 1, 1)
+        elif algo == "gemv_nc":
+            grid, block = (-(-N // 32), batch, 1), (32, 8, 1)
+        elif algo == "matmul_tc":
+            grid, block = (-(-N // 128), -(-M // 128), batch), (256, 1, 1)
+        elif algo == "matmul":
+            grid, block = (-(-N // 64), -(-M // 64), batch), (256, 1, 1)
+        else:
+            raise ValueError(f"unknown matmul algo {algo!r}")
+        if max(grid[1], grid[2]) > 65535:
+            raise ValueError(f"matmul grid {grid} exceeds the 65535 limit of grid.y/z "
+                             f"(batch {batch}, M {M}); split the call")
+        return self.get(algo, sfx), grid, block
+
+    def matmul(self, dtype, c: Arg, a: Arg, b: Arg, stream=None, algo: str | None = None) -> None:
+        """C = A @ B (batched, strided, broadcast batch dims)."""
+        if c.numel == 0:
+            return
+        f, grid, block = self.plan_matmul(dtype, c, a, b, algo)
+        driver.launch(f, grid, block, [c.addr, c.td, a.addr, a.td, b.addr, b.td], stream=stream)
+
+
+def _arch_number(arch: str) -> int:
+    """'sm_90' -> 90, 'sm_90a' -> 90, 'sm_100' -> 100."""
+    digits = "".join(ch for ch in arch if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+def _check_broadcast(op: str, out_shape, *in_shapes) -> None:
+    out_shape = tuple(out_shape)
+    for s in in_shapes:
+        s = tuple(s)
+        if len(s) > len(out_shape):
+            raise ValueError(f"{op}: input shape {s} has more dims than the output {out_shape}")
+        for i in range(1, len(s) + 1):
+            if s[-i] != 1 and s[-i] != out_shape[-i]:
+                raise ValueError(f"{op}: input shape {s} does not broadcast to {out_shape}")
