@@ -13,10 +13,11 @@
 //       32; 16-byte loads when an operand is K-contiguous and aligned, scalar strided loads else.
 //       Launch: grid = (ceil(N/128), ceil(M/128), b0*b1), block = (256, 1, 1). sm_80+.
 //   gemv_T      (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)
-//       M == 1 and B K-contiguous (bd.st[2] == 1: the transposed HF weight). One warp per output
-//       column n, 16-byte loads along K when K, the row stride and the pointers allow it (else
-//       scalar loads). The decode hot path.
-//       Launch: grid = (ceil(N/(B/32)), b0*b1, 1), block = (B, 1, 1), B a multiple of 32 (256).
+//       M == 1 and B K-contiguous (bd.st[2] == 1: the transposed HF weight). Each warp computes
+//       TG_GEMV_R output columns (warp-stride loop, so any grid.x is correct), 16-byte loads along
+//       K when K, the row stride and the pointers allow it (else scalar loads). Decode hot path.
+//       Launch: grid = (ceil(N/(R*B/32)), b0*b1, 1), block = (B, 1, 1), B a multiple of 32 (256);
+//       kernels.GEMV_ROWS_PER_WARP mirrors R.
 //   gemv_nc_T   (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)
 //       M == 1, any B strides; coalesced when B is N-contiguous (e.g. attention probs @ V).
 //       Launch: grid = (ceil(N/32), b0*b1, 1), block = (32, 8, 1).
@@ -266,45 +267,90 @@ __device__ __forceinline__ float dot16(const uint4& w, const uint4& x, T tag) {
     return s;
 }
 
-template <typename T>
+template <int S> struct Ld16;
+template <> struct Ld16<0> {  // read-only path (L1-cached)
+    static __device__ __forceinline__ uint4 f(const uint4* p) { return __ldg(p); }
+};
+template <> struct Ld16<1> {  // streaming (evict-first): weights are read once per step
+    static __device__ __forceinline__ uint4 f(const uint4* p) { return __ldcs(p); }
+};
+
+template <typename T, int R, int U, int S>
+__device__ __forceinline__ void gemv_columns(T* C, const TD& cd, const T* A, const TD& ad, const T* B,
+                                             const TD& bd, long long n0, long long z, int lane);
+
+// R output columns per warp (sharing the loads of x), U independent 16-byte loads per row and
+// lane in flight, weight loads through Ld16<S>.
+template <typename T, int R, int U, int S>
 __device__ __forceinline__ void gemv_kernel(T* C, const TD& cd, const T* A, const TD& ad, const T* B,
                                             const TD& bd) {
+    const long long N = cd.ne[3];
+    const int lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+    const long long z = blockIdx.y;
+    const long long wstride = (long long)gridDim.x * nwarps * R;
+    // Warp-stride loop over groups of R columns: correct for any grid (one pass when the grid
+    // has ceil(N / R) warps). Whole warps take the same path; no block-level barrier.
+    for (long long n0 = ((long long)blockIdx.x * nwarps + (threadIdx.x >> 5)) * R; n0 < N; n0 += wstride)
+        gemv_columns<T, R, U, S>(C, cd, A, ad, B, bd, n0, z, lane);
+}
+
+template <typename T, int R, int U, int S>
+__device__ __forceinline__ void gemv_columns(T* C, const TD& cd, const T* A, const TD& ad, const T* B,
+                                             const TD& bd, long long n0, long long z, int lane) {
     constexpr int VEC = 16 / sizeof(T);
     const long long N = cd.ne[3], K = ad.ne[3];
-    const int lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
-    const long long n = (long long)blockIdx.x * nwarps + (threadIdx.x >> 5);
-    const long long z = blockIdx.y;
-    if (n >= N) return;  // whole warp; no block-level barrier below
     const T* a = A + batch_offset(ad, cd, z);
-    const T* w = B + batch_offset(bd, cd, z) + n * bd.st[3];
-    const long long as_k = ad.st[3], bs_k = bd.st[2];
-    const bool vec = bs_k == 1 && as_k == 1 && (K % VEC) == 0 &&
-                     ((reinterpret_cast<unsigned long long>(w) & 15) == 0) &&
-                     ((reinterpret_cast<unsigned long long>(a) & 15) == 0);
-    float acc = 0.0f;
+    const T* Bz = B + batch_offset(bd, cd, z);
+    const long long as_k = ad.st[3], bs_k = bd.st[2], bs_n = bd.st[3];
+    const T* w[R];
+    bool vec = bs_k == 1 && as_k == 1 && (K % VEC) == 0 &&
+               ((reinterpret_cast<unsigned long long>(a) & 15) == 0);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const long long n = n0 + r < N ? n0 + r : n0;  // rows past N re-read row n0 (not stored)
+        w[r] = Bz + n * bs_n;
+        vec = vec && ((reinterpret_cast<unsigned long long>(w[r]) & 15) == 0);
+    }
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     if (vec) {
-        const uint4* w4 = reinterpret_cast<const uint4*>(w);
         const uint4* a4 = reinterpret_cast<const uint4*>(a);
         const int nv = (int)(K / VEC);
         int i = lane;
-        float acc1 = 0.0f, acc2 = 0.0f, acc3 = 0.0f;
-        for (; i + 96 < nv; i += 128) {
-            const uint4 w0 = __ldg(w4 + i), w1 = __ldg(w4 + i + 32), w2 = __ldg(w4 + i + 64),
-                        w3 = __ldg(w4 + i + 96);
-            const uint4 x0 = __ldg(a4 + i), x1 = __ldg(a4 + i + 32), x2 = __ldg(a4 + i + 64),
-                        x3 = __ldg(a4 + i + 96);
-            acc += dot16(w0, x0, T());
-            acc1 += dot16(w1, x1, T());
-            acc2 += dot16(w2, x2, T());
-            acc3 += dot16(w3, x3, T());
+        for (; i + 32 * (U - 1) < nv; i += 32 * U) {
+            uint4 xv[U], wv[R][U];
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+#pragma unroll
+                for (int u = 0; u < U; ++u)
+                    wv[r][u] = Ld16<S>::f(reinterpret_cast<const uint4*>(w[r]) + i + 32 * u);
+#pragma unroll
+            for (int u = 0; u < U; ++u) xv[u] = __ldg(a4 + i + 32 * u);
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+#pragma unroll
+                for (int u = 0; u < U; ++u) acc[r] += dot16(wv[r][u], xv[u], T());
         }
-        for (; i < nv; i += 32) acc += dot16(__ldg(w4 + i), __ldg(a4 + i), T());
-        acc += acc1 + acc2 + acc3;
+        for (; i < nv; i += 32) {
+            const uint4 xv = __ldg(a4 + i);
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+                acc[r] += dot16(Ld16<S>::f(reinterpret_cast<const uint4*>(w[r]) + i), xv, T());
+        }
     } else {
-        for (long long k = lane; k < K; k += 32) acc = fmaf(to_f32(a[k * as_k]), to_f32(w[k * bs_k]), acc);
+        for (long long k = lane; k < K; k += 32) {
+            const float xk = to_f32(a[k * as_k]);
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r] = fmaf(xk, to_f32(w[r][k * bs_k]), acc[r]);
+        }
     }
-    acc = warp_sum(acc);
-    if (lane == 0) C[batch_offset(cd, cd, z) + n * cd.st[3]] = from_f32<T>(acc);
+    T* c = C + batch_offset(cd, cd, z);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const float v = warp_sum(acc[r]);
+        if (lane == 0 && n0 + r < N) c[(n0 + r) * cd.st[3]] = from_f32<T>(v);
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -333,13 +379,24 @@ __device__ __forceinline__ void gemv_nc_kernel(T* C, const TD& cd, const T* A, c
     }
 }
 
+// The configuration behind gemv_<dtype>: rows per warp, loads in flight, load flavour.
+#ifndef TG_GEMV_R
+#define TG_GEMV_R 1
+#endif
+#ifndef TG_GEMV_U
+#define TG_GEMV_U 4
+#endif
+#ifndef TG_GEMV_S
+#define TG_GEMV_S 0
+#endif
+
 #define TG_MATMUL(T, sfx)                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                          \
         matmul_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) {                      \
         matmul_tiled<T>(C, cd, A, ad, B, bd);                                                  \
     }                                                                                          \
     extern "C" __global__ void gemv_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) { \
-        gemv_kernel<T>(C, cd, A, ad, B, bd);                                                   \
+        gemv_kernel<T, TG_GEMV_R, TG_GEMV_U, TG_GEMV_S>(C, cd, A, ad, B, bd);                  \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(256)                                          \
         gemv_nc_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) {                     \
@@ -348,6 +405,20 @@ __device__ __forceinline__ void gemv_nc_kernel(T* C, const TD& cd, const T* A, c
 TG_MATMUL(float, f32)
 TG_MATMUL(__half, f16)
 TG_MATMUL(__nv_bfloat16, bf16)
+
+// Tuning variants of the GEMV (not part of the registry; tests/test_cuda_lowlevel.py times them):
+// gemv_tune_<R>_<U>_<S>_<dtype>.
+#define TG_GEMV_TUNE(R, U, S, T, sfx)                                                          \
+    extern "C" __global__ void gemv_tune_##R##_##U##_##S##_##sfx(T* C, TD cd, const T* A, TD ad, \
+                                                               const T* B, TD bd) {           \
+        gemv_kernel<T, R, U, S>(C, cd, A, ad, B, bd);                                          \
+    }
+#define TG_GEMV_TUNE_ALL(T, sfx)                                                               \
+    TG_GEMV_TUNE(1, 2, 0, T, sfx) TG_GEMV_TUNE(1, 4, 0, T, sfx) TG_GEMV_TUNE(1, 8, 0, T, sfx)  \
+    TG_GEMV_TUNE(1, 4, 1, T, sfx) TG_GEMV_TUNE(2, 2, 0, T, sfx) TG_GEMV_TUNE(2, 4, 0, T, sfx)  \
+    TG_GEMV_TUNE(4, 1, 0, T, sfx) TG_GEMV_TUNE(4, 2, 0, T, sfx) TG_GEMV_TUNE(2, 2, 1, T, sfx)
+TG_GEMV_TUNE_ALL(__half, f16)
+TG_GEMV_TUNE_ALL(float, f32)
 
 #define TG_MATMUL_TC(T, sfx)                                                                   \
     extern "C" __global__ void __launch_bounds__(256)                                          \

@@ -617,6 +617,7 @@ class Function:
         self.name = name
         self.module = module  # keeps the module loaded
         self._param_sizes: list[int] | None = None
+        self._checked_sizes: tuple | None = None
 
     def attribute(self, attr) -> int:
         return int(check(_drv().cuFuncGetAttribute(attr, self.handle),
@@ -704,6 +705,9 @@ def _dim3(x) -> tuple[int, int, int]:
     return t + (1,) * (3 - len(t))
 
 
+_CTYPES_ARG = (ctypes._SimpleCData, ctypes.Structure, ctypes.Array)
+
+
 def _as_ctype(a, func: Function, i: int):
     if isinstance(a, (ctypes._SimpleCData, ctypes.Structure, ctypes.Array)):
         return a
@@ -719,31 +723,61 @@ def _as_ctype(a, func: Function, i: int):
 _SYNC_EACH_LAUNCH = os.environ.get("TINYGRAPH_CUDA_SYNC", "") not in ("", "0")
 
 
-def launch(func: Function, grid, block, args: Iterable[Any], shared_mem: int = 0, stream=None) -> None:
-    """Launch ``func`` on ``grid`` x ``block`` with ``args`` (ctypes values / DeviceBuffers)."""
-    drv = _drv()
-    g, b = _dim3(grid), _dim3(block)
-    cargs = [_as_ctype(a, func, i) for i, a in enumerate(args)]
+_DEFAULT_STREAM = None
+
+
+def _launch_stream(stream):
+    global _DEFAULT_STREAM
+    if stream is None:
+        if _DEFAULT_STREAM is None:
+            _DEFAULT_STREAM = _drv().CUstream(0)
+        return _DEFAULT_STREAM
+    if isinstance(stream, Stream):
+        return stream.handle
+    return stream
+
+
+def _check_args(func: Function, cargs: list) -> None:
     sizes = func.param_sizes()
-    if sizes is not None:
-        if len(sizes) != len(cargs):
+    if sizes is None:
+        return
+    got = tuple(ctypes.sizeof(a) for a in cargs)
+    if got == func._checked_sizes:
+        return
+    if len(sizes) != len(cargs):
+        raise KernelArgumentError(
+            f"launch of {func.name}: kernel takes {len(sizes)} parameters, got {len(cargs)}")
+    for i, (sz, a) in enumerate(zip(sizes, cargs)):
+        if ctypes.sizeof(a) != sz:
             raise KernelArgumentError(
-                f"launch of {func.name}: kernel takes {len(sizes)} parameters, got {len(cargs)}")
-        for i, (sz, a) in enumerate(zip(sizes, cargs)):
-            if ctypes.sizeof(a) != sz:
-                raise KernelArgumentError(
-                    f"launch of {func.name}: parameter {i} is {sz} bytes, got {type(a).__name__} "
-                    f"of {ctypes.sizeof(a)} bytes")
+                f"launch of {func.name}: parameter {i} is {sz} bytes, got {type(a).__name__} "
+                f"of {ctypes.sizeof(a)} bytes")
+    func._checked_sizes = got
+
+
+def launch(func: Function, grid, block, args: Iterable[Any], shared_mem: int = 0, stream=None) -> None:
+    """Launch ``func`` on ``grid`` x ``block`` with ``args`` (ctypes values / DeviceBuffers).
+
+    ``grid``/``block``: int or tuple of 1..3 ints. Raises CudaError naming the kernel when the
+    driver refuses the launch, KernelArgumentError when the arguments do not match the kernel.
+    """
+    drv = _drv()
+    g = (grid, 1, 1) if isinstance(grid, int) else _dim3(grid)
+    b = (block, 1, 1) if isinstance(block, int) else _dim3(block)
+    cargs = [a if isinstance(a, _CTYPES_ARG) else _as_ctype(a, func, i) for i, a in enumerate(args)]
+    _check_args(func, cargs)
     n = len(cargs)
     ptrs = (ctypes.c_void_p * max(n, 1))(*[ctypes.addressof(a) for a in cargs])
-    desc = f"cuLaunchKernel({func.name}, grid={g}, block={b}, shared_mem={shared_mem})"
-    check(drv.cuLaunchKernel(func.handle, g[0], g[1], g[2], b[0], b[1], b[2], int(shared_mem),
-                             _stream_handle(stream), ctypes.addressof(ptrs) if n else 0, 0), desc)
-    if _SYNC_EACH_LAUNCH:
+    hs = _launch_stream(stream)
+    (err,) = drv.cuLaunchKernel(func.handle, g[0], g[1], g[2], b[0], b[1], b[2], shared_mem,
+                                hs, ctypes.addressof(ptrs) if n else 0, 0)
+    if err != drv.CUresult.CUDA_SUCCESS or _SYNC_EACH_LAUNCH:
+        desc = f"cuLaunchKernel({func.name}, grid={g}, block={b}, shared_mem={shared_mem})"
+        check((err,), desc)
         if stream is None:
             check(drv.cuCtxSynchronize(), f"synchronize after {desc}")
         else:
-            check(drv.cuStreamSynchronize(_stream_handle(stream)), f"synchronize after {desc}")
+            check(drv.cuStreamSynchronize(hs), f"synchronize after {desc}")
 
 
 # --------------------------------------------------------------------------------------------
