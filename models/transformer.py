@@ -3,10 +3,14 @@
 The spec says what differs between GPT-2, LLaMA/Mistral/SmolLM2, Qwen2 and Qwen3 (norm type,
 activation, gated MLP, learned positions vs RoPE, biases, QK-norm, tied embeddings); this module
 turns spec + config + weights into graphs. Weights are persistent buffers uploaded once; each
-layer's KV cache is a persistent buffer ``[kv_heads, max_context, head_dim]`` written by ``cpy``
-into the slot of the new positions. Every call builds a fresh graph for T new tokens (prefill:
-T = prompt length; decode: T = 1); plans are cached by structure, so a decode loop re-plans only
-when the attended length crosses a bucket boundary.
+layer's KV cache is a persistent buffer ``[kv_heads, max_context, head_dim]``.
+
+A step graph takes the token ids and their positions as inputs; everything that depends on the
+position reads it from the positions tensor at run time (RoPE, the KV-cache write ``set_rows``, the
+causal mask's ``past``). So one decode graph serves every position: it is built, fused and planned
+once, then re-run with new inputs (on CUDA, replayed as a captured CUDA graph). Attention is built
+as matmul -> softmax -> matmul over the whole cache and fused by ``tinygraph.passes`` into one
+``attention`` node that reads only the visible keys.
 """
 from __future__ import annotations
 
@@ -17,10 +21,10 @@ import numpy as np
 
 import tinygraph as tg
 from tinygraph.io import Checkpoint, ModelSpec, TransformerConfig
+from tinygraph.passes import optimize
 
-#: attention reads the cache in multiples of this many positions (masked beyond the sequence), so
-#: consecutive decode steps share one graph structure and one memory plan
-ATTN_BUCKET = 64
+#: step graphs kept per model (decode + a few prompt lengths)
+MAX_CACHED_GRAPHS = 6
 
 
 @dataclass
@@ -125,7 +129,8 @@ class Transformer:
         self.weight_bytes = sum(t.nbytes for t in self.W.values())
         # views of persistent buffers belong to no graph: make the transposed weights once
         self.WT = {n: tg.transpose(t, name=f"{n}.T") for n, t in self.W.items() if t.ndim == 2}
-        self._history_views: dict[tuple[int, int], tuple[tg.Tensor, tg.Tensor]] = {}
+        self._history_views: dict[int, tuple[tg.Tensor, tg.Tensor]] = {}
+        self._graphs: dict[tuple[int, str], tuple[tg.Graph, tg.Tensor, tg.Tensor]] = {}
 
     @property
     def lm_head(self) -> tg.Tensor:
@@ -144,7 +149,7 @@ class Transformer:
         b = self.W.get(f"{prefix}.bias")
         return tg.add(y, b, name=f"{prefix}.bias") if b is not None else y
 
-    def _attention(self, x: tg.Tensor, i: int, start: int, positions: tg.Tensor) -> tg.Tensor:
+    def _attention(self, x: tg.Tensor, i: int, positions: tg.Tensor) -> tg.Tensor:
         cfg, spec = self.config, self.spec
         T = x.shape[0]
         hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
@@ -161,30 +166,27 @@ class Transformer:
             ff = self.W.get("rope.freq_factors")
             q = tg.rope(q, positions, cfg.rope_theta, spec.rope_mode, ff, name=f"{P}.q_rope")
             k = tg.rope(k, positions, cfg.rope_theta, spec.rope_mode, ff, name=f"{P}.k_rope")
-        # write the new keys/values into their slots: cache[:, start:start+T, :]
-        Kc, Vc = self.kv_k[i], self.kv_v[i]
-        slot = ((nkv, T, hd), (ctx * hd, hd, 1), start * hd)
-        tg.cpy(tg.permute(k, (1, 0, 2)), tg.view(Kc, *slot), name=f"{P}.k_store")
-        tg.cpy(tg.permute(v, (1, 0, 2)), tg.view(Vc, *slot), name=f"{P}.v_store")
-        # attend over a bucketed history; the causal mask hides positions >= start + T
-        S = min(ctx, -(-(start + T) // ATTN_BUCKET) * ATTN_BUCKET)
-        keys_t, vals = self._history(i, S)
+        # write the new keys/values into the cache rows of their positions
+        tg.set_rows(self.kv_k[i], tg.permute(k, (1, 0, 2)), positions, name=f"{P}.k_store")
+        tg.set_rows(self.kv_v[i], tg.permute(v, (1, 0, 2)), positions, name=f"{P}.v_store")
+        # attend over the whole cache; the causal mask (past = first position) hides the rest
+        keys_t, vals = self._history(i)
         qg = tg.permute(tg.reshape(q, (T, nkv, groups, hd)), (1, 2, 0, 3))   # [nkv, groups, T, hd]
         scores = tg.matmul(qg, keys_t, name=f"{P}.scores")                   # [nkv, groups, T, S]
-        probs = tg.softmax(scores, 1.0 / math.sqrt(hd), causal=True, past=start, name=f"{P}.probs")
+        probs = tg.softmax(scores, 1.0 / math.sqrt(hd), causal=True, past=positions, name=f"{P}.probs")
         out = tg.matmul(probs, vals, name=f"{P}.mix")                          # [nkv, groups, T, hd]
         out = tg.reshape(tg.permute(out, (2, 0, 1, 3)), (T, nh * hd))
         return self._linear(out, f"{P}.o")
 
-    def _history(self, i: int, S: int) -> tuple[tg.Tensor, tg.Tensor]:
-        """Layer ``i``'s first ``S`` cached keys (transposed, [nkv, 1, hd, S]) and values
-        ([nkv, 1, S, hd]); the size-1 axis broadcasts over the query heads of each KV head."""
-        if (i, S) not in self._history_views:
+    def _history(self, i: int) -> tuple[tg.Tensor, tg.Tensor]:
+        """Layer ``i``'s cached keys (transposed, [nkv, 1, hd, ctx]) and values ([nkv, 1, ctx, hd]);
+        the size-1 axis broadcasts over the query heads of each KV head."""
+        if i not in self._history_views:
             nkv, hd, ctx = self.config.num_kv_heads, self.config.head_dim, self.max_context
-            self._history_views[i, S] = (
-                tg.view(self.kv_k[i], (nkv, 1, hd, S), (ctx * hd, 0, 1, hd), 0, name=f"layers.{i}.attn.keys"),
-                tg.view(self.kv_v[i], (nkv, 1, S, hd), (ctx * hd, 0, hd, 1), 0, name=f"layers.{i}.attn.values"))
-        return self._history_views[i, S]
+            self._history_views[i] = (
+                tg.view(self.kv_k[i], (nkv, 1, hd, ctx), (ctx * hd, 0, 1, hd), 0, name=f"layers.{i}.attn.keys"),
+                tg.view(self.kv_v[i], (nkv, 1, ctx, hd), (ctx * hd, 0, hd, 1), 0, name=f"layers.{i}.attn.values"))
+        return self._history_views[i]
 
     def _mlp(self, x: tg.Tensor, i: int) -> tg.Tensor:
         P = f"layers.{i}.mlp"
@@ -204,17 +206,17 @@ class Transformer:
             return tg.gelu(x, name=f"{prefix}.act")
         return tg.silu(x, name=f"{prefix}.act")
 
-    def build_step(self, g: tg.Graph, T: int, start: int, last_only: bool) -> tuple[tg.Tensor, tg.Tensor, tg.Tensor]:
-        """Add one forward step over ``T`` new tokens at positions ``start..start+T-1`` to ``g``.
-        Returns (ids input [T] int32, positions input [T] int32, final-normed hidden
-        [T or 1, hidden])."""
+    def build_step(self, g: tg.Graph, T: int, last_only: bool = True) -> tuple[tg.Tensor, tg.Tensor, tg.Tensor]:
+        """Add one forward step over ``T`` new tokens to ``g`` (unfused; see ``step_graph``).
+        Returns (ids input [T] int32, positions input [T] int32 — consecutive positions, fed at run
+        time — and the final-normed hidden states [T, hidden], or [1, hidden] with ``last_only``)."""
         ids = g.input((T,), tg.int32, name="token_ids")
         positions = g.input((T,), tg.int32, name="positions")
         x = tg.get_rows(self.W["tok_emb.weight"], ids, name="tok_emb")
         if self.spec.position == "learned":
             x = tg.add(x, tg.get_rows(self.W["pos_emb.weight"], positions, name="pos_emb"), name="embed")
         for i in range(self.config.num_layers):
-            x = tg.add(x, self._attention(self._norm(x, f"layers.{i}.attn_norm"), i, start, positions),
+            x = tg.add(x, self._attention(self._norm(x, f"layers.{i}.attn_norm"), i, positions),
                        name=f"layers.{i}.attn_residual")
             x = tg.add(x, self._mlp(self._norm(x, f"layers.{i}.mlp_norm"), i), name=f"layers.{i}.mlp_residual")
         if last_only and T > 1:
@@ -236,21 +238,37 @@ class Transformer:
             raise ValueError(f"{start} cached + {ids.size} new tokens exceed the context of {self.max_context} "
                              f"(load with a larger max_context)")
 
-    def step(self, ids, start: int, want: str = "logits") -> np.ndarray:
-        """Run ``ids`` (1-D) at positions ``start..``; write their keys/values into the cache.
-        ``want``: "logits" (last position, [vocab]), "argmax" (int), "hidden" (all positions,
-        [T, hidden]) or "all_logits" ([T, vocab])."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        self._check_ids(ids, start)
-        T = int(ids.size)
+    def step_graph(self, T: int, want: str = "logits", fuse: bool = True) -> tuple[tg.Graph, tg.Tensor, tg.Tensor]:
+        """The graph of one step over ``T`` tokens producing ``want`` ("logits": last position's
+        logits [1, vocab]; "argmax": its greedy token [1]; "hidden": [T, hidden]; "all_logits":
+        [T, vocab]), fused unless ``fuse=False``. Returns (graph, ids input, positions input)."""
+        if want not in ("logits", "argmax", "hidden", "all_logits"):
+            raise ValueError(f"want must be logits, argmax, hidden or all_logits, got {want!r}")
         g = self.session.graph()
-        last_only = want in ("logits", "argmax")
-        tid, pid, h = self.build_step(g, T, start, last_only)
+        tid, pid, h = self.build_step(g, T, last_only=want in ("logits", "argmax"))
         if want == "hidden":
             g.output(h)
         else:
             logits = self.logits_node(h)
-            g.output(tg.argmax(logits) if want == "argmax" else logits)
+            g.output(tg.argmax(logits, name="next_token") if want == "argmax" else logits)
+        if fuse:
+            optimize(g)
+        return g, tid, pid
+
+    def step(self, ids, start: int, want: str = "logits") -> np.ndarray:
+        """Run ``ids`` (1-D) at positions ``start..``; write their keys/values into the cache.
+        ``want``: see :meth:`step_graph`; "logits" returns [vocab], "argmax" an int."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        self._check_ids(ids, start)
+        T = int(ids.size)
+        key = (T, want)
+        entry = self._graphs.pop(key, None)
+        if entry is None:
+            entry = self.step_graph(T, want)
+            while len(self._graphs) >= MAX_CACHED_GRAPHS:
+                self._graphs.pop(next(iter(self._graphs)))
+        self._graphs[key] = entry  # most recently used last
+        g, tid, pid = entry
         (out,) = self.session.compute(g, {tid: ids.astype(np.int32),
                                           pid: np.arange(start, start + T, dtype=np.int32)})
         self.kv.length = start + T

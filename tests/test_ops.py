@@ -229,3 +229,65 @@ def test_compute_checks_feeds():
         sess.compute(g, {"x": np.zeros((3, 2))})
     (out,) = sess.compute(g, {"x": np.ones((2, 3))})
     np.testing.assert_array_equal(out, 2.0)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.name)
+@pytest.mark.parametrize("T,S,past", [(1, 300, 157), (5, 40, 0), (3, 700, 600), (1, 64, 63)])
+def test_attention_over_a_cache(backend, dtype, T, S, past, rng):
+    """GQA attention over a cache longer than the visible part, past from a tensor or an int."""
+    kv, g, d = 2, 3, 64
+    q = rng.standard_normal((kv, g, T, d)).astype(np.float32)
+    k = rng.standard_normal((kv, S, d)).astype(np.float32)
+    v = rng.standard_normal((kv, S, d)).astype(np.float32)
+    v[:, min(S, T + past):] = np.nan        # keys the mask hides must never be read
+    k[:, min(S, T + past):] = np.nan
+    sess = tg.Session(backend=backend)
+    K = sess.persistent(k.shape, dtype, name="K")
+    V = sess.persistent(v.shape, dtype, name="V")
+    sess.finalize()
+    sess.upload(K, k)
+    sess.upload(V, v)
+    g_ = sess.graph()
+    qi = g_.input(q.shape, dtype)
+    pos = g_.input((T,), tg.int32)
+    kt = tg.view(K, (kv, 1, d, S), (S * d, 0, 1, d))
+    vv = tg.view(V, (kv, 1, S, d), (S * d, 0, d, 1))
+    g_.output(tg.attention(qi, kt, vv, 0.125, causal=True, past=pos), tg.attention(qi, kt, vv, 0.125, True, past))
+    o1, o2 = sess.compute(g_, {qi: q, pos: np.arange(past, past + T, dtype=np.int32)})
+    vis = min(S, T + past)
+    qs, ks, vs = rounded(q, dtype), rounded(k[:, :vis], dtype), rounded(v[:, :vis], dtype)
+    ref = softmax64(qs @ ks[:, None].transpose(0, 1, 3, 2), 0.125, True, past) @ vs[:, None]
+    check(o1, ref, dtype, 2)
+    check(o2, ref, dtype, 2)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.name)
+def test_set_rows(backend, dtype, rng):
+    sess = tg.Session(backend=backend)
+    C = sess.persistent((2, 10, 8), dtype, name="cache")
+    sess.finalize()
+    base = rng.standard_normal((2, 10, 8)).astype(np.float32)
+    sess.upload(C, base)
+    g = sess.graph()
+    x = g.input((3, 2, 8), tg.float32)
+    rows = g.input((3,), tg.int32)
+    w = tg.set_rows(C, tg.permute(x, (1, 0, 2)), rows)
+    g.output(tg.scale(tg.view(C, (2, 10, 8)), 1.0))       # reads after the write
+    xv = rng.standard_normal((3, 2, 8)).astype(np.float32)
+    (after,) = sess.compute(g, {x: xv, rows: np.array([7, 2, 9], np.int32)})
+    ref = rounded(base, dtype)
+    ref[:, [7, 2, 9], :] = rounded(xv.transpose(1, 0, 2), dtype)
+    check(after, ref, dtype, 0.01)
+    assert w.storage is C
+
+
+def test_set_rows_shape_errors():
+    sess = tg.Session(backend="numpy")
+    C = sess.persistent((2, 10, 8), tg.float32, name="cache")
+    g = sess.graph()
+    x = g.input((2, 3, 7), tg.float32)
+    r = g.input((3,), tg.int32)
+    with pytest.raises(ValueError, match="set_rows"):
+        tg.set_rows(C, x, r)
+    with pytest.raises(ValueError, match="rows"):
+        tg.set_rows(C, g.input((2, 3, 8), tg.float32), g.input((2,), tg.int32))

@@ -34,7 +34,7 @@ class MemoryPlan:
 
 
 def owns_arena_memory(t: Tensor) -> bool:
-    return t.is_owner and t.op not in ("persistent", "input")
+    return t.is_owner and t.op not in ("persistent", "input", "view")
 
 
 def _can_reuse(node: Tensor, step: int, last: dict[int, int], keep: set[int], written: set[int]) -> Tensor | None:
@@ -63,7 +63,7 @@ def plan_memory(order: list[Tensor], outputs: list[Tensor]) -> MemoryPlan:
     keep = {o.storage.id for o in outputs}
     for k in keep:
         last[k] = end
-    written = {n.storage.id for n in order if n.op == "cpy"}
+    written = {n.storage.id for n in order if OPS[n.op].dst is not None}
 
     plan = MemoryPlan()
     live: list[tuple[int, int, int]] = []  # (offset, size, root id), sorted by offset

@@ -30,20 +30,25 @@ Array = np.ndarray
 class OpDef:
     """One op: its ``family`` (for display and kernel grouping), its NumPy reference
     ``reference(params, *srcs) -> array``, and whether its output may reuse the memory of its
-    first source (element-wise ops with equal layout)."""
+    first source (element-wise ops with equal layout).
+
+    Ops that write into memory they did not create (``cpy``, ``set_rows``) name the source that
+    is the destination (``dst``, an index into ``srcs``): it is written, not read. Their
+    reference is called as ``reference(params, out, *other_srcs)`` and writes ``out`` in place."""
 
     name: str
     family: str
     reference: Callable[..., Array]
     elementwise: bool = False
+    dst: int | None = None
 
 
 OPS: dict[str, OpDef] = {}
 
 
-def _reference(name: str, family: str, elementwise: bool = False):
+def _reference(name: str, family: str, elementwise: bool = False, dst: int | None = None):
     def deco(fn: Callable[..., Array]) -> Callable[..., Array]:
-        OPS[name] = OpDef(name, family, fn, elementwise)
+        OPS[name] = OpDef(name, family, fn, elementwise, dst)
         return fn
     return deco
 
@@ -212,9 +217,34 @@ def cpy(src: Tensor, dst: Tensor, name: str | None = None) -> Tensor:
     return t
 
 
-@_reference("cpy", "copy")
-def _cpy_ref(p, src, dst):
-    return src
+@_reference("cpy", "copy", dst=1)
+def _cpy_ref(p, out, src):
+    out[...] = src
+
+
+def set_rows(dst: Tensor, src: Tensor, rows: Tensor, name: str | None = None) -> Tensor:
+    """Write ``src`` [..., n, C] into rows ``rows`` (int32 [n]) of ``dst`` [..., R, C] along the
+    second-to-last axis: ``dst[..., rows[i], :] = src[..., i, :]``. A side effect like ``cpy``, but
+    the rows come from a tensor, so one graph serves every decode position (the KV-cache write of
+    a replayed decode step). Rows must lie in ``[0, R)``; the whole of ``dst`` counts as written."""
+    if dst.ndim < 2 or src.ndim != dst.ndim or src.shape[:-2] != dst.shape[:-2] or src.shape[-1] != dst.shape[-1]:
+        raise ShapeError(f"set_rows: source {src.describe()} does not fit destination {dst.describe()} "
+                         "(equal shapes except the row axis, -2)")
+    if rows.dtype != int32 or rows.shape != (src.shape[-2],):
+        raise ShapeError(f"set_rows: rows {rows.describe()} must be int32 of shape ({src.shape[-2]},)")
+    if dst.storage.op == "input":
+        raise GraphError(f"set_rows: destination {dst.describe()} is a graph input, which is read-only")
+    t = _node("set_rows", (src, rows, dst), dst.shape, dst.dtype, None, name,
+              strides=dst.strides, offset=dst.offset, storage=dst.storage)
+    t.graph._side_effect(t)
+    return t
+
+
+@_reference("set_rows", "copy", dst=2)
+def _set_rows_ref(p, out, src, rows):
+    if rows.size and (rows.min() < 0 or rows.max() >= out.shape[-2]):
+        raise IndexError(f"set_rows: row out of range [0, {out.shape[-2]}): {rows.min()}..{rows.max()}")
+    out[..., rows, :] = src
 
 
 def get_rows(table: Tensor, ids: Tensor, name: str | None = None) -> Tensor:
@@ -336,28 +366,81 @@ def _silu_ref(p, x):
 # ----------------------------------------------------------------------------------------------
 # row-wise ops over the last axis
 # ----------------------------------------------------------------------------------------------
-def softmax(x: Tensor, scale: float = 1.0, causal: bool = False, past: int = 0, name: str | None = None) -> Tensor:
+def _past_arg(op: str, past: "int | Tensor") -> tuple[tuple[Tensor, ...], dict]:
+    """``past`` as node params (+ a source when it is a tensor whose first element is read at run
+    time, e.g. the positions input of a decode step)."""
+    if isinstance(past, Tensor):
+        if past.dtype != int32 or past.ndim != 1 or past.shape[0] < 1:
+            raise ShapeError(f"{op}: past {past.describe()} must be a non-empty 1-D int32 tensor")
+        return (past,), {"past": 0, "past_src": True}
+    if past < 0:
+        raise GraphError(f"{op}: past must be >= 0, got {past}")
+    return (), {"past": int(past), "past_src": False}
+
+
+def _past_value(p: dict, srcs: tuple) -> int:
+    return int(srcs[0].reshape(-1)[0]) if p["past_src"] else p["past"]
+
+
+def softmax(x: Tensor, scale: float = 1.0, causal: bool = False, past: "int | Tensor" = 0,
+            name: str | None = None) -> Tensor:
     """Softmax over the last axis of ``x * scale``. With ``causal``, query row ``i`` (the
-    second-to-last axis) sees keys ``j <= i + past``: the prefill/decode attention mask."""
+    second-to-last axis) sees keys ``j <= i + past``: the prefill/decode attention mask.
+    ``past`` may be an int32 tensor (its first element is used), so the mask can move without
+    rebuilding the graph."""
     _need_float("softmax", x)
     if causal and x.ndim < 2:
         raise ShapeError(f"softmax(causal=True) needs [..., queries, keys]: {x.describe()}")
-    if past < 0:
-        raise GraphError(f"softmax: past must be >= 0, got {past}")
-    return _node("softmax", (x,), x.shape, x.dtype,
-                 {"scale": float(scale), "causal": bool(causal), "past": int(past)}, name)
+    extra, pp = _past_arg("softmax", past)
+    return _node("softmax", (x,) + extra, x.shape, x.dtype,
+                 {"scale": float(scale), "causal": bool(causal), **pp}, name)
+
+
+def _causal_mask(q: int, k: int, past: int) -> Array:
+    return np.arange(k)[None, :] <= np.arange(q)[:, None] + past
 
 
 @_reference("softmax", "softmax")
-def _softmax_ref(p, x):
+def _softmax_ref(p, x, *past):
     x = _f32(x) * np.float32(p["scale"])
     if p["causal"]:
-        q, k = x.shape[-2], x.shape[-1]
-        allowed = np.arange(k)[None, :] <= np.arange(q)[:, None] + p["past"]
-        x = np.where(allowed, x, -np.inf)
+        x = np.where(_causal_mask(x.shape[-2], x.shape[-1], _past_value(p, past)), x, -np.inf)
     x = x - x.max(axis=-1, keepdims=True)
     e = np.exp(x)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def attention(q: Tensor, kt: Tensor, v: Tensor, scale: float = 1.0, causal: bool = False,
+              past: "int | Tensor" = 0, name: str | None = None) -> Tensor:
+    """``softmax(q @ kt * scale, causal, past) @ v`` as one op: ``q`` [..., T, D], ``kt`` (keys,
+    transposed) [..., D, S], ``v`` [..., S, Dv] -> [..., T, Dv]; leading axes broadcast as in
+    ``matmul`` (grouped-query attention: a size-1 KV axis). With ``causal`` only keys
+    ``j <= i + past`` exist for query ``i``; keys beyond ``T + past`` are never read, so ``kt``/``v``
+    may span a whole KV cache. Made by the fusion pass from matmul -> softmax -> matmul."""
+    _need_float("attention", q, kt, v)
+    if q.ndim < 2 or kt.ndim < 2 or v.ndim < 2 or q.shape[-1] != kt.shape[-2] or kt.shape[-1] != v.shape[-2]:
+        raise ShapeError(f"attention: shapes do not chain: q {q.describe()}, kt {kt.describe()}, v {v.describe()}")
+    try:
+        lead = np.broadcast_shapes(q.shape[:-2], kt.shape[:-2], v.shape[:-2])
+    except ValueError:
+        raise ShapeError(f"attention: leading axes do not broadcast: {q.describe()}, {kt.describe()}, "
+                         f"{v.describe()}") from None
+    extra, pp = _past_arg("attention", past)
+    return _node("attention", (q, kt, v) + extra, tuple(lead) + (q.shape[-2], v.shape[-1]), q.dtype,
+                 {"scale": float(scale), "causal": bool(causal), **pp}, name)
+
+
+@_reference("attention", "attention")
+def _attention_ref(p, q, kt, v, *past):
+    T, S = q.shape[-2], kt.shape[-1]
+    past_v = _past_value(p, past)
+    seen = min(S, T + past_v) if p["causal"] else S  # keys past the last visible one are never read
+    s = np.matmul(_f32(q), _f32(kt[..., :seen])) * np.float32(p["scale"])
+    if p["causal"]:
+        s = np.where(_causal_mask(T, seen, past_v), s, -np.inf)
+    s = np.exp(s - s.max(axis=-1, keepdims=True))
+    s /= s.sum(axis=-1, keepdims=True)
+    return np.matmul(s, _f32(v[..., :seen, :]))
 
 
 def _row_param(op: str, x: Tensor, w: Tensor | None, what: str) -> None:
@@ -465,6 +548,7 @@ def _argmax_ref(p, x):
     return np.argmax(x, axis=-1).astype(np.int32)
 
 
-__all__ = ["OPS", "OpDef", "view", "reshape", "permute", "transpose", "cont", "cast", "cpy", "get_rows",
+__all__ = ["OPS", "OpDef", "view", "reshape", "permute", "transpose", "cont", "cast", "cpy", "set_rows", "get_rows",
+           "attention",
            "concat", "matmul", "add", "mul", "scale", "gelu", "silu", "softmax", "layer_norm", "rms_norm",
            "rope", "rope_angles", "argmax", "FLOAT_DTYPES"]

@@ -135,11 +135,7 @@ def _run(args) -> int:
 
 def _dump(model, path: str) -> None:
     from .dump import to_dot
-    g = model.session.graph()
-    start = max(model.kv.length - 1, 0)
-    tid, pid, h = model.build_step(g, 1, start, True)
-    import tinygraph as tg
-    g.output(tg.argmax(model.logits_node(h)))
+    g, _, _ = model.step_graph(1, "argmax")
     text = to_dot(g) if path.endswith(".dot") else g.dump()
     Path(path).write_text(text)
     print(f"tinygraph: wrote the decode graph ({len(g.nodes)} nodes) to {path}", file=sys.stderr)

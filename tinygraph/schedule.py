@@ -13,10 +13,16 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 
+from .ops import OPS
 from .tensor import LEAF_OPS, Tensor
 
 if TYPE_CHECKING:  # pragma: no cover
     from .graph import Graph
+
+
+def writes_into(t: Tensor) -> bool:
+    """True for nodes that write memory owned by another node (``cpy``, ``set_rows``)."""
+    return t.op in OPS and OPS[t.op].dst is not None
 
 
 def is_compute(t: Tensor) -> bool:
@@ -47,17 +53,18 @@ def needed_nodes(graph: "Graph") -> list[Tensor]:
 
 
 def accesses(node: Tensor) -> list[Access]:
-    """Memory a compute node reads and writes. Only ``cpy`` writes memory it did not create."""
-    srcs = node.srcs[:1] if node.op == "cpy" else node.srcs
-    out = [Access(node, s.storage, *s.region(), False) for s in srcs]
+    """Memory a compute node reads and writes. Only ops with a destination (``cpy``,
+    ``set_rows``) write memory they did not create; the destination itself is not read."""
+    dst = OPS[node.op].dst
+    out = [Access(node, s.storage, *s.region(), False) for i, s in enumerate(node.srcs) if i != dst]
     out.append(Access(node, node.storage, *node.region(), True))
     return out
 
 
 def hazard_edges(nodes: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
     """``(earlier, later, buffer)`` for every pair of overlapping accesses, one a write, in a buffer
-    that some ``cpy`` writes into. Earlier/later is build order."""
-    written = {n.storage.id for n in nodes if n.op == "cpy"}
+    that some ``cpy``/``set_rows`` writes into. Earlier/later is build order."""
+    written = {n.storage.id for n in nodes if writes_into(n)}
     by_buf: dict[int, list[Access]] = {}
     for n in nodes:
         if is_compute(n):

@@ -55,7 +55,11 @@ class NumpyBackend(Backend):
             return a
 
         for n in plan.order:
-            result = OPS[n.op].reference(n.params, *[arr(s) for s in n.srcs])
+            d = OPS[n.op]
+            if d.dst is not None:  # writes into its destination in place
+                d.reference(n.params, arr(n), *[arr(s) for i, s in enumerate(n.srcs) if i != d.dst])
+                continue
+            result = d.reference(n.params, *[arr(s) for s in n.srcs])
             out = arr(n)
             if result.dtype == out.dtype:
                 out[...] = result

@@ -5,8 +5,17 @@ intermediates live in one arena (grown to the largest plan, then reused); graph 
 staged into one device input area. A node's address is its owner's base address plus its view
 offset; kernels read strides from the descriptor, so views, transposes and KV-cache slots cost no
 copy. Operands whose dtype differs from the kernel's are converted into scratch space first.
+
+Replay: when the same graph object runs again with the same plan and the same device addresses,
+its launches are captured into a CUDA graph and every later run is one ``cuGraphLaunch``
+(inputs are copied in before it, outputs out after). Graphs whose position-dependent values come
+from input tensors (``set_rows``, ``softmax``/``attention`` with a tensor ``past``) are identical
+from step to step, so a model's decode step replays for every token.
 """
 from __future__ import annotations
+
+import os
+import weakref
 
 import numpy as np
 
@@ -18,6 +27,10 @@ from . import driver
 from .kernels import Arg, KernelLibrary
 
 _ALIGN = 256
+#: runs of one graph before it is captured (the first run sizes scratch space and loads modules)
+CAPTURE_AFTER = int(os.environ.get("TINYGRAPH_CUDA_CAPTURE_AFTER", "1"))
+#: 0 disables CUDA-graph replay (every launch from Python)
+REPLAY = os.environ.get("TINYGRAPH_CUDA_GRAPHS", "1") != "0"
 
 
 class CudaBackend(Backend):
@@ -32,6 +45,10 @@ class CudaBackend(Backend):
         self._arena: driver.DeviceBuffer | None = None
         self._inputs: driver.DeviceBuffer | None = None
         self._scratch: driver.DeviceBuffer | None = None
+        self._work: driver.DeviceBuffer | None = None  # attention split partials
+        # per graph: [plan, addresses, eager runs, captured exec]
+        self._replay: "weakref.WeakKeyDictionary[Graph, list]" = weakref.WeakKeyDictionary()
+        self.launches = 0
 
     # -- persistent buffers -------------------------------------------------------------------
     def allocate(self, t: Tensor) -> None:
@@ -59,10 +76,11 @@ class CudaBackend(Backend):
         for b in self.buffers.values():
             b.free()
         self.buffers.clear()
-        for b in (self._arena, self._inputs, self._scratch):
+        self._replay.clear()
+        for b in (self._arena, self._inputs, self._scratch, self._work):
             if b is not None:
                 b.free()
-        self._arena = self._inputs = self._scratch = None
+        self._arena = self._inputs = self._scratch = self._work = None
 
     # -- helpers ------------------------------------------------------------------------------
     def _grow(self, attr: str, nbytes: int, what: str) -> driver.DeviceBuffer:
@@ -95,16 +113,35 @@ class CudaBackend(Backend):
             driver.memcpy_htod(area.ptr, host, total, self.stream)
             self._host_inputs = host  # keep alive until the stream has read it
         self._scratch_used = 0
-        for n in plan.order:
-            try:
-                self._run(n, base)
-            except driver.CudaError as e:
-                raise driver.CudaError(f"while running node {n.describe()}: {e}", getattr(e, "result", None)) from e
+        addresses = tuple(b.ptr if b is not None else 0 for b in (self._arena, self._inputs, self._scratch, self._work))
+        state = self._replay.get(graph)
+        if state is None or state[0] is not plan or state[1] != addresses:
+            state = self._replay[graph] = [plan, addresses, 0, None]
+        if state[3] is not None:
+            state[3].launch(self.stream)
+        elif REPLAY and state[2] >= CAPTURE_AFTER:
+            cg = driver.Graph()
+            with driver.capture(self.stream, cg):
+                self._run_all(plan, base)
+            state[3] = cg.instantiate()
+            state[3].launch(self.stream)
+        else:
+            self._run_all(plan, base)
+            state[1] = tuple(b.ptr if b is not None else 0
+                             for b in (self._arena, self._inputs, self._scratch, self._work))
+            state[2] += 1
         outs = []
         self.stream.synchronize("reading graph outputs")
         for o in graph.outputs:
             outs.append(self._fetch(o, base))
         return outs
+
+    def _run_all(self, plan: ExecPlan, base: dict[int, int]) -> None:
+        for n in plan.order:
+            try:
+                self._run(n, base)
+            except driver.CudaError as e:
+                raise driver.CudaError(f"while running node {n.describe()}: {e}", getattr(e, "result", None)) from e
 
     def _fetch(self, t: Tensor, base: dict[int, int]) -> np.ndarray:
         """Host copy of ``t`` (any strides): download its span, then view it with its strides."""
@@ -128,7 +165,7 @@ class CudaBackend(Backend):
         need = self._scratch_used + -(-nbytes // _ALIGN) * _ALIGN
         scratch = self._scratch
         if scratch is None or scratch.nbytes < need:
-            raise _NeedScratch(need)
+            raise _NeedScratch(need, "_scratch")
         ptr = scratch.ptr + self._scratch_used
         self._scratch_used = need
         out = Arg(ptr, t.shape, None)
@@ -138,14 +175,15 @@ class CudaBackend(Backend):
     def _run(self, n: Tensor, base: dict[int, int]) -> None:
         try:
             self._dispatch(n, base)
-        except _NeedScratch as e:  # first sight of a mixed-dtype node: make room, then retry
+        except _NeedScratch as e:  # first sight of a node needing more scratch: make room, retry
             self.stream.synchronize("growing scratch")
-            old = self._scratch
-            self._scratch = driver.DeviceBuffer(max(e.nbytes * 2, 1 << 20), what="dtype-conversion scratch",
-                                                device=self.device)
+            old = getattr(self, e.attr)
+            setattr(self, e.attr, driver.DeviceBuffer(max(e.nbytes * 2, 1 << 20), what="kernel scratch space",
+                                                      device=self.device))
             if old is not None:
                 old.free()
-            self._scratch_used = 0
+            if e.attr == "_scratch":
+                self._scratch_used = 0
             self._dispatch(n, base)
 
     def _dispatch(self, n: Tensor, base: dict[int, int]) -> None:
@@ -153,8 +191,12 @@ class CudaBackend(Backend):
         out = self._arg(n, base)
         dt = n.dtype
         src = n.srcs
+        self.launches += 1
         if op in ("cont", "cast", "cpy"):
             lib.copy(out, self._arg(src[0], base), src[0].dtype.short, dt.short, stream=s)
+        elif op == "set_rows":
+            rows = self._contiguous_ids(src[1], base)
+            lib.set_rows(out, self._arg(src[0], base), rows, src[0].dtype.short, dt.short, stream=s)
         elif op == "concat":
             ax, off = p["axis"], 0
             for part in src:
@@ -174,7 +216,11 @@ class CudaBackend(Backend):
         elif op in ("gelu", "silu"):
             lib.unary(op, dt.short, out, self._as(src[0], base, dt), stream=s)
         elif op == "softmax":
-            lib.softmax(dt.short, out, self._as(src[0], base, dt), p["scale"], p["causal"], p["past"], stream=s)
+            past_dev = self._contiguous_ids(src[1], base) if p["past_src"] else None
+            lib.softmax(dt.short, out, self._as(src[0], base, dt), p["scale"], p["causal"], p["past"],
+                        past_dev=past_dev, stream=s)
+        elif op == "attention":
+            self._attention(n, out, base)
         elif op == "rms_norm":
             w = self._as(src[1], base, dt).ptr if p["has_w"] else None
             lib.rms_norm(dt.short, out, self._as(src[0], base, dt), w, p["eps"], stream=s)
@@ -193,6 +239,40 @@ class CudaBackend(Backend):
         else:
             raise BackendError(f"CUDA backend has no kernel for op {op!r} (node {n.describe()})")
 
+    def _attention(self, n: Tensor, out: Arg, base: dict[int, int]) -> None:
+        """Fused attention: split the keys across blocks when few (batch, query) rows would
+        otherwise leave the GPU idle (flash-decoding), then merge the partial softmaxes."""
+        p, dt = n.params, n.dtype
+        q, kt, v = (self._as(t, base, dt) for t in n.srcs[:3])
+        past_dev = self._contiguous_ids(n.srcs[3], base) if p["past_src"] else None
+        if len(out.shape) > 4 or max(q.shape[-1], v.shape[-1]) > 256:
+            raise BackendError(f"attention kernel supports rank <= 4 and head sizes <= 256: {n.describe()}")
+        T, S, Dv = out.shape[-2], kt.shape[-1], out.shape[-1]
+        rows = out.numel // max(Dv, 1) if Dv else 0
+        if rows == 0:
+            return
+        batch = rows // T
+        nsplit = max(1, min(-(-S // 128), 4096 // rows))
+        chunk = -(-S // nsplit)
+        nsplit = -(-S // chunk)
+        sfx = dt.short
+        mod = self.lib.module("attention.cu")
+        part = 0
+        if nsplit > 1:
+            need = rows * nsplit * (Dv + 2) * 4
+            if self._work is None or self._work.nbytes < need:
+                raise _NeedScratch(need, "_work")
+            part = self._work.ptr
+        from .kernels import f32, i32, ptr
+        driver.launch(mod.get_function(f"attn_split_{sfx}"), (T, batch, nsplit), 128,
+                      [ptr(part), out.addr, out.td, q.addr, q.td, kt.addr, kt.td, v.addr, v.td,
+                       f32(p["scale"]), i32(1 if p["causal"] else 0), i32(p["past"]), ptr(past_dev), i32(chunk)],
+                      stream=self.stream)
+        if nsplit > 1:
+            block = min(1024, -(-Dv // 32) * 32)
+            driver.launch(mod.get_function(f"attn_combine_{sfx}"), (T, batch, 1), block,
+                          [ptr(part), out.addr, out.td, i32(nsplit)], stream=self.stream)
+
     def _contiguous_ids(self, t: Tensor, base: dict[int, int]) -> int:
         if not t.is_contiguous:
             raise BackendError(f"CUDA backend needs contiguous int32 ids/positions: {t.describe()}")
@@ -200,5 +280,6 @@ class CudaBackend(Backend):
 
 
 class _NeedScratch(Exception):
-    def __init__(self, nbytes: int) -> None:
+    def __init__(self, nbytes: int, attr: str) -> None:
         self.nbytes = nbytes
+        self.attr = attr

@@ -1,0 +1,154 @@
+// attention.cu -- fused causal attention: out = softmax(scale * q @ kt, causal, past) @ v,
+// without materialising the scores, reading only the keys the mask lets through.
+//
+// Signatures (T = float | __half | __nv_bfloat16, suffix f32 | f16 | bf16):
+//   attn_split_T(float* part, T* out, TD od, const T* q, TD qd, const T* kt, TD ktd,
+//                const T* v, TD vd, float scale, int causal, int past, const int* past_dev,
+//                int chunk)
+//     q [B0, B1, Tq, D], kt [B0', B1', D, S] (keys, transposed: any strides), v [B0', B1', S, Dv],
+//     out [B0, B1, Tq, Dv]; a size-1 batch dim of q/kt/v broadcasts (grouped-query attention).
+//     Query row t sees keys j <= t + past (causal) and j < S; past is read from past_dev[0] when
+//     past_dev is non-NULL, so a replayed CUDA graph can move it.
+//     Grid: (Tq, B0*B1, nsplit); block (128, 1, 1). Split z handles keys [z*chunk, (z+1)*chunk).
+//     nsplit == 1: the result goes straight to out (part unused, may be NULL).
+//     nsplit > 1: each split writes (max, sum, acc[Dv]) to part[((b*Tq + t)*nsplit + z)*(Dv+2)]
+//     and attn_combine_T merges them (flash-decoding: a long context fills the GPU).
+//   attn_combine_T(const float* part, T* out, TD od, int nsplit)
+//     Grid: (Tq, B0*B1, 1); block (min(Dv rounded up to 32, 1024), 1, 1).
+// D and Dv are at most 256. Math in float32.
+#include "common.cuh"
+
+#define ATT_WARPS 4
+#define ATT_MAXD 256
+
+__device__ __forceinline__ long long bcast(const TD& d, int k, long long c) {
+    return d.ne[k] == 1 ? 0 : c * d.st[k];
+}
+
+template <typename T>
+__device__ __forceinline__ void attn_split(float* part, T* out, const TD& od, const T* q, const TD& qd,
+                                           const T* kt, const TD& ktd, const T* v, const TD& vd,
+                                           float scale, int causal, int past, const int* past_dev,
+                                           int chunk) {
+    constexpr int PER = ATT_MAXD / 32;
+    __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
+    __shared__ float s_acc[ATT_WARPS][ATT_MAXD];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const long long t = blockIdx.x, b = blockIdx.y;
+    const int nsplit = gridDim.z, z = blockIdx.z;
+    const long long b0 = b / od.ne[1], b1 = b % od.ne[1];
+    const int D = (int)qd.ne[3], Dv = (int)vd.ne[3];
+    const long long S = ktd.ne[3];
+    if (past_dev) past = past_dev[0];
+    long long visible = causal ? t + (long long)past + 1 : S;
+    if (visible > S) visible = S;
+    const long long j0 = (long long)z * chunk;
+    long long j1 = j0 + chunk;
+    if (j1 > visible) j1 = visible;
+
+    const T* qr = q + bcast(qd, 0, b0) + bcast(qd, 1, b1) + t * qd.st[2];
+    const T* kb = kt + bcast(ktd, 0, b0) + bcast(ktd, 1, b1);
+    const T* vb = v + bcast(vd, 0, b0) + bcast(vd, 1, b1);
+
+    float qv[PER], acc[PER];
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        const int d = lane + 32 * i;
+        qv[i] = d < D ? to_f32(qr[d * qd.st[3]]) * scale : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (long long j = j0 + w; j < j1; j += ATT_WARPS) {
+        const T* kc = kb + j * ktd.st[3];
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const int d = lane + 32 * i;
+            if (d < D) s += qv[i] * to_f32(kc[d * ktd.st[2]]);
+        }
+        s = warp_sum(s);
+        const float mn = fmaxf(m, s);
+        const float corr = expf(m - mn);  // exp(-inf) = 0 on the first key
+        const float p = expf(s - mn);
+        l = l * corr + p;
+        const T* vr = vb + j * vd.st[2];
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const int d = lane + 32 * i;
+            if (d < Dv) acc[i] = acc[i] * corr + p * to_f32(vr[d * vd.st[3]]);
+        }
+        m = mn;
+    }
+    if (lane == 0) { s_m[w] = m; s_l[w] = l; }
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        const int d = lane + 32 * i;
+        if (d < Dv) s_acc[w][d] = acc[i];
+    }
+    __syncthreads();
+    float M = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < ATT_WARPS; ++k) M = fmaxf(M, s_m[k]);
+    float L = 0.0f;
+#pragma unroll
+    for (int k = 0; k < ATT_WARPS; ++k) L += s_m[k] == -INFINITY ? 0.0f : s_l[k] * expf(s_m[k] - M);
+    if (nsplit == 1) {
+        T* orow = out + b0 * od.st[0] + b1 * od.st[1] + t * od.st[2];
+        for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+            float a = 0.0f;
+#pragma unroll
+            for (int k = 0; k < ATT_WARPS; ++k)
+                if (s_m[k] != -INFINITY) a += s_acc[k][d] * expf(s_m[k] - M);
+            orow[d * od.st[3]] = from_f32<T>(L > 0.0f ? a / L : 0.0f);
+        }
+        return;
+    }
+    float* pr = part + ((b * od.ne[2] + t) * nsplit + z) * (long long)(Dv + 2);
+    if (threadIdx.x == 0) { pr[0] = M; pr[1] = L; }
+    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+        float a = 0.0f;
+#pragma unroll
+        for (int k = 0; k < ATT_WARPS; ++k)
+            if (s_m[k] != -INFINITY) a += s_acc[k][d] * expf(s_m[k] - M);
+        pr[2 + d] = a;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void attn_combine(const float* part, T* out, const TD& od, int nsplit) {
+    const long long t = blockIdx.x, b = blockIdx.y;
+    const long long b0 = b / od.ne[1], b1 = b % od.ne[1];
+    const int Dv = (int)od.ne[3];
+    const float* pr = part + (b * od.ne[2] + t) * nsplit * (long long)(Dv + 2);
+    float M = -INFINITY;
+    for (int z = 0; z < nsplit; ++z) M = fmaxf(M, pr[z * (Dv + 2)]);
+    float L = 0.0f;
+    for (int z = 0; z < nsplit; ++z) {
+        const float mz = pr[z * (Dv + 2)];
+        if (mz != -INFINITY) L += pr[z * (Dv + 2) + 1] * expf(mz - M);
+    }
+    T* orow = out + b0 * od.st[0] + b1 * od.st[1] + t * od.st[2];
+    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+        float a = 0.0f;
+        for (int z = 0; z < nsplit; ++z) {
+            const float mz = pr[z * (Dv + 2)];
+            if (mz != -INFINITY) a += pr[z * (Dv + 2) + 2 + d] * expf(mz - M);
+        }
+        orow[d * od.st[3]] = from_f32<T>(L > 0.0f ? a / L : 0.0f);
+    }
+}
+
+#define TG_ATTN(SFX, T)                                                                             \
+    extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
+    attn_split_##SFX(float* part, T* out, TD od, const T* q, TD qd, const T* kt, TD ktd,           \
+                     const T* v, TD vd, float scale, int causal, int past, const int* past_dev,     \
+                     int chunk) {                                                                   \
+        attn_split<T>(part, out, od, q, qd, kt, ktd, v, vd, scale, causal, past, past_dev, chunk); \
+    }                                                                                               \
+    extern "C" __global__ void attn_combine_##SFX(const float* part, T* out, TD od, int nsplit) {  \
+        attn_combine<T>(part, out, od, nsplit);                                                     \
+    }
+
+TG_ATTN(f32, float)
+TG_ATTN(f16, __half)
+TG_ATTN(bf16, __nv_bfloat16)
