@@ -33,7 +33,7 @@ def test_fuse_attention_rewrites_and_matches(backend, rng):
     (unfused,) = sess.compute(g1, feeds(q1, p1))
     g2, q2, p2 = _chain(sess, qv.shape, K, None)
     n_before = len(g2.nodes)
-    assert optimize(g2) == {"fuse_attention": 1}
+    assert optimize(g2) == {"fuse_attention": 1, "fuse_linear": 0}
     ops_after = [n.op for n in g2.nodes]
     assert "attention" in ops_after and "softmax" not in ops_after and len(g2.nodes) == n_before - 2
     assert any(n.name == "l0.attention" for n in g2.nodes)
@@ -48,3 +48,47 @@ def test_fusion_skips_when_scores_are_used_elsewhere():
     s = next(n for n in g.nodes if n.name == "l0.scores")
     g.output(s)
     assert fuse_attention(g) == 0
+
+
+def test_fuse_linear_layers_of_every_family(backend):
+    """Every tiny model: the fused graph has linear nodes and gives the unfused graph's logits."""
+    from pathlib import Path
+    from tinygraph.models import load_model
+    fix = Path(__file__).parent / "fixtures"
+    for fam in ["gpt2", "llama", "qwen2", "qwen3"]:
+        ref = np.load(fix / fam / "reference.npz")
+        ids = ref["input_ids"][0].astype(np.int32)
+        with load_model(fix / fam, dtype="float32", backend=backend) as m:
+            outs = []
+            for fuse in (False, True):
+                g, tid, pid = m.step_graph(len(ids), "all_logits", fuse=fuse)
+                ops = [n.op for n in g.nodes]
+                if fuse:
+                    L = m.config.num_layers
+                    assert ops.count("linear") == 4 * L + 1, (fam, ops.count("linear"))
+                    assert "softmax" not in ops and "silu" not in ops and "gelu" not in ops
+                (o,) = m.session.compute(g, {tid: ids, pid: np.arange(len(ids), dtype=np.int32)})
+                outs.append(o)
+            assert rel_err(outs[1], outs[0]) < 1e-5, fam
+            assert rel_err(outs[1], ref["logits"][0]) < 1e-4, fam
+
+
+def test_linear_op_matches_formula(backend, rng):
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    w = rng.standard_normal((16, 40)).astype(np.float32) / 6
+    b = rng.standard_normal(16).astype(np.float32)
+    nw = rng.standard_normal(40).astype(np.float32)
+    r = rng.standard_normal((3, 8)).astype(np.float32)
+    sess = tg.Session(backend=backend)
+    W, B, NW = (sess.persistent(a.shape, tg.float32, name=n) for a, n in ((w, "w"), (b, "b"), (nw, "nw")))
+    sess.finalize()
+    for t, a in ((W, w), (B, b), (NW, nw)):
+        sess.upload(t, a)
+    g = sess.graph()
+    xi, ri = g.input(x.shape, tg.float32), g.input(r.shape, tg.float32)
+    g.output(tg.linear(xi, W, B, ri, norm="rms", norm_w=NW, eps=1e-6, act="swiglu"))
+    (o,) = sess.compute(g, {xi: x, ri: r})
+    h = x.astype(np.float64) / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6) * nw
+    z = h @ w.T + b
+    ref = z[:, :8] / (1 + np.exp(-z[:, :8])) * z[:, 8:] + r
+    assert rel_err(o, ref) < 1e-5

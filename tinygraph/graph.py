@@ -22,6 +22,7 @@ class ExecPlan:
 
     order: list[Tensor]
     memory: MemoryPlan
+    inputs_read: list[Tensor] | None = None  # filled on first use by Session.compute
 
     @property
     def arena_bytes(self) -> int:

@@ -537,6 +537,66 @@ def _rope_ref(p, x, positions, *ff):
     return out
 
 
+_NORMS = (None, "rms", "layer")
+_ACTS = (None, "gelu", "silu", "swiglu")
+
+
+def linear(x: Tensor, w: Tensor, bias: Tensor | None = None, residual: Tensor | None = None,
+           norm: str | None = None, norm_w: Tensor | None = None, norm_b: Tensor | None = None,
+           eps: float = 1e-5, act: str | None = None, name: str | None = None) -> Tensor:
+    """A whole linear layer as one op (made by the ``fuse_linear`` pass; usable directly):
+    ``act(norm(x) @ w.T + bias) + residual``.
+
+    ``x`` [..., K]; ``w`` [N, K] (HF ``[out, in]``, rows contiguous); ``bias`` [N]; ``norm``:
+    None, "rms" (``rms_norm(x, norm_w, eps)``) or "layer" (``layer_norm(x, norm_w, norm_b, eps)``);
+    ``act``: None, "gelu" (tanh form), "silu", or "swiglu" (``silu(z[..., :N/2]) * z[..., N/2:]``,
+    output width N/2); ``residual`` has the output's shape [..., Nout]."""
+    _need_float("linear", x, w)
+    if norm not in _NORMS or act not in _ACTS:
+        raise GraphError(f"linear: norm must be one of {_NORMS} and act one of {_ACTS}, got {norm!r}, {act!r}")
+    if w.ndim != 2 or w.shape[1] != x.shape[-1] or w.strides != (w.shape[1], 1):
+        raise ShapeError(f"linear: weight {w.describe()} must be a row-contiguous [N, {x.shape[-1]}] matrix "
+                         f"for x {x.describe()}")
+    N = w.shape[0]
+    if act == "swiglu" and N % 2:
+        raise ShapeError(f"linear(act='swiglu'): weight {w.describe()} needs an even number of rows")
+    out_shape = x.shape[:-1] + ((N // 2,) if act == "swiglu" else (N,))
+    if bias is not None and bias.shape != (N,):
+        raise ShapeError(f"linear: bias {bias.describe()} must have shape ({N},)")
+    if residual is not None and residual.shape != out_shape:
+        raise ShapeError(f"linear: residual {residual.describe()} must have the output shape {out_shape}")
+    if norm is None and (norm_w is not None or norm_b is not None):
+        raise GraphError("linear: norm weights given without a norm")
+    _row_param("linear", x, norm_w, "norm weight")
+    _row_param("linear", x, norm_b, "norm bias")
+    parts = {"bias": bias, "residual": residual, "norm_w": norm_w, "norm_b": norm_b}
+    srcs = (x, w) + tuple(t for t in parts.values() if t is not None)
+    params = {"norm": norm, "eps": float(eps), "act": act, **{f"has_{k}": v is not None for k, v in parts.items()}}
+    return _node("linear", srcs, out_shape, x.dtype, params, name)
+
+
+@_reference("linear", "matmul")
+def _linear_ref(p, x, w, *rest):
+    rest = list(rest)
+    bias, res, nw, nb = (rest.pop(0) if p[f"has_{k}"] else None for k in ("bias", "residual", "norm_w", "norm_b"))
+    if p["norm"] == "rms":
+        x = _rms_norm_ref({"eps": p["eps"], "has_w": nw is not None}, x, *([nw] if nw is not None else []))
+    elif p["norm"] == "layer":
+        x = _layer_norm_ref({"eps": p["eps"], "has_w": nw is not None, "has_b": nb is not None}, x,
+                            *[t for t in (nw, nb) if t is not None])
+    z = np.matmul(_f32(x), _f32(w).T)
+    if bias is not None:
+        z = z + _f32(bias)
+    if p["act"] == "gelu":
+        z = _gelu_ref(p, z)
+    elif p["act"] == "silu":
+        z = _silu_ref(p, z)
+    elif p["act"] == "swiglu":
+        half = z.shape[-1] // 2
+        z = _silu_ref(p, z[..., :half]) * z[..., half:]
+    return z + _f32(res) if res is not None else z
+
+
 def argmax(x: Tensor, name: str | None = None) -> Tensor:
     """Index of the largest element over the last axis (first one on ties), int32 ``x.shape[:-1]``."""
     _need_float("argmax", x)
@@ -549,6 +609,6 @@ def _argmax_ref(p, x):
 
 
 __all__ = ["OPS", "OpDef", "view", "reshape", "permute", "transpose", "cont", "cast", "cpy", "set_rows", "get_rows",
-           "attention",
+           "attention", "linear",
            "concat", "matmul", "add", "mul", "scale", "gelu", "silu", "softmax", "layer_norm", "rms_norm",
            "rope", "rope_angles", "argmax", "FLOAT_DTYPES"]

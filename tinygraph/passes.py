@@ -5,6 +5,10 @@ rewrites it made; ``optimize`` runs them all. Dump the graph before and after to
 ``attention`` node when the scores and probabilities have no other reader. The fused op never
 materialises the [.., T, S] scores and reads only the keys the mask lets through, so a decode
 graph may span the whole KV cache.
+
+``fuse_linear``: ``norm -> matmul(x, transpose(W)) -> + bias -> activation -> + residual``
+(any prefix of that chain after the matmul, with swiglu = ``silu(gate view) * up view``) becomes
+one ``linear`` node: on CUDA one kernel per layer of a decode step instead of up to six.
 """
 from __future__ import annotations
 
@@ -73,7 +77,106 @@ def fuse_attention(g: Graph) -> int:
     return count
 
 
-PASSES = (fuse_attention,)
+def _consumers(g: Graph) -> dict[int, list[Tensor]]:
+    """Node id -> nodes reading it, plus a ``None`` entry per graph output, so "has exactly one
+    reader" can be asked of any node (a view reads its source like any other node)."""
+    c: dict[int, list] = {}
+    for n in g.nodes:
+        for s in n.srcs:
+            c.setdefault(s.id, []).append(n)
+    for o in g.outputs:
+        c.setdefault(o.id, []).append(None)
+    return c
+
+
+def _only_reader(c: dict, t: Tensor) -> Tensor | None:
+    r = c.get(t.id, [])
+    return r[0] if len(r) == 1 else None
+
+
+def _weight_of(b: Tensor) -> Tensor | None:
+    """The persistent [N, K] matrix W when ``b`` is ``transpose(W)`` (an HF [out, in] weight)."""
+    w = b.storage
+    if (w.op == "persistent" and w.ndim == 2 and b.ndim == 2 and b.offset == 0
+            and b.shape == (w.shape[1], w.shape[0]) and b.strides == (1, w.shape[1])):
+        return w
+    return None
+
+
+def _swiglu_tail(c: dict, z: Tensor) -> Tensor | None:
+    """``mul(silu(view(z, first half)), view(z, second half))`` -> the mul node, if z feeds only it."""
+    readers = c.get(z.id, [])
+    if len(readers) != 2 or any(r is None or r.op != "view" for r in readers) or z.ndim < 1:
+        return None
+    half = z.shape[-1] // 2
+    lo = next((r for r in readers if r.offset == z.offset), None)
+    hi = next((r for r in readers if r.offset == z.offset + half), None)
+    want = z.shape[:-1] + (half,)
+    if lo is None or hi is None or lo.shape != want or hi.shape != want or \
+            lo.strides != z.strides or hi.strides != z.strides:
+        return None
+    act = _only_reader(c, lo)
+    mul = _only_reader(c, act) if act is not None and act.op == "silu" else None
+    if mul is None or mul.op != "mul" or mul.srcs != (act, hi) or _only_reader(c, hi) is not mul:
+        return None
+    return mul
+
+
+def fuse_linear(g: Graph) -> int:
+    """Fuse norm/matmul/bias/activation/residual chains into ``linear`` nodes. Returns the count."""
+    from . import ops
+    count = 0
+    for mm in list(g.nodes):
+        if mm.op != "matmul" or mm not in g.nodes:
+            continue
+        c = _consumers(g)
+        x, b = mm.srcs
+        w = _weight_of(b)
+        if w is None or w.dtype != mm.dtype or x.dtype != mm.dtype:
+            continue
+        dead = {mm.id}
+        kw: dict = {}
+        if x.op in ("rms_norm", "layer_norm") and _only_reader(c, x) is mm and x.dtype == mm.dtype:
+            dead.add(x.id)
+            rest = list(x.srcs[1:])
+            kw.update(norm="rms" if x.op == "rms_norm" else "layer", eps=x.params["eps"],
+                      norm_w=rest.pop(0) if x.params["has_w"] else None,
+                      norm_b=rest.pop(0) if x.params.get("has_b") else None)
+            x = x.srcs[0]
+        tail = mm
+        nxt = _only_reader(c, tail)
+        if nxt is not None and nxt.op == "add":
+            other = nxt.srcs[1] if nxt.srcs[0] is tail else nxt.srcs[0]
+            if other.is_persistent and other.shape == (mm.shape[-1],) and nxt.shape == mm.shape and \
+                    other.dtype == mm.dtype and other.is_contiguous:
+                kw["bias"], tail = other, nxt
+                dead.add(nxt.id)
+        nxt = _only_reader(c, tail)
+        if nxt is not None and nxt.op in ("gelu", "silu"):
+            kw["act"], tail = nxt.op, nxt
+            dead.add(nxt.id)
+        elif tail.shape[-1] % 2 == 0 and (mul := _swiglu_tail(c, tail)) is not None:
+            kw["act"] = "swiglu"
+            dead.update(n.id for n in c[tail.id])
+            dead.update({mul.srcs[0].id, mul.id})
+            tail = mul
+        nxt = _only_reader(c, tail)
+        if nxt is not None and nxt.op == "add" and nxt.shape == tail.shape:
+            other = nxt.srcs[1] if nxt.srcs[0] is tail else nxt.srcs[0]
+            if other is not tail and other.dtype == mm.dtype:
+                kw["residual"], tail = other, nxt
+                dead.add(nxt.id)
+        if tail is mm and "norm" not in kw:
+            continue  # a bare matmul: nothing to gain
+        fused = ops.linear(x, w, name=mm.name, **kw)
+        g.nodes.pop()  # ops.linear appended it; _replace puts it at the tail's place instead
+        dead.discard(tail.id)
+        _replace(g, tail, fused, dead)
+        count += 1
+    return count
+
+
+PASSES = (fuse_attention, fuse_linear)
 
 
 def optimize(g: Graph) -> dict[str, int]:

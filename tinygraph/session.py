@@ -116,8 +116,10 @@ class Session:
                 raise ShapeError(f"compute: input {t.describe()} fed an array of shape {a.shape}")
             arrays[t.id] = np.ascontiguousarray(a, dtype=t.dtype.np)
         plan = g.plan()
-        needed = {s.storage.id for n in plan.order for s in n.srcs} | {o.storage.id for o in g.outputs}
-        missing = [t.describe() for t in g.inputs if t.id in needed and t.id not in arrays]
+        if plan.inputs_read is None:
+            read = {s.storage.id for n in plan.order for s in n.srcs} | {o.storage.id for o in g.outputs}
+            plan.inputs_read = [t for t in g.inputs if t.id in read]
+        missing = [t.describe() for t in plan.inputs_read if t.id not in arrays]
         if missing:
             raise GraphError(f"compute: no value fed for input(s) {', '.join(missing)}")
         return self.backend.execute(g, plan, arrays)
