@@ -12,11 +12,14 @@
 //       tensor-core kernel (mma.sync m16n8k16, float32 accumulators), 128x128 output tile, K step
 //       32; 16-byte loads when an operand is K-contiguous and aligned, scalar strided loads else.
 //       Launch: grid = (ceil(N/128), ceil(M/128), b0*b1), block = (256, 1, 1). sm_80+.
+//   matmul_tc2_T (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)       T = f16 | bf16 only
+//       as matmul_tc with a 2-stage cp.async pipeline and ldmatrix fragment loads. Same launch.
 //   gemv_T      (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)
 //       M == 1 and B K-contiguous (bd.st[2] == 1: the transposed HF weight). Each warp computes
 //       TG_GEMV_R output columns (warp-stride loop, so any grid.x is correct), 16-byte loads along
 //       K when K, the row stride and the pointers allow it (else scalar loads). Decode hot path.
-//       Launch: grid = (ceil(N/(R*B/32)), b0*b1, 1), block = (B, 1, 1), B a multiple of 32 (256);
+//       Launch: grid = (ceil(N/(R*B/32)), b0*b1, 1), block = (B, 1, 1), B a multiple of 32
+//       (kernels.gemv_block_size: 256, or 128/64 for small N);
 //       kernels.GEMV_ROWS_PER_WARP mirrors R.
 //   gemv_nc_T   (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)
 //       M == 1, any B strides; coalesced when B is N-contiguous (e.g. attention probs @ V).
@@ -239,6 +242,130 @@ __device__ __forceinline__ void matmul_tc(T* C, const TD& cd, const T* A, const 
 }
 
 // ------------------------------------------------------------------------------------------------
+// Tensor-core kernel v2 (f16 / bf16): as matmul_tc, plus two shared-memory stages filled with
+// cp.async (16-byte, zero-filled out of bounds) while the other stage feeds the MMAs, and ldmatrix
+// fragment loads. Operands that are not K-contiguous/aligned take synchronous scalar loads into
+// the idle stage (still overlapped with the other stage's MMAs).
+// ------------------------------------------------------------------------------------------------
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
+    const int n = pred ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(n)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+__device__ __forceinline__ void ldsm_x4(unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3,
+                                        const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(smem_u32(p))
+                 : "memory");
+}
+
+template <typename T>
+__device__ __forceinline__ void tc2_load_tile(T (*S)[TC_LD], const T* base, long long rows, long long K,
+                                              long long r0, long long k0, long long s_r, long long s_k,
+                                              bool vec, bool kfast) {
+    const int tid = threadIdx.x;
+    if (vec) {
+#pragma unroll
+        for (int l = 0; l < 2; ++l) {
+            const int c = tid + 256 * l;
+            const int rr = c >> 2, kc = (c & 3) * 8;
+            const long long r = r0 + rr, k = k0 + kc;
+            const bool p = r < rows && k < K;
+            cp_async16(&S[rr][kc], p ? (const void*)(base + r * s_r + k) : (const void*)base, p);
+        }
+    } else {
+        tc_load_tile<T>(S, base, rows, K, r0, k0, s_r, s_k, false, kfast);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void matmul_tc2(T* C, const TD& cd, const T* A, const TD& ad, const T* B,
+                                           const TD& bd) {
+    __shared__ __align__(16) T As[2][TC_BM][TC_LD];
+    __shared__ __align__(16) T Bs[2][TC_BN][TC_LD];
+    const long long M = cd.ne[2], N = cd.ne[3], K = ad.ne[3];
+    const long long z = blockIdx.z;
+    const T* Ab = A + batch_offset(ad, cd, z);
+    const T* Bb = B + batch_offset(bd, cd, z);
+    T* Cb = C + batch_offset(cd, cd, z);
+    const long long m0 = (long long)blockIdx.y * TC_BM, n0 = (long long)blockIdx.x * TC_BN;
+    const long long as_m = ad.st[2], as_k = ad.st[3], bs_k = bd.st[2], bs_n = bd.st[3];
+    const bool a_vec = as_k == 1 && (K & 7) == 0 && (as_m & 7) == 0 &&
+                       ((reinterpret_cast<unsigned long long>(Ab) & 15) == 0);
+    const bool b_vec = bs_k == 1 && (K & 7) == 0 && (bs_n & 7) == 0 &&
+                       ((reinterpret_cast<unsigned long long>(Bb) & 15) == 0);
+    const bool a_kfast = as_k == 1 && as_m != 1;
+    const bool b_kfast = bs_k == 1 && bs_n != 1;
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wm = warp >> 2, wn = warp & 3;
+    const int g = lane >> 2, t4 = lane & 3;
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+
+    const long long ntiles = (K + TC_BK - 1) / TC_BK;
+    if (ntiles > 0) {
+        tc2_load_tile<T>(As[0], Ab, M, K, m0, 0, as_m, as_k, a_vec, a_kfast);
+        tc2_load_tile<T>(Bs[0], Bb, N, K, n0, 0, bs_n, bs_k, b_vec, b_kfast);
+    }
+    cp_async_commit();
+    for (long long t = 0; t < ntiles; ++t) {
+        const int st = (int)(t & 1);
+        if (t + 1 < ntiles) {
+            const long long k1 = (t + 1) * TC_BK;
+            tc2_load_tile<T>(As[st ^ 1], Ab, M, K, m0, k1, as_m, as_k, a_vec, a_kfast);
+            tc2_load_tile<T>(Bs[st ^ 1], Bb, N, K, n0, k1, bs_n, bs_k, b_vec, b_kfast);
+        }
+        cp_async_commit();  // possibly empty group: keeps the wait count uniform
+        cp_async_wait1();   // everything but the newest group has landed: tile t is complete
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < TC_BK; ks += 16) {
+            unsigned af[4][4], bfr[4][2];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                ldsm_x4(af[i][0], af[i][1], af[i][2], af[i][3],
+                        &As[st][wm * 64 + i * 16 + (lane & 15)][ks + (lane >> 4) * 8]);
+#pragma unroll
+            for (int jj = 0; jj < 2; ++jj)
+                ldsm_x4(bfr[2 * jj][0], bfr[2 * jj][1], bfr[2 * jj + 1][0], bfr[2 * jj + 1][1],
+                        &Bs[st][wn * 32 + jj * 16 + (lane & 7) + (lane >> 4) * 8][ks + ((lane >> 3) & 1) * 8]);
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) MmaOp<T>::run(acc[i][j], af[i], bfr[j]);
+        }
+        __syncthreads();  // the stage just read is refilled by the next iteration
+    }
+    const long long cs_m = cd.st[2], cs_n = cd.st[3];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const long long m = m0 + wm * 64 + i * 16 + g + 8 * h;
+            if (m >= M) continue;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const long long n = n0 + wn * 32 + j * 8 + 2 * t4;
+                if (n < N) Cb[m * cs_m + n * cs_n] = from_f32<T>(acc[i][j][2 * h]);
+                if (n + 1 < N) Cb[m * cs_m + (n + 1) * cs_n] = from_f32<T>(acc[i][j][2 * h + 1]);
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
 // GEMV, B K-contiguous (transposed [out, in] weight): one warp per output column.
 // ------------------------------------------------------------------------------------------------
 __device__ __forceinline__ float dot16(const uint4& w, const uint4& x, float) {
@@ -406,8 +533,11 @@ TG_MATMUL(float, f32)
 TG_MATMUL(__half, f16)
 TG_MATMUL(__nv_bfloat16, bf16)
 
-// Tuning variants of the GEMV (not part of the registry; tests/test_cuda_lowlevel.py times them):
-// gemv_tune_<R>_<U>_<S>_<dtype>.
+// Tuning variants of the GEMV, compiled only with -DTG_GEMV_TUNING (not part of the registry;
+// tests/test_cuda_lowlevel.py checks and times them): gemv_tune_<R>_<U>_<S>_<dtype>.
+// Measured on an H100 (4096x4096 weight): R=1 is best (R=2: -12%, R=4: -20%); U in 2..8, the
+// block size (128..512) and streaming loads change < 3% (noise level).
+#ifdef TG_GEMV_TUNING
 #define TG_GEMV_TUNE(R, U, S, T, sfx)                                                          \
     extern "C" __global__ void gemv_tune_##R##_##U##_##S##_##sfx(T* C, TD cd, const T* A, TD ad, \
                                                                const T* B, TD bd) {           \
@@ -419,6 +549,7 @@ TG_MATMUL(__nv_bfloat16, bf16)
     TG_GEMV_TUNE(4, 1, 0, T, sfx) TG_GEMV_TUNE(4, 2, 0, T, sfx) TG_GEMV_TUNE(2, 2, 1, T, sfx)
 TG_GEMV_TUNE_ALL(__half, f16)
 TG_GEMV_TUNE_ALL(float, f32)
+#endif  // TG_GEMV_TUNING
 
 #define TG_MATMUL_TC(T, sfx)                                                                   \
     extern "C" __global__ void __launch_bounds__(256)                                          \
@@ -427,3 +558,11 @@ TG_GEMV_TUNE_ALL(float, f32)
     }
 TG_MATMUL_TC(__half, f16)
 TG_MATMUL_TC(__nv_bfloat16, bf16)
+
+#define TG_MATMUL_TC2(T, sfx)                                                                  \
+    extern "C" __global__ void __launch_bounds__(256)                                          \
+        matmul_tc2_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) {                  \
+        matmul_tc2<T>(C, cd, A, ad, B, bd);                                                    \
+    }
+TG_MATMUL_TC2(__half, f16)
+TG_MATMUL_TC2(__nv_bfloat16, bf16)

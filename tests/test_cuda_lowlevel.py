@@ -645,9 +645,9 @@ def _mm_cases(rng, dt, k_mult8=False):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
-@pytest.mark.parametrize("algo", ["matmul", "matmul_tc"])
+@pytest.mark.parametrize("algo", ["matmul", "matmul_tc", "matmul_tc2"])
 def test_matmul(lib, rng, dt, algo):
-    if algo == "matmul_tc" and dt == "f32":
+    if algo.startswith("matmul_tc") and dt == "f32":
         pytest.skip("tensor-core kernel is f16/bf16 only")
     for k8 in (False, True):
         for name, a, b in _mm_cases(rng, dt, k8):
@@ -696,6 +696,31 @@ def test_gemv(lib, rng, dt, K):
         assert_close(out.fetch(), ref, dt, MM_TOL[dt], what=f"gemv {name} K={K}")
 
 
+GEMV_TUNE = [(1, 2, 0), (1, 4, 0), (1, 8, 0), (1, 4, 1), (2, 2, 0), (2, 4, 0), (4, 1, 0), (4, 2, 0), (2, 2, 1)]
+
+
+@pytest.fixture(scope="module")
+def tuning_module(lib):
+    cubin = compiler.compile_source(lib.src_dir / "matmul.cu", lib.arch, ["-DTG_GEMV_TUNING"])
+    return driver.Module(cubin, "matmul.cu (tuning variants)")
+
+
+@pytest.mark.parametrize("dt", ["f32", "f16"])
+def test_gemv_tuning_variants(lib, tuning_module, rng, dt):
+    mod = tuning_module
+    for K in (1000, 1003):
+        a = DT(rnd(rng, (2, 1, K), dt))
+        b = DT(rnd(rng, (2, 77, K), dt), lambda h: h.transpose(0, 2, 1))
+        ref = np.matmul(f64(a.view), f64(b.view))
+        for (R, U, S) in GEMV_TUNE:
+            f = mod.get_function(f"gemv_tune_{R}_{U}_{S}_{dt}")
+            for block, gx in ((256, -(-77 // (8 * R))), (64, 1)):  # exact grid, and a 1-block grid
+                out = DT.empty(ref.shape, NP[dt])
+                driver.launch(f, (gx, 2, 1), block, [out.arg.addr, out.arg.td, a.arg.addr, a.arg.td,
+                                                     b.arg.addr, b.arg.td])
+                assert_close(out.fetch(), ref, dt, MM_TOL[dt], what=f"gemv_tune {R},{U},{S} K={K} b={block}")
+
+
 @pytest.mark.parametrize("dt", DTYPES)
 def test_gemv_nc(lib, rng, dt):
     # probs (H, 1, S) @ V (H, S, hd) with V N-contiguous; and a broadcast weight (K, N)
@@ -728,67 +753,158 @@ def test_registry_functions_all_load(lib):
 # ----------------------------------------------------------------------------------------------
 # timing (TINYGRAPH_BENCH=1)
 # ----------------------------------------------------------------------------------------------
-def _time(fn, stream, reps=50, warm=5):
-    for _ in range(warm):
-        fn(0)
-    ev = [(driver.Event(), driver.Event()) for _ in range(reps)]
-    for i, (e0, e1) in enumerate(ev):
-        e0.record(stream)
-        fn(i)
-        e1.record(stream)
-    stream.synchronize()
-    return float(np.median([driver.Event.elapsed_ms(a, b) for a, b in ev]))
-
-
-@pytest.mark.skipif(os.environ.get("TINYGRAPH_BENCH") != "1", reason="set TINYGRAPH_BENCH=1 to time")
-def test_bench(lib, rng):
-    s = driver.Stream()
-    res = {}
-    K = N = 4096
-    for dt in DTYPES:
-        isz = np.dtype(NP[dt]).itemsize
-        ws = [DT(rnd(rng, (N, K), dt), lambda h: h.T) for _ in range(4)]  # 4 copies > L2
-        x = DT(rnd(rng, (1, K), dt))
-        y = DT.empty((1, N), NP[dt])
-        ms = _time(lambda i: lib.matmul(dt, y.arg, x.arg, ws[i % 4].arg, stream=s), s)
-        res[f"gemv_{dt}_4096x4096_GBps"] = (N * K + K + N) * isz / (ms * 1e-3) / 1e9
-        res[f"gemv_{dt}_4096x4096_us"] = ms * 1e3
-        # the last timed launch (i = 49) used ws[49 % 4]
-        assert_close(y.fetch(), f64(x.host) @ f64(ws[49 % 4].view), dt, MM_TOL[dt], what="bench gemv")
-        del ws
-    for dt, M in (("f16", 512), ("bf16", 512), ("f32", 512)):
-        a = DT(rnd(rng, (M, K), dt))
-        w = DT(rnd(rng, (N, K), dt), lambda h: h.T)
-        c = DT.empty((M, N), NP[dt])
-        ms = _time(lambda i: lib.matmul(dt, c.arg, a.arg, w.arg, stream=s), s, reps=20, warm=3)
-        algo = lib.plan_matmul(dt, c.arg, a.arg, w.arg)[0].name
-        res[f"{algo}_{M}x{K}x{N}_TFLOPs"] = 2 * M * N * K / (ms * 1e-3) / 1e12
-    # launch overhead: eager vs CUDA-graph replay of 200 tiny launches
-    t = DT(rnd(rng, (256,), "f32"))
-    f = lib.get("scale", "f32")
-    args = [t.arg.addr, t.arg.td, t.arg.addr, t.arg.td, kernels.f32(1.0)]
-
-    def many(_):
-        for _ in range(200):
-            driver.launch(f, 1, 256, args, stream=s)
-
-    import time as _t
-
-    many(0)
+def _graph_time_us(fn, s, n_inner, reps=10):
+    """Median time per fn(i) call (us), timed as replays of a CUDA graph holding n_inner calls,
+    so host-side launch cost stays out of the number."""
+    fn(0)  # warm up outside the capture (module / function loading)
     s.synchronize()
-    t0 = _t.perf_counter()
-    for _ in range(5):
-        many(0)
-    s.synchronize()
-    res["eager_launch_us"] = (_t.perf_counter() - t0) / 1000 * 1e6
     g = driver.Graph()
     with driver.capture(s, g):
-        many(0)
+        for i in range(n_inner):
+            fn(i)
     exe = g.instantiate()
     exe.launch(s)
     s.synchronize()
-    ms = _time(lambda i: exe.launch(s), s, reps=20, warm=2)
-    res["graph_replay_us_per_kernel"] = ms * 1e3 / 200
+    e0, e1 = driver.Event(), driver.Event()
+    ts = []
+    for _ in range(reps):
+        e0.record(s)
+        exe.launch(s)
+        e1.record(s)
+        s.synchronize()
+        ts.append(driver.Event.elapsed_ms(e0, e1))
+    return float(np.median(ts)) * 1e3 / n_inner
+
+
+def test_prepared_launch_and_record(lib, rng):
+    n = 999
+    x = DT(rnd(rng, (n,), "f32"))
+    x2 = DT(rnd(rng, (n,), "f32"))
+    y = DT.empty((n,), np.float32)
+    with lib.record() as launches:
+        lib.scale("f32", y.arg, x.arg, 3.0)
+        lib.unary("silu", "f32", y.arg, y.arg)
+    assert len(launches) == 2 and all(isinstance(p, driver.PreparedLaunch) for p in launches)
+    assert np.isnan(y.fetch()).all(), "record() must not launch"
+    for p in launches:
+        p()
+    z = 3.0 * f64(x.host)
+    assert_close(y.fetch(), z / (1 + np.exp(-z)), "f32", what="prepared")
+    launches[0].set_arg(2, x2.buf)  # read from x2 instead
+    s = driver.Stream()
+    g = driver.Graph()
+    with driver.capture(s, g):
+        for p in launches:
+            p(s)
+    g.instantiate().launch(s)
+    s.synchronize()
+    z = 3.0 * f64(x2.host)
+    assert_close(y.fetch(), z / (1 + np.exp(-z)), "f32", what="prepared, patched, in a graph")
+    with pytest.raises(driver.KernelArgumentError):
+        launches[0].set_arg(4, ctypes.c_double(1.0))
+
+
+@pytest.mark.skipif(os.environ.get("TINYGRAPH_BENCH") != "1", reason="set TINYGRAPH_BENCH=1 to time")
+def test_bench(lib, tuning_module, rng):
+    import time as _t
+
+    s = driver.Stream()
+    res = {}
+    # ceiling: device-to-device copy, bytes read + written
+    nb = 1 << 28
+    src, dst = driver.DeviceBuffer(nb), driver.DeviceBuffer(nb)
+    res["d2d_copy_GBps"] = 2 * nb / _graph_time_us(lambda i: driver.memcpy_dtod(dst, src, nb, s), s, 5) / 1e3
+    del src, dst
+
+    mod = tuning_module
+
+    wcache = {}
+
+    def gemv_bw(dt, K, N, fname=None, R=1, block=256, reps=40):
+        isz = np.dtype(NP[dt]).itemsize
+        copies = max(2, -(-(160 << 20) // (N * K * isz)))  # rotate > L2 (50 MB)
+        if (dt, K, N) not in wcache:
+            wcache.clear()
+            base = rnd(rng, (N, K), dt)
+            wcache[(dt, K, N)] = [DT(np.roll(base, i, axis=0), lambda h: h.T) for i in range(copies)]
+        ws = wcache[(dt, K, N)]
+        x = DT(rnd(rng, (1, K), dt))
+        y = DT.empty((1, N), NP[dt])
+        if fname is None:
+            fn = lambda i: lib.matmul(dt, y.arg, x.arg, ws[i % copies].arg, stream=s)  # noqa: E731
+        else:
+            f = lib.function(fname) if fname.startswith("gemv_f") else mod.get_function(fname)
+            grid = (-(-N // (R * block // 32)), 1, 1)
+            args = [[y.arg.addr, y.arg.td, x.arg.addr, x.arg.td, w.arg.addr, w.arg.td] for w in ws]
+            fn = lambda i: driver.launch(f, grid, block, args[i % copies], stream=s)  # noqa: E731
+        us = _graph_time_us(fn, s, reps)
+        last = (reps - 1) % copies
+        assert_close(y.fetch(), f64(x.host) @ f64(ws[last].view), dt, MM_TOL[dt], what=f"bench {fname}")
+        return (N * K + K + N) * isz / us / 1e3, us
+
+    for dt in DTYPES:
+        bw, us = gemv_bw(dt, 4096, 4096)
+        res[f"gemv_{dt}_4096x4096_GBps"], res[f"gemv_{dt}_4096x4096_us"] = bw, us
+    for dt in ("f16", "f32"):
+        for (R, U, S) in GEMV_TUNE:
+            for block in (128, 256, 512):
+                bw, _ = gemv_bw(dt, 4096, 4096, f"gemv_tune_{R}_{U}_{S}_{dt}", R, block)
+                res[f"tune_{dt}_R{R}_U{U}_S{S}_b{block}_GBps"] = bw
+    for K, N in ((4096, 14336), (14336, 4096), (576, 1536), (1536, 576), (576, 576), (576, 49152)):
+        bw, us = gemv_bw("f16", K, N)
+        res[f"gemv_f16_K{K}_N{N}_GBps"] = bw
+        res[f"gemv_f16_K{K}_N{N}_us"] = us
+        if N <= 1536:
+            for block in (64, 128, 256):
+                res[f"gemv_f16_K{K}_N{N}_b{block}_us"] = gemv_bw("f16", K, N, "gemv_f16", 1, block)[1]
+    # matmuls, K = N = 4096, B = transposed [out, in] weight
+    K = N = 4096
+    for M in (32, 128, 512, 2048):
+        for dt, algo in (("f16", "matmul_tc"), ("f16", "matmul_tc2"), ("bf16", "matmul_tc2")):
+            a = DT(rnd(rng, (M, K), dt))
+            w = DT(rnd(rng, (N, K), dt), lambda h: h.T)
+            c = DT.empty((M, N), NP[dt])
+            us = _graph_time_us(lambda i: lib.matmul(dt, c.arg, a.arg, w.arg, stream=s, algo=algo), s, 5)
+            res[f"{algo}_{dt}_M{M}_TFLOPs"] = 2 * M * N * K / us / 1e6
+    for algo in ("matmul_tc", "matmul_tc2"):  # B row-major [in, out] (GPT-2 Conv1D): scalar B loads
+        a = DT(rnd(rng, (512, K), "f16"))
+        w = DT(rnd(rng, (K, N), "f16"))
+        c = DT.empty((512, N), np.float16)
+        us = _graph_time_us(lambda i: lib.matmul("f16", c.arg, a.arg, w.arg, stream=s, algo=algo), s, 5)
+        res[f"{algo}_f16_M512_Browmajor_TFLOPs"] = 2 * 512 * N * K / us / 1e6
+    a = DT(rnd(rng, (512, K), "f32"))
+    w = DT(rnd(rng, (N, K), "f32"), lambda h: h.T)
+    c = DT.empty((512, N), np.float32)
+    us = _graph_time_us(lambda i: lib.matmul("f32", c.arg, a.arg, w.arg, stream=s), s, 3)
+    res["matmul_f32_M512_TFLOPs"] = 2 * 512 * N * K / us / 1e6
+
+    # launch overhead: eager vs CUDA-graph replay of tiny launches
+    t = DT(rnd(rng, (256,), "f32"))
+    f = lib.get("scale", "f32")
+    args = [t.arg.addr, t.arg.td, t.arg.addr, t.arg.td, kernels.f32(1.0)]
+    for _ in range(50):
+        driver.launch(f, 1, 256, args, stream=s)
+    s.synchronize()
+    t0 = _t.perf_counter()
+    for _ in range(2000):
+        driver.launch(f, 1, 256, args, stream=s)
+    res["eager_launch_host_us"] = (_t.perf_counter() - t0) / 2000 * 1e6
+    s.synchronize()
+    t0 = _t.perf_counter()
+    for _ in range(500):
+        lib.scale("f32", t.arg, t.arg, 1.0, stream=s)
+    res["lib_helper_launch_host_us"] = (_t.perf_counter() - t0) / 500 * 1e6
+    s.synchronize()
+    with lib.record() as pls:
+        lib.scale("f32", t.arg, t.arg, 1.0)
+    pl = pls[0]
+    t0 = _t.perf_counter()
+    for _ in range(2000):
+        pl(s)
+    res["prepared_launch_host_us"] = (_t.perf_counter() - t0) / 2000 * 1e6
+    s.synchronize()
+    res["graph_replay_us_per_kernel"] = _graph_time_us(
+        lambda i: driver.launch(f, 1, 256, args, stream=s), s, 200)
     print("\nBENCH " + json.dumps({k: round(v, 2) for k, v in res.items()}))
     out = os.environ.get("TINYGRAPH_BENCH_OUT")
     if out:

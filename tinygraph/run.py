@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="default: float32 on numpy, float16 on cuda")
     p.add_argument("--max-context", type=int, default=None, help="KV-cache length in tokens")
-    p.add_argument("--dump-graph", metavar="PATH", help="write the decode graph (.dot: Graphviz, else text)")
+    p.add_argument("--dump-graph", metavar="PATH",
+                   help="write the decode graph (.html: interactive page, .dot: Graphviz, else text)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -134,10 +135,17 @@ def _run(args) -> int:
 
 
 def _dump(model, path: str) -> None:
+    """Write the decode graph: ``.html`` an interactive page (:mod:`tinygraph.viz`), ``.dot``
+    Graphviz, anything else the text table."""
     from .dump import to_dot
     g, _, _ = model.step_graph(1, "argmax")
-    text = to_dot(g) if path.endswith(".dot") else g.dump()
-    Path(path).write_text(text)
+    p = Path(path)
+    if p.suffix.lower() in (".html", ".htm"):
+        from .viz import to_html
+        title = f"{model.spec.name} decode step ({model.config.num_layers} layers)"
+        p.write_text(to_html(g, title=title), encoding="utf-8")
+    else:
+        p.write_text(to_dot(g) if p.suffix.lower() == ".dot" else g.dump())
     print(f"tinygraph: wrote the decode graph ({len(g.nodes)} nodes) to {path}", file=sys.stderr)
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "Module",
     "Function",
     "launch",
+    "PreparedLaunch",
     "memcpy_htod",
     "memcpy_dtoh",
     "memcpy_dtod",
@@ -778,6 +779,51 @@ def launch(func: Function, grid, block, args: Iterable[Any], shared_mem: int = 0
             check(drv.cuCtxSynchronize(), f"synchronize after {desc}")
         else:
             check(drv.cuStreamSynchronize(hs), f"synchronize after {desc}")
+
+
+class PreparedLaunch:
+    """A launch whose arguments are converted, checked and packed once; calling it launches
+    (``pl(stream)``). The argument values are owned copies: ``set_arg(i, value)`` changes one
+    (e.g. a pointer) in place for the next call."""
+
+    __slots__ = ("func", "grid", "block", "shared_mem", "args", "_ptrs", "_kp")
+
+    def __init__(self, func: Function, grid, block, args: Iterable[Any], shared_mem: int = 0):
+        self.func = func
+        self.grid = (grid, 1, 1) if isinstance(grid, int) else _dim3(grid)
+        self.block = (block, 1, 1) if isinstance(block, int) else _dim3(block)
+        self.shared_mem = int(shared_mem)
+        cargs = [_as_ctype(a, func, i) for i, a in enumerate(args)]
+        _check_args(func, cargs)
+        # own copies, so later changes to the caller's ctypes objects do not leak in
+        self.args = [type(a).from_buffer_copy(a) for a in cargs]
+        self._ptrs = (ctypes.c_void_p * max(len(self.args), 1))(*[ctypes.addressof(a) for a in self.args])
+        self._kp = ctypes.addressof(self._ptrs) if self.args else 0
+
+    def set_arg(self, i: int, value) -> None:
+        a = self.args[i]
+        if isinstance(value, (int, float)) and isinstance(a, ctypes._SimpleCData):
+            v = type(a)(value)  # a plain number for a scalar / pointer slot takes the slot's type
+        else:
+            v = _as_ctype(value, self.func, i)
+        if ctypes.sizeof(v) != ctypes.sizeof(a):
+            raise KernelArgumentError(f"{self.func.name}: parameter {i} is {ctypes.sizeof(a)} bytes, "
+                                      f"got {ctypes.sizeof(v)}")
+        ctypes.memmove(ctypes.addressof(a), ctypes.addressof(v), ctypes.sizeof(a))
+
+    def __call__(self, stream=None) -> None:
+        drv = _drv()
+        g, b = self.grid, self.block
+        hs = _launch_stream(stream)
+        (err,) = drv.cuLaunchKernel(self.func.handle, g[0], g[1], g[2], b[0], b[1], b[2],
+                                    self.shared_mem, hs, self._kp, 0)
+        if err != drv.CUresult.CUDA_SUCCESS or _SYNC_EACH_LAUNCH:
+            desc = f"cuLaunchKernel({self.func.name}, grid={g}, block={b}, shared_mem={self.shared_mem})"
+            check((err,), desc)
+            check(drv.cuStreamSynchronize(hs), f"synchronize after {desc}")
+
+    def __repr__(self) -> str:
+        return f"PreparedLaunch({self.func.name}, grid={self.grid}, block={self.block})"
 
 
 # --------------------------------------------------------------------------------------------
