@@ -2,7 +2,7 @@
 // without materialising the scores, reading only the keys the mask lets through.
 //
 // Signatures (T = float | __half | __nv_bfloat16, suffix f32 | f16 | bf16):
-//   attn_split_T(float* part, T* out, TD od, const T* q, TD qd, const T* kt, TD ktd,
+//   attn_split_T(float* part, int* counters, T* out, TD od, const T* q, TD qd, const T* kt, TD ktd,
 //                const T* v, TD vd, float scale, int causal, int past, const int* past_dev,
 //                int chunk)
 //     q [B0, B1, Tq, D], kt [B0', B1', D, S] (keys, transposed: any strides), v [B0', B1', S, Dv],
@@ -11,10 +11,10 @@
 //     past_dev is non-NULL, so a replayed CUDA graph can move it.
 //     Grid: (Tq, B0*B1, nsplit); block (128, 1, 1). Split z handles keys [z*chunk, (z+1)*chunk).
 //     nsplit == 1: the result goes straight to out (part unused, may be NULL).
-//     nsplit > 1: each split writes (max, sum, acc[Dv]) to part[((b*Tq + t)*nsplit + z)*(Dv+2)]
-//     and attn_combine_T merges them (flash-decoding: a long context fills the GPU).
-//   attn_combine_T(const float* part, T* out, TD od, int nsplit)
-//     Grid: (Tq, B0*B1, 1); block (min(Dv rounded up to 32, 1024), 1, 1).
+//     nsplit > 1: each split writes (max, sum, acc[Dv]) to part[((b*Tq + t)*nsplit + z)*(Dv+2)];
+//     the last split block of a (b, t) row to finish (counted in counters[b*Tq + t], which must
+//     start at 0 and is left at 0) merges them into out (flash-decoding: a long context fills the
+//     GPU, in one launch).
 // D and Dv are at most 256. Math in float32.
 #include "common.cuh"
 
@@ -26,7 +26,29 @@ __device__ __forceinline__ long long bcast(const TD& d, int k, long long c) {
 }
 
 template <typename T>
-__device__ __forceinline__ void attn_split(float* part, T* out, const TD& od, const T* q, const TD& qd,
+__device__ __forceinline__ void attn_merge(const float* pr, T* out, const TD& od, int nsplit,
+                                          long long b0, long long b1, long long t) {
+    const int Dv = (int)od.ne[3];
+    float M = -INFINITY;
+    for (int z = 0; z < nsplit; ++z) M = fmaxf(M, pr[z * (Dv + 2)]);
+    float L = 0.0f;
+    for (int z = 0; z < nsplit; ++z) {
+        const float mz = pr[z * (Dv + 2)];
+        if (mz != -INFINITY) L += pr[z * (Dv + 2) + 1] * expf(mz - M);
+    }
+    T* orow = out + b0 * od.st[0] + b1 * od.st[1] + t * od.st[2];
+    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+        float a = 0.0f;
+        for (int z = 0; z < nsplit; ++z) {
+            const float mz = pr[z * (Dv + 2)];
+            if (mz != -INFINITY) a += __ldcg(&pr[z * (Dv + 2) + 2 + d]) * expf(mz - M);
+        }
+        orow[d * od.st[3]] = from_f32<T>(L > 0.0f ? a / L : 0.0f);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void attn_split(float* part, int* counters, T* out, const TD& od, const T* q, const TD& qd,
                                            const T* kt, const TD& ktd, const T* v, const TD& vd,
                                            float scale, int causal, int past, const int* past_dev,
                                            int chunk) {
@@ -103,7 +125,8 @@ __device__ __forceinline__ void attn_split(float* part, T* out, const TD& od, co
         }
         return;
     }
-    float* pr = part + ((b * od.ne[2] + t) * nsplit + z) * (long long)(Dv + 2);
+    const long long row = b * od.ne[2] + t;
+    float* pr = part + (row * nsplit + z) * (long long)(Dv + 2);
     if (threadIdx.x == 0) { pr[0] = M; pr[1] = L; }
     for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
         float a = 0.0f;
@@ -112,41 +135,28 @@ __device__ __forceinline__ void attn_split(float* part, T* out, const TD& od, co
             if (s_m[k] != -INFINITY) a += s_acc[k][d] * expf(s_m[k] - M);
         pr[2 + d] = a;
     }
-}
-
-template <typename T>
-__device__ __forceinline__ void attn_combine(const float* part, T* out, const TD& od, int nsplit) {
-    const long long t = blockIdx.x, b = blockIdx.y;
-    const long long b0 = b / od.ne[1], b1 = b % od.ne[1];
-    const int Dv = (int)od.ne[3];
-    const float* pr = part + (b * od.ne[2] + t) * nsplit * (long long)(Dv + 2);
-    float M = -INFINITY;
-    for (int z = 0; z < nsplit; ++z) M = fmaxf(M, pr[z * (Dv + 2)]);
-    float L = 0.0f;
-    for (int z = 0; z < nsplit; ++z) {
-        const float mz = pr[z * (Dv + 2)];
-        if (mz != -INFINITY) L += pr[z * (Dv + 2) + 1] * expf(mz - M);
+    // the last block of this row to arrive merges every split's partial result
+    __shared__ int s_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const int done = atomicAdd(&counters[row], 1);
+        s_last = done == nsplit - 1;
+        if (s_last) counters[row] = 0;  // ready for the next launch (graph replay)
     }
-    T* orow = out + b0 * od.st[0] + b1 * od.st[1] + t * od.st[2];
-    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
-        float a = 0.0f;
-        for (int z = 0; z < nsplit; ++z) {
-            const float mz = pr[z * (Dv + 2)];
-            if (mz != -INFINITY) a += pr[z * (Dv + 2) + 2 + d] * expf(mz - M);
-        }
-        orow[d * od.st[3]] = from_f32<T>(L > 0.0f ? a / L : 0.0f);
-    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    attn_merge<T>(part + row * nsplit * (long long)(Dv + 2), out, od, nsplit, b0, b1, t);
 }
 
 #define TG_ATTN(SFX, T)                                                                             \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
-    attn_split_##SFX(float* part, T* out, TD od, const T* q, TD qd, const T* kt, TD ktd,           \
-                     const T* v, TD vd, float scale, int causal, int past, const int* past_dev,     \
-                     int chunk) {                                                                   \
-        attn_split<T>(part, out, od, q, qd, kt, ktd, v, vd, scale, causal, past, past_dev, chunk); \
-    }                                                                                               \
-    extern "C" __global__ void attn_combine_##SFX(const float* part, T* out, TD od, int nsplit) {  \
-        attn_combine<T>(part, out, od, nsplit);                                                     \
+    attn_split_##SFX(float* part, int* counters, T* out, TD od, const T* q, TD qd, const T* kt,    \
+                     TD ktd, const T* v, TD vd, float scale, int causal, int past,                  \
+                     const int* past_dev, int chunk) {                                              \
+        attn_split<T>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale, causal, past,         \
+                      past_dev, chunk);                                                             \
     }
 
 TG_ATTN(f32, float)

@@ -15,7 +15,34 @@
 //        out_a = x_a*cos - x_b*sin,  out_b = x_b*cos + x_a*sin
 //     od and xd have the same shape; in-place (out == x) is allowed.
 // Launch: 1-D grid-stride loop over rows * head_dim/2 work items; any grid/block.
+//
+//   rope_store_T(T* qo, TD qod, const T* q, TD qd, const T* k, TD kd, const T* v, TD vd,
+//                const int* pos, T* kc, TD kcd, T* vc, TD vcd, const float* ff, float theta,
+//                int mode)
+//     RoPE + KV-cache write in one launch (full rotary): q [T, H, hd], k and v [T, KV, hd]
+//     (padded to rank 4 with a leading 1), caches [KV, ctx, hd]:
+//        qo = rope(q);  kc[h, pos[t], :] = rope(k)[t, h, :];  vc[h, pos[t], :] = v[t, h, :]
+//     Launch: 1-D grid-stride loop over T*(H+KV)*hd/2 + T*KV*hd work items; any grid/block.
 #include "common.cuh"
+
+// Rotate pair p of one head row: x row (stride xs) -> out row (stride os).
+template <typename T>
+__device__ __forceinline__ void rope_pair(const T* xr, long long xs, T* orow, long long os,
+                                          long long p, long long nrot, int position,
+                                          const float* ff, float theta, int mode, int n_dims) {
+    // float32 inv_freq as HF computes it: 1 / theta ** (float(2d) / dim), rounded once.
+    float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * p) / (double)n_dims));
+    if (ff) inv_freq = inv_freq / ff[p];
+    const float angle = (float)position * inv_freq;
+    float sn, cs;
+    sincosf(angle, &sn, &cs);
+    long long a, b;
+    if (mode == 2) { a = p; b = p + nrot; }
+    else { a = 2 * p; b = 2 * p + 1; }
+    const float xa = to_f32(xr[a * xs]), xb = to_f32(xr[b * xs]);
+    orow[a * os] = from_f32<T>(xa * cs - xb * sn);
+    orow[b * os] = from_f32<T>(xb * cs + xa * sn);
+}
 
 template <typename T>
 __device__ __forceinline__ void rope_kernel(T* out, const TD& od, const T* x, const TD& xd,
@@ -39,18 +66,36 @@ __device__ __forceinline__ void rope_kernel(T* out, const TD& od, const T* x, co
             continue;
         }
         const long long t = (r / xd.ne[2]) % xd.ne[1];
-        // float32 inv_freq as HF computes it: 1 / theta ** (float(2d) / dim), rounded once.
-        float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * p) / (double)n_dims));
-        if (ff) inv_freq = inv_freq / ff[p];
-        const float angle = (float)pos[t] * inv_freq;
-        float sn, cs;
-        sincosf(angle, &sn, &cs);
-        long long a, b;
-        if (mode == 2) { a = p; b = p + nrot; }
-        else { a = 2 * p; b = 2 * p + 1; }
-        const float xa = to_f32(xr[a * xs]), xb = to_f32(xr[b * xs]);
-        orow[a * os] = from_f32<T>(xa * cs - xb * sn);
-        orow[b * os] = from_f32<T>(xb * cs + xa * sn);
+        rope_pair<T>(xr, xs, orow, os, p, nrot, pos[t], ff, theta, mode, n_dims);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void rope_store_kernel(T* qo, const TD& qod, const T* q, const TD& qd,
+                                                  const T* k, const TD& kd, const T* v, const TD& vd,
+                                                  const int* pos, T* kc, const TD& kcd, T* vc,
+                                                  const TD& vcd, const float* ff, float theta, int mode) {
+    const long long T_ = qd.ne[1], H = qd.ne[2], KV = kd.ne[2], hd = qd.ne[3], half = hd / 2;
+    const long long nq = T_ * H * half, nk = T_ * KV * half, nv = T_ * KV * hd;
+    TG_GRID_STRIDE_LOOP(i, nq + nk + nv) {
+        if (i < nq + nk) {
+            const bool is_q = i < nq;
+            const long long j = is_q ? i : i - nq, heads = is_q ? H : KV;
+            const long long p = j % half, h = (j / half) % heads, t = j / (half * heads);
+            if (is_q) {
+                rope_pair<T>(q + t * qd.st[1] + h * qd.st[2], qd.st[3], qo + t * qod.st[1] + h * qod.st[2],
+                             qod.st[3], p, half, pos[t], ff, theta, mode, (int)hd);
+            } else {
+                rope_pair<T>(k + t * kd.st[1] + h * kd.st[2], kd.st[3],
+                             kc + h * kcd.st[1] + (long long)pos[t] * kcd.st[2], kcd.st[3], p, half, pos[t],
+                             ff, theta, mode, (int)hd);
+            }
+        } else {
+            const long long j = i - nq - nk;
+            const long long d = j % hd, h = (j / hd) % KV, t = j / (hd * KV);
+            vc[h * vcd.st[1] + (long long)pos[t] * vcd.st[2] + d * vcd.st[3]] =
+                v[t * vd.st[1] + h * vd.st[2] + d * vd.st[3]];
+        }
     }
 }
 
@@ -59,6 +104,16 @@ __device__ __forceinline__ void rope_kernel(T* out, const TD& od, const T* x, co
                                           const float* ff, float theta, int mode, int n_dims) { \
         rope_kernel<T>(out, od, x, xd, pos, ff, theta, mode, n_dims);                          \
     }
+#define TG_ROPE_STORE(T, sfx)                                                                  \
+    extern "C" __global__ void rope_store_##sfx(T* qo, TD qod, const T* q, TD qd, const T* k,   \
+                                                TD kd, const T* v, TD vd, const int* pos, T* kc, \
+                                                TD kcd, T* vc, TD vcd, const float* ff,          \
+                                                float theta, int mode) {                         \
+        rope_store_kernel<T>(qo, qod, q, qd, k, kd, v, vd, pos, kc, kcd, vc, vcd, ff, theta, mode); \
+    }
+TG_ROPE_STORE(float, f32)
+TG_ROPE_STORE(__half, f16)
+TG_ROPE_STORE(__nv_bfloat16, bf16)
 TG_ROPE(float, f32)
 TG_ROPE(__half, f16)
 TG_ROPE(__nv_bfloat16, bf16)

@@ -291,3 +291,31 @@ def test_set_rows_shape_errors():
         tg.set_rows(C, x, r)
     with pytest.raises(ValueError, match="rows"):
         tg.set_rows(C, g.input((2, 3, 8), tg.float32), g.input((2,), tg.int32))
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.name)
+@pytest.mark.parametrize("mode", ["neox", "normal"])
+def test_rope_store(backend, dtype, mode, rng):
+    T, H, KV, hd, ctx = 3, 6, 2, 16, 20
+    q = rng.standard_normal((T, H, hd)).astype(np.float32)
+    k = rng.standard_normal((T, KV, hd)).astype(np.float32)
+    v = rng.standard_normal((T, KV, hd)).astype(np.float32)
+    pos = np.array([11, 12, 13], np.int32)
+    sess = tg.Session(backend=backend)
+    Kc = sess.persistent((KV, ctx, hd), dtype, name="Kc")
+    Vc = sess.persistent((KV, ctx, hd), dtype, name="Vc")
+    sess.finalize()
+    g = sess.graph()
+    qkv = g.input((T, H + 2 * KV, hd), dtype)
+    pi = g.input((T,), tg.int32)
+    row = (H + 2 * KV) * hd
+    qv = tg.view(qkv, (T, H, hd), (row, hd, 1), 0)
+    kv_ = tg.view(qkv, (T, KV, hd), (row, hd, 1), H * hd)
+    vv = tg.view(qkv, (T, KV, hd), (row, hd, 1), (H + KV) * hd)
+    g.output(tg.rope_store(qv, kv_, vv, pi, Kc, Vc, 1000.0, mode))
+    (qo,) = sess.compute(g, {qkv: np.concatenate([q, k, v], axis=1), pi: pos})
+    check(qo, rope64(rounded(q, dtype), pos, 1000.0, mode), dtype, 2)
+    kc, vc = sess.download(Kc), sess.download(Vc)
+    check(kc[:, 11:14], rope64(rounded(k, dtype), pos, 1000.0, mode).transpose(1, 0, 2), dtype, 2)
+    check(vc[:, 11:14], rounded(v, dtype).transpose(1, 0, 2), dtype, 0.01)
+    assert not np.asarray(kc[:, :11], np.float32).any() and not np.asarray(vc[:, 14:], np.float32).any()

@@ -33,7 +33,7 @@ def test_fuse_attention_rewrites_and_matches(backend, rng):
     (unfused,) = sess.compute(g1, feeds(q1, p1))
     g2, q2, p2 = _chain(sess, qv.shape, K, None)
     n_before = len(g2.nodes)
-    assert optimize(g2) == {"fuse_attention": 1, "fuse_linear": 0}
+    assert optimize(g2) == {"fuse_attention": 1, "fuse_rope_store": 0, "fuse_linear": 0}
     ops_after = [n.op for n in g2.nodes]
     assert "attention" in ops_after and "softmax" not in ops_after and len(g2.nodes) == n_before - 2
     assert any(n.name == "l0.attention" for n in g2.nodes)
@@ -66,6 +66,7 @@ def test_fuse_linear_layers_of_every_family(backend):
                 if fuse:
                     L = m.config.num_layers
                     assert ops.count("linear") == 4 * L + 1, (fam, ops.count("linear"))
+                    assert ops.count("rope_store") == (0 if fam == "gpt2" else L)
                     assert "softmax" not in ops and "silu" not in ops and "gelu" not in ops
                 (o,) = m.session.compute(g, {tid: ids, pid: np.arange(len(ids), dtype=np.int32)})
                 outs.append(o)

@@ -63,7 +63,7 @@ def plan_memory(order: list[Tensor], outputs: list[Tensor]) -> MemoryPlan:
     keep = {o.storage.id for o in outputs}
     for k in keep:
         last[k] = end
-    written = {n.storage.id for n in order if OPS[n.op].dst is not None}
+    written = {s.storage.id for n in order for i, s in enumerate(n.srcs) if i in OPS[n.op].written_srcs()}
 
     plan = MemoryPlan()
     live: list[tuple[int, int, int]] = []  # (offset, size, root id), sorted by offset

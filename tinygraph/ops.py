@@ -34,21 +34,29 @@ class OpDef:
 
     Ops that write into memory they did not create (``cpy``, ``set_rows``) name the source that
     is the destination (``dst``, an index into ``srcs``): it is written, not read. Their
-    reference is called as ``reference(params, out, *other_srcs)`` and writes ``out`` in place."""
+    reference is called as ``reference(params, out, *other_srcs)`` and writes ``out`` in place.
+    Ops with a result of their own that also write other buffers (``rope_store``) list those
+    sources in ``side_dsts``; their reference writes into the arrays it is given for them."""
 
     name: str
     family: str
     reference: Callable[..., Array]
     elementwise: bool = False
     dst: int | None = None
+    side_dsts: tuple[int, ...] = ()
+
+    def written_srcs(self) -> tuple[int, ...]:
+        """Indices of sources this op writes rather than reads."""
+        return self.side_dsts + ((self.dst,) if self.dst is not None else ())
 
 
 OPS: dict[str, OpDef] = {}
 
 
-def _reference(name: str, family: str, elementwise: bool = False, dst: int | None = None):
+def _reference(name: str, family: str, elementwise: bool = False, dst: int | None = None,
+               side_dsts: tuple[int, ...] = ()):
     def deco(fn: Callable[..., Array]) -> Callable[..., Array]:
-        OPS[name] = OpDef(name, family, fn, elementwise, dst)
+        OPS[name] = OpDef(name, family, fn, elementwise, dst, side_dsts)
         return fn
     return deco
 
@@ -597,6 +605,36 @@ def _linear_ref(p, x, w, *rest):
     return z + _f32(res) if res is not None else z
 
 
+def rope_store(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, k_cache: Tensor, v_cache: Tensor,
+               theta: float = 10000.0, mode: str = "neox", freq_factors: Tensor | None = None,
+               name: str | None = None) -> Tensor:
+    """RoPE on queries and keys plus the KV-cache write, as one op (made by the
+    ``fuse_rope_store`` pass): returns ``rope(q)`` and, as side effects,
+    ``k_cache[:, positions[i], :] = rope(k)[i]`` and ``v_cache[:, positions[i], :] = v[i]``.
+    ``q`` [T, heads, hd], ``k``/``v`` [T, kv_heads, hd], caches [kv_heads, ctx, hd]."""
+    for t in (k, v):
+        if t.ndim != 3 or t.shape[0] != q.shape[0] or t.shape[2] != q.shape[2]:
+            raise ShapeError(f"rope_store: {t.describe()} does not match q {q.describe()}")
+    for c, t in ((k_cache, k), (v_cache, v)):
+        if c.ndim != 3 or c.shape[0] != t.shape[1] or c.shape[2] != t.shape[2] or c.dtype != t.dtype:
+            raise ShapeError(f"rope_store: cache {c.describe()} does not fit {t.describe()}")
+    rq = rope(q, positions, theta, mode, freq_factors, name=name)  # checks q, positions, factors
+    q.graph.nodes.pop()
+    srcs = (q, k, v, positions, k_cache, v_cache) + rq.srcs[2:]
+    t = _node("rope_store", srcs, q.shape, q.dtype, dict(rq.params), name)
+    t.graph._side_effect(t)
+    return t
+
+
+@_reference("rope_store", "rope", side_dsts=(4, 5))
+def _rope_store_ref(p, q, k, v, positions, k_cache, v_cache, *ff):
+    if positions.size and (positions.min() < 0 or positions.max() >= k_cache.shape[-2]):
+        raise IndexError(f"rope_store: position out of range [0, {k_cache.shape[-2]})")
+    k_cache[:, positions, :] = _rope_ref(p, k, positions, *ff).transpose(1, 0, 2)
+    v_cache[:, positions, :] = v.transpose(1, 0, 2)
+    return _rope_ref(p, q, positions, *ff)
+
+
 def argmax(x: Tensor, name: str | None = None) -> Tensor:
     """Index of the largest element over the last axis (first one on ties), int32 ``x.shape[:-1]``."""
     _need_float("argmax", x)
@@ -609,6 +647,6 @@ def _argmax_ref(p, x):
 
 
 __all__ = ["OPS", "OpDef", "view", "reshape", "permute", "transpose", "cont", "cast", "cpy", "set_rows", "get_rows",
-           "attention", "linear",
+           "attention", "linear", "rope_store",
            "concat", "matmul", "add", "mul", "scale", "gelu", "silu", "softmax", "layer_norm", "rms_norm",
            "rope", "rope_angles", "argmax", "FLOAT_DTYPES"]

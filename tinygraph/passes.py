@@ -6,6 +6,10 @@ rewrites it made; ``optimize`` runs them all. Dump the graph before and after to
 materialises the [.., T, S] scores and reads only the keys the mask lets through, so a decode
 graph may span the whole KV cache.
 
+``fuse_rope_store``: ``rope(q)``, ``rope(k)``, ``set_rows(k cache, rope(k))`` and
+``set_rows(v cache, v)`` over the same positions become one ``rope_store`` node (RoPE + KV-slot
+write in one kernel).
+
 ``fuse_linear``: ``norm -> matmul(x, transpose(W)) -> + bias -> activation -> + residual``
 (any prefix of that chain after the matmul, with swiglu = ``silu(gate view) * up view``) becomes
 one ``linear`` node: on CUDA one kernel per layer of a decode step instead of up to six.
@@ -47,6 +51,7 @@ def _replace(g: Graph, old: Tensor, new: Tensor, dead: set[int]) -> None:
             nodes.append(n)
     g.nodes = nodes
     g.outputs = [new if o is old else o for o in g.outputs]
+    g.side_effects = [new if e is old else e for e in g.side_effects if e.id not in dead]
     g._plan = None
 
 
@@ -176,7 +181,58 @@ def fuse_linear(g: Graph) -> int:
     return count
 
 
-PASSES = (fuse_attention, fuse_linear)
+def _stored_from(c: dict, st: Tensor) -> Tensor | None:
+    """For ``set_rows(cache, permute(x, (1, 0, 2)), rows)``: x, if the permute has no other reader."""
+    view = st.srcs[0]
+    if view.op != "view" or view.params.get("axes") != (1, 0, 2) or _only_reader(c, view) is not st:
+        return None
+    return view.srcs[0]
+
+
+def fuse_rope_store(g: Graph) -> int:
+    """Fuse each layer's q/k RoPE and K/V cache writes into one ``rope_store`` node."""
+    from . import ops
+    count = 0
+    for sk in [n for n in g.nodes if n.op == "set_rows"]:
+        if sk not in g.nodes:
+            continue
+        c = _consumers(g)
+        rk = _stored_from(c, sk)
+        rows = sk.srcs[1]
+        if rk is None or rk.op != "rope" or rk.srcs[1] is not rows or _only_reader(c, rk) is None:
+            continue
+        def same_rope(r: Tensor) -> bool:
+            return r.op == "rope" and r is not rk and r.srcs[1] is rows and r.params == rk.params \
+                and r.srcs[2:] == rk.srcs[2:]
+
+        def stored(r: Tensor) -> bool:  # a key rope: its output goes into a cache
+            return any(x is not None and x.op == "view" and any(y is not None and y.op == "set_rows"
+                                                                 for y in c.get(x.id, [])) for x in c.get(r.id, []))
+        # the layer's q rope and V write: the nearest matching nodes in build order
+        rq = min((n for n in g.nodes if same_rope(n) and not stored(n)), key=lambda n: abs(n.id - rk.id), default=None)
+        sv = min((n for n in g.nodes if n.op == "set_rows" and n is not sk and n.srcs[1] is rows
+                  and n.storage is not sk.storage and (v := _stored_from(c, n)) is not None and v.op != "rope"),
+                 key=lambda n: abs(n.id - sk.id), default=None)
+        if rq is None or sv is None:
+            continue
+        v = _stored_from(c, sv)
+        kc, vc = sk.srcs[2], sv.srcs[2]
+        if kc.shape[1:] != vc.shape[1:] or kc.dtype != rk.dtype or vc.dtype != v.dtype:
+            continue
+        ff = rk.srcs[2] if rk.params["has_ff"] else None
+        p = rk.params
+        fused = ops.rope_store(rq.srcs[0], rk.srcs[0], v, rows, kc, vc, p["theta"], p["mode"], ff,
+                               name=sk.name.rsplit(".", 1)[0] + ".rope_store" if "." in sk.name else None)
+        g.nodes.pop()
+        g.side_effects.pop()
+        dead = {rk.id, sk.id, sv.id, sk.srcs[0].id, sv.srcs[0].id}
+        _replace(g, rq, fused, dead)
+        g.side_effects.append(fused)
+        count += 1
+    return count
+
+
+PASSES = (fuse_attention, fuse_rope_store, fuse_linear)
 
 
 def optimize(g: Graph) -> dict[str, int]:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def writes_into(t: Tensor) -> bool:
     """True for nodes that write memory owned by another node (``cpy``, ``set_rows``)."""
-    return t.op in OPS and OPS[t.op].dst is not None
+    return t.op in OPS and bool(OPS[t.op].written_srcs())
 
 
 def is_compute(t: Tensor) -> bool:
@@ -54,9 +54,11 @@ def needed_nodes(graph: "Graph") -> list[Tensor]:
 
 def accesses(node: Tensor) -> list[Access]:
     """Memory a compute node reads and writes. Only ops with a destination (``cpy``,
-    ``set_rows``) write memory they did not create; the destination itself is not read."""
-    dst = OPS[node.op].dst
-    out = [Access(node, s.storage, *s.region(), False) for i, s in enumerate(node.srcs) if i != dst]
+    ``set_rows``) or side destinations (``rope_store``'s caches) write memory they did not
+    create; a destination is not read."""
+    written = OPS[node.op].written_srcs()
+    out = [Access(node, s.storage, *s.region(), i in written) for i, s in enumerate(node.srcs)
+           if i != OPS[node.op].dst]
     out.append(Access(node, node.storage, *node.region(), True))
     return out
 
@@ -64,7 +66,8 @@ def accesses(node: Tensor) -> list[Access]:
 def hazard_edges(nodes: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
     """``(earlier, later, buffer)`` for every pair of overlapping accesses, one a write, in a buffer
     that some ``cpy``/``set_rows`` writes into. Earlier/later is build order."""
-    written = {n.storage.id for n in nodes if writes_into(n)}
+    written = {s.storage.id for n in nodes if writes_into(n)
+               for i, s in enumerate(n.srcs) if i in OPS[n.op].written_srcs()}
     by_buf: dict[int, list[Access]] = {}
     for n in nodes:
         if is_compute(n):

@@ -200,8 +200,9 @@ class CudaBackend(Backend):
         except _NeedScratch as e:  # first sight of a node needing more scratch: make room, retry
             self.stream.synchronize("growing scratch")
             old = getattr(self, e.attr)
-            setattr(self, e.attr, driver.DeviceBuffer(max(e.nbytes * 2, 1 << 20), what="kernel scratch space",
-                                                      device=self.device))
+            buf = driver.DeviceBuffer(max(e.nbytes * 2, 1 << 20), what="kernel scratch space", device=self.device)
+            driver.memset_d8(buf.ptr, 0, buf.nbytes)  # attention's split counters must start at zero
+            setattr(self, e.attr, buf)
             if old is not None:
                 old.free()
             if e.attr == "_scratch":
@@ -243,6 +244,21 @@ class CudaBackend(Backend):
                         past_dev=past_dev, stream=s)
         elif op == "attention":
             self._attention(n, out, base)
+        elif op == "rope_store":
+            q, k, v, pos_t, kc, vc = src[:6]
+            ff = self._arg(src[6], base).ptr if p["has_ff"] else None
+            qa, ka, va = (self._as(t, base, dt) for t in (q, k, v))
+            kca, vca = self._arg(kc, base), self._arg(vc, base)
+            if kc.dtype != dt or vc.dtype != dt:
+                raise BackendError(f"rope_store on CUDA needs caches of dtype {dt.name}: {n.describe()}")
+            from .kernels import ROPE_NEOX, ROPE_NORMAL, elementwise_config, f32, i32, ptr
+            T_, H, hd = q.shape
+            grid, block = elementwise_config(T_ * (H + k.shape[1]) * hd // 2 + T_ * k.shape[1] * hd,
+                                             lib.sm_count)
+            driver.launch(lib.module("rope.cu").get_function(f"rope_store_{dt.short}"), grid, block,
+                          [out.addr, out.td, qa.addr, qa.td, ka.addr, ka.td, va.addr, va.td,
+                           ptr(self._contiguous_ids(pos_t, base)), kca.addr, kca.td, vca.addr, vca.td, ptr(ff),
+                           f32(p["theta"]), i32(ROPE_NEOX if p["mode"] == "neox" else ROPE_NORMAL)], stream=s)
         elif op == "linear":
             self._linear(n, out, base)
         elif op == "rms_norm":
@@ -279,23 +295,20 @@ class CudaBackend(Backend):
         nsplit = max(1, min(-(-S // 128), 4096 // rows))
         chunk = -(-S // nsplit)
         nsplit = -(-S // chunk)
-        sfx = dt.short
         mod = self.lib.module("attention.cu")
-        part = 0
+        part = counters = 0
         if nsplit > 1:
-            need = rows * nsplit * (Dv + 2) * 4
+            # partials, then one zeroed int counter per row (the kernel leaves them at zero)
+            pbytes = -(-rows * nsplit * (Dv + 2) * 4 // _ALIGN) * _ALIGN
+            need = pbytes + rows * 4
             if self._work is None or self._work.nbytes < need:
                 raise _NeedScratch(need, "_work")
-            part = self._work.ptr
+            part, counters = self._work.ptr, self._work.ptr + pbytes
         from .kernels import f32, i32, ptr
-        driver.launch(mod.get_function(f"attn_split_{sfx}"), (T, batch, nsplit), 128,
-                      [ptr(part), out.addr, out.td, q.addr, q.td, kt.addr, kt.td, v.addr, v.td,
+        driver.launch(mod.get_function(f"attn_split_{dt.short}"), (T, batch, nsplit), 128,
+                      [ptr(part), ptr(counters), out.addr, out.td, q.addr, q.td, kt.addr, kt.td, v.addr, v.td,
                        f32(p["scale"]), i32(1 if p["causal"] else 0), i32(p["past"]), ptr(past_dev), i32(chunk)],
                       stream=self.stream)
-        if nsplit > 1:
-            block = min(1024, -(-Dv // 32) * 32)
-            driver.launch(mod.get_function(f"attn_combine_{sfx}"), (T, batch, 1), block,
-                          [ptr(part), out.addr, out.td, i32(nsplit)], stream=self.stream)
 
     _NORM = {None: 0, "rms": 1, "layer": 2}
     _ACT = {None: 0, "gelu": 1, "silu": 2, "swiglu": 3}
