@@ -328,7 +328,7 @@ class CudaBackend(Backend):
             return self._as(t, base, dt).ptr if t is not None else None
         ra = self._as(res, base, dt) if res is not None else None
         fused = self._has("linear_gemv", dt.short)
-        if fused and rows <= 16:
+        if fused and rows <= 8:  # few rows (decode): one fused GEMV; more: tensor-core matmul
             lib.linear(dt.short, out, xa, wp, K, N, K, bias=ptr_of(bias), res=ra, norm=self._NORM[p["norm"]],
                        norm_w=ptr_of(nw), norm_b=ptr_of(nb), eps=p["eps"], act=self._ACT[p["act"]], stream=s)
             return

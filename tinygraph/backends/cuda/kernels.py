@@ -34,8 +34,17 @@ set_rows    getrows.cu     (D* dst, TD dd, const S* src, TD sd, const int* idx) 
 argmax      reduce.cu      (int* out, TD od, const T* x, TD xd)
 matmul      matmul.cu      (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)  CUDA cores
 matmul_tc   matmul.cu      same; f16/bf16 only, tensor cores (sm_80+)
+matmul_tc2  matmul.cu      same; f16/bf16 only, tensor cores, cp.async pipeline + ldmatrix
 gemv        matmul.cu      same; M == 1, B K-contiguous (B.st[-2] == 1)
 gemv_nc     matmul.cu      same; M == 1, any B strides
+linear_gemv linear.cu      (T* y, TD yd, const T* x, TD xd, const T* w, long long ldw,
+                            const T* bias, const T* res, TD rd, const T* norm_w,
+                            const T* norm_b, float eps, int norm, int act, int N, int K)
+                            fused act(norm(x) @ w.T + bias) + res for a few rows (decode)
+linear_     linear.cu      same; one row per block (fewer registers: KernelLibrary.linear's
+gemv1                       choice when linear_rows_per_block(rows, K) == 1, e.g. decode B=1)
+linear_     linear.cu      (T* y, TD yd, const T* z, TD zd, const T* bias, const T* res, TD rd,
+epilogue                    int act)   y = act(z + bias) + res (prefill tail after matmul)
 =========== ============== ======================================================================
 
 Concat has no kernel of its own: copy each input with ``cpy`` into a strided view of the output
@@ -53,9 +62,20 @@ Usage::
     # or by hand:
     f = lib.get("add", "f32")
     driver.launch(f, grid, 256, [kernels.ptr(out), kernels.td((3, 5)), ...])
+    # record prepared launches (cheap replays, or capture them into a CUDA graph):
+    with lib.record() as launches:
+        lib.matmul("f16", c, a, b)
+    for pl in launches:
+        pl(stream)
+
+matmul dispatch (``plan_matmul``): M == 1 -> gemv (B K-contiguous) or gemv_nc; f16/bf16 ->
+matmul_tc2; f32 -> matmul. Measured on an H100 (K = N = 4096, B = transposed [out, in] weight):
+gemv f16 ~2.5 TB/s at 4096x4096 and ~2.8 TB/s at 4096x14336 (device copy: 3.0 TB/s); matmul_tc2
+~167 TFLOP/s at M = 512 and ~224 at M = 2048 (matmul_tc: 56 / 104); f32 matmul ~14 TFLOP/s.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import threading
@@ -84,9 +104,18 @@ __all__ = [
     "KernelLibrary",
     "elementwise_config",
     "row_block_size",
+    "gemv_block_size",
     "ROPE_NORMAL",
     "ROPE_NEOX",
+    "linear_rows_per_block",
+    "linear_block_size",
+    "LINEAR_NORMS",
+    "LINEAR_ACTS",
 ]
+
+# Output columns per warp of gemv_<dtype> (TG_GEMV_R in matmul.cu; the kernel is correct for
+# any grid, this only sizes the grid to one pass).
+GEMV_ROWS_PER_WARP = 1
 
 ROPE_NORMAL = 0
 ROPE_NEOX = 2
@@ -114,24 +143,19 @@ def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
 
 def td(shape: Sequence[int], strides: Sequence[int] | None = None) -> TD:
     """Descriptor for a tensor of ``shape`` with element ``strides`` (None: C-contiguous),
-    padded on the left to rank 4."""
-    shape = tuple(int(n) for n in shape)
-    strides = contiguous_strides(shape) if strides is None else tuple(int(s) for s in strides)
-    if len(shape) != len(strides):
+    padded on the left to rank 4. Rank > 4 is folded when the leading dims allow it."""
+    shape = tuple(shape)
+    strides = contiguous_strides(shape) if strides is None else tuple(strides)
+    n = len(shape)
+    if n != len(strides):
         raise ValueError(f"shape {shape} and strides {strides} differ in rank")
-    if len(shape) > 4:
-        # fold leading dims that are mutually contiguous; otherwise refuse
+    if n > 4:
         shape, strides = _fold_to_rank4(shape, strides)
-    if any(n < 0 for n in shape):
+        n = 4
+    if any(d < 0 for d in shape):
         raise ValueError(f"negative dimension in shape {shape}")
-    pad = 4 - len(shape)
-    d = TD()
-    for i in range(4):
-        if i < pad:
-            d.ne[i], d.st[i] = 1, 0
-        else:
-            d.ne[i], d.st[i] = shape[i - pad], strides[i - pad]
-    return d
+    pad = 4 - n
+    return TD((1,) * pad + shape, (0,) * pad + strides)
 
 
 def _fold_to_rank4(shape, strides):
@@ -230,6 +254,7 @@ class KernelSpec:
     params: tuple          # (name, kind) with kind in {'ptr', 'td', 'f32', 'i32'}
     dtypes: tuple          # suffix tuples accepted, e.g. (('f32',), ('f16',)) or (('f32','f16'),...)
     launch: str            # 'elementwise' | 'rows' | 'rope' | 'matmul' | 'matmul_tc' | 'gemv' | 'gemv_nc'
+    #                        | 'linear_gemv'   (params kinds also 'i64': long long by value)
     doc: str = ""
 
 
@@ -278,8 +303,32 @@ _reg(
                _ONE, "rows"),
     KernelSpec("matmul", "matmul.cu", _MM, _ONE, "matmul"),
     KernelSpec("matmul_tc", "matmul.cu", _MM, (("f16",), ("bf16",)), "matmul_tc"),
+    KernelSpec("matmul_tc2", "matmul.cu", _MM, (("f16",), ("bf16",)), "matmul_tc",
+               "tensor cores, 2-stage cp.async pipeline + ldmatrix"),
     KernelSpec("gemv", "matmul.cu", _MM, _ONE, "gemv"),
     KernelSpec("gemv_nc", "matmul.cu", _MM, _ONE, "gemv_nc"),
+    KernelSpec("linear_gemv", "linear.cu",
+               (("y", "ptr"), ("yd", "td"), ("x", "ptr"), ("xd", "td"), ("w", "ptr"), ("ldw", "i64"),
+                ("bias", "ptr"), ("res", "ptr"), ("rd", "td"), ("norm_w", "ptr"), ("norm_b", "ptr"),
+                ("eps", "f32"), ("norm", "i32"), ("act", "i32"), ("N", "i32"), ("K", "i32")),
+               _ONE, "linear_gemv",
+               "y [.., Nout] = act(norm(x [.., K]) @ w[N, K].T + bias[N]) + res [.., Nout]; "
+               "norm 0 none | 1 rms | 2 layer (norm_w, norm_b [K] or NULL); act 0 none | 1 gelu_tanh | "
+               "2 silu | 3 swiglu (Nout = N/2: silu(z[:N/2]) * z[N/2:]); w row n at w + n*ldw; "
+               "y may equal res. Few rows (decode); see KernelLibrary.linear"),
+    KernelSpec("linear_gemv1", "linear.cu",
+               (("y", "ptr"), ("yd", "td"), ("x", "ptr"), ("xd", "td"), ("w", "ptr"), ("ldw", "i64"),
+                ("bias", "ptr"), ("res", "ptr"), ("rd", "td"), ("norm_w", "ptr"), ("norm_b", "ptr"),
+                ("eps", "f32"), ("norm", "i32"), ("act", "i32"), ("N", "i32"), ("K", "i32")),
+               _ONE, "linear_gemv",
+               "linear_gemv with one row per block (rows-per-block 1 whatever the row count; "
+               "grid = rows * column blocks): fewer registers, the decode hot path"),
+    KernelSpec("linear_epilogue", "linear.cu",
+               (("y", "ptr"), ("yd", "td"), ("z", "ptr"), ("zd", "td"), ("bias", "ptr"), ("res", "ptr"),
+                ("rd", "td"), ("act", "i32")),
+               _ONE, "elementwise",
+               "y [.., Nout] = act(z [.., N] + bias[N]) + res [.., Nout] element-wise (act as "
+               "linear_gemv; swiglu reads z[.., j] and z[.., j + N/2]); y may alias res"),
 )
 
 ELEMENTWISE_DTYPES = _F
@@ -313,6 +362,38 @@ def elementwise_config(n: int, sm_count: int = 132, block: int = 256) -> tuple[i
     return grid, block
 
 
+def gemv_block_size(columns: int, sm_count: int = 132) -> int:
+    """Threads per block for gemv: 256, unless that leaves fewer than two blocks per SM (small
+    weights), then 128 or 64 so that the work spreads over all SMs."""
+    for b in (256, 128):
+        if -(-columns // (b // 32 * GEMV_ROWS_PER_WARP)) >= 2 * sm_count:
+            return b
+    return 64
+
+
+# linear_gemv: the norm / act codes, and the launch rules mirrored from cuda_src/linear.cu.
+LINEAR_NORMS = {None: 0, 0: 0, "none": 0, 1: 1, "rms": 1, "rms_norm": 1, 2: 2, "layer": 2, "layer_norm": 2}
+LINEAR_ACTS = {None: 0, 0: 0, "none": 0, 1: 1, "gelu": 1, "gelu_tanh": 1, 2: 2, "silu": 2, 3: 3, "swiglu": 3}
+_LINEAR_RB_SMEM_BYTES = 65536  # LIN_RB_SMEM_BYTES in linear.cu
+
+
+def linear_rows_per_block(rows: int, K: int) -> int:
+    """Rows that one linear_gemv block stages and computes together (sharing each weight load):
+    1, 2 or 4 -- lin_rows_per_block in linear.cu, which the launch grid must agree with."""
+    rb = 1 if rows <= 1 else (2 if rows == 2 else 4)
+    rs = -(-int(K) // 4) * 4
+    while rb > 1 and rb * rs * 4 > _LINEAR_RB_SMEM_BYTES:
+        rb //= 2
+    return rb
+
+
+def linear_block_size(columns: int, groups: int = 1, sm_count: int = 132) -> int:
+    """Threads per linear_gemv block (one output column per warp at a time): 256. Measured on
+    an H100 (tools/bench_linear.py), 256 beat 128 and 64 at every decode shape, the small ones
+    (N = 576, 72 blocks) included: a block stages the normalised row once for 8 warps."""
+    return 256
+
+
 def row_block_size(n: int) -> int:
     """Threads per block for a row-wise kernel on rows of n elements (multiple of 32, <= 1024)."""
     want = -(-int(n) // 4)  # ~4 elements per thread
@@ -341,6 +422,7 @@ class KernelLibrary:
         self._functions: dict[str, driver.Function] = {}
         self._lock = threading.Lock()
         self.sm_count = getattr(device, "sm_count", 132)
+        self._recording: list | None = None
 
     # -- loading ---------------------------------------------------------------------------------
     def module(self, file: str) -> driver.Module:
@@ -371,6 +453,25 @@ class KernelLibrary:
         for f in SOURCE_FILES:
             self.module(f)
 
+    # -- launching / recording -------------------------------------------------------------------
+    def _launch(self, func, grid, block, args, stream=None, shared_mem: int = 0) -> None:
+        if self._recording is not None:
+            self._recording.append(driver.PreparedLaunch(func, grid, block, args, shared_mem))
+        else:
+            driver.launch(func, grid, block, args, shared_mem, stream)
+
+    @contextlib.contextmanager
+    def record(self):
+        """Within ``with lib.record() as launches:``, the op helpers append a
+        :class:`driver.PreparedLaunch` to ``launches`` instead of launching; replay them with
+        ``for l in launches: l(stream)`` (cheaper per launch than the helpers) or inside a
+        :func:`driver.capture` to build a CUDA graph."""
+        prev, self._recording = self._recording, []
+        try:
+            yield self._recording
+        finally:
+            self._recording = prev
+
     # -- op helpers ------------------------------------------------------------------------------
     def _ew(self, n):
         return elementwise_config(n, self.sm_count)
@@ -382,7 +483,7 @@ class KernelLibrary:
             return
         _check_broadcast(op, out.shape, a.shape, b.shape)
         g, bl = self._ew(n)
-        driver.launch(self.get(op, dtype), g, bl,
+        self._launch(self.get(op, dtype), g, bl,
                       [out.addr, out.td, a.addr, a.td, b.addr, b.td], stream=stream)
 
     def unary(self, op: str, dtype, out: Arg, x: Arg, stream=None) -> None:
@@ -391,13 +492,13 @@ class KernelLibrary:
             return
         _check_broadcast(op, out.shape, x.shape)
         g, bl = self._ew(out.numel)
-        driver.launch(self.get(op, dtype), g, bl, [out.addr, out.td, x.addr, x.td], stream=stream)
+        self._launch(self.get(op, dtype), g, bl, [out.addr, out.td, x.addr, x.td], stream=stream)
 
     def scale(self, dtype, out: Arg, x: Arg, s: float, stream=None) -> None:
         if out.numel == 0:
             return
         g, bl = self._ew(out.numel)
-        driver.launch(self.get("scale", dtype), g, bl,
+        self._launch(self.get("scale", dtype), g, bl,
                       [out.addr, out.td, x.addr, x.td, f32(s)], stream=stream)
 
     def copy(self, dst: Arg, src: Arg, src_dtype, dst_dtype=None, stream=None) -> None:
@@ -408,21 +509,21 @@ class KernelLibrary:
         if dst.numel == 0:
             return
         g, bl = self._ew(dst.numel)
-        driver.launch(self.get("cpy", src_dtype, dst_dtype), g, bl,
+        self._launch(self.get("cpy", src_dtype, dst_dtype), g, bl,
                       [dst.addr, dst.td, src.addr, src.td], stream=stream)
 
     def rms_norm(self, dtype, out: Arg, x: Arg, w, eps: float, stream=None) -> None:
         rows = x.numel // max(1, x.shape[-1]) if x.shape else 1
         if x.numel == 0:
             return
-        driver.launch(self.get("rms_norm", dtype), rows, row_block_size(x.shape[-1]),
+        self._launch(self.get("rms_norm", dtype), rows, row_block_size(x.shape[-1]),
                       [out.addr, out.td, x.addr, x.td, ptr(w), f32(eps)], stream=stream)
 
     def layer_norm(self, dtype, out: Arg, x: Arg, w, b, eps: float, stream=None) -> None:
         if x.numel == 0:
             return
         rows = x.numel // x.shape[-1]
-        driver.launch(self.get("layer_norm", dtype), rows, row_block_size(x.shape[-1]),
+        self._launch(self.get("layer_norm", dtype), rows, row_block_size(x.shape[-1]),
                       [out.addr, out.td, x.addr, x.td, ptr(w), ptr(b), f32(eps)], stream=stream)
 
     def softmax(self, dtype, out: Arg, x: Arg, scale: float = 1.0, causal: bool = False,
@@ -430,7 +531,7 @@ class KernelLibrary:
         if x.numel == 0:
             return
         rows = x.numel // x.shape[-1]
-        driver.launch(self.get("softmax", dtype), rows, row_block_size(x.shape[-1]),
+        self._launch(self.get("softmax", dtype), rows, row_block_size(x.shape[-1]),
                       [out.addr, out.td, x.addr, x.td, f32(scale), i32(1 if causal else 0),
                        i32(past), ptr(past_dev)], stream=stream)
 
@@ -446,7 +547,7 @@ class KernelLibrary:
         if x.numel == 0:
             return
         g, bl = self._ew(x.numel // 2)
-        driver.launch(self.get("rope", dtype), g, bl,
+        self._launch(self.get("rope", dtype), g, bl,
                       [out.addr, out.td, x.addr, x.td, ptr(pos), ptr(freq_factors), f32(theta),
                        i32(mode), i32(n_dims)], stream=stream)
 
@@ -455,7 +556,7 @@ class KernelLibrary:
         if out.numel == 0:
             return
         g, bl = self._ew(out.numel)
-        driver.launch(self.get("getrows", dtype), g, bl,
+        self._launch(self.get("getrows", dtype), g, bl,
                       [out.addr, out.td, table.addr, table.td, ptr(ids)], stream=stream)
 
     def set_rows(self, dst: Arg, src: Arg, idx, src_dtype, dst_dtype=None, stream=None) -> None:
@@ -464,7 +565,7 @@ class KernelLibrary:
         if src.numel == 0:
             return
         g, bl = self._ew(src.numel)
-        driver.launch(self.get("set_rows", src_dtype, dst_dtype), g, bl,
+        self._launch(self.get("set_rows", src_dtype, dst_dtype), g, bl,
                       [dst.addr, dst.td, src.addr, src.td, ptr(idx)], stream=stream)
 
     def argmax(self, dtype, out: Arg, x: Arg, stream=None) -> None:
@@ -476,7 +577,7 @@ class KernelLibrary:
         ost = out.full_strides()
         if len(ost) == len(x.shape) - 1:
             ost = tuple(ost) + (1,)
-        driver.launch(self.get("argmax", dtype), rows, row_block_size(x.shape[-1]),
+        self._launch(self.get("argmax", dtype), rows, row_block_size(x.shape[-1]),
                       [out.addr, td(oshape, ost), x.addr, x.td], stream=stream)
 
     # -- matmul ----------------------------------------------------------------------------------
@@ -498,16 +599,17 @@ class KernelLibrary:
             if M == 1:
                 algo = "gemv" if b_st[-2] == 1 else "gemv_nc"
             elif sfx in ("f16", "bf16") and _arch_number(self.arch) >= 80:
-                algo = "matmul_tc"
+                algo = "matmul_tc2"
             else:
                 algo = "matmul"
         if algo in ("gemv", "gemv_nc") and M != 1:
             raise ValueError(f"{algo} needs M == 1, got M = {M}")
         if algo == "gemv":
-            grid, block = (-(-N // 8), batch, 1), (256, 1, 1)
+            bs = gemv_block_size(N * batch, self.sm_count)
+            grid, block = (-(-N // (bs // 32 * GEMV_ROWS_PER_WARP)), batch, 1), (bs, 1, 1)
         elif algo == "gemv_nc":
             grid, block = (-(-N // 32), batch, 1), (32, 8, 1)
-        elif algo == "matmul_tc":
+        elif algo in ("matmul_tc", "matmul_tc2"):
             grid, block = (-(-N // 128), -(-M // 128), batch), (256, 1, 1)
         elif algo == "matmul":
             grid, block = (-(-N // 64), -(-M // 64), batch), (256, 1, 1)
@@ -518,18 +620,151 @@ class KernelLibrary:
                              f"(batch {batch}, M {M}); split the call")
         return self.get(algo, sfx), grid, block
 
+    # -- fused linear layers -----------------------------------------------------------------------
+    def _ensure_dynamic_smem(self, f: driver.Function, nbytes: int) -> None:
+        """Raise ``f``'s dynamic shared memory limit when a launch needs more than the 48 KB
+        default (remembered on the function object)."""
+        if nbytes <= 48 * 1024 - 1024 or getattr(f, "_tg_dyn_smem", 0) >= nbytes:
+            return
+        optin = int(getattr(self.device, "max_shared_per_block_optin", 227 * 1024))
+        if nbytes + 1024 > optin:
+            raise ValueError(f"{f.name}: needs {nbytes} bytes of shared memory, the device allows "
+                             f"{optin} per block")
+        f.set_max_dynamic_shared(nbytes)
+        f._tg_dyn_smem = nbytes
+
+    def _blocks_per_sm(self, f: driver.Function, block: int, smem: int) -> int:
+        """Resident blocks per SM for ``f`` (cuOccupancyMaxActiveBlocksPerMultiprocessor),
+        cached; 2 when the driver cannot say."""
+        cache = getattr(f, "_tg_occupancy", None)
+        if cache is None:
+            cache = f._tg_occupancy = {}
+        n = cache.get((block, smem))
+        if n is None:
+            try:
+                from cuda.bindings import driver as cu
+
+                err, n = cu.cuOccupancyMaxActiveBlocksPerMultiprocessor(f.handle, int(block), int(smem))
+                n = int(n) if err == cu.CUresult.CUDA_SUCCESS and int(n) > 0 else 2
+            except Exception:
+                n = 2
+            cache[(block, smem)] = n
+        return n
+
+    def linear(self, dtype, y: Arg, x: Arg, w_ptr, ldw: int, N: int, K: int, bias=None,
+               res: Arg | None = None, norm=0, norm_w=None, norm_b=None, eps: float = 0.0, act=0,
+               stream=None, *, block: int | None = None, max_blocks: int | None = None,
+               func: driver.Function | None = None) -> None:
+        """One fused kernel (linear_gemv): ``y = act(norm(x) @ w.T + bias) + res``.
+
+        x [..., K] (any strides, rank <= 4); w: device pointer of a row-contiguous [N, K] weight
+        (HF [out, in]; row n at ``w_ptr + n*ldw`` elements); bias [N], norm_w / norm_b [K]:
+        device pointers or None; y and res [..., Nout] (any strides; y may be res itself, and
+        must not overlap x); Nout = N, or N/2 for act 3. norm: 0 / None / 'rms' (1) /
+        'layer' (2); act: 0 / None / 'gelu' (1, tanh form) / 'silu' (2) / 'swiglu' (3).
+
+        Meant for decode (one row per sequence, x [B, 1, K]); any number of rows
+        (prod(x.shape[:-1])) is computed correctly and a few (<= 16) efficiently -- the rows
+        share weight loads in groups of linear_rows_per_block(rows, K) -- while prefill should
+        run norm -> matmul (tensor cores) -> :meth:`linear_epilogue`.
+        Launch: linear_gemv1 (one row per block) when that group size is 1, else linear_gemv;
+        256 threads; the grid is capped at one wave (resident blocks per SM x SMs): warps
+        then loop over several columns, which amortises the per-block norm prologue (lm_head
+        K=576 N=49152 f16 on an H100: 58 us uncapped, 25 us capped).
+        Tuning knobs: ``block`` (threads, a multiple of 32 <= 256), ``max_blocks`` (grid cap;
+        0 for none), ``func`` (a same-ABI kernel; it must use linear_rows_per_block's grouping
+        unless it is a linear_gemv1).
+        """
+        sfx = dtype_suffix(dtype)
+        norm_c, act_c = _linear_code("norm", norm, LINEAR_NORMS), _linear_code("act", act, LINEAR_ACTS)
+        N, K, ldw = int(N), int(K), int(ldw)
+        xs = tuple(x.shape)
+        if N <= 0 or K <= 0 or ldw < K:
+            raise ValueError(f"linear: need N > 0, K > 0 and ldw >= K, got N={N}, K={K}, ldw={ldw}")
+        if not xs or xs[-1] != K or len(xs) > 4:
+            raise ValueError(f"linear: x{xs} must be [..., K={K}] of rank <= 4")
+        if act_c == 3 and N % 2:
+            raise ValueError(f"linear(act=swiglu): N = {N} must be even")
+        nout = N // 2 if act_c == 3 else N
+        want = xs[:-1] + (nout,)
+        if tuple(y.shape) != want:
+            raise ValueError(f"linear: y{tuple(y.shape)} must have shape {want} (x{xs}, N={N}, act={act_c})")
+        if res is not None:
+            _check_broadcast("linear residual", want, res.shape)
+        if N >= 2**31 or K >= 2**31:
+            raise ValueError(f"linear: N={N}, K={K} exceed the kernel's int range")
+        rows = math.prod(want[:-1])
+        if rows == 0:
+            return
+        rb = linear_rows_per_block(rows, K)
+        if func is not None and func.name.startswith("linear_gemv1_"):
+            rb = 1
+        smem = rb * (-(-K // 4) * 4) * 4
+        f = func if func is not None else self.get("linear_gemv1" if rb == 1 else "linear_gemv", sfx)
+        self._ensure_dynamic_smem(f, smem)
+        groups = -(-rows // rb)
+        bs = int(block) if block else linear_block_size(nout, groups, self.sm_count)
+        if bs % 32 or not 32 <= bs <= 256:
+            raise ValueError(f"linear: block {bs} must be a multiple of 32 in [32, 256]")
+        cb = -(-nout // (bs // 32))
+        if max_blocks is None:
+            max_blocks = self.sm_count * self._blocks_per_sm(f, bs, smem)
+        if max_blocks:
+            cb = min(cb, max(1, int(max_blocks) // groups))
+        grid = groups * cb
+        if grid >= 2**31:
+            raise ValueError(f"linear: grid {grid} too large ({rows} rows)")
+        rd = res.td if res is not None else y.td
+        self._launch(f, grid, bs,
+                     [y.addr, y.td, x.addr, x.td, ptr(w_ptr), ctypes.c_int64(ldw), ptr(bias),
+                      res.addr if res is not None else ptr(None), rd, ptr(norm_w), ptr(norm_b),
+                      f32(eps), i32(norm_c), i32(act_c), i32(N), i32(K)],
+                     stream=stream, shared_mem=smem)
+
+    def linear_epilogue(self, dtype, y: Arg, z: Arg, bias=None, res: Arg | None = None, act=0,
+                        stream=None) -> None:
+        """``y = act(z + bias) + res`` element-wise (the tail of a linear layer after a matmul):
+        z [..., N], y [..., Nout] (Nout = N, or N/2 for act 3 = swiglu: silu(z[..., :N/2]) *
+        z[..., N/2:]); bias [N] device pointer or None; res [..., Nout] or None (any strides;
+        y may alias res)."""
+        act_c = _linear_code("act", act, LINEAR_ACTS)
+        ys, zs = tuple(y.shape), tuple(z.shape)
+        if not ys or not zs or len(ys) > 4:
+            raise ValueError(f"linear_epilogue: bad shapes y{ys}, z{zs}")
+        N = zs[-1]
+        if (2 * ys[-1] if act_c == 3 else ys[-1]) != N:
+            raise ValueError(f"linear_epilogue: z{zs} has {N} columns, y{ys} wants "
+                             f"{2 * ys[-1] if act_c == 3 else ys[-1]} (act={act_c})")
+        _check_broadcast("linear_epilogue", ys[:-1], zs[:-1])
+        if res is not None:
+            _check_broadcast("linear_epilogue residual", ys, res.shape)
+        if y.numel == 0:
+            return
+        g, bl = self._ew(y.numel)
+        self._launch(self.get("linear_epilogue", dtype), g, bl,
+                     [y.addr, y.td, z.addr, z.td, ptr(bias),
+                      res.addr if res is not None else ptr(None), res.td if res is not None else y.td,
+                      i32(act_c)], stream=stream)
+
     def matmul(self, dtype, c: Arg, a: Arg, b: Arg, stream=None, algo: str | None = None) -> None:
         """C = A @ B (batched, strided, broadcast batch dims)."""
         if c.numel == 0:
             return
         f, grid, block = self.plan_matmul(dtype, c, a, b, algo)
-        driver.launch(f, grid, block, [c.addr, c.td, a.addr, a.td, b.addr, b.td], stream=stream)
+        self._launch(f, grid, block, [c.addr, c.td, a.addr, a.td, b.addr, b.td], stream=stream)
 
 
 def _arch_number(arch: str) -> int:
     """'sm_90' -> 90, 'sm_90a' -> 90, 'sm_100' -> 100."""
     digits = "".join(ch for ch in arch if ch.isdigit())
     return int(digits) if digits else 0
+
+
+def _linear_code(what: str, v, table: dict) -> int:
+    key = v.lower() if isinstance(v, str) else v
+    if key not in table:
+        raise ValueError(f"linear: unknown {what} {v!r}; one of {sorted(str(k) for k in table)}")
+    return table[key]
 
 
 def _check_broadcast(op: str, out_shape, *in_shapes) -> None:

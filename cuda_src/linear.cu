@@ -1,0 +1,458 @@
+// linear.cu -- fused linear layers: y = act(norm(x) @ w.T + bias) + residual.
+//
+// Semantics (graph op `linear`, tinygraph/ops.py), float32 math, storage T for every tensor:
+//   h = x                                         norm 0
+//   h = x / sqrt(mean(x^2) + eps) * norm_w        norm 1 (rms; norm_w NULL -> no scale)
+//   h = (x - mean) / sqrt(var + eps) * norm_w + norm_b   norm 2 (layer; biased var, two-pass)
+//   z = h @ w.T + bias                            w [N, K] row-contiguous (w[n, k] at n*ldw + k)
+//   a = z | gelu_tanh(z) | silu(z)                act 0 | 1 | 2
+//   a = silu(z[..., :N/2]) * z[..., N/2:]         act 3 (swiglu): Nout = N/2
+//   y = a + residual                              residual NULL -> none
+//
+// Signatures (T = float | __half | __nv_bfloat16, suffix f32 | f16 | bf16):
+//   linear_gemv_T(T* y, TD yd, const T* x, TD xd, const T* w, long long ldw, const T* bias,
+//                 const T* res, TD rd, const T* norm_w, const T* norm_b, float eps, int norm,
+//                 int act, int N, int K)
+//       y [.., Nout], x [.., K], res [.., Nout] (any strides; the leading dims of x / res
+//       broadcast against y's like the other row kernels); bias [N], norm_w / norm_b [K]
+//       contiguous or NULL. rows = y.ne[0]*ne[1]*ne[2] (decode: one row per sequence); any
+//       number of rows is correct, it is fast for a few (<= 16).
+//       y may be the residual's memory exactly (y == res, same strides); y must not overlap
+//       x, w, bias or the norm weights (every block reads the whole row of x).
+//     Design: a block stages the normalised rows h of RB rows (float32, in dynamic shared
+//       memory; 16-byte loads of x and the norm weights, TG_LINEAR_PB per thread in flight)
+//       and each warp then computes whole output columns for those rows: 16-byte loads of w
+//       along K, TG_LINEAR_U per lane in flight, software-pipelined one batch ahead (also
+//       across the columns of a warp), the first batch and the epilogue operands (bias,
+//       residual) issued before the norm prologue so that its latency hides theirs.
+//       Swiglu: a warp runs over the gate row n, then the up row n + N/2 (keeping the gate's
+//       sum) and writes one output -- the register budget of a plain column.
+//       RB rows share each weight load: RB = lin_rows_per_block(rows, K) (1, 2 or 4; mirrored
+//       in kernels.linear_rows_per_block). Blocks are numbered row-group fastest, so the
+//       row groups of one column range run together and re-read w from L2, not DRAM.
+//     Launch: grid = (G * C, 1, 1) with G = ceil(rows / RB) row groups and C >= 1 column
+//       blocks (each warp loops over columns with stride C * warps, so any C is correct;
+//       kernels.py caps C at one wave of resident blocks); block = (B, 1, 1), B a multiple
+//       of 32, <= 256 (kernels.py: 256); dynamic shared memory RB * ceil(K/4)*4 * 4 bytes
+//       (> 48 KB needs the function's opt-in attribute).
+//   linear_gemv1_T(same parameters)
+//       linear_gemv with RB = 1 whatever the row count (G = rows): only that path is compiled
+//       in, so it needs fewer registers (f16, nvrtc 13.0, sm_90: 80 against 128; three
+//       resident 256-thread blocks per SM instead of two). kernels.py launches it whenever RB
+//       would be 1.
+//     Measured (H100, f16, one row, CUDA-graph replays, weights from DRAM; tools/bench_linear.py):
+//       fused vs the unfused rms_norm + gemv [+ silu + mul] [+ add] sequence, e.g. SmolLM2
+//       gate_up K=576 N=3072 swiglu 5.6 us vs 9.9 us; lm_head K=576 N=49152 24.7 vs 30.3 us
+//       (2.3 TB/s); Qwen3-8B gate_up K=4096 N=24576 70.7 vs 78.2 us (2.85 TB/s). Layers with
+//       only a residual add cost about what gemv + add cost (Qwen3-8B down: 41.9 vs 39.6 us).
+//       Tried and dropped: two columns per warp for swiglu (R=2: more registers, slower than
+//       the two passes), 2 or 8 loads in flight instead of 4, 64/128-thread blocks, no grid
+//       cap (a block per 8 columns: lm_head 58-71 us, the norm prologue repeated 6144 times).
+//   linear_epilogue_T(T* y, TD yd, const T* z, TD zd, const T* bias, const T* res, TD rd,
+//                     int act)
+//       y = act(z + bias) + res element-wise over y [.., Nout]; z [.., N] (N = Nout, or 2*Nout
+//       for act 3: gate = z[..., j], up = z[..., j + N/2]); bias [N] contiguous or NULL; res
+//       NULL or any strides (y may alias res). The tail of the prefill path
+//       (norm -> matmul_tc2 -> epilogue).
+//       Launch: 1-D grid-stride loop over y's elements (kernels.py: 256 threads).
+#include "common.cuh"
+
+#ifndef TG_LINEAR_U
+#define TG_LINEAR_U 4  // 16-byte weight loads per lane in one pipeline batch
+#endif
+#define LIN_RB_SMEM_BYTES 65536  // staged rows: at most this many bytes for RB > 1
+#ifndef TG_LINEAR_PB
+#define TG_LINEAR_PB 2  // 16-byte loads of x (and of norm_w, norm_b) per thread in flight while staging
+#endif
+
+// Rows per block: 1, 2 or 4, fewer when the staged rows would exceed LIN_RB_SMEM_BYTES.
+__device__ __forceinline__ int lin_rows_per_block(long long rows, long long K) {
+    int rb = rows <= 1 ? 1 : (rows == 2 ? 2 : 4);
+    const long long rs = (K + 3) / 4 * 4;
+    while (rb > 1 && (long long)rb * rs * 4 > LIN_RB_SMEM_BYTES) rb >>= 1;
+    return rb;
+}
+
+__device__ __forceinline__ float lin_silu(float x) { return x / (1.0f + expf(-x)); }
+__device__ __forceinline__ float lin_gelu(float x) {
+    const float k0 = 0.7978845608028654f;  // sqrt(2/pi)
+    const float k1 = 0.044715f;
+    return 0.5f * x * (1.0f + tanhf(k0 * (x + k1 * x * x * x)));
+}
+__device__ __forceinline__ float lin_act(float x, int act) {
+    return act == 1 ? lin_gelu(x) : (act == 2 ? lin_silu(x) : x);
+}
+
+__device__ __forceinline__ float2 lin_h2f(unsigned u, __half) {
+    __half2 h = *reinterpret_cast<__half2*>(&u);
+    return __half22float2(h);
+}
+__device__ __forceinline__ float2 lin_h2f(unsigned u, __nv_bfloat16) {
+    __nv_bfloat162 h = *reinterpret_cast<__nv_bfloat162*>(&u);
+    return __bfloat1622float2(h);
+}
+
+// 16 bytes of w -> VEC floats.
+template <typename T>
+__device__ __forceinline__ void lin_unpack(const uint4& v, float* f) {
+    if constexpr (sizeof(T) == 4) {
+        f[0] = __uint_as_float(v.x); f[1] = __uint_as_float(v.y);
+        f[2] = __uint_as_float(v.z); f[3] = __uint_as_float(v.w);
+    } else {
+        const unsigned a[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const float2 p = lin_h2f(a[q], T());
+            f[2 * q] = p.x;
+            f[2 * q + 1] = p.y;
+        }
+    }
+}
+
+// Staged row layout (floats, row stride rs = ceil(K/4)*4): the first nv*VEC elements (nv
+// 16-byte chunks of w) are stored in VEC/4 planes of nv float4s -- element k of chunk c = k/VEC
+// goes to plane (k%VEC)/4, slot c -- so that the lanes of a warp, reading chunks c, c+1, ...,
+// read consecutive float4s of each plane (no bank conflicts). Elements past nv*VEC (and every
+// element when the weight rows cannot be read 16 bytes at a time, nv = 0) stay at index k.
+template <int VEC>
+__device__ __forceinline__ int lin_idx(int k, int nv) {
+    if (k >= nv * VEC) return k;
+    return ((k % VEC) >> 2) * (nv * 4) + (k / VEC) * 4 + (k & 3);
+}
+
+template <typename T, int U>
+__device__ __forceinline__ void lin_load_batch(uint4 (&v)[U], const T* wr, int b, int lane, int nv) {
+    const int c0 = b * 32 * U + lane;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const int c = c0 + 32 * u;
+        v[u] = c < nv ? __ldg(reinterpret_cast<const uint4*>(wr) + c) : make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+__device__ __forceinline__ bool lin_al16(const void* p) {
+    return (reinterpret_cast<unsigned long long>(p) & 15) == 0;
+}
+
+// The float4s of staged row h holding chunk c (elements c*VEC .. c*VEC+VEC-1): plane slots when
+// the weight is read in chunks (nv > 0), consecutive floats otherwise.
+template <int VEC>
+__device__ __forceinline__ float4* lin_chunk(float* h, int c, int nv, int p) {
+    return reinterpret_cast<float4*>(nv > 0 ? h + p * nv * 4 + c * 4 : h + c * VEC + 4 * p);
+}
+
+extern __shared__ float4 lin_smem[];
+
+// Stage row `xr` (K elements, stride xs) into h as float32, normalised (norm 1 / 2). Loads are
+// 16 bytes wide and four per thread in flight where x (and norm_w / norm_b) allow it.
+template <typename T, int VEC>
+__device__ __forceinline__ void lin_stage_row(float* h, const T* xr, long long xs, int K, int nv,
+                                              int norm, const T* nw, const T* nbias, float eps,
+                                              float* scratch) {
+    const int tid = threadIdx.x, nthr = blockDim.x;
+    float s = 0.0f;
+    // pass 1: x -> h (and sum or sum of squares)
+    const int nxc = (xs == 1 && lin_al16(xr)) ? K / VEC : 0;
+    constexpr int PB = TG_LINEAR_PB;
+    for (int c0 = tid; c0 < nxc; c0 += PB * nthr) {
+        uint4 v[PB];
+#pragma unroll
+        for (int j = 0; j < PB; ++j) {
+            const int c = c0 + j * nthr;
+            if (c < nxc) v[j] = __ldg(reinterpret_cast<const uint4*>(xr) + c);
+        }
+#pragma unroll
+        for (int j = 0; j < PB; ++j) {
+            const int c = c0 + j * nthr;
+            if (c < nxc) {
+                float f[VEC];
+                lin_unpack<T>(v[j], f);
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) s += norm == 1 ? f[e] * f[e] : f[e];
+#pragma unroll
+                for (int p = 0; p < VEC / 4; ++p)
+                    *lin_chunk<VEC>(h, c, nv, p) = make_float4(f[4 * p], f[4 * p + 1], f[4 * p + 2], f[4 * p + 3]);
+            }
+        }
+    }
+#pragma unroll 2
+    for (int k = nxc * VEC + tid; k < K; k += nthr) {
+        const float v = to_f32(__ldg(xr + k * xs));
+        h[lin_idx<VEC>(k, nv)] = v;
+        s += norm == 1 ? v * v : v;
+    }
+    if (norm == 0) return;
+    float mean = 0.0f, inv;
+    if (norm == 1) {
+        inv = 1.0f / sqrtf(block_sum(s, scratch) / (float)K + eps);
+    } else {
+        mean = block_sum(s, scratch) / (float)K;
+        float qq = 0.0f;
+        for (int g = tid; g < K / 4; g += nthr) {  // aligned groups of 4 are 4 consecutive floats
+            const float4 t = *reinterpret_cast<const float4*>(h + lin_idx<VEC>(4 * g, nv));
+            const float a = t.x - mean, b = t.y - mean, c = t.z - mean, d = t.w - mean;
+            qq += a * a + b * b + c * c + d * d;
+        }
+        for (int k = (K & ~3) + tid; k < K; k += nthr) {
+            const float d = h[lin_idx<VEC>(k, nv)] - mean;
+            qq += d * d;
+        }
+        inv = 1.0f / sqrtf(block_sum(qq, scratch) / (float)K + eps);
+        // block_sum's barriers also order pass 1's writes before the reads below
+    }
+    // pass 2: h = (h - mean) * inv * norm_w + norm_b
+    const T* nb = norm == 2 ? nbias : nullptr;
+    const int nwc = ((!nw || lin_al16(nw)) && (!nb || lin_al16(nb))) ? K / VEC : 0;
+    for (int c0 = tid; c0 < nwc; c0 += PB * nthr) {
+        uint4 gv[PB], bv[PB];
+#pragma unroll
+        for (int j = 0; j < PB; ++j) {
+            const int c = c0 + j * nthr;
+            if (c < nwc) {
+                if (nw) gv[j] = __ldg(reinterpret_cast<const uint4*>(nw) + c);
+                if (nb) bv[j] = __ldg(reinterpret_cast<const uint4*>(nb) + c);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < PB; ++j) {
+            const int c = c0 + j * nthr;
+            if (c < nwc) {
+                float g[VEC], bb[VEC];
+                if (nw) lin_unpack<T>(gv[j], g);
+                if (nb) lin_unpack<T>(bv[j], bb);
+#pragma unroll
+                for (int p = 0; p < VEC / 4; ++p) {
+                    float4* ptr = lin_chunk<VEC>(h, c, nv, p);
+                    float4 t = *ptr;
+                    float* tf = reinterpret_cast<float*>(&t);
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float v = (tf[e] - mean) * inv;
+                        if (nw) v *= g[4 * p + e];
+                        if (nb) v += bb[4 * p + e];
+                        tf[e] = v;
+                    }
+                    *ptr = t;
+                }
+            }
+        }
+    }
+    for (int k = nwc * VEC + tid; k < K; k += nthr) {
+        const int i = lin_idx<VEC>(k, nv);
+        float v = (h[i] - mean) * inv;
+        if (nw) v *= to_f32(__ldg(nw + k));
+        if (nb) v += to_f32(__ldg(nb + k));
+        h[i] = v;
+    }
+}
+
+// RB rows per block; one output column per warp at a time, swiglu as two passes over the
+// column (gate row, then up row) so that every path keeps the register budget of one.
+template <typename T, int RB>
+__device__ __forceinline__ void linear_gemv_body(T* y, const TD& yd, const T* x, const TD& xd,
+                                                 const T* w, long long ldw, const T* bias,
+                                                 const T* res, const TD& rd, const T* nw,
+                                                 const T* nbias, float eps, int norm, int act,
+                                                 int N, int K, long long rows) {
+    constexpr int VEC = 16 / sizeof(T);
+    constexpr int U = TG_LINEAR_U;
+    __shared__ float scratch[32];
+    float* hs = reinterpret_cast<float*>(lin_smem);
+    const float4* hs4 = lin_smem;
+
+    const int tid = threadIdx.x, lane = tid & 31, nwarps = blockDim.x >> 5;
+    const long long ngroups = (rows + RB - 1) / RB;
+    const long long ncb = (long long)gridDim.x / ngroups;
+    const long long grp = (long long)blockIdx.x % ngroups, cb = (long long)blockIdx.x / ngroups;
+    if (cb >= ncb) return;  // whole block: grid not a multiple of the row groups
+
+    const bool vec = (ldw % VEC) == 0 && lin_al16(w);
+    const int nv = vec ? K / VEC : 0;
+    const int rs = (K + 3) & ~3;
+    const int P = act == 3 ? 2 : 1;  // passes per output column
+    const int ncols = act == 3 ? N / 2 : N;
+    const int half = act == 3 ? N / 2 : 0;
+    const int nb = nv > 0 ? (nv + 32 * U - 1) / (32 * U) : 1;
+    const int wstride = (int)ncb * nwarps;
+
+    // this lane's row for the epilogue (lane < RB)
+    const long long myrow = grp * RB + lane;
+    const bool rowok = lane < RB && myrow < rows;
+    const long long yoff = rowok ? td_row_offset(yd, myrow) : 0;
+    const long long roff = (rowok && res) ? td_row_offset_bcast(rd, yd, myrow) : 0;
+
+    // pipeline state: column, pass (0 gate / 1 up), batch of 32*U chunks
+    int col = (int)cb * nwarps + (tid >> 5), p = 0, b = 0;
+    uint4 cur[U];
+    float ecur[3];  // bias of the gate / only row, bias of the up row, residual
+    const T* wr = w + (long long)(col < ncols ? col : 0) * ldw;
+
+    auto load_epi = [&](float (&e)[3], int c) {
+        e[0] = (bias && rowok) ? to_f32(bias[c]) : 0.0f;
+        e[1] = (bias && rowok && P == 2) ? to_f32(bias[c + half]) : 0.0f;
+        e[2] = (res && rowok) ? to_f32(res[roff + (long long)c * rd.st[3]]) : 0.0f;
+    };
+    if (col < ncols) {
+        lin_load_batch<T, U>(cur, wr, 0, lane, nv);
+        load_epi(ecur, col);
+    }
+
+    // ---- prologue: stage RB normalised rows -------------------------------------------------
+#pragma unroll 1
+    for (int q = 0; q < RB; ++q) {
+        const long long row = grp * RB + q;
+        float* h = hs + q * rs;
+        if (row >= rows) {
+            for (int k = tid; k < rs; k += blockDim.x) h[k] = 0.0f;
+            continue;
+        }
+        lin_stage_row<T, VEC>(h, x + td_row_offset_bcast(xd, yd, row), xd.st[3], K, nv, norm, nw,
+                              nbias, eps, scratch);
+    }
+    __syncthreads();
+
+    // ---- main loop over this warp's (column, pass, batch), one batch of loads ahead ---------
+    float acc[RB], gsum[RB];
+#pragma unroll
+    for (int q = 0; q < RB; ++q) acc[q] = gsum[q] = 0.0f;
+
+    while (col < ncols) {
+        int col2 = col, p2 = p, b2 = b + 1;
+        if (b2 == nb) {
+            b2 = 0;
+            if (++p2 == P) { p2 = 0; col2 += wstride; }
+        }
+        uint4 nxt[U];
+        float enxt[3] = {0.0f, 0.0f, 0.0f};
+        const T* wr2 = w + (long long)(col2 < ncols ? col2 + p2 * half : 0) * ldw;
+        if (col2 < ncols) {
+            lin_load_batch<T, U>(nxt, wr2, b2, lane, nv);
+            if (b2 == 0 && p2 == 0) load_epi(enxt, col2);
+        }
+        // batch b of row (col, p)
+        const int c0 = b * 32 * U + lane;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int c = c0 + 32 * u;
+            if (c < nv) {
+                float wf[VEC];
+                lin_unpack<T>(cur[u], wf);
+#pragma unroll
+                for (int q = 0; q < RB; ++q) {
+                    const float4* hq = hs4 + q * (rs >> 2);
+                    float s = acc[q];
+#pragma unroll
+                    for (int pp = 0; pp < VEC / 4; ++pp) {
+                        const float4 t = hq[pp * nv + c];
+                        s = fmaf(wf[4 * pp], t.x, s);
+                        s = fmaf(wf[4 * pp + 1], t.y, s);
+                        s = fmaf(wf[4 * pp + 2], t.z, s);
+                        s = fmaf(wf[4 * pp + 3], t.w, s);
+                    }
+                    acc[q] = s;
+                }
+            }
+        }
+        if (b == nb - 1) {
+            // scalar tail (elements past the 16-byte chunks; all of K when nv == 0)
+            for (int k = nv * VEC + lane; k < K; k += 32) {
+                const float wk = to_f32(wr[k]);
+#pragma unroll
+                for (int q = 0; q < RB; ++q) acc[q] = fmaf(hs[q * rs + k], wk, acc[q]);
+            }
+#pragma unroll
+            for (int q = 0; q < RB; ++q) acc[q] = warp_sum(acc[q]);
+            if (p == P - 1) {
+#pragma unroll
+                for (int q = 0; q < RB; ++q) {
+                    if (lane == q && rowok) {
+                        float a;
+                        if (P == 2) a = lin_silu(gsum[q] + ecur[0]) * (acc[q] + ecur[1]);
+                        else a = lin_act(acc[q] + ecur[0], act);
+                        a += ecur[2];
+                        y[yoff + (long long)col * yd.st[3]] = from_f32<T>(a);
+                    }
+                }
+#pragma unroll
+                for (int e = 0; e < 3; ++e) ecur[e] = enxt[e];
+            } else {
+#pragma unroll
+                for (int q = 0; q < RB; ++q) gsum[q] = acc[q];
+            }
+#pragma unroll
+            for (int q = 0; q < RB; ++q) acc[q] = 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) cur[u] = nxt[u];
+        wr = wr2;
+        col = col2;
+        p = p2;
+        b = b2;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void linear_gemv_kernel(T* y, const TD& yd, const T* x, const TD& xd,
+                                                   const T* w, long long ldw, const T* bias,
+                                                   const T* res, const TD& rd, const T* nw,
+                                                   const T* nbias, float eps, int norm, int act,
+                                                   int N, int K, bool one_row) {
+    const long long rows = td_rows(yd);
+    const int rb = one_row ? 1 : lin_rows_per_block(rows, K);
+#define LIN_CALL(RB) \
+    linear_gemv_body<T, RB>(y, yd, x, xd, w, ldw, bias, res, rd, nw, nbias, eps, norm, act, N, K, rows)
+    if (rb == 4) LIN_CALL(4);
+    else if (rb == 2) LIN_CALL(2);
+    else LIN_CALL(1);
+#undef LIN_CALL
+}
+
+template <typename T, typename I>
+__device__ __forceinline__ void linear_epilogue_body(T* y, const TD& yd, const T* z, const TD& zd,
+                                                     const T* bias, const T* res, const TD& rd,
+                                                     int act, long long n) {
+    const long long half = zd.ne[3] / 2;
+    const long long upoff = half * zd.st[3];
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (I)n; i += (I)gridDim.x * blockDim.x) {
+        I c[4];
+        td_unravel<I>(i, yd, c);
+        const long long zo = td_offset(zd, c);
+        const long long j = (long long)c[3];
+        float v = to_f32(z[zo]);
+        if (bias) v += to_f32(bias[j]);
+        float a;
+        if (act == 3) {
+            float u = to_f32(z[zo + upoff]);
+            if (bias) u += to_f32(bias[j + half]);
+            a = lin_silu(v) * u;
+        } else {
+            a = lin_act(v, act);
+        }
+        if (res) a += to_f32(res[td_offset(rd, c)]);
+        y[td_offset(yd, c)] = from_f32<T>(a);
+    }
+}
+
+#define TG_LINEAR(T, sfx)                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) linear_gemv_##sfx(                        \
+        T* y, TD yd, const T* x, TD xd, const T* w, long long ldw, const T* bias, const T* res, \
+        TD rd, const T* norm_w, const T* norm_b, float eps, int norm, int act, int N, int K) {   \
+        linear_gemv_kernel<T>(y, yd, x, xd, w, ldw, bias, res, rd, norm_w, norm_b, eps, norm,  \
+                              act, N, K, false);                                                \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256) linear_gemv1_##sfx(                       \
+        T* y, TD yd, const T* x, TD xd, const T* w, long long ldw, const T* bias, const T* res, \
+        TD rd, const T* norm_w, const T* norm_b, float eps, int norm, int act, int N, int K) {   \
+        linear_gemv_kernel<T>(y, yd, x, xd, w, ldw, bias, res, rd, norm_w, norm_b, eps, norm,  \
+                              act, N, K, true);                                                 \
+    }                                                                                          \
+    extern "C" __global__ void linear_epilogue_##sfx(T* y, TD yd, const T* z, TD zd,           \
+                                                     const T* bias, const T* res, TD rd,       \
+                                                     int act) {                                \
+        const long long n = td_numel(yd);                                                      \
+        if (n < (1LL << 31)) linear_epilogue_body<T, unsigned>(y, yd, z, zd, bias, res, rd, act, n); \
+        else linear_epilogue_body<T, unsigned long long>(y, yd, z, zd, bias, res, rd, act, n); \
+    }
+TG_LINEAR(float, f32)
+TG_LINEAR(__half, f16)
+TG_LINEAR(__nv_bfloat16, bf16)
