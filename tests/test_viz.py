@@ -268,6 +268,11 @@ def test_before_after_page():
     assert data["graphs"]["before"]["summary"] == graph_summary(before)
 
 
+def _kv_write(by_name: dict, i: int) -> dict:
+    """Layer i's KV-cache write: the set_rows ``k_store``, or ``rope_store`` once fused."""
+    return by_name.get(f"layers.{i}.attn.k_store") or by_name[f"layers.{i}.attn.rope_store"]
+
+
 def test_model_graph_structure(llama, llama_graph):
     g = llama_graph
     nxg = g.to_networkx()
@@ -277,8 +282,8 @@ def test_model_graph_structure(llama, llama_graph):
     by_name = {n["name"]: n for n in data["nodes"]}
     assert {n["group"] for n in data["nodes"]} >= {"layers.0", "layers.1"}
     for i in range(llama.config.num_layers):
-        st = by_name[f"layers.{i}.attn.k_store"]
-        assert st["writes"] and st["buffer"] == f"cache.k.{i}" and st["group"] == f"layers.{i}"
+        st = _kv_write(by_name, i)
+        assert st["writes"] and f"cache.k.{i}" in [w["buffer"] for w in st["written"]] and st["group"] == f"layers.{i}"
         assert any(e["src"] == st["id"] and e["kind"] == "hazard" for e in data["edges"])
     s = data["summary"]
     assert s["weight_bytes"] == llama.weight_bytes
@@ -382,7 +387,8 @@ def test_html_in_chromium(browser, llama, tmp_path):
                               before=before if after is not None else None)
     data = graph_data(g)
     by_name = {n["name"]: n for n in data["nodes"]}
-    store = by_name["layers.1.attn.k_store"]
+    store = _kv_write(by_name, 1)
+    kv = store["name"].rsplit(".", 1)[1]  # k_store (unfused) or rope_store (fused: RoPE + KV write)
     n_nodes, n_compute = data["summary"]["nodes"], data["summary"]["compute_nodes"]
 
     page = browser.new_page(viewport={"width": 1500, "height": 950})
@@ -405,18 +411,18 @@ def test_html_in_chromium(browser, llama, tmp_path):
     panel = page.locator("#details")
     panel.wait_for(state="visible")
     text = panel.inner_text()
-    assert "layers.1.attn.k_store" in text and "cache.k.1" in text
+    assert store["name"] in text and "cache.k.1" in text
     assert re.search(rf"view offset\s+{store['offset']} elements", text)
     assert _shape(store["strides"]) in text and "Hazard ordering".upper() in text.upper()
 
     # search finds a node and selects it
-    page.fill("#search", "k_store")
+    page.fill("#search", kv)
     page.wait_for_function("document.querySelector('#hits').textContent.includes('match')")
-    expect = sum("k_store" in n["name"] for n in data["nodes"])
+    expect = sum(kv in n["name"] for n in data["nodes"])
     assert expect == llama.config.num_layers
     assert page.inner_text("#hits") == f"{expect} matches"
     page.press("#search", "Enter")
-    page.wait_for_function("document.querySelector('#details h2').textContent === 'layers.0.attn.k_store'")
+    page.wait_for_function(f"document.querySelector('#details h2').textContent === 'layers.0.attn.{kv}'")
     assert page.locator("g.n.match").count() == expect
     page.fill("#search", "")
     page.wait_for_timeout(200)
@@ -441,9 +447,9 @@ def test_html_in_chromium(browser, llama, tmp_path):
         assert page.inner_text("#stat-compute").split()[0] == str(n_compute)
 
     # open layer 1's KV write again for the screenshot
-    page.fill("#search", "layers.1.attn.k_store")
+    page.fill("#search", store["name"])
     page.press("#search", "Enter")
-    page.wait_for_function("document.querySelector('#details h2').textContent === 'layers.1.attn.k_store'")
+    page.wait_for_function(f"document.querySelector('#details h2').textContent === '{store['name']}'")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "viz_llama_decode.png"))
     page.close()

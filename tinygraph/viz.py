@@ -24,14 +24,22 @@ from typing import Any, Iterable, Mapping
 from .dump import (FAMILY_COLORS, KIND_COLORS, OTHER_COLOR, is_cache_name, memory_class, node_family,
                    node_groups, node_kind, to_dot)
 from .graph import Graph
+from .ops import OPS
 from .schedule import writes_into
+
+
+def written_tensors(t) -> list:
+    """The memory a node writes besides its own result: cpy/set_rows destinations, rope_store's caches."""
+    if not writes_into(t):
+        return []
+    return [t.srcs[i] for i in OPS[t.op].written_srcs()]
 from .tensor import Tensor
 
 FORMATS = ("txt", "dot", "svg", "html")
 #: node-entry keys the JSON always has; ``extra`` keys with these names are kept under ``"extra"``
 CORE_KEYS = frozenset({"id", "name", "op", "kind", "family", "memory", "shape", "dtype", "itemsize", "strides",
                        "offset", "contiguous", "nbytes", "storage", "buffer", "step", "arena", "params", "srcs",
-                       "group", "output", "side_effect", "writes", "extra"})
+                       "group", "output", "side_effect", "writes", "written", "extra"})
 DOT_TIMEOUT_S = 120
 
 
@@ -132,6 +140,8 @@ def graph_data(g: Graph, extra: Mapping[int, Mapping] | None = None) -> dict:
             "storage": t.storage.id, "buffer": t.storage.name, "step": step.get(t.id), "arena": arena,
             "params": _jsonable(t.params), "srcs": [s.id for s in t.srcs], "group": groups.get(t.id),
             "output": t.id in outputs, "side_effect": t.id in effects, "writes": writes_into(t),
+            "written": [{"buffer": w.storage.name, "offset": w.offset, "shape": list(w.shape),
+                         "strides": list(w.strides)} for w in written_tensors(t)],
         }
         x = extra.get(t.id)
         if x:

@@ -278,9 +278,12 @@ function nodeSvg(n, x, y, w, h, cls, ref) {
   s += '<title>' + esc(n.name + ' (#' + n.id + ', ' + n.op + ')') + '</title></g>';
   return s;
 }
+function wbuf(n) {
+  return n.written && n.written.length ? n.written.map(w => w.buffer).join(', ') : n.buffer;
+}
 function line2(n) {
   const dt = n.dtype.replace('float', 'f').replace('int', 'i').replace('bf16', 'bf16');
-  if (n.writes) return n.op + ' → ' + n.buffer + ' off ' + n.offset + ' ' + shp(n.shape) + ' str ' + tup(n.strides);
+  if (n.writes) return n.op + ' → ' + wbuf(n) + ' off ' + n.offset + ' ' + shp(n.shape) + ' str ' + tup(n.strides);
   if (n.kind === 'view') {
     const k = (n.params && n.params.kind) || 'view';
     const ax = k === 'permute' && n.params.axes ? tup(n.params.axes) : '';
@@ -549,7 +552,7 @@ function showDetails(n) {
        esc(n.op) + ' · ' + esc(n.family) + ' · node #' + n.id + (n.step != null ? ' · step ' + n.step : '') + '</div><table>';
   h += row('op', code(n.op) + (n.params && n.params.kind && n.op === 'view' ? ' (' + esc(n.params.kind) + ')' : ''));
   h += row('kind', esc(n.kind) + (n.output ? ' · <b>output</b>' : '') + (n.side_effect ? ' · <b>side effect</b>' : '') +
-           (n.writes ? ' · <b>writes into ' + esc(n.buffer) + '</b>' : ''));
+           (n.writes ? ' · <b>writes into ' + esc(wbuf(n)) + '</b>' : ''));
   h += row('shape', code(shp(n.shape)));
   h += row('dtype', code(n.dtype) + ' (' + n.itemsize + ' B)');
   h += row('strides', code(tup(n.strides)) + ' elements' + (n.contiguous ? ' · contiguous' : ' · <b>strided</b>'));

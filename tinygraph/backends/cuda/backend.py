@@ -27,6 +27,9 @@ from . import driver
 from .kernels import Arg, KernelLibrary
 
 _ALIGN = 256
+#: keys per attention split block: short chunks keep each block's sequential key loop short
+ATTN_CHUNK = 32
+_COUNTER_BYTES = 2048 * 4
 #: runs of one graph before it is captured (the first run sizes scratch space and loads modules)
 CAPTURE_AFTER = int(os.environ.get("TINYGRAPH_CUDA_CAPTURE_AFTER", "1"))
 #: 0 disables CUDA-graph replay (every launch from Python)
@@ -292,18 +295,18 @@ class CudaBackend(Backend):
         if rows == 0:
             return
         batch = rows // T
-        nsplit = max(1, min(-(-S // 128), 4096 // rows))
+        nsplit = max(1, min(-(-S // ATTN_CHUNK), 4096 // rows))
         chunk = -(-S // nsplit)
         nsplit = -(-S // chunk)
         mod = self.lib.module("attention.cu")
         part = counters = 0
         if nsplit > 1:
-            # partials, then one zeroed int counter per row (the kernel leaves them at zero)
-            pbytes = -(-rows * nsplit * (Dv + 2) * 4 // _ALIGN) * _ALIGN
-            need = pbytes + rows * 4
+            # [counters: one int per row, shared by every graph and left at zero by the kernel]
+            # [partials]; rows <= 4096 / nsplit <= 2048 here
+            need = _COUNTER_BYTES + rows * nsplit * (Dv + 2) * 4
             if self._work is None or self._work.nbytes < need:
                 raise _NeedScratch(need, "_work")
-            part, counters = self._work.ptr, self._work.ptr + pbytes
+            counters, part = self._work.ptr, self._work.ptr + _COUNTER_BYTES
         from .kernels import f32, i32, ptr
         driver.launch(mod.get_function(f"attn_split_{dt.short}"), (T, batch, nsplit), 128,
                       [ptr(part), ptr(counters), out.addr, out.td, q.addr, q.td, kt.addr, kt.td, v.addr, v.td,
