@@ -11,10 +11,13 @@
 //     past_dev is non-NULL, so a replayed CUDA graph can move it.
 //     Grid: (Tq, B0*B1, nsplit); block (128, 1, 1). Split z handles keys [z*chunk, (z+1)*chunk).
 //     nsplit == 1: the result goes straight to out (part unused, may be NULL).
-//     nsplit > 1: each split writes (max, sum, acc[Dv]) to part[((b*Tq + t)*nsplit + z)*(Dv+2)];
-//     the last split block of a (b, t) row to finish (counted in counters[b*Tq + t], which must
-//     start at 0 and is left at 0) merges them into out (flash-decoding: a long context fills the
-//     GPU, in one launch).
+//     nsplit > 1: each split with visible keys writes (max, sum, acc[Dv]) to
+//     part[((b*Tq + t)*nsplit + z)*(Dv+2)]; the last of them to finish (counted in
+//     counters[b*Tq + t], which must start at 0 and is left at 0) merges them into out
+//     (flash-decoding: a long context fills the GPU, in one launch). Splits past the last visible
+//     key exit at once, so a graph sized for the whole cache costs little at short context.
+//     Within a block, each warp scores 32 keys at a time (one key per lane), then mixes their
+//     values (lanes over Dv).
 // D and Dv are at most 256. Math in float32.
 #include "common.cuh"
 
@@ -48,22 +51,27 @@ __device__ __forceinline__ void attn_merge(const float* pr, T* out, const TD& od
 }
 
 template <typename T>
-__device__ __forceinline__ void attn_split(float* part, int* counters, T* out, const TD& od, const T* q, const TD& qd,
-                                           const T* kt, const TD& ktd, const T* v, const TD& vd,
-                                           float scale, int causal, int past, const int* past_dev,
-                                           int chunk) {
+__device__ __forceinline__ void attn_split(float* part, int* counters, T* out, const TD& od, const T* q,
+                                           const TD& qd, const T* kt, const TD& ktd, const T* v,
+                                           const TD& vd, float scale, int causal, int past,
+                                           const int* past_dev, int chunk) {
     constexpr int PER = ATT_MAXD / 32;
+    __shared__ float s_q[ATT_MAXD];
     __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
     __shared__ float s_acc[ATT_WARPS][ATT_MAXD];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const long long t = blockIdx.x, b = blockIdx.y;
-    const int nsplit = gridDim.z, z = blockIdx.z;
+    const int z = blockIdx.z;
     const long long b0 = b / od.ne[1], b1 = b % od.ne[1];
     const int D = (int)qd.ne[3], Dv = (int)vd.ne[3];
     const long long S = ktd.ne[3];
     if (past_dev) past = past_dev[0];
     long long visible = causal ? t + (long long)past + 1 : S;
     if (visible > S) visible = S;
+    // splits past the last visible key have nothing to do: they neither write nor count
+    const int live = (int)((visible + chunk - 1) / chunk);
+    const int nsplit = gridDim.z;
+    if (nsplit > 1 && z >= live) return;
     const long long j0 = (long long)z * chunk;
     long long j1 = j0 + chunk;
     if (j1 > visible) j1 = visible;
@@ -71,33 +79,40 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     const T* qr = q + bcast(qd, 0, b0) + bcast(qd, 1, b1) + t * qd.st[2];
     const T* kb = kt + bcast(ktd, 0, b0) + bcast(ktd, 1, b1);
     const T* vb = v + bcast(vd, 0, b0) + bcast(vd, 1, b1);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) s_q[d] = to_f32(qr[d * qd.st[3]]) * scale;
+    __syncthreads();
 
-    float qv[PER], acc[PER];
+    float acc[PER];
 #pragma unroll
-    for (int i = 0; i < PER; ++i) {
-        const int d = lane + 32 * i;
-        qv[i] = d < D ? to_f32(qr[d * qd.st[3]]) * scale : 0.0f;
-        acc[i] = 0.0f;
-    }
+    for (int i = 0; i < PER; ++i) acc[i] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    for (long long j = j0 + w; j < j1; j += ATT_WARPS) {
-        const T* kc = kb + j * ktd.st[3];
-        float s = 0.0f;
-#pragma unroll
-        for (int i = 0; i < PER; ++i) {
-            const int d = lane + 32 * i;
-            if (d < D) s += qv[i] * to_f32(kc[d * ktd.st[2]]);
+    // each warp takes tiles of 32 keys: lane i scores key tile+i, then the warp mixes the values
+    for (long long tile = j0 + 32LL * w; tile < j1; tile += 32LL * ATT_WARPS) {
+        const long long j = tile + lane;
+        float s = -INFINITY;
+        if (j < j1) {
+            const T* kc = kb + j * ktd.st[3];
+            float dot = 0.0f;
+#pragma unroll 8
+            for (int d = 0; d < D; ++d) dot += s_q[d] * to_f32(kc[d * ktd.st[2]]);
+            s = dot;
         }
-        s = warp_sum(s);
-        const float mn = fmaxf(m, s);
-        const float corr = expf(m - mn);  // exp(-inf) = 0 on the first key
-        const float p = expf(s - mn);
-        l = l * corr + p;
-        const T* vr = vb + j * vd.st[2];
+        const float mt = warp_max(s);
+        const float mn = fmaxf(m, mt);
+        const float p = j < j1 ? expf(s - mn) : 0.0f;
+        const float corr = expf(m - mn);  // 0 on the first tile (m = -inf)
+        l = l * corr + warp_sum(p);
 #pragma unroll
-        for (int i = 0; i < PER; ++i) {
-            const int d = lane + 32 * i;
-            if (d < Dv) acc[i] = acc[i] * corr + p * to_f32(vr[d * vd.st[3]]);
+        for (int i = 0; i < PER; ++i) acc[i] *= corr;
+        const int n = (int)min(32LL, j1 - tile);
+        for (int k = 0; k < n; ++k) {
+            const float pk = __shfl_sync(0xffffffffu, p, k);
+            const T* vr = vb + (tile + k) * vd.st[2];
+#pragma unroll
+            for (int i = 0; i < PER; ++i) {
+                const int d = lane + 32 * i;
+                if (d < Dv) acc[i] += pk * to_f32(vr[d * vd.st[3]]);
+            }
         }
         m = mn;
     }
@@ -135,19 +150,19 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
             if (s_m[k] != -INFINITY) a += s_acc[k][d] * expf(s_m[k] - M);
         pr[2 + d] = a;
     }
-    // the last block of this row to arrive merges every split's partial result
+    // the last live block of this row to arrive merges the live splits' partial results
     __shared__ int s_last;
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
         const int done = atomicAdd(&counters[row], 1);
-        s_last = done == nsplit - 1;
+        s_last = done == live - 1;
         if (s_last) counters[row] = 0;  // ready for the next launch (graph replay)
     }
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    attn_merge<T>(part + row * nsplit * (long long)(Dv + 2), out, od, nsplit, b0, b1, t);
+    attn_merge<T>(part + row * nsplit * (long long)(Dv + 2), out, od, live, b0, b1, t);
 }
 
 #define TG_ATTN(SFX, T)                                                                             \

@@ -27,8 +27,8 @@ from . import driver
 from .kernels import Arg, KernelLibrary
 
 _ALIGN = 256
-#: keys per attention split block: short chunks keep each block's sequential key loop short
-ATTN_CHUNK = 32
+#: keys per attention split block (4 warps x 32 keys: one tile per warp)
+ATTN_CHUNK = 128
 _COUNTER_BYTES = 2048 * 4
 #: runs of one graph before it is captured (the first run sizes scratch space and loads modules)
 CAPTURE_AFTER = int(os.environ.get("TINYGRAPH_CUDA_CAPTURE_AFTER", "1"))
