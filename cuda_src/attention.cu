@@ -18,14 +18,38 @@
 //     key exit at once, so a graph sized for the whole cache costs little at short context.
 //     Within a block, each warp scores 32 keys at a time (one key per lane), then mixes their
 //     values (lanes over Dv).
-// D and Dv are at most 256. Math in float32.
+// D and Dv are at most 256; the kernel comes in three register sizes, attn_split_T_64 / _128 /
+// _256, for heads of up to that many elements. Math in float32.
 #include "common.cuh"
 
 #define ATT_WARPS 4
-#define ATT_MAXD 256
 
 __device__ __forceinline__ long long bcast(const TD& d, int k, long long c) {
     return d.ne[k] == 1 ? 0 : c * d.st[k];
+}
+
+// q . k for one key row: all loads issued before the arithmetic (16-byte loads when the row is
+// contiguous and aligned). s_q holds q * scale in float.
+template <typename T, int MAXD>
+__device__ __forceinline__ float dot_row(const float* s_q, const T* kc, long long st, int D) {
+    float dot = 0.0f;
+    constexpr int E = 16 / sizeof(T);
+    if (st == 1 && D == MAXD && (reinterpret_cast<unsigned long long>(kc) & 15) == 0) {
+        const uint4* p = reinterpret_cast<const uint4*>(kc);
+        uint4 u[MAXD / E];
+#pragma unroll
+        for (int i = 0; i < MAXD / E; ++i) u[i] = __ldg(p + i);
+#pragma unroll
+        for (int i = 0; i < MAXD / E; ++i) {
+            const T* e = reinterpret_cast<const T*>(&u[i]);
+#pragma unroll
+            for (int k = 0; k < E; ++k) dot += s_q[i * E + k] * to_f32(e[k]);
+        }
+    } else {
+#pragma unroll 8
+        for (int d = 0; d < D; ++d) dot += s_q[d] * to_f32(kc[d * st]);
+    }
+    return dot;
 }
 
 template <typename T>
@@ -50,15 +74,15 @@ __device__ __forceinline__ void attn_merge(const float* pr, T* out, const TD& od
     }
 }
 
-template <typename T>
+template <typename T, int MAXD>
 __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, const TD& od, const T* q,
                                            const TD& qd, const T* kt, const TD& ktd, const T* v,
                                            const TD& vd, float scale, int causal, int past,
                                            const int* past_dev, int chunk) {
-    constexpr int PER = ATT_MAXD / 32;
-    __shared__ float s_q[ATT_MAXD];
+    constexpr int PER = MAXD / 32;  // value columns per lane: registers sized for the head
+    __shared__ float s_q[MAXD];
     __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
-    __shared__ float s_acc[ATT_WARPS][ATT_MAXD];
+    __shared__ float s_acc[ATT_WARPS][MAXD];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const long long t = blockIdx.x, b = blockIdx.y;
     const int z = blockIdx.z;
@@ -90,13 +114,7 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     for (long long tile = j0 + 32LL * w; tile < j1; tile += 32LL * ATT_WARPS) {
         const long long j = tile + lane;
         float s = -INFINITY;
-        if (j < j1) {
-            const T* kc = kb + j * ktd.st[3];
-            float dot = 0.0f;
-#pragma unroll 8
-            for (int d = 0; d < D; ++d) dot += s_q[d] * to_f32(kc[d * ktd.st[2]]);
-            s = dot;
-        }
+        if (j < j1) s = dot_row<T, MAXD>(s_q, kb + j * ktd.st[3], ktd.st[2], D);
         const float mt = warp_max(s);
         const float mn = fmaxf(m, mt);
         const float p = j < j1 ? expf(s - mn) : 0.0f;
@@ -104,14 +122,25 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
         l = l * corr + warp_sum(p);
 #pragma unroll
         for (int i = 0; i < PER; ++i) acc[i] *= corr;
-        const int n = (int)min(32LL, j1 - tile);
-        for (int k = 0; k < n; ++k) {
-            const float pk = __shfl_sync(0xffffffffu, p, k);
-            const T* vr = vb + (tile + k) * vd.st[2];
+        // value rows in batches of 8, loaded into registers before use so they are all in flight;
+        // rows past the last key are clamped to it (finite data, weight p = 0)
 #pragma unroll
-            for (int i = 0; i < PER; ++i) {
-                const int d = lane + 32 * i;
-                if (d < Dv) acc[i] += pk * to_f32(vr[d * vd.st[3]]);
+        for (int k0 = 0; k0 < 32; k0 += 8) {
+            float vv[8][PER];
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                const T* vr = vb + min(tile + k0 + k, j1 - 1) * vd.st[2];
+#pragma unroll
+                for (int i = 0; i < PER; ++i) {
+                    const int d = lane + 32 * i;
+                    vv[k][i] = d < Dv ? to_f32(vr[d * vd.st[3]]) : 0.0f;
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                const float pk = __shfl_sync(0xffffffffu, p, k0 + k);
+#pragma unroll
+                for (int i = 0; i < PER; ++i) acc[i] += pk * vv[k][i];
             }
         }
         m = mn;
@@ -165,14 +194,15 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     attn_merge<T>(part + row * nsplit * (long long)(Dv + 2), out, od, live, b0, b1, t);
 }
 
-#define TG_ATTN(SFX, T)                                                                             \
+#define TG_ATTN1(SFX, T, MAXD)                                                                      \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
-    attn_split_##SFX(float* part, int* counters, T* out, TD od, const T* q, TD qd, const T* kt,    \
-                     TD ktd, const T* v, TD vd, float scale, int causal, int past,                  \
-                     const int* past_dev, int chunk) {                                              \
-        attn_split<T>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale, causal, past,         \
-                      past_dev, chunk);                                                             \
+    attn_split_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,        \
+                              const T* kt, TD ktd, const T* v, TD vd, float scale, int causal,     \
+                              int past, const int* past_dev, int chunk) {                           \
+        attn_split<T, MAXD>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale, causal, past,   \
+                            past_dev, chunk);                                                       \
     }
+#define TG_ATTN(SFX, T) TG_ATTN1(SFX, T, 64) TG_ATTN1(SFX, T, 128) TG_ATTN1(SFX, T, 256)
 
 TG_ATTN(f32, float)
 TG_ATTN(f16, __half)

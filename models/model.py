@@ -1,17 +1,123 @@
 """CausalLM: a Transformer plus generation (PyGPUkit-compatible surface)."""
 from __future__ import annotations
 
+import math
+import sys
 from typing import Iterator, Sequence
 
 import numpy as np
+
+import tinygraph as tg
+from tinygraph.session import SessionClosedError
 
 from .sampling import check_sampling_args, sample
 from .transformer import Transformer
 
 
-class CausalLM(Transformer):
-    """A loaded model: ``model(input_ids)``, ``get_logits``, ``generate``, ``generate_stream``."""
+def _prompt_ids(input_ids: Sequence[int]) -> list[int]:
+    """``input_ids`` as a list of Python ints; ValueError naming the problem otherwise."""
+    if isinstance(input_ids, (str, bytes)):
+        raise ValueError("input_ids must be token ids (ints), got text: encode it with model.tokenizer first")
+    a = np.asarray(input_ids)
+    if a.size == 0:
+        raise ValueError("input_ids is empty: give at least one prompt token")
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"input_ids must be integer token ids, got an array of dtype {a.dtype}")
+    return [int(i) for i in a.reshape(-1)]
 
+
+def _check_generate_args(temperature, top_k, top_p, max_new_tokens, eos_token_id) -> None:
+    """Type and range checks (ValueError naming the bad value) before sampling.check_sampling_args."""
+    for name, v in (("temperature", temperature), ("top_p", top_p)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    for name, v in (("top_k", top_k), ("max_new_tokens", max_new_tokens)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer, got {v!r}")
+    check_sampling_args(temperature, top_k, top_p, max_new_tokens)
+    eos = [eos_token_id] if isinstance(eos_token_id, (int, np.integer)) else list(eos_token_id or ())
+    if isinstance(eos_token_id, (str, bytes)) or not all(isinstance(e, (int, np.integer)) and not isinstance(e, bool)
+                                                         for e in eos):
+        raise ValueError(f"eos_token_id must be an int or a sequence of ints, got {eos_token_id!r}")
+
+
+class CausalLM(Transformer):
+    """A loaded model: ``model(input_ids)``, ``get_logits``, ``generate``, ``generate_stream``.
+
+    Lifetime: ``close()`` (or leaving a ``with`` block) releases the model's buffers: the whole
+    session when the model created it, only the model's own weights and KV cache when the session
+    was passed in (``CausalLM(ckpt, session=sess)``), so other models in that session keep
+    working. A closed model raises :class:`tinygraph.session.SessionClosedError`. If construction
+    fails (e.g. the GPU runs out of memory while the weights are uploaded), whatever it allocated
+    is released before the error propagates."""
+
+    def __init__(self, ckpt, dtype: str = "float32", backend: str = "auto", max_context: int | None = None,
+                 session: tg.Session | None = None, **kwargs) -> None:
+        self._closed = False
+        self._owns_session = session is None
+        if max_context is not None and (isinstance(max_context, bool) or not isinstance(max_context, (int, np.integer))
+                                        or max_context < 1):
+            raise ValueError(f"max_context must be an integer >= 1, got {max_context!r}")
+        if session is None:
+            session = tg.Session(backend=backend)
+        self._first_buffer = len(session.persistents)
+        try:
+            super().__init__(ckpt, dtype=dtype, backend=backend, max_context=max_context, session=session, **kwargs)
+        except BaseException:
+            self._release(session)
+            self._closed = True
+            raise
+        # the persistent buffers this model declared (weights, packed weights, KV cache)
+        self._buffers = list(session.persistents[self._first_buffer:])
+
+    def _release(self, session: tg.Session) -> None:
+        if self._owns_session:
+            session.close()
+        elif not session.closed:
+            session.free(session.persistents[self._first_buffer:])
+
+    # -- lifetime ------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed or self.session.closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionClosedError("model is closed: close() released its weights and KV cache; load it again")
+        if self.session.closed:
+            raise SessionClosedError("the model's session is closed")
+
+    def close(self) -> None:
+        """Release the model's buffers (see the class docstring). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        session = self.session
+        if self._owns_session:
+            session.close()
+        elif not session.closed:
+            session.free(self._buffers)
+        self._buffers = []
+        for attr in ("_graphs", "_history_views"):  # cached graphs hold views of the released buffers
+            if isinstance(getattr(self, attr, None), dict):
+                getattr(self, attr).clear()
+        self.last_graph = None
+
+    # -- running (checked for a closed model) ------------------------------------------------------
+    def step(self, ids, start: int, want: str = "logits"):
+        self._check_open()
+        return super().step(ids, start, want)
+
+    def get_logits(self, hidden):
+        self._check_open()
+        return super().get_logits(hidden)
+
+    def __call__(self, input_ids, position_ids=None, past_key_values=None, use_cache: bool = True):
+        self._check_open()
+        return super().__call__(input_ids, position_ids=position_ids, past_key_values=past_key_values,
+                                use_cache=use_cache)
+
+    # -- generation ------------------------------------------------------------------------------
     def generate_stream(self, input_ids: Sequence[int], max_new_tokens: int = 100, temperature: float = 1.0,
                         top_k: int = 50, top_p: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
                         use_cache: bool = True, seed: int | None = None) -> Iterator[int]:
@@ -19,14 +125,23 @@ class CausalLM(Transformer):
 
         Stops after ``max_new_tokens``, at an ``eos_token_id`` (yielded), or when the context is
         full (with a notice on stderr). ``temperature=0`` is greedy; ``seed`` makes sampling
-        reproducible."""
-        check_sampling_args(temperature, top_k, top_p, max_new_tokens)
-        ids = [int(i) for i in np.asarray(input_ids).reshape(-1)]
-        if not ids:
-            raise ValueError("input_ids is empty: give at least one prompt token")
+        reproducible. Bad arguments raise ValueError here, before the first token is asked for."""
+        self._check_open()
+        _check_generate_args(temperature, top_k, top_p, max_new_tokens, eos_token_id)
+        ids = _prompt_ids(input_ids)
         if len(ids) > self.max_context:
-            raise ValueError(f"prompt of {len(ids)} tokens is longer than the context of {self.max_context}")
+            raise ValueError(f"prompt of {len(ids)} tokens is longer than the context of {self.max_context} "
+                             "(load with a larger max_context)")
+        bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} outside the vocabulary [0, {self.config.vocab_size})")
+        return self._generate(ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, use_cache, seed)
+
+    def _generate(self, ids: list[int], max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                  eos_token_id, use_cache: bool, seed: int | None) -> Iterator[int]:
         eos = {eos_token_id} if isinstance(eos_token_id, (int, np.integer)) else set(eos_token_id or ())
+        if max_new_tokens == 0:
+            return
         rng = np.random.default_rng(seed)
         greedy = temperature == 0
         want = "argmax" if greedy else "logits"
@@ -38,8 +153,8 @@ class CausalLM(Transformer):
             if tok in eos or n == max_new_tokens - 1:
                 return
             if len(ids) >= self.max_context:
-                import sys
-                print(f"tinygraph: context of {self.max_context} tokens is full; stopping", file=sys.stderr)
+                print(f"tinygraph: context of {self.max_context} tokens is full; stopping after {n + 1} of "
+                      f"{max_new_tokens} new tokens", file=sys.stderr)
                 return
             out = self.step([tok], len(ids) - 1, want) if use_cache else self.step(ids, 0, want)
 
@@ -47,6 +162,6 @@ class CausalLM(Transformer):
                  top_k: int = 50, top_p: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
                  use_cache: bool = True, seed: int | None = None) -> list[int]:
         """Prompt ids followed by the generated ids (see :meth:`generate_stream`)."""
-        prompt = [int(i) for i in np.asarray(input_ids).reshape(-1)]
-        return prompt + list(self.generate_stream(prompt, max_new_tokens, temperature, top_k, top_p,
-                                                  eos_token_id, use_cache, seed))
+        stream = self.generate_stream(input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id,
+                                      use_cache, seed)
+        return _prompt_ids(input_ids) + list(stream)

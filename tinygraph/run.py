@@ -6,6 +6,8 @@ exit with status 2 (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,6 +50,15 @@ def _prompt(args) -> str:
     return DEFAULT_PROMPT
 
 
+def _one_line(e: BaseException) -> str:
+    """The error as one line: its message (first line only; --debug shows all), or its type."""
+    msg = str(e).strip()
+    if not msg or isinstance(e, (MemoryError, RecursionError, AssertionError)):
+        msg = f"{type(e).__name__}{': ' + msg if msg else ''}"
+    first, _, rest = msg.partition("\n")
+    return first + (" [...] (--debug shows the details)" if rest.strip() else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -55,10 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
-    except Exception as e:  # one line unless --debug
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): stop quietly
+        try:  # point stdout at devnull so the flush at exit does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except SystemExit:
+        raise
+    except BaseException as e:  # one line unless --debug (BaseException: tokenizers' Rust panics)
         if args.debug:
             raise
-        print(f"python -m tinygraph.run: error: {e}", file=sys.stderr)
+        print(f"python -m tinygraph.run: error: {_one_line(e)}", file=sys.stderr)
         return 2
 
 
@@ -66,8 +85,14 @@ def _run(args) -> int:
     for name in ("max_new_tokens", "top_k"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.max_context is not None and args.max_context < 1:
+        raise ValueError(f"--max-context must be >= 1, got {args.max_context}")
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.dump_graph and not Path(args.dump_graph).resolve().parent.is_dir():
+        raise FileNotFoundError(f"--dump-graph: directory {str(Path(args.dump_graph).parent)!r} does not exist")
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
+        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
     from .backends import cuda_available
@@ -88,6 +113,13 @@ def _run(args) -> int:
     t0 = time.perf_counter()
     model = load_model(path, dtype=dtype, backend=backend, max_context=args.max_context)
     load_s = time.perf_counter() - t0
+    try:  # release the model's buffers on every exit path
+        return _generate(args, model, path, prompt, dtype, backend, load_s)
+    finally:
+        model.close()
+
+
+def _generate(args, model, path: Path, prompt: str, dtype: str, backend: str, load_s: float) -> int:
     tok = model.tokenizer
     if tok is None:
         raise ValueError(f"{path} has no tokenizer (tokenizer.json or GGUF vocabulary) to encode the prompt")

@@ -13,6 +13,11 @@ from .memory import MemoryPlan
 from .tensor import Tensor
 
 
+class SessionClosedError(GraphError):
+    """An operation on a closed :class:`Session` (or on a closed model), or on a persistent
+    buffer that was released with :meth:`Session.free`."""
+
+
 class Session:
     """Owns persistent buffers and a backend.
 
@@ -25,6 +30,7 @@ class Session:
         self.current_graph: Graph | None = None
         self.finalized = False
         self.closed = False
+        self._freed: set[int] = set()  # ids of persistent buffers released by free()
         self._plans: dict[tuple, tuple[list[int], dict[str, dict[int, Any]], int, int]] = {}
 
     # -- persistent buffers -----------------------------------------------------------------
@@ -36,23 +42,68 @@ class Session:
         if any(n < 0 for n in shape):
             raise ShapeError(f"persistent {name!r}: negative size in shape {shape}")
         t = Tensor("persistent", (), shape, as_dtype(dtype), name=name, session=self)
-        self.persistents.append(t)
         if self.finalized:
-            self.backend.allocate(t)
+            self.backend.allocate(t)  # out of memory: raises, and t is not kept
+        self.persistents.append(t)
         return t
 
     def finalize(self) -> None:
-        """Allocate every declared persistent buffer (once)."""
+        """Allocate every declared persistent buffer (once).
+
+        All or nothing: if an allocation fails (e.g. the GPU is out of memory; the backend's
+        error says how many bytes were asked for and how many are free), the buffers allocated
+        so far are released again and the error propagates; the session stays open and
+        unfinalized, so it can be closed, or persistents declared again in a smaller form."""
         self._check_open()
         if not self.finalized:
-            for t in self.persistents:
-                self.backend.allocate(t)
+            done: list[Tensor] = []
+            try:
+                for t in self.persistents:
+                    self.backend.allocate(t)
+                    done.append(t)
+            except BaseException:
+                self._release(done)
+                raise
             self.finalized = True
+
+    def free(self, tensors: Sequence[Tensor]) -> None:
+        """Release persistent buffers of this session before the session itself is closed (a
+        model sharing the session releases its weights and KV cache this way). Using a released
+        buffer afterwards raises :class:`SessionClosedError`."""
+        self._check_open()
+        ts = [t for t in tensors if t.op == "persistent" and t.session is self and t.id not in self._freed]
+        if self.finalized:
+            self._release(ts)
+        ids = {t.id for t in ts}
+        self._freed |= ids
+        self.persistents = [t for t in self.persistents if t.id not in ids]
+
+    def _release(self, ts: Sequence[Tensor]) -> None:
+        """Free the backend buffers of ``ts`` (uses ``backend.free(t)`` when the backend has it)."""
+        if not ts:
+            return
+        free = getattr(self.backend, "free", None)
+        stream = getattr(self.backend, "stream", None)
+        if free is None and stream is not None:  # queued kernels may still read the buffers
+            try:
+                stream.synchronize("releasing persistent buffers")
+            except Exception:
+                pass
+        buffers = getattr(self.backend, "buffers", {})
+        for t in ts:
+            if free is not None:
+                free(t)
+                continue
+            buf = buffers.pop(t.id, None)
+            if buf is not None and hasattr(buf, "free"):
+                buf.free()
 
     def _check_buffer(self, t: Tensor, what: str) -> None:
         self._check_open()
         if t.op != "persistent" or t.session is not self:
             raise GraphError(f"{what}: {t.describe()} is not a persistent buffer of this session")
+        if t.id in self._freed:
+            raise SessionClosedError(f"{what}: {t.describe()} was released (Session.free or model.close)")
         if not self.finalized:
             raise GraphError(f"{what}: call sess.finalize() before {what} of {t.describe()}")
 
@@ -122,18 +173,28 @@ class Session:
         missing = [t.describe() for t in plan.inputs_read if t.id not in arrays]
         if missing:
             raise GraphError(f"compute: no value fed for input(s) {', '.join(missing)}")
+        if self._freed:  # only after Session.free (a model sharing this session was closed)
+            gone = [t.describe() for n in plan.order for t in n.srcs if t.storage.id in self._freed]
+            if gone:
+                raise SessionClosedError(f"compute: the graph reads released persistent buffer(s): "
+                                         f"{', '.join(gone[:3])}")
         return self.backend.execute(g, plan, arrays)
 
     # -- lifetime ---------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self.closed:
-            raise GraphError("session is closed")
+            raise SessionClosedError("session is closed: close() released its buffers; create a new Session")
 
     def close(self) -> None:
-        """Release every buffer the backend holds. The session is unusable afterwards."""
+        """Release every buffer the backend holds. The session is unusable afterwards: every
+        method raises :class:`SessionClosedError`. Idempotent; the session counts as closed even
+        if the backend reports an error while releasing (that error propagates)."""
         if not self.closed:
-            self.backend.close()
             self.closed = True
+            self.current_graph = None
+            self._plans.clear()
+            self.persistents = []
+            self.backend.close()
 
     def __enter__(self) -> "Session":
         return self
@@ -142,6 +203,7 @@ class Session:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Session(backend={self.backend.name!r}, persistent={len(self.persistents)})"
+        state = ", closed" if self.closed else ""
+        return f"Session(backend={self.backend.name!r}, persistent={len(self.persistents)}{state})"
 
 

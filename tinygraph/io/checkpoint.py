@@ -38,6 +38,8 @@ from .spec import (
 )
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+_LAYER_RE = re.compile(r"^layers\.(\d+)\.")
 
 
 
@@ -186,11 +188,14 @@ def _np_dtype(name: str) -> Any:
     return ml_dtypes.bfloat16 if name == "bfloat16" else np.dtype(name)
 
 
-def _read_json(p: Path) -> Any:
+def _read_json(p: Path, want: type | None = None) -> Any:
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise LoadError(f"{p}: cannot read JSON: {exc}") from exc
+    if want is not None and not isinstance(d, want):
+        raise LoadError(f"{p}: expected a JSON {want.__name__}, got {type(d).__name__}")
+    return d
 
 
 def _infer_config(st: SafeTensorsFile, spec: ModelSpec, where: Path) -> TransformerConfig:
@@ -222,8 +227,10 @@ def _merge_generation_eos(cfg: TransformerConfig, gen_path: Path) -> int | list[
     e.g. Qwen2.5-Instruct's config says <|endoftext|> but chat turns end with <|im_end|>)."""
     if not gen_path.is_file():
         return cfg.eos_token_id
-    extra = _read_json(gen_path).get("eos_token_id")
+    extra = _read_json(gen_path, dict).get("eos_token_id")
     extra_ids = [] if extra is None else (extra if isinstance(extra, list) else [extra])
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in extra_ids):
+        raise LoadError(f"{gen_path}: eos_token_id must be an int or a list of ints, got {extra!r}")
     ids = list(dict.fromkeys(cfg.eos_token_ids + [int(x) for x in extra_ids]))
     return ids[0] if len(ids) == 1 else (ids or None)
 
@@ -231,10 +238,13 @@ def _merge_generation_eos(cfg: TransformerConfig, gen_path: Path) -> int | list[
 def _chat_template_from_dir(d: Path) -> str | None:
     jinja = d / "chat_template.jinja"  # transformers v5 writes the template to its own file
     if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LoadError(f"{jinja}: cannot read chat template: {exc}") from exc
     tc = d / "tokenizer_config.json"
     if tc.is_file():
-        ct = _read_json(tc).get("chat_template")
+        ct = _read_json(tc, dict).get("chat_template")
         if isinstance(ct, list):  # [{"name": "default", "template": ...}, ...]
             named = {e.get("name"): e.get("template") for e in ct if isinstance(e, dict)}
             ct = named.get("default") or next(iter(named.values()), None)
@@ -287,6 +297,12 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
 
     shapes = _validate(p, spec, cfg, plan, lambda n: _st_shape(p, st, plan[n]))
     plan = {k: plan[k] for k in shapes}
+    for n, src in plan.items():
+        dt = st.tensor_info(src.hf_name).dtype_name
+        if dt not in _FLOAT_DTYPES:
+            raise LoadError(f"{p}: tensor {src.hf_name!r} ({n}) is stored as {dt}; weights must be "
+                            f"floating point ({', '.join(_FLOAT_DTYPES)})")
+    freq_factors = rope_freq_factors(cfg) if spec.position == "rope" else None  # bad rope_scaling fails here
 
     tokenizer = None
     tok_path = model_dir / "tokenizer.json"
@@ -295,11 +311,14 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
 
         try:
             tokenizer = Tokenizer.from_file(str(tok_path))
-        except Exception as exc:  # tokenizers raises plain Exception subclasses
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # tokenizers raises plain Exception subclasses, or a pyo3 panic
             raise LoadError(f"{tok_path}: cannot load tokenizer: {exc}") from exc
     return Checkpoint(
         path=p, config=cfg, spec=spec, backend=_SafetensorsBackend(st, plan), shapes=shapes,
         fmt="safetensors", tokenizer=tokenizer, chat_template=_chat_template_from_dir(model_dir),
+        freq_factors=freq_factors,
     )
 
 
@@ -310,7 +329,21 @@ def _validate(
     plan: dict[str, Any],
     shape_of: Callable[[str], tuple[int, ...]],
 ) -> dict[str, tuple[int, ...]]:
-    """Check every required canonical tensor exists with the config's shape; return name -> shape."""
+    """Check every required canonical tensor exists with the config's shape, and that the file
+    holds no layers beyond the config's; return name -> shape."""
+    layers: dict[int, str] = {}
+    for n, src in plan.items():
+        m = _LAYER_RE.match(n)
+        if m:
+            layers.setdefault(int(m.group(1)), getattr(src, "hf_name", None) or getattr(src, "gguf_name", n))
+    extra = sorted(i for i in layers if i >= cfg.num_layers)
+    if extra:
+        raise LoadError(f"{where}: the config says {cfg.num_layers} layers but the weights include layer "
+                        f"{extra[0]} (e.g. {layers[extra[0]]!r}); {len(layers)} layers present")
+    if cfg.num_layers > len(layers):  # before required_names, which lists every layer's names
+        first = next(i for i in range(len(layers) + 1) if i not in layers)
+        raise LoadError(f"{where}: the config says {cfg.num_layers} layers but the weights hold only "
+                        f"{len(layers)}: missing tensors for layer {first} (and possibly more)")
     need = required_names(spec, cfg)
     missing = [n for n in need if n not in plan]
     if missing:
@@ -368,9 +401,14 @@ def _load_gguf_checkpoint(p: Path, spec: ModelSpec | None) -> Checkpoint:
             tokenizer = g.tokenizer()
         except UnsupportedModelError as exc:
             warnings.warn(f"{p}: no tokenizer: {exc}", stacklevel=3)
+        ff = g.rope_freq_factors() if spec.position == "rope" else None
+        half = (g.config.head_dim or 0) // 2
+        if ff is not None and ff.shape != (half,):
+            raise LoadError(f"{p}: tensor 'rope_freqs.weight' has {ff.size} values, head_dim "
+                            f"{g.config.head_dim} needs {half}")
         return Checkpoint(
             path=p, config=g.config, spec=spec, backend=_GGUFBackend(g), shapes=shapes, fmt="gguf",
-            tokenizer=tokenizer, chat_template=g.chat_template, freq_factors=g.rope_freq_factors(),
+            tokenizer=tokenizer, chat_template=g.chat_template, freq_factors=ff,
         )
     except BaseException:
         g.close()
@@ -394,6 +432,16 @@ def load_checkpoint(path: str | os.PathLike[str], spec: ModelSpec | None = None)
         UnsupportedModelError: architectures/features tinygraph does not implement.
     """
     p = Path(path)
+    try:
+        return _load_checkpoint(p, spec)
+    except LoadError as exc:  # every message names the file it is about
+        msg, parent = str(exc), str(p.parent)
+        if str(p) in msg or (parent not in ("", ".") and parent + os.sep in msg):
+            raise
+        raise type(exc)(f"{p}: {exc}") from exc
+
+
+def _load_checkpoint(p: Path, spec: ModelSpec | None) -> Checkpoint:
     if not p.exists():
         raise LoadError(f"{p}: no such file or directory")
     if p.is_file() and p.suffix.lower() in _PICKLE_SUFFIXES:

@@ -97,8 +97,17 @@ class TransformerConfig:
             raise LoadError(f"{name}: num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if self.activation not in ACTIVATIONS:
             raise LoadError(f"{name}: activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if not self.norm_eps > 0:
-            raise LoadError(f"{name}: norm_eps must be > 0, got {self.norm_eps}")
+        if not (self.norm_eps > 0 and math.isfinite(self.norm_eps)):
+            raise LoadError(f"{name}: norm_eps must be a finite number > 0, got {self.norm_eps}")
+        f32 = np.finfo(np.float32)
+        if not (float(f32.tiny) <= self.rope_theta <= float(f32.max)):  # RoPE runs in float32
+            raise LoadError(f"{name}: rope_theta must be a finite number > 0 (within float32), got {self.rope_theta}")
+        eos = self.eos_token_id
+        ids = [self.bos_token_id, eos] if not isinstance(eos, list) else [self.bos_token_id, *(eos or [0])]
+        for i, v in enumerate(ids):
+            if (v is not None or (isinstance(eos, list) and i > 0)) and (
+                    not isinstance(v, (int, np.integer)) or isinstance(v, bool)):
+                raise LoadError(f"{name}: bos/eos token ids must be ints, got {v!r}")
 
     @property
     def num_kv_groups(self) -> int:
@@ -178,7 +187,12 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
     """Build a TransformerConfig from a parsed HF ``config.json`` (v4 or v5 form, or GPT-2 keys)."""
     if not isinstance(d, dict):
         raise LoadError(f"config: expected a JSON object, got {type(d).__name__}")
-    mt = _infer_model_type(d)
+    try:
+        mt = _infer_model_type(d)
+    except (TypeError, ValueError) as exc:  # e.g. "architectures": 5
+        if isinstance(exc, LoadError):
+            raise
+        raise LoadError(f"config: cannot tell the model type: {exc}") from exc
     dtype = d.get("dtype") or d.get("torch_dtype")
     try:
         if mt == "gpt2" or "n_embd" in d:
@@ -225,7 +239,7 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
         )
     except KeyError as exc:
         raise LoadError(f"config ({mt}): required key {exc.args[0]!r} is missing") from exc
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError, AttributeError) as exc:
         if isinstance(exc, LoadError):
             raise
         raise LoadError(f"config ({mt}): bad value: {exc}") from exc

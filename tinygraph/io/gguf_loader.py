@@ -19,8 +19,11 @@ Facts this module relies on:
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,19 +81,129 @@ _GGUF_RULES = [(_rx(g), c) for g, c in _GGUF_NAMES]
 
 
 # --------------------------------------------------------------------------- reader
-class _Reader(gguf.GGUFReader):
-    """GGUFReader that slices a plain ndarray view of its memmap.
+GGUF_VERSIONS = (2, 3)
+_GGML_MAX_DIMS = 4
+# Smallest encodings: a metadata entry is key length (8) + value type (4) + >= 1 value byte; a
+# tensor info is name length (8) + n_dims (4) + type (4) + offset (8).
+_MIN_KV_BYTES, _MIN_TENSOR_INFO_BYTES, _HEADER_BYTES = 13, 24, 24
 
-    Why: the stock reader slices an ``np.memmap`` ~10^6 times while parsing a
+# Exceptions the gguf package's reader raises on corrupt input (it was written for valid files):
+# short reads surface as IndexError/ValueError from NumPy, unknown enum values as ValueError,
+# duplicate keys as KeyError, undecodable names as UnicodeDecodeError, nested arrays as
+# RecursionError, ...
+_READER_ERRORS = (ValueError, KeyError, IndexError, TypeError, OverflowError, RecursionError,
+                  AttributeError, AssertionError, struct.error, OSError)
+
+
+def _decodable(qtype: Any) -> bool:
+    """Whether :func:`dequantize` can decode ggml type ``qtype``."""
+    if qtype in (QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1):
+        return True
+    traits = getattr(gguf.quants, "_type_traits", None)
+    return traits is None or qtype in traits  # unknown gguf version: let dequantize decide
+
+
+class _Reader(gguf.GGUFReader):
+    """GGUFReader that slices a plain ndarray view of its memmap, and checks tensor infos.
+
+    Why the view: the stock reader slices an ``np.memmap`` ~10^6 times while parsing a
     50k-token vocabulary, and every memmap slice runs Python-level
     ``__array_finalize__``; a base-class view of the same mapping is ~2x faster
     to parse and behaves identically (it still references the mmap).
+
+    Why the checks: the stock reader trusts the tensor infos; a corrupt one can declare a type id
+    that does not exist, more than 4 dims, data past the end of the file (which it silently
+    shortens) or data overlapping another tensor. ``_build_tensors`` refuses those first, with a
+    :class:`LoadError` naming the tensor.
     """
 
     def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
         if type(self.data) is np.memmap:
             self.data = self.data.view(np.ndarray)  # type: ignore[assignment]
-        return super()._get(offset, dtype, count, override_order)
+        arr = super()._get(offset, dtype, count, override_order)
+        # The stock reader silently returns fewer items at the end of the file; an array of
+        # 2**64 scalars declared at EOF would then loop for ever, consuming 0 bytes per item.
+        if len(arr) < int(count):
+            raise LoadError(f"truncated: {int(count)} x {np.dtype(dtype).name} at offset {offset} "
+                            f"run past the end of the file ({len(self.data)} bytes)")
+        return arr
+
+    def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
+        size = len(self.data)
+        align = int(self.alignment)
+        spans: list[tuple[int, int, str]] = []
+        for field in fields:
+            _nlen, name_data, _ndims, dims, raw_dtype, offset_tensor = field.parts
+            name = bytes(name_data).decode("utf-8", errors="replace")
+            where = f"tensor {name!r}"
+            if len(dims) > _GGML_MAX_DIMS:
+                raise LoadError(f"{where}: {len(dims)} dimensions (GGUF allows at most {_GGML_MAX_DIMS})")
+            try:
+                qtype = QT(int(raw_dtype[0]))
+                block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+            except (ValueError, KeyError):
+                raise LoadError(f"{where}: unknown GGML tensor type id {int(raw_dtype[0])}") from None
+            shape = [int(d) for d in dims.tolist()]
+            n = math.prod(shape)
+            if shape and shape[0] % block:
+                raise LoadError(f"{where}: {qtype.name} rows of {shape[0]} values are not a whole number "
+                                f"of {block}-value blocks")
+            nbytes = n // block * type_size
+            rel = int(offset_tensor[0])
+            if rel % align:
+                raise LoadError(f"{where}: data offset {rel} is not a multiple of the alignment {align}")
+            begin = int(start_offs) + rel
+            if begin + nbytes > size:
+                raise LoadError(f"{where}: {qtype.name} {tuple(reversed(shape))} needs bytes "
+                                f"[{begin}, {begin + nbytes}) but the file has {size}: truncated or corrupt")
+            if nbytes:
+                spans.append((begin, begin + nbytes, name))
+        spans.sort()
+        for (_b0, e0, n0), (b1, _e1, n1) in zip(spans, spans[1:]):
+            if b1 < e0:
+                raise LoadError(f"tensors {n0!r} and {n1!r} overlap in the data section")
+        super()._build_tensors(start_offs, fields)
+
+
+def _check_header(path: Path) -> None:
+    """Magic, version and counts, checked before the gguf reader sees the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(_HEADER_BYTES)
+    except OSError as exc:
+        raise LoadError(f"{path}: cannot read: {exc}") from exc
+    if head[:4] != b"GGUF":
+        raise LoadError(f"{path}: not a readable GGUF file: bad magic {head[:4]!r} (expected b'GGUF')")
+    if len(head) < _HEADER_BYTES:
+        raise LoadError(f"{path}: not a readable GGUF file: truncated header ({size} bytes, need {_HEADER_BYTES})")
+    order = "little"
+    version = int.from_bytes(head[4:8], order)
+    if version & 0xFFFF == 0:  # written on a big-endian machine
+        order = "big"
+        version = int.from_bytes(head[4:8], order)
+    if version not in GGUF_VERSIONS:
+        raise LoadError(f"{path}: GGUF version {version} is not supported (supported: "
+                        f"{', '.join(map(str, GGUF_VERSIONS))})")
+    n_tensors = int.from_bytes(head[8:16], order)
+    n_kv = int.from_bytes(head[16:24], order)
+    if n_tensors * _MIN_TENSOR_INFO_BYTES + n_kv * _MIN_KV_BYTES > size - _HEADER_BYTES:
+        raise LoadError(f"{path}: not a readable GGUF file: the header declares {n_tensors} tensors and {n_kv} "
+                        f"metadata entries, which cannot fit in {size} bytes (truncated or corrupt)")
+
+
+def open_reader(path: Path) -> _Reader:
+    """A checked GGUF reader for ``path``; any corruption raises LoadError naming the file."""
+    _check_header(path)
+    try:
+        # corrupt offsets make the reader's uint64 arithmetic wrap; the checks catch the result
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return _Reader(str(path), "r")
+    except LoadError as exc:  # raised by _Reader's own checks
+        raise LoadError(f"{path}: not a readable GGUF file: {exc}") from None
+    except _READER_ERRORS as exc:
+        raise LoadError(f"{path}: not a readable GGUF file: {type(exc).__name__}: {exc}"[:500]) from exc
 
 
 # --------------------------------------------------------------------------- metadata
@@ -196,19 +309,35 @@ class GGUFFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self.reader = None
+        self.reader = open_reader(self.path)
         try:
-            self.reader = _Reader(str(self.path), "r")
-        except (ValueError, KeyError, IndexError, OSError) as exc:
-            raise LoadError(f"{self.path}: not a readable GGUF file: {exc}") from exc
-        self._tensors = {t.name: t for t in self.reader.tensors}
-        self.arch: str = str(self.meta("general.architecture", ""))
-        if self.arch not in ARCH_SPECS:
-            raise UnsupportedModelError(
-                f"{self.path}: GGUF architecture {self.arch!r} is not supported (supported: {', '.join(ARCH_SPECS)})"
-            )
-        self.spec: ModelSpec = ARCH_SPECS[self.arch]
-        self.config: TransformerConfig = self._config()
-        self.plan: dict[str, GGUFSource] = self._plan()
+            self._tensors = {t.name: t for t in self.reader.tensors}
+            arch = self.meta("general.architecture", "")
+            self.arch: str = arch if isinstance(arch, str) else repr(arch)
+            if self.arch not in ARCH_SPECS:
+                raise UnsupportedModelError(
+                    f"{self.path}: GGUF architecture {self.arch!r} is not supported "
+                    f"(supported: {', '.join(ARCH_SPECS)})"[:500]
+                )
+            self.spec: ModelSpec = ARCH_SPECS[self.arch]
+            self.config: TransformerConfig = self._config()
+            self.plan: dict[str, GGUFSource] = self._plan()
+        except LoadError as exc:
+            self.close()
+            if str(self.path) in str(exc):
+                raise
+            raise type(exc)(f"{self.path}: {exc}") from exc
+        except _READER_ERRORS as exc:
+            self.close()
+            raise LoadError(f"{self.path}: bad GGUF metadata: {type(exc).__name__}: {exc}"[:500]) from exc
+        for canon, src in self.plan.items():
+            qtype = self._tensors[src.gguf_name].tensor_type
+            if not _decodable(qtype):
+                self.close()
+                raise UnsupportedModelError(
+                    f"{self.path}: tensor {src.gguf_name!r} ({canon}) has type {QT(int(qtype)).name}, "
+                    "which tinygraph cannot decode")
 
     # ---- metadata
     def meta(self, key: str, default: Any = None) -> Any:
@@ -220,14 +349,32 @@ class GGUFFile:
             raise LoadError(f"{self.path}: required GGUF metadata {key!r} is missing")
         return _uniform(v, key, self.path)
 
+    def _int(self, key: str, default: Any = None, required: bool = False) -> int | None:
+        """Integer metadata ``key`` (per-layer lists must be uniform); LoadError naming the key
+        when it has another type."""
+        v = self._need(key) if required else _uniform(self.meta(key, default), key, self.path)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+            raise LoadError(f"{self.path}: GGUF metadata {key!r} must be an integer, got {v!r}"[:300])
+        return int(v)
+
+    def _float(self, key: str, default: float) -> float:
+        v = _uniform(self.meta(key, default), key, self.path)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise LoadError(f"{self.path}: GGUF metadata {key!r} must be a finite number, got {v!r}"[:300])
+        return _clean_f32(v)
+
     def _config(self) -> TransformerConfig:
         a = self.arch
-        hidden = int(self._need(f"{a}.embedding_length"))
-        heads = int(self._need(f"{a}.attention.head_count"))
-        kv = _uniform(self.meta(f"{a}.attention.head_count_kv", heads), "head_count_kv", self.path)
-        head_dim = self.meta(f"{a}.attention.key_length")
+        hidden = self._int(f"{a}.embedding_length", required=True)
+        heads = self._int(f"{a}.attention.head_count", required=True)
+        kv = self._int(f"{a}.attention.head_count_kv", heads)
+        head_dim = self._int(f"{a}.attention.key_length")
         tokens = self.meta("tokenizer.ggml.tokens")
-        vocab = len(tokens) if tokens else self.meta(f"{a}.vocab_size")
+        if tokens is not None and not isinstance(tokens, list):
+            raise LoadError(f"{self.path}: GGUF metadata 'tokenizer.ggml.tokens' must be a list of strings")
+        vocab = len(tokens) if tokens else self._int(f"{a}.vocab_size")
         emb = self._tensors.get("token_embd.weight")
         if emb is not None:  # the embedding is what the model actually indexes
             vocab = int(emb.shape[-1])
@@ -237,31 +384,31 @@ class GGUFFile:
         scaling = None
         st = self.meta(f"{a}.rope.scaling.type")
         if st and st != "none":
-            scaling = {"rope_type": str(st), "factor": _clean_f32(self.meta(f"{a}.rope.scaling.factor", 1.0))}
-            orig = self.meta(f"{a}.rope.scaling.original_context_length")
+            scaling = {"rope_type": str(st), "factor": self._float(f"{a}.rope.scaling.factor", 1.0)}
+            orig = self._int(f"{a}.rope.scaling.original_context_length")
             if orig:
-                scaling["original_max_position_embeddings"] = int(orig)
+                scaling["original_max_position_embeddings"] = orig
         # Chat models end turns with an end-of-turn token that may differ from EOS
         # (<|eot_id|>, <|im_end|>); generation must stop on all of them.
-        stops = [self.meta(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
-        eos_ids = list(dict.fromkeys(int(x) for x in stops if x is not None))
+        stops = [self._int(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+        eos_ids = list(dict.fromkeys(x for x in stops if x is not None))
         eos: int | list[int] | None = eos_ids[0] if len(eos_ids) == 1 else (eos_ids or None)
-        bos = self.meta("tokenizer.ggml.bos_token_id")
+        bos = self._int("tokenizer.ggml.bos_token_id")
         return TransformerConfig(
             model_type=a,
             vocab_size=int(vocab),
             hidden_size=hidden,
-            num_layers=int(self._need(f"{a}.block_count")),
+            num_layers=self._int(f"{a}.block_count", required=True),
             num_heads=heads,
-            num_kv_heads=int(kv),
-            head_dim=int(_uniform(head_dim, "key_length", self.path)) if head_dim else None,
-            intermediate_size=int(self._need(f"{a}.feed_forward_length")),
-            max_position_embeddings=int(self.meta(f"{a}.context_length", 2048)),
-            norm_eps=_clean_f32(self.meta(eps_key, 1e-5)),
-            rope_theta=_clean_f32(self.meta(f"{a}.rope.freq_base", 10000.0)),
+            num_kv_heads=kv,
+            head_dim=head_dim or None,
+            intermediate_size=self._int(f"{a}.feed_forward_length", required=True),
+            max_position_embeddings=self._int(f"{a}.context_length", 2048),
+            norm_eps=self._float(eps_key, 1e-5),
+            rope_theta=self._float(f"{a}.rope.freq_base", 10000.0),
             rope_scaling=scaling,
             tie_word_embeddings="output.weight" not in self._tensors,
-            bos_token_id=int(bos) if bos is not None else None,
+            bos_token_id=bos,
             eos_token_id=eos,
             activation="gelu_tanh" if a == "gpt2" else "silu",
         )
@@ -318,11 +465,13 @@ class GGUFFile:
             raise LoadError(f"{self.path}: file was closed; cannot read tensor {gguf_name!r}")
         t = self._tensors[gguf_name]
         shape = self.stored_shape(gguf_name)
+        kind = self.tensor_type(gguf_name)
         try:
             return dequantize(t.data, t.tensor_type, shape)
-        except ValueError as exc:
-            kind = self.tensor_type(gguf_name)
-            raise LoadError(f"{self.path}: tensor {gguf_name!r}: cannot decode {kind}: {exc}") from exc
+        except UnsupportedModelError as exc:
+            raise UnsupportedModelError(f"{self.path}: tensor {gguf_name!r}: {exc}") from exc
+        except (ValueError, TypeError, IndexError, KeyError, AssertionError) as exc:
+            raise LoadError(f"{self.path}: tensor {gguf_name!r}: cannot decode {kind} {shape}: {exc}") from exc
 
     def load(self, canonical: str) -> np.ndarray:
         """Canonical float32 array: dequantised, split, un-permuted, contiguous."""
@@ -365,6 +514,7 @@ class GGUFFile:
         # GGUFReader keeps an np.memmap; dropping our references lets the OS unmap it.
         self._tensors = {}
         self.reader = None  # type: ignore[assignment]
+        self.plan = {}
 
 
 def load_gguf(path: str | os.PathLike[str]) -> GGUFFile:

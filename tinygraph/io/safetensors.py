@@ -48,6 +48,8 @@ _DTYPES: dict[str, tuple[np.dtype, str]] = {
 # A header larger than this is certainly corrupt (real ones are < 1 MiB even for
 # 100B-parameter shards); refusing early avoids reading gigabytes of garbage.
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
+# NumPy arrays have at most 32 (NumPy 1) or 64 (NumPy 2) axes; real tensors have <= 8.
+_MAX_NDIM = 32
 
 INDEX_SUFFIX = ".safetensors.index.json"
 
@@ -83,9 +85,18 @@ class _Shard:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries, self.metadata = _parse_header(path)
-        self.file_size = path.stat().st_size
         # A file with only a header (no tensors) can still be mapped: size >= 8.
-        self._mm: np.memmap | None = np.memmap(path, dtype=np.uint8, mode="r")
+        try:
+            self._mm: np.memmap | None = np.memmap(path, dtype=np.uint8, mode="r")
+        except (OSError, ValueError) as exc:
+            raise LoadError(f"{path}: cannot memory-map: {exc}") from exc
+        # The mapping, not an earlier stat(), is what reads go through: if the file shrank in
+        # between, refuse rather than hand out views that reach past the end of the mapping.
+        self.file_size = len(self._mm)
+        end = max((e.end for e in self.entries.values()), default=0)
+        if end > self.file_size:
+            self._mm = None
+            raise LoadError(f"{path}: file is {self.file_size} bytes but its header needs {end}: truncated while opening")
 
     def raw(self, name: str) -> np.ndarray:
         if self._mm is None:
@@ -116,9 +127,13 @@ def _parse_header(path: Path) -> tuple[dict[str, _Entry], dict[str, str]]:
     except OSError as exc:
         raise LoadError(f"{path}: cannot read: {exc}") from exc
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as exc:
+        raise LoadError(f"{path}: tensor {exc.args[0]!r} appears twice in the header") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LoadError(f"{path}: header is not valid UTF-8 JSON: {exc}") from exc
+    except RecursionError:  # absurdly nested JSON
+        raise LoadError(f"{path}: header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise LoadError(f"{path}: header JSON must be an object, got {type(header).__name__}")
 
@@ -140,16 +155,31 @@ def _parse_header(path: Path) -> tuple[dict[str, _Entry], dict[str, str]]:
     return entries, {str(k): str(v) for k, v in meta.items()}
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in d:
+            raise _DuplicateKey(k)
+        d[k] = v
+    return d
+
+
 def _validate_entry(path: Path, name: str, info: Any, data_start: int, data_size: int) -> _Entry:
     where = f"{path}: tensor {name!r}"
     if not isinstance(info, dict):
         raise LoadError(f"{where}: entry must be an object, got {type(info).__name__}")
     code = info.get("dtype")
-    if code not in _DTYPES:
+    if not isinstance(code, str) or code not in _DTYPES:
         raise LoadError(f"{where}: unsupported dtype {code!r} (known: {', '.join(_DTYPES)})")
     shape = info.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise LoadError(f"{where}: shape must be a list of non-negative ints, got {shape!r}")
+    if len(shape) > _MAX_NDIM:
+        raise LoadError(f"{where}: shape has {len(shape)} dimensions (at most {_MAX_NDIM} supported)")
     offs = info.get("data_offsets")
     if (
         not isinstance(offs, list)
@@ -158,6 +188,8 @@ def _validate_entry(path: Path, name: str, info: Any, data_start: int, data_size
     ):
         raise LoadError(f"{where}: data_offsets must be [begin, end] ints, got {offs!r}")
     begin, end = offs
+    if begin > end:
+        raise LoadError(f"{where}: data_offsets [{begin}, {end}] are reversed (end < begin), outside any valid span")
     if not 0 <= begin <= end <= data_size:
         raise LoadError(f"{where}: data_offsets [{begin}, {end}] outside the data buffer of {data_size} bytes")
     expected = math.prod(shape) * _DTYPES[code][0].itemsize
@@ -201,7 +233,7 @@ class SafeTensorsFile:
     def _init_index(self, p: Path) -> None:
         try:
             index = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise LoadError(f"{p}: cannot read sharded index JSON: {exc}") from exc
         wm = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
@@ -275,7 +307,12 @@ class SafeTensorsFile:
         e = shard.entries[name]
         # np.asarray drops the np.memmap subclass (so arithmetic yields plain arrays)
         # without copying; numpy tolerates the possibly unaligned start offset.
-        return np.asarray(shard.raw(name).view(_DTYPES[e.dtype_code][0]).reshape(e.shape))
+        raw = shard.raw(name)
+        try:
+            return np.asarray(raw.view(_DTYPES[e.dtype_code][0]).reshape(e.shape))
+        except ValueError as exc:  # cannot happen for a validated header; never let it escape raw
+            raise LoadError(f"{shard.path}: tensor {name!r}: cannot view {raw.size} bytes as "
+                            f"{e.dtype_code} {e.shape}: {exc}") from exc
 
     def tensor_as_f32(self, name: str) -> np.ndarray:
         """A new float32 copy of ``name``."""

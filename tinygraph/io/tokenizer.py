@@ -102,12 +102,12 @@ def tokenizer_from_gguf(reader: Any) -> Tokenizer:
     user-defined ones (4) plain added tokens, so both encode atomically.
     A BOS token is prepended only when ``tokenizer.ggml.add_bos_token`` is true.
     """
-    from .gguf_loader import field_value
+    from .gguf_loader import field_value, open_reader
 
     if isinstance(reader, (str, os.PathLike)):
-        import gguf
+        from pathlib import Path
 
-        reader = gguf.GGUFReader(str(reader), "r")
+        reader = open_reader(Path(reader))
     model = field_value(reader, "tokenizer.ggml.model")
     if model != "gpt2":
         raise UnsupportedModelError(
@@ -118,7 +118,13 @@ def tokenizer_from_gguf(reader: Any) -> Tokenizer:
     merges: list[str] | None = field_value(reader, "tokenizer.ggml.merges")
     if not tokens:
         raise LoadError("GGUF: tokenizer.ggml.tokens is missing or empty")
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise LoadError("GGUF: tokenizer.ggml.tokens must be an array of strings")
+    if merges is not None and (not isinstance(merges, list) or not all(isinstance(m, str) for m in merges)):
+        raise LoadError("GGUF: tokenizer.ggml.merges must be an array of strings")
     types: list[int] = field_value(reader, "tokenizer.ggml.token_type") or [TOKEN_TYPE_NORMAL] * len(tokens)
+    if not isinstance(types, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in types):
+        raise LoadError("GGUF: tokenizer.ggml.token_type must be an array of integers")
     if len(types) != len(tokens):
         raise LoadError(f"GGUF: {len(tokens)} tokens but {len(types)} token types")
 
@@ -128,16 +134,23 @@ def tokenizer_from_gguf(reader: Any) -> Tokenizer:
         key = t if ty in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED) else _byte_level_spelling(t)
         vocab.setdefault(key, i)  # duplicates (rare padding entries) keep their first id
     pairs: list[tuple[str, str]] = []
-    for m in merges or []:
+    for k, m in enumerate(merges or []):
         a, sep, b = m.partition(" ")
         if not sep:
             raise LoadError(f"GGUF: malformed merge {m!r} (expected 'left right')")
+        # tokenizers panics (a BaseException, not an Exception) on a merge whose result is not in
+        # the vocabulary, so check every merge here
+        for piece in (a, b, a + b):
+            if piece not in vocab:
+                raise LoadError(f"GGUF: merge {k} {m!r} uses {piece!r}, which is not in the vocabulary")
         pairs.append((a, b))
 
     pre, ignore_merges = _pre_tokenizer(field_value(reader, "tokenizer.ggml.pre"))
     try:
         bpe = models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges, fuse_unk=False)
-    except Exception as exc:  # tokenizers raises bare Exception on inconsistent vocab/merges
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # tokenizers raises bare Exception (or a pyo3 panic) on bad vocab/merges
         raise LoadError(f"GGUF: tokenizer vocab/merges are inconsistent: {exc}") from exc
     tok = Tokenizer(bpe)
     tok.pre_tokenizer = pre

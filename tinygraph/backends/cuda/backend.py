@@ -308,7 +308,8 @@ class CudaBackend(Backend):
                 raise _NeedScratch(need, "_work")
             counters, part = self._work.ptr, self._work.ptr + _COUNTER_BYTES
         from .kernels import f32, i32, ptr
-        driver.launch(mod.get_function(f"attn_split_{dt.short}"), (T, batch, nsplit), 128,
+        maxd = next(m for m in (64, 128, 256) if max(q.shape[-1], Dv) <= m)
+        driver.launch(mod.get_function(f"attn_split_{dt.short}_{maxd}"), (T, batch, nsplit), 128,
                       [ptr(part), ptr(counters), out.addr, out.td, q.addr, q.td, kt.addr, kt.td, v.addr, v.td,
                        f32(p["scale"]), i32(1 if p["causal"] else 0), i32(p["past"]), ptr(past_dev), i32(chunk)],
                       stream=self.stream)

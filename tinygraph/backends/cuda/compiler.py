@@ -53,8 +53,20 @@ _lock = threading.Lock()
 _memo: dict[str, bytes] = {}
 
 
-class CompileError(RuntimeError):
-    """NVRTC failed. ``log`` holds NVRTC's log (it names file and line)."""
+def _error_base() -> type:
+    """tinygraph's ``BackendError`` (a ``RuntimeError``) when the package is importable, else
+    ``RuntimeError``: this module also works on its own."""
+    try:
+        from tinygraph.errors import BackendError
+
+        return BackendError
+    except Exception:  # pragma: no cover - standalone use
+        return RuntimeError
+
+
+class CompileError(_error_base()):  # type: ignore[misc]
+    """NVRTC failed. ``log`` holds NVRTC's log (it names file and line). A
+    ``tinygraph.BackendError`` (hence ``RuntimeError``)."""
 
     def __init__(self, message: str, log: str = "", name: str = "", options: Sequence[str] = ()):
         super().__init__(message)

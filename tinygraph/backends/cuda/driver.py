@@ -74,9 +74,20 @@ def format_bytes(n: int | float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
-class CudaError(RuntimeError):
+def _error_base() -> type:
+    """tinygraph's ``BackendError`` (a ``TinygraphError`` and a ``RuntimeError``) when the package
+    is importable, else ``RuntimeError``, so this module still works on its own."""
+    try:
+        from tinygraph.errors import BackendError
+
+        return BackendError
+    except Exception:  # pragma: no cover - standalone use
+        return RuntimeError
+
+
+class CudaError(_error_base()):  # type: ignore[misc]
     """A CUDA driver call failed. ``result`` is the CUresult (or None), ``name`` its name,
-    ``what`` the operation."""
+    ``what`` the operation. A ``tinygraph.BackendError`` (hence ``RuntimeError``)."""
 
     def __init__(self, message: str, result: Any = None, what: str = ""):
         super().__init__(message)
@@ -109,7 +120,7 @@ def _mem_info_suffix() -> str:
         drv = _drv()
         err, free, total = drv.cuMemGetInfo()
         if err == drv.CUresult.CUDA_SUCCESS:
-            return f" (free {format_bytes(free)} of {format_bytes(total)})"
+            return f" (free {format_bytes(free)} = {int(free)} bytes, of {format_bytes(total)})"
     except Exception:
         pass
     return ""
