@@ -153,7 +153,7 @@ class Transformer:
         cfg, spec = self.config, self.spec
         T = x.shape[0]
         hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
-        groups, ctx, P = nh // nkv, self.max_context, f"layers.{i}.attn"
+        groups, P = nh // nkv, f"layers.{i}.attn"
         qkv = self._linear(x, f"{P}.qkv")                                   # [T, (nh + 2 nkv) hd]
         row = qkv.shape[1]
         q = tg.view(qkv, (T, nh, hd), (row, hd, 1), 0, name=f"{P}.q")

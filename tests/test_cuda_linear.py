@@ -17,35 +17,8 @@ import numpy as np
 import pytest
 
 
-def _import_lowlevel():
-    """tinygraph.backends.cuda.{compiler,driver,kernels}; if the package itself does not import
-    (its other modules being in flux), load the three files standalone."""
-    try:
-        from tinygraph.backends.cuda import compiler, driver, kernels
 
-        return compiler, driver, kernels
-    except Exception:
-        import importlib.util
-        import sys
-        import types
-        from pathlib import Path
-
-        d = Path(__file__).resolve().parents[1] / "tinygraph" / "backends" / "cuda"
-        pkg = types.ModuleType("_tg_cuda_lowlevel")
-        pkg.__path__ = [str(d)]
-        sys.modules["_tg_cuda_lowlevel"] = pkg
-        mods = []
-        for name in ("compiler", "driver", "kernels"):
-            spec = importlib.util.spec_from_file_location(f"_tg_cuda_lowlevel.{name}", d / f"{name}.py")
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = mod
-            spec.loader.exec_module(mod)
-            setattr(pkg, name, mod)
-            mods.append(mod)
-        return tuple(mods)
-
-
-compiler, driver, kernels = _import_lowlevel()
+from tinygraph.backends.cuda import driver, kernels  # noqa: E402
 Arg = kernels.Arg
 
 if not driver.driver_available():

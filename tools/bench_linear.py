@@ -18,13 +18,11 @@ unfused sequence first.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -32,29 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_cuda_modules():
-    try:
-        from tinygraph.backends.cuda import compiler, driver, kernels  # type: ignore
-
-        return compiler, driver, kernels
-    except Exception:
-        pass
-    pkg_dir = ROOT / "tinygraph" / "backends" / "cuda"
-    pkg = types.ModuleType("_tg_cuda_lowlevel")
-    pkg.__path__ = [str(pkg_dir)]
-    sys.modules["_tg_cuda_lowlevel"] = pkg
-    mods = []
-    for name in ("compiler", "driver", "kernels"):
-        spec = importlib.util.spec_from_file_location(f"_tg_cuda_lowlevel.{name}", pkg_dir / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        setattr(pkg, name, mod)
-        mods.append(mod)
-    return tuple(mods)
-
-
-compiler, driver, kernels = _load_cuda_modules()
+from tinygraph.backends.cuda import compiler, driver, kernels  # noqa: E402
 Arg = kernels.Arg
 
 # (model, layer, K, N, norm, act, residual)

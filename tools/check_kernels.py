@@ -11,37 +11,11 @@ present in the CUBIN of its file.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_cuda_modules():
-    """Import compiler.py and kernels.py without importing the rest of tinygraph (which may not
-    be importable in a minimal CI environment)."""
-    try:
-        from tinygraph.backends.cuda import compiler, kernels  # type: ignore
-
-        return compiler, kernels
-    except Exception:
-        pass
-    pkg_dir = ROOT / "tinygraph" / "backends" / "cuda"
-    pkg = types.ModuleType("_tg_cuda_lowlevel")
-    pkg.__path__ = [str(pkg_dir)]
-    sys.modules["_tg_cuda_lowlevel"] = pkg
-    mods = []
-    for name in ("compiler", "driver", "kernels"):
-        spec = importlib.util.spec_from_file_location(f"_tg_cuda_lowlevel.{name}", pkg_dir / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        setattr(pkg, name, mod)
-        mods.append(mod)
-    return mods[0], mods[2]
 
 
 def main(argv=None) -> int:
@@ -49,7 +23,7 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", action="append", help="target (repeatable); default sm_80 and sm_90")
     ap.add_argument("files", nargs="*", help="sources to compile (default: cuda_src/*.cu)")
     args = ap.parse_args(argv)
-    compiler, kernels = _load_cuda_modules()
+    from tinygraph.backends.cuda import compiler, kernels
     archs = args.arch or ["sm_80", "sm_90"]
     src_dir = compiler.cuda_src_dir()
     files = [Path(f) for f in args.files] if args.files else sorted(src_dir.glob("*.cu"))
