@@ -7,8 +7,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-import tinygraph as tg
-from tinygraph.session import SessionClosedError
 
 from .sampling import check_sampling_args, sample
 from .transformer import Transformer
@@ -42,80 +40,8 @@ def _check_generate_args(temperature, top_k, top_p, max_new_tokens, eos_token_id
 
 
 class CausalLM(Transformer):
-    """A loaded model: ``model(input_ids)``, ``get_logits``, ``generate``, ``generate_stream``.
-
-    Lifetime: ``close()`` (or leaving a ``with`` block) releases the model's buffers: the whole
-    session when the model created it, only the model's own weights and KV cache when the session
-    was passed in (``CausalLM(ckpt, session=sess)``), so other models in that session keep
-    working. A closed model raises :class:`tinygraph.session.SessionClosedError`. If construction
-    fails (e.g. the GPU runs out of memory while the weights are uploaded), whatever it allocated
-    is released before the error propagates."""
-
-    def __init__(self, ckpt, dtype: str = "float32", backend: str = "auto", max_context: int | None = None,
-                 session: tg.Session | None = None, **kwargs) -> None:
-        self._closed = False
-        self._owns_session = session is None
-        if max_context is not None and (isinstance(max_context, bool) or not isinstance(max_context, (int, np.integer))
-                                        or max_context < 1):
-            raise ValueError(f"max_context must be an integer >= 1, got {max_context!r}")
-        if session is None:
-            session = tg.Session(backend=backend)
-        self._first_buffer = len(session.persistents)
-        try:
-            super().__init__(ckpt, dtype=dtype, backend=backend, max_context=max_context, session=session, **kwargs)
-        except BaseException:
-            self._release(session)
-            self._closed = True
-            raise
-        # the persistent buffers this model declared (weights, packed weights, KV cache)
-        self._buffers = list(session.persistents[self._first_buffer:])
-
-    def _release(self, session: tg.Session) -> None:
-        if self._owns_session:
-            session.close()
-        elif not session.closed:
-            session.free(session.persistents[self._first_buffer:])
-
-    # -- lifetime ------------------------------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        return self._closed or self.session.closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise SessionClosedError("model is closed: close() released its weights and KV cache; load it again")
-        if self.session.closed:
-            raise SessionClosedError("the model's session is closed")
-
-    def close(self) -> None:
-        """Release the model's buffers (see the class docstring). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        session = self.session
-        if self._owns_session:
-            session.close()
-        elif not session.closed:
-            session.free(self._buffers)
-        self._buffers = []
-        for attr in ("_graphs", "_history_views"):  # cached graphs hold views of the released buffers
-            if isinstance(getattr(self, attr, None), dict):
-                getattr(self, attr).clear()
-        self.last_graph = None
-
-    # -- running (checked for a closed model) ------------------------------------------------------
-    def step(self, ids, start: int, want: str = "logits"):
-        self._check_open()
-        return super().step(ids, start, want)
-
-    def get_logits(self, hidden):
-        self._check_open()
-        return super().get_logits(hidden)
-
-    def __call__(self, input_ids, position_ids=None, past_key_values=None, use_cache: bool = True):
-        self._check_open()
-        return super().__call__(input_ids, position_ids=position_ids, past_key_values=past_key_values,
-                                use_cache=use_cache)
+    """A loaded model: ``model(input_ids)``, ``get_logits``, ``generate``, ``generate_stream``
+    (lifetime as :class:`Transformer`)."""
 
     # -- generation ------------------------------------------------------------------------------
     def generate_stream(self, input_ids: Sequence[int], max_new_tokens: int = 100, temperature: float = 1.0,

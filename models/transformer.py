@@ -22,6 +22,7 @@ import numpy as np
 import tinygraph as tg
 from tinygraph.io import Checkpoint, ModelSpec, TransformerConfig
 from tinygraph.passes import optimize
+from tinygraph.session import SessionClosedError
 
 #: step graphs kept per model (decode + a few prompt lengths)
 MAX_CACHED_GRAPHS = 6
@@ -57,10 +58,34 @@ class Transformer:
 
     ``dtype``: storage and compute dtype of weights, activations and KV cache ("float32",
     "float16", "bfloat16"); ``max_context``: KV-cache length in tokens (default: the config's
-    ``max_position_embeddings``, capped at 4096)."""
+    ``max_position_embeddings``, capped at 4096).
+
+    Lifetime: ``close()`` (or leaving a ``with`` block) releases the model's buffers: the whole
+    session when the model created it, only the model's own weights and KV cache when the session
+    was passed in, so other models in that session keep working. A closed model raises
+    :class:`tinygraph.session.SessionClosedError`. If construction fails (e.g. the GPU runs out of
+    memory while the weights are uploaded), whatever it allocated is released before the error
+    propagates."""
 
     def __init__(self, ckpt: Checkpoint, dtype: str = "float32", backend: str = "auto",
                  max_context: int | None = None, session: tg.Session | None = None) -> None:
+        self._closed = False
+        self._owns_session = session is None
+        if max_context is not None and (isinstance(max_context, bool) or not isinstance(max_context, (int, np.integer))
+                                        or max_context < 1):
+            raise ValueError(f"max_context must be an integer >= 1, got {max_context!r}")
+        self.session = session if session is not None else tg.Session(backend=backend)
+        first = len(self.session.persistents)
+        try:
+            self._build(ckpt, dtype, max_context)
+        except BaseException:
+            self._buffers = list(self.session.persistents[first:])
+            self.close()
+            raise
+        # the persistent buffers this model declared (weights, packed weights, KV cache)
+        self._buffers = list(self.session.persistents[first:])
+
+    def _build(self, ckpt: Checkpoint, dtype: str, max_context: int | None) -> None:
         self.spec: ModelSpec = ckpt.spec
         self.config: TransformerConfig = ckpt.config
         self.tokenizer = ckpt.tokenizer
@@ -70,10 +95,9 @@ class Transformer:
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
         cfg = self.config
         limit = cfg.max_position_embeddings or 4096
-        self.max_context = int(max_context) if max_context else min(limit, 4096)
-        if self.max_context < 1 or (self.spec.position == "learned" and self.max_context > limit):
-            raise ValueError(f"max_context {self.max_context} outside 1..{limit}")
-        self.session = session or tg.Session(backend=backend)
+        self.max_context = int(max_context) if max_context is not None else min(limit, 4096)
+        if self.spec.position == "learned" and self.max_context > limit:
+            raise ValueError(f"max_context {self.max_context} outside 1..{limit} (learned positions)")
         self._declare_weights(ckpt)
         self.session.finalize()
         self._upload_weights(ckpt)
@@ -258,6 +282,7 @@ class Transformer:
     def step(self, ids, start: int, want: str = "logits") -> np.ndarray:
         """Run ``ids`` (1-D) at positions ``start..``; write their keys/values into the cache.
         ``want``: see :meth:`step_graph`; "logits" returns [vocab], "argmax" an int."""
+        self._check_open()
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         self._check_ids(ids, start)
         T = int(ids.size)
@@ -281,6 +306,7 @@ class Transformer:
                  use_cache: bool = True) -> tuple[HostArray, KVCache | None]:
         """Forward ``input_ids`` (1-D, or [1, T]) after the cached positions of ``past_key_values``
         (None: start a new sequence). Returns (final-normed hidden states [T, hidden], cache)."""
+        self._check_open()
         ids = np.asarray(input_ids).reshape(-1)
         start = past_key_values.length if past_key_values is not None else 0
         if position_ids is not None:
@@ -293,6 +319,7 @@ class Transformer:
 
     def get_logits(self, hidden: "HostArray | np.ndarray") -> HostArray:
         """Logits [T, vocab] for final-normed hidden states [T, hidden]."""
+        self._check_open()
         h = hidden.to_numpy() if isinstance(hidden, HostArray) else np.asarray(hidden)
         g = self.session.graph()
         x = g.input(h.shape, self.dtype, name="hidden")
@@ -300,8 +327,31 @@ class Transformer:
         (out,) = self.session.compute(g, {x: h})
         return HostArray(out)
 
+    # -- lifetime ------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed or self.session.closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionClosedError("model is closed: close() released its weights and KV cache; load it again")
+        if self.session.closed:
+            raise SessionClosedError("the model's session is closed")
+
     def close(self) -> None:
-        self.session.close()
+        """Release the model's buffers (see the class docstring). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_session:
+            self.session.close()
+        elif not self.session.closed:
+            self.session.free(self._buffers)
+        self._buffers = []
+        for attr in ("_graphs", "_history_views"):  # cached graphs hold views of the released buffers
+            if isinstance(getattr(self, attr, None), dict):
+                getattr(self, attr).clear()
+        self.last_graph = None
 
     def __enter__(self) -> "Transformer":
         return self

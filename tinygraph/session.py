@@ -79,24 +79,9 @@ class Session:
         self.persistents = [t for t in self.persistents if t.id not in ids]
 
     def _release(self, ts: Sequence[Tensor]) -> None:
-        """Free the backend buffers of ``ts`` (uses ``backend.free(t)`` when the backend has it)."""
-        if not ts:
-            return
-        free = getattr(self.backend, "free", None)
-        stream = getattr(self.backend, "stream", None)
-        if free is None and stream is not None:  # queued kernels may still read the buffers
-            try:
-                stream.synchronize("releasing persistent buffers")
-            except Exception:
-                pass
-        buffers = getattr(self.backend, "buffers", {})
+        """Free the backend buffers of ``ts``."""
         for t in ts:
-            if free is not None:
-                free(t)
-                continue
-            buf = buffers.pop(t.id, None)
-            if buf is not None and hasattr(buf, "free"):
-                buf.free()
+            self.backend.free(t)
 
     def _check_buffer(self, t: Tensor, what: str) -> None:
         self._check_open()

@@ -32,6 +32,10 @@ class Backend(ABC):
         """A host copy of persistent ``t``."""
 
     @abstractmethod
+    def free(self, t: "Tensor") -> None:
+        """Release persistent buffer ``t`` (after any queued work that reads it)."""
+
+    @abstractmethod
     def execute(self, graph: "Graph", plan: "ExecPlan", inputs: dict[int, np.ndarray]) -> list[np.ndarray]:
         """Run ``plan.order``; ``inputs`` maps input node ids to host arrays. Returns the outputs."""
 

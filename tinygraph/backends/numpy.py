@@ -27,6 +27,9 @@ class NumpyBackend(Backend):
     def upload(self, t: Tensor, array: np.ndarray) -> None:
         self.buffers[t.id][:] = array.reshape(-1)
 
+    def free(self, t: Tensor) -> None:
+        self.buffers.pop(t.id, None)
+
     def download(self, t: Tensor) -> np.ndarray:
         return self.buffers[t.id].reshape(t.shape).copy()
 

@@ -71,6 +71,13 @@ class CudaBackend(Backend):
             self.buffers[t.id].download(out.view(np.uint8).reshape(-1))
         return out
 
+    def free(self, t: Tensor) -> None:
+        buf = self.buffers.pop(t.id, None)
+        if buf is not None:
+            self.stream.synchronize("freeing a persistent buffer")  # queued kernels may read it
+            buf.free()
+            self._replay.clear()  # captured graphs may hold its address
+
     def close(self) -> None:
         try:
             self.stream.synchronize("close")
@@ -84,6 +91,11 @@ class CudaBackend(Backend):
             if b is not None:
                 b.free()
         self._arena = self._inputs = self._scratch = self._work = None
+        for m in self.lib._modules.values():  # the kernels' device memory
+            m.unload()
+        self.lib._modules.clear()
+        self.lib._functions.clear()
+        self.stream.destroy()
 
     # -- helpers ------------------------------------------------------------------------------
     def _grow(self, attr: str, nbytes: int, what: str) -> driver.DeviceBuffer:
