@@ -279,9 +279,10 @@ class Transformer:
             optimize(g)
         return g, tid, pid
 
-    def step(self, ids, start: int, want: str = "logits") -> np.ndarray:
+    def step(self, ids, start: int, want: str = "logits", times: dict[int, float] | None = None) -> np.ndarray:
         """Run ``ids`` (1-D) at positions ``start..``; write their keys/values into the cache.
-        ``want``: see :meth:`step_graph`; "logits" returns [vocab], "argmax" an int."""
+        ``want``: see :meth:`step_graph`; "logits" returns [vocab], "argmax" an int. ``times``:
+        profile the run (see ``Session.compute``)."""
         self._check_open()
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         self._check_ids(ids, start)
@@ -295,12 +296,19 @@ class Transformer:
         self._graphs[key] = entry  # most recently used last
         g, tid, pid = entry
         (out,) = self.session.compute(g, {tid: ids.astype(np.int32),
-                                          pid: np.arange(start, start + T, dtype=np.int32)})
+                                          pid: np.arange(start, start + T, dtype=np.int32)}, times)
         self.kv.length = start + T
         self.last_graph = g
         if want == "argmax":
             return int(out[0])
         return out[0] if want == "logits" else out
+
+    def profile_decode(self, token: int, position: int) -> tuple[tg.Graph, dict[int, float]]:
+        """Run the decode step for ``token`` at ``position`` once, profiled: returns the decode
+        graph and each compute node's time in microseconds (CUDA: GPU time per kernel)."""
+        times: dict[int, float] = {}
+        self.step([token], position, "argmax", times=times)
+        return self._graphs[(1, "argmax")][0], times
 
     def __call__(self, input_ids, position_ids=None, past_key_values: KVCache | None = None,
                  use_cache: bool = True) -> tuple[HostArray, KVCache | None]:

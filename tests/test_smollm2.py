@@ -76,12 +76,13 @@ def test_cli_default_model_greedy(gguf_path):
 
 
 def test_cli_chat_and_stdin(gguf_path, tmp_path):
-    dump = tmp_path / "decode.dot"
-    r = _cli("--chat", "--max-new-tokens", "4", "--backend", "numpy", "--dump-graph", str(dump),
+    dump = tmp_path / "decode.html"
+    r = _cli("--chat", "--max-new-tokens", "4", "--backend", "numpy", "--dump-graph", str(dump), "--profile",
              input="What is the capital of France?")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout or len(r.stdout.strip()) > 0
-    assert dump.read_text().startswith("digraph")
+    assert "profile of one decode step" in r.stderr and "per op: linear" in r.stderr
+    assert '"time_us"' in dump.read_text()
 
 
 @pytest.mark.parametrize("args,msg", [(["--model", "/nonexistent/model.gguf"], "does not exist"),

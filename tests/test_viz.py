@@ -455,3 +455,16 @@ def test_html_in_chromium(browser, llama, tmp_path):
     page.close()
     assert not problems, problems
     assert time.perf_counter() - t0 < 30
+
+
+def test_profiled_decode_step(llama):
+    """A profiled decode step times every compute node; the table and the page show the times."""
+    from tinygraph.dump import profile_table
+    from tinygraph.viz import graph_data
+    llama.step([1, 2, 3], 0, "argmax")
+    g, times = llama.profile_decode(4, 3)
+    assert set(times) == {n.id for n in g.plan().order} and all(t >= 0 for t in times.values())
+    table = profile_table(g, times, top=5)
+    assert "total" in table and len(table.splitlines()) == 5 + 3
+    data = graph_data(g, extra={nid: {"time_us": t} for nid, t in times.items()})
+    assert abs(data["summary"]["total_time_us"] - sum(times.values())) < 1e-6 * max(1.0, sum(times.values()))

@@ -197,3 +197,21 @@ def to_dot(g: Graph, extra: dict[int, dict] | None = None, clusters: bool = True
             lines.append(f"  n{a} -> n{b};")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def profile_table(g: Graph, times: dict[int, float], top: int = 15) -> str:
+    """The ``top`` slowest nodes of a profiled run of ``g`` (``times``: node id -> microseconds),
+    then the time per op and the total."""
+    nodes = {n.id: n for n in g.plan().order}
+    total = sum(times.values()) or 1e-9
+    rows = sorted(((t, nodes[i]) for i, t in times.items() if i in nodes), key=lambda r: -r[0])
+    lines = [f"{'us':>9}  {'%':>5}  {'op':<11} {'shape':<18} name"]
+    for t, n in rows[:top]:
+        lines.append(f"{t:9.1f}  {100 * t / total:5.1f}  {n.op:<11} {str(list(n.shape)):<18} {n.name}")
+    per_op: dict[str, list[float]] = {}
+    for t, n in rows:
+        per_op.setdefault(n.op, []).append(t)
+    lines.append("per op: " + ", ".join(f"{op} {sum(v):.0f} us ({len(v)})"
+                                        for op, v in sorted(per_op.items(), key=lambda kv: -sum(kv[1]))))
+    lines.append(f"total {total:.0f} us over {len(rows)} nodes")
+    return "\n".join(lines)

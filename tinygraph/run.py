@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-context", type=int, default=None, help="KV-cache length in tokens")
     p.add_argument("--dump-graph", metavar="PATH",
                    help="write the decode graph (.html: interactive page, .dot: Graphviz, else text)")
+    p.add_argument("--profile", action="store_true",
+                   help="after generating, time every node of one decode step (CUDA: GPU time per kernel) and "
+                        "print the slowest; with --dump-graph x.html the times appear in the page")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -160,22 +163,33 @@ def _generate(args, model, path: Path, prompt: str, dtype: str, backend: str, lo
     print(f"tinygraph: prompt {len(ids)} tokens in {prefill_s:.3f} s ({len(ids) / max(prefill_s, 1e-9):.1f} tok/s); "
           f"decode {decode_n} tokens in {decode_s:.3f} s "
           f"({decode_n / decode_s if decode_s > 0 else 0.0:.1f} tok/s)", file=sys.stderr)
+    profiled = None
+    if args.profile:
+        from .dump import profile_table
+        pos = len(ids) + len(new) - 1
+        if pos < model.max_context:
+            profiled = model.profile_decode(new[-1] if new else ids[-1], pos)
+            print(f"tinygraph: profile of one decode step on {model.session.backend.name} "
+                  f"(position {pos}):\n{profile_table(*profiled)}", file=sys.stderr)
+        else:
+            print("tinygraph: --profile skipped: the context is full", file=sys.stderr)
     if args.dump_graph:
-        _dump(model, args.dump_graph)
+        _dump(model, args.dump_graph, profiled)
     model.close()
     return 0
 
 
-def _dump(model, path: str) -> None:
+def _dump(model, path: str, profiled=None) -> None:
     """Write the decode graph: ``.html`` an interactive page (:mod:`tinygraph.viz`), ``.dot``
-    Graphviz, anything else the text table."""
+    Graphviz, anything else the text table. ``profiled``: (graph, times) from a profiled step."""
     from .dump import to_dot
-    g, _, _ = model.step_graph(1, "argmax")
+    g, times = profiled if profiled is not None else (model.step_graph(1, "argmax")[0], {})
     p = Path(path)
     if p.suffix.lower() in (".html", ".htm"):
         from .viz import to_html
         title = f"{model.spec.name} decode step ({model.config.num_layers} layers)"
-        p.write_text(to_html(g, title=title), encoding="utf-8")
+        extra = {nid: {"time_us": t} for nid, t in times.items()}
+        p.write_text(to_html(g, title=title, extra=extra), encoding="utf-8")
     else:
         p.write_text(to_dot(g) if p.suffix.lower() == ".dot" else g.dump())
     print(f"tinygraph: wrote the decode graph ({len(g.nodes)} nodes) to {path}", file=sys.stderr)

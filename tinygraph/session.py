@@ -131,9 +131,12 @@ class Session:
                          **{f: {nodes[k].id: v for k, v in by_pos[f].items()} for f in ("offsets", "sizes", "lifetimes")})
         return ExecPlan([nodes[i] for i in order], mem)
 
-    def compute(self, g: Graph, feeds: Mapping[Tensor | str, Any] | None = None) -> list[np.ndarray]:
+    def compute(self, g: Graph, feeds: Mapping[Tensor | str, Any] | None = None,
+                times: dict[int, float] | None = None) -> list[np.ndarray]:
         """Run ``g``: ``feeds`` maps each input (or its name) to a NumPy array. Returns one array
-        per output, in declaration order."""
+        per output, in declaration order. With ``times`` (a dict), the run is profiled: each
+        compute node's id maps to its run time in microseconds (CUDA: GPU time between events,
+        launched one by one rather than replayed)."""
         self._check_open()
         if g.session is not self:
             raise GraphError("compute: graph belongs to another session")
@@ -163,7 +166,7 @@ class Session:
             if gone:
                 raise SessionClosedError(f"compute: the graph reads released persistent buffer(s): "
                                          f"{', '.join(gone[:3])}")
-        return self.backend.execute(g, plan, arrays)
+        return self.backend.execute(g, plan, arrays, times)
 
     # -- lifetime ---------------------------------------------------------------------------
     def _check_open(self) -> None:

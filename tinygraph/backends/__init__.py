@@ -36,8 +36,10 @@ class Backend(ABC):
         """Release persistent buffer ``t`` (after any queued work that reads it)."""
 
     @abstractmethod
-    def execute(self, graph: "Graph", plan: "ExecPlan", inputs: dict[int, np.ndarray]) -> list[np.ndarray]:
-        """Run ``plan.order``; ``inputs`` maps input node ids to host arrays. Returns the outputs."""
+    def execute(self, graph: "Graph", plan: "ExecPlan", inputs: dict[int, np.ndarray],
+                times: dict[int, float] | None = None) -> list[np.ndarray]:
+        """Run ``plan.order``; ``inputs`` maps input node ids to host arrays. Returns the outputs.
+        When ``times`` is a dict, fill it with each node's run time in microseconds."""
 
     def close(self) -> None:
         """Release everything."""

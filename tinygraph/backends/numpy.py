@@ -6,6 +6,8 @@ NumPy view of its buffer: views, transposes and KV-cache slots cost no copy.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..graph import ExecPlan, Graph
@@ -37,7 +39,8 @@ class NumpyBackend(Backend):
         self.buffers.clear()
         self._arena = np.empty(0, np.uint8)
 
-    def execute(self, graph: Graph, plan: ExecPlan, inputs: dict[int, np.ndarray]) -> list[np.ndarray]:
+    def execute(self, graph: Graph, plan: ExecPlan, inputs: dict[int, np.ndarray],
+                times: dict[int, float] | None = None) -> list[np.ndarray]:
         if self._arena.nbytes < plan.arena_bytes:  # grows to the largest plan seen, then is reused
             self._arena = np.empty(plan.arena_bytes, np.uint8)
         flat: dict[int, np.ndarray] = dict(self.buffers)
@@ -58,14 +61,14 @@ class NumpyBackend(Backend):
             return a
 
         for n in plan.order:
+            t0 = time.perf_counter() if times is not None else 0.0
             d = OPS[n.op]
             if d.dst is not None:  # writes into its destination in place
                 d.reference(n.params, arr(n), *[arr(s) for i, s in enumerate(n.srcs) if i != d.dst])
-                continue
-            result = d.reference(n.params, *[arr(s) for s in n.srcs])
-            out = arr(n)
-            if result.dtype == out.dtype:
-                out[...] = result
             else:
-                out[...] = result.astype(out.dtype)
+                result = d.reference(n.params, *[arr(s) for s in n.srcs])
+                out = arr(n)
+                out[...] = result if result.dtype == out.dtype else result.astype(out.dtype)
+            if times is not None:
+                times[n.id] = (time.perf_counter() - t0) * 1e6
         return [arr(o).copy() for o in graph.outputs]

@@ -111,10 +111,11 @@ class CudaBackend(Backend):
     def _addresses(self) -> tuple[int, ...]:
         return tuple(b.ptr if b is not None else 0 for b in (self._arena, self._inputs, self._scratch, self._work))
 
-    def execute(self, graph: Graph, plan: ExecPlan, inputs: dict[int, np.ndarray]) -> list[np.ndarray]:
+    def execute(self, graph: Graph, plan: ExecPlan, inputs: dict[int, np.ndarray],
+                times: dict[int, float] | None = None) -> list[np.ndarray]:
         self.device.make_current()
         state = self._replay.get(graph)
-        if state is not None and state[3] is not None and state[0] is plan and state[1] == self._addresses():
+        if times is None and state is not None and state[3] is not None and state[0] is plan and state[1] == self._addresses():
             # the per-token path: inputs in, one graph launch, outputs out
             base = state[4]
             self._stage(inputs, base, state[5])
@@ -141,7 +142,9 @@ class CudaBackend(Backend):
         # replay state per graph: [plan, addresses, eager runs, captured exec, base, input layout]
         if state is None or state[0] is not plan or state[1] != addresses:
             state = self._replay[graph] = [plan, addresses, 0, None, base, layout]
-        if REPLAY and state[2] >= CAPTURE_AFTER:
+        if times is not None:
+            self._run_timed(plan, base, times)
+        elif REPLAY and state[2] >= CAPTURE_AFTER:
             cg = driver.Graph()
             with driver.capture(self.stream, cg):
                 self._run_all(plan, base)
@@ -167,6 +170,20 @@ class CudaBackend(Backend):
             host[offs[tid]: offs[tid] + a.nbytes] = a.view(np.uint8).reshape(-1)
         driver.memcpy_htod(self._inputs.ptr, host, total, self.stream)
         self._host_inputs = host  # keep alive until the stream has read it
+
+    def _run_timed(self, plan: ExecPlan, base: dict[int, int], times: dict[int, float]) -> None:
+        """Run node by node with an event before and after each: GPU time per node (us)."""
+        self._run_all(plan, base)  # first pass: sizes scratch space, loads modules
+        events = []
+        for n in plan.order:
+            a, b = driver.Event(), driver.Event()
+            a.record(self.stream)
+            self._run(n, base)
+            b.record(self.stream)
+            events.append((n.id, a, b))
+        self.stream.synchronize("profiling")
+        for nid, a, b in events:
+            times[nid] = driver.Event.elapsed_ms(a, b) * 1e3
 
     def _run_all(self, plan: ExecPlan, base: dict[int, int]) -> None:
         for n in plan.order:
