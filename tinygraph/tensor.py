@@ -18,8 +18,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .graph import Graph
     from .session import Session
 
-#: ops whose node owns no memory: it describes memory owned by another node
-VIEW_OPS = frozenset({"view", "cpy"})
 #: ops whose node is a leaf owner of memory
 LEAF_OPS = frozenset({"persistent", "input"})
 
