@@ -622,24 +622,7 @@ def test_registry_functions_all_load(lib):
 def _graph_time_us(fn, s, n_inner, reps=10):
     """Median time per fn(i) call (us), timed as replays of a CUDA graph holding n_inner calls,
     so host-side launch cost stays out of the number."""
-    fn(0)  # warm up outside the capture (module / function loading)
-    s.synchronize()
-    g = driver.Graph()
-    with driver.capture(s, g):
-        for i in range(n_inner):
-            fn(i)
-    exe = g.instantiate()
-    exe.launch(s)
-    s.synchronize()
-    e0, e1 = driver.Event(), driver.Event()
-    ts = []
-    for _ in range(reps):
-        e0.record(s)
-        exe.launch(s)
-        e1.record(s)
-        s.synchronize()
-        ts.append(driver.Event.elapsed_ms(e0, e1))
-    return float(np.median(ts)) * 1e3 / n_inner
+    return driver.graph_time_us(fn, s, n_inner, reps)
 
 
 def test_prepared_launch_and_record(lib, rng):

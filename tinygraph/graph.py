@@ -38,6 +38,7 @@ class Graph:
         self.nodes: list[Tensor] = []
         self.outputs: list[Tensor] = []
         self.side_effects: list[Tensor] = []
+        self._inputs: list[Tensor] = []
         self._plan: ExecPlan | None = None
 
     # -- building ---------------------------------------------------------------------------
@@ -52,6 +53,7 @@ class Graph:
         """A tensor fed at ``compute`` time (NumPy array of this shape)."""
         t = Tensor("input", (), tuple(int(n) for n in shape), as_dtype(dtype), name=name, graph=self, session=self.session)
         self._add(t)
+        self._inputs.append(t)
         return t
 
     def output(self, *tensors: Tensor) -> "Tensor | tuple[Tensor, ...]":
@@ -74,7 +76,7 @@ class Graph:
     # -- analysis ---------------------------------------------------------------------------
     @property
     def inputs(self) -> list[Tensor]:
-        return [n for n in self.nodes if n.op == "input"]
+        return list(self._inputs)
 
     def signature(self) -> tuple:
         """A key that is equal for graphs with the same structure, shapes and layouts (view offsets

@@ -502,21 +502,27 @@ def rope(x: Tensor, positions: Tensor, theta: float = 10000.0, mode: str = "neox
     ``positions`` [T]. ``mode="neox"`` rotates halves (pairs d, d + head_dim/2: HF LLaMA/Qwen);
     ``"normal"`` rotates interleaved pairs (2d, 2d+1). Pair d turns by ``pos * theta^(-2d/head_dim)
     / freq_factors[d]`` radians (``freq_factors`` float32 [head_dim/2], for Llama-3 scaling)."""
-    _need_float("rope", x)
+    extra, params = _rope_args("rope", x, positions, theta, mode, freq_factors)
+    return _node("rope", (x, positions) + extra, x.shape, x.dtype, params, name)
+
+
+def _rope_args(op: str, x: Tensor, positions: Tensor, theta: float, mode: str,
+               freq_factors: Tensor | None) -> tuple[tuple[Tensor, ...], dict]:
+    """Checks shared by ``rope`` and ``rope_store``: (optional freq_factors source, params)."""
+    _need_float(op, x)
     if mode not in ("neox", "normal"):
-        raise GraphError(f"rope: mode must be 'neox' or 'normal', got {mode!r}")
+        raise GraphError(f"{op}: mode must be 'neox' or 'normal', got {mode!r}")
     if x.ndim < 3 or x.shape[-1] % 2:
-        raise ShapeError(f"rope: x must be [..., T, heads, head_dim] with even head_dim: {x.describe()}")
+        raise ShapeError(f"{op}: x must be [..., T, heads, head_dim] with even head_dim: {x.describe()}")
     if positions.dtype != int32 or positions.shape != (x.shape[-3],):
-        raise ShapeError(f"rope: positions {positions.describe()} must be int32 of shape ({x.shape[-3]},) "
+        raise ShapeError(f"{op}: positions {positions.describe()} must be int32 of shape ({x.shape[-3]},) "
                          f"for x {x.describe()}")
-    srcs = (x, positions)
+    extra: tuple[Tensor, ...] = ()
     if freq_factors is not None:
         if freq_factors.dtype != float32 or freq_factors.shape != (x.shape[-1] // 2,):
-            raise ShapeError(f"rope: freq_factors {freq_factors.describe()} must be float32 ({x.shape[-1] // 2},)")
-        srcs += (freq_factors,)
-    return _node("rope", srcs, x.shape, x.dtype,
-                 {"theta": float(theta), "mode": mode, "has_ff": freq_factors is not None}, name)
+            raise ShapeError(f"{op}: freq_factors {freq_factors.describe()} must be float32 ({x.shape[-1] // 2},)")
+        extra = (freq_factors,)
+    return extra, {"theta": float(theta), "mode": mode, "has_ff": freq_factors is not None}
 
 
 def rope_angles(positions: Array, head_dim: int, theta: float, freq_factors: Array | None = None):
@@ -618,10 +624,8 @@ def rope_store(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, k_cache: Tens
     for c, t in ((k_cache, k), (v_cache, v)):
         if c.ndim != 3 or c.shape[0] != t.shape[1] or c.shape[2] != t.shape[2] or c.dtype != t.dtype:
             raise ShapeError(f"rope_store: cache {c.describe()} does not fit {t.describe()}")
-    rq = rope(q, positions, theta, mode, freq_factors, name=name)  # checks q, positions, factors
-    q.graph.nodes.pop()
-    srcs = (q, k, v, positions, k_cache, v_cache) + rq.srcs[2:]
-    t = _node("rope_store", srcs, q.shape, q.dtype, dict(rq.params), name)
+    extra, params = _rope_args("rope_store", q, positions, theta, mode, freq_factors)
+    t = _node("rope_store", (q, k, v, positions, k_cache, v_cache) + extra, q.shape, q.dtype, params, name)
     t.graph._side_effect(t)
     return t
 

@@ -76,24 +76,7 @@ def precompile(arch: str, variants: bool) -> None:
 # ----------------------------------------------------------------------------------------------
 def graph_time_us(fn, s, n_inner=20, reps=15):
     """Median µs per fn(i), timed as replays of a CUDA graph holding n_inner calls."""
-    fn(0)
-    s.synchronize()
-    g = driver.Graph()
-    with driver.capture(s, g):
-        for i in range(n_inner):
-            fn(i)
-    exe = g.instantiate()
-    exe.launch(s)
-    s.synchronize()
-    e0, e1 = driver.Event(), driver.Event()
-    ts = []
-    for _ in range(reps):
-        e0.record(s)
-        exe.launch(s)
-        e1.record(s)
-        s.synchronize()
-        ts.append(driver.Event.elapsed_ms(e0, e1))
-    return float(np.median(ts)) * 1e3 / n_inner
+    return driver.graph_time_us(fn, s, n_inner, reps)
 
 
 class Buf:
