@@ -198,7 +198,7 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
     attn_split_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,        \
                               const T* kt, TD ktd, const T* v, TD vd, float scale, int causal,     \
-                              int past, const int* past_dev, int chunk) {                           \
+                              int past, const int* past_dev, int chunk) { tg_pdl_enter();           \
         attn_split<T, MAXD>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale, causal, past,   \
                             past_dev, chunk);                                                       \
     }

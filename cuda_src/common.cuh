@@ -120,3 +120,28 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 #define TG_GRID_STRIDE_LOOP(i, n)                                                            \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);             \
          i += (long long)gridDim.x * blockDim.x)
+
+// ---- programmatic dependent launch (sm_90+) ----------------------------------------------------
+// The CUDA backend launches kernels with the programmatic-stream-serialization attribute on
+// sm_90+, so a kernel may start while the one before it in the stream is still running (a CUDA
+// graph keeps these programmatic edges). Every kernel therefore begins with tg_pdl_enter(), or
+// splits it: tg_pdl_trigger() (let the next kernel's blocks be scheduled: it waits for our
+// completion itself), work that touches only memory no earlier kernel of the stream writes
+// (model weights), then tg_pdl_wait() (returns once the previous kernel has finished and its
+// writes are visible; so, transitively, every earlier one) before reading or writing anything
+// else. Both are no-ops for a kernel launched without the attribute and below sm_90.
+// tools/check_kernels.py checks that every kernel calls one of them.
+__device__ __forceinline__ void tg_pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void tg_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void tg_pdl_enter() {
+    tg_pdl_trigger();
+    tg_pdl_wait();
+}

@@ -107,11 +107,11 @@ __device__ __forceinline__ void cpy_kernel(D* dst, const TD& dd, const S* src, c
 
 #define TG_BINARY(name, Op, T, sfx)                                                            \
     extern "C" __global__ void name##_##sfx(T* out, TD od, const T* a, TD ad, const T* b,     \
-                                            TD bd) {                                           \
+                                            TD bd) { tg_pdl_enter();                           \
         binary_kernel<T, Op>(out, od, a, ad, b, bd);                                           \
     }
 #define TG_UNARY(name, Op, T, sfx)                                                             \
-    extern "C" __global__ void name##_##sfx(T* out, TD od, const T* x, TD xd) {                \
+    extern "C" __global__ void name##_##sfx(T* out, TD od, const T* x, TD xd) { tg_pdl_enter(); \
         unary_kernel<T, Op>(out, od, x, xd, 0.0f);                                             \
     }
 #define TG_ALL_TYPES(M, name, Op) M(name, Op, float, f32) M(name, Op, __half, f16) M(name, Op, __nv_bfloat16, bf16)
@@ -125,7 +125,7 @@ TG_ALL_TYPES(TG_UNARY, gelu_erf, OpGeluErf)
 TG_ALL_TYPES(TG_UNARY, silu, OpSilu)
 
 #define TG_SCALE(T, sfx)                                                                       \
-    extern "C" __global__ void scale_##sfx(T* out, TD od, const T* x, TD xd, float s) {        \
+    extern "C" __global__ void scale_##sfx(T* out, TD od, const T* x, TD xd, float s) { tg_pdl_enter(); \
         unary_kernel<T, OpScale>(out, od, x, xd, s);                                           \
     }
 TG_SCALE(float, f32)
@@ -133,7 +133,7 @@ TG_SCALE(__half, f16)
 TG_SCALE(__nv_bfloat16, bf16)
 
 #define TG_CPY(S, ss, D, ds)                                                                   \
-    extern "C" __global__ void cpy_##ss##_##ds(D* dst, TD dd, const S* src, TD sd) {           \
+    extern "C" __global__ void cpy_##ss##_##ds(D* dst, TD dd, const S* src, TD sd) { tg_pdl_enter(); \
         cpy_kernel<S, D>(dst, dd, src, sd);                                                    \
     }
 #define TG_CPY_FROM(S, ss) TG_CPY(S, ss, float, f32) TG_CPY(S, ss, __half, f16) TG_CPY(S, ss, __nv_bfloat16, bf16)

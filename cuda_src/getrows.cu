@@ -47,7 +47,7 @@ __device__ __forceinline__ void set_rows_kernel(D* dst, const TD& dd, const S* s
 
 #define TG_GETROWS(T, sfx)                                                                     \
     extern "C" __global__ void getrows_##sfx(T* out, TD od, const T* table, TD tbl,            \
-                                             const int* ids) {                                 \
+                                             const int* ids) { tg_pdl_enter();                 \
         getrows_kernel<T>(out, od, table, tbl, ids);                                           \
     }
 TG_GETROWS(float, f32)
@@ -56,7 +56,7 @@ TG_GETROWS(__nv_bfloat16, bf16)
 
 #define TG_SETROWS(S, ss, D, ds)                                                               \
     extern "C" __global__ void set_rows_##ss##_##ds(D* dst, TD dd, const S* src, TD sd,        \
-                                                    const int* idx) {                          \
+                                                    const int* idx) { tg_pdl_enter();          \
         set_rows_kernel<S, D>(dst, dd, src, sd, idx);                                          \
     }
 #define TG_SETROWS_FROM(S, ss)                                                                 \

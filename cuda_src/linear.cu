@@ -292,10 +292,13 @@ __device__ __forceinline__ void linear_gemv_body(T* y, const TD& yd, const T* x,
         e[1] = (bias && rowok && P == 2) ? to_f32(bias[c + half]) : 0.0f;
         e[2] = (res && rowok) ? to_f32(res[roff + (long long)c * rd.st[3]]) : 0.0f;
     };
-    if (col < ncols) {
-        lin_load_batch<T, U>(cur, wr, 0, lane, nv);
-        load_epi(ecur, col);
-    }
+    // the first batch of weights is loaded while the previous kernel may still run (see
+    // tg_pdl_enter in common.cuh: the backend launches this kernel so only when w is a weight
+    // that no earlier kernel of the graph writes); everything else after tg_pdl_wait
+    tg_pdl_trigger();
+    if (col < ncols) lin_load_batch<T, U>(cur, wr, 0, lane, nv);
+    tg_pdl_wait();
+    if (col < ncols) load_epi(ecur, col);
 
     // ---- prologue: stage RB normalised rows -------------------------------------------------
 #pragma unroll 1
@@ -448,7 +451,7 @@ __device__ __forceinline__ void linear_epilogue_body(T* y, const TD& yd, const T
     }                                                                                          \
     extern "C" __global__ void linear_epilogue_##sfx(T* y, TD yd, const T* z, TD zd,           \
                                                      const T* bias, const T* res, TD rd,       \
-                                                     int act) {                                \
+                                                     int act) { tg_pdl_enter();                \
         const long long n = td_numel(yd);                                                      \
         if (n < (1LL << 31)) linear_epilogue_body<T, unsigned>(y, yd, z, zd, bias, res, rd, act, n); \
         else linear_epilogue_body<T, unsigned long long>(y, yd, z, zd, bias, res, rd, act, n); \

@@ -519,14 +519,14 @@ __device__ __forceinline__ void gemv_nc_kernel(T* C, const TD& cd, const T* A, c
 
 #define TG_MATMUL(T, sfx)                                                                      \
     extern "C" __global__ void __launch_bounds__(256)                                          \
-        matmul_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) {                      \
+        matmul_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) { tg_pdl_enter();      \
         matmul_tiled<T>(C, cd, A, ad, B, bd);                                                  \
     }                                                                                          \
-    extern "C" __global__ void gemv_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) { \
+    extern "C" __global__ void gemv_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) { tg_pdl_enter(); \
         gemv_kernel<T, TG_GEMV_R, TG_GEMV_U, TG_GEMV_S>(C, cd, A, ad, B, bd);                  \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(256)                                          \
-        gemv_nc_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) {                     \
+        gemv_nc_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) { tg_pdl_enter();     \
         gemv_nc_kernel<T>(C, cd, A, ad, B, bd);                                                \
     }
 TG_MATMUL(float, f32)
@@ -540,7 +540,7 @@ TG_MATMUL(__nv_bfloat16, bf16)
 #ifdef TG_GEMV_TUNING
 #define TG_GEMV_TUNE(R, U, S, T, sfx)                                                          \
     extern "C" __global__ void gemv_tune_##R##_##U##_##S##_##sfx(T* C, TD cd, const T* A, TD ad, \
-                                                               const T* B, TD bd) {           \
+                                                               const T* B, TD bd) { tg_pdl_enter(); \
         gemv_kernel<T, R, U, S>(C, cd, A, ad, B, bd);                                          \
     }
 #define TG_GEMV_TUNE_ALL(T, sfx)                                                               \
@@ -553,7 +553,7 @@ TG_GEMV_TUNE_ALL(float, f32)
 
 #define TG_MATMUL_TC(T, sfx)                                                                   \
     extern "C" __global__ void __launch_bounds__(256)                                          \
-        matmul_tc_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) {                   \
+        matmul_tc_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) { tg_pdl_enter();   \
         matmul_tc<T>(C, cd, A, ad, B, bd);                                                     \
     }
 TG_MATMUL_TC(__half, f16)
@@ -561,7 +561,7 @@ TG_MATMUL_TC(__nv_bfloat16, bf16)
 
 #define TG_MATMUL_TC2(T, sfx)                                                                  \
     extern "C" __global__ void __launch_bounds__(256)                                          \
-        matmul_tc2_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) {                  \
+        matmul_tc2_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) { tg_pdl_enter();  \
         matmul_tc2<T>(C, cd, A, ad, B, bd);                                                    \
     }
 TG_MATMUL_TC2(__half, f16)

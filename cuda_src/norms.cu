@@ -63,11 +63,11 @@ __device__ __forceinline__ void layer_norm_kernel(T* out, const TD& od, const T*
 
 #define TG_NORMS(T, sfx)                                                                       \
     extern "C" __global__ void rms_norm_##sfx(T* out, TD od, const T* x, TD xd, const T* w,    \
-                                              float eps) {                                     \
+                                              float eps) { tg_pdl_enter();                     \
         rms_norm_kernel<T>(out, od, x, xd, w, eps);                                            \
     }                                                                                          \
     extern "C" __global__ void layer_norm_##sfx(T* out, TD od, const T* x, TD xd, const T* w,  \
-                                                const T* b, float eps) {                       \
+                                                const T* b, float eps) { tg_pdl_enter();       \
         layer_norm_kernel<T>(out, od, x, xd, w, b, eps);                                       \
     }
 TG_NORMS(float, f32)

@@ -53,7 +53,7 @@ __device__ __forceinline__ void argmax_kernel(int* out, const TD& od, const T* x
 }
 
 #define TG_ARGMAX(T, sfx)                                                                      \
-    extern "C" __global__ void argmax_##sfx(int* out, TD od, const T* x, TD xd) {              \
+    extern "C" __global__ void argmax_##sfx(int* out, TD od, const T* x, TD xd) { tg_pdl_enter(); \
         argmax_kernel<T>(out, od, x, xd);                                                      \
     }
 TG_ARGMAX(float, f32)

@@ -101,14 +101,14 @@ __device__ __forceinline__ void rope_store_kernel(T* qo, const TD& qod, const T*
 
 #define TG_ROPE(T, sfx)                                                                        \
     extern "C" __global__ void rope_##sfx(T* out, TD od, const T* x, TD xd, const int* pos,    \
-                                          const float* ff, float theta, int mode, int n_dims) { \
+                                          const float* ff, float theta, int mode, int n_dims) { tg_pdl_enter(); \
         rope_kernel<T>(out, od, x, xd, pos, ff, theta, mode, n_dims);                          \
     }
 #define TG_ROPE_STORE(T, sfx)                                                                  \
     extern "C" __global__ void rope_store_##sfx(T* qo, TD qod, const T* q, TD qd, const T* k,   \
                                                 TD kd, const T* v, TD vd, const int* pos, T* kc, \
                                                 TD kcd, T* vc, TD vcd, const float* ff,          \
-                                                float theta, int mode) {                         \
+                                                float theta, int mode) { tg_pdl_enter();         \
         rope_store_kernel<T>(qo, qod, q, qd, k, kd, v, vd, pos, kc, kcd, vc, vcd, ff, theta, mode); \
     }
 TG_ROPE_STORE(float, f32)

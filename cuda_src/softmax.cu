@@ -73,7 +73,7 @@ __device__ __forceinline__ void softmax_kernel(T* out, const TD& od, const T* x,
 
 #define TG_SOFTMAX(T, sfx)                                                                     \
     extern "C" __global__ void softmax_##sfx(T* out, TD od, const T* x, TD xd, float scale,    \
-                                             int causal, int past, const int* past_dev) {      \
+                                             int causal, int past, const int* past_dev) { tg_pdl_enter(); \
         softmax_kernel<T>(out, od, x, xd, scale, causal, past, past_dev);                      \
     }
 TG_SOFTMAX(float, f32)

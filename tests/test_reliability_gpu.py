@@ -114,15 +114,16 @@ def test_failed_launch_names_node_and_kernel_and_session_stays_usable(driver, mo
             return sess.compute(g, {x: np.ones((2, 4), np.float32)})[0]
 
         good = run()
-        real = cu.cuLaunchKernel
-        monkeypatch.setattr(cu, "cuLaunchKernel",
-                            lambda *a: (cu.CUresult.CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES,))
+        real = cu.cuLaunchKernel, cu.cuLaunchKernelEx
+        for name in ("cuLaunchKernel", "cuLaunchKernelEx"):  # plain and programmatic-dependent launches
+            monkeypatch.setattr(cu, name, lambda *a: (cu.CUresult.CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES,))
         with pytest.raises(driver.CudaError) as ei:
             run()
         msg = str(ei.value)
         assert "while running node" in msg and re.search(r"'(proj|act)'", msg), msg
-        assert re.search(r"cuLaunchKernel\(\w+", msg) and "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES" in msg, msg
-        monkeypatch.setattr(cu, "cuLaunchKernel", real)
+        assert re.search(r"cuLaunchKernel(Ex)?\(\w+", msg) and "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES" in msg, msg
+        monkeypatch.setattr(cu, "cuLaunchKernel", real[0])
+        monkeypatch.setattr(cu, "cuLaunchKernelEx", real[1])
         np.testing.assert_allclose(run(), good)  # the same session keeps working
 
 

@@ -123,6 +123,9 @@ class CudaBackend(Backend):
             self.stream.synchronize("reading graph outputs")
             return [self._fetch(o, base) for o in graph.outputs]
         base: dict[int, int] = {tid: b.ptr for tid, b in self.buffers.items()}
+        # storages this graph writes: a linear whose weight is not among them may start loading
+        # it before the kernels ahead of it finish (programmatic dependent launch)
+        self._written = {n.storage.id for n in plan.order}
         arena = self._grow("_arena", plan.arena_bytes, "allocating the graph's arena")
         for tid, off in plan.memory.offsets.items():
             base[tid] = arena.ptr + off
@@ -362,8 +365,10 @@ class CudaBackend(Backend):
         ra = self._as(res, base, dt) if res is not None else None
         fused = self._has("linear_gemv", dt.short)
         if fused and rows <= 8:  # few rows (decode): one fused GEMV; more: tensor-core matmul
+            ready = w.dtype == dt and w.is_persistent and w.storage.id not in self._written
             lib.linear(dt.short, out, xa, wp, K, N, K, bias=ptr_of(bias), res=ra, norm=self._NORM[p["norm"]],
-                       norm_w=ptr_of(nw), norm_b=ptr_of(nb), eps=p["eps"], act=self._ACT[p["act"]], stream=s)
+                       norm_w=ptr_of(nw), norm_b=ptr_of(nb), eps=p["eps"], act=self._ACT[p["act"]], stream=s,
+                       weight_ready=ready)
             return
         h = xa
         if p["norm"] is not None:

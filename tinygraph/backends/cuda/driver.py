@@ -622,12 +622,14 @@ class Event:
 # modules, functions, launches
 # --------------------------------------------------------------------------------------------
 class Function:
-    """A kernel of a loaded module. ``name`` is its (extern "C") name."""
+    """A kernel of a loaded module. ``name`` is its (extern "C") name. ``pdl``: launches use
+    programmatic dependent launch (see :func:`launch`); inherited from the module."""
 
     def __init__(self, handle, name: str, module: "Module"):
         self.handle = handle
         self.name = name
         self.module = module  # keeps the module loaded
+        self.pdl = module.pdl
         self._param_sizes: list[int] | None = None
         self._checked_sizes: tuple | None = None
 
@@ -677,11 +679,14 @@ class Function:
 
 
 class Module:
-    """A module loaded from CUBIN bytes (cuModuleLoadData)."""
+    """A module loaded from CUBIN bytes (cuModuleLoadData). ``pdl=True``: its kernels are
+    launched with programmatic dependent launch (they must call griddepcontrol.wait before
+    touching memory an earlier kernel writes: cuda_src/common.cuh, tg_pdl_enter)."""
 
-    def __init__(self, image: bytes, name: str = ""):
+    def __init__(self, image: bytes, name: str = "", pdl: bool = False):
         drv = _drv()
         self.name = name
+        self.pdl = bool(pdl)
         self._image = bytes(image)  # keep the image alive for the duration of the load
         self.handle = check(drv.cuModuleLoadData(self._image),
                             f"cuModuleLoadData({name or 'cubin'}, {len(self._image)} bytes)")
@@ -767,11 +772,33 @@ def _check_args(func: Function, cargs: list) -> None:
     func._checked_sizes = got
 
 
-def launch(func: Function, grid, block, args: Iterable[Any], shared_mem: int = 0, stream=None) -> None:
+def _launch_raw(func: Function, g, b, shared_mem: int, hs, kp: int, pdl: bool):
+    """cuLaunchKernel, or cuLaunchKernelEx with programmatic stream serialization (``pdl``: the
+    kernel may start before the previous one in the stream finishes; it waits in-kernel)."""
+    drv = _drv()
+    if not pdl:
+        return drv.cuLaunchKernel(func.handle, g[0], g[1], g[2], b[0], b[1], b[2], shared_mem, hs, kp, 0)
+    cfg = drv.CUlaunchConfig()
+    cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = g
+    cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = b
+    cfg.sharedMemBytes = shared_mem
+    cfg.hStream = hs
+    attr = drv.CUlaunchAttribute()
+    attr.id = drv.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+    attr.value.programmaticStreamSerializationAllowed = 1
+    cfg.attrs = [attr]
+    cfg.numAttrs = 1
+    return drv.cuLaunchKernelEx(cfg, func.handle, kp, 0)
+
+
+def launch(func: Function, grid, block, args: Iterable[Any], shared_mem: int = 0, stream=None,
+           pdl: bool | None = None) -> None:
     """Launch ``func`` on ``grid`` x ``block`` with ``args`` (ctypes values / DeviceBuffers).
 
-    ``grid``/``block``: int or tuple of 1..3 ints. Raises CudaError naming the kernel when the
-    driver refuses the launch, KernelArgumentError when the arguments do not match the kernel.
+    ``grid``/``block``: int or tuple of 1..3 ints. ``pdl``: programmatic dependent launch
+    (None: ``func.pdl``; False for a kernel that reads, before its griddepcontrol.wait, memory
+    the previous kernels may still write). Raises CudaError naming the kernel when the driver
+    refuses the launch, KernelArgumentError when the arguments do not match the kernel.
     """
     drv = _drv()
     g = (grid, 1, 1) if isinstance(grid, int) else _dim3(grid)
@@ -781,10 +808,10 @@ def launch(func: Function, grid, block, args: Iterable[Any], shared_mem: int = 0
     n = len(cargs)
     ptrs = (ctypes.c_void_p * max(n, 1))(*[ctypes.addressof(a) for a in cargs])
     hs = _launch_stream(stream)
-    (err,) = drv.cuLaunchKernel(func.handle, g[0], g[1], g[2], b[0], b[1], b[2], shared_mem,
-                                hs, ctypes.addressof(ptrs) if n else 0, 0)
+    pdl = func.pdl if pdl is None else pdl
+    (err,) = _launch_raw(func, g, b, shared_mem, hs, ctypes.addressof(ptrs) if n else 0, pdl)
     if err != drv.CUresult.CUDA_SUCCESS or _SYNC_EACH_LAUNCH:
-        desc = f"cuLaunchKernel({func.name}, grid={g}, block={b}, shared_mem={shared_mem})"
+        desc = f"cuLaunchKernel{'Ex' if pdl else ''}({func.name}, grid={g}, block={b}, shared_mem={shared_mem})"
         check((err,), desc)
         if stream is None:
             check(drv.cuCtxSynchronize(), f"synchronize after {desc}")
@@ -797,10 +824,12 @@ class PreparedLaunch:
     (``pl(stream)``). The argument values are owned copies: ``set_arg(i, value)`` changes one
     (e.g. a pointer) in place for the next call."""
 
-    __slots__ = ("func", "grid", "block", "shared_mem", "args", "_ptrs", "_kp")
+    __slots__ = ("func", "grid", "block", "shared_mem", "args", "pdl", "_ptrs", "_kp")
 
-    def __init__(self, func: Function, grid, block, args: Iterable[Any], shared_mem: int = 0):
+    def __init__(self, func: Function, grid, block, args: Iterable[Any], shared_mem: int = 0,
+                 pdl: bool | None = None):
         self.func = func
+        self.pdl = func.pdl if pdl is None else bool(pdl)
         self.grid = (grid, 1, 1) if isinstance(grid, int) else _dim3(grid)
         self.block = (block, 1, 1) if isinstance(block, int) else _dim3(block)
         self.shared_mem = int(shared_mem)
@@ -826,10 +855,10 @@ class PreparedLaunch:
         drv = _drv()
         g, b = self.grid, self.block
         hs = _launch_stream(stream)
-        (err,) = drv.cuLaunchKernel(self.func.handle, g[0], g[1], g[2], b[0], b[1], b[2],
-                                    self.shared_mem, hs, self._kp, 0)
+        (err,) = _launch_raw(self.func, g, b, self.shared_mem, hs, self._kp, self.pdl)
         if err != drv.CUresult.CUDA_SUCCESS or _SYNC_EACH_LAUNCH:
-            desc = f"cuLaunchKernel({self.func.name}, grid={g}, block={b}, shared_mem={self.shared_mem})"
+            desc = (f"cuLaunchKernel{'Ex' if self.pdl else ''}({self.func.name}, grid={g}, block={b}, "
+                    f"shared_mem={self.shared_mem})")
             check((err,), desc)
             check(drv.cuStreamSynchronize(hs), f"synchronize after {desc}")
 

@@ -78,6 +78,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -428,6 +429,9 @@ class KernelLibrary:
         self._lock = threading.Lock()
         self.sm_count = getattr(device, "sm_count", 132)
         self._recording: list | None = None
+        # programmatic dependent launch: kernels built for sm_90+ wait in-kernel for the previous
+        # one (cuda_src/common.cuh), so each may be scheduled while its predecessor finishes
+        self.pdl = _arch_number(self.arch) >= 90 and os.environ.get("TINYGRAPH_PDL", "1") != "0"
 
     # -- loading ---------------------------------------------------------------------------------
     def module(self, file: str) -> driver.Module:
@@ -437,7 +441,7 @@ class KernelLibrary:
                 cubin = compiler.compile_source(self.src_dir / file, self.arch, self.options,
                                                 cache=self.cache)
                 self.device.make_current()
-                m = self._modules[file] = driver.Module(cubin, name=file)
+                m = self._modules[file] = driver.Module(cubin, name=file, pdl=self.pdl)
             return m
 
     def function(self, full_name: str) -> driver.Function:
@@ -459,11 +463,11 @@ class KernelLibrary:
             self.module(f)
 
     # -- launching / recording -------------------------------------------------------------------
-    def _launch(self, func, grid, block, args, stream=None, shared_mem: int = 0) -> None:
+    def _launch(self, func, grid, block, args, stream=None, shared_mem: int = 0, pdl: bool | None = None) -> None:
         if self._recording is not None:
-            self._recording.append(driver.PreparedLaunch(func, grid, block, args, shared_mem))
+            self._recording.append(driver.PreparedLaunch(func, grid, block, args, shared_mem, pdl))
         else:
-            driver.launch(func, grid, block, args, shared_mem, stream)
+            driver.launch(func, grid, block, args, shared_mem, stream, pdl)
 
     @contextlib.contextmanager
     def record(self):
@@ -659,7 +663,7 @@ class KernelLibrary:
     def linear(self, dtype, y: Arg, x: Arg, w_ptr, ldw: int, N: int, K: int, bias=None,
                res: Arg | None = None, norm=0, norm_w=None, norm_b=None, eps: float = 0.0, act=0,
                stream=None, *, block: int | None = None, max_blocks: int | None = None,
-               func: driver.Function | None = None) -> None:
+               func: driver.Function | None = None, weight_ready: bool = False) -> None:
         """One fused kernel (linear_gemv): ``y = act(norm(x) @ w.T + bias) + res``.
 
         x [..., K] (any strides, rank <= 4); w: device pointer of a row-contiguous [N, K] weight
@@ -678,7 +682,10 @@ class KernelLibrary:
         K=576 N=49152 f16 on an H100: 58 us uncapped, 25 us capped).
         Tuning knobs: ``block`` (threads, a multiple of 32 <= 256), ``max_blocks`` (grid cap;
         0 for none), ``func`` (a same-ABI kernel; it must use linear_rows_per_block's grouping
-        unless it is a linear_gemv1).
+        unless it is a linear_gemv1). ``weight_ready``: no kernel queued since the stream last
+        went idle writes w (a model weight), so the kernel may load it before it waits for the
+        kernels before it (programmatic dependent launch); False (default) launches it in plain
+        stream order.
         """
         sfx = dtype_suffix(dtype)
         norm_c, act_c = _linear_code("norm", norm, LINEAR_NORMS), _linear_code("act", act, LINEAR_ACTS)
@@ -724,7 +731,7 @@ class KernelLibrary:
                      [y.addr, y.td, x.addr, x.td, ptr(w_ptr), ctypes.c_int64(ldw), ptr(bias),
                       res.addr if res is not None else ptr(None), rd, ptr(norm_w), ptr(norm_b),
                       f32(eps), i32(norm_c), i32(act_c), i32(N), i32(K)],
-                     stream=stream, shared_mem=smem)
+                     stream=stream, shared_mem=smem, pdl=None if weight_ready else False)
 
     def linear_epilogue(self, dtype, y: Arg, z: Arg, bias=None, res: Arg | None = None, act=0,
                         stream=None) -> None:
