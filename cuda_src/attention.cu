@@ -28,20 +28,33 @@ __device__ __forceinline__ long long bcast(const TD& d, int k, long long c) {
     return d.ne[k] == 1 ? 0 : c * d.st[k];
 }
 
-// q . k for one key row: all loads issued before the arithmetic (16-byte loads when the row is
-// contiguous and aligned). s_q holds q * scale in float.
+// A key row held in registers: the whole row as 16-byte vectors when it is contiguous, aligned
+// and exactly MAXD long ("fast"); other rows are read element by element in key_dot.
 template <typename T, int MAXD>
-__device__ __forceinline__ float dot_row(const float* s_q, const T* kc, long long st, int D) {
-    float dot = 0.0f;
-    constexpr int E = 16 / sizeof(T);
-    if (st == 1 && D == MAXD && (reinterpret_cast<unsigned long long>(kc) & 15) == 0) {
-        const uint4* p = reinterpret_cast<const uint4*>(kc);
-        uint4 u[MAXD / E];
+struct KeyRow {
+    static constexpr int E = 16 / sizeof(T);
+    uint4 u[MAXD / E];
+};
+
+// Issue the loads of key row kc (no-op unless fast): they fly while the caller does other work.
+template <typename T, int MAXD>
+__device__ __forceinline__ void key_load(KeyRow<T, MAXD>& r, const T* kc, bool fast) {
+    if (!fast) return;
+    const uint4* p = reinterpret_cast<const uint4*>(kc);
 #pragma unroll
-        for (int i = 0; i < MAXD / E; ++i) u[i] = __ldg(p + i);
+    for (int i = 0; i < MAXD / KeyRow<T, MAXD>::E; ++i) r.u[i] = __ldg(p + i);
+}
+
+// q . k for the key row (loaded by key_load when fast). s_q holds q * scale in float.
+template <typename T, int MAXD>
+__device__ __forceinline__ float key_dot(const KeyRow<T, MAXD>& r, const float* s_q, const T* kc,
+                                         long long st, int D, bool fast) {
+    float dot = 0.0f;
+    constexpr int E = KeyRow<T, MAXD>::E;
+    if (fast) {
 #pragma unroll
         for (int i = 0; i < MAXD / E; ++i) {
-            const T* e = reinterpret_cast<const T*>(&u[i]);
+            const T* e = reinterpret_cast<const T*>(&r.u[i]);
 #pragma unroll
             for (int k = 0; k < E; ++k) dot += s_q[i * E + k] * to_f32(e[k]);
         }
@@ -50,6 +63,22 @@ __device__ __forceinline__ float dot_row(const float* s_q, const T* kc, long lon
         for (int d = 0; d < D; ++d) dot += s_q[d] * to_f32(kc[d * st]);
     }
     return dot;
+}
+
+// Value rows tile+k0 .. tile+k0+7 (clamped to the last key jl: finite data, weight 0), PER
+// columns per lane.
+template <typename T, int PER>
+__device__ __forceinline__ void value_batch(float (&vv)[8][PER], const T* vb, const TD& vd, long long tile,
+                                            int k0, long long jl, int lane, int Dv) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const T* vr = vb + min(tile + k0 + k, jl) * vd.st[2];
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const int d = lane + 32 * i;
+            vv[k][i] = d < Dv ? to_f32(vr[d * vd.st[3]]) : 0.0f;
+        }
+    }
 }
 
 template <typename T>
@@ -103,6 +132,17 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     const T* qr = q + bcast(qd, 0, b0) + bcast(qd, 1, b1) + t * qd.st[2];
     const T* kb = kt + bcast(ktd, 0, b0) + bcast(ktd, 1, b1);
     const T* vb = v + bcast(vd, 0, b0) + bcast(vd, 1, b1);
+    // key rows as 16-byte vectors when every row is contiguous, aligned and MAXD long
+    const bool fast = ktd.st[2] == 1 && D == MAXD && (reinterpret_cast<unsigned long long>(kb) & 15) == 0 &&
+                      (ktd.st[3] * (long long)sizeof(T)) % 16 == 0;
+    // each warp takes tiles of 32 keys: lane i scores key tile+i, then the warp mixes the values.
+    // Key rows of <= 256 bytes (registers): the first tile's load while q is staged, later
+    // tiles' while the values of the tile before are mixed; value rows come in batches
+    // of 8, the next batch in flight while the current one is used (heads <= 128 wide).
+    constexpr bool KP = MAXD * sizeof(T) <= 256;  // a key row of <= 256 bytes stays in registers
+    long long tile = j0 + 32LL * w;
+    KeyRow<T, MAXD> kr;
+    if (KP && tile + lane < j1) key_load<T, MAXD>(kr, kb + (tile + lane) * ktd.st[3], fast);
     for (int d = threadIdx.x; d < D; d += blockDim.x) s_q[d] = to_f32(qr[d * qd.st[3]]) * scale;
     __syncthreads();
 
@@ -110,11 +150,21 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
 #pragma unroll
     for (int i = 0; i < PER; ++i) acc[i] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    // each warp takes tiles of 32 keys: lane i scores key tile+i, then the warp mixes the values
-    for (long long tile = j0 + 32LL * w; tile < j1; tile += 32LL * ATT_WARPS) {
+    constexpr bool DB = MAXD <= 128;
+    for (; tile < j1; tile += 32LL * ATT_WARPS) {
         const long long j = tile + lane;
         float s = -INFINITY;
-        if (j < j1) s = dot_row<T, MAXD>(s_q, kb + j * ktd.st[3], ktd.st[2], D);
+        if (KP && j < j1) {
+            s = key_dot<T, MAXD>(kr, s_q, kb + j * ktd.st[3], ktd.st[2], D, fast);
+        } else if (j < j1) {  // a wide row: loaded here, not kept across the tile
+            KeyRow<T, MAXD> k1;
+            key_load<T, MAXD>(k1, kb + j * ktd.st[3], fast);
+            s = key_dot<T, MAXD>(k1, s_q, kb + j * ktd.st[3], ktd.st[2], D, fast);
+        }
+        const long long nt = tile + 32LL * ATT_WARPS;
+        if (KP && nt + lane < j1) key_load<T, MAXD>(kr, kb + (nt + lane) * ktd.st[3], fast);
+        float vv[DB ? 2 : 1][8][PER];
+        if (DB) value_batch<T, PER>(vv[0], vb, vd, tile, 0, j1 - 1, lane, Dv);
         const float mt = warp_max(s);
         const float mn = fmaxf(m, mt);
         const float p = j < j1 ? expf(s - mn) : 0.0f;
@@ -122,25 +172,16 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
         l = l * corr + warp_sum(p);
 #pragma unroll
         for (int i = 0; i < PER; ++i) acc[i] *= corr;
-        // value rows in batches of 8, loaded into registers before use so they are all in flight;
-        // rows past the last key are clamped to it (finite data, weight p = 0)
 #pragma unroll
         for (int k0 = 0; k0 < 32; k0 += 8) {
-            float vv[8][PER];
-#pragma unroll
-            for (int k = 0; k < 8; ++k) {
-                const T* vr = vb + min(tile + k0 + k, j1 - 1) * vd.st[2];
-#pragma unroll
-                for (int i = 0; i < PER; ++i) {
-                    const int d = lane + 32 * i;
-                    vv[k][i] = d < Dv ? to_f32(vr[d * vd.st[3]]) : 0.0f;
-                }
-            }
+            const int cb = DB ? (k0 / 8) & 1 : 0;
+            if (DB && k0 + 8 < 32) value_batch<T, PER>(vv[cb ^ 1], vb, vd, tile, k0 + 8, j1 - 1, lane, Dv);
+            if (!DB) value_batch<T, PER>(vv[0], vb, vd, tile, k0, j1 - 1, lane, Dv);
 #pragma unroll
             for (int k = 0; k < 8; ++k) {
                 const float pk = __shfl_sync(0xffffffffu, p, k0 + k);
 #pragma unroll
-                for (int i = 0; i < PER; ++i) acc[i] += pk * vv[k][i];
+                for (int i = 0; i < PER; ++i) acc[i] += pk * vv[cb][k][i];
             }
         }
         m = mn;
@@ -158,7 +199,7 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     float L = 0.0f;
 #pragma unroll
     for (int k = 0; k < ATT_WARPS; ++k) L += s_m[k] == -INFINITY ? 0.0f : s_l[k] * expf(s_m[k] - M);
-    if (nsplit == 1) {
+    if (nsplit == 1 || live == 1) {  // the only split with keys (live == 1: short context)
         T* orow = out + b0 * od.st[0] + b1 * od.st[1] + t * od.st[2];
         for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
             float a = 0.0f;

@@ -26,9 +26,20 @@ __device__ __forceinline__ void argmax_kernel(int* out, const TD& od, const T* x
     const long long xs = xd.st[3];
     float bv = -INFINITY;
     int bi = 0x7fffffff;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const float v = to_f32(xr[j * xs]);
-        if (am_better(v, j, bv, bi)) { bv = v; bi = j; }
+    // 8 loads per thread in flight, then the comparisons (any order: ties go by index)
+    constexpr int B = 8;
+    for (int j0 = threadIdx.x; j0 < n; j0 += B * blockDim.x) {
+        float v[B];
+#pragma unroll
+        for (int u = 0; u < B; ++u) {
+            const int j = j0 + u * blockDim.x;
+            v[u] = j < n ? to_f32(xr[(long long)j * xs]) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < B; ++u) {
+            const int j = j0 + u * blockDim.x;
+            if (j < n && am_better(v[u], j, bv, bi)) { bv = v[u]; bi = j; }
+        }
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {

@@ -232,10 +232,13 @@ def test_compute_checks_feeds():
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.name)
-@pytest.mark.parametrize("T,S,past", [(1, 300, 157), (5, 40, 0), (3, 700, 600), (1, 64, 63)])
-def test_attention_over_a_cache(backend, dtype, T, S, past, rng):
-    """GQA attention over a cache longer than the visible part, past from a tensor or an int."""
-    kv, g, d = 2, 3, 64
+@pytest.mark.parametrize("T,S,past,d", [(1, 300, 157, 64), (5, 40, 0, 64), (3, 700, 600, 64), (1, 64, 63, 64),
+                                        (1, 300, 50, 32), (1, 300, 250, 80), (2, 300, 140, 128),
+                                        (1, 300, 250, 256), (1, 40, 7, 256)])
+def test_attention_over_a_cache(backend, dtype, T, S, past, d, rng):
+    """GQA attention over a cache longer than the visible part, past from a tensor or an int;
+    head sizes of the kernel's three register sizes and between them."""
+    kv, g = 2, 3
     q = rng.standard_normal((kv, g, T, d)).astype(np.float32)
     k = rng.standard_normal((kv, S, d)).astype(np.float32)
     v = rng.standard_normal((kv, S, d)).astype(np.float32)
