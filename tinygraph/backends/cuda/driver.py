@@ -630,6 +630,7 @@ class Function:
         self.name = name
         self.module = module  # keeps the module loaded
         self.pdl = module.pdl
+        self._pdl_configs: dict = {}  # (grid, block, shared_mem, stream) -> CUlaunchConfig
         self._param_sizes: list[int] | None = None
         self._checked_sizes: tuple | None = None
 
@@ -778,16 +779,22 @@ def _launch_raw(func: Function, g, b, shared_mem: int, hs, kp: int, pdl: bool):
     drv = _drv()
     if not pdl:
         return drv.cuLaunchKernel(func.handle, g[0], g[1], g[2], b[0], b[1], b[2], shared_mem, hs, kp, 0)
-    cfg = drv.CUlaunchConfig()
-    cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = g
-    cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = b
-    cfg.sharedMemBytes = shared_mem
-    cfg.hStream = hs
-    attr = drv.CUlaunchAttribute()
-    attr.id = drv.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
-    attr.value.programmaticStreamSerializationAllowed = 1
-    cfg.attrs = [attr]
-    cfg.numAttrs = 1
+    key = (g, b, shared_mem, int(hs))
+    cfg = func._pdl_configs.get(key)
+    if cfg is None:  # built once per shape: eager (prefill) launches are host-bound
+        cfg = drv.CUlaunchConfig()
+        cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = g
+        cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = b
+        cfg.sharedMemBytes = shared_mem
+        cfg.hStream = hs
+        attr = drv.CUlaunchAttribute()
+        attr.id = drv.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+        attr.value.programmaticStreamSerializationAllowed = 1
+        cfg.attrs = [attr]
+        cfg.numAttrs = 1
+        if len(func._pdl_configs) > 256:
+            func._pdl_configs.clear()
+        func._pdl_configs[key] = cfg
     return drv.cuLaunchKernelEx(cfg, func.handle, kp, 0)
 
 
