@@ -141,3 +141,11 @@ TG_CPY_FROM(float, f32)
 TG_CPY_FROM(__half, f16)
 TG_CPY_FROM(__nv_bfloat16, bf16)
 TG_CPY(int, i32, int, i32)
+
+// advance_i32(int* x, const int* inc, int n): x[i] += inc[i] for i < n -- the step of the int
+// inputs of Session.compute_loop (e.g. the position) between two replays of a decode graph.
+// Launch: any 1-D grid (the backend: 1 block of 32..1024 threads).
+extern "C" __global__ void advance_i32(int* x, const int* inc, int n) {
+    tg_pdl_enter();
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) x[i] += inc[i];
+}

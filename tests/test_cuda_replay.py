@@ -48,3 +48,80 @@ def test_replay_matches_numpy_and_launches_nothing():
     for k, (a, b) in enumerate(zip(got, ref)):
         assert rel_err(a, b) < 1e-5, f"step {k}"
     assert launches[2] == launches[-1], f"kernels launched from Python after capture: {launches}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Session.compute_loop: the next step's inputs made from this step's outputs
+# ----------------------------------------------------------------------------------------------
+def _toy_decoder(backend, V=50, d=16, S=64):
+    """token -> embedding -> RoPE at pos -> written into a cache row -> logits -> argmax."""
+    rng = np.random.default_rng(1)
+    sess = tg.Session(backend=backend, verbose=False)
+    E = sess.persistent((V, d), tg.float32, name="E")
+    W = sess.persistent((d, V), tg.float32, name="W")
+    C = sess.persistent((1, S, d), tg.float32, name="cache")
+    sess.finalize()
+    sess.upload(E, rng.standard_normal((V, d)))
+    sess.upload(W, rng.standard_normal((d, V)))
+    g = sess.graph()
+    tok = g.input((1,), tg.int32, name="tok")
+    pos = g.input((1,), tg.int32, name="pos")
+    x = tg.rope(tg.reshape(tg.get_rows(E, tok), (1, 1, d)), pos, 100.0)
+    tg.set_rows(C, tg.permute(x, (1, 0, 2)), pos)
+    nxt = tg.argmax(tg.matmul(tg.reshape(x, (1, d)), W), name="next")
+    g.output(tg.reshape(nxt, (1,)))
+    return sess, g, tok, pos, C
+
+
+def _host_sequence(backend, steps, t0=3, p0=5):
+    sess, g, tok, pos, C = _toy_decoder(backend)
+    toks, t = [], t0
+    for i in range(steps):
+        (o,) = sess.compute(g, {tok: np.array([t], np.int32), pos: np.array([p0 + i], np.int32)})
+        t = int(o[0])
+        toks.append(t)
+    return toks, sess.download(C)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cuda"])
+@pytest.mark.parametrize("lookahead", [1, 4])
+def test_compute_loop_matches_step_by_step(backend, lookahead):
+    if backend == "cuda":
+        ok, why = cuda_available()
+        if not ok:
+            pytest.skip(f"CUDA backend not testable here: {why}")
+    ref, ref_cache = _host_sequence("numpy", 30)
+    assert len(set(ref)) > 3, "toy decoder too degenerate to test feedback"
+    sess, g, tok, pos, C = _toy_decoder(backend)
+    loop = sess.compute_loop(g, {tok: np.array([3], np.int32), pos: np.array([5], np.int32)}, 30,
+                             feedback={tok: g.outputs[0]}, advance={pos: 1}, lookahead=lookahead)
+    got = [int(o[0]) for (o,) in loop]
+    assert got == ref
+    cache = sess.download(C)
+    np.testing.assert_allclose(cache, ref_cache, rtol=1e-5, atol=1e-5)
+    # stopping early: the queued steps finish, later calls see a consistent session
+    loop = sess.compute_loop(g, {tok: np.array([3], np.int32), pos: np.array([5], np.int32)}, 30,
+                             feedback={tok: g.outputs[0]}, advance={pos: 1}, lookahead=lookahead)
+    first = [int(next(loop)[0][0]) for _ in range(7)]
+    loop.close()
+    assert first == ref[:7]
+    (o,) = sess.compute(g, {tok: np.array([ref[9]], np.int32), pos: np.array([15], np.int32)})
+    assert int(o[0]) == ref[10]
+
+
+def test_compute_loop_argument_errors():
+    sess, g, tok, pos, C = _toy_decoder("numpy")
+    feeds = {tok: np.array([3], np.int32), pos: np.array([5], np.int32)}
+    with pytest.raises(tg.GraphError, match="not an input"):
+        sess.compute_loop(g, feeds, 3, feedback={"nope": g.outputs[0]})
+    with pytest.raises(tg.GraphError, match="must be an output"):
+        sess.compute_loop(g, feeds, 3, feedback={tok: tok})
+    with pytest.raises(tg.ShapeError, match="one int or 1"):
+        sess.compute_loop(g, feeds, 3, advance={pos: [1, 2]})
+    with pytest.raises(ValueError, match="steps"):
+        sess.compute_loop(g, feeds, -1)
+    assert list(sess.compute_loop(g, feeds, 0)) == []
+    # advance without feedback: a fixed token at consecutive positions
+    outs = [int(o[0]) for (o,) in sess.compute_loop(g, feeds, 3, advance={"pos": 1})]
+    want = [int(sess.compute(g, {tok: np.array([3], np.int32), pos: np.array([p], np.int32)})[0][0]) for p in (5, 6, 7)]
+    assert outs == want

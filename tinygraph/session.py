@@ -1,7 +1,7 @@
 """A Session owns persistent buffers (weights, KV caches) and runs graphs on one backend."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -137,6 +137,77 @@ class Session:
         per output, in declaration order. With ``times`` (a dict), the run is profiled: each
         compute node's id maps to its run time in microseconds (CUDA: GPU time between events,
         launched one by one rather than replayed)."""
+        plan, arrays = self._prepare(g, feeds)
+        return self.backend.execute(g, plan, arrays, times)
+
+    def compute_loop(self, g: Graph, feeds: Mapping[Tensor | str, Any] | None, steps: int,
+                     feedback: Mapping[Tensor | str, Tensor] | None = None,
+                     advance: Mapping[Tensor | str, int | Sequence[int]] | None = None,
+                     lookahead: int = 4) -> Iterator[list[np.ndarray]]:
+        """Run ``g`` ``steps`` times, each step's inputs made from the step before on the device:
+        ``feedback`` maps an input to an output of the same shape and dtype (the next step's
+        value is this step's output, e.g. the sampled token), ``advance`` maps an int32 input to
+        an increment (one int for every element, or one per element; e.g. the position + 1);
+        other inputs keep their value. The first step uses ``feeds``. Yields each step's outputs
+        (as :meth:`compute` returns them).
+
+        Decode without a host round trip per token: on CUDA, steps are queued up to
+        ``lookahead`` ahead of the one being yielded (graph replay, then the feedback copies and
+        increments on the GPU), so the GPU never waits for Python. Stopping early (``close()``
+        on the iterator, or leaving the ``for``) waits for the queued steps: their side effects
+        (e.g. KV-cache writes at later positions) have happened. The NumPy backend runs the
+        same loop step by step."""
+        plan, arrays = self._prepare(g, feeds)
+        if steps < 0:
+            raise ValueError(f"compute_loop: steps must be >= 0, got {steps}")
+        if lookahead < 1:
+            raise ValueError(f"compute_loop: lookahead must be >= 1, got {lookahead}")
+        by_name = {t.name: t for t in g.inputs}
+
+        def find(k, what: str) -> Tensor:
+            t = by_name.get(k) if isinstance(k, str) else k
+            if t is None or t.op != "input" or t.graph is not g:
+                raise GraphError(f"compute_loop: {what} key {k!r} is not an input of this graph")
+            return t
+        fb: dict[int, int] = {}
+        for k, out in (feedback or {}).items():
+            t = find(k, "feedback")
+            if not any(out is o for o in g.outputs):
+                raise GraphError(f"compute_loop: feedback for {t.describe()} must be an output of the graph, "
+                                 f"got {getattr(out, 'describe', lambda: repr(out))()}")
+            if out.shape != t.shape or out.dtype != t.dtype:
+                raise ShapeError(f"compute_loop: output {out.describe()} cannot feed input {t.describe()}")
+            fb[t.id] = next(i for i, o in enumerate(g.outputs) if o is out)
+        adv: dict[int, np.ndarray] = {}
+        for k, inc in (advance or {}).items():
+            t = find(k, "advance")
+            if t.dtype.np != np.int32:
+                raise GraphError(f"compute_loop: advance needs an int32 input, got {t.describe()}")
+            a = np.broadcast_to(np.asarray(inc, np.int32).reshape(-1), (t.size,)).copy() \
+                if np.ndim(inc) == 0 or np.size(inc) == t.size else None
+            if a is None:
+                raise ShapeError(f"compute_loop: advance for {t.describe()} needs one int or {t.size} of them")
+            adv[t.id] = a
+        run_loop = getattr(self.backend, "execute_loop", None)
+        if run_loop is not None:
+            return run_loop(g, plan, arrays, steps, fb, adv, lookahead)
+        return self._host_loop(g, plan, arrays, steps, fb, adv)
+
+    def _host_loop(self, g: Graph, plan: ExecPlan, arrays: dict[int, np.ndarray], steps: int,
+                   fb: dict[int, int], adv: dict[int, np.ndarray]) -> Iterator[list[np.ndarray]]:
+        """compute_loop's meaning, one compute per step (backends without a device loop)."""
+        arrays = dict(arrays)
+        for i in range(steps):
+            outs = self.backend.execute(g, plan, arrays, None)
+            yield outs
+            if i + 1 < steps:
+                for tid, oi in fb.items():
+                    arrays[tid] = np.ascontiguousarray(outs[oi])
+                for tid, inc in adv.items():
+                    arrays[tid] = (arrays[tid].reshape(-1) + inc).astype(np.int32).reshape(arrays[tid].shape)
+
+    def _prepare(self, g: Graph, feeds: Mapping[Tensor | str, Any] | None) -> tuple[ExecPlan, dict[int, np.ndarray]]:
+        """Checks shared by compute and compute_loop: the plan and the fed arrays by input id."""
         self._check_open()
         if g.session is not self:
             raise GraphError("compute: graph belongs to another session")
@@ -166,7 +237,7 @@ class Session:
             if gone:
                 raise SessionClosedError(f"compute: the graph reads released persistent buffer(s): "
                                          f"{', '.join(gone[:3])}")
-        return self.backend.execute(g, plan, arrays, times)
+        return plan, arrays
 
     # -- lifetime ---------------------------------------------------------------------------
     def _check_open(self) -> None:

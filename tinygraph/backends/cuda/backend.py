@@ -50,6 +50,7 @@ class CudaBackend(Backend):
         self._scratch: driver.DeviceBuffer | None = None
         self._work: driver.DeviceBuffer | None = None  # attention split partials
         self._pin: driver.PinnedBuffer | None = None  # page-locked staging of the replay path
+        self._ring: driver.PinnedBuffer | None = None  # compute_loop's output slots
         self._written: set[int] = set()
         # per graph: [plan, addresses, eager runs, captured exec]
         self._replay: "weakref.WeakKeyDictionary[Graph, list]" = weakref.WeakKeyDictionary()
@@ -89,10 +90,10 @@ class CudaBackend(Backend):
             b.free()
         self.buffers.clear()
         self._replay.clear()
-        for b in (self._arena, self._inputs, self._scratch, self._work, self._pin):
+        for b in (self._arena, self._inputs, self._scratch, self._work, self._pin, self._ring):
             if b is not None:
                 b.free()
-        self._arena = self._inputs = self._scratch = self._work = self._pin = None
+        self._arena = self._inputs = self._scratch = self._work = self._pin = self._ring = None
         for m in self.lib._modules.values():  # the kernels' device memory
             m.unload()
         self.lib._modules.clear()
@@ -117,7 +118,7 @@ class CudaBackend(Backend):
                 times: dict[int, float] | None = None) -> list[np.ndarray]:
         self.device.make_current()
         state = self._replay.get(graph)
-        if times is None and state is not None and state[3] is not None and state[0] is plan and state[1] == self._addresses():
+        if times is None and self._captured(graph, plan):
             return self._replay_fast(graph, state, inputs)
         base: dict[int, int] = {tid: b.ptr for tid, b in self.buffers.items()}
         # storages this graph writes: a linear whose weight is not among them may start loading
@@ -188,6 +189,99 @@ class CudaBackend(Backend):
             it = o.dtype.itemsize
             outs.append(np.array(np.lib.stride_tricks.as_strided(raw, o.shape, tuple(st * it for st in o.strides))))
         return outs
+
+    def execute_loop(self, graph: Graph, plan: ExecPlan, inputs: dict[int, np.ndarray], steps: int,
+                     feedback: dict[int, int], advance: dict[int, np.ndarray], lookahead: int):
+        """Session.compute_loop on the GPU: once the graph is captured, each step is a graph
+        replay, the outputs' copy into a ring of page-locked slots, and the next step's inputs
+        made on the device (feedback copies, advance kernels), queued ``lookahead`` steps ahead
+        of the step being yielded."""
+        for oi in feedback.values():
+            o = graph.outputs[oi]
+            if not o.is_contiguous:
+                raise BackendError(f"compute_loop: feedback output {o.describe()} must be contiguous")
+        return self._loop(graph, plan, dict(inputs), steps, feedback, advance, lookahead)
+
+    def _loop(self, graph, plan, inputs, steps, feedback, advance, lookahead):
+        done = 0
+        while done < steps and not self._captured(graph, plan):  # the first runs size and capture
+            outs = self.execute(graph, plan, inputs)
+            done += 1
+            yield outs
+            for tid, oi in feedback.items():
+                inputs[tid] = np.ascontiguousarray(outs[oi])
+            for tid, inc in advance.items():
+                inputs[tid] = (inputs[tid].reshape(-1) + inc).astype(np.int32).reshape(inputs[tid].shape)
+        n = steps - done
+        if n <= 0:
+            return
+        state = self._replay[graph]
+        base, (total, offs) = state[4], state[5]
+        if inputs:  # this step's inputs, once
+            pin = self._pinned(total)
+            host = pin.array(np.uint8, total)
+            for tid, a in inputs.items():
+                host[offs[tid]: offs[tid] + a.nbytes] = a.view(np.uint8).reshape(-1)
+            driver.memcpy_htod(self._inputs.ptr, pin.ptr, total, self.stream)
+        copies = [(self._inputs.ptr + offs[tid], base[o.storage.id] + o.offset * o.dtype.itemsize, o.nbytes)
+                  for tid, oi in feedback.items() if tid in offs for o in (graph.outputs[oi],)]
+        spans = [(o, base[o.storage.id] + o.offset * o.dtype.itemsize, o.extent * o.dtype.itemsize)
+                 for o in graph.outputs]
+        slot = sum(-(-max(nb, 1) // _ALIGN) * _ALIGN for _, _, nb in spans)
+        depth = lookahead + 1
+        if self._ring is None or self._ring.nbytes < slot * depth:
+            self._ring = driver.PinnedBuffer(slot * depth, "the ring of compute_loop outputs")
+        ring = self._ring.array(np.uint8, slot * depth)
+        events = [driver.Event(timing=False) for _ in range(depth)]
+        adv = [(tid, inc) for tid, inc in advance.items() if tid in offs]
+        incbuf = None
+        if adv:
+            incs = np.concatenate([inc for _, inc in adv]).astype(np.int32)
+            incbuf = driver.DeviceBuffer(incs.nbytes, what="compute_loop increments", device=self.device)
+            incbuf.upload(incs)
+        f_adv = self.lib.get("advance", "i32") if adv else None
+        from .kernels import i32, ptr
+
+        def enqueue(k: int) -> None:
+            if k > 0:  # step k's inputs from step k-1's outputs, on the device
+                for dst, src, nb in copies:
+                    driver.memcpy_dtod(dst, src, nb, self.stream)
+                at = 0
+                for tid, inc in adv:
+                    driver.launch(f_adv, 1, 32, [ptr(self._inputs.ptr + offs[tid]), ptr(incbuf.ptr + at),
+                                                 i32(inc.size)], stream=self.stream)
+                    at += inc.nbytes
+            state[3].launch(self.stream)
+            at = (k % depth) * slot
+            for _, src, nb in spans:
+                if nb:
+                    driver.memcpy_dtoh(self._ring.ptr + at, src, nb, self.stream)
+                at += -(-max(nb, 1) // _ALIGN) * _ALIGN
+            events[k % depth].record(self.stream)
+
+        try:
+            queued = 0
+            for k in range(n):
+                while queued < n and queued <= k + lookahead - 1:
+                    enqueue(queued)
+                    queued += 1
+                events[k % depth].synchronize()
+                outs, at = [], (k % depth) * slot
+                for o, _, nb in spans:
+                    raw = ring[at: at + nb].view(o.dtype.np) if nb else np.empty(1, o.dtype.np)
+                    it = o.dtype.itemsize
+                    outs.append(np.array(np.lib.stride_tricks.as_strided(raw, o.shape, tuple(st * it for st in o.strides))))
+                    at += -(-max(nb, 1) // _ALIGN) * _ALIGN
+                yield outs
+        finally:
+            self.stream.synchronize("finishing compute_loop")
+            if incbuf is not None:
+                incbuf.free()
+
+    def _captured(self, graph: Graph, plan: ExecPlan) -> bool:
+        state = self._replay.get(graph)
+        return (state is not None and state[3] is not None and state[0] is plan
+                and state[1] == self._addresses())
 
     def _pinned(self, nbytes: int) -> driver.PinnedBuffer:
         """Page-locked host staging for the replay path (grown on demand; reused: every replay

@@ -23,6 +23,7 @@ gelu,       elementwise.cu (T* out, TD od, const T* x, TD xd)
 gelu_erf,
 silu
 cpy         elementwise.cu (D* dst, TD dd, const S* src, TD sd)  name cpy_<S>_<D>; cpy_i32_i32
+advance     elementwise.cu (int* x, const int* inc, int n)  advance_i32: x[i] += inc[i]
 rms_norm    norms.cu       (T* out, TD od, const T* x, TD xd, const T* w, float eps)
 layer_norm  norms.cu       (T* out, TD od, const T* x, TD xd, const T* w, const T* b, float eps)
 softmax     softmax.cu     (T* out, TD od, const T* x, TD xd, float scale, int causal, int past,
@@ -286,6 +287,8 @@ _reg(
     KernelSpec("cpy", "elementwise.cu", (("dst", "ptr"), ("dd", "td"), ("src", "ptr"), ("sd", "td")),
                _PAIRS + (("i32", "i32"),), "elementwise",
                "strided copy with dtype conversion; name cpy_<src>_<dst>"),
+    KernelSpec("advance", "elementwise.cu", (("x", "ptr"), ("inc", "ptr"), ("n", "i32")), (("i32",),),
+               "elementwise", "x[i] += inc[i] for i < n (Session.compute_loop's int inputs)"),
     KernelSpec("rms_norm", "norms.cu", _UN + (("w", "ptr"), ("eps", "f32")), _ONE, "rows"),
     KernelSpec("layer_norm", "norms.cu", _UN + (("w", "ptr"), ("b", "ptr"), ("eps", "f32")), _ONE, "rows"),
     KernelSpec("softmax", "softmax.cu",
