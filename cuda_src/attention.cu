@@ -103,11 +103,79 @@ __device__ __forceinline__ void attn_merge(const float* pr, T* out, const TD& od
     }
 }
 
-template <typename T, int MAXD>
+// The step's own keys and values for attn_store (nullptr for attn_split): per-head RMS norm
+// (weights optional), RoPE (mode < 0: none), then the write into the cache row pos.
+template <typename T>
+struct StoreArgs {
+    const T* k;            // new keys [1, KV, hd] (rank 4: ne[2] = KV heads)
+    TD kd;
+    const T* v;            // new values, same shape
+    TD vd;
+    T* kc;                 // caches [KV, ctx, hd] (rank 4, leading 1)
+    TD kcd;
+    T* vc;
+    TD vcd;
+    const float* ff;       // RoPE frequency factors [hd/2] or NULL
+    const T* qn;           // q / k RMS-norm weights [hd] or NULL; norms only when has_norm
+    const T* kn;
+    float eps;
+    float theta;
+    int mode;              // 2 neox, 0 normal, -1 no RoPE
+    int q_norm, k_norm;    // 1: RMS-normalise q / k before RoPE
+};
+
+// attn_store's prologue: s_q = scale * rope(norm(q row)), and the block(s) whose split holds
+// key `pos` write rope(norm(k)) / v of KV head b0 into cache row pos (every q head of the group
+// with that split writes the same values), visible to the block's own reads after the barrier.
+template <typename T>
+__device__ __forceinline__ void store_prologue(float* s_q, float* s_k, const T* qr, long long qs, int D,
+                                               const StoreArgs<T>& sa, long long b0, int pos,
+                                               bool writer, float scale) {
+    __shared__ float red[32];
+    const int tid = threadIdx.x;
+    const T* kr = sa.k + b0 * sa.kd.st[2];
+    float sq = 0.0f, sk = 0.0f;
+    for (int d = tid; d < D; d += blockDim.x) {
+        const float a = to_f32(qr[d * qs]), c = to_f32(kr[d * sa.kd.st[3]]);
+        s_q[d] = a;
+        s_k[d] = c;
+        sq += a * a;
+        sk += c * c;
+        if (writer) sa.vc[b0 * sa.vcd.st[1] + (long long)pos * sa.vcd.st[2] + d * sa.vcd.st[3]] =
+            sa.v[b0 * sa.vd.st[2] + d * sa.vd.st[3]];
+    }
+    // block_sum's barriers also publish s_q / s_k
+    const float iq = sa.q_norm ? rsqrtf(block_sum(sq, red) / (float)D + sa.eps) : 1.0f;
+    const float ik = sa.k_norm ? rsqrtf(block_sum(sk, red) / (float)D + sa.eps) : 1.0f;
+    if (!sa.q_norm && !sa.k_norm) __syncthreads();
+    const int half = D / 2;
+    for (int p = tid; p < half; p += blockDim.x) {
+        const int a = sa.mode == 2 ? p : 2 * p, b = sa.mode == 2 ? p + half : 2 * p + 1;
+        float qa = s_q[a] * iq, qb = s_q[b] * iq, ka = s_k[a] * ik, kb2 = s_k[b] * ik;
+        if (sa.q_norm && sa.qn) { qa *= to_f32(sa.qn[a]); qb *= to_f32(sa.qn[b]); }
+        if (sa.k_norm && sa.kn) { ka *= to_f32(sa.kn[a]); kb2 *= to_f32(sa.kn[b]); }
+        if (sa.mode >= 0) {
+            const float2 cs = rope_cossin(p, D, pos, sa.ff, sa.theta);
+            const float qa2 = qa * cs.x - qb * cs.y, qb2 = qb * cs.x + qa * cs.y;
+            const float ka2 = ka * cs.x - kb2 * cs.y, kb3 = kb2 * cs.x + ka * cs.y;
+            qa = qa2; qb = qb2; ka = ka2; kb2 = kb3;
+        }
+        s_q[a] = qa * scale;
+        s_q[b] = qb * scale;
+        if (writer) {
+            T* kw = sa.kc + b0 * sa.kcd.st[1] + (long long)pos * sa.kcd.st[2];
+            kw[a * sa.kcd.st[3]] = from_f32<T>(ka);
+            kw[b * sa.kcd.st[3]] = from_f32<T>(kb2);
+        }
+    }
+    __syncthreads();
+}
+
+template <typename T, int MAXD, bool STORE>
 __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, const TD& od, const T* q,
                                            const TD& qd, const T* kt, const TD& ktd, const T* v,
                                            const TD& vd, float scale, int causal, int past,
-                                           const int* past_dev, int chunk) {
+                                           const int* past_dev, int chunk, const StoreArgs<T>* sa) {
     constexpr int PER = MAXD / 32;  // value columns per lane: registers sized for the head
     __shared__ float s_q[MAXD];
     __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
@@ -132,6 +200,11 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     const T* qr = q + bcast(qd, 0, b0) + bcast(qd, 1, b1) + t * qd.st[2];
     const T* kb = kt + bcast(ktd, 0, b0) + bcast(ktd, 1, b1);
     const T* vb = v + bcast(vd, 0, b0) + bcast(vd, 1, b1);
+    if constexpr (STORE) {  // T == 1: key `past` is this step's, written here first
+        __shared__ float s_k[MAXD];
+        const bool writer = j0 <= (long long)past && (long long)past < j1;
+        store_prologue<T>(s_q, s_k, qr, qd.st[3], D, *sa, b0, past, writer, scale);
+    }
     // key rows as 16-byte vectors when every row is contiguous, aligned and MAXD long
     const bool fast = ktd.st[2] == 1 && D == MAXD && (reinterpret_cast<unsigned long long>(kb) & 15) == 0 &&
                       (ktd.st[3] * (long long)sizeof(T)) % 16 == 0;
@@ -143,8 +216,10 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     long long tile = j0 + 32LL * w;
     KeyRow<T, MAXD> kr;
     if (KP && tile + lane < j1) key_load<T, MAXD>(kr, kb + (tile + lane) * ktd.st[3], fast);
-    for (int d = threadIdx.x; d < D; d += blockDim.x) s_q[d] = to_f32(qr[d * qd.st[3]]) * scale;
-    __syncthreads();
+    if constexpr (!STORE) {
+        for (int d = threadIdx.x; d < D; d += blockDim.x) s_q[d] = to_f32(qr[d * qd.st[3]]) * scale;
+        __syncthreads();
+    }
 
     float acc[PER];
 #pragma unroll
@@ -235,13 +310,33 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     attn_merge<T>(part + row * nsplit * (long long)(Dv + 2), out, od, live, b0, b1, t);
 }
 
+// attn_store: q [1, H, hd] (rank 4: ne[2] = H) -> out [KV, G, 1, hd]: the cache seen as the
+// transposed keys / values attn_split reads, past = pos[0], causal.
+template <typename T, int MAXD>
+__device__ __forceinline__ void attn_store(float* part, int* counters, T* out, const TD& od, const T* q,
+                                           const TD& qd, const StoreArgs<T>& sa, float scale,
+                                           const int* pos, int chunk) {
+    const long long KV = sa.kcd.ne[1], G = od.ne[1];
+    TD q4 = {{KV, G, 1, qd.ne[3]}, {G * qd.st[2], qd.st[2], 0, qd.st[3]}};
+    TD kt4 = {{KV, 1, sa.kcd.ne[3], sa.kcd.ne[2]}, {sa.kcd.st[1], 0, sa.kcd.st[3], sa.kcd.st[2]}};
+    TD v4 = {{KV, 1, sa.vcd.ne[2], sa.vcd.ne[3]}, {sa.vcd.st[1], 0, sa.vcd.st[2], sa.vcd.st[3]}};
+    attn_split<T, MAXD, true>(part, counters, out, od, q, q4, sa.kc, kt4, sa.vc, v4, scale, 1, 0, pos,
+                              chunk, &sa);
+}
+
 #define TG_ATTN1(SFX, T, MAXD)                                                                      \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
     attn_split_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,        \
                               const T* kt, TD ktd, const T* v, TD vd, float scale, int causal,     \
                               int past, const int* past_dev, int chunk) { tg_pdl_enter();           \
-        attn_split<T, MAXD>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale, causal, past,   \
-                            past_dev, chunk);                                                       \
+        attn_split<T, MAXD, false>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale, causal,  \
+                                   past, past_dev, chunk, nullptr);                                 \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
+    attn_store_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,        \
+                              StoreArgs<T> sa, float scale, const int* pos, int chunk) {            \
+        tg_pdl_enter();                                                                             \
+        attn_store<T, MAXD>(part, counters, out, od, q, qd, sa, scale, pos, chunk);                 \
     }
 #define TG_ATTN(SFX, T) TG_ATTN1(SFX, T, 64) TG_ATTN1(SFX, T, 128) TG_ATTN1(SFX, T, 256)
 

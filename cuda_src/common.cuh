@@ -117,6 +117,18 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return warp_sum(v);
 }
 
+// RoPE: (cos, sin) of the angle of rotation pair p for a head of n_dims rotated elements:
+// inv_freq = 1 / theta^(2p / n_dims) rounded once to float32 as HF computes it (/ ff[p] when
+// ff is non-NULL), angle = float(position) * inv_freq in float32. rope.cu, attention.cu.
+__device__ __forceinline__ float2 rope_cossin(long long p, int n_dims, int position, const float* ff,
+                                              float theta) {
+    float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * p) / (double)n_dims));
+    if (ff) inv_freq = inv_freq / ff[p];
+    float sn, cs;
+    sincosf((float)position * inv_freq, &sn, &cs);
+    return make_float2(cs, sn);
+}
+
 #define TG_GRID_STRIDE_LOOP(i, n)                                                            \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);             \
          i += (long long)gridDim.x * blockDim.x)

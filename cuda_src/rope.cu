@@ -30,12 +30,8 @@ template <typename T>
 __device__ __forceinline__ void rope_pair(const T* xr, long long xs, T* orow, long long os,
                                           long long p, long long nrot, int position,
                                           const float* ff, float theta, int mode, int n_dims) {
-    // float32 inv_freq as HF computes it: 1 / theta ** (float(2d) / dim), rounded once.
-    float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * p) / (double)n_dims));
-    if (ff) inv_freq = inv_freq / ff[p];
-    const float angle = (float)position * inv_freq;
-    float sn, cs;
-    sincosf(angle, &sn, &cs);
+    const float2 r = rope_cossin(p, n_dims, position, ff, theta);
+    const float cs = r.x, sn = r.y;
     long long a, b;
     if (mode == 2) { a = p; b = p + nrot; }
     else { a = 2 * p; b = 2 * p + 1; }

@@ -322,3 +322,73 @@ def test_rope_store(backend, dtype, mode, rng):
     check(kc[:, 11:14], rope64(rounded(k, dtype), pos, 1000.0, mode).transpose(1, 0, 2), dtype, 2)
     check(vc[:, 11:14], rounded(v, dtype).transpose(1, 0, 2), dtype, 0.01)
     assert not np.asarray(kc[:, :11], np.float32).any() and not np.asarray(vc[:, 14:], np.float32).any()
+
+
+def _unfused_step(g, q, k, v, pos, K, V, scale, rope, norm):
+    """q/k RMS norm -> RoPE -> both cache writes -> grouped attention: what attention_store fuses."""
+    KV, S, hd = K.shape
+    if norm is not None:
+        q, k = tg.rms_norm(q, norm[0], 1e-6), tg.rms_norm(k, norm[1], 1e-6)
+    if rope is not None:
+        q, k = (tg.rope(x, pos, 10000.0, rope) for x in (q, k))
+    tg.set_rows(K, tg.permute(k, (1, 0, 2)), pos)
+    tg.set_rows(V, tg.permute(v, (1, 0, 2)), pos)
+    qg = tg.permute(tg.reshape(q, (1, KV, q.shape[1] // KV, hd)), (1, 2, 0, 3))
+    kt = tg.view(K, (KV, 1, hd, S), (S * hd, 0, 1, hd))
+    vv = tg.view(V, (KV, 1, S, hd), (S * hd, 0, hd, 1))
+    return tg.attention(qg, kt, vv, scale, True, pos)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.name)
+@pytest.mark.parametrize("rope,norm,hd,G,pos", [("neox", False, 64, 3, 40), ("normal", False, 64, 1, 0),
+                                                (None, False, 64, 1, 300), ("neox", True, 128, 2, 150),
+                                                ("neox", True, 128, 4, 399), (None, True, 32, 2, 7)])
+def test_attention_store_matches_unfused_step(backend, dtype, rope, norm, hd, G, pos, rng):
+    """attention_store == norm -> rope -> set_rows x2 -> attention: same output, same caches
+    (the step's row written, every other row untouched), through the fusion pass too."""
+    KV, S = 2, 400
+    H = KV * G
+    k0 = rng.standard_normal((KV, S, hd)).astype(np.float32)
+    v0 = rng.standard_normal((KV, S, hd)).astype(np.float32)
+    qkv = rng.standard_normal((1, (H + 2 * KV) * hd)).astype(np.float32)
+    nw = rng.standard_normal((2, hd)).astype(np.float32) * 0.3 + 1.0
+    outs = {}
+    for mode in ("unfused", "op", "pass"):
+        sess = tg.Session(backend=backend, verbose=False)
+        K = sess.persistent((KV, S, hd), dtype, name="K")
+        V = sess.persistent((KV, S, hd), dtype, name="V")
+        W = sess.persistent((2, hd), dtype, name="norm_w")
+        sess.finalize()
+        sess.upload(K, k0)
+        sess.upload(V, v0)
+        sess.upload(W, nw)
+        g = sess.graph()
+        x = g.input(qkv.shape, dtype, name="qkv")
+        p = g.input((1,), tg.int32, name="pos")
+        row = qkv.shape[1]
+        q = tg.view(x, (1, H, hd), (row, hd, 1), 0)
+        k = tg.view(x, (1, KV, hd), (row, hd, 1), H * hd)
+        v = tg.view(x, (1, KV, hd), (row, hd, 1), (H + KV) * hd)
+        wq, wk = tg.view(W, (hd,), (1,), 0), tg.view(W, (hd,), (1,), hd)
+        if mode == "op":
+            out = tg.attention_store(q, k, v, p, K, V, hd ** -0.5, theta=10000.0 if rope else None,
+                                     mode=rope or "neox", q_norm_w=wq if norm else None,
+                                     k_norm_w=wk if norm else None, q_norm=norm, k_norm=norm, eps=1e-6)
+        else:
+            out = _unfused_step(g, q, k, v, p, K, V, hd ** -0.5, rope, (wq, wk) if norm else None)
+        g.output(tg.scale(out, 1.0))
+        if mode == "pass":
+            from tinygraph.passes import optimize
+            assert optimize(g)["fuse_attention_store"] == 1
+            assert "attention_store" in {n.op for n in g.nodes} and "set_rows" not in {n.op for n in g.nodes}
+            assert "rms_norm" not in {n.op for n in g.nodes} and "rope" not in {n.op for n in g.nodes}
+        (o,) = sess.compute(g, {x: qkv, p: np.array([pos], np.int32)})
+        outs[mode] = (o, sess.download(K).astype(np.float32), sess.download(V).astype(np.float32))
+    ref_o, ref_k, ref_v = outs["unfused"]
+    for mode in ("op", "pass"):
+        o, kc, vc = outs[mode]
+        check(o, ref_o, dtype, 2)
+        other = np.arange(S) != pos
+        np.testing.assert_array_equal(kc[:, other], ref_k[:, other])
+        np.testing.assert_array_equal(vc, ref_v)
+        check(kc[:, pos], ref_k[:, pos], dtype, 2)

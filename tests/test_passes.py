@@ -33,7 +33,7 @@ def test_fuse_attention_rewrites_and_matches(backend, rng):
     (unfused,) = sess.compute(g1, feeds(q1, p1))
     g2, q2, p2 = _chain(sess, qv.shape, K, None)
     n_before = len(g2.nodes)
-    assert optimize(g2) == {"fuse_attention": 1, "fuse_rope_store": 0, "fuse_linear": 0}
+    assert optimize(g2) == {"fuse_attention": 1, "fuse_rope_store": 0, "fuse_attention_store": 0, "fuse_linear": 0}
     ops_after = [n.op for n in g2.nodes]
     assert "attention" in ops_after and "softmax" not in ops_after and len(g2.nodes) == n_before - 2
     assert any(n.name == "l0.attention" for n in g2.nodes)

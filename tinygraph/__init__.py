@@ -6,7 +6,7 @@
 from .dtypes import DType, bfloat16, float16, float32, int32
 from .errors import BackendError, BoundsError, DTypeError, GraphError, ShapeError, TinygraphError
 from .graph import ExecPlan, Graph
-from .ops import (add, argmax, attention, cast, concat, cont, cpy, gelu, get_rows, layer_norm, linear, matmul, mul, permute,
+from .ops import (add, argmax, attention, attention_store, cast, concat, cont, cpy, gelu, get_rows, layer_norm, linear, matmul, mul, permute,
                   reshape, rms_norm, rope, rope_store, scale, set_rows, silu, softmax, transpose, view)
 from .session import Session
 from .tensor import Tensor
@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Session", "Graph", "ExecPlan", "Tensor", "DType", "float32", "float16", "bfloat16", "int32",
-    "view", "reshape", "transpose", "permute", "cont", "cast", "cpy", "set_rows", "attention", "linear", "rope_store", "get_rows", "concat", "matmul", "add",
+    "view", "reshape", "transpose", "permute", "cont", "cast", "cpy", "set_rows", "attention", "attention_store", "linear", "rope_store", "get_rows", "concat", "matmul", "add",
     "mul", "scale", "softmax", "layer_norm", "rms_norm", "gelu", "silu", "rope", "argmax",
     "TinygraphError", "GraphError", "ShapeError", "DTypeError", "BoundsError", "BackendError",
 ]

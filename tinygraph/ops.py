@@ -639,6 +639,76 @@ def _rope_store_ref(p, q, k, v, positions, k_cache, v_cache, *ff):
     return _rope_ref(p, q, positions, *ff)
 
 
+def attention_store(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, k_cache: Tensor, v_cache: Tensor,
+                    scale: float, theta: float | None = None, mode: str = "neox",
+                    freq_factors: Tensor | None = None, q_norm_w: Tensor | None = None,
+                    k_norm_w: Tensor | None = None, q_norm: bool = False, k_norm: bool = False,
+                    eps: float = 1e-6, name: str | None = None) -> Tensor:
+    """One decode step's attention with its cache write, as one op (made by the
+    ``fuse_attention_store`` pass; on CUDA one kernel per layer):
+
+        q' = rope(rms_norm(q) * q_norm_w)  k' = rope(rms_norm(k) * k_norm_w)   (each part optional)
+        k_cache[:, pos, :] = k';  v_cache[:, pos, :] = v                         (side effects)
+        out = attention(q' grouped [KV, G, 1, hd], k_cache^T, v_cache, scale, causal, past=pos)
+
+    ``q`` [1, H, hd], ``k``/``v`` [1, KV, hd] (one token; any strides), ``positions`` int32 [1]
+    (pos), caches [KV, ctx, hd] of q's dtype, H a multiple of KV (G = H / KV). ``theta`` None:
+    no RoPE; else as :func:`rope` (``mode``, ``freq_factors``). ``q_norm`` / ``k_norm``: RMS
+    norm over hd (weights [hd] optional). Returns [KV, G, 1, hd], the layout of the grouped
+    :func:`attention` it replaces. The normalised, rotated q stays in float32 (the unfused graph
+    rounds it to the storage dtype)."""
+    _need_float("attention_store", q, k, v)
+    if q.ndim != 3 or q.shape[0] != 1 or k.ndim != 3 or v.shape != k.shape or k.shape[0] != 1 \
+            or k.shape[2] != q.shape[2] or q.shape[1] % k.shape[1]:
+        raise ShapeError(f"attention_store: q [1, H, hd], k/v [1, KV, hd] with KV dividing H: "
+                         f"{q.describe()}, {k.describe()}, {v.describe()}")
+    KV, hd = k.shape[1], k.shape[2]
+    for c in (k_cache, v_cache):
+        if c.ndim != 3 or c.shape[0] != KV or c.shape[2] != hd or c.dtype != q.dtype or c.shape != k_cache.shape:
+            raise ShapeError(f"attention_store: cache {c.describe()} must be [{KV}, ctx, {hd}] of {q.dtype.name}")
+    if positions.dtype != int32 or positions.shape != (1,):
+        raise ShapeError(f"attention_store: positions {positions.describe()} must be int32 (1,)")
+    extra: tuple[Tensor, ...] = ()
+    params = {"scale": float(scale), "rope": theta is not None, "theta": float(theta or 0.0), "mode": mode,
+              "has_ff": False, "q_norm": bool(q_norm), "k_norm": bool(k_norm), "eps": float(eps),
+              "has_qn": q_norm_w is not None, "has_kn": k_norm_w is not None}
+    if theta is not None:
+        extra, rp = _rope_args("attention_store", q, positions, theta, mode, freq_factors)
+        params["has_ff"] = rp["has_ff"]
+    for w, flag in ((q_norm_w, q_norm), (k_norm_w, k_norm)):
+        if w is not None:
+            if not flag:
+                raise GraphError("attention_store: a norm weight needs q_norm / k_norm=True")
+            _row_param("attention_store", q, w, "norm weight")
+            extra += (w,)
+    t = _node("attention_store", (q, k, v, positions, k_cache, v_cache) + extra, (KV, q.shape[1] // KV, 1, hd),
+              q.dtype, params, name)
+    t.graph._side_effect(t)
+    return t
+
+
+@_reference("attention_store", "attention", side_dsts=(4, 5))
+def _attention_store_ref(p, q, k, v, positions, k_cache, v_cache, *extra):
+    rest = list(extra)
+    ff = [rest.pop(0)] if p["has_ff"] else []
+    qn = rest.pop(0) if p["has_qn"] else None
+    kn = rest.pop(0) if p["has_kn"] else None
+    pos = int(positions[0])
+    if not 0 <= pos < k_cache.shape[-2]:
+        raise IndexError(f"attention_store: position {pos} out of range [0, {k_cache.shape[-2]})")
+    norm = {"eps": p["eps"], "has_w": False}
+    qf = _rms_norm_ref(norm, q) * (_f32(qn) if qn is not None else 1) if p["q_norm"] else _f32(q)
+    kf = _rms_norm_ref(norm, k) * (_f32(kn) if kn is not None else 1) if p["k_norm"] else _f32(k)
+    if p["rope"]:
+        qf, kf = (_rope_ref(p, x, positions, *ff) for x in (qf, kf))
+    k_cache[:, pos, :] = kf[0]
+    v_cache[:, pos, :] = v[0]
+    KV, hd = k_cache.shape[0], k_cache.shape[2]
+    qg = qf.reshape(1, KV, -1, hd).transpose(1, 2, 0, 3)                     # [KV, G, 1, hd]
+    return _attention_ref({"scale": p["scale"], "causal": True, "past": pos, "past_src": False},
+                          qg, k_cache[:, None].transpose(0, 1, 3, 2), v_cache[:, None])
+
+
 def argmax(x: Tensor, name: str | None = None) -> Tensor:
     """Index of the largest element over the last axis (first one on ties), int32 ``x.shape[:-1]``."""
     _need_float("argmax", x)
@@ -651,6 +721,6 @@ def _argmax_ref(p, x):
 
 
 __all__ = ["OPS", "OpDef", "view", "reshape", "permute", "transpose", "cont", "cast", "cpy", "set_rows", "get_rows",
-           "attention", "linear", "rope_store",
+           "attention", "attention_store", "linear", "rope_store",
            "concat", "matmul", "add", "mul", "scale", "gelu", "silu", "softmax", "layer_norm", "rms_norm",
            "rope", "rope_angles", "argmax", "FLOAT_DTYPES"]

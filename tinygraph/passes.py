@@ -10,6 +10,10 @@ graph may span the whole KV cache.
 ``set_rows(v cache, v)`` over the same positions become one ``rope_store`` node (RoPE + KV-slot
 write in one kernel).
 
+``fuse_attention_store`` (decode graphs: one query token): an ``attention`` over a KV cache,
+the write of this step's keys/values into it (``rope_store`` or two ``set_rows``) and the q/k
+RMS norms before RoPE become one ``attention_store`` node.
+
 ``fuse_linear``: ``norm -> matmul(x, transpose(W)) -> + bias -> activation -> + residual``
 (any prefix of that chain after the matmul, with swiglu = ``silu(gate view) * up view``) becomes
 one ``linear`` node: on CUDA one kernel per layer of a decode step instead of up to six.
@@ -232,7 +236,95 @@ def fuse_rope_store(g: Graph) -> int:
     return count
 
 
-PASSES = (fuse_attention, fuse_rope_store, fuse_linear)
+def _view_chain(t: Tensor, stop) -> list[Tensor] | None:
+    """The view nodes from ``t`` down its first sources until ``stop(node)`` holds: [t, ..., last
+    view] (the node where stop holds excluded), or None if a non-view comes first."""
+    chain = []
+    while not stop(t):
+        if t.op != "view" or not t.srcs:
+            return None
+        chain.append(t)
+        t = t.srcs[0]
+    return chain
+
+
+def _absorb_norm(c: dict, x: Tensor, reader: Tensor, hd: int) -> tuple[Tensor, dict]:
+    """``x``, or its input when ``x`` is an RMS norm over the head (weight [hd] or none) that
+    only ``reader`` reads: (tensor, attention_store norm arguments)."""
+    if x.op == "rms_norm" and _only_reader(c, x) is reader and x.shape[-1] == hd:
+        return x.srcs[0], {"w": x.srcs[1] if x.params["has_w"] else None, "eps": x.params["eps"], "id": x.id}
+    return x, {}
+
+
+def fuse_attention_store(g: Graph) -> int:
+    """Fuse each one-token ``attention`` over a KV cache with the writes of this step's keys and
+    values into that cache (a ``rope_store``, or two ``set_rows``) and the q/k RMS norms before
+    RoPE into one ``attention_store`` node. Decode graphs only (one query token)."""
+    from . import ops
+    count = 0
+    for a in [n for n in g.nodes if n.op == "attention"]:
+        p = a.params
+        if not (p["causal"] and p["past_src"]) or a.ndim != 4 or a.shape[2] != 1:
+            continue
+        q4, kt, vv, rows = a.srcs[:4]
+        kc, vc = kt.storage, vv.storage
+        if kc.op != "persistent" or vc.op != "persistent" or kc.ndim != 3 or kc.shape != vc.shape:
+            continue
+        KV, ctx, hd = kc.shape
+        if (kt.shape, kt.strides, kt.offset) != ((KV, 1, hd, ctx), (ctx * hd, 0, 1, hd), 0) or \
+                (vv.shape, vv.strides, vv.offset) != ((KV, 1, ctx, hd), (ctx * hd, 0, hd, 1), 0):
+            continue
+        H = q4.shape[0] * q4.shape[1]
+        c = _consumers(g)
+        dead: set[int] = set()
+        writes = [n for n in g.nodes if n is not a and any(s.storage is kc or s.storage is vc for s in n.srcs)]
+        rs = [n for n in writes if n.op == "rope_store" and n.srcs[4] is kc and n.srcs[5] is vc and n.srcs[3] is rows]
+        st = {n.srcs[2].storage.id: n for n in writes if n.op == "set_rows" and n.srcs[1] is rows}
+        kw: dict = {}
+        if len(writes) == 1 and rs:
+            r = rs[0]
+            chain = _view_chain(q4, lambda t: t is r)
+            views = [n for n in g.nodes if n.storage is r and n is not r]
+            if chain is None or {n.id for n in views} != {n.id for n in chain} or \
+                    any(x not in chain and x is not a for n in [r] + chain for x in c.get(n.id, [])):
+                continue
+            q, k, v = r.srcs[:3]
+            kw.update(theta=r.params["theta"], mode=r.params["mode"],
+                      freq_factors=r.srcs[6] if r.params["has_ff"] else None)
+            q, qn = _absorb_norm(c, q, r, hd)
+            k, kn = _absorb_norm(c, k, r, hd)
+            dead.update({r.id} | {n.id for n in chain})
+        elif len(writes) == 2 and kc.id in st and vc.id in st:
+            sk, sv = st[kc.id], st[vc.id]
+            k, v = _stored_from(c, sk), _stored_from(c, sv)
+            chain = _view_chain(q4, lambda t: t.shape == (1, H, hd))
+            if k is None or v is None or chain is None or \
+                    any(x not in chain and x is not a for n in chain for x in c.get(n.id, [])):
+                continue
+            q, qn = _absorb_norm(c, chain[-1].srcs[0], chain[-1], hd) if chain else (q4, {})
+            k, kn = _absorb_norm(c, k, sk.srcs[0], hd)
+            dead.update({sk.id, sv.id, sk.srcs[0].id, sv.srcs[0].id} | {n.id for n in chain})
+        else:
+            continue
+        if qn and kn and qn["eps"] != kn["eps"]:
+            continue
+        for nm, info in (("q", qn), ("k", kn)):
+            if info:
+                kw.update({f"{nm}_norm": True, f"{nm}_norm_w": info["w"], "eps": info["eps"]})
+                dead.add(info["id"])
+        if q.shape != (1, H, hd) or k.shape != (1, KV, hd) or q.dtype != kc.dtype:
+            continue
+        name = a.name + "_store" if a.name else None
+        fused = ops.attention_store(q, k, v, rows, kc, vc, p["scale"], name=name, **kw)
+        g.nodes.pop()
+        g.side_effects.pop()
+        _replace(g, a, fused, dead)
+        g.side_effects.append(fused)
+        count += 1
+    return count
+
+
+PASSES = (fuse_attention, fuse_rope_store, fuse_attention_store, fuse_linear)
 
 
 def optimize(g: Graph) -> dict[str, int]:

@@ -29,7 +29,7 @@ from .schedule import writes_into
 
 
 def written_tensors(t) -> list:
-    """The memory a node writes besides its own result: cpy/set_rows destinations, rope_store's caches."""
+    """The memory a node writes besides its own result: cpy/set_rows destinations, rope_store's and attention_store's caches."""
     if not writes_into(t):
         return []
     return [t.srcs[i] for i in OPS[t.op].written_srcs()]

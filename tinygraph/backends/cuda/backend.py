@@ -406,6 +406,8 @@ class CudaBackend(Backend):
                         past_dev=past_dev, stream=s)
         elif op == "attention":
             self._attention(n, out, base)
+        elif op == "attention_store":
+            self._attention_store(n, out, base)
         elif op == "rope_store":
             q, k, v, pos_t, kc, vc = src[:6]
             ff = self._arg(src[6], base).ptr if p["has_ff"] else None
@@ -449,15 +451,51 @@ class CudaBackend(Backend):
         past_dev = self._contiguous_ids(n.srcs[3], base) if p["past_src"] else None
         if len(out.shape) > 4 or max(q.shape[-1], v.shape[-1]) > 256:
             raise BackendError(f"attention kernel supports rank <= 4 and head sizes <= 256: {n.describe()}")
-        T, S, Dv = out.shape[-2], kt.shape[-1], out.shape[-1]
+        cfg = self._attn_splits(out, kt.shape[-1], q.shape[-1])
+        if cfg is None:
+            return
+        grid, chunk, part, counters, maxd = cfg
+        from .kernels import f32, i32, ptr
+        driver.launch(self.lib.module("attention.cu").get_function(f"attn_split_{dt.short}_{maxd}"), grid, 128,
+                      [ptr(part), ptr(counters), out.addr, out.td, q.addr, q.td, kt.addr, kt.td, v.addr, v.td,
+                       f32(p["scale"]), i32(1 if p["causal"] else 0), i32(p["past"]), ptr(past_dev), i32(chunk)],
+                      stream=self.stream)
+
+    def _attention_store(self, n: Tensor, out: Arg, base: dict[int, int]) -> None:
+        """One decode step's q/k norm + RoPE + KV-cache write + attention: one kernel."""
+        p, dt = n.params, n.dtype
+        q, k, v, pos, kc, vc, *rest = n.srcs
+        if kc.dtype != dt or vc.dtype != dt or q.shape[-1] > 256:
+            raise BackendError(f"attention_store on CUDA needs caches of dtype {dt.name} and heads <= 256: "
+                               f"{n.describe()}")
+        qa, ka, va = (self._as(t, base, dt) for t in (q, k, v))
+        kca, vca = self._arg(kc, base), self._arg(vc, base)
+        ff = self._arg(rest.pop(0), base).ptr if p["has_ff"] else 0
+        qn = self._as(rest.pop(0), base, dt).ptr if p["has_qn"] else 0
+        kn = self._as(rest.pop(0), base, dt).ptr if p["has_kn"] else 0
+        cfg = self._attn_splits(out, kc.shape[1], q.shape[-1])
+        if cfg is None:
+            return
+        grid, chunk, part, counters, maxd = cfg
+        from .kernels import ROPE_NEOX, ROPE_NORMAL, StoreArgs, f32, i32, ptr
+        mode = -1 if not p["rope"] else (ROPE_NEOX if p["mode"] == "neox" else ROPE_NORMAL)
+        sa = StoreArgs(ka.ptr, ka.td, va.ptr, va.td, kca.ptr, kca.td, vca.ptr, vca.td, ff, qn, kn,
+                       p["eps"], p["theta"], mode, int(p["q_norm"]), int(p["k_norm"]))
+        driver.launch(self.lib.module("attention.cu").get_function(f"attn_store_{dt.short}_{maxd}"), grid, 128,
+                      [ptr(part), ptr(counters), out.addr, out.td, qa.addr, qa.td, sa, f32(p["scale"]),
+                       ptr(self._contiguous_ids(pos, base)), i32(chunk)], stream=self.stream)
+
+    def _attn_splits(self, out: Arg, S: int, D: int):
+        """Launch shape of the attention kernels for output ``out`` [.., T, Dv] over S keys of D:
+        (grid, chunk, partials, counters, register size), or None for an empty output."""
+        T, Dv = out.shape[-2], out.shape[-1]
         rows = out.numel // max(Dv, 1) if Dv else 0
         if rows == 0:
-            return
+            return None
         batch = rows // T
         nsplit = max(1, min(-(-S // ATTN_CHUNK), 4096 // rows))
         chunk = -(-S // nsplit)
         nsplit = -(-S // chunk)
-        mod = self.lib.module("attention.cu")
         part = counters = 0
         if nsplit > 1:
             # [counters: one int per row, shared by every graph and left at zero by the kernel]
@@ -466,12 +504,8 @@ class CudaBackend(Backend):
             if self._work is None or self._work.nbytes < need:
                 raise _NeedScratch(need, "_work")
             counters, part = self._work.ptr, self._work.ptr + _COUNTER_BYTES
-        from .kernels import f32, i32, ptr
-        maxd = next(m for m in (64, 128, 256) if max(q.shape[-1], Dv) <= m)
-        driver.launch(mod.get_function(f"attn_split_{dt.short}_{maxd}"), (T, batch, nsplit), 128,
-                      [ptr(part), ptr(counters), out.addr, out.td, q.addr, q.td, kt.addr, kt.td, v.addr, v.td,
-                       f32(p["scale"]), i32(1 if p["causal"] else 0), i32(p["past"]), ptr(past_dev), i32(chunk)],
-                      stream=self.stream)
+        maxd = next(m for m in (64, 128, 256) if max(D, Dv) <= m)
+        return (T, batch, nsplit), chunk, part, counters, maxd
 
     _NORM = {None: 0, "rms": 1, "layer": 2}
     _ACT = {None: 0, "gelu": 1, "silu": 2, "swiglu": 3}

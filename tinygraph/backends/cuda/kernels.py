@@ -135,6 +135,17 @@ class TD(ctypes.Structure):
         return f"TD(ne={list(self.ne)}, st={list(self.st)})"
 
 
+class StoreArgs(ctypes.Structure):
+    """``struct StoreArgs<T>`` of cuda_src/attention.cu (attn_store's new keys/values, caches,
+    RoPE and q/k-norm arguments), passed by value."""
+
+    _fields_ = [("k", ctypes.c_uint64), ("kd", TD), ("v", ctypes.c_uint64), ("vd", TD),
+                ("kc", ctypes.c_uint64), ("kcd", TD), ("vc", ctypes.c_uint64), ("vcd", TD),
+                ("ff", ctypes.c_uint64), ("qn", ctypes.c_uint64), ("kn", ctypes.c_uint64),
+                ("eps", ctypes.c_float), ("theta", ctypes.c_float), ("mode", ctypes.c_int32),
+                ("q_norm", ctypes.c_int32), ("k_norm", ctypes.c_int32)]
+
+
 def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
     st, acc = [], 1
     for n in reversed(tuple(shape)):
