@@ -187,6 +187,33 @@ __device__ bool smp_last_block(u32* ticket, int G, int* flag) {
     return last;
 }
 
+// f(j, key) for every j in [0, V) of a row's keys, and for j >= V (key 0) up to a multiple of
+// blockDim * SMP_UNROLL, so every lane of a warp calls f equally often (f may use warp votes).
+// The loads of a batch are issued together: the pass is bound by bandwidth, not latency.
+#define SMP_UNROLL 8
+template <typename F>
+__device__ __forceinline__ void smp_for_keys(const u32* keys, long long V, F f) {
+    for (long long base = 0; base < V; base += (long long)blockDim.x * SMP_UNROLL) {
+        u32 k[SMP_UNROLL];
+#pragma unroll
+        for (int u = 0; u < SMP_UNROLL; ++u) {
+            const long long j = base + (long long)u * blockDim.x + threadIdx.x;
+            k[u] = j < V ? keys[j] : 0u;
+        }
+#pragma unroll
+        for (int u = 0; u < SMP_UNROLL; ++u) f(base + (long long)u * blockDim.x + threadIdx.x, k[u]);
+    }
+}
+
+// the keys of this block's chunk: k[e] is element chunk_start + e * blockDim + tid (0 past V)
+__device__ __forceinline__ void smp_chunk_keys(const u32* keys, long long V, u32 k[SMP_PER_THREAD]) {
+#pragma unroll
+    for (int e = 0; e < SMP_PER_THREAD; ++e) {
+        const long long j = (long long)blockIdx.x * SMP_CHUNK + e * blockDim.x + threadIdx.x;
+        k[e] = j < V ? keys[j] : 0u;
+    }
+}
+
 // ---- kernel 1: keys and per-chunk maxima ------------------------------------------------------
 template <typename T>
 __device__ __forceinline__ void sample_keys_kernel(const T* x, const TD& xd, const float* fp,
@@ -207,10 +234,17 @@ __device__ __forceinline__ void sample_keys_kernel(const T* x, const TD& xd, con
     const long long xs = xd.st[3];
     u32 gk = 0, zk = 0, zmin = 0xFFFFFFFFu;
     int gi = 0x7fffffff, zi = 0x7fffffff;
+    float xv[SMP_PER_THREAD];
+#pragma unroll
+    for (int e = 0; e < SMP_PER_THREAD; ++e) {
+        const long long j = (long long)b * SMP_CHUNK + e * blockDim.x + tid;
+        xv[e] = j < V ? to_f32(xr[j * xs]) : 0.0f;
+    }
+#pragma unroll
     for (int e = 0; e < SMP_PER_THREAD; ++e) {
         const long long j = (long long)b * SMP_CHUNK + e * blockDim.x + tid;
         if (j >= V) break;
-        const float v = to_f32(xr[j * xs]);
+        const float v = xv[e];
         smp_better(gk, gi, v != v ? 0xFFFFFFFFu : smp_key(v), (int)j);
         if (!greedy) {
             float z = v / t;
@@ -305,15 +339,9 @@ __device__ SmpList smp_collect(SmpShared& sh, int b, const u32* keys, long long 
     __syncthreads();  // an earlier list may still be read
     if (threadIdx.x == 0) sh.nlist = 0;
     __syncthreads();
-    for (long long base = 0; base < V; base += blockDim.x) {
-        const long long j = base + threadIdx.x;
-        u32 k = 0;
-        bool hit = false;
-        if (j < V) {
-            k = keys[j];
-            const int bb = smp_bin(k, m, R);
-            hit = bb >= L.lo && bb <= L.hi;
-        }
+    smp_for_keys(keys, V, [&](long long j, u32 k) {
+        const int bb = smp_bin(k, m, R);
+        const bool hit = j < V && bb >= L.lo && bb <= L.hi;
         const u32 mask = __ballot_sync(SMP_FULL, hit);
         if (mask) {
             const int leader = __ffs(mask) - 1;
@@ -322,7 +350,7 @@ __device__ SmpList smp_collect(SmpShared& sh, int b, const u32* keys, long long 
             pos = __shfl_sync(SMP_FULL, pos, leader) + __popc(mask & ((1u << lane) - 1u));
             if (hit && pos < SMP_CAP) sh.list[pos] = k;
         }
-    }
+    });
     __syncthreads();
     return L;
 }
@@ -337,22 +365,21 @@ __device__ SmpStats smp_stats(SmpShared& sh, const SmpList& L, const u32* keys, 
                               float R, u32 T, bool want_mass, bool want_range) {
     u64 c = 0, s = 0;
     u32 lo = 0xFFFFFFFFu, hi = 0;
-    const long long n = L.smem ? (long long)L.n : V;
-    for (long long i = threadIdx.x; i < n; i += blockDim.x) {
-        u32 k;
-        if (L.smem) {
-            k = sh.list[i];
-        } else {
-            k = keys[i];
-            const int bb = smp_bin(k, m, R);
-            if (bb < L.lo || bb > L.hi) continue;
-        }
+    auto add = [&](u32 k) {
         lo = min(lo, k);
         hi = max(hi, k);
         if (k >= T) {
             ++c;
             if (want_mass) s += smp_w(k, m);
         }
+    };
+    if (L.smem) {
+        for (int i = threadIdx.x; i < (int)L.n; i += blockDim.x) add(sh.list[i]);
+    } else {  // a bin too large for shared memory: filter the row's keys by bin
+        smp_for_keys(keys, V, [&](long long j, u32 k) {
+            const int bb = smp_bin(k, m, R);
+            if (j < V && bb >= L.lo && bb <= L.hi) add(k);
+        });
     }
     SmpStats st;
     st.cnt = smp_block_sum(c, sh.sc);
@@ -403,11 +430,12 @@ extern "C" __global__ void __launch_bounds__(SMP_THREADS)
         sh.cw[i] = 0;
         sh.ccnt[i] = 0;
     }
+    u32 ck[SMP_PER_THREAD];
+    smp_chunk_keys(w.keys, V, ck);
     __syncthreads();
     for (int e = 0; e < SMP_PER_THREAD; ++e) {
-        const long long j = (long long)b * SMP_CHUNK + e * blockDim.x + tid;
-        if (j >= V) break;
-        const u32 k = w.keys[j];
+        if ((long long)b * SMP_CHUNK + e * blockDim.x + tid >= V) break;
+        const u32 k = ck[e];
         const int bin = smp_bin(k, m, R);
         atomicAdd(&sh.ccnt[bin], 1u);
         const u64 wt = smp_w(k, m);
@@ -491,13 +519,11 @@ extern "C" __global__ void __launch_bounds__(SMP_THREADS)
     const float m = smp_val(w.state[ST_MKEY]);
     const u32 tau = w.state[ST_TAU];
     const u64 target = *(const u64*)(w.state + ST_TARGET);
+    u32 ck[SMP_PER_THREAD];
+    smp_chunk_keys(w.keys, V, ck);
     u64 s = 0;
-    for (int e = 0; e < SMP_PER_THREAD; ++e) {
-        const long long j = (long long)b * SMP_CHUNK + e * blockDim.x + tid;
-        if (j >= V) break;
-        const u32 k = w.keys[j];
-        if (k >= tau) s += smp_w(k, m);
-    }
+    for (int e = 0; e < SMP_PER_THREAD; ++e)  // keys past V are 0: weight 0
+        if (ck[e] >= tau) s += smp_w(ck[e], m);
     s = smp_block_sum(s, sc);
     if (tid == 0) w.cmass[b] = s;
     if (!smp_last_block(&w.state[ST_TICKET3], G, &flag)) return;
