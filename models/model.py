@@ -8,7 +8,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 
-from .sampling import check_sampling_args, sample
+import tinygraph as tg
+
+from .sampling import check_sampling_args
 from .transformer import Transformer
 
 
@@ -24,8 +26,10 @@ def _prompt_ids(input_ids: Sequence[int]) -> list[int]:
     return [int(i) for i in a.reshape(-1)]
 
 
-def _check_generate_args(temperature, top_k, top_p, max_new_tokens, eos_token_id) -> None:
+def _check_generate_args(temperature, top_k, top_p, max_new_tokens, eos_token_id, seed=None) -> None:
     """Type and range checks (ValueError naming the bad value) before sampling.check_sampling_args."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ValueError(f"seed must be an integer or None, got {seed!r}")
     for name, v in (("temperature", temperature), ("top_p", top_p)):
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
             raise ValueError(f"{name} must be a finite number, got {v!r}")
@@ -50,10 +54,15 @@ class CausalLM(Transformer):
         """Yield new token ids one at a time as they are produced (prompt not included).
 
         Stops after ``max_new_tokens``, at an ``eos_token_id`` (yielded), or when the context is
-        full (with a notice on stderr). ``temperature=0`` is greedy; ``seed`` makes sampling
-        reproducible. Bad arguments raise ValueError here, before the first token is asked for."""
+        full (with a notice on stderr). ``temperature=0`` is greedy (argmax); otherwise each token
+        is drawn by the ``sample`` op inside the step graph, on the model's backend
+        (temperature, then top-k, then top-p; exact semantics in ``tinygraph.ops.sample``): only
+        the token id comes back to the host. Token ``n`` of the call uses the op's random stream
+        ``(seed, n)``; ``seed`` (an int, taken mod 2**64) makes sampling reproducible on a given
+        backend, None draws one from ``np.random.default_rng()``. Bad arguments raise ValueError
+        here, before the first token is asked for."""
         self._check_open()
-        _check_generate_args(temperature, top_k, top_p, max_new_tokens, eos_token_id)
+        _check_generate_args(temperature, top_k, top_p, max_new_tokens, eos_token_id, seed)
         ids = _prompt_ids(input_ids)
         if len(ids) > self.max_context:
             raise ValueError(f"prompt of {len(ids)} tokens is longer than the context of {self.max_context} "
@@ -68,12 +77,15 @@ class CausalLM(Transformer):
         eos = {eos_token_id} if isinstance(eos_token_id, (int, np.integer)) else set(eos_token_id or ())
         if max_new_tokens == 0:
             return
-        rng = np.random.default_rng(seed)
         greedy = temperature == 0
-        want = "argmax" if greedy else "logits"
-        out = self.step(ids, 0, want)
+        want = "argmax" if greedy else "sample"
+        if seed is None:
+            seed = int(np.random.default_rng().integers(0, 2**63))
+
+        def params(n: int) -> tuple[np.ndarray, np.ndarray] | None:
+            return None if greedy else tg.sample_params(temperature, top_k, top_p, seed, counter=n)
+        tok = self.step(ids, 0, want, sampling=params(0))
         for n in range(max_new_tokens):
-            tok = out if greedy else sample(out, temperature, top_k, top_p, rng)
             ids.append(tok)
             yield tok
             if tok in eos or n == max_new_tokens - 1:
@@ -82,7 +94,10 @@ class CausalLM(Transformer):
                 print(f"tinygraph: context of {self.max_context} tokens is full; stopping after {n + 1} of "
                       f"{max_new_tokens} new tokens", file=sys.stderr)
                 return
-            out = self.step([tok], len(ids) - 1, want) if use_cache else self.step(ids, 0, want)
+            if use_cache:
+                tok = self.step([tok], len(ids) - 1, want, sampling=params(n + 1))
+            else:
+                tok = self.step(ids, 0, want, sampling=params(n + 1))
 
     def generate(self, input_ids: Sequence[int], max_new_tokens: int = 100, temperature: float = 1.0,
                  top_k: int = 50, top_p: float = 1.0, eos_token_id: int | Sequence[int] | None = None,

@@ -1,7 +1,14 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p (host-side, NumPy)."""
+"""Sampling arguments, and a host-side reference for choosing a token from logits.
+
+Generation does not use :func:`sample`: the step graph samples on the backend with the ``sample``
+op (``tinygraph.ops.sample``), so only the token id leaves the device. :func:`sample` runs that
+op's NumPy reference on a host array, with the same semantics and random stream.
+"""
 from __future__ import annotations
 
 import numpy as np
+
+from tinygraph.ops import OPS, sample_params
 
 
 def check_sampling_args(temperature: float, top_k: int, top_p: float, max_new_tokens: int) -> None:
@@ -16,24 +23,10 @@ def check_sampling_args(temperature: float, top_k: int, top_p: float, max_new_to
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
-def sample(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng: np.random.Generator) -> int:
-    """One token id from ``logits`` [vocab]. ``temperature == 0`` is greedy (argmax); ``top_k`` keeps
-    the k most likely (0: all); ``top_p`` keeps the smallest set whose probability reaches p."""
-    logits = np.asarray(logits, dtype=np.float64).reshape(-1)
-    if temperature == 0:
-        return int(np.argmax(logits))
-    z = logits / temperature
-    if 0 < top_k < z.size:
-        kth = np.partition(z, -top_k)[-top_k]
-        z = np.where(z >= kth, z, -np.inf)
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    if top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
-        cum = np.cumsum(p[order])
-        keep = order[: int(np.searchsorted(cum, top_p) + 1)]
-        mask = np.zeros_like(p, dtype=bool)
-        mask[keep] = True
-        p = np.where(mask, p, 0.0)
-        p /= p.sum()
-    return int(rng.choice(p.size, p=p))
+def sample(logits: np.ndarray, temperature: float, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+           counter: int = 0) -> int:
+    """One token id from host ``logits`` [vocab], as the ``sample`` op would pick it with these
+    parameters (``temperature == 0``: argmax; ``top_k`` 0: no limit; ``top_p`` 1: no limit)."""
+    fp, ip = sample_params(temperature, top_k, top_p, seed, counter)
+    logits = np.asarray(logits, np.float32).reshape(1, -1)
+    return int(OPS["sample"].reference({}, logits, fp, ip)[0])

@@ -26,6 +26,8 @@ from tinygraph.session import SessionClosedError
 
 #: step graphs kept per model (decode + a few prompt lengths)
 MAX_CACHED_GRAPHS = 6
+#: what a step graph can produce (see Transformer.step_graph)
+WANTS = ("logits", "argmax", "sample", "hidden", "all_logits")
 
 
 @dataclass
@@ -264,26 +266,39 @@ class Transformer:
 
     def step_graph(self, T: int, want: str = "logits", fuse: bool = True) -> tuple[tg.Graph, tg.Tensor, tg.Tensor]:
         """The graph of one step over ``T`` tokens producing ``want`` ("logits": last position's
-        logits [1, vocab]; "argmax": its greedy token [1]; "hidden": [T, hidden]; "all_logits":
-        [T, vocab]), fused unless ``fuse=False``. Returns (graph, ids input, positions input)."""
-        if want not in ("logits", "argmax", "hidden", "all_logits"):
-            raise ValueError(f"want must be logits, argmax, hidden or all_logits, got {want!r}")
+        logits [1, vocab]; "argmax": its greedy token [1]; "sample": a token sampled from them on
+        the backend [1], with two more inputs, ``sample_fparams`` and ``sample_iparams`` (see
+        ``tg.ops.sample``); "hidden": [T, hidden]; "all_logits": [T, vocab]), fused unless
+        ``fuse=False``. Returns (graph, ids input, positions input)."""
+        if want not in WANTS:
+            raise ValueError(f"want must be one of {', '.join(WANTS)}, got {want!r}")
         g = self.session.graph()
-        tid, pid, h = self.build_step(g, T, last_only=want in ("logits", "argmax"))
+        tid, pid, h = self.build_step(g, T, last_only=want in ("logits", "argmax", "sample"))
         if want == "hidden":
             g.output(h)
         else:
             logits = self.logits_node(h)
-            g.output(tg.argmax(logits, name="next_token") if want == "argmax" else logits)
+            if want == "argmax":
+                logits = tg.argmax(logits, name="next_token")
+            elif want == "sample":
+                fp = g.input((2,), tg.float32, name="sample_fparams")
+                ip = g.input((4,), tg.int32, name="sample_iparams")
+                logits = tg.sample(logits, fp, ip, name="next_token")
+            g.output(logits)
         if fuse:
             optimize(g)
         return g, tid, pid
 
-    def step(self, ids, start: int, want: str = "logits", times: dict[int, float] | None = None) -> np.ndarray:
+    def step(self, ids, start: int, want: str = "logits", times: dict[int, float] | None = None,
+             sampling: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Run ``ids`` (1-D) at positions ``start..``; write their keys/values into the cache.
-        ``want``: see :meth:`step_graph`; "logits" returns [vocab], "argmax" an int. ``times``:
-        profile the run (see ``Session.compute``)."""
+        ``want``: see :meth:`step_graph`; "logits" returns [vocab], "argmax" and "sample" an int.
+        ``sampling`` (for "sample"): the op's parameter arrays, ``tg.sample_params(temperature,
+        top_k, top_p, seed, counter)``; they are graph inputs, so new values reuse the graph.
+        ``times``: profile the run (see ``Session.compute``)."""
         self._check_open()
+        if (want == "sample") != (sampling is not None):
+            raise ValueError('step: sampling parameters go with want="sample", and only with it')
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         self._check_ids(ids, start)
         T = int(ids.size)
@@ -295,11 +310,13 @@ class Transformer:
                 self._graphs.pop(next(iter(self._graphs)))
         self._graphs[key] = entry  # most recently used last
         g, tid, pid = entry
-        (out,) = self.session.compute(g, {tid: ids.astype(np.int32),
-                                          pid: np.arange(start, start + T, dtype=np.int32)}, times)
+        feeds = {tid: ids.astype(np.int32), pid: np.arange(start, start + T, dtype=np.int32)}
+        if sampling is not None:
+            feeds["sample_fparams"], feeds["sample_iparams"] = sampling
+        (out,) = self.session.compute(g, feeds, times)
         self.kv.length = start + T
         self.last_graph = g
-        if want == "argmax":
+        if want in ("argmax", "sample"):
             return int(out[0])
         return out[0] if want == "logits" else out
 

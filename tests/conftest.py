@@ -1,6 +1,10 @@
 """Shared fixtures: the backends to run op tests on (CUDA is skipped with a reason where absent)."""
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -8,6 +12,24 @@ import tinygraph as tg
 from tinygraph.backends import cuda_available
 
 BACKENDS = ["numpy", "cuda"]
+
+
+def _use_this_checkouts_models() -> None:
+    """``tinygraph.models`` from this checkout's ``models/``: when ``tinygraph`` comes from here but
+    an editable install of another checkout (e.g. the main tree beside a git worktree) is on the
+    path, its import finder would otherwise supply the models package from there."""
+    root = Path(__file__).resolve().parents[1]
+    if Path(tg.__file__).resolve().parent != root / "tinygraph" or "tinygraph.models" in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location("tinygraph.models", root / "models" / "__init__.py",
+                                                  submodule_search_locations=[str(root / "models")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["tinygraph.models"] = module
+    spec.loader.exec_module(module)
+    tg.models = module
+
+
+_use_this_checkouts_models()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -7,7 +7,8 @@ from .dtypes import DType, bfloat16, float16, float32, int32
 from .errors import BackendError, BoundsError, DTypeError, GraphError, ShapeError, TinygraphError
 from .graph import ExecPlan, Graph
 from .ops import (add, argmax, attention, attention_store, cast, concat, cont, cpy, gelu, get_rows, layer_norm, linear, matmul, mul, permute,
-                  reshape, rms_norm, rope, rope_store, scale, set_rows, silu, softmax, transpose, view)
+                  reshape, rms_norm, rope, rope_store, sample, sample_params, scale, set_rows, silu, softmax, transpose,
+                  view)
 from .session import Session
 from .tensor import Tensor
 
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Session", "Graph", "ExecPlan", "Tensor", "DType", "float32", "float16", "bfloat16", "int32",
     "view", "reshape", "transpose", "permute", "cont", "cast", "cpy", "set_rows", "attention", "attention_store", "linear", "rope_store", "get_rows", "concat", "matmul", "add",
-    "mul", "scale", "softmax", "layer_norm", "rms_norm", "gelu", "silu", "rope", "argmax",
+    "mul", "scale", "softmax", "layer_norm", "rms_norm", "gelu", "silu", "rope", "argmax", "sample",
+    "sample_params",
     "TinygraphError", "GraphError", "ShapeError", "DTypeError", "BoundsError", "BackendError",
 ]

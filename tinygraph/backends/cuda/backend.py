@@ -440,6 +440,12 @@ class CudaBackend(Backend):
                      freq_factors=ff, stream=s)
         elif op == "argmax":
             lib.argmax(src[0].dtype.short, out, self._arg(src[0], base), stream=s)
+        elif op == "sample":
+            from .kernels import sample_workspace_bytes
+            rows, V = n.size, src[0].shape[-1]
+            ws = self._tmp((-(-sample_workspace_bytes(rows, V) // dt.itemsize),), dt)
+            lib.sample(src[0].dtype.short, out, self._arg(src[0], base), self._contiguous_ids(src[1], base),
+                       self._contiguous_ids(src[2], base), ws.ptr, stream=s)
         else:
             raise BackendError(f"CUDA backend has no kernel for op {op!r} (node {n.describe()})")
 

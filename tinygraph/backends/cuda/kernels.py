@@ -33,6 +33,10 @@ rope        rope.cu        (T* out, TD od, const T* x, TD xd, const int* pos, co
 getrows     getrows.cu     (T* out, TD od, const T* table, TD tbl, const int* ids)
 set_rows    getrows.cu     (D* dst, TD dd, const S* src, TD sd, const int* idx)  set_rows_<S>_<D>
 argmax      reduce.cu      (int* out, TD od, const T* x, TD xd)
+sample_keys sample.cu      (int* out, TD od, const T* x, TD xd, const float* fp, const int* ip,
+                            uchar* ws)   the sample op is three launches (KernelLibrary.sample):
+sample_hist sample.cu      (int* out, TD od, TD xd, const float* fp, const int* ip, uchar* ws)
+sample_pick sample.cu      same; sample_hist / sample_pick only as _i32 (they read ws's keys)
 matmul      matmul.cu      (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)  CUDA cores
 matmul_tc   matmul.cu      same; f16/bf16 only, tensor cores (sm_80+)
 matmul_tc2  matmul.cu      same; f16/bf16 only, tensor cores, cp.async pipeline + ldmatrix
@@ -106,6 +110,8 @@ __all__ = [
     "KernelLibrary",
     "elementwise_config",
     "row_block_size",
+    "SAMPLE_CHUNK",
+    "sample_workspace_bytes",
     "gemv_block_size",
     "ROPE_NORMAL",
     "ROPE_NEOX",
@@ -352,6 +358,17 @@ _reg(
 )
 
 ELEMENTWISE_DTYPES = _F
+
+# the sample op (cuda_src/sample.cu): keys per logits dtype, then histogram/thresholds and pick
+_SAMPLE_TAIL = (("fp", "ptr"), ("ip", "ptr"), ("ws", "ptr"))
+_reg(
+    KernelSpec("sample_keys", "sample.cu", (("out", "ptr"), ("od", "td"), ("x", "ptr"), ("xd", "td")) + _SAMPLE_TAIL,
+               _ONE, "sample", "z = x / temperature as sortable keys, per-chunk maxima (sample op, 1 of 3)"),
+    KernelSpec("sample_hist", "sample.cu", (("out", "ptr"), ("od", "td"), ("xd", "td")) + _SAMPLE_TAIL,
+               (("i32",),), "sample", "histogram of the keys; the row's last block finds the thresholds (2 of 3)"),
+    KernelSpec("sample_pick", "sample.cu", (("out", "ptr"), ("od", "td"), ("xd", "td")) + _SAMPLE_TAIL,
+               (("i32",),), "sample", "kept weight per chunk; the row's last block picks the token (3 of 3)"),
+)
 SOURCE_FILES = tuple(sorted({s.file for s in KERNELS.values()}))
 
 
@@ -412,6 +429,15 @@ def linear_block_size(columns: int, groups: int = 1, sm_count: int = 132) -> int
     an H100 (tools/bench_linear.py), 256 beat 128 and 64 at every decode shape, the small ones
     (N = 576, 72 blocks) included: a block stages the normalised row once for 8 warps."""
     return 256
+
+
+SAMPLE_CHUNK = 4096  # logits per block of the sample kernels (SMP_CHUNK in sample.cu)
+
+
+def sample_workspace_bytes(rows: int, V: int) -> int:
+    """Scratch bytes that :meth:`KernelLibrary.sample` needs (layout: smp_ws in sample.cu)."""
+    G = -(-int(V) // SAMPLE_CHUNK)
+    return int(rows) * (64 + 40 * G + 12 * 2048 + 4 * int(V))
 
 
 def row_block_size(n: int) -> int:
@@ -602,6 +628,29 @@ class KernelLibrary:
             ost = tuple(ost) + (1,)
         self._launch(self.get("argmax", dtype), rows, row_block_size(x.shape[-1]),
                       [out.addr, td(oshape, ost), x.addr, x.td], stream=stream)
+
+    def sample(self, dtype, out: Arg, x: Arg, fparams, iparams, ws, stream=None) -> None:
+        """The sample op (see ``tinygraph.ops.sample``): out int32 [rows] (x's shape without its last
+        axis, any strides); x [..., V] logits of ``dtype`` (rank <= 4, any strides); fparams /
+        iparams: device pointers of float32 [temperature, top_p] and int32 [top_k, seed_lo,
+        seed_hi, counter]; ws: device scratch of :func:`sample_workspace_bytes` bytes (8-byte
+        aligned; need not be zeroed). Three launches on grid (ceil(V / 4096), rows) x 1024."""
+        if x.numel == 0:
+            return
+        V = x.shape[-1]
+        rows = x.numel // V
+        oshape = tuple(x.shape[:-1]) + (1,)
+        ost = out.full_strides()
+        if len(ost) == len(x.shape) - 1:
+            ost = tuple(ost) + (1,)
+        od = td(oshape, ost)
+        grid = (-(-V // SAMPLE_CHUNK), rows)
+        if rows > 65535:
+            raise ValueError(f"sample: {rows} rows exceed the grid.y limit of 65535")
+        tail = [ptr(fparams), ptr(iparams), ptr(ws)]
+        self._launch(self.get("sample_keys", dtype), grid, 1024, [out.addr, od, x.addr, x.td] + tail, stream=stream)
+        for stage in ("sample_hist", "sample_pick"):
+            self._launch(self.get(stage, "i32"), grid, 1024, [out.addr, od, x.td] + tail, stream=stream)
 
     # -- matmul ----------------------------------------------------------------------------------
     def plan_matmul(self, dtype, c: Arg, a: Arg, b: Arg, algo: str | None = None):
