@@ -272,6 +272,7 @@ __device__ __forceinline__ void sample_keys_kernel(const T* x, const TD& xd, con
     extern "C" __global__ void __launch_bounds__(SMP_THREADS)                                  \
         sample_keys_##sfx(int* out, TD od, const T* x, TD xd, const float* fp, const int* ip,  \
                           unsigned char* ws) {                                                 \
+        tg_pdl_enter();                                                                        \
         sample_keys_kernel<T>(x, xd, fp, ws);                                                  \
     }
 TG_SAMPLE_KEYS(float, f32)
@@ -406,6 +407,7 @@ __device__ u32 smp_bisect(SmpShared& sh, const SmpList& L, const u32* keys, long
 
 extern "C" __global__ void __launch_bounds__(SMP_THREADS)
     sample_hist_i32(int* out, TD od, TD xd, const float* fp, const int* ip, unsigned char* ws) {
+    tg_pdl_enter();
     __shared__ SmpShared sh;
     const long long V = xd.ne[3], rows = td_rows(xd), r = blockIdx.y;
     const int G = gridDim.x, b = blockIdx.x, tid = threadIdx.x;
@@ -509,6 +511,7 @@ extern "C" __global__ void __launch_bounds__(SMP_THREADS)
 // ---- kernel 3: the pick -----------------------------------------------------------------------
 extern "C" __global__ void __launch_bounds__(SMP_THREADS)
     sample_pick_i32(int* out, TD od, TD xd, const float* fp, const int* ip, unsigned char* ws) {
+    tg_pdl_enter();
     __shared__ u64 sc[32];
     __shared__ int flag, found;
     __shared__ u64 before;

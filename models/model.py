@@ -85,19 +85,24 @@ class CausalLM(Transformer):
         def params(n: int) -> tuple[np.ndarray, np.ndarray] | None:
             return None if greedy else tg.sample_params(temperature, top_k, top_p, seed, counter=n)
         tok = self.step(ids, 0, want, sampling=params(0))
-        for n in range(max_new_tokens):
-            ids.append(tok)
-            yield tok
-            if tok in eos or n == max_new_tokens - 1:
-                return
-            if len(ids) >= self.max_context:
-                print(f"tinygraph: context of {self.max_context} tokens is full; stopping after {n + 1} of "
-                      f"{max_new_tokens} new tokens", file=sys.stderr)
-                return
-            if use_cache:
-                tok = self.step([tok], len(ids) - 1, want, sampling=params(n + 1))
-            else:
-                tok = self.step(ids, 0, want, sampling=params(n + 1))
+        # with the cache: every later token from one device-side decode loop (no host round trip
+        # per token); it stops at max_new_tokens or at the end of the context, whichever is first
+        steps = min(max_new_tokens - 1, self.max_context - len(ids) - 1)
+        rest = self.decode_loop(tok, len(ids), steps, want, params(1)) if use_cache and steps > 0 else None
+        try:
+            for n in range(max_new_tokens):
+                ids.append(tok)
+                yield tok
+                if tok in eos or n == max_new_tokens - 1:
+                    return
+                if len(ids) >= self.max_context:
+                    print(f"tinygraph: context of {self.max_context} tokens is full; stopping after {n + 1} of "
+                          f"{max_new_tokens} new tokens", file=sys.stderr)
+                    return
+                tok = next(rest) if rest is not None else self.step(ids, 0, want, sampling=params(n + 1))
+        finally:
+            if rest is not None:
+                rest.close()
 
     def generate(self, input_ids: Sequence[int], max_new_tokens: int = 100, temperature: float = 1.0,
                  top_k: int = 50, top_p: float = 1.0, eos_token_id: int | Sequence[int] | None = None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -302,14 +303,7 @@ class Transformer:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         self._check_ids(ids, start)
         T = int(ids.size)
-        key = (T, want)
-        entry = self._graphs.pop(key, None)
-        if entry is None:
-            entry = self.step_graph(T, want)
-            while len(self._graphs) >= MAX_CACHED_GRAPHS:
-                self._graphs.pop(next(iter(self._graphs)))
-        self._graphs[key] = entry  # most recently used last
-        g, tid, pid = entry
+        g, tid, pid = self._graph(T, want)
         feeds = {tid: ids.astype(np.int32), pid: np.arange(start, start + T, dtype=np.int32)}
         if sampling is not None:
             feeds["sample_fparams"], feeds["sample_iparams"] = sampling
@@ -319,6 +313,49 @@ class Transformer:
         if want in ("argmax", "sample"):
             return int(out[0])
         return out[0] if want == "logits" else out
+
+    def _graph(self, T: int, want: str) -> tuple[tg.Graph, tg.Tensor, tg.Tensor]:
+        """The cached step graph for (T, want), built on first use (least recently used dropped)."""
+        key = (T, want)
+        entry = self._graphs.pop(key, None)
+        if entry is None:
+            entry = self.step_graph(T, want)
+            while len(self._graphs) >= MAX_CACHED_GRAPHS:
+                self._graphs.pop(next(iter(self._graphs)))
+        self._graphs[key] = entry  # most recently used last
+        return entry
+
+    def decode_loop(self, token: int, start: int, steps: int, want: str = "argmax",
+                    sampling: tuple[np.ndarray, np.ndarray] | None = None) -> Iterator[int]:
+        """Decode ``steps`` tokens after ``token`` (at position ``start``): yields each next token
+        id. Every step feeds its token to the next on the device (``Session.compute_loop``): on
+        CUDA the steps are queued ahead, with no host round trip between them. ``want``:
+        "argmax" or "sample" (``sampling``: the op's parameter arrays for the first step; the
+        counter advances by one per step). Stopping early is fine: the cache then also holds the
+        rows of the few steps that were already queued (``kv.length`` counts what was yielded)."""
+        self._check_open()
+        if want not in ("argmax", "sample") or (want == "sample") != (sampling is not None):
+            raise ValueError('decode_loop: want is "argmax", or "sample" with its sampling parameters')
+        self._check_ids(np.array([token]), start)
+        if start + steps > self.max_context:
+            raise ValueError(f"decode_loop: {start} + {steps} steps exceed the context of {self.max_context}")
+        g, tid, pid = self._graph(1, want)
+        feeds = {tid: np.array([token], np.int32), pid: np.array([start], np.int32)}
+        advance = {pid: 1}
+        if sampling is not None:
+            feeds["sample_fparams"], feeds["sample_iparams"] = sampling
+            advance["sample_iparams"] = [0, 0, 0, 1]
+        self.last_graph = g
+        loop = self.session.compute_loop(g, feeds, steps, feedback={tid: g.outputs[0]}, advance=advance)
+        return self._decode_tokens(loop, start)
+
+    def _decode_tokens(self, loop, start: int) -> Iterator[int]:
+        try:
+            for i, (out,) in enumerate(loop):
+                self.kv.length = start + i + 1
+                yield int(out[0])
+        finally:
+            loop.close()
 
     def profile_decode(self, token: int, position: int) -> tuple[tg.Graph, dict[int, float]]:
         """Run the decode step for ``token`` at ``position`` once, profiled: returns the decode

@@ -217,12 +217,25 @@ def test_sampling_runs_in_the_graph(llama, monkeypatch):
     def step_graph(T, want="logits", fuse=True):
         built.append((T, want))
         return real_graph(T, want, fuse)
+    loops = []
+    real_loop = llama.decode_loop
+
+    def decode_loop(token, start, steps, want="argmax", sampling=None):
+        loops.append((start, steps, want))
+        return real_loop(token, start, steps, want, sampling)
     monkeypatch.setattr(llama, "step", step)
     monkeypatch.setattr(llama, "step_graph", step_graph)
+    monkeypatch.setattr(llama, "decode_loop", decode_loop)
     llama._graphs.clear()
-    llama.generate(prompt, max_new_tokens=10, temperature=1.1, top_k=0, top_p=0.95, seed=8)
-    assert wants == ["sample"] * 10
+    got = llama.generate(prompt, max_new_tokens=10, temperature=1.1, top_k=0, top_p=0.95, seed=8)
+    assert wants == ["sample"] and loops == [(len(prompt), 9, "sample")]  # prefill, then one decode loop
     assert built == [(len(prompt), "sample"), (1, "sample")]  # one prefill and one decode graph
+    # the loop's tokens are those of single steps with the counter of each token
+    toks = [real(prompt, 0, "sample", sampling=tg.sample_params(1.1, 0, 0.95, 8, counter=0))]
+    for n in range(1, 10):
+        toks.append(real([toks[-1]], len(prompt) + n - 1, "sample",
+                         sampling=tg.sample_params(1.1, 0, 0.95, 8, counter=n)))
+    assert got[len(prompt):] == toks
     g = llama._graphs[(1, "sample")][0]
     (out,) = g.outputs
     assert out.op == "sample" and out.shape == (1,) and out.dtype == tg.int32
