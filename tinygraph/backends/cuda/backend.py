@@ -274,9 +274,12 @@ class CudaBackend(Backend):
                     at += -(-max(nb, 1) // _ALIGN) * _ALIGN
                 yield outs
         finally:
-            self.stream.synchronize("finishing compute_loop")
-            if incbuf is not None:
-                incbuf.free()
+            # an unfinished loop may be collected after the backend closed: then there is
+            # nothing left to wait for or free
+            if self.stream.alive:
+                self.stream.synchronize("finishing compute_loop")
+                if incbuf is not None:
+                    incbuf.free()
 
     def _captured(self, graph: Graph, plan: ExecPlan) -> bool:
         state = self._replay.get(graph)

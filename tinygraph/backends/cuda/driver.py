@@ -567,7 +567,14 @@ class Stream:
         except Exception:
             pass
 
+    @property
+    def alive(self) -> bool:
+        """False once destroyed (a destroyed stream's handle must not reach the driver)."""
+        return self._finalizer.alive
+
     def synchronize(self, what: str = "") -> None:
+        if not self._finalizer.alive:
+            raise CudaError("cuStreamSynchronize on a destroyed stream" + (f" ({what})" if what else ""))
         check(_drv().cuStreamSynchronize(self.handle),
               "cuStreamSynchronize" + (f" after {what}" if what else ""))
 
