@@ -52,6 +52,8 @@ class CudaBackend(Backend):
         self._pin: driver.PinnedBuffer | None = None  # page-locked staging of the replay path
         self._ring: driver.PinnedBuffer | None = None  # compute_loop's output slots
         self._written: set[int] = set()
+        self._owner: object | None = None  # the compute_loop whose inputs the input area holds
+        self._pin_free = driver.Event(timing=False)  # recorded after each upload from self._pin
         # per graph: [plan, addresses, eager runs, captured exec]
         self._replay: "weakref.WeakKeyDictionary[Graph, list]" = weakref.WeakKeyDictionary()
         self.launches = 0
@@ -117,6 +119,7 @@ class CudaBackend(Backend):
     def execute(self, graph: Graph, plan: ExecPlan, inputs: dict[int, np.ndarray],
                 times: dict[int, float] | None = None) -> list[np.ndarray]:
         self.device.make_current()
+        self._owner = None  # a running compute_loop must re-stage its inputs (shared input area)
         state = self._replay.get(graph)
         if times is None and self._captured(graph, plan):
             return self._replay_fast(graph, state, inputs)
@@ -161,33 +164,45 @@ class CudaBackend(Backend):
             outs.append(self._fetch(o, base))
         return outs
 
-    def _replay_fast(self, graph: Graph, state: list, inputs: dict[int, np.ndarray]) -> list[np.ndarray]:
-        """The per-token path: inputs into page-locked memory and up, one graph launch, the
-        outputs' spans down into page-locked memory, one wait: all queued at once, so the GPU
-        sees no host work between them."""
-        base, (total, offs) = state[4], state[5]
-        spans = [(o, base[o.storage.id] + o.offset * o.dtype.itemsize, o.extent * o.dtype.itemsize)
-                 for o in graph.outputs]
-        out_total = sum(-(-max(n, 1) // _ALIGN) * _ALIGN for _, _, n in spans)
-        pin = self._pinned(total + out_total)
-        host = pin.array(np.uint8, total + out_total)
+    @staticmethod
+    def _out_spans(graph: Graph, base: dict[int, int]) -> list[tuple[Tensor, int, int]]:
+        """(output, device address, bytes of its span) per graph output."""
+        return [(o, base[o.storage.id] + o.offset * o.dtype.itemsize, o.extent * o.dtype.itemsize)
+                for o in graph.outputs]
+
+    def _download_spans(self, spans: list, host_ptr: int) -> None:
+        """Queue the copies of the outputs' spans to page-locked memory at ``host_ptr`` (laid out
+        as :func:`_unpack` reads them)."""
+        for _, src, nb in spans:
+            if nb:
+                driver.memcpy_dtoh(host_ptr, src, nb, self.stream)
+            host_ptr += _aligned(nb)
+
+    def _replay_stage(self, state: list, inputs: dict[int, np.ndarray], extra: int = 0) -> np.ndarray:
+        """Queue the copy of ``inputs`` into the captured graph's input area through page-locked
+        memory; returns that memory (``extra`` more bytes past the inputs, e.g. for outputs)."""
+        total, offs = state[5]
+        self._pin_free.synchronize()  # a compute_loop's upload may still be reading it
+        pin = self._pinned(total + extra)
+        host = pin.array(np.uint8, total + extra)
         if inputs:
             for tid, a in inputs.items():
                 host[offs[tid]: offs[tid] + a.nbytes] = a.view(np.uint8).reshape(-1)
             driver.memcpy_htod(self._inputs.ptr, pin.ptr, total, self.stream)
+            self._pin_free.record(self.stream)
+        return host
+
+    def _replay_fast(self, graph: Graph, state: list, inputs: dict[int, np.ndarray]) -> list[np.ndarray]:
+        """The per-token path: inputs into page-locked memory and up, one graph launch, the
+        outputs' spans down into page-locked memory, one wait: all queued at once, so the GPU
+        sees no host work between them."""
+        spans = self._out_spans(graph, state[4])
+        total = state[5][0]
+        host = self._replay_stage(state, inputs, _span_bytes(spans))
         state[3].launch(self.stream)
-        at, views = total, []
-        for o, src, n in spans:
-            if n:
-                driver.memcpy_dtoh(pin.ptr + at, src, n, self.stream)
-            views.append((o, at, n))
-            at += -(-max(n, 1) // _ALIGN) * _ALIGN
+        self._download_spans(spans, self._pin.ptr + total)
         self.stream.synchronize("reading graph outputs")
-        outs = []
-        for o, at, n in views:
-            raw = host[at: at + n].view(o.dtype.np) if n else np.empty(1, o.dtype.np)
-            it = o.dtype.itemsize
-            outs.append(np.array(np.lib.stride_tricks.as_strided(raw, o.shape, tuple(st * it for st in o.strides))))
+        outs = _unpack(host, total, spans)
         return outs
 
     def execute_loop(self, graph: Graph, plan: ExecPlan, inputs: dict[int, np.ndarray], steps: int,
@@ -203,37 +218,18 @@ class CudaBackend(Backend):
         return self._loop(graph, plan, dict(inputs), steps, feedback, advance, lookahead)
 
     def _loop(self, graph, plan, inputs, steps, feedback, advance, lookahead):
-        done = 0
-        while done < steps and not self._captured(graph, plan):  # the first runs size and capture
-            outs = self.execute(graph, plan, inputs)
-            done += 1
-            yield outs
-            for tid, oi in feedback.items():
-                inputs[tid] = np.ascontiguousarray(outs[oi])
-            for tid, inc in advance.items():
-                inputs[tid] = (inputs[tid].reshape(-1) + inc).astype(np.int32).reshape(inputs[tid].shape)
-        n = steps - done
-        if n <= 0:
-            return
-        state = self._replay[graph]
-        base, (total, offs) = state[4], state[5]
-        if inputs:  # this step's inputs, once
-            pin = self._pinned(total)
-            host = pin.array(np.uint8, total)
-            for tid, a in inputs.items():
-                host[offs[tid]: offs[tid] + a.nbytes] = a.view(np.uint8).reshape(-1)
-            driver.memcpy_htod(self._inputs.ptr, pin.ptr, total, self.stream)
-        copies = [(self._inputs.ptr + offs[tid], base[o.storage.id] + o.offset * o.dtype.itemsize, o.nbytes)
-                  for tid, oi in feedback.items() if tid in offs for o in (graph.outputs[oi],)]
-        spans = [(o, base[o.storage.id] + o.offset * o.dtype.itemsize, o.extent * o.dtype.itemsize)
-                 for o in graph.outputs]
-        slot = sum(-(-max(nb, 1) // _ALIGN) * _ALIGN for _, _, nb in spans)
+        # cur: host values of the inputs of step `queued`; fed-back ones are stale while the
+        # device made them (fb_known False) and are read back from the last step's outputs when
+        # the loop must re-stage (another graph ran on this backend since: it shares the input
+        # area and the arena), or when the graph is (re)captured.
+        cur = {tid: a.copy() for tid, a in inputs.items()}
+        fb_known = True
+        token = object()
+        host_outs: dict[int, list[np.ndarray]] = {}  # steps run through execute() (not captured yet)
+        ring = slot = spans = copies = None
         depth = lookahead + 1
-        if self._ring is None or self._ring.nbytes < slot * depth:
-            self._ring = driver.PinnedBuffer(slot * depth, "the ring of compute_loop outputs")
-        ring = self._ring.array(np.uint8, slot * depth)
         events = [driver.Event(timing=False) for _ in range(depth)]
-        adv = [(tid, inc) for tid, inc in advance.items() if tid in offs]
+        adv = [(tid, inc) for tid, inc in advance.items() if tid in cur]
         incbuf = None
         if adv:
             incs = np.concatenate([inc for _, inc in adv]).astype(np.int32)
@@ -242,8 +238,36 @@ class CudaBackend(Backend):
         f_adv = self.lib.get("advance", "i32") if adv else None
         from .kernels import i32, ptr
 
-        def enqueue(k: int) -> None:
-            if k > 0:  # step k's inputs from step k-1's outputs, on the device
+        def step_after(values: dict, outs: list) -> dict:
+            nxt = dict(values)
+            for tid, oi in feedback.items():
+                nxt[tid] = np.ascontiguousarray(outs[oi]).astype(cur[tid].dtype).reshape(cur[tid].shape)
+            for tid, inc in adv:
+                nxt[tid] = (nxt[tid].reshape(-1) + inc).astype(np.int32).reshape(nxt[tid].shape)
+            return nxt
+
+        def outputs_of(k: int) -> list[np.ndarray]:
+            if k in host_outs:
+                return host_outs.pop(k)
+            events[k % depth].synchronize()
+            return _unpack(ring, (k % depth) * slot, spans)
+
+        def layout() -> None:
+            nonlocal ring, slot, spans, copies
+            state = self._replay[graph]
+            base, offs = state[4], state[5][1]
+            copies = [(self._inputs.ptr + offs[tid], base[o.storage.id] + o.offset * o.dtype.itemsize, o.nbytes)
+                      for tid, oi in feedback.items() if tid in offs for o in (graph.outputs[oi],)]
+            spans = self._out_spans(graph, base)
+            slot = _span_bytes(spans)
+            if self._ring is None or self._ring.nbytes < slot * depth:
+                self._ring = driver.PinnedBuffer(slot * depth, "the ring of compute_loop outputs")
+            ring = self._ring.array(np.uint8, slot * depth)
+
+        def enqueue(k: int, staged: bool) -> None:
+            state = self._replay[graph]
+            offs = state[5][1]
+            if not staged:  # step k's inputs from step k-1's outputs, on the device
                 for dst, src, nb in copies:
                     driver.memcpy_dtod(dst, src, nb, self.stream)
                 at = 0
@@ -252,27 +276,40 @@ class CudaBackend(Backend):
                                                  i32(inc.size)], stream=self.stream)
                     at += inc.nbytes
             state[3].launch(self.stream)
-            at = (k % depth) * slot
-            for _, src, nb in spans:
-                if nb:
-                    driver.memcpy_dtoh(self._ring.ptr + at, src, nb, self.stream)
-                at += -(-max(nb, 1) // _ALIGN) * _ALIGN
+            self._download_spans(spans, self._ring.ptr + (k % depth) * slot)
             events[k % depth].record(self.stream)
 
         try:
             queued = 0
-            for k in range(n):
-                while queued < n and queued <= k + lookahead - 1:
-                    enqueue(queued)
+            for k in range(steps):
+                while queued < steps and queued < k + lookahead:
+                    if self._owner is token and self._captured(graph, plan):
+                        enqueue(queued, staged=False)
+                    else:
+                        if not fb_known:  # inputs of step `queued` from the outputs of the one before
+                            self.stream.synchronize("re-staging compute_loop inputs")
+                            prev = host_outs[queued - 1] = outputs_of(queued - 1)
+                            for tid, oi in feedback.items():  # (advanced inputs are up to date)
+                                v = np.ascontiguousarray(prev[oi]).astype(cur[tid].dtype).reshape(cur[tid].shape)
+                                inc = advance.get(tid)
+                                cur[tid] = v if inc is None else (v.reshape(-1) + inc).astype(np.int32).reshape(v.shape)
+                            fb_known = True
+                        if not self._captured(graph, plan):  # the first runs size and capture
+                            outs = host_outs[queued] = self.execute(graph, plan, cur)
+                            cur = step_after(cur, outs)
+                            queued += 1
+                            continue
+                        layout()
+                        self._replay_stage(self._replay[graph], cur)
+                        self._owner = token
+                        enqueue(queued, staged=True)
+                    # the device made step queued+1's inputs: advanced ones are known here
+                    fb_known = not feedback
+                    for tid, inc in adv:
+                        if tid not in feedback:
+                            cur[tid] = (cur[tid].reshape(-1) + inc).astype(np.int32).reshape(cur[tid].shape)
                     queued += 1
-                events[k % depth].synchronize()
-                outs, at = [], (k % depth) * slot
-                for o, _, nb in spans:
-                    raw = ring[at: at + nb].view(o.dtype.np) if nb else np.empty(1, o.dtype.np)
-                    it = o.dtype.itemsize
-                    outs.append(np.array(np.lib.stride_tricks.as_strided(raw, o.shape, tuple(st * it for st in o.strides))))
-                    at += -(-max(nb, 1) // _ALIGN) * _ALIGN
-                yield outs
+                yield outputs_of(k)
         finally:
             # an unfinished loop may be collected after the backend closed: then there is
             # nothing left to wait for or free
@@ -581,6 +618,25 @@ class CudaBackend(Backend):
         if not t.is_contiguous:
             raise BackendError(f"CUDA backend needs contiguous int32 ids/positions: {t.describe()}")
         return self._arg(t, base).ptr
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-max(nbytes, 1) // _ALIGN) * _ALIGN
+
+
+def _span_bytes(spans: list) -> int:
+    return sum(_aligned(nb) for _, _, nb in spans)
+
+
+def _unpack(buf: np.ndarray, at: int, spans: list) -> list[np.ndarray]:
+    """The outputs as arrays (copies, with their strides) from host bytes ``buf[at:]``."""
+    outs = []
+    for o, _, nb in spans:
+        raw = buf[at: at + nb].view(o.dtype.np) if nb else np.empty(1, o.dtype.np)
+        it = o.dtype.itemsize
+        outs.append(np.array(np.lib.stride_tricks.as_strided(raw, o.shape, tuple(st * it for st in o.strides))))
+        at += _aligned(nb)
+    return outs
 
 
 class _NeedScratch(Exception):
