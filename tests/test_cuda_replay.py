@@ -53,13 +53,13 @@ def test_replay_matches_numpy_and_launches_nothing():
 # ----------------------------------------------------------------------------------------------
 # Session.compute_loop: the next step's inputs made from this step's outputs
 # ----------------------------------------------------------------------------------------------
-def _toy_decoder(backend, V=50, d=16, S=64):
+def _toy_decoder(backend, V=50, d=16, S=64, sess=None, seed=1):
     """token -> embedding -> RoPE at pos -> written into a cache row -> logits -> argmax."""
-    rng = np.random.default_rng(1)
-    sess = tg.Session(backend=backend, verbose=False)
-    E = sess.persistent((V, d), tg.float32, name="E")
-    W = sess.persistent((d, V), tg.float32, name="W")
-    C = sess.persistent((1, S, d), tg.float32, name="cache")
+    rng = np.random.default_rng(seed)
+    sess = sess or tg.Session(backend=backend, verbose=False)
+    E = sess.persistent((V, d), tg.float32, name=f"E{seed}")
+    W = sess.persistent((d, V), tg.float32, name=f"W{seed}")
+    C = sess.persistent((1, S, d), tg.float32, name=f"cache{seed}")
     sess.finalize()
     sess.upload(E, rng.standard_normal((V, d)))
     sess.upload(W, rng.standard_normal((d, V)))
@@ -125,3 +125,33 @@ def test_compute_loop_argument_errors():
     outs = [int(o[0]) for (o,) in sess.compute_loop(g, feeds, 3, advance={"pos": 1})]
     want = [int(sess.compute(g, {tok: np.array([3], np.int32), pos: np.array([p], np.int32)})[0][0]) for p in (5, 6, 7)]
     assert outs == want
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cuda"])
+def test_compute_loops_interleaved_in_one_session(backend):
+    """Two decode loops over two graphs of one session, advanced alternately (they share the
+    backend's input area, arena and stream), each with plain computes of the other in between."""
+    if backend == "cuda":
+        ok, why = cuda_available()
+        if not ok:
+            pytest.skip(f"CUDA backend not testable here: {why}")
+    refs = []
+    for seed in (1, 2):
+        s_, g_, t_, p_, _ = _toy_decoder("numpy", seed=seed)
+        toks, t = [], 3
+        for i in range(20):
+            t = int(s_.compute(g_, {t_: np.array([t], np.int32), p_: np.array([5 + i], np.int32)})[0][0])
+            toks.append(t)
+        refs.append(toks)
+    sess = tg.Session(backend=backend, verbose=False)
+    decs = [_toy_decoder(backend, sess=sess, seed=seed) for seed in (1, 2)]
+    feeds = [{tok: np.array([3], np.int32), pos: np.array([5], np.int32)} for _, g, tok, pos, _ in decs]
+    loops = [sess.compute_loop(g, f, 20, feedback={tok: g.outputs[0]}, advance={pos: 1})
+             for (_, g, tok, pos, _), f in zip(decs, feeds)]
+    got = [[], []]
+    for i in range(20):
+        for j in (0, 1):
+            got[j].append(int(next(loops[j])[0][0]))
+            _, g, tok, pos, _ = decs[1 - j]  # a plain step of the other graph in between
+            sess.compute(g, {tok: np.array([7], np.int32), pos: np.array([40], np.int32)})
+    assert got == refs

@@ -50,7 +50,7 @@ class CudaBackend(Backend):
         self._scratch: driver.DeviceBuffer | None = None
         self._work: driver.DeviceBuffer | None = None  # attention split partials
         self._pin: driver.PinnedBuffer | None = None  # page-locked staging of the replay path
-        self._ring: driver.PinnedBuffer | None = None  # compute_loop's output slots
+        self._rings: list[driver.PinnedBuffer] = []  # free output rings of compute_loops
         self._written: set[int] = set()
         self._owner: object | None = None  # the compute_loop whose inputs the input area holds
         self._pin_free = driver.Event(timing=False)  # recorded after each upload from self._pin
@@ -92,10 +92,11 @@ class CudaBackend(Backend):
             b.free()
         self.buffers.clear()
         self._replay.clear()
-        for b in (self._arena, self._inputs, self._scratch, self._work, self._pin, self._ring):
+        for b in (self._arena, self._inputs, self._scratch, self._work, self._pin, *self._rings):
             if b is not None:
                 b.free()
-        self._arena = self._inputs = self._scratch = self._work = self._pin = self._ring = None
+        self._arena = self._inputs = self._scratch = self._work = self._pin = None
+        self._rings.clear()
         for m in self.lib._modules.values():  # the kernels' device memory
             m.unload()
         self.lib._modules.clear()
@@ -227,6 +228,7 @@ class CudaBackend(Backend):
         token = object()
         host_outs: dict[int, list[np.ndarray]] = {}  # steps run through execute() (not captured yet)
         ring = slot = spans = copies = None
+        own: list = [None]  # the page-locked ring of output slots this loop holds
         depth = lookahead + 1
         events = [driver.Event(timing=False) for _ in range(depth)]
         adv = [(tid, inc) for tid, inc in advance.items() if tid in cur]
@@ -260,9 +262,13 @@ class CudaBackend(Backend):
                       for tid, oi in feedback.items() if tid in offs for o in (graph.outputs[oi],)]
             spans = self._out_spans(graph, base)
             slot = _span_bytes(spans)
-            if self._ring is None or self._ring.nbytes < slot * depth:
-                self._ring = driver.PinnedBuffer(slot * depth, "the ring of compute_loop outputs")
-            ring = self._ring.array(np.uint8, slot * depth)
+            if own[0] is None or own[0].nbytes < slot * depth:  # this loop's own ring (loops may interleave)
+                if own[0] is not None:
+                    self._rings.append(own[0])
+                fit = [r for r in self._rings if r.nbytes >= slot * depth]
+                own[0] = self._rings.pop(self._rings.index(fit[0])) if fit else \
+                    driver.PinnedBuffer(slot * depth, "the ring of compute_loop outputs")
+            ring = own[0].array(np.uint8, slot * depth)
 
         def enqueue(k: int, staged: bool) -> None:
             state = self._replay[graph]
@@ -276,7 +282,7 @@ class CudaBackend(Backend):
                                                  i32(inc.size)], stream=self.stream)
                     at += inc.nbytes
             state[3].launch(self.stream)
-            self._download_spans(spans, self._ring.ptr + (k % depth) * slot)
+            self._download_spans(spans, own[0].ptr + (k % depth) * slot)
             events[k % depth].record(self.stream)
 
         try:
@@ -317,6 +323,8 @@ class CudaBackend(Backend):
                 self.stream.synchronize("finishing compute_loop")
                 if incbuf is not None:
                     incbuf.free()
+                if own[0] is not None:
+                    self._rings.append(own[0])
 
     def _captured(self, graph: Graph, plan: ExecPlan) -> bool:
         state = self._replay.get(graph)
