@@ -472,6 +472,7 @@ class KernelLibrary:
         # programmatic dependent launch: kernels built for sm_90+ wait in-kernel for the previous
         # one (cuda_src/common.cuh), so each may be scheduled while its predecessor finishes
         self.pdl = _arch_number(self.arch) >= 90 and os.environ.get("TINYGRAPH_PDL", "1") != "0"
+        self.pdl_active = True  # callers (the backend) may turn it off for a run: see Backend
 
     # -- loading ---------------------------------------------------------------------------------
     def module(self, file: str) -> driver.Module:
@@ -504,6 +505,8 @@ class KernelLibrary:
 
     # -- launching / recording -------------------------------------------------------------------
     def _launch(self, func, grid, block, args, stream=None, shared_mem: int = 0, pdl: bool | None = None) -> None:
+        if not self.pdl_active:
+            pdl = False
         if self._recording is not None:
             self._recording.append(driver.PreparedLaunch(func, grid, block, args, shared_mem, pdl))
         else:
