@@ -488,6 +488,29 @@ def test_argmax(lib, rng, dt):
     assert np.array_equal(out2.fetch(), np.argmax(f64(y.view), axis=-1))
 
 
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("n", [16384, 49152, 151936, 20001])
+def test_argmax_split(lib, rng, dt, n):
+    """argmax_split (several blocks per row, the last merges) == np.argmax, twice with the same
+    counters (left at zero), on long rows with ties across chunks, NaNs, -inf and strided rows."""
+    G = lib.argmax_splits(n)
+    assert G > 1
+    x = rnd(rng, (6, n), dt)
+    x[1, 5] = x[1, n - 3] = NP[dt](50.0)              # tie in the first and last chunks: first wins
+    x[2, :] = NP[dt](-np.inf)                          # all -inf -> 0
+    x[3, n // 2] = np.nan
+    x[3, n - 1] = np.nan                               # first NaN wins
+    x[4, :] = NP[dt](1.0)                              # all equal -> 0
+    x[5, kernels.ARGMAX_CHUNK] = NP[dt](40.0)          # first element of the second chunk
+    counters = DT(np.zeros(8, np.int32))
+    part = DT(np.zeros(6 * G, np.uint64))
+    for xt in (DT(x), DT(np.concatenate([x, x], axis=1), lambda h: h[:, n:])):
+        out = DT.empty((6,), np.int32)
+        lib.argmax(dt, out.arg, xt.arg, part=part.ptr, counters=counters.ptr)
+        assert np.array_equal(out.fetch(), np.argmax(f64(x), axis=-1))
+        assert not counters.fetch().any(), "counters must be left at zero"
+
+
 # ----------------------------------------------------------------------------------------------
 # matmul
 # ----------------------------------------------------------------------------------------------

@@ -491,7 +491,15 @@ class CudaBackend(Backend):
             lib.rope(dt.short, out, self._as(src[0], base, dt), pos, p["theta"], p["mode"],
                      freq_factors=ff, stream=s)
         elif op == "argmax":
-            lib.argmax(src[0].dtype.short, out, self._arg(src[0], base), stream=s)
+            n_, rows = src[0].shape[-1], max(1, src[0].size // max(1, src[0].shape[-1]))
+            G = lib.argmax_splits(n_)
+            part = counters = None
+            if G > 1 and rows <= _COUNTER_BYTES // 4:  # long rows: G blocks each, partials in _work
+                need = _COUNTER_BYTES + rows * G * 8
+                if self._work is None or self._work.nbytes < need:
+                    raise _NeedScratch(need, "_work")
+                counters, part = self._work.ptr, self._work.ptr + _COUNTER_BYTES
+            lib.argmax(src[0].dtype.short, out, self._arg(src[0], base), stream=s, part=part, counters=counters)
         elif op == "sample":
             from .kernels import sample_workspace_bytes
             rows, V = n.size, src[0].shape[-1]

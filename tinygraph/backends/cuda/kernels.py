@@ -33,6 +33,8 @@ rope        rope.cu        (T* out, TD od, const T* x, TD xd, const int* pos, co
 getrows     getrows.cu     (T* out, TD od, const T* table, TD tbl, const int* ids)
 set_rows    getrows.cu     (D* dst, TD dd, const S* src, TD sd, const int* idx)  set_rows_<S>_<D>
 argmax      reduce.cu      (int* out, TD od, const T* x, TD xd)
+argmax_     reduce.cu      (int* out, TD od, const T* x, TD xd, u64* part, int* counters)
+split                       several blocks per row, the last merges (long rows: vocabularies)
 sample_keys sample.cu      (int* out, TD od, const T* x, TD xd, const float* fp, const int* ip,
                             uchar* ws)   the sample op is three launches (KernelLibrary.sample):
 sample_hist sample.cu      (int* out, TD od, TD xd, const float* fp, const int* ip, uchar* ws)
@@ -327,6 +329,9 @@ _reg(
                _PAIRS, "elementwise", "name set_rows_<src>_<dst>"),
     KernelSpec("argmax", "reduce.cu", (("out", "ptr"), ("od", "td"), ("x", "ptr"), ("xd", "td")),
                _ONE, "rows"),
+    KernelSpec("argmax_split", "reduce.cu", (("out", "ptr"), ("od", "td"), ("x", "ptr"), ("xd", "td"),
+                                             ("part", "ptr"), ("counters", "ptr")),
+               _ONE, "rows", "argmax with G blocks per row (grid (G, rows)); see KernelLibrary.argmax"),
     KernelSpec("matmul", "matmul.cu", _MM, _ONE, "matmul"),
     KernelSpec("matmul_tc", "matmul.cu", _MM, (("f16",), ("bf16",)), "matmul_tc"),
     KernelSpec("matmul_tc2", "matmul.cu", _MM, (("f16",), ("bf16",)), "matmul_tc",
@@ -358,6 +363,8 @@ _reg(
 )
 
 ELEMENTWISE_DTYPES = _F
+#: elements per block of argmax_split (rows of >= 4 chunks are split)
+ARGMAX_CHUNK = 4096
 
 # the sample op (cuda_src/sample.cu): keys per logits dtype, then histogram/thresholds and pick
 _SAMPLE_TAIL = (("fp", "ptr"), ("ip", "ptr"), ("ws", "ptr"))
@@ -620,17 +627,30 @@ class KernelLibrary:
         self._launch(self.get("set_rows", src_dtype, dst_dtype), g, bl,
                       [dst.addr, dst.td, src.addr, src.td, ptr(idx)], stream=stream)
 
-    def argmax(self, dtype, out: Arg, x: Arg, stream=None) -> None:
-        """out: int32 with x's shape minus the last axis (or with a trailing 1)."""
+    @staticmethod
+    def argmax_splits(n: int) -> int:
+        """Blocks per row for argmax_split over rows of n elements (1: plain argmax)."""
+        return max(1, min(128, -(-int(n) // ARGMAX_CHUNK))) if n >= 4 * ARGMAX_CHUNK else 1
+
+    def argmax(self, dtype, out: Arg, x: Arg, stream=None, part=None, counters=None) -> None:
+        """out: int32 with x's shape minus the last axis (or with a trailing 1). Long rows use
+        argmax_split when ``part`` (rows * argmax_splits(n) uint64) and ``counters`` (rows int32,
+        zero, left zero) device pointers are given."""
         if x.numel == 0:
             return
-        rows = x.numel // x.shape[-1]
+        n = x.shape[-1]
+        rows = x.numel // n
         oshape = tuple(x.shape[:-1]) + (1,)
         ost = out.full_strides()
         if len(ost) == len(x.shape) - 1:
             ost = tuple(ost) + (1,)
-        self._launch(self.get("argmax", dtype), rows, row_block_size(x.shape[-1]),
-                      [out.addr, td(oshape, ost), x.addr, x.td], stream=stream)
+        G = self.argmax_splits(n)
+        if G > 1 and part is not None and counters is not None:
+            self._launch(self.get("argmax_split", dtype), (G, rows), row_block_size(ARGMAX_CHUNK),
+                         [out.addr, td(oshape, ost), x.addr, x.td, ptr(part), ptr(counters)], stream=stream)
+            return
+        self._launch(self.get("argmax", dtype), rows, row_block_size(n),
+                     [out.addr, td(oshape, ost), x.addr, x.td], stream=stream)
 
     def sample(self, dtype, out: Arg, x: Arg, fparams, iparams, ws, stream=None) -> None:
         """The sample op (see ``tinygraph.ops.sample``): out int32 [rows] (x's shape without its last
