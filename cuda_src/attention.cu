@@ -20,6 +20,15 @@
 //     values (lanes over Dv).
 // D and Dv are at most 256; the kernel comes in three register sizes, attn_split_T_64 / _128 /
 // _256, for heads of up to that many elements. Math in float32.
+//   attn_pipe_T_<64|128|256>(same parameters): the same, pipelined for a few queries (decode):
+//     key rows in flight while q is staged and while the previous tile's values are mixed,
+//     value batches double-buffered. About twice the registers (f16, 128: 176 vs 88), so the
+//     lean attn_split serves prefill, where occupancy matters more.
+//   attn_store_T_<64|128|256>(float* part, int* counters, T* out, TD od, const T* q, TD qd,
+//                  StoreArgs<T> sa, float scale, const int* pos, int chunk)
+//     the attention_store op (one decode token): q [1, H, hd] -> out [KV, G, 1, hd]; the
+//     prologue RMS-normalises (optional) and rotates (optional) q and the new key, and writes
+//     key and value into cache row pos; then attn_pipe over the cache with past = pos[0].
 #include "common.cuh"
 
 #define ATT_WARPS 4
@@ -171,7 +180,7 @@ __device__ __forceinline__ void store_prologue(float* s_q, float* s_k, const T* 
     __syncthreads();
 }
 
-template <typename T, int MAXD, bool STORE>
+template <typename T, int MAXD, bool STORE, bool PIPE>
 __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, const TD& od, const T* q,
                                            const TD& qd, const T* kt, const TD& ktd, const T* v,
                                            const TD& vd, float scale, int causal, int past,
@@ -212,7 +221,7 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     // Key rows of <= 256 bytes (registers): the first tile's load while q is staged, later
     // tiles' while the values of the tile before are mixed; value rows come in batches
     // of 8, the next batch in flight while the current one is used (heads <= 128 wide).
-    constexpr bool KP = MAXD * sizeof(T) <= 256;  // a key row of <= 256 bytes stays in registers
+    constexpr bool KP = PIPE && MAXD * sizeof(T) <= 256;  // a key row of <= 256 bytes stays in registers
     long long tile = j0 + 32LL * w;
     KeyRow<T, MAXD> kr;
     if (KP && tile + lane < j1) key_load<T, MAXD>(kr, kb + (tile + lane) * ktd.st[3], fast);
@@ -225,7 +234,7 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
 #pragma unroll
     for (int i = 0; i < PER; ++i) acc[i] = 0.0f;
     float m = -INFINITY, l = 0.0f;
-    constexpr bool DB = MAXD <= 128;
+    constexpr bool DB = PIPE && MAXD <= 128;
     for (; tile < j1; tile += 32LL * ATT_WARPS) {
         const long long j = tile + lane;
         float s = -INFINITY;
@@ -320,7 +329,7 @@ __device__ __forceinline__ void attn_store(float* part, int* counters, T* out, c
     TD q4 = {{KV, G, 1, qd.ne[3]}, {G * qd.st[2], qd.st[2], 0, qd.st[3]}};
     TD kt4 = {{KV, 1, sa.kcd.ne[3], sa.kcd.ne[2]}, {sa.kcd.st[1], 0, sa.kcd.st[3], sa.kcd.st[2]}};
     TD v4 = {{KV, 1, sa.vcd.ne[2], sa.vcd.ne[3]}, {sa.vcd.st[1], 0, sa.vcd.st[2], sa.vcd.st[3]}};
-    attn_split<T, MAXD, true>(part, counters, out, od, q, q4, sa.kc, kt4, sa.vc, v4, scale, 1, 0, pos,
+    attn_split<T, MAXD, true, true>(part, counters, out, od, q, q4, sa.kc, kt4, sa.vc, v4, scale, 1, 0, pos,
                               chunk, &sa);
 }
 
@@ -329,8 +338,16 @@ __device__ __forceinline__ void attn_store(float* part, int* counters, T* out, c
     attn_split_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,        \
                               const T* kt, TD ktd, const T* v, TD vd, float scale, int causal,     \
                               int past, const int* past_dev, int chunk) { tg_pdl_enter();           \
-        attn_split<T, MAXD, false>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale, causal,  \
-                                   past, past_dev, chunk, nullptr);                                 \
+        attn_split<T, MAXD, false, false>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale,    \
+                                          causal, past, past_dev, chunk, nullptr);                  \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
+    attn_pipe_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,         \
+                             const T* kt, TD ktd, const T* v, TD vd, float scale, int causal,      \
+                             int past, const int* past_dev, int chunk) {                            \
+        tg_pdl_enter();                                                                             \
+        attn_split<T, MAXD, false, true>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale,     \
+                                         causal, past, past_dev, chunk, nullptr);                   \
     }                                                                                               \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
     attn_store_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,        \

@@ -522,7 +522,10 @@ class CudaBackend(Backend):
             return
         grid, chunk, part, counters, maxd = cfg
         from .kernels import f32, i32, ptr
-        driver.launch(self.lib.module("attention.cu").get_function(f"attn_split_{dt.short}_{maxd}"), grid, 128,
+        # a few queries (decode): the pipelined kernel; many (prefill): the register-lean one,
+        # whose occupancy matters more (f16 128-wide heads: 88 vs 176 registers)
+        kind = "pipe" if grid[0] <= 4 else "split"
+        driver.launch(self.lib.module("attention.cu").get_function(f"attn_{kind}_{dt.short}_{maxd}"), grid, 128,
                       [ptr(part), ptr(counters), out.addr, out.td, q.addr, q.td, kt.addr, kt.td, v.addr, v.td,
                        f32(p["scale"]), i32(1 if p["causal"] else 0), i32(p["past"]), ptr(past_dev), i32(chunk)],
                       stream=self.stream, pdl=self._pdl())
