@@ -326,13 +326,14 @@ class Transformer:
         return entry
 
     def decode_loop(self, token: int, start: int, steps: int, want: str = "argmax",
-                    sampling: tuple[np.ndarray, np.ndarray] | None = None) -> Iterator[int]:
+                    sampling: tuple[np.ndarray, np.ndarray] | None = None, lookahead: int = 4) -> Iterator[int]:
         """Decode ``steps`` tokens after ``token`` (at position ``start``): yields each next token
         id. Every step feeds its token to the next on the device (``Session.compute_loop``): on
         CUDA the steps are queued ahead, with no host round trip between them. ``want``:
         "argmax" or "sample" (``sampling``: the op's parameter arrays for the first step; the
-        counter advances by one per step). Stopping early is fine: the cache then also holds the
-        rows of the few steps that were already queued (``kv.length`` counts what was yielded)."""
+        counter advances by one per step). ``lookahead``: steps queued ahead of the one yielded.
+        Stopping early is fine: the cache then also holds the rows of the few steps that were
+        already queued (``kv.length`` counts what was yielded)."""
         self._check_open()
         if want not in ("argmax", "sample") or (want == "sample") != (sampling is not None):
             raise ValueError('decode_loop: want is "argmax", or "sample" with its sampling parameters')
@@ -346,7 +347,8 @@ class Transformer:
             feeds["sample_fparams"], feeds["sample_iparams"] = sampling
             advance["sample_iparams"] = [0, 0, 0, 1]
         self.last_graph = g
-        loop = self.session.compute_loop(g, feeds, steps, feedback={tid: g.outputs[0]}, advance=advance)
+        loop = self.session.compute_loop(g, feeds, steps, feedback={tid: g.outputs[0]}, advance=advance,
+                                         lookahead=lookahead)
         return self._decode_tokens(loop, start)
 
     def _decode_tokens(self, loop, start: int) -> Iterator[int]:

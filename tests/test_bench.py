@@ -222,7 +222,7 @@ def test_tiny_numpy_run_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bc, "write_numpy_checkpoint", flaky)
     out = tmp_path / "r.json"
     rc = bench.main(["--tiny", "--backend", "numpy", "--builder", "numpy", "--models", "gpt2,smollm2,qwen3-0.6b",
-                     "--runs", "1", "--warmup", "1", "--new-tokens", "6", "--prompt-tokens", "5", "--prefill-tokens", "16",
+                     "--runs", "1", "--warmup", "1", "--warmup-seconds", "0", "--new-tokens", "6", "--prompt-tokens", "5", "--prefill-tokens", "16",
                      "--contexts", "96,100000", "--context-decode-tokens", "4", "--prefill-chunk", "40",
                      "--copy-reps", "2", "--json", str(out), "--work-dir", str(tmp_path)])
     assert rc == 0

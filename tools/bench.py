@@ -9,6 +9,7 @@ matrices/embeddings/biases ~ N(0, 0.04), norm scales ~ 1 + N(0, 0.04)), saves it
   tinygraph  (``load_model(dir, dtype="float16", backend=...)``)
     decode tok/s      32-token prompt, 128 new tokens, greedy; (new - 1) / (time of the last
                       token - time of the first), median over --runs (3) runs after --warmup (2)
+                      warm-up runs and at least --warmup-seconds (2) of warm-up decoding
     TTFT              time to the first new token of the same runs (prefill + first token)
     prefill tok/s     one 512-token forward pass (to the argmax of its last position), median
     decode@2k, @8k    a long prompt (context - 32 tokens, prefilled in chunks of
@@ -532,7 +533,10 @@ def bench_tinygraph(ckpt: Path, hf: dict[str, Any], args, prompts: dict[str, lis
         def decode_runs() -> dict[str, Any]:
             nonlocal tokens
             runs, warm = [], []
-            for r in range(args.warmup + args.runs):    # the first --warmup runs are warm-ups
+            warm_s, r = 0.0, 0
+            # warm-ups: at least --warmup runs and --warmup-seconds of decoding (a fresh H100
+            # ramps its clocks over ~1 s: GPT-2 measured 1,424 -> 2,686 tok/s over its first runs)
+            while len(runs) < args.runs:
                 toks, stamps = [], []
                 t0 = time.perf_counter()
                 for tok in model.generate_stream(prompt, max_new_tokens=args.new_tokens, temperature=0):
@@ -543,7 +547,10 @@ def bench_tinygraph(ckpt: Path, hf: dict[str, Any], args, prompts: dict[str, lis
                        "step_s": [b - a for a, b in zip(stamps, stamps[1:])]}
                 run["decode_tok_s"] = (n - 1) / (stamps[-1] - stamps[0]) if n > 1 else None
                 run["e2e_tok_s"] = n / stamps[-1]
-                if r < args.warmup:
+                warming = r < args.warmup or warm_s < args.warmup_seconds
+                r += 1
+                if warming:
+                    warm_s += stamps[-1]
                     warm.append(run)
                     tokens = tokens or toks
                     log(f"  tinygraph decode warm-up: {run['decode_tok_s'] or 0:.1f} tok/s, "
@@ -902,6 +909,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default=",".join(bc.CONFIGS),
                    help=f"comma-separated, from {', '.join(bc.CONFIGS)} (default: all)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per measurement (default 3; --quick 2)")
+    p.add_argument("--warmup-seconds", type=float, default=2.0,
+                   help="decode warm-ups continue until this much decoding has run (default 2 s)")
     p.add_argument("--warmup", type=int, default=2,
                    help="tinygraph warm-up runs before the timed ones (default 2: the second run of a "
                         "shape can still be slower); HF eager warms up with one generate plus the TTFT runs")
