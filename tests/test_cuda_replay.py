@@ -155,3 +155,22 @@ def test_compute_loops_interleaved_in_one_session(backend):
             _, g, tok, pos, _ = decs[1 - j]  # a plain step of the other graph in between
             sess.compute(g, {tok: np.array([7], np.int32), pos: np.array([40], np.int32)})
     assert got == refs
+
+
+def test_profiled_decode_step_on_cuda():
+    """--profile's CUDA path: every compute node of a decode step gets a GPU time (events around
+    each kernel, launched one by one), and the step still computes the right token."""
+    ok, why = cuda_available()
+    if not ok:
+        pytest.skip(f"CUDA backend not testable here: {why}")
+    from pathlib import Path
+
+    from tinygraph.models import load_model
+    fix = Path(__file__).resolve().parent / "fixtures" / "llama"
+    with load_model(fix, backend="cuda", dtype="float32") as m:
+        first = m.step([1, 2, 3], 0, "argmax")
+        want = m.step([first], 3, "argmax")
+        g, times = m.profile_decode(first, 3)
+        assert set(times) == {n.id for n in g.plan().order}
+        assert all(t > 0 for t in times.values()) and sum(times.values()) < 1e6
+        assert m.step([first], 3, "argmax") == want  # the replayed graph is unaffected
