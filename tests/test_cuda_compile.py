@@ -119,6 +119,18 @@ def test_cache_hits_and_misses(tmp_path, count_compiles):
     assert len(count_compiles) == 6
 
 
+def test_a_cache_miss_says_it_compiles(tmp_path, capsys):
+    """A first compile can take seconds: one line on stderr names the file; a hit is silent."""
+    (tmp_path / "s").mkdir()
+    src = _write_src(tmp_path / "s")
+    compiler.compile_source(src, "sm_90", cache_path=tmp_path / "cache")
+    err = capsys.readouterr().err
+    assert f"compiling {src.name} for sm_90" in err and len(err.splitlines()) == 1
+    compiler.clear_memory_cache()
+    compiler.compile_source(src, "sm_90", cache_path=tmp_path / "cache")
+    assert capsys.readouterr().err == ""
+
+
 def test_cache_key_depends_on_version():
     k1 = compiler.cache_key("x", {}, ["-a"], "sm_90", (13, 0))
     k2 = compiler.cache_key("x", {}, ["-a"], "sm_90", (13, 5))

@@ -436,6 +436,9 @@ def compile_source(
                 entry.unlink()
             except OSError:
                 pass
+    if cache:  # a cache miss can take seconds (attention.cu: ~20 s): say what the wait is
+        print(f"tinygraph: compiling {Path(prog_name).name} for {sm} (once; kept in the kernel cache)",
+              file=sys.stderr, flush=True)
     cubin = _nvrtc_compile(text, prog_name, headers, full_opts)
     if cache:
         try:
