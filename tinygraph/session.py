@@ -18,6 +18,14 @@ class SessionClosedError(GraphError):
     buffer that was released with :meth:`Session.free`."""
 
 
+def _input_of(g: Graph, key: "Tensor | str", what: str) -> Tensor:
+    """The input of ``g`` that ``key`` (the tensor or its name) names; GraphError otherwise."""
+    t = next((i for i in g.inputs if i.name == key), None) if isinstance(key, str) else key
+    if t is None or t.op != "input" or t.graph is not g:
+        raise GraphError(f"{what} {key!r} is not an input of this graph")
+    return t
+
+
 class Session:
     """Owns persistent buffers and a backend.
 
@@ -162,13 +170,8 @@ class Session:
             raise ValueError(f"compute_loop: steps must be >= 0, got {steps}")
         if lookahead < 1:
             raise ValueError(f"compute_loop: lookahead must be >= 1, got {lookahead}")
-        by_name = {t.name: t for t in g.inputs}
-
         def find(k, what: str) -> Tensor:
-            t = by_name.get(k) if isinstance(k, str) else k
-            if t is None or t.op != "input" or t.graph is not g:
-                raise GraphError(f"compute_loop: {what} key {k!r} is not an input of this graph")
-            return t
+            return _input_of(g, k, f"compute_loop: {what} key")
         fb: dict[int, int] = {}
         for k, out in (feedback or {}).items():
             t = find(k, "feedback")
@@ -215,12 +218,9 @@ class Session:
             self.finalize()
         if not g.outputs and not g.side_effects:
             raise GraphError("compute: graph has no outputs and no side effects (call g.output(...))")
-        by_name = {t.name: t for t in g.inputs}
         arrays: dict[int, np.ndarray] = {}
         for k, v in (feeds or {}).items():
-            t = by_name.get(k) if isinstance(k, str) else k
-            if t is None or t.op != "input" or t.graph is not g:
-                raise GraphError(f"compute: {k!r} is not an input of this graph")
+            t = _input_of(g, k, "compute:")
             a = np.asarray(v)
             if a.shape != t.shape:
                 raise ShapeError(f"compute: input {t.describe()} fed an array of shape {a.shape}")
