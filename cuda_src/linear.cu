@@ -53,7 +53,7 @@
 //       y = act(z + bias) + res element-wise over y [.., Nout]; z [.., N] (N = Nout, or 2*Nout
 //       for act 3: gate = z[..., j], up = z[..., j + N/2]); bias [N] contiguous or NULL; res
 //       NULL or any strides (y may alias res). The tail of the prefill path
-//       (norm -> matmul_tc2 -> epilogue).
+//       (norm -> matmul_tc3 -> epilogue).
 //       Launch: 1-D grid-stride loop over y's elements (kernels.py: 256 threads).
 #include "common.cuh"
 

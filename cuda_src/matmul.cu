@@ -8,12 +8,17 @@
 //   matmul_T    (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)
 //       CUDA-core tiled kernel, 64x64 output tile per block, K step 16, 4x4 outputs per thread.
 //       Launch: grid = (ceil(N/64), ceil(M/64), b0*b1), block = (256, 1, 1).
-//   matmul_tc_T (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)        T = f16 | bf16 only
-//       tensor-core kernel (mma.sync m16n8k16, float32 accumulators), 128x128 output tile, K step
-//       32; 16-byte loads when an operand is K-contiguous and aligned, scalar strided loads else.
-//       Launch: grid = (ceil(N/128), ceil(M/128), b0*b1), block = (256, 1, 1). sm_80+.
-//   matmul_tc2_T (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)       T = f16 | bf16 only
-//       as matmul_tc with a 2-stage cp.async pipeline and ldmatrix fragment loads. Same launch.
+//   matmul_tc3_<BK>_<ST>_T (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)   T = f16 | bf16
+//       tensor-core kernel (mma.sync m16n8k16, float32 accumulators, ldmatrix fragment loads),
+//       128x128 output tile, 8 warps of 64x32; K tiles of BK (32 | 64) through ST (3 | 4)
+//       shared-memory stages filled by 16-byte cp.async when an operand is K-contiguous and
+//       aligned, scalar strided loads else. sm_80+.
+//       Launch: grid = (ceil(N/128), ceil(M/128), b0*b1), block = (256, 1, 1), dynamic shared
+//       memory ST * 2 * 128 * (BK + 8) * 2 bytes (kernels.tc3_shared_bytes).
+//       Measured (H100, f16, B = transposed weight, TFLOP/s; BK_ST): M=512 N=K=4096: 32_3 142,
+//       32_4 144, 64_3 167, 64_4 217; N=24576 K=4096: 224 / 219 / 277 / 226; M=2048 N=K=4096:
+//       252 / 255 / 294 / 227. The kernel this replaced (2 stages of 32, static shared memory)
+//       reached 128 / 210 / 220; kernels._tc3_variant picks the variant.
 //   gemv_T      (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)
 //       M == 1 and B K-contiguous (bd.st[2] == 1: the transposed HF weight). Each warp computes
 //       TG_GEMV_R output columns (warp-stride loop, so any grid.x is correct), 16-byte loads along
@@ -25,6 +30,7 @@
 //       M == 1, any B strides; coalesced when B is N-contiguous (e.g. attention probs @ V).
 //       Launch: grid = (ceil(N/32), b0*b1, 1), block = (32, 8, 1).
 #include "common.cuh"
+#include "mma.cuh"
 
 // Element offset of batch z (over C's batch dims) in descriptor d, with broadcasting.
 __device__ __forceinline__ long long batch_offset(const TD& d, const TD& cd, long long z) {
@@ -106,195 +112,55 @@ __device__ __forceinline__ void matmul_tiled(T* C, const TD& cd, const T* A, con
 
 // ------------------------------------------------------------------------------------------------
 // Tensor-core kernel (f16 / bf16): mma.sync.m16n8k16, 8 warps as 2 (M) x 4 (N), warp tile 64x32.
-// Shared tiles hold A as [m][k] and B as [n][k] (K contiguous), rows padded to 40 halves (80 B)
-// so fragment loads of 8 rows x 4 words hit 32 different banks.
+// ST shared-memory stages of BK columns in dynamic shared memory (cp.async keeps ST-1 tiles in
+// flight; one barrier per tile). Operands that are not K-contiguous/aligned take synchronous
+// scalar loads into their stage.
+// Stage layout: A [128][BK+8], then B [128][BK+8] (rows padded by 16 bytes: the 8 rows an
+// ldmatrix reads start in different bank groups).
 // ------------------------------------------------------------------------------------------------
-#define TC_BM 128
-#define TC_BN 128
-#define TC_BK 32
-#define TC_LD 40
-
-template <typename T> struct MmaOp;
-template <> struct MmaOp<__half> {
-    static __device__ __forceinline__ void run(float* d, const unsigned* a, const unsigned* b) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-    }
-};
-template <> struct MmaOp<__nv_bfloat16> {
-    static __device__ __forceinline__ void run(float* d, const unsigned* a, const unsigned* b) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-    }
-};
-
-// Load a TC_ROWS x TC_BK tile of a row-major-in-smem [row][k] operand from global memory, where
-// element (row r, k) lives at base + r*s_r + k*s_k. `vec` selects 16-byte loads (requires s_k == 1,
-// K % 8 == 0, s_r % 8 == 0 and a 16-byte aligned base).
-template <typename T>
-__device__ __forceinline__ void tc_load_tile(T (*S)[TC_LD], const T* base, long long rows,
-                                             long long K, long long r0, long long k0, long long s_r,
-                                             long long s_k, bool vec, bool kfast) {
-    const int tid = threadIdx.x;
-    if (vec) {
-#pragma unroll
-        for (int l = 0; l < 2; ++l) {
-            const int c = tid + 256 * l;        // 512 chunks of 8 elements
-            const int rr = c >> 2, kc = (c & 3) * 8;
-            const long long r = r0 + rr, k = k0 + kc;
-            uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (r < rows && k < K) v = __ldg(reinterpret_cast<const uint4*>(base + r * s_r + k));
-            *reinterpret_cast<uint4*>(&S[rr][kc]) = v;
-        }
-    } else {
-        const T zero = from_f32<T>(0.0f);
-#pragma unroll 4
-        for (int l = 0; l < 16; ++l) {
-            const int idx = tid + 256 * l;      // 4096 elements
-            int rr, kk;
-            if (kfast) { kk = idx & 31; rr = idx >> 5; }
-            else { rr = idx & 127; kk = idx >> 7; }
-            const long long r = r0 + rr, k = k0 + kk;
-            S[rr][kk] = (r < rows && k < K) ? base[r * s_r + k * s_k] : zero;
-        }
-    }
-}
-
-template <typename T>
-__device__ __forceinline__ void matmul_tc(T* C, const TD& cd, const T* A, const TD& ad, const T* B,
-                                          const TD& bd) {
-    __shared__ __align__(16) T As[TC_BM][TC_LD];
-    __shared__ __align__(16) T Bs[TC_BN][TC_LD];
-    const long long M = cd.ne[2], N = cd.ne[3], K = ad.ne[3];
-    const long long z = blockIdx.z;
-    const T* Ab = A + batch_offset(ad, cd, z);
-    const T* Bb = B + batch_offset(bd, cd, z);
-    T* Cb = C + batch_offset(cd, cd, z);
-    const long long m0 = (long long)blockIdx.y * TC_BM, n0 = (long long)blockIdx.x * TC_BN;
-    const long long as_m = ad.st[2], as_k = ad.st[3], bs_k = bd.st[2], bs_n = bd.st[3];
-    const bool a_vec = as_k == 1 && (K & 7) == 0 && (as_m & 7) == 0 &&
-                       ((reinterpret_cast<unsigned long long>(Ab) & 15) == 0);
-    const bool b_vec = bs_k == 1 && (K & 7) == 0 && (bs_n & 7) == 0 &&
-                       ((reinterpret_cast<unsigned long long>(Bb) & 15) == 0);
-    const bool a_kfast = as_k == 1 && as_m != 1;
-    const bool b_kfast = bs_k == 1 && bs_n != 1;
-
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int wm = warp >> 2, wn = warp & 3;
-    const int g = lane >> 2, t = lane & 3;
-    float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
-
-    for (long long k0 = 0; k0 < K; k0 += TC_BK) {
-        tc_load_tile<T>(As, Ab, M, K, m0, k0, as_m, as_k, a_vec, a_kfast);
-        tc_load_tile<T>(Bs, Bb, N, K, n0, k0, bs_n, bs_k, b_vec, b_kfast);
-        __syncthreads();
-#pragma unroll
-        for (int ks = 0; ks < TC_BK; ks += 16) {
-            unsigned af[4][4], bfr[4][2];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int r = wm * 64 + i * 16 + g;
-                af[i][0] = *reinterpret_cast<const unsigned*>(&As[r][ks + 2 * t]);
-                af[i][1] = *reinterpret_cast<const unsigned*>(&As[r + 8][ks + 2 * t]);
-                af[i][2] = *reinterpret_cast<const unsigned*>(&As[r][ks + 2 * t + 8]);
-                af[i][3] = *reinterpret_cast<const unsigned*>(&As[r + 8][ks + 2 * t + 8]);
-            }
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int c = wn * 32 + j * 8 + g;
-                bfr[j][0] = *reinterpret_cast<const unsigned*>(&Bs[c][ks + 2 * t]);
-                bfr[j][1] = *reinterpret_cast<const unsigned*>(&Bs[c][ks + 2 * t + 8]);
-            }
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) MmaOp<T>::run(acc[i][j], af[i], bfr[j]);
-        }
-        __syncthreads();
-    }
-    const long long cs_m = cd.st[2], cs_n = cd.st[3];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const long long m = m0 + wm * 64 + i * 16 + g + 8 * h;
-            if (m >= M) continue;
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const long long n = n0 + wn * 32 + j * 8 + 2 * t;
-                if (n < N) Cb[m * cs_m + n * cs_n] = from_f32<T>(acc[i][j][2 * h]);
-                if (n + 1 < N) Cb[m * cs_m + (n + 1) * cs_n] = from_f32<T>(acc[i][j][2 * h + 1]);
-            }
-        }
-    }
-}
-
-// ------------------------------------------------------------------------------------------------
-// Tensor-core kernel v2 (f16 / bf16): as matmul_tc, plus two shared-memory stages filled with
-// cp.async (16-byte, zero-filled out of bounds) while the other stage feeds the MMAs, and ldmatrix
-// fragment loads. Operands that are not K-contiguous/aligned take synchronous scalar loads into
-// the idle stage (still overlapped with the other stage's MMAs).
-// ------------------------------------------------------------------------------------------------
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-    return (unsigned)__cvta_generic_to_shared(p);
-}
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
-    const int n = pred ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(n)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
-__device__ __forceinline__ void ldsm_x4(unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3,
-                                        const void* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(smem_u32(p))
-                 : "memory");
-}
-
-template <typename T>
-__device__ __forceinline__ void tc2_load_tile(T (*S)[TC_LD], const T* base, long long rows, long long K,
+template <int BK>
+__device__ __forceinline__ void tc3_load_tile(__half* S, const void* base_, long long rows, long long K,
                                               long long r0, long long k0, long long s_r, long long s_k,
                                               bool vec, bool kfast) {
+    constexpr int LD = BK + 8, CPR = BK / 8;  // chunks of 8 elements per row
     const int tid = threadIdx.x;
+    const unsigned short* base = reinterpret_cast<const unsigned short*>(base_);
+    unsigned short* Su = reinterpret_cast<unsigned short*>(S);
     if (vec) {
 #pragma unroll
-        for (int l = 0; l < 2; ++l) {
+        for (int l = 0; l < 128 * CPR / 256; ++l) {
             const int c = tid + 256 * l;
-            const int rr = c >> 2, kc = (c & 3) * 8;
+            const int rr = c / CPR, kc = (c % CPR) * 8;
             const long long r = r0 + rr, k = k0 + kc;
             const bool p = r < rows && k < K;
-            cp_async16(&S[rr][kc], p ? (const void*)(base + r * s_r + k) : (const void*)base, p);
+            cp_async16(Su + rr * LD + kc, p ? (const void*)(base + r * s_r + k) : base_, p);
         }
     } else {
-        tc_load_tile<T>(S, base, rows, K, r0, k0, s_r, s_k, false, kfast);
+#pragma unroll 4
+        for (int l = 0; l < 128 * BK / 256; ++l) {
+            const int idx = tid + 256 * l;
+            int rr, kk;
+            if (kfast) { kk = idx % BK; rr = idx / BK; }
+            else { rr = idx & 127; kk = idx >> 7; }
+            const long long r = r0 + rr, k = k0 + kk;
+            Su[rr * LD + kk] = (r < rows && k < K) ? base[r * s_r + k * s_k] : (unsigned short)0;
+        }
     }
 }
 
-template <typename T>
-__device__ __forceinline__ void matmul_tc2(T* C, const TD& cd, const T* A, const TD& ad, const T* B,
+extern __shared__ __align__(16) unsigned char tc3_smem[];
+
+template <typename T, int BK, int ST>
+__device__ __forceinline__ void matmul_tc3(T* C, const TD& cd, const T* A, const TD& ad, const T* B,
                                            const TD& bd) {
-    __shared__ __align__(16) T As[2][TC_BM][TC_LD];
-    __shared__ __align__(16) T Bs[2][TC_BN][TC_LD];
+    constexpr int LD = BK + 8, TILE = 128 * LD;  // elements of one operand tile
+    __half* sm = reinterpret_cast<__half*>(tc3_smem);
     const long long M = cd.ne[2], N = cd.ne[3], K = ad.ne[3];
     const long long z = blockIdx.z;
     const T* Ab = A + batch_offset(ad, cd, z);
     const T* Bb = B + batch_offset(bd, cd, z);
     T* Cb = C + batch_offset(cd, cd, z);
-    const long long m0 = (long long)blockIdx.y * TC_BM, n0 = (long long)blockIdx.x * TC_BN;
+    const long long m0 = (long long)blockIdx.y * 128, n0 = (long long)blockIdx.x * 128;
     const long long as_m = ad.st[2], as_k = ad.st[3], bs_k = bd.st[2], bs_n = bd.st[3];
     const bool a_vec = as_k == 1 && (K & 7) == 0 && (as_m & 7) == 0 &&
                        ((reinterpret_cast<unsigned long long>(Ab) & 15) == 0);
@@ -314,41 +180,45 @@ __device__ __forceinline__ void matmul_tc2(T* C, const TD& cd, const T* A, const
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
 
-    const long long ntiles = (K + TC_BK - 1) / TC_BK;
-    if (ntiles > 0) {
-        tc2_load_tile<T>(As[0], Ab, M, K, m0, 0, as_m, as_k, a_vec, a_kfast);
-        tc2_load_tile<T>(Bs[0], Bb, N, K, n0, 0, bs_n, bs_k, b_vec, b_kfast);
-    }
-    cp_async_commit();
-    for (long long t = 0; t < ntiles; ++t) {
-        const int st = (int)(t & 1);
-        if (t + 1 < ntiles) {
-            const long long k1 = (t + 1) * TC_BK;
-            tc2_load_tile<T>(As[st ^ 1], Ab, M, K, m0, k1, as_m, as_k, a_vec, a_kfast);
-            tc2_load_tile<T>(Bs[st ^ 1], Bb, N, K, n0, k1, bs_n, bs_k, b_vec, b_kfast);
-        }
-        cp_async_commit();  // possibly empty group: keeps the wait count uniform
-        cp_async_wait1();   // everything but the newest group has landed: tile t is complete
-        __syncthreads();
+    const long long ntiles = (K + BK - 1) / BK;
+    auto load = [&](long long t) {
+        __half* s = sm + (int)(t % ST) * 2 * TILE;
+        tc3_load_tile<BK>(s, Ab, M, K, m0, t * BK, as_m, as_k, a_vec, a_kfast);
+        tc3_load_tile<BK>(s + TILE, Bb, N, K, n0, t * BK, bs_n, bs_k, b_vec, b_kfast);
+    };
 #pragma unroll
-        for (int ks = 0; ks < TC_BK; ks += 16) {
+    for (int t = 0; t < ST - 1; ++t) {
+        if (t < ntiles) load(t);
+        cp_async_commit();  // possibly empty groups keep the wait count uniform
+    }
+    for (long long t = 0; t < ntiles; ++t) {
+        cp_async_wait<ST - 2>();  // this thread's copies of tile t have landed
+        __syncthreads();          // everyone's have; and everyone is done with tile t-1's stage
+        if (t + ST - 1 < ntiles) load(t + ST - 1);  // into tile t-1's stage
+        cp_async_commit();
+        const __half* As = sm + (int)(t % ST) * 2 * TILE;
+        const __half* Bs = As + TILE;
+#pragma unroll
+        for (int ks = 0; ks < BK; ks += 16) {
             unsigned af[4][4], bfr[4][2];
 #pragma unroll
             for (int i = 0; i < 4; ++i)
                 ldsm_x4(af[i][0], af[i][1], af[i][2], af[i][3],
-                        &As[st][wm * 64 + i * 16 + (lane & 15)][ks + (lane >> 4) * 8]);
+                        As + (wm * 64 + i * 16 + (lane & 15)) * LD + ks + (lane >> 4) * 8);
 #pragma unroll
             for (int jj = 0; jj < 2; ++jj)
                 ldsm_x4(bfr[2 * jj][0], bfr[2 * jj][1], bfr[2 * jj + 1][0], bfr[2 * jj + 1][1],
-                        &Bs[st][wn * 32 + jj * 16 + (lane & 7) + (lane >> 4) * 8][ks + ((lane >> 3) & 1) * 8]);
+                        Bs + (wn * 32 + jj * 16 + (lane & 7) + (lane >> 4) * 8) * LD + ks + ((lane >> 3) & 1) * 8);
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
                 for (int j = 0; j < 4; ++j) MmaOp<T>::run(acc[i][j], af[i], bfr[j]);
         }
-        __syncthreads();  // the stage just read is refilled by the next iteration
     }
+    cp_async_wait<0>();
     const long long cs_m = cd.st[2], cs_n = cd.st[3];
+    const bool pair = cs_n == 1 && (N & 1) == 0 && (cs_m & 1) == 0 &&
+                      ((reinterpret_cast<unsigned long long>(Cb) & 3) == 0);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
 #pragma unroll
@@ -358,8 +228,14 @@ __device__ __forceinline__ void matmul_tc2(T* C, const TD& cd, const T* A, const
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const long long n = n0 + wn * 32 + j * 8 + 2 * t4;
-                if (n < N) Cb[m * cs_m + n * cs_n] = from_f32<T>(acc[i][j][2 * h]);
-                if (n + 1 < N) Cb[m * cs_m + (n + 1) * cs_n] = from_f32<T>(acc[i][j][2 * h + 1]);
+                const float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+                if (pair && n + 1 < N) {  // two neighbouring outputs as one 4-byte store
+                    const T v2[2] = {from_f32<T>(v0), from_f32<T>(v1)};
+                    *reinterpret_cast<unsigned*>(Cb + m * cs_m + n) = *reinterpret_cast<const unsigned*>(v2);
+                } else {
+                    if (n < N) Cb[m * cs_m + n * cs_n] = from_f32<T>(v0);
+                    if (n + 1 < N) Cb[m * cs_m + (n + 1) * cs_n] = from_f32<T>(v1);
+                }
             }
         }
     }
@@ -551,18 +427,14 @@ TG_GEMV_TUNE_ALL(__half, f16)
 TG_GEMV_TUNE_ALL(float, f32)
 #endif  // TG_GEMV_TUNING
 
-#define TG_MATMUL_TC(T, sfx)                                                                   \
+// matmul_tc3_<BK>_<ST>_<dtype>: dynamic shared memory ST * 2 * 128 * (BK + 8) * 2 bytes.
+#define TG_MATMUL_TC3(BK, ST, T, sfx)                                                          \
     extern "C" __global__ void __launch_bounds__(256)                                          \
-        matmul_tc_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) { tg_pdl_enter();   \
-        matmul_tc<T>(C, cd, A, ad, B, bd);                                                     \
+        matmul_tc3_##BK##_##ST##_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) {    \
+        tg_pdl_enter();                                                                        \
+        matmul_tc3<T, BK, ST>(C, cd, A, ad, B, bd);                                            \
     }
-TG_MATMUL_TC(__half, f16)
-TG_MATMUL_TC(__nv_bfloat16, bf16)
-
-#define TG_MATMUL_TC2(T, sfx)                                                                  \
-    extern "C" __global__ void __launch_bounds__(256)                                          \
-        matmul_tc2_##sfx(T* C, TD cd, const T* A, TD ad, const T* B, TD bd) { tg_pdl_enter();  \
-        matmul_tc2<T>(C, cd, A, ad, B, bd);                                                    \
-    }
-TG_MATMUL_TC2(__half, f16)
-TG_MATMUL_TC2(__nv_bfloat16, bf16)
+#define TG_MATMUL_TC3_ALL(T, sfx) \
+    TG_MATMUL_TC3(32, 3, T, sfx) TG_MATMUL_TC3(32, 4, T, sfx) TG_MATMUL_TC3(64, 3, T, sfx) TG_MATMUL_TC3(64, 4, T, sfx)
+TG_MATMUL_TC3_ALL(__half, f16)
+TG_MATMUL_TC3_ALL(__nv_bfloat16, bf16)

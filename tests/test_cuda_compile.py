@@ -207,7 +207,7 @@ def test_td_helper():
     assert kernels.kernel_name("cpy", "float32", "bfloat16") == "cpy_f32_bf16"
     assert kernels.kernel_name("add", "f16") == "add_f16"
     with pytest.raises(TypeError):
-        kernels.kernel_name("matmul_tc", "f32")
+        kernels.kernel_name("matmul_tc3_64_3", "f32")
     import ctypes
 
     assert ctypes.sizeof(kernels.TD) == 64

@@ -83,7 +83,7 @@ def test_missing_function_error(lib):
         lib.module("elementwise.cu").get_function("no_such_kernel")
     assert "no_such_kernel" in str(ei.value)
     with pytest.raises(TypeError):
-        lib.get("matmul_tc", "f32")
+        lib.get("matmul_tc3_64_3", "f32")
 
 
 def test_memcpy_roundtrip_and_streams(dev, rng):
@@ -534,7 +534,7 @@ def _mm_cases(rng, dt, k_mult8=False):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
-@pytest.mark.parametrize("algo", ["matmul", "matmul_tc", "matmul_tc2"])
+@pytest.mark.parametrize("algo", ["matmul", "matmul_tc3_32_3", "matmul_tc3_32_4", "matmul_tc3_64_3", "matmul_tc3_64_4"])
 def test_matmul(lib, rng, dt, algo):
     if algo.startswith("matmul_tc") and dt == "f32":
         pytest.skip("tensor-core kernel is f16/bf16 only")
@@ -579,7 +579,7 @@ def test_gemv(lib, rng, dt, K):
     for name, a, b in cases:
         ref = np.matmul(f64(a.view), f64(b.view))
         out = DT.empty(ref.shape, NP[dt])
-        f, grid, block = lib.plan_matmul(dt, out.arg, a.arg, b.arg)
+        f = lib.plan_matmul(dt, out.arg, a.arg, b.arg).func
         assert f.name.startswith("gemv_"), f.name
         lib.matmul(dt, out.arg, a.arg, b.arg)
         assert_close(out.fetch(), ref, dt, MM_TOL[dt], what=f"gemv {name} K={K}")
@@ -619,7 +619,7 @@ def test_gemv_nc(lib, rng, dt):
     ]:
         ref = np.matmul(f64(a.view), f64(b.view))
         out = DT.empty(ref.shape, NP[dt])
-        f, _, _ = lib.plan_matmul(dt, out.arg, a.arg, b.arg)
+        f = lib.plan_matmul(dt, out.arg, a.arg, b.arg).func
         assert f.name.startswith("gemv_nc_"), f.name
         lib.matmul(dt, out.arg, a.arg, b.arg)
         assert_close(out.fetch(), ref, dt, MM_TOL[dt], what=f"gemv_nc {name}")
@@ -732,13 +732,13 @@ def test_bench(lib, tuning_module, rng):
     # matmuls, K = N = 4096, B = transposed [out, in] weight
     K = N = 4096
     for M in (32, 128, 512, 2048):
-        for dt, algo in (("f16", "matmul_tc"), ("f16", "matmul_tc2"), ("bf16", "matmul_tc2")):
+        for dt, algo in (("f16", "matmul_tc3_64_3"), ("f16", "matmul_tc3_64_4"), ("bf16", "matmul_tc3")):
             a = DT(rnd(rng, (M, K), dt))
             w = DT(rnd(rng, (N, K), dt), lambda h: h.T)
             c = DT.empty((M, N), NP[dt])
             us = _graph_time_us(lambda i: lib.matmul(dt, c.arg, a.arg, w.arg, stream=s, algo=algo), s, 5)
             res[f"{algo}_{dt}_M{M}_TFLOPs"] = 2 * M * N * K / us / 1e6
-    for algo in ("matmul_tc", "matmul_tc2"):  # B row-major [in, out] (GPT-2 Conv1D): scalar B loads
+    for algo in ("matmul_tc3_64_3", "matmul_tc3_64_4"):  # B row-major [in, out] (GPT-2 Conv1D): scalar B loads
         a = DT(rnd(rng, (512, K), "f16"))
         w = DT(rnd(rng, (K, N), "f16"))
         c = DT.empty((512, N), np.float16)

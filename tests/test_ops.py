@@ -234,10 +234,13 @@ def test_compute_checks_feeds():
 @pytest.mark.parametrize("dtype", FLOATS, ids=lambda d: d.name)
 @pytest.mark.parametrize("T,S,past,d", [(1, 300, 157, 64), (5, 40, 0, 64), (3, 700, 600, 64), (1, 64, 63, 64),
                                         (1, 300, 50, 32), (1, 300, 250, 80), (2, 300, 140, 128),
-                                        (1, 300, 250, 256), (1, 40, 7, 256)])
+                                        (1, 300, 250, 256), (1, 40, 7, 256),
+                                        # prefill shapes (CUDA: the tensor-core kernel from 16 queries)
+                                        (100, 300, 37, 64), (70, 70, 0, 128), (130, 200, 10, 128),
+                                        (17, 1000, 900, 64)])
 def test_attention_over_a_cache(backend, dtype, T, S, past, d, rng):
     """GQA attention over a cache longer than the visible part, past from a tensor or an int;
-    head sizes of the kernel's three register sizes and between them."""
+    head sizes of the kernels' register sizes and between them, decode and prefill."""
     kv, g = 2, 3
     q = rng.standard_normal((kv, g, T, d)).astype(np.float32)
     k = rng.standard_normal((kv, S, d)).astype(np.float32)

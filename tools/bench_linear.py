@@ -12,7 +12,7 @@ weights from DRAM rather than L2. GB/s counts the weight bytes only.
 
 --sweep also times launch variants (block size, grid cap, loads in flight, the specialised
 kernels of -DTG_LINEAR_VARIANTS) and --rows the batched-decode crossover (linear_gemv for B rows
-against rms_norm + matmul_tc2 + linear_epilogue). Every variant's output is checked against the
+against rms_norm + matmul_tc3 + linear_epilogue). Every variant's output is checked against the
 unfused sequence first.
 """
 from __future__ import annotations
@@ -178,7 +178,7 @@ class Layer:
         return f, nk, out
 
     def prefill_path(self, s):
-        """rms_norm -> matmul_tc2 -> linear_epilogue (what the backend runs for many rows)."""
+        """rms_norm -> matmul_tc3 -> linear_epilogue (what the backend runs for many rows)."""
         lib, dt = self.lib, self.dt
 
         def f(i):
@@ -186,7 +186,7 @@ class Layer:
             if self.norm:
                 lib.rms_norm(dt, self.h.arg(), src, self.nw.buf.ptr, 1e-6, stream=s)
                 src = self.h.arg()
-            lib.matmul(dt, self.z.arg(), src, self.wT(i), stream=s, algo="matmul_tc2")
+            lib.matmul(dt, self.z.arg(), src, self.wT(i), stream=s, algo="matmul_tc3")
             lib.linear_epilogue(dt, self.y.arg(), self.z.arg(), res=self.res.arg() if self.res else None,
                                 act=self.act, stream=s)
         return f
@@ -296,11 +296,11 @@ def main(argv=None) -> int:
         L.free()
 
     if args.rows:
-        print("\nbatched decode: linear_gemv (rows) vs rms_norm + matmul_tc2 + linear_epilogue", flush=True)
+        print("\nbatched decode: linear_gemv (rows) vs rms_norm + matmul_tc3 + linear_epilogue", flush=True)
         for model, layer, K, N, norm, act, has_res in (SHAPES[10], SHAPES[11], SHAPES[2]):
             for rows in (1, 2, 4, 8, 16):
                 L = Layer(lib, rng, args.dtype, K, N, norm, act, has_res, rows=rows)
-                unf, nk, _ = L.unfused(s, algo="matmul_tc2" if rows > 1 else None)
+                unf, nk, _ = L.unfused(s, algo="matmul_tc3" if rows > 1 else None)
                 ref = L.run_once(unf, s)
                 fz = L.fused(s)
                 e = rel(L.run_once(fz, s), ref)
@@ -308,7 +308,7 @@ def main(argv=None) -> int:
                 tp = graph_time_us(L.prefill_path(s), s)
                 line = (f"{model:9s} {layer:7s} rows={rows:2d} rb={kernels.linear_rows_per_block(rows, K)} "
                         f"fused {tf:7.2f}us ({L.wbytes / 1e3 / tf:5.0f}GB/s, err {e:.1e}) | "
-                        f"norm+tc2+epilogue {tp:7.2f}us")
+                        f"norm+tc3+epilogue {tp:7.2f}us")
                 print(line, flush=True)
                 results.append({"model": model, "layer": layer, "rows": rows, "fused_us": tf,
                                 "prefill_path_us": tp, "err": e})

@@ -24,11 +24,14 @@ from ...graph import ExecPlan, Graph
 from ...tensor import Tensor
 from .. import Backend
 from . import driver
-from .kernels import Arg, KernelLibrary
+from .kernels import Arg, KernelLibrary, _arch_number, fa_shared_bytes
 
 _ALIGN = 256
 #: keys per attention split block (4 warps x 32 keys: one tile per warp)
 ATTN_CHUNK = 128
+#: prefill attention on tensor cores (attn_fa) from this many queries on; fewer: attn_split/pipe,
+#: which also split long key ranges across blocks
+FLASH_MIN_QUERIES = 16
 _COUNTER_BYTES = 2048 * 4
 #: runs of one graph before it is captured (the first run sizes scratch space and loads modules)
 CAPTURE_AFTER = int(os.environ.get("TINYGRAPH_CUDA_CAPTURE_AFTER", "1"))
@@ -517,18 +520,43 @@ class CudaBackend(Backend):
         past_dev = self._contiguous_ids(n.srcs[3], base) if p["past_src"] else None
         if len(out.shape) > 4 or max(q.shape[-1], v.shape[-1]) > 256:
             raise BackendError(f"attention kernel supports rank <= 4 and head sizes <= 256: {n.describe()}")
+        from .kernels import f32, i32, ptr
+        args = [out.addr, out.td, q.addr, q.td, kt.addr, kt.td, v.addr, v.td, f32(p["scale"]),
+                i32(1 if p["causal"] else 0), i32(p["past"]), ptr(past_dev)]
+        if self._flash_ok(out, q, kt, v, dt):
+            D = q.shape[-1]
+            f = self.lib.module("attention_tc.cu").get_function(f"attn_fa_{dt.short}_{D}")
+            smem = fa_shared_bytes(D)
+            self.lib._ensure_dynamic_smem(f, smem)
+            T = out.shape[-2]
+            driver.launch(f, (-(-T // 64), out.numel // (T * D), 1), 128, args, smem, stream=self.stream,
+                          pdl=self._pdl())
+            return
         cfg = self._attn_splits(out, kt.shape[-1], q.shape[-1])
         if cfg is None:
             return
         grid, chunk, part, counters, maxd = cfg
-        from .kernels import f32, i32, ptr
         # a few queries (decode): the pipelined kernel; many (prefill): the register-lean one,
         # whose occupancy matters more (f16 128-wide heads: 88 vs 176 registers)
         kind = "pipe" if grid[0] <= 4 else "split"
         driver.launch(self.lib.module("attention.cu").get_function(f"attn_{kind}_{dt.short}_{maxd}"), grid, 128,
-                      [ptr(part), ptr(counters), out.addr, out.td, q.addr, q.td, kt.addr, kt.td, v.addr, v.td,
-                       f32(p["scale"]), i32(1 if p["causal"] else 0), i32(p["past"]), ptr(past_dev), i32(chunk)],
-                      stream=self.stream, pdl=self._pdl())
+                      [ptr(part), ptr(counters)] + args + [i32(chunk)], stream=self.stream, pdl=self._pdl())
+
+    def _flash_ok(self, out: Arg, q: Arg, kt: Arg, v: Arg, dt) -> bool:
+        """Whether attn_fa (tensor cores, cuda_src/attention_tc.cu) can run this attention: f16 /
+        bf16 on sm_80+, heads of 64 or 128, at least FLASH_MIN_QUERIES queries, head elements
+        contiguous and every row / batch stride and base 16-byte aligned."""
+        D, T = q.shape[-1], out.shape[-2]
+        if (dt.short not in ("f16", "bf16") or _arch_number(self.lib.arch) < 80 or D not in (64, 128)
+                or v.shape[-1] != D or T < FLASH_MIN_QUERIES):
+            return False
+        for a, contiguous_axis in ((q, -1), (kt, -2), (v, -1)):
+            st = a.full_strides()
+            if st[contiguous_axis] != 1 or int(a.addr.value) % 16:
+                return False
+            if any(s % 8 for i, s in enumerate(st) if a.shape[i] != 1 and i != len(st) + contiguous_axis):
+                return False
+        return True
 
     def _attention_store(self, n: Tensor, out: Arg, base: dict[int, int]) -> None:
         """One decode step's q/k norm + RoPE + KV-cache write + attention: one kernel."""

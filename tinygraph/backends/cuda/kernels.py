@@ -40,8 +40,7 @@ sample_keys sample.cu      (int* out, TD od, const T* x, TD xd, const float* fp,
 sample_hist sample.cu      (int* out, TD od, TD xd, const float* fp, const int* ip, uchar* ws)
 sample_pick sample.cu      same; sample_hist / sample_pick only as _i32 (they read ws's keys)
 matmul      matmul.cu      (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)  CUDA cores
-matmul_tc   matmul.cu      same; f16/bf16 only, tensor cores (sm_80+)
-matmul_tc2  matmul.cu      same; f16/bf16 only, tensor cores, cp.async pipeline + ldmatrix
+matmul_tc3_<BK>_<ST>  matmul.cu  same; f16/bf16 only, tensor cores (sm_80+), ST-stage cp.async pipeline
 gemv        matmul.cu      same; M == 1, B K-contiguous (B.st[-2] == 1)
 gemv_nc     matmul.cu      same; M == 1, any B strides
 linear_gemv linear.cu      (T* y, TD yd, const T* x, TD xd, const T* w, long long ldw,
@@ -76,9 +75,10 @@ Usage::
         pl(stream)
 
 matmul dispatch (``plan_matmul``): M == 1 -> gemv (B K-contiguous) or gemv_nc; f16/bf16 ->
-matmul_tc2; f32 -> matmul. Measured on an H100 (K = N = 4096, B = transposed [out, in] weight):
-gemv f16 ~2.5 TB/s at 4096x4096 and ~2.8 TB/s at 4096x14336 (device copy: 3.0 TB/s); matmul_tc2
-~167 TFLOP/s at M = 512 and ~224 at M = 2048 (matmul_tc: 56 / 104); f32 matmul ~14 TFLOP/s.
+matmul_tc3 (K tile and stage count by the number of output tiles, ``_tc3_variant``); f32 ->
+matmul. Measured on an H100 (B = transposed [out, in] weight): gemv f16 ~2.5 TB/s at 4096x4096
+and ~2.8 TB/s at 4096x14336 (device copy: 3.0 TB/s); M = 512, K = N = 4096: matmul_tc3 217
+TFLOP/s (the 2-stage kernel before it: 128-167); f32 matmul ~14 TFLOP/s.
 """
 from __future__ import annotations
 
@@ -333,9 +333,9 @@ _reg(
                                              ("part", "ptr"), ("counters", "ptr")),
                _ONE, "rows", "argmax with G blocks per row (grid (G, rows)); see KernelLibrary.argmax"),
     KernelSpec("matmul", "matmul.cu", _MM, _ONE, "matmul"),
-    KernelSpec("matmul_tc", "matmul.cu", _MM, (("f16",), ("bf16",)), "matmul_tc"),
-    KernelSpec("matmul_tc2", "matmul.cu", _MM, (("f16",), ("bf16",)), "matmul_tc",
-               "tensor cores, 2-stage cp.async pipeline + ldmatrix"),
+    *(KernelSpec(f"matmul_tc3_{bk}_{st}", "matmul.cu", _MM, (("f16",), ("bf16",)), "matmul_tc",
+                 f"tensor cores, {st}-stage cp.async pipeline of K={bk} tiles (dynamic shared memory)")
+      for bk, st in ((32, 3), (32, 4), (64, 3), (64, 4))),
     KernelSpec("gemv", "matmul.cu", _MM, _ONE, "gemv"),
     KernelSpec("gemv_nc", "matmul.cu", _MM, _ONE, "gemv_nc"),
     KernelSpec("linear_gemv", "linear.cu",
@@ -676,8 +676,8 @@ class KernelLibrary:
             self._launch(self.get(stage, "i32"), grid, 1024, [out.addr, od, x.td] + tail, stream=stream)
 
     # -- matmul ----------------------------------------------------------------------------------
-    def plan_matmul(self, dtype, c: Arg, a: Arg, b: Arg, algo: str | None = None):
-        """Pick a kernel and launch config: (function, grid, block)."""
+    def plan_matmul(self, dtype, c: Arg, a: Arg, b: Arg, algo: str | None = None) -> "MatmulPlan":
+        """Pick a kernel and launch config: (function, grid, block, dynamic shared bytes)."""
         sfx = dtype_suffix(dtype)
         if len(a.shape) < 2 or len(b.shape) < 2 or len(c.shape) < 2:
             raise ValueError("matmul operands need rank >= 2")
@@ -694,18 +694,23 @@ class KernelLibrary:
             if M == 1:
                 algo = "gemv" if b_st[-2] == 1 else "gemv_nc"
             elif sfx in ("f16", "bf16") and _arch_number(self.arch) >= 80:
-                algo = "matmul_tc2"
+                algo = "matmul_tc3"
             else:
                 algo = "matmul"
         if algo in ("gemv", "gemv_nc") and M != 1:
             raise ValueError(f"{algo} needs M == 1, got M = {M}")
+        if algo == "matmul_tc3":
+            algo = self._tc3_variant(-(-N // 128) * -(-M // 128) * batch)
+        smem = 0
         if algo == "gemv":
             bs = gemv_block_size(N * batch, self.sm_count)
             grid, block = (-(-N // (bs // 32 * GEMV_ROWS_PER_WARP)), batch, 1), (bs, 1, 1)
         elif algo == "gemv_nc":
             grid, block = (-(-N // 32), batch, 1), (32, 8, 1)
-        elif algo in ("matmul_tc", "matmul_tc2"):
+        elif algo.startswith("matmul_tc3_") and algo in KERNELS:
             grid, block = (-(-N // 128), -(-M // 128), batch), (256, 1, 1)
+            bk, st = (int(v) for v in algo.split("_")[2:4])
+            smem = tc3_shared_bytes(bk, st)
         elif algo == "matmul":
             grid, block = (-(-N // 64), -(-M // 64), batch), (256, 1, 1)
         else:
@@ -713,7 +718,23 @@ class KernelLibrary:
         if max(grid[1], grid[2]) > 65535:
             raise ValueError(f"matmul grid {grid} exceeds the 65535 limit of grid.y/z "
                              f"(batch {batch}, M {M}); split the call")
-        return self.get(algo, sfx), grid, block
+        f = self.get(algo, sfx)
+        self._ensure_dynamic_smem(f, smem)
+        return MatmulPlan(f, grid, block, smem)
+
+    def _tc3_variant(self, tiles: int) -> str:
+        """matmul_tc3's (K tile, stages) for a product of ``tiles`` 128x128 output tiles. Measured on
+        an H100 (f16, M = 512 and 2048, prefill shapes of the bench models; .dev-style A/B in
+        bench/README.md): at most one wave of tiles runs one block per SM anyway, and 4 stages of
+        64 win (e.g. 4096x4096: 217 vs 167 TFLOP/s with 3); more tiles want two blocks per SM,
+        which 3 stages of 64 allow (24576x4096: 277 vs 226). Smaller configs where the device's
+        shared memory per block is smaller (sm_86/89: 99 KB)."""
+        optin = int(getattr(self.device, "max_shared_per_block_optin", 227 * 1024))
+        pick = (64, 4) if tiles <= self.sm_count else (64, 3)
+        for bk, st in (pick, (64, 3), (32, 4)):
+            if tc3_shared_bytes(bk, st) + 1024 <= optin:
+                return f"matmul_tc3_{bk}_{st}"
+        return "matmul_tc3_32_3"  # 61 KB
 
     # -- fused linear layers -----------------------------------------------------------------------
     def _ensure_dynamic_smem(self, f: driver.Function, nbytes: int) -> None:
@@ -848,8 +869,28 @@ class KernelLibrary:
         """C = A @ B (batched, strided, broadcast batch dims)."""
         if c.numel == 0:
             return
-        f, grid, block = self.plan_matmul(dtype, c, a, b, algo)
-        self._launch(f, grid, block, [c.addr, c.td, a.addr, a.td, b.addr, b.td], stream=stream)
+        f, grid, block, smem = self.plan_matmul(dtype, c, a, b, algo)
+        self._launch(f, grid, block, [c.addr, c.td, a.addr, a.td, b.addr, b.td], stream=stream,
+                     shared_mem=smem)
+
+
+class MatmulPlan(NamedTuple):
+    func: driver.Function
+    grid: tuple
+    block: tuple
+    shared_mem: int  # dynamic shared memory bytes
+
+
+def tc3_shared_bytes(bk: int, stages: int) -> int:
+    """Dynamic shared memory of matmul_tc3_<bk>_<stages>: per stage a 128 x (bk + 8) tile of A and
+    one of B, 2-byte elements."""
+    return stages * 2 * 128 * (bk + 8) * 2
+
+
+def fa_shared_bytes(D: int) -> int:
+    """Dynamic shared memory of attn_fa_<dtype>_<D> (cuda_src/attention_tc.cu): the query tile and
+    two stages of key and value tiles, 64 rows of D + 8 two-byte elements each."""
+    return 5 * 64 * (D + 8) * 2
 
 
 def _arch_number(arch: str) -> int:
