@@ -29,6 +29,8 @@
 //     the attention_store op (one decode token): q [1, H, hd] -> out [KV, G, 1, hd]; the
 //     prologue RMS-normalises (optional) and rotates (optional) q and the new key, and writes
 //     key and value into cache row pos; then attn_pipe over the cache with past = pos[0].
+//     With sa.early (programmatic dependent launch), pos is read and the keys of the rows
+//     before pos are loaded (registers, L2; values to L2) before tg_pdl_wait.
 #include "common.cuh"
 
 #define ATT_WARPS 4
@@ -131,6 +133,9 @@ struct StoreArgs {
     float theta;
     int mode;              // 2 neox, 0 normal, -1 no RoPE
     int q_norm, k_norm;    // 1: RMS-normalise q / k before RoPE
+    int early;             // 1: pos and the caches are written by no earlier kernel of the graph
+                           // (the backend checks): read pos and the old cache rows before
+                           // tg_pdl_wait
 };
 
 // attn_store's prologue: s_q = scale * rope(norm(q row)), and the block(s) whose split holds
@@ -209,11 +214,6 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     const T* qr = q + bcast(qd, 0, b0) + bcast(qd, 1, b1) + t * qd.st[2];
     const T* kb = kt + bcast(ktd, 0, b0) + bcast(ktd, 1, b1);
     const T* vb = v + bcast(vd, 0, b0) + bcast(vd, 1, b1);
-    if constexpr (STORE) {  // T == 1: key `past` is this step's, written here first
-        __shared__ float s_k[MAXD];
-        const bool writer = j0 <= (long long)past && (long long)past < j1;
-        store_prologue<T>(s_q, s_k, qr, qd.st[3], D, *sa, b0, past, writer, scale);
-    }
     // key rows as 16-byte vectors when every row is contiguous, aligned and MAXD long
     const bool fast = ktd.st[2] == 1 && D == MAXD && (reinterpret_cast<unsigned long long>(kb) & 15) == 0 &&
                       (ktd.st[3] * (long long)sizeof(T)) % 16 == 0;
@@ -224,7 +224,27 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     constexpr bool KP = PIPE && MAXD * sizeof(T) <= 256;  // a key row of <= 256 bytes stays in registers
     long long tile = j0 + 32LL * w;
     KeyRow<T, MAXD> kr;
-    if (KP && tile + lane < j1) key_load<T, MAXD>(kr, kb + (tile + lane) * ktd.st[3], fast);
+    long long jk = j0;  // keys from jk on are loaded after the prologue
+    if constexpr (STORE) {  // T == 1: key `past` is this step's, written here first
+        if (sa->early) {
+            // launched before the previous kernel finished (see attn_store): the cache rows
+            // before `past` are earlier steps' and stay as they are, so their keys go to
+            // registers and their keys and values to L2 while the producer of q/k/v finishes
+            jk = min(j1, (long long)past);
+            const int lines = (int)((D * (long long)sizeof(T) + 127) / 128);
+            for (long long r = j0 + threadIdx.x / lines; r < jk; r += blockDim.x / lines) {
+                const int c = (threadIdx.x % lines) * (128 / (int)sizeof(T));
+                if (ktd.st[2] == 1) tg_prefetch_l2(kb + r * ktd.st[3] + c);
+                if (vd.st[3] == 1) tg_prefetch_l2(vb + r * vd.st[2] + c);
+            }
+            if (KP && tile + lane < jk) key_load<T, MAXD>(kr, kb + (tile + lane) * ktd.st[3], fast);
+            tg_pdl_wait();
+        }
+        __shared__ float s_k[MAXD];
+        const bool writer = j0 <= (long long)past && (long long)past < j1;
+        store_prologue<T>(s_q, s_k, qr, qd.st[3], D, *sa, b0, past, writer, scale);
+    }
+    if (KP && tile + lane >= jk && tile + lane < j1) key_load<T, MAXD>(kr, kb + (tile + lane) * ktd.st[3], fast);
     if constexpr (!STORE) {
         for (int d = threadIdx.x; d < D; d += blockDim.x) s_q[d] = to_f32(qr[d * qd.st[3]]) * scale;
         __syncthreads();
@@ -352,7 +372,8 @@ __device__ __forceinline__ void attn_store(float* part, int* counters, T* out, c
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
     attn_store_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,        \
                               StoreArgs<T> sa, float scale, const int* pos, int chunk) {            \
-        tg_pdl_enter();                                                                             \
+        tg_pdl_trigger();                                                                           \
+        if (!sa.early) tg_pdl_wait();                                                               \
         attn_store<T, MAXD>(part, counters, out, od, q, qd, sa, scale, pos, chunk);                 \
     }
 #define TG_ATTN(SFX, T) TG_ATTN1(SFX, T, 64) TG_ATTN1(SFX, T, 128) TG_ATTN1(SFX, T, 256)

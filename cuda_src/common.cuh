@@ -153,6 +153,10 @@ __device__ __forceinline__ void tg_pdl_wait() {
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
+// Ask for the 128-byte line holding p to be brought into L2 (no register, no wait).
+__device__ __forceinline__ void tg_prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
 __device__ __forceinline__ void tg_pdl_enter() {
     tg_pdl_trigger();
     tg_pdl_wait();

@@ -24,7 +24,9 @@
 //       and each warp then computes whole output columns for those rows: 16-byte loads of w
 //       along K, TG_LINEAR_U per lane in flight, software-pipelined one batch ahead (also
 //       across the columns of a warp), the first batch and the epilogue operands (bias,
-//       residual) issued before the norm prologue so that its latency hides theirs.
+//       residual) issued before the norm prologue so that its latency hides theirs. With
+//       programmatic dependent launch the first weight batch and the first bias are loaded, and
+//       the norm weights prefetched into L2, before tg_pdl_wait (the backend's weight_ready).
 //       Swiglu: a warp runs over the gate row n, then the up row n + N/2 (keeping the gate's
 //       sum) and writes one output -- the register budget of a plain column.
 //       RB rows share each weight load: RB = lin_rows_per_block(rows, K) (1, 2 or 4; mirrored
@@ -142,6 +144,18 @@ __device__ __forceinline__ float4* lin_chunk(float* h, int c, int nv, int p) {
 }
 
 extern __shared__ float4 lin_smem[];
+
+// Bring the norm weight and bias into L2 (one 128-byte line per thread): called before
+// tg_pdl_wait, so that the normalisation after it finds them there. No registers held.
+template <typename T>
+__device__ __forceinline__ void lin_norm_prefetch(int K, int norm, const T* nw, const T* nbias) {
+    if (norm == 0) return;
+    constexpr int PER_LINE = 128 / sizeof(T);
+    for (int k = threadIdx.x * PER_LINE; k < K; k += blockDim.x * PER_LINE) {
+        if (nw) tg_prefetch_l2(nw + k);
+        if (norm == 2 && nbias) tg_prefetch_l2(nbias + k);
+    }
+}
 
 // Stage row `xr` (K elements, stride xs) into h as float32, normalised (norm 1 / 2). Loads are
 // 16 bytes wide and four per thread in flight where x (and norm_w / norm_b) allow it.
@@ -287,18 +301,25 @@ __device__ __forceinline__ void linear_gemv_body(T* y, const TD& yd, const T* x,
     float ecur[3];  // bias of the gate / only row, bias of the up row, residual
     const T* wr = w + (long long)(col < ncols ? col : 0) * ldw;
 
-    auto load_epi = [&](float (&e)[3], int c) {
+    auto load_bias = [&](float (&e)[3], int c) {
         e[0] = (bias && rowok) ? to_f32(bias[c]) : 0.0f;
         e[1] = (bias && rowok && P == 2) ? to_f32(bias[c + half]) : 0.0f;
+    };
+    auto load_res = [&](float (&e)[3], int c) {
         e[2] = (res && rowok) ? to_f32(res[roff + (long long)c * rd.st[3]]) : 0.0f;
     };
-    // the first batch of weights is loaded while the previous kernel may still run (see
-    // tg_pdl_enter in common.cuh: the backend launches this kernel so only when w is a weight
-    // that no earlier kernel of the graph writes); everything else after tg_pdl_wait
+    // the first batch of weights and the first bias are loaded, the norm weights prefetched
+    // into L2, while the previous kernel may still run (see tg_pdl_enter in common.cuh: the
+    // backend launches this kernel so only when w, bias, norm_w and norm_b are weights that no
+    // earlier kernel of the graph writes); everything else after tg_pdl_wait
     tg_pdl_trigger();
-    if (col < ncols) lin_load_batch<T, U>(cur, wr, 0, lane, nv);
+    lin_norm_prefetch<T>(K, norm, nw, nbias);
+    if (col < ncols) {
+        lin_load_batch<T, U>(cur, wr, 0, lane, nv);
+        load_bias(ecur, col);
+    }
     tg_pdl_wait();
-    if (col < ncols) load_epi(ecur, col);
+    if (col < ncols) load_res(ecur, col);
 
     // ---- prologue: stage RB normalised rows -------------------------------------------------
 #pragma unroll 1
@@ -330,7 +351,10 @@ __device__ __forceinline__ void linear_gemv_body(T* y, const TD& yd, const T* x,
         const T* wr2 = w + (long long)(col2 < ncols ? col2 + p2 * half : 0) * ldw;
         if (col2 < ncols) {
             lin_load_batch<T, U>(nxt, wr2, b2, lane, nv);
-            if (b2 == 0 && p2 == 0) load_epi(enxt, col2);
+            if (b2 == 0 && p2 == 0) {
+                load_bias(enxt, col2);
+                load_res(enxt, col2);
+            }
         }
         // batch b of row (col, p)
         const int c0 = b * 32 * U + lane;

@@ -576,8 +576,11 @@ class CudaBackend(Backend):
         grid, chunk, part, counters, maxd = cfg
         from .kernels import ROPE_NEOX, ROPE_NORMAL, StoreArgs, f32, i32, ptr
         mode = -1 if not p["rope"] else (ROPE_NEOX if p["mode"] == "neox" else ROPE_NORMAL)
+        # pos and the caches' old rows may be read before the kernel waits for its predecessor
+        # when nothing else in the graph writes them
+        early = all(t.storage.id not in self._written for t in (pos, kc, vc))
         sa = StoreArgs(ka.ptr, ka.td, va.ptr, va.td, kca.ptr, kca.td, vca.ptr, vca.td, ff, qn, kn,
-                       p["eps"], p["theta"], mode, int(p["q_norm"]), int(p["k_norm"]))
+                       p["eps"], p["theta"], mode, int(p["q_norm"]), int(p["k_norm"]), int(early))
         driver.launch(self.lib.module("attention.cu").get_function(f"attn_store_{dt.short}_{maxd}"), grid, 128,
                       [ptr(part), ptr(counters), out.addr, out.td, qa.addr, qa.td, sa, f32(p["scale"]),
                        ptr(self._contiguous_ids(pos, base)), i32(chunk)], stream=self.stream, pdl=self._pdl())
@@ -627,7 +630,10 @@ class CudaBackend(Backend):
         ra = self._as(res, base, dt) if res is not None else None
         fused = self._has("linear_gemv", dt.short)
         if fused and rows <= 8:  # few rows (decode): one fused GEMV; more: tensor-core matmul
-            ready = w.dtype == dt and w.is_persistent and w.storage.id not in self._written
+            # the weights (matrix, bias, norm) may be read before the kernel waits for its
+            # predecessor when they are model weights nothing in the graph writes
+            ready = w.dtype == dt and all(t.is_persistent and t.storage.id not in self._written
+                                          for t in (w, bias, nw, nb) if t is not None)
             lib.linear(dt.short, out, xa, wp, K, N, K, bias=ptr_of(bias), res=ra, norm=self._NORM[p["norm"]],
                        norm_w=ptr_of(nw), norm_b=ptr_of(nb), eps=p["eps"], act=self._ACT[p["act"]], stream=s,
                        weight_ready=ready)

@@ -151,7 +151,7 @@ class StoreArgs(ctypes.Structure):
                 ("kc", ctypes.c_uint64), ("kcd", TD), ("vc", ctypes.c_uint64), ("vcd", TD),
                 ("ff", ctypes.c_uint64), ("qn", ctypes.c_uint64), ("kn", ctypes.c_uint64),
                 ("eps", ctypes.c_float), ("theta", ctypes.c_float), ("mode", ctypes.c_int32),
-                ("q_norm", ctypes.c_int32), ("k_norm", ctypes.c_int32)]
+                ("q_norm", ctypes.c_int32), ("k_norm", ctypes.c_int32), ("early", ctypes.c_int32)]
 
 
 def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
