@@ -29,8 +29,8 @@
 //     the attention_store op (one decode token): q [1, H, hd] -> out [KV, G, 1, hd]; the
 //     prologue RMS-normalises (optional) and rotates (optional) q and the new key, and writes
 //     key and value into cache row pos; then attn_pipe over the cache with past = pos[0].
-//     With sa.early (programmatic dependent launch), pos is read and the keys of the rows
-//     before pos are loaded (registers, L2; values to L2) before tg_pdl_wait.
+//     With sa.early (programmatic dependent launch), pos is read, the RoPE angles computed and
+//     the keys of the rows before pos loaded (registers, L2; values to L2) before tg_pdl_wait.
 #include "common.cuh"
 
 #define ATT_WARPS 4
@@ -133,9 +133,9 @@ struct StoreArgs {
     float theta;
     int mode;              // 2 neox, 0 normal, -1 no RoPE
     int q_norm, k_norm;    // 1: RMS-normalise q / k before RoPE
-    int early;             // 1: pos and the caches are written by no earlier kernel of the graph
-                           // (the backend checks): read pos and the old cache rows before
-                           // tg_pdl_wait
+    int early;             // 1: pos, ff and the caches are written by no earlier kernel of the
+                           // graph (the backend checks): read pos, ff and the old cache rows
+                           // before tg_pdl_wait
 };
 
 // attn_store's prologue: s_q = scale * rope(norm(q row)), and the block(s) whose split holds
@@ -144,7 +144,7 @@ struct StoreArgs {
 template <typename T>
 __device__ __forceinline__ void store_prologue(float* s_q, float* s_k, const T* qr, long long qs, int D,
                                                const StoreArgs<T>& sa, long long b0, int pos,
-                                               bool writer, float scale) {
+                                               bool writer, float scale, float2 cs0) {
     __shared__ float red[32];
     const int tid = threadIdx.x;
     const T* kr = sa.k + b0 * sa.kd.st[2];
@@ -169,7 +169,7 @@ __device__ __forceinline__ void store_prologue(float* s_q, float* s_k, const T* 
         if (sa.q_norm && sa.qn) { qa *= to_f32(sa.qn[a]); qb *= to_f32(sa.qn[b]); }
         if (sa.k_norm && sa.kn) { ka *= to_f32(sa.kn[a]); kb2 *= to_f32(sa.kn[b]); }
         if (sa.mode >= 0) {
-            const float2 cs = rope_cossin(p, D, pos, sa.ff, sa.theta);
+            const float2 cs = p == tid ? cs0 : rope_cossin(p, D, pos, sa.ff, sa.theta);
             const float qa2 = qa * cs.x - qb * cs.y, qb2 = qb * cs.x + qa * cs.y;
             const float ka2 = ka * cs.x - kb2 * cs.y, kb3 = kb2 * cs.x + ka * cs.y;
             qa = qa2; qb = qb2; ka = ka2; kb2 = kb3;
@@ -226,6 +226,10 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     KeyRow<T, MAXD> kr;
     long long jk = j0;  // keys from jk on are loaded after the prologue
     if constexpr (STORE) {  // T == 1: key `past` is this step's, written here first
+        // this thread's rotation pair (p = threadIdx.x) depends on pos alone
+        const float2 cs0 = (sa->mode >= 0 && (int)threadIdx.x < D / 2)
+                               ? rope_cossin(threadIdx.x, D, past, sa->ff, sa->theta)
+                               : make_float2(1.0f, 0.0f);
         if (sa->early) {
             // launched before the previous kernel finished (see attn_store): the cache rows
             // before `past` are earlier steps' and stay as they are, so their keys go to
@@ -242,7 +246,7 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
         }
         __shared__ float s_k[MAXD];
         const bool writer = j0 <= (long long)past && (long long)past < j1;
-        store_prologue<T>(s_q, s_k, qr, qd.st[3], D, *sa, b0, past, writer, scale);
+        store_prologue<T>(s_q, s_k, qr, qd.st[3], D, *sa, b0, past, writer, scale, cs0);
     }
     if (KP && tile + lane >= jk && tile + lane < j1) key_load<T, MAXD>(kr, kb + (tile + lane) * ktd.st[3], fast);
     if constexpr (!STORE) {

@@ -567,7 +567,8 @@ class CudaBackend(Backend):
                                f"{n.describe()}")
         qa, ka, va = (self._as(t, base, dt) for t in (q, k, v))
         kca, vca = self._arg(kc, base), self._arg(vc, base)
-        ff = self._arg(rest.pop(0), base).ptr if p["has_ff"] else 0
+        fft = rest.pop(0) if p["has_ff"] else None
+        ff = self._arg(fft, base).ptr if fft is not None else 0
         qn = self._as(rest.pop(0), base, dt).ptr if p["has_qn"] else 0
         kn = self._as(rest.pop(0), base, dt).ptr if p["has_kn"] else 0
         cfg = self._attn_splits(out, kc.shape[1], q.shape[-1])
@@ -578,7 +579,7 @@ class CudaBackend(Backend):
         mode = -1 if not p["rope"] else (ROPE_NEOX if p["mode"] == "neox" else ROPE_NORMAL)
         # pos and the caches' old rows may be read before the kernel waits for its predecessor
         # when nothing else in the graph writes them
-        early = all(t.storage.id not in self._written for t in (pos, kc, vc))
+        early = all(t.storage.id not in self._written for t in (pos, kc, vc, fft) if t is not None)
         sa = StoreArgs(ka.ptr, ka.td, va.ptr, va.td, kca.ptr, kca.td, vca.ptr, vca.td, ff, qn, kn,
                        p["eps"], p["theta"], mode, int(p["q_norm"]), int(p["k_norm"]), int(early))
         driver.launch(self.lib.module("attention.cu").get_function(f"attn_store_{dt.short}_{maxd}"), grid, 128,

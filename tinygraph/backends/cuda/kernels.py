@@ -828,8 +828,13 @@ class KernelLibrary:
         cb = -(-nout // (bs // 32))
         if max_blocks is None:
             max_blocks = self.sm_count * self._blocks_per_sm(f, bs, smem)
-        if max_blocks:
-            cb = min(cb, max(1, int(max_blocks) // groups))
+        cap = max(1, int(max_blocks) // groups) if max_blocks else cb
+        if cb > cap and os.environ.get("TINYGRAPH_LINEAR_BALANCE", "1") != "0":
+            # as few blocks as give every warp the same number of columns as the capped grid
+            # would at most: no warp idles through the last round, and the blocks left over
+            # make room for the next kernel's to start early
+            cb = -(-cb // -(-cb // cap))
+        cb = min(cb, cap)
         grid = groups * cb
         if grid >= 2**31:
             raise ValueError(f"linear: grid {grid} too large ({rows} rows)")
