@@ -229,3 +229,22 @@ def test_check_kernels_tool_fails_on_error(tmp_path):
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode != 0
     assert "FAIL broken.cu" in r.stdout and "error" in r.stdout
+
+
+def test_driver_releases_wait_for_open_captures(monkeypatch):
+    """Finalizers route through driver._release: deferred while a capture is open, run when the
+    last one closes (no GPU needed: the release functions are stand-ins)."""
+    from tinygraph.backends.cuda import driver
+
+    done = []
+    monkeypatch.setattr(driver, "_deferred", [])
+    monkeypatch.setattr(driver, "_captures_open", 0)
+    driver._release(done.append, 1)
+    assert done == [1]
+    monkeypatch.setattr(driver, "_captures_open", 2)
+    driver._release(done.append, 2)
+    driver._flush_deferred()
+    assert done == [1] and len(driver._deferred) == 1
+    monkeypatch.setattr(driver, "_captures_open", 0)
+    driver._flush_deferred()
+    assert done == [1, 2] and not driver._deferred

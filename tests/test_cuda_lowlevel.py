@@ -118,6 +118,29 @@ def test_upload_staged(dev, rng):
     assert np.array_equal(buf2.to_array(np.uint8, x.shape), x)
 
 
+def test_buffers_collected_during_capture_are_freed_after_it(lib, rng):
+    """A buffer garbage-collected while a capture is open (another model dropped while a step is
+    captured) must not call cuMemFree then: that would invalidate the capture."""
+    import gc
+
+    x = DT(rnd(rng, (256,), "f32"))
+    y = DT.empty((256,), np.float32)
+    s = driver.Stream()
+    g = driver.Graph()
+    doomed = driver.DeviceBuffer(1 << 20, what="dropped during capture")
+    with driver.capture(s, g):
+        lib.scale("f32", y.arg, x.arg, 2.0, stream=s)
+        del doomed
+        gc.collect()
+        assert driver._deferred, "the free was not deferred"
+        lib.scale("f32", y.arg, y.arg, 0.5, stream=s)
+    assert not driver._deferred
+    exe = g.instantiate()
+    exe.launch(s)
+    s.synchronize()
+    np.testing.assert_allclose(y.fetch(), x.host, rtol=1e-6)
+
+
 def test_events_and_graph_capture(lib, rng):
     n = 1000
     x = DT(rnd(rng, (n,), "f32"))

@@ -323,6 +323,27 @@ def _host_ptr_and_size(host) -> tuple[int, int, Any]:
     return ctypes.addressof(buf), mv.nbytes, (buf, mv)
 
 
+# Objects collected while a stream capture is open must not free or destroy their driver
+# resources then: cuMemFree and friends are not allowed during capture and would invalidate it
+# (e.g. a dropped model's buffers collected while another model's step is being captured). Their
+# finalizers queue the release until the last open capture ends.
+_captures_open = 0
+_deferred: list = []
+
+
+def _release(fn, *args) -> None:
+    if _captures_open:
+        _deferred.append((fn, args))
+    else:
+        fn(*args)
+
+
+def _flush_deferred() -> None:
+    while _deferred and not _captures_open:
+        fn, args = _deferred.pop()
+        fn(*args)
+
+
 class DeviceBuffer:
     """``nbytes`` of device memory from cuMemAlloc; ``ptr`` is its address (int).
 
@@ -343,7 +364,7 @@ class DeviceBuffer:
         if nbytes > 0:
             desc = f"cuMemAlloc of {nbytes} bytes" + (f" while {what}" if what else "")
             self._ptr = int(check(drv.cuMemAlloc(nbytes), desc))
-        self._finalizer = weakref.finalize(self, DeviceBuffer._free_ptr, self._ptr)
+        self._finalizer = weakref.finalize(self, _release, DeviceBuffer._free_ptr, self._ptr)
 
     @staticmethod
     def _free_ptr(ptr: int) -> None:
@@ -425,7 +446,7 @@ class PinnedBuffer:
         flags = drv.CU_MEMHOSTALLOC_PORTABLE if portable else 0
         desc = f"cuMemHostAlloc of {self.nbytes} bytes" + (f" while {what}" if what else "")
         self.ptr = int(check(drv.cuMemHostAlloc(max(self.nbytes, 1), flags), desc))
-        self._finalizer = weakref.finalize(self, PinnedBuffer._free, self.ptr)
+        self._finalizer = weakref.finalize(self, _release, PinnedBuffer._free, self.ptr)
 
     @staticmethod
     def _free(ptr: int) -> None:
@@ -558,7 +579,7 @@ class Stream:
         drv = _drv()
         flags = drv.CUstream_flags.CU_STREAM_NON_BLOCKING if non_blocking else drv.CUstream_flags.CU_STREAM_DEFAULT
         self.handle = check(drv.cuStreamCreate(int(flags)), "cuStreamCreate")
-        self._finalizer = weakref.finalize(self, Stream._destroy, self.handle)
+        self._finalizer = weakref.finalize(self, _release, Stream._destroy, self.handle)
 
     @staticmethod
     def _destroy(h) -> None:
@@ -596,7 +617,7 @@ class Event:
         drv = _drv()
         flags = drv.CUevent_flags.CU_EVENT_DEFAULT if timing else drv.CUevent_flags.CU_EVENT_DISABLE_TIMING
         self.handle = check(drv.cuEventCreate(int(flags)), "cuEventCreate")
-        self._finalizer = weakref.finalize(self, Event._destroy, self.handle)
+        self._finalizer = weakref.finalize(self, _release, Event._destroy, self.handle)
 
     @staticmethod
     def _destroy(h) -> None:
@@ -699,7 +720,7 @@ class Module:
         self.handle = check(drv.cuModuleLoadData(self._image),
                             f"cuModuleLoadData({name or 'cubin'}, {len(self._image)} bytes)")
         self._functions: dict[str, Function] = {}
-        self._finalizer = weakref.finalize(self, Module._unload, self.handle)
+        self._finalizer = weakref.finalize(self, _release, Module._unload, self.handle)
 
     @staticmethod
     def _unload(h) -> None:
@@ -888,7 +909,7 @@ class GraphExec:
 
     def __init__(self, handle):
         self.handle = handle
-        self._finalizer = weakref.finalize(self, GraphExec._destroy, handle)
+        self._finalizer = weakref.finalize(self, _release, GraphExec._destroy, handle)
 
     @staticmethod
     def _destroy(h) -> None:
@@ -914,7 +935,7 @@ class Graph:
 
     def _set(self, handle) -> None:
         self.handle = handle
-        self._finalizer = weakref.finalize(self, Graph._destroy, handle)
+        self._finalizer = weakref.finalize(self, _release, Graph._destroy, handle)
 
     @staticmethod
     def _destroy(h) -> None:
@@ -959,12 +980,17 @@ class capture:
         mode = {"global": M.CU_STREAM_CAPTURE_MODE_GLOBAL,
                 "thread_local": M.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
                 "relaxed": M.CU_STREAM_CAPTURE_MODE_RELAXED}[self.mode]
+        global _captures_open
         check(drv.cuStreamBeginCapture(self.stream.handle, mode), "cuStreamBeginCapture")
+        _captures_open += 1
         return self.graph
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        global _captures_open
         drv = _drv()
         res = drv.cuStreamEndCapture(self.stream.handle)
+        _captures_open -= 1
+        _flush_deferred()
         if exc_type is not None:
             if res[0] == drv.CUresult.CUDA_SUCCESS and res[1] is not None:
                 try:
