@@ -238,13 +238,6 @@ class CudaBackend(Backend):
         depth = lookahead + 1
         events = [driver.Event(timing=False) for _ in range(depth)]
         adv = [(tid, inc) for tid, inc in advance.items() if tid in cur]
-        incbuf = None
-        if adv:
-            incs = np.concatenate([inc for _, inc in adv]).astype(np.int32)
-            incbuf = driver.DeviceBuffer(incs.nbytes, what="compute_loop increments", device=self.device)
-            incbuf.upload(incs)
-        f_adv = self.lib.get("advance", "i32") if adv else None
-        from .kernels import i32, ptr
 
         def step_after(values: dict, outs: list) -> dict:
             nxt = dict(values)
@@ -276,18 +269,9 @@ class CudaBackend(Backend):
                     driver.PinnedBuffer(slot * depth, "the ring of compute_loop outputs")
             ring = own[0].array(np.uint8, slot * depth)
 
-        def enqueue(k: int, staged: bool) -> None:
-            state = self._replay[graph]
-            offs = state[5][1]
-            if not staged:  # step k's inputs from step k-1's outputs, on the device
-                for dst, src, nb in copies:
-                    driver.memcpy_dtod(dst, src, nb, self.stream)
-                at = 0
-                for tid, inc in adv:
-                    driver.launch(f_adv, 1, 32, [ptr(self._inputs.ptr + offs[tid]), ptr(incbuf.ptr + at),
-                                                 i32(inc.size)], stream=self.stream)
-                    at += inc.nbytes
-            state[3].launch(self.stream)
+        def enqueue(k: int) -> None:
+            # one graph: step k, then step k+1's inputs from its outputs (the loop's tail)
+            self._loop_exec(graph, plan, copies, adv).launch(self.stream)
             self._download_spans(spans, own[0].ptr + (k % depth) * slot)
             events[k % depth].record(self.stream)
 
@@ -296,7 +280,7 @@ class CudaBackend(Backend):
             for k in range(steps):
                 while queued < steps and queued < k + lookahead:
                     if self._owner is token and self._captured(graph, plan):
-                        enqueue(queued, staged=False)
+                        enqueue(queued)
                     else:
                         if not fb_known:  # inputs of step `queued` from the outputs of the one before
                             self.stream.synchronize("re-staging compute_loop inputs")
@@ -314,7 +298,7 @@ class CudaBackend(Backend):
                         layout()
                         self._replay_stage(self._replay[graph], cur)
                         self._owner = token
-                        enqueue(queued, staged=True)
+                        enqueue(queued)
                     # the device made step queued+1's inputs: advanced ones are known here
                     fb_known = not feedback
                     for tid, inc in adv:
@@ -327,10 +311,43 @@ class CudaBackend(Backend):
             # nothing left to wait for or free
             if self.stream.alive:
                 self.stream.synchronize("finishing compute_loop")
-                if incbuf is not None:
-                    incbuf.free()
                 if own[0] is not None:
                     self._rings.append(own[0])
+
+    def _loop_exec(self, graph: Graph, plan: ExecPlan, copies: list, adv: list) -> driver.GraphExec:
+        """The captured graph of one compute_loop step with its tail: the plan's kernels, then
+        the fed-back outputs copied into their inputs and the advanced inputs incremented, so
+        that a step costs one graph launch. Kept with the graph's replay state (a new capture of
+        the graph drops it) per (copies, increments); the tail comes after every kernel of the
+        step, so kernels that read inputs before their programmatic-launch wait (attention_store's
+        positions) never race it."""
+        state = self._replay[graph]
+        key = (tuple(copies), tuple((tid, inc.tobytes()) for tid, inc in adv))
+        if len(state) > 6 and state[6][0] == key:
+            return state[6][1]
+        from .kernels import i32, ptr
+        base, offs = state[4], state[5][1]
+        incbuf = None
+        if adv:
+            incs = np.concatenate([inc for _, inc in adv]).astype(np.int32)
+            incbuf = driver.DeviceBuffer(incs.nbytes, what="compute_loop increments", device=self.device)
+            incbuf.upload(incs)
+        self._written = {n.storage.id for n in plan.order}
+        self.lib.pdl_active = _decode_like(plan)
+        self._scratch_used = 0
+        cg = driver.Graph()
+        with driver.capture(self.stream, cg):
+            self._run_all(plan, base)
+            for dst, src, nb in copies:
+                driver.memcpy_dtod(dst, src, nb, self.stream)
+            at = 0
+            for tid, inc in adv:
+                driver.launch(self.lib.get("advance", "i32"), 1, 32,
+                              [ptr(self._inputs.ptr + offs[tid]), ptr(incbuf.ptr + at), i32(inc.size)],
+                              stream=self.stream, pdl=False)
+                at += inc.nbytes
+        state[6:] = [(key, cg.instantiate(), incbuf)]
+        return state[6][1]
 
     def _captured(self, graph: Graph, plan: ExecPlan) -> bool:
         state = self._replay.get(graph)
