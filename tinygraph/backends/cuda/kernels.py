@@ -830,7 +830,8 @@ class KernelLibrary:
             max_blocks = self.sm_count * self._blocks_per_sm(f, bs, smem)
         # one wave of resident blocks at most. Tried on the H100 (decode tok/s): fewer blocks
         # with the same number of columns for every warp (TinyLlama 932 vs 940), two blocks per
-        # SM instead of three (SmolLM2 1613 vs 1616, TinyLlama 899 vs 935), one (-12..-21%)
+        # SM instead of three (SmolLM2 1613 vs 1616, TinyLlama 899 vs 935), one (-12..-21%),
+        # two waves (TinyLlama 924 vs 939, Qwen3-0.6B 945 vs 1003), no cap (-2..-12%)
         if max_blocks:
             cb = min(cb, max(1, int(max_blocks) // groups))
         grid = groups * cb
