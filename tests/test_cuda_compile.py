@@ -248,3 +248,21 @@ def test_driver_releases_wait_for_open_captures(monkeypatch):
     monkeypatch.setattr(driver, "_captures_open", 0)
     driver._flush_deferred()
     assert done == [1, 2] and not driver._deferred
+
+
+def test_tc3_variant_follows_tiles_and_shared_memory():
+    """matmul_tc3's variant: 4 stages of 64 for at most one wave of output tiles, 3 stages of 64
+    beyond it (two blocks per SM), smaller ones where the device allows less shared memory per
+    block (sm_86/89: 99 KB)."""
+    from types import SimpleNamespace
+
+    lib = kernels.KernelLibrary.__new__(kernels.KernelLibrary)
+    lib.sm_count = 132
+    lib.device = SimpleNamespace(max_shared_per_block_optin=227 * 1024)
+    assert lib._tc3_variant(128) == "matmul_tc3_64_4"
+    assert lib._tc3_variant(768) == "matmul_tc3_64_3"
+    lib.device = SimpleNamespace(max_shared_per_block_optin=99 * 1024)
+    assert lib._tc3_variant(128) == "matmul_tc3_32_4"
+    assert kernels.tc3_shared_bytes(32, 4) + 1024 <= 99 * 1024 < kernels.tc3_shared_bytes(64, 3)
+    for name in ("matmul_tc3_32_3", "matmul_tc3_32_4", "matmul_tc3_64_3", "matmul_tc3_64_4"):
+        assert name in kernels.KERNELS
