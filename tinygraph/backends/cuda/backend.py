@@ -151,6 +151,7 @@ class CudaBackend(Backend):
         self._scratch_used = 0
         addresses = self._addresses()
         # replay state per graph: [plan, addresses, eager runs, captured exec, base, input layout]
+        # (+ [(key, exec, increments)] of compute_loop's step-with-tail graph: _loop_exec)
         if state is None or state[0] is not plan or state[1] != addresses:
             state = self._replay[graph] = [plan, addresses, 0, None, base, layout]
         if times is not None:
