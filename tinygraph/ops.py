@@ -390,41 +390,64 @@ def _past_value(p: dict, srcs: tuple) -> int:
     return int(srcs[0].reshape(-1)[0]) if p["past_src"] else p["past"]
 
 
+def _window_arg(op: str, window: "int | None", causal: bool) -> int | None:
+    """A sliding window: None (off) or an int >= 1, only with ``causal``."""
+    if window is None:
+        return None
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise GraphError(f"{op}: window must be None or an int >= 1, got {window!r}")
+    if not causal:
+        raise GraphError(f"{op}: a sliding window needs causal=True (window={window})")
+    return int(window)
+
+
 def softmax(x: Tensor, scale: float = 1.0, causal: bool = False, past: "int | Tensor" = 0,
-            name: str | None = None) -> Tensor:
+            window: int | None = None, name: str | None = None) -> Tensor:
     """Softmax over the last axis of ``x * scale``. With ``causal``, query row ``i`` (the
-    second-to-last axis) sees keys ``j <= i + past``: the prefill/decode attention mask.
-    ``past`` may be an int32 tensor (its first element is used), so the mask can move without
-    rebuilding the graph."""
+    second-to-last axis) is at position ``p = i + past`` and sees keys ``j <= p``: the
+    prefill/decode attention mask. ``past`` may be an int32 tensor (its first element is used),
+    so the mask can move without rebuilding the graph.
+
+    ``window`` (causal only; None = off): a sliding window of that many keys, query ``p`` sees
+    ``p - window < j <= p`` (HF transformers' ``sliding_window_causal_mask_function``:
+    ``kv_idx > q_idx - sliding_window``; Mistral's / Qwen2's ``sliding_window``). Masked
+    entries are 0; a row that sees no key at all comes out all 0."""
     _need_float("softmax", x)
     if causal and x.ndim < 2:
         raise ShapeError(f"softmax(causal=True) needs [..., queries, keys]: {x.describe()}")
     extra, pp = _past_arg("softmax", past)
     return _node("softmax", (x,) + extra, x.shape, x.dtype,
-                 {"scale": float(scale), "causal": bool(causal), **pp}, name)
+                 {"scale": float(scale), "causal": bool(causal), **pp,
+                  "window": _window_arg("softmax", window, causal)}, name)
 
 
-def _causal_mask(q: int, k: int, past: int) -> Array:
-    return np.arange(k)[None, :] <= np.arange(q)[:, None] + past
+def _causal_mask(q: int, k: int, past: int, window: int | None = None, k0: int = 0) -> Array:
+    """[q, k] visibility of keys ``k0..k0+k-1`` to query rows at positions ``past..past+q-1``."""
+    j = np.arange(k0, k0 + k)[None, :]
+    p = np.arange(q)[:, None] + past
+    return (j <= p) & (j > p - window) if window else j <= p
 
 
 @_reference("softmax", "softmax")
 def _softmax_ref(p, x, *past):
     x = _f32(x) * np.float32(p["scale"])
     if p["causal"]:
-        x = np.where(_causal_mask(x.shape[-2], x.shape[-1], _past_value(p, past)), x, -np.inf)
-    x = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=-1, keepdims=True)
+        x = np.where(_causal_mask(x.shape[-2], x.shape[-1], _past_value(p, past), p.get("window")), x, -np.inf)
+    m = x.max(axis=-1, keepdims=True)
+    e = np.exp(x - np.where(np.isneginf(m), np.float32(0), m))  # a row with nothing visible: all 0
+    d = e.sum(axis=-1, keepdims=True)
+    return e / np.where(d > 0, d, np.float32(1))
 
 
 def attention(q: Tensor, kt: Tensor, v: Tensor, scale: float = 1.0, causal: bool = False,
-              past: "int | Tensor" = 0, name: str | None = None) -> Tensor:
-    """``softmax(q @ kt * scale, causal, past) @ v`` as one op: ``q`` [..., T, D], ``kt`` (keys,
-    transposed) [..., D, S], ``v`` [..., S, Dv] -> [..., T, Dv]; leading axes broadcast as in
-    ``matmul`` (grouped-query attention: a size-1 KV axis). With ``causal`` only keys
+              past: "int | Tensor" = 0, window: int | None = None, name: str | None = None) -> Tensor:
+    """``softmax(q @ kt * scale, causal, past, window) @ v`` as one op: ``q`` [..., T, D], ``kt``
+    (keys, transposed) [..., D, S], ``v`` [..., S, Dv] -> [..., T, Dv]; leading axes broadcast as
+    in ``matmul`` (grouped-query attention: a size-1 KV axis). With ``causal`` only keys
     ``j <= i + past`` exist for query ``i``; keys beyond ``T + past`` are never read, so ``kt``/``v``
-    may span a whole KV cache. Made by the fusion pass from matmul -> softmax -> matmul."""
+    may span a whole KV cache. ``window`` (see :func:`softmax`): query ``p = i + past`` sees only
+    ``p - window < j <= p``, and keys before the window are never read either. A row that sees
+    no key gives zeros. Made by the fusion pass from matmul -> softmax -> matmul."""
     _need_float("attention", q, kt, v)
     if q.ndim < 2 or kt.ndim < 2 or v.ndim < 2 or q.shape[-1] != kt.shape[-2] or kt.shape[-1] != v.shape[-2]:
         raise ShapeError(f"attention: shapes do not chain: q {q.describe()}, kt {kt.describe()}, v {v.describe()}")
@@ -435,20 +458,15 @@ def attention(q: Tensor, kt: Tensor, v: Tensor, scale: float = 1.0, causal: bool
                          f"{v.describe()}") from None
     extra, pp = _past_arg("attention", past)
     return _node("attention", (q, kt, v) + extra, tuple(lead) + (q.shape[-2], v.shape[-1]), q.dtype,
-                 {"scale": float(scale), "causal": bool(causal), **pp}, name)
+                 {"scale": float(scale), "causal": bool(causal), **pp,
+                  "window": _window_arg("attention", window, causal)}, name)
 
 
 @_reference("attention", "attention")
 def _attention_ref(p, q, kt, v, *past):
-    T, S = q.shape[-2], kt.shape[-1]
-    past_v = _past_value(p, past)
-    seen = min(S, T + past_v) if p["causal"] else S  # keys past the last visible one are never read
-    s = np.matmul(_f32(q), _f32(kt[..., :seen])) * np.float32(p["scale"])
-    if p["causal"]:
-        s = np.where(_causal_mask(T, seen, past_v), s, -np.inf)
-    s = np.exp(s - s.max(axis=-1, keepdims=True))
-    s /= s.sum(axis=-1, keepdims=True)
-    return np.matmul(s, _f32(v[..., :seen, :]))
+    # in blocks of queries and keys (online softmax): memory grows with T, not T^2
+    from .attention_ref import blocked_attention
+    return blocked_attention(q, kt, v, p["scale"], p["causal"], _past_value(p, past), p.get("window"))
 
 
 def _row_param(op: str, x: Tensor, w: Tensor | None, what: str) -> None:
@@ -643,20 +661,22 @@ def attention_store(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, k_cache:
                     scale: float, theta: float | None = None, mode: str = "neox",
                     freq_factors: Tensor | None = None, q_norm_w: Tensor | None = None,
                     k_norm_w: Tensor | None = None, q_norm: bool = False, k_norm: bool = False,
-                    eps: float = 1e-6, name: str | None = None) -> Tensor:
+                    eps: float = 1e-6, window: int | None = None, name: str | None = None) -> Tensor:
     """One decode step's attention with its cache write, as one op (made by the
     ``fuse_attention_store`` pass; on CUDA one kernel per layer):
 
         q' = rope(rms_norm(q) * q_norm_w)  k' = rope(rms_norm(k) * k_norm_w)   (each part optional)
         k_cache[:, pos, :] = k';  v_cache[:, pos, :] = v                         (side effects)
-        out = attention(q' grouped [KV, G, 1, hd], k_cache^T, v_cache, scale, causal, past=pos)
+        out = attention(q' grouped [KV, G, 1, hd], k_cache^T, v_cache, scale, causal, past=pos,
+                        window)
 
     ``q`` [1, H, hd], ``k``/``v`` [1, KV, hd] (one token; any strides), ``positions`` int32 [1]
     (pos), caches [KV, ctx, hd] of q's dtype, H a multiple of KV (G = H / KV). ``theta`` None:
     no RoPE; else as :func:`rope` (``mode``, ``freq_factors``). ``q_norm`` / ``k_norm``: RMS
     norm over hd (weights [hd] optional). Returns [KV, G, 1, hd], the layout of the grouped
     :func:`attention` it replaces. The normalised, rotated q stays in float32 (the unfused graph
-    rounds it to the storage dtype)."""
+    rounds it to the storage dtype). ``window`` (None = off): only the cache rows
+    ``pos - window < j <= pos`` are attended to (see :func:`softmax`)."""
     _need_float("attention_store", q, k, v)
     if q.ndim != 3 or q.shape[0] != 1 or k.ndim != 3 or v.shape != k.shape or k.shape[0] != 1 \
             or k.shape[2] != q.shape[2] or q.shape[1] % k.shape[1]:
@@ -671,7 +691,8 @@ def attention_store(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, k_cache:
     extra: tuple[Tensor, ...] = ()
     params = {"scale": float(scale), "rope": theta is not None, "theta": float(theta or 0.0), "mode": mode,
               "has_ff": False, "q_norm": bool(q_norm), "k_norm": bool(k_norm), "eps": float(eps),
-              "has_qn": q_norm_w is not None, "has_kn": k_norm_w is not None}
+              "has_qn": q_norm_w is not None, "has_kn": k_norm_w is not None,
+              "window": _window_arg("attention_store", window, True)}
     if theta is not None:
         extra, rp = _rope_args("attention_store", q, positions, theta, mode, freq_factors)
         params["has_ff"] = rp["has_ff"]
@@ -705,8 +726,8 @@ def _attention_store_ref(p, q, k, v, positions, k_cache, v_cache, *extra):
     v_cache[:, pos, :] = v[0]
     KV, hd = k_cache.shape[0], k_cache.shape[2]
     qg = qf.reshape(1, KV, -1, hd).transpose(1, 2, 0, 3)                     # [KV, G, 1, hd]
-    return _attention_ref({"scale": p["scale"], "causal": True, "past": pos, "past_src": False},
-                          qg, k_cache[:, None].transpose(0, 1, 3, 2), v_cache[:, None])
+    return _attention_ref({"scale": p["scale"], "causal": True, "past": pos, "past_src": False,
+                           "window": p.get("window")}, qg, k_cache[:, None].transpose(0, 1, 3, 2), v_cache[:, None])
 
 
 def argmax(x: Tensor, name: str | None = None) -> Tensor:

@@ -1,10 +1,10 @@
 """Rewrite passes over a built graph. Each pass mutates the graph in place and returns how many
 rewrites it made; ``optimize`` runs them all. Dump the graph before and after to see the change.
 
-``fuse_attention``: ``matmul(q, kt) -> softmax(causal, past) -> matmul(p, v)`` becomes one
-``attention`` node when the scores and probabilities have no other reader. The fused op never
-materialises the [.., T, S] scores and reads only the keys the mask lets through, so a decode
-graph may span the whole KV cache.
+``fuse_attention``: ``matmul(q, kt) -> softmax(causal, past, window) -> matmul(p, v)`` becomes
+one ``attention`` node when the scores and probabilities have no other reader. The fused op never
+materialises the [.., T, S] scores and reads only the keys the mask (and sliding window) lets
+through, so a decode graph may span the whole KV cache.
 
 ``fuse_rope_store``: ``rope(q)``, ``rope(k)``, ``set_rows(k cache, rope(k))`` and
 ``set_rows(v cache, v)`` over the same positions become one ``rope_store`` node (RoPE + KV-slot
@@ -77,7 +77,7 @@ def fuse_attention(g: Graph) -> int:
         p = probs.params
         past = probs.srcs[1] if p["past_src"] else p["past"]
         name = mix.name.rsplit(".", 1)[0] + ".attention" if "." in mix.name else f"attention_{mix.id}"
-        fused = ops.attention(q, kt, v, p["scale"], p["causal"], past, name=name)
+        fused = ops.attention(q, kt, v, p["scale"], p["causal"], past, window=p.get("window"), name=name)
         g.nodes.pop()  # ops.attention appended it; _replace puts it at mix's place instead
         if fused.shape != mix.shape:  # broadcasting differs from the chain's: leave it alone
             continue
@@ -315,7 +315,7 @@ def fuse_attention_store(g: Graph) -> int:
         if q.shape != (1, H, hd) or k.shape != (1, KV, hd) or q.dtype != kc.dtype:
             continue
         name = a.name + "_store" if a.name else None
-        fused = ops.attention_store(q, k, v, rows, kc, vc, p["scale"], name=name, **kw)
+        fused = ops.attention_store(q, k, v, rows, kc, vc, p["scale"], window=p.get("window"), name=name, **kw)
         g.nodes.pop()
         g.side_effects.pop()
         _replace(g, a, fused, dead)

@@ -1,0 +1,80 @@
+"""The NumPy reference of the fused ``attention`` op, computed in blocks (flash-attention style).
+
+``softmax(q @ kt * scale, causal, past, window) @ v`` without the [..., T, S] scores: queries go
+in blocks of ``block`` rows, and each block walks the keys it can see in blocks, keeping a
+running maximum, sum and weighted value sum per row (online softmax). Memory grows with T (the
+output and one block of scores), not T^2: an 8k-token prompt of 32 heads needs a few tens of MiB
+instead of 8 GiB. Keys outside a block's causal range or sliding window are never read.
+
+Math in float32, as every NumPy reference; the result equals the plain formula up to float32
+rounding (tests/test_sliding_window.py checks it).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+Array = np.ndarray
+
+#: query rows per block; a block's keys come in chunks of BLOCK * BLOCK // rows, so a decode step
+#: (one query) reads its whole cache in one chunk and a prefill holds ~BLOCK^2 scores per head
+BLOCK = 256
+
+
+def _f32(x: Array) -> Array:
+    return x if x.dtype == np.float32 else x.astype(np.float32)
+
+
+def visible_keys(t0: int, t1: int, S: int, causal: bool, past: int, window: int | None) -> tuple[int, int]:
+    """Keys ``[lo, hi)`` that some query row ``t0..t1-1`` (positions ``t + past``) sees."""
+    hi = min(S, t1 + past) if causal else S
+    lo = max(0, t0 + past - window + 1) if (causal and window) else 0
+    return lo, hi
+
+
+def _mask(rows: int, t0: int, j0: int, j1: int, past: int, window: int | None) -> Array:
+    """[rows, j1 - j0] visibility of keys j0..j1-1 to the rows at positions t0 + past + i."""
+    j = np.arange(j0, j1)[None, :]
+    p = np.arange(t0, t0 + rows)[:, None] + past
+    return (j <= p) & (j > p - window) if window else j <= p
+
+
+def blocked_attention(q: Array, kt: Array, v: Array, scale: float, causal: bool = False, past: int = 0,
+                      window: int | None = None, block: int = BLOCK) -> Array:
+    """``softmax(q @ kt * scale [masked]) @ v`` in float32, in blocks of ``block`` queries.
+
+    ``q`` [..., T, D], ``kt`` [..., D, S], ``v`` [..., S, Dv]; leading axes broadcast (GQA:
+    ``q`` [KV, G, T, D] with ``kt`` [KV, 1, D, S]). ``causal``: query row ``t`` (position
+    ``p = t + past``) sees keys ``j <= p``; ``window`` (causal only) also requires
+    ``j > p - window``. A row that sees no key gives zeros. Returns [..., T, Dv] float32."""
+    if block < 1:
+        raise ValueError(f"blocked_attention: block must be >= 1, got {block}")
+    T, S, Dv = q.shape[-2], kt.shape[-1], v.shape[-1]
+    lead = tuple(np.broadcast_shapes(q.shape[:-2], kt.shape[:-2], v.shape[:-2]))
+    out = np.zeros(lead + (T, Dv), np.float32)
+    sc = np.float32(scale)
+    for t0 in range(0, T, block):
+        t1 = min(T, t0 + block)
+        rows = t1 - t0
+        lo, hi = visible_keys(t0, t1, S, causal, past, window)
+        if hi <= lo:
+            continue  # nothing visible: zeros
+        qb = _f32(q[..., t0:t1, :])
+        kb = max(block, block * block // rows)
+        m = np.full(lead + (rows, 1), -np.inf, np.float32)
+        l = np.zeros(lead + (rows, 1), np.float32)
+        acc = np.zeros(lead + (rows, Dv), np.float32)
+        for j0 in range(lo, hi, kb):
+            j1 = min(hi, j0 + kb)
+            s = np.matmul(qb, _f32(kt[..., j0:j1])) * sc
+            # only chunks that cross the diagonal or the window's lower edge need the mask
+            if causal and (j1 - 1 > t0 + past or (window and j0 <= t1 - 1 + past - window)):
+                s = np.where(_mask(rows, t0, j0, j1, past, window), s, np.float32(-np.inf))
+            mn = np.maximum(m, s.max(axis=-1, keepdims=True))
+            base = np.where(np.isneginf(mn), np.float32(0), mn)  # no key seen yet: exp(-inf) = 0, no NaN
+            corr = np.exp(m - base)
+            p = np.exp(s - base)
+            l = l * corr + p.sum(axis=-1, keepdims=True)
+            acc = acc * corr + np.matmul(p, _f32(v[..., j0:j1, :]))
+            m = mn
+        out[..., t0:t1, :] = acc / np.where(l > 0, l, np.float32(1))
+    return out
