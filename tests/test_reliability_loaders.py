@@ -411,7 +411,7 @@ def _llama_dir(tmp_path: Path, **cfg_changes) -> Path:
     ({"num_attention_heads": 3}, r"num_heads=3 is not a multiple of num_kv_heads=2", LoadError),
     ({"intermediate_size": -1}, r"intermediate_size must be a positive int", LoadError),
     ({"hidden_size": None}, r"required key 'hidden_size' is missing", LoadError),
-    ({"hidden_size": "64"}, None, None),  # a number written as a string is accepted
+    ({"hidden_size": "64"}, r"bad value: hidden_size must be a positive int, got '64'", LoadError),
     ({"rms_norm_eps": "small"}, r"bad value", LoadError),
     ({"model_type": "mamba"}, r"model_type 'mamba' is not supported", UnsupportedModelError),
     ({"hidden_act": "relu"}, r"activation 'relu' is not supported", UnsupportedModelError),

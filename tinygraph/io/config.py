@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import LoadError, UnsupportedModelError
+from .files import read_text
 
 ACTIVATIONS = ("gelu_tanh", "silu")
 
@@ -102,6 +103,12 @@ class TransformerConfig:
         f32 = np.finfo(np.float32)
         if not (float(f32.tiny) <= self.rope_theta <= float(f32.max)):  # RoPE runs in float32
             raise LoadError(f"{name}: rope_theta must be a finite number > 0 (within float32), got {self.rope_theta}")
+        if self.sliding_window is not None and not _is_int(self.sliding_window, 1):
+            raise LoadError(f"{name}: sliding_window must be a positive int or None, got {self.sliding_window!r}")
+        if not isinstance(self.tie_word_embeddings, (bool, np.bool_)):  # 0.5 or NaN is no answer
+            raise LoadError(f"{name}: tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
+        if self.rope_scaling is not None:
+            _check_rope_params(self.rope_scaling, "rope_scaling", name)
         eos = self.eos_token_id
         ids = [self.bos_token_id, eos] if not isinstance(eos, list) else [self.bos_token_id, *(eos or [0])]
         for i, v in enumerate(ids):
@@ -127,6 +134,96 @@ class TransformerConfig:
         return [] if e is None else [int(x) for x in (e if isinstance(e, list) else [e])]
 
 
+# --------------------------------------------------------------------------- value checks
+def _is_int(v: Any, minimum: int) -> bool:
+    """An int (not a bool) >= minimum."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= minimum
+
+
+def _as_int(v: Any, key: str, where: str, minimum: int = 1) -> int:
+    """``v`` as an int >= ``minimum``, or LoadError naming ``key``.
+
+    JSON has one number type, so a float is accepted only when it is a whole number (4096.0,
+    as some converters write it); 2.5, NaN, strings ("64") and bools are refused, never rounded
+    or parsed.
+    """
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+        v = int(v)
+    if not _is_int(v, minimum):
+        want = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise LoadError(f"{where}: bad value: {key} must be {want}, got {v!r}")
+    return int(v)
+
+
+def _as_float(v: Any, key: str, where: str) -> float:
+    """``v`` as a finite float > 0 (epsilons, RoPE bases and factors), or LoadError naming ``key``."""
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+    if not ok or not (math.isfinite(v) and v > 0):  # 0, negative or NaN factors give NaN logits
+        raise LoadError(f"{where}: bad value: {key} must be a finite number > 0, got {v!r}")
+    return float(v)
+
+
+def _as_bool(v: Any, key: str, where: str) -> bool:
+    """``v`` as a bool: JSON true/false, or 0/1 (which HF's Python treats as bools); nothing else."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)) and v in (0, 1):
+        return bool(v)
+    raise LoadError(f"{where}: bad value: {key} must be true or false (or 0/1), got {v!r}")
+
+
+_MISSING = object()
+
+
+def _get(d: dict[str, Any], keys: tuple[str, ...], default: Any = _MISSING) -> tuple[str, Any]:
+    """(key, value) of the first of ``keys`` present and not null (GPT-2 and HF spell sizes
+    differently; HF writes absent optional sizes as null); ``default`` under ``keys[0]`` when
+    none is, KeyError when there is no default."""
+    for k in keys:
+        if d.get(k) is not None:
+            return k, d[k]
+    if default is _MISSING:
+        raise KeyError(keys[0])
+    return keys[0], default
+
+
+def _int_key(d: dict[str, Any], where: str, *keys: str, default: Any = _MISSING) -> Any:
+    """The int under the first present of ``keys`` (checked by :func:`_as_int`), else ``default``
+    (KeyError when there is none)."""
+    for k in keys:
+        if d.get(k) is not None:
+            return _as_int(d[k], k, where)
+    if default is _MISSING:
+        raise KeyError(keys[0])
+    return default
+
+
+def _float_key(d: dict[str, Any], where: str, *keys: str, default: float) -> float:
+    k, v = _get(d, keys, default)
+    return _as_float(v, k, where)
+
+
+def _bool_key(d: dict[str, Any], where: str, key: str, default: bool) -> bool:
+    k, v = _get(d, (key,), default)
+    return _as_bool(v, k, where)
+
+
+# RoPE-scaling parameters that are positive numbers / positive ints when present.
+_ROPE_FLOATS = ("factor", "low_freq_factor", "high_freq_factor", "attention_factor", "beta_fast", "beta_slow")
+_ROPE_INTS = ("original_max_position_embeddings",)
+
+
+def _check_rope_params(scaling: dict[str, Any], key: str, where: str) -> None:
+    """Refuse RoPE-scaling parameters that are not positive numbers (``key``: the dict's name in
+    the config, "rope_scaling" or "rope_parameters", for the message)."""
+    for k in _ROPE_FLOATS:
+        if k in scaling and not (k == "attention_factor" and scaling[k] is None):
+            _as_float(scaling[k], f"{key}.{k}", where)
+    for k in _ROPE_INTS:
+        if k in scaling:
+            _as_int(scaling[k], f"{key}.{k}", where)
+
+
 # --------------------------------------------------------------------------- parsing
 def _act(value: Any, where: str) -> str:
     act = _ACT_ALIASES.get(str(value))
@@ -137,30 +234,40 @@ def _act(value: Any, where: str) -> str:
     return act
 
 
-def _normalise_rope(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+def _normalise_rope(d: dict[str, Any], where: str = "config") -> tuple[float, dict[str, Any] | None]:
     """Return (rope_theta, rope_scaling) from either config form.
 
     v5: ``rope_parameters = {rope_theta, rope_type, factor, ...}``.
     v4: ``rope_theta`` at top level, ``rope_scaling = {rope_type|type, factor, ...}`` or None.
     The scaling dict comes back with ``rope_type`` (never the legacy ``type``) and
-    without ``rope_theta``; "default" scaling becomes None.
+    without ``rope_theta``; "default" scaling becomes None. Numeric parameters are checked
+    here, so messages name the key as the file spells it.
     """
     params = d.get("rope_parameters")
+    if params is not None and not isinstance(params, dict):
+        raise LoadError(f"{where}: bad value: rope_parameters must be an object, got {params!r}")
     if isinstance(params, dict) and "sliding_attention" in params:  # per-layer-type form (Gemma-like)
-        raise UnsupportedModelError("config: per-layer-type rope_parameters are not supported")
+        raise UnsupportedModelError(f"{where}: per-layer-type rope_parameters are not supported")
+    theta_key, scaling_key = "rope_theta", "rope_scaling"
     theta = d.get("rope_theta", 10000.0)
     scaling = d.get("rope_scaling")
     if isinstance(params, dict):
-        theta = params.get("rope_theta", theta)
+        if "rope_theta" in params:
+            theta_key, theta = "rope_parameters.rope_theta", params["rope_theta"]
+        scaling_key = "rope_parameters"
         scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    theta = _as_float(theta, theta_key, where)
     if not scaling:
-        return float(theta), None
+        return theta, None
+    if not isinstance(scaling, dict):
+        raise LoadError(f"{where}: bad value: {scaling_key} must be an object or null, got {scaling!r}")
     scaling = dict(scaling)
     rtype = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
     scaling.pop("type", None)
     if rtype == "default":
-        return float(theta), None
-    return float(theta), {"rope_type": rtype, **scaling}
+        return theta, None
+    _check_rope_params(scaling, scaling_key, where)
+    return theta, {"rope_type": rtype, **scaling}
 
 
 def _infer_model_type(d: dict[str, Any]) -> str:
@@ -175,16 +282,14 @@ def _infer_model_type(d: dict[str, Any]) -> str:
     raise UnsupportedModelError("config: no model_type and no recognised architectures entry")
 
 
-def _first(d: dict[str, Any], *keys: str) -> Any:
-    """Value of the first of ``keys`` present (GPT-2 and HF spell sizes differently)."""
-    for k in keys:
-        if d.get(k) is not None:
-            return d[k]
-    raise KeyError(keys[0])
-
-
 def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
-    """Build a TransformerConfig from a parsed HF ``config.json`` (v4 or v5 form, or GPT-2 keys)."""
+    """Build a TransformerConfig from a parsed HF ``config.json`` (v4 or v5 form, or GPT-2 keys).
+
+    Every size must be a positive JSON integer (a float only when it is a whole number, e.g.
+    ``4096.0``); strings, bools, fractions, NaN and non-positive values raise LoadError naming
+    the key, as do epsilons, RoPE bases and scaling factors that are not finite numbers > 0 and
+    a ``tie_word_embeddings`` that is not true/false/0/1.
+    """
     if not isinstance(d, dict):
         raise LoadError(f"config: expected a JSON object, got {type(d).__name__}")
     try:
@@ -193,66 +298,67 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
         if isinstance(exc, LoadError):
             raise
         raise LoadError(f"config: cannot tell the model type: {exc}") from exc
+    where = f"config ({mt})"
     dtype = d.get("dtype") or d.get("torch_dtype")
     try:
         if mt == "gpt2" or "n_embd" in d:
-            hidden = int(_first(d, "n_embd", "hidden_size"))
+            hidden = _int_key(d, where, "n_embd", "hidden_size")
             return TransformerConfig(
                 model_type=mt,
-                vocab_size=int(d["vocab_size"]),
+                vocab_size=_int_key(d, where, "vocab_size"),
                 hidden_size=hidden,
-                num_layers=int(_first(d, "n_layer", "num_hidden_layers")),
-                num_heads=int(_first(d, "n_head", "num_attention_heads")),
-                intermediate_size=int(d.get("n_inner") or 4 * hidden),
-                max_position_embeddings=int(d.get("n_positions") or d.get("n_ctx") or 1024),
-                norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
-                tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
+                num_layers=_int_key(d, where, "n_layer", "num_hidden_layers"),
+                num_heads=_int_key(d, where, "n_head", "num_attention_heads"),
+                intermediate_size=_int_key(d, where, "n_inner", default=4 * hidden),
+                max_position_embeddings=_int_key(d, where, "n_positions", "n_ctx", default=1024),
+                norm_eps=_float_key(d, where, "layer_norm_epsilon", default=1e-5),
+                tie_word_embeddings=_bool_key(d, where, "tie_word_embeddings", True),
                 bos_token_id=d.get("bos_token_id"),
                 eos_token_id=d.get("eos_token_id"),
                 activation=_act(d.get("activation_function", "gelu_new"), "config"),
                 dtype=dtype,
             )
-        theta, scaling = _normalise_rope(d)
-        heads = int(d["num_attention_heads"])
-        kv = d.get("num_key_value_heads")
-        use_sw = d.get("use_sliding_window", True)
+        theta, scaling = _normalise_rope(d, where)
+        heads = _int_key(d, where, "num_attention_heads")
+        use_sw = _bool_key(d, where, "use_sliding_window", True)
         return TransformerConfig(
             model_type=mt,
-            vocab_size=int(d["vocab_size"]),
-            hidden_size=int(d["hidden_size"]),
-            num_layers=int(d["num_hidden_layers"]),
+            vocab_size=_int_key(d, where, "vocab_size"),
+            hidden_size=_int_key(d, where, "hidden_size"),
+            num_layers=_int_key(d, where, "num_hidden_layers"),
             num_heads=heads,
-            num_kv_heads=int(kv) if kv is not None else heads,
-            head_dim=int(d["head_dim"]) if d.get("head_dim") else None,
-            intermediate_size=int(d["intermediate_size"]),
-            max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
-            norm_eps=float(d.get("rms_norm_eps", d.get("layer_norm_eps", 1e-6))),
+            num_kv_heads=_int_key(d, where, "num_key_value_heads", default=heads),
+            head_dim=_int_key(d, where, "head_dim", default=None),
+            intermediate_size=_int_key(d, where, "intermediate_size"),
+            max_position_embeddings=_int_key(d, where, "max_position_embeddings", default=2048),
+            norm_eps=_float_key(d, where, "rms_norm_eps", "layer_norm_eps", default=1e-6),
             rope_theta=theta,
             rope_scaling=scaling,
             # Llama/Mistral/Qwen config classes default to untied heads.
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            tie_word_embeddings=_bool_key(d, where, "tie_word_embeddings", False),
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=d.get("eos_token_id"),
             activation=_act(d.get("hidden_act", "silu"), "config"),
             dtype=dtype,
-            sliding_window=d.get("sliding_window") if use_sw else None,
+            sliding_window=_int_key(d, where, "sliding_window", default=None) if use_sw else None,
         )
     except KeyError as exc:
-        raise LoadError(f"config ({mt}): required key {exc.args[0]!r} is missing") from exc
+        raise LoadError(f"{where}: required key {exc.args[0]!r} is missing") from exc
     except (TypeError, ValueError, OverflowError, AttributeError) as exc:
         if isinstance(exc, LoadError):
             raise
-        raise LoadError(f"config ({mt}): bad value: {exc}") from exc
+        raise LoadError(f"{where}: bad value: {exc}") from exc
 
 
 def load_hf_config(path: str | os.PathLike[str]) -> TransformerConfig:
     """Read a ``config.json`` file (or the one inside a directory)."""
     p = Path(path)
-    if p.is_dir():
+    if os.path.isdir(p):
         p = p / "config.json"
+    text = read_text(p, "config")  # refuses FIFOs, devices, directories, unreadable files at once
     try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        d = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise LoadError(f"{p}: cannot read config JSON: {exc}") from exc
     try:
         return config_from_hf(d)
