@@ -101,6 +101,11 @@ class Transformer:
         self.max_context = int(max_context) if max_context is not None else min(limit, 4096)
         if self.spec.position == "learned" and self.max_context > limit:
             raise ValueError(f"max_context {self.max_context} outside 1..{limit} (learned positions)")
+        # each layer's sliding window (None: full attention); a window as wide as the cache
+        # changes nothing, so it is dropped
+        self.windows: list[int | None] = [
+            w if w is not None and w < self.max_context else None
+            for w in (cfg.layer_window(i) for i in range(cfg.num_layers))]
         self._declare_weights(ckpt)
         self.session.finalize()
         self._upload_weights(ckpt)
@@ -196,11 +201,13 @@ class Transformer:
         # write the new keys/values into the cache rows of their positions
         tg.set_rows(self.kv_k[i], tg.permute(k, (1, 0, 2)), positions, name=f"{P}.k_store")
         tg.set_rows(self.kv_v[i], tg.permute(v, (1, 0, 2)), positions, name=f"{P}.v_store")
-        # attend over the whole cache; the causal mask (past = first position) hides the rest
+        # attend over the whole cache; the causal mask (past = first position) and the layer's
+        # sliding window, if any, hide the rest (the fused attention never reads those keys)
         keys_t, vals = self._history(i)
         qg = tg.permute(tg.reshape(q, (T, nkv, groups, hd)), (1, 2, 0, 3))   # [nkv, groups, T, hd]
         scores = tg.matmul(qg, keys_t, name=f"{P}.scores")                   # [nkv, groups, T, S]
-        probs = tg.softmax(scores, 1.0 / math.sqrt(hd), causal=True, past=positions, name=f"{P}.probs")
+        probs = tg.softmax(scores, 1.0 / math.sqrt(hd), causal=True, past=positions, window=self.windows[i],
+                           name=f"{P}.probs")
         out = tg.matmul(probs, vals, name=f"{P}.mix")                          # [nkv, groups, T, hd]
         out = tg.reshape(tg.permute(out, (2, 0, 1, 3)), (T, nh * hd))
         return self._linear(out, f"{P}.o")

@@ -73,6 +73,9 @@ class TransformerConfig:
     activation: str = "silu"
     dtype: str | None = None  # storage dtype the checkpoint declares ("bfloat16", ...), informative
     sliding_window: int | None = None  # Mistral-style local attention window, if the config enables one
+    # per layer "sliding_attention" | "full_attention" (HF ``layer_types``; Qwen2's from
+    # max_window_layers); None: every layer slides when sliding_window is set (Mistral)
+    layer_types: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
@@ -126,6 +129,14 @@ class TransformerConfig:
     def rope_type(self) -> str:
         """"default" for plain RoPE, else rope_scaling["rope_type"]."""
         return (self.rope_scaling or {}).get("rope_type", "default")
+
+    def layer_window(self, i: int) -> int | None:
+        """Layer ``i``'s sliding window (query ``p`` sees keys ``p - window < j <= p``, HF's
+        convention), or None for full causal attention."""
+        if self.sliding_window is None or (self.layer_types is not None and
+                                           self.layer_types[i] != "sliding_attention"):
+            return None
+        return int(self.sliding_window)
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -320,7 +331,8 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
             )
         theta, scaling = _normalise_rope(d, where)
         heads = _int_key(d, where, "num_attention_heads")
-        use_sw = _bool_key(d, where, "use_sliding_window", True)
+        # Qwen2/Qwen3 slide only with use_sliding_window (HF's default: false); Mistral always does
+        use_sw = _bool_key(d, where, "use_sliding_window", mt not in _QWEN_WINDOWS)
         return TransformerConfig(
             model_type=mt,
             vocab_size=_int_key(d, where, "vocab_size"),
@@ -341,6 +353,7 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
             activation=_act(d.get("hidden_act", "silu"), "config"),
             dtype=dtype,
             sliding_window=_int_key(d, where, "sliding_window", default=None) if use_sw else None,
+            layer_types=_layer_types(d, where, mt),
         )
     except KeyError as exc:
         raise LoadError(f"{where}: required key {exc.args[0]!r} is missing") from exc
@@ -348,6 +361,30 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
         if isinstance(exc, LoadError):
             raise
         raise LoadError(f"{where}: bad value: {exc}") from exc
+
+
+_QWEN_WINDOWS = ("qwen2", "qwen3")  # model types whose layers slide by max_window_layers
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def _layer_types(d: dict[str, Any], where: str, mt: str) -> list[str] | None:
+    """HF ``layer_types`` (checked), else Qwen2/Qwen3's rule (transformers' Qwen2Config: layer
+    ``i`` slides when ``i >= max_window_layers``, default 28), else None (every layer alike)."""
+    n = _int_key(d, where, "num_hidden_layers")
+    lt = d.get("layer_types")
+    if lt is not None:
+        if not isinstance(lt, list) or len(lt) != n:
+            raise LoadError(f"{where}: bad value: layer_types must be a list of {n} entries, got {lt!r}")
+        bad = [t for t in lt if t not in LAYER_TYPES]
+        if bad:
+            raise UnsupportedModelError(f"{where}: layer_types entry {bad[0]!r} is not supported "
+                                        f"(supported: {', '.join(LAYER_TYPES)})")
+        return list(lt)
+    if mt in _QWEN_WINDOWS:
+        mwl = d.get("max_window_layers", 28)
+        mwl = _as_int(mwl, "max_window_layers", where, minimum=0)
+        return ["sliding_attention" if i >= mwl else "full_attention" for i in range(n)]
+    return None
 
 
 def load_hf_config(path: str | os.PathLike[str]) -> TransformerConfig:
