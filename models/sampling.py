@@ -10,6 +10,18 @@ import numpy as np
 
 from tinygraph.ops import OPS, sample_params
 
+#: temperatures below this are greedy (argmax). The ``sample`` op divides the logits by the
+#: temperature in float32: at 1e-38 a logit above ~3.4 overflows to +inf and the op returns the
+#: first such index, not the best one. From 1e-6 up a logit would have to exceed 3.4e32 to overflow,
+#: and below it sampling is argmax anyway except among logits within ~1e-5 of the largest
+#: (their weight exp(-gap / t) underflows beyond that).
+MIN_TEMPERATURE = 1e-6
+
+
+def effective_temperature(temperature: float) -> float:
+    """The temperature generation runs with: 0.0 (greedy) below :data:`MIN_TEMPERATURE`."""
+    return 0.0 if temperature < MIN_TEMPERATURE else float(temperature)
+
 
 def check_sampling_args(temperature: float, top_k: int, top_p: float, max_new_tokens: int) -> None:
     """Raise ValueError naming the bad value."""

@@ -1,6 +1,7 @@
 """A Session owns persistent buffers (weights, KV caches) and runs graphs on one backend."""
 from __future__ import annotations
 
+import threading
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -30,16 +31,33 @@ class Session:
     """Owns persistent buffers and a backend.
 
     ``backend``: ``"numpy"``, ``"cuda"`` or ``"auto"`` (CUDA when a GPU and driver are present,
-    NumPy otherwise; the choice is printed to stderr once)."""
+    NumPy otherwise; the choice is printed to stderr once).
+
+    Threads: every method may be called from any thread. A re-entrant lock serialises what
+    touches the backend (compute, each step of a compute_loop, upload/download, free, close),
+    since a backend's arena and input area are shared by all its graphs; the graph being built
+    (``current_graph``) is per thread. ``close()`` from another thread waits for the running step;
+    the next one raises :class:`SessionClosedError`."""
 
     def __init__(self, backend: str | Backend = "auto", verbose: bool = True) -> None:
         self.backend: Backend = create_backend(backend, verbose=verbose) if isinstance(backend, str) else backend
         self.persistents: list[Tensor] = []
-        self.current_graph: Graph | None = None
+        self._lock = threading.RLock()
+        self._local = threading.local()  # current_graph, per thread
         self.finalized = False
         self.closed = False
         self._freed: set[int] = set()  # ids of persistent buffers released by free()
+        self._frees = 0  # free() calls so far: a running compute_loop re-checks its buffers when it moves
         self._plans: dict[tuple, tuple[list[int], dict[str, dict[int, Any]], int, int]] = {}
+
+    @property
+    def current_graph(self) -> Graph | None:
+        """The graph that ops on persistent buffers alone add to (set by :meth:`graph`); per thread."""
+        return getattr(self._local, "graph", None)
+
+    @current_graph.setter
+    def current_graph(self, g: Graph | None) -> None:
+        self._local.graph = g
 
     # -- persistent buffers -----------------------------------------------------------------
     def persistent(self, shape: Sequence[int], dtype: DType | str, name: str | None = None) -> Tensor:
@@ -50,9 +68,10 @@ class Session:
         if any(n < 0 for n in shape):
             raise ShapeError(f"persistent {name!r}: negative size in shape {shape}")
         t = Tensor("persistent", (), shape, as_dtype(dtype), name=name, session=self)
-        if self.finalized:
-            self.backend.allocate(t)  # out of memory: raises, and t is not kept
-        self.persistents.append(t)
+        with self._lock:
+            if self.finalized:
+                self.backend.allocate(t)  # out of memory: raises, and t is not kept
+            self.persistents.append(t)
         return t
 
     def finalize(self) -> None:
@@ -62,29 +81,32 @@ class Session:
         error says how many bytes were asked for and how many are free), the buffers allocated
         so far are released again and the error propagates; the session stays open and
         unfinalized, so it can be closed, or persistents declared again in a smaller form."""
-        self._check_open()
-        if not self.finalized:
-            done: list[Tensor] = []
-            try:
-                for t in self.persistents:
-                    self.backend.allocate(t)
-                    done.append(t)
-            except BaseException:
-                self._release(done)
-                raise
-            self.finalized = True
+        with self._lock:
+            self._check_open()
+            if not self.finalized:
+                done: list[Tensor] = []
+                try:
+                    for t in self.persistents:
+                        self.backend.allocate(t)
+                        done.append(t)
+                except BaseException:
+                    self._release(done)
+                    raise
+                self.finalized = True
 
     def free(self, tensors: Sequence[Tensor]) -> None:
         """Release persistent buffers of this session before the session itself is closed (a
         model sharing the session releases its weights and KV cache this way). Using a released
         buffer afterwards raises :class:`SessionClosedError`."""
-        self._check_open()
-        ts = [t for t in tensors if t.op == "persistent" and t.session is self and t.id not in self._freed]
-        if self.finalized:
-            self._release(ts)
-        ids = {t.id for t in ts}
-        self._freed |= ids
-        self.persistents = [t for t in self.persistents if t.id not in ids]
+        with self._lock:  # waits for a running step of another thread
+            self._check_open()
+            ts = [t for t in tensors if t.op == "persistent" and t.session is self and t.id not in self._freed]
+            if self.finalized:
+                self._release(ts)
+            ids = {t.id for t in ts}
+            self._freed |= ids
+            self._frees += 1
+            self.persistents = [t for t in self.persistents if t.id not in ids]
 
     def _release(self, ts: Sequence[Tensor]) -> None:
         """Free the backend buffers of ``ts``."""
@@ -110,8 +132,9 @@ class Session:
 
     def download(self, t: Tensor) -> np.ndarray:
         """A host copy of persistent ``t``."""
-        self._check_buffer(t, "download")
-        return self.backend.download(t)
+        with self._lock:
+            self._check_buffer(t, "download")
+            return self.backend.download(t)
 
     # -- graphs -----------------------------------------------------------------------------
     def graph(self) -> Graph:
@@ -145,8 +168,9 @@ class Session:
         per output, in declaration order. With ``times`` (a dict), the run is profiled: each
         compute node's id maps to its run time in microseconds (CUDA: GPU time between events,
         launched one by one rather than replayed)."""
-        plan, arrays = self._prepare(g, feeds)
-        return self.backend.execute(g, plan, arrays, times)
+        with self._lock:
+            plan, arrays = self._prepare(g, feeds)
+            return self.backend.execute(g, plan, arrays, times)
 
     def compute_loop(self, g: Graph, feeds: Mapping[Tensor | str, Any] | None, steps: int,
                      feedback: Mapping[Tensor | str, Tensor] | None = None,
@@ -164,7 +188,11 @@ class Session:
         increments on the GPU), so the GPU never waits for Python. Stopping early (``close()``
         on the iterator, or leaving the ``for``) waits for the queued steps: their side effects
         (e.g. KV-cache writes at later positions) have happened. The NumPy backend runs the
-        same loop step by step."""
+        same loop step by step. Each step holds the session's lock (see the class docstring)."""
+        with self._lock:
+            return self._compute_loop(g, feeds, steps, feedback, advance, lookahead)
+
+    def _compute_loop(self, g: Graph, feeds, steps: int, feedback, advance, lookahead: int) -> Iterator[list[np.ndarray]]:
         plan, arrays = self._prepare(g, feeds)
         if steps < 0:
             raise ValueError(f"compute_loop: steps must be >= 0, got {steps}")
@@ -193,8 +221,33 @@ class Session:
             adv[t.id] = a
         run_loop = getattr(self.backend, "execute_loop", None)
         if run_loop is not None:
-            return run_loop(g, plan, arrays, steps, fb, adv, lookahead)
-        return self._host_loop(g, plan, arrays, steps, fb, adv)
+            inner = run_loop(g, plan, arrays, steps, fb, adv, lookahead)
+        else:
+            inner = self._host_loop(g, plan, arrays, steps, fb, adv)
+        reads = {s.storage.id for n in plan.order for s in n.srcs}
+        return self._locked_steps(inner, reads)
+
+    def _locked_steps(self, inner: Iterator[list[np.ndarray]], reads: set[int]) -> Iterator[list[np.ndarray]]:
+        """``inner``'s steps, each run under the session lock after checking that the session is
+        open and that no buffer the graph reads was freed since (by another thread)."""
+        frees = self._frees
+        try:
+            while True:
+                with self._lock:
+                    self._check_open()
+                    if self._frees != frees:
+                        frees = self._frees
+                        if reads & self._freed:
+                            raise SessionClosedError("compute_loop: a persistent buffer this loop reads was "
+                                                     "released (Session.free or model.close) while it ran")
+                    try:
+                        outs = next(inner)
+                    except StopIteration:
+                        return
+                yield outs
+        finally:
+            with self._lock:
+                inner.close()
 
     def _host_loop(self, g: Graph, plan: ExecPlan, arrays: dict[int, np.ndarray], steps: int,
                    fb: dict[int, int], adv: dict[int, np.ndarray]) -> Iterator[list[np.ndarray]]:
@@ -248,12 +301,13 @@ class Session:
         """Release every buffer the backend holds. The session is unusable afterwards: every
         method raises :class:`SessionClosedError`. Idempotent; the session counts as closed even
         if the backend reports an error while releasing (that error propagates)."""
-        if not self.closed:
-            self.closed = True
-            self.current_graph = None
-            self._plans.clear()
-            self.persistents = []
-            self.backend.close()
+        with self._lock:  # waits for a running step of another thread
+            if not self.closed:
+                self.closed = True
+                self.current_graph = None
+                self._plans.clear()
+                self.persistents = []
+                self.backend.close()
 
     def __enter__(self) -> "Session":
         return self
