@@ -172,3 +172,230 @@ def test_nan_rope_factor_no_longer_gives_nan_logits(tmp_path):
     _write(d, cfg)
     with pytest.raises(LoadError, match=r"rope_parameters.factor must be a finite number > 0, got nan"):
         load_checkpoint(d)
+
+
+# ============================================================================ non-regular files
+def _no_hang(fn, *args, fifos: tuple[Path, ...] = (), timeout: float = 20.0):
+    """Run ``fn(*args)`` in a thread; fail (instead of hanging the suite) if it blocks, e.g. in
+    open() of a FIFO. A blocked thread is released by opening its FIFOs read-write."""
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn(*args)
+        except BaseException as exc:  # handed to the test thread
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        for f in fifos:
+            os.close(os.open(f, os.O_RDWR | os.O_NONBLOCK))
+        pytest.fail(f"{getattr(fn, '__name__', fn)} blocked for {timeout} s (FIFO opened for reading?)")
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out["value"]
+
+
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+
+
+def _llama_dir(tmp_path: Path, name: str = "llama") -> Path:
+    d = tmp_path / name
+    shutil.copytree(FIX / "llama", d)
+    (d / "reference.npz").unlink()
+    return d
+
+
+def _fifo(p: Path) -> Path:
+    if p.exists() or p.is_symlink():
+        p.unlink()
+    os.mkfifo(p)
+    return p
+
+
+@needs_fifo
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json",
+                                  "tokenizer_config.json", "chat_template.jinja"])
+def test_fifo_inside_model_directory(tmp_path, name):
+    d = _llama_dir(tmp_path)
+    f = _fifo(d / name)
+    with pytest.raises(LoadError, match=rf"{name}: .*is not a regular file \(it is a FIFO \(named pipe\)\)"):
+        _no_hang(load_checkpoint, d, fifos=(f,))
+
+
+@needs_fifo
+@pytest.mark.parametrize("name", ["model.safetensors", "model.gguf", "model.safetensors.index.json", "weights"])
+def test_fifo_as_the_checkpoint_path(tmp_path, name):
+    f = _fifo(tmp_path / name)
+    with pytest.raises(LoadError, match=r"checkpoint is not a regular file \(it is a FIFO") as ei:
+        _no_hang(load_checkpoint, f, fifos=(f,))
+    assert "no such file" not in str(ei.value) and str(f) in str(ei.value)
+
+
+@needs_fifo
+def test_fifo_gguf_alone_in_a_directory(tmp_path):
+    f = _fifo(tmp_path / "model.gguf")
+    with pytest.raises(LoadError, match=r"model.gguf: GGUF file is not a regular file"):
+        _no_hang(load_checkpoint, tmp_path, fifos=(f,))
+
+
+@needs_fifo
+def test_fifo_through_the_lower_level_readers(tmp_path):
+    from tinygraph.io.gguf_loader import load_gguf
+
+    f = _fifo(tmp_path / "x")
+    for fn in (load_hf_config, SafeTensorsFile, load_gguf, check_regular_file, read_text):
+        with pytest.raises(LoadError, match="not a regular file"):
+            _no_hang(fn, f, fifos=(f,))
+
+
+@needs_fifo
+def test_fifo_shard_of_a_sharded_checkpoint(tmp_path):
+    d = _llama_dir(tmp_path)
+    st = SafeTensorsFile(d / "model.safetensors")
+    names = st.tensor_names
+    st.close()
+    (d / "model.safetensors").rename(d / "model-00001-of-00001.safetensors")
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {n: "model-00001-of-00001.safetensors" for n in names}}))
+    load_checkpoint(d).close()  # the sharded layout itself loads
+    f = _fifo(d / "model-00001-of-00001.safetensors")
+    with pytest.raises(LoadError, match=r"model-00001-of-00001.safetensors: shard is not a regular file"):
+        _no_hang(load_checkpoint, d, fifos=(f,))
+    f = _fifo(d / "model.safetensors.index.json")
+    with pytest.raises(LoadError, match=r"index.json: sharded index is not a regular file"):
+        _no_hang(load_checkpoint, d, fifos=(f,))
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_dev_zero(tmp_path):
+    with pytest.raises(LoadError, match=r"/dev/zero: checkpoint is not a regular file \(it is a character device\)"):
+        _no_hang(load_checkpoint, "/dev/zero")
+    d = _llama_dir(tmp_path)
+    (d / "config.json").unlink()
+    (d / "config.json").symlink_to("/dev/zero")  # read(), it would never end
+    with pytest.raises(LoadError, match=r"config.json: config is not a regular file \(it is a character device\)"):
+        _no_hang(load_checkpoint, d)
+
+
+@pytest.mark.parametrize("name,what", [("config.json", "config"), ("tokenizer.json", "tokenizer"),
+                                       ("generation_config.json", "generation config"),
+                                       ("model.safetensors", "safetensors file")])
+def test_directory_where_a_file_is_expected(tmp_path, name, what):
+    d = _llama_dir(tmp_path)
+    if (d / name).exists():
+        (d / name).unlink()
+    (d / name).mkdir()
+    with pytest.raises(LoadError, match=rf"{name}: {what} is not a regular file \(it is a directory\)"):
+        _no_hang(load_checkpoint, d)
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
+def test_socket_as_config(tmp_path):
+    d = _llama_dir(tmp_path)
+    (d / "config.json").unlink()
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.bind(str(d / "config.json"))
+        with pytest.raises(LoadError, match=r"config.json: config is not a regular file \(it is a socket\)"):
+            _no_hang(load_checkpoint, d)
+    finally:
+        s.close()
+
+
+def test_dangling_symlink_is_named(tmp_path):
+    d = _llama_dir(tmp_path)
+    (d / "tokenizer.json").symlink_to(tmp_path / "gone.json")
+    with pytest.raises(LoadError, match=r"tokenizer.json: cannot read tokenizer: a symlink whose target does not "
+                                        r"exist"):
+        load_checkpoint(d)
+
+
+def test_missing_checkpoint_still_says_no_such_file(tmp_path):
+    with pytest.raises(LoadError, match=r"nothing_here: checkpoint: no such file or directory"):
+        load_checkpoint(tmp_path / "nothing_here")
+
+
+# ============================================================================ unreadable files
+def _simulate_no_permission(monkeypatch, locked: Path) -> None:
+    """What ``chmod 000 locked`` does for a user other than root (tests may run as root, where
+    permissions are not enforced): listing a locked directory fails, and so does any stat or
+    open of a path below it; opening a locked file fails."""
+    real = {n: getattr(os, n) for n in ("stat", "lstat", "open", "scandir", "listdir")}
+
+    def path_of(a: tuple) -> Path | None:
+        return Path(os.path.abspath(os.fsdecode(a[0]))) if a and isinstance(a[0], (str, bytes, os.PathLike)) else None
+
+    def guard(name: str):
+        def wrapped(*a, **kw):
+            p = path_of(a)
+            below = p is not None and locked in p.parents
+            if below or (p == locked and name in ("open", "scandir", "listdir")):
+                raise PermissionError(13, "Permission denied", str(p))
+            return real[name](*a, **kw)
+        return wrapped
+
+    for n in real:
+        monkeypatch.setattr(os, n, guard(n))
+
+
+@pytest.mark.parametrize("real", [True, False], ids=["chmod", "simulated"])
+def test_unreadable_model_directory(tmp_path, monkeypatch, real):
+    if real and (not hasattr(os, "geteuid") or os.geteuid() == 0):
+        pytest.skip("running as root (or not on POSIX): chmod 000 is not enforced; the simulated case covers it")
+    d = _llama_dir(tmp_path)
+    if real:
+        d.chmod(0)
+        try:
+            with pytest.raises(LoadError, match=rf"{d}: cannot read model directory: permission denied"):
+                load_checkpoint(d)
+        finally:
+            d.chmod(0o755)
+    else:
+        _simulate_no_permission(monkeypatch, d)
+        with pytest.raises(LoadError, match=rf"{d}: cannot read model directory: permission denied"):
+            load_checkpoint(d)
+        with pytest.raises(LoadError, match=r"model.safetensors: cannot read checkpoint: permission denied"):
+            load_checkpoint(d / "model.safetensors")
+        with pytest.raises(LoadError, match=r"config.json: cannot read config: permission denied"):
+            load_hf_config(d)
+
+
+@pytest.mark.parametrize("real", [True, False], ids=["chmod", "simulated"])
+@pytest.mark.parametrize("name,what", [("config.json", "config"), ("model.safetensors", "safetensors file"),
+                                       ("tokenizer.json", "tokenizer"), ("generation_config.json", "generation config")])
+def test_unreadable_file(tmp_path, monkeypatch, real, name, what):
+    if real and (not hasattr(os, "geteuid") or os.geteuid() == 0):
+        pytest.skip("running as root (or not on POSIX): chmod 000 is not enforced; the simulated case covers it")
+    d = _llama_dir(tmp_path)
+    f = d / name
+    if not f.exists():
+        f.write_text("{}")
+    if real:
+        f.chmod(0)
+    else:
+        _simulate_no_permission(monkeypatch, f)
+    try:
+        with pytest.raises(LoadError, match=rf"{name}: cannot read {what}: permission denied"):
+            load_checkpoint(d)
+    finally:
+        f.chmod(0o644)
+
+
+@pytest.mark.parametrize("real", [True, False], ids=["chmod", "simulated"])
+def test_unreadable_gguf(tmp_path, monkeypatch, real):
+    if real and (not hasattr(os, "geteuid") or os.geteuid() == 0):
+        pytest.skip("running as root (or not on POSIX): chmod 000 is not enforced; the simulated case covers it")
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF" + bytes(20))
+    if real:
+        f.chmod(0)
+    else:
+        _simulate_no_permission(monkeypatch, f)
+    try:
+        with pytest.raises(LoadError, match=r"m.gguf: cannot read GGUF file: permission denied"):
+            load_checkpoint(f)
+    finally:
+        f.chmod(0o644)

@@ -23,6 +23,7 @@ import numpy as np
 
 from .config import TransformerConfig, load_hf_config, rope_freq_factors
 from .errors import LoadError, UnsupportedModelError
+from .files import check_directory, check_regular_file, optional_file, read_bytes, read_text
 from .safetensors import INDEX_SUFFIX, SafeTensorsFile
 from .spec import (
     GPT2_SPEC,
@@ -188,10 +189,11 @@ def _np_dtype(name: str) -> Any:
     return ml_dtypes.bfloat16 if name == "bfloat16" else np.dtype(name)
 
 
-def _read_json(p: Path, want: type | None = None) -> Any:
+def _read_json(p: Path, want: type | None = None, what: str = "JSON file") -> Any:
+    text = read_text(p, what)  # a FIFO or device is refused, never read (it could block)
     try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        d = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise LoadError(f"{p}: cannot read JSON: {exc}") from exc
     if want is not None and not isinstance(d, want):
         raise LoadError(f"{p}: expected a JSON {want.__name__}, got {type(d).__name__}")
@@ -225,9 +227,9 @@ def _infer_config(st: SafeTensorsFile, spec: ModelSpec, where: Path) -> Transfor
 def _merge_generation_eos(cfg: TransformerConfig, gen_path: Path) -> int | list[int] | None:
     """config.json's eos ids plus generation_config.json's (HF generate stops on the latter;
     e.g. Qwen2.5-Instruct's config says <|endoftext|> but chat turns end with <|im_end|>)."""
-    if not gen_path.is_file():
+    if not optional_file(gen_path, "generation config"):
         return cfg.eos_token_id
-    extra = _read_json(gen_path, dict).get("eos_token_id")
+    extra = _read_json(gen_path, dict, "generation config").get("eos_token_id")
     extra_ids = [] if extra is None else (extra if isinstance(extra, list) else [extra])
     if not all(isinstance(x, int) and not isinstance(x, bool) for x in extra_ids):
         raise LoadError(f"{gen_path}: eos_token_id must be an int or a list of ints, got {extra!r}")
@@ -237,14 +239,11 @@ def _merge_generation_eos(cfg: TransformerConfig, gen_path: Path) -> int | list[
 
 def _chat_template_from_dir(d: Path) -> str | None:
     jinja = d / "chat_template.jinja"  # transformers v5 writes the template to its own file
-    if jinja.is_file():
-        try:
-            return jinja.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise LoadError(f"{jinja}: cannot read chat template: {exc}") from exc
+    if optional_file(jinja, "chat template"):
+        return read_text(jinja, "chat template")
     tc = d / "tokenizer_config.json"
-    if tc.is_file():
-        ct = _read_json(tc, dict).get("chat_template")
+    if optional_file(tc, "tokenizer config"):
+        ct = _read_json(tc, dict, "tokenizer config").get("chat_template")
         if isinstance(ct, list):  # [{"name": "default", "template": ...}, ...]
             named = {e.get("name"): e.get("template") for e in ct if isinstance(e, dict)}
             ct = named.get("default") or next(iter(named.values()), None)
@@ -271,7 +270,7 @@ def _load_safetensors_checkpoint(p: Path, spec: ModelSpec | None) -> Checkpoint:
 
 def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: ModelSpec | None) -> Checkpoint:
     cfg_path = model_dir / "config.json"
-    if cfg_path.is_file():
+    if optional_file(cfg_path, "config"):  # present but a FIFO/directory/unreadable: refused
         cfg = load_hf_config(cfg_path)
         cfg.eos_token_id = _merge_generation_eos(cfg, model_dir / "generation_config.json")
         if spec is None:
@@ -306,11 +305,12 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
 
     tokenizer = None
     tok_path = model_dir / "tokenizer.json"
-    if tok_path.is_file():
+    if optional_file(tok_path, "tokenizer"):
         from tokenizers import Tokenizer
 
+        raw = read_bytes(tok_path, "tokenizer")  # read here: tokenizers' own open() would block on a FIFO
         try:
-            tokenizer = Tokenizer.from_file(str(tok_path))
+            tokenizer = Tokenizer.from_str(raw.decode("utf-8"))
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # tokenizers raises plain Exception subclasses, or a pyo3 panic
@@ -442,8 +442,12 @@ def load_checkpoint(path: str | os.PathLike[str], spec: ModelSpec | None = None)
 
 
 def _load_checkpoint(p: Path, spec: ModelSpec | None) -> Checkpoint:
-    if not p.exists():
-        raise LoadError(f"{p}: no such file or directory")
+    # stat first: a FIFO or device must be refused before anything opens it (open() would block),
+    # and an unreadable path must be a LoadError naming it, not a PermissionError from a glob
+    if os.path.isdir(p):
+        check_directory(p)
+    else:
+        check_regular_file(p, "checkpoint")
     if p.is_file() and p.suffix.lower() in _PICKLE_SUFFIXES:
         raise _refuse_pickle(p)
     if p.is_file() and p.suffix.lower() == ".gguf":
@@ -451,6 +455,7 @@ def _load_checkpoint(p: Path, spec: ModelSpec | None) -> Checkpoint:
     if p.is_dir() and not any(p.glob("*.safetensors")) and not any(p.glob("*" + INDEX_SUFFIX)):
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:
+            check_regular_file(ggufs[0], "GGUF file")
             return _load_gguf_checkpoint(ggufs[0], spec)
     return _load_safetensors_checkpoint(p, spec)
 

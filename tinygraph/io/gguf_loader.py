@@ -32,6 +32,7 @@ import numpy as np
 
 from .config import TransformerConfig
 from .errors import LoadError, UnsupportedModelError
+from .files import open_regular
 from .spec import GPT2_SPEC, LLAMA_SPEC, QWEN2_SPEC, QWEN3_SPEC, ModelSpec
 
 try:
@@ -169,7 +170,7 @@ def _check_header(path: Path) -> None:
     """Magic, version and counts, checked before the gguf reader sees the file."""
     try:
         size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path, "GGUF file") as f:  # a FIFO or device is refused, never blocks
             head = f.read(_HEADER_BYTES)
     except OSError as exc:
         raise LoadError(f"{path}: cannot read: {exc}") from exc

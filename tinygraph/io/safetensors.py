@@ -27,6 +27,7 @@ import ml_dtypes
 import numpy as np
 
 from .errors import LoadError
+from .files import check_regular_file, open_regular, optional_file, read_text
 
 # safetensors dtype code -> (numpy dtype, readable name). Data is little endian.
 _DTYPES: dict[str, tuple[np.dtype, str]] = {
@@ -86,8 +87,9 @@ class _Shard:
         self.path = path
         self.entries, self.metadata = _parse_header(path)
         # A file with only a header (no tensors) can still be mapped: size >= 8.
-        try:
-            self._mm: np.memmap | None = np.memmap(path, dtype=np.uint8, mode="r")
+        try:  # mapped through a descriptor opened like the header's: never a FIFO or device
+            with open_regular(path, "safetensors file") as f:
+                self._mm: np.memmap | None = np.memmap(f, dtype=np.uint8, mode="r")
         except (OSError, ValueError) as exc:
             raise LoadError(f"{path}: cannot memory-map: {exc}") from exc
         # The mapping, not an earlier stat(), is what reads go through: if the file shrank in
@@ -113,8 +115,8 @@ class _Shard:
 def _parse_header(path: Path) -> tuple[dict[str, _Entry], dict[str, str]]:
     """Read and validate the header of ``path``; raise LoadError naming file+tensor."""
     try:
-        file_size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path, "safetensors file") as f:  # a FIFO or device is refused, never blocks
+            file_size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise LoadError(f"{path}: not a safetensors file: {file_size} bytes, need >= 8 for the header length")
@@ -231,9 +233,10 @@ class SafeTensorsFile:
             self._shard_files = [p]
 
     def _init_index(self, p: Path) -> None:
+        text = read_text(p, "sharded index")  # a FIFO or device is refused, never read
         try:
-            index = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            index = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise LoadError(f"{p}: cannot read sharded index JSON: {exc}") from exc
         wm = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
@@ -245,7 +248,8 @@ class SafeTensorsFile:
             if shard_path.parent != base and base not in shard_path.parents:
                 raise LoadError(f"{p}: tensor {name!r} points outside the checkpoint directory: {shard_name!r}")
             self._where[name] = shard_path
-        missing = sorted({s.name for s in self._where.values() if not s.is_file()})
+        # a shard that exists but is a FIFO, directory or unreadable is refused, not called missing
+        missing = sorted({s.name for s in set(self._where.values()) if not optional_file(s, "shard")})
         if missing:
             raise LoadError(f"{p}: shard file(s) listed in weight_map do not exist: {', '.join(missing)}")
         meta = index.get("metadata")
@@ -336,13 +340,14 @@ class SafeTensorsFile:
 
 
 def resolve_safetensors_path(p: Path) -> Path:
-    """Map a directory to the index or single file inside it; check files exist."""
-    if p.is_dir():
+    """Map a directory to the index or single file inside it; check files exist and are regular
+    files (a FIFO or device is refused by name: opening it could block)."""
+    if os.path.isdir(p):  # (Path.is_dir raises PermissionError in an unreadable parent directory)
         idx = p / ("model" + INDEX_SUFFIX)
         single = p / "model.safetensors"
-        if idx.is_file():
+        if optional_file(idx, "sharded index"):
             return idx
-        if single.is_file():
+        if optional_file(single, "safetensors file"):
             return single
         indexes = sorted(p.glob("*" + INDEX_SUFFIX))
         files = sorted(p.glob("*.safetensors"))
@@ -355,8 +360,7 @@ def resolve_safetensors_path(p: Path) -> Path:
         raise LoadError(
             f"{p}: ambiguous: {len(files)} .safetensors files and {len(indexes)} index files; pass one explicitly"
         )
-    if not p.is_file():
-        raise LoadError(f"{p}: no such file or directory")
+    check_regular_file(p, "safetensors file")
     return p
 
 
