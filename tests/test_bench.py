@@ -240,7 +240,8 @@ def test_tiny_numpy_run_end_to_end(tmp_path, monkeypatch, capsys):
         assert d["median_decode_tok_s"] > 0 and d["median_ttft_ms"] > 0
         assert tg["prefill"]["tokens"] == 16 and tg["prefill"]["median_tok_s"] > 0
         c = tg["contexts"]["96"]
-        assert c["prompt_tokens"] == 92 and c["median_decode_tok_s"] > 0
+        assert c["prompt_tokens"] == 96 and c["decode_tokens"] == 4 and c["median_decode_tok_s"] > 0
+        assert tg["load"]["max_context"] == 100           # depth 96 + 4 decode steps
         assert "exceeds" in tg["contexts"]["100000"]["skipped"]
         assert m["hf"] == {"skipped": "--builder numpy"}
         assert m["summary"]["pct_floor"] > 0
