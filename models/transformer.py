@@ -71,7 +71,8 @@ class Transformer:
     propagates."""
 
     def __init__(self, ckpt: Checkpoint, dtype: str = "float32", backend: str = "auto",
-                 max_context: int | None = None, session: tg.Session | None = None) -> None:
+                 max_context: int | None = None, session: tg.Session | None = None,
+                 dequantize: bool = False, quantize: str | None = None) -> None:
         self._closed = False
         self._owns_session = session is None
         if max_context is not None and (isinstance(max_context, bool) or not isinstance(max_context, (int, np.integer))
@@ -80,6 +81,7 @@ class Transformer:
         self.session = session if session is not None else tg.Session(backend=backend)
         first = len(self.session.persistents)
         try:
+            self._quant_rule(dequantize, quantize)
             self._build(ckpt, dtype, max_context)
         except BaseException:
             self._buffers = list(self.session.persistents[first:])
@@ -112,9 +114,37 @@ class Transformer:
         self.kv = KVCache(self.kv_k, self.kv_v, self.max_context)
 
     # -- weights -----------------------------------------------------------------------------
+    def _quant_rule(self, dequantize: bool, quantize: str | None) -> None:
+        """Checks ``dequantize`` / ``quantize`` (see ``load_model``)."""
+        self._dequantize = bool(dequantize)
+        self._quantize = None
+        if quantize is not None:
+            try:
+                q = tg.dtypes.as_dtype(quantize) if isinstance(quantize, str) else None
+            except tg.DTypeError:
+                q = None
+            if q is None or not q.is_quant:
+                raise ValueError(f"quantize must be one of {', '.join(d.name for d in tg.QUANT_DTYPES)}, "
+                                 f"got {quantize!r}")
+            self._quantize = q
+
+    def _weight_dtype(self, ckpt: Checkpoint, name: str, shape: tuple[int, ...]) -> tg.DType:
+        """The dtype weight ``name`` is kept in: a GGUF tensor's block type (unless
+        ``dequantize``), the ``quantize`` type for matrices (q8_0 where rows are not whole blocks
+        of a K type; the model dtype where they are not whole blocks of 32 either), else the
+        model dtype. Norms, biases and learned positions stay in the model dtype."""
+        if len(shape) != 2 or name == "pos_emb.weight":
+            return self.dtype
+        if self._quantize is not None:
+            for q in (self._quantize, tg.q8_0):
+                if shape[1] % q.block == 0:
+                    return q
+            return self.dtype
+        q = None if self._dequantize else ckpt.quant_type(name)
+        return q if q is not None else self.dtype
+
     def _declare_weights(self, ckpt: Checkpoint) -> None:
         cfg, spec, s, dt = self.config, self.spec, self.session, self.dtype
-        hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
         names = set(ckpt.names)
         self.W: dict[str, tg.Tensor] = {}
 
@@ -122,26 +152,33 @@ class Transformer:
             self.W[name] = s.persistent(shape, dtype, name=name)
 
         # plain weights keep their canonical names; q/k/v and gate/up are packed into one matrix
-        # each so a layer does one matmul for q, k and v and one for gate and up
+        # each (when their parts are kept in one dtype) so a layer does one matmul for q, k and v
+        # and one for gate and up
         self._packs: dict[str, list[str]] = {}
-        for n in sorted(names):
-            if ".attn.q." in n or ".attn.k." in n or ".attn.v." in n or ".mlp.gate." in n or \
-                    (spec.gated_mlp and ".mlp.up." in n):
-                continue
-            decl(n, tuple(ckpt.shape(n)))
+        packed: set[str] = set()
         for i in range(cfg.num_layers):
-            for kind in ("weight", "bias"):
-                parts = [f"layers.{i}.attn.{p}.{kind}" for p in "qkv"]
-                if parts[0] in names:
-                    self._packs[f"layers.{i}.attn.qkv.{kind}"] = parts
-                    rows = (nh + 2 * nkv) * hd
-                    decl(f"layers.{i}.attn.qkv.{kind}", (rows, cfg.hidden_size) if kind == "weight" else (rows,))
-                if spec.gated_mlp:
-                    parts = [f"layers.{i}.mlp.{p}.{kind}" for p in ("gate", "up")]
-                    if parts[0] in names:
-                        self._packs[f"layers.{i}.mlp.gate_up.{kind}"] = parts
-                        rows = 2 * cfg.intermediate_size
-                        decl(f"layers.{i}.mlp.gate_up.{kind}", (rows, cfg.hidden_size) if kind == "weight" else (rows,))
+            groups = [("attn.qkv", [f"layers.{i}.attn.{p}" for p in "qkv"])]
+            if spec.gated_mlp:
+                groups.append(("mlp.gate_up", [f"layers.{i}.mlp.{p}" for p in ("gate", "up")]))
+            for pack, parts in groups:
+                ws = [f"{p}.weight" for p in parts]
+                if not all(w in names for w in ws):
+                    continue
+                types = {self._weight_dtype(ckpt, w, tuple(ckpt.shape(w))) for w in ws}
+                if len(types) != 1:  # e.g. a Q4_K_M file's Q4_K q/k with a Q6_K v: separate matmuls
+                    continue
+                for kind in ("weight", "bias"):
+                    pn = [f"{p}.{kind}" for p in parts]
+                    if all(x in names for x in pn):
+                        shapes = [tuple(ckpt.shape(x)) for x in pn]
+                        name = f"layers.{i}.{pack}.{kind}"
+                        self._packs[name] = pn
+                        packed.update(pn)
+                        decl(name, (sum(sh[0] for sh in shapes),) + shapes[0][1:],
+                             types.pop() if kind == "weight" else dt)
+        for n in sorted(names - packed):
+            decl(n, tuple(ckpt.shape(n)), self._weight_dtype(ckpt, n, tuple(ckpt.shape(n))))
+        hd, nkv = cfg.head_dim, cfg.num_kv_heads
         ff = ckpt.rope_freq_factors if spec.position == "rope" else None
         self._freq_factors = ff
         if ff is not None:
@@ -151,18 +188,40 @@ class Transformer:
 
     def _upload_weights(self, ckpt: Checkpoint) -> None:
         s = self.session
+
+        def read(name: str, t: tg.Tensor) -> np.ndarray:
+            # a block-quantized file tensor kept in its own type: its raw blocks
+            if t.dtype.is_quant and ckpt.quant_type(name) == t.dtype:
+                return ckpt.tensor_raw(name)
+            return ckpt.tensor(name)
+
         for name, t in self.W.items():
             if name in self._packs:
-                s.upload(t, np.concatenate([ckpt.tensor(p) for p in self._packs[name]], axis=0))
+                s.upload(t, np.concatenate([read(p, t) for p in self._packs[name]], axis=0))
             elif name == "rope.freq_factors":
                 s.upload(t, self._freq_factors)
             else:
-                s.upload(t, ckpt.tensor(name))
+                s.upload(t, read(name, t))
         self.weight_bytes = sum(t.nbytes for t in self.W.values())
         # views of persistent buffers belong to no graph: make the transposed weights once
         self.WT = {n: tg.transpose(t, name=f"{n}.T") for n, t in self.W.items() if t.ndim == 2}
         self._history_views: dict[int, tuple[tg.Tensor, tg.Tensor]] = {}
         self._graphs: dict[tuple[int, str], tuple[tg.Graph, tg.Tensor, tg.Tensor]] = {}
+
+    def memory_usage(self) -> dict:
+        """Bytes the model holds on its backend: ``{"weights": bytes, "kv_cache": bytes,
+        "workspace": bytes (the backend's arena, input and scratch areas, as grown so far),
+        "weight_types": {dtype name: tensor count}}``; dtype names as they print ("q4_k",
+        "q6_k", "f16", "f32", ...). Quantized weights count their raw blocks: a GGUF's tensor
+        bytes."""
+        self._check_open()
+        types: dict[str, int] = {}
+        for t in self.W.values():
+            key = t.dtype.name if t.dtype.is_quant else t.dtype.short
+            types[key] = types.get(key, 0) + 1
+        kv = sum(t.nbytes for t in self.kv_k + self.kv_v)
+        return {"weights": sum(t.nbytes for t in self.W.values()), "kv_cache": kv,
+                "workspace": self.session.backend.workspace_bytes(), "weight_types": types}
 
     @property
     def lm_head(self) -> tg.Tensor:
@@ -186,11 +245,15 @@ class Transformer:
         T = x.shape[0]
         hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
         groups, P = nh // nkv, f"layers.{i}.attn"
-        qkv = self._linear(x, f"{P}.qkv")                                   # [T, (nh + 2 nkv) hd]
-        row = qkv.shape[1]
-        q = tg.view(qkv, (T, nh, hd), (row, hd, 1), 0, name=f"{P}.q")
-        k = tg.view(qkv, (T, nkv, hd), (row, hd, 1), nh * hd, name=f"{P}.k")
-        v = tg.view(qkv, (T, nkv, hd), (row, hd, 1), (nh + nkv) * hd, name=f"{P}.v")
+        if f"{P}.qkv.weight" in self.W:
+            qkv = self._linear(x, f"{P}.qkv")                               # [T, (nh + 2 nkv) hd]
+            row = qkv.shape[1]
+            q = tg.view(qkv, (T, nh, hd), (row, hd, 1), 0, name=f"{P}.q")
+            k = tg.view(qkv, (T, nkv, hd), (row, hd, 1), nh * hd, name=f"{P}.k")
+            v = tg.view(qkv, (T, nkv, hd), (row, hd, 1), (nh + nkv) * hd, name=f"{P}.v")
+        else:  # q, k, v weights of different types (quantized files)
+            q, k, v = (tg.reshape(self._linear(x, f"{P}.{p}"), (T, n, hd), name=f"{P}.{p}")
+                       for p, n in (("q", nh), ("k", nkv), ("v", nkv)))
         if spec.qk_norm:
             q = tg.rms_norm(q, self.W[f"{P}.q_norm.weight"], cfg.norm_eps, name=f"{P}.q_norm")
             k = tg.rms_norm(k, self.W[f"{P}.k_norm.weight"], cfg.norm_eps, name=f"{P}.k_norm")
@@ -224,7 +287,9 @@ class Transformer:
 
     def _mlp(self, x: tg.Tensor, i: int) -> tg.Tensor:
         P = f"layers.{i}.mlp"
-        if self.spec.gated_mlp:
+        if self.spec.gated_mlp and f"{P}.gate_up.weight" not in self.W:
+            h = tg.mul(self._act(self._linear(x, f"{P}.gate"), P), self._linear(x, f"{P}.up"), name=f"{P}.gated")
+        elif self.spec.gated_mlp:
             gu = self._linear(x, f"{P}.gate_up")                              # [T, 2 I]
             T, I2 = gu.shape
             I = I2 // 2
@@ -246,7 +311,7 @@ class Transformer:
         time — and the final-normed hidden states [T, hidden], or [1, hidden] with ``last_only``)."""
         ids = g.input((T,), tg.int32, name="token_ids")
         positions = g.input((T,), tg.int32, name="positions")
-        x = tg.get_rows(self.W["tok_emb.weight"], ids, name="tok_emb")
+        x = tg.get_rows(self.W["tok_emb.weight"], ids, name="tok_emb", dtype=self.dtype)
         if self.spec.position == "learned":
             x = tg.add(x, tg.get_rows(self.W["pos_emb.weight"], positions, name="pos_emb"), name="embed")
         for i in range(self.config.num_layers):

@@ -107,6 +107,15 @@ def _need_float(op: str, *ts: Tensor) -> None:
             raise DTypeError(f"{op}: {t.describe()} must be a float tensor (float32, float16, bfloat16)")
 
 
+def _need_weight(op: str, w: Tensor) -> None:
+    """A weight operand: float, or a ggml block type (a whole [N, K] persistent matrix or a view of one)."""
+    if w.dtype.is_quant:
+        if not w.is_persistent or w.storage.ndim != 2:
+            raise DTypeError(f"{op}: {w.describe()}: {w.dtype.name} operands must be [N, K] persistent weights")
+        return
+    _need_float(op, w)
+
+
 def _broadcast_shape(op: str, a: Tensor, b: Tensor) -> tuple[int, ...]:
     if a.shape == b.shape:
         return a.shape
@@ -255,13 +264,20 @@ def _set_rows_ref(p, out, src, rows):
     out[..., rows, :] = src
 
 
-def get_rows(table: Tensor, ids: Tensor, name: str | None = None) -> Tensor:
-    """Rows of ``table`` [V, D] picked by int32 ``ids`` (any shape) -> ``ids.shape + (D,)``."""
+def get_rows(table: Tensor, ids: Tensor, name: str | None = None, dtype: DType | str | None = None) -> Tensor:
+    """Rows of ``table`` [V, D] picked by int32 ``ids`` (any shape) -> ``ids.shape + (D,)``, of
+    ``dtype`` (default: the table's; float32 for a block-quantized table, whose rows are
+    dequantized: ``tinygraph.quant.dequantize``)."""
     if table.ndim != 2:
         raise ShapeError(f"get_rows: table {table.describe()} must be 2-D [rows, width]")
     if ids.dtype != int32:
         raise DTypeError(f"get_rows: ids {ids.describe()} must be int32")
-    return _node("get_rows", (table, ids), ids.shape + (table.shape[1],), table.dtype, None, name)
+    if table.dtype.is_quant:
+        _need_weight("get_rows", table)
+    out = as_dtype(dtype) if dtype is not None else (float32 if table.dtype.is_quant else table.dtype)
+    if out != table.dtype and not (out.is_float and (table.dtype.is_float or table.dtype.is_quant)):
+        raise DTypeError(f"get_rows: cannot give {out.name} rows of {table.describe()}")
+    return _node("get_rows", (table, ids), ids.shape + (table.shape[1],), out, None, name)
 
 
 @_reference("get_rows", "copy")
@@ -295,8 +311,10 @@ def _concat_ref(p, a, b):
 # ----------------------------------------------------------------------------------------------
 def matmul(a: Tensor, b: Tensor, name: str | None = None) -> Tensor:
     """``a @ b``: ``a`` [..., M, K], ``b`` [..., K, N] -> [..., M, N]; leading axes broadcast; either
-    operand may be a strided view such as ``transpose(W)``. Result dtype: ``a``'s."""
-    _need_float("matmul", a, b)
+    operand may be a strided view such as ``transpose(W)``; ``b`` may be block-quantized (a view
+    of a persistent [N, K] weight: its dequantized values). Result dtype: ``a``'s."""
+    _need_float("matmul", a)
+    _need_weight("matmul", b)
     if a.ndim < 2 or b.ndim < 2:
         raise ShapeError(f"matmul needs operands with >= 2 axes: {a.describe()} @ {b.describe()}")
     if a.shape[-1] != b.shape[-2]:
@@ -582,8 +600,10 @@ def linear(x: Tensor, w: Tensor, bias: Tensor | None = None, residual: Tensor | 
     ``x`` [..., K]; ``w`` [N, K] (HF ``[out, in]``, rows contiguous); ``bias`` [N]; ``norm``:
     None, "rms" (``rms_norm(x, norm_w, eps)``) or "layer" (``layer_norm(x, norm_w, norm_b, eps)``);
     ``act``: None, "gelu" (tanh form), "silu", or "swiglu" (``silu(z[..., :N/2]) * z[..., N/2:]``,
-    output width N/2); ``residual`` has the output's shape [..., Nout]."""
-    _need_float("linear", x, w)
+    output width N/2); ``residual`` has the output's shape [..., Nout]. ``w`` may be
+    block-quantized (``tg.q8_0``, ``tg.q4_k``, ...): its dequantized values, float32 math."""
+    _need_float("linear", x)
+    _need_weight("linear", w)
     if norm not in _NORMS or act not in _ACTS:
         raise GraphError(f"linear: norm must be one of {_NORMS} and act one of {_ACTS}, got {norm!r}, {act!r}")
     if w.ndim != 2 or w.shape[1] != x.shape[-1] or w.strides != (w.shape[1], 1):

@@ -141,7 +141,7 @@ def fuse_linear(g: Graph) -> int:
         c = _consumers(g)
         x, b = mm.srcs
         w = _weight_of(b)
-        if w is None or w.dtype != mm.dtype or x.dtype != mm.dtype:
+        if w is None or (w.dtype != mm.dtype and not w.dtype.is_quant) or x.dtype != mm.dtype:
             continue
         dead = {mm.id}
         kw: dict = {}

@@ -67,7 +67,11 @@ class Session:
         shape = tuple(int(n) for n in shape)
         if any(n < 0 for n in shape):
             raise ShapeError(f"persistent {name!r}: negative size in shape {shape}")
-        t = Tensor("persistent", (), shape, as_dtype(dtype), name=name, session=self)
+        dt = as_dtype(dtype)
+        if dt.is_quant and (len(shape) != 2 or shape[1] % dt.block):
+            raise ShapeError(f"persistent {name!r}: a {dt.name} tensor is a [rows, K] matrix with K a multiple of "
+                             f"{dt.block} (whole blocks per row), got shape {shape}")
+        t = Tensor("persistent", (), shape, dt, name=name, session=self)
         with self._lock:
             if self.finalized:
                 self.backend.allocate(t)  # out of memory: raises, and t is not kept
@@ -123,15 +127,30 @@ class Session:
             raise GraphError(f"{what}: call sess.finalize() before {what} of {t.describe()}")
 
     def upload(self, t: Tensor, array: Any) -> None:
-        """Copy a host array (same shape; converted to the buffer's dtype) into persistent ``t``."""
+        """Copy a host array (same shape; converted to the buffer's dtype) into persistent ``t``.
+
+        A block-quantized ``t`` [N, K] takes its raw blocks (uint8 [N, row bytes], e.g. a GGUF
+        tensor's data, uploaded as they are) or a float array [N, K], quantized here with
+        ``tinygraph.quant.quantize``."""
         self._check_buffer(t, "upload")
         a = np.asarray(array)
+        if t.dtype.is_quant:
+            from .quant import quantize
+            rb = t.dtype.nbytes(t.shape[1])
+            if a.dtype == np.uint8 and a.shape in ((t.shape[0], rb), (t.nbytes,)):
+                self.backend.upload(t, np.ascontiguousarray(a).reshape(t.shape[0], rb))
+                return
+            if a.shape != t.shape or a.dtype.kind != "f":
+                raise ShapeError(f"upload: {t.describe()} takes raw blocks uint8 [{t.shape[0]}, {rb}] or floats "
+                                 f"{t.shape}, got {a.dtype} {a.shape}")
+            self.backend.upload(t, quantize(a, t.dtype.name))
+            return
         if a.shape != t.shape:
             raise ShapeError(f"upload: array of shape {a.shape} into {t.describe()}")
         self.backend.upload(t, np.ascontiguousarray(a, dtype=t.dtype.np))
 
     def download(self, t: Tensor) -> np.ndarray:
-        """A host copy of persistent ``t``."""
+        """A host copy of persistent ``t`` (block-quantized: its raw blocks, uint8 [N, row bytes])."""
         with self._lock:
             self._check_buffer(t, "download")
             return self.backend.download(t)

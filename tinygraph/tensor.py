@@ -80,7 +80,7 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
+        return self.dtype.nbytes(self.size)
 
     @property
     def is_owner(self) -> bool:

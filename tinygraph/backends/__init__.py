@@ -41,6 +41,11 @@ class Backend(ABC):
         """Run ``plan.order``; ``inputs`` maps input node ids to host arrays. Returns the outputs.
         When ``times`` is a dict, fill it with each node's run time in microseconds."""
 
+    def workspace_bytes(self) -> int:
+        """Bytes of the backend's own working memory beyond persistent buffers (arena, staging,
+        scratch, dequantized copies), as grown so far."""
+        return 0
+
     def close(self) -> None:
         """Release everything."""
 

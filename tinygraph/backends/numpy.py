@@ -3,6 +3,10 @@
 Intermediates live in one byte arena per plan, at the planner's offsets, so a planner that let two
 live blocks overlap would give wrong results here too. Every tensor is read through a strided
 NumPy view of its buffer: views, transposes and KV-cache slots cost no copy.
+
+Block-quantized weights keep their raw blocks, and beside them a float32 copy dequantized once
+(at the first graph that reads them after an upload): the ops' references see the dequantized
+values, which is their meaning, and a decode step does not decode the weights again each token.
 """
 from __future__ import annotations
 
@@ -20,23 +24,41 @@ class NumpyBackend(Backend):
     name = "numpy"
 
     def __init__(self) -> None:
-        self.buffers: dict[int, np.ndarray] = {}  # persistent id -> flat array
+        self.buffers: dict[int, np.ndarray] = {}  # persistent id -> flat array (quantized: raw bytes)
+        self._dequantized: dict[int, np.ndarray] = {}  # quantized persistent id -> flat float32 values
         self._arena = np.empty(0, np.uint8)
 
     def allocate(self, t: Tensor) -> None:
-        self.buffers[t.id] = np.zeros(t.size, t.dtype.np)
+        self.buffers[t.id] = np.zeros(t.nbytes if t.dtype.is_quant else t.size, t.dtype.np)
 
     def upload(self, t: Tensor, array: np.ndarray) -> None:
         self.buffers[t.id][:] = array.reshape(-1)
+        self._dequantized.pop(t.id, None)
 
     def free(self, t: Tensor) -> None:
         self.buffers.pop(t.id, None)
+        self._dequantized.pop(t.id, None)
 
     def download(self, t: Tensor) -> np.ndarray:
+        if t.dtype.is_quant:
+            return self.buffers[t.id].reshape(t.shape[0], -1).copy()
         return self.buffers[t.id].reshape(t.shape).copy()
+
+    def workspace_bytes(self) -> int:
+        return self._arena.nbytes + sum(v.nbytes for v in self._dequantized.values())
+
+    def _values(self, t: Tensor) -> np.ndarray:
+        """Flat float32 values of quantized persistent ``t`` (decoded once per upload)."""
+        v = self._dequantized.get(t.id)
+        if v is None:
+            from ..quant import dequantize
+            raw = self.buffers[t.id].reshape(t.shape[0], -1)
+            v = self._dequantized[t.id] = dequantize(raw, t.dtype.name, t.shape[1]).reshape(-1)
+        return v
 
     def close(self) -> None:
         self.buffers.clear()
+        self._dequantized.clear()
         self._arena = np.empty(0, np.uint8)
 
     def execute(self, graph: Graph, plan: ExecPlan, inputs: dict[int, np.ndarray],
@@ -44,6 +66,10 @@ class NumpyBackend(Backend):
         if self._arena.nbytes < plan.arena_bytes:  # grows to the largest plan seen, then is reused
             self._arena = np.empty(plan.arena_bytes, np.uint8)
         flat: dict[int, np.ndarray] = dict(self.buffers)
+        for n in plan.order:  # quantized weights are read as their float32 values
+            for src in n.srcs:
+                if src.storage.dtype.is_quant:
+                    flat[src.storage.id] = self._values(src.storage)
         for tid, a in inputs.items():
             flat[tid] = a.reshape(-1)
         mem = plan.memory
@@ -55,8 +81,9 @@ class NumpyBackend(Backend):
         def arr(t: Tensor) -> np.ndarray:
             a = made.get(t.id)
             if a is None:
-                it = t.dtype.itemsize
-                a = made[t.id] = np.ndarray(t.shape, t.dtype.np, buffer=flat[t.storage.id], offset=t.offset * it,
+                npd = np.dtype(np.float32) if t.dtype.is_quant else t.dtype.np
+                it = npd.itemsize
+                a = made[t.id] = np.ndarray(t.shape, npd, buffer=flat[t.storage.id], offset=t.offset * it,
                                             strides=tuple(s * it for s in t.strides))
             return a
 

@@ -111,6 +111,17 @@ class Checkpoint:
         self._check(name)
         return self._backend.load(name)
 
+    def quant_type(self, name: str) -> Any:
+        """The ggml block dtype (``tinygraph.q4_k``, ...) tensor ``name`` is stored in, or None (float)."""
+        self._check(name)
+        f = getattr(self._backend, "quant_type", None)
+        return f(name) if f is not None else None
+
+    def tensor_raw(self, name: str) -> np.ndarray:
+        """The raw blocks of a block-quantized tensor (see :meth:`quant_type`): uint8 [rows, row bytes]."""
+        self._check(name)
+        return self._backend.load_quant(name)
+
     def _check(self, name: str) -> None:
         if name not in self._shapes:
             import difflib
@@ -382,6 +393,12 @@ class _GGUFBackend:
 
     def load(self, name: str) -> np.ndarray:
         return self.g.load(name)
+
+    def quant_type(self, name: str) -> Any:
+        return self.g.quant_type(name)
+
+    def load_quant(self, name: str) -> np.ndarray:
+        return self.g.load_quant(name)
 
     def close(self) -> None:
         self.g.close()

@@ -474,6 +474,42 @@ class GGUFFile:
         except (ValueError, TypeError, IndexError, KeyError, AssertionError) as exc:
             raise LoadError(f"{self.path}: tensor {gguf_name!r}: cannot decode {kind} {shape}: {exc}") from exc
 
+    def quant_type(self, canonical: str) -> Any:
+        """The tinygraph block dtype (``tinygraph.dtypes.q4_k``, ...) a canonical tensor is stored
+        in, or None for float types and the types tinygraph has no kernels for (those load
+        dequantised). LoadError when its rows are not whole blocks."""
+        from ..dtypes import QUANT_BY_GGML_ID
+
+        src = self.plan[canonical]
+        t = self._tensors[src.gguf_name]
+        dt = QUANT_BY_GGML_ID.get(int(t.tensor_type))
+        shape = self.stored_shape(src.gguf_name)
+        if dt is None or len(shape) != 2:
+            return None
+        if shape[1] % dt.block:
+            raise LoadError(f"{self.path}: tensor {src.gguf_name!r} ({dt.name}): rows of {shape[1]} elements are "
+                            f"not whole blocks of {dt.block}")
+        return dt
+
+    def load_quant(self, canonical: str) -> np.ndarray:
+        """Raw blocks of a canonical tensor of a block type (see :meth:`quant_type`): uint8 [rows,
+        row bytes], split and un-permuted by whole rows (ggml blocks never cross a row)."""
+        src = self.plan[canonical]
+        t = self._tensors[src.gguf_name]
+        dt = self.quant_type(canonical)
+        rows, k = self.stored_shape(src.gguf_name)
+        rb = dt.nbytes(k)
+        raw = np.asarray(t.data).view(np.uint8).reshape(-1)
+        if raw.size != rows * rb:
+            raise LoadError(f"{self.path}: tensor {src.gguf_name!r} ({dt.name} [{rows}, {k}]) holds {raw.size} bytes, "
+                            f"expected {rows * rb}")
+        w = raw.reshape(rows, rb)
+        if src.rows is not None:
+            w = w[src.rows[0]: src.rows[1]]
+        if src.unpermute_heads:
+            w = unpermute_rows(w, src.unpermute_heads)
+        return np.ascontiguousarray(w)
+
     def load(self, canonical: str) -> np.ndarray:
         """Canonical float32 array: dequantised, split, un-permuted, contiguous."""
         src = self.plan[canonical]

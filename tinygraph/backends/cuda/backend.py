@@ -24,6 +24,7 @@ from ...graph import ExecPlan, Graph
 from ...tensor import Tensor
 from .. import Backend
 from . import driver
+from . import quant_launch
 from .kernels import Arg, KernelLibrary, _arch_number, fa_shared_bytes
 
 _ALIGN = 256
@@ -33,6 +34,9 @@ ATTN_CHUNK = 128
 #: which also split long key ranges across blocks
 FLASH_MIN_QUERIES = 16
 _COUNTER_BYTES = 2048 * 4
+#: matrix products of at most this many rows run as GEMVs (decode), and graphs made only of
+#: such products launch their kernels with programmatic dependent launch
+DECODE_ROWS = 8
 #: runs of one graph before it is captured (the first run sizes scratch space and loads modules)
 CAPTURE_AFTER = int(os.environ.get("TINYGRAPH_CUDA_CAPTURE_AFTER", "1"))
 #: 0 disables CUDA-graph replay (every launch from Python)
@@ -105,6 +109,9 @@ class CudaBackend(Backend):
         self.lib._modules.clear()
         self.lib._functions.clear()
         self.stream.destroy()
+
+    def workspace_bytes(self) -> int:
+        return sum(b.nbytes for b in (self._arena, self._inputs, self._scratch, self._work) if b is not None)
 
     # -- helpers ------------------------------------------------------------------------------
     def _grow(self, attr: str, nbytes: int, what: str) -> driver.DeviceBuffer:
@@ -463,7 +470,17 @@ class CudaBackend(Backend):
                 off += part.shape[ax]
         elif op == "get_rows":
             ids = self._contiguous_ids(src[1], base)
-            lib.getrows(dt.short, out, self._as(src[0], base, dt), ids, stream=s)
+            if src[0].dtype.is_quant:
+                w_ptr, ldw = self._quant_rows(src[0], base, n)
+                quant_launch.dequant(lib, src[0].dtype.name, dt.short, out, w_ptr, ldw, ids, stream=s)
+            else:
+                lib.getrows(dt.short, out, self._as(src[0], base, dt), ids, stream=s)
+        elif op == "matmul" and src[1].dtype.is_quant:
+            b = src[1]
+            if b.shape != b.storage.shape[::-1] or b.strides != (1, b.shape[0]) or b.offset:
+                raise BackendError(f"CUDA matmul with a {b.dtype.name} operand needs the transpose of the whole "
+                                   f"[N, K] weight: {n.describe()}")
+            self._linear_parts(n, out, base, src[0], src[1].storage, None, None, None, None, None, None, 0.0)
         elif op == "matmul":
             lib.matmul(dt.short, out, self._as(src[0], base, dt), self._as(src[1], base, dt), stream=s)
         elif op in ("add", "mul"):
@@ -475,7 +492,7 @@ class CudaBackend(Backend):
         elif op == "softmax":
             past_dev = self._contiguous_ids(src[1], base) if p["past_src"] else None
             lib.softmax(dt.short, out, self._as(src[0], base, dt), p["scale"], p["causal"], p["past"],
-                        past_dev=past_dev, stream=s)
+                        past_dev=past_dev, stream=s, window=p.get("window"))
         elif op == "attention":
             self._attention(n, out, base)
         elif op == "attention_store":
@@ -539,8 +556,9 @@ class CudaBackend(Backend):
         if len(out.shape) > 4 or max(q.shape[-1], v.shape[-1]) > 256:
             raise BackendError(f"attention kernel supports rank <= 4 and head sizes <= 256: {n.describe()}")
         from .kernels import f32, i32, ptr
+        window = p.get("window") or 0  # 0: none (the kernels' convention)
         args = [out.addr, out.td, q.addr, q.td, kt.addr, kt.td, v.addr, v.td, f32(p["scale"]),
-                i32(1 if p["causal"] else 0), i32(p["past"]), ptr(past_dev)]
+                i32(1 if p["causal"] else 0), i32(p["past"]), ptr(past_dev), i32(window)]
         if self._flash_ok(out, q, kt, v, dt):
             D = q.shape[-1]
             f = self.lib.module("attention_tc.cu").get_function(f"attn_fa_{dt.short}_{D}")
@@ -550,7 +568,7 @@ class CudaBackend(Backend):
             driver.launch(f, (-(-T // 64), out.numel // (T * D), 1), 128, args, smem, stream=self.stream,
                           pdl=self._pdl())
             return
-        cfg = self._attn_splits(out, kt.shape[-1], q.shape[-1])
+        cfg = self._attn_splits(out, kt.shape[-1], q.shape[-1], window)
         if cfg is None:
             return
         grid, chunk, part, counters, maxd = cfg
@@ -589,7 +607,8 @@ class CudaBackend(Backend):
         ff = self._arg(fft, base).ptr if fft is not None else 0
         qn = self._as(rest.pop(0), base, dt).ptr if p["has_qn"] else 0
         kn = self._as(rest.pop(0), base, dt).ptr if p["has_kn"] else 0
-        cfg = self._attn_splits(out, kc.shape[1], q.shape[-1])
+        window = p.get("window") or 0
+        cfg = self._attn_splits(out, kc.shape[1], q.shape[-1], window)
         if cfg is None:
             return
         grid, chunk, part, counters, maxd = cfg
@@ -602,20 +621,25 @@ class CudaBackend(Backend):
                        p["eps"], p["theta"], mode, int(p["q_norm"]), int(p["k_norm"]), int(early))
         driver.launch(self.lib.module("attention.cu").get_function(f"attn_store_{dt.short}_{maxd}"), grid, 128,
                       [ptr(part), ptr(counters), out.addr, out.td, qa.addr, qa.td, sa, f32(p["scale"]),
-                       ptr(self._contiguous_ids(pos, base)), i32(chunk)], stream=self.stream, pdl=self._pdl())
+                       ptr(self._contiguous_ids(pos, base)), i32(window), i32(chunk)], stream=self.stream,
+                      pdl=self._pdl())
 
     def _pdl(self) -> bool | None:
         """A direct launch's PDL choice: the kernel's own (None), unless the run turned it off."""
         return None if self.lib.pdl_active else False
 
-    def _attn_splits(self, out: Arg, S: int, D: int):
+    def _attn_splits(self, out: Arg, S: int, D: int, window: int = 0):
         """Launch shape of the attention kernels for output ``out`` [.., T, Dv] over S keys of D:
-        (grid, chunk, partials, counters, register size), or None for an empty output."""
+        (grid, chunk, partials, counters, register size), or None for an empty output. With a
+        sliding window a row reads at most ``window`` keys: the splits cover that many (the
+        kernel starts them at each row's first visible key)."""
         T, Dv = out.shape[-2], out.shape[-1]
         rows = out.numel // max(Dv, 1) if Dv else 0
         if rows == 0:
             return None
         batch = rows // T
+        if window > 0:
+            S = max(1, min(S, window))
         nsplit = max(1, min(-(-S // ATTN_CHUNK), 4096 // rows))
         chunk = -(-S // nsplit)
         nsplit = -(-S // chunk)
@@ -633,22 +657,56 @@ class CudaBackend(Backend):
     _NORM = {None: 0, "rms": 1, "layer": 2}
     _ACT = {None: 0, "gelu": 1, "silu": 2, "swiglu": 3}
 
+    def _quant_rows(self, t: Tensor, base: dict[int, int], n: Tensor) -> tuple[int, int]:
+        """(device address of the first row, bytes per row) of a view of whole rows of a
+        block-quantized [R, K] weight."""
+        st = t.storage
+        K = st.shape[1]
+        if t.offset % K or t.strides[-1] != 1 and t.shape[-1] != 1:
+            raise BackendError(f"CUDA backend reads {st.dtype.name} weights by whole rows: {n.describe()}")
+        ldw = st.dtype.nbytes(K)
+        return base[st.id] + t.offset // K * ldw, ldw
+
     def _linear(self, n: Tensor, out: Arg, base: dict[int, int]) -> None:
-        """``act(norm(x) @ w.T + bias) + residual``: one fused GEMV kernel for a few rows (decode),
-        else norm -> tensor-core matmul -> epilogue."""
-        p, dt, lib, s = n.params, n.dtype, self.lib, self.stream
+        p = n.params
         x, w, *rest = n.srcs
         bias, res, nw, nb = (rest.pop(0) if p[f"has_{k}"] else None for k in ("bias", "residual", "norm_w", "norm_b"))
+        self._linear_parts(n, out, base, x, w, bias, res, nw, nb, p["norm"], p["act"], p["eps"])
+
+    def _linear_parts(self, n: Tensor, out: Arg, base: dict[int, int], x: Tensor, w: Tensor, bias, res, nw, nb,
+                      norm, act, eps: float) -> None:
+        """``act(norm(x) @ w.T + bias) + residual``: one fused GEMV kernel for a few rows (decode),
+        else norm -> tensor-core matmul -> epilogue. A block-quantized ``w`` is read as its raw
+        blocks by the GEMV (linear_q.cu), or dequantized into scratch before the matmul."""
+        p = {"norm": norm, "act": act, "eps": eps}
+        dt, lib, s = n.dtype, self.lib, self.stream
         xa = self._as(x, base, dt)
         N, K = w.shape
         rows = x.size // K
-        wp = self._as(w, base, dt).ptr
+        if w.dtype.is_quant:
+            wq, ldw = self._quant_rows(w, base, n)
+            if rows <= DECODE_ROWS:
+                ready = all(t.is_persistent and t.storage.id not in self._written
+                            for t in (w, bias, nw, nb) if t is not None)
+                quant_launch.linear_q(
+                    lib, w.dtype.name, dt.short, out, xa, wq, ldw, N, K,
+                    bias=self._as(bias, base, dt).ptr if bias is not None else None,
+                    res=self._as(res, base, dt) if res is not None else None, norm=self._NORM[norm],
+                    norm_w=self._as(nw, base, dt).ptr if nw is not None else None,
+                    norm_b=self._as(nb, base, dt).ptr if nb is not None else None, eps=eps, act=self._ACT[act],
+                    stream=s, weight_ready=ready)
+                return
+            wd = self._tmp((N, K), dt)  # prefill: the whole weight dequantized, then the GEMM
+            quant_launch.dequant(lib, w.dtype.name, dt.short, wd, wq, ldw, None, stream=s)
+            wp = wd.ptr
+        else:
+            wp = self._as(w, base, dt).ptr
 
         def ptr_of(t: Tensor | None) -> int | None:
             return self._as(t, base, dt).ptr if t is not None else None
         ra = self._as(res, base, dt) if res is not None else None
         fused = self._has("linear_gemv", dt.short)
-        if fused and rows <= 8:  # few rows (decode): one fused GEMV; more: tensor-core matmul
+        if fused and rows <= DECODE_ROWS and not w.dtype.is_quant:  # few rows (decode): one fused GEMV
             # the weights (matrix, bias, norm) may be read before the kernel waits for its
             # predecessor when they are model weights nothing in the graph writes
             ready = w.dtype == dt and all(t.is_persistent and t.storage.id not in self._written
@@ -703,9 +761,9 @@ class CudaBackend(Backend):
 def _decode_like(plan: ExecPlan) -> bool:
     """True when every matrix product of the plan has at most 8 rows (decode GEMVs)."""
     for n in plan.order:
-        if n.op == "linear" and n.srcs[0].size // n.srcs[1].shape[1] > 8:
+        if n.op == "linear" and n.srcs[0].size // n.srcs[1].shape[1] > DECODE_ROWS:
             return False
-        if n.op == "matmul" and n.shape[-2:] and n.ndim >= 2 and n.shape[-2] > 8:
+        if n.op == "matmul" and n.shape[-2:] and n.ndim >= 2 and n.shape[-2] > DECODE_ROWS:
             return False
     return True
 

@@ -27,7 +27,16 @@ advance     elementwise.cu (int* x, const int* inc, int n)  advance_i32: x[i] +=
 rms_norm    norms.cu       (T* out, TD od, const T* x, TD xd, const T* w, float eps)
 layer_norm  norms.cu       (T* out, TD od, const T* x, TD xd, const T* w, const T* b, float eps)
 softmax     softmax.cu     (T* out, TD od, const T* x, TD xd, float scale, int causal, int past,
-                            const int* past_dev)
+                            const int* past_dev, int window)   window > 0: sliding window
+attn_split_ attention.cu   (float* part, int* counters, T* out, TD od, const T* q, TD qd,
+<T>_<D>,                    const T* kt, TD ktd, const T* v, TD vd, float scale, int causal,
+attn_pipe_                  int past, const int* past_dev, int window, int chunk)  fused attention
+<T>_<D>                     (flash-decoding splits; D = 64 | 128 | 256 register sizes)
+attn_store_ attention.cu   (float* part, int* counters, T* out, TD od, const T* q, TD qd,
+<T>_<D>                     StoreArgs<T> sa, float scale, const int* pos, int window, int chunk)
+attn_fa_    attention_tc.cu (T* out, TD od, const T* q, TD qd, const T* kt, TD ktd, const T* v,
+<T>_<D>                     TD vd, float scale, int causal, int past, const int* past_dev,
+                            int window)   tensor-core prefill, f16/bf16, D = 64 | 128
 rope        rope.cu        (T* out, TD od, const T* x, TD xd, const int* pos, const float* ff,
                             float theta, int mode, int n_dims)    mode 0 normal, 2 neox
 getrows     getrows.cu     (T* out, TD od, const T* table, TD tbl, const int* ids)
@@ -311,7 +320,8 @@ _reg(
     KernelSpec("rms_norm", "norms.cu", _UN + (("w", "ptr"), ("eps", "f32")), _ONE, "rows"),
     KernelSpec("layer_norm", "norms.cu", _UN + (("w", "ptr"), ("b", "ptr"), ("eps", "f32")), _ONE, "rows"),
     KernelSpec("softmax", "softmax.cu",
-               _UN + (("scale", "f32"), ("causal", "i32"), ("past", "i32"), ("past_dev", "ptr")),
+               _UN + (("scale", "f32"), ("causal", "i32"), ("past", "i32"), ("past_dev", "ptr"),
+                      ("window", "i32")),
                _ONE, "rows"),
     KernelSpec("rope", "rope.cu",
                _UN + (("pos", "ptr"), ("ff", "ptr"), ("theta", "f32"), ("mode", "i32"), ("n_dims", "i32")),
@@ -361,6 +371,18 @@ _reg(
                "y [.., Nout] = act(z [.., N] + bias[N]) + res [.., Nout] element-wise (act as "
                "linear_gemv; swiglu reads z[.., j] and z[.., j + N/2]); y may alias res"),
 )
+
+# ggml block-quantized weights (linear_q.cu; launch helpers in quant_launch.py)
+QUANT_KERNEL_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+_LINEAR_PARAMS = (("y", "ptr"), ("yd", "td"), ("x", "ptr"), ("xd", "td"), ("w", "ptr"), ("ldw", "i64"),
+                  ("bias", "ptr"), ("res", "ptr"), ("rd", "td"), ("norm_w", "ptr"), ("norm_b", "ptr"),
+                  ("eps", "f32"), ("norm", "i32"), ("act", "i32"), ("N", "i32"), ("K", "i32"))
+for _q in QUANT_KERNEL_TYPES:
+    _reg(KernelSpec(f"linear_q_{_q}", "linear_q.cu", _LINEAR_PARAMS, _ONE, "linear_gemv",
+                    f"linear_gemv with a {_q} weight (w: raw blocks, row n at byte n*ldw)"),
+         KernelSpec(f"dequant_{_q}", "linear_q.cu",
+                    (("out", "ptr"), ("od", "td"), ("w", "ptr"), ("ldw", "i64"), ("ids", "ptr")), _ONE,
+                    "elementwise", f"out[.., r, :] = dequant({_q} row ids[r] (or r when ids is NULL))"))
 
 ELEMENTWISE_DTYPES = _F
 #: elements per block of argmax_split (rows of >= 4 chunks are split)
@@ -586,13 +608,14 @@ class KernelLibrary:
                       [out.addr, out.td, x.addr, x.td, ptr(w), ptr(b), f32(eps)], stream=stream)
 
     def softmax(self, dtype, out: Arg, x: Arg, scale: float = 1.0, causal: bool = False,
-                past: int = 0, past_dev=None, stream=None) -> None:
+                past: int = 0, past_dev=None, stream=None, window: int | None = None) -> None:
+        """``window``: sliding window (causal only; None = none), see cuda_src/softmax.cu."""
         if x.numel == 0:
             return
         rows = x.numel // x.shape[-1]
         self._launch(self.get("softmax", dtype), rows, row_block_size(x.shape[-1]),
                       [out.addr, out.td, x.addr, x.td, f32(scale), i32(1 if causal else 0),
-                       i32(past), ptr(past_dev)], stream=stream)
+                       i32(past), ptr(past_dev), i32(window or 0)], stream=stream)
 
     def rope(self, dtype, out: Arg, x: Arg, pos, theta: float, mode: int | str = ROPE_NEOX,
              n_dims: int | None = None, freq_factors=None, stream=None) -> None:

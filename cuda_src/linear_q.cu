@@ -1,0 +1,146 @@
+// linear_q.cu -- linear layers and embedding rows with ggml block-quantized weights.
+//
+// Semantics: the graph ops `linear` and `get_rows` (tinygraph/ops.py) with a weight of a ggml
+// block type, i.e. the same math on the weight's dequantized values (tinygraph/quant.py), float32
+// accumulation. Weights are the file's raw blocks: row n of an [N, K] weight starts at byte
+// n * ldw (ldw = K / QK * BB for a whole matrix). Types and their decoding: quant_blocks.cuh.
+//
+// Signatures (Q = q8_0 | q4_0 | q4_1 | q5_0 | q5_1 | q2_k | q3_k | q4_k | q5_k | q6_k;
+//             T = float | __half | __nv_bfloat16, suffix f32 | f16 | bf16):
+//   linear_q_Q_T(T* y, TD yd, const T* x, TD xd, const uchar* w, long long ldw, const T* bias,
+//                const T* res, TD rd, const T* norm_w, const T* norm_b, float eps, int norm,
+//                int act, int N, int K)
+//       y = act(norm(x) @ dequant(w).T + bias) + res, parameters as linear_gemv (linear.cu),
+//       except w (bytes, row stride ldw bytes). K a multiple of the type's block (32 or 256).
+//     Design: one block per (row of x, range of columns). The block stages its row of x,
+//       normalised, as float32 in dynamic shared memory (linear_common.cuh) plus the sums of
+//       each group of 8 staged values; each warp then computes whole output columns: its lanes
+//       take the 32-weight units of the row in turn (unit u: block u / NSUB, unit u % NSUB),
+//       decode them in registers and accumulate d * sum(q * h) + m * sum(h) per run (one FMA per
+//       weight). Swiglu: the gate row, then the up row, one output -- as linear_gemv.
+//     Launch: grid = rows * C blocks (C column blocks; any C is correct); block = 256 threads;
+//       dynamic shared memory (ceil(K/4)*4 + K/8) * 4 bytes.
+//   dequant_Q_T(T* out, TD od, const uchar* w, long long ldw, const int* ids)
+//       out [.., K] row r = dequant(weight row ids ? ids[r] : r), rows = od.ne[0..2] (out any
+//       strides; the last axis contiguous). The embedding lookup of a quantized table (get_rows)
+//       and the prefill path of linear_q: a layer's weight dequantized into scratch, then the
+//       tensor-core GEMM.
+//     Launch: 1-D grid-stride loop over (row, unit) pairs, 256 threads.
+#include "linear_common.cuh"
+#include "quant_blocks.cuh"
+
+extern __shared__ float lq_smem[];
+
+template <typename T, class Q>
+__device__ __forceinline__ void linear_q_body(T* y, const TD& yd, const T* x, const TD& xd,
+                                              const unsigned char* w, long long ldw, const T* bias,
+                                              const T* res, const TD& rd, const T* nw, const T* nbias,
+                                              float eps, int norm, int act, int N, int K) {
+    __shared__ float scratch[32];
+    const long long rows = td_rows(yd);
+    const int tid = threadIdx.x, lane = tid & 31, nwarps = blockDim.x >> 5;
+    const long long grp = (long long)blockIdx.x % rows, cb = (long long)blockIdx.x / rows;
+    const long long ncb = (long long)gridDim.x / rows;
+    if (cb >= ncb) return;
+    const int rs = (K + 3) & ~3;
+    float* h = lq_smem;
+    float* hsum = lq_smem + rs;  // sums of 8 consecutive staged values
+    const int ncols = act == 3 ? N / 2 : N, half = act == 3 ? N / 2 : 0, P = act == 3 ? 2 : 1;
+    const int nunits = K / Q::QK * Q::NSUB;
+
+    tg_pdl_trigger();
+    lin_norm_prefetch<T>(K, norm, nw, nbias);
+    tg_pdl_wait();
+    lin_stage_row<T, 16 / sizeof(T)>(h, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, 0, norm, nw,
+                                     nbias, eps, scratch);
+    __syncthreads();
+    for (int g = tid; g < K / 8; g += blockDim.x) {
+        const float4 a = *reinterpret_cast<const float4*>(h + 8 * g);
+        const float4 b = *reinterpret_cast<const float4*>(h + 8 * g + 4);
+        hsum[g] = ((a.x + a.y) + (a.z + a.w)) + ((b.x + b.y) + (b.z + b.w));
+    }
+    __syncthreads();
+
+    const long long yoff = td_row_offset(yd, grp);
+    const long long roff = res ? td_row_offset_bcast(rd, yd, grp) : 0;
+    for (int col = (int)cb * nwarps + (tid >> 5); col < ncols; col += (int)ncb * nwarps) {
+        float z[2] = {0.0f, 0.0f};
+        for (int p = 0; p < P; ++p) {
+            const unsigned char* wr = w + (long long)(col + p * half) * ldw;
+            float acc = 0.0f;
+#pragma unroll 2
+            for (int u = lane; u < nunits; u += 32) {
+                const int blk = u / Q::NSUB, s = u - blk * Q::NSUB;
+                float q[32], d[Q::RUNS], m[Q::RUNS];
+                Q::decode(wr + (long long)blk * Q::BB, s, q, d, m);
+                const float* hb = h + blk * Q::QK;
+                const float* sb = hsum + blk * (Q::QK / 8);
+#pragma unroll
+                for (int r = 0; r < Q::RUNS; ++r) {
+                    const int st = Q::start(s, r);
+                    float dot = 0.0f, hs = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < Q::RL; i += 4) {
+                        const float4 hv = *reinterpret_cast<const float4*>(hb + st + i);
+                        dot = fmaf(q[r * Q::RL + i], hv.x, dot);
+                        dot = fmaf(q[r * Q::RL + i + 1], hv.y, dot);
+                        dot = fmaf(q[r * Q::RL + i + 2], hv.z, dot);
+                        dot = fmaf(q[r * Q::RL + i + 3], hv.w, dot);
+                    }
+#pragma unroll
+                    for (int i = 0; i < Q::RL / 8; ++i) hs += sb[st / 8 + i];
+                    acc = fmaf(d[r], dot, fmaf(m[r], hs, acc));
+                }
+            }
+            z[p] = warp_sum(acc);
+        }
+        if (lane == 0) {
+            float a;
+            const float b0 = bias ? to_f32(bias[col]) : 0.0f;
+            if (P == 2) a = lin_silu(z[0] + b0) * (z[1] + (bias ? to_f32(bias[col + half]) : 0.0f));
+            else a = lin_act(z[0] + b0, act);
+            if (res) a += to_f32(res[roff + (long long)col * rd.st[3]]);
+            y[yoff + (long long)col * yd.st[3]] = from_f32<T>(a);
+        }
+    }
+}
+
+template <typename T, class Q>
+__device__ __forceinline__ void dequant_body(T* out, const TD& od, const unsigned char* w, long long ldw,
+                                             const int* ids) {
+    tg_pdl_enter();
+    const long long rows = td_rows(od);
+    const int K = (int)od.ne[3];
+    const int nunits = K / Q::QK * Q::NSUB;
+    const long long total = rows * nunits;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long row = i / nunits;
+        const int u = (int)(i - row * nunits), blk = u / Q::NSUB, s = u - blk * Q::NSUB;
+        const long long src = ids ? (long long)ids[row] : row;
+        float q[32], d[Q::RUNS], m[Q::RUNS];
+        Q::decode(w + src * ldw + (long long)blk * Q::BB, s, q, d, m);
+        T* o = out + td_row_offset(od, row) + (long long)blk * Q::QK;
+#pragma unroll
+        for (int r = 0; r < Q::RUNS; ++r) {
+            const int st = Q::start(s, r);
+#pragma unroll
+            for (int e = 0; e < Q::RL; ++e) o[st + e] = from_f32<T>(fmaf(d[r], q[r * Q::RL + e], m[r]));
+        }
+    }
+}
+
+#define TG_LINEAR_Q_T(Q, qn, T, sfx)                                                               \
+    extern "C" __global__ void __launch_bounds__(256) linear_q_##qn##_##sfx(                          \
+        T* y, TD yd, const T* x, TD xd, const unsigned char* w, long long ldw, const T* bias,         \
+        const T* res, TD rd, const T* norm_w, const T* norm_b, float eps, int norm, int act, int N,   \
+        int K) {                                                                                      \
+        linear_q_body<T, Q>(y, yd, x, xd, w, ldw, bias, res, rd, norm_w, norm_b, eps, norm, act, N, K); \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(256) dequant_##qn##_##sfx(                           \
+        T* out, TD od, const unsigned char* w, long long ldw, const int* ids) {                       \
+        dequant_body<T, Q>(out, od, w, ldw, ids);                                                     \
+    }
+#define TG_LINEAR_Q(Q, qn) \
+    TG_LINEAR_Q_T(Q, qn, float, f32) TG_LINEAR_Q_T(Q, qn, __half, f16) TG_LINEAR_Q_T(Q, qn, __nv_bfloat16, bf16)
+TG_QUANT_TYPES(TG_LINEAR_Q)

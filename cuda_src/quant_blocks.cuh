@@ -1,0 +1,294 @@
+// quant_blocks.cuh -- decoding ggml's block-quantized weight types on the GPU.
+//
+// A row of K weights is K/QK blocks of BB bytes, stored exactly as in a GGUF file (the NumPy
+// reference decoder is tinygraph/quant.py). Every type is read in UNITS of 32 weights: a block
+// has NSUB units; unit s holds RUNS runs of RL consecutive weights (RUNS * RL = 32), run r
+// starting at block element start(s, r), and every weight of run r is d[r] * q + m[r] for a
+// small non-negative integer q. decode(b, s, q, d, m) fills q[32] (run-major) as exact floats
+// and the per-run scale d and offset m. So
+//     dot(unit, h) = sum_r d[r] * sum_i q[r*RL + i] * h[start + i] + m[r] * sum_i h[start + i]
+// and the fused GEMV needs one multiply-add per weight (the sums of h come from a table of
+// sums over groups of 8 elements that the block stages once per row).
+//
+// Loads: blocks are only as aligned as their size allows (Q8_0: 34 bytes, so 2-byte aligned;
+// Q4_1 / Q5_1 / Q2_K: 4; Q4_K / Q5_K: 16); each type reads its bytes with the widest loads its
+// alignment permits.
+#pragma once
+#include "common.cuh"
+
+// small integer (< 2^23) -> float without an I2F: the bits of 2^23 + x, minus 2^23
+__device__ __forceinline__ float qf(unsigned x) { return __int_as_float(0x4B000000u | x) - 8388608.0f; }
+__device__ __forceinline__ float qh16(const unsigned char* p) {
+    return __half2float(__ushort_as_half(__ldg(reinterpret_cast<const unsigned short*>(p))));
+}
+// 4 bytes at a 2-byte aligned address
+__device__ __forceinline__ unsigned ld4a2(const unsigned char* p) {
+    const unsigned short* s = reinterpret_cast<const unsigned short*>(p);
+    return (unsigned)__ldg(s) | ((unsigned)__ldg(s + 1) << 16);
+}
+__device__ __forceinline__ unsigned ld4(const unsigned char* p) {
+    return __ldg(reinterpret_cast<const unsigned*>(p));
+}
+__device__ __forceinline__ unsigned byte_of(unsigned w, int i) { return (w >> (8 * i)) & 0xFFu; }
+
+// Q8_0: {f16 d; int8 q[32]}: w = d * q. One unit, one run.
+struct QQ8_0 {
+    static constexpr int QK = 32, BB = 34, NSUB = 1, RUNS = 1, RL = 32;
+    static __device__ __forceinline__ int start(int, int) { return 0; }
+    static __device__ __forceinline__ void decode(const unsigned char* b, int, float* q, float* d, float* m) {
+        const float dd = qh16(b);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const unsigned w = ld4a2(b + 2 + 4 * i) ^ 0x80808080u;  // int8 + 128
+#pragma unroll
+            for (int j = 0; j < 4; ++j) q[4 * i + j] = qf(byte_of(w, j));
+        }
+        d[0] = dd;
+        m[0] = -128.0f * dd;
+    }
+};
+
+// Q4_0: {f16 d; u8 qs[16]}: element j < 16 is the low nibble of qs[j], j + 16 the high one; w = d * (q - 8)
+struct QQ4_0 {
+    static constexpr int QK = 32, BB = 18, NSUB = 1, RUNS = 2, RL = 16;
+    static __device__ __forceinline__ int start(int, int r) { return 16 * r; }
+    static __device__ __forceinline__ void decode(const unsigned char* b, int, float* q, float* d, float* m) {
+        const float dd = qh16(b);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const unsigned w = ld4a2(b + 2 + 4 * i);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                q[4 * i + j] = qf(byte_of(w, j) & 0xF);
+                q[16 + 4 * i + j] = qf(byte_of(w, j) >> 4);
+            }
+        }
+        d[0] = d[1] = dd;
+        m[0] = m[1] = -8.0f * dd;
+    }
+};
+
+// Q4_1: {f16 d, m; u8 qs[16]}: w = d * q + m
+struct QQ4_1 {
+    static constexpr int QK = 32, BB = 20, NSUB = 1, RUNS = 2, RL = 16;
+    static __device__ __forceinline__ int start(int, int r) { return 16 * r; }
+    static __device__ __forceinline__ void decode(const unsigned char* b, int, float* q, float* d, float* m) {
+        const float dd = qh16(b), mm = qh16(b + 2);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const unsigned w = ld4(b + 4 + 4 * i);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                q[4 * i + j] = qf(byte_of(w, j) & 0xF);
+                q[16 + 4 * i + j] = qf(byte_of(w, j) >> 4);
+            }
+        }
+        d[0] = d[1] = dd;
+        m[0] = m[1] = mm;
+    }
+};
+
+// Q5_0: {f16 d; u32 qh; u8 qs[16]}: bit j of qh is bit 4 of element j; w = d * (q - 16)
+struct QQ5_0 {
+    static constexpr int QK = 32, BB = 22, NSUB = 1, RUNS = 2, RL = 16;
+    static __device__ __forceinline__ int start(int, int r) { return 16 * r; }
+    static __device__ __forceinline__ void decode(const unsigned char* b, int, float* q, float* d, float* m) {
+        const float dd = qh16(b);
+        const unsigned qh = ld4a2(b + 2);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const unsigned w = ld4a2(b + 6 + 4 * i);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int e = 4 * i + j;
+                q[e] = qf((byte_of(w, j) & 0xF) | (((qh >> e) & 1u) << 4));
+                q[16 + e] = qf((byte_of(w, j) >> 4) | (((qh >> (e + 16)) & 1u) << 4));
+            }
+        }
+        d[0] = d[1] = dd;
+        m[0] = m[1] = -16.0f * dd;
+    }
+};
+
+// Q5_1: {f16 d, m; u32 qh; u8 qs[16]}: w = d * q + m
+struct QQ5_1 {
+    static constexpr int QK = 32, BB = 24, NSUB = 1, RUNS = 2, RL = 16;
+    static __device__ __forceinline__ int start(int, int r) { return 16 * r; }
+    static __device__ __forceinline__ void decode(const unsigned char* b, int, float* q, float* d, float* m) {
+        const float dd = qh16(b), mm = qh16(b + 2);
+        const unsigned qh = ld4(b + 4);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const unsigned w = ld4(b + 8 + 4 * i);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int e = 4 * i + j;
+                q[e] = qf((byte_of(w, j) & 0xF) | (((qh >> e) & 1u) << 4));
+                q[16 + e] = qf((byte_of(w, j) >> 4) | (((qh >> (e + 16)) & 1u) << 4));
+            }
+        }
+        d[0] = d[1] = dd;
+        m[0] = m[1] = mm;
+    }
+};
+
+// Q2_K: {u8 scales[16]; u8 qs[64]; f16 d, dmin}. Unit s = (n = s/4, j = s%4): elements
+// 128n + 32j + l, l < 32, q = (qs[32n + l] >> 2j) & 3; run r = l/16 has scale byte
+// sc = scales[8n + 2j + r]: w = d * (sc & 15) * q - dmin * (sc >> 4)
+struct QQ2_K {
+    static constexpr int QK = 256, BB = 84, NSUB = 8, RUNS = 2, RL = 16;
+    static __device__ __forceinline__ int start(int s, int r) { return 32 * s + 16 * r; }
+    static __device__ __forceinline__ void decode(const unsigned char* b, int s, float* q, float* d, float* m) {
+        const int n = s >> 2, j = s & 3;
+        const float dd = qh16(b + 80), dmin = qh16(b + 82);
+        const unsigned sc2 = __ldg(reinterpret_cast<const unsigned short*>(b + 8 * n + 2 * j));
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const unsigned w = ld4(b + 16 + 32 * n + 4 * i);
+#pragma unroll
+            for (int k = 0; k < 4; ++k) q[4 * i + k] = qf((byte_of(w, k) >> (2 * j)) & 3u);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const unsigned sc = (sc2 >> (8 * r)) & 0xFFu;
+            d[r] = dd * (float)(sc & 0xF);
+            m[r] = -dmin * (float)(sc >> 4);
+        }
+    }
+};
+
+// Q3_K: {u8 hmask[32]; u8 qs[64]; u8 scales[12] (16 packed 6-bit); f16 d}. Unit s = (n, j):
+// element 128n + 32j + l: q = ((qs[32n + l] >> 2j) & 3) - (hmask[l] bit (4n + j) ? 0 : 4),
+// run r = l/16, scale index is = 8n + 2j + r: w = d * (sc[is] - 32) * q
+struct QQ3_K {
+    static constexpr int QK = 256, BB = 110, NSUB = 8, RUNS = 2, RL = 16;
+    static __device__ __forceinline__ int start(int s, int r) { return 32 * s + 16 * r; }
+    static __device__ __forceinline__ void decode(const unsigned char* b, int s, float* q, float* d, float* m) {
+        const int n = s >> 2, j = s & 3, hb = 4 * n + j;
+        const float dd = qh16(b + 108);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const unsigned w = ld4a2(b + 32 + 32 * n + 4 * i);
+            const unsigned h = ld4a2(b + 4 * i);
+#pragma unroll
+            for (int k = 0; k < 4; ++k)  // q + 4 in [0, 7]
+                q[4 * i + k] = qf(((byte_of(w, k) >> (2 * j)) & 3u) | (((byte_of(h, k) >> hb) & 1u) << 2));
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int is = 8 * n + 2 * j + r;
+            const unsigned lo = is < 8 ? (b[96 + is] & 0xF) : (b[96 + is - 8] >> 4);
+            const unsigned hi = (b[96 + 8 + (is & 3)] >> (2 * (is >> 2))) & 3u;
+            d[r] = dd * (float)((int)(lo | (hi << 4)) - 32);
+            m[r] = -4.0f * d[r];
+        }
+    }
+};
+
+// the 6-bit scale and min of sub-block `is` (0..7) of Q4_K / Q5_K (12 packed bytes at sc)
+__device__ __forceinline__ void q_scale_min_k4(int is, const unsigned char* sc, float& s, float& mn) {
+    if (is < 4) {
+        s = (float)(sc[is] & 63);
+        mn = (float)(sc[is + 4] & 63);
+    } else {
+        s = (float)((sc[is + 4] & 0xF) | ((sc[is - 4] >> 6) << 4));
+        mn = (float)((sc[is + 4] >> 4) | ((sc[is] >> 6) << 4));
+    }
+}
+
+// Q4_K: {f16 d, dmin; u8 scales[12]; u8 qs[128]}. Unit s = (j = s/2, half hh = s%2): 16 bytes
+// qs[32j + 16hh + i]; run 0 = their low nibbles, elements 64j + 16hh + i, sub-block 2j; run 1
+// = high nibbles, elements 64j + 32 + 16hh + i, sub-block 2j + 1: w = d * sc * q - dmin * mn
+struct QQ4_K {
+    static constexpr int QK = 256, BB = 144, NSUB = 8, RUNS = 2, RL = 16;
+    static __device__ __forceinline__ int start(int s, int r) { return 64 * (s >> 1) + 16 * (s & 1) + 32 * r; }
+    static __device__ __forceinline__ void decode(const unsigned char* b, int s, float* q, float* d, float* m) {
+        const int j = s >> 1, hh = s & 1;
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(b + 16 + 32 * j + 16 * hh));
+        const unsigned a[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                q[4 * i + k] = qf(byte_of(a[i], k) & 0xF);
+                q[16 + 4 * i + k] = qf(byte_of(a[i], k) >> 4);
+            }
+        const float dd = qh16(b), dmin = qh16(b + 2);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float sc, mn;
+            q_scale_min_k4(2 * j + r, b + 4, sc, mn);
+            d[r] = dd * sc;
+            m[r] = -dmin * mn;
+        }
+    }
+};
+
+// Q5_K: {f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]}: as Q4_K, plus bit 4 of element
+// 64j + l (l < 32) from bit 2j of qh[l] and of 64j + 32 + l from bit 2j + 1
+struct QQ5_K {
+    static constexpr int QK = 256, BB = 176, NSUB = 8, RUNS = 2, RL = 16;
+    static __device__ __forceinline__ int start(int s, int r) { return 64 * (s >> 1) + 16 * (s & 1) + 32 * r; }
+    static __device__ __forceinline__ void decode(const unsigned char* b, int s, float* q, float* d, float* m) {
+        const int j = s >> 1, hh = s & 1;
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(b + 48 + 32 * j + 16 * hh));
+        const uint4 hv = __ldg(reinterpret_cast<const uint4*>(b + 16 + 16 * hh));
+        const unsigned a[4] = {v.x, v.y, v.z, v.w}, h[4] = {hv.x, hv.y, hv.z, hv.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const unsigned hb = byte_of(h[i], k) >> (2 * j);
+                q[4 * i + k] = qf((byte_of(a[i], k) & 0xF) | ((hb & 1u) << 4));
+                q[16 + 4 * i + k] = qf((byte_of(a[i], k) >> 4) | ((hb & 2u) << 3));
+            }
+        const float dd = qh16(b), dmin = qh16(b + 2);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float sc, mn;
+            q_scale_min_k4(2 * j + r, b + 4, sc, mn);
+            d[r] = dd * sc;
+            m[r] = -dmin * mn;
+        }
+    }
+};
+
+// Q6_K: {u8 ql[128]; u8 qh[64]; int8 scales[16]; f16 d}. Unit s = (n = s/4, g = s%4), l = 8g + i
+// (i < 8), ql/qh/scales advanced by 64/32/8 per n; run r = 0..3 is element 128n + 32r + l:
+//   r0 = (ql[l] & 15) | ((qh[l] >> 0) & 3) << 4,  r1 = (ql[l+32] & 15) | ((qh[l] >> 2) & 3) << 4,
+//   r2 = (ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4,  r3 = (ql[l+32] >> 4) | ((qh[l] >> 6) & 3) << 4,
+// w = d * scales[l/16 + 2r] * (q - 32)
+struct QQ6_K {
+    static constexpr int QK = 256, BB = 210, NSUB = 8, RUNS = 4, RL = 8;
+    static __device__ __forceinline__ int start(int s, int r) { return 128 * (s >> 2) + 8 * (s & 3) + 32 * r; }
+    static __device__ __forceinline__ void decode(const unsigned char* b, int s, float* q, float* d, float* m) {
+        const int n = s >> 2, l0 = 8 * (s & 3);
+        const unsigned char* ql = b + 64 * n + l0;
+        const unsigned char* qh = b + 128 + 32 * n + l0;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const unsigned lo = ld4a2(ql + 4 * i), hi = ld4a2(ql + 32 + 4 * i), h = ld4a2(qh + 4 * i);
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const int e = 4 * i + k;
+                const unsigned hb = byte_of(h, k);
+                q[e] = qf((byte_of(lo, k) & 0xF) | ((hb & 3u) << 4));
+                q[8 + e] = qf((byte_of(hi, k) & 0xF) | (((hb >> 2) & 3u) << 4));
+                q[16 + e] = qf((byte_of(lo, k) >> 4) | (((hb >> 4) & 3u) << 4));
+                q[24 + e] = qf((byte_of(hi, k) >> 4) | (((hb >> 6) & 3u) << 4));
+            }
+        }
+        const float dd = qh16(b + 208);
+        const signed char* sc = reinterpret_cast<const signed char*>(b + 192 + 8 * n + (l0 >> 4));
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            d[r] = dd * (float)sc[2 * r];
+            m[r] = -32.0f * d[r];
+        }
+    }
+};
+
+// X(type struct, kernel suffix) for every supported type
+#define TG_QUANT_TYPES(X) \
+    X(QQ8_0, q8_0) X(QQ4_0, q4_0) X(QQ4_1, q4_1) X(QQ5_0, q5_0) X(QQ5_1, q5_1) \
+    X(QQ2_K, q2_k) X(QQ3_K, q3_k) X(QQ4_K, q4_k) X(QQ5_K, q5_k) X(QQ6_K, q6_k)

@@ -1,0 +1,111 @@
+"""Block-quantized weights through the graph, the NumPy backend and the model loader (CPU).
+
+The meaning of a quantized weight is its dequantized values (tinygraph.quant.dequantize), so
+every check compares against float math on those values."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tinygraph as tg
+from tinygraph.models import load_model
+from tinygraph.quant import dequantize, quantize
+
+from test_io_gguf import llama_gguf  # noqa: F401  (a GGUF whose layers mix F32, F16, BF16, Q8_0, Q4_0, Q4_1)
+
+TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
+RNG = np.random.default_rng(7)
+
+
+@pytest.mark.parametrize("qt", TYPES)
+def test_linear_matmul_get_rows_use_the_dequantized_values(qt: str) -> None:
+    dt = tg.dtypes.as_dtype(qt)
+    N, K = 7, 2 * dt.block
+    w = RNG.standard_normal((N, K)).astype(np.float32)
+    raw = quantize(w, qt)
+    wd = dequantize(raw, qt, K).astype(np.float64)
+    x = RNG.standard_normal((3, K)).astype(np.float32)
+    b = RNG.standard_normal(N).astype(np.float32)
+    with tg.Session(backend="numpy") as s:
+        W = s.persistent((N, K), dt, name="W")
+        B = s.persistent((N,), tg.float32, name="b")
+        s.finalize()
+        s.upload(W, raw)
+        s.upload(B, b)
+        assert np.array_equal(s.download(W), raw)
+        g = s.graph()
+        xi = g.input((3, K), tg.float32, name="x")
+        ids = g.input((2,), tg.int32, name="ids")
+        g.output(tg.linear(xi, W, bias=B, act="silu"))
+        g.output(tg.matmul(xi, tg.transpose(W)))
+        g.output(tg.get_rows(W, ids, dtype=tg.float16))
+        lin, mm, rows = s.compute(g, {xi: x, ids: np.array([5, 1], np.int32)})
+    z = x.astype(np.float64) @ wd.T + b
+    np.testing.assert_allclose(lin, z / (1 + np.exp(-z)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(mm, x.astype(np.float64) @ wd.T, rtol=1e-4, atol=1e-4)
+    assert rows.dtype == np.float16
+    np.testing.assert_allclose(rows.astype(np.float32), wd[[5, 1]], rtol=1e-3, atol=1e-3)
+
+
+def test_upload_quantizes_floats_and_checks_shapes() -> None:
+    with tg.Session(backend="numpy") as s:
+        W = s.persistent((4, 64), tg.q8_0, name="W")
+        with pytest.raises(tg.ShapeError, match="whole blocks"):
+            s.persistent((4, 48), tg.q8_0, name="bad")
+        s.finalize()
+        w = RNG.standard_normal((4, 64)).astype(np.float32)
+        s.upload(W, w)
+        assert np.array_equal(s.download(W), quantize(w, "q8_0"))
+        with pytest.raises(tg.ShapeError, match="raw blocks"):
+            s.upload(W, np.zeros((4, 10), np.uint8))
+    assert tg.q4_k.nbytes(512) == 288 and tg.q8_0.nbytes(64) == 68
+
+
+def test_ops_refuse_quantized_activations() -> None:
+    with tg.Session(backend="numpy") as s:
+        W = s.persistent((4, 32), tg.q4_0, name="W")
+        s.finalize()
+        g = s.graph()
+        x = g.input((1, 32), tg.float32, name="x")
+        with pytest.raises(tg.DTypeError):
+            tg.matmul(tg.transpose(W), x)
+        with pytest.raises(tg.DTypeError):
+            tg.add(x, tg.view(W, (1, 32)))
+
+
+@pytest.mark.parametrize("qt", ["q8_0", "q4_0", "q5_1", "q4_k"])
+def test_quantize_on_load_equals_float_model_on_dequantized_weights(qt: str) -> None:
+    mq = load_model("tests/fixtures/llama", backend="numpy", quantize=qt)
+    mf = load_model("tests/fixtures/llama", backend="numpy")
+    usage = mq.memory_usage()
+    types = usage["weight_types"]
+    assert sum(n for k, n in types.items() if k.startswith("q")) == 10, types
+    assert usage["weights"] == sum(t.nbytes for t in mq.W.values()) < sum(t.nbytes for t in mf.W.values())
+    for name, t in mq.W.items():
+        if t.dtype.is_quant:
+            mf.session.upload(mf.W[name], dequantize(mq.session.download(t), t.dtype.name, t.shape[1]))
+    ids = [3, 17, 40, 9, 100]
+    np.testing.assert_allclose(mq.step(ids, 0), mf.step(ids, 0), rtol=1e-4, atol=1e-4)
+    assert mq.generate(ids, max_new_tokens=6, temperature=0, ignore_eos=True) == \
+        mf.generate(ids, max_new_tokens=6, temperature=0, ignore_eos=True)
+
+
+def test_quantize_argument_is_checked() -> None:
+    with pytest.raises(ValueError, match="quantize"):
+        load_model("tests/fixtures/llama", backend="numpy", quantize="q7_x")
+    with pytest.raises(ValueError, match="quantize"):
+        load_model("tests/fixtures/llama", backend="numpy", quantize="float16")
+
+
+def test_gguf_keeps_its_block_types(llama_gguf) -> None:  # noqa: F811
+    path, _ = llama_gguf
+    mq = load_model(path, backend="numpy")
+    md = load_model(path, backend="numpy", dequantize=True)
+    types = mq.memory_usage()["weight_types"]
+    assert types.get("q8_0") and types.get("q4_0") and types.get("q4_1"), types
+    assert set(md.memory_usage()["weight_types"]) == {"f32"}
+    # mixed q/k/v types: separate projections instead of one packed matrix
+    assert "layers.0.attn.qkv.weight" not in mq.W and "layers.0.attn.k.weight" in mq.W
+    assert mq.memory_usage()["weights"] < md.memory_usage()["weights"] / 2
+    ids = [1, 4, 9, 2, 7]
+    np.testing.assert_allclose(mq.step(ids, 0), md.step(ids, 0), rtol=1e-4, atol=1e-4)
