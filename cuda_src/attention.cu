@@ -4,12 +4,16 @@
 // Signatures (T = float | __half | __nv_bfloat16, suffix f32 | f16 | bf16):
 //   attn_split_T(float* part, int* counters, T* out, TD od, const T* q, TD qd, const T* kt, TD ktd,
 //                const T* v, TD vd, float scale, int causal, int past, const int* past_dev,
-//                int chunk)
+//                int window, int chunk)
 //     q [B0, B1, Tq, D], kt [B0', B1', D, S] (keys, transposed: any strides), v [B0', B1', S, Dv],
 //     out [B0, B1, Tq, Dv]; a size-1 batch dim of q/kt/v broadcasts (grouped-query attention).
 //     Query row t sees keys j <= t + past (causal) and j < S; past is read from past_dev[0] when
-//     past_dev is non-NULL, so a replayed CUDA graph can move it.
-//     Grid: (Tq, B0*B1, nsplit); block (128, 1, 1). Split z handles keys [z*chunk, (z+1)*chunk).
+//     past_dev is non-NULL, so a replayed CUDA graph can move it. window > 0 (causal only; 0 or
+//     negative: none): a sliding window, row t (position p = t + past) sees only keys
+//     p - window < j <= p (HF's kv_idx > q_idx - sliding_window); a row that sees no key gets 0.
+//     Grid: (Tq, B0*B1, nsplit); block (128, 1, 1). Split z handles keys [f + z*chunk,
+//     f + (z+1)*chunk), f = the row's first visible key (0, or p - window + 1), so a windowed
+//     decode reads only its window; the backend sizes nsplit for min(S, window) keys.
 //     nsplit == 1: the result goes straight to out (part unused, may be NULL).
 //     nsplit > 1: each split with visible keys writes (max, sum, acc[Dv]) to
 //     part[((b*Tq + t)*nsplit + z)*(Dv+2)]; the last of them to finish (counted in
@@ -25,10 +29,11 @@
 //     value batches double-buffered. About twice the registers (f16, 128: 176 vs 88), so the
 //     lean attn_split serves prefill, where occupancy matters more.
 //   attn_store_T_<64|128|256>(float* part, int* counters, T* out, TD od, const T* q, TD qd,
-//                  StoreArgs<T> sa, float scale, const int* pos, int chunk)
+//                  StoreArgs<T> sa, float scale, const int* pos, int window, int chunk)
 //     the attention_store op (one decode token): q [1, H, hd] -> out [KV, G, 1, hd]; the
 //     prologue RMS-normalises (optional) and rotates (optional) q and the new key, and writes
-//     key and value into cache row pos; then attn_pipe over the cache with past = pos[0].
+//     key and value into cache row pos; then attn_pipe over the cache with past = pos[0] (and
+//     the sliding window, if window > 0: only rows pos - window < j <= pos are read).
 //     With sa.early (programmatic dependent launch), pos is read, the RoPE angles computed and
 //     the keys of the rows before pos loaded (registers, L2; values to L2) before tg_pdl_wait.
 #include "common.cuh"
@@ -189,7 +194,8 @@ template <typename T, int MAXD, bool STORE, bool PIPE>
 __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, const TD& od, const T* q,
                                            const TD& qd, const T* kt, const TD& ktd, const T* v,
                                            const TD& vd, float scale, int causal, int past,
-                                           const int* past_dev, int chunk, const StoreArgs<T>* sa) {
+                                           const int* past_dev, int window, int chunk,
+                                           const StoreArgs<T>* sa) {
     constexpr int PER = MAXD / 32;  // value columns per lane: registers sized for the head
     __shared__ float s_q[MAXD];
     __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
@@ -203,11 +209,15 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     if (past_dev) past = past_dev[0];
     long long visible = causal ? t + (long long)past + 1 : S;
     if (visible > S) visible = S;
-    // splits past the last visible key have nothing to do: they neither write nor count
-    const int live = (int)((visible + chunk - 1) / chunk);
+    // sliding window: the splits start at the row's first visible key; those before it are never read
+    long long first = (causal && window > 0) ? t + (long long)past + 1 - window : 0;
+    if (first < 0) first = 0;
+    // splits past the last visible key have nothing to do: they neither write nor count (a row
+    // that sees no key at all: split 0 writes its zeros)
+    const int live = visible > first ? (int)((visible - first + chunk - 1) / chunk) : 0;
     const int nsplit = gridDim.z;
-    if (nsplit > 1 && z >= live) return;
-    const long long j0 = (long long)z * chunk;
+    if (nsplit > 1 && z >= max(live, 1)) return;
+    const long long j0 = first + (long long)z * chunk;
     long long j1 = j0 + chunk;
     if (j1 > visible) j1 = visible;
 
@@ -307,7 +317,7 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     float L = 0.0f;
 #pragma unroll
     for (int k = 0; k < ATT_WARPS; ++k) L += s_m[k] == -INFINITY ? 0.0f : s_l[k] * expf(s_m[k] - M);
-    if (nsplit == 1 || live == 1) {  // the only split with keys (live == 1: short context)
+    if (nsplit == 1 || live <= 1) {  // the only split with keys (live == 1: short context)
         T* orow = out + b0 * od.st[0] + b1 * od.st[1] + t * od.st[2];
         for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
             float a = 0.0f;
@@ -348,37 +358,39 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
 template <typename T, int MAXD>
 __device__ __forceinline__ void attn_store(float* part, int* counters, T* out, const TD& od, const T* q,
                                            const TD& qd, const StoreArgs<T>& sa, float scale,
-                                           const int* pos, int chunk) {
+                                           const int* pos, int window, int chunk) {
     const long long KV = sa.kcd.ne[1], G = od.ne[1];
     TD q4 = {{KV, G, 1, qd.ne[3]}, {G * qd.st[2], qd.st[2], 0, qd.st[3]}};
     TD kt4 = {{KV, 1, sa.kcd.ne[3], sa.kcd.ne[2]}, {sa.kcd.st[1], 0, sa.kcd.st[3], sa.kcd.st[2]}};
     TD v4 = {{KV, 1, sa.vcd.ne[2], sa.vcd.ne[3]}, {sa.vcd.st[1], 0, sa.vcd.st[2], sa.vcd.st[3]}};
     attn_split<T, MAXD, true, true>(part, counters, out, od, q, q4, sa.kc, kt4, sa.vc, v4, scale, 1, 0, pos,
-                              chunk, &sa);
+                                    window, chunk, &sa);
 }
 
 #define TG_ATTN1(SFX, T, MAXD)                                                                      \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
     attn_split_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,        \
                               const T* kt, TD ktd, const T* v, TD vd, float scale, int causal,     \
-                              int past, const int* past_dev, int chunk) { tg_pdl_enter();           \
+                              int past, const int* past_dev, int window, int chunk) {               \
+        tg_pdl_enter();                                                                             \
         attn_split<T, MAXD, false, false>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale,    \
-                                          causal, past, past_dev, chunk, nullptr);                  \
+                                          causal, past, past_dev, window, chunk, nullptr);          \
     }                                                                                               \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
     attn_pipe_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,         \
                              const T* kt, TD ktd, const T* v, TD vd, float scale, int causal,      \
-                             int past, const int* past_dev, int chunk) {                            \
+                             int past, const int* past_dev, int window, int chunk) {                \
         tg_pdl_enter();                                                                             \
         attn_split<T, MAXD, false, true>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale,     \
-                                         causal, past, past_dev, chunk, nullptr);                   \
+                                         causal, past, past_dev, window, chunk, nullptr);           \
     }                                                                                               \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
     attn_store_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,        \
-                              StoreArgs<T> sa, float scale, const int* pos, int chunk) {            \
+                              StoreArgs<T> sa, float scale, const int* pos, int window,             \
+                              int chunk) {                                                          \
         tg_pdl_trigger();                                                                           \
         if (!sa.early) tg_pdl_wait();                                                               \
-        attn_store<T, MAXD>(part, counters, out, od, q, qd, sa, scale, pos, chunk);                 \
+        attn_store<T, MAXD>(part, counters, out, od, q, qd, sa, scale, pos, window, chunk);         \
     }
 #define TG_ATTN(SFX, T) TG_ATTN1(SFX, T, 64) TG_ATTN1(SFX, T, 128) TG_ATTN1(SFX, T, 256)
 

@@ -3,11 +3,13 @@
 //
 // Signature (T = __half | __nv_bfloat16, suffix f16 | bf16; D = 64 | 128):
 //   attn_fa_T_D(T* out, TD od, const T* q, TD qd, const T* kt, TD ktd, const T* v, TD vd,
-//               float scale, int causal, int past, const int* past_dev)
+//               float scale, int causal, int past, const int* past_dev, int window)
 //     Shapes and semantics of attn_split (attention.cu): q [B0, B1, Tq, D], kt [B0', B1', D, S],
 //     v [B0', B1', S, D], out [B0, B1, Tq, D]; size-1 batch dims of q/kt/v broadcast (grouped
 //     queries); query row t sees keys j <= t + past (causal) and j < S; past_dev non-NULL: past
-//     is past_dev[0]. A row that sees no key gets zeros.
+//     is past_dev[0]. window > 0 (causal only; 0 or negative: none): a sliding window, row t
+//     (position p = t + past) sees only keys p - window < j <= p (HF's convention). A row that
+//     sees no key gets zeros.
 //     Layout requirements (the backend checks them, else it runs attn_split): head elements
 //     contiguous (q st[3] == 1, kt st[2] == 1, v st[3] == 1: keys and values are rows of a
 //     [S, D] cache), row and batch strides multiples of 8 elements, 16-byte aligned bases.
@@ -20,8 +22,9 @@
 //     registers for the whole loop), masks and rescales them with an online softmax in
 //     registers (base-2 exponentials, scale * log2(e) folded in), and feeds the probabilities,
 //     rounded to T, straight from the score accumulators into the P @ V mma as A fragments.
-//     Tiles past the block's last visible key are never loaded; the mask is applied only on
-//     tiles that cross the diagonal or the end of the keys. Math in float32 (accumulators,
+//     Tiles past the block's last visible key, or wholly before its first row's window, are
+//     never loaded; the mask is applied only on tiles that cross the diagonal, the window's lower
+//     edge or the end of the keys. Math in float32 (accumulators,
 //     softmax statistics); P rounded to T as in flash-attention.
 #include "mma.cuh"
 
@@ -51,7 +54,7 @@ extern __shared__ __align__(16) unsigned char fa_smem[];
 template <typename T, int D>
 __device__ __forceinline__ void attn_fa(T* out, const TD& od, const T* q, const TD& qd, const T* kt,
                                         const TD& ktd, const T* v, const TD& vd, float scale, int causal,
-                                        int past, const int* past_dev) {
+                                        int past, const int* past_dev, int window) {
     constexpr int LD = D + 8, TILE = FA_ROWS * LD;
     unsigned short* sQ = reinterpret_cast<unsigned short*>(fa_smem);
     unsigned short* sK = sQ + TILE;      // two stages
@@ -67,11 +70,14 @@ __device__ __forceinline__ void attn_fa(T* out, const TD& od, const T* q, const 
     const long long qhi = min(q0 + FA_ROWS - 1, Tq - 1);
     const long long kend = causal ? min(S, qhi + past + 1) : S;  // keys this block can see
     const int ntiles = kend > 0 ? (int)((kend + FA_ROWS - 1) / FA_ROWS) : 0;
+    // sliding window: tiles wholly before the block's first row's window are skipped
+    const bool win = causal && window > 0;
+    const int it0 = win ? (int)(max(0LL, q0 + past + 1 - window) / FA_ROWS) : 0;
 
     fa_load_tile<D>(sQ, qb, qd.st[2], q0, Tq);
-    if (ntiles > 0) {
-        fa_load_tile<D>(sK, kb, ktd.st[3], 0, kend);
-        fa_load_tile<D>(sV, vb, vd.st[2], 0, kend);
+    if (ntiles > it0) {
+        fa_load_tile<D>(sK, kb, ktd.st[3], (long long)it0 * FA_ROWS, kend);
+        fa_load_tile<D>(sV, vb, vd.st[2], (long long)it0 * FA_ROWS, kend);
     }
     cp_async_commit();
 
@@ -84,8 +90,8 @@ __device__ __forceinline__ void attn_fa(T* out, const TD& od, const T* q, const 
     for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-    for (int it = 0; it < ntiles; ++it) {
-        const int st = it & 1;
+    for (int it = it0; it < ntiles; ++it) {
+        const int st = (it - it0) & 1;
         if (it + 1 < ntiles) {
             const long long j1 = (long long)(it + 1) * FA_ROWS;
             fa_load_tile<D>(sK + (st ^ 1) * TILE, kb, ktd.st[3], j1, kend);
@@ -94,7 +100,7 @@ __device__ __forceinline__ void attn_fa(T* out, const TD& od, const T* q, const 
         cp_async_commit();
         cp_async_wait<1>();  // tile it (and q) landed for this thread
         __syncthreads();     // ... and for every thread
-        if (it == 0) {
+        if (it == it0) {
 #pragma unroll
             for (int kq = 0; kq < D / 16; ++kq)
                 ldsm_x4(qf[kq][0], qf[kq][1], qf[kq][2], qf[kq][3],
@@ -119,9 +125,11 @@ __device__ __forceinline__ void attn_fa(T* out, const TD& od, const T* q, const 
             }
         }
 
-        // scale (base 2), mask where the tile crosses the diagonal or the end of the keys
+        // scale (base 2), mask where the tile crosses the diagonal, the window's lower edge (some
+        // row of the block sees key j0 no more) or the end of the keys
         const long long j0 = (long long)it * FA_ROWS;
-        const bool masked = j0 + FA_ROWS > S || (causal && j0 + FA_ROWS - 1 > q0 + past);
+        const bool masked = j0 + FA_ROWS > S || (causal && j0 + FA_ROWS - 1 > q0 + past) ||
+                            (win && j0 <= q0 + FA_ROWS - 1 + past - window);
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
@@ -130,7 +138,7 @@ __device__ __forceinline__ void attn_fa(T* out, const TD& od, const T* q, const 
                 if (masked) {
                     const long long j = j0 + nt * 8 + 2 * t4 + (e & 1);
                     const long long r = rlo + (e >> 1) * 8;
-                    if (j >= S || (causal && j > r + past)) x = -INFINITY;
+                    if (j >= S || (causal && j > r + past) || (win && j <= r + past - window)) x = -INFINITY;
                 }
                 s[nt][e] = x;
             }
@@ -212,9 +220,9 @@ __device__ __forceinline__ void attn_fa(T* out, const TD& od, const T* q, const 
 #define TG_ATTN_FA(T, sfx, D)                                                                       \
     extern "C" __global__ void __launch_bounds__(128) attn_fa_##sfx##_##D(                          \
         T* out, TD od, const T* q, TD qd, const T* kt, TD ktd, const T* v, TD vd, float scale,      \
-        int causal, int past, const int* past_dev) {                                                \
+        int causal, int past, const int* past_dev, int window) {                                    \
         tg_pdl_enter();                                                                             \
-        attn_fa<T, D>(out, od, q, qd, kt, ktd, v, vd, scale, causal, past, past_dev);               \
+        attn_fa<T, D>(out, od, q, qd, kt, ktd, v, vd, scale, causal, past, past_dev, window);       \
     }
 TG_ATTN_FA(__half, f16, 64)
 TG_ATTN_FA(__half, f16, 128)
