@@ -293,14 +293,17 @@ def _signed_absmax(x: np.ndarray) -> np.ndarray:
 
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:
-    """C's roundf (halves away from zero), exact in float32: no ``floor(v + 0.5)`` double rounding."""
+    """C's roundf (halves away from zero), exact in float32: no ``floor(v + 0.5)`` double rounding.
+    NaN (``0 * inf`` where 1/d overflowed: undefined in ggml's C) gives 0, +-inf the extreme code."""
+    v = np.clip(np.nan_to_num(v, nan=0.0), -127, 127)
     t = np.trunc(v)
     return t + np.sign(v) * (np.abs(v - t) >= np.float32(0.5))
 
 
 def _trunc_u8(v: np.ndarray, top: int) -> np.ndarray:
-    """ggml's ``MIN(top, (int8_t)v)`` for v >= 0."""
-    return np.clip(np.trunc(v), 0, top).astype(np.uint8)
+    """ggml's ``MIN(top, (int8_t)v)`` for v >= 0; NaN (undefined in ggml's C, see
+    :func:`_round_half_away`) gives 0."""
+    return np.clip(np.nan_to_num(np.trunc(v), nan=0.0), 0, top).astype(np.uint8)
 
 
 def _enc_q8_0(x: np.ndarray) -> np.ndarray:
@@ -357,19 +360,19 @@ def _fit_sym(xs: np.ndarray, nneg: int) -> np.ndarray:
 
     Tries mapping the largest magnitude to -(nneg + t) for t in [-1, 1] (smaller steps clip it,
     larger ones waste a level), refits s by least squares for each choice of q and keeps the one
-    with the smallest squared error."""
-    m = _signed_absmax(xs)[..., 0]
-    best_s = m / np.float32(-nneg)
-    best = np.full(m.shape, -1.0, np.float32)
+    with the smallest squared error. Works on values divided by the sub-block's largest magnitude,
+    so no step overflows for tiny (float32-subnormal) inputs."""
+    r = np.abs(xs).max(-1)
+    xn = xs / np.where(r > 0, r, 1)[..., None]  # in [-1, 1] (1/r may overflow: divide)
+    m = _signed_absmax(xn)[..., 0]  # +-1 or 0
+    best_s, best = m / np.float32(-nneg), np.full(m.shape, -1.0, np.float32)
     for t in np.linspace(-1.0, 1.0, 17, dtype=np.float32):
-        iscale = np.float32(-nneg - t) * _inv(m)
-        q = np.clip(np.rint(xs * iscale[..., None]), -nneg, nneg - 1)
-        qx, qq = (q * xs).sum(-1), (q * q).sum(-1)
-        score = np.where(qq > 0, qx * qx / np.maximum(qq, 1), 0)  # error = |x|^2 - score
+        q = np.clip(np.rint(xn * (np.float32(-nneg - t) * m)[..., None]), -nneg, nneg - 1)
+        qx, qq = (q * xn).sum(-1), np.maximum((q * q).sum(-1), 1)
+        score = qx * qx / qq  # squared error = |x|^2 - score
         better = score > best
-        best = np.where(better, score, best)
-        best_s = np.where(better, qx / np.maximum(qq, 1), best_s)
-    return best_s.astype(np.float32)
+        best, best_s = np.where(better, score, best), np.where(better, qx / qq, best_s)
+    return (best_s * r).astype(np.float32)
 
 
 def _fit_affine(xs: np.ndarray, top: int, iters: int = 6) -> tuple[np.ndarray, np.ndarray]:
@@ -377,14 +380,17 @@ def _fit_affine(xs: np.ndarray, top: int, iters: int = 6) -> tuple[np.ndarray, n
 
     Starts from min/max (b = min(x, 0), as ggml stores -b as an unsigned min), then alternates
     q = round((x - b) / a) and the least-squares (a, b) for that q (b clamped to <= 0), keeping
-    the best pair seen."""
+    the best pair seen. Works on values divided by the sub-block's largest magnitude, so no step
+    overflows for tiny (float32-subnormal) inputs."""
+    r = np.abs(xs).max(-1)
+    xs = xs / np.where(r > 0, r, 1)[..., None]  # in [-1, 1] (1/r may overflow: divide)
     L = xs.shape[-1]
     b = np.minimum(xs.min(-1), 0)
     a = (xs.max(-1) - b) / np.float32(top)
     sx = xs.sum(-1)
 
     def err(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        q = np.clip(np.rint((xs - b[..., None]) * _inv(a)[..., None]), 0, top)
+        q = np.clip(np.rint(np.nan_to_num((xs - b[..., None]) * _inv(a)[..., None])), 0, top)
         return q, ((a[..., None] * q + b[..., None] - xs) ** 2).sum(-1)
 
     q, best = err(a, b)
@@ -403,7 +409,7 @@ def _fit_affine(xs: np.ndarray, top: int, iters: int = 6) -> tuple[np.ndarray, n
         better = e < best
         best = np.where(better, e, best)
         best_a, best_b = np.where(better, a, best_a), np.where(better, b, best_b)
-    return best_a, best_b
+    return (best_a * r).astype(np.float32), (best_b * r).astype(np.float32)
 
 
 def _codes(v: np.ndarray, d: np.ndarray, lo: int, hi: int) -> np.ndarray:
