@@ -103,7 +103,7 @@ from bench_device import device_info, measure_floor, torch_copy_check  # noqa: E
 from bench_hf import (bench_hf, build_torch_model, free_torch, have_torch,  # noqa: E402
                       prepare_hf_for_generate, save_torch_model)
 from bench_llamacpp import find_tools  # noqa: E402
-from bench_quant import bench_quant, parse_quant_types, table_types  # noqa: E402
+from bench_quant import bench_quant, f16_gguf_path, parse_quant_types, table_types  # noqa: E402
 from bench_report import (format_context_table, format_quant_table, format_table,  # noqa: E402,F401
                           notes_for, quant_notes, quant_row, quant_title, summarize)
 from bench_tinygraph import bench_tinygraph  # noqa: E402
@@ -168,8 +168,13 @@ def bench_model(name: str, args, use_torch: bool, work: Path, gguf_dir: Path) ->
     m["prompts"] = prompts
     ckpt = work / name
     hf_model = None
+    if args.skip_f16:
+        m["hf"] = m["tinygraph"] = {"skipped": "--skip-f16"}
+        if args.llamacpp and f16_gguf_path(name, args, gguf_dir).exists():   # no checkpoint needed
+            bench_quant(name, hf, None, args, prompts, m, gguf_dir)
+            return m
     try:
-        hf_model = _build_checkpoint(name, hf, args, use_torch, ckpt, m)
+        hf_model = _build_checkpoint(name, hf, args, use_torch and not args.skip_f16, ckpt, m)
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # noqa: BLE001
@@ -181,6 +186,9 @@ def bench_model(name: str, args, use_torch: bool, work: Path, gguf_dir: Path) ->
         return m
 
     try:
+        if args.skip_f16:
+            bench_quant(name, hf, ckpt, args, prompts, m, gguf_dir)
+            return m
         m["hf"] = {}
         if hf_model is not None and not args.no_hf:
             prepare_hf_for_generate(hf_model)
@@ -258,6 +266,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "same GGUF files, F16 and each --quant type, and at the --contexts depths")
     p.add_argument("--gguf-dir", default=None,
                    help="keep the GGUF files here and reuse them in later runs (default: the temporary work dir)")
+    p.add_argument("--skip-f16", action="store_true",
+                   help="only the --quant types: no HF, F16 or context runs; with --llamacpp the checkpoint is "
+                        "built only when the F16 GGUF is not in --gguf-dir yet")
     p.add_argument("--llamacpp-reps", type=int, default=5, help="llama-bench -r (default 5)")
     p.add_argument("--llamacpp-timeout", type=float, default=900.0, help="seconds per llama.cpp command")
     p.add_argument("--no-hf", action="store_true", help="tinygraph only")
@@ -301,6 +312,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.quant_types = parse_quant_types(a.quant)
     except ValueError as e:
         p.error(f"--quant: {e}")
+    if a.skip_f16 and not a.quant_types:
+        p.error("--skip-f16 needs --quant")
+    if a.skip_f16:
+        a.contexts = []
     if a.llamacpp and not a.merge:
         try:
             find_tools(a.llamacpp)

@@ -46,7 +46,8 @@ def parse_quant_types(text: str) -> list[str]:
 
 def table_types(settings: dict[str, Any]) -> list[str]:
     """The per-type tables a run has: F16 (when llama.cpp ran) and each --quant type."""
-    return (["F16"] if settings.get("llamacpp") else []) + list(settings.get("quant_types") or [])
+    f16 = settings.get("llamacpp") and not settings.get("skip_f16")
+    return (["F16"] if f16 else []) + list(settings.get("quant_types") or [])
 
 
 def gguf_stem(name: str, args) -> str:
@@ -59,11 +60,18 @@ def llama_depths(hf: dict[str, Any], args) -> list[int]:
     return [d for d, why in plan_contexts(hf, args, None, 0).items() if why is None]
 
 
-def _f16_gguf(name: str, hf: dict[str, Any], ckpt: Path, args, gguf_dir: Path) -> dict[str, Any]:
-    path = gguf_dir / f"{gguf_stem(name, args)}-F16.gguf"
+def f16_gguf_path(name: str, args, gguf_dir: Path) -> Path:
+    """Where a model's F16 GGUF is (or will be) cached."""
+    return gguf_dir / f"{gguf_stem(name, args)}-F16.gguf"
+
+
+def _f16_gguf(name: str, hf: dict[str, Any], ckpt: Path | None, args, gguf_dir: Path) -> dict[str, Any]:
+    path = f16_gguf_path(name, args, gguf_dir)
     if path.exists():
         rec: dict[str, Any] = {"path": str(path), "reused": True}
     else:
+        if ckpt is None:
+            raise RuntimeError(f"{path} is not there and no checkpoint was built")
         t = time.perf_counter()
         log(f"  writing {path.name}")
         rec = bench_gguf.write_gguf(ckpt, hf, path, name=bc.CONFIGS[name]["label"])
@@ -78,10 +86,11 @@ def _describe(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
-def bench_quant(name: str, hf: dict[str, Any], ckpt: Path, args, prompts: dict[str, list[int]],
+def bench_quant(name: str, hf: dict[str, Any], ckpt: Path | None, args, prompts: dict[str, list[int]],
                 m: dict[str, Any], gguf_dir: Path) -> None:
     """The --quant / --llamacpp part of one model: fills m["gguf"], m["llamacpp"] and m["quant"].
-    Every step's failure is recorded and the next one runs."""
+    ``ckpt`` may be None with --llamacpp when the F16 GGUF is cached. With --skip-f16 llama.cpp
+    runs only on the quantized files. Every step's failure is recorded and the next one runs."""
     llama = None
     if args.llamacpp:
         llama = LlamaCpp(args.llamacpp, timeout=args.llamacpp_timeout, reps=args.llamacpp_reps)
@@ -89,8 +98,10 @@ def bench_quant(name: str, hf: dict[str, Any], ckpt: Path, args, prompts: dict[s
         f16 = guarded(m["gguf"], "F16", lambda: _f16_gguf(name, hf, ckpt, args, gguf_dir))
         if f16 is None:
             return
-        guarded(m["llamacpp"], "F16", lambda: llama.bench(Path(f16["path"]), args.prefill_tokens, args.new_tokens))
-        depths = llama_depths(hf, args)
+        if not args.skip_f16:
+            guarded(m["llamacpp"], "F16", lambda: llama.bench(Path(f16["path"]), args.prefill_tokens,
+                                                              args.new_tokens))
+        depths = [] if args.skip_f16 else llama_depths(hf, args)
         if depths:
             guarded(m["llamacpp"], "depths",
                     lambda: llama.bench(Path(f16["path"]), 0, args.context_decode_tokens, depths))
