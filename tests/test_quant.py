@@ -283,3 +283,15 @@ def test_quantize_errors(name: str) -> None:
     with pytest.raises(TypeError, match="dtype"):
         quant.quantize(np.array([["a"] * block]), name)
     assert issubclass(quant.QuantError, TinygraphError)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gguf_loader_decodes_with_quant(name: str) -> None:
+    from tinygraph.io.gguf_loader import _decodable, dequantize
+
+    block = quant.QUANT_TYPES[name].block
+    raw = random_blocks(name, (3, 2), np.random.default_rng(9)).reshape(3, -1)
+    assert _decodable(ref_type(name))
+    out = dequantize(raw, ref_type(name), (3, 2 * block))
+    np.testing.assert_array_equal(out, reference_dequantize(raw, name))
+    np.testing.assert_array_equal(dequantize(raw.reshape(-1), ref_type(name), (3, 2 * block)), out)

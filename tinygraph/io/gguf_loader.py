@@ -9,8 +9,9 @@ Facts this module relies on:
   ``{f16 d, i8 q[32]}`` -> ``q*d``; Q4_0 = 18-byte ``{f16 d, u8 qs[16]}`` ->
   ``(q-8)*d``; Q4_1 = 20-byte ``{f16 d, f16 m, u8 qs[16]}`` -> ``q*d + m``;
   element ``j`` is the low nibble of ``qs[j]``, element ``j+16`` the high nibble.
-  These three (and F32/F16/BF16) are decoded here with vectorised NumPy; any
-  other type goes through ``gguf.quants.dequantize``.
+  These and ggml's other block types (Q5_0/Q5_1, Q2_K..Q6_K) are decoded by
+  ``tinygraph.quant``; F32/F16/BF16 here; any other type (IQ*, TQ*) goes through
+  ``gguf.quants.dequantize``.
 * llama.cpp's converter permutes the rows of LLaMA-architecture Q and K
   projections (``reshape(h, 2, rows/h/2, in).swapaxes(1, 2)``) so its
   interleaved ("normal") RoPE sees HF's rotate-half pairs. We undo that so every
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import quant
 from .config import TransformerConfig
 from .errors import LoadError, UnsupportedModelError
 from .files import open_regular
@@ -98,7 +100,7 @@ _READER_ERRORS = (ValueError, KeyError, IndexError, TypeError, OverflowError, Re
 
 def _decodable(qtype: Any) -> bool:
     """Whether :func:`dequantize` can decode ggml type ``qtype``."""
-    if qtype in (QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1):
+    if qtype in (QT.F32, QT.F16, QT.BF16) or int(qtype) in _QUANT_IDS:
         return True
     traits = getattr(gguf.quants, "_type_traits", None)
     return traits is None or qtype in traits  # unknown gguf version: let dequantize decide
@@ -243,18 +245,14 @@ def _uniform(v: Any, key: str, path: Path) -> Any:
 
 
 # --------------------------------------------------------------------------- dequantisation
-def _f16(col: np.ndarray) -> np.ndarray:
-    """[n, 2] uint8 -> [n, 1] float32 (little-endian f16)."""
-    return np.ascontiguousarray(col).view("<f2").astype(np.float32)
-
-
-def _nibbles(qs: np.ndarray) -> np.ndarray:
-    """[n, 16] uint8 -> [n, 32] float32: low nibbles are elements 0..15, high nibbles 16..31."""
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32)
+_QUANT_IDS = frozenset(t.ggml_id for t in quant.QUANT_TYPES.values())
 
 
 def dequantize(data: np.ndarray, qtype: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """Decode raw GGUF tensor ``data`` of ggml type ``qtype`` to float32 with NumPy ``shape``."""
+    """Decode raw GGUF tensor ``data`` of ggml type ``qtype`` to float32 with NumPy ``shape``.
+
+    ggml's block types are decoded by :mod:`tinygraph.quant` (blocks run along the last axis);
+    other types (IQ*, TQ*, ...) by ``gguf.quants``."""
     qtype = QT(int(qtype))
     if qtype == QT.F32:
         return np.asarray(data, dtype=np.float32).reshape(shape)
@@ -263,15 +261,8 @@ def dequantize(data: np.ndarray, qtype: Any, shape: tuple[int, ...]) -> np.ndarr
     raw = np.asarray(data).view(np.uint8).reshape(-1)
     if qtype == QT.BF16:
         return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
-    if qtype == QT.Q8_0:
-        b = raw.reshape(-1, 34)
-        return (b[:, 2:].view(np.int8).astype(np.float32) * _f16(b[:, :2])).reshape(shape)
-    if qtype == QT.Q4_0:
-        b = raw.reshape(-1, 18)
-        return ((_nibbles(b[:, 2:]) - np.float32(8)) * _f16(b[:, :2])).reshape(shape)
-    if qtype == QT.Q4_1:
-        b = raw.reshape(-1, 20)
-        return (_nibbles(b[:, 4:]) * _f16(b[:, :2]) + _f16(b[:, 2:4])).reshape(shape)
+    if int(qtype) in _QUANT_IDS:
+        return quant.dequantize(raw, int(qtype), shape[-1]).reshape(shape)
     try:
         out = gguf.quants.dequantize(np.asarray(data), qtype)
     except NotImplementedError as exc:
