@@ -295,3 +295,15 @@ def test_gguf_loader_decodes_with_quant(name: str) -> None:
     out = dequantize(raw, ref_type(name), (3, 2 * block))
     np.testing.assert_array_equal(out, reference_dequantize(raw, name))
     np.testing.assert_array_equal(dequantize(raw.reshape(-1), ref_type(name), (3, 2 * block)), out)
+
+
+def test_readme_table_matches() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = re.findall(r"`(q\d_[0-9k])` \| (\d+) \| (\d+) \| ([\d.]+)", readme)
+    assert sorted(r[0] for r in rows) == sorted(NAMES)
+    for name, block, nbytes, bits in rows:
+        qt = quant.QUANT_TYPES[name]
+        assert (qt.block, qt.block_bytes, qt.bits_per_weight) == (int(block), int(nbytes), float(bits)), name
