@@ -374,7 +374,8 @@ def test_gguf_writer_matches_the_safetensors_logits(name, tmp_path):
     info = bg.write_gguf(ckpt, hf, tmp_path / "m.gguf")
     n_weights = sum(math.prod(s) for s in bc.hf_tensor_shapes(hf).values())
     assert info["tensors"] == len(bc.hf_tensor_shapes(hf))
-    types = bg.gguf_tensor_types(info["path"])
+    types = info["types"]
+    assert bg.gguf_summary(info["path"]) == {"tensor_bytes": info["tensor_bytes"], "types": types}
     assert set(types) == {"f16", "f32"}
     n_1d = sum(1 for s in bc.hf_tensor_shapes(hf).values() if len(s) == 1)
     assert types["f32"] == n_1d

@@ -12,7 +12,6 @@ token ids, never text. Tensors are streamed one at a time, so a 16 GB model neve
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -191,31 +190,24 @@ def write_gguf(ckpt: str | Path, hf: dict[str, Any], out: str | Path, name: str 
         w.write_ti_data_to_file()
         for _g_name, load, _shape, _dtype in tensors:      # same order as the infos
             w.write_tensor_data(load())
-    finally:
+    except BaseException:
         w.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    w.close()
     tmp.replace(out)
-    return {"path": str(out), "tensor_bytes": gguf_tensor_bytes(out), "file_bytes": out.stat().st_size,
-            "tensors": len(tensors)}
+    return {"path": str(out), **gguf_summary(out), "file_bytes": out.stat().st_size, "tensors": len(tensors)}
 
 
-def gguf_tensor_bytes(path: str | Path) -> int:
-    """Bytes of tensor data in a GGUF file (what a decode step streams), summed over its tensors."""
-    from gguf import GGUFReader
+def gguf_summary(path: str | Path) -> dict[str, Any]:
+    """{"tensor_bytes": bytes of tensor data (what a decode step streams), "types": ggml type name
+    (lower case, as tinygraph prints dtypes) -> tensor count} of a GGUF file."""
+    from tinygraph.io.gguf_loader import open_reader   # the checked, faster reader
 
-    return int(sum(int(t.n_bytes) for t in GGUFReader(str(path), "r").tensors))
-
-
-def gguf_tensor_types(path: str | Path) -> dict[str, int]:
-    """ggml type name (lower case, as tinygraph prints dtypes) -> number of tensors in the file."""
-    from gguf import GGUFReader
-
-    out: dict[str, int] = {}
-    for t in GGUFReader(str(path), "r").tensors:
+    types: dict[str, int] = {}
+    nbytes = 0
+    for t in open_reader(Path(path)).tensors:
+        nbytes += int(t.n_bytes)
         key = t.tensor_type.name.lower()
-        out[key] = out.get(key, 0) + 1
-    return dict(sorted(out.items()))
-
-
-def describe(path: str | Path) -> str:
-    """One line for logs: tensor bytes and the per-type counts."""
-    return f"{gguf_tensor_bytes(path) / 1e9:.3f} GB of tensors, types {json.dumps(gguf_tensor_types(path))}"
+        types[key] = types.get(key, 0) + 1
+    return {"tensor_bytes": nbytes, "types": dict(sorted(types.items()))}

@@ -108,7 +108,11 @@ class LlamaCpp:
         tmp = dst.with_name(dst.name + ".part")
         t = time.perf_counter()
         cmd = [str(self.tools["llama-quantize"]), str(src), str(tmp), qtype, str(os.cpu_count() or 1)]
-        _run(cmd, self.timeout)
+        try:
+            _run(cmd, self.timeout)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         tmp.replace(dst)
         return {"path": str(dst), "reused": False, "seconds": time.perf_counter() - t, "command": cmd}
 

@@ -80,8 +80,7 @@ def _f16_gguf(name: str, hf: dict[str, Any], ckpt: Path | None, args, gguf_dir: 
 
 
 def _describe(rec: dict[str, Any]) -> dict[str, Any]:
-    rec["tensor_bytes"] = bench_gguf.gguf_tensor_bytes(rec["path"])
-    rec["types"] = bench_gguf.gguf_tensor_types(rec["path"])
+    rec.update(bench_gguf.gguf_summary(rec["path"]))
     log(f"  {Path(rec['path']).name}: {rec['tensor_bytes'] / 1e9:.3f} GB of tensors, {rec['types']}")
     return rec
 

@@ -2,7 +2,6 @@
 and the footnotes (errors, skipped contexts)."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import bench_configs as bc
@@ -19,6 +18,12 @@ def _pick(section: Any, key: str) -> Any:
         return "skip"
     v = section.get(key)
     return "-" if v is None else v
+
+
+def _ratio(a: Any, b: Any) -> Any:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0:
+        return a / b
+    return "err" if "err" in (a, b) else "-"
 
 
 def summarize(m: dict[str, Any], contexts: list[int], bandwidth_Bps: float | None) -> dict[str, Any]:
@@ -58,11 +63,7 @@ def summarize(m: dict[str, Any], contexts: list[int], bandwidth_Bps: float | Non
         row["hf_eager_tok_s"] = _pick(hf.get("eager"), "median_decode_tok_s")
         row["hf_compile_tok_s"] = _pick(hf.get("compile"), "median_decode_tok_s")
     for key, col in (("x_eager", "hf_eager_tok_s"), ("x_compile", "hf_compile_tok_s")):
-        a, b = row["decode_tok_s"], row[col]
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0:
-            row[key] = a / b
-        else:
-            row[key] = "err" if "err" in (a, b) else "-"
+        row[key] = _ratio(row["decode_tok_s"], row[col])
     f32 = (m.get("match_fp32_ref") or {})
     parts = []
     for who in ("tinygraph", "hf_eager_fp16"):
@@ -150,12 +151,6 @@ def weights_loaded(load: Any) -> int | None:
     if isinstance(mu, dict) and isinstance(mu.get("weights"), (int, float)):
         return int(mu["weights"])
     return load.get("weight_bytes")
-
-
-def _ratio(a: Any, b: Any) -> Any:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0:
-        return a / b
-    return "err" if "err" in (a, b) else "-"
 
 
 def _pct(rate: Any, floor: float | None) -> Any:

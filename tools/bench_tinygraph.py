@@ -164,7 +164,7 @@ def bench_tinygraph(path: Path, hf: dict[str, Any], args, prompts: dict[str, lis
                 guarded(rec["contexts"], str(L), lambda L=L: long_context(model, L, args, k["vocab"]))
     finally:
         model.close()
-        del model
+        model = None                                  # drop the last reference before collecting
         gc.collect()
     dec = rec.get("decode")
     return dec.get("tokens") if isinstance(dec, dict) else None
