@@ -319,9 +319,11 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
     if optional_file(tok_path, "tokenizer"):
         from tokenizers import Tokenizer
 
+        from .tokenizer import SafeTokenizer  # turns tokenizers' panics at encode/decode into TokenizerError
+
         raw = read_bytes(tok_path, "tokenizer")  # read here: tokenizers' own open() would block on a FIFO
         try:
-            tokenizer = Tokenizer.from_str(raw.decode("utf-8"))
+            tokenizer = SafeTokenizer(Tokenizer.from_str(raw.decode("utf-8")), str(tok_path))
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # tokenizers raises plain Exception subclasses, or a pyo3 panic
