@@ -328,6 +328,9 @@ class Transformer:
 
     # -- running ---------------------------------------------------------------------------------
     def _check_ids(self, ids: np.ndarray, start: int) -> None:
+        # a negative start would wrap around to the cache's last rows (NumPy) or write outside it (CUDA)
+        if isinstance(start, (bool, np.bool_)) or not isinstance(start, (int, np.integer)) or start < 0:
+            raise tg.BoundsError(f"start position must be an int >= 0, got {start!r}")
         if ids.ndim != 1 or ids.size == 0:
             raise ValueError(f"input_ids must be a non-empty 1-D sequence of token ids, got shape {ids.shape}")
         bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]

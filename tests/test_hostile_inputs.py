@@ -399,3 +399,77 @@ def test_unreadable_gguf(tmp_path, monkeypatch, real):
             load_checkpoint(f)
     finally:
         f.chmod(0o644)
+
+
+# ============================================================================ sizes and positions
+@pytest.fixture(scope="module")
+def llama_model():
+    from tinygraph.models import load_model
+
+    with load_model(FIX / "llama", backend="numpy") as m:
+        yield m
+
+
+def test_max_context_beyond_memory_is_refused_before_allocating():
+    """The issue's probe, max_context=10**9 (more where this machine's memory is larger): NumPy's
+    own MemoryError (or, under overcommit, a later kill) becomes an error naming the buffer and
+    the bytes, raised before the buffer is allocated; nothing stays allocated."""
+    from tinygraph.backends.host_memory import HostMemoryError, host_memory_limit
+    from tinygraph.models import CausalLM
+
+    per_token = 4 * LLAMA["num_key_value_heads"] * LLAMA["head_dim"]  # one layer's K cache, float32
+    ctx = max(10**9, 2 * (host_memory_limit() or 0) // per_token)
+    sess = tg.Session(backend="numpy")
+    with pytest.raises(tg.TinygraphError, match=r"cannot allocate persistent buffer 'cache\.[kv]\.\d+' \(shape "
+                                                rf"\(2, {ctx}, 16\), float32\): \d+ bytes .* more than this machine's "
+                                                r"memory .*max_context") as ei:
+        with load_checkpoint(FIX / "llama") as ckpt:
+            CausalLM(ckpt, max_context=ctx, session=sess)
+    assert isinstance(ei.value, HostMemoryError) and isinstance(ei.value, MemoryError)
+    assert not sess.backend.buffers  # the weights allocated before the cache were released
+    sess.close()
+
+
+def test_numpy_memory_error_names_the_buffer(monkeypatch):
+    """Where the limit is unknown (or wrong), NumPy's own MemoryError is still turned into one that
+    names the buffer."""
+    from tinygraph.backends import host_memory
+
+    monkeypatch.setattr(host_memory, "host_memory_limit", lambda: None)
+    sess = tg.Session(backend="numpy")
+    sess.persistent((3, 5), tg.float16, name="big")
+
+    def no_memory(*a, **kw):
+        raise MemoryError("Unable to allocate 30. B for an array")
+
+    monkeypatch.setattr(np, "zeros", no_memory)
+    with pytest.raises(host_memory.HostMemoryError, match=r"persistent buffer 'big' \(shape \(3, 5\), float16\): "
+                                                          r"30 bytes .*out of host memory \(Unable to allocate"):
+        sess.finalize()
+    monkeypatch.undo()
+    sess.finalize()  # the session is still usable
+    sess.close()
+
+
+@pytest.mark.parametrize("start", [-1, -100, 1.0, 0.5, True, "0", None])
+def test_step_start_must_be_a_position(llama_model, start):
+    cache_before = [llama_model.session.download(k).copy() for k in llama_model.kv_k]
+    length = llama_model.kv.length
+    with pytest.raises(tg.BoundsError, match=rf"start position must be an int >= 0, got {start!r}") as ei:
+        llama_model.step([1, 2], start=start)
+    assert isinstance(ei.value, IndexError)
+    assert llama_model.kv.length == length  # nothing written (a negative row wrapped to the last rows)
+    for k, before in zip(llama_model.kv_k, cache_before):
+        np.testing.assert_array_equal(llama_model.session.download(k), before)
+
+
+@pytest.mark.parametrize("start", [-1, -2, 2.0])
+def test_decode_loop_start_must_be_a_position(llama_model, start):
+    with pytest.raises(tg.BoundsError, match=rf"start position must be an int >= 0, got {start!r}"):
+        list(llama_model.decode_loop(3, start=start, steps=2))
+
+
+def test_numpy_int_start_still_works(llama_model):
+    a = llama_model.step([1, 2], start=np.int64(0), want="argmax")
+    b = llama_model.step([1, 2], start=0, want="argmax")
+    assert a == b

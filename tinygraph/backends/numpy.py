@@ -18,6 +18,7 @@ from ..graph import ExecPlan, Graph
 from ..ops import OPS
 from ..tensor import Tensor
 from . import Backend
+from .host_memory import allocate_zeros
 
 
 class NumpyBackend(Backend):
@@ -29,7 +30,9 @@ class NumpyBackend(Backend):
         self._arena = np.empty(0, np.uint8)
 
     def allocate(self, t: Tensor) -> None:
-        self.buffers[t.id] = np.zeros(t.nbytes if t.dtype.is_quant else t.size, t.dtype.np)
+        # refused (HostMemoryError naming the buffer and its bytes) when it would not fit in memory
+        self.buffers[t.id] = allocate_zeros(t, t.nbytes if t.dtype.is_quant else t.size, t.dtype.np,
+                                            self.buffers.values())
 
     def upload(self, t: Tensor, array: np.ndarray) -> None:
         self.buffers[t.id][:] = array.reshape(-1)
