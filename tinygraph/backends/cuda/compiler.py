@@ -51,6 +51,8 @@ _INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
 _LOC_RE = re.compile(r"^(.*?)\((\d+)\):")
 _lock = threading.Lock()
 _memo: dict[str, bytes] = {}
+# (source dir, arch, key options, cache dir) -> [cache misses compiled so far, sources not cached at the first miss]
+_progress: dict[tuple, list[int]] = {}
 
 
 def _error_base() -> type:
@@ -436,10 +438,13 @@ def compile_source(
                 entry.unlink()
             except OSError:
                 pass
-    if cache:  # a cache miss can take seconds (attention.cu: ~20 s): say what the wait is
-        print(f"tinygraph: compiling {Path(prog_name).name} for {sm} (once; kept in the kernel cache)",
-              file=sys.stderr, flush=True)
-    cubin = _nvrtc_compile(text, prog_name, headers, full_opts)
+    if cache:  # a cache miss can take seconds (attention.cu: ~20 s): say what the wait is, and how many
+        count = _miss_count(src_dir, search, key_opts, sm, cdir) if src_dir is not None else ""
+        with _CompileNotice(f"tinygraph: compiling {Path(prog_name).name} for {sm}{count} "
+                            "(once; kept in the kernel cache)"):
+            cubin = _nvrtc_compile(text, prog_name, headers, full_opts)
+    else:
+        cubin = _nvrtc_compile(text, prog_name, headers, full_opts)
     if cache:
         try:
             _write_entry(entry, cubin)
@@ -451,7 +456,68 @@ def compile_source(
     return cubin
 
 
+def _miss_count(src_dir: Path, search: Sequence[Path], key_opts: Sequence[str], sm: str, cdir: Path) -> str:
+    """" (i/n)": this is the i-th cache miss among the n ``*.cu`` sources of ``src_dir`` that the
+    cache lacked at the first miss (for these options); "" if the directory cannot be read."""
+    k = (str(src_dir), sm, tuple(key_opts), str(cdir))
+    with _lock:
+        st = _progress.get(k)
+    if st is None:
+        missing = 0
+        try:
+            for f in sorted(src_dir.glob("*.cu")):
+                t = f.read_text(encoding="utf-8")
+                key = cache_key(t, _collect_headers(t, search), key_opts, sm)
+                missing += key not in _memo and not (cdir / f"{key}.cubin").is_file()
+        except (OSError, UnicodeDecodeError, CompileError):
+            return ""
+        with _lock:
+            st = _progress.setdefault(k, [0, missing])
+    with _lock:
+        st[0] += 1
+        st[1] = max(st[1], st[0])
+        return f" ({st[0]}/{st[1]})"
+
+
+class _CompileNotice:
+    """The compile notice: on a terminal a line whose elapsed time ticks (tqdm) while NVRTC
+    works; otherwise the plain line, once."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.bar = None
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "_CompileNotice":
+        try:
+            tty = sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        tqdm = None
+        if tty:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                pass
+        if tqdm is None:
+            print(self.text, file=sys.stderr, flush=True)
+            return self
+        self.bar = tqdm(total=None, desc=self.text, bar_format="{desc} {elapsed}", file=sys.stderr, leave=True)
+        threading.Thread(target=self._tick, daemon=True).start()
+        return self
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.5):
+            self.bar.refresh()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self.bar is not None:
+            self.bar.close()
+
+
 def clear_memory_cache() -> None:
     """Forget the in-process memo (the disk cache is untouched). Used by tests."""
     with _lock:
         _memo.clear()
+        _progress.clear()
