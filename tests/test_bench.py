@@ -462,13 +462,32 @@ def test_quant_and_context_tables_on_synthetic_numbers():
     assert notes == ["smollm2 Q4_K_M tinygraph prefill: CudaError: boom"]
 
 
-# A stand-in llama.cpp build: llama-quantize copies the file (tinygraph then loads an F16 file
-# named like a quantized one), llama-bench answers with llama-bench's JSON for the tests asked.
+# A stand-in llama.cpp build: llama-quantize writes Q8_0 for real (the 2-D tensors, with the gguf
+# package's quantizer) and copies the file for other types; llama-bench answers with llama-bench's
+# JSON for the tests asked.
 _FAKE_QUANTIZE = """#!{py}
 import shutil, sys
+import gguf
+src, dst, qtype = sys.argv[1:4]
 open(__file__ + ".calls", "a").write(" ".join(sys.argv[1:]) + "\\n")
-assert sys.argv[3] in ("Q8_0", "Q4_K_M"), sys.argv
-shutil.copyfile(sys.argv[1], sys.argv[2])
+assert qtype in ("Q8_0", "Q4_K_M"), sys.argv
+if qtype != "Q8_0":
+    shutil.copyfile(src, dst)
+    sys.exit(0)
+r = gguf.GGUFReader(src)
+w = gguf.GGUFWriter(dst, r.fields["general.architecture"].contents())
+for name, f in r.fields.items():
+    if not name.startswith("GGUF.") and name != "general.architecture":
+        sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(name, f.contents(), f.types[0], sub_type=sub)
+for t in r.tensors:
+    a = t.data.reshape([int(d) for d in reversed(t.shape.tolist())])
+    if a.ndim == 2:
+        w.add_tensor(t.name, gguf.quants.quantize(a.astype("float32"), gguf.GGMLQuantizationType.Q8_0),
+                     raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    else:
+        w.add_tensor(t.name, a)
+w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
 """
 _FAKE_BENCH = """#!{py}
 import json, os, sys
@@ -506,6 +525,7 @@ _TINY_RUN = ["--tiny", "--backend", "numpy", "--builder", "numpy", "--runs", "1"
 def test_quant_with_llamacpp_end_to_end(tmp_path, capsys):
     fake = _fake_llamacpp(tmp_path / "ll")
     out, gdir = tmp_path / "r.json", tmp_path / "gguf"
+    out2 = tmp_path / "r2.json"
     argv = _TINY_RUN + ["--models", "smollm2,qwen3-0.6b", "--quant", "Q8_0", "--llamacpp", str(fake),
                         "--contexts", "64", "--gguf-dir", str(gdir), "--json", str(out), "--work-dir", str(tmp_path)]
     assert bench.main(argv) == 0
@@ -519,15 +539,21 @@ def test_quant_with_llamacpp_end_to_end(tmp_path, capsys):
         assert m["llamacpp"]["F16"]["tests"]["pp16"]["avg_ts"] == 10016.0
         assert m["llamacpp"]["depths"]["tests"]["tg4@d64"]["avg_ts"] == pytest.approx(104 - 0.64)
         assert m["llamacpp"]["Q8_0"]["tests"]["tg6"]["model_size"] == Path(q8["path"]).stat().st_size
+        shapes = bc.hf_tensor_shapes(bc.tiny(bc.CONFIGS[name]["hf"])).values()
+        assert q8["types"] == {"q8_0": sum(len(s) == 2 for s in shapes), "f32": sum(len(s) == 1 for s in shapes)}
+        assert q8["tensor_bytes"] < 0.6 * f16["tensor_bytes"]
         tg = m["quant"]["Q8_0"]["tinygraph"]
         assert tg["load"]["path"] == q8["path"] and tg["decode"]["median_decode_tok_s"] > 0
+        assert tg["load"]["memory_usage"]["weight_types"]["q8_0"] > 0       # the file's types kept
         assert len(tg["decode"]["tokens"]) == 6 and tg["prefill"]["tokens"] == 16 and "contexts" not in tg
-        # the same weights: tinygraph's greedy tokens from the GGUF equal those from the checkpoint
+        # the same weights up to Q8_0 rounding: the 6 greedy tokens agree with the checkpoint's
         assert tg["decode"]["tokens"] == m["tinygraph"]["decode"]["tokens"]
+        assert m["quant"]["Q8_0"]["match_f16"]["common_prefix"] == 6
         assert m["tinygraph"]["contexts"]["64"]["median_decode_tok_s"] > 0
     assert list(r["quant_tables"]) == ["F16", "Q8_0"]
     row = r["quant_tables"]["Q8_0"]["rows"][0]
     assert row["llama_tg"] == 106.0 and row["x_tg"] == pytest.approx(row["decode_tok_s"] / 106.0)
+    assert "q8_0:" in row["weight_types"] and row["file_bytes"] == r["models"]["smollm2"]["gguf"]["Q8_0"]["tensor_bytes"]
     printed = capsys.readouterr().out
     assert "### Q8_0: llama-quantize Q8_0; tinygraph loads the same file" in printed
     assert "llama.cpp @64" in printed and printed.index("### F16") > printed.index("| SmolLM2-135M (tiny)")
@@ -537,20 +563,33 @@ def test_quant_with_llamacpp_end_to_end(tmp_path, capsys):
 
     # a second run reuses the GGUF files kept in --gguf-dir
     assert bench.main(argv[:-6] + ["--models", "smollm2", "--contexts", "", "--gguf-dir", str(gdir),
-                                   "--json", str(out), "--work-dir", str(tmp_path)]) == 0
-    m = json.loads(out.read_text())["models"]["smollm2"]
+                                   "--json", str(out2), "--work-dir", str(tmp_path)]) == 0
+    m = json.loads(out2.read_text())["models"]["smollm2"]
     assert m["gguf"]["F16"]["reused"] is True and m["gguf"]["Q8_0"]["reused"] is True
     assert "depths" not in m["llamacpp"]
     assert len((fake / "bin" / "llama-quantize.calls").read_text().splitlines()) == 2
 
     # --skip-f16 with the F16 GGUF cached: no checkpoint, no F16 runs, only the quantized file's
-    assert bench.main(argv[:-6] + ["--models", "smollm2", "--skip-f16", "--gguf-dir", str(gdir),
-                                   "--json", str(out), "--work-dir", str(tmp_path)]) == 0
-    r = json.loads(out.read_text())
+    out3 = tmp_path / "r3.json"
+    assert bench.main(argv[:-6] + ["--models", "smollm2", "--skip-f16", "--quant", "Q4_K_M", "--gguf-dir",
+                                   str(gdir), "--json", str(out3), "--work-dir", str(tmp_path)]) == 0
+    r = json.loads(out3.read_text())
     m = r["models"]["smollm2"]
-    assert "build" not in m and m["tinygraph"] == {"skipped": "--skip-f16"} and list(m["llamacpp"]) == ["Q8_0"]
-    assert m["quant"]["Q8_0"]["tinygraph"]["decode"]["median_decode_tok_s"] > 0
-    assert list(r["quant_tables"]) == ["Q8_0"] and r["settings"]["contexts"] == []
+    assert "build" not in m and m["tinygraph"] == {"skipped": "--skip-f16"} and list(m["llamacpp"]) == ["Q4_K_M"]
+    assert m["gguf"]["F16"]["reused"] is True and m["gguf"]["Q4_K_M"]["reused"] is False
+    assert m["quant"]["Q4_K_M"]["tinygraph"]["decode"]["median_decode_tok_s"] > 0
+    assert list(r["quant_tables"]) == ["Q4_K_M"] and r["settings"]["contexts"] == []
+
+    # --merge puts a --skip-f16 run together with the full run of the same model
+    merged = tmp_path / "m.json"
+    assert bench.main(["--merge", str(out3), str(tmp_path / "r.json"), "--json", str(merged)]) == 0
+    r = json.loads(merged.read_text())
+    m = r["models"]["smollm2"]
+    assert list(r["models"]) == ["smollm2", "qwen3-0.6b"] and list(r["quant_tables"]) == ["F16", "Q4_K_M", "Q8_0"]
+    assert set(m["quant"]) == {"Q8_0", "Q4_K_M"} and set(m["llamacpp"]) == {"F16", "depths", "Q8_0", "Q4_K_M"}
+    assert m["tinygraph"]["decode"]["median_decode_tok_s"] > 0 and "llama.cpp @64" in r["context_table"]
+    assert r["quant_tables"]["Q4_K_M"]["rows"][0]["llama_tg"] == 106.0
+    assert r["quant_tables"]["Q4_K_M"]["rows"][1]["decode_tok_s"] == "-"       # qwen3-0.6b had no Q4_K_M run
     assert not list(tmp_path.glob("tinygraph-bench-*"))
     with pytest.raises(SystemExit):
         bench.parse_args(["--skip-f16"])

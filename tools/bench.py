@@ -370,9 +370,26 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _combine(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A model met again in a later file replaces the earlier record, except that a --skip-f16 run
+    (quantized types only) and a full run of the same model are combined: the full run's record
+    with the other's GGUF, llama.cpp and quantized results added."""
+    def quant_only(m: dict[str, Any]) -> bool:
+        return (m.get("tinygraph") or {}).get("skipped") == "--skip-f16"
+
+    if old is None or quant_only(old) == quant_only(new):
+        return new
+    base, extra = (new, old) if quant_only(old) else (old, new)
+    for key in ("gguf", "llamacpp", "quant"):
+        if isinstance(extra.get(key), dict):
+            base.setdefault(key, {}).update(extra[key])
+    return base
+
+
 def merge_results(paths: list[str]) -> dict[str, Any]:
     """One result from several files: models in order (a later file's model replaces an earlier
-    one of the same name), each summarised with its own file's copy bandwidth."""
+    one of the same name, or adds to it: :func:`_combine`), each summarised with its own file's
+    copy bandwidth."""
     merged: dict[str, Any] = {"tool": "tools/bench.py --merge", "merged_from": [], "models": {}}
     contexts: list[int] = []
     settings: dict[str, Any] = {}
@@ -392,11 +409,12 @@ def merge_results(paths: list[str]) -> dict[str, Any]:
             if c not in contexts:
                 contexts.append(c)
         for name, m in r.get("models", {}).items():
-            merged["models"][name] = m
             m["floor_bandwidth_Bps"] = bw
+            merged["models"][name] = _combine(merged["models"].get(name), m)
     names = {(f.get("device") or {}).get("name") for f in merged["merged_from"]}
     if len(names) > 1:
         merged["warning"] = f"results from different devices: {sorted(map(str, names))}"
+    settings["skip_f16"] = all((f.get("settings") or {}).get("skip_f16") for f in merged["merged_from"])
     merged["settings"] = settings
     merged["contexts"] = contexts
     add_tables(merged, contexts, settings)

@@ -20,7 +20,7 @@ import bench_configs as bc
 import bench_gguf
 from bench_llamacpp import LlamaCpp
 from bench_tinygraph import bench_tinygraph, plan_contexts
-from bench_util import error_record, guarded, log
+from bench_util import error_record, guarded, log, token_match
 
 #: llama-quantize type -> the ggml type tinygraph's own quantizer writes for it (lower case)
 QUANT_TYPES: dict[str, str] = {
@@ -51,7 +51,8 @@ def table_types(settings: dict[str, Any]) -> list[str]:
 
 
 def gguf_stem(name: str, args) -> str:
-    """File stem of a model's GGUFs; the random weights depend on the builder, seed, std and --tiny."""
+    """File stem of a model's cached GGUFs: config (--tiny), seed and std. A cached file may come from
+    either builder (torch or NumPy draw different values); speed does not depend on the values."""
     return f"{name}{'-tiny' if args.tiny else ''}-s{args.seed}-std{args.std:g}"
 
 
@@ -115,19 +116,23 @@ def bench_quant(name: str, hf: dict[str, Any], ckpt: Path | None, args, prompts:
             if g is None:
                 continue
             rec["source"] = f"llama-quantize {qt}; tinygraph loads the same file"
-            _tinygraph(rec, Path(g["path"]), hf, args, prompts)
+            _tinygraph(rec, Path(g["path"]), hf, args, prompts, m)
             guarded(m["llamacpp"], qt, lambda: llama.bench(Path(g["path"]), args.prefill_tokens, args.new_tokens))
         else:
             q = QUANT_TYPES[qt]
             rec["source"] = f"tinygraph quantize={q!r}" + ("" if q.upper() == qt else f" (for {qt})")
-            _tinygraph(rec, ckpt, hf, args, prompts, quantize=q)
+            _tinygraph(rec, ckpt, hf, args, prompts, m, quantize=q)
 
 
 def _tinygraph(rec: dict[str, Any], path: Path, hf: dict[str, Any], args, prompts: dict[str, list[int]],
-               **load_kw: Any) -> None:
+               m: dict[str, Any], **load_kw: Any) -> None:
+    """tinygraph on the quantized weights, timed as the F16 run; its greedy tokens are compared with
+    the F16 run's (quantization error shows as an earlier divergence)."""
     rec["tinygraph"] = tg = {}
     try:
-        bench_tinygraph(path, hf, args, prompts, tg, contexts=False, **load_kw)
+        tokens = bench_tinygraph(path, hf, args, prompts, tg, contexts=False, **load_kw)
+        f16 = (m.get("tinygraph") or {}).get("decode")
+        rec["match_f16"] = token_match(tokens, f16.get("tokens") if isinstance(f16, dict) else None)
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # noqa: BLE001 -- a failing type must not end the run
