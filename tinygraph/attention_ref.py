@@ -48,9 +48,21 @@ def blocked_attention(q: Array, kt: Array, v: Array, scale: float, causal: bool 
     ``j > p - window``. A row that sees no key gives zeros. Returns [..., T, Dv] float32."""
     if block < 1:
         raise ValueError(f"blocked_attention: block must be >= 1, got {block}")
-    T, S, Dv = q.shape[-2], kt.shape[-1], v.shape[-1]
+    T, D, S, Dv = q.shape[-2], q.shape[-1], kt.shape[-1], v.shape[-1]
     lead = tuple(np.broadcast_shapes(q.shape[:-2], kt.shape[:-2], v.shape[:-2]))
+    nd = len(lead)
+    q, kt, v = (x.reshape((1,) * (nd + 2 - x.ndim) + x.shape) for x in (q, kt, v))
+    # axes where only q is wider (the query heads of a KV head) fold into the rows of one
+    # matmul: NumPy's matmul is several times slower when it broadcasts a stride-0 operand
+    fold = [a for a in range(nd) if kt.shape[a] == 1 and v.shape[a] == 1 and q.shape[a] > 1]
+    keep = [a for a in range(nd) if a not in fold]
+    order = keep + fold + [nd, nd + 1]
+    qf = q.transpose(order)                                  # [keep..., fold..., T, D]
+    kt, v = np.squeeze(kt, tuple(fold)), np.squeeze(v, tuple(fold))
+    kshape, fshape = tuple(qf.shape[:len(keep)]), tuple(qf.shape[len(keep):nd])
+    G = int(np.prod(fshape, dtype=np.int64))
     out = np.zeros(lead + (T, Dv), np.float32)
+    outf = out.transpose(order)                              # a view in q's folded order
     sc = np.float32(scale)
     for t0 in range(0, T, block):
         t1 = min(T, t0 + block)
@@ -58,17 +70,18 @@ def blocked_attention(q: Array, kt: Array, v: Array, scale: float, causal: bool 
         lo, hi = visible_keys(t0, t1, S, causal, past, window)
         if hi <= lo:
             continue  # nothing visible: zeros
-        qb = _f32(q[..., t0:t1, :])
+        qb = _f32(qf[..., t0:t1, :]).reshape(kshape + (G * rows, D))
         kb = max(block, block * block // rows)
-        m = np.full(lead + (rows, 1), -np.inf, np.float32)
-        l = np.zeros(lead + (rows, 1), np.float32)
-        acc = np.zeros(lead + (rows, Dv), np.float32)
+        m = np.full(kshape + (G * rows, 1), -np.inf, np.float32)
+        l = np.zeros(kshape + (G * rows, 1), np.float32)
+        acc = np.zeros(np.broadcast_shapes(kshape, v.shape[:-2]) + (G * rows, Dv), np.float32)
         for j0 in range(lo, hi, kb):
             j1 = min(hi, j0 + kb)
             s = np.matmul(qb, _f32(kt[..., j0:j1])) * sc
             # only chunks that cross the diagonal or the window's lower edge need the mask
             if causal and (j1 - 1 > t0 + past or (window and j0 <= t1 - 1 + past - window)):
-                s = np.where(_mask(rows, t0, j0, j1, past, window), s, np.float32(-np.inf))
+                sm = s.reshape(s.shape[:-2] + (G, rows, j1 - j0))
+                s = np.where(_mask(rows, t0, j0, j1, past, window), sm, np.float32(-np.inf)).reshape(s.shape)
             mn = np.maximum(m, s.max(axis=-1, keepdims=True))
             base = np.where(np.isneginf(mn), np.float32(0), mn)  # no key seen yet: exp(-inf) = 0, no NaN
             corr = np.exp(m - base)
@@ -76,5 +89,6 @@ def blocked_attention(q: Array, kt: Array, v: Array, scale: float, causal: bool 
             l = l * corr + p.sum(axis=-1, keepdims=True)
             acc = acc * corr + np.matmul(p, _f32(v[..., j0:j1, :]))
             m = mn
-        out[..., t0:t1, :] = acc / np.where(l > 0, l, np.float32(1))
+        res = acc / np.where(l > 0, l, np.float32(1))
+        outf[..., t0:t1, :] = res.reshape(res.shape[:-2] + fshape + (rows, Dv))
     return out
