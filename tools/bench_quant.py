@@ -12,6 +12,7 @@ some Q6_K tensors) has no single type, so it maps to its base type (``q4_k``), a
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,8 @@ def bench_quant(name: str, hf: dict[str, Any], ckpt: Path | None, args, prompts:
         f16 = guarded(m["gguf"], "F16", lambda: _f16_gguf(name, hf, ckpt, args, gguf_dir))
         if f16 is None:
             return
+        if ckpt is not None:        # every file from here on comes from the GGUF: free the disk (8B: 16 GB)
+            shutil.rmtree(ckpt, ignore_errors=True)
         if not args.skip_f16:
             guarded(m["llamacpp"], "F16", lambda: llama.bench(Path(f16["path"]), args.prefill_tokens,
                                                               args.new_tokens))
