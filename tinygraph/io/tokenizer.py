@@ -408,36 +408,34 @@ def apply_chat_template(
     template: str | None,
     messages: Sequence[Mapping[str, str]],
     add_generation_prompt: bool = True,
+    *,
+    template_name: str = "chat template",
     **kwargs: Any,
 ) -> str:
     """Render ``messages`` (``[{"role": ..., "content": ...}]``) into a prompt string.
 
-    Uses jinja2 (sandboxed, as transformers does) when it is installed; without
-    it, or when ``template`` is None, falls back to built-in ChatML. A non-ChatML
-    template without jinja2 raises LoadError rather than rendering the wrong format.
+    Uses jinja2 in a bounded sandbox (:mod:`tinygraph.io.chat_template`: time,
+    size and output limits) when it is installed; without it, or when
+    ``template`` is None, falls back to built-in ChatML. A non-ChatML template
+    without jinja2 raises LoadError rather than rendering the wrong format.
     Extra ``kwargs`` (``bos_token``, ``eos_token``, ...) are passed to the template.
+
+    Raises:
+        ChatTemplateError: (a LoadError) naming ``template_name`` and the line,
+            for every failure of the template, including the limits.
     """
     if template is None:
         return _render_chatml(None, messages, add_generation_prompt)
     try:
-        import jinja2  # optional dependency
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        import jinja2  # noqa: F401  (optional dependency)
     except ImportError:
         if "<|im_start|>" in template:
             return _render_chatml(template, messages, add_generation_prompt)
         raise LoadError("this chat template is not ChatML; install jinja2 to render it") from None
+    from .chat_template import render_chat_template
 
-    def raise_exception(message: str) -> None:
-        raise jinja2.exceptions.TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    try:
-        return env.from_string(template).render(
-            messages=list(messages), add_generation_prompt=add_generation_prompt, **kwargs
-        )
-    except jinja2.exceptions.TemplateError as exc:
-        raise LoadError(f"chat template failed to render: {exc}") from exc
+    return render_chat_template(template, template_name, messages=list(messages),
+                                add_generation_prompt=add_generation_prompt, **kwargs)
 
 
 __all__ = ["tokenizer_from_gguf", "apply_chat_template", "SafeTokenizer", "TokenizerError"]
