@@ -6,7 +6,6 @@ against the plain formula, its memory, the fusion passes, and models whose confi
 from __future__ import annotations
 
 import math
-import time
 import tracemalloc
 
 import numpy as np
@@ -63,6 +62,14 @@ def test_blocked_not_causal_and_broadcast_queries(rng, block):
     np.testing.assert_allclose(got, attention64(q, kt, v, 0.5, False, 0, None), rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("qs,ks,vs", [((9, 8), (8, 20), (20, 5)),                      # no leading axes
+                                      ((2, 1, 3, 9, 8), (1, 3, 1, 8, 20), (2, 1, 1, 20, 5))])
+def test_blocked_other_ranks(rng, qs, ks, vs):
+    q, kt, v = (rng.standard_normal(s).astype(np.float32) for s in (qs, ks, vs))
+    got = blocked_attention(q, kt, v, 0.3, True, 11, 4, block=2)
+    np.testing.assert_allclose(got, attention64(q, kt, v, 0.3, True, 11, 4), rtol=2e-5, atol=2e-6)
+
+
 def test_blocked_half_inputs_math_in_float32(rng):
     q = rng.standard_normal((2, 9, 8)).astype(np.float16)
     kt = rng.standard_normal((2, 8, 30)).astype(np.float16)
@@ -108,18 +115,12 @@ def test_blocked_memory_grows_with_T_not_T_squared(rng):
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        t0 = time.perf_counter()
         blocked_attention(q, kt, v, 0.35, True, 0, None)
-        full = time.perf_counter() - t0
         _, peak = tracemalloc.get_traced_memory()
-        t0 = time.perf_counter()
-        blocked_attention(q, kt, v, 0.35, True, 0, 64)
-        windowed = time.perf_counter() - t0
     finally:
         tracemalloc.stop()
     scores = 2 * T * T * 4
     assert peak < scores / 6, f"peak {peak / 2**20:.1f} MiB against {scores / 2**20:.0f} MiB of scores"
-    assert windowed < full  # a window of 64 reads ~64 keys per query, not ~T/2
 
 
 # ---------------------------------------------------------------------------------------------
