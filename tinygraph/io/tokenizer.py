@@ -187,7 +187,7 @@ def tokenizer_from_gguf(reader: Any) -> SafeTokenizer:
 
 
 # --------------------------------------------------------------------------- SentencePiece ("llama")
-TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_BYTE = 2, 6
+TOKEN_TYPE_UNKNOWN = 2
 _SPACE = "\u2581"  # SentencePiece's visible space "▁"
 
 
@@ -223,8 +223,9 @@ def _spm_tokenizer(reader: Any, where: str, tokens: list[str], types: list[int])
     tokens. Here: added tokens split the text, a Prepend/Replace normalizer
     (applied per fragment) adds the "▁", and a byte-fallback BPE with
     score-ranked merges (:func:`_spm_merges`) does the rest. Decoding turns "▁"
-    back into spaces, reassembles byte tokens into UTF-8 and strips the one
-    leading space the prefix added.
+    back into spaces, reassembles byte tokens into UTF-8 and strips one leading
+    space from the first token shown (as sentencepiece and HF's Llama tokenizer
+    do; llama.cpp's detokenizer keeps it when it drops a leading BOS).
     """
     from tokenizers import normalizers
 
