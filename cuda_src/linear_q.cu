@@ -17,9 +17,11 @@
 //       each group of 8 staged values; each warp then computes whole output columns: its lanes
 //       take the 32-weight units of the row in turn (unit u: block u / NSUB, unit u % NSUB),
 //       decode them in registers and accumulate d * sum(q * h) + m * sum(h) per run (one FMA per
-//       weight). Swiglu: the gate row, then the up row, one output -- as linear_gemv.
+//       weight). A warp works on two weight rows at once -- the gate and up rows of a swiglu
+//       output, else two output columns -- so each activation read from shared memory serves
+//       two rows (shared-memory bandwidth, not DRAM, bounded the one-row loop).
 //     Launch: grid = rows * C blocks (C column blocks; any C is correct); block = 256 threads;
-//       dynamic shared memory (ceil(K/4)*4 + K/8) * 4 bytes.
+//       dynamic shared memory (ceil(K/4)*4 + K + K/8 + K/8) * 4 bytes (linear_q_shared_bytes).
 //   dequant_Q_T(T* out, TD od, const uchar* w, long long ldw, const int* ids)
 //       out [.., K] row r = dequant(weight row ids ? ids[r] : r), rows = od.ne[0..2] (out any
 //       strides; the last axis contiguous). The embedding lookup of a quantized table (get_rows)
@@ -30,6 +32,13 @@
 #include "quant_blocks.cuh"
 
 extern __shared__ float lq_smem[];
+
+// Shared-memory index of staged element k: 4 floats of padding after every 32, so that the
+// lanes of a warp, reading the runs of consecutive 32-weight units (starts 32 floats apart for
+// the 32-element types), hit different banks with their 16-byte loads instead of one
+// (H200: q8_0 / q4_0 GEMVs ran at 450-800 GB/s with the unpadded row). Runs never cross a
+// multiple of 32, so a run stays contiguous.
+__device__ __forceinline__ int lq_pad(int k) { return k + ((k >> 5) << 2); }
 
 template <typename T, class Q>
 __device__ __forceinline__ void linear_q_body(T* y, const TD& yd, const T* x, const TD& xd,
@@ -43,64 +52,87 @@ __device__ __forceinline__ void linear_q_body(T* y, const TD& yd, const T* x, co
     const long long ncb = (long long)gridDim.x / rows;
     if (cb >= ncb) return;
     const int rs = (K + 3) & ~3;
-    float* h = lq_smem;
-    float* hsum = lq_smem + rs;  // sums of 8 consecutive staged values
+    float* hrow = lq_smem;                 // the staged row, element k at k
+    float* h = lq_smem + rs;               // the same, element k at lq_pad(k)
+    float* hsum = h + lq_pad(K);           // sums of 8 consecutive staged values
     const int ncols = act == 3 ? N / 2 : N, half = act == 3 ? N / 2 : 0, P = act == 3 ? 2 : 1;
     const int nunits = K / Q::QK * Q::NSUB;
 
     tg_pdl_trigger();
     lin_norm_prefetch<T>(K, norm, nw, nbias);
     tg_pdl_wait();
-    lin_stage_row<T, 16 / sizeof(T)>(h, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, 0, norm, nw,
+    lin_stage_row<T, 16 / sizeof(T)>(hrow, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, 0, norm, nw,
                                      nbias, eps, scratch);
     __syncthreads();
     for (int g = tid; g < K / 8; g += blockDim.x) {
-        const float4 a = *reinterpret_cast<const float4*>(h + 8 * g);
-        const float4 b = *reinterpret_cast<const float4*>(h + 8 * g + 4);
+        const float4 a = *reinterpret_cast<const float4*>(hrow + 8 * g);
+        const float4 b = *reinterpret_cast<const float4*>(hrow + 8 * g + 4);
+        *reinterpret_cast<float4*>(h + lq_pad(8 * g)) = a;
+        *reinterpret_cast<float4*>(h + lq_pad(8 * g + 4)) = b;
         hsum[g] = ((a.x + a.y) + (a.z + a.w)) + ((b.x + b.y) + (b.z + b.w));
     }
     __syncthreads();
 
     const long long yoff = td_row_offset(yd, grp);
     const long long roff = res ? td_row_offset_bcast(rd, yd, grp) : 0;
-    for (int col = (int)cb * nwarps + (tid >> 5); col < ncols; col += (int)ncb * nwarps) {
-        float z[2] = {0.0f, 0.0f};
-        for (int p = 0; p < P; ++p) {
-            const unsigned char* wr = w + (long long)(col + p * half) * ldw;
-            float acc = 0.0f;
-#pragma unroll 2
-            for (int u = lane; u < nunits; u += 32) {
-                const int blk = u / Q::NSUB, s = u - blk * Q::NSUB;
+    // Each warp computes two weight rows at once, sharing the staged activations it reads from
+    // shared memory: the gate and up rows of one swiglu output, or two output columns.
+    const int wstride = (int)ncb * nwarps;
+    const int step = P == 2 ? wstride : 2 * wstride;
+    for (int col = (int)cb * nwarps + (tid >> 5); col < ncols; col += step) {
+        const int col2 = P == 2 ? col + half : col + wstride;  // the second row
+        const bool two = P == 2 || col2 < ncols;
+        const unsigned char* wa = w + (long long)col * ldw;
+        const unsigned char* wb = w + (long long)(two ? col2 : col) * ldw;
+        float acc[2] = {0.0f, 0.0f};
+#pragma unroll 1
+        for (int u = lane; u < nunits; u += 32) {
+            const int blk = u / Q::NSUB, s = u - blk * Q::NSUB;
+            float hr[32], hs[Q::RUNS];  // this unit's activations and their run sums
+            const float* hb = h + lq_pad(blk * Q::QK);
+            const float* sb = hsum + blk * (Q::QK / 8);
+#pragma unroll
+            for (int r = 0; r < Q::RUNS; ++r) {
+                const int st = Q::start(s, r);
+#pragma unroll
+                for (int i = 0; i < Q::RL; i += 4)
+                    *reinterpret_cast<float4*>(hr + r * Q::RL + i) = *reinterpret_cast<const float4*>(hb + lq_pad(st) + i);
+                hs[r] = 0.0f;
+#pragma unroll
+                for (int i = 0; i < Q::RL / 8; ++i) hs[r] += sb[st / 8 + i];
+            }
+#pragma unroll
+            for (int k = 0; k < 2; ++k) {
+                if (k == 1 && !two) break;
                 float q[32], d[Q::RUNS], m[Q::RUNS];
-                Q::decode(wr + (long long)blk * Q::BB, s, q, d, m);
-                const float* hb = h + blk * Q::QK;
-                const float* sb = hsum + blk * (Q::QK / 8);
+                Q::decode((k ? wb : wa) + (long long)blk * Q::BB, s, q, d, m);
 #pragma unroll
                 for (int r = 0; r < Q::RUNS; ++r) {
-                    const int st = Q::start(s, r);
-                    float dot = 0.0f, hs = 0.0f;
+                    float dot = 0.0f;
 #pragma unroll
-                    for (int i = 0; i < Q::RL; i += 4) {
-                        const float4 hv = *reinterpret_cast<const float4*>(hb + st + i);
-                        dot = fmaf(q[r * Q::RL + i], hv.x, dot);
-                        dot = fmaf(q[r * Q::RL + i + 1], hv.y, dot);
-                        dot = fmaf(q[r * Q::RL + i + 2], hv.z, dot);
-                        dot = fmaf(q[r * Q::RL + i + 3], hv.w, dot);
-                    }
-#pragma unroll
-                    for (int i = 0; i < Q::RL / 8; ++i) hs += sb[st / 8 + i];
-                    acc = fmaf(d[r], dot, fmaf(m[r], hs, acc));
+                    for (int i = 0; i < Q::RL; ++i) dot = fmaf(q[r * Q::RL + i], hr[r * Q::RL + i], dot);
+                    acc[k] = fmaf(d[r], dot, fmaf(m[r], hs[r], acc[k]));
                 }
             }
-            z[p] = warp_sum(acc);
         }
+        const float z0 = warp_sum(acc[0]), z1 = two ? warp_sum(acc[1]) : 0.0f;
         if (lane == 0) {
-            float a;
             const float b0 = bias ? to_f32(bias[col]) : 0.0f;
-            if (P == 2) a = lin_silu(z[0] + b0) * (z[1] + (bias ? to_f32(bias[col + half]) : 0.0f));
-            else a = lin_act(z[0] + b0, act);
-            if (res) a += to_f32(res[roff + (long long)col * rd.st[3]]);
-            y[yoff + (long long)col * yd.st[3]] = from_f32<T>(a);
+            const float b1 = (bias && two) ? to_f32(bias[col2]) : 0.0f;
+            if (P == 2) {
+                float a = lin_silu(z0 + b0) * (z1 + b1);
+                if (res) a += to_f32(res[roff + (long long)col * rd.st[3]]);
+                y[yoff + (long long)col * yd.st[3]] = from_f32<T>(a);
+            } else {
+                float a = lin_act(z0 + b0, act);
+                if (res) a += to_f32(res[roff + (long long)col * rd.st[3]]);
+                y[yoff + (long long)col * yd.st[3]] = from_f32<T>(a);
+                if (two) {
+                    a = lin_act(z1 + b1, act);
+                    if (res) a += to_f32(res[roff + (long long)col2 * rd.st[3]]);
+                    y[yoff + (long long)col2 * yd.st[3]] = from_f32<T>(a);
+                }
+            }
         }
     }
 }
@@ -131,7 +163,7 @@ __device__ __forceinline__ void dequant_body(T* out, const TD& od, const unsigne
 }
 
 #define TG_LINEAR_Q_T(Q, qn, T, sfx)                                                               \
-    extern "C" __global__ void __launch_bounds__(256) linear_q_##qn##_##sfx(                          \
+    extern "C" __global__ void __launch_bounds__(256, 2) linear_q_##qn##_##sfx(                          \
         T* y, TD yd, const T* x, TD xd, const unsigned char* w, long long ldw, const T* bias,         \
         const T* res, TD rd, const T* norm_w, const T* norm_b, float eps, int norm, int act, int N,   \
         int K) {                                                                                      \

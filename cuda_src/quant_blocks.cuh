@@ -185,16 +185,33 @@ struct QQ3_K {
     }
 };
 
-// the 6-bit scale and min of sub-block `is` (0..7) of Q4_K / Q5_K (12 packed bytes at sc)
-__device__ __forceinline__ void q_scale_min_k4(int is, const unsigned char* sc, float& s, float& mn) {
-    if (is < 4) {
-        s = (float)(sc[is] & 63);
-        mn = (float)(sc[is + 4] & 63);
-    } else {
-        s = (float)((sc[is + 4] & 0xF) | ((sc[is - 4] >> 6) << 4));
-        mn = (float)((sc[is + 4] >> 4) | ((sc[is] >> 6) << 4));
+// The 16-byte header of a Q4_K / Q5_K block {f16 d, dmin; u8 scales[12]} (16-byte aligned: the
+// blocks are 144 / 176 bytes) in one load, and the 6-bit scale and min of sub-block `is` (0..7)
+// from it (ggml's get_scale_min_k4).
+struct QHeaderK4 {
+    float d, dmin;
+    unsigned long long lo;  // scales[0..7]
+    unsigned hi;            // scales[8..11]
+    __device__ __forceinline__ explicit QHeaderK4(const unsigned char* b) {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(b));
+        d = __half2float(__ushort_as_half((unsigned short)(v.x & 0xFFFFu)));
+        dmin = __half2float(__ushort_as_half((unsigned short)(v.x >> 16)));
+        lo = (unsigned long long)v.y | ((unsigned long long)v.z << 32);
+        hi = v.w;
     }
-}
+    __device__ __forceinline__ unsigned byte(int i) const {
+        return i < 8 ? (unsigned)(lo >> (8 * i)) & 0xFFu : (hi >> (8 * (i - 8))) & 0xFFu;
+    }
+    __device__ __forceinline__ void scale_min(int is, float& s, float& mn) const {
+        if (is < 4) {
+            s = (float)(byte(is) & 63);
+            mn = (float)(byte(is + 4) & 63);
+        } else {
+            s = (float)((byte(is + 4) & 0xF) | ((byte(is - 4) >> 6) << 4));
+            mn = (float)((byte(is + 4) >> 4) | ((byte(is) >> 6) << 4));
+        }
+    }
+};
 
 // Q4_K: {f16 d, dmin; u8 scales[12]; u8 qs[128]}. Unit s = (j = s/2, half hh = s%2): 16 bytes
 // qs[32j + 16hh + i]; run 0 = their low nibbles, elements 64j + 16hh + i, sub-block 2j; run 1
@@ -213,13 +230,13 @@ struct QQ4_K {
                 q[4 * i + k] = qf(byte_of(a[i], k) & 0xF);
                 q[16 + 4 * i + k] = qf(byte_of(a[i], k) >> 4);
             }
-        const float dd = qh16(b), dmin = qh16(b + 2);
+        const QHeaderK4 hd(b);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             float sc, mn;
-            q_scale_min_k4(2 * j + r, b + 4, sc, mn);
-            d[r] = dd * sc;
-            m[r] = -dmin * mn;
+            hd.scale_min(2 * j + r, sc, mn);
+            d[r] = hd.d * sc;
+            m[r] = -hd.dmin * mn;
         }
     }
 };
@@ -242,13 +259,13 @@ struct QQ5_K {
                 q[4 * i + k] = qf((byte_of(a[i], k) & 0xF) | ((hb & 1u) << 4));
                 q[16 + 4 * i + k] = qf((byte_of(a[i], k) >> 4) | ((hb & 2u) << 3));
             }
-        const float dd = qh16(b), dmin = qh16(b + 2);
+        const QHeaderK4 hd(b);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             float sc, mn;
-            q_scale_min_k4(2 * j + r, b + 4, sc, mn);
-            d[r] = dd * sc;
-            m[r] = -dmin * mn;
+            hd.scale_min(2 * j + r, sc, mn);
+            d[r] = hd.d * sc;
+            m[r] = -hd.dmin * mn;
         }
     }
 };

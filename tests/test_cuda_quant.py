@@ -23,6 +23,7 @@ TOL = {tg.float32: 2e-4, tg.float16: 2e-2, tg.bfloat16: 4e-2}
 @pytest.fixture(scope="module")
 def cuda():
     s = tg.Session(backend="cuda")
+    s.finalize()
     yield s
     s.close()
 

@@ -90,7 +90,7 @@ def measure_decode(model, args, prompt: list[int]) -> dict[str, Any]:
     while len(runs) < args.runs:
         toks, stamps = [], []
         t0 = time.perf_counter()
-        for tok in model.generate_stream(prompt, max_new_tokens=args.new_tokens, temperature=0):
+        for tok in model.generate_stream(prompt, max_new_tokens=args.new_tokens, temperature=0, ignore_eos=True):
             stamps.append(time.perf_counter() - t0)
             toks.append(int(tok))
         n = len(toks)

@@ -17,8 +17,9 @@ LINEAR_Q_BLOCK = 256
 
 
 def linear_q_shared_bytes(K: int) -> int:
-    """Dynamic shared memory of linear_q: the staged row (float32, padded to 4) and its sums of 8."""
-    return (-(-K // 4) * 4 + K // 8) * 4
+    """Dynamic shared memory of linear_q: the staged row (float32, padded to 4), its copy with 4
+    floats of padding per 32 (lq_pad) and its sums of 8."""
+    return (-(-K // 4) * 4 + K + K // 8 + K // 8) * 4
 
 
 def linear_q(lib: KernelLibrary, qtype: str, dtype, y: Arg, x: Arg, w_ptr: int, ldw: int, N: int, K: int,

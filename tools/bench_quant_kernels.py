@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Time the block-quantized decode GEMV (cuda_src/linear_q.cu) on model layer shapes.
+
+For each (model layer, ggml type) one fused ``linear_q`` launch (one row, f16 activations) is
+timed as CUDA-graph replays (median), rotating over enough weight copies that every call reads
+its weights from DRAM rather than L2; GB/s counts the weight bytes. The f16 ``linear_gemv`` of
+the same shape is the baseline. Weights are random blocks (timing does not depend on values).
+
+    PYTHONPATH=. python3 tools/bench_quant_kernels.py [--types q8_0,q4_k,q6_k] [--models Qwen3-8B]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tinygraph import dtypes  # noqa: E402
+from tinygraph.backends.cuda import driver, kernels, quant_launch  # noqa: E402
+from bench_linear import SHAPES, Buf  # noqa: E402
+
+Arg = kernels.Arg
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--types", default="q8_0,q4_0,q4_k,q5_k,q6_k")
+    ap.add_argument("--models", default="SmolLM2,TinyLlama,Qwen3-8B")
+    args = ap.parse_args(argv)
+    dev = driver.get_device(0)
+    lib = kernels.KernelLibrary(dev)
+    s = driver.Stream()
+    rng = np.random.default_rng(0)
+    print(f"{'model':10s} {'layer':8s} {'K':>6s} {'N':>6s} {'type':6s} {'us':>8s} {'GB/s':>7s}")
+    for model, layer, K, N, norm, act, has_res in SHAPES:
+        if model not in args.models.split(","):
+            continue
+        x = Buf((1, 1, K), np.float16, rng=rng)
+        nw = Buf((K,), np.float16, rng=rng, scale=0.2, shift=1.0)
+        nout = N // 2 if act == 3 else N
+        res = Buf((1, 1, nout), np.float16, rng=rng) if has_res else None
+        y = Buf((1, 1, nout), np.float16)
+        for qt in ["f16"] + args.types.split(","):
+            if qt != "f16" and K % dtypes.as_dtype(qt).block:
+                continue
+            nbytes = N * K * 2 if qt == "f16" else N * dtypes.as_dtype(qt).nbytes(K)
+            copies = max(2, -(-(200 << 20) // nbytes))
+            ws = []
+            for _ in range(copies):
+                b = driver.DeviceBuffer(nbytes, what="bench weight")
+                raw = rng.integers(0, 256, nbytes, dtype=np.uint8)
+                if qt == "f16":  # finite halves
+                    raw = (rng.standard_normal(N * K, dtype=np.float32) * 0.02).astype(np.float16).view(np.uint8)
+                b.upload(raw)
+                ws.append(b)
+
+            def run(i, qt=qt, ws=ws):
+                w = ws[i % len(ws)]
+                kw = dict(bias=None, res=res.arg() if res else None, norm=norm, norm_w=nw.buf.ptr if norm else None,
+                          eps=1e-5, act=act, stream=s)
+                if qt == "f16":
+                    lib.linear("f16", y.arg(), x.arg(), w.ptr, K, N, K, **kw)
+                else:
+                    quant_launch.linear_q(lib, qt, "f16", y.arg(), x.arg(), w.ptr, dtypes.as_dtype(qt).nbytes(K),
+                                          N, K, **kw)
+            us = driver.graph_time_us(run, s, 20, 15)
+            print(f"{model:10s} {layer:8s} {K:6d} {N:6d} {qt:6s} {us:8.1f} {nbytes / us / 1e3:7.0f}", flush=True)
+            for b in ws:
+                b.free()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
