@@ -108,10 +108,14 @@ __device__ __forceinline__ void linear_q_body(T* y, const TD& yd, const T* x, co
                 Q::decode((k ? wb : wa) + (long long)blk * Q::BB, s, q, d, m);
 #pragma unroll
                 for (int r = 0; r < Q::RUNS; ++r) {
-                    float dot = 0.0f;
+                    float dot0 = 0.0f, dot1 = 0.0f;  // two chains of dependent FMAs
 #pragma unroll
-                    for (int i = 0; i < Q::RL; ++i) dot = fmaf(q[r * Q::RL + i], hr[r * Q::RL + i], dot);
-                    acc[k] = fmaf(d[r], dot, fmaf(m[r], hs[r], acc[k]));
+                    for (int i = 0; i < Q::RL; i += 2) {
+                        dot0 = fmaf(q[r * Q::RL + i], hr[r * Q::RL + i], dot0);
+                        dot1 = fmaf(q[r * Q::RL + i + 1], hr[r * Q::RL + i + 1], dot1);
+                    }
+                    // q holds 1 + code / 2^E (quant_blocks.cuh: qv)
+                    acc[k] = fmaf(d[r] * (float)(1 << Q::E), (dot0 + dot1) - hs[r], fmaf(m[r], hs[r], acc[k]));
                 }
             }
         }
@@ -137,6 +141,46 @@ __device__ __forceinline__ void linear_q_body(T* y, const TD& yd, const T* x, co
     }
 }
 
+// Store RL consecutive values at o: 16-byte stores where o is 16-byte aligned (a contiguous
+// scratch or embedding row), else one element at a time.
+template <typename T>
+__device__ __forceinline__ unsigned lq_pack2(float a, float b);
+template <>
+__device__ __forceinline__ unsigned lq_pack2<__half>(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const unsigned*>(&h);
+}
+template <>
+__device__ __forceinline__ unsigned lq_pack2<__nv_bfloat16>(float a, float b) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const unsigned*>(&h);
+}
+template <>
+__device__ __forceinline__ unsigned lq_pack2<float>(float a, float) { return __float_as_uint(a); }
+
+template <typename T, int RL>
+__device__ __forceinline__ void lq_store_run(T* o, const float* v) {
+    constexpr int PER = 16 / sizeof(T);  // elements per 16-byte store
+    if (RL % PER == 0 && (reinterpret_cast<unsigned long long>(o) & 15) == 0) {
+#pragma unroll
+        for (int c = 0; c < RL / PER; ++c) {
+            uint4 u;
+            if constexpr (sizeof(T) == 4) {
+                u = make_uint4(__float_as_uint(v[4 * c]), __float_as_uint(v[4 * c + 1]),
+                               __float_as_uint(v[4 * c + 2]), __float_as_uint(v[4 * c + 3]));
+            } else {
+                const float* w = v + PER * c;
+                u = make_uint4(lq_pack2<T>(w[0], w[1]), lq_pack2<T>(w[2], w[3]), lq_pack2<T>(w[4], w[5]),
+                               lq_pack2<T>(w[6], w[7]));
+            }
+            reinterpret_cast<uint4*>(o)[c] = u;
+        }
+    } else {
+#pragma unroll
+        for (int e = 0; e < RL; ++e) o[e] = from_f32<T>(v[e]);
+    }
+}
+
 template <typename T, class Q>
 __device__ __forceinline__ void dequant_body(T* out, const TD& od, const unsigned char* w, long long ldw,
                                              const int* ids) {
@@ -155,15 +199,17 @@ __device__ __forceinline__ void dequant_body(T* out, const TD& od, const unsigne
         T* o = out + td_row_offset(od, row) + (long long)blk * Q::QK;
 #pragma unroll
         for (int r = 0; r < Q::RUNS; ++r) {
-            const int st = Q::start(s, r);
+            float v[Q::RL];
+            const float dr = d[r] * (float)(1 << Q::E);
 #pragma unroll
-            for (int e = 0; e < Q::RL; ++e) o[st + e] = from_f32<T>(fmaf(d[r], q[r * Q::RL + e], m[r]));
+            for (int e = 0; e < Q::RL; ++e) v[e] = fmaf(dr, q[r * Q::RL + e] - 1.0f, m[r]);
+            lq_store_run<T, Q::RL>(o + Q::start(s, r), v);
         }
     }
 }
 
 #define TG_LINEAR_Q_T(Q, qn, T, sfx)                                                               \
-    extern "C" __global__ void __launch_bounds__(256, 2) linear_q_##qn##_##sfx(                          \
+    extern "C" __global__ void __launch_bounds__(256, 3) linear_q_##qn##_##sfx(                          \
         T* y, TD yd, const T* x, TD xd, const unsigned char* w, long long ldw, const T* bias,         \
         const T* res, TD rd, const T* norm_w, const T* norm_b, float eps, int norm, int act, int N,   \
         int K) {                                                                                      \

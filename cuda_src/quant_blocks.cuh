@@ -4,8 +4,8 @@
 // reference decoder is tinygraph/quant.py). Every type is read in UNITS of 32 weights: a block
 // has NSUB units; unit s holds RUNS runs of RL consecutive weights (RUNS * RL = 32), run r
 // starting at block element start(s, r), and every weight of run r is d[r] * q + m[r] for a
-// small non-negative integer q. decode(b, s, q, d, m) fills q[32] (run-major) as exact floats
-// and the per-run scale d and offset m. So
+// small non-negative integer q < 2^E. decode(b, s, q, d, m) fills q[32] (run-major) with
+// v = 1 + q / 2^E (exact floats, see qv) and the per-run scale d and offset m. So
 //     dot(unit, h) = sum_r d[r] * sum_i q[r*RL + i] * h[start + i] + m[r] * sum_i h[start + i]
 // and the fused GEMV needs one multiply-add per weight (the sums of h come from a table of
 // sums over groups of 8 elements that the block stages once per row).
@@ -16,8 +16,13 @@
 #pragma once
 #include "common.cuh"
 
-// small integer (< 2^23) -> float without an I2F: the bits of 2^23 + x, minus 2^23
-__device__ __forceinline__ float qf(unsigned x) { return __int_as_float(0x4B000000u | x) - 8388608.0f; }
+// A code x < 2^E as the float 1 + x / 2^E: its bits are 1.0f's with x in the top mantissa bits,
+// so one OR makes it (no I2F, no subtraction). With v = 1 + q / 2^E,
+//     sum q*h = 2^E * (sum v*h - sum h)   and   q = 2^E * (v - 1),
+// which the kernels use with sum h from their table (both sums are of like size: the difference
+// loses only a few float32 ulps).
+template <int E>
+__device__ __forceinline__ float qv(unsigned x) { return __int_as_float(0x3F800000u | (x << (23 - E))); }
 __device__ __forceinline__ float qh16(const unsigned char* p) {
     return __half2float(__ushort_as_half(__ldg(reinterpret_cast<const unsigned short*>(p))));
 }
@@ -33,7 +38,7 @@ __device__ __forceinline__ unsigned byte_of(unsigned w, int i) { return (w >> (8
 
 // Q8_0: {f16 d; int8 q[32]}: w = d * q. One unit, one run.
 struct QQ8_0 {
-    static constexpr int QK = 32, BB = 34, NSUB = 1, RUNS = 1, RL = 32;
+    static constexpr int QK = 32, BB = 34, NSUB = 1, RUNS = 1, RL = 32, E = 8;
     static __device__ __forceinline__ int start(int, int) { return 0; }
     static __device__ __forceinline__ void decode(const unsigned char* b, int, float* q, float* d, float* m) {
         const float dd = qh16(b);
@@ -41,7 +46,7 @@ struct QQ8_0 {
         for (int i = 0; i < 8; ++i) {
             const unsigned w = ld4a2(b + 2 + 4 * i) ^ 0x80808080u;  // int8 + 128
 #pragma unroll
-            for (int j = 0; j < 4; ++j) q[4 * i + j] = qf(byte_of(w, j));
+            for (int j = 0; j < 4; ++j) q[4 * i + j] = qv<E>(byte_of(w, j));
         }
         d[0] = dd;
         m[0] = -128.0f * dd;
@@ -50,7 +55,7 @@ struct QQ8_0 {
 
 // Q4_0: {f16 d; u8 qs[16]}: element j < 16 is the low nibble of qs[j], j + 16 the high one; w = d * (q - 8)
 struct QQ4_0 {
-    static constexpr int QK = 32, BB = 18, NSUB = 1, RUNS = 2, RL = 16;
+    static constexpr int QK = 32, BB = 18, NSUB = 1, RUNS = 2, RL = 16, E = 4;
     static __device__ __forceinline__ int start(int, int r) { return 16 * r; }
     static __device__ __forceinline__ void decode(const unsigned char* b, int, float* q, float* d, float* m) {
         const float dd = qh16(b);
@@ -59,8 +64,8 @@ struct QQ4_0 {
             const unsigned w = ld4a2(b + 2 + 4 * i);
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                q[4 * i + j] = qf(byte_of(w, j) & 0xF);
-                q[16 + 4 * i + j] = qf(byte_of(w, j) >> 4);
+                q[4 * i + j] = qv<E>(byte_of(w, j) & 0xF);
+                q[16 + 4 * i + j] = qv<E>(byte_of(w, j) >> 4);
             }
         }
         d[0] = d[1] = dd;
@@ -70,7 +75,7 @@ struct QQ4_0 {
 
 // Q4_1: {f16 d, m; u8 qs[16]}: w = d * q + m
 struct QQ4_1 {
-    static constexpr int QK = 32, BB = 20, NSUB = 1, RUNS = 2, RL = 16;
+    static constexpr int QK = 32, BB = 20, NSUB = 1, RUNS = 2, RL = 16, E = 4;
     static __device__ __forceinline__ int start(int, int r) { return 16 * r; }
     static __device__ __forceinline__ void decode(const unsigned char* b, int, float* q, float* d, float* m) {
         const float dd = qh16(b), mm = qh16(b + 2);
@@ -79,8 +84,8 @@ struct QQ4_1 {
             const unsigned w = ld4(b + 4 + 4 * i);
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                q[4 * i + j] = qf(byte_of(w, j) & 0xF);
-                q[16 + 4 * i + j] = qf(byte_of(w, j) >> 4);
+                q[4 * i + j] = qv<E>(byte_of(w, j) & 0xF);
+                q[16 + 4 * i + j] = qv<E>(byte_of(w, j) >> 4);
             }
         }
         d[0] = d[1] = dd;
@@ -90,7 +95,7 @@ struct QQ4_1 {
 
 // Q5_0: {f16 d; u32 qh; u8 qs[16]}: bit j of qh is bit 4 of element j; w = d * (q - 16)
 struct QQ5_0 {
-    static constexpr int QK = 32, BB = 22, NSUB = 1, RUNS = 2, RL = 16;
+    static constexpr int QK = 32, BB = 22, NSUB = 1, RUNS = 2, RL = 16, E = 5;
     static __device__ __forceinline__ int start(int, int r) { return 16 * r; }
     static __device__ __forceinline__ void decode(const unsigned char* b, int, float* q, float* d, float* m) {
         const float dd = qh16(b);
@@ -101,8 +106,8 @@ struct QQ5_0 {
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int e = 4 * i + j;
-                q[e] = qf((byte_of(w, j) & 0xF) | (((qh >> e) & 1u) << 4));
-                q[16 + e] = qf((byte_of(w, j) >> 4) | (((qh >> (e + 16)) & 1u) << 4));
+                q[e] = qv<E>((byte_of(w, j) & 0xF) | (((qh >> e) & 1u) << 4));
+                q[16 + e] = qv<E>((byte_of(w, j) >> 4) | (((qh >> (e + 16)) & 1u) << 4));
             }
         }
         d[0] = d[1] = dd;
@@ -112,7 +117,7 @@ struct QQ5_0 {
 
 // Q5_1: {f16 d, m; u32 qh; u8 qs[16]}: w = d * q + m
 struct QQ5_1 {
-    static constexpr int QK = 32, BB = 24, NSUB = 1, RUNS = 2, RL = 16;
+    static constexpr int QK = 32, BB = 24, NSUB = 1, RUNS = 2, RL = 16, E = 5;
     static __device__ __forceinline__ int start(int, int r) { return 16 * r; }
     static __device__ __forceinline__ void decode(const unsigned char* b, int, float* q, float* d, float* m) {
         const float dd = qh16(b), mm = qh16(b + 2);
@@ -123,8 +128,8 @@ struct QQ5_1 {
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int e = 4 * i + j;
-                q[e] = qf((byte_of(w, j) & 0xF) | (((qh >> e) & 1u) << 4));
-                q[16 + e] = qf((byte_of(w, j) >> 4) | (((qh >> (e + 16)) & 1u) << 4));
+                q[e] = qv<E>((byte_of(w, j) & 0xF) | (((qh >> e) & 1u) << 4));
+                q[16 + e] = qv<E>((byte_of(w, j) >> 4) | (((qh >> (e + 16)) & 1u) << 4));
             }
         }
         d[0] = d[1] = dd;
@@ -136,7 +141,7 @@ struct QQ5_1 {
 // 128n + 32j + l, l < 32, q = (qs[32n + l] >> 2j) & 3; run r = l/16 has scale byte
 // sc = scales[8n + 2j + r]: w = d * (sc & 15) * q - dmin * (sc >> 4)
 struct QQ2_K {
-    static constexpr int QK = 256, BB = 84, NSUB = 8, RUNS = 2, RL = 16;
+    static constexpr int QK = 256, BB = 84, NSUB = 8, RUNS = 2, RL = 16, E = 2;
     static __device__ __forceinline__ int start(int s, int r) { return 32 * s + 16 * r; }
     static __device__ __forceinline__ void decode(const unsigned char* b, int s, float* q, float* d, float* m) {
         const int n = s >> 2, j = s & 3;
@@ -146,7 +151,7 @@ struct QQ2_K {
         for (int i = 0; i < 8; ++i) {
             const unsigned w = ld4(b + 16 + 32 * n + 4 * i);
 #pragma unroll
-            for (int k = 0; k < 4; ++k) q[4 * i + k] = qf((byte_of(w, k) >> (2 * j)) & 3u);
+            for (int k = 0; k < 4; ++k) q[4 * i + k] = qv<E>((byte_of(w, k) >> (2 * j)) & 3u);
         }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -161,7 +166,7 @@ struct QQ2_K {
 // element 128n + 32j + l: q = ((qs[32n + l] >> 2j) & 3) - (hmask[l] bit (4n + j) ? 0 : 4),
 // run r = l/16, scale index is = 8n + 2j + r: w = d * (sc[is] - 32) * q
 struct QQ3_K {
-    static constexpr int QK = 256, BB = 110, NSUB = 8, RUNS = 2, RL = 16;
+    static constexpr int QK = 256, BB = 110, NSUB = 8, RUNS = 2, RL = 16, E = 3;
     static __device__ __forceinline__ int start(int s, int r) { return 32 * s + 16 * r; }
     static __device__ __forceinline__ void decode(const unsigned char* b, int s, float* q, float* d, float* m) {
         const int n = s >> 2, j = s & 3, hb = 4 * n + j;
@@ -172,7 +177,7 @@ struct QQ3_K {
             const unsigned h = ld4a2(b + 4 * i);
 #pragma unroll
             for (int k = 0; k < 4; ++k)  // q + 4 in [0, 7]
-                q[4 * i + k] = qf(((byte_of(w, k) >> (2 * j)) & 3u) | (((byte_of(h, k) >> hb) & 1u) << 2));
+                q[4 * i + k] = qv<E>(((byte_of(w, k) >> (2 * j)) & 3u) | (((byte_of(h, k) >> hb) & 1u) << 2));
         }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -217,7 +222,7 @@ struct QHeaderK4 {
 // qs[32j + 16hh + i]; run 0 = their low nibbles, elements 64j + 16hh + i, sub-block 2j; run 1
 // = high nibbles, elements 64j + 32 + 16hh + i, sub-block 2j + 1: w = d * sc * q - dmin * mn
 struct QQ4_K {
-    static constexpr int QK = 256, BB = 144, NSUB = 8, RUNS = 2, RL = 16;
+    static constexpr int QK = 256, BB = 144, NSUB = 8, RUNS = 2, RL = 16, E = 4;
     static __device__ __forceinline__ int start(int s, int r) { return 64 * (s >> 1) + 16 * (s & 1) + 32 * r; }
     static __device__ __forceinline__ void decode(const unsigned char* b, int s, float* q, float* d, float* m) {
         const int j = s >> 1, hh = s & 1;
@@ -227,8 +232,8 @@ struct QQ4_K {
         for (int i = 0; i < 4; ++i)
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
-                q[4 * i + k] = qf(byte_of(a[i], k) & 0xF);
-                q[16 + 4 * i + k] = qf(byte_of(a[i], k) >> 4);
+                q[4 * i + k] = qv<E>(byte_of(a[i], k) & 0xF);
+                q[16 + 4 * i + k] = qv<E>(byte_of(a[i], k) >> 4);
             }
         const QHeaderK4 hd(b);
 #pragma unroll
@@ -244,7 +249,7 @@ struct QQ4_K {
 // Q5_K: {f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]}: as Q4_K, plus bit 4 of element
 // 64j + l (l < 32) from bit 2j of qh[l] and of 64j + 32 + l from bit 2j + 1
 struct QQ5_K {
-    static constexpr int QK = 256, BB = 176, NSUB = 8, RUNS = 2, RL = 16;
+    static constexpr int QK = 256, BB = 176, NSUB = 8, RUNS = 2, RL = 16, E = 5;
     static __device__ __forceinline__ int start(int s, int r) { return 64 * (s >> 1) + 16 * (s & 1) + 32 * r; }
     static __device__ __forceinline__ void decode(const unsigned char* b, int s, float* q, float* d, float* m) {
         const int j = s >> 1, hh = s & 1;
@@ -256,8 +261,8 @@ struct QQ5_K {
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
                 const unsigned hb = byte_of(h[i], k) >> (2 * j);
-                q[4 * i + k] = qf((byte_of(a[i], k) & 0xF) | ((hb & 1u) << 4));
-                q[16 + 4 * i + k] = qf((byte_of(a[i], k) >> 4) | ((hb & 2u) << 3));
+                q[4 * i + k] = qv<E>((byte_of(a[i], k) & 0xF) | ((hb & 1u) << 4));
+                q[16 + 4 * i + k] = qv<E>((byte_of(a[i], k) >> 4) | ((hb & 2u) << 3));
             }
         const QHeaderK4 hd(b);
 #pragma unroll
@@ -276,7 +281,7 @@ struct QQ5_K {
 //   r2 = (ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4,  r3 = (ql[l+32] >> 4) | ((qh[l] >> 6) & 3) << 4,
 // w = d * scales[l/16 + 2r] * (q - 32)
 struct QQ6_K {
-    static constexpr int QK = 256, BB = 210, NSUB = 8, RUNS = 4, RL = 8;
+    static constexpr int QK = 256, BB = 210, NSUB = 8, RUNS = 4, RL = 8, E = 6;
     static __device__ __forceinline__ int start(int s, int r) { return 128 * (s >> 2) + 8 * (s & 3) + 32 * r; }
     static __device__ __forceinline__ void decode(const unsigned char* b, int s, float* q, float* d, float* m) {
         const int n = s >> 2, l0 = 8 * (s & 3);
@@ -289,10 +294,10 @@ struct QQ6_K {
             for (int k = 0; k < 4; ++k) {
                 const int e = 4 * i + k;
                 const unsigned hb = byte_of(h, k);
-                q[e] = qf((byte_of(lo, k) & 0xF) | ((hb & 3u) << 4));
-                q[8 + e] = qf((byte_of(hi, k) & 0xF) | (((hb >> 2) & 3u) << 4));
-                q[16 + e] = qf((byte_of(lo, k) >> 4) | (((hb >> 4) & 3u) << 4));
-                q[24 + e] = qf((byte_of(hi, k) >> 4) | (((hb >> 6) & 3u) << 4));
+                q[e] = qv<E>((byte_of(lo, k) & 0xF) | ((hb & 3u) << 4));
+                q[8 + e] = qv<E>((byte_of(hi, k) & 0xF) | (((hb >> 2) & 3u) << 4));
+                q[16 + e] = qv<E>((byte_of(lo, k) >> 4) | (((hb >> 4) & 3u) << 4));
+                q[24 + e] = qv<E>((byte_of(hi, k) >> 4) | (((hb >> 6) & 3u) << 4));
             }
         }
         const float dd = qh16(b + 208);

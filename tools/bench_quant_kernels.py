@@ -4,7 +4,9 @@
 For each (model layer, ggml type) one fused ``linear_q`` launch (one row, f16 activations) is
 timed as CUDA-graph replays (median), rotating over enough weight copies that every call reads
 its weights from DRAM rather than L2; GB/s counts the weight bytes. The f16 ``linear_gemv`` of
-the same shape is the baseline. Weights are random blocks (timing does not depend on values).
+the same shape is the baseline. Also timed: ``dequant`` of the whole weight to f16 (the prefill
+path's extra pass; GB/s counts bytes read + written). Weights are random blocks (timing does not
+depend on values).
 
     PYTHONPATH=. python3 tools/bench_quant_kernels.py [--types q8_0,q4_k,q6_k] [--models Qwen3-8B]
 """
@@ -67,7 +69,17 @@ def main(argv=None) -> int:
                     quant_launch.linear_q(lib, qt, "f16", y.arg(), x.arg(), w.ptr, dtypes.as_dtype(qt).nbytes(K),
                                           N, K, **kw)
             us = driver.graph_time_us(run, s, 20, 15)
-            print(f"{model:10s} {layer:8s} {K:6d} {N:6d} {qt:6s} {us:8.1f} {nbytes / us / 1e3:7.0f}", flush=True)
+            extra = ""
+            if qt != "f16":  # the prefill path: the whole weight dequantized to f16 scratch
+                out = driver.DeviceBuffer(N * K * 2, what="bench dequant")
+
+                def deq(i, qt=qt, ws=ws, out=out):
+                    quant_launch.dequant(lib, qt, "f16", Arg(out.ptr, (N, K)), ws[i % len(ws)].ptr,
+                                         dtypes.as_dtype(qt).nbytes(K), None, stream=s)
+                dus = driver.graph_time_us(deq, s, 10, 9)
+                extra = f"   dequant {dus:7.1f} us ({(nbytes + N * K * 2) / dus / 1e3:5.0f} GB/s)"
+                out.free()
+            print(f"{model:10s} {layer:8s} {K:6d} {N:6d} {qt:6s} {us:8.1f} {nbytes / us / 1e3:7.0f}{extra}", flush=True)
             for b in ws:
                 b.free()
     return 0
