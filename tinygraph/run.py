@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from .dtypes import QUANT_DTYPES
+
 DEFAULT_PROMPT = "The capital of France is"
 
 
@@ -59,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "numpy", "cuda"], default="auto", help="where to run")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="weights, activations and KV cache (default: float32 on numpy, float16 on cuda)")
+    p.add_argument("--dequantize", action="store_true",
+                   help="expand a GGUF's quantized weights to --dtype at load (default: keep their ggml types)")
+    p.add_argument("--quantize", choices=[d.name for d in QUANT_DTYPES], default=None,
+                   help="quantize the weight matrices while loading, with tinygraph's quantizer (default: none, "
+                        "the checkpoint's own types)")
     p.add_argument("--max-context", type=int, default=None,
                    help="KV-cache length in tokens (default: the model's maximum, at most 4096)")
     p.add_argument("--dump-graph", metavar="PATH",
@@ -183,12 +190,13 @@ def _run(args) -> int:
         elif ckpt.tokenizer is None or not ckpt.chat_template:
             raise ValueError(f"{path} has no tokenizer and chat template for a conversation")
         from .models import CausalLM
-        model = CausalLM(ckpt, dtype=dtype, backend=backend, max_context=args.max_context)
+        model = CausalLM(ckpt, dtype=dtype, backend=backend, max_context=args.max_context,
+                         dequantize=args.dequantize, quantize=args.quantize)
     finally:
         ckpt.close()
     load_s = time.perf_counter() - t0
-    print(f"tinygraph: loaded {path.name} ({model.spec.name}, {model.config.num_layers} layers, "
-          f"{model.weight_bytes / 1e6:.0f} MB {dtype}) on {backend} in {load_s:.2f} s", file=sys.stderr)
+    print(f"tinygraph: loaded {path.name} ({model.spec.name}, {model.config.num_layers} layers) on {backend} "
+          f"in {load_s:.2f} s: {memory_line(model.memory_usage(), dtype)}", file=sys.stderr)
     try:  # release the model's buffers on every exit path
         if ids is None:
             from .chat import converse
@@ -196,6 +204,13 @@ def _run(args) -> int:
         return _generate(args, model, prompt, ids)
     finally:
         model.close()
+
+
+def memory_line(use: dict, dtype: str) -> str:
+    """``weights 143 MB (q8_0 121, f16 61), KV cache 94 MB float16`` from ``model.memory_usage()``."""
+    types = ", ".join(f"{k} {n}" for k, n in sorted(use["weight_types"].items(), key=lambda kv: -kv[1]))
+    return (f"weights {use['weights'] / 1e6:.0f} MB ({types}), KV cache {use['kv_cache'] / 1e6:.0f} MB "
+            f"{dtype}")
 
 
 def _context_of(config, max_context: int | None) -> int:
@@ -236,6 +251,14 @@ def stream_text(args, model, ids: list[int], out=None, interruptible: bool = Fal
     (``interrupted``) instead of raising KeyboardInterrupt."""
     out = out or sys.stdout
     tok = model.tokenizer
+    # the new tokens are decoded after a few prompt tokens, so that a word's leading space
+    # survives (SentencePiece decoders drop the space of the first token they decode)
+    ctx = list(ids[-8:])
+    base = tok.decode(ctx, skip_special_tokens=True)
+
+    def text_of(new: list[int]) -> str:
+        return tok.decode(ctx + new, skip_special_tokens=True)[len(base):]
+
     eos = set() if args.ignore_eos else set(model.config.eos_token_ids)
     new: list[int] = []
     shown = ""
@@ -253,7 +276,7 @@ def stream_text(args, model, ids: list[int], out=None, interruptible: bool = Fal
             if tid in eos:
                 break
             new.append(tid)
-            text_now = tok.decode(new, skip_special_tokens=True)
+            text_now = text_of(new)
             if not text_now.endswith("\ufffd"):  # wait for the rest of a multi-byte character
                 out.write(text_now[len(shown):])
                 out.flush()
@@ -269,7 +292,7 @@ def stream_text(args, model, ids: list[int], out=None, interruptible: bool = Fal
     finally:
         stream.close()
     t_end = time.perf_counter()
-    rest = tok.decode(new, skip_special_tokens=True)[len(shown):] if new else ""
+    rest = text_of(new)[len(shown):] if new else ""
     if rest:  # a character cut off by the end of generation: written as it decodes (U+FFFD)
         out.write(rest)
         out.flush()
