@@ -109,3 +109,36 @@ def test_gguf_keeps_its_block_types(llama_gguf) -> None:  # noqa: F811
     assert mq.memory_usage()["weights"] < md.memory_usage()["weights"] / 2
     ids = [1, 4, 9, 2, 7]
     np.testing.assert_allclose(mq.step(ids, 0), md.step(ids, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_gguf_sliding_window_is_read(tmp_path) -> None:
+    import gguf
+
+    from tinygraph.io import load_checkpoint
+    H, I, V = 32, 64, 40
+    rng = np.random.default_rng(3)
+    w = gguf.GGUFWriter(str(tmp_path / "sw.gguf"), arch="llama")
+    for k, v in (("block_count", 1), ("context_length", 64), ("embedding_length", H), ("feed_forward_length", I),
+                 ("head_count", 2), ("head_count_kv", 1)):
+        getattr(w, f"add_{k}")(v)
+    w.add_uint32("llama.attention.sliding_window", 4)
+    w.add_layer_norm_rms_eps(1e-5)
+
+    def t(name, *shape):
+        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    t("token_embd.weight", V, H)
+    t("output_norm.weight", H)
+    for n, shape in (("attn_norm", (H,)), ("ffn_norm", (H,)), ("attn_q", (H, H)), ("attn_k", (16, H)),
+                     ("attn_v", (16, H)), ("attn_output", (H, H)), ("ffn_gate", (I, H)), ("ffn_up", (I, H)),
+                     ("ffn_down", (H, I))):
+        t(f"blk.0.{n}.weight", *shape)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.warns(UserWarning):  # no vocabulary: no tokenizer
+        ck = load_checkpoint(tmp_path / "sw.gguf")
+    assert ck.config.sliding_window == 4
+    ck.close()
+    m = load_model(tmp_path / "sw.gguf", backend="numpy")
+    assert m.windows == [4]

@@ -400,6 +400,8 @@ class GGUFFile:
             rope_theta=self._float(f"{a}.rope.freq_base", 10000.0),
             rope_scaling=scaling,
             tie_word_embeddings="output.weight" not in self._tensors,
+            # every layer slides when set (Mistral); per-layer patterns (Gemma 2/3) are not read yet
+            sliding_window=self._int(f"{a}.attention.sliding_window"),
             bos_token_id=bos,
             eos_token_id=eos,
             activation="gelu_tanh" if a == "gpt2" else "silu",
