@@ -166,11 +166,21 @@ def test_corrupted_entry_is_recompiled(tmp_path, count_compiles, damage):
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
+    # kernels live in kernels/ under the one cache root, whichever variable sets that root
+    # (they used to land in $TINYGRAPH_CACHE_DIR itself, beside the models)
+    from tinygraph import cache
+
     monkeypatch.setenv("TINYGRAPH_CACHE_DIR", str(tmp_path / "x"))
-    assert compiler.cache_dir() == tmp_path / "x"
+    assert compiler.cache_dir() == tmp_path / "x" / "kernels"
+    assert compiler.cache_dir() == cache.cache_dir("kernels", create=False)
+    assert not (tmp_path / "x").exists(), "the kernel cache directory is created on first write only"
     monkeypatch.delenv("TINYGRAPH_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert compiler.cache_dir() == tmp_path / "xdg" / "tinygraph" / "kernels"
+    assert cache.cache_dir() == tmp_path / "xdg" / "tinygraph"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert compiler.cache_dir() == tmp_path / "home" / ".cache" / "tinygraph" / "kernels"
 
 
 def test_syntax_error_names_file_and_line(tmp_path):

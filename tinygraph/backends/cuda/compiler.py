@@ -6,16 +6,17 @@ can compile every kernel.
 * ``compile_source(path_or_text, arch, options) -> bytes``: CUBIN for ``sm_XY``. Local headers
   (``#include "x.cuh"``) are read from the source's directory (or ``include_dirs``) and handed to
   NVRTC in memory, so exactly the text that was hashed gets compiled.
-* Cache: ``$TINYGRAPH_CACHE_DIR`` or ``$XDG_CACHE_HOME/tinygraph/kernels`` or
-  ``~/.cache/tinygraph/kernels``. Key = sha256 of (source text, every local header's name and
-  text, options, NVRTC version, arch, cache format). Entries are written atomically (temp file +
+* Cache: ``kernels/`` in tinygraph's cache directory (``tinygraph.cache.cache_dir``:
+  ``$TINYGRAPH_CACHE_DIR``, ``$XDG_CACHE_HOME/tinygraph`` or ``~/.cache/tinygraph``). Key =
+  sha256 of (source text, every local header's name and text, options, NVRTC version, arch,
+  cache format). Entries are written atomically (temp file +
   rename) with a header carrying the payload length and its sha256, so a truncated or corrupted
   entry is detected, removed and recompiled.
 * CUBIN only, never PTX: PTX from an NVRTC newer than the driver does not load.
 * No ``--use_fast_math``: the kernels are meant to match a float64 reference closely.
 
-This module imports only the standard library and ``cuda.bindings.nvrtc`` (lazily), so it can be
-used without the rest of the package.
+This module imports only the standard library, ``tinygraph.cache`` and ``cuda.bindings.nvrtc``
+(lazily), so it can be used without the rest of the backend.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from ...cache import cache_dir as _cache_root
 
 __all__ = [
     "CompileError",
@@ -192,12 +195,9 @@ def cuda_include_dirs() -> list[str]:
 
 
 def cache_dir() -> Path:
-    env = os.environ.get("TINYGRAPH_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "tinygraph" / "kernels"
+    """The kernel cache: ``kernels/`` under tinygraph's one cache root (not created here: the
+    first write creates it, and an unwritable one only disables caching)."""
+    return _cache_root("kernels", create=False)
 
 
 # --------------------------------------------------------------------------------------------
