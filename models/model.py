@@ -12,7 +12,7 @@ import tinygraph as tg
 from tinygraph.errors import TinygraphError
 
 from .sampling import check_sampling_args, effective_temperature
-from .transformer import Transformer
+from .transformer import Transformer, token_ids
 
 
 class GenerationTakenOverError(TinygraphError, RuntimeError):
@@ -22,14 +22,10 @@ class GenerationTakenOverError(TinygraphError, RuntimeError):
 
 def _prompt_ids(input_ids: Sequence[int]) -> list[int]:
     """``input_ids`` as a list of Python ints; ValueError naming the problem otherwise."""
-    if isinstance(input_ids, (str, bytes)):
-        raise ValueError("input_ids must be token ids (ints), got text: encode it with model.tokenizer first")
-    a = np.asarray(input_ids)
+    a = token_ids(input_ids)
     if a.size == 0:
         raise ValueError("input_ids is empty: give at least one prompt token")
-    if a.dtype.kind not in "iu":
-        raise ValueError(f"input_ids must be integer token ids, got an array of dtype {a.dtype}")
-    return [int(i) for i in a.reshape(-1)]
+    return [int(i) for i in a]
 
 
 def _eos_ids(eos_token_id) -> list[int]:

@@ -42,6 +42,25 @@ class KVCache:
     length: int = 0
 
 
+def token_ids(x, what: str = "input_ids") -> np.ndarray:
+    """Token ids of one sequence as int64 [T]: a 1-D sequence, or [1, T] (one batch row, as HF
+    takes it). Anything else (a batch of several rows, deeper nesting, ragged lists, floats) is a
+    ValueError naming ``what``: flattening it would silently run the rows as one sequence."""
+    if isinstance(x, (str, bytes)):
+        raise ValueError(f"{what} must be token ids (ints), got text: encode it with model.tokenizer first")
+    try:
+        a = np.asarray(x)
+    except ValueError:  # ragged nesting
+        raise ValueError(f"{what} must be a 1-D sequence of token ids (or [1, T]), got ragged nested lists") from None
+    if a.ndim == 2 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 1:
+        raise ValueError(f"{what} must be a 1-D sequence of token ids (or [1, T]), got shape {a.shape}")
+    if a.size and a.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be integer token ids, got an array of dtype {a.dtype}")
+    return a.astype(np.int64)
+
+
 class HostArray:
     """A result on the host; ``to_numpy()`` for PyGPUkit compatibility."""
 
@@ -375,7 +394,7 @@ class Transformer:
         self._check_open()
         if (want == "sample") != (sampling is not None):
             raise ValueError('step: sampling parameters go with want="sample", and only with it')
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = token_ids(ids, "ids")
         self._check_ids(ids, start)
         T = int(ids.size)
         g, tid, pid = self._graph(T, want)
@@ -446,7 +465,7 @@ class Transformer:
         """Forward ``input_ids`` (1-D, or [1, T]) after the cached positions of ``past_key_values``
         (None: start a new sequence). Returns (final-normed hidden states [T, hidden], cache)."""
         self._check_open()
-        ids = np.asarray(input_ids).reshape(-1)
+        ids = token_ids(input_ids)
         start = past_key_values.length if past_key_values is not None else 0
         if position_ids is not None:
             pos = np.asarray(position_ids).reshape(-1)

@@ -142,3 +142,4 @@ def test_gguf_sliding_window_is_read(tmp_path) -> None:
     ck.close()
     m = load_model(tmp_path / "sw.gguf", backend="numpy")
     assert m.windows == [4]
+
