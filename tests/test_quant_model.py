@@ -143,3 +143,21 @@ def test_gguf_sliding_window_is_read(tmp_path) -> None:
     m = load_model(tmp_path / "sw.gguf", backend="numpy")
     assert m.windows == [4]
 
+
+
+def test_a_nonfinite_scale_is_a_weight_value_with_a_warning() -> None:
+    from tinygraph.quant import nonfinite_scales
+    raw = quantize(RNG.standard_normal((3, 64)).astype(np.float32), "q8_0")
+    assert nonfinite_scales(raw, "q8_0") == 0
+    raw[1, 34:36] = np.frombuffer(np.float16(np.nan).tobytes(), np.uint8)   # block 1 of row 1: NaN d
+    assert nonfinite_scales(raw, "q8_0") == 1
+    with tg.Session(backend="numpy") as s:
+        W = s.persistent((3, 64), tg.q8_0, name="W")
+        s.finalize()
+        with pytest.warns(UserWarning, match="'W'.*1 block"):
+            s.upload(W, raw)
+        g = s.graph()
+        x = g.input((1, 64), tg.float32, name="x")
+        g.output(tg.matmul(x, tg.transpose(W)))
+        (y,) = s.compute(g, {x: np.ones((1, 64), np.float32)})
+    assert np.isnan(y[0, 1]) and np.isfinite(y[0, [0, 2]]).all()

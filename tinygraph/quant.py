@@ -27,6 +27,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import dtypes as _dtypes
+
 from .errors import DTypeError, TinygraphError
 
 
@@ -49,20 +51,9 @@ class QuantType:
         return 8.0 * self.block_bytes / self.block
 
 
+# one table of the block types: tinygraph.dtypes (the tensor dtypes) defines them
 QUANT_TYPES: dict[str, QuantType] = {
-    t.name: t
-    for t in (
-        QuantType("q8_0", 32, 34, 8),
-        QuantType("q4_0", 32, 18, 2),
-        QuantType("q4_1", 32, 20, 3),
-        QuantType("q5_0", 32, 22, 6),
-        QuantType("q5_1", 32, 24, 7),
-        QuantType("q2_k", 256, 84, 10),
-        QuantType("q3_k", 256, 110, 11),
-        QuantType("q4_k", 256, 144, 12),
-        QuantType("q5_k", 256, 176, 13),
-        QuantType("q6_k", 256, 210, 14),
-    )
+    d.name: QuantType(d.name, d.block, d.block_bytes, d.ggml_id) for d in _dtypes.QUANT_DTYPES
 }
 _BY_ID = {t.ggml_id: t for t in QUANT_TYPES.values()}
 
@@ -247,6 +238,22 @@ _DECODERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "q8_0": _dec_q8_0, "q4_0": _dec_q4_0, "q4_1": _dec_q4_1, "q5_0": _dec_q5_0, "q5_1": _dec_q5_1,
     "q2_k": _dec_q2_k, "q3_k": _dec_q3_k, "q4_k": _dec_q4_k, "q5_k": _dec_q5_k, "q6_k": _dec_q6_k,
 }
+
+
+# byte offsets of each block's f16 scales (d, and dmin / m where the type has one)
+_SCALES = {"q8_0": (0,), "q4_0": (0,), "q4_1": (0, 2), "q5_0": (0,), "q5_1": (0, 2), "q2_k": (80, 82),
+           "q3_k": (108,), "q4_k": (0, 2), "q5_k": (0, 2), "q6_k": (208,)}
+
+
+def nonfinite_scales(raw: Any, qtype: Any) -> int:
+    """How many blocks of ``raw`` (uint8, whole blocks of ``qtype``) have a NaN or infinite f16
+    scale: their weights decode to NaN/Inf (a weight value, not a format error)."""
+    t = quant_type(qtype)
+    b = np.asarray(raw).view(np.uint8).reshape(-1, t.block_bytes)
+    bad = np.zeros(b.shape[0], bool)
+    for off in _SCALES[t.name]:
+        bad |= (np.ascontiguousarray(b[:, off: off + 2]).view("<u2")[:, 0] & 0x7C00) == 0x7C00
+    return int(bad.sum())
 
 
 def dequantize(raw: Any, qtype: Any, k: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -135,9 +136,13 @@ class Session:
         self._check_buffer(t, "upload")
         a = np.asarray(array)
         if t.dtype.is_quant:
-            from .quant import quantize
+            from .quant import nonfinite_scales, quantize
             rb = t.dtype.nbytes(t.shape[1])
             if a.dtype == np.uint8 and a.shape in ((t.shape[0], rb), (t.nbytes,)):
+                bad = nonfinite_scales(a, t.dtype.name)
+                if bad:
+                    warnings.warn(f"upload: {t.describe()}: {bad} block(s) have a NaN or infinite scale; their "
+                                  "weights are NaN/Inf", stacklevel=2)
                 self.backend.upload(t, np.ascontiguousarray(a).reshape(t.shape[0], rb))
                 return
             if a.shape != t.shape or a.dtype.kind != "f":
