@@ -13,6 +13,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from .dtypes import DType
+from .util import contiguous_strides
 
 if TYPE_CHECKING:  # pragma: no cover
     from .graph import Graph
@@ -20,17 +21,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: ops whose node is a leaf owner of memory
 LEAF_OPS = frozenset({"persistent", "input"})
-
-
-def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Row-major strides, in elements, for ``shape``."""
-    if len(shape) == 2:  # fast path: the common case in a model graph
-        return (max(shape[1], 1), 1)
-    strides, acc = [], 1
-    for n in reversed(shape):
-        strides.append(acc)
-        acc *= max(n, 1)
-    return tuple(reversed(strides))
 
 
 def extent(shape: tuple[int, ...], strides: tuple[int, ...]) -> int:

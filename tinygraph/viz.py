@@ -34,6 +34,7 @@ def written_tensors(t) -> list:
         return []
     return [t.srcs[i] for i in OPS[t.op].written_srcs()]
 from .tensor import Tensor
+from .util import format_bytes
 
 FORMATS = ("txt", "dot", "svg", "html")
 #: node-entry keys the JSON always has; ``extra`` keys with these names are kept under ``"extra"``
@@ -272,16 +273,6 @@ def model_step_graph(model, T: int = 1, start: int = 0, fuse: bool = True) -> Gr
         _, _, h = model.build_step(g, T, last_only=True)
     g.output(ops.argmax(model.logits_node(h)))
     return g
-
-
-def format_bytes(n: int | float) -> str:
-    """``1536`` -> ``'1.5 KiB'``."""
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 def summary_line(s: Mapping) -> str:

@@ -16,8 +16,8 @@ function checks the number and sizes of the arguments against the kernel image
 Set ``TINYGRAPH_CUDA_SYNC=1`` to synchronise after every launch, so an asynchronous fault is
 reported with the name of the kernel that caused it.
 
-This module needs only the standard library and ``cuda.bindings``; it does not import the rest
-of the package.
+This module needs only the standard library, ``cuda.bindings`` and ``tinygraph.util``; it does
+not import the rest of the package.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ import os
 import threading
 import weakref
 from typing import Any, Iterable, Sequence
+
+from ...util import format_bytes
 
 __all__ = [
     "CudaError",
@@ -65,15 +67,6 @@ def _drv():
 # --------------------------------------------------------------------------------------------
 # errors
 # --------------------------------------------------------------------------------------------
-def format_bytes(n: int | float) -> str:
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024.0 or unit == "TiB":
-            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024.0
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
 def _error_base() -> type:
     """tinygraph's ``BackendError`` (a ``TinygraphError`` and a ``RuntimeError``) when the package
     is importable, else ``RuntimeError``, so this module still works on its own."""

@@ -100,6 +100,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
+from ...util import contiguous_strides
 from . import compiler
 from . import driver
 
@@ -161,14 +162,6 @@ class StoreArgs(ctypes.Structure):
                 ("ff", ctypes.c_uint64), ("qn", ctypes.c_uint64), ("kn", ctypes.c_uint64),
                 ("eps", ctypes.c_float), ("theta", ctypes.c_float), ("mode", ctypes.c_int32),
                 ("q_norm", ctypes.c_int32), ("k_norm", ctypes.c_int32), ("early", ctypes.c_int32)]
-
-
-def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
-    st, acc = [], 1
-    for n in reversed(tuple(shape)):
-        st.append(acc)
-        acc *= int(n)
-    return tuple(reversed(st))
 
 
 def td(shape: Sequence[int], strides: Sequence[int] | None = None) -> TD:
