@@ -48,7 +48,7 @@ class Tensor:
         self.op = op
         self.srcs = srcs
         self.params = params or {}
-        # callers pass tuples of Python ints (ops.py normalises user input at the API boundary)
+        # callers pass tuples of Python ints (the ops in tinygraph/ops/ normalise user input at the API boundary)
         self.shape = shape
         self.dtype = dtype
         self.strides = contiguous_strides(shape) if strides is None else strides
@@ -113,7 +113,7 @@ class Tensor:
     def __eq__(self, other: object) -> bool:  # identity: tensors are nodes, not values
         return self is other
 
-    # -- operator sugar (the functions in ops.py are the definitions) ---------------------------
+    # -- operator sugar (the functions in tinygraph.ops are the definitions) --------------------
     def __add__(self, other: "Tensor") -> "Tensor":
         from . import ops
         return ops.add(self, other)

@@ -1,0 +1,90 @@
+"""Arithmetic: ``matmul`` and the element-wise ops ``add``, ``mul``, ``scale``, ``gelu``, ``silu``."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..tensor import Tensor
+from .registry import _broadcast_shape, _f32, _need_float, _need_weight, _node, _reference
+
+
+def matmul(a: Tensor, b: Tensor, name: str | None = None) -> Tensor:
+    """``a @ b``: ``a`` [..., M, K], ``b`` [..., K, N] -> [..., M, N]; leading axes broadcast; either
+    operand may be a strided view such as ``transpose(W)``; ``b`` may be block-quantized (a view
+    of a persistent [N, K] weight: its dequantized values). Result dtype: ``a``'s."""
+    _need_float("matmul", a)
+    _need_weight("matmul", b)
+    if a.ndim < 2 or b.ndim < 2:
+        raise ShapeError(f"matmul needs operands with >= 2 axes: {a.describe()} @ {b.describe()}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ShapeError(f"matmul: inner sizes differ: {a.describe()} @ {b.describe()}")
+    try:
+        lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ShapeError(f"matmul: leading axes do not broadcast: {a.describe()} @ {b.describe()}") from None
+    return _node("matmul", (a, b), tuple(lead) + (a.shape[-2], b.shape[-1]), a.dtype, None, name)
+
+
+@_reference("matmul", "matmul")
+def _matmul_ref(p, a, b):
+    return np.matmul(_f32(a), _f32(b))
+
+
+def add(a: Tensor, b: Tensor, name: str | None = None) -> Tensor:
+    """``a + b`` with NumPy broadcasting; result dtype ``a``'s."""
+    _need_float("add", a, b)
+    return _node("add", (a, b), _broadcast_shape("add", a, b), a.dtype, None, name)
+
+
+@_reference("add", "elementwise", elementwise=True)
+def _add_ref(p, a, b):
+    return _f32(a) + _f32(b)
+
+
+def mul(a: Tensor, b: Tensor, name: str | None = None) -> Tensor:
+    """``a * b`` with NumPy broadcasting; result dtype ``a``'s."""
+    _need_float("mul", a, b)
+    return _node("mul", (a, b), _broadcast_shape("mul", a, b), a.dtype, None, name)
+
+
+@_reference("mul", "elementwise", elementwise=True)
+def _mul_ref(p, a, b):
+    return _f32(a) * _f32(b)
+
+
+def scale(x: Tensor, s: float, name: str | None = None) -> Tensor:
+    """``x * s`` for a Python scalar ``s``."""
+    _need_float("scale", x)
+    return _node("scale", (x,), x.shape, x.dtype, {"scale": float(s)}, name)
+
+
+@_reference("scale", "elementwise", elementwise=True)
+def _scale_ref(p, x):
+    return _f32(x) * np.float32(p["scale"])
+
+
+def gelu(x: Tensor, name: str | None = None) -> Tensor:
+    """GELU, tanh approximation (GPT-2's ``gelu_new``)."""
+    _need_float("gelu", x)
+    return _node("gelu", (x,), x.shape, x.dtype, None, name)
+
+
+@_reference("gelu", "elementwise", elementwise=True)
+def _gelu_ref(p, x):
+    x = _f32(x)
+    return 0.5 * x * (1.0 + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)))
+
+
+def silu(x: Tensor, name: str | None = None) -> Tensor:
+    """SiLU: ``x * sigmoid(x)``."""
+    _need_float("silu", x)
+    return _node("silu", (x,), x.shape, x.dtype, None, name)
+
+
+@_reference("silu", "elementwise", elementwise=True)
+def _silu_ref(p, x):
+    x = _f32(x)
+    with np.errstate(over="ignore"):
+        return x / (np.float32(1.0) + np.exp(-x))
