@@ -317,7 +317,7 @@ def test_cli_model(tmp_path):
     assert r.returncode == 0, r.stderr
     for ext in ("txt", "dot", "html"):
         assert (tmp_path / f"prefill.{ext}").is_file() and f"prefill.{ext}" in r.stdout
-    assert re.search(r"viz: \d+ nodes, \d+ compute", r.stdout)
+    assert re.search(r"viz: \d+ nodes in all \(\d+ compute, \d+ views", r.stdout)
     r = _cli("--model", str(FIX / "llama"), "--out", str(tmp_path), "--before-after", "--formats", "html")
     assert r.returncode == 0, r.stderr
     data = _embedded((tmp_path / "decode.html").read_text())
@@ -475,36 +475,3 @@ def test_profiled_decode_step(llama):
     assert "total" in table and len(table.splitlines()) == 5 + 3
     data = graph_data(g, extra={nid: {"time_us": t} for nid, t in times.items()})
     assert abs(data["summary"]["total_time_us"] - sum(times.values())) < 1e-6 * max(1.0, sum(times.values()))
-
-
-# ------------------------------------------------------------------------------------------------
-# the page's files: package data, inlined
-# ------------------------------------------------------------------------------------------------
-def test_page_assets_are_package_data_and_inlined():
-    import fnmatch
-
-    from tinygraph import viz_html
-    assets = ROOT / "tinygraph" / viz_html.ASSETS
-    names = sorted(p.name for p in assets.iterdir() if p.is_file())
-    assert {"page.html", "page.css", *viz_html.JS_FILES} <= set(names)
-    # every file there is shipped by a non-editable install (pyproject's package-data globs)
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tinygraph"]
-    for n in names:
-        assert any(fnmatch.fnmatch(f"{viz_html.ASSETS}/{n}", gl) for gl in globs), n
-    g, _ = kv_graph()
-    page = to_html(g)
-    for n in ("page.css", *viz_html.JS_FILES):  # inlined as they are: the page stays one file
-        assert (assets / n).read_text(encoding="utf-8") in page
-    assert "@CSS@" not in page and "@JS@" not in page
-    assert len((ROOT / "tinygraph" / "viz_html.py").read_text().splitlines()) < 300
-    for n in names:
-        assert len((assets / n).read_text().splitlines()) <= 600, n
-
-
-def test_missing_page_asset_names_the_file(monkeypatch):
-    from tinygraph import viz_html
-    monkeypatch.setattr(viz_html, "JS_FILES", ("graph.js", "nope.js"))
-    g, _ = kv_graph()
-    with pytest.raises(viz_html.VizAssetError, match=r"viz_assets/nope\.js"):
-        to_html(g)

@@ -337,6 +337,7 @@ def _dump(model, path: str, profiled=None) -> None:
     """Write the decode graph: ``.html`` an interactive page (:mod:`tinygraph.viz`), ``.dot``
     Graphviz, anything else the text table. ``profiled``: (graph, times) from a profiled step."""
     from .dump import to_dot
+    from .viz import graph_summary, node_count_text
     g, times = profiled if profiled is not None else (model.step_graph(1, "argmax")[0], {})
     p = Path(path)
     if p.suffix.lower() in (".html", ".htm"):
@@ -346,7 +347,8 @@ def _dump(model, path: str, profiled=None) -> None:
         p.write_text(to_html(g, title=title, extra=extra), encoding="utf-8")
     else:
         p.write_text(to_dot(g) if p.suffix.lower() == ".dot" else g.dump())
-    print(f"tinygraph: wrote the decode graph ({len(g.nodes)} nodes) to {path}", file=sys.stderr)
+    # the page's count, for every format: len(g.nodes) leaves out the weights and their views
+    print(f"tinygraph: wrote the decode graph ({node_count_text(graph_summary(g))}) to {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

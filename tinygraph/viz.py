@@ -95,7 +95,8 @@ def _summary(g: Graph, tensors: list[Tensor], nxg, groups: dict, extra: Mapping[
 
 
 def graph_summary(g: Graph, extra: Mapping[int, Mapping] | None = None) -> dict:
-    """Counts and sizes of the needed part of ``g``: ``nodes`` (leaves, views and compute nodes),
+    """Counts and sizes of the needed part of ``g``: ``nodes`` (every needed node: compute nodes,
+    views, persistent buffers and inputs; :func:`node_count_text` words it),
     ``compute_nodes`` (what a backend launches: kernels per token on CUDA), ``views``,
     ``persistent_buffers``, ``inputs``, ``outputs``, ``side_effects``, ``edges``/``data_edges``/
     ``hazard_edges``, ``layers`` (groups ``layers.{i}``), ``arena_peak_bytes``/``arena_total_bytes``
@@ -116,7 +117,9 @@ def graph_data(g: Graph, extra: Mapping[int, Mapping] | None = None) -> dict:
     the memory) and ``buffer`` (its name), ``step`` (schedule position of compute nodes, else null),
     ``arena`` (``{"offset", "size", "inplace_of", "lifetime": [first, last]}`` for nodes the planner
     placed, else null), ``params``, ``srcs`` (ids), ``group`` (``layers.{i}`` or null), ``output``,
-    ``side_effect``, ``writes`` (writes memory of ``buffer``: ``cpy``, ``set_rows``), plus the keys
+    ``side_effect``, ``writes`` (writes memory of ``buffer``: ``cpy``, ``set_rows``), ``written`` (each
+    memory written besides the node's result: ``buffer``, ``storage`` id, ``memory`` class, ``offset``,
+    ``shape``, ``strides``; e.g. ``attention_store``'s two KV caches), plus the keys
     of ``extra[id]`` (``kernel``, ``launch``, ``time_us``, ...; a key that clashes with one of these
     goes under ``"extra"``). Each edge: ``src``, ``dst``, ``kind``
     (``"data"``/``"hazard"``) and, for hazards, ``buffer``."""
@@ -141,8 +144,9 @@ def graph_data(g: Graph, extra: Mapping[int, Mapping] | None = None) -> dict:
             "storage": t.storage.id, "buffer": t.storage.name, "step": step.get(t.id), "arena": arena,
             "params": _jsonable(t.params), "srcs": [s.id for s in t.srcs], "group": groups.get(t.id),
             "output": t.id in outputs, "side_effect": t.id in effects, "writes": writes_into(t),
-            "written": [{"buffer": w.storage.name, "offset": w.offset, "shape": list(w.shape),
-                         "strides": list(w.strides)} for w in written_tensors(t)],
+            "written": [{"buffer": w.storage.name, "storage": w.storage.id, "memory": memory_class(w),
+                         "offset": w.offset, "shape": list(w.shape), "strides": list(w.strides)}
+                        for w in written_tensors(t)],
         }
         x = extra.get(t.id)
         if x:
@@ -275,9 +279,18 @@ def model_step_graph(model, T: int = 1, start: int = 0, fuse: bool = True) -> Gr
     return g
 
 
+def node_count_text(s: Mapping) -> str:
+    """The one way tinygraph counts a graph's nodes (the page's summary bar says the same):
+    ``'547 nodes in all (153 compute, 150 views, 242 weights/KV-cache buffers, 2 inputs)'``, from
+    :func:`graph_summary`'s dict. "In all" is every needed node, leaves included; ``Graph.nodes``
+    is shorter, as persistent buffers and their views belong to no graph."""
+    return (f"{s['nodes']} nodes in all ({s['compute_nodes']} compute, {s['views']} views, "
+            f"{s['persistent_buffers']} weights/KV-cache buffers, {s['inputs']} inputs)")
+
+
 def summary_line(s: Mapping) -> str:
     """One line from :func:`graph_summary`'s dict."""
-    line = (f"{s['nodes']} nodes, {s['compute_nodes']} compute (kernels per step), {s['views']} views, "
+    line = (f"{node_count_text(s)}; {s['compute_nodes']} compute nodes = kernels per step; "
             f"{s['hazard_edges']} hazard edges; arena peak {format_bytes(s['arena_peak_bytes'])}, "
             f"weights {format_bytes(s['weight_bytes'])}, KV cache {format_bytes(s['kv_cache_bytes'])}")
     if s.get("total_time_us") is not None:

@@ -7,7 +7,7 @@ const svg = $('#svg'), vp = $('#vp'), details = $('#details');
 const C0 = Object.values(DATA.graphs)[0].colors;
 const FAM = C0.family, MEMC = C0.memory, OTHER = C0.other || '#e8e8e8';
 // layout constants (px)
-const M = 18, FW = 232, FG = 30, FGAP = 26, SW = 320, ARCW = 170, AW = 300, TOP = 40;
+const M = 18, FW = 232, FG = 30, FGAP = 26, SW = 320, ARCW = 170, AW = 300, TOP = 62;
 const CH = 36, CROW = 48, VH = 30, VROW = 38, SUBROW = 38, HROW = 30, BOXH = 40, BOXROW = 52, FH = 30, REFH = 22;
 
 const S = {g: DATA.graphs.after ? 'after' : Object.keys(DATA.graphs)[0], L: {}, collapsed: {}, sel: null,
@@ -294,30 +294,68 @@ function render() {
       edges.push('<path class="e"' + attrs + ' d="' + arcR(a, b, Math.min(ARCW - 20, 16 + 14 * Math.log2(1 + span))) + '" marker-end="url(#ma)"/>');
     }
   }
-  // the arena: each block over its lifetime
+  // the arena: each block over its lifetime, on the x scale of arenaScale (a broken axis when outliers dwarf the rest)
   if (peak) {
-    const sc = AW / peak;
-    out.unshift('<text class="colh" x="' + AX + '" y="' + (TOP - 22) + '">ARENA · 0 … ' + esc(bytes(peak)) + ' · blocks over their lifetime</text>');
-    for (let q = 0; q <= 4; q++) out.unshift('<line class="grid" x1="' + (AX + q * AW / 4) + '" y1="' + (TOP - 12) + '" x2="' + (AX + q * AW / 4) + '" y2="' + (height - M) + '"/>');
+    const A = arenaScale(G, AW), ax = (b) => AX + A.x(b);
+    const ticks = A.cut == null ? [0, 1, 2, 3, 4].map(q => peak * q / 4) : [0, 1, 2, 3, 4].map(q => A.cut * q / 4).concat([peak]);
+    for (const b of ticks) out.unshift('<line class="grid" x1="' + ax(b).toFixed(1) + '" y1="' + (TOP - 6) + '" x2="' + ax(b).toFixed(1) + '" y2="' + (height - M) + '"/>');
+    out.unshift('<text class="tick" x="' + AX + '" y="' + (TOP - 9) + '">0</text>');
+    out.unshift('<text class="tick" x="' + (AX + AW) + '" y="' + (TOP - 9) + '" text-anchor="end">' + esc(bytes(peak)) + '</text>');
+    if (A.cut != null) {  // the break: a gap with two slanted strokes, the cut's offset above it
+      out.unshift('<text class="tick" x="' + (AX + A.w1) + '" y="' + (TOP - 9) + '" text-anchor="end">' + esc(bytes(A.cut)) + '</text>');
+      const xm = AX + A.w1 + A.gap / 2;
+      blocks.push('<g class="brk"><line x1="' + xm + '" y1="' + (TOP - 6) + '" x2="' + xm + '" y2="' + (height - M) + '"/><path d="M' + (AX + A.w1 - 2) + ',' + (TOP + 4) + ' l6,-10 M' + (AX + A.w1 + A.gap - 4) + ',' + (TOP + 4) + ' l6,-10"/>' +
+                  '<title>axis break: offsets past ' + esc(bytes(A.cut)) + ' are drawn compressed</title></g>');
+    }
     for (const n of G.nodes) {
       if (!n.arena || n.arena.lifetime[0] == null) continue;
       const a = pos.get(L.stepNode.get(n.arena.lifetime[0])) || pos.get(n.id);
       const b = pos.get(L.stepNode.get(n.arena.lifetime[1])) || a;
       if (!a || !b) continue;
       const y0 = Math.min(a.y, b.y), y1 = Math.max(a.y + a.h, b.y + b.h);
-      blocks.push('<rect class="blk" data-id="' + n.id + '" x="' + (AX + n.arena.offset * sc).toFixed(1) + '" y="' + y0 + '" width="' +
-                  Math.max(2, n.arena.size * sc).toFixed(1) + '" height="' + Math.max(3, y1 - y0) + '" fill="' + fill(n) + '"><title>' +
-                  esc(n.name + ': arena @' + n.arena.offset + ' +' + n.arena.size + ' B, steps ' + n.arena.lifetime.join('–')) + '</title></rect>');
+      const x0 = ax(n.arena.offset), bw = Math.max(2, ax(n.arena.offset + n.arena.size) - x0), bh = Math.max(3, y1 - y0);
+      const tip = n.name + ': arena @' + n.arena.offset + ' +' + n.arena.size + ' B (' + bytes(n.arena.size) + '), steps ' + n.arena.lifetime.join('–');
+      blocks.push('<rect class="blk" data-id="' + n.id + '" x="' + x0.toFixed(1) + '" y="' + y0 + '" width="' + bw.toFixed(1) + '" height="' + bh +
+                  '" fill="' + fill(n) + '"><title>' + esc(tip) + '</title></rect>');
+      // a block reaching past the break is not drawn to scale: print its size on it
+      if (A.cut != null && n.arena.offset + n.arena.size > A.cut && bw >= 44 && bh >= 14)
+        blocks.push('<text class="bsz" data-id="' + n.id + '" x="' + (x0 + 4).toFixed(1) + '" y="' + (y0 + 11) + '">' + esc(bytes(n.arena.size)) + '</text>');
     }
+    out.unshift(colHead(AX, AX + AW, 'ARENA · bytes ' + (A.cut != null ? '(axis broken at ' + bytes(A.cut) + ')' : ''), 'each block over its lifetime'));
   }
-  out.unshift('<text class="colh" x="' + SX + '" y="' + (TOP - 22) + '">SCHEDULE · compute nodes in run order</text>');
-  if (L.maxDepth) out.unshift('<text class="colh" x="' + M + '" y="' + (TOP - 22) + '">WEIGHTS · KV CACHE · INPUTS (and views of them)</text>');
+  out.unshift(colHead(SX, SX + SW, 'SCHEDULE', 'compute nodes in run order'));
+  if (L.maxDepth) out.unshift(colHead(M, SX - FGAP, 'WEIGHTS · KV CACHE · INPUTS', 'and views of them'));
   const bandSvg = bands.map(b => '<rect class="band' + ((bandNo++) % 2 ? ' odd' : '') + '" x="' + (M - 8) + '" y="' + b.y0 + '" width="' +
                   (width - 2 * M + 16) + '" height="' + (b.y1 - b.y0) + '" rx="8"/>').join('');
   vp.innerHTML = bandSvg + edges.join('') + blocks.join('') + out.join('');
+  fitHeads();
   L.pos = pos; L.hidden = hidden; L.size = {w: width, h: height}; L.bandY = bandY;
   svg.dataset.renderedNodes = String(vp.querySelectorAll('g.n:not([data-ref])').length);
   refreshMarks();
+}
+// A column's two-line heading, kept inside [x0, x1]: the columns' headings never overlap.
+function colHead(x0, x1, title, sub) {
+  return '<g class="colh" data-x0="' + x0 + '" data-x1="' + x1 + '"><text class="h1" x="' + x0 + '" y="' + (TOP - 34) + '">' + esc(title) +
+         '</text><text class="h2" x="' + x0 + '" y="' + (TOP - 21) + '">' + esc(sub) + '</text></g>';
+}
+function fitHeads() {  // a heading wider than its column (a narrow font fallback, a long size) is squeezed to fit
+  vp.querySelectorAll('g.colh text').forEach(t => {
+    const g = t.parentNode, w = +g.dataset.x1 - +g.dataset.x0;
+    if (t.getComputedTextLength() > w) { t.setAttribute('textLength', w); t.setAttribute('lengthAdjust', 'spacingAndGlyphs'); }
+  });
+}
+// The arena column's x scale: byte offset -> px in [0, width]. A decode graph's LM-head logits (vocab
+// floats, 192 KiB for SmolLM2) dwarf a layer's blocks (~2-6 KiB): scaled to the peak, every layer's block
+// is a sliver. So when the offset where 90% of the blocks end (`cut`) is under a third of the peak, the
+// axis breaks: [0, cut] takes the first 78% of the column, linearly (sizes there compare truly), and
+// [cut, peak] the rest past a gap. The map is monotonic, so blocks disjoint in memory stay disjoint.
+function arenaScale(G, width) {
+  const ends = G.nodes.filter(n => n.arena).map(n => n.arena.offset + n.arena.size).sort((a, b) => a - b);
+  const peak = Math.max(G.summary.arena_peak_bytes, ends.length ? ends[ends.length - 1] : 0);
+  const cut = ends.length ? ends[Math.floor(0.9 * (ends.length - 1))] : peak;
+  if (!(cut > 0) || cut * 3 >= peak) return {cut: null, x: (b) => b * width / peak};
+  const w1 = Math.round(width * 0.78), gap = 10;
+  return {cut, w1, gap, x: (b) => b <= cut ? b * w1 / cut : w1 + gap + (b - cut) * (width - w1 - gap) / (peak - cut)};
 }
 function feedEdge(q, prev, sid, did, bend) {
   const x1 = q.x + q.w, y1 = q.y + q.h / 2;

@@ -122,6 +122,11 @@ function showDetails(n) {
   const sto = L.byId.get(n.storage);
   h += row('buffer', (n.storage === n.id ? '<b>' + esc(n.buffer) + '</b> (own memory)' : link(n.storage)) + ' · ' + esc(MEMLABEL[n.memory] || n.memory) +
            (sto && sto.kind === 'persistent' ? ' · ' + bytes(sto.nbytes) : ''));
+  if (n.written && n.written.length) {  // the memory written besides the result, e.g. both KV caches
+    h += row('written', n.written.map(w => (L.byId.has(w.storage) ? link(w.storage) : '<b>' + esc(w.buffer) + '</b>') + ' · ' +
+             esc(MEMLABEL[w.memory] || w.memory) + '<br>' + code(shp(w.shape)) + ' at offset ' + code(String(w.offset)) +
+             ', strides ' + code(tup(w.strides))).join('<br>'));
+  }
   const ar = n.arena || (sto && sto.arena);
   if (ar) {
     h += row('arena', code('@' + ar.offset + ' +' + ar.size) + ' B' + (n.arena ? '' : ' (block of ' + link(n.storage) + ')'));
@@ -135,7 +140,8 @@ function showDetails(n) {
   if (ps.length) h += row('params', '<pre>' + esc(ps.map(k => k + ' = ' + JSON.stringify(n.params[k])).join('\n')) + '</pre>');
   h += '</table>';
   const core = new Set(['id', 'name', 'op', 'kind', 'family', 'memory', 'shape', 'dtype', 'itemsize', 'strides', 'offset', 'contiguous',
-                        'nbytes', 'storage', 'buffer', 'step', 'arena', 'params', 'srcs', 'group', 'output', 'side_effect', 'writes']);
+                        'nbytes', 'storage', 'buffer', 'step', 'arena', 'params', 'srcs', 'group', 'output', 'side_effect', 'writes',
+                        'written']);
   const ex = Object.keys(n).filter(k => !core.has(k));
   h += '<h3>Execution</h3><table>';
   h += row('kernel', n.kernel != null ? code(typeof n.kernel === 'string' ? n.kernel : JSON.stringify(n.kernel)) : '<i>—</i>');
@@ -234,7 +240,9 @@ function statsBar() {
   const db = (k) => o && o[k] !== s[k] ? ' <i>(before ' + bytes(o[k]) + ')</i>' : '';
   const chip = (id, html, title, cls) => '<span class="chip' + (cls ? ' ' + cls : '') + '" id="stat-' + id + '" title="' + esc(title) + '">' + html + '</span>';
   $('#stats').innerHTML =
-    chip('nodes', '<b>' + s.nodes + '</b> nodes' + d('nodes'), 'needed nodes: leaves, views and compute nodes') +
+    // the count tinygraph.viz.node_count_text gives (and `run --dump-graph` prints): every node, leaves included
+    chip('nodes', '<b>' + s.nodes + '</b> nodes in all' + d('nodes'), s.nodes + ' nodes in all (' + s.compute_nodes + ' compute, ' +
+         s.views + ' views, ' + s.persistent_buffers + ' weights/KV-cache buffers, ' + s.inputs + ' inputs)') +
     chip('compute', '<b>' + s.compute_nodes + '</b> compute nodes' + d('compute_nodes') + ' <i>= kernels/token</i>', 'nodes a backend runs, in schedule order', 'key') +
     chip('views', '<b>' + s.views + '</b> views' + d('views'), 'layouts over other memory: no compute') +
     chip('hazards', '<b>' + s.hazard_edges + '</b> hazard edges', 'ordering edges between overlapping accesses of a written buffer') +
@@ -253,7 +261,8 @@ function switchGraph(name) {
 
 // legend
 (function legend() {
-  let h = '<details open><summary>Legend</summary><div style="margin-top:2px">';
+  // a bar below the drawing (not over it): it never hides part of the graph
+  let h = '<details open><summary>Legend</summary>';
   for (const [f, c] of Object.entries(FAM)) h += '<span class="it"><span class="sw" style="background:' + c + '"></span>' + esc(f) + '</span>';
   h += '<span class="it" style="color:#9aa5b5">|</span>' +
        '<span class="it"><span class="sw" style="background:#fff;border-style:dashed;border-radius:6px"></span>view</span>' +
@@ -264,7 +273,7 @@ function switchGraph(name) {
        '<span class="it"><svg width="26" height="10"><line x1="1" y1="5" x2="25" y2="5" stroke="#8d99ab" stroke-width="1.5"/></svg>&nbsp;data</span>' +
        '<span class="it"><svg width="26" height="10"><line x1="1" y1="5" x2="25" y2="5" stroke="#d62828" stroke-width="1.5" stroke-dasharray="5 4"/></svg>&nbsp;hazard order</span>' +
        '<span class="it">↗ another reader of a shared node</span>' +
-       '</div><div class="hint">drag / scroll: pan · ctrl+scroll or + −: zoom · click: details · / : search · Esc: close</div></details>';
+       '<span class="hint">drag / scroll: pan · ctrl+scroll or + −: zoom · click: details · / : search · Esc: close</span></details>';
   $('#legend').innerHTML = h;
 })();
 
