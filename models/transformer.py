@@ -208,15 +208,18 @@ class Transformer:
     def _upload_weights(self, ckpt: Checkpoint) -> None:
         s = self.session
 
+        def raw(names: list[str], t: tg.Tensor) -> bool:
+            # block-quantized file tensors kept in their own type are uploaded as their raw blocks
+            return t.dtype.is_quant and all(ckpt.quant_type(n) == t.dtype for n in names)
+
         def read(name: str, t: tg.Tensor) -> np.ndarray:
-            # a block-quantized file tensor kept in its own type: its raw blocks
-            if t.dtype.is_quant and ckpt.quant_type(name) == t.dtype:
-                return ckpt.tensor_raw(name)
-            return ckpt.tensor(name)
+            return ckpt.tensor_raw(name) if raw([name], t) else ckpt.tensor(name)
 
         for name, t in self.W.items():
-            if name in self._packs:
-                s.upload(t, np.concatenate([read(p, t) for p in self._packs[name]], axis=0))
+            if name in self._packs:  # raw blocks only when every part has them (else floats, quantized)
+                parts = self._packs[name]
+                get = ckpt.tensor_raw if raw(parts, t) else ckpt.tensor
+                s.upload(t, np.concatenate([get(p) for p in parts], axis=0))
             elif name == "rope.freq_factors":
                 s.upload(t, self._freq_factors)
             else:

@@ -126,3 +126,32 @@ def test_quantized_model_on_cuda_matches_numpy(qt) -> None:
     assert a == b
     assert mc.memory_usage()["weights"] == mn.memory_usage()["weights"]
     mc.close()
+
+
+@pytest.mark.parametrize("qt", ["q8_0", "q4_k", "q6_k"])
+def test_linear_q_two_columns_per_warp_and_long_rows(cuda, qt) -> None:
+    # N large enough that the grid cap leaves each warp two columns (the P=1 second-row path),
+    # 8 rows (the most the GEMV takes), and K beyond the GEMV's shared-memory staging (the
+    # dequantize + GEMM fallback)
+    rng = np.random.default_rng(11)
+    for rows, N, K in ((1, 4104, 512), (8, 4104, 256), (1, 64, 28672)):
+        y, ref = _case(cuda, qt, tg.float16, rows, N, K, "rms", None, True, True, rng)
+        assert _rel(y, ref) < TOL[tg.float16], (qt, rows, N, K, _rel(y, ref))
+
+
+@pytest.mark.parametrize("qt", ["q8_0", "q4_k"])
+def test_download_and_unfused_matmul_of_a_quantized_weight(cuda, qt) -> None:
+    rng = np.random.default_rng(12)
+    N, K = 24, 256
+    raw = quantize(rng.standard_normal((N, K)).astype(np.float32), qt)
+    W = cuda.persistent((N, K), qt)
+    cuda.upload(W, raw)
+    assert np.array_equal(cuda.download(W), raw)
+    g = cuda.graph()
+    x = g.input((3, K), tg.float32, name="x")
+    g.output(tg.matmul(x, tg.transpose(W)))
+    xv = rng.standard_normal((3, K)).astype(np.float32)
+    (y,) = cuda.compute(g, {x: xv})
+    ref = xv.astype(np.float64) @ dequantize(raw, qt, K).astype(np.float64).T
+    assert _rel(y, ref) < TOL[tg.float32]
+    cuda.free([W])

@@ -161,3 +161,47 @@ def test_a_nonfinite_scale_is_a_weight_value_with_a_warning() -> None:
         g.output(tg.matmul(x, tg.transpose(W)))
         (y,) = s.compute(g, {x: np.ones((1, 64), np.float32)})
     assert np.isnan(y[0, 1]) and np.isfinite(y[0, [0, 2]]).all()
+
+
+def test_bfloat16_floats_are_quantized_on_upload() -> None:
+    import ml_dtypes
+    w = RNG.standard_normal((4, 64)).astype(ml_dtypes.bfloat16)
+    with tg.Session(backend="numpy") as s:
+        W = s.persistent((4, 64), tg.q8_0, name="W")
+        s.finalize()
+        s.upload(W, w)
+        assert np.array_equal(s.download(W), quantize(w.astype(np.float32), "q8_0"))
+        with pytest.raises(tg.ShapeError, match="raw blocks"):
+            s.upload(W, np.zeros((4, 64), np.int32))
+
+
+def test_quantize_a_gguf_whose_packed_parts_have_other_types(llama_gguf) -> None:  # noqa: F811
+    path, _ = llama_gguf  # its q/k/v are F32/Q4_1/Q4_0 and gate/up Q4_0/Q8_0: packed again as q8_0
+    m = load_model(path, backend="numpy", quantize="q8_0")
+    assert "layers.0.attn.qkv.weight" in m.W and m.W["layers.0.mlp.gate_up.weight"].dtype == tg.q8_0
+    md = load_model(path, backend="numpy", dequantize=True)
+    ids = [1, 4, 9, 2, 7]
+    a, b = m.step(ids, 0), md.step(ids, 0)
+    assert np.corrcoef(a, b)[0, 1] > 0.99  # q8_0 of the dequantized weights: close, not equal
+
+
+def test_block_types_are_weights_only() -> None:
+    with tg.Session(backend="numpy") as s:
+        W = s.persistent((4, 32), tg.q4_0, name="W")
+        F = s.persistent((4, 32), tg.float32, name="F")
+        s.finalize()
+        g = s.graph()
+        x = g.input((4, 32), tg.float32, name="x")
+        ids = g.input((2,), tg.int32, name="ids")
+        for build in (lambda: tg.cpy(x, W), lambda: tg.cpy(tg.view(W, (4, 32)), F), lambda: tg.cast(x, "q8_0"),
+                      lambda: tg.cont(tg.transpose(W)), lambda: tg.concat(tg.view(W, (4, 32)), x, axis=0),
+                      lambda: tg.get_rows(F, ids, dtype="q8_0"), lambda: g.input((1, 32), tg.q8_0, name="q")):
+            with pytest.raises(tg.DTypeError, match="block-quantized"):
+                build()
+
+
+def test_cli_quantize_and_dequantize_exclude_each_other(capsys) -> None:
+    from tinygraph.run import main
+    with pytest.raises(SystemExit) as e:
+        main(["--dequantize", "--quantize", "q8_0", "--prompt", "x"])
+    assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 import networkx as nx
 
 from .dtypes import DType, as_dtype
-from .errors import GraphError
+from .errors import DTypeError, GraphError
 from .memory import MemoryPlan, plan_memory
 from .schedule import dependency_graph, needed_nodes, schedule
 from .tensor import Tensor
@@ -51,7 +51,11 @@ class Graph:
 
     def input(self, shape: Sequence[int], dtype: DType | str, name: str | None = None) -> Tensor:
         """A tensor fed at ``compute`` time (NumPy array of this shape)."""
-        t = Tensor("input", (), tuple(int(n) for n in shape), as_dtype(dtype), name=name, graph=self, session=self.session)
+        dt = as_dtype(dtype)
+        if dt.is_quant:
+            raise DTypeError(f"input {name!r}: {dt.name} is a block-quantized weight type; graph inputs are float "
+                             "or int32 (declare weights with Session.persistent)")
+        t = Tensor("input", (), tuple(int(n) for n in shape), dt, name=name, graph=self, session=self.session)
         self._add(t)
         self._inputs.append(t)
         return t

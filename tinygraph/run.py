@@ -61,9 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "numpy", "cuda"], default="auto", help="where to run")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="weights, activations and KV cache (default: float32 on numpy, float16 on cuda)")
-    p.add_argument("--dequantize", action="store_true",
+    quant = p.add_mutually_exclusive_group()
+    quant.add_argument("--dequantize", action="store_true",
                    help="expand a GGUF's quantized weights to --dtype at load (default: keep their ggml types)")
-    p.add_argument("--quantize", choices=[d.name for d in QUANT_DTYPES], default=None,
+    quant.add_argument("--quantize", choices=[d.name for d in QUANT_DTYPES], default=None,
                    help="quantize the weight matrices while loading, with tinygraph's quantizer (default: none, "
                         "the checkpoint's own types)")
     p.add_argument("--max-context", type=int, default=None,

@@ -9,7 +9,7 @@ import numpy as np
 
 from .backends import Backend, create_backend
 from .dtypes import DType, as_dtype
-from .errors import GraphError, ShapeError
+from .errors import DTypeError, GraphError, ShapeError
 from .graph import ExecPlan, Graph
 from .memory import MemoryPlan
 from .tensor import Tensor
@@ -131,28 +131,37 @@ class Session:
         """Copy a host array (same shape; converted to the buffer's dtype) into persistent ``t``.
 
         A block-quantized ``t`` [N, K] takes its raw blocks (uint8 [N, row bytes], e.g. a GGUF
-        tensor's data, uploaded as they are) or a float array [N, K], quantized here with
-        ``tinygraph.quant.quantize``."""
+        tensor's data, uploaded as they are) or a float array [N, K] (float32/16, bfloat16),
+        quantized here with ``tinygraph.quant.quantize``."""
         self._check_buffer(t, "upload")
-        a = np.asarray(array)
-        if t.dtype.is_quant:
-            from .quant import nonfinite_scales, quantize
-            rb = t.dtype.nbytes(t.shape[1])
-            if a.dtype == np.uint8 and a.shape in ((t.shape[0], rb), (t.nbytes,)):
-                bad = nonfinite_scales(a, t.dtype.name)
-                if bad:
-                    warnings.warn(f"upload: {t.describe()}: {bad} block(s) have a NaN or infinite scale; their "
-                                  "weights are NaN/Inf", stacklevel=2)
-                self.backend.upload(t, np.ascontiguousarray(a).reshape(t.shape[0], rb))
-                return
-            if a.shape != t.shape or a.dtype.kind != "f":
-                raise ShapeError(f"upload: {t.describe()} takes raw blocks uint8 [{t.shape[0]}, {rb}] or floats "
-                                 f"{t.shape}, got {a.dtype} {a.shape}")
-            self.backend.upload(t, quantize(a, t.dtype.name))
-            return
-        if a.shape != t.shape:
-            raise ShapeError(f"upload: array of shape {a.shape} into {t.describe()}")
-        self.backend.upload(t, np.ascontiguousarray(a, dtype=t.dtype.np))
+        data = self._host_data(t, np.asarray(array))  # conversion and quantization outside the lock
+        with self._lock:  # a step of another thread may be reading the buffer
+            self._check_buffer(t, "upload")
+            self.backend.upload(t, data)
+
+    @staticmethod
+    def _host_data(t: Tensor, a: np.ndarray) -> np.ndarray:
+        """``a`` as the bytes ``t`` holds (checked; converted, or quantized for a block type)."""
+        if not t.dtype.is_quant:
+            if a.shape != t.shape:
+                raise ShapeError(f"upload: array of shape {a.shape} into {t.describe()}")
+            return np.ascontiguousarray(a, dtype=t.dtype.np)
+        from .quant import nonfinite_scales, quantize
+        rb = t.dtype.nbytes(t.shape[1])
+        if a.dtype == np.uint8 and a.shape in ((t.shape[0], rb), (t.nbytes,)):
+            bad = nonfinite_scales(a, t.dtype.name)
+            if bad:
+                warnings.warn(f"upload: {t.describe()}: {bad} block(s) have a NaN or infinite scale; their "
+                              "weights are NaN/Inf", stacklevel=3)
+            return np.ascontiguousarray(a).reshape(t.shape[0], rb)
+        try:
+            floating = as_dtype(a.dtype).is_float  # float32/16 and ml_dtypes' bfloat16
+        except DTypeError:
+            floating = a.dtype.kind == "f"  # float64
+        if a.shape != t.shape or not floating:
+            raise ShapeError(f"upload: {t.describe()} takes raw blocks uint8 [{t.shape[0]}, {rb}] or floats "
+                             f"{t.shape}, got {a.dtype} {a.shape}")
+        return quantize(a.astype(np.float32), t.dtype.name)
 
     def download(self, t: Tensor) -> np.ndarray:
         """A host copy of persistent ``t`` (block-quantized: its raw blocks, uint8 [N, row bytes])."""

@@ -487,20 +487,30 @@ class GGUFFile:
     def load_quant(self, canonical: str) -> np.ndarray:
         """Raw blocks of a canonical tensor of a block type (see :meth:`quant_type`): uint8 [rows,
         row bytes], split and un-permuted by whole rows (ggml blocks never cross a row)."""
+        if self.reader is None:
+            raise LoadError(f"{self.path}: file was closed; cannot read tensor {canonical!r}")
         src = self.plan[canonical]
         t = self._tensors[src.gguf_name]
         dt = self.quant_type(canonical)
         rows, k = self.stored_shape(src.gguf_name)
         rb = dt.nbytes(k)
-        raw = np.asarray(t.data).view(np.uint8).reshape(-1)
+        where = f"{self.path}: tensor {src.gguf_name!r} ({dt.name} [{rows}, {k}])"
+        try:
+            raw = np.asarray(t.data).view(np.uint8).reshape(-1)
+        except (ValueError, TypeError, IndexError) as exc:
+            raise LoadError(f"{where}: cannot read its blocks: {exc}") from exc
         if raw.size != rows * rb:
-            raise LoadError(f"{self.path}: tensor {src.gguf_name!r} ({dt.name} [{rows}, {k}]) holds {raw.size} bytes, "
-                            f"expected {rows * rb}")
+            raise LoadError(f"{where} holds {raw.size} bytes, expected {rows * rb}")
         w = raw.reshape(rows, rb)
         if src.rows is not None:
+            if src.rows[1] > rows:
+                raise LoadError(f"{where} has {rows} rows, fused q/k/v needs {src.rows[1]}")
             w = w[src.rows[0]: src.rows[1]]
         if src.unpermute_heads:
-            w = unpermute_rows(w, src.unpermute_heads)
+            try:
+                w = unpermute_rows(w, src.unpermute_heads)
+            except LoadError as exc:
+                raise LoadError(f"{where}: {exc}") from exc
         return np.ascontiguousarray(w)
 
     def load(self, canonical: str) -> np.ndarray:

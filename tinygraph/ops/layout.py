@@ -78,8 +78,20 @@ def transpose(t: Tensor, name: str | None = None) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 # copies
 # ----------------------------------------------------------------------------------------------
+def _no_quant(op: str, *ts: "Tensor | DType") -> None:
+    """Block-quantized tensors are weights read by matmul / linear / get_rows only: copying,
+    converting or writing them element-wise has no meaning (their elements are not addressable)."""
+    for t in ts:
+        dt = t if isinstance(t, DType) else t.dtype
+        if dt.is_quant:
+            what = f"dtype {dt.name}" if isinstance(t, DType) else t.describe()
+            raise DTypeError(f"{op}: {what} is block-quantized: such tensors are weights, read only by matmul, "
+                             "linear and get_rows")
+
+
 def cont(t: Tensor, name: str | None = None) -> Tensor:
     """A contiguous copy of ``t``."""
+    _no_quant("cont", t)
     return _node("cont", (t,), t.shape, t.dtype, None, name)
 
 
@@ -90,6 +102,7 @@ def _cont_ref(p, x):
 
 def cast(t: Tensor, dtype: DType | str, name: str | None = None) -> Tensor:
     """A contiguous copy of ``t`` converted to ``dtype``."""
+    _no_quant("cast", t, as_dtype(dtype))
     return _node("cast", (t,), t.shape, as_dtype(dtype), None, name)
 
 
@@ -102,6 +115,7 @@ def cpy(src: Tensor, dst: Tensor, name: str | None = None) -> Tensor:
     """Write ``src`` into the memory ``dst`` describes (converting dtype). A side effect: it runs
     without being an output, and accesses to overlapping memory keep build order. Returns a tensor
     with ``dst``'s layout whose reads see the written values."""
+    _no_quant("cpy", src, dst)
     if src.shape != dst.shape:
         raise ShapeError(f"cpy: source {src.describe()} and destination {dst.describe()} differ in shape")
     if dst.storage.op == "input":
@@ -127,6 +141,7 @@ def set_rows(dst: Tensor, src: Tensor, rows: Tensor, name: str | None = None) ->
     second-to-last axis: ``dst[..., rows[i], :] = src[..., i, :]``. A side effect like ``cpy``, but
     the rows come from a tensor, so one graph serves every decode position (the KV-cache write of
     a replayed decode step). Rows must lie in ``[0, R)``; the whole of ``dst`` counts as written."""
+    _no_quant("set_rows", src, dst)
     if dst.ndim < 2 or src.ndim != dst.ndim or src.shape[:-2] != dst.shape[:-2] or src.shape[-1] != dst.shape[-1]:
         raise ShapeError(f"set_rows: source {src.describe()} does not fit destination {dst.describe()} "
                          "(equal shapes except the row axis, -2)")
@@ -158,6 +173,7 @@ def get_rows(table: Tensor, ids: Tensor, name: str | None = None, dtype: DType |
     if table.dtype.is_quant:
         _need_weight("get_rows", table)
     out = as_dtype(dtype) if dtype is not None else (float32 if table.dtype.is_quant else table.dtype)
+    _no_quant("get_rows", out)
     if out != table.dtype and not (out.is_float and (table.dtype.is_float or table.dtype.is_quant)):
         raise DTypeError(f"get_rows: cannot give {out.name} rows of {table.describe()}")
     return _node("get_rows", (table, ids), ids.shape + (table.shape[1],), out, None, name)
@@ -172,6 +188,7 @@ def _get_rows_ref(p, table, ids):
 
 def concat(a: Tensor, b: Tensor, axis: int = -1, name: str | None = None) -> Tensor:
     """``a`` and ``b`` joined along ``axis`` (other axes equal, same dtype)."""
+    _no_quant("concat", a, b)
     if a.ndim != b.ndim:
         raise ShapeError(f"concat: {a.describe()} and {b.describe()} differ in rank")
     ax = _norm_axis("concat", a, axis)

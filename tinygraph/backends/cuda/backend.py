@@ -78,7 +78,8 @@ class CudaBackend(Backend):
 
     def download(self, t: Tensor) -> np.ndarray:
         self.stream.synchronize("download")
-        out = np.empty(t.shape, t.dtype.np)
+        shape = (t.shape[0], t.dtype.nbytes(t.shape[1])) if t.dtype.is_quant else t.shape  # raw blocks
+        out = np.empty(shape, t.dtype.np)
         if out.nbytes:
             self.buffers[t.id].download(out.view(np.uint8).reshape(-1))
         return out
@@ -662,7 +663,8 @@ class CudaBackend(Backend):
         block-quantized [R, K] weight."""
         st = t.storage
         K = st.shape[1]
-        if t.offset % K or t.strides[-1] != 1 and t.shape[-1] != 1:
+        if t.offset % K or t.shape[-1] != K or t.strides[-1] != 1 or (t.ndim == 2 and t.shape[0] > 1
+                                                                     and t.strides[0] != K):
             raise BackendError(f"CUDA backend reads {st.dtype.name} weights by whole rows: {n.describe()}")
         ldw = st.dtype.nbytes(K)
         return base[st.id] + t.offset // K * ldw, ldw
@@ -685,7 +687,11 @@ class CudaBackend(Backend):
         rows = x.size // K
         if w.dtype.is_quant:
             wq, ldw = self._quant_rows(w, base, n)
-            if rows <= DECODE_ROWS:
+            # the GEMV stages the row in shared memory (~9 bytes per element of K): longer rows
+            # (K > ~25k on sm_90) take the dequantize + GEMM path
+            optin = int(getattr(self.device, "max_shared_per_block_optin", 227 * 1024))
+            fits = quant_launch.linear_q_shared_bytes(K) + 1024 <= optin
+            if rows <= DECODE_ROWS and fits:
                 ready = all(t.is_persistent and t.storage.id not in self._written
                             for t in (w, bias, nw, nb) if t is not None)
                 quant_launch.linear_q(
