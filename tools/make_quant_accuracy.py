@@ -200,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llama-cpp", default=LLAMA_CPP, help="which llama.cpp made the files (recorded)")
     args = ap.parse_args(argv)
     types = tuple(t.strip() for t in args.types.split(",") if t.strip())
-    for t in types:
-        quant_path(t)  # refuses unknown names before any work
+    bad = [t for t in types if t not in TYPES]
+    if bad:  # refused before any work
+        ap.error(f"--types {','.join(bad)}: not among {', '.join(TYPES)}")
     if args.step in ("quantize", "all"):
         if not args.llama_quantize:
             ap.error(f"quantize: give --llama-quantize BIN (or set ${ENV_QUANTIZE})")
