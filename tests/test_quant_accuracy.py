@@ -23,6 +23,9 @@ import make_quant_accuracy as mqa  # noqa: E402
 
 REF: dict[str, Any] = json.loads(mqa.FIXTURE.read_text(encoding="utf-8"))
 MIN_CUDA_F16_TOKENS = 16
+# float16 activations move logits by up to a few hundredths; below this HF top-2 gap a differing
+# pick is a near-tie, not an error (the tiny-model fixtures hold half precision to gaps >= 0.1)
+F16_TIE = 0.1
 _FLOAT_TYPES = {"f32": "f32", "f16": "f16", "bf16": "bf16"}
 
 
@@ -73,17 +76,38 @@ def _first_diff(got: list[int], want: list[int]) -> int:
 
 def _explain(model: Any, prompt_ids: list[int], want: list[int], step: int, gaps: list[float]) -> str:
     """At the first differing step: tinygraph's top-2 logits there and HF's top-1/top-2 gap."""
-    ctx = list(prompt_ids) + list(want[:step])
-    logits = np.asarray(model.step(ctx, 0, "logits"), np.float64).reshape(-1)
+    logits = _logits(model, list(prompt_ids) + list(want[:step]))
     top = np.argsort(-logits, kind="stable")[:2]
     return (f"first difference at token {step}: HF picks {want[step]} (HF gap to its runner-up "
             f"{gaps[step]:.4f}); tinygraph's logits there: {int(top[0])}: {logits[top[0]]:.4f}, "
             f"{int(top[1])}: {logits[top[1]]:.4f}, HF's pick {logits[want[step]]:.4f}")
 
 
-def _check_model(model: Any, qtype: str, min_tokens: int) -> list[int]:
-    """Greedy-decode every prompt; each must match HF's ids for ``min_tokens`` tokens. Returns the
-    matched token counts per prompt."""
+def _logits(model: Any, ctx: list[int]) -> np.ndarray:
+    return np.asarray(model.step(ctx, 0, "logits"), np.float64).reshape(-1)
+
+
+def _forced_disagreements(model: Any, prompt_ids: list[int], want: list[int], gaps: list[float],
+                          steps: int, tie: float) -> list[str]:
+    """Teacher-forced check of HF's first ``steps`` tokens (each step sees HF's ids before it):
+    tinygraph's argmax must be HF's pick, except at a near-tie, where HF's top-2 gap is below
+    ``tie`` and HF's pick is within ``tie`` of tinygraph's top logit. Returns the steps that fail."""
+    bad = []
+    for k in range(steps):
+        logits = _logits(model, list(prompt_ids) + list(want[:k]))
+        top = int(np.argmax(logits))
+        tied = gaps[k] < tie and logits[want[k]] >= logits[top] - tie
+        if top != want[k] and not tied:
+            bad.append(f"token {k}: tinygraph {top} ({logits[top]:.4f}), HF {want[k]} ({logits[want[k]]:.4f} "
+                       f"here, HF gap {gaps[k]:.4f})")
+    return bad
+
+
+def _check_model(model: Any, qtype: str, min_tokens: int, tie: float = 0.0) -> list[int]:
+    """Greedy-decode every prompt; each must match HF's ids for ``min_tokens`` tokens. With
+    ``tie`` > 0, a prompt that parts earlier still passes when its first ``min_tokens`` tokens agree
+    teacher-forced up to near-ties (see :func:`_forced_disagreements`). Returns the matched token
+    counts per prompt."""
     rec = REF["types"][qtype]
     types = model.memory_usage()["weight_types"]
     assert _quant_names(types) == _quant_names(rec["tensor_types"]), (types, rec["tensor_types"])
@@ -95,7 +119,14 @@ def _check_model(model: Any, qtype: str, min_tokens: int) -> list[int]:
         got = out[len(prompt["ids"]):]
         n = _first_diff(got, want)
         matched.append(n)
-        if n < min_tokens:
+        if n < min_tokens and tie > 0:
+            bad = _forced_disagreements(model, prompt["ids"], want, gaps, min_tokens, tie)
+            if not bad:
+                print(f"{qtype} {prompt['name']}: parts from HF at token {n}, a near-tie (HF gap {gaps[n]:.4f}); "
+                      f"the first {min_tokens} agree teacher-forced")
+                continue
+            errors.append(f"{prompt['name']}: {n}/{len(want)} tokens equal; teacher-forced: " + "; ".join(bad))
+        elif n < min_tokens:
             errors.append(f"{prompt['name']}: {n}/{len(want)} tokens equal; "
                           f"{_explain(model, prompt['ids'], want, n, gaps)}")
     print(f"{qtype}: tokens equal to HF per prompt: {matched} of {mqa.N_NEW}")
@@ -119,4 +150,4 @@ def test_cuda_float16_reproduces_hf_greedy(qtype: str) -> None:
     from tinygraph.models import load_model
     path = _model_file(qtype)
     with load_model(path, dtype="float16", backend="cuda", max_context=256) as model:
-        _check_model(model, qtype, MIN_CUDA_F16_TOKENS)
+        _check_model(model, qtype, MIN_CUDA_F16_TOKENS, tie=F16_TIE)
