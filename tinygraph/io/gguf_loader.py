@@ -501,33 +501,26 @@ class GGUFFile:
             raise LoadError(f"{where}: cannot read its blocks: {exc}") from exc
         if raw.size != rows * rb:
             raise LoadError(f"{where} holds {raw.size} bytes, expected {rows * rb}")
-        w = raw.reshape(rows, rb)
+        return self._canonical_rows(src, raw.reshape(rows, rb), where)
+
+    def load(self, canonical: str) -> np.ndarray:
+        """Canonical float32 array: dequantised, split, un-permuted, contiguous."""
+        src = self.plan[canonical]
+        return self._canonical_rows(src, self.load_raw(src.gguf_name), f"{self.path}: tensor {src.gguf_name!r}")
+
+    @staticmethod
+    def _canonical_rows(src: GGUFSource, w: np.ndarray, where: str) -> np.ndarray:
+        """The rows of stored tensor ``w`` [rows, ...] (values or raw blocks: ggml blocks never
+        cross a row) that make the canonical tensor: its row range (fused q/k/v), un-permuted."""
         if src.rows is not None:
-            if src.rows[1] > rows:
-                raise LoadError(f"{where} has {rows} rows, fused q/k/v needs {src.rows[1]}")
+            if src.rows[1] > w.shape[0]:
+                raise LoadError(f"{where} has {w.shape[0]} rows, fused q/k/v needs {src.rows[1]}")
             w = w[src.rows[0]: src.rows[1]]
         if src.unpermute_heads:
             try:
                 w = unpermute_rows(w, src.unpermute_heads)
             except LoadError as exc:
                 raise LoadError(f"{where}: {exc}") from exc
-        return np.ascontiguousarray(w)
-
-    def load(self, canonical: str) -> np.ndarray:
-        """Canonical float32 array: dequantised, split, un-permuted, contiguous."""
-        src = self.plan[canonical]
-        w = self.load_raw(src.gguf_name)
-        if src.rows is not None:
-            if src.rows[1] > w.shape[0]:
-                raise LoadError(
-                    f"{self.path}: tensor {src.gguf_name!r} has {w.shape[0]} rows, fused q/k/v needs {src.rows[1]}"
-                )
-            w = w[src.rows[0] : src.rows[1]]
-        if src.unpermute_heads:
-            try:
-                w = unpermute_rows(w, src.unpermute_heads)
-            except LoadError as exc:
-                raise LoadError(f"{self.path}: tensor {src.gguf_name!r}: {exc}") from exc
         return np.ascontiguousarray(w)
 
     def rope_freq_factors(self) -> np.ndarray | None:
