@@ -17,7 +17,7 @@ def graph_listing(g: tg.Graph) -> str:
     idx = {n.id: i for i, n in enumerate(nodes)}
 
     def name(n: tg.Tensor) -> str:
-        return "{op}_#" if re.fullmatch(rf"{re.escape(n.op)}_\d+", n.name) else n.name
+        return f"{n.op}_#" if re.fullmatch(rf"{re.escape(n.op)}_\d+", n.name) else n.name
 
     def param(v: object) -> str:
         return f"@{idx[v.id]}" if isinstance(v, tg.Tensor) else repr(v)
