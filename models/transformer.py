@@ -1,7 +1,9 @@
 """One decoder-only transformer builder for every supported family, driven by a ModelSpec.
 
-The spec says what differs between GPT-2, LLaMA/Mistral/SmolLM2, Qwen2 and Qwen3 (norm type,
-activation, gated MLP, learned positions vs RoPE, biases, QK-norm, tied embeddings); this module
+The spec says what differs between GPT-2, LLaMA/Mistral/SmolLM2, Qwen2, Qwen3, Gemma, Granite and
+OLMo 2 (norm type, activation, gated MLP, learned positions vs RoPE, biases, QK-norm per head or
+over the whole projection, pre- and/or post-norms, scaled embeddings, tied embeddings; Granite's
+multipliers are config values); this module
 turns spec + config + weights into graphs. Weights are persistent buffers uploaded once; each
 layer's KV cache is a persistent buffer ``[kv_heads, max_context, head_dim]``.
 
@@ -267,16 +269,25 @@ class Transformer:
         T = x.shape[0]
         hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
         groups, P = nh // nkv, f"layers.{i}.attn"
+        # OLMo 2: q/k RMSNorm over the whole projection [T, n * hd], before splitting into heads
+        whole = spec.qk_norm and spec.qk_norm_over == "all"
         if f"{P}.qkv.weight" in self.W:
             qkv = self._linear(x, f"{P}.qkv")                               # [T, (nh + 2 nkv) hd]
             row = qkv.shape[1]
-            q = tg.view(qkv, (T, nh, hd), (row, hd, 1), 0, name=f"{P}.q")
-            k = tg.view(qkv, (T, nkv, hd), (row, hd, 1), nh * hd, name=f"{P}.k")
+            if whole:
+                q, k = (self._whole_norm(tg.view(qkv, (T, n * hd), (row, 1), off, name=f"{P}.{p}_all"), P, p, n)
+                        for p, n, off in (("q", nh, 0), ("k", nkv, nh * hd)))
+            else:
+                q = tg.view(qkv, (T, nh, hd), (row, hd, 1), 0, name=f"{P}.q")
+                k = tg.view(qkv, (T, nkv, hd), (row, hd, 1), nh * hd, name=f"{P}.k")
             v = tg.view(qkv, (T, nkv, hd), (row, hd, 1), (nh + nkv) * hd, name=f"{P}.v")
+        elif whole:  # separate q, k, v matmuls (quantized files), norms over the whole projections
+            q, k = (self._whole_norm(self._linear(x, f"{P}.{p}"), P, p, n) for p, n in (("q", nh), ("k", nkv)))
+            v = tg.reshape(self._linear(x, f"{P}.v"), (T, nkv, hd), name=f"{P}.v")
         else:  # q, k, v weights of different types (quantized files)
             q, k, v = (tg.reshape(self._linear(x, f"{P}.{p}"), (T, n, hd), name=f"{P}.{p}")
                        for p, n in (("q", nh), ("k", nkv), ("v", nkv)))
-        if spec.qk_norm:
+        if spec.qk_norm and not whole:
             q = tg.rms_norm(q, self.W[f"{P}.q_norm.weight"], cfg.norm_eps, name=f"{P}.q_norm")
             k = tg.rms_norm(k, self.W[f"{P}.k_norm.weight"], cfg.norm_eps, name=f"{P}.k_norm")
         if spec.position == "rope":
@@ -291,11 +302,17 @@ class Transformer:
         keys_t, vals = self._history(i)
         qg = tg.permute(tg.reshape(q, (T, nkv, groups, hd)), (1, 2, 0, 3))   # [nkv, groups, T, hd]
         scores = tg.matmul(qg, keys_t, name=f"{P}.scores")                   # [nkv, groups, T, S]
-        probs = tg.softmax(scores, 1.0 / math.sqrt(hd), causal=True, past=positions, window=self.windows[i],
+        scale = cfg.attention_multiplier if cfg.attention_multiplier is not None else 1.0 / math.sqrt(hd)
+        probs = tg.softmax(scores, scale, causal=True, past=positions, window=self.windows[i],
                            name=f"{P}.probs")
         out = tg.matmul(probs, vals, name=f"{P}.mix")                          # [nkv, groups, T, hd]
         out = tg.reshape(tg.permute(out, (2, 0, 1, 3)), (T, nh * hd))
         return self._linear(out, f"{P}.o")
+
+    def _whole_norm(self, y: tg.Tensor, P: str, p: str, heads: int) -> tg.Tensor:
+        """RMSNorm of a [T, heads * hd] projection over all of it, then split into heads."""
+        y = tg.rms_norm(y, self.W[f"{P}.{p}_norm.weight"], self.config.norm_eps, name=f"{P}.{p}_norm")
+        return tg.reshape(y, (y.shape[0], heads, self.config.head_dim), name=f"{P}.{p}")
 
     def _history(self, i: int) -> tuple[tg.Tensor, tg.Tensor]:
         """Layer ``i``'s cached keys (transposed, [nkv, 1, hd, ctx]) and values ([nkv, 1, ctx, hd]);
@@ -333,20 +350,42 @@ class Transformer:
         time — and the final-normed hidden states [T, hidden], or [1, hidden] with ``last_only``)."""
         ids = g.input((T,), tg.int32, name="token_ids")
         positions = g.input((T,), tg.int32, name="positions")
+        spec, cfg = self.spec, self.config
         x = tg.get_rows(self.W["tok_emb.weight"], ids, name="tok_emb", dtype=self.dtype)
-        if self.spec.position == "learned":
+        if spec.scale_embeddings:  # Gemma: sqrt(hidden), rounded to the model dtype as HF does
+            s = np.float32(math.sqrt(cfg.hidden_size)).astype(self.dtype.np)
+            x = tg.scale(x, float(s), name="embed_scale")
+        if cfg.embedding_multiplier != 1.0:  # Granite
+            x = tg.scale(x, cfg.embedding_multiplier, name="embed_multiplier")
+        if spec.position == "learned":
             x = tg.add(x, tg.get_rows(self.W["pos_emb.weight"], positions, name="pos_emb"), name="embed")
-        for i in range(self.config.num_layers):
-            x = tg.add(x, self._attention(self._norm(x, f"layers.{i}.attn_norm"), i, positions),
-                       name=f"layers.{i}.attn_residual")
-            x = tg.add(x, self._mlp(self._norm(x, f"layers.{i}.mlp_norm"), i), name=f"layers.{i}.mlp_residual")
+        for i in range(cfg.num_layers):
+            P = f"layers.{i}"
+            x = self._residual(x, self._attention(self._pre_norm(x, f"{P}.attn_norm"), i, positions), P, "attn")
+            x = self._residual(x, self._mlp(self._pre_norm(x, f"{P}.mlp_norm"), i), P, "mlp")
         if last_only and T > 1:
             x = tg.view(x, (1, x.shape[1]), (x.shape[1], 1), (T - 1) * x.shape[1], name="last_token")
         return ids, positions, self._norm(x, "final_norm")
 
+    def _pre_norm(self, x: tg.Tensor, prefix: str) -> tg.Tensor:
+        """The norm before a block (none for OLMo 2, which normalises block outputs instead)."""
+        return self._norm(x, prefix) if self.spec.pre_norms else x
+
+    def _residual(self, x: tg.Tensor, y: tg.Tensor, P: str, block: str) -> tg.Tensor:
+        """``x + y``, ``y`` a block's output: post-normed (OLMo 2), scaled by Granite's
+        ``residual_multiplier``."""
+        if self.spec.post_norms:
+            y = self._norm(y, f"{P}.{block}_post_norm")
+        if self.config.residual_multiplier != 1.0:
+            y = tg.scale(y, self.config.residual_multiplier, name=f"{P}.{block}_scaled")
+        return tg.add(x, y, name=f"{P}.{block}_residual")
+
     def logits_node(self, h: tg.Tensor) -> tg.Tensor:
-        return tg.matmul(h, self.WT["lm_head.weight" if "lm_head.weight" in self.WT else "tok_emb.weight"],
-                         name="lm_head")
+        y = tg.matmul(h, self.WT["lm_head.weight" if "lm_head.weight" in self.WT else "tok_emb.weight"],
+                      name="lm_head")
+        if self.config.logits_scaling != 1.0:  # Granite divides the logits
+            y = tg.scale(y, 1.0 / self.config.logits_scaling, name="logits_scaled")
+        return y
 
     # -- running ---------------------------------------------------------------------------------
     def _check_ids(self, ids: np.ndarray, start: int) -> None:

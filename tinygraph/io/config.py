@@ -39,6 +39,9 @@ _ARCH_TO_TYPE = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "GemmaForCausalLM": "gemma",
+    "GraniteForCausalLM": "granite",
+    "Olmo2ForCausalLM": "olmo2",
 }
 
 
@@ -53,6 +56,11 @@ class TransformerConfig:
     with ``rope_type`` (e.g. "llama3", "linear") and that type's parameters
     (llama3: factor, low_freq_factor, high_freq_factor,
     original_max_position_embeddings).
+
+    Granite's multipliers (1.0 / None: not used): ``embedding_multiplier`` scales the
+    embeddings, ``residual_multiplier`` each block's output before its residual add,
+    ``attention_multiplier`` is the attention scale (instead of 1/sqrt(head_dim)), and the logits
+    are divided by ``logits_scaling``.
     """
 
     model_type: str
@@ -76,6 +84,10 @@ class TransformerConfig:
     # per layer "sliding_attention" | "full_attention" (HF ``layer_types``; Qwen2's from
     # max_window_layers); None: every layer slides when sliding_window is set (Mistral)
     layer_types: list[str] | None = None
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    attention_multiplier: float | None = None
+    logits_scaling: float = 1.0
 
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
@@ -106,6 +118,11 @@ class TransformerConfig:
         f32 = np.finfo(np.float32)
         if not (float(f32.tiny) <= self.rope_theta <= float(f32.max)):  # RoPE runs in float32
             raise LoadError(f"{name}: rope_theta must be a finite number > 0 (within float32), got {self.rope_theta}")
+        for key in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"):
+            v = getattr(self, key)
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                      and math.isfinite(v) and v > 0):
+                raise LoadError(f"{name}: {key} must be a finite number > 0, got {v!r}")
         if self.sliding_window is not None and not _is_int(self.sliding_window, 1):
             raise LoadError(f"{name}: sliding_window must be a positive int or None, got {self.sliding_window!r}")
         if not isinstance(self.tie_word_embeddings, (bool, np.bool_)):  # 0.5 or NaN is no answer
@@ -350,8 +367,9 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
             tie_word_embeddings=_bool_key(d, where, "tie_word_embeddings", False),
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=d.get("eos_token_id"),
-            activation=_act(d.get("hidden_act", "silu"), "config"),
+            activation=_act(_hidden_act(d, mt), "config"),
             dtype=dtype,
+            **_multipliers(d, where, mt),
             sliding_window=_int_key(d, where, "sliding_window", default=None) if use_sw else None,
             layer_types=_layer_types(d, where, mt),
         )
@@ -361,6 +379,24 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
         if isinstance(exc, LoadError):
             raise
         raise LoadError(f"{where}: bad value: {exc}") from exc
+
+
+def _hidden_act(d: dict[str, Any], mt: str) -> Any:
+    """The MLP activation's HF name. Gemma prefers ``hidden_activation`` and, as transformers'
+    GemmaConfig does, reads its legacy ``"gelu"`` as the tanh approximation."""
+    if mt == "gemma":
+        act = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
+        return "gelu_pytorch_tanh" if act == "gelu" else act
+    return d.get("hidden_act", "silu")
+
+
+def _multipliers(d: dict[str, Any], where: str, mt: str) -> dict[str, Any]:
+    """Granite's four multipliers (transformers' GraniteConfig defaults: all 1.0, so its
+    attention scale is 1.0 unless given); other families have none."""
+    if mt != "granite":
+        return {}
+    keys = ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")
+    return {k: _float_key(d, where, k, default=1.0) for k in keys}
 
 
 _QWEN_WINDOWS = ("qwen2", "qwen3")  # model types whose layers slide by max_window_layers

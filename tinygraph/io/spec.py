@@ -15,9 +15,11 @@ Canonical names (``{i}`` = layer index)::
     layers.{i}.attn.k.weight      [kv_heads*head_dim, hidden]
     layers.{i}.attn.v.weight      [kv_heads*head_dim, hidden]
     layers.{i}.attn.o.weight      [hidden, heads*head_dim]   (+ .bias if o_bias)
-    layers.{i}.attn.q_norm.weight [head_dim]                 qk_norm only
-    layers.{i}.attn.k_norm.weight [head_dim]
-    layers.{i}.mlp_norm.weight    [hidden]                   (+ .bias)
+    layers.{i}.attn.q_norm.weight [head_dim]                 qk_norm only ([heads*head_dim] when
+    layers.{i}.attn.k_norm.weight [head_dim]                 qk_norm_over == "all": OLMo 2)
+    layers.{i}.attn_post_norm.weight [hidden]                post_norms only (OLMo 2)
+    layers.{i}.mlp_norm.weight    [hidden]                   (+ .bias); absent without pre_norms
+    layers.{i}.mlp_post_norm.weight  [hidden]                post_norms only
     layers.{i}.mlp.gate.weight    [inter, hidden]            gated only
     layers.{i}.mlp.up.weight      [inter, hidden]            (+ .bias if mlp_bias)
     layers.{i}.mlp.down.weight    [hidden, inter]            (+ .bias)
@@ -48,12 +50,15 @@ class WeightRule:
         transpose: the HF tensor is ``[in, out]`` (GPT-2 Conv1D); transpose it.
         split: ``(part, parts)``: after the optional transpose, take row block
             ``part`` of ``parts`` equal blocks (fused q/k/v).
+        add: a constant added to the tensor, in float32 (Gemma's RMSNorm computes
+            ``x * (1 + w)``: the 1 is folded into the weight at load).
     """
 
     canonical: str
     hf: str
     transpose: bool = False
     split: tuple[int, int] | None = None
+    add: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -61,16 +66,22 @@ class ModelSpec:
     """What distinguishes one decoder-only architecture from another.
 
     Attributes:
-        name: "gpt2", "llama", "mistral", "qwen2", "qwen3".
+        name: "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo2".
         norm: "layernorm" (weight+bias, mean-centred) or "rmsnorm".
         activation: "gelu_tanh" or "silu".
         gated_mlp: MLP is ``down(act(gate(x)) * up(x))`` rather than ``down(act(up(x)))``.
         position: "learned" (``pos_emb``) or "rope".
         rope_mode: "neox" (rotate halves: pairs (j, j + head_dim/2)); None without RoPE.
         qkv_bias / o_bias / mlp_bias: which linear layers carry a bias.
-        qk_norm: per-head RMSNorm on q and k before RoPE (Qwen3).
+        qk_norm: RMSNorm on q and k before RoPE (Qwen3, OLMo 2).
         rules: HF -> canonical weight rules (data, see :class:`WeightRule`).
         ignore: HF name templates that are buffers, not weights (skipped silently).
+        qk_norm_over: "head" (over each head's head_dim, Qwen3) or "all" (over the whole q / k
+            projection, [T, heads*head_dim], before splitting into heads: OLMo 2).
+        pre_norms: a norm before attention and before the MLP (every family but OLMo 2).
+        post_norms: a norm on the attention and MLP outputs, before the residual add (OLMo 2).
+        scale_embeddings: embeddings times sqrt(hidden), the factor rounded to the model dtype
+            first, as HF's ``GemmaTextScaledWordEmbedding`` does (Gemma).
     """
 
     name: str
@@ -85,6 +96,10 @@ class ModelSpec:
     qk_norm: bool
     rules: tuple[WeightRule, ...]
     ignore: tuple[str, ...] = ()
+    qk_norm_over: str = "head"
+    pre_norms: bool = True
+    post_norms: bool = False
+    scale_embeddings: bool = False
 
     # PyGPUkit-compatible aliases.
     @property
@@ -109,16 +124,21 @@ class ModelSpec:
 HF_PREFIXES = ("model.", "transformer.")
 
 
-def _llama_rules() -> tuple[WeightRule, ...]:
-    r = [
-        WeightRule("tok_emb.weight", "embed_tokens.weight"),
-        WeightRule("layers.{i}.attn_norm.weight", "layers.{i}.input_layernorm.weight"),
-        WeightRule("layers.{i}.mlp_norm.weight", "layers.{i}.post_attention_layernorm.weight"),
-        WeightRule("layers.{i}.attn.q_norm.weight", "layers.{i}.self_attn.q_norm.weight"),
-        WeightRule("layers.{i}.attn.k_norm.weight", "layers.{i}.self_attn.k_norm.weight"),
-        WeightRule("final_norm.weight", "norm.weight"),
-        WeightRule("lm_head.weight", "lm_head.weight"),
-    ]
+def _llama_rules(post_norms: bool = False, norm_add: float = 0.0) -> tuple[WeightRule, ...]:
+    """LLaMA-layout names. ``post_norms``: OLMo 2's layout, where ``post_attention_layernorm``
+    normalises the attention output (not the MLP input) and ``post_feedforward_layernorm`` the MLP
+    output. ``norm_add``: added to every norm weight (Gemma's 1 + w)."""
+    if post_norms:
+        norms = [("layers.{i}.attn_post_norm", "layers.{i}.post_attention_layernorm"),
+                 ("layers.{i}.mlp_post_norm", "layers.{i}.post_feedforward_layernorm")]
+    else:
+        norms = [("layers.{i}.attn_norm", "layers.{i}.input_layernorm"),
+                 ("layers.{i}.mlp_norm", "layers.{i}.post_attention_layernorm")]
+    norms += [("layers.{i}.attn.q_norm", "layers.{i}.self_attn.q_norm"),
+              ("layers.{i}.attn.k_norm", "layers.{i}.self_attn.k_norm"), ("final_norm", "norm")]
+    r = [WeightRule("tok_emb.weight", "embed_tokens.weight")]
+    r += [WeightRule(f"{c}.weight", f"{h}.weight", add=norm_add) for c, h in norms]
+    r.append(WeightRule("lm_head.weight", "lm_head.weight"))
     # Biases are mapped for every family; whether they are *required* depends on the spec flags.
     for p in ("q", "k", "v", "o"):
         for kind in ("weight", "bias"):
@@ -166,6 +186,17 @@ LLAMA_SPEC = ModelSpec(name="llama", qkv_bias=False, qk_norm=False, **_LLAMA_KW)
 MISTRAL_SPEC = ModelSpec(name="mistral", qkv_bias=False, qk_norm=False, **_LLAMA_KW)  # type: ignore[arg-type]
 QWEN2_SPEC = ModelSpec(name="qwen2", qkv_bias=True, qk_norm=False, **_LLAMA_KW)  # type: ignore[arg-type]
 QWEN3_SPEC = ModelSpec(name="qwen3", qkv_bias=False, qk_norm=True, **_LLAMA_KW)  # type: ignore[arg-type]
+_NO_BIAS = dict(qkv_bias=False, o_bias=False, mlp_bias=False)
+GEMMA_SPEC = ModelSpec(
+    name="gemma", norm="rmsnorm", activation="gelu_tanh", gated_mlp=True, position="rope", rope_mode="neox",
+    qk_norm=False, rules=_llama_rules(norm_add=1.0), ignore=_LLAMA_KW["ignore"], scale_embeddings=True,
+    **_NO_BIAS)  # type: ignore[arg-type]
+# Granite is LLaMA's layout; its multipliers are config values (TransformerConfig)
+GRANITE_SPEC = ModelSpec(name="granite", qkv_bias=False, qk_norm=False, **_LLAMA_KW)  # type: ignore[arg-type]
+OLMO2_SPEC = ModelSpec(
+    name="olmo2", norm="rmsnorm", activation="silu", gated_mlp=True, position="rope", rope_mode="neox",
+    qk_norm=True, qk_norm_over="all", pre_norms=False, post_norms=True, rules=_llama_rules(post_norms=True),
+    ignore=_LLAMA_KW["ignore"], **_NO_BIAS)  # type: ignore[arg-type]
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     "gpt2": GPT2_SPEC,
@@ -173,6 +204,9 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "mistral": MISTRAL_SPEC,
     "qwen2": QWEN2_SPEC,
     "qwen3": QWEN3_SPEC,
+    "gemma": GEMMA_SPEC,
+    "granite": GRANITE_SPEC,
+    "olmo2": OLMO2_SPEC,
 }
 
 # config.json model_type values that are architecturally one of the above.
@@ -229,6 +263,7 @@ class Source:
     hf_name: str
     transpose: bool = False
     split: tuple[int, int] | None = None
+    add: float = 0.0
 
 
 def map_hf_names(spec: ModelSpec, hf_names: Iterable[str]) -> tuple[dict[str, Source], list[str]]:
@@ -249,7 +284,7 @@ def map_hf_names(spec: ModelSpec, hf_names: Iterable[str]) -> tuple[dict[str, So
             m = rx.match(short)
             if m:
                 canon = rule.canonical.replace("{i}", m.group(1)) if m.groups() else rule.canonical
-                plan[canon] = Source(full, rule.transpose, rule.split)
+                plan[canon] = Source(full, rule.transpose, rule.split, rule.add)
                 hit = True
         if not hit and not any(rx.match(short) for rx in ignores):
             unused.append(full)
@@ -262,9 +297,10 @@ def required_names(spec: ModelSpec, cfg: TransformerConfig) -> list[str]:
     names = ["tok_emb.weight"]
     if spec.position == "learned":
         names.append("pos_emb.weight")
+    pre = nb if spec.pre_norms else ()
     for i in range(cfg.num_layers):
         L = f"layers.{i}."
-        names += [L + "attn_norm." + k for k in nb]
+        names += [L + "attn_norm." + k for k in pre]
         for p in "qkv":
             names.append(f"{L}attn.{p}.weight")
             if spec.qkv_bias:
@@ -274,19 +310,24 @@ def required_names(spec: ModelSpec, cfg: TransformerConfig) -> list[str]:
             names.append(L + "attn.o.bias")
         if spec.qk_norm:
             names += [L + "attn.q_norm.weight", L + "attn.k_norm.weight"]
-        names += [L + "mlp_norm." + k for k in nb]
+        if spec.post_norms:
+            names.append(L + "attn_post_norm.weight")
+        names += [L + "mlp_norm." + k for k in pre]
         for p in (("gate", "up", "down") if spec.gated_mlp else ("up", "down")):
             names.append(f"{L}mlp.{p}.weight")
             if spec.mlp_bias:
                 names.append(f"{L}mlp.{p}.bias")
+        if spec.post_norms:
+            names.append(L + "mlp_post_norm.weight")
     names += ["final_norm." + k for k in nb]
     if not cfg.tie_word_embeddings:
         names.append("lm_head.weight")
     return names
 
 
-def expected_shape(name: str, cfg: TransformerConfig) -> tuple[int, ...] | None:
-    """Shape the canonical tensor ``name`` must have under ``cfg`` (None if unknown name)."""
+def expected_shape(name: str, cfg: TransformerConfig, spec: ModelSpec | None = None) -> tuple[int, ...] | None:
+    """Shape the canonical tensor ``name`` must have under ``cfg`` (and ``spec``: q/k norms over
+    the whole projection are [heads*head_dim]; None if unknown name)."""
     assert cfg.head_dim is not None and cfg.num_kv_heads is not None and cfg.intermediate_size is not None
     h, hd, inter = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
     q_out, kv_out = cfg.num_heads * hd, cfg.num_kv_heads * hd
@@ -303,10 +344,13 @@ def expected_shape(name: str, cfg: TransformerConfig) -> tuple[int, ...] | None:
         "attn.v.weight": (kv_out, h), "attn.v.bias": (kv_out,),
         "attn.o.weight": (h, q_out), "attn.o.bias": (h,),
         "attn.q_norm.weight": (hd,), "attn.k_norm.weight": (hd,),
+        "attn_post_norm.weight": (h,), "mlp_post_norm.weight": (h,),
         "mlp.gate.weight": (inter, h), "mlp.gate.bias": (inter,),
         "mlp.up.weight": (inter, h), "mlp.up.bias": (inter,),
         "mlp.down.weight": (h, inter), "mlp.down.bias": (h,),
     }
+    if spec is not None and spec.qk_norm_over == "all":
+        table.update({"attn.q_norm.weight": (q_out,), "attn.k_norm.weight": (kv_out,)})
     return table.get(base)
 
 
@@ -327,6 +371,9 @@ __all__ = [
     "MISTRAL_SPEC",
     "QWEN2_SPEC",
     "QWEN3_SPEC",
+    "GEMMA_SPEC",
+    "GRANITE_SPEC",
+    "OLMO2_SPEC",
     "MODEL_SPECS",
     "HF_PREFIXES",
     "detect_model_spec",
