@@ -290,7 +290,9 @@ class Transformer:
         if spec.qk_norm and not whole:
             q = tg.rms_norm(q, self.W[f"{P}.q_norm.weight"], cfg.norm_eps, name=f"{P}.q_norm")
             k = tg.rms_norm(k, self.W[f"{P}.k_norm.weight"], cfg.norm_eps, name=f"{P}.k_norm")
-        if spec.position == "rope":
+        if spec.position == "rope" and cfg.rotary_dim is not None:  # partial rotary (StableLM)
+            q, k = self._partial_rope(q, positions, f"{P}.q"), self._partial_rope(k, positions, f"{P}.k")
+        elif spec.position == "rope":
             ff = self.W.get("rope.freq_factors")
             q = tg.rope(q, positions, cfg.rope_theta, spec.rope_mode, ff, name=f"{P}.q_rope")
             k = tg.rope(k, positions, cfg.rope_theta, spec.rope_mode, ff, name=f"{P}.k_rope")
@@ -308,6 +310,16 @@ class Transformer:
         out = tg.matmul(probs, vals, name=f"{P}.mix")                          # [nkv, groups, T, hd]
         out = tg.reshape(tg.permute(out, (2, 0, 1, 3)), (T, nh * hd))
         return self._linear(out, f"{P}.o")
+
+    def _partial_rope(self, x: tg.Tensor, positions: tg.Tensor, prefix: str) -> tg.Tensor:
+        """RoPE on the first ``rotary_dim`` elements of each head of ``x`` [T, heads, hd] (their
+        frequencies over rotary_dim, as HF's partial rotary), the rest passed through."""
+        T, n, hd = x.shape
+        rd = self.config.rotary_dim
+        rot = tg.view(x, (T, n, rd), x.strides, 0, name=f"{prefix}_rot")
+        rest = tg.view(x, (T, n, hd - rd), x.strides, rd, name=f"{prefix}_pass")
+        rot = tg.rope(rot, positions, self.config.rope_theta, self.spec.rope_mode, name=f"{prefix}_rope")
+        return tg.concat(rot, rest, axis=-1, name=f"{prefix}_rotated")
 
     def _whole_norm(self, y: tg.Tensor, P: str, p: str, heads: int) -> tg.Tensor:
         """RMSNorm of a [T, heads * hd] projection over all of it, then split into heads."""
@@ -361,6 +373,11 @@ class Transformer:
             x = tg.add(x, tg.get_rows(self.W["pos_emb.weight"], positions, name="pos_emb"), name="embed")
         for i in range(cfg.num_layers):
             P = f"layers.{i}"
+            if cfg.parallel_residual:  # StableLM: x + attn(norm(x)) + mlp(norm(x)), one norm
+                h = self._pre_norm(x, f"{P}.attn_norm")
+                x = self._residual(self._residual(x, self._attention(h, i, positions), P, "attn"),
+                                   self._mlp(h, i), P, "mlp")
+                continue
             x = self._residual(x, self._attention(self._pre_norm(x, f"{P}.attn_norm"), i, positions), P, "attn")
             x = self._residual(x, self._mlp(self._pre_norm(x, f"{P}.mlp_norm"), i), P, "mlp")
         if last_only and T > 1:

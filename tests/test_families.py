@@ -1,4 +1,4 @@
-"""Gemma (1), Granite and OLMo 2 against HF transformers' outputs in tests/fixtures (made by
+"""Gemma (1), Granite, OLMo 2 and StableLM against HF transformers' outputs in tests/fixtures (made by
 tools/make_fixtures.py): full-sequence logits, incremental decode through the KV cache, greedy
 generation, on NumPy and (on a GPU) CUDA; their decode graphs still fuse; their config keys."""
 from __future__ import annotations
@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinygraph.io import LoadError
+from tinygraph.io import LoadError, UnsupportedModelError
 from tinygraph.io.config import config_from_hf
 from tinygraph.models import load_model
 from conftest import rel_err
 
 FIX = Path(__file__).parent / "fixtures"
-FAMILIES = ["gemma", "granite", "olmo2"]
+FAMILIES = ["gemma", "granite", "olmo2", "stablelm", "stablelm_parallel"]
 HALF = {"float16": (3e-2, 8), "bfloat16": (5e-2, 4)}
 
 
@@ -28,7 +28,7 @@ def _load(fam, backend, dtype="float32", path=None):
 def test_full_sequence_logits(fam, backend):
     ref = np.load(FIX / fam / "reference.npz")
     with _load(fam, backend) as m:
-        assert m.spec.name == fam
+        assert m.spec.name == fam.split("_")[0]
         logits = m.get_logits(m(ref["input_ids"][0])[0]).to_numpy()
     for t in range(logits.shape[0]):
         assert rel_err(logits[t], ref["logits"][0, t]) < 1e-4, f"position {t}"
@@ -67,13 +67,15 @@ def test_half_precision(fam, dtype, backend):
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_decode_graph_fuses(fam):
     """The decode step runs fused: one attention_store per layer and linear nodes. What stays
-    unfused is listed in the README (GeGLU's gelu * up, post-norms, Granite's scales)."""
+    unfused is listed in the README (GeGLU's gelu * up, post-norms, Granite's scales, StableLM's
+    partial rotary: rope + concat on q and k before the attention_store, which then has no RoPE)."""
     with _load(fam, "numpy") as m:
         g, _, _ = m.step_graph(1, "argmax")
         ops = [n.op for n in g.nodes]
-        n_layers = m.config.num_layers
+        n_layers, partial = m.config.num_layers, m.config.rotary_dim is not None
     assert ops.count("attention_store") == n_layers
-    assert "linear" in ops and "softmax" not in ops and "set_rows" not in ops and "rope" not in ops
+    assert "linear" in ops and "softmax" not in ops and "set_rows" not in ops
+    assert ops.count("rope") == ops.count("concat") == (2 * n_layers if partial else 0)
 
 
 def test_gemma_norm_weights_are_one_plus_w():
@@ -121,3 +123,25 @@ def test_olmo2_qk_norm_shape_checked(tmp_path):
     save_file(t, str(d / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(LoadError, match="q_norm"):
         load_model(d, backend="numpy")
+
+
+def test_stablelm_config():
+    c = config_from_hf(_cfg("stablelm"))
+    assert (c.rotary_dim, c.parallel_residual, c.head_dim) == (4, False, 16)
+    c = config_from_hf(_cfg("stablelm_parallel"))
+    assert (c.rotary_dim, c.parallel_residual) == (8, True)
+    # v4 form: the factor at top level; StableLmConfig's default is 0.25
+    d = _cfg("stablelm")
+    d.pop("rope_parameters")
+    assert config_from_hf(dict(d, partial_rotary_factor=0.5, rope_theta=1e4)).rotary_dim == 8
+    assert config_from_hf(dict(d, rope_theta=1e4)).rotary_dim == 4
+    with pytest.raises(UnsupportedModelError, match="qk_layernorm"):
+        config_from_hf(_cfg("stablelm", qk_layernorm=True))
+    with pytest.raises(LoadError, match="partial_rotary_factor"):
+        config_from_hf(dict(d, partial_rotary_factor=0.1, rope_theta=1e4))  # 1.6 -> 1: odd
+    with pytest.raises(UnsupportedModelError, match="partial rotary"):
+        config_from_hf(dict(d, rope_theta=1e4, rope_scaling={"rope_type": "linear", "factor": 2.0}))
+    with load_model(FIX / "stablelm", backend="numpy") as m:
+        assert m.spec.qkv_bias and "layers.0.attn_norm.bias" in m.W
+    with load_model(FIX / "stablelm_parallel", backend="numpy") as m:
+        assert not m.spec.qkv_bias and "layers.0.mlp_norm.weight" not in m.W

@@ -29,7 +29,8 @@ What it writes (everything deterministic: fixed seeds, float32, CPU, eager atten
                                            incrementally with the KV cache: row 0 is the last
                                            prompt position after prefill, row k the logits after
                                            feeding generated token k-1 (argmax(row k) = greedy[0, T+k])
-  for <name> in gpt2, gpt2_prefixed, llama, mistral, qwen2, qwen3, llama3, gemma, granite, olmo2
+  for <name> in gpt2, gpt2_prefixed, llama, mistral, qwen2, qwen3, llama3, gemma, granite, olmo2,
+  stablelm, stablelm_parallel
   (--family NAME writes only that family, repeatable, and merges its MANIFEST entry).
     gpt2/            tensor names WITHOUT "transformer." (hub GPT-2 form), no lm_head (tied to wte)
     gpt2_prefixed/   the same weights, names WITH "transformer." (what save_pretrained writes)
@@ -85,8 +86,10 @@ SEEDS = {
     "gemma": 1007,
     "granite": 1008,
     "olmo2": 1009,
+    "stablelm": 1010,
+    "stablelm_parallel": 1011,
 }
-# gemma, granite, olmo2 (written later, with --family) are kept under 300 KB each: smaller MLPs.
+# gemma, granite, olmo2, stablelm* (written later, with --family) are kept under 300 KB each: smaller MLPs.
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -156,6 +159,14 @@ def make_config(name: str):
         return tf.Olmo2Config(
             **{**common, "intermediate_size": 32}, num_attention_heads=4, num_key_value_heads=2,
             tie_word_embeddings=False, rope_theta=10000.0,
+        )
+    if name in ("stablelm", "stablelm_parallel"):  # biased LayerNorms, partial rotary
+        par = name == "stablelm_parallel"
+        common = {k: v for k, v in common.items() if k != "rms_norm_eps"}
+        return tf.StableLmConfig(
+            **{**common, "intermediate_size": 32}, num_attention_heads=4, num_key_value_heads=2,
+            tie_word_embeddings=False, rope_theta=10000.0, layer_norm_eps=1e-5,
+            partial_rotary_factor=0.5 if par else 0.25, use_qkv_bias=not par, use_parallel_residual=par,
         )
     raise KeyError(name)
 

@@ -42,6 +42,7 @@ _ARCH_TO_TYPE = {
     "GemmaForCausalLM": "gemma",
     "GraniteForCausalLM": "granite",
     "Olmo2ForCausalLM": "olmo2",
+    "StableLmForCausalLM": "stablelm",
 }
 
 
@@ -61,6 +62,11 @@ class TransformerConfig:
     embeddings, ``residual_multiplier`` each block's output before its residual add,
     ``attention_multiplier`` is the attention scale (instead of 1/sqrt(head_dim)), and the logits
     are divided by ``logits_scaling``.
+
+    ``rotary_dim``: RoPE turns only the first ``rotary_dim`` elements of each head (HF
+    ``partial_rotary_factor`` x head_dim, their frequencies over ``rotary_dim``); None: all.
+    ``parallel_residual``: attention and MLP both read the one pre-norm of the layer input and
+    both outputs are added to it (StableLM's ``use_parallel_residual``).
     """
 
     model_type: str
@@ -88,6 +94,8 @@ class TransformerConfig:
     residual_multiplier: float = 1.0
     attention_multiplier: float | None = None
     logits_scaling: float = 1.0
+    rotary_dim: int | None = None
+    parallel_residual: bool = False
 
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
@@ -123,6 +131,10 @@ class TransformerConfig:
             if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
                                       and math.isfinite(v) and v > 0):
                 raise LoadError(f"{name}: {key} must be a finite number > 0, got {v!r}")
+        if self.rotary_dim is not None and not (_is_int(self.rotary_dim, 2) and self.rotary_dim % 2 == 0
+                                                and self.rotary_dim <= self.head_dim):
+            raise LoadError(f"{name}: rotary_dim (partial_rotary_factor x head_dim) must be an even int in "
+                            f"2..{self.head_dim}, got {self.rotary_dim!r}")
         if self.sliding_window is not None and not _is_int(self.sliding_window, 1):
             raise LoadError(f"{name}: sliding_window must be a positive int or None, got {self.sliding_window!r}")
         if not isinstance(self.tie_word_embeddings, (bool, np.bool_)):  # 0.5 or NaN is no answer
@@ -370,6 +382,8 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
             activation=_act(_hidden_act(d, mt), "config"),
             dtype=dtype,
             **_multipliers(d, where, mt),
+            **_stablelm(d, where, mt),
+            rotary_dim=_rotary_dim(d, where, mt, heads, scaling),
             sliding_window=_int_key(d, where, "sliding_window", default=None) if use_sw else None,
             layer_types=_layer_types(d, where, mt),
         )
@@ -397,6 +411,36 @@ def _multipliers(d: dict[str, Any], where: str, mt: str) -> dict[str, Any]:
         return {}
     keys = ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling")
     return {k: _float_key(d, where, k, default=1.0) for k in keys}
+
+
+def _stablelm(d: dict[str, Any], where: str, mt: str) -> dict[str, Any]:
+    """StableLM's ``use_parallel_residual``; its per-head LayerNorm q/k (``qk_layernorm``) is refused."""
+    if mt != "stablelm":
+        return {}
+    if _bool_key(d, where, "qk_layernorm", False):
+        raise UnsupportedModelError(f"{where}: qk_layernorm (per-head LayerNorm on q and k) is not supported")
+    return {"parallel_residual": _bool_key(d, where, "use_parallel_residual", False)}
+
+
+def _rotary_dim(d: dict[str, Any], where: str, mt: str, heads: int, scaling: dict[str, Any] | None) -> int | None:
+    """``int(head_dim * partial_rotary_factor)`` (top level, or in v5's ``rope_parameters``; HF's
+    rounding), None for full rotary. StableLM's config class defaults the factor to 0.25."""
+    params = d.get("rope_parameters") if isinstance(d.get("rope_parameters"), dict) else {}
+    key, f = "partial_rotary_factor", d.get("partial_rotary_factor")
+    if f is None and params.get(key) is not None:
+        key, f = f"rope_parameters.{key}", params[key]
+    if f is None:
+        f = 0.25 if mt == "stablelm" else 1.0
+    f = _as_float(f, key, where)
+    hd = _int_key(d, where, "head_dim", default=None) or _int_key(d, where, "hidden_size") // heads
+    if f > 1.0:
+        raise LoadError(f"{where}: bad value: {key} must be in (0, 1], got {f}")
+    if int(hd * f) == hd:
+        return None
+    if scaling is not None:  # the scaling's frequency factors are per pair of the whole head
+        raise UnsupportedModelError(f"{where}: partial rotary ({key} {f}) with rope scaling "
+                                    f"{scaling.get('rope_type')!r} is not supported")
+    return int(hd * f)
 
 
 _QWEN_WINDOWS = ("qwen2", "qwen3")  # model types whose layers slide by max_window_layers

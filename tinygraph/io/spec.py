@@ -66,7 +66,7 @@ class ModelSpec:
     """What distinguishes one decoder-only architecture from another.
 
     Attributes:
-        name: "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo2".
+        name: "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo2", "stablelm".
         norm: "layernorm" (weight+bias, mean-centred) or "rmsnorm".
         activation: "gelu_tanh" or "silu".
         gated_mlp: MLP is ``down(act(gate(x)) * up(x))`` rather than ``down(act(up(x)))``.
@@ -124,10 +124,11 @@ class ModelSpec:
 HF_PREFIXES = ("model.", "transformer.")
 
 
-def _llama_rules(post_norms: bool = False, norm_add: float = 0.0) -> tuple[WeightRule, ...]:
+def _llama_rules(post_norms: bool = False, norm_add: float = 0.0, norm_bias: bool = False) -> tuple[WeightRule, ...]:
     """LLaMA-layout names. ``post_norms``: OLMo 2's layout, where ``post_attention_layernorm``
     normalises the attention output (not the MLP input) and ``post_feedforward_layernorm`` the MLP
-    output. ``norm_add``: added to every norm weight (Gemma's 1 + w)."""
+    output. ``norm_add``: added to every norm weight (Gemma's 1 + w). ``norm_bias``: LayerNorms
+    with biases (StableLM)."""
     if post_norms:
         norms = [("layers.{i}.attn_post_norm", "layers.{i}.post_attention_layernorm"),
                  ("layers.{i}.mlp_post_norm", "layers.{i}.post_feedforward_layernorm")]
@@ -138,6 +139,8 @@ def _llama_rules(post_norms: bool = False, norm_add: float = 0.0) -> tuple[Weigh
               ("layers.{i}.attn.k_norm", "layers.{i}.self_attn.k_norm"), ("final_norm", "norm")]
     r = [WeightRule("tok_emb.weight", "embed_tokens.weight")]
     r += [WeightRule(f"{c}.weight", f"{h}.weight", add=norm_add) for c, h in norms]
+    if norm_bias:
+        r += [WeightRule(f"{c}.bias", f"{h}.bias") for c, h in norms]
     r.append(WeightRule("lm_head.weight", "lm_head.weight"))
     # Biases are mapped for every family; whether they are *required* depends on the spec flags.
     for p in ("q", "k", "v", "o"):
@@ -197,6 +200,11 @@ OLMO2_SPEC = ModelSpec(
     name="olmo2", norm="rmsnorm", activation="silu", gated_mlp=True, position="rope", rope_mode="neox",
     qk_norm=True, qk_norm_over="all", pre_norms=False, post_norms=True, rules=_llama_rules(post_norms=True),
     ignore=_LLAMA_KW["ignore"], **_NO_BIAS)  # type: ignore[arg-type]
+# StableLM: LLaMA's layout with biased LayerNorms (q/k/v biases when present: use_qkv_bias); partial
+# rotary and the parallel residual are config values
+STABLELM_SPEC = ModelSpec(
+    name="stablelm", norm="layernorm", activation="silu", gated_mlp=True, position="rope", rope_mode="neox",
+    qk_norm=False, rules=_llama_rules(norm_bias=True), ignore=_LLAMA_KW["ignore"], **_NO_BIAS)  # type: ignore[arg-type]
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     "gpt2": GPT2_SPEC,
@@ -207,6 +215,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "gemma": GEMMA_SPEC,
     "granite": GRANITE_SPEC,
     "olmo2": OLMO2_SPEC,
+    "stablelm": STABLELM_SPEC,
 }
 
 # config.json model_type values that are architecturally one of the above.
@@ -312,7 +321,7 @@ def required_names(spec: ModelSpec, cfg: TransformerConfig) -> list[str]:
             names += [L + "attn.q_norm.weight", L + "attn.k_norm.weight"]
         if spec.post_norms:
             names.append(L + "attn_post_norm.weight")
-        names += [L + "mlp_norm." + k for k in pre]
+        names += [L + "mlp_norm." + k for k in (() if cfg.parallel_residual else pre)]
         for p in (("gate", "up", "down") if spec.gated_mlp else ("up", "down")):
             names.append(f"{L}mlp.{p}.weight")
             if spec.mlp_bias:
@@ -374,6 +383,7 @@ __all__ = [
     "GEMMA_SPEC",
     "GRANITE_SPEC",
     "OLMO2_SPEC",
+    "STABLELM_SPEC",
     "MODEL_SPECS",
     "HF_PREFIXES",
     "detect_model_spec",
