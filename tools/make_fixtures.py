@@ -89,7 +89,20 @@ SEEDS = {
     "stablelm": 1010,
     "stablelm_parallel": 1011,
 }
-# gemma, granite, olmo2, stablelm* (written later, with --family) are kept under 300 KB each: smaller MLPs.
+# Families written later (with --family): (config class, settings over 4 heads, 2 KV heads, untied,
+# theta 1e4); narrow MLPs keep each under 300 KB.
+LATER = {
+    # head_dim 32 != 64/4, 1 KV head; GeGLU (tanh); (1 + w) norms; sqrt(hidden) embeddings
+    "gemma": ("GemmaConfig", dict(intermediate_size=32, num_key_value_heads=1, head_dim=32,
+                                  hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True)),
+    "granite": ("GraniteConfig", dict(intermediate_size=64, tie_word_embeddings=True, embedding_multiplier=0.5,
+                                      residual_multiplier=0.7, attention_multiplier=0.1, logits_scaling=0.5)),
+    "olmo2": ("Olmo2Config", dict(intermediate_size=32)),  # post-norms; q/k norms over the whole projection
+    "stablelm": ("StableLmConfig", dict(intermediate_size=32, partial_rotary_factor=0.25, use_qkv_bias=True,
+                                        use_parallel_residual=False)),
+    "stablelm_parallel": ("StableLmConfig", dict(intermediate_size=32, partial_rotary_factor=0.5,
+                                                 use_qkv_bias=False, use_parallel_residual=True)),
+}
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -144,30 +157,13 @@ def make_config(name: str):
             **common, num_attention_heads=4, num_key_value_heads=2,
             tie_word_embeddings=False, rope_theta=500000.0, rope_scaling=dict(LLAMA3_ROPE),
         )
-    if name == "gemma":  # head_dim 32 != 64/4; GeGLU (tanh); (1 + w) norms; sqrt(hidden) embeddings
-        return tf.GemmaConfig(
-            **{**common, "intermediate_size": 32}, num_attention_heads=4, num_key_value_heads=1,
-            head_dim=32, hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True, rope_theta=10000.0,
-        )
-    if name == "granite":  # every multiplier away from its neutral value
-        return tf.GraniteConfig(
-            **{**common, "intermediate_size": 64}, num_attention_heads=4, num_key_value_heads=2,
-            tie_word_embeddings=True, rope_theta=10000.0, embedding_multiplier=0.5,
-            residual_multiplier=0.7, attention_multiplier=0.1, logits_scaling=0.5,
-        )
-    if name == "olmo2":  # post-norms only; q/k RMSNorm over the whole projection; untied head
-        return tf.Olmo2Config(
-            **{**common, "intermediate_size": 32}, num_attention_heads=4, num_key_value_heads=2,
-            tie_word_embeddings=False, rope_theta=10000.0,
-        )
-    if name in ("stablelm", "stablelm_parallel"):  # biased LayerNorms, partial rotary
-        par = name == "stablelm_parallel"
-        common = {k: v for k, v in common.items() if k != "rms_norm_eps"}
-        return tf.StableLmConfig(
-            **{**common, "intermediate_size": 32}, num_attention_heads=4, num_key_value_heads=2,
-            tie_word_embeddings=False, rope_theta=10000.0, layer_norm_eps=1e-5,
-            partial_rotary_factor=0.5 if par else 0.25, use_qkv_bias=not par, use_parallel_residual=par,
-        )
+    if name in LATER:
+        cls, kw = LATER[name]
+        if cls == "StableLmConfig":  # LayerNorm: its eps has the other name
+            common["layer_norm_eps"] = common.pop("rms_norm_eps")
+        kw = {**dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                     rope_theta=10000.0), **kw}
+        return getattr(tf, cls)(**{**common, **kw})
     raise KeyError(name)
 
 
