@@ -69,10 +69,6 @@ class NumpyBackend(Backend):
         if self._arena.nbytes < plan.arena_bytes:  # grows to the largest plan seen, then is reused
             self._arena = np.empty(plan.arena_bytes, np.uint8)
         flat: dict[int, np.ndarray] = dict(self.buffers)
-        for n in plan.order:  # quantized weights are read as their float32 values
-            for src in n.srcs:
-                if src.storage.dtype.is_quant:
-                    flat[src.storage.id] = self._values(src.storage)
         for tid, a in inputs.items():
             flat[tid] = a.reshape(-1)
         mem = plan.memory
@@ -84,9 +80,12 @@ class NumpyBackend(Backend):
         def arr(t: Tensor) -> np.ndarray:
             a = made.get(t.id)
             if a is None:
-                npd = np.dtype(np.float32) if t.dtype.is_quant else t.dtype.np
+                if t.dtype.is_quant:  # a quantized weight is read as its float32 values
+                    npd, buf = np.dtype(np.float32), self._values(t.storage)
+                else:
+                    npd, buf = t.dtype.np, flat[t.storage.id]
                 it = npd.itemsize
-                a = made[t.id] = np.ndarray(t.shape, npd, buffer=flat[t.storage.id], offset=t.offset * it,
+                a = made[t.id] = np.ndarray(t.shape, npd, buffer=buf, offset=t.offset * it,
                                             strides=tuple(s * it for s in t.strides))
             return a
 
