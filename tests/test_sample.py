@@ -198,7 +198,8 @@ def test_sampled_generation_is_reproducible(llama):
     assert a == llama.generate(prompt, seed=1, use_cache=False, **kw)  # same stream without the cache
     outs = {tuple(llama.generate(prompt, seed=s, **kw)) for s in range(2, 6)}
     assert len(outs | {tuple(a)}) > 1, "different seeds should give different samples"
-    assert len(llama.generate(prompt, seed=None, **kw)) == len(a)
+    # an unseeded stream may draw the EOS id and stop early: length is only fixed when EOS is ignored
+    assert len(llama.generate(prompt, seed=None, ignore_eos=True, **kw)) == len(a)
     vocab = llama.config.vocab_size
     assert all(0 <= t < vocab for t in a)
 
