@@ -206,3 +206,59 @@ class CausalLM(Transformer):
             stream = self.generate_stream(input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id,
                                           use_cache, seed, ignore_eos=ignore_eos)
             return _prompt_ids(input_ids) + list(stream)
+
+    # -- many sequences ----------------------------------------------------------------------------
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 100, temperature: float = 1.0,
+                       top_k: int = 50, top_p: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
+                       seed: "int | Sequence[int] | None" = None, *, ignore_eos: bool = False,
+                       max_batch: int = 64, kv_memory: int | None = None) -> list[list[int]]:
+        """The new ids (prompt not included) of each prompt in ``prompts``, decoded together:
+        continuous batching over a paged KV cache (``models.engine.Engine``), the weights read
+        once per step for every running sequence. Prompts may differ in length; each sequence
+        stops at its own EOS or limit. Arguments as :meth:`generate_stream`; ``seed`` may also be
+        one int per prompt. Each list equals ``generate(prompt, ..., seed=that seed)[len(prompt):]``
+        (greedy always; sampled with a seed given). ``max_batch``: most sequences per step;
+        ``kv_memory``: bytes of the KV pool (default: room for 4 full contexts; when it runs out,
+        the newest sequences wait and are recomputed). The pool is kept for later calls with the
+        same settings and released by ``close()``."""
+        from .engine import Engine, SamplingParams
+        self._check_open()
+        _check_generate_args(temperature, top_k, top_p, max_new_tokens, eos_token_id)
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not len(prompts):
+            raise ValueError("prompts must be a non-empty list of token-id sequences")
+        ids = [_prompt_ids(p) for p in prompts]
+        seeds = list(seed) if isinstance(seed, Sequence) else [seed] * len(ids)
+        if len(seeds) != len(ids):
+            raise ValueError(f"{len(seeds)} seeds for {len(ids)} prompts")
+        for s in seeds:
+            _check_generate_args(temperature, top_k, top_p, max_new_tokens, None, s)
+        eos = frozenset() if ignore_eos else frozenset(
+            self.config.eos_token_ids if eos_token_id is None else _eos_ids(eos_token_id))
+        with self._lock:
+            key = (max_batch, kv_memory)
+            eng = getattr(self, "_batch_engine", None)
+            if eng is None or eng[0] != key:
+                if eng is not None:
+                    eng[1].close()
+                self._batch_engine = eng = (key, Engine(self, max_batch=max_batch, kv_memory=kv_memory))
+            engine = eng[1]
+            reqs = [engine.submit(p, SamplingParams(max_new_tokens, temperature, top_k, top_p, s, eos))
+                    for p, s in zip(ids, seeds)]
+            try:
+                engine.run_until_done(reqs)
+            finally:  # interrupted: free what the unfinished requests hold
+                if not all(r.done for r in reqs):
+                    for r in reqs:
+                        r.cancel()
+                    engine.reap()
+            for r in reqs:
+                if r.error is not None:
+                    raise r.error
+            return [list(r.tokens) for r in reqs]
+
+    def close(self) -> None:
+        eng = getattr(self, "_batch_engine", None)
+        if eng is not None:
+            self._batch_engine = None
+            eng[1].close()
+        super().close()

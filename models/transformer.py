@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -26,6 +26,9 @@ import tinygraph as tg
 from tinygraph.io import Checkpoint, ModelSpec, TransformerConfig
 from tinygraph.passes import optimize
 from tinygraph.session import SessionClosedError
+
+if TYPE_CHECKING:
+    from .paged import KVLayout
 
 #: step graphs kept per model (decode + a few prompt lengths)
 MAX_CACHED_GRAPHS = 6
@@ -264,11 +267,13 @@ class Transformer:
         b = self.W.get(f"{prefix}.bias")
         return tg.add(y, b, name=f"{prefix}.bias") if b is not None else y
 
-    def _attention(self, x: tg.Tensor, i: int, positions: tg.Tensor) -> tg.Tensor:
+    def _attention(self, x: tg.Tensor, i: int, positions: tg.Tensor, kv: "KVLayout | None" = None) -> tg.Tensor:
+        """Layer ``i``'s attention block on ``x`` [T, hidden]: q/k/v, their norms and RoPE, the
+        KV-cache write and attention (the model's own cache, or ``kv``'s), the output projection."""
         cfg, spec = self.config, self.spec
         T = x.shape[0]
         hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
-        groups, P = nh // nkv, f"layers.{i}.attn"
+        P = f"layers.{i}.attn"
         # OLMo 2: q/k RMSNorm over the whole projection [T, n * hd], before splitting into heads
         whole = spec.qk_norm and spec.qk_norm_over == "all"
         if f"{P}.qkv.weight" in self.W:
@@ -296,20 +301,35 @@ class Transformer:
             ff = self.W.get("rope.freq_factors")
             q = tg.rope(q, positions, cfg.rope_theta, spec.rope_mode, ff, name=f"{P}.q_rope")
             k = tg.rope(k, positions, cfg.rope_theta, spec.rope_mode, ff, name=f"{P}.k_rope")
+        out = kv.attend(q, k, v, i) if kv is not None else self._attend_cache(q, k, v, i, positions)
+        return self._linear(out, f"{P}.o")
+
+    def _attend_cache(self, q: tg.Tensor, k: tg.Tensor, v: tg.Tensor, i: int, positions: tg.Tensor) -> tg.Tensor:
+        """Write ``k``/``v`` [T, nkv, hd] into the model's cache rows of ``positions`` and attend
+        with ``q`` [T, nh, hd] over the whole cache -> [T, nh * hd]."""
+        P = f"layers.{i}.attn"
         # write the new keys/values into the cache rows of their positions
         tg.set_rows(self.kv_k[i], tg.permute(k, (1, 0, 2)), positions, name=f"{P}.k_store")
         tg.set_rows(self.kv_v[i], tg.permute(v, (1, 0, 2)), positions, name=f"{P}.v_store")
         # attend over the whole cache; the causal mask (past = first position) and the layer's
         # sliding window, if any, hide the rest (the fused attention never reads those keys)
         keys_t, vals = self._history(i)
-        qg = tg.permute(tg.reshape(q, (T, nkv, groups, hd)), (1, 2, 0, 3))   # [nkv, groups, T, hd]
+        return self.attend(q, keys_t, vals, i, positions)
+
+    def attend(self, q: tg.Tensor, keys_t: tg.Tensor, vals: tg.Tensor, i: int, past: tg.Tensor) -> tg.Tensor:
+        """Causal attention of layer ``i`` for queries ``q`` [T, nh, hd] at positions ``past..``
+        (``past``: int32 tensor, first element used) over keys ``keys_t`` [nkv, 1, hd, S] and
+        values ``vals`` [nkv, 1, S, hd] (S: positions 0..S-1) -> [T, nh * hd]."""
+        cfg, P = self.config, f"layers.{i}.attn"
+        T, nh, hd = q.shape
+        nkv = cfg.num_kv_heads
+        qg = tg.permute(tg.reshape(q, (T, nkv, nh // nkv, hd)), (1, 2, 0, 3))   # [nkv, groups, T, hd]
         scores = tg.matmul(qg, keys_t, name=f"{P}.scores")                   # [nkv, groups, T, S]
         scale = cfg.attention_multiplier if cfg.attention_multiplier is not None else 1.0 / math.sqrt(hd)
-        probs = tg.softmax(scores, scale, causal=True, past=positions, window=self.windows[i],
+        probs = tg.softmax(scores, scale, causal=True, past=past, window=self.windows[i],
                            name=f"{P}.probs")
         out = tg.matmul(probs, vals, name=f"{P}.mix")                          # [nkv, groups, T, hd]
-        out = tg.reshape(tg.permute(out, (2, 0, 1, 3)), (T, nh * hd))
-        return self._linear(out, f"{P}.o")
+        return tg.reshape(tg.permute(out, (2, 0, 1, 3)), (T, nh * hd))
 
     def _partial_rope(self, x: tg.Tensor, positions: tg.Tensor, prefix: str) -> tg.Tensor:
         """RoPE on the first ``rotary_dim`` elements of each head of ``x`` [T, heads, hd] (their
@@ -356,10 +376,14 @@ class Transformer:
             return tg.gelu(x, name=f"{prefix}.act")
         return tg.silu(x, name=f"{prefix}.act")
 
-    def build_step(self, g: tg.Graph, T: int, last_only: bool = True) -> tuple[tg.Tensor, tg.Tensor, tg.Tensor]:
+    def build_step(self, g: tg.Graph, T: int, last_only: bool = True,
+                   kv: "KVLayout | None" = None) -> tuple[tg.Tensor, tg.Tensor, tg.Tensor]:
         """Add one forward step over ``T`` new tokens to ``g`` (unfused; see ``step_graph``).
         Returns (ids input [T] int32, positions input [T] int32 — consecutive positions, fed at run
-        time — and the final-normed hidden states [T, hidden], or [1, hidden] with ``last_only``)."""
+        time — and the final-normed hidden states [T, hidden], or [1, hidden] with ``last_only``).
+        ``kv``: where keys/values are written and read (default: the model's one-sequence cache;
+        ``models.paged.PagedStep`` for several sequences in one step, whose positions need not
+        be consecutive)."""
         ids = g.input((T,), tg.int32, name="token_ids")
         positions = g.input((T,), tg.int32, name="positions")
         spec, cfg = self.spec, self.config
@@ -375,10 +399,10 @@ class Transformer:
             P = f"layers.{i}"
             if cfg.parallel_residual:  # StableLM: x + attn(norm(x)) + mlp(norm(x)), one norm
                 h = self._pre_norm(x, f"{P}.attn_norm")
-                x = self._residual(self._residual(x, self._attention(h, i, positions), P, "attn"),
+                x = self._residual(self._residual(x, self._attention(h, i, positions, kv), P, "attn"),
                                    self._mlp(h, i), P, "mlp")
                 continue
-            x = self._residual(x, self._attention(self._pre_norm(x, f"{P}.attn_norm"), i, positions), P, "attn")
+            x = self._residual(x, self._attention(self._pre_norm(x, f"{P}.attn_norm"), i, positions, kv), P, "attn")
             x = self._residual(x, self._mlp(self._pre_norm(x, f"{P}.mlp_norm"), i), P, "mlp")
         if last_only and T > 1:
             x = tg.view(x, (1, x.shape[1]), (x.shape[1], 1), (T - 1) * x.shape[1], name="last_token")

@@ -1,0 +1,107 @@
+"""Step graphs over many sequences at once, on a paged KV pool (``models.paged``).
+
+A step runs ``B`` sequences of ``T`` tokens each: decode steps are ``T = 1`` over every running
+sequence (the weights are read once for all rows); prefill steps are one sequence's prompt chunk.
+Graphs are keyed by (B, T, S, want) with all three sizes rounded up to buckets, so a handful of
+graphs serve every step: ``B`` to a power of two (padding rows write the pool's scratch row),
+``T`` to one of the prefill chunk sizes (padding tokens likewise), ``S`` (how many positions each
+sequence's attention gathers) to a power of two of at least 64, capped at the context.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+import tinygraph as tg
+from tinygraph.passes import optimize
+
+from .paged import KVPool, PagedStep
+
+if TYPE_CHECKING:
+    from .transformer import Transformer
+
+#: prefill chunk sizes (tokens); a longer prompt runs in chunks of the largest
+PREFILL_CHUNKS = (16, 64, 256)
+#: step graphs kept (least recently used dropped)
+MAX_GRAPHS = 24
+
+
+def pow2_at_least(n: int, lo: int = 1) -> int:
+    return max(lo, 1 << max(int(n) - 1, 0).bit_length())
+
+
+class BatchRunner:
+    """Builds, caches and runs the step graphs of ``model`` over ``pool``."""
+
+    def __init__(self, model: "Transformer", pool: KVPool, max_batch: int = 64,
+                 chunks: Sequence[int] = PREFILL_CHUNKS) -> None:
+        self.model, self.pool = model, pool
+        self.max_batch = int(max_batch)
+        self.chunks = tuple(sorted(int(c) for c in chunks))
+        self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
+
+    # -- buckets --------------------------------------------------------------------------------
+    def batch_bucket(self, n: int) -> int:
+        return min(pow2_at_least(n), max(pow2_at_least(self.max_batch), 1))
+
+    def context_bucket(self, n: int) -> int:
+        return min(pow2_at_least(n, 64), self.model.max_context)
+
+    def chunk_for(self, remaining: int) -> int:
+        """Tokens the next prefill chunk covers (a bucket size; the last chunk is padded)."""
+        return next((c for c in self.chunks if c >= remaining), self.chunks[-1])
+
+    # -- graphs ---------------------------------------------------------------------------------
+    def graph(self, B: int, T: int, S: int, want: str) -> tuple[tg.Graph, PagedStep]:
+        """The step graph for ``B`` sequences x ``T`` tokens gathering ``S`` positions each;
+        ``want`` "logits" ([B, vocab] float32 output) or "argmax" ([B] int32). Inputs:
+        ``token_ids``/``positions`` [B * T], ``pick`` [B] (the row of each sequence whose next
+        token is wanted) and the layout's (see ``PagedStep``)."""
+        key = (B, T, S, want)
+        if key in self._graphs:
+            self._graphs.move_to_end(key)
+            return self._graphs[key]
+        m = self.model
+        g = m.session.graph()
+        layout = PagedStep(self.pool, g, B, T, S)
+        _, _, h = m.build_step(g, B * T, last_only=False, kv=layout)            # [B * T, hidden]
+        pick = g.input((B,), tg.int32, name="pick")
+        out = m.logits_node(tg.get_rows(h, pick, name="picked"))                 # [B, vocab]
+        g.output(tg.argmax(out, name="next_token") if want == "argmax" else tg.cast(out, tg.float32, name="logits"))
+        optimize(g)
+        while len(self._graphs) >= MAX_GRAPHS:
+            self._graphs.popitem(last=False)
+        self._graphs[key] = (g, layout)
+        return g, layout
+
+    def run(self, seqs: Sequence[object], tokens: Sequence[Sequence[int]], starts: Sequence[int],
+            want: str) -> np.ndarray:
+        """One step: sequence ``seqs[b]`` runs ``tokens[b]`` at positions ``starts[b]..`` (their
+        keys/values are stored in its pool rows, which it must own). Every sequence gives the
+        same number of tokens except that a single sequence may give fewer than its chunk.
+        Returns, for each sequence's last token, the logits [n, vocab] (float32) or the argmax
+        ids [n] (int32)."""
+        n = len(seqs)
+        lens = [len(t) for t in tokens]
+        T = self.chunk_for(max(lens)) if max(lens) > 1 else 1
+        if any(L > T for L in lens) or (n > 1 and len(set(lens)) != 1):
+            raise ValueError(f"batch step: token counts {lens} do not fit one step")
+        B = self.batch_bucket(n) if T == 1 else n
+        S = self.context_bucket(max(s + L for s, L in zip(starts, lens)))
+        g, layout = self.graph(B, T, S, want)
+        pad = B - n
+        ids = np.zeros((B, T), np.int32)
+        pos = np.zeros((B, T), np.int32)
+        last = self.model.max_context - 1
+        for b, (t, s) in enumerate(zip(tokens, starts)):
+            ids[b, :len(t)] = t
+            # padding tokens continue the positions (kept inside the context: learned position
+            # tables end there); their keys/values go to the scratch row
+            pos[b] = np.minimum(np.arange(s, s + T), last)
+        feeds = layout.feeds(list(seqs) + [None] * pad, list(starts) + [0] * pad, lens + [0] * pad)
+        feeds.update(token_ids=ids.reshape(-1), positions=pos.reshape(-1),
+                     pick=np.array([b * T + max(L, 1) - 1 for b, L in enumerate(lens + [0] * pad)], np.int32))
+        (out,) = self.model.session.compute(g, feeds)
+        return out[:n]

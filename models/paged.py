@@ -1,0 +1,194 @@
+"""A paged KV cache for many sequences, and the step layout that writes and reads it.
+
+The pool holds, per layer, keys and values ``[kv_heads, rows, head_dim]`` (the layout of the
+one-sequence cache, so the same kernels read it); ``rows = num_blocks * block_size + 1``. A
+sequence owns whole blocks of ``block_size`` rows, listed in its block table: position ``p``
+lives in row ``table[p // block_size] * block_size + p % block_size``. The last row is scratch:
+padding tokens of a step write there, and gathers of positions a sequence does not own read it
+(the causal mask hides them).
+
+A step over several sequences (:class:`PagedStep`) writes each token's keys/values into its row
+(``set_rows`` with a row per token) and, for each sequence, gathers its first ``S`` positions
+into contiguous keys/values (``get_rows`` with one index per head and position) and attends over
+them with the model's own attention (``Transformer.attend``). ``S`` is the step's context bucket:
+graphs are built per (sequences, tokens each, bucket) and fed new tables every step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+import tinygraph as tg
+from tinygraph.util import format_bytes
+
+if TYPE_CHECKING:
+    from .transformer import Transformer
+
+
+class KVLayout(Protocol):
+    """Where a step's keys/values go and which keys its queries see (``Transformer.build_step``)."""
+
+    def attend(self, q: tg.Tensor, k: tg.Tensor, v: tg.Tensor, i: int) -> tg.Tensor:
+        """Store layer ``i``'s ``k``/``v`` [N, nkv, hd] and attend with ``q`` [N, nh, hd] -> [N, nh * hd]."""
+        ...
+
+
+class KVPoolFullError(RuntimeError):
+    """The pool has too few free blocks for a request."""
+
+
+def token_bytes(model: "Transformer") -> int:
+    """KV-cache bytes one token takes over all layers (keys and values)."""
+    c = model.config
+    return 2 * c.num_layers * c.num_kv_heads * c.head_dim * model.dtype.itemsize
+
+
+class KVPool:
+    """Per-layer key/value buffers shared by many sequences, handed out in blocks of
+    ``block_size`` tokens. ``num_blocks`` blocks in all (see :func:`blocks_for_memory`).
+    Not thread-safe: one scheduler owns it."""
+
+    def __init__(self, model: "Transformer", num_blocks: int, block_size: int = 16) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError(f"KV pool needs num_blocks >= 1 and block_size >= 1, got {num_blocks}, {block_size}")
+        c, s = model.config, model.session
+        self.model, self.num_blocks, self.block_size = model, int(num_blocks), int(block_size)
+        self.rows = self.num_blocks * self.block_size + 1
+        self.scratch = self.rows - 1
+        shape = (c.num_kv_heads, self.rows, c.head_dim)
+        self.k = [s.persistent(shape, model.dtype, name=f"pool.k.{i}") for i in range(c.num_layers)]
+        self.v = [s.persistent(shape, model.dtype, name=f"pool.v.{i}") for i in range(c.num_layers)]
+        # [kv_heads * rows, head_dim] views for gathering a sequence's rows (made once, outside graphs)
+        flat = (c.num_kv_heads * self.rows, c.head_dim)
+        self.k_rows = [tg.view(t, flat, name=f"pool.k.{i}.rows") for i, t in enumerate(self.k)]
+        self.v_rows = [tg.view(t, flat, name=f"pool.v.{i}.rows") for i, t in enumerate(self.v)]
+        self._free = list(range(self.num_blocks - 1, -1, -1))  # pop() hands out low blocks first
+        self.tables: dict[object, list[int]] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.k + self.v)
+
+    @property
+    def free_blocks(self) -> int:
+        return len(self._free)
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-int(tokens) // self.block_size)
+
+    def reserve(self, seq: object, tokens: int) -> bool:
+        """Make ``seq`` own enough blocks for ``tokens`` positions; False (nothing taken) when
+        too few blocks are free."""
+        table = self.tables.setdefault(seq, [])
+        need = self.blocks_for(tokens) - len(table)
+        if need > len(self._free):
+            if not table:
+                del self.tables[seq]
+            return False
+        table.extend(self._free.pop() for _ in range(max(need, 0)))
+        return True
+
+    def release(self, seq: object) -> None:
+        """Give ``seq``'s blocks back (no-op for an unknown sequence)."""
+        self._free.extend(reversed(self.tables.pop(seq, [])))
+
+    def rows_of(self, seq: object, positions: np.ndarray) -> np.ndarray:
+        """Pool rows (int32) of ``seq``'s ``positions``; positions it does not own map to scratch."""
+        table = np.asarray(self.tables.get(seq, []), np.int64)
+        positions = np.asarray(positions, np.int64)
+        blk = positions // self.block_size
+        owned = blk < table.size
+        rows = np.full(positions.shape, self.scratch, np.int64)
+        rows[owned] = table[blk[owned]] * self.block_size + positions[owned] % self.block_size
+        return rows.astype(np.int32)
+
+    def gather_index(self, seq: object | None, S: int) -> np.ndarray:
+        """Indices into the ``[kv_heads * rows, hd]`` views of ``seq``'s positions 0..S-1, head by
+        head (int32 [kv_heads * S]); ``seq`` None: all scratch (a padding row of the step)."""
+        rows = (self.rows_of(seq, np.arange(S)) if seq is not None else np.full(S, self.scratch, np.int32))
+        heads = np.arange(self.model.config.num_kv_heads, dtype=np.int64)[:, None] * self.rows
+        return (heads + rows[None, :]).reshape(-1).astype(np.int32)
+
+    def close(self) -> None:
+        """Release the pool's buffers (the model's session stays open)."""
+        s = self.model.session
+        if not s.closed:
+            s.free(self.k + self.v)
+        self.k, self.v, self.k_rows, self.v_rows, self.tables = [], [], [], [], {}
+
+    def __repr__(self) -> str:
+        return (f"KVPool({self.num_blocks} blocks x {self.block_size} tokens, {self.free_blocks} free, "
+                f"{format_bytes(self.nbytes)})")
+
+
+def blocks_for_memory(model: "Transformer", kv_memory: int, block_size: int) -> int:
+    """How many blocks of ``block_size`` tokens fit in ``kv_memory`` bytes (ValueError if none)."""
+    per_block = token_bytes(model) * block_size
+    n = int(kv_memory) // per_block
+    if n < 1:
+        raise ValueError(f"kv_memory of {format_bytes(int(kv_memory))} holds no block of {block_size} tokens "
+                         f"({format_bytes(per_block)} each for this model)")
+    return n
+
+
+@dataclass
+class PagedStep:
+    """The KV layout of one step graph over ``B`` sequences of ``T`` tokens each (row ``b * T + t``
+    is token ``t`` of sequence ``b``), each seeing its positions ``0..S-1`` of the pool.
+
+    Graph inputs it declares (fed by :meth:`feeds`): ``kv_rows`` int32 [B * T] (each token's pool
+    row), ``kv_gather`` int32 [B, kv_heads * S] (each sequence's gather indices) and ``kv_past``
+    int32 [B] (each sequence's first position in the step)."""
+
+    pool: KVPool
+    g: tg.Graph
+    B: int
+    T: int
+    S: int
+
+    def __post_init__(self) -> None:
+        nkv = self.pool.model.config.num_kv_heads
+        self.rows = self.g.input((self.B * self.T,), tg.int32, name="kv_rows")
+        self.gather = self.g.input((self.B, nkv * self.S), tg.int32, name="kv_gather")
+        self.past = self.g.input((self.B,), tg.int32, name="kv_past")
+
+    def attend(self, q: tg.Tensor, k: tg.Tensor, v: tg.Tensor, i: int) -> tg.Tensor:
+        m, pool, B, T, S = self.pool.model, self.pool, self.B, self.T, self.S
+        nkv, hd = m.config.num_kv_heads, m.config.head_dim
+        P = f"layers.{i}.attn"
+        tg.set_rows(pool.k[i], tg.permute(k, (1, 0, 2)), self.rows, name=f"{P}.k_store")
+        tg.set_rows(pool.v[i], tg.permute(v, (1, 0, 2)), self.rows, name=f"{P}.v_store")
+        outs = []
+        for b in range(B):
+            idx = tg.view(self.gather, (nkv * S,), (1,), b * nkv * S, name=f"{P}.gather{b}")
+            keys = tg.get_rows(pool.k_rows[i], idx, name=f"{P}.keys{b}")            # [nkv * S, hd]
+            vals = tg.get_rows(pool.v_rows[i], idx, name=f"{P}.values{b}")
+            keys_t = tg.view(keys, (nkv, 1, hd, S), (S * hd, 0, 1, hd), name=f"{P}.keys{b}_t")
+            vals = tg.view(vals, (nkv, 1, S, hd), (S * hd, 0, hd, 1), name=f"{P}.values{b}_v")
+            qb = tg.view(q, (T,) + q.shape[1:], q.strides, b * T * q.strides[0], name=f"{P}.q{b}")
+            past = tg.view(self.past, (1,), (1,), b, name=f"{P}.past{b}")
+            outs.append(m.attend(qb, keys_t, vals, i, past))
+        return _concat_rows(outs, f"{P}.seqs")
+
+    def feeds(self, seqs: list[object | None], starts: list[int], lens: list[int]) -> dict[str, np.ndarray]:
+        """Layout inputs for sequences ``seqs`` (None: a padding row) whose ``lens[b]`` real
+        tokens start at position ``starts[b]``; a sequence's padding tokens, and padding rows,
+        write the scratch row."""
+        pool, T = self.pool, self.T
+        rows = np.full((self.B, T), pool.scratch, np.int32)
+        for b, (s, p, n) in enumerate(zip(seqs, starts, lens)):
+            if s is not None:
+                rows[b, :n] = pool.rows_of(s, np.arange(p, p + n))
+        gather = np.stack([pool.gather_index(s, self.S) for s in seqs])
+        return {"kv_rows": rows.reshape(-1), "kv_gather": gather, "kv_past": np.asarray(starts, np.int32)}
+
+
+def _concat_rows(parts: list[tg.Tensor], name: str) -> tg.Tensor:
+    """``parts`` stacked along axis 0, as a balanced tree of ``concat`` (log depth, not B copies)."""
+    while len(parts) > 1:
+        nxt = [tg.concat(parts[j], parts[j + 1], axis=0, name=f"{name}.{len(parts)}.{j}")
+               for j in range(0, len(parts) - 1, 2)]
+        parts = nxt + ([parts[-1]] if len(parts) % 2 else [])
+    return parts[0]
