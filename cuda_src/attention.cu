@@ -8,7 +8,8 @@
 //     q [B0, B1, Tq, D], kt [B0', B1', D, S] (keys, transposed: any strides), v [B0', B1', S, Dv],
 //     out [B0, B1, Tq, Dv]; a size-1 batch dim of q/kt/v broadcasts (grouped-query attention).
 //     Query row t sees keys j <= t + past (causal) and j < S; past is read from past_dev[0] when
-//     past_dev is non-NULL, so a replayed CUDA graph can move it. window > 0 (causal only; 0 or
+//     past_dev is non-NULL, so a replayed CUDA graph can move it (from past_dev[i0], i0 the index
+//     of axis 0, when past < 0: a decode step over many sequences, each at its own position). window > 0 (causal only; 0 or
 //     negative: none): a sliding window, row t (position p = t + past) sees only keys
 //     p - window < j <= p (HF's kv_idx > q_idx - sliding_window); a row that sees no key gets 0.
 //     Grid: (Tq, B0*B1, nsplit); block (128, 1, 1). Split z handles keys [f + z*chunk,
@@ -206,7 +207,7 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
     const long long b0 = b / od.ne[1], b1 = b % od.ne[1];
     const int D = (int)qd.ne[3], Dv = (int)vd.ne[3];
     const long long S = ktd.ne[3];
-    if (past_dev) past = past_dev[0];
+    if (past_dev) past = past_dev[past < 0 ? b0 : 0];  // past < 0: one position per index of axis 0
     long long visible = causal ? t + (long long)past + 1 : S;
     if (visible > S) visible = S;
     // sliding window: the splits start at the row's first visible key; those before it are never read

@@ -7,8 +7,8 @@
 //     Shapes and semantics of attn_split (attention.cu): q [B0, B1, Tq, D], kt [B0', B1', D, S],
 //     v [B0', B1', S, D], out [B0, B1, Tq, D]; size-1 batch dims of q/kt/v broadcast (grouped
 //     queries); query row t sees keys j <= t + past (causal) and j < S; past_dev non-NULL: past
-//     is past_dev[0]. window > 0 (causal only; 0 or negative: none): a sliding window, row t
-//     (position p = t + past) sees only keys p - window < j <= p (HF's convention). A row that
+//     is past_dev[0] (past_dev[i0], i0 the index of axis 0, when past < 0). window > 0 (causal
+//     only; 0 or negative: none): a sliding window, row t (position p = t + past) sees only keys p - window < j <= p (HF's convention). A row that
 //     sees no key gets zeros.
 //     Layout requirements (the backend checks them, else it runs attn_split): head elements
 //     contiguous (q st[3] == 1, kt st[2] == 1, v st[3] == 1: keys and values are rows of a
@@ -59,9 +59,9 @@ __device__ __forceinline__ void attn_fa(T* out, const TD& od, const T* q, const 
     unsigned short* sQ = reinterpret_cast<unsigned short*>(fa_smem);
     unsigned short* sK = sQ + TILE;      // two stages
     unsigned short* sV = sK + 2 * TILE;  // two stages
-    if (past_dev) past = past_dev[0];
     const long long Tq = od.ne[2], S = ktd.ne[3];
     const long long b = blockIdx.y, b1 = b % od.ne[1], b0 = b / od.ne[1];
+    if (past_dev) past = past_dev[past < 0 ? b0 : 0];  // past < 0: one position per index of axis 0
     const T* qb = q + fa_bcast(qd, 0, b0) + fa_bcast(qd, 1, b1);
     const T* kb = kt + fa_bcast(ktd, 0, b0) + fa_bcast(ktd, 1, b1);
     const T* vb = v + fa_bcast(vd, 0, b0) + fa_bcast(vd, 1, b1);

@@ -6,7 +6,8 @@
 //     y[..., i, j] = exp(scale*x[..., i, j] - m) / sum_j' exp(scale*x[..., i, j'] - m)
 //     over unmasked j. With causal != 0, query row i (index along axis 2, the second-to-last)
 //     sees keys j <= i + past; masked entries come out as 0. If past_dev is non-NULL, past is read
-//     from past_dev[0] on the device instead (so a replayed CUDA graph can vary it).
+//     from past_dev[0] on the device instead (so a replayed CUDA graph can vary it); from
+//     past_dev[i0], i0 the index of axis 0, when past < 0 (each sequence of a batch at its own position).
 //     window > 0 (with causal; 0 or negative: none): a sliding window, row i (position
 //     p = i + past) sees only keys p - window < j <= p (HF's kv_idx > q_idx - sliding_window);
 //     keys before it are not read.
@@ -31,7 +32,8 @@ __device__ __forceinline__ void softmax_kernel(T* out, const TD& od, const T* x,
     const long long r = blockIdx.x;
     const int n = (int)xd.ne[3];
     const long long qi = r % xd.ne[2];
-    if (past_dev) past = past_dev[0];
+    // past < 0: one position per index of axis 0 (rows are [ne0, ne1, ne2] flattened)
+    if (past_dev) past = past_dev[past < 0 ? r / (xd.ne[1] * xd.ne[2]) : 0];
     const long long limit = causal ? qi + (long long)past : (long long)n - 1;  // last visible key
     const long long first = (causal && window > 0) ? qi + (long long)past - window + 1 : 0;  // first
     const T* xr = x + td_row_offset(xd, r);

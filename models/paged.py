@@ -139,8 +139,13 @@ class PagedStep:
     is token ``t`` of sequence ``b``), each seeing its positions ``0..S-1`` of the pool.
 
     Graph inputs it declares (fed by :meth:`feeds`): ``kv_rows`` int32 [B * T] (each token's pool
-    row), ``kv_gather`` int32 [B, kv_heads * S] (each sequence's gather indices) and ``kv_past``
-    int32 [B] (each sequence's first position in the step)."""
+    row), ``kv_gather`` int32 [B, kv_heads * S] (each sequence's gather indices), ``kv_past``
+    int32 [B] (each sequence's first position in the step) and ``kv_past_heads`` [B * kv_heads]
+    (the same, once per KV head: the rows of a decode step's attention).
+
+    Decode steps (``T == 1``) gather every sequence's keys at once and run one attention whose
+    rows are (sequence, KV head), each with its own position (``past_rows``), so the graph does
+    not grow with ``B``; prefill steps attend per sequence."""
 
     pool: KVPool
     g: tg.Graph
@@ -153,6 +158,8 @@ class PagedStep:
         self.rows = self.g.input((self.B * self.T,), tg.int32, name="kv_rows")
         self.gather = self.g.input((self.B, nkv * self.S), tg.int32, name="kv_gather")
         self.past = self.g.input((self.B,), tg.int32, name="kv_past")
+        # decode steps: each sequence's position once per KV head (the attention's rows)
+        self.past_heads = self.g.input((self.B * nkv,), tg.int32, name="kv_past_heads")
 
     def attend(self, q: tg.Tensor, k: tg.Tensor, v: tg.Tensor, i: int) -> tg.Tensor:
         m, pool, B, T, S = self.pool.model, self.pool, self.B, self.T, self.S
@@ -160,17 +167,27 @@ class PagedStep:
         P = f"layers.{i}.attn"
         tg.set_rows(pool.k[i], tg.permute(k, (1, 0, 2)), self.rows, name=f"{P}.k_store")
         tg.set_rows(pool.v[i], tg.permute(v, (1, 0, 2)), self.rows, name=f"{P}.v_store")
+        if T == 1:  # decode: every sequence's keys in one gather, one attention with a position per row
+            keys, vals = self._gather(i, 0, B * nkv * S)                        # [B * nkv * S, hd]
+            keys_t = tg.view(keys, (B * nkv, 1, hd, S), (S * hd, 0, 1, hd), name=f"{P}.keys_t")
+            vals = tg.view(vals, (B * nkv, 1, S, hd), (S * hd, 0, hd, 1), name=f"{P}.values_v")
+            return m.attend(q, keys_t, vals, i, self.past_heads, per_row=True)
         outs = []
-        for b in range(B):
-            idx = tg.view(self.gather, (nkv * S,), (1,), b * nkv * S, name=f"{P}.gather{b}")
-            keys = tg.get_rows(pool.k_rows[i], idx, name=f"{P}.keys{b}")            # [nkv * S, hd]
-            vals = tg.get_rows(pool.v_rows[i], idx, name=f"{P}.values{b}")
+        for b in range(B):  # prefill chunks: one sequence's queries over its own keys
+            keys, vals = self._gather(i, b * nkv * S, nkv * S, f"{b}")
             keys_t = tg.view(keys, (nkv, 1, hd, S), (S * hd, 0, 1, hd), name=f"{P}.keys{b}_t")
             vals = tg.view(vals, (nkv, 1, S, hd), (S * hd, 0, hd, 1), name=f"{P}.values{b}_v")
             qb = tg.view(q, (T,) + q.shape[1:], q.strides, b * T * q.strides[0], name=f"{P}.q{b}")
             past = tg.view(self.past, (1,), (1,), b, name=f"{P}.past{b}")
             outs.append(m.attend(qb, keys_t, vals, i, past))
         return _concat_rows(outs, f"{P}.seqs")
+
+    def _gather(self, i: int, start: int, n: int, tag: str = "") -> tuple[tg.Tensor, tg.Tensor]:
+        """Layer ``i``'s keys and values at ``n`` gather indices from ``start`` ([n, hd] each)."""
+        P = f"layers.{i}.attn"
+        idx = tg.view(self.gather, (n,), (1,), start, name=f"{P}.gather{tag}")
+        return (tg.get_rows(self.pool.k_rows[i], idx, name=f"{P}.keys{tag}"),
+                tg.get_rows(self.pool.v_rows[i], idx, name=f"{P}.values{tag}"))
 
     def feeds(self, seqs: list[object | None], starts: list[int], lens: list[int]) -> dict[str, np.ndarray]:
         """Layout inputs for sequences ``seqs`` (None: a padding row) whose ``lens[b]`` real
@@ -182,7 +199,9 @@ class PagedStep:
             if s is not None:
                 rows[b, :n] = pool.rows_of(s, np.arange(p, p + n))
         gather = np.stack([pool.gather_index(s, self.S) for s in seqs])
-        return {"kv_rows": rows.reshape(-1), "kv_gather": gather, "kv_past": np.asarray(starts, np.int32)}
+        nkv = pool.model.config.num_kv_heads
+        return {"kv_rows": rows.reshape(-1), "kv_gather": gather, "kv_past": np.asarray(starts, np.int32),
+                "kv_past_heads": np.repeat(np.asarray(starts, np.int32), nkv)}
 
 
 def _concat_rows(parts: list[tg.Tensor], name: str) -> tg.Tensor:

@@ -316,19 +316,27 @@ class Transformer:
         keys_t, vals = self._history(i)
         return self.attend(q, keys_t, vals, i, positions)
 
-    def attend(self, q: tg.Tensor, keys_t: tg.Tensor, vals: tg.Tensor, i: int, past: tg.Tensor) -> tg.Tensor:
+    def attend(self, q: tg.Tensor, keys_t: tg.Tensor, vals: tg.Tensor, i: int, past: tg.Tensor,
+               per_row: bool = False) -> tg.Tensor:
         """Causal attention of layer ``i`` for queries ``q`` [T, nh, hd] at positions ``past..``
         (``past``: int32 tensor, first element used) over keys ``keys_t`` [nkv, 1, hd, S] and
-        values ``vals`` [nkv, 1, S, hd] (S: positions 0..S-1) -> [T, nh * hd]."""
+        values ``vals`` [nkv, 1, S, hd] (S: positions 0..S-1) -> [T, nh * hd]. ``per_row``: the
+        rows of ``q`` are one token each of N sequences, ``keys_t`` [N * nkv, 1, hd, S] and
+        ``vals`` [N * nkv, 1, S, hd] theirs, ``past`` [N * nkv] the position of each."""
         cfg, P = self.config, f"layers.{i}.attn"
         T, nh, hd = q.shape
         nkv = cfg.num_kv_heads
-        qg = tg.permute(tg.reshape(q, (T, nkv, nh // nkv, hd)), (1, 2, 0, 3))   # [nkv, groups, T, hd]
+        if per_row:  # [N * nkv, groups, 1, hd]: one query per (sequence, KV head)
+            qg = tg.reshape(q, (T * nkv, nh // nkv, 1, hd))
+        else:
+            qg = tg.permute(tg.reshape(q, (T, nkv, nh // nkv, hd)), (1, 2, 0, 3))   # [nkv, groups, T, hd]
         scores = tg.matmul(qg, keys_t, name=f"{P}.scores")                   # [nkv, groups, T, S]
         scale = cfg.attention_multiplier if cfg.attention_multiplier is not None else 1.0 / math.sqrt(hd)
         probs = tg.softmax(scores, scale, causal=True, past=past, window=self.windows[i],
-                           name=f"{P}.probs")
+                           name=f"{P}.probs", past_rows=per_row)
         out = tg.matmul(probs, vals, name=f"{P}.mix")                          # [nkv, groups, T, hd]
+        if per_row:
+            return tg.reshape(out, (T, nh * hd))
         return tg.reshape(tg.permute(out, (2, 0, 1, 3)), (T, nh * hd))
 
     def _partial_rope(self, x: tg.Tensor, positions: tg.Tensor, prefix: str) -> tg.Tensor:

@@ -77,7 +77,8 @@ def fuse_attention(g: Graph) -> int:
         p = probs.params
         past = probs.srcs[1] if p["past_src"] else p["past"]
         name = mix.name.rsplit(".", 1)[0] + ".attention" if "." in mix.name else f"attention_{mix.id}"
-        fused = ops.attention(q, kt, v, p["scale"], p["causal"], past, window=p.get("window"), name=name)
+        fused = ops.attention(q, kt, v, p["scale"], p["causal"], past, window=p.get("window"), name=name,
+                              past_rows=p["past"] == -1)
         g.nodes.pop()  # ops.attention appended it; _replace puts it at mix's place instead
         if fused.shape != mix.shape:  # broadcasting differs from the chain's: leave it alone
             continue
@@ -264,7 +265,7 @@ def fuse_attention_store(g: Graph) -> int:
     count = 0
     for a in [n for n in g.nodes if n.op == "attention"]:
         p = a.params
-        if not (p["causal"] and p["past_src"]) or a.ndim != 4 or a.shape[2] != 1:
+        if not (p["causal"] and p["past_src"]) or p["past"] == -1 or a.ndim != 4 or a.shape[2] != 1:
             continue
         q4, kt, vv, rows = a.srcs[:4]
         kc, vc = kt.storage, vv.storage

@@ -10,9 +10,16 @@ from ..tensor import Tensor
 from .registry import Array, _f32, _need_float, _node, _reference, _row_param
 
 
-def _past_arg(op: str, past: "int | Tensor") -> tuple[tuple[Tensor, ...], dict]:
+def _past_arg(op: str, past: "int | Tensor", rows: int | None = None) -> tuple[tuple[Tensor, ...], dict]:
     """``past`` as node params (+ a source when it is a tensor whose first element is read at run
-    time, e.g. the positions input of a decode step)."""
+    time, e.g. the positions input of a decode step). ``rows`` (per-row mode, ``past_rows=True``):
+    ``past`` is an int32 tensor [rows], one value per index of the first axis; stored as
+    ``past = -1`` (the kernels read ``past_dev[i0]`` then)."""
+    if rows is not None:
+        if not isinstance(past, Tensor) or past.dtype != int32 or past.shape != (rows,):
+            what = past.describe() if isinstance(past, Tensor) else repr(past)
+            raise ShapeError(f"{op}: past_rows needs past as an int32 tensor of shape ({rows},), got {what}")
+        return (past,), {"past": -1, "past_src": True}
     if isinstance(past, Tensor):
         if past.dtype != int32 or past.ndim != 1 or past.shape[0] < 1:
             raise ShapeError(f"{op}: past {past.describe()} must be a non-empty 1-D int32 tensor")
@@ -24,6 +31,15 @@ def _past_arg(op: str, past: "int | Tensor") -> tuple[tuple[Tensor, ...], dict]:
 
 def _past_value(p: dict, srcs: tuple) -> int:
     return int(srcs[0].reshape(-1)[0]) if p["past_src"] else p["past"]
+
+
+def _per_row(p: dict, srcs: tuple, f, *xs: Array) -> Array | None:
+    """Per-row ``past`` (``p["past"] == -1``): ``f(past, *slices)`` for each index of the first
+    axis of ``xs`` (size-1 first axes broadcast), stacked; None in the ordinary mode."""
+    if p["past"] != -1:
+        return None
+    pasts = srcs[0].reshape(-1)
+    return np.stack([f(int(pasts[i]), *(x[i if x.shape[0] > 1 else 0] for x in xs)) for i in range(pasts.size)])
 
 
 def _window_arg(op: str, window: "int | None", causal: bool) -> int | None:
@@ -38,7 +54,7 @@ def _window_arg(op: str, window: "int | None", causal: bool) -> int | None:
 
 
 def softmax(x: Tensor, scale: float = 1.0, causal: bool = False, past: "int | Tensor" = 0,
-            window: int | None = None, name: str | None = None) -> Tensor:
+            window: int | None = None, name: str | None = None, past_rows: bool = False) -> Tensor:
     """Softmax over the last axis of ``x * scale``. With ``causal``, query row ``i`` (the
     second-to-last axis) is at position ``p = i + past`` and sees keys ``j <= p``: the
     prefill/decode attention mask. ``past`` may be an int32 tensor (its first element is used),
@@ -47,11 +63,16 @@ def softmax(x: Tensor, scale: float = 1.0, causal: bool = False, past: "int | Te
     ``window`` (causal only; None = off): a sliding window of that many keys, query ``p`` sees
     ``p - window < j <= p`` (HF transformers' ``sliding_window_causal_mask_function``:
     ``kv_idx > q_idx - sliding_window``; Mistral's / Qwen2's ``sliding_window``). Masked
-    entries are 0; a row that sees no key at all comes out all 0."""
+    entries are 0; a row that sees no key at all comes out all 0.
+
+    ``past_rows``: ``x`` is [N, H, queries, keys] and ``past`` an int32 tensor [N], one position
+    per index of the first axis (a decode step over N sequences, each at its own position)."""
     _need_float("softmax", x)
     if causal and x.ndim < 2:
         raise ShapeError(f"softmax(causal=True) needs [..., queries, keys]: {x.describe()}")
-    extra, pp = _past_arg("softmax", past)
+    if past_rows and (not causal or x.ndim != 4):
+        raise ShapeError(f"softmax: past_rows needs causal=True and a 4-D [N, H, queries, keys] input: {x.describe()}")
+    extra, pp = _past_arg("softmax", past, x.shape[0] if past_rows else None)
     return _node("softmax", (x,) + extra, x.shape, x.dtype,
                  {"scale": float(scale), "causal": bool(causal), **pp,
                   "window": _window_arg("softmax", window, causal)}, name)
@@ -66,6 +87,9 @@ def _causal_mask(q: int, k: int, past: int, window: int | None = None, k0: int =
 
 @_reference("softmax", "softmax")
 def _softmax_ref(p, x, *past):
+    rows = _per_row(p, past, lambda pa, xi: _softmax_ref({**p, "past": pa, "past_src": False}, xi), x)
+    if rows is not None:
+        return rows
     x = _f32(x) * np.float32(p["scale"])
     if p["causal"]:
         x = np.where(_causal_mask(x.shape[-2], x.shape[-1], _past_value(p, past), p.get("window")), x, -np.inf)
@@ -76,14 +100,17 @@ def _softmax_ref(p, x, *past):
 
 
 def attention(q: Tensor, kt: Tensor, v: Tensor, scale: float = 1.0, causal: bool = False,
-              past: "int | Tensor" = 0, window: int | None = None, name: str | None = None) -> Tensor:
+              past: "int | Tensor" = 0, window: int | None = None, name: str | None = None,
+              past_rows: bool = False) -> Tensor:
     """``softmax(q @ kt * scale, causal, past, window) @ v`` as one op: ``q`` [..., T, D], ``kt``
     (keys, transposed) [..., D, S], ``v`` [..., S, Dv] -> [..., T, Dv]; leading axes broadcast as
     in ``matmul`` (grouped-query attention: a size-1 KV axis). With ``causal`` only keys
     ``j <= i + past`` exist for query ``i``; keys beyond ``T + past`` are never read, so ``kt``/``v``
     may span a whole KV cache. ``window`` (see :func:`softmax`): query ``p = i + past`` sees only
     ``p - window < j <= p``, and keys before the window are never read either. A row that sees
-    no key gives zeros. Made by the fusion pass from matmul -> softmax -> matmul."""
+    no key gives zeros. Made by the fusion pass from matmul -> softmax -> matmul.
+    ``past_rows`` (4-D only): ``past`` is an int32 tensor [N] for an output [N, H, T, Dv], each
+    index of the first axis at its own position (see :func:`softmax`)."""
     _need_float("attention", q, kt, v)
     if q.ndim < 2 or kt.ndim < 2 or v.ndim < 2 or q.shape[-1] != kt.shape[-2] or kt.shape[-1] != v.shape[-2]:
         raise ShapeError(f"attention: shapes do not chain: q {q.describe()}, kt {kt.describe()}, v {v.describe()}")
@@ -92,7 +119,9 @@ def attention(q: Tensor, kt: Tensor, v: Tensor, scale: float = 1.0, causal: bool
     except ValueError:
         raise ShapeError(f"attention: leading axes do not broadcast: {q.describe()}, {kt.describe()}, "
                          f"{v.describe()}") from None
-    extra, pp = _past_arg("attention", past)
+    if past_rows and (not causal or len(lead) != 2):
+        raise ShapeError(f"attention: past_rows needs causal=True and 4-D operands: {q.describe()}")
+    extra, pp = _past_arg("attention", past, int(lead[0]) if past_rows else None)
     return _node("attention", (q, kt, v) + extra, tuple(lead) + (q.shape[-2], v.shape[-1]), q.dtype,
                  {"scale": float(scale), "causal": bool(causal), **pp,
                   "window": _window_arg("attention", window, causal)}, name)
@@ -102,6 +131,10 @@ def attention(q: Tensor, kt: Tensor, v: Tensor, scale: float = 1.0, causal: bool
 def _attention_ref(p, q, kt, v, *past):
     # in blocks of queries and keys (online softmax): memory grows with T, not T^2
     from ..attention_ref import blocked_attention
+    rows = _per_row(p, past, lambda pa, *x: blocked_attention(*x, p["scale"], p["causal"], pa, p.get("window")),
+                    q, kt, v)
+    if rows is not None:
+        return rows
     return blocked_attention(q, kt, v, p["scale"], p["causal"], _past_value(p, past), p.get("window"))
 
 
