@@ -54,10 +54,10 @@ class Layers:
         if spec.qk_norm and not whole:
             q = tg.rms_norm(q, self.W[f"{P}.q_norm.weight"], cfg.norm_eps, name=f"{P}.q_norm")
             k = tg.rms_norm(k, self.W[f"{P}.k_norm.weight"], cfg.norm_eps, name=f"{P}.k_norm")
-        if spec.position == "rope" and cfg.rotary_dim is not None:  # partial rotary (StableLM)
+        if spec.position == "rope" and cfg.rotary_dim is not None:  # partial rotary (StableLM, Phi)
             q, k = self._partial_rope(q, positions, f"{P}.q"), self._partial_rope(k, positions, f"{P}.k")
         elif spec.position == "rope":
-            ff = self.W.get("rope.freq_factors")
+            ff = self._rope_factors()
             q = tg.rope(q, positions, cfg.rope_theta, spec.rope_mode, ff, name=f"{P}.q_rope")
             k = tg.rope(k, positions, cfg.rope_theta, spec.rope_mode, ff, name=f"{P}.k_rope")
         # write the new keys/values into the cache rows of their positions
@@ -69,6 +69,11 @@ class Layers:
         qg = tg.permute(tg.reshape(q, (T, nkv, groups, hd)), (1, 2, 0, 3))   # [nkv, groups, T, hd]
         scores = tg.matmul(qg, keys_t, name=f"{P}.scores")                   # [nkv, groups, T, S]
         scale = cfg.attention_multiplier if cfg.attention_multiplier is not None else 1.0 / math.sqrt(hd)
+        af = self.rope.attention_factor
+        if af != 1.0 and cfg.rotary_dim is None:
+            # YaRN / LongRoPE: HF multiplies cos and sin by af, so every element of q and k: the
+            # scores grow by af^2 (partial rotary scales only the rotated part, in _partial_rope)
+            scale *= af * af
         probs = tg.softmax(scores, scale, causal=True, past=positions, window=self.windows[i],
                            name=f"{P}.probs")
         out = tg.matmul(probs, vals, name=f"{P}.mix")                          # [nkv, groups, T, hd]
@@ -82,8 +87,16 @@ class Layers:
         rd = self.config.rotary_dim
         rot = tg.view(x, (T, n, rd), x.strides, 0, name=f"{prefix}_rot")
         rest = tg.view(x, (T, n, hd - rd), x.strides, rd, name=f"{prefix}_pass")
-        rot = tg.rope(rot, positions, self.config.rope_theta, self.spec.rope_mode, name=f"{prefix}_rope")
+        rot = tg.rope(rot, positions, self.config.rope_theta, self.spec.rope_mode, self._rope_factors(),
+                      name=f"{prefix}_rope")
+        if self.rope.attention_factor != 1.0:  # HF's cos/sin factor reaches only the rotated elements
+            rot = tg.scale(rot, self.rope.attention_factor, name=f"{prefix}_rope_scaled")
         return tg.concat(rot, rest, axis=-1, name=f"{prefix}_rotated")
+
+    def _rope_factors(self) -> tg.Tensor | None:
+        """The frequency divisors of this graph's RoPE: longrope's long set while a long-regime graph
+        is built (``_long_rope``), else the scaling's factors, or None for plain RoPE."""
+        return self.W.get("rope.freq_factors_long" if self._long_rope else "rope.freq_factors")
 
     def _whole_norm(self, y: tg.Tensor, P: str, p: str, heads: int) -> tg.Tensor:
         """RMSNorm of a [T, heads * hd] projection over all of it, then split into heads."""

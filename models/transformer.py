@@ -22,7 +22,8 @@ from typing import Iterator
 import numpy as np
 
 import tinygraph as tg
-from tinygraph.io import Checkpoint, ModelSpec, TransformerConfig
+from tinygraph.io import Checkpoint, ModelSpec, TransformerConfig, UnsupportedModelError
+from tinygraph.io.rope_scaling import RopeScaling
 from tinygraph.passes import optimize
 from tinygraph.session import SessionClosedError
 
@@ -125,6 +126,14 @@ class Transformer(Layers):
         self.max_context = int(max_context) if max_context is not None else min(limit, 4096)
         if self.spec.position == "learned" and self.max_context > limit:
             raise ValueError(f"max_context {self.max_context} outside 1..{limit} (learned positions)")
+        # frequency divisors (short and long sets for longrope) and attention factor of the RoPE scaling
+        self.rope: RopeScaling = ckpt.rope_scaling if self.spec.position == "rope" else RopeScaling()
+        if self.rope.max_context is not None and self.max_context > self.rope.max_context:
+            raise UnsupportedModelError(
+                f"{cfg.model_type}: rope_scaling {cfg.rope_type!r} changes the frequencies beyond "
+                f"{self.rope.max_context} positions (per call, as HF does); max_context {self.max_context} "
+                f"is not supported")
+        self._long_rope = False  # while a graph is built: use longrope's long factors
         # each layer's sliding window (None: full attention); a window as wide as the cache
         # changes nothing, so it is dropped
         self.windows: list[int | None] = [
@@ -201,10 +210,10 @@ class Transformer(Layers):
         for n in sorted(names - packed):
             decl(n, tuple(ckpt.shape(n)), self._weight_dtype(ckpt, n, tuple(ckpt.shape(n))))
         hd, nkv = cfg.head_dim, cfg.num_kv_heads
-        ff = ckpt.rope_freq_factors if spec.position == "rope" else None
-        self._freq_factors = ff
-        if ff is not None:
-            decl("rope.freq_factors", ff.shape, tg.float32)
+        self._rope_consts = {n: a for n, a in (("rope.freq_factors", self.rope.factors),
+                                               ("rope.freq_factors_long", self.rope.long_factors)) if a is not None}
+        for n, a in self._rope_consts.items():
+            decl(n, a.shape, tg.float32)
         self.kv_k = [s.persistent((nkv, self.max_context, hd), dt, name=f"cache.k.{i}") for i in range(cfg.num_layers)]
         self.kv_v = [s.persistent((nkv, self.max_context, hd), dt, name=f"cache.v.{i}") for i in range(cfg.num_layers)]
 
@@ -223,8 +232,8 @@ class Transformer(Layers):
                 parts = self._packs[name]
                 get = ckpt.tensor_raw if raw(parts, t) else ckpt.tensor
                 s.upload(t, np.concatenate([get(p) for p in parts], axis=0))
-            elif name == "rope.freq_factors":
-                s.upload(t, self._freq_factors)
+            elif name in self._rope_consts:
+                s.upload(t, self._rope_consts[name])
             else:
                 s.upload(t, read(name, t))
         self.weight_bytes = sum(t.nbytes for t in self.W.values())
@@ -266,16 +275,22 @@ class Transformer(Layers):
             raise ValueError(f"{start} cached + {ids.size} new tokens exceed the context of {self.max_context} "
                              f"(load with a larger max_context)")
 
-    def step_graph(self, T: int, want: str = "logits", fuse: bool = True) -> tuple[tg.Graph, tg.Tensor, tg.Tensor]:
+    def step_graph(self, T: int, want: str = "logits", fuse: bool = True,
+                   long_rope: bool = False) -> tuple[tg.Graph, tg.Tensor, tg.Tensor]:
         """The graph of one step over ``T`` tokens producing ``want`` ("logits": last position's
         logits [1, vocab]; "argmax": its greedy token [1]; "sample": a token sampled from them on
         the backend [1], with two more inputs, ``sample_fparams`` and ``sample_iparams`` (see
         ``tg.ops.sample``); "hidden": [T, hidden]; "all_logits": [T, vocab]), fused unless
-        ``fuse=False``. Returns (graph, ids input, positions input)."""
+        ``fuse=False``; ``long_rope``: with longrope's long factors (see :meth:`_uses_long_rope`).
+        Returns (graph, ids input, positions input)."""
         if want not in WANTS:
             raise ValueError(f"want must be one of {', '.join(WANTS)}, got {want!r}")
         g = self.session.graph()
-        tid, pid, h = self.build_step(g, T, last_only=want in ("logits", "argmax", "sample"))
+        self._long_rope = bool(long_rope) and self.rope.long_factors is not None
+        try:
+            tid, pid, h = self.build_step(g, T, last_only=want in ("logits", "argmax", "sample"))
+        finally:
+            self._long_rope = False
         if want == "hidden":
             g.output(h)
         else:
@@ -304,7 +319,7 @@ class Transformer(Layers):
         ids = token_ids(ids, "ids")
         self._check_ids(ids, start)
         T = int(ids.size)
-        g, tid, pid = self._graph(T, want)
+        g, tid, pid = self._graph(T, want, self._uses_long_rope(start + T))
         feeds = {tid: ids.astype(np.int32), pid: np.arange(start, start + T, dtype=np.int32)}
         if sampling is not None:
             feeds["sample_fparams"], feeds["sample_iparams"] = sampling
@@ -315,12 +330,19 @@ class Transformer(Layers):
             return int(out[0])
         return out[0] if want == "logits" else out
 
-    def _graph(self, T: int, want: str) -> tuple[tg.Graph, tg.Tensor, tg.Tensor]:
-        """The cached step graph for (T, want), built on first use (least recently used dropped)."""
-        key = (T, want)
+    def _uses_long_rope(self, end: int) -> bool:
+        """Whether a step ending before position ``end`` uses longrope's long factors: HF picks them
+        for a forward call whose largest position + 1 exceeds ``original_max_position_embeddings``
+        (keys cached by earlier calls keep the rotation they were stored with)."""
+        return self.rope.switch_at is not None and end > self.rope.switch_at
+
+    def _graph(self, T: int, want: str, long_rope: bool = False) -> tuple[tg.Graph, tg.Tensor, tg.Tensor]:
+        """The cached step graph for (T, want, long_rope), built on first use (least recently used
+        dropped)."""
+        key = (T, want, True) if long_rope else (T, want)  # (T, want): plain RoPE and short factors
         entry = self._graphs.pop(key, None)
         if entry is None:
-            entry = self.step_graph(T, want)
+            entry = self.step_graph(T, want, long_rope=True) if long_rope else self.step_graph(T, want)
             while len(self._graphs) >= MAX_CACHED_GRAPHS:
                 self._graphs.pop(next(iter(self._graphs)))
         self._graphs[key] = entry  # most recently used last
@@ -341,7 +363,27 @@ class Transformer(Layers):
         self._check_ids(np.array([token]), start)
         if start + steps > self.max_context:
             raise ValueError(f"decode_loop: {start} + {steps} steps exceed the context of {self.max_context}")
-        g, tid, pid = self._graph(1, want)
+        # longrope: the steps before original_max_position_embeddings run the short-factor graph,
+        # the rest the long one (two device loops, the second fed the first's last token)
+        short = steps if self.rope.switch_at is None else min(max(self.rope.switch_at - start, 0), steps)
+        if 0 < short < steps:
+            return self._two_loops(token, start, short, steps, want, sampling, lookahead)
+        return self._loop(token, start, steps, want, sampling, lookahead)
+
+    def _two_loops(self, token: int, start: int, short: int, steps: int, want: str,
+                   sampling: tuple[np.ndarray, np.ndarray] | None, lookahead: int) -> Iterator[int]:
+        """``short`` decode steps with the short-factor graph, then the rest with the long one."""
+        for token in self._loop(token, start, short, want, sampling, lookahead):
+            yield token
+        if sampling is not None:  # the sampling counter goes on where the first loop stopped
+            sampling = (sampling[0], np.array(sampling[1], np.int32, copy=True))
+            sampling[1][3] += short
+        yield from self._loop(token, start + short, steps - short, want, sampling, lookahead)
+
+    def _loop(self, token: int, start: int, steps: int, want: str,
+              sampling: tuple[np.ndarray, np.ndarray] | None, lookahead: int) -> Iterator[int]:
+        """One device-side decode loop (see :meth:`decode_loop`), all its steps in one RoPE regime."""
+        g, tid, pid = self._graph(1, want, self._uses_long_rope(start + 1))
         feeds = {tid: np.array([token], np.int32), pid: np.array([start], np.int32)}
         advance = {pid: 1}
         if sampling is not None:
@@ -365,7 +407,8 @@ class Transformer(Layers):
         graph and each compute node's time in microseconds (CUDA: GPU time per kernel)."""
         times: dict[int, float] = {}
         self.step([token], position, "argmax", times=times)
-        return self._graphs[(1, "argmax")][0], times
+        key = (1, "argmax", True) if self._uses_long_rope(position + 1) else (1, "argmax")
+        return self._graphs[key][0], times
 
     def __call__(self, input_ids, position_ids=None, past_key_values: KVCache | None = None,
                  use_cache: bool = True) -> tuple[HostArray, KVCache | None]:

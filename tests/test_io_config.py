@@ -162,8 +162,8 @@ def test_other_rope_types() -> None:
     lin = rope_freq_factors(_cfg(rope_scaling={"rope_type": "linear", "factor": 2.0}))
     assert lin is not None
     np.testing.assert_array_equal(lin, np.full(32, 2.0, np.float32))
-    with pytest.raises(UnsupportedModelError, match="yarn"):
-        rope_freq_factors(_cfg(rope_scaling={"rope_type": "yarn", "factor": 4.0}))
+    with pytest.raises(UnsupportedModelError, match="mrope"):
+        rope_freq_factors(_cfg(rope_scaling={"rope_type": "mrope", "factor": 4.0}))
     with pytest.raises(LoadError, match="low_freq_factor"):
         rope_freq_factors(_cfg(rope_scaling={"rope_type": "llama3", "factor": 8.0}))
 

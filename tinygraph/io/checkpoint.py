@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import TransformerConfig, load_hf_config, rope_freq_factors
+from .config import TransformerConfig, load_hf_config
 from .errors import LoadError, UnsupportedModelError
 from .files import check_directory, check_regular_file, optional_file, read_bytes, read_text
+from .rope_scaling import RopeScaling, rope_scaling
 from .safetensors import INDEX_SUFFIX, SafeTensorsFile
 from .spec import (
     GPT2_SPEC,
@@ -136,13 +137,20 @@ class Checkpoint:
 
     @property
     def rope_freq_factors(self) -> np.ndarray | None:
-        """RoPE frequency divisors [head_dim/2] float32 (Llama 3 scaling), or None for plain RoPE.
+        """RoPE frequency divisors [rotary_dim/2] float32 (longrope: the short set), or None for
+        plain RoPE (see :attr:`rope_scaling`)."""
+        return self.rope_scaling.factors
 
-        From the config for HF checkpoints, from the ``rope_freqs`` tensor for GGUF.
-        """
-        if self._freq_factors is not None:
-            return self._freq_factors
-        return rope_freq_factors(self.config) if self.spec.position == "rope" else None
+    @property
+    def rope_scaling(self) -> RopeScaling:
+        """The RoPE scaling (frequency divisors, longrope's long set, attention factor; see
+        :mod:`tinygraph.io.rope_scaling`): from the config for HF checkpoints, from the
+        ``rope_freqs`` tensor for GGUF; empty without RoPE."""
+        if self.spec.position != "rope":
+            return RopeScaling()
+        if self._freq_factors is not None:  # GGUF's rope_freqs tensor
+            return RopeScaling(factors=self._freq_factors)
+        return rope_scaling(self.config)
 
     @property
     def bos_token_id(self) -> int | None:
@@ -314,7 +322,8 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
         if dt not in _FLOAT_DTYPES:
             raise LoadError(f"{p}: tensor {src.hf_name!r} ({n}) is stored as {dt}; weights must be "
                             f"floating point ({', '.join(_FLOAT_DTYPES)})")
-    freq_factors = rope_freq_factors(cfg) if spec.position == "rope" else None  # bad rope_scaling fails here
+    if spec.position == "rope":
+        rope_scaling(cfg)  # a bad or unsupported rope_scaling fails here, at load
 
     tokenizer = None
     tok_path = model_dir / "tokenizer.json"
@@ -333,7 +342,6 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
     return Checkpoint(
         path=p, config=cfg, spec=spec, backend=_SafetensorsBackend(st, plan), shapes=shapes,
         fmt="safetensors", tokenizer=tokenizer, chat_template=_chat_template_from_dir(model_dir),
-        freq_factors=freq_factors,
     )
 
 
