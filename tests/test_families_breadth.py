@@ -17,7 +17,7 @@ from tinygraph.io.rope_scaling import rope_scaling
 from tinygraph.models import load_model
 
 FIX = Path(__file__).parent / "fixtures"
-FAMILIES = ["qwen3_yarn", "llama_dynamic"]
+FAMILIES = ["qwen3_yarn", "llama_dynamic", "phi3", "phi3_partial"]
 HALF = {"float16": (3e-2, 8), "bfloat16": (5e-2, 4)}
 
 
@@ -124,3 +124,48 @@ def test_unknown_rope_type_and_bad_parameters():
     with pytest.raises(LoadError, match="factor"):
         config_from_hf(_cfg("llama_dynamic", rope_parameters={"rope_type": "yarn", "factor": -1.0,
                                                              "rope_theta": 1e4}))
+
+
+# ----------------------------------------------------------------------------------------- Phi-3
+def test_phi3_longrope_config():
+    c = config_from_hf(_cfg("phi3"))
+    rs = rope_scaling(c)
+    assert c.layer_window(0) == c.layer_window(1) == 6 and rs.switch_at == 12
+    assert rs.factors.shape == rs.long_factors.shape == (8,)
+    # attention factor from max_position_embeddings / original (128 / 12), as HF
+    assert rs.attention_factor == pytest.approx(np.sqrt(1 + np.log(128 / 12) / np.log(12)))
+    np.testing.assert_allclose(rs.factors, _cfg("phi3")["rope_parameters"]["short_factor"], rtol=1e-6)
+    # Phi-3's legacy type names are longrope; the top-level original_max_position_embeddings wins
+    rp = dict(_cfg("phi3")["rope_parameters"], rope_type="su", original_max_position_embeddings=99)
+    assert rope_scaling(config_from_hf(_cfg("phi3", rope_parameters=rp))).switch_at == 12
+    c = config_from_hf(_cfg("phi3_partial"))
+    assert c.rotary_dim == 12 and rope_scaling(c).factors.shape == (6,)
+    with pytest.raises(LoadError, match="long_factor must be a list of 8"):
+        rope_scaling(config_from_hf(_cfg("phi3", rope_parameters=dict(rp, long_factor=[1.0] * 7))))
+
+
+def test_phi3_long_and_short_graphs():
+    """Steps ending at or before position 12 use the short factors, later ones the long set; a
+    decode loop that crosses 12 runs both graphs."""
+    ref = _ref("phi3")
+    with load_model(FIX / "phi3", backend="numpy") as m:
+        assert "rope.freq_factors_long" in m.W and m.windows == [6, 6]
+        m.generate(ref["input_ids"][0], max_new_tokens=8, temperature=0)
+        assert {(1, "argmax"), (1, "argmax", True)} <= set(m._graphs)
+
+
+def test_phi3_fused_weights_split_at_load(tmp_path):
+    import shutil
+    from safetensors.numpy import load_file, save_file
+    stored = load_file(str(FIX / "phi3" / "model.safetensors"))
+    with load_model(FIX / "phi3", backend="numpy") as m:
+        qkv = m.session.download(m.W["layers.0.attn.qkv.weight"])
+        gu = m.session.download(m.W["layers.0.mlp.gate_up.weight"])
+    np.testing.assert_array_equal(qkv, stored["model.layers.0.self_attn.qkv_proj.weight"])
+    np.testing.assert_array_equal(gu, stored["model.layers.0.mlp.gate_up_proj.weight"])
+    d = tmp_path / "phi3"
+    shutil.copytree(FIX / "phi3", d)
+    stored["model.layers.0.self_attn.qkv_proj.weight"] = stored["model.layers.0.self_attn.qkv_proj.weight"][:-16]
+    save_file(stored, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(LoadError, match="qkv_proj"):
+        load_model(d, backend="numpy")

@@ -36,6 +36,7 @@ from .spec import (
     required_names,
     source_shape,
     spec_for_model_type,
+    split_rows,
     strip_prefix,
 )
 
@@ -177,9 +178,10 @@ class Checkpoint:
 
 # --------------------------------------------------------------------------- safetensors backend
 class _SafetensorsBackend:
-    def __init__(self, st: SafeTensorsFile, plan: dict[str, Source]) -> None:
+    def __init__(self, st: SafeTensorsFile, plan: dict[str, Source], cfg: TransformerConfig) -> None:
         self.st = st
         self.plan = plan
+        self.cfg = cfg
 
     def itemsize(self, name: str) -> int:
         info = self.st.tensor_info(self.plan[name].hf_name)
@@ -189,10 +191,9 @@ class _SafetensorsBackend:
         src = self.plan[name]
         a = self.st.tensor_as_numpy(src.hf_name)
         if src.split is not None:
-            part, parts = src.split
             axis = 1 if (src.transpose and a.ndim == 2) else 0  # split the *out* axis
-            n = a.shape[axis] // parts
-            a = a[:, part * n:(part + 1) * n] if axis == 1 else a[part * n:(part + 1) * n]
+            rows = split_rows(src.split, src.layout, a.shape[axis], self.cfg)
+            a = a[:, rows] if axis == 1 else a[rows]
         if src.transpose and a.ndim == 2:
             a = a.T
         if src.add:  # in float32, as HF computes Gemma's 1 + w, before any cast to the model dtype
@@ -315,7 +316,7 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
     if unused:
         warnings.warn(f"{p}: {len(unused)} tensors not used by {spec.name}: {unused[:5]}", stacklevel=3)
 
-    shapes = _validate(p, spec, cfg, plan, lambda n: _st_shape(p, st, plan[n]))
+    shapes = _validate(p, spec, cfg, plan, lambda n: _st_shape(p, st, plan[n], cfg))
     plan = {k: plan[k] for k in shapes}
     for n, src in plan.items():
         dt = st.tensor_info(src.hf_name).dtype_name
@@ -340,7 +341,7 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
         except BaseException as exc:  # tokenizers raises plain Exception subclasses, or a pyo3 panic
             raise LoadError(f"{tok_path}: cannot load tokenizer: {exc}") from exc
     return Checkpoint(
-        path=p, config=cfg, spec=spec, backend=_SafetensorsBackend(st, plan), shapes=shapes,
+        path=p, config=cfg, spec=spec, backend=_SafetensorsBackend(st, plan, cfg), shapes=shapes,
         fmt="safetensors", tokenizer=tokenizer, chat_template=_chat_template_from_dir(model_dir),
     )
 
@@ -384,14 +385,18 @@ def _validate(
     return shapes
 
 
-def _st_shape(where: Path, st: SafeTensorsFile, src: Source) -> tuple[int, ...]:
+def _st_shape(where: Path, st: SafeTensorsFile, src: Source, cfg: TransformerConfig) -> tuple[int, ...]:
     stored = st.tensor_info(src.hf_name).shape
     if src.split is not None:
         axis = 1 if (src.transpose and len(stored) == 2) else 0
-        if len(stored) <= axis or stored[axis] % src.split[1]:
+        if len(stored) <= axis or (src.layout == "blocks" and stored[axis] % src.split[1]):
             raise LoadError(
                 f"{where}: tensor {src.hf_name!r} of shape {stored} cannot be split into {src.split[1]} equal parts"
             )
+        try:
+            return source_shape(src, stored, cfg)
+        except LoadError as exc:
+            raise LoadError(f"{where}: tensor {src.hf_name!r} of shape {stored}: {exc}") from None
     return source_shape(src, stored)
 
 

@@ -44,6 +44,7 @@ _ARCH_TO_TYPE = {
     "GraniteForCausalLM": "granite",
     "Olmo2ForCausalLM": "olmo2",
     "StableLmForCausalLM": "stablelm",
+    "Phi3ForCausalLM": "phi3",
 }
 
 
