@@ -139,8 +139,10 @@ def test_stablelm_config():
         config_from_hf(_cfg("stablelm", qk_layernorm=True))
     with pytest.raises(LoadError, match="partial_rotary_factor"):
         config_from_hf(dict(d, partial_rotary_factor=0.1, rope_theta=1e4))  # 1.6 -> 1: odd
-    with pytest.raises(UnsupportedModelError, match="partial rotary"):
-        config_from_hf(dict(d, rope_theta=1e4, rope_scaling={"rope_type": "linear", "factor": 2.0}))
+    # partial rotary with a scaling: the divisors cover the rotated pairs only (HF's dim)
+    from tinygraph.io.rope_scaling import rope_scaling
+    c = config_from_hf(dict(d, rope_theta=1e4, rope_scaling={"rope_type": "linear", "factor": 2.0}))
+    np.testing.assert_array_equal(rope_scaling(c).factors, np.full(2, 2.0, np.float32))
     with load_model(FIX / "stablelm", backend="numpy") as m:
         assert m.spec.qkv_bias and "layers.0.attn_norm.bias" in m.W
     with load_model(FIX / "stablelm_parallel", backend="numpy") as m:

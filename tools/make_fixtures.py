@@ -62,6 +62,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixture_families import BREADTH, SEEDS as BREADTH_SEEDS, argmax_references, make_breadth_config  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
 
@@ -88,6 +91,7 @@ SEEDS = {
     "olmo2": 1009,
     "stablelm": 1010,
     "stablelm_parallel": 1011,
+    **BREADTH_SEEDS,  # tools/fixture_families.py
 }
 # Families written later (with --family): (config class, settings over 4 heads, 2 KV heads, untied,
 # theta 1e4); narrow MLPs keep each under 300 KB.
@@ -157,6 +161,8 @@ def make_config(name: str):
             **common, num_attention_heads=4, num_key_value_heads=2,
             tie_word_embeddings=False, rope_theta=500000.0, rope_scaling=dict(LLAMA3_ROPE),
         )
+    if name in BREADTH:
+        return make_breadth_config(name, HIDDEN, LAYERS, VOCAB, MAX_POS)
     if name in LATER:
         cls, kw = LATER[name]
         if cls == "StableLmConfig":  # LayerNorm: its eps has the other name
@@ -243,6 +249,9 @@ def compute_reference(name: str, seed: int):
 
     with torch.no_grad():
         full = model(input_ids=ids_t, use_cache=False).logits.float().numpy().astype(np.float32)
+    if name in BREADTH:  # plain argmax loops, with and without HF's KV cache (fixture_families.py)
+        greedy, dec_logits, cached, min_margin = argmax_references(model, input_ids, N_NEW)
+        return model, input_ids, full, (greedy, cached), dec_logits, min_margin
 
     # HF generate, EOS disabled (both in the call and in the model's generation config).  The
     # explicit attention mask matters: without it generate masks prompt tokens equal to pad_token_id.
@@ -286,6 +295,7 @@ def write_family(name: str, log) -> dict:
     else:
         raise RuntimeError(f"{name}: no seed with top-1 margin >= {MIN_MARGIN}")
 
+    greedy, cached = greedy if isinstance(greedy, tuple) else (greedy, greedy)
     out_dir = FIXTURES / name
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -298,12 +308,13 @@ def write_family(name: str, log) -> dict:
     # in-vocab bos/eos that never stop the reference generation
     cfg_path = out_dir / "config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg.update(pick_special_ids(cfg, greedy[0].tolist()))
+    cfg.update(pick_special_ids(cfg, greedy[0].tolist() + cached[0].tolist()))
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
+    extra = {"greedy_cached": cached} if not np.array_equal(cached, greedy) else {}
     np.savez(
         out_dir / "reference.npz",
-        input_ids=input_ids, logits=full, greedy=greedy, decode_logits=dec_logits,
+        input_ids=input_ids, logits=full, greedy=greedy, decode_logits=dec_logits, **extra,
     )
 
     info = {

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import TransformerConfig, load_hf_config, rope_freq_factors
+from .config import TransformerConfig, load_hf_config
 from .errors import LoadError, UnsupportedModelError
 from .files import check_directory, check_regular_file, optional_file, read_bytes, read_text
+from .rope_scaling import RopeScaling, rope_scaling
 from .safetensors import INDEX_SUFFIX, SafeTensorsFile
 from .spec import (
     GPT2_SPEC,
@@ -35,6 +36,7 @@ from .spec import (
     required_names,
     source_shape,
     spec_for_model_type,
+    split_rows,
     strip_prefix,
 )
 
@@ -136,13 +138,20 @@ class Checkpoint:
 
     @property
     def rope_freq_factors(self) -> np.ndarray | None:
-        """RoPE frequency divisors [head_dim/2] float32 (Llama 3 scaling), or None for plain RoPE.
+        """RoPE frequency divisors [rotary_dim/2] float32 (longrope: the short set), or None for
+        plain RoPE (see :attr:`rope_scaling`)."""
+        return self.rope_scaling.factors
 
-        From the config for HF checkpoints, from the ``rope_freqs`` tensor for GGUF.
-        """
-        if self._freq_factors is not None:
-            return self._freq_factors
-        return rope_freq_factors(self.config) if self.spec.position == "rope" else None
+    @property
+    def rope_scaling(self) -> RopeScaling:
+        """The RoPE scaling (frequency divisors, longrope's long set, attention factor; see
+        :mod:`tinygraph.io.rope_scaling`): from the config for HF checkpoints, from the
+        ``rope_freqs`` tensor for GGUF; empty without RoPE."""
+        if self.spec.position != "rope":
+            return RopeScaling()
+        if self._freq_factors is not None:  # GGUF's rope_freqs tensor
+            return RopeScaling(factors=self._freq_factors)
+        return rope_scaling(self.config)
 
     @property
     def bos_token_id(self) -> int | None:
@@ -169,9 +178,10 @@ class Checkpoint:
 
 # --------------------------------------------------------------------------- safetensors backend
 class _SafetensorsBackend:
-    def __init__(self, st: SafeTensorsFile, plan: dict[str, Source]) -> None:
+    def __init__(self, st: SafeTensorsFile, plan: dict[str, Source], cfg: TransformerConfig) -> None:
         self.st = st
         self.plan = plan
+        self.cfg = cfg
 
     def itemsize(self, name: str) -> int:
         info = self.st.tensor_info(self.plan[name].hf_name)
@@ -181,10 +191,9 @@ class _SafetensorsBackend:
         src = self.plan[name]
         a = self.st.tensor_as_numpy(src.hf_name)
         if src.split is not None:
-            part, parts = src.split
             axis = 1 if (src.transpose and a.ndim == 2) else 0  # split the *out* axis
-            n = a.shape[axis] // parts
-            a = a[:, part * n:(part + 1) * n] if axis == 1 else a[part * n:(part + 1) * n]
+            rows = split_rows(src.split, src.layout, a.shape[axis], self.cfg)
+            a = a[:, rows] if axis == 1 else a[rows]
         if src.transpose and a.ndim == 2:
             a = a.T
         if src.add:  # in float32, as HF computes Gemma's 1 + w, before any cast to the model dtype
@@ -307,14 +316,15 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
     if unused:
         warnings.warn(f"{p}: {len(unused)} tensors not used by {spec.name}: {unused[:5]}", stacklevel=3)
 
-    shapes = _validate(p, spec, cfg, plan, lambda n: _st_shape(p, st, plan[n]))
+    shapes = _validate(p, spec, cfg, plan, lambda n: _st_shape(p, st, plan[n], cfg))
     plan = {k: plan[k] for k in shapes}
     for n, src in plan.items():
         dt = st.tensor_info(src.hf_name).dtype_name
         if dt not in _FLOAT_DTYPES:
             raise LoadError(f"{p}: tensor {src.hf_name!r} ({n}) is stored as {dt}; weights must be "
                             f"floating point ({', '.join(_FLOAT_DTYPES)})")
-    freq_factors = rope_freq_factors(cfg) if spec.position == "rope" else None  # bad rope_scaling fails here
+    if spec.position == "rope":
+        rope_scaling(cfg)  # a bad or unsupported rope_scaling fails here, at load
 
     tokenizer = None
     tok_path = model_dir / "tokenizer.json"
@@ -331,9 +341,8 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
         except BaseException as exc:  # tokenizers raises plain Exception subclasses, or a pyo3 panic
             raise LoadError(f"{tok_path}: cannot load tokenizer: {exc}") from exc
     return Checkpoint(
-        path=p, config=cfg, spec=spec, backend=_SafetensorsBackend(st, plan), shapes=shapes,
+        path=p, config=cfg, spec=spec, backend=_SafetensorsBackend(st, plan, cfg), shapes=shapes,
         fmt="safetensors", tokenizer=tokenizer, chat_template=_chat_template_from_dir(model_dir),
-        freq_factors=freq_factors,
     )
 
 
@@ -376,14 +385,18 @@ def _validate(
     return shapes
 
 
-def _st_shape(where: Path, st: SafeTensorsFile, src: Source) -> tuple[int, ...]:
+def _st_shape(where: Path, st: SafeTensorsFile, src: Source, cfg: TransformerConfig) -> tuple[int, ...]:
     stored = st.tensor_info(src.hf_name).shape
     if src.split is not None:
         axis = 1 if (src.transpose and len(stored) == 2) else 0
-        if len(stored) <= axis or stored[axis] % src.split[1]:
+        if len(stored) <= axis or (src.layout == "blocks" and stored[axis] % src.split[1]):
             raise LoadError(
                 f"{where}: tensor {src.hf_name!r} of shape {stored} cannot be split into {src.split[1]} equal parts"
             )
+        try:
+            return source_shape(src, stored, cfg)
+        except LoadError as exc:
+            raise LoadError(f"{where}: tensor {src.hf_name!r} of shape {stored}: {exc}") from None
     return source_shape(src, stored)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import LoadError, UnsupportedModelError
 from .files import read_text
+from .rope_scaling import rope_freq_factors, rope_inv_freq
 
 ACTIVATIONS = ("gelu_tanh", "silu")
 
@@ -43,6 +44,7 @@ _ARCH_TO_TYPE = {
     "GraniteForCausalLM": "granite",
     "Olmo2ForCausalLM": "olmo2",
     "StableLmForCausalLM": "stablelm",
+    "Phi3ForCausalLM": "phi3",
 }
 
 
@@ -256,9 +258,13 @@ _ROPE_INTS = ("original_max_position_embeddings",)
 def _check_rope_params(scaling: dict[str, Any], key: str, where: str) -> None:
     """Refuse RoPE-scaling parameters that are not positive numbers (``key``: the dict's name in
     the config, "rope_scaling" or "rope_parameters", for the message)."""
-    for k in _ROPE_FLOATS:
-        if k in scaling and not (k == "attention_factor" and scaling[k] is None):
+    for k in _ROPE_FLOATS:  # null means "HF's default" for these
+        if k in scaling and not (k in ("attention_factor", "beta_fast", "beta_slow") and scaling[k] is None):
             _as_float(scaling[k], f"{key}.{k}", where)
+    for k in ("mscale", "mscale_all_dim"):  # YaRN (DeepSeek form); 0 / null: unused
+        v = scaling.get(k)
+        if v is not None and v != 0:
+            _as_float(v, f"{key}.{k}", where)
     for k in _ROPE_INTS:
         if k in scaling:
             _as_int(scaling[k], f"{key}.{k}", where)
@@ -274,14 +280,17 @@ def _act(value: Any, where: str) -> str:
     return act
 
 
-def _normalise_rope(d: dict[str, Any], where: str = "config") -> tuple[float, dict[str, Any] | None]:
+def _normalise_rope(d: dict[str, Any], where: str = "config", mt: str = "") -> tuple[float, dict[str, Any] | None]:
     """Return (rope_theta, rope_scaling) from either config form.
 
     v5: ``rope_parameters = {rope_theta, rope_type, factor, ...}``.
     v4: ``rope_theta`` at top level, ``rope_scaling = {rope_type|type, factor, ...}`` or None.
     The scaling dict comes back with ``rope_type`` (never the legacy ``type``) and
     without ``rope_theta``; "default" scaling becomes None. Numeric parameters are checked
-    here, so messages name the key as the file spells it.
+    here, so messages name the key as the file spells it. As transformers does: Phi-3's legacy
+    types "su" and "yarn" are longrope; llama3/yarn/longrope get
+    ``original_max_position_embeddings`` from the top level when there is one (Phi-3's config
+    class has 4096 there by default), else keep their own, else ``max_position_embeddings``.
     """
     params = d.get("rope_parameters")
     if params is not None and not isinstance(params, dict):
@@ -306,6 +315,14 @@ def _normalise_rope(d: dict[str, Any], where: str = "config") -> tuple[float, di
     scaling.pop("type", None)
     if rtype == "default":
         return theta, None
+    if mt == "phi3" and rtype in ("su", "yarn"):
+        rtype = "longrope"
+    if rtype in ("llama3", "yarn", "longrope"):
+        top = d.get("original_max_position_embeddings", 4096 if mt == "phi3" else None)
+        if top is not None:
+            scaling["original_max_position_embeddings"] = top
+        elif scaling.get("original_max_position_embeddings") is None:
+            scaling["original_max_position_embeddings"] = d.get("max_position_embeddings", 2048)
     _check_rope_params(scaling, scaling_key, where)
     return theta, {"rope_type": rtype, **scaling}
 
@@ -358,7 +375,7 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
                 activation=_act(d.get("activation_function", "gelu_new"), "config"),
                 dtype=dtype,
             )
-        theta, scaling = _normalise_rope(d, where)
+        theta, scaling = _normalise_rope(d, where, mt)
         heads = _int_key(d, where, "num_attention_heads")
         # Qwen2/Qwen3 slide only with use_sliding_window (HF's default: false); Mistral always does
         use_sw = _bool_key(d, where, "use_sliding_window", mt not in _QWEN_WINDOWS)
@@ -383,7 +400,7 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
             dtype=dtype,
             **_multipliers(d, where, mt),
             **_stablelm(d, where, mt),
-            rotary_dim=_rotary_dim(d, where, mt, heads, scaling),
+            rotary_dim=_rotary_dim(d, where, mt, heads),
             sliding_window=_int_key(d, where, "sliding_window", default=None) if use_sw else None,
             layer_types=_layer_types(d, where, mt),
         )
@@ -422,7 +439,7 @@ def _stablelm(d: dict[str, Any], where: str, mt: str) -> dict[str, Any]:
     return {"parallel_residual": _bool_key(d, where, "use_parallel_residual", False)}
 
 
-def _rotary_dim(d: dict[str, Any], where: str, mt: str, heads: int, scaling: dict[str, Any] | None) -> int | None:
+def _rotary_dim(d: dict[str, Any], where: str, mt: str, heads: int) -> int | None:
     """``int(head_dim * partial_rotary_factor)`` (top level, or in v5's ``rope_parameters``; HF's
     rounding), None for full rotary. StableLM's config class defaults the factor to 0.25."""
     params = d.get("rope_parameters") if isinstance(d.get("rope_parameters"), dict) else {}
@@ -437,9 +454,6 @@ def _rotary_dim(d: dict[str, Any], where: str, mt: str, heads: int, scaling: dic
         raise LoadError(f"{where}: bad value: {key} must be in (0, 1], got {f}")
     if int(hd * f) == hd:
         return None
-    if scaling is not None:  # the scaling's frequency factors are per pair of the whole head
-        raise UnsupportedModelError(f"{where}: partial rotary ({key} {f}) with rope scaling "
-                                    f"{scaling.get('rope_type')!r} is not supported")
     return int(hd * f)
 
 
@@ -481,67 +495,6 @@ def load_hf_config(path: str | os.PathLike[str]) -> TransformerConfig:
         return config_from_hf(d)
     except LoadError as exc:
         raise type(exc)(f"{p}: {exc}") from exc
-
-
-# --------------------------------------------------------------------------- RoPE
-def rope_inv_freq(cfg: TransformerConfig) -> np.ndarray:
-    """Unscaled RoPE inverse frequencies, shape [head_dim // 2], float64, units rad/position.
-
-    ``inv_freq[j] = theta ** (-2j / head_dim)``.
-    """
-    assert cfg.head_dim is not None
-    return 1.0 / (cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2, dtype=np.float64) / cfg.head_dim))
-
-
-def rope_freq_factors(cfg: TransformerConfig) -> np.ndarray | None:
-    """Per-pair divisors of the RoPE frequencies, shape [head_dim // 2], float32; None for plain RoPE.
-
-    ``inv_freq_scaled = inv_freq / factors`` (llama.cpp calls these "freq_factors").
-    For ``rope_type == "llama3"`` this reproduces HF transformers'
-    ``_compute_llama3_parameters``: wavelengths shorter than
-    ``original_max_position_embeddings / high_freq_factor`` keep their
-    frequency (factor 1), those longer than ``... / low_freq_factor`` are divided
-    by ``factor``, and the band between is smoothly interpolated. HF classifies
-    the bands on float32 frequencies; we do the same so band edges agree, then
-    compute the divisor in float64. ``"linear"`` divides every frequency by
-    ``factor``. Other scaling types raise UnsupportedModelError.
-    """
-    sc = cfg.rope_scaling
-    if not sc or sc.get("rope_type", "default") == "default":
-        return None
-    assert cfg.head_dim is not None
-    rtype = sc["rope_type"]
-    half = cfg.head_dim // 2
-    where = f"config ({cfg.model_type}): rope_scaling {rtype!r}"
-    try:
-        factor = float(sc["factor"])
-        if rtype == "linear":
-            return np.full(half, factor, dtype=np.float32)
-        if rtype != "llama3":
-            raise UnsupportedModelError(f"{where} is not supported (supported: default, linear, llama3)")
-        low = float(sc["low_freq_factor"])
-        high = float(sc["high_freq_factor"])
-        old_ctx = float(sc["original_max_position_embeddings"])
-    except KeyError as exc:
-        raise LoadError(f"{where}: missing parameter {exc.args[0]!r}") from exc
-    if high == low:
-        raise LoadError(f"{where}: high_freq_factor must differ from low_freq_factor")
-
-    # float32 frequencies, as torch computes them in HF (exponent in float32 too).
-    expo = np.arange(0, cfg.head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(cfg.head_dim)
-    inv_freq32 = (np.float32(1.0) / (np.float32(cfg.rope_theta) ** expo)).astype(np.float32)
-    wavelen32 = (np.float32(2 * math.pi) / inv_freq32).astype(np.float32)
-    low_wavelen = old_ctx / low
-    high_wavelen = old_ctx / high
-
-    wavelen = wavelen32.astype(np.float64)
-    smooth = (old_ctx / wavelen - low) / (high - low)
-    factors = np.ones(half, dtype=np.float64)
-    factors[wavelen32 > low_wavelen] = factor
-    medium = ~(wavelen32 < high_wavelen) & ~(wavelen32 > low_wavelen)
-    # smoothed_inv_freq = inv_freq * ((1 - s) / factor + s)  => divisor is its reciprocal.
-    factors[medium] = 1.0 / ((1.0 - smooth[medium]) / factor + smooth[medium])
-    return factors.astype(np.float32)
 
 
 __all__ = [

@@ -34,7 +34,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import UnsupportedModelError
+import numpy as np
+
+from .errors import LoadError, UnsupportedModelError
 
 if TYPE_CHECKING:
     from .config import TransformerConfig
@@ -52,6 +54,9 @@ class WeightRule:
             ``part`` of ``parts`` equal blocks (fused q/k/v).
         add: a constant added to the tensor, in float32 (Gemma's RMSNorm computes
             ``x * (1 + w)``: the 1 is folded into the weight at load).
+        layout: how ``split`` cuts the rows (see :func:`split_rows`): "blocks" (equal
+            blocks), "qkv" (q | k | v with the config's head counts: Phi-3's ``qkv_proj``) or
+            "heads" (per head ``[q, k, v]`` interleaved: GPT-NeoX's ``query_key_value``).
     """
 
     canonical: str
@@ -59,6 +64,7 @@ class WeightRule:
     transpose: bool = False
     split: tuple[int, int] | None = None
     add: float = 0.0
+    layout: str = "blocks"
 
 
 @dataclass(frozen=True)
@@ -206,6 +212,31 @@ STABLELM_SPEC = ModelSpec(
     name="stablelm", norm="layernorm", activation="silu", gated_mlp=True, position="rope", rope_mode="neox",
     qk_norm=False, rules=_llama_rules(norm_bias=True), ignore=_LLAMA_KW["ignore"], **_NO_BIAS)  # type: ignore[arg-type]
 
+
+def _fused_rules(rules: tuple[WeightRule, ...], qkv: str, layout: str, mlp: tuple[tuple[str, str], ...] = ()
+                 ) -> tuple[WeightRule, ...]:
+    """``rules`` plus q/k/v (weight and bias) cut from the fused HF tensor ``qkv`` in ``layout``
+    and the canonical MLP tensors ``mlp`` = ((canonical part, HF name), ...); a part named
+    "gate_up" is Phi-3's ``gate_up_proj``, gate rows first (HF chunks it in two)."""
+    r = list(rules)
+    for kind in ("weight", "bias"):
+        r += [WeightRule(f"layers.{{i}}.attn.{p}.{kind}", f"layers.{{i}}.{qkv}.{kind}", split=(n, 3), layout=layout)
+              for n, p in enumerate("qkv")]
+        for c, h in mlp:
+            if c == "gate_up":
+                r += [WeightRule(f"layers.{{i}}.mlp.{p}.{kind}", f"layers.{{i}}.{h}.{kind}", split=(n, 2))
+                      for n, p in enumerate(("gate", "up"))]
+            else:
+                r.append(WeightRule(f"layers.{{i}}.mlp.{c}.{kind}", f"layers.{{i}}.{h}.{kind}"))
+    return tuple(r)
+
+
+# Phi-3 / Phi-3.5 / Phi-4-mini: LLaMA's layout with fused qkv_proj (q | k | v) and gate_up_proj;
+# LongRoPE, partial rotary and the sliding window are config values
+PHI3_SPEC = ModelSpec(
+    name="phi3", qkv_bias=False, qk_norm=False, **{**_LLAMA_KW, "rules": _fused_rules(  # type: ignore[arg-type]
+        _llama_rules(), "self_attn.qkv_proj", "qkv", (("gate_up", "mlp.gate_up_proj"),))})
+
 MODEL_SPECS: dict[str, ModelSpec] = {
     "gpt2": GPT2_SPEC,
     "llama": LLAMA_SPEC,
@@ -216,6 +247,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "granite": GRANITE_SPEC,
     "olmo2": OLMO2_SPEC,
     "stablelm": STABLELM_SPEC,
+    "phi3": PHI3_SPEC,
 }
 
 # config.json model_type values that are architecturally one of the above.
@@ -273,6 +305,7 @@ class Source:
     transpose: bool = False
     split: tuple[int, int] | None = None
     add: float = 0.0
+    layout: str = "blocks"
 
 
 def map_hf_names(spec: ModelSpec, hf_names: Iterable[str]) -> tuple[dict[str, Source], list[str]]:
@@ -293,7 +326,7 @@ def map_hf_names(spec: ModelSpec, hf_names: Iterable[str]) -> tuple[dict[str, So
             m = rx.match(short)
             if m:
                 canon = rule.canonical.replace("{i}", m.group(1)) if m.groups() else rule.canonical
-                plan[canon] = Source(full, rule.transpose, rule.split, rule.add)
+                plan[canon] = Source(full, rule.transpose, rule.split, rule.add, rule.layout)
                 hit = True
         if not hit and not any(rx.match(short) for rx in ignores):
             unused.append(full)
@@ -363,12 +396,39 @@ def expected_shape(name: str, cfg: TransformerConfig, spec: ModelSpec | None = N
     return table.get(base)
 
 
-def source_shape(src: Source, stored: tuple[int, ...]) -> tuple[int, ...]:
-    """Canonical shape produced by ``src`` from a stored tensor of shape ``stored``."""
+def source_shape(src: Source, stored: tuple[int, ...], cfg: TransformerConfig | None = None) -> tuple[int, ...]:
+    """Canonical shape produced by ``src`` from a stored tensor of shape ``stored`` (``cfg`` for
+    the "qkv" / "heads" layouts)."""
     shape = tuple(reversed(stored)) if src.transpose and len(stored) == 2 else tuple(stored)
     if src.split is not None and shape:
-        shape = (shape[0] // src.split[1],) + shape[1:]
+        if src.layout == "blocks" or cfg is None:
+            return (shape[0] // src.split[1],) + shape[1:]
+        rows = split_rows(src.split, src.layout, shape[0], cfg)
+        n = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+        shape = (n,) + shape[1:]
     return shape
+
+
+def split_rows(split: tuple[int, int], layout: str, rows: int, cfg: TransformerConfig) -> "slice | np.ndarray":
+    """The rows of part ``split[0]`` of a fused ``[rows, ...]`` tensor (see WeightRule.layout):
+    a slice, or an index array for the interleaved "heads" layout. LoadError when ``rows`` does
+    not fit the layout."""
+    part, parts = split
+    hd = cfg.head_dim
+    assert hd is not None and cfg.num_kv_heads is not None
+    if layout == "qkv":  # [q (heads*hd) | k (kv*hd) | v (kv*hd)]
+        q, kv = cfg.num_heads * hd, cfg.num_kv_heads * hd
+        if rows != q + 2 * kv:
+            raise LoadError(f"a fused q/k/v tensor of {rows} rows, the config needs {q} + 2 x {kv}")
+        starts = (0, q, q + kv, q + 2 * kv)
+        return slice(starts[part], starts[part + 1])
+    if layout == "heads":  # [heads, parts, hd]: head h's part p is rows (h*parts + p)*hd ...
+        if rows % (parts * hd):
+            raise LoadError(f"a fused per-head q/k/v tensor of {rows} rows is not heads x {parts} x {hd}")
+        heads = rows // (parts * hd)
+        return (np.arange(heads)[:, None] * parts * hd + part * hd + np.arange(hd)[None, :]).reshape(-1)
+    n = rows // parts
+    return slice(part * n, (part + 1) * n)
 
 
 __all__ = [
@@ -384,6 +444,7 @@ __all__ = [
     "GRANITE_SPEC",
     "OLMO2_SPEC",
     "STABLELM_SPEC",
+    "PHI3_SPEC",
     "MODEL_SPECS",
     "HF_PREFIXES",
     "detect_model_spec",
@@ -393,4 +454,5 @@ __all__ = [
     "required_names",
     "expected_shape",
     "source_shape",
+    "split_rows",
 ]

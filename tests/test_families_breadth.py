@@ -1,0 +1,171 @@
+"""The breadth families (issue 16) against HF transformers' outputs in tests/fixtures (made by
+tools/make_fixtures.py with tools/fixture_families.py): full-sequence logits, incremental logits
+through the KV cache, greedy ids (an argmax loop over HF's full forward; with the cache, HF's
+cached argmax loop where its semantics differ: longrope), on NumPy and (on a GPU) CUDA."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import rel_err
+from tinygraph.io import LoadError, UnsupportedModelError
+from tinygraph.io.config import config_from_hf
+from tinygraph.io.rope_scaling import rope_scaling
+from tinygraph.models import load_model
+
+FIX = Path(__file__).parent / "fixtures"
+FAMILIES = ["qwen3_yarn", "llama_dynamic", "phi3", "phi3_partial"]
+HALF = {"float16": (3e-2, 8), "bfloat16": (5e-2, 4)}
+
+
+def _ref(fam: str) -> dict:
+    r = dict(np.load(FIX / fam / "reference.npz"))
+    r.setdefault("greedy_cached", r["greedy"])
+    return r
+
+
+def _cfg(fam: str, **changes) -> dict:
+    d = json.loads((FIX / fam / "config.json").read_text())
+    d.update(changes)
+    return d
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_full_sequence_logits(fam, backend):
+    ref = _ref(fam)
+    with load_model(FIX / fam, backend=backend) as m:
+        logits = m.get_logits(m(ref["input_ids"][0])[0]).to_numpy()
+    for t in range(logits.shape[0]):
+        assert rel_err(logits[t], ref["logits"][0, t]) < 1e-4, f"position {t}"
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_incremental_decode_and_greedy(fam, backend):
+    ref = _ref(fam)
+    prompt, greedy, cached_ids = ref["input_ids"][0], ref["greedy"][0], ref["greedy_cached"][0]
+    with load_model(FIX / fam, backend=backend) as m:
+        hidden, cache = m(prompt)
+        steps = [m.get_logits(hidden).to_numpy()[-1]]
+        for tok in cached_ids[len(prompt):-1]:
+            hidden, cache = m([tok], past_key_values=cache)
+            steps.append(m.get_logits(hidden).to_numpy()[-1])
+        for k, (got, want) in enumerate(zip(steps, ref["decode_logits"])):
+            assert rel_err(got, want) < 1e-4, f"decode step {k}"
+        # fused prefill + the fused decode loop (argmax on the backend); without the cache every
+        # step is a full forward, as HF's argmax loop
+        assert m.generate(prompt, max_new_tokens=8, temperature=0) == list(cached_ids)
+        assert m.generate(prompt, max_new_tokens=8, temperature=0, use_cache=False) == list(greedy)
+
+
+@pytest.mark.parametrize("dtype", list(HALF))
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_half_precision(fam, dtype, backend):
+    tol, n_same = HALF[dtype]
+    ref = _ref(fam)
+    prompt = ref["input_ids"][0]
+    with load_model(FIX / fam, dtype=dtype, backend=backend) as m:
+        logits = m.get_logits(m(prompt)[0]).to_numpy()
+        assert rel_err(logits, ref["logits"][0]) < tol
+        out = m.generate(prompt, max_new_tokens=8, temperature=0)
+    assert out[: len(prompt) + n_same] == list(ref["greedy_cached"][0][: len(prompt) + n_same])
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_decode_graph_fuses(fam):
+    """Full-rotary scalings are frequency divisors + the attention scale: the decode step fuses
+    as before (one attention_store per layer, RoPE inside it)."""
+    with load_model(FIX / fam, backend="numpy") as m:
+        g, _, _ = m.step_graph(1, "argmax")
+        ops = [n.op for n in g.nodes]
+        partial = m.config.rotary_dim is not None
+    assert ops.count("attention_store") == m.config.num_layers
+    assert "linear" in ops and "softmax" not in ops and "set_rows" not in ops
+    assert ops.count("rope") == (2 * m.config.num_layers if partial else 0)
+
+
+# ----------------------------------------------------------------------------------- RoPE scalings
+def test_yarn_factors_and_attention_factor():
+    c = config_from_hf(_cfg("qwen3_yarn"))
+    rs = rope_scaling(c)
+    assert rs.factors.shape == (8,) and rs.factors.dtype == np.float32
+    assert rs.attention_factor == pytest.approx(0.1 * np.log(4.0) + 1.0)
+    # the fastest pairs keep their frequency, the slowest are interpolated by the factor
+    assert rs.factors[0] == pytest.approx(1.0) and rs.factors[-1] == pytest.approx(4.0, rel=1e-6)
+    assert np.all(np.diff(rs.factors) >= 0)
+    # an explicit attention_factor wins; mscale / mscale_all_dim (DeepSeek form) set it otherwise
+    rp = dict(_cfg("qwen3_yarn")["rope_parameters"])
+    assert rope_scaling(config_from_hf(_cfg("qwen3_yarn", rope_parameters=dict(rp, attention_factor=1.5)))) \
+        .attention_factor == 1.5
+    m = rope_scaling(config_from_hf(_cfg("qwen3_yarn", rope_parameters=dict(rp, mscale=2.0, mscale_all_dim=1.0))))
+    assert m.attention_factor == pytest.approx((0.2 * np.log(4) + 1) / (0.1 * np.log(4) + 1))
+    # v4 form (rope_scaling + rope_theta at top level) reads the same
+    d = _cfg("qwen3_yarn")
+    sc = dict(d.pop("rope_parameters"))
+    d["rope_theta"] = sc.pop("rope_theta")
+    d["rope_scaling"] = sc
+    np.testing.assert_array_equal(rope_scaling(config_from_hf(d)).factors, rs.factors)
+
+
+def test_dynamic_is_plain_rope_within_max_positions():
+    with load_model(FIX / "llama_dynamic", backend="numpy") as m:
+        assert m.rope.factors is None and m.rope.max_context == 128
+        assert "rope.freq_factors" not in m.W
+    with pytest.raises(UnsupportedModelError, match="dynamic"):
+        load_model(FIX / "llama_dynamic", backend="numpy", max_context=256)
+
+
+def test_unknown_rope_type_and_bad_parameters():
+    with pytest.raises(UnsupportedModelError, match="llama.*mrope"):
+        rope_scaling(config_from_hf(_cfg("llama_dynamic", rope_parameters={"rope_type": "mrope", "factor": 2.0,
+                                                                           "rope_theta": 1e4})))
+    with pytest.raises(LoadError, match="factor"):
+        config_from_hf(_cfg("llama_dynamic", rope_parameters={"rope_type": "yarn", "factor": -1.0,
+                                                             "rope_theta": 1e4}))
+
+
+# ----------------------------------------------------------------------------------------- Phi-3
+def test_phi3_longrope_config():
+    c = config_from_hf(_cfg("phi3"))
+    rs = rope_scaling(c)
+    assert c.layer_window(0) == c.layer_window(1) == 6 and rs.switch_at == 12
+    assert rs.factors.shape == rs.long_factors.shape == (8,)
+    # attention factor from max_position_embeddings / original (128 / 12), as HF
+    assert rs.attention_factor == pytest.approx(np.sqrt(1 + np.log(128 / 12) / np.log(12)))
+    np.testing.assert_allclose(rs.factors, _cfg("phi3")["rope_parameters"]["short_factor"], rtol=1e-6)
+    # Phi-3's legacy type names are longrope; the top-level original_max_position_embeddings wins
+    rp = dict(_cfg("phi3")["rope_parameters"], rope_type="su", original_max_position_embeddings=99)
+    assert rope_scaling(config_from_hf(_cfg("phi3", rope_parameters=rp))).switch_at == 12
+    c = config_from_hf(_cfg("phi3_partial"))
+    assert c.rotary_dim == 12 and rope_scaling(c).factors.shape == (6,)
+    with pytest.raises(LoadError, match="long_factor must be a list of 8"):
+        rope_scaling(config_from_hf(_cfg("phi3", rope_parameters=dict(rp, long_factor=[1.0] * 7))))
+
+
+def test_phi3_long_and_short_graphs():
+    """Steps ending at or before position 12 use the short factors, later ones the long set; a
+    decode loop that crosses 12 runs both graphs."""
+    ref = _ref("phi3")
+    with load_model(FIX / "phi3", backend="numpy") as m:
+        assert "rope.freq_factors_long" in m.W and m.windows == [6, 6]
+        m.generate(ref["input_ids"][0], max_new_tokens=8, temperature=0)
+        assert {(1, "argmax"), (1, "argmax", True)} <= set(m._graphs)
+
+
+def test_phi3_fused_weights_split_at_load(tmp_path):
+    import shutil
+    from safetensors.numpy import load_file, save_file
+    stored = load_file(str(FIX / "phi3" / "model.safetensors"))
+    with load_model(FIX / "phi3", backend="numpy") as m:
+        qkv = m.session.download(m.W["layers.0.attn.qkv.weight"])
+        gu = m.session.download(m.W["layers.0.mlp.gate_up.weight"])
+    np.testing.assert_array_equal(qkv, stored["model.layers.0.self_attn.qkv_proj.weight"])
+    np.testing.assert_array_equal(gu, stored["model.layers.0.mlp.gate_up_proj.weight"])
+    d = tmp_path / "phi3"
+    shutil.copytree(FIX / "phi3", d)
+    stored["model.layers.0.self_attn.qkv_proj.weight"] = stored["model.layers.0.self_attn.qkv_proj.weight"][:-16]
+    save_file(stored, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(LoadError, match="qkv_proj"):
+        load_model(d, backend="numpy")

@@ -1,0 +1,104 @@
+"""The breadth families' tiny HF models and references (DEV-ONLY; used by tools/make_fixtures.py).
+
+Each entry of :data:`BREADTH` is (config class, settings over the common tiny sizes). Their
+references differ from the older families' in one way: ``greedy`` comes from a plain argmax loop
+over HF's full forward (no KV cache, no ``generate``), and ``decode_logits`` (with
+``greedy_cached``, its argmax tokens) from an argmax loop over HF's forward with its KV cache. The
+two agree except where HF's own semantics differ between the two (longrope: a cached key keeps the
+rotation of the call that stored it), and the margin rule holds for both.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SEEDS = {"qwen3_yarn": 1012, "llama_dynamic": 1013, "phi3": 1014, "phi3_partial": 1015,
+         "phi": 1016, "gpt_neox": 1017, "gpt_neox_sequential": 1018}
+
+
+def _factors(seed: int, n: int) -> list[float]:
+    """LongRoPE divisors in [1, 6], rounded so the config JSON is short."""
+    r = np.random.default_rng(seed)
+    return [round(float(x), 3) for x in np.sort(r.uniform(1.0, 6.0, n))]
+
+
+# common: hidden 64, 2 layers, vocab 256, 4 heads, 2 KV heads, max positions 128, untied, theta 1e4
+BREADTH = {
+    # YaRN over 32 original positions, factor 4 (attention factor 0.1 ln 4 + 1), head_dim 16
+    "qwen3_yarn": ("Qwen3Config", dict(
+        head_dim=16, intermediate_size=32, use_sliding_window=False, attention_bias=False,
+        rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
+                         "rope_theta": 10000.0})),
+    # dynamic NTK: plain RoPE frequencies up to max_position_embeddings
+    "llama_dynamic": ("LlamaConfig", dict(
+        intermediate_size=32, rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})),
+    # Phi-3: fused qkv_proj / gate_up_proj, LongRoPE switching at 12 positions (the 15-token greedy
+    # run crosses it), sliding window 6 (every layer)
+    "phi3": ("Phi3Config", dict(
+        intermediate_size=32, original_max_position_embeddings=12, sliding_window=6, pad_token_id=0,
+        rope_parameters={"rope_type": "longrope", "short_factor": _factors(1, 8), "long_factor": _factors(2, 8),
+                         "rope_theta": 10000.0})),
+    # Phi-4-mini's shape: partial rotary 0.75 (12 of 16) with LongRoPE over the 12, tied embeddings
+    "phi3_partial": ("Phi3Config", dict(
+        intermediate_size=32, original_max_position_embeddings=12, pad_token_id=0, tie_word_embeddings=True,
+        partial_rotary_factor=0.75,
+        rope_parameters={"rope_type": "longrope", "short_factor": _factors(3, 6), "long_factor": _factors(4, 6),
+                         "rope_theta": 10000.0, "partial_rotary_factor": 0.75})),
+    # Phi-2: parallel attention + MLP from one LayerNorm, partial rotary 0.5, biases, gelu_new
+    "phi": ("PhiConfig", dict(
+        intermediate_size=32, partial_rotary_factor=0.5, hidden_act="gelu_new", qk_layernorm=False,
+        pad_token_id=0)),
+    # Pythia: parallel residual (two LayerNorms), rotary_pct 0.25, fused per-head q/k/v, exact GELU
+    "gpt_neox": ("GPTNeoXConfig", dict(
+        intermediate_size=32, rotary_pct=0.25, use_parallel_residual=True, hidden_act="gelu",
+        attention_bias=True)),
+    "gpt_neox_sequential": ("GPTNeoXConfig", dict(
+        intermediate_size=32, rotary_pct=0.5, use_parallel_residual=False, hidden_act="gelu",
+        attention_bias=True)),
+}
+
+
+def make_breadth_config(name: str, hidden: int, layers: int, vocab: int, max_pos: int):
+    import transformers as tf
+
+    cls, kw = BREADTH[name]
+    common = dict(hidden_size=hidden, num_hidden_layers=layers, vocab_size=vocab, max_position_embeddings=max_pos,
+                  num_attention_heads=4, tie_word_embeddings=False)
+    if cls in ("PhiConfig", "GPTNeoXConfig"):
+        common["layer_norm_eps"] = 1e-5
+        if cls == "GPTNeoXConfig":  # no GQA, no num_key_value_heads
+            common["rope_theta"] = 10000.0
+    else:
+        common.update(rms_norm_eps=1e-5, num_key_value_heads=2)
+    if cls == "PhiConfig":
+        common.update(num_key_value_heads=2, rope_theta=10000.0)
+    return getattr(tf, cls)(**{**common, **kw})
+
+
+def argmax_references(model, input_ids: np.ndarray, n_new: int):
+    """(greedy [1, T + n_new] from argmax over full forwards without a cache, decode_logits
+    [n_new, V] and greedy_cached [1, T + n_new] from an argmax loop with HF's KV cache, smallest
+    top-1/top-2 gap over both loops)."""
+    import torch
+
+    ids = input_ids[0].tolist()
+    gaps = []
+    with torch.no_grad():
+        seq = list(ids)
+        for _ in range(n_new):
+            lg = model(input_ids=torch.tensor([seq]), use_cache=False).logits[0, -1].float().numpy()
+            s = np.sort(lg)
+            gaps.append(float(s[-1] - s[-2]))
+            seq.append(int(np.argmax(lg)))
+        out = model(input_ids=torch.tensor([ids]), use_cache=True)
+        past, cached, rows = out.past_key_values, list(ids), []
+        for k in range(n_new):
+            lg = out.logits[0, -1].float().numpy().astype(np.float32)
+            rows.append(lg)
+            s = np.sort(lg)
+            gaps.append(float(s[-1] - s[-2]))
+            cached.append(int(np.argmax(lg)))
+            if k < n_new - 1:
+                out = model(input_ids=torch.tensor([[cached[-1]]]), past_key_values=past, use_cache=True)
+                past = out.past_key_values
+    return (np.array([seq], np.int64), np.stack(rows).astype(np.float32), np.array([cached], np.int64),
+            min(gaps))
