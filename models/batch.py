@@ -54,19 +54,24 @@ class BatchRunner:
         return next((c for c in self.chunks if c >= remaining), self.chunks[-1])
 
     # -- graphs ---------------------------------------------------------------------------------
-    def graph(self, B: int, T: int, S: int, want: str) -> tuple[tg.Graph, PagedStep]:
+    def graph(self, B: int, T: int, S: int, want: str, long_rope: bool = False) -> tuple[tg.Graph, PagedStep]:
         """The step graph for ``B`` sequences x ``T`` tokens gathering ``S`` positions each;
         ``want`` "logits" ([B, vocab] float32 output) or "argmax" ([B] int32). Inputs:
         ``token_ids``/``positions`` [B * T], ``pick`` [B] (the row of each sequence whose next
-        token is wanted) and the layout's (see ``PagedStep``)."""
-        key = (B, T, S, want)
+        token is wanted) and the layout's (see ``PagedStep``). ``long_rope``: with longrope's long
+        factors (``Transformer._uses_long_rope``)."""
+        key = (B, T, S, want, long_rope)
         if key in self._graphs:
             self._graphs.move_to_end(key)
             return self._graphs[key]
         m = self.model
         g = m.session.graph()
         layout = PagedStep(self.pool, g, B, T, S)
-        _, _, h = m.build_step(g, B * T, last_only=False, kv=layout)            # [B * T, hidden]
+        m._long_rope = long_rope and m.rope.long_factors is not None
+        try:
+            _, _, h = m.build_step(g, B * T, last_only=False, kv=layout)        # [B * T, hidden]
+        finally:
+            m._long_rope = False
         pick = g.input((B,), tg.int32, name="pick")
         out = m.logits_node(tg.get_rows(h, pick, name="picked"))                 # [B, vocab]
         g.output(tg.argmax(out, name="next_token") if want == "argmax" else tg.cast(out, tg.float32, name="logits"))
@@ -77,7 +82,7 @@ class BatchRunner:
         return g, layout
 
     def run(self, seqs: Sequence[object], tokens: Sequence[Sequence[int]], starts: Sequence[int],
-            want: str) -> np.ndarray:
+            want: str, long_rope: bool = False) -> np.ndarray:
         """One step: sequence ``seqs[b]`` runs ``tokens[b]`` at positions ``starts[b]..`` (their
         keys/values are stored in its pool rows, which it must own). Every sequence gives the
         same number of tokens except that a single sequence may give fewer than its chunk.
@@ -90,7 +95,7 @@ class BatchRunner:
             raise ValueError(f"batch step: token counts {lens} do not fit one step")
         B = self.batch_bucket(n) if T == 1 else n
         S = self.context_bucket(max(s + L for s, L in zip(starts, lens)))
-        g, layout = self.graph(B, T, S, want)
+        g, layout = self.graph(B, T, S, want, long_rope)
         pad = B - n
         ids = np.zeros((B, T), np.int32)
         pos = np.zeros((B, T), np.int32)

@@ -320,7 +320,9 @@ class Engine:
     def _prefill(self, r: Request) -> None:
         """One chunk of ``r``'s context (never its newest token, which the decode step runs)."""
         n = min(len(r.context) - 1 - r._cached, self.runner.chunks[-1])
-        self.runner.run([r], [r.context[r._cached:r._cached + n]], [r._cached], "argmax")
+        # longrope's regime as generate() has it: the whole prompt's (one forward call there)
+        self.runner.run([r], [r.context[r._cached:r._cached + n]], [r._cached], "argmax",
+                        self.model._uses_long_rope(len(r.context)))
         r._cached += n
 
     def _decode(self, rs: list[Request]) -> None:
@@ -339,12 +341,17 @@ class Engine:
                     rs.remove(victim)
         if not rs:
             return
-        greedy = all(r._greedy for r in rs)
-        out = self.runner.run(rs, [[r.context[-1]] for r in rs], [r._cached for r in rs],
-                              "argmax" if greedy else "logits")
-        for r, o in zip(rs, out):
-            r._cached += 1
-            self._accept(r, o)
+        # rows past longrope's switch use the long factors (another graph): one step per regime
+        for long_rope in (False, True):
+            part = [r for r in rs if self.model._uses_long_rope(r._cached + 1) == long_rope]
+            if not part:
+                continue
+            greedy = all(r._greedy for r in part)
+            out = self.runner.run(part, [[r.context[-1]] for r in part], [r._cached for r in part],
+                                  "argmax" if greedy else "logits", long_rope)
+            for r, o in zip(part, out):
+                r._cached += 1
+                self._accept(r, o)
 
     def _preempt(self, r: Request) -> None:
         with self._cond:
