@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 #: prefill chunk sizes (tokens); a longer prompt runs in chunks of the largest
 PREFILL_CHUNKS = (16, 64, 256)
 #: step graphs kept (least recently used dropped)
-MAX_GRAPHS = 24
+MAX_GRAPHS = 64
+#: contexts (gathered positions) whose graphs ``warm`` builds ahead
+WARM_CONTEXTS = (64, 128, 256)
 
 
 def pow2_at_least(n: int, lo: int = 1) -> int:
@@ -80,6 +82,25 @@ class BatchRunner:
             self._graphs.popitem(last=False)
         self._graphs[key] = (g, layout)
         return g, layout
+
+    def warm(self, progress: bool = False) -> int:
+        """Build and run once (padding rows only: nothing but the scratch row is written) the
+        graphs of every decode batch bucket and prefill chunk at the short contexts
+        (``WARM_CONTEXTS``), so that early requests pay no graph building or planning. Returns
+        the number of graphs."""
+        Bs = sorted({self.batch_bucket(n) for n in range(1, self.max_batch + 1)})
+        Ss = sorted({self.context_bucket(S) for S in WARM_CONTEXTS})
+        keys = [(B, 1, S, w) for S in Ss for B in Bs for w in ("argmax", "logits")]
+        keys += [(1, T, S, "argmax") for T in self.chunks for S in Ss]
+        from tqdm import tqdm
+        for B, T, S, want in tqdm(keys, desc="tinygraph: step graphs", unit="graph", disable=not progress,
+                                  leave=False):
+            g, layout = self.graph(B, T, S, want)
+            feeds = layout.feeds([None] * B, [0] * B, [0] * B)
+            feeds.update(token_ids=np.zeros(B * T, np.int32), positions=np.zeros(B * T, np.int32),
+                         pick=np.arange(B, dtype=np.int32) * T)
+            self.model.session.compute(g, feeds)
+        return len(keys)
 
     def run(self, seqs: Sequence[object], tokens: Sequence[Sequence[int]], starts: Sequence[int],
             want: str, long_rope: bool = False) -> np.ndarray:

@@ -228,6 +228,12 @@ class Engine:
             self._cond.notify_all()
         return req
 
+    def warmup(self, progress: bool = False) -> int:
+        """Build, plan and run once the step graphs early requests need (``BatchRunner.warm``), so
+        that no request pays for building a graph; ``progress``: a bar on stderr. Call before
+        :meth:`start`. Returns the number of graphs."""
+        return self.runner.warm(progress)
+
     def stats(self) -> dict:
         """Counts for monitoring: requests running/waiting, KV blocks total/free, steps run."""
         return {"running": len(self.running), "waiting": len(self.waiting), "kv_blocks": self.pool.num_blocks,

@@ -184,3 +184,19 @@ def test_generate_batch_argument_errors(llama):
         llama.generate_batch([[1], []])
     with pytest.raises(ValueError, match="top_p"):
         llama.generate_batch([[1]], top_p=0)
+
+
+def test_warmup_builds_the_graphs_early_requests_use(llama):
+    eng = Engine(llama, max_batch=8, kv_memory=token_bytes(llama) * 16 * 16)
+    try:
+        n = eng.warmup()
+        built = set(eng.runner._graphs)
+        assert n == len(built) and (8, 1, 64, "argmax", False) in built and (1, 16, 64, "argmax", False) in built
+        assert eng.stats()["kv_blocks_free"] == 16  # warming writes only the scratch row
+        reqs = [eng.submit(p, SamplingParams(max_new_tokens=5, temperature=0))
+                for p in _prompts(llama.config.vocab_size, lens=(3, 9, 20))]
+        eng.run_until_done(reqs)
+        assert set(eng.runner._graphs) == built  # nothing new was built for them
+        assert [r.tokens for r in reqs] == _alone(llama, [r.prompt for r in reqs], max_new_tokens=5, temperature=0)
+    finally:
+        eng.close()
