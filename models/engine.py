@@ -9,8 +9,8 @@ is preempted: its blocks are freed and it goes back to the front of the queue, t
 again from its prompt and the tokens it already produced (nothing it streamed changes).
 
 Each request gets exactly the tokens ``model.generate`` would give it alone: greedy is argmax of
-its own logits, sampling draws token ``n`` from the ``sample`` op's stream ``(seed, n)`` (on the
-host, from the downloaded logits row; ``models.sampling.sample``).
+its own logits, sampling draws token ``n`` from the ``sample`` op's stream ``(seed, n)``, on the
+backend (a ``sample`` node per row of the step, each with its row's parameters).
 
 Run it on a background thread (``start()``; the server does) or drive it from the calling thread
 (``run_until_done``; ``generate_batch`` does).
@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, AsyncIterator, Iterator, Sequence
 
 import numpy as np
 
+import tinygraph as tg
+
 from .batch import BatchRunner
 from .paged import KVPool, blocks_for_memory, token_bytes
-from .sampling import check_sampling_args, effective_temperature, sample
+from .sampling import check_sampling_args, effective_temperature
 
 if TYPE_CHECKING:
     from .model import CausalLM
@@ -107,6 +109,12 @@ class Request:
         self._cancelled = True
 
     # -- delivery (engine thread -> consumers) --------------------------------------------------
+    def _sample_params(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ``sample`` op's parameters for this request's next token (token ``n`` draws with
+        counter ``n``, as ``generate`` does); temperature 0 for greedy requests."""
+        p = self.params
+        return tg.sample_params(effective_temperature(p.temperature), p.top_k, p.top_p, self._seed, len(self.tokens))
+
     def _notify(self) -> None:
         with self._cond:
             self._cond.notify_all()
@@ -353,8 +361,9 @@ class Engine:
             if not part:
                 continue
             greedy = all(r._greedy for r in part)
+            sampling = None if greedy else [r._sample_params() for r in part]
             out = self.runner.run(part, [[r.context[-1]] for r in part], [r._cached for r in part],
-                                  "argmax" if greedy else "logits", long_rope)
+                                  "argmax" if greedy else "sample", long_rope, sampling)
             for r, o in zip(part, out):
                 r._cached += 1
                 self._accept(r, o)
@@ -366,15 +375,10 @@ class Engine:
             r._cached = 0
             self.waiting.appendleft(r)
 
-    def _accept(self, r: Request, out: np.ndarray) -> None:
-        """Pick request ``r``'s next token from its logits row (or argmax id) and emit it."""
+    def _accept(self, r: Request, tok: int) -> None:
+        """Emit request ``r``'s next token and finish it at EOS or a limit."""
         p = r.params
-        if out.ndim == 0:
-            tok = int(out)
-        elif r._greedy:
-            tok = int(np.argmax(out))
-        else:
-            tok = sample(out, effective_temperature(p.temperature), p.top_k, p.top_p, r._seed, len(r.tokens))
+        tok = int(tok)
         r._emit(tok)
         if tok in p.eos:
             r._finish("stop")
