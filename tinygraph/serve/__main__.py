@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -59,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uvicorn's log level (info: one line per request)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
+
+
+class _Stopped(Exception):
+    """A stop signal arrived (after uvicorn's graceful shutdown)."""
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise _Stopped(signal.Signals(signum).name)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -115,7 +124,16 @@ def _serve(args: argparse.Namespace) -> int:
                     print(line, file=sys.stderr, flush=True)
 
         config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=args.shutdown_timeout)
-        Server(config).run(sockets=[sock])
+        # uvicorn shuts down on SIGINT/SIGTERM and then raises the signal again for the previous
+        # handler: these handlers turn that into a normal exit (status 0) after the graceful stop
+        previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            Server(config).run(sockets=[sock])
+        except _Stopped:
+            pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         print("tinygraph: server stopped", file=sys.stderr, flush=True)
     finally:
         model.close()   # after the app's shutdown closed the engine
