@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     p.add_argument("--max-queue", type=int, default=1024,
                    help="most requests waiting for a batch slot; beyond it requests get 503")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="skip building the step graphs of every batch size before serving (the first requests "
+                        "then pay for it)")
     p.add_argument("--api-key", default=os.environ.get("TINYGRAPH_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $TINYGRAPH_API_KEY, else none)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0,
@@ -109,12 +112,14 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         engine = Engine(model, max_batch=args.max_batch, kv_memory=args.kv_memory, block_size=args.block_size,
                         max_queue=args.max_queue)
+        if not args.no_warmup:   # before serving: no client waits while a graph is built
+            engine.warmup(progress=sys.stderr.isatty())
         app = create_app(model, engine, model_name=name, api_key=args.api_key)
         host, port = sock.getsockname()[:2]
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         s = engine.stats()
         line = (f"tinygraph: serving {name} ({model.spec.name}, {backend} {dtype}, context {model.max_context}, "
-                f"KV {s['kv_blocks'] * s['block_size']} tokens, max batch {args.max_batch}; loaded in "
+                f"KV {s['kv_blocks'] * s['block_size']} tokens, max batch {args.max_batch}; ready in "
                 f"{time.perf_counter() - t0:.1f} s) at {url}/v1" + (" (API key required)" if args.api_key else ""))
 
         class Server(uvicorn.Server):
