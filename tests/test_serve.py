@@ -179,7 +179,8 @@ def test_health_and_models(srv):
     assert httpx.get(srv.url + "/models/" + NAME).json()["max_model_len"] == srv.model.max_context
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=0), dict(temperature=0.9, seed=7, top_p=0.9)])
+@pytest.mark.parametrize("kw", [dict(temperature=0), dict(temperature=0.9, seed=7, top_p=0.9),
+                                dict(temperature=1.0, seed=2**64 + 11)])
 def test_chat_equals_model_generate(srv, kw):
     r = chat(srv.client(), "hello there", max_tokens=24, **kw)
     gen_kw = dict(temperature=kw["temperature"], top_k=0, top_p=kw.get("top_p", 1.0), seed=kw.get("seed"))
@@ -370,6 +371,8 @@ def test_errors_keep_the_server_serving(srv):
     r = httpx.get(srv.url + "/nowhere")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert httpx.get(srv.url + "/chat/completions").status_code == 405
+    r = httpx.post(srv.url + "/completions", content=b'{"prompt": "' + b"x" * (9 * 2**20) + b'"}')
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
     with pytest.raises(openai.NotFoundError) as e:
         srv.client().chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
     assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
