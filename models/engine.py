@@ -325,19 +325,24 @@ class Engine:
     def _admit(self) -> None:
         while self.waiting and len(self.running) < self.max_batch:
             r = self.waiting[0]
+            salt = self.model._uses_long_rope(len(r.context))
+            # reuse the cached blocks of a shared prefix (never the newest token: decode runs it)
+            reused = self.pool.share(r, r.context, len(r.context) - 1, salt)
             if not self.pool.reserve(r, len(r.context)):
+                self.pool.release(r)
                 break
             self.waiting.popleft()
-            r._cached = 0
+            r._cached = reused
             self.running.append(r)
 
     def _prefill(self, r: Request) -> None:
         """One chunk of ``r``'s context (never its newest token, which the decode step runs)."""
         n = min(len(r.context) - 1 - r._cached, self.runner.chunks[-1])
         # longrope's regime as generate() has it: the whole prompt's (one forward call there)
-        self.runner.run([r], [r.context[r._cached:r._cached + n]], [r._cached], "argmax",
-                        self.model._uses_long_rope(len(r.context)))
+        salt = self.model._uses_long_rope(len(r.context))
+        self.runner.run([r], [r.context[r._cached:r._cached + n]], [r._cached], "argmax", salt)
         r._cached += n
+        self.pool.register(r, r.context, r._cached, salt)
 
     def _decode(self, rs: list[Request]) -> None:
         # every row needs a pool row for its new position; free blocks by preempting the newest
@@ -366,6 +371,8 @@ class Engine:
                                   "argmax" if greedy else "sample", long_rope, sampling)
             for r, o in zip(part, out):
                 r._cached += 1
+                if self.model.rope.switch_at is None:  # generated tokens' blocks are reusable too
+                    self.pool.register(r, r.context, r._cached, False)
                 self._accept(r, o)
 
     def _preempt(self, r: Request) -> None:

@@ -200,3 +200,28 @@ def test_warmup_builds_the_graphs_early_requests_use(llama):
         assert [r.tokens for r in reqs] == _alone(llama, [r.prompt for r in reqs], max_new_tokens=5, temperature=0)
     finally:
         eng.close()
+
+
+def test_requests_sharing_a_prefix_reuse_its_blocks(llama):
+    eng = Engine(llama, max_batch=4, kv_memory=token_bytes(llama) * 16 * 24)
+    try:
+        rng = np.random.default_rng(5)
+        system = [int(t) for t in rng.integers(0, 256, 40)]  # 2 whole blocks + 8 tokens
+        prompts = [system + [int(t) for t in rng.integers(0, 256, n)] for n in (5, 9, 3)]
+        first = eng.submit(prompts[0], SamplingParams(max_new_tokens=6, temperature=0))
+        eng.run_until_done([first])
+        assert eng.pool.reused_tokens == 0
+        rest = [eng.submit(p, SamplingParams(max_new_tokens=6, temperature=0)) for p in prompts[1:]]
+        eng.run_until_done(rest)
+        assert eng.pool.reused_tokens == 2 * 32  # each later prompt took the 2 cached blocks
+        assert [r.tokens for r in [first] + rest] == _alone(llama, prompts, max_new_tokens=6, temperature=0,
+                                                            ignore_eos=True)
+        # a follow-up that continues a finished conversation reuses its generated tokens' blocks too
+        follow = first.prompt + first.tokens + [7, 8, 9]
+        r = eng.submit(follow, SamplingParams(max_new_tokens=4, temperature=0))
+        eng.run_until_done([r])
+        assert eng.pool.reused_tokens == 2 * 32 + 3 * 16
+        assert r.tokens == _alone(llama, [follow], max_new_tokens=4, temperature=0, ignore_eos=True)[0]
+        assert eng.stats()["kv_blocks_free"] == 24
+    finally:
+        eng.close()
