@@ -65,9 +65,10 @@ class _Generation:
     async def pieces(self) -> AsyncIterator[str]:
         """The answer's text as it comes (never a broken character, never part of a stop string)."""
         from tinygraph.models.engine import EngineClosedError
-        try:
-            async for piece in self._pieces():
-                yield piece
+        try:   # closed with this generator, so its request is cancelled at once, not when collected
+            async with contextlib.aclosing(self._pieces()) as pieces:
+                async for piece in pieces:
+                    yield piece
         except EngineClosedError:
             raise P.APIError(503, "the server shut down before the answer was complete", "server_error", None,
                              "shutting_down") from None
