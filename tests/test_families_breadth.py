@@ -19,6 +19,12 @@ from tinygraph.models import load_model
 FIX = Path(__file__).parent / "fixtures"
 FAMILIES = ["qwen3_yarn", "llama_dynamic", "phi3", "phi3_partial"]
 HALF = {"float16": (3e-2, 8), "bfloat16": (5e-2, 4)}
+# llama_dynamic's max_position_embeddings is 10: its 15-token runs need a longer cache
+LOAD = {"llama_dynamic": {"max_context": 32}}
+
+
+def _load(fam: str, backend: str, dtype: str = "float32"):
+    return load_model(FIX / fam, dtype=dtype, backend=backend, **LOAD.get(fam, {}))
 
 
 def _ref(fam: str) -> dict:
@@ -36,7 +42,7 @@ def _cfg(fam: str, **changes) -> dict:
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_full_sequence_logits(fam, backend):
     ref = _ref(fam)
-    with load_model(FIX / fam, backend=backend) as m:
+    with _load(fam, backend) as m:
         logits = m.get_logits(m(ref["input_ids"][0])[0]).to_numpy()
     for t in range(logits.shape[0]):
         assert rel_err(logits[t], ref["logits"][0, t]) < 1e-4, f"position {t}"
@@ -46,7 +52,7 @@ def test_full_sequence_logits(fam, backend):
 def test_incremental_decode_and_greedy(fam, backend):
     ref = _ref(fam)
     prompt, greedy, cached_ids = ref["input_ids"][0], ref["greedy"][0], ref["greedy_cached"][0]
-    with load_model(FIX / fam, backend=backend) as m:
+    with _load(fam, backend) as m:
         hidden, cache = m(prompt)
         steps = [m.get_logits(hidden).to_numpy()[-1]]
         for tok in cached_ids[len(prompt):-1]:
@@ -66,7 +72,7 @@ def test_half_precision(fam, dtype, backend):
     tol, n_same = HALF[dtype]
     ref = _ref(fam)
     prompt = ref["input_ids"][0]
-    with load_model(FIX / fam, dtype=dtype, backend=backend) as m:
+    with _load(fam, backend, dtype) as m:
         logits = m.get_logits(m(prompt)[0]).to_numpy()
         assert rel_err(logits, ref["logits"][0]) < tol
         out = m.generate(prompt, max_new_tokens=8, temperature=0)
@@ -77,7 +83,7 @@ def test_half_precision(fam, dtype, backend):
 def test_decode_graph_fuses(fam):
     """Full-rotary scalings are frequency divisors + the attention scale: the decode step fuses
     as before (one attention_store per layer, RoPE inside it)."""
-    with load_model(FIX / fam, backend="numpy") as m:
+    with _load(fam, "numpy") as m:
         g, _, _ = m.step_graph(1, "argmax")
         ops = [n.op for n in g.nodes]
         partial = m.config.rotary_dim is not None
@@ -109,12 +115,19 @@ def test_yarn_factors_and_attention_factor():
     np.testing.assert_array_equal(rope_scaling(config_from_hf(d)).factors, rs.factors)
 
 
-def test_dynamic_is_plain_rope_within_max_positions():
-    with load_model(FIX / "llama_dynamic", backend="numpy") as m:
-        assert m.rope.factors is None and m.rope.max_context == 128
-        assert "rope.freq_factors" not in m.W
-    with pytest.raises(UnsupportedModelError, match="dynamic"):
-        load_model(FIX / "llama_dynamic", backend="numpy", max_context=256)
+def test_dynamic_ntk_divisors():
+    """Plain RoPE up to max_position_embeddings (10), then a base enlarged per step; the decode
+    loop runs the steps past 10 on the host, each with its own divisors."""
+    from tinygraph.io.rope_scaling import dynamic_factors
+    c = config_from_hf(_cfg("llama_dynamic"))
+    rs = rope_scaling(c)
+    assert rs.dynamic == 2.0 and rs.switch_at == 10 and np.all(rs.factors == 1)
+    assert np.all(dynamic_factors(c, 2.0, 10) == 1)
+    f = dynamic_factors(c, 2.0, 15)  # base 1e4 * (2 * 15 / 10 - 1) ** (16 / 14)
+    want = (1e4 * 2.0 ** (16 / 14)) ** (np.arange(0, 16, 2) / 16) / 1e4 ** (np.arange(0, 16, 2) / 16)
+    np.testing.assert_allclose(f, want, rtol=1e-5)
+    with _load("llama_dynamic", "numpy") as m:
+        assert "rope.freq_factors" in m.W
 
 
 def test_unknown_rope_type_and_bad_parameters():

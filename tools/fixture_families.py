@@ -28,9 +28,11 @@ BREADTH = {
         head_dim=16, intermediate_size=32, use_sliding_window=False, attention_bias=False,
         rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
                          "rope_theta": 10000.0})),
-    # dynamic NTK: plain RoPE frequencies up to max_position_embeddings
+    # dynamic NTK over max_position_embeddings 10: the 15-token runs go past it (a runtime loads it
+    # with a longer context)
     "llama_dynamic": ("LlamaConfig", dict(
-        intermediate_size=32, rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})),
+        intermediate_size=32, max_position_embeddings=10,
+        rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})),
     # Phi-3: fused qkv_proj / gate_up_proj, LongRoPE switching at 12 positions (the 15-token greedy
     # run crosses it), sliding window 6 (every layer)
     "phi3": ("Phi3Config", dict(
