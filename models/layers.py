@@ -129,7 +129,12 @@ class Layers:
         return self._linear(h, f"{P}.down")
 
     def _act(self, x: tg.Tensor, prefix: str) -> tg.Tensor:
-        if self.spec.activation == "gelu_tanh":
+        act = self.spec.activation
+        if act.startswith("gelu") and self.config.activation.startswith("gelu"):
+            act = self.config.activation  # the GELU specs follow the config's form (exact or tanh)
+        if act == "gelu":  # exact (erf) GELU: GPT-NeoX's "gelu"
+            return tg.gelu(x, name=f"{prefix}.act", approximate="none")
+        if act == "gelu_tanh":
             return tg.gelu(x, name=f"{prefix}.act")
         return tg.silu(x, name=f"{prefix}.act")
 
@@ -150,10 +155,12 @@ class Layers:
             x = tg.add(x, tg.get_rows(self.W["pos_emb.weight"], positions, name="pos_emb"), name="embed")
         for i in range(cfg.num_layers):
             P = f"layers.{i}"
-            if cfg.parallel_residual:  # StableLM: x + attn(norm(x)) + mlp(norm(x)), one norm
+            if cfg.parallel_residual:  # StableLM, Phi-2: x + attn(norm(x)) + mlp(norm(x)), one norm
                 h = self._pre_norm(x, f"{P}.attn_norm")
+                # GPT-NeoX: the MLP has a norm of its own, of the same input
+                h2 = self._pre_norm(x, f"{P}.mlp_norm") if spec.parallel_mlp_norm else h
                 x = self._residual(self._residual(x, self._attention(h, i, positions), P, "attn"),
-                                   self._mlp(h, i), P, "mlp")
+                                   self._mlp(h2, i), P, "mlp")
                 continue
             x = self._residual(x, self._attention(self._pre_norm(x, f"{P}.attn_norm"), i, positions), P, "attn")
             x = self._residual(x, self._mlp(self._pre_norm(x, f"{P}.mlp_norm"), i), P, "mlp")
@@ -177,6 +184,8 @@ class Layers:
     def logits_node(self, h: tg.Tensor) -> tg.Tensor:
         y = tg.matmul(h, self.WT["lm_head.weight" if "lm_head.weight" in self.WT else "tok_emb.weight"],
                       name="lm_head")
+        if "lm_head.bias" in self.W:  # Phi-2
+            y = tg.add(y, self.W["lm_head.bias"], name="lm_head.bias")
         if self.config.logits_scaling != 1.0:  # Granite divides the logits
             y = tg.scale(y, 1.0 / self.config.logits_scaling, name="logits_scaled")
         return y

@@ -17,7 +17,7 @@ from tinygraph.io.rope_scaling import rope_scaling
 from tinygraph.models import load_model
 
 FIX = Path(__file__).parent / "fixtures"
-FAMILIES = ["qwen3_yarn", "llama_dynamic", "phi3", "phi3_partial"]
+FAMILIES = ["qwen3_yarn", "llama_dynamic", "phi3", "phi3_partial", "phi", "gpt_neox", "gpt_neox_sequential"]
 HALF = {"float16": (3e-2, 8), "bfloat16": (5e-2, 4)}
 # llama_dynamic's max_position_embeddings is 10: its 15-token runs need a longer cache
 LOAD = {"llama_dynamic": {"max_context": 32}}
@@ -182,3 +182,69 @@ def test_phi3_fused_weights_split_at_load(tmp_path):
     save_file(stored, str(d / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(LoadError, match="qkv_proj"):
         load_model(d, backend="numpy")
+
+
+# ------------------------------------------------------------------------- Phi-2, GPT-NeoX, GELU
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_exact_gelu_op(dtype, backend):
+    """gelu(approximate="none") is 0.5 x (1 + erf(x / sqrt 2)); the default stays the tanh form
+    with no params (so existing graphs are unchanged). On CUDA it runs elementwise.cu's gelu_erf."""
+    import math
+    import tinygraph as tg
+    from conftest import TOL, rounded
+    x = np.linspace(-6, 6, 1001, dtype=np.float32).reshape(7, 143)
+    with tg.Session(backend=backend) as s:
+        s.finalize()
+        g = s.graph()
+        xi = g.input(x.shape, tg.dtypes.as_dtype(dtype), name="x")
+        exact, tanh = tg.gelu(xi, approximate="none"), tg.gelu(xi)
+        assert exact.params == {"approximate": "none"} and tanh.params == {}
+        g.output(exact)
+        (out,) = s.compute(g, {xi: x.astype(tg.dtypes.as_dtype(dtype).np)})
+    xr = rounded(x, tg.dtypes.as_dtype(dtype))
+    want = 0.5 * xr * (1 + np.vectorize(math.erf)(xr / math.sqrt(2)))
+    assert rel_err(out, want) < TOL[dtype]
+    with pytest.raises(Exception, match="approximate"):
+        tg.gelu(xi, approximate="erf")
+
+
+def test_gelu_forms_in_the_graphs():
+    """GPT-NeoX's "gelu" is exact and stays an op of its own (the fused linear has only the tanh
+    form); Phi-2's gelu_new is tanh and fuses into the MLP's linear."""
+    with _load("gpt_neox", "numpy") as m:
+        g, _, _ = m.step_graph(1, "argmax")
+        gel = [n for n in g.nodes if n.op == "gelu"]
+        assert len(gel) == m.config.num_layers and all(n.params == {"approximate": "none"} for n in gel)
+    with _load("phi", "numpy") as m:
+        g, _, _ = m.step_graph(1, "argmax")
+        assert not [n for n in g.nodes if n.op == "gelu"]
+        assert any(n.op == "linear" and n.params["act"] == "gelu" for n in g.nodes)
+
+
+def test_phi_and_neox_configs():
+    c = config_from_hf(_cfg("phi"))
+    assert (c.rotary_dim, c.parallel_residual, c.activation) == (8, True, "gelu_tanh")
+    with pytest.raises(UnsupportedModelError, match="qk_layernorm"):
+        config_from_hf(_cfg("phi", qk_layernorm=True))
+    c = config_from_hf(_cfg("gpt_neox"))
+    assert (c.rotary_dim, c.parallel_residual, c.activation) == (4, True, "gelu")
+    assert not config_from_hf(_cfg("gpt_neox_sequential")).parallel_residual
+    # the hub's v4 keys: rotary_pct, rotary_emb_base
+    d = _cfg("gpt_neox")
+    d.pop("rope_parameters"), d.pop("rope_theta", None)
+    c = config_from_hf(dict(d, rotary_pct=0.5, rotary_emb_base=5000))
+    assert (c.rotary_dim, c.rope_theta) == (8, 5000.0)
+    with load_model(FIX / "phi", backend="numpy") as m:
+        assert m.spec.lm_head_bias and m.spec.qkv_bias and m.spec.mlp_bias
+        assert "layers.0.mlp_norm.weight" not in m.W
+
+
+def test_neox_qkv_relaid_out_per_head():
+    """query_key_value holds [heads, (q, k, v), head_size] rows: q is every third block of 16."""
+    from safetensors.numpy import load_file
+    w = load_file(str(FIX / "gpt_neox" / "model.safetensors"))["gpt_neox.layers.0.attention.query_key_value.weight"]
+    with load_model(FIX / "gpt_neox", backend="numpy") as m:
+        qkv = m.session.download(m.W["layers.0.attn.qkv.weight"])
+    blocks = w.reshape(4, 3, 16, 64)
+    for part in range(3):
+        np.testing.assert_array_equal(qkv[part * 64:(part + 1) * 64], blocks[:, part].reshape(64, 64))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 SEEDS = {"qwen3_yarn": 1012, "llama_dynamic": 1013, "phi3": 1014, "phi3_partial": 1015,
-         "phi": 1016, "gpt_neox": 1017, "gpt_neox_sequential": 1018}
+         "phi": 1016, "gpt_neox": 1017, "gpt_neox_sequential": 1019}
 
 
 def _factors(seed: int, n: int) -> list[float]:

@@ -21,10 +21,12 @@ from .errors import LoadError, UnsupportedModelError
 from .files import read_text
 from .rope_scaling import rope_freq_factors, rope_inv_freq
 
-ACTIVATIONS = ("gelu_tanh", "silu")
+ACTIVATIONS = ("gelu_tanh", "silu", "gelu")
 
-# HF `hidden_act` / `activation_function` values -> our two kernels.
+# HF `hidden_act` / `activation_function` values -> our activations ("gelu": exact, erf; HF's
+# GELUActivation)
 _ACT_ALIASES = {
+    "gelu": "gelu",
     "silu": "silu",
     "swish": "silu",
     "gelu_new": "gelu_tanh",
@@ -45,6 +47,8 @@ _ARCH_TO_TYPE = {
     "Olmo2ForCausalLM": "olmo2",
     "StableLmForCausalLM": "stablelm",
     "Phi3ForCausalLM": "phi3",
+    "PhiForCausalLM": "phi",
+    "GPTNeoXForCausalLM": "gpt_neox",
 }
 
 
@@ -298,7 +302,7 @@ def _normalise_rope(d: dict[str, Any], where: str = "config", mt: str = "") -> t
     if isinstance(params, dict) and "sliding_attention" in params:  # per-layer-type form (Gemma-like)
         raise UnsupportedModelError(f"{where}: per-layer-type rope_parameters are not supported")
     theta_key, scaling_key = "rope_theta", "rope_scaling"
-    theta = d.get("rope_theta", 10000.0)
+    theta = d.get("rope_theta", d.get("rotary_emb_base", 10000.0) if mt == "gpt_neox" else 10000.0)
     scaling = d.get("rope_scaling")
     if isinstance(params, dict):
         if "rope_theta" in params:
@@ -399,7 +403,7 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
             activation=_act(_hidden_act(d, mt), "config"),
             dtype=dtype,
             **_multipliers(d, where, mt),
-            **_stablelm(d, where, mt),
+            **_parallel(d, where, mt),
             rotary_dim=_rotary_dim(d, where, mt, heads),
             sliding_window=_int_key(d, where, "sliding_window", default=None) if use_sw else None,
             layer_types=_layer_types(d, where, mt),
@@ -418,7 +422,7 @@ def _hidden_act(d: dict[str, Any], mt: str) -> Any:
     if mt == "gemma":
         act = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
         return "gelu_pytorch_tanh" if act == "gelu" else act
-    return d.get("hidden_act", "silu")
+    return d.get("hidden_act", {"phi": "gelu_new", "gpt_neox": "gelu"}.get(mt, "silu"))
 
 
 def _multipliers(d: dict[str, Any], where: str, mt: str) -> dict[str, Any]:
@@ -430,24 +434,31 @@ def _multipliers(d: dict[str, Any], where: str, mt: str) -> dict[str, Any]:
     return {k: _float_key(d, where, k, default=1.0) for k in keys}
 
 
-def _stablelm(d: dict[str, Any], where: str, mt: str) -> dict[str, Any]:
-    """StableLM's ``use_parallel_residual``; its per-head LayerNorm q/k (``qk_layernorm``) is refused."""
-    if mt != "stablelm":
+def _parallel(d: dict[str, Any], where: str, mt: str) -> dict[str, Any]:
+    """The parallel residual: StableLM's ``use_parallel_residual`` (default false), GPT-NeoX's
+    (default true), Phi-2's always; StableLM's and Phi's per-head LayerNorm q/k (``qk_layernorm``)
+    is refused."""
+    if mt not in ("stablelm", "phi", "gpt_neox"):
         return {}
-    if _bool_key(d, where, "qk_layernorm", False):
+    if mt != "gpt_neox" and _bool_key(d, where, "qk_layernorm", False):
         raise UnsupportedModelError(f"{where}: qk_layernorm (per-head LayerNorm on q and k) is not supported")
-    return {"parallel_residual": _bool_key(d, where, "use_parallel_residual", False)}
+    if mt == "phi":
+        return {"parallel_residual": True}
+    return {"parallel_residual": _bool_key(d, where, "use_parallel_residual", mt == "gpt_neox")}
 
 
 def _rotary_dim(d: dict[str, Any], where: str, mt: str, heads: int) -> int | None:
-    """``int(head_dim * partial_rotary_factor)`` (top level, or in v5's ``rope_parameters``; HF's
-    rounding), None for full rotary. StableLM's config class defaults the factor to 0.25."""
+    """``int(head_dim * partial_rotary_factor)`` (top level, or in v5's ``rope_parameters``, or
+    GPT-NeoX's ``rotary_pct``; HF's rounding), None for full rotary. The config classes' defaults:
+    StableLM 0.25, Phi 0.5, GPT-NeoX 0.25, else 1."""
     params = d.get("rope_parameters") if isinstance(d.get("rope_parameters"), dict) else {}
     key, f = "partial_rotary_factor", d.get("partial_rotary_factor")
     if f is None and params.get(key) is not None:
         key, f = f"rope_parameters.{key}", params[key]
+    if f is None and mt == "gpt_neox" and d.get("rotary_pct") is not None:
+        key, f = "rotary_pct", d["rotary_pct"]
     if f is None:
-        f = 0.25 if mt == "stablelm" else 1.0
+        f = {"stablelm": 0.25, "phi": 0.5, "gpt_neox": 0.25}.get(mt, 1.0)
     f = _as_float(f, key, where)
     hd = _int_key(d, where, "head_dim", default=None) or _int_key(d, where, "hidden_size") // heads
     if f > 1.0:
