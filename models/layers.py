@@ -57,9 +57,10 @@ class Layers:
         if spec.position == "rope" and cfg.rotary_dim is not None:  # partial rotary (StableLM, Phi)
             q, k = self._partial_rope(q, positions, f"{P}.q"), self._partial_rope(k, positions, f"{P}.k")
         elif spec.position == "rope":
-            ff = self._rope_factors()
-            q = tg.rope(q, positions, cfg.rope_theta, spec.rope_mode, ff, name=f"{P}.q_rope")
-            k = tg.rope(k, positions, cfg.rope_theta, spec.rope_mode, ff, name=f"{P}.k_rope")
+            # Gemma 3's sliding layers: their own base, no scaling
+            ff, theta = (None, cfg.rope_theta_local) if self._local_rope(i) else (self._rope_factors(), cfg.rope_theta)
+            q = tg.rope(q, positions, theta, spec.rope_mode, ff, name=f"{P}.q_rope")
+            k = tg.rope(k, positions, theta, spec.rope_mode, ff, name=f"{P}.k_rope")
         # write the new keys/values into the cache rows of their positions
         tg.set_rows(self.kv_k[i], tg.permute(k, (1, 0, 2)), positions, name=f"{P}.k_store")
         tg.set_rows(self.kv_v[i], tg.permute(v, (1, 0, 2)), positions, name=f"{P}.v_store")
@@ -69,11 +70,17 @@ class Layers:
         qg = tg.permute(tg.reshape(q, (T, nkv, groups, hd)), (1, 2, 0, 3))   # [nkv, groups, T, hd]
         scores = tg.matmul(qg, keys_t, name=f"{P}.scores")                   # [nkv, groups, T, S]
         scale = cfg.attention_multiplier if cfg.attention_multiplier is not None else 1.0 / math.sqrt(hd)
-        af = self.rope.attention_factor
+        af = 1.0 if self._local_rope(i) else self.rope.attention_factor
         if af != 1.0 and cfg.rotary_dim is None:
             # YaRN / LongRoPE: HF multiplies cos and sin by af, so every element of q and k: the
             # scores grow by af^2 (partial rotary scales only the rotated part, in _partial_rope)
             scale *= af * af
+        if cfg.attn_softcap is not None:
+            # Gemma 2: cap * tanh(scores * scale / cap) before the mask; the capping sits between the
+            # matmul and the softmax, so this attention stays unfused (the fused kernels have no cap)
+            scores = tg.softcap(tg.scale(scores, scale, name=f"{P}.scores_scaled"), cfg.attn_softcap,
+                                name=f"{P}.scores_capped")
+            scale = 1.0
         probs = tg.softmax(scores, scale, causal=True, past=positions, window=self.windows[i],
                            name=f"{P}.probs")
         out = tg.matmul(probs, vals, name=f"{P}.mix")                          # [nkv, groups, T, hd]
@@ -92,6 +99,12 @@ class Layers:
         if self.rope.attention_factor != 1.0:  # HF's cos/sin factor reaches only the rotated elements
             rot = tg.scale(rot, self.rope.attention_factor, name=f"{prefix}_rope_scaled")
         return tg.concat(rot, rest, axis=-1, name=f"{prefix}_rotated")
+
+    def _local_rope(self, i: int) -> bool:
+        """Layer ``i`` uses the local RoPE (Gemma 3's sliding-window layers)."""
+        cfg = self.config
+        return cfg.rope_theta_local is not None and cfg.layer_types is not None and \
+            cfg.layer_types[i] == "sliding_attention"
 
     def _rope_factors(self) -> tg.Tensor | None:
         """The frequency divisors of this graph's RoPE: longrope's long set while a long-regime graph
@@ -186,6 +199,8 @@ class Layers:
                       name="lm_head")
         if "lm_head.bias" in self.W:  # Phi-2
             y = tg.add(y, self.W["lm_head.bias"], name="lm_head.bias")
+        if self.config.final_softcap is not None:  # Gemma 2: cap * tanh(logits / cap)
+            y = tg.softcap(y, self.config.final_softcap, name="logits_capped")
         if self.config.logits_scaling != 1.0:  # Granite divides the logits
             y = tg.scale(y, 1.0 / self.config.logits_scaling, name="logits_scaled")
         return y

@@ -17,7 +17,8 @@ from tinygraph.io.rope_scaling import rope_scaling
 from tinygraph.models import load_model
 
 FIX = Path(__file__).parent / "fixtures"
-FAMILIES = ["qwen3_yarn", "llama_dynamic", "phi3", "phi3_partial", "phi", "gpt_neox", "gpt_neox_sequential"]
+FAMILIES = ["qwen3_yarn", "llama_dynamic", "phi3", "phi3_partial", "phi", "gpt_neox", "gpt_neox_sequential",
+            "gemma2", "gemma3_text"]
 HALF = {"float16": (3e-2, 8), "bfloat16": (5e-2, 4)}
 # llama_dynamic's max_position_embeddings is 10: its 15-token runs need a longer cache
 LOAD = {"llama_dynamic": {"max_context": 32}}
@@ -87,6 +88,11 @@ def test_decode_graph_fuses(fam):
         g, _, _ = m.step_graph(1, "argmax")
         ops = [n.op for n in g.nodes]
         partial = m.config.rotary_dim is not None
+        capped = m.config.attn_softcap is not None
+    if capped:  # Gemma 2: scores -> scale -> softcap -> softmax, unfused (RoPE + cache write still fuse)
+        assert "attention" not in ops and "attention_store" not in ops
+        assert ops.count("softcap") == m.config.num_layers + 1 and ops.count("rope_store") == m.config.num_layers
+        return
     assert ops.count("attention_store") == m.config.num_layers
     assert "linear" in ops and "softmax" not in ops and "set_rows" not in ops
     assert ops.count("rope") == (2 * m.config.num_layers if partial else 0)
@@ -248,3 +254,67 @@ def test_neox_qkv_relaid_out_per_head():
     blocks = w.reshape(4, 3, 16, 64)
     for part in range(3):
         np.testing.assert_array_equal(qkv[part * 64:(part + 1) * 64], blocks[:, part].reshape(64, 64))
+
+
+# -------------------------------------------------------------------------------- Gemma 2 / 3
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_softcap_op(dtype, backend):
+    """softcap(x, c) = c * tanh(x / c); on CUDA elementwise.cu's softcap kernel."""
+    import tinygraph as tg
+    from conftest import TOL, rounded
+    x = np.linspace(-40, 40, 999, dtype=np.float32).reshape(9, 111)
+    dt = tg.dtypes.as_dtype(dtype)
+    with tg.Session(backend=backend) as s:
+        s.finalize()
+        g = s.graph()
+        xi = g.input(x.shape, dt, name="x")
+        g.output(tg.softcap(xi, 5.0))
+        (out,) = s.compute(g, {xi: x.astype(dt.np)})
+    assert rel_err(out, 5.0 * np.tanh(rounded(x, dt) / 5.0)) < TOL[dtype]
+    for bad in (0, -1.0, float("nan"), True):
+        with pytest.raises(Exception, match="cap"):
+            tg.softcap(xi, bad)
+
+
+def test_gemma2_config():
+    c = config_from_hf(_cfg("gemma2"))
+    assert (c.attn_softcap, c.final_softcap) == (5.0, 8.0)
+    assert c.attention_multiplier == pytest.approx(24 ** -0.5) and c.rope_theta_local is None
+    assert [c.layer_window(i) for i in range(2)] == [4, None]
+    # Gemma2Config's defaults when the keys are absent: caps 50 / 30, scalar 256, every 2nd layer global
+    d = _cfg("gemma2")
+    for k in ("attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar", "layer_types"):
+        d.pop(k)
+    c = config_from_hf(dict(d, num_hidden_layers=4))
+    assert (c.attn_softcap, c.final_softcap, c.attention_multiplier) == (50.0, 30.0, 256 ** -0.5)
+    assert c.layer_types == ["sliding_attention", "full_attention"] * 2
+    assert config_from_hf(_cfg("gemma2", attn_logit_softcapping=None)).attn_softcap is None
+    with pytest.raises(LoadError, match="final_logit_softcapping"):
+        config_from_hf(_cfg("gemma2", final_logit_softcapping=-1.0))
+
+
+def test_gemma3_config():
+    c = config_from_hf(_cfg("gemma3_text"))
+    assert (c.rope_theta, c.rope_theta_local, c.attn_softcap, c.final_softcap) == (1e6, 1e4, None, None)
+    assert c.rope_type == "linear"
+    # v4 form: rope_theta (global), rope_local_base_freq, rope_scaling on the global layers,
+    # sliding_window_pattern instead of layer_types
+    d = _cfg("gemma3_text")
+    d.pop("rope_parameters"), d.pop("layer_types")
+    c4 = config_from_hf(dict(d, rope_theta=1e6, rope_local_base_freq=1e4, sliding_window_pattern=2,
+                             rope_scaling={"rope_type": "linear", "factor": 4.0}))
+    assert (c4.rope_theta, c4.rope_theta_local, c4.rope_scaling, c4.layer_types) == \
+        (1e6, 1e4, c.rope_scaling, c.layer_types)
+    rp = _cfg("gemma3_text")["rope_parameters"]
+    with pytest.raises(UnsupportedModelError, match="sliding-window layers"):
+        config_from_hf(_cfg("gemma3_text", rope_parameters={
+            **rp, "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}))
+    with pytest.raises(UnsupportedModelError, match="multimodal"):
+        config_from_hf({"model_type": "gemma3", "text_config": _cfg("gemma3_text")})
+    with pytest.raises(UnsupportedModelError, match="per-layer-type"):
+        config_from_hf(_cfg("llama_dynamic", rope_parameters=rp))
+    with load_model(FIX / "gemma3_text", backend="numpy") as m:
+        assert m.spec.name == "gemma3" and m.spec.qk_norm and m.windows == [4, None]
+        g, _, _ = m.step_graph(1, "argmax", fuse=False)
+        thetas = sorted({n.params["theta"] for n in g.nodes if n.op == "rope"})
+        assert thetas == [1e4, 1e6]  # local layer 0, global layer 1 (the scaled one)

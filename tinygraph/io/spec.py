@@ -279,6 +279,17 @@ GPT_NEOX_SPEC = ModelSpec(
     + (WeightRule("lm_head.weight", "lm_head.weight"),),
     ignore=tuple(f"layers.{{i}}.attention.{b}" for b in ("bias", "masked_bias", "rotary_emb.inv_freq")),
     **_GELU_KW)  # type: ignore[arg-type]
+# Gemma 2 / Gemma 3 (text): Gemma's (1 + w) RMSNorms before *and* after attention and MLP
+# (post_attention_layernorm normalises the attention output, pre_feedforward_layernorm the MLP
+# input); soft-caps, the attention scale, per-layer windows and Gemma 3's local RoPE base are
+# config values; Gemma 3 adds per-head q/k norms
+_GEMMA2_RULES = _llama_rules(post_norms=True, norm_add=1.0) + tuple(
+    WeightRule(f"layers.{{i}}.{c}.weight", f"layers.{{i}}.{h}.weight", add=1.0)
+    for c, h in (("attn_norm", "input_layernorm"), ("mlp_norm", "pre_feedforward_layernorm")))
+_GEMMA2_KW = dict(norm="rmsnorm", activation="gelu_tanh", gated_mlp=True, position="rope", rope_mode="neox",
+                  rules=_GEMMA2_RULES, ignore=_LLAMA_KW["ignore"], scale_embeddings=True, post_norms=True, **_NO_BIAS)
+GEMMA2_SPEC = ModelSpec(name="gemma2", qk_norm=False, **_GEMMA2_KW)  # type: ignore[arg-type]
+GEMMA3_SPEC = ModelSpec(name="gemma3", qk_norm=True, **_GEMMA2_KW)  # type: ignore[arg-type]
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     "gpt2": GPT2_SPEC,
@@ -293,10 +304,12 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "phi3": PHI3_SPEC,
     "phi": PHI_SPEC,
     "gpt_neox": GPT_NEOX_SPEC,
+    "gemma2": GEMMA2_SPEC,
+    "gemma3": GEMMA3_SPEC,
 }
 
 # config.json model_type values that are architecturally one of the above.
-_TYPE_ALIASES = {"smollm": "llama", "smollm2": "llama", "tinyllama": "llama", "llama2": "llama", "llama3": "llama"}
+_TYPE_ALIASES = {"gemma3_text": "gemma3", "smollm": "llama", "smollm2": "llama", "tinyllama": "llama", "llama2": "llama", "llama3": "llama"}
 
 
 def strip_prefix(name: str) -> str:
@@ -494,6 +507,8 @@ __all__ = [
     "PHI3_SPEC",
     "PHI_SPEC",
     "GPT_NEOX_SPEC",
+    "GEMMA2_SPEC",
+    "GEMMA3_SPEC",
     "MODEL_SPECS",
     "HF_PREFIXES",
     "detect_model_spec",

@@ -1,4 +1,4 @@
-"""Arithmetic: ``matmul`` and the element-wise ops ``add``, ``mul``, ``scale``, ``gelu``, ``silu``."""
+"""Arithmetic: ``matmul`` and the element-wise ops ``add``, ``mul``, ``scale``, ``gelu``, ``softcap``, ``silu``."""
 from __future__ import annotations
 
 import math
@@ -96,6 +96,21 @@ def _gelu_ref(p, x):
     if p and p.get("approximate") == "none":
         return (0.5 * x * (1.0 + _erf(x / np.float32(math.sqrt(2.0))))).astype(np.float32)
     return 0.5 * x * (1.0 + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)))
+
+
+def softcap(x: Tensor, cap: float, name: str | None = None) -> Tensor:
+    """Tanh soft-capping, ``cap * tanh(x / cap)``: values squashed into (-cap, cap) (Gemma 2's
+    attention-logit and final-logit capping). ``cap`` a finite number > 0."""
+    _need_float("softcap", x)
+    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not (math.isfinite(cap) and cap > 0):
+        raise GraphError(f"softcap: cap must be a finite number > 0, got {cap!r}")
+    return _node("softcap", (x,), x.shape, x.dtype, {"cap": float(cap)}, name)
+
+
+@_reference("softcap", "elementwise", elementwise=True)
+def _softcap_ref(p, x):
+    c = np.float32(p["cap"])
+    return c * np.tanh(_f32(x) / c)
 
 
 def silu(x: Tensor, name: str | None = None) -> Tensor:
