@@ -1,10 +1,11 @@
 """One decoder-only transformer builder for every supported family, driven by a ModelSpec.
 
-The spec says what differs between GPT-2, LLaMA/Mistral/SmolLM2, Qwen2, Qwen3, Gemma, Granite and
-OLMo 2 (norm type, activation, gated MLP, learned positions vs RoPE, biases, QK-norm per head or
-over the whole projection, pre- and/or post-norms, scaled embeddings, tied embeddings; Granite's
-multipliers are config values); this module
-turns spec + config + weights into graphs. Weights are persistent buffers uploaded once; each
+The spec says what differs between GPT-2, LLaMA/Mistral/SmolLM2, Qwen2, Qwen3, Gemma 1/2/3, Granite,
+OLMo 2, StableLM, Phi-3, Phi-2 and GPT-NeoX (norm type, activation, gated MLP, learned positions vs
+RoPE, biases, QK-norm per head or over the whole projection, pre- and/or post-norms, scaled
+embeddings, tied embeddings, fused q/k/v layouts; Granite's multipliers, partial rotary, the
+parallel residual, soft-caps and RoPE scalings are config values); this module and
+``models/layers.py`` (the graph-building half) turn spec + config + weights into graphs. Weights are persistent buffers uploaded once; each
 layer's KV cache is a persistent buffer ``[kv_heads, max_context, head_dim]``.
 
 A step graph takes the token ids and their positions as inputs; everything that depends on the

@@ -73,9 +73,10 @@ class ModelSpec:
     """What distinguishes one decoder-only architecture from another.
 
     Attributes:
-        name: "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo2", "stablelm".
+        name: "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo2", "stablelm", "phi3",
+            "phi", "gpt_neox", "gemma2", "gemma3".
         norm: "layernorm" (weight+bias, mean-centred) or "rmsnorm".
-        activation: "gelu_tanh" or "silu".
+        activation: "gelu_tanh", "silu" or "gelu" (exact).
         gated_mlp: MLP is ``down(act(gate(x)) * up(x))`` rather than ``down(act(up(x)))``.
         position: "learned" (``pos_emb``) or "rope".
         rope_mode: "neox" (rotate halves: pairs (j, j + head_dim/2)); None without RoPE.
