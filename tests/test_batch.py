@@ -35,7 +35,7 @@ def llama():
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "qwen3", "gemma", "stablelm_parallel", "olmo2", "phi3", "phi3_partial",
-                                    "qwen3_yarn", "llama_dynamic"])
+                                    "qwen3_yarn", "gemma2", "gemma3_text", "phi", "gpt_neox"])
 def test_greedy_batch_equals_one_at_a_time(family):
     with load_model(FIX / family, backend="numpy") as m:
         prompts = _prompts(m.config.vocab_size)
@@ -225,3 +225,16 @@ def test_requests_sharing_a_prefix_reuse_its_blocks(llama):
         assert eng.stats()["kv_blocks_free"] == 24
     finally:
         eng.close()
+
+
+def test_dynamic_ntk_past_max_positions_and_longrope_switch_like_generate():
+    # dynamic NTK: every step past max_position_embeddings (10) has divisors of its own length
+    with load_model(FIX / "llama_dynamic", backend="numpy", max_context=128) as m:
+        prompts = _prompts(m.config.vocab_size, lens=(3, 8, 9, 17, 40))
+        kw = dict(max_new_tokens=14, temperature=0, ignore_eos=True)
+        assert m.generate_batch(prompts, **kw) == _alone(m, prompts, **kw)
+    # longrope (switch at 12 positions): prompts on both sides, decodes crossing it
+    with load_model(FIX / "phi3", backend="numpy") as m:
+        prompts = _prompts(m.config.vocab_size, lens=(5, 11, 12, 13, 30))
+        kw = dict(max_new_tokens=10, temperature=0, ignore_eos=True)
+        assert m.generate_batch(prompts, **kw) == _alone(m, prompts, **kw)
