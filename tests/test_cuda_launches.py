@@ -1,0 +1,79 @@
+"""The CUDA backend launches exactly the kernels it launched when the snapshot was taken, for a set
+of planned graphs (families, dtypes, decode/prefill/sampling, quantized weights, batched steps),
+recorded without a GPU (``tests/cuda_record.py``). A refactor of the lowering must keep the
+record; a change that means to alter launches regenerates the snapshot on purpose:
+``TINYGRAPH_UPDATE_LAUNCHES=1 python -m pytest tests/test_cuda_launches.py`` (then run the GPU
+suite: this test says the launches are the same, not that they are right)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cuda_record import record_launches
+from tinygraph.models import load_model
+from tinygraph.models.batch import BatchRunner
+from tinygraph.models.paged import KVPool
+
+FIX = Path(__file__).parent / "fixtures"
+SNAPSHOT = FIX / "cuda_launches.json"
+
+#: (fixture, dtype, quantize) -> graphs (T, want) recorded for it
+MODELS = [
+    ("llama", "float32", None), ("llama", "float16", None), ("llama", "float16", "q8_0"),
+    ("llama", "bfloat16", "q4_0"), ("gpt2", "float16", None), ("qwen3", "bfloat16", None),
+    ("mistral", "float16", None), ("gemma", "float16", None), ("gemma2", "float16", None),
+    ("phi", "float16", None), ("gpt_neox", "float16", None), ("olmo2", "float16", None),
+    ("granite", "float16", None), ("stablelm_parallel", "float16", None), ("phi3", "float16", None),
+]
+STEPS = [(1, "argmax"), (1, "sample"), (7, "logits"), (40, "hidden")]
+
+
+def _records() -> dict[str, list]:
+    out: dict[str, list] = {}
+    for fam, dtype, quant in MODELS:
+        with load_model(FIX / fam, backend="numpy", dtype=dtype, quantize=quant) as m:
+            key = f"{fam}/{dtype}/{quant or 'plain'}"
+            for T, want in STEPS:
+                g, _, _ = m.step_graph(T, want)
+                out[f"{key}/T{T}/{want}"] = record_launches(g, m.session._plan_for(g))
+            if fam in ("llama", "qwen3", "gemma2") and quant is None:
+                pool = KVPool(m, num_blocks=8, block_size=16)
+                runner = BatchRunner(m, pool, max_batch=4)
+                for B, T, S, want in ((4, 1, 64, "argmax"), (4, 1, 128, "sample"), (1, 16, 64, "argmax")):
+                    g, _ = runner.graph(B, T, S, want)
+                    out[f"{key}/batch{B}x{T}/S{S}/{want}"] = record_launches(g, m.session._plan_for(g))
+                pool.close()
+    return out
+
+
+def _digest(rec: list) -> str:
+    return hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@pytest.fixture(scope="module")
+def records() -> dict[str, list]:
+    return _records()
+
+
+def test_launches_match_the_snapshot(records):
+    if os.environ.get("TINYGRAPH_UPDATE_LAUNCHES"):
+        SNAPSHOT.write_text(json.dumps({k: {"digest": _digest(r), "kernels": [x[0] for x in r]}
+                                        for k, r in sorted(records.items())}, indent=0) + "\n")
+    snap = json.loads(SNAPSHOT.read_text())
+    assert sorted(snap) == sorted(records), "graphs recorded differ from the snapshot's"
+    for key, rec in records.items():
+        assert [x[0] for x in rec] == snap[key]["kernels"], f"{key}: kernels launched differ"
+        assert _digest(rec) == snap[key]["digest"], f"{key}: launch configurations or arguments differ"
+
+
+def test_every_node_launches_a_known_kernel(records):
+    from tinygraph.backends.cuda.kernels import KERNELS
+    names = {x[0] for rec in records.values() for x in rec}
+    unknown = [n for n in names if not any(n.startswith(b + "_") or n == b for b in KERNELS)
+               and not n.startswith(("attn_", "linear_q_", "dequant_", "rope_store_"))]
+    assert not unknown, unknown
+    assert all(rec for rec in records.values())
