@@ -24,19 +24,13 @@ from ...graph import ExecPlan, Graph
 from ...tensor import Tensor
 from .. import Backend
 from . import driver
-from . import quant_launch
-from .kernels import Arg, KernelLibrary, _arch_number, fa_shared_bytes
+from .kernels import Arg, KernelLibrary
+from .limits import ALIGN, COUNTER_BYTES, DECODE_ROWS, NeedScratch
+from .lower import LOWERINGS
 
-_ALIGN = 256
-#: keys per attention split block (4 warps x 32 keys: one tile per warp)
-ATTN_CHUNK = 128
-#: prefill attention on tensor cores (attn_fa) from this many queries on; fewer: attn_split/pipe,
-#: which also split long key ranges across blocks
-FLASH_MIN_QUERIES = 16
-_COUNTER_BYTES = 2048 * 4
-#: matrix products of at most this many rows run as GEMVs (decode), and graphs made only of
-#: such products launch their kernels with programmatic dependent launch
-DECODE_ROWS = 8
+_ALIGN = ALIGN
+_COUNTER_BYTES = COUNTER_BYTES
+_NeedScratch = NeedScratch
 #: runs of one graph before it is captured (the first run sizes scratch space and loads modules)
 CAPTURE_AFTER = int(os.environ.get("TINYGRAPH_CUDA_CAPTURE_AFTER", "1"))
 #: 0 disables CUDA-graph replay (every launch from Python)
@@ -452,314 +446,17 @@ class CudaBackend(Backend):
             self._dispatch(n, base)
 
     def _dispatch(self, n: Tensor, base: dict[int, int]) -> None:
-        lib, s, op, p = self.lib, self.stream, n.op, n.params
+        """Launch ``n``'s kernels: its entry in the lowering table (``lower.LOWERINGS``)."""
+        lower = LOWERINGS.get(n.op)
+        if lower is None:
+            raise BackendError(f"CUDA backend has no kernel for op {n.op!r} (node {n.describe()})")
         out = self._arg(n, base)
-        dt = n.dtype
-        src = n.srcs
         self.launches += 1
-        if op in ("cont", "cast", "cpy"):
-            lib.copy(out, self._arg(src[0], base), src[0].dtype.short, dt.short, stream=s)
-        elif op == "set_rows":
-            rows = self._contiguous_ids(src[1], base)
-            lib.set_rows(out, self._arg(src[0], base), rows, src[0].dtype.short, dt.short, stream=s)
-        elif op == "concat":
-            ax, off = p["axis"], 0
-            for part in src:
-                it = dt.itemsize
-                dst = Arg(out.ptr + off * n.strides[ax] * it, part.shape, n.strides)
-                lib.copy(dst, self._arg(part, base), part.dtype.short, dt.short, stream=s)
-                off += part.shape[ax]
-        elif op == "get_rows":
-            ids = self._contiguous_ids(src[1], base)
-            if src[0].dtype.is_quant:
-                w_ptr, ldw = self._quant_rows(src[0], base, n)
-                quant_launch.dequant(lib, src[0].dtype.name, dt.short, out, w_ptr, ldw, ids, stream=s)
-            else:
-                lib.getrows(dt.short, out, self._as(src[0], base, dt), ids, stream=s)
-        elif op == "matmul" and src[1].dtype.is_quant:
-            b = src[1]
-            if b.shape != b.storage.shape[::-1] or b.strides != (1, b.shape[0]) or b.offset:
-                raise BackendError(f"CUDA matmul with a {b.dtype.name} operand needs the transpose of the whole "
-                                   f"[N, K] weight: {n.describe()}")
-            self._linear_parts(n, out, base, src[0], src[1].storage, None, None, None, None, None, None, 0.0)
-        elif op == "matmul":
-            lib.matmul(dt.short, out, self._as(src[0], base, dt), self._as(src[1], base, dt), stream=s)
-        elif op in ("add", "mul"):
-            lib.binary(op, dt.short, out, self._as(src[0], base, dt), self._as(src[1], base, dt), stream=s)
-        elif op == "scale":
-            lib.scale(dt.short, out, self._as(src[0], base, dt), p["scale"], stream=s)
-        elif op == "softcap":
-            lib.softcap(dt.short, out, self._as(src[0], base, dt), p["cap"], stream=s)
-        elif op in ("gelu", "silu"):  # the exact GELU is elementwise.cu's gelu_erf
-            kernel = "gelu_erf" if p.get("approximate") == "none" else op
-            lib.unary(kernel, dt.short, out, self._as(src[0], base, dt), stream=s)
-        elif op == "softmax":
-            past_dev = self._contiguous_ids(src[1], base) if p["past_src"] else None
-            lib.softmax(dt.short, out, self._as(src[0], base, dt), p["scale"], p["causal"], p["past"],
-                        past_dev=past_dev, stream=s, window=p.get("window"))
-        elif op == "attention":
-            self._attention(n, out, base)
-        elif op == "attention_store":
-            self._attention_store(n, out, base)
-        elif op == "rope_store":
-            q, k, v, pos_t, kc, vc = src[:6]
-            ff = self._arg(src[6], base).ptr if p["has_ff"] else None
-            qa, ka, va = (self._as(t, base, dt) for t in (q, k, v))
-            kca, vca = self._arg(kc, base), self._arg(vc, base)
-            if kc.dtype != dt or vc.dtype != dt:
-                raise BackendError(f"rope_store on CUDA needs caches of dtype {dt.name}: {n.describe()}")
-            from .kernels import ROPE_NEOX, ROPE_NORMAL, elementwise_config, f32, i32, ptr
-            T_, H, hd = q.shape
-            grid, block = elementwise_config(T_ * (H + k.shape[1]) * hd // 2 + T_ * k.shape[1] * hd,
-                                             lib.sm_count)
-            driver.launch(lib.module("rope.cu").get_function(f"rope_store_{dt.short}"), grid, block,
-                          [out.addr, out.td, qa.addr, qa.td, ka.addr, ka.td, va.addr, va.td,
-                           ptr(self._contiguous_ids(pos_t, base)), kca.addr, kca.td, vca.addr, vca.td, ptr(ff),
-                           f32(p["theta"]), i32(ROPE_NEOX if p["mode"] == "neox" else ROPE_NORMAL)], stream=s,
-                          pdl=self._pdl())
-        elif op == "linear":
-            self._linear(n, out, base)
-        elif op == "rms_norm":
-            w = self._as(src[1], base, dt).ptr if p["has_w"] else None
-            lib.rms_norm(dt.short, out, self._as(src[0], base, dt), w, p["eps"], stream=s)
-        elif op == "layer_norm":
-            rest = list(src[1:])
-            w = self._as(rest.pop(0), base, dt).ptr if p["has_w"] else None
-            b = self._as(rest.pop(0), base, dt).ptr if p["has_b"] else None
-            lib.layer_norm(dt.short, out, self._as(src[0], base, dt), w, b, p["eps"], stream=s)
-        elif op == "rope":
-            pos = self._contiguous_ids(src[1], base)
-            ff = self._arg(src[2], base).ptr if p["has_ff"] else None
-            lib.rope(dt.short, out, self._as(src[0], base, dt), pos, p["theta"], p["mode"],
-                     freq_factors=ff, stream=s)
-        elif op == "argmax":
-            n_, rows = src[0].shape[-1], max(1, src[0].size // max(1, src[0].shape[-1]))
-            G = lib.argmax_splits(n_)
-            part = counters = None
-            if G > 1 and rows <= _COUNTER_BYTES // 4:  # long rows: G blocks each, partials in _work
-                need = _COUNTER_BYTES + rows * G * 8
-                if self._work is None or self._work.nbytes < need:
-                    raise _NeedScratch(need, "_work")
-                counters, part = self._work.ptr, self._work.ptr + _COUNTER_BYTES
-            lib.argmax(src[0].dtype.short, out, self._arg(src[0], base), stream=s, part=part, counters=counters)
-        elif op == "sample":
-            from .kernels import sample_workspace_bytes
-            rows, V = n.size, src[0].shape[-1]
-            ws = self._tmp((-(-sample_workspace_bytes(rows, V) // dt.itemsize),), dt)
-            lib.sample(src[0].dtype.short, out, self._arg(src[0], base), self._contiguous_ids(src[1], base),
-                       self._contiguous_ids(src[2], base), ws.ptr, stream=s)
-        else:
-            raise BackendError(f"CUDA backend has no kernel for op {op!r} (node {n.describe()})")
-
-    def _attention(self, n: Tensor, out: Arg, base: dict[int, int]) -> None:
-        """Fused attention: split the keys across blocks when few (batch, query) rows would
-        otherwise leave the GPU idle (flash-decoding), then merge the partial softmaxes."""
-        p, dt = n.params, n.dtype
-        q, kt, v = (self._as(t, base, dt) for t in n.srcs[:3])
-        past_dev = self._contiguous_ids(n.srcs[3], base) if p["past_src"] else None
-        if len(out.shape) > 4 or max(q.shape[-1], v.shape[-1]) > 256:
-            raise BackendError(f"attention kernel supports rank <= 4 and head sizes <= 256: {n.describe()}")
-        from .kernels import f32, i32, ptr
-        window = p.get("window") or 0  # 0: none (the kernels' convention)
-        args = [out.addr, out.td, q.addr, q.td, kt.addr, kt.td, v.addr, v.td, f32(p["scale"]),
-                i32(1 if p["causal"] else 0), i32(p["past"]), ptr(past_dev), i32(window)]
-        if self._flash_ok(out, q, kt, v, dt):
-            D = q.shape[-1]
-            f = self.lib.module("attention_tc.cu").get_function(f"attn_fa_{dt.short}_{D}")
-            smem = fa_shared_bytes(D)
-            self.lib._ensure_dynamic_smem(f, smem)
-            T = out.shape[-2]
-            driver.launch(f, (-(-T // 64), out.numel // (T * D), 1), 128, args, smem, stream=self.stream,
-                          pdl=self._pdl())
-            return
-        cfg = self._attn_splits(out, kt.shape[-1], q.shape[-1], window)
-        if cfg is None:
-            return
-        grid, chunk, part, counters, maxd = cfg
-        # a few queries (decode): the pipelined kernel; many (prefill): the register-lean one,
-        # whose occupancy matters more (f16 128-wide heads: 88 vs 176 registers)
-        kind = "pipe" if grid[0] <= 4 else "split"
-        driver.launch(self.lib.module("attention.cu").get_function(f"attn_{kind}_{dt.short}_{maxd}"), grid, 128,
-                      [ptr(part), ptr(counters)] + args + [i32(chunk)], stream=self.stream, pdl=self._pdl())
-
-    def _flash_ok(self, out: Arg, q: Arg, kt: Arg, v: Arg, dt) -> bool:
-        """Whether attn_fa (tensor cores, cuda_src/attention_tc.cu) can run this attention: f16 /
-        bf16 on sm_80+, heads of 64 or 128, at least FLASH_MIN_QUERIES queries, head elements
-        contiguous and every row / batch stride and base 16-byte aligned."""
-        D, T = q.shape[-1], out.shape[-2]
-        if (dt.short not in ("f16", "bf16") or _arch_number(self.lib.arch) < 80 or D not in (64, 128)
-                or v.shape[-1] != D or T < FLASH_MIN_QUERIES):
-            return False
-        for a, contiguous_axis in ((q, -1), (kt, -2), (v, -1)):
-            st = a.full_strides()
-            if st[contiguous_axis] != 1 or int(a.addr.value) % 16:
-                return False
-            if any(s % 8 for i, s in enumerate(st) if a.shape[i] != 1 and i != len(st) + contiguous_axis):
-                return False
-        return True
-
-    def _attention_store(self, n: Tensor, out: Arg, base: dict[int, int]) -> None:
-        """One decode step's q/k norm + RoPE + KV-cache write + attention: one kernel."""
-        p, dt = n.params, n.dtype
-        q, k, v, pos, kc, vc, *rest = n.srcs
-        if kc.dtype != dt or vc.dtype != dt or q.shape[-1] > 256:
-            raise BackendError(f"attention_store on CUDA needs caches of dtype {dt.name} and heads <= 256: "
-                               f"{n.describe()}")
-        qa, ka, va = (self._as(t, base, dt) for t in (q, k, v))
-        kca, vca = self._arg(kc, base), self._arg(vc, base)
-        fft = rest.pop(0) if p["has_ff"] else None
-        ff = self._arg(fft, base).ptr if fft is not None else 0
-        qn = self._as(rest.pop(0), base, dt).ptr if p["has_qn"] else 0
-        kn = self._as(rest.pop(0), base, dt).ptr if p["has_kn"] else 0
-        window = p.get("window") or 0
-        cfg = self._attn_splits(out, kc.shape[1], q.shape[-1], window)
-        if cfg is None:
-            return
-        grid, chunk, part, counters, maxd = cfg
-        from .kernels import ROPE_NEOX, ROPE_NORMAL, StoreArgs, f32, i32, ptr
-        mode = -1 if not p["rope"] else (ROPE_NEOX if p["mode"] == "neox" else ROPE_NORMAL)
-        # pos and the caches' old rows may be read before the kernel waits for its predecessor
-        # when nothing else in the graph writes them
-        early = all(t.storage.id not in self._written for t in (pos, kc, vc, fft) if t is not None)
-        sa = StoreArgs(ka.ptr, ka.td, va.ptr, va.td, kca.ptr, kca.td, vca.ptr, vca.td, ff, qn, kn,
-                       p["eps"], p["theta"], mode, int(p["q_norm"]), int(p["k_norm"]), int(early))
-        driver.launch(self.lib.module("attention.cu").get_function(f"attn_store_{dt.short}_{maxd}"), grid, 128,
-                      [ptr(part), ptr(counters), out.addr, out.td, qa.addr, qa.td, sa, f32(p["scale"]),
-                       ptr(self._contiguous_ids(pos, base)), i32(window), i32(chunk)], stream=self.stream,
-                      pdl=self._pdl())
+        lower(self, n, out, base)
 
     def _pdl(self) -> bool | None:
         """A direct launch's PDL choice: the kernel's own (None), unless the run turned it off."""
         return None if self.lib.pdl_active else False
-
-    def _attn_splits(self, out: Arg, S: int, D: int, window: int = 0):
-        """Launch shape of the attention kernels for output ``out`` [.., T, Dv] over S keys of D:
-        (grid, chunk, partials, counters, register size), or None for an empty output. With a
-        sliding window a row reads at most ``window`` keys: the splits cover that many (the
-        kernel starts them at each row's first visible key)."""
-        T, Dv = out.shape[-2], out.shape[-1]
-        rows = out.numel // max(Dv, 1) if Dv else 0
-        if rows == 0:
-            return None
-        batch = rows // T
-        if window > 0:
-            S = max(1, min(S, window))
-        nsplit = max(1, min(-(-S // ATTN_CHUNK), 4096 // rows))
-        chunk = -(-S // nsplit)
-        nsplit = -(-S // chunk)
-        part = counters = 0
-        if nsplit > 1:
-            # [counters: one int per row, shared by every graph and left at zero by the kernel]
-            # [partials]; rows <= 4096 / nsplit <= 2048 here
-            need = _COUNTER_BYTES + rows * nsplit * (Dv + 2) * 4
-            if self._work is None or self._work.nbytes < need:
-                raise _NeedScratch(need, "_work")
-            counters, part = self._work.ptr, self._work.ptr + _COUNTER_BYTES
-        maxd = next(m for m in (64, 128, 256) if max(D, Dv) <= m)
-        return (T, batch, nsplit), chunk, part, counters, maxd
-
-    _NORM = {None: 0, "rms": 1, "layer": 2}
-    _ACT = {None: 0, "gelu": 1, "silu": 2, "swiglu": 3}
-
-    def _quant_rows(self, t: Tensor, base: dict[int, int], n: Tensor) -> tuple[int, int]:
-        """(device address of the first row, bytes per row) of a view of whole rows of a
-        block-quantized [R, K] weight."""
-        st = t.storage
-        K = st.shape[1]
-        if t.offset % K or t.shape[-1] != K or t.strides[-1] != 1 or (t.ndim == 2 and t.shape[0] > 1
-                                                                     and t.strides[0] != K):
-            raise BackendError(f"CUDA backend reads {st.dtype.name} weights by whole rows: {n.describe()}")
-        ldw = st.dtype.nbytes(K)
-        return base[st.id] + t.offset // K * ldw, ldw
-
-    def _linear(self, n: Tensor, out: Arg, base: dict[int, int]) -> None:
-        p = n.params
-        x, w, *rest = n.srcs
-        bias, res, nw, nb = (rest.pop(0) if p[f"has_{k}"] else None for k in ("bias", "residual", "norm_w", "norm_b"))
-        self._linear_parts(n, out, base, x, w, bias, res, nw, nb, p["norm"], p["act"], p["eps"])
-
-    def _linear_parts(self, n: Tensor, out: Arg, base: dict[int, int], x: Tensor, w: Tensor, bias, res, nw, nb,
-                      norm, act, eps: float) -> None:
-        """``act(norm(x) @ w.T + bias) + residual``: one fused GEMV kernel for a few rows (decode),
-        else norm -> tensor-core matmul -> epilogue. A block-quantized ``w`` is read as its raw
-        blocks by the GEMV (linear_q.cu), or dequantized into scratch before the matmul."""
-        p = {"norm": norm, "act": act, "eps": eps}
-        dt, lib, s = n.dtype, self.lib, self.stream
-        xa = self._as(x, base, dt)
-        N, K = w.shape
-        rows = x.size // K
-        if w.dtype.is_quant:
-            wq, ldw = self._quant_rows(w, base, n)
-            # the GEMV stages the row in shared memory (~9 bytes per element of K): longer rows
-            # (K > ~25k on sm_90) take the dequantize + GEMM path
-            optin = int(getattr(self.device, "max_shared_per_block_optin", 227 * 1024))
-            fits = quant_launch.linear_q_shared_bytes(K) + 1024 <= optin
-            if rows <= DECODE_ROWS and fits:
-                ready = all(t.is_persistent and t.storage.id not in self._written
-                            for t in (w, bias, nw, nb) if t is not None)
-                quant_launch.linear_q(
-                    lib, w.dtype.name, dt.short, out, xa, wq, ldw, N, K,
-                    bias=self._as(bias, base, dt).ptr if bias is not None else None,
-                    res=self._as(res, base, dt) if res is not None else None, norm=self._NORM[norm],
-                    norm_w=self._as(nw, base, dt).ptr if nw is not None else None,
-                    norm_b=self._as(nb, base, dt).ptr if nb is not None else None, eps=eps, act=self._ACT[act],
-                    stream=s, weight_ready=ready)
-                return
-            wd = self._tmp((N, K), dt)  # prefill: the whole weight dequantized, then the GEMM
-            quant_launch.dequant(lib, w.dtype.name, dt.short, wd, wq, ldw, None, stream=s)
-            wp = wd.ptr
-        else:
-            wp = self._as(w, base, dt).ptr
-
-        def ptr_of(t: Tensor | None) -> int | None:
-            return self._as(t, base, dt).ptr if t is not None else None
-        ra = self._as(res, base, dt) if res is not None else None
-        fused = self._has("linear_gemv", dt.short)
-        if fused and rows <= DECODE_ROWS and not w.dtype.is_quant:  # few rows (decode): one fused GEMV
-            # the weights (matrix, bias, norm) may be read before the kernel waits for its
-            # predecessor when they are model weights nothing in the graph writes
-            ready = w.dtype == dt and all(t.is_persistent and t.storage.id not in self._written
-                                          for t in (w, bias, nw, nb) if t is not None)
-            lib.linear(dt.short, out, xa, wp, K, N, K, bias=ptr_of(bias), res=ra, norm=self._NORM[p["norm"]],
-                       norm_w=ptr_of(nw), norm_b=ptr_of(nb), eps=p["eps"], act=self._ACT[p["act"]], stream=s,
-                       weight_ready=ready)
-            return
-        h = xa
-        if p["norm"] is not None:
-            h = self._tmp(x.shape, dt)
-            if p["norm"] == "rms":
-                lib.rms_norm(dt.short, h, xa, ptr_of(nw), p["eps"], stream=s)
-            else:
-                lib.layer_norm(dt.short, h, xa, ptr_of(nw), ptr_of(nb), p["eps"], stream=s)
-        plain = bias is None and res is None and p["act"] is None
-        z = out if plain else self._tmp(x.shape[:-1] + (N,), dt)
-        lib.matmul(dt.short, z, h, Arg(wp, (K, N), (1, K)), stream=s)
-        if plain:
-            return
-        if fused:
-            lib.linear_epilogue(dt.short, out, z, bias=ptr_of(bias), res=ra, act=self._ACT[p["act"]], stream=s)
-            return
-        if bias is not None:
-            lib.binary("add", dt.short, z, z, Arg(ptr_of(bias), (N,)), stream=s)
-        a = z
-        if p["act"] in ("gelu", "silu"):
-            lib.unary(p["act"], dt.short, z, z, stream=s)
-        elif p["act"] == "swiglu":
-            half, it = N // 2, dt.itemsize
-            gate = Arg(z.ptr, x.shape[:-1] + (half,), z.full_strides())
-            up = Arg(z.ptr + half * it, gate.shape, gate.strides)
-            lib.unary("silu", dt.short, gate, gate, stream=s)
-            a = self._tmp(gate.shape, dt) if res is not None else out
-            lib.binary("mul", dt.short, a, gate, up, stream=s)
-        if res is not None:
-            lib.binary("add", dt.short, out, a, ra, stream=s)
-        elif a is not out:
-            lib.copy(out, a, dt.short, dt.short, stream=s)
-
-    def _has(self, base_name: str, sfx: str) -> bool:
-        """Whether the kernel library offers ``base_name`` for dtype ``sfx``."""
-        from .kernels import KERNELS
-        return base_name in KERNELS and (sfx,) in KERNELS[base_name].dtypes
 
     def _contiguous_ids(self, t: Tensor, base: dict[int, int]) -> int:
         if not t.is_contiguous:
@@ -794,9 +491,3 @@ def _unpack(buf: np.ndarray, at: int, spans: list) -> list[np.ndarray]:
         outs.append(np.array(np.lib.stride_tricks.as_strided(raw, o.shape, tuple(st * it for st in o.strides))))
         at += _aligned(nb)
     return outs
-
-
-class _NeedScratch(Exception):
-    def __init__(self, nbytes: int, attr: str) -> None:
-        self.nbytes = nbytes
-        self.attr = attr

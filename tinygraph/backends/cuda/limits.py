@@ -1,0 +1,25 @@
+"""Sizes and thresholds the CUDA backend and its lowerings share (each written once here)."""
+from __future__ import annotations
+
+#: device allocations and staged inputs are aligned to this many bytes
+ALIGN = 256
+#: keys per attention split block (4 warps x 32 keys: one tile per warp)
+ATTN_CHUNK = 128
+#: prefill attention on tensor cores (attn_fa) from this many queries on; fewer: attn_split/pipe,
+#: which also split long key ranges across blocks
+FLASH_MIN_QUERIES = 16
+#: bytes of split counters at the start of the work buffer (one int per row, left at zero by the
+#: kernels that use them: attention splits, argmax partials)
+COUNTER_BYTES = 2048 * 4
+#: matrix products of at most this many rows run as GEMVs (decode), and graphs made only of
+#: such products launch their kernels with programmatic dependent launch
+DECODE_ROWS = 8
+
+
+class NeedScratch(Exception):
+    """A lowering needs ``nbytes`` of the backend's buffer ``attr`` ("_scratch" or "_work"): the
+    backend grows it and runs the node again."""
+
+    def __init__(self, nbytes: int, attr: str) -> None:
+        super().__init__(nbytes, attr)
+        self.nbytes, self.attr = nbytes, attr

@@ -1,0 +1,133 @@
+"""CUDA lowerings of the matrix products (kernels: cuda_src/linear.cu, linear_q.cu, matmul.cu):
+``linear`` (norm -> x @ w.T + bias -> activation -> + residual, fused for decode rows) and
+``matmul`` (plain, or with a block-quantized weight read as its raw blocks)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...errors import BackendError
+from ...tensor import Tensor
+from . import quant_launch
+from .kernels import Arg
+from .limits import DECODE_ROWS
+
+if TYPE_CHECKING:
+    from .backend import CudaBackend
+
+
+def matmul(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> None:
+    """``a @ b``: the tensor-core / GEMV matmul kernels; a block-quantized ``b`` (the transpose
+    of a whole [N, K] weight) goes through the linear path."""
+    a, b = n.srcs
+    if b.dtype.is_quant:
+        if b.shape != b.storage.shape[::-1] or b.strides != (1, b.shape[0]) or b.offset:
+            raise BackendError(f"CUDA matmul with a {b.dtype.name} operand needs the transpose of the whole "
+                               f"[N, K] weight: {n.describe()}")
+        linear_parts(be, n, out, base, a, b.storage, None, None, None, None, None, None, 0.0)
+        return
+    dt = n.dtype
+    be.lib.matmul(dt.short, out, be._as(a, base, dt), be._as(b, base, dt), stream=be.stream)
+
+
+def quant_rows(be: "CudaBackend", t: Tensor, base: dict[int, int], n: Tensor) -> tuple[int, int]:
+    """(device address of the first row, bytes per row) of a view of whole rows of a
+    block-quantized [R, K] weight."""
+    st = t.storage
+    K = st.shape[1]
+    if t.offset % K or t.shape[-1] != K or t.strides[-1] != 1 or (t.ndim == 2 and t.shape[0] > 1
+                                                                 and t.strides[0] != K):
+        raise BackendError(f"CUDA backend reads {st.dtype.name} weights by whole rows: {n.describe()}")
+    ldw = st.dtype.nbytes(K)
+    return base[st.id] + t.offset // K * ldw, ldw
+
+
+def linear(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> None:
+    p = n.params
+    x, w, *rest = n.srcs
+    bias, res, nw, nb = (rest.pop(0) if p[f"has_{k}"] else None for k in ("bias", "residual", "norm_w", "norm_b"))
+    linear_parts(be, n, out, base, x, w, bias, res, nw, nb, p["norm"], p["act"], p["eps"])
+
+
+def linear_parts(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int], x: Tensor, w: Tensor, bias, res,
+                 nw, nb, norm, act, eps: float) -> None:
+    """``act(norm(x) @ w.T + bias) + residual``: one fused GEMV kernel for a few rows (decode),
+    else norm -> tensor-core matmul -> epilogue. A block-quantized ``w`` is read as its raw
+    blocks by the GEMV (linear_q.cu), or dequantized into scratch before the matmul."""
+    p = {"norm": norm, "act": act, "eps": eps}
+    dt, lib, s = n.dtype, be.lib, be.stream
+    xa = be._as(x, base, dt)
+    N, K = w.shape
+    rows = x.size // K
+    if w.dtype.is_quant:
+        wq, ldw = quant_rows(be, w, base, n)
+        # the GEMV stages the row in shared memory (~9 bytes per element of K): longer rows
+        # (K > ~25k on sm_90) take the dequantize + GEMM path
+        optin = int(getattr(be.device, "max_shared_per_block_optin", 227 * 1024))
+        fits = quant_launch.linear_q_shared_bytes(K) + 1024 <= optin
+        if rows <= DECODE_ROWS and fits:
+            ready = all(t.is_persistent and t.storage.id not in be._written
+                        for t in (w, bias, nw, nb) if t is not None)
+            quant_launch.linear_q(
+                lib, w.dtype.name, dt.short, out, xa, wq, ldw, N, K,
+                bias=be._as(bias, base, dt).ptr if bias is not None else None,
+                res=be._as(res, base, dt) if res is not None else None, norm=norm,
+                norm_w=be._as(nw, base, dt).ptr if nw is not None else None,
+                norm_b=be._as(nb, base, dt).ptr if nb is not None else None, eps=eps, act=act,
+                stream=s, weight_ready=ready)
+            return
+        wd = be._tmp((N, K), dt)  # prefill: the whole weight dequantized, then the GEMM
+        quant_launch.dequant(lib, w.dtype.name, dt.short, wd, wq, ldw, None, stream=s)
+        wp = wd.ptr
+    else:
+        wp = be._as(w, base, dt).ptr
+
+    def ptr_of(t: Tensor | None) -> int | None:
+        return be._as(t, base, dt).ptr if t is not None else None
+    ra = be._as(res, base, dt) if res is not None else None
+    fused = has_kernel("linear_gemv", dt.short)
+    if fused and rows <= DECODE_ROWS and not w.dtype.is_quant:  # few rows (decode): one fused GEMV
+        # the weights (matrix, bias, norm) may be read before the kernel waits for its
+        # predecessor when they are model weights nothing in the graph writes
+        ready = w.dtype == dt and all(t.is_persistent and t.storage.id not in be._written
+                                      for t in (w, bias, nw, nb) if t is not None)
+        lib.linear(dt.short, out, xa, wp, K, N, K, bias=ptr_of(bias), res=ra, norm=p["norm"],
+                   norm_w=ptr_of(nw), norm_b=ptr_of(nb), eps=p["eps"], act=p["act"], stream=s,
+                   weight_ready=ready)
+        return
+    h = xa
+    if p["norm"] is not None:
+        h = be._tmp(x.shape, dt)
+        if p["norm"] == "rms":
+            lib.rms_norm(dt.short, h, xa, ptr_of(nw), p["eps"], stream=s)
+        else:
+            lib.layer_norm(dt.short, h, xa, ptr_of(nw), ptr_of(nb), p["eps"], stream=s)
+    plain = bias is None and res is None and p["act"] is None
+    z = out if plain else be._tmp(x.shape[:-1] + (N,), dt)
+    lib.matmul(dt.short, z, h, Arg(wp, (K, N), (1, K)), stream=s)
+    if plain:
+        return
+    if fused:
+        lib.linear_epilogue(dt.short, out, z, bias=ptr_of(bias), res=ra, act=p["act"], stream=s)
+        return
+    if bias is not None:
+        lib.binary("add", dt.short, z, z, Arg(ptr_of(bias), (N,)), stream=s)
+    a = z
+    if p["act"] in ("gelu", "silu"):
+        lib.unary(p["act"], dt.short, z, z, stream=s)
+    elif p["act"] == "swiglu":
+        half, it = N // 2, dt.itemsize
+        gate = Arg(z.ptr, x.shape[:-1] + (half,), z.full_strides())
+        up = Arg(z.ptr + half * it, gate.shape, gate.strides)
+        lib.unary("silu", dt.short, gate, gate, stream=s)
+        a = be._tmp(gate.shape, dt) if res is not None else out
+        lib.binary("mul", dt.short, a, gate, up, stream=s)
+    if res is not None:
+        lib.binary("add", dt.short, out, a, ra, stream=s)
+    elif a is not out:
+        lib.copy(out, a, dt.short, dt.short, stream=s)
+
+
+def has_kernel(base_name: str, sfx: str) -> bool:
+    """Whether the kernel library offers ``base_name`` for dtype ``sfx``."""
+    from .kernels import KERNELS
+    return base_name in KERNELS and (sfx,) in KERNELS[base_name].dtypes
