@@ -209,18 +209,6 @@ def _nvrtc():
     return nvrtc
 
 
-def _nvrtc_check(res, what: str):
-    nvrtc = _nvrtc()
-    err = res[0]
-    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        try:
-            name = nvrtc.nvrtcGetErrorString(err)[1].decode()
-        except Exception:
-            name = str(err)
-        raise CompileError(f"{what}: {name}")
-    return res[1] if len(res) == 2 else res[1:]
-
-
 _version_cache: tuple[int, int] | None = None
 
 
