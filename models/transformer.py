@@ -28,6 +28,7 @@ from tinygraph.passes import optimize
 from tinygraph.session import SessionClosedError
 
 from .layers import Layers
+from .moe import MoE
 
 #: step graphs kept per model (decode + a few prompt lengths)
 MAX_CACHED_GRAPHS = 6
@@ -79,7 +80,7 @@ class HostArray:
         return self.array.shape
 
 
-class Transformer(Layers):
+class Transformer(Layers, MoE):
     """A decoder-only language model as tinygraph graphs.
 
     ``dtype``: storage and compute dtype of weights, activations and KV cache ("float32",
@@ -207,6 +208,7 @@ class Transformer(Layers):
                         packed.update(pn)
                         decl(name, (sum(sh[0] for sh in shapes),) + shapes[0][1:],
                              types.pop() if kind == "weight" else dt)
+        packed |= self._declare_moe(ckpt, decl)  # experts packed per layer, router, one-hot tables
         for n in sorted(names - packed):
             decl(n, tuple(ckpt.shape(n)), self._weight_dtype(ckpt, n, tuple(ckpt.shape(n))))
         hd, nkv = cfg.head_dim, cfg.num_kv_heads
@@ -232,6 +234,8 @@ class Transformer(Layers):
                 parts = self._packs[name]
                 get = ckpt.tensor_raw if raw(parts, t) else ckpt.tensor
                 s.upload(t, np.concatenate([get(p) for p in parts], axis=0))
+            elif name in self._moe_arrays:
+                s.upload(t, self._moe_arrays[name]())
             elif name in self._rope_consts:
                 s.upload(t, self._rope_consts[name])
             else:

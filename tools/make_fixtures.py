@@ -64,6 +64,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixture_families import BREADTH, SEEDS as BREADTH_SEEDS, argmax_references, make_breadth_config  # noqa: E402
+from fixture_moe import MOE, SEEDS as MOE_SEEDS, all_experts_hit, expert_hits, make_moe_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -92,6 +93,7 @@ SEEDS = {
     "stablelm": 1010,
     "stablelm_parallel": 1011,
     **BREADTH_SEEDS,  # tools/fixture_families.py
+    **MOE_SEEDS,  # tools/fixture_moe.py
 }
 # Families written later (with --family): (config class, settings over 4 heads, 2 KV heads, untied,
 # theta 1e4); narrow MLPs keep each under 300 KB.
@@ -163,6 +165,8 @@ def make_config(name: str):
         )
     if name in BREADTH:
         return make_breadth_config(name, HIDDEN, LAYERS, VOCAB, MAX_POS)
+    if name in MOE:
+        return make_moe_config(name, HIDDEN, VOCAB, MAX_POS)
     if name in LATER:
         cls, kw = LATER[name]
         if cls == "StableLmConfig":  # LayerNorm: its eps has the other name
@@ -249,7 +253,7 @@ def compute_reference(name: str, seed: int):
 
     with torch.no_grad():
         full = model(input_ids=ids_t, use_cache=False).logits.float().numpy().astype(np.float32)
-    if name in BREADTH:  # plain argmax loops, with and without HF's KV cache (fixture_families.py)
+    if name in BREADTH or name in MOE:  # plain argmax loops, with and without HF's KV cache (fixture_families.py)
         greedy, dec_logits, cached, min_margin = argmax_references(model, input_ids, N_NEW)
         return model, input_ids, full, (greedy, cached), dec_logits, min_margin
 
@@ -290,7 +294,9 @@ def write_family(name: str, log) -> dict:
     for k in range(MAX_SEED_TRIES):
         seed = SEEDS[name] + 1000 * k
         model, input_ids, full, greedy, dec_logits, min_margin = compute_reference(name, seed)
-        if min_margin >= MIN_MARGIN:
+        # MoE: every expert of every MoE layer must be chosen somewhere in the greedy sequence
+        hits = expert_hits(model, greedy[0]) if name in MOE else None
+        if min_margin >= MIN_MARGIN and (hits is None or all_experts_hit(model, hits)):
             break
     else:
         raise RuntimeError(f"{name}: no seed with top-1 margin >= {MIN_MARGIN}")
@@ -312,6 +318,8 @@ def write_family(name: str, log) -> dict:
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
     extra = {"greedy_cached": cached} if not np.array_equal(cached, greedy) else {}
+    if hits is not None:
+        extra["expert_hits"] = hits
     np.savez(
         out_dir / "reference.npz",
         input_ids=input_ids, logits=full, greedy=greedy, decode_logits=dec_logits, **extra,

@@ -24,6 +24,7 @@ import numpy as np
 from .config import TransformerConfig, load_hf_config
 from .errors import LoadError, UnsupportedModelError
 from .files import check_directory, check_regular_file, optional_file, read_bytes, read_text
+from .moe import check_expert_names
 from .rope_scaling import RopeScaling, rope_scaling
 from .safetensors import INDEX_SUFFIX, SafeTensorsFile
 from .spec import (
@@ -314,6 +315,7 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
     if upgrade:
         spec = dataclasses.replace(spec, **upgrade)
     if unused:
+        check_expert_names(p, cfg.model_type, unused)  # fused 3-D experts: refused, not ignored
         warnings.warn(f"{p}: {len(unused)} tensors not used by {spec.name}: {unused[:5]}", stacklevel=3)
 
     shapes = _validate(p, spec, cfg, plan, lambda n: _st_shape(p, st, plan[n], cfg))
