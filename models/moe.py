@@ -17,9 +17,13 @@ Packed weights (per MoE layer ``i``, ``P = layers.{i}.moe``):
 - ``P.gate_up.weight`` [2 E I, hidden]: every expert's gate rows (expert-major), then every up
   row, so one matmul gives ``[T, 2 E I]`` and ``silu(gate half) * up half`` is the SwiGLU the
   fusion pass folds into one ``linear`` (as a dense gated MLP's).
-- ``P.down.weight`` [hidden, E I]: the experts' down matrices side by side, so the weighted
-  activations ``[T, E I]`` (expert ``e``'s block scaled by its routing weight) go through one
-  matmul: ``sum_e down_e(w_e * h_e) = sum_e w_e * down_e(h_e)``, HF's sum.
+- ``P.down.{g}.weight`` [hidden, n I]: the down matrices of experts ``g .. g+n-1`` side by side,
+  so the weighted activations (expert ``e``'s block of ``[T, E I]`` scaled by its routing
+  weight) go through one matmul per group, summed: ``sum_e down_e(w_e * h_e) = sum_e w_e *
+  down_e(h_e)``, HF's sum. Groups keep ``n I <= MAX_DOWN_K`` (at least one expert each): the
+  CUDA decode ``linear`` stages a whole row of its input in shared memory (4 bytes per element
+  of K, at most ~227 KB), so one matrix over all experts (Mixtral 8x7B: K = 114688) would not
+  launch; 16384 is about a dense model's largest down projection.
 - ``P.router.weight`` [E, hidden] stays in the model dtype under ``quantize=`` (routing decisions
   are sensitive to it; llama.cpp also leaves ``ffn_gate_inp`` unquantized).
 - Qwen2-MoE: ``P.shared.gate_up.weight`` [2 Is, hidden], ``P.shared.down.weight`` and
@@ -41,6 +45,8 @@ from tinygraph.io import Checkpoint
 #: exactly 0 and argmax never picks it again, yet finite in the model dtype (no -inf, so no
 #: ``-inf * 0 = NaN`` anywhere)
 MASK_OFFSET = {"float16": 3.0e4, "bfloat16": 1.0e30, "float32": 1.0e30}
+#: most columns (K) of one packed down matrix (see the module docstring)
+MAX_DOWN_K = 16384
 
 
 class MoE:
@@ -71,11 +77,13 @@ class MoE:
             used.update(parts)
 
         E, h = moe.num_experts, self.config.hidden_size
+        self._moe_group = max(1, MAX_DOWN_K // moe.expert_size)  # experts per down matrix
         for i in (i for i, s in enumerate(moe.sparse) if s):
             P = f"layers.{i}.moe"
             ex = [f"{P}.experts.{e}" for e in range(E)]
             pack(f"{P}.gate_up.weight", [f"{x}.gate.weight" for x in ex] + [f"{x}.up.weight" for x in ex], 0)
-            pack(f"{P}.down.weight", [f"{x}.down.weight" for x in ex], 1)
+            for g in range(0, E, self._moe_group):
+                pack(f"{P}.down.{g}.weight", [f"{x}.down.weight" for x in ex[g:g + self._moe_group]], 1)
             r = f"{P}.router.weight"
             const(r, lambda r=r: ckpt.tensor(r), (E, h), (r,))
             if moe.shared_size is not None:
@@ -106,7 +114,12 @@ class MoE:
         h = tg.mul(self._act(gate, P), up, name=f"{P}.gated")                          # [T, E I]
         # expert e's activations times its routing weight: [T, E, I] * [T, E, 1]
         h = tg.mul(tg.reshape(h, (T, E, I)), tg.reshape(w, (T, E, 1)), name=f"{P}.weighted")
-        y = tg.matmul(tg.reshape(h, (T, E * I)), self.WT[f"{P}.down.weight"], name=f"{P}.down")   # [T, hidden]
+        h = tg.reshape(h, (T, E * I))
+        y, n = None, self._moe_group
+        for g in range(0, E, n):  # one matmul per group of experts (MAX_DOWN_K), summed
+            part = h if n >= E else tg.view(h, (T, min(n, E - g) * I), (E * I, 1), g * I, name=f"{P}.weighted{g}")
+            d = tg.matmul(part, self.WT[f"{P}.down.{g}.weight"], name=f"{P}.down{g}")        # [T, hidden]
+            y = d if y is None else tg.add(y, d, name=f"{P}.down_to{g}")
         if moe.shared_size is not None:
             y = tg.add(y, self._shared_expert(x, P), name=f"{P}.with_shared")
         return y

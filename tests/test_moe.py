@@ -111,6 +111,22 @@ def test_unfused_graph_gives_the_same_logits(fam):
     assert rel_err(logits, ref["logits"][0]) < 1e-4
 
 
+@pytest.mark.parametrize("fam", ["qwen3_moe", "qwen2_moe"])
+def test_down_projection_in_groups_of_experts(fam, backend, monkeypatch):
+    """Experts whose down matrices together are wider than MAX_DOWN_K go through several packed
+    matrices (3 + 3 + 2 experts here), summed: same logits and greedy ids."""
+    import tinygraph.models.moe as moe_mod
+    monkeypatch.setattr(moe_mod, "MAX_DOWN_K", 3 * 16 + 5)
+    ref = _ref(fam)
+    with load_model(FIX / fam, backend=backend) as m:
+        assert [n for n in m.W if n.startswith("layers.0.moe.down.")] == [f"layers.0.moe.down.{g}.weight"
+                                                                          for g in (0, 3, 6)]
+        assert m.W["layers.0.moe.down.6.weight"].shape == (64, 32)
+        logits = m.get_logits(m(ref["input_ids"][0])[0]).to_numpy()
+        assert m.generate(ref["input_ids"][0], max_new_tokens=8, temperature=0) == list(ref["greedy"][0])
+    assert rel_err(logits, ref["logits"][0]) < 1e-4
+
+
 # ----------------------------------------------------------------------------------- routing
 def _numpy_routing(logits: np.ndarray, k: int, norm: bool) -> np.ndarray:
     """Routing weights [T, E]: top-k by a stable sort (ties: lowest index), softmax over the
@@ -213,7 +229,7 @@ def test_experts_packed_at_load():
     st = load_file(str(FIX / "qwen2_moe" / "model.safetensors"))
     with load_model(FIX / "qwen2_moe", backend="numpy") as m:
         gu = m.session.download(m.W["layers.1.moe.gate_up.weight"])
-        down = m.session.download(m.W["layers.1.moe.down.weight"])
+        down = m.session.download(m.W["layers.1.moe.down.0.weight"])
         pair = m.session.download(m.W["layers.1.moe.shared_gate_pair.weight"])
         assert "layers.1.moe.experts.0.gate.weight" not in m.W
     E, I = 8, 16
@@ -249,6 +265,18 @@ def test_fused_3d_experts_are_refused(tmp_path):
         load_checkpoint(d)
 
 
+def test_surplus_experts_are_refused(tmp_path):
+    d, st = _copy(tmp_path, "qwen3_moe")
+    (d / "config.json").write_text(json.dumps(_cfg("qwen3_moe", num_local_experts=7)))
+    with pytest.raises(LoadError, match="expert 7 .* config says 7 experts"):
+        load_checkpoint(d)
+    (d / "config.json").write_text(json.dumps(_cfg("qwen3_moe", mlp_only_layers=[0, 1])))
+    st.update({k.replace("layers.1.", "layers.0."): v for k, v in st.items() if k.startswith("model.layers.1.mlp.")})
+    _save(d, st)
+    with pytest.raises(LoadError, match="layer 0 a dense MLP"):
+        load_checkpoint(d)
+
+
 def test_moe_gguf_is_refused(tmp_path):
     gguf = pytest.importorskip("gguf")
     w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), arch="llama")
@@ -267,6 +295,6 @@ def test_quantize_keeps_the_router_in_the_model_dtype():
     with load_model(FIX / "qwen3_moe", backend="numpy", quantize="q8_0") as m:
         assert m.W["layers.0.moe.router.weight"].dtype == tg.float32
         assert m.W["layers.0.moe.gate_up.weight"].dtype == tg.q8_0
-        assert m.W["layers.0.moe.down.weight"].dtype == tg.q8_0
+        assert m.W["layers.0.moe.down.0.weight"].dtype == tg.q8_0
         logits = m.get_logits(m(ref["input_ids"][0])[0]).to_numpy()
     assert rel_err(logits, ref["logits"][0]) < 3e-2

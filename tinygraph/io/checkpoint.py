@@ -314,8 +314,8 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
     upgrade: dict[str, Any] = {k: True for k, v in flags.items() if v and not getattr(spec, k)}
     if upgrade:
         spec = dataclasses.replace(spec, **upgrade)
+    check_expert_names(p, cfg, unused, list(plan))  # fused 3-D or surplus experts: refused, not ignored
     if unused:
-        check_expert_names(p, cfg.model_type, unused)  # fused 3-D experts: refused, not ignored
         warnings.warn(f"{p}: {len(unused)} tensors not used by {spec.name}: {unused[:5]}", stacklevel=3)
 
     shapes = _validate(p, spec, cfg, plan, lambda n: _st_shape(p, st, plan[n], cfg))

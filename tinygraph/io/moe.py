@@ -136,15 +136,28 @@ def moe_shape(base: str, cfg: TransformerConfig) -> tuple[int, ...] | None:
     return (h, size) if hit.group(3) == "down" else (size, h)
 
 
-def check_expert_names(where: object, model_type: str, unused: list[str]) -> None:
+def check_expert_names(where: object, cfg: TransformerConfig, unused: list[str], canonical: list[str]) -> None:
     """Refuse checkpoints whose experts are stored fused as 3-D tensors (transformers' in-memory
     ``experts.gate_up_proj`` [E, 2I, hidden] / ``experts.down_proj``; its ``save_pretrained``
-    writes one tensor per expert and matrix, which is what tinygraph reads)."""
+    writes one tensor per expert and matrix, which is what tinygraph reads), and MoE tensors
+    the config has no place for (an expert index >= num_experts, a layer the config makes dense):
+    dropping them silently would run another model than the file's."""
     fused = [n for n in unused if re.search(r"experts\.(gate_up_proj|down_proj|gate_proj|up_proj)$", n)]
     if fused:
         raise UnsupportedModelError(
-            f"{where}: {model_type}: experts stored fused as 3-D tensors ({fused[0]!r}) are not supported; "
+            f"{where}: {cfg.model_type}: experts stored fused as 3-D tensors ({fused[0]!r}) are not supported; "
             "save the model with transformers' save_pretrained (one tensor per expert and matrix)")
+    for n in canonical:
+        hit = re.match(r"layers\.(\d+)\.moe\.(?:experts\.(\d+)\.)?", n)
+        if hit is None or int(hit.group(1)) >= cfg.num_layers:
+            continue  # (extra layers are reported by the loader)
+        m = cfg.moe
+        if m is None or not m.sparse[int(hit.group(1))]:
+            raise LoadError(f"{where}: {cfg.model_type}: the weights hold MoE tensor {n!r} but the config makes "
+                            f"layer {hit.group(1)} a dense MLP (num_experts, mlp_only_layers, decoder_sparse_step)")
+        if hit.group(2) is not None and int(hit.group(2)) >= m.num_experts:
+            raise LoadError(f"{where}: {cfg.model_type}: the weights hold expert {hit.group(2)} ({n!r}) but the "
+                            f"config says {m.num_experts} experts")
 
 
 __all__ = ["MoEConfig", "MOE_DEFAULTS", "moe_config", "moe_names", "moe_shape", "check_expert_names"]
