@@ -3,7 +3,8 @@
 The spec says what differs between GPT-2, LLaMA/Mistral/SmolLM2, Qwen2, Qwen3, Gemma, Granite and
 OLMo 2 (norm type, activation, gated MLP, learned positions vs RoPE, biases, QK-norm per head or
 over the whole projection, pre- and/or post-norms, scaled embeddings, tied embeddings; Granite's
-multipliers are config values); this module
+multipliers and the MoE block of Mixtral / Qwen2-MoE / Qwen3-MoE (``models/moe.py``) are config
+values); this module
 turns spec + config + weights into graphs. Weights are persistent buffers uploaded once; each
 layer's KV cache is a persistent buffer ``[kv_heads, max_context, head_dim]``.
 

@@ -30,7 +30,8 @@ What it writes (everything deterministic: fixed seeds, float32, CPU, eager atten
                                            prompt position after prefill, row k the logits after
                                            feeding generated token k-1 (argmax(row k) = greedy[0, T+k])
   for <name> in gpt2, gpt2_prefixed, llama, mistral, qwen2, qwen3, llama3, gemma, granite, olmo2,
-  stablelm, stablelm_parallel
+  stablelm, stablelm_parallel, the breadth families (tools/fixture_families.py) and the MoE families
+  (tools/fixture_moe.py: reference.npz also holds expert_hits)
   (--family NAME writes only that family, repeatable, and merges its MANIFEST entry).
     gpt2/            tensor names WITHOUT "transformer." (hub GPT-2 form), no lm_head (tied to wte)
     gpt2_prefixed/   the same weights, names WITH "transformer." (what save_pretrained writes)
