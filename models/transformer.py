@@ -235,8 +235,8 @@ class Transformer(Layers, MoE):
                 parts = self._packs[name]
                 get = ckpt.tensor_raw if raw(parts, t) else ckpt.tensor
                 s.upload(t, np.concatenate([get(p) for p in parts], axis=0))
-            elif name in self._moe_arrays:
-                s.upload(t, self._moe_arrays[name]())
+            elif name in self._moe_arrays:  # made once (packed experts): drop the maker, it holds ckpt
+                s.upload(t, self._moe_arrays.pop(name)())
             elif name in self._rope_consts:
                 s.upload(t, self._rope_consts[name])
             else:
