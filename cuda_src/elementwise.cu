@@ -10,6 +10,7 @@
 //   gelu_T     (T* out, TD od, const T* x, TD xd)   tanh form 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3)))
 //   gelu_erf_T (T* out, TD od, const T* x, TD xd)   exact form 0.5x(1+erf(x/sqrt(2)))
 //   silu_T     (T* out, TD od, const T* x, TD xd)   x / (1 + exp(-x))
+//   softcap_T  (T* out, TD od, const T* x, TD xd, float c)   c * tanh(x / c)  (c > 0; Gemma 2)
 //   cpy_S_D    (D* dst, TD dd, const S* src, TD sd)  S, D in {f32, f16, bf16}; also cpy_i32_i32.
 //       Copies numel elements: the i-th element of src in row-major order over sd's shape goes to
 //       the i-th element of dst in row-major order over dd's shape (shapes may differ, as in a
@@ -68,6 +69,11 @@ template <typename T, typename Op> struct UnaryApply {
 };
 template <typename T> struct UnaryApply<T, OpScale> {
     static __device__ __forceinline__ float f(float x, float s) { return x * s; }
+};
+// Tanh soft-capping: the multiplier is the cap.
+struct OpSoftcap {};
+template <typename T> struct UnaryApply<T, OpSoftcap> {
+    static __device__ __forceinline__ float f(float x, float c) { return c * tanhf(x / c); }
 };
 
 template <typename T, typename Op, typename I>
@@ -131,6 +137,14 @@ TG_ALL_TYPES(TG_UNARY, silu, OpSilu)
 TG_SCALE(float, f32)
 TG_SCALE(__half, f16)
 TG_SCALE(__nv_bfloat16, bf16)
+
+#define TG_SOFTCAP(T, sfx)                                                                     \
+    extern "C" __global__ void softcap_##sfx(T* out, TD od, const T* x, TD xd, float c) { tg_pdl_enter(); \
+        unary_kernel<T, OpSoftcap>(out, od, x, xd, c);                                         \
+    }
+TG_SOFTCAP(float, f32)
+TG_SOFTCAP(__half, f16)
+TG_SOFTCAP(__nv_bfloat16, bf16)
 
 #define TG_CPY(S, ss, D, ds)                                                                   \
     extern "C" __global__ void cpy_##ss##_##ds(D* dst, TD dd, const S* src, TD sd) { tg_pdl_enter(); \

@@ -58,7 +58,9 @@ class BatchRunner:
     # -- graphs ---------------------------------------------------------------------------------
     def graph(self, B: int, T: int, S: int, want: str, long_rope: bool = False) -> tuple[tg.Graph, PagedStep]:
         """The step graph for ``B`` sequences x ``T`` tokens gathering ``S`` positions each;
-        ``want`` "logits" ([B, vocab] float32 output) or "argmax" ([B] int32). Inputs:
+        ``want`` "logits" ([B, vocab] float32 output), "argmax" ([B] int32) or "sample" (one
+        [1] int32 output per row, drawn by the ``sample`` op with the row's parameters: inputs
+        ``sample_fparams`` [B, 2] and ``sample_iparams`` [B, 4], see ``tg.sample_params``). Inputs:
         ``token_ids``/``positions`` [B * T], ``pick`` [B] (the row of each sequence whose next
         token is wanted) and the layout's (see ``PagedStep``). ``long_rope``: with longrope's long
         factors (``Transformer._uses_long_rope``)."""
@@ -76,7 +78,18 @@ class BatchRunner:
             m._long_rope = False
         pick = g.input((B,), tg.int32, name="pick")
         out = m.logits_node(tg.get_rows(h, pick, name="picked"))                 # [B, vocab]
-        g.output(tg.argmax(out, name="next_token") if want == "argmax" else tg.cast(out, tg.float32, name="logits"))
+        if want == "argmax":
+            g.output(tg.argmax(out, name="next_token"))
+        elif want == "sample":  # a sample node per row: each row its own parameters and stream
+            V = out.shape[1]
+            fp = g.input((B, 2), tg.float32, name="sample_fparams")
+            ip = g.input((B, 4), tg.int32, name="sample_iparams")
+            g.output(*(tg.sample(tg.view(out, (1, V), (V, 1), b * V, name=f"logits{b}"),
+                                 tg.view(fp, (2,), (1,), 2 * b, name=f"fparams{b}"),
+                                 tg.view(ip, (4,), (1,), 4 * b, name=f"iparams{b}"), name=f"next_token{b}")
+                       for b in range(B)))
+        else:
+            g.output(tg.cast(out, tg.float32, name="logits"))
         optimize(g)
         while len(self._graphs) >= MAX_GRAPHS:
             self._graphs.popitem(last=False)
@@ -103,12 +116,13 @@ class BatchRunner:
         return len(keys)
 
     def run(self, seqs: Sequence[object], tokens: Sequence[Sequence[int]], starts: Sequence[int],
-            want: str, long_rope: bool = False) -> np.ndarray:
+            want: str, long_rope: bool = False,
+            sampling: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
         """One step: sequence ``seqs[b]`` runs ``tokens[b]`` at positions ``starts[b]..`` (their
         keys/values are stored in its pool rows, which it must own). Every sequence gives the
         same number of tokens except that a single sequence may give fewer than its chunk.
-        Returns, for each sequence's last token, the logits [n, vocab] (float32) or the argmax
-        ids [n] (int32)."""
+        Returns, for each sequence's last token, the logits [n, vocab] (float32), or the argmax
+        or sampled ids [n] (int32; ``sampling``: each sequence's ``tg.sample_params`` arrays)."""
         n = len(seqs)
         lens = [len(t) for t in tokens]
         T = self.chunk_for(max(lens)) if max(lens) > 1 else 1
@@ -129,5 +143,10 @@ class BatchRunner:
         feeds = layout.feeds(list(seqs) + [None] * pad, list(starts) + [0] * pad, lens + [0] * pad)
         feeds.update(token_ids=ids.reshape(-1), positions=pos.reshape(-1),
                      pick=np.array([b * T + max(L, 1) - 1 for b, L in enumerate(lens + [0] * pad)], np.int32))
-        (out,) = self.model.session.compute(g, feeds)
+        if want == "sample":
+            greedy = tg.sample_params(0.0)
+            rows = list(sampling) + [greedy] * pad
+            feeds.update(sample_fparams=np.stack([f for f, _ in rows]), sample_iparams=np.stack([i for _, i in rows]))
+        outs = self.model.session.compute(g, feeds)
+        out = np.concatenate([np.asarray(o).reshape(-1) for o in outs]) if want == "sample" else outs[0]
         return out[:n]

@@ -9,8 +9,8 @@ is preempted: its blocks are freed and it goes back to the front of the queue, t
 again from its prompt and the tokens it already produced (nothing it streamed changes).
 
 Each request gets exactly the tokens ``model.generate`` would give it alone: greedy is argmax of
-its own logits, sampling draws token ``n`` from the ``sample`` op's stream ``(seed, n)`` (on the
-host, from the downloaded logits row; ``models.sampling.sample``).
+its own logits, sampling draws token ``n`` from the ``sample`` op's stream ``(seed, n)``, on the
+backend (a ``sample`` node per row of the step, each with its row's parameters).
 
 Run it on a background thread (``start()``; the server does) or drive it from the calling thread
 (``run_until_done``; ``generate_batch`` does).
@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, AsyncIterator, Iterator, Sequence
 
 import numpy as np
 
+import tinygraph as tg
+
 from .batch import BatchRunner
 from .paged import KVPool, blocks_for_memory, token_bytes
-from .sampling import check_sampling_args, effective_temperature, sample
+from .sampling import check_sampling_args, effective_temperature
 
 if TYPE_CHECKING:
     from .model import CausalLM
@@ -107,6 +109,12 @@ class Request:
         self._cancelled = True
 
     # -- delivery (engine thread -> consumers) --------------------------------------------------
+    def _sample_params(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ``sample`` op's parameters for this request's next token (token ``n`` draws with
+        counter ``n``, as ``generate`` does); temperature 0 for greedy requests."""
+        p = self.params
+        return tg.sample_params(effective_temperature(p.temperature), p.top_k, p.top_p, self._seed, len(self.tokens))
+
     def _notify(self) -> None:
         with self._cond:
             self._cond.notify_all()
@@ -317,19 +325,39 @@ class Engine:
     def _admit(self) -> None:
         while self.waiting and len(self.running) < self.max_batch:
             r = self.waiting[0]
+            salt = self._rope_regime(len(r.context))
+            # reuse the cached blocks of a shared prefix (never the newest token: decode runs it)
+            reused = self.pool.share(r, r.context, len(r.context) - 1, salt)
             if not self.pool.reserve(r, len(r.context)):
+                self.pool.release(r)
                 break
             self.waiting.popleft()
-            r._cached = 0
+            r._cached = reused
             self.running.append(r)
+
+    def _rope_regime(self, end: int) -> tuple[bool, int | None]:
+        """What a step ending before position ``end`` rotates with, as ``generate`` has it:
+        longrope's long factors or not, and dynamic NTK's enlarged base (its ``end``) past
+        ``max_position_embeddings`` (None: the plain divisors). Steps of one regime share a graph
+        and uploaded divisors; keys of different regimes differ (the prefix cache's salt)."""
+        m = self.model
+        dyn = end if m.rope.dynamic is not None and end > m.config.max_position_embeddings else None
+        return m._uses_long_rope(end), dyn
+
+    def _run(self, rs: list[Request], tokens: list[list[int]], starts: list[int], want: str, end: int,
+             sampling=None) -> np.ndarray:
+        """One runner step in the rope regime of ``end`` (dynamic NTK's divisors uploaded first)."""
+        self.model._dynamic_rope(end)
+        return self.runner.run(rs, tokens, starts, want, self._rope_regime(end)[0], sampling)
 
     def _prefill(self, r: Request) -> None:
         """One chunk of ``r``'s context (never its newest token, which the decode step runs)."""
         n = min(len(r.context) - 1 - r._cached, self.runner.chunks[-1])
-        # longrope's regime as generate() has it: the whole prompt's (one forward call there)
-        self.runner.run([r], [r.context[r._cached:r._cached + n]], [r._cached], "argmax",
-                        self.model._uses_long_rope(len(r.context)))
+        # the rope regime as generate() has it: the whole prompt's (one forward call there)
+        end = len(r.context)
+        self._run([r], [r.context[r._cached:r._cached + n]], [r._cached], "argmax", end)
         r._cached += n
+        self.pool.register(r, r.context, r._cached, self._rope_regime(end))
 
     def _decode(self, rs: list[Request]) -> None:
         # every row needs a pool row for its new position; free blocks by preempting the newest
@@ -345,18 +373,21 @@ class Engine:
                 self._preempt(victim)
                 if victim in rs:
                     rs.remove(victim)
-        if not rs:
-            return
-        # rows past longrope's switch use the long factors (another graph): one step per regime
-        for long_rope in (False, True):
-            part = [r for r in rs if self.model._uses_long_rope(r._cached + 1) == long_rope]
-            if not part:
-                continue
+        # one step per rope regime (longrope past its switch: another graph; dynamic NTK past
+        # max_position_embeddings: divisors of each length); almost always a single one
+        regimes: dict[tuple, list[Request]] = {}
+        for r in rs:
+            regimes.setdefault(self._rope_regime(r._cached + 1), []).append(r)
+        for part in regimes.values():
             greedy = all(r._greedy for r in part)
-            out = self.runner.run(part, [[r.context[-1]] for r in part], [r._cached for r in part],
-                                  "argmax" if greedy else "logits", long_rope)
+            sampling = None if greedy else [r._sample_params() for r in part]
+            out = self._run(part, [[r.context[-1]] for r in part], [r._cached for r in part],
+                            "argmax" if greedy else "sample", part[0]._cached + 1, sampling)
             for r, o in zip(part, out):
                 r._cached += 1
+                # generated tokens' blocks are reusable too (where the regime does not move)
+                if self.model.rope.switch_at is None and self.model.rope.dynamic is None:
+                    self.pool.register(r, r.context, r._cached, (False, None))
                 self._accept(r, o)
 
     def _preempt(self, r: Request) -> None:
@@ -366,15 +397,10 @@ class Engine:
             r._cached = 0
             self.waiting.appendleft(r)
 
-    def _accept(self, r: Request, out: np.ndarray) -> None:
-        """Pick request ``r``'s next token from its logits row (or argmax id) and emit it."""
+    def _accept(self, r: Request, tok: int) -> None:
+        """Emit request ``r``'s next token and finish it at EOS or a limit."""
         p = r.params
-        if out.ndim == 0:
-            tok = int(out)
-        elif r._greedy:
-            tok = int(np.argmax(out))
-        else:
-            tok = sample(out, effective_temperature(p.temperature), p.top_k, p.top_p, r._seed, len(r.tokens))
+        tok = int(tok)
         r._emit(tok)
         if tok in p.eos:
             r._finish("stop")

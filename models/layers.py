@@ -63,9 +63,10 @@ class Layers:
         if spec.position == "rope" and cfg.rotary_dim is not None:  # partial rotary (StableLM, Phi)
             q, k = self._partial_rope(q, positions, f"{P}.q"), self._partial_rope(k, positions, f"{P}.k")
         elif spec.position == "rope":
-            ff = self._rope_factors()
-            q = tg.rope(q, positions, cfg.rope_theta, spec.rope_mode, ff, name=f"{P}.q_rope")
-            k = tg.rope(k, positions, cfg.rope_theta, spec.rope_mode, ff, name=f"{P}.k_rope")
+            # Gemma 3's sliding layers: their own base, no scaling
+            ff, theta = (None, cfg.rope_theta_local) if self._local_rope(i) else (self._rope_factors(), cfg.rope_theta)
+            q = tg.rope(q, positions, theta, spec.rope_mode, ff, name=f"{P}.q_rope")
+            k = tg.rope(k, positions, theta, spec.rope_mode, ff, name=f"{P}.k_rope")
         out = kv.attend(q, k, v, i) if kv is not None else self._attend_cache(q, k, v, i, positions)
         return self._linear(out, f"{P}.o")
 
@@ -97,11 +98,17 @@ class Layers:
             qg = tg.permute(tg.reshape(q, (T, nkv, nh // nkv, hd)), (1, 2, 0, 3))   # [nkv, groups, T, hd]
         scores = tg.matmul(qg, keys_t, name=f"{P}.scores")                   # [nkv, groups, T, S]
         scale = cfg.attention_multiplier if cfg.attention_multiplier is not None else 1.0 / math.sqrt(hd)
-        af = self.rope.attention_factor
+        af = 1.0 if self._local_rope(i) else self.rope.attention_factor
         if af != 1.0 and cfg.rotary_dim is None:
             # YaRN / LongRoPE: HF multiplies cos and sin by af, so every element of q and k: the
             # scores grow by af^2 (partial rotary scales only the rotated part, in _partial_rope)
             scale *= af * af
+        if cfg.attn_softcap is not None:
+            # Gemma 2: cap * tanh(scores * scale / cap) before the mask; the capping sits between the
+            # matmul and the softmax, so this attention stays unfused (the fused kernels have no cap)
+            scores = tg.softcap(tg.scale(scores, scale, name=f"{P}.scores_scaled"), cfg.attn_softcap,
+                                name=f"{P}.scores_capped")
+            scale = 1.0
         probs = tg.softmax(scores, scale, causal=True, past=past, window=self.windows[i],
                            name=f"{P}.probs", past_rows=per_row)
         out = tg.matmul(probs, vals, name=f"{P}.mix")                          # [nkv, groups, T, hd]
@@ -121,6 +128,12 @@ class Layers:
         if self.rope.attention_factor != 1.0:  # HF's cos/sin factor reaches only the rotated elements
             rot = tg.scale(rot, self.rope.attention_factor, name=f"{prefix}_rope_scaled")
         return tg.concat(rot, rest, axis=-1, name=f"{prefix}_rotated")
+
+    def _local_rope(self, i: int) -> bool:
+        """Layer ``i`` uses the local RoPE (Gemma 3's sliding-window layers)."""
+        cfg = self.config
+        return cfg.rope_theta_local is not None and cfg.layer_types is not None and \
+            cfg.layer_types[i] == "sliding_attention"
 
     def _rope_factors(self) -> tg.Tensor | None:
         """The frequency divisors of this graph's RoPE: longrope's long set while a long-regime graph
@@ -160,7 +173,12 @@ class Layers:
         return self._linear(h, f"{P}.down")
 
     def _act(self, x: tg.Tensor, prefix: str) -> tg.Tensor:
-        if self.spec.activation == "gelu_tanh":
+        act = self.spec.activation
+        if act.startswith("gelu") and self.config.activation.startswith("gelu"):
+            act = self.config.activation  # the GELU specs follow the config's form (exact or tanh)
+        if act == "gelu":  # exact (erf) GELU: GPT-NeoX's "gelu"
+            return tg.gelu(x, name=f"{prefix}.act", approximate="none")
+        if act == "gelu_tanh":
             return tg.gelu(x, name=f"{prefix}.act")
         return tg.silu(x, name=f"{prefix}.act")
 
@@ -185,10 +203,12 @@ class Layers:
             x = tg.add(x, tg.get_rows(self.W["pos_emb.weight"], positions, name="pos_emb"), name="embed")
         for i in range(cfg.num_layers):
             P = f"layers.{i}"
-            if cfg.parallel_residual:  # StableLM: x + attn(norm(x)) + mlp(norm(x)), one norm
+            if cfg.parallel_residual:  # StableLM, Phi-2: x + attn(norm(x)) + mlp(norm(x)), one norm
                 h = self._pre_norm(x, f"{P}.attn_norm")
+                # GPT-NeoX: the MLP has a norm of its own, of the same input
+                h2 = self._pre_norm(x, f"{P}.mlp_norm") if spec.parallel_mlp_norm else h
                 x = self._residual(self._residual(x, self._attention(h, i, positions, kv), P, "attn"),
-                                   self._mlp(h, i), P, "mlp")
+                                   self._mlp(h2, i), P, "mlp")
                 continue
             x = self._residual(x, self._attention(self._pre_norm(x, f"{P}.attn_norm"), i, positions, kv), P, "attn")
             x = self._residual(x, self._mlp(self._pre_norm(x, f"{P}.mlp_norm"), i), P, "mlp")
@@ -212,6 +232,10 @@ class Layers:
     def logits_node(self, h: tg.Tensor) -> tg.Tensor:
         y = tg.matmul(h, self.WT["lm_head.weight" if "lm_head.weight" in self.WT else "tok_emb.weight"],
                       name="lm_head")
+        if "lm_head.bias" in self.W:  # Phi-2
+            y = tg.add(y, self.W["lm_head.bias"], name="lm_head.bias")
+        if self.config.final_softcap is not None:  # Gemma 2: cap * tanh(logits / cap)
+            y = tg.softcap(y, self.config.final_softcap, name="logits_capped")
         if self.config.logits_scaling != 1.0:  # Granite divides the logits
             y = tg.scale(y, 1.0 / self.config.logits_scaling, name="logits_scaled")
         return y

@@ -15,6 +15,7 @@ graphs are built per (sequences, tokens each, bucket) and fed new tables every s
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -66,6 +67,13 @@ class KVPool:
         self.v_rows = [tg.view(t, flat, name=f"pool.v.{i}.rows") for i, t in enumerate(self.v)]
         self._free = list(range(self.num_blocks - 1, -1, -1))  # pop() hands out low blocks first
         self.tables: dict[object, list[int]] = {}
+        # prefix reuse: a full block whose keys/values a prefix of tokens produced is kept under
+        # the chained hash of that prefix; sequences starting with the same tokens share it
+        self._refs: dict[int, int] = {}                       # block -> sequences using it
+        self._by_hash: OrderedDict[int, int] = OrderedDict()  # prefix hash -> block (LRU order)
+        self._hash_of: dict[int, int] = {}                    # block -> its prefix hash
+        self._chains: dict[object, list[int]] = {}            # seq -> hashes of its full blocks
+        self.reused_tokens = 0
 
     @property
     def nbytes(self) -> int:
@@ -73,26 +81,77 @@ class KVPool:
 
     @property
     def free_blocks(self) -> int:
-        return len(self._free)
+        """Blocks a request can get: free ones and cached prefix blocks no sequence uses."""
+        return len(self._free) + sum(1 for b in self._by_hash.values() if not self._refs.get(b))
 
     def blocks_for(self, tokens: int) -> int:
         return -(-int(tokens) // self.block_size)
+
+    def _take(self) -> int:
+        """A free block, else the least recently used cached prefix block no sequence uses."""
+        if self._free:
+            return self._free.pop()
+        h, b = next((h, b) for h, b in self._by_hash.items() if not self._refs.get(b))
+        del self._by_hash[h], self._hash_of[b]
+        return b
 
     def reserve(self, seq: object, tokens: int) -> bool:
         """Make ``seq`` own enough blocks for ``tokens`` positions; False (nothing taken) when
         too few blocks are free."""
         table = self.tables.setdefault(seq, [])
         need = self.blocks_for(tokens) - len(table)
-        if need > len(self._free):
+        if need > self.free_blocks:
             if not table:
                 del self.tables[seq]
             return False
-        table.extend(self._free.pop() for _ in range(max(need, 0)))
+        for _ in range(max(need, 0)):
+            b = self._take()
+            self._refs[b] = 1
+            table.append(b)
         return True
 
+    def share(self, seq: object, tokens: list[int], limit: int, salt: object = None) -> int:
+        """Give ``seq`` (which owns nothing yet) the cached blocks of its longest cached prefix of
+        whole blocks within ``tokens[:limit]``; returns how many positions they hold (their
+        keys/values need no computing). ``salt`` separates prefixes whose keys differ for the same
+        tokens (e.g. longrope's regime)."""
+        table, chain = self.tables.setdefault(seq, []), self._chains.setdefault(seq, [])
+        bs, h = self.block_size, hash(("tinygraph-kv", salt))
+        for k in range(int(limit) // bs):
+            h = hash((h, tuple(tokens[k * bs:(k + 1) * bs])))
+            b = self._by_hash.get(h)
+            if b is None:
+                break
+            self._by_hash.move_to_end(h)
+            self._refs[b] = self._refs.get(b, 0) + 1
+            table.append(b)
+            chain.append(h)
+        self.reused_tokens += len(table) * bs
+        return len(table) * bs
+
+    def register(self, seq: object, tokens: list[int], filled: int, salt: object = None) -> None:
+        """Offer ``seq``'s whole blocks among its first ``filled`` positions (computed from
+        ``tokens``) for reuse by later sequences with the same prefix."""
+        table, chain = self.tables.get(seq, []), self._chains.setdefault(seq, [])
+        bs = self.block_size
+        h = chain[-1] if chain else hash(("tinygraph-kv", salt))
+        for k in range(len(chain), min(int(filled) // bs, len(table))):
+            h = hash((h, tuple(tokens[k * bs:(k + 1) * bs])))
+            chain.append(h)
+            b = table[k]
+            if h not in self._by_hash and b not in self._hash_of:
+                self._by_hash[h], self._hash_of[b] = b, h
+
     def release(self, seq: object) -> None:
-        """Give ``seq``'s blocks back (no-op for an unknown sequence)."""
-        self._free.extend(reversed(self.tables.pop(seq, [])))
+        """Give ``seq``'s blocks back (no-op for an unknown sequence); cached prefix blocks stay
+        cached until their room is needed."""
+        self._chains.pop(seq, None)
+        for b in reversed(self.tables.pop(seq, [])):
+            self._refs[b] -= 1
+            if not self._refs[b]:
+                del self._refs[b]
+                if b not in self._hash_of:
+                    self._free.append(b)
 
     def rows_of(self, seq: object, positions: np.ndarray) -> np.ndarray:
         """Pool rows (int32) of ``seq``'s ``positions``; positions it does not own map to scratch."""
@@ -117,6 +176,7 @@ class KVPool:
         if not s.closed:
             s.free(self.k + self.v)
         self.k, self.v, self.k_rows, self.v_rows, self.tables = [], [], [], [], {}
+        self._by_hash.clear()
 
     def __repr__(self) -> str:
         return (f"KVPool({self.num_blocks} blocks x {self.block_size} tokens, {self.free_blocks} free, "

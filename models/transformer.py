@@ -1,11 +1,12 @@
 """One decoder-only transformer builder for every supported family, driven by a ModelSpec.
 
-The spec says what differs between GPT-2, LLaMA/Mistral/SmolLM2, Qwen2, Qwen3, Gemma, Granite and
-OLMo 2 (norm type, activation, gated MLP, learned positions vs RoPE, biases, QK-norm per head or
-over the whole projection, pre- and/or post-norms, scaled embeddings, tied embeddings; Granite's
-multipliers and the MoE block of Mixtral / Qwen2-MoE / Qwen3-MoE (``models/moe.py``) are config
-values); this module
-turns spec + config + weights into graphs. Weights are persistent buffers uploaded once; each
+The spec says what differs between GPT-2, LLaMA/Mistral/SmolLM2, Qwen2, Qwen3, Gemma 1/2/3, Granite,
+OLMo 2, StableLM, Phi-3, Phi-2 and GPT-NeoX (norm type, activation, gated MLP, learned positions vs
+RoPE, biases, QK-norm per head or over the whole projection, pre- and/or post-norms, scaled
+embeddings, tied embeddings, fused q/k/v layouts; Granite's multipliers, partial rotary, the
+parallel residual, soft-caps, RoPE scalings and the MoE block of Mixtral / Qwen2-MoE / Qwen3-MoE
+(``models/moe.py``) are config values); this module and
+``models/layers.py`` (the graph-building half) turn spec + config + weights into graphs. Weights are persistent buffers uploaded once; each
 layer's KV cache is a persistent buffer ``[kv_heads, max_context, head_dim]``.
 
 A step graph takes the token ids and their positions as inputs; everything that depends on the
@@ -23,8 +24,8 @@ from typing import Iterator
 import numpy as np
 
 import tinygraph as tg
-from tinygraph.io import Checkpoint, ModelSpec, TransformerConfig, UnsupportedModelError
-from tinygraph.io.rope_scaling import RopeScaling
+from tinygraph.io import Checkpoint, ModelSpec, TransformerConfig
+from tinygraph.io.rope_scaling import RopeScaling, dynamic_factors
 from tinygraph.passes import optimize
 from tinygraph.session import SessionClosedError
 
@@ -130,11 +131,6 @@ class Transformer(Layers, MoE):
             raise ValueError(f"max_context {self.max_context} outside 1..{limit} (learned positions)")
         # frequency divisors (short and long sets for longrope) and attention factor of the RoPE scaling
         self.rope: RopeScaling = ckpt.rope_scaling if self.spec.position == "rope" else RopeScaling()
-        if self.rope.max_context is not None and self.max_context > self.rope.max_context:
-            raise UnsupportedModelError(
-                f"{cfg.model_type}: rope_scaling {cfg.rope_type!r} changes the frequencies beyond "
-                f"{self.rope.max_context} positions (per call, as HF does); max_context {self.max_context} "
-                f"is not supported")
         self._long_rope = False  # while a graph is built: use longrope's long factors
         # each layer's sliding window (None: full attention); a window as wide as the cache
         # changes nothing, so it is dropped
@@ -325,6 +321,7 @@ class Transformer(Layers, MoE):
         self._check_ids(ids, start)
         T = int(ids.size)
         g, tid, pid = self._graph(T, want, self._uses_long_rope(start + T))
+        self._dynamic_rope(start + T)
         feeds = {tid: ids.astype(np.int32), pid: np.arange(start, start + T, dtype=np.int32)}
         if sampling is not None:
             feeds["sample_fparams"], feeds["sample_iparams"] = sampling
@@ -339,7 +336,16 @@ class Transformer(Layers, MoE):
         """Whether a step ending before position ``end`` uses longrope's long factors: HF picks them
         for a forward call whose largest position + 1 exceeds ``original_max_position_embeddings``
         (keys cached by earlier calls keep the rotation they were stored with)."""
-        return self.rope.switch_at is not None and end > self.rope.switch_at
+        return self.rope.long_factors is not None and end > self.rope.switch_at  # type: ignore[operator]
+
+    def _dynamic_rope(self, end: int) -> None:
+        """Dynamic NTK: upload the divisors of a step over positions ``< end`` (when they change)."""
+        if self.rope.dynamic is None:
+            return
+        ff = dynamic_factors(self.config, self.rope.dynamic, end)
+        if not np.array_equal(ff, self._rope_consts["rope.freq_factors"]):
+            self.session.upload(self.W["rope.freq_factors"], ff)
+            self._rope_consts["rope.freq_factors"] = ff
 
     def _graph(self, T: int, want: str, long_rope: bool = False) -> tuple[tg.Graph, tg.Tensor, tg.Tensor]:
         """The cached step graph for (T, want, long_rope), built on first use (least recently used
@@ -368,27 +374,40 @@ class Transformer(Layers, MoE):
         self._check_ids(np.array([token]), start)
         if start + steps > self.max_context:
             raise ValueError(f"decode_loop: {start} + {steps} steps exceed the context of {self.max_context}")
-        # longrope: the steps before original_max_position_embeddings run the short-factor graph,
-        # the rest the long one (two device loops, the second fed the first's last token)
-        short = steps if self.rope.switch_at is None else min(max(self.rope.switch_at - start, 0), steps)
-        if 0 < short < steps:
-            return self._two_loops(token, start, short, steps, want, sampling, lookahead)
+        # the RoPE's frequencies change at switch_at: longrope's steps there and later run the
+        # long-factor graph (a second device loop, fed the first's last token); dynamic NTK's run
+        # as host steps, each uploading its own divisors
+        edge = self.rope.switch_at
+        first = steps if edge is None else min(max(edge - start, 0), steps)
+        if first < steps:
+            return self._two_loops(token, start, first, steps, want, sampling, lookahead)
         return self._loop(token, start, steps, want, sampling, lookahead)
 
-    def _two_loops(self, token: int, start: int, short: int, steps: int, want: str,
+    def _two_loops(self, token: int, start: int, first: int, steps: int, want: str,
                    sampling: tuple[np.ndarray, np.ndarray] | None, lookahead: int) -> Iterator[int]:
-        """``short`` decode steps with the short-factor graph, then the rest with the long one."""
-        for token in self._loop(token, start, short, want, sampling, lookahead):
+        """``first`` decode steps in one device loop, then the rest in the other RoPE regime."""
+        if first:
+            for token in self._loop(token, start, first, want, sampling, lookahead):
+                yield token
+
+        def at(k: int) -> tuple[np.ndarray, np.ndarray] | None:  # the sampling counter goes on
+            if sampling is None:
+                return None
+            ip = np.array(sampling[1], np.int32, copy=True)
+            ip[3] += k
+            return sampling[0], ip
+        if self.rope.dynamic is None:
+            yield from self._loop(token, start + first, steps - first, want, at(first), lookahead)
+            return
+        for k in range(first, steps):
+            token = Transformer.step(self, [token], start + k, want, sampling=at(k))  # no new cache owner
             yield token
-        if sampling is not None:  # the sampling counter goes on where the first loop stopped
-            sampling = (sampling[0], np.array(sampling[1], np.int32, copy=True))
-            sampling[1][3] += short
-        yield from self._loop(token, start + short, steps - short, want, sampling, lookahead)
 
     def _loop(self, token: int, start: int, steps: int, want: str,
               sampling: tuple[np.ndarray, np.ndarray] | None, lookahead: int) -> Iterator[int]:
         """One device-side decode loop (see :meth:`decode_loop`), all its steps in one RoPE regime."""
         g, tid, pid = self._graph(1, want, self._uses_long_rope(start + 1))
+        self._dynamic_rope(start + 1)
         feeds = {tid: np.array([token], np.int32), pid: np.array([start], np.int32)}
         advance = {pid: 1}
         if sampling is not None:

@@ -35,8 +35,8 @@ def llama():
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "qwen3", "gemma", "stablelm_parallel", "olmo2", "phi3", "phi3_partial",
-                                    "qwen3_yarn", "llama_dynamic", "mixtral", "qwen3_moe", "qwen3_moe_step",
-                                    "qwen2_moe"])
+                                    "qwen3_yarn", "gemma2", "gemma3_text", "phi", "gpt_neox", "mixtral",
+                                    "qwen3_moe", "qwen3_moe_step", "qwen2_moe"])
 def test_greedy_batch_equals_one_at_a_time(family):
     with load_model(FIX / family, backend="numpy") as m:
         prompts = _prompts(m.config.vocab_size)
@@ -201,3 +201,41 @@ def test_warmup_builds_the_graphs_early_requests_use(llama):
         assert [r.tokens for r in reqs] == _alone(llama, [r.prompt for r in reqs], max_new_tokens=5, temperature=0)
     finally:
         eng.close()
+
+
+def test_requests_sharing_a_prefix_reuse_its_blocks(llama):
+    eng = Engine(llama, max_batch=4, kv_memory=token_bytes(llama) * 16 * 24)
+    try:
+        rng = np.random.default_rng(5)
+        system = [int(t) for t in rng.integers(0, 256, 40)]  # 2 whole blocks + 8 tokens
+        prompts = [system + [int(t) for t in rng.integers(0, 256, n)] for n in (5, 9, 3)]
+        first = eng.submit(prompts[0], SamplingParams(max_new_tokens=6, temperature=0))
+        eng.run_until_done([first])
+        assert eng.pool.reused_tokens == 0
+        rest = [eng.submit(p, SamplingParams(max_new_tokens=6, temperature=0)) for p in prompts[1:]]
+        eng.run_until_done(rest)
+        assert eng.pool.reused_tokens == 2 * 32  # each later prompt took the 2 cached blocks
+        assert [r.tokens for r in [first] + rest] == _alone(llama, prompts, max_new_tokens=6, temperature=0,
+                                                            ignore_eos=True)
+        # a follow-up that continues a finished conversation reuses its generated tokens' blocks too
+        follow = first.prompt + first.tokens + [7, 8, 9]
+        r = eng.submit(follow, SamplingParams(max_new_tokens=4, temperature=0))
+        eng.run_until_done([r])
+        assert eng.pool.reused_tokens == 2 * 32 + 3 * 16
+        assert r.tokens == _alone(llama, [follow], max_new_tokens=4, temperature=0, ignore_eos=True)[0]
+        assert eng.stats()["kv_blocks_free"] == 24
+    finally:
+        eng.close()
+
+
+def test_dynamic_ntk_past_max_positions_and_longrope_switch_like_generate():
+    # dynamic NTK: every step past max_position_embeddings (10) has divisors of its own length
+    with load_model(FIX / "llama_dynamic", backend="numpy", max_context=128) as m:
+        prompts = _prompts(m.config.vocab_size, lens=(3, 8, 9, 17, 40))
+        kw = dict(max_new_tokens=14, temperature=0, ignore_eos=True)
+        assert m.generate_batch(prompts, **kw) == _alone(m, prompts, **kw)
+    # longrope (switch at 12 positions): prompts on both sides, decodes crossing it
+    with load_model(FIX / "phi3", backend="numpy") as m:
+        prompts = _prompts(m.config.vocab_size, lens=(5, 11, 12, 13, 30))
+        kw = dict(max_new_tokens=10, temperature=0, ignore_eos=True)
+        assert m.generate_batch(prompts, **kw) == _alone(m, prompts, **kw)

@@ -17,8 +17,15 @@ from tinygraph.io.rope_scaling import rope_scaling
 from tinygraph.models import load_model
 
 FIX = Path(__file__).parent / "fixtures"
-FAMILIES = ["qwen3_yarn", "llama_dynamic", "phi3", "phi3_partial"]
+FAMILIES = ["qwen3_yarn", "llama_dynamic", "phi3", "phi3_partial", "phi", "gpt_neox", "gpt_neox_sequential",
+            "gemma2", "gemma3_text"]
 HALF = {"float16": (3e-2, 8), "bfloat16": (5e-2, 4)}
+# llama_dynamic's max_position_embeddings is 10: its 15-token runs need a longer cache
+LOAD = {"llama_dynamic": {"max_context": 32}}
+
+
+def _load(fam: str, backend: str, dtype: str = "float32"):
+    return load_model(FIX / fam, dtype=dtype, backend=backend, **LOAD.get(fam, {}))
 
 
 def _ref(fam: str) -> dict:
@@ -36,7 +43,7 @@ def _cfg(fam: str, **changes) -> dict:
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_full_sequence_logits(fam, backend):
     ref = _ref(fam)
-    with load_model(FIX / fam, backend=backend) as m:
+    with _load(fam, backend) as m:
         logits = m.get_logits(m(ref["input_ids"][0])[0]).to_numpy()
     for t in range(logits.shape[0]):
         assert rel_err(logits[t], ref["logits"][0, t]) < 1e-4, f"position {t}"
@@ -46,7 +53,7 @@ def test_full_sequence_logits(fam, backend):
 def test_incremental_decode_and_greedy(fam, backend):
     ref = _ref(fam)
     prompt, greedy, cached_ids = ref["input_ids"][0], ref["greedy"][0], ref["greedy_cached"][0]
-    with load_model(FIX / fam, backend=backend) as m:
+    with _load(fam, backend) as m:
         hidden, cache = m(prompt)
         steps = [m.get_logits(hidden).to_numpy()[-1]]
         for tok in cached_ids[len(prompt):-1]:
@@ -66,7 +73,7 @@ def test_half_precision(fam, dtype, backend):
     tol, n_same = HALF[dtype]
     ref = _ref(fam)
     prompt = ref["input_ids"][0]
-    with load_model(FIX / fam, dtype=dtype, backend=backend) as m:
+    with _load(fam, backend, dtype) as m:
         logits = m.get_logits(m(prompt)[0]).to_numpy()
         assert rel_err(logits, ref["logits"][0]) < tol
         out = m.generate(prompt, max_new_tokens=8, temperature=0)
@@ -77,10 +84,15 @@ def test_half_precision(fam, dtype, backend):
 def test_decode_graph_fuses(fam):
     """Full-rotary scalings are frequency divisors + the attention scale: the decode step fuses
     as before (one attention_store per layer, RoPE inside it)."""
-    with load_model(FIX / fam, backend="numpy") as m:
+    with _load(fam, "numpy") as m:
         g, _, _ = m.step_graph(1, "argmax")
         ops = [n.op for n in g.nodes]
         partial = m.config.rotary_dim is not None
+        capped = m.config.attn_softcap is not None
+    if capped:  # Gemma 2: scores -> scale -> softcap -> softmax, unfused (RoPE + cache write still fuse)
+        assert "attention" not in ops and "attention_store" not in ops
+        assert ops.count("softcap") == m.config.num_layers + 1 and ops.count("rope_store") == m.config.num_layers
+        return
     assert ops.count("attention_store") == m.config.num_layers
     assert "linear" in ops and "softmax" not in ops and "set_rows" not in ops
     assert ops.count("rope") == (2 * m.config.num_layers if partial else 0)
@@ -109,12 +121,19 @@ def test_yarn_factors_and_attention_factor():
     np.testing.assert_array_equal(rope_scaling(config_from_hf(d)).factors, rs.factors)
 
 
-def test_dynamic_is_plain_rope_within_max_positions():
-    with load_model(FIX / "llama_dynamic", backend="numpy") as m:
-        assert m.rope.factors is None and m.rope.max_context == 128
-        assert "rope.freq_factors" not in m.W
-    with pytest.raises(UnsupportedModelError, match="dynamic"):
-        load_model(FIX / "llama_dynamic", backend="numpy", max_context=256)
+def test_dynamic_ntk_divisors():
+    """Plain RoPE up to max_position_embeddings (10), then a base enlarged per step; the decode
+    loop runs the steps past 10 on the host, each with its own divisors."""
+    from tinygraph.io.rope_scaling import dynamic_factors
+    c = config_from_hf(_cfg("llama_dynamic"))
+    rs = rope_scaling(c)
+    assert rs.dynamic == 2.0 and rs.switch_at == 10 and np.all(rs.factors == 1)
+    assert np.all(dynamic_factors(c, 2.0, 10) == 1)
+    f = dynamic_factors(c, 2.0, 15)  # base 1e4 * (2 * 15 / 10 - 1) ** (16 / 14)
+    want = (1e4 * 2.0 ** (16 / 14)) ** (np.arange(0, 16, 2) / 16) / 1e4 ** (np.arange(0, 16, 2) / 16)
+    np.testing.assert_allclose(f, want, rtol=1e-5)
+    with _load("llama_dynamic", "numpy") as m:
+        assert "rope.freq_factors" in m.W
 
 
 def test_unknown_rope_type_and_bad_parameters():
@@ -169,3 +188,133 @@ def test_phi3_fused_weights_split_at_load(tmp_path):
     save_file(stored, str(d / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(LoadError, match="qkv_proj"):
         load_model(d, backend="numpy")
+
+
+# ------------------------------------------------------------------------- Phi-2, GPT-NeoX, GELU
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_exact_gelu_op(dtype, backend):
+    """gelu(approximate="none") is 0.5 x (1 + erf(x / sqrt 2)); the default stays the tanh form
+    with no params (so existing graphs are unchanged). On CUDA it runs elementwise.cu's gelu_erf."""
+    import math
+    import tinygraph as tg
+    from conftest import TOL, rounded
+    x = np.linspace(-6, 6, 1001, dtype=np.float32).reshape(7, 143)
+    with tg.Session(backend=backend) as s:
+        s.finalize()
+        g = s.graph()
+        xi = g.input(x.shape, tg.dtypes.as_dtype(dtype), name="x")
+        exact, tanh = tg.gelu(xi, approximate="none"), tg.gelu(xi)
+        assert exact.params == {"approximate": "none"} and tanh.params == {}
+        g.output(exact)
+        (out,) = s.compute(g, {xi: x.astype(tg.dtypes.as_dtype(dtype).np)})
+    xr = rounded(x, tg.dtypes.as_dtype(dtype))
+    want = 0.5 * xr * (1 + np.vectorize(math.erf)(xr / math.sqrt(2)))
+    assert rel_err(out, want) < TOL[dtype]
+    with pytest.raises(Exception, match="approximate"):
+        tg.gelu(xi, approximate="erf")
+
+
+def test_gelu_forms_in_the_graphs():
+    """GPT-NeoX's "gelu" is exact and stays an op of its own (the fused linear has only the tanh
+    form); Phi-2's gelu_new is tanh and fuses into the MLP's linear."""
+    with _load("gpt_neox", "numpy") as m:
+        g, _, _ = m.step_graph(1, "argmax")
+        gel = [n for n in g.nodes if n.op == "gelu"]
+        assert len(gel) == m.config.num_layers and all(n.params == {"approximate": "none"} for n in gel)
+    with _load("phi", "numpy") as m:
+        g, _, _ = m.step_graph(1, "argmax")
+        assert not [n for n in g.nodes if n.op == "gelu"]
+        assert any(n.op == "linear" and n.params["act"] == "gelu" for n in g.nodes)
+
+
+def test_phi_and_neox_configs():
+    c = config_from_hf(_cfg("phi"))
+    assert (c.rotary_dim, c.parallel_residual, c.activation) == (8, True, "gelu_tanh")
+    with pytest.raises(UnsupportedModelError, match="qk_layernorm"):
+        config_from_hf(_cfg("phi", qk_layernorm=True))
+    c = config_from_hf(_cfg("gpt_neox"))
+    assert (c.rotary_dim, c.parallel_residual, c.activation) == (4, True, "gelu")
+    assert not config_from_hf(_cfg("gpt_neox_sequential")).parallel_residual
+    # the hub's v4 keys: rotary_pct, rotary_emb_base
+    d = _cfg("gpt_neox")
+    d.pop("rope_parameters"), d.pop("rope_theta", None)
+    c = config_from_hf(dict(d, rotary_pct=0.5, rotary_emb_base=5000))
+    assert (c.rotary_dim, c.rope_theta) == (8, 5000.0)
+    with load_model(FIX / "phi", backend="numpy") as m:
+        assert m.spec.lm_head_bias and m.spec.qkv_bias and m.spec.mlp_bias
+        assert "layers.0.mlp_norm.weight" not in m.W
+
+
+def test_neox_qkv_relaid_out_per_head():
+    """query_key_value holds [heads, (q, k, v), head_size] rows: q is every third block of 16."""
+    from safetensors.numpy import load_file
+    w = load_file(str(FIX / "gpt_neox" / "model.safetensors"))["gpt_neox.layers.0.attention.query_key_value.weight"]
+    with load_model(FIX / "gpt_neox", backend="numpy") as m:
+        qkv = m.session.download(m.W["layers.0.attn.qkv.weight"])
+    blocks = w.reshape(4, 3, 16, 64)
+    for part in range(3):
+        np.testing.assert_array_equal(qkv[part * 64:(part + 1) * 64], blocks[:, part].reshape(64, 64))
+
+
+# -------------------------------------------------------------------------------- Gemma 2 / 3
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_softcap_op(dtype, backend):
+    """softcap(x, c) = c * tanh(x / c); on CUDA elementwise.cu's softcap kernel."""
+    import tinygraph as tg
+    from conftest import TOL, rounded
+    x = np.linspace(-40, 40, 999, dtype=np.float32).reshape(9, 111)
+    dt = tg.dtypes.as_dtype(dtype)
+    with tg.Session(backend=backend) as s:
+        s.finalize()
+        g = s.graph()
+        xi = g.input(x.shape, dt, name="x")
+        g.output(tg.softcap(xi, 5.0))
+        (out,) = s.compute(g, {xi: x.astype(dt.np)})
+    assert rel_err(out, 5.0 * np.tanh(rounded(x, dt) / 5.0)) < TOL[dtype]
+    for bad in (0, -1.0, float("nan"), True):
+        with pytest.raises(Exception, match="cap"):
+            tg.softcap(xi, bad)
+
+
+def test_gemma2_config():
+    c = config_from_hf(_cfg("gemma2"))
+    assert (c.attn_softcap, c.final_softcap) == (5.0, 8.0)
+    assert c.attention_multiplier == pytest.approx(24 ** -0.5) and c.rope_theta_local is None
+    assert [c.layer_window(i) for i in range(2)] == [4, None]
+    # Gemma2Config's defaults when the keys are absent: caps 50 / 30, scalar 256, every 2nd layer global
+    d = _cfg("gemma2")
+    for k in ("attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar", "layer_types"):
+        d.pop(k)
+    c = config_from_hf(dict(d, num_hidden_layers=4))
+    assert (c.attn_softcap, c.final_softcap, c.attention_multiplier) == (50.0, 30.0, 256 ** -0.5)
+    assert c.layer_types == ["sliding_attention", "full_attention"] * 2
+    assert config_from_hf(_cfg("gemma2", attn_logit_softcapping=None)).attn_softcap is None
+    with pytest.raises(LoadError, match="final_logit_softcapping"):
+        config_from_hf(_cfg("gemma2", final_logit_softcapping=-1.0))
+
+
+def test_gemma3_config():
+    c = config_from_hf(_cfg("gemma3_text"))
+    assert (c.rope_theta, c.rope_theta_local, c.attn_softcap, c.final_softcap) == (1e6, 1e4, None, None)
+    assert c.rope_type == "linear"
+    # v4 form: rope_theta (global), rope_local_base_freq, rope_scaling on the global layers,
+    # sliding_window_pattern instead of layer_types
+    d = _cfg("gemma3_text")
+    d.pop("rope_parameters"), d.pop("layer_types")
+    c4 = config_from_hf(dict(d, rope_theta=1e6, rope_local_base_freq=1e4, sliding_window_pattern=2,
+                             rope_scaling={"rope_type": "linear", "factor": 4.0}))
+    assert (c4.rope_theta, c4.rope_theta_local, c4.rope_scaling, c4.layer_types) == \
+        (1e6, 1e4, c.rope_scaling, c.layer_types)
+    rp = _cfg("gemma3_text")["rope_parameters"]
+    with pytest.raises(UnsupportedModelError, match="sliding-window layers"):
+        config_from_hf(_cfg("gemma3_text", rope_parameters={
+            **rp, "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}))
+    with pytest.raises(UnsupportedModelError, match="multimodal"):
+        config_from_hf({"model_type": "gemma3", "text_config": _cfg("gemma3_text")})
+    with pytest.raises(UnsupportedModelError, match="per-layer-type"):
+        config_from_hf(_cfg("llama_dynamic", rope_parameters=rp))
+    with load_model(FIX / "gemma3_text", backend="numpy") as m:
+        assert m.spec.name == "gemma3" and m.spec.qk_norm and m.windows == [4, None]
+        g, _, _ = m.step_graph(1, "argmax", fuse=False)
+        thetas = sorted({n.params["theta"] for n in g.nodes if n.op == "rope"})
+        assert thetas == [1e4, 1e6]  # local layer 0, global layer 1 (the scaled one)

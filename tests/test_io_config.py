@@ -171,7 +171,7 @@ def test_other_rope_types() -> None:
 # ------------------------------------------------------------------ specs
 def test_spec_registry_and_flags() -> None:
     assert set(MODEL_SPECS) >= {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo2", "stablelm",
-                                "phi3"}
+                                "phi3", "phi", "gpt_neox", "gemma2", "gemma3"}
     assert GPT2_SPEC.norm == "layernorm" and GPT2_SPEC.position == "learned" and not GPT2_SPEC.gated_mlp
     assert GPT2_SPEC.qkv_bias and GPT2_SPEC.o_bias and GPT2_SPEC.mlp_bias and not GPT2_SPEC.use_rope
     for s in (LLAMA_SPEC, MISTRAL_SPEC, QWEN2_SPEC, QWEN3_SPEC):

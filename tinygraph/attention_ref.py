@@ -92,3 +92,23 @@ def blocked_attention(q: Array, kt: Array, v: Array, scale: float, causal: bool 
         res = acc / np.where(l > 0, l, np.float32(1))
         outf[..., t0:t1, :] = res.reshape(res.shape[:-2] + fshape + (rows, Dv))
     return out
+
+
+def rowwise_attention(q: Array, kt: Array, v: Array, scale: float, pasts: Array, window: int | None = None) -> Array:
+    """Causal attention where index ``n`` of the first axis is at its own position ``pasts[n]``:
+    ``q`` [N, G, T, D], ``kt`` [N or 1, 1 or G, D, S], ``v`` [N or 1, 1 or G, S, Dv] -> [N, G, T, Dv]
+    float32 (a decode step over N sequences: T is small, so all scores at once). Keys no row of
+    ``n`` sees are never used (their values are zeroed before the mix, so garbage there cannot
+    leak in as 0 * NaN); a row that sees no key gives zeros."""
+    q, kt, v = _f32(q), _f32(kt), _f32(v)
+    T, S = q.shape[-2], kt.shape[-1]
+    pasts = np.asarray(pasts, np.int64).reshape(-1, 1, 1, 1)
+    j = np.arange(S).reshape(1, 1, 1, S)
+    p = np.arange(T).reshape(1, 1, T, 1) + pasts                      # [N, 1, T, 1] positions
+    seen = (j <= p) & (j > p - window) if window else j <= p           # [N, 1, T, S]
+    s = np.where(seen, np.matmul(q, kt) * np.float32(scale), -np.inf)
+    m = s.max(-1, keepdims=True)
+    e = np.exp(s - np.where(np.isneginf(m), np.float32(0), m))
+    d = e.sum(-1, keepdims=True)
+    used = seen.any(axis=2)[..., None]                                 # [N, 1, S, 1]: keys some row sees
+    return np.matmul(e / np.where(d > 0, d, np.float32(1)), np.where(used, v, np.float32(0)))

@@ -162,7 +162,7 @@ def fuse_linear(g: Graph) -> int:
                 kw["bias"], tail = other, nxt
                 dead.add(nxt.id)
         nxt = _only_reader(c, tail)
-        if nxt is not None and nxt.op in ("gelu", "silu"):
+        if nxt is not None and nxt.op in ("gelu", "silu") and "approximate" not in nxt.params:  # exact GELU: unfused
             kw["act"], tail = nxt.op, nxt
             dead.add(nxt.id)
         elif tail.shape[-1] % 2 == 0 and (mul := _swiglu_tail(c, tail)) is not None:

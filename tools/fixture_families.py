@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 SEEDS = {"qwen3_yarn": 1012, "llama_dynamic": 1013, "phi3": 1014, "phi3_partial": 1015,
-         "phi": 1016, "gpt_neox": 1017, "gpt_neox_sequential": 1018}
+         "phi": 1016, "gpt_neox": 1017, "gpt_neox_sequential": 1019, "gemma2": 1020, "gemma3_text": 1021}
 
 
 def _factors(seed: int, n: int) -> list[float]:
@@ -28,9 +28,11 @@ BREADTH = {
         head_dim=16, intermediate_size=32, use_sliding_window=False, attention_bias=False,
         rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
                          "rope_theta": 10000.0})),
-    # dynamic NTK: plain RoPE frequencies up to max_position_embeddings
+    # dynamic NTK over max_position_embeddings 10: the 15-token runs go past it (a runtime loads it
+    # with a longer context)
     "llama_dynamic": ("LlamaConfig", dict(
-        intermediate_size=32, rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})),
+        intermediate_size=32, max_position_embeddings=10,
+        rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})),
     # Phi-3: fused qkv_proj / gate_up_proj, LongRoPE switching at 12 positions (the 15-token greedy
     # run crosses it), sliding window 6 (every layer)
     "phi3": ("Phi3Config", dict(
@@ -54,7 +56,35 @@ BREADTH = {
     "gpt_neox_sequential": ("GPTNeoXConfig", dict(
         intermediate_size=32, rotary_pct=0.5, use_parallel_residual=False, hidden_act="gelu",
         attention_bias=True)),
+    # Gemma 2: pre+post (1 + w) norms, attention scale 24 ** -0.5 (not head_dim's), attention and
+    # final soft-caps small enough to bite, layer 0 sliding (window 4) and layer 1 global; untied (tied, the
+    # sqrt(hidden)-scaled embedding of the last token dominates the logits: greedy repeats it)
+    "gemma2": ("Gemma2Config", dict(
+        head_dim=16, intermediate_size=32, sliding_window=4, query_pre_attn_scalar=24,
+        attn_logit_softcapping=5.0, final_logit_softcapping=8.0, hidden_activation="gelu_pytorch_tanh",
+        tie_word_embeddings=False, pad_token_id=0)),
+    # Gemma 3 (text): Gemma 2's layout plus (1 + w) q/k norms, no soft-caps; sliding layers RoPE
+    # base 1e4, the global layer 1e6 with linear scaling x4
+    "gemma3_text": ("Gemma3TextConfig", dict(
+        head_dim=16, intermediate_size=32, sliding_window=4, query_pre_attn_scalar=24,
+        layer_types=["sliding_attention", "full_attention"], hidden_activation="gelu_pytorch_tanh",
+        tie_word_embeddings=False, pad_token_id=0,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
 }
+
+
+def adjust_(model, name: str) -> None:
+    """Gemma 2 / 3 store RMSNorm weights as ``w`` of ``1 + w``: re-centre reinit_'s ``1 + N(0, 0.1)``
+    to ``N(0, 0.1)`` so the norms scale by about 1, not 2 (greedy tokens then vary)."""
+    import torch
+
+    if not name.startswith("gemma"):
+        return
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname:
+                p.sub_(1.0)
 
 
 def make_breadth_config(name: str, hidden: int, layers: int, vocab: int, max_pos: int):

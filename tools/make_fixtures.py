@@ -64,7 +64,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fixture_families import BREADTH, SEEDS as BREADTH_SEEDS, argmax_references, make_breadth_config  # noqa: E402
+from fixture_families import (BREADTH, SEEDS as BREADTH_SEEDS, adjust_, argmax_references,  # noqa: E402
+                             make_breadth_config)
 from fixture_moe import MOE, SEEDS as MOE_SEEDS, all_experts_hit, expert_hits, make_moe_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -207,6 +208,7 @@ def build_model(name: str, seed: int):
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
     model = model.float().eval()
     reinit_(model, seed)
+    adjust_(model, name)  # fixture_families.py: Gemma 2/3's (1 + w) norms
     return model
 
 

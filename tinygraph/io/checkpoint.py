@@ -310,6 +310,7 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
         "o_bias": any(n.endswith(".attn.o.bias") for n in plan),
         "mlp_bias": any(n.endswith((".mlp.up.bias", ".mlp.down.bias")) for n in plan),
         "qk_norm": any(n.endswith(".attn.q_norm.weight") for n in plan),
+        "lm_head_bias": "lm_head.bias" in plan,
     }
     upgrade: dict[str, Any] = {k: True for k, v in flags.items() if v and not getattr(spec, k)}
     if upgrade:

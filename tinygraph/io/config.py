@@ -22,10 +22,12 @@ from .files import read_text
 from .moe import MoEConfig, moe_config
 from .rope_scaling import rope_freq_factors, rope_inv_freq
 
-ACTIVATIONS = ("gelu_tanh", "silu")
+ACTIVATIONS = ("gelu_tanh", "silu", "gelu")
 
-# HF `hidden_act` / `activation_function` values -> our two kernels.
+# HF `hidden_act` / `activation_function` values -> our activations ("gelu": exact, erf; HF's
+# GELUActivation)
 _ACT_ALIASES = {
+    "gelu": "gelu",
     "silu": "silu",
     "swish": "silu",
     "gelu_new": "gelu_tanh",
@@ -46,6 +48,10 @@ _ARCH_TO_TYPE = {
     "Olmo2ForCausalLM": "olmo2",
     "StableLmForCausalLM": "stablelm",
     "Phi3ForCausalLM": "phi3",
+    "PhiForCausalLM": "phi",
+    "GPTNeoXForCausalLM": "gpt_neox",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3_text",
     "MixtralForCausalLM": "mixtral",
     "Qwen2MoeForCausalLM": "qwen2_moe",
     "Qwen3MoeForCausalLM": "qwen3_moe",
@@ -73,6 +79,10 @@ class TransformerConfig:
     ``partial_rotary_factor`` x head_dim, their frequencies over ``rotary_dim``); None: all.
     ``parallel_residual``: attention and MLP both read the one pre-norm of the layer input and
     both outputs are added to it (StableLM's ``use_parallel_residual``).
+
+    Gemma 2 / 3: ``attn_softcap`` / ``final_softcap`` (None: off) cap the attention scores (after
+    the scale) and the logits as ``cap * tanh(x / cap)``; ``rope_theta_local``: the RoPE base of
+    the sliding-window layers, which get no scaling (Gemma 3; None: every layer alike).
     """
 
     model_type: str
@@ -102,6 +112,9 @@ class TransformerConfig:
     logits_scaling: float = 1.0
     rotary_dim: int | None = None
     parallel_residual: bool = False
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    rope_theta_local: float | None = None
     moe: MoEConfig | None = None  # Mixtral / Qwen2-MoE / Qwen3-MoE (tinygraph.io.moe)
 
     def __post_init__(self) -> None:
@@ -133,7 +146,8 @@ class TransformerConfig:
         f32 = np.finfo(np.float32)
         if not (float(f32.tiny) <= self.rope_theta <= float(f32.max)):  # RoPE runs in float32
             raise LoadError(f"{name}: rope_theta must be a finite number > 0 (within float32), got {self.rope_theta}")
-        for key in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"):
+        for key in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling",
+                    "attn_softcap", "final_softcap", "rope_theta_local"):
             v = getattr(self, key)
             if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
                                       and math.isfinite(v) and v > 0):
@@ -300,10 +314,15 @@ def _normalise_rope(d: dict[str, Any], where: str = "config", mt: str = "") -> t
     params = d.get("rope_parameters")
     if params is not None and not isinstance(params, dict):
         raise LoadError(f"{where}: bad value: rope_parameters must be an object, got {params!r}")
-    if isinstance(params, dict) and "sliding_attention" in params:  # per-layer-type form (Gemma-like)
-        raise UnsupportedModelError(f"{where}: per-layer-type rope_parameters are not supported")
+    if isinstance(params, dict) and "sliding_attention" in params:  # per-layer-type form (Gemma 3)
+        if mt != "gemma3_text":
+            raise UnsupportedModelError(f"{where}: per-layer-type rope_parameters are not supported")
+        params = params.get("full_attention") or {}  # the global layers'; the sliding ones': _gemma
+        if not isinstance(params, dict):
+            raise LoadError(f"{where}: bad value: rope_parameters.full_attention must be an object")
     theta_key, scaling_key = "rope_theta", "rope_scaling"
-    theta = d.get("rope_theta", 10000.0)
+    default = {"gpt_neox": d.get("rotary_emb_base", 10000.0), "gemma3_text": 1e6}.get(mt, 10000.0)
+    theta = d.get("rope_theta", default)
     scaling = d.get("rope_scaling")
     if isinstance(params, dict):
         if "rope_theta" in params:
@@ -354,6 +373,9 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
     """
     if not isinstance(d, dict):
         raise LoadError(f"config: expected a JSON object, got {type(d).__name__}")
+    if d.get("model_type") == "gemma3" and "text_config" in d:
+        raise UnsupportedModelError("config (gemma3): the multimodal Gemma 3 is not supported (its text model, "
+                                    "model_type gemma3_text, is)")
     try:
         mt = _infer_model_type(d)
     except (TypeError, ValueError) as exc:  # e.g. "architectures": 5
@@ -404,7 +426,8 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
             activation=_act(_hidden_act(d, mt), "config"),
             dtype=dtype,
             **_multipliers(d, where, mt),
-            **_stablelm(d, where, mt),
+            **_parallel(d, where, mt),
+            **_gemma(d, where, mt),
             rotary_dim=_rotary_dim(d, where, mt, heads),
             sliding_window=_int_key(d, where, "sliding_window", default=None) if use_sw else None,
             layer_types=_layer_types(d, where, mt),
@@ -422,10 +445,10 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
 def _hidden_act(d: dict[str, Any], mt: str) -> Any:
     """The MLP activation's HF name. Gemma prefers ``hidden_activation`` and, as transformers'
     GemmaConfig does, reads its legacy ``"gelu"`` as the tanh approximation."""
-    if mt == "gemma":
+    if mt in ("gemma", "gemma2", "gemma3_text"):
         act = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
         return "gelu_pytorch_tanh" if act == "gelu" else act
-    return d.get("hidden_act", "silu")
+    return d.get("hidden_act", {"phi": "gelu_new", "gpt_neox": "gelu"}.get(mt, "silu"))
 
 
 def _multipliers(d: dict[str, Any], where: str, mt: str) -> dict[str, Any]:
@@ -437,24 +460,55 @@ def _multipliers(d: dict[str, Any], where: str, mt: str) -> dict[str, Any]:
     return {k: _float_key(d, where, k, default=1.0) for k in keys}
 
 
-def _stablelm(d: dict[str, Any], where: str, mt: str) -> dict[str, Any]:
-    """StableLM's ``use_parallel_residual``; its per-head LayerNorm q/k (``qk_layernorm``) is refused."""
-    if mt != "stablelm":
+def _gemma(d: dict[str, Any], where: str, mt: str) -> dict[str, Any]:
+    """Gemma 2 / 3: the attention scale ``query_pre_attn_scalar ** -0.5`` (default 256), the
+    soft-caps (Gemma2Config's defaults 50 / 30 when absent; Gemma 3's none) and Gemma 3's local
+    RoPE base (``rope_parameters.sliding_attention.rope_theta``, v4 ``rope_local_base_freq``,
+    default 1e4; a scaling there is refused)."""
+    if mt not in ("gemma2", "gemma3_text"):
         return {}
-    if _bool_key(d, where, "qk_layernorm", False):
+    g2 = mt == "gemma2"
+    out: dict[str, Any] = {"attention_multiplier": _float_key(d, where, "query_pre_attn_scalar", default=256) ** -0.5}
+    for key, name, dflt in (("attn_softcap", "attn_logit_softcapping", 50.0),
+                            ("final_softcap", "final_logit_softcapping", 30.0)):
+        v = d.get(name, dflt if g2 else None)
+        out[key] = None if v is None else _as_float(v, name, where)
+    if not g2:
+        params = d.get("rope_parameters") if isinstance(d.get("rope_parameters"), dict) else {}
+        local = params.get("sliding_attention") or {}
+        if not isinstance(local, dict) or local.get("rope_type", "default") != "default":
+            raise UnsupportedModelError(f"{where}: a RoPE scaling on the sliding-window layers is not supported")
+        key, theta = ("rope_parameters.sliding_attention.rope_theta", local["rope_theta"]) if "rope_theta" in local \
+            else ("rope_local_base_freq", d.get("rope_local_base_freq", 10000.0))
+        out["rope_theta_local"] = _as_float(theta, key, where)
+    return out
+
+
+def _parallel(d: dict[str, Any], where: str, mt: str) -> dict[str, Any]:
+    """The parallel residual: StableLM's ``use_parallel_residual`` (default false), GPT-NeoX's
+    (default true), Phi-2's always; StableLM's and Phi's per-head LayerNorm q/k (``qk_layernorm``)
+    is refused."""
+    if mt not in ("stablelm", "phi", "gpt_neox"):
+        return {}
+    if mt != "gpt_neox" and _bool_key(d, where, "qk_layernorm", False):
         raise UnsupportedModelError(f"{where}: qk_layernorm (per-head LayerNorm on q and k) is not supported")
-    return {"parallel_residual": _bool_key(d, where, "use_parallel_residual", False)}
+    if mt == "phi":
+        return {"parallel_residual": True}
+    return {"parallel_residual": _bool_key(d, where, "use_parallel_residual", mt == "gpt_neox")}
 
 
 def _rotary_dim(d: dict[str, Any], where: str, mt: str, heads: int) -> int | None:
-    """``int(head_dim * partial_rotary_factor)`` (top level, or in v5's ``rope_parameters``; HF's
-    rounding), None for full rotary. StableLM's config class defaults the factor to 0.25."""
+    """``int(head_dim * partial_rotary_factor)`` (top level, or in v5's ``rope_parameters``, or
+    GPT-NeoX's ``rotary_pct``; HF's rounding), None for full rotary. The config classes' defaults:
+    StableLM 0.25, Phi 0.5, GPT-NeoX 0.25, else 1."""
     params = d.get("rope_parameters") if isinstance(d.get("rope_parameters"), dict) else {}
     key, f = "partial_rotary_factor", d.get("partial_rotary_factor")
     if f is None and params.get(key) is not None:
         key, f = f"rope_parameters.{key}", params[key]
+    if f is None and mt == "gpt_neox" and d.get("rotary_pct") is not None:
+        key, f = "rotary_pct", d["rotary_pct"]
     if f is None:
-        f = 0.25 if mt == "stablelm" else 1.0
+        f = {"stablelm": 0.25, "phi": 0.5, "gpt_neox": 0.25}.get(mt, 1.0)
     f = _as_float(f, key, where)
     hd = _int_key(d, where, "head_dim", default=None) or _int_key(d, where, "hidden_size") // heads
     if f > 1.0:
@@ -489,6 +543,9 @@ def _layer_types(d: dict[str, Any], where: str, mt: str) -> list[str] | None:
         mwl = d.get("max_window_layers", 28)
         mwl = _as_int(mwl, "max_window_layers", where, minimum=0)
         return ["sliding_attention" if i >= mwl else "full_attention" for i in range(n)]
+    if mt in ("gemma2", "gemma3_text"):  # their config classes' patterns: every 2nd / 6th layer is global
+        every = 2 if mt == "gemma2" else _int_key(d, where, "sliding_window_pattern", default=6)
+        return ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(n)]
     return None
 
 

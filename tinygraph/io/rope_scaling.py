@@ -15,8 +15,12 @@ Types (HF transformers' ``modeling_rope_utils``, reimplemented from their defini
   ``original_max_position_embeddings``, ``long_factor`` beyond (HF picks per forward call, from
   the largest position in it), attention factor ``sqrt(1 + ln(s) / ln(original))`` with
   ``s = max_position_embeddings / original`` unless given.
-- ``dynamic`` (NTK): the same frequencies as plain RoPE up to ``max_position_embeddings``; HF only
-  changes them (statefully, per call) beyond it, so the context is limited to that length.
+- ``dynamic`` (NTK): plain frequencies up to ``max_position_embeddings``; a forward call whose
+  last position + 1 = ``L`` exceeds it uses the base ``theta * (factor L / max - (factor - 1)) **
+  (d / (d - 2))`` (:func:`dynamic_factors`; HF recomputes per call, keys cached earlier keep their
+  rotation). HF keeps the largest frequencies seen until a call is shorter than
+  ``max_position_embeddings``; here every step uses its own length (the same for one growing
+  sequence).
 """
 from __future__ import annotations
 
@@ -45,14 +49,15 @@ class RopeScaling:
         switch_at: longrope: a step whose last position is >= this (positions are 0-based, so
             ``start + T > original_max_position_embeddings``) uses ``long_factors``.
         attention_factor: HF's ``attention_scaling`` (multiplies cos and sin); 1.0 when unused.
-        max_context: the longest context these frequencies are exact for (dynamic NTK), else None.
+        dynamic: dynamic NTK's ``factor`` (its divisors depend on the step: :func:`dynamic_factors`;
+            ``factors`` are then ones, the divisors up to ``switch_at`` = max_position_embeddings).
     """
 
     factors: np.ndarray | None = None
     long_factors: np.ndarray | None = None
     switch_at: int | None = None
     attention_factor: float = 1.0
-    max_context: int | None = None
+    dynamic: float | None = None
 
 
 def rotary_pairs(cfg: "TransformerConfig") -> tuple[int, int]:
@@ -103,8 +108,8 @@ def rope_scaling(cfg: "TransformerConfig") -> RopeScaling:
             return _yarn(cfg, sc, dim, where)
         if rtype == "longrope":
             return _longrope(cfg, sc, dim, where)
-        float(sc["factor"])  # dynamic: checked, but the frequencies are plain up to max_position_embeddings
-        return RopeScaling(max_context=cfg.max_position_embeddings)
+        return RopeScaling(np.ones(half, np.float32), switch_at=cfg.max_position_embeddings,
+                           dynamic=float(sc["factor"]))
     except KeyError as exc:
         raise LoadError(f"{where}: missing parameter {exc.args[0]!r}") from exc
 
@@ -113,6 +118,21 @@ def rope_freq_factors(cfg: "TransformerConfig") -> np.ndarray | None:
     """Per-pair divisors of the RoPE frequencies, float32 [rotary_dim // 2]; None for plain RoPE
     (longrope: the short set). See :func:`rope_scaling`."""
     return rope_scaling(cfg).factors
+
+
+def dynamic_factors(cfg: "TransformerConfig", factor: float, end: int) -> np.ndarray:
+    """Dynamic NTK's divisors [rotary_dim/2] float32 for a forward call over positions ``< end``:
+    ones up to ``max_position_embeddings``, else those of the enlarged base (float32, as torch
+    computes it in HF)."""
+    dim, half = rotary_pairs(cfg)
+    mx = cfg.max_position_embeddings
+    if end <= mx:
+        return np.ones(half, np.float32)
+    f32 = np.float32
+    grow = (f32(factor) * f32(end) / f32(mx) - f32(factor - 1)) ** f32(dim / (dim - 2))
+    base = f32(cfg.rope_theta) * f32(grow)
+    inv = (f32(1) / (base ** (np.arange(0, dim, 2, dtype=np.int64).astype(f32) / f32(dim)))).astype(f32)
+    return _divisors(inv, cfg.rope_theta, dim)
 
 
 def _original_max(cfg: "TransformerConfig", sc: dict) -> int:
@@ -200,4 +220,5 @@ def _longrope(cfg: "TransformerConfig", sc: dict, dim: int, where: str) -> RopeS
     return RopeScaling(sets[0], sets[1], orig, float(af))
 
 
-__all__ = ["RopeScaling", "ROPE_TYPES", "rope_scaling", "rope_freq_factors", "rope_inv_freq", "rotary_pairs"]
+__all__ = ["RopeScaling", "ROPE_TYPES", "rope_scaling", "rope_freq_factors", "rope_inv_freq", "rotary_pairs",
+           "dynamic_factors"]

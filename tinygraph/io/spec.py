@@ -27,6 +27,7 @@ Canonical names (``{i}`` = layer index)::
                                                              tinygraph.io.moe; {e} = expert)
     final_norm.weight             [hidden]                   (+ .bias)
     lm_head.weight                [vocab, hidden]            absent when tied to tok_emb
+    lm_head.bias                  [vocab]                    lm_head_bias only (Phi-2)
 """
 
 from __future__ import annotations
@@ -75,10 +76,10 @@ class ModelSpec:
     """What distinguishes one decoder-only architecture from another.
 
     Attributes:
-        name: "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo2", "stablelm",
-            "phi3", "mixtral", "qwen2_moe", "qwen3_moe".
+        name: "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo2", "stablelm", "phi3",
+            "phi", "gpt_neox", "gemma2", "gemma3", "mixtral", "qwen2_moe", "qwen3_moe".
         norm: "layernorm" (weight+bias, mean-centred) or "rmsnorm".
-        activation: "gelu_tanh" or "silu".
+        activation: "gelu_tanh", "silu" or "gelu" (exact).
         gated_mlp: MLP is ``down(act(gate(x)) * up(x))`` rather than ``down(act(up(x)))``.
         position: "learned" (``pos_emb``) or "rope".
         rope_mode: "neox" (rotate halves: pairs (j, j + head_dim/2)); None without RoPE.
@@ -92,6 +93,11 @@ class ModelSpec:
         post_norms: a norm on the attention and MLP outputs, before the residual add (OLMo 2).
         scale_embeddings: embeddings times sqrt(hidden), the factor rounded to the model dtype
             first, as HF's ``GemmaTextScaledWordEmbedding`` does (Gemma).
+        lm_head_bias: the output projection has a bias (Phi-2).
+        parallel_mlp_norm: with the config's parallel residual, the MLP reads its own norm
+            (``mlp_norm``) of the layer input rather than the attention's (GPT-NeoX).
+        activation "gelu" is the exact (erf) GELU; for the GELU specs the config's GELU form is
+            used (HF's ``hidden_act``: "gelu" exact, "gelu_new" / "gelu_pytorch_tanh" tanh).
     """
 
     name: str
@@ -110,6 +116,8 @@ class ModelSpec:
     pre_norms: bool = True
     post_norms: bool = False
     scale_embeddings: bool = False
+    lm_head_bias: bool = False
+    parallel_mlp_norm: bool = False
 
     # PyGPUkit-compatible aliases.
     @property
@@ -131,7 +139,7 @@ class ModelSpec:
 
 
 # Checkpoints may or may not nest everything under one of these.
-HF_PREFIXES = ("model.", "transformer.")
+HF_PREFIXES = ("model.", "transformer.", "gpt_neox.")
 
 
 def _llama_rules(post_norms: bool = False, norm_add: float = 0.0, norm_bias: bool = False) -> tuple[WeightRule, ...]:
@@ -242,6 +250,53 @@ PHI3_SPEC = ModelSpec(
         _llama_rules(), "self_attn.qkv_proj", "qkv", (("gate_up", "mlp.gate_up_proj"),))})
 
 
+def _renamed_rules(names: dict[str, str], qkv: str | None = None) -> tuple[WeightRule, ...]:
+    """Rules for a layout given as canonical -> HF name stems (``{i}`` = layer), weight and bias
+    each; ``qkv``: a fused per-head q/k/v tensor stem ("heads" layout) instead of q/k/v stems."""
+    r = [WeightRule(f"{c}.{kind}", f"{h}.{kind}") for c, h in names.items() for kind in ("weight", "bias")]
+    if qkv is not None:
+        r += [WeightRule(f"layers.{{i}}.attn.{p}.{kind}", f"{qkv}.{kind}", split=(n, 3), layout="heads")
+              for kind in ("weight", "bias") for n, p in enumerate("qkv")]
+    return tuple(r)
+
+
+_PHI_NAMES = {"tok_emb": "embed_tokens", "final_norm": "final_layernorm", "lm_head": "lm_head",
+              "layers.{i}.attn_norm": "layers.{i}.input_layernorm",
+              **{f"layers.{{i}}.attn.{p}": f"layers.{{i}}.self_attn.{p}_proj" for p in "qkv"},
+              "layers.{i}.attn.o": "layers.{i}.self_attn.dense",
+              "layers.{i}.mlp.up": "layers.{i}.mlp.fc1", "layers.{i}.mlp.down": "layers.{i}.mlp.fc2"}
+_NEOX_NAMES = {"tok_emb": "embed_in", "final_norm": "final_layer_norm", "lm_head": "embed_out",
+               "layers.{i}.attn_norm": "layers.{i}.input_layernorm",
+               "layers.{i}.mlp_norm": "layers.{i}.post_attention_layernorm",
+               "layers.{i}.attn.o": "layers.{i}.attention.dense",
+               "layers.{i}.mlp.up": "layers.{i}.mlp.dense_h_to_4h",
+               "layers.{i}.mlp.down": "layers.{i}.mlp.dense_4h_to_h"}
+_GELU_KW = dict(norm="layernorm", gated_mlp=False, position="rope", rope_mode="neox", qk_norm=False, **_NO_BIAS)
+# Phi-2: one LayerNorm feeds attention and MLP (the config's parallel residual), partial rotary,
+# biases everywhere (found in the file), gelu_new, a biased lm_head
+PHI_SPEC = ModelSpec(name="phi", activation="gelu_tanh", rules=_renamed_rules(_PHI_NAMES),
+                     ignore=("layers.{i}.self_attn.rotary_emb.inv_freq",), **_GELU_KW)  # type: ignore[arg-type]
+# GPT-NeoX / Pythia: parallel residual with two LayerNorms, rotary_pct, fused per-head q/k/v,
+# exact GELU; transformers 5 saves the head as lm_head, the hub's files as embed_out
+GPT_NEOX_SPEC = ModelSpec(
+    name="gpt_neox", activation="gelu", parallel_mlp_norm=True,
+    rules=_renamed_rules(_NEOX_NAMES, qkv="layers.{i}.attention.query_key_value")
+    + (WeightRule("lm_head.weight", "lm_head.weight"),),
+    ignore=tuple(f"layers.{{i}}.attention.{b}" for b in ("bias", "masked_bias", "rotary_emb.inv_freq")),
+    **_GELU_KW)  # type: ignore[arg-type]
+# Gemma 2 / Gemma 3 (text): Gemma's (1 + w) RMSNorms before *and* after attention and MLP
+# (post_attention_layernorm normalises the attention output, pre_feedforward_layernorm the MLP
+# input); soft-caps, the attention scale, per-layer windows and Gemma 3's local RoPE base are
+# config values; Gemma 3 adds per-head q/k norms
+_GEMMA2_RULES = _llama_rules(post_norms=True, norm_add=1.0) + tuple(
+    WeightRule(f"layers.{{i}}.{c}.weight", f"layers.{{i}}.{h}.weight", add=1.0)
+    for c, h in (("attn_norm", "input_layernorm"), ("mlp_norm", "pre_feedforward_layernorm")))
+_GEMMA2_KW = dict(norm="rmsnorm", activation="gelu_tanh", gated_mlp=True, position="rope", rope_mode="neox",
+                  rules=_GEMMA2_RULES, ignore=_LLAMA_KW["ignore"], scale_embeddings=True, post_norms=True, **_NO_BIAS)
+GEMMA2_SPEC = ModelSpec(name="gemma2", qk_norm=False, **_GEMMA2_KW)  # type: ignore[arg-type]
+GEMMA3_SPEC = ModelSpec(name="gemma3", qk_norm=True, **_GEMMA2_KW)  # type: ignore[arg-type]
+
+
 def _moe_rules(rules: tuple[WeightRule, ...], block: str, parts: tuple[str, str, str], shared: bool = False
                ) -> tuple[WeightRule, ...]:
     """``rules`` plus an MoE block's router (``{block}.gate``) and experts (``{block}.experts.{e}``,
@@ -279,13 +334,17 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "olmo2": OLMO2_SPEC,
     "stablelm": STABLELM_SPEC,
     "phi3": PHI3_SPEC,
+    "phi": PHI_SPEC,
+    "gpt_neox": GPT_NEOX_SPEC,
+    "gemma2": GEMMA2_SPEC,
+    "gemma3": GEMMA3_SPEC,
     "mixtral": MIXTRAL_SPEC,
     "qwen2_moe": QWEN2_MOE_SPEC,
     "qwen3_moe": QWEN3_MOE_SPEC,
 }
 
 # config.json model_type values that are architecturally one of the above.
-_TYPE_ALIASES = {"smollm": "llama", "smollm2": "llama", "tinyllama": "llama", "llama2": "llama", "llama3": "llama"}
+_TYPE_ALIASES = {"gemma3_text": "gemma3", "smollm": "llama", "smollm2": "llama", "tinyllama": "llama", "llama2": "llama", "llama3": "llama"}
 
 
 def strip_prefix(name: str) -> str:
@@ -392,7 +451,7 @@ def required_names(spec: ModelSpec, cfg: TransformerConfig) -> list[str]:
             names += [L + "attn.q_norm.weight", L + "attn.k_norm.weight"]
         if spec.post_norms:
             names.append(L + "attn_post_norm.weight")
-        names += [L + "mlp_norm." + k for k in (() if cfg.parallel_residual else pre)]
+        names += [L + "mlp_norm." + k for k in (() if cfg.parallel_residual and not spec.parallel_mlp_norm else pre)]
         moe = cfg.moe is not None and cfg.moe.sparse[i]
         names += moe_names(i, cfg) if moe else []
         for p in () if moe else (("gate", "up", "down") if spec.gated_mlp else ("up", "down")):
@@ -404,6 +463,8 @@ def required_names(spec: ModelSpec, cfg: TransformerConfig) -> list[str]:
     names += ["final_norm." + k for k in nb]
     if not cfg.tie_word_embeddings:
         names.append("lm_head.weight")
+    if spec.lm_head_bias:
+        names.append("lm_head.bias")
     return names
 
 
@@ -419,7 +480,7 @@ def expected_shape(name: str, cfg: TransformerConfig, spec: ModelSpec | None = N
     table: dict[str, tuple[int, ...]] = {
         "tok_emb.weight": (cfg.vocab_size, h),
         "pos_emb.weight": (cfg.max_position_embeddings, h),
-        "lm_head.weight": (cfg.vocab_size, h),
+        "lm_head.weight": (cfg.vocab_size, h), "lm_head.bias": (cfg.vocab_size,),
         "final_norm.weight": (h,), "final_norm.bias": (h,),
         "attn_norm.weight": (h,), "attn_norm.bias": (h,),
         "mlp_norm.weight": (h,), "mlp_norm.bias": (h,),
@@ -487,6 +548,10 @@ __all__ = [
     "OLMO2_SPEC",
     "STABLELM_SPEC",
     "PHI3_SPEC",
+    "PHI_SPEC",
+    "GPT_NEOX_SPEC",
+    "GEMMA2_SPEC",
+    "GEMMA3_SPEC",
     "MIXTRAL_SPEC",
     "QWEN2_MOE_SPEC",
     "QWEN3_MOE_SPEC",

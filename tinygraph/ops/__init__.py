@@ -19,7 +19,7 @@ from ..dtypes import FLOAT_DTYPES
 # import order = registration order in OPS (as in the single-file ops.py)
 from .registry import OPS, Array, OpDef  # noqa: F401  (Array: the NumPy array type in signatures)
 from .layout import cast, concat, cont, cpy, get_rows, permute, reshape, set_rows, transpose, view
-from .arith import add, gelu, matmul, mul, scale, silu
+from .arith import add, gelu, matmul, mul, scale, silu, softcap
 from .rows import attention, layer_norm, rms_norm, rope, rope_angles, softmax
 from .fused import attention_store, linear, rope_store
 from .sampling import argmax, sample, sample_draw, sample_params, sample_uniform, sample_weights
@@ -28,7 +28,7 @@ from .sampling import argmax, sample, sample_draw, sample_params, sample_uniform
 from .registry import (_broadcast_shape, _f32, _graph_for, _need_float, _need_weight,  # noqa: F401
                        _node, _norm_axis, _reference, _row_param)
 from .layout import _cast_ref, _concat_ref, _cont_ref, _cpy_ref, _get_rows_ref, _set_rows_ref  # noqa: F401
-from .arith import _add_ref, _gelu_ref, _matmul_ref, _mul_ref, _scale_ref, _silu_ref  # noqa: F401
+from .arith import _add_ref, _gelu_ref, _matmul_ref, _mul_ref, _scale_ref, _silu_ref, _softcap_ref  # noqa: F401
 from .rows import (_attention_ref, _causal_mask, _layer_norm_ref, _past_arg, _past_value,  # noqa: F401
                    _rms_norm_ref, _rope_args, _rope_ref, _softmax_ref, _window_arg)
 from .fused import _ACTS, _NORMS, _attention_store_ref, _linear_ref, _rope_store_ref  # noqa: F401
@@ -36,6 +36,6 @@ from .sampling import _GOLDEN, _MASK64, _argmax_ref, _sample_ref  # noqa: F401
 
 __all__ = ["OPS", "OpDef", "view", "reshape", "permute", "transpose", "cont", "cast", "cpy", "set_rows", "get_rows",
            "attention", "attention_store", "linear", "rope_store",
-           "concat", "matmul", "add", "mul", "scale", "gelu", "silu", "softmax", "layer_norm", "rms_norm",
+           "concat", "matmul", "add", "mul", "scale", "gelu", "silu", "softcap", "softmax", "layer_norm", "rms_norm",
            "rope", "rope_angles", "argmax", "sample", "sample_params", "sample_uniform", "sample_weights", "sample_draw",
            "FLOAT_DTYPES"]

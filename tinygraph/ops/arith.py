@@ -1,13 +1,13 @@
-"""Arithmetic: ``matmul`` and the element-wise ops ``add``, ``mul``, ``scale``, ``gelu``, ``silu``."""
+"""Arithmetic: ``matmul`` and the element-wise ops ``add``, ``mul``, ``scale``, ``gelu``, ``softcap``, ``silu``."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import GraphError, ShapeError
 from ..tensor import Tensor
-from .registry import _broadcast_shape, _f32, _need_float, _need_weight, _node, _reference
+from .registry import Array, _broadcast_shape, _f32, _need_float, _need_weight, _node, _reference
 
 
 def matmul(a: Tensor, b: Tensor, name: str | None = None) -> Tensor:
@@ -65,16 +65,52 @@ def _scale_ref(p, x):
     return _f32(x) * np.float32(p["scale"])
 
 
-def gelu(x: Tensor, name: str | None = None) -> Tensor:
-    """GELU, tanh approximation (GPT-2's ``gelu_new``)."""
+#: ``gelu``'s forms: "tanh" (``0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))``, GPT-2's ``gelu_new``,
+#: HF's ``gelu_pytorch_tanh``) and "none" (exact, ``0.5x(1 + erf(x / sqrt(2)))``, HF's ``gelu``),
+#: named as torch's ``approximate`` argument
+GELU_FORMS = ("tanh", "none")
+
+
+def gelu(x: Tensor, name: str | None = None, approximate: str = "tanh") -> Tensor:
+    """GELU: ``approximate="tanh"`` (the default) or ``"none"`` (exact, erf; see GELU_FORMS).
+    A tanh node has no params, as before the exact form existed; an exact one has
+    ``{"approximate": "none"}``."""
     _need_float("gelu", x)
-    return _node("gelu", (x,), x.shape, x.dtype, None, name)
+    if approximate not in GELU_FORMS:
+        raise GraphError(f"gelu: approximate must be one of {GELU_FORMS}, got {approximate!r}")
+    return _node("gelu", (x,), x.shape, x.dtype, None if approximate == "tanh" else {"approximate": "none"}, name)
+
+
+def _erf(x: Array) -> Array:
+    """erf in float64 (NumPy has none): Abramowitz & Stegun 7.1.26, |error| < 1.5e-7, below
+    float32's resolution of the GELU it feeds."""
+    z = np.abs(x.astype(np.float64))
+    t = 1.0 / (1.0 + 0.3275911 * z)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return np.sign(x) * (1.0 - poly * np.exp(-z * z))
 
 
 @_reference("gelu", "elementwise", elementwise=True)
 def _gelu_ref(p, x):
     x = _f32(x)
+    if p and p.get("approximate") == "none":
+        return (0.5 * x * (1.0 + _erf(x / np.float32(math.sqrt(2.0))))).astype(np.float32)
     return 0.5 * x * (1.0 + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)))
+
+
+def softcap(x: Tensor, cap: float, name: str | None = None) -> Tensor:
+    """Tanh soft-capping, ``cap * tanh(x / cap)``: values squashed into (-cap, cap) (Gemma 2's
+    attention-logit and final-logit capping). ``cap`` a finite number > 0."""
+    _need_float("softcap", x)
+    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not (math.isfinite(cap) and cap > 0):
+        raise GraphError(f"softcap: cap must be a finite number > 0, got {cap!r}")
+    return _node("softcap", (x,), x.shape, x.dtype, {"cap": float(cap)}, name)
+
+
+@_reference("softcap", "elementwise", elementwise=True)
+def _softcap_ref(p, x):
+    c = np.float32(p["cap"])
+    return c * np.tanh(_f32(x) / c)
 
 
 def silu(x: Tensor, name: str | None = None) -> Tensor:

@@ -130,11 +130,9 @@ def attention(q: Tensor, kt: Tensor, v: Tensor, scale: float = 1.0, causal: bool
 @_reference("attention", "attention")
 def _attention_ref(p, q, kt, v, *past):
     # in blocks of queries and keys (online softmax): memory grows with T, not T^2
-    from ..attention_ref import blocked_attention
-    rows = _per_row(p, past, lambda pa, *x: blocked_attention(*x, p["scale"], p["causal"], pa, p.get("window")),
-                    q, kt, v)
-    if rows is not None:
-        return rows
+    from ..attention_ref import blocked_attention, rowwise_attention
+    if p["past"] == -1:  # one position per index of the first axis
+        return rowwise_attention(q, kt, v, p["scale"], past[0].reshape(-1), p.get("window"))
     return blocked_attention(q, kt, v, p["scale"], p["causal"], _past_value(p, past), p.get("window"))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     p.add_argument("--max-queue", type=int, default=1024,
                    help="most requests waiting for a batch slot; beyond it requests get 503")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="skip building the step graphs of every batch size before serving (the first requests "
+                        "then pay for it)")
     p.add_argument("--api-key", default=os.environ.get("TINYGRAPH_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $TINYGRAPH_API_KEY, else none)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0,
@@ -59,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uvicorn's log level (info: one line per request)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
+
+
+class _Stopped(Exception):
+    """A stop signal arrived (after uvicorn's graceful shutdown)."""
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise _Stopped(signal.Signals(signum).name)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -100,12 +112,14 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         engine = Engine(model, max_batch=args.max_batch, kv_memory=args.kv_memory, block_size=args.block_size,
                         max_queue=args.max_queue)
+        if not args.no_warmup:   # before serving: no client waits while a graph is built
+            engine.warmup(progress=sys.stderr.isatty())
         app = create_app(model, engine, model_name=name, api_key=args.api_key)
         host, port = sock.getsockname()[:2]
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         s = engine.stats()
         line = (f"tinygraph: serving {name} ({model.spec.name}, {backend} {dtype}, context {model.max_context}, "
-                f"KV {s['kv_blocks'] * s['block_size']} tokens, max batch {args.max_batch}; loaded in "
+                f"KV {s['kv_blocks'] * s['block_size']} tokens, max batch {args.max_batch}; ready in "
                 f"{time.perf_counter() - t0:.1f} s) at {url}/v1" + (" (API key required)" if args.api_key else ""))
 
         class Server(uvicorn.Server):
@@ -115,7 +129,16 @@ def _serve(args: argparse.Namespace) -> int:
                     print(line, file=sys.stderr, flush=True)
 
         config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=args.shutdown_timeout)
-        Server(config).run(sockets=[sock])
+        # uvicorn shuts down on SIGINT/SIGTERM and then raises the signal again for the previous
+        # handler: these handlers turn that into a normal exit (status 0) after the graceful stop
+        previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            Server(config).run(sockets=[sock])
+        except _Stopped:
+            pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         print("tinygraph: server stopped", file=sys.stderr, flush=True)
     finally:
         model.close()   # after the app's shutdown closed the engine

@@ -25,6 +25,8 @@ from .text import IncrementalDecoder, StopMatcher
 
 #: how often a non-streamed request checks whether its client is still connected (seconds)
 DISCONNECT_POLL_S = 0.1
+#: largest request body read (bytes): far more than any context's worth of text
+MAX_BODY_BYTES = 8 * 2**20
 
 
 class _Generation:
@@ -62,6 +64,16 @@ class _Generation:
 
     async def pieces(self) -> AsyncIterator[str]:
         """The answer's text as it comes (never a broken character, never part of a stop string)."""
+        from tinygraph.models.engine import EngineClosedError
+        try:   # closed with this generator, so its request is cancelled at once, not when collected
+            async with contextlib.aclosing(self._pieces()) as pieces:
+                async for piece in pieces:
+                    yield piece
+        except EngineClosedError:
+            raise P.APIError(503, "the server shut down before the answer was complete", "server_error", None,
+                             "shutting_down") from None
+
+    async def _pieces(self) -> AsyncIterator[str]:
         dec = IncrementalDecoder(self.app.tokenizer, self.prompt)
         stop = StopMatcher(self.stops)
         try:
@@ -140,7 +152,14 @@ class ServeState:
 
 
 async def _json_body(request: Request) -> dict:
-    raw = await request.body()
+    chunks, size = [], 0
+    async for chunk in request.stream():   # read with a limit: a huge body is refused, not buffered
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise P.APIError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes",
+                             "invalid_request_error", None, "request_too_large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -183,7 +202,9 @@ async def _stream(gen: _Generation, chunk: Callable[[str, str | None], dict], ob
         yield _sse(chunk("", gen.finish_reason))
         if include_usage:
             yield _sse(P.usage_chunk(rid, obj, model, created, gen.usage()))
-    except Exception as e:   # noqa: BLE001  the status line is sent: the error goes in the stream
+    except P.APIError as e:   # the status line is sent: errors go in the stream
+        yield _sse(e.body())
+    except Exception as e:   # noqa: BLE001
         yield _sse(P.error_body(f"generation failed: {type(e).__name__}: {e}", "server_error"))
     finally:
         gen.cancel()

@@ -126,7 +126,7 @@ def parse_params(body: dict, chat: bool) -> GenParams:
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
         raise bad(f"'seed' must be an integer, got {seed!r}", "seed")
-    p.seed = None if seed is None else seed % 2**63   # any int; the engine's streams take 63 bits
+    p.seed = None if seed is None else seed % 2**64   # any int, taken mod 2**64 as model.generate does
     p.stop = _stop(body.get("stop"))
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):

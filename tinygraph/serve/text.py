@@ -41,7 +41,6 @@ class IncrementalDecoder:
         self.ids: list[int] = ctx
         self.prefix = 0           # window start: tokens before it are fully written
         self.read = len(ctx)      # tokens before it have had their text written
-        self.text = ""            # all text written so far
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)
@@ -54,7 +53,6 @@ class IncrementalDecoder:
         if len(now) > len(done) and not now.endswith(REPLACEMENT):
             piece = now[len(done):]
             self.prefix, self.read = self.read, len(self.ids)
-            self.text += piece
             return piece
         return ""
 
@@ -64,7 +62,6 @@ class IncrementalDecoder:
         now = self._decode(self.ids[self.prefix:])
         piece = now[len(done):] if len(now) > len(done) else ""
         self.prefix = self.read = len(self.ids)
-        self.text += piece
         return piece
 
 

@@ -488,8 +488,11 @@ class CudaBackend(Backend):
             lib.binary(op, dt.short, out, self._as(src[0], base, dt), self._as(src[1], base, dt), stream=s)
         elif op == "scale":
             lib.scale(dt.short, out, self._as(src[0], base, dt), p["scale"], stream=s)
-        elif op in ("gelu", "silu"):
-            lib.unary(op, dt.short, out, self._as(src[0], base, dt), stream=s)
+        elif op == "softcap":
+            lib.softcap(dt.short, out, self._as(src[0], base, dt), p["cap"], stream=s)
+        elif op in ("gelu", "silu"):  # the exact GELU is elementwise.cu's gelu_erf
+            kernel = "gelu_erf" if p.get("approximate") == "none" else op
+            lib.unary(kernel, dt.short, out, self._as(src[0], base, dt), stream=s)
         elif op == "softmax":
             past_dev = self._contiguous_ids(src[1], base) if p["past_src"] else None
             lib.softmax(dt.short, out, self._as(src[0], base, dt), p["scale"], p["causal"], p["past"],

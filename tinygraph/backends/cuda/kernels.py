@@ -19,6 +19,7 @@ base        file           parameters (T* = device pointer of the kernel's dtype
 add/sub/    elementwise.cu (T* out, TD od, const T* a, TD ad, const T* b, TD bd)
 mul/div
 scale       elementwise.cu (T* out, TD od, const T* x, TD xd, float s)
+softcap     elementwise.cu (T* out, TD od, const T* x, TD xd, float c)   c * tanh(x / c)
 gelu,       elementwise.cu (T* out, TD od, const T* x, TD xd)
 gelu_erf,
 silu
@@ -305,6 +306,7 @@ _reg(
     KernelSpec("gelu", "elementwise.cu", _UN, _ONE, "elementwise", "GELU, tanh form"),
     KernelSpec("gelu_erf", "elementwise.cu", _UN, _ONE, "elementwise", "GELU, erf form"),
     KernelSpec("silu", "elementwise.cu", _UN, _ONE, "elementwise", "x * sigmoid(x)"),
+    KernelSpec("softcap", "elementwise.cu", _UN + (("c", "f32"),), _ONE, "elementwise", "out = c * tanh(x / c)"),
     KernelSpec("cpy", "elementwise.cu", (("dst", "ptr"), ("dd", "td"), ("src", "ptr"), ("sd", "td")),
                _PAIRS + (("i32", "i32"),), "elementwise",
                "strided copy with dtype conversion; name cpy_<src>_<dst>"),
@@ -574,6 +576,14 @@ class KernelLibrary:
         g, bl = self._ew(out.numel)
         self._launch(self.get("scale", dtype), g, bl,
                       [out.addr, out.td, x.addr, x.td, f32(s)], stream=stream)
+
+    def softcap(self, dtype, out: Arg, x: Arg, c: float, stream=None) -> None:
+        """out = c * tanh(x / c) (Gemma 2's soft-capping), c > 0."""
+        if out.numel == 0:
+            return
+        g, bl = self._ew(out.numel)
+        self._launch(self.get("softcap", dtype), g, bl,
+                      [out.addr, out.td, x.addr, x.td, f32(c)], stream=stream)
 
     def copy(self, dst: Arg, src: Arg, src_dtype, dst_dtype=None, stream=None) -> None:
         """Strided copy / cast; element i of src (row-major over its shape) -> element i of dst."""
