@@ -163,6 +163,33 @@ def test_routing_graph_matches_numpy_top_k(fam, backend):
     assert ((w > 0).sum(-1) == k).all() and np.isfinite(w).all()
 
 
+@pytest.mark.parametrize("E, k, norm", [(64, 8, True), (128, 8, False), (60, 4, False), (8, 8, True), (8, 1, False)])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_routing_at_real_model_sizes(E, k, norm, dtype, backend):
+    """Routing alone at Qwen/Mixtral-like expert counts, on logits in steps of 1/8 (exact in
+    float16, so many ties, broken as a stable sort does): the chosen set and weights."""
+    from types import SimpleNamespace
+
+    from tinygraph.io.moe import MoEConfig
+    from tinygraph.models.moe import MoE
+    dt = tg.dtypes.as_dtype(dtype)
+    x = (np.random.default_rng(E + k).integers(-40, 40, (33, E)) / 8).astype(np.float32)
+    with tg.Session(backend=backend) as s:
+        W = {"moe.eye": s.persistent((E, E), dt, name="moe.eye"),
+             "moe.not_eye": s.persistent((E, E), dt, name="moe.not_eye")}
+        s.finalize()
+        s.upload(W["moe.eye"], np.eye(E, dtype=np.float32))
+        s.upload(W["moe.not_eye"], 1 - np.eye(E, dtype=np.float32))
+        me = SimpleNamespace(config=SimpleNamespace(moe=MoEConfig(E, k, 16, norm, None, (True,))), W=W, dtype=dt)
+        g = s.graph()
+        inp = g.input(x.shape, dt, name="router_logits")
+        g.output(MoE._routing(me, inp, "test"))
+        (w,) = s.compute(g, {inp: x})
+    want = _numpy_routing(x, k, norm)
+    assert ((w > 0) == (want > 0)).all()  # the same experts (ties: lowest index)
+    np.testing.assert_allclose(w.astype(np.float64), want, rtol=2e-3 if dtype == "float16" else 1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------- config
 def test_moe_config_keys():
     c = config_from_hf(_cfg("qwen3_moe")).moe
