@@ -156,6 +156,8 @@ class Layers:
         return self._history_views[i]
 
     def _mlp(self, x: tg.Tensor, i: int) -> tg.Tensor:
+        if self.config.moe is not None and self.config.moe.sparse[i]:  # Mixtral, Qwen MoE: models/moe.py
+            return self._moe(x, i)
         P = f"layers.{i}.mlp"
         if self.spec.gated_mlp and f"{P}.gate_up.weight" not in self.W:
             h = tg.mul(self._act(self._linear(x, f"{P}.gate"), P), self._linear(x, f"{P}.up"), name=f"{P}.gated")

@@ -4,7 +4,8 @@ The spec says what differs between GPT-2, LLaMA/Mistral/SmolLM2, Qwen2, Qwen3, G
 OLMo 2, StableLM, Phi-3, Phi-2 and GPT-NeoX (norm type, activation, gated MLP, learned positions vs
 RoPE, biases, QK-norm per head or over the whole projection, pre- and/or post-norms, scaled
 embeddings, tied embeddings, fused q/k/v layouts; Granite's multipliers, partial rotary, the
-parallel residual, soft-caps and RoPE scalings are config values); this module and
+parallel residual, soft-caps, RoPE scalings and the MoE block of Mixtral / Qwen2-MoE / Qwen3-MoE
+(``models/moe.py``) are config values); this module and
 ``models/layers.py`` (the graph-building half) turn spec + config + weights into graphs. Weights are persistent buffers uploaded once; each
 layer's KV cache is a persistent buffer ``[kv_heads, max_context, head_dim]``.
 
@@ -29,6 +30,7 @@ from tinygraph.passes import optimize
 from tinygraph.session import SessionClosedError
 
 from .layers import Layers
+from .moe import MoE
 
 #: step graphs kept per model (decode + a few prompt lengths)
 MAX_CACHED_GRAPHS = 6
@@ -80,7 +82,7 @@ class HostArray:
         return self.array.shape
 
 
-class Transformer(Layers):
+class Transformer(Layers, MoE):
     """A decoder-only language model as tinygraph graphs.
 
     ``dtype``: storage and compute dtype of weights, activations and KV cache ("float32",
@@ -203,6 +205,7 @@ class Transformer(Layers):
                         packed.update(pn)
                         decl(name, (sum(sh[0] for sh in shapes),) + shapes[0][1:],
                              types.pop() if kind == "weight" else dt)
+        packed |= self._declare_moe(ckpt, decl)  # experts packed per layer, router, one-hot tables
         for n in sorted(names - packed):
             decl(n, tuple(ckpt.shape(n)), self._weight_dtype(ckpt, n, tuple(ckpt.shape(n))))
         hd, nkv = cfg.head_dim, cfg.num_kv_heads
@@ -228,6 +231,8 @@ class Transformer(Layers):
                 parts = self._packs[name]
                 get = ckpt.tensor_raw if raw(parts, t) else ckpt.tensor
                 s.upload(t, np.concatenate([get(p) for p in parts], axis=0))
+            elif name in self._moe_arrays:  # made once (packed experts): drop the maker, it holds ckpt
+                s.upload(t, self._moe_arrays.pop(name)())
             elif name in self._rope_consts:
                 s.upload(t, self._rope_consts[name])
             else:

@@ -35,7 +35,8 @@ def llama():
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "qwen3", "gemma", "stablelm_parallel", "olmo2", "phi3", "phi3_partial",
-                                    "qwen3_yarn", "gemma2", "gemma3_text", "phi", "gpt_neox"])
+                                    "qwen3_yarn", "gemma2", "gemma3_text", "phi", "gpt_neox", "mixtral",
+                                    "qwen3_moe", "qwen3_moe_step", "qwen2_moe"])
 def test_greedy_batch_equals_one_at_a_time(family):
     with load_model(FIX / family, backend="numpy") as m:
         prompts = _prompts(m.config.vocab_size)

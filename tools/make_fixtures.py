@@ -30,7 +30,8 @@ What it writes (everything deterministic: fixed seeds, float32, CPU, eager atten
                                            prompt position after prefill, row k the logits after
                                            feeding generated token k-1 (argmax(row k) = greedy[0, T+k])
   for <name> in gpt2, gpt2_prefixed, llama, mistral, qwen2, qwen3, llama3, gemma, granite, olmo2,
-  stablelm, stablelm_parallel
+  stablelm, stablelm_parallel, the breadth families (tools/fixture_families.py) and the MoE families
+  (tools/fixture_moe.py: reference.npz also holds expert_hits)
   (--family NAME writes only that family, repeatable, and merges its MANIFEST entry).
     gpt2/            tensor names WITHOUT "transformer." (hub GPT-2 form), no lm_head (tied to wte)
     gpt2_prefixed/   the same weights, names WITH "transformer." (what save_pretrained writes)
@@ -65,6 +66,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixture_families import (BREADTH, SEEDS as BREADTH_SEEDS, adjust_, argmax_references,  # noqa: E402
                              make_breadth_config)
+from fixture_moe import MOE, SEEDS as MOE_SEEDS, all_experts_hit, expert_hits, make_moe_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -93,6 +95,7 @@ SEEDS = {
     "stablelm": 1010,
     "stablelm_parallel": 1011,
     **BREADTH_SEEDS,  # tools/fixture_families.py
+    **MOE_SEEDS,  # tools/fixture_moe.py
 }
 # Families written later (with --family): (config class, settings over 4 heads, 2 KV heads, untied,
 # theta 1e4); narrow MLPs keep each under 300 KB.
@@ -164,6 +167,8 @@ def make_config(name: str):
         )
     if name in BREADTH:
         return make_breadth_config(name, HIDDEN, LAYERS, VOCAB, MAX_POS)
+    if name in MOE:
+        return make_moe_config(name, HIDDEN, VOCAB, MAX_POS)
     if name in LATER:
         cls, kw = LATER[name]
         if cls == "StableLmConfig":  # LayerNorm: its eps has the other name
@@ -251,7 +256,7 @@ def compute_reference(name: str, seed: int):
 
     with torch.no_grad():
         full = model(input_ids=ids_t, use_cache=False).logits.float().numpy().astype(np.float32)
-    if name in BREADTH:  # plain argmax loops, with and without HF's KV cache (fixture_families.py)
+    if name in BREADTH or name in MOE:  # plain argmax loops, with and without HF's KV cache (fixture_families.py)
         greedy, dec_logits, cached, min_margin = argmax_references(model, input_ids, N_NEW)
         return model, input_ids, full, (greedy, cached), dec_logits, min_margin
 
@@ -292,7 +297,9 @@ def write_family(name: str, log) -> dict:
     for k in range(MAX_SEED_TRIES):
         seed = SEEDS[name] + 1000 * k
         model, input_ids, full, greedy, dec_logits, min_margin = compute_reference(name, seed)
-        if min_margin >= MIN_MARGIN:
+        # MoE: every expert of every MoE layer must be chosen somewhere in the greedy sequence
+        hits = expert_hits(model, greedy[0]) if name in MOE else None
+        if min_margin >= MIN_MARGIN and (hits is None or all_experts_hit(model, hits)):
             break
     else:
         raise RuntimeError(f"{name}: no seed with top-1 margin >= {MIN_MARGIN}")
@@ -314,6 +321,8 @@ def write_family(name: str, log) -> dict:
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
     extra = {"greedy_cached": cached} if not np.array_equal(cached, greedy) else {}
+    if hits is not None:
+        extra["expert_hits"] = hits
     np.savez(
         out_dir / "reference.npz",
         input_ids=input_ids, logits=full, greedy=greedy, decode_logits=dec_logits, **extra,

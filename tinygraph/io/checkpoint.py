@@ -24,6 +24,7 @@ import numpy as np
 from .config import TransformerConfig, load_hf_config
 from .errors import LoadError, UnsupportedModelError
 from .files import check_directory, check_regular_file, optional_file, read_bytes, read_text
+from .moe import check_expert_names
 from .rope_scaling import RopeScaling, rope_scaling
 from .safetensors import INDEX_SUFFIX, SafeTensorsFile
 from .spec import (
@@ -314,6 +315,7 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
     upgrade: dict[str, Any] = {k: True for k, v in flags.items() if v and not getattr(spec, k)}
     if upgrade:
         spec = dataclasses.replace(spec, **upgrade)
+    check_expert_names(p, cfg, unused, list(plan))  # fused 3-D or surplus experts: refused, not ignored
     if unused:
         warnings.warn(f"{p}: {len(unused)} tensors not used by {spec.name}: {unused[:5]}", stacklevel=3)
 

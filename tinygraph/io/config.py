@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import LoadError, UnsupportedModelError
 from .files import read_text
+from .moe import MoEConfig, moe_config
 from .rope_scaling import rope_freq_factors, rope_inv_freq
 
 ACTIVATIONS = ("gelu_tanh", "silu", "gelu")
@@ -51,6 +52,9 @@ _ARCH_TO_TYPE = {
     "GPTNeoXForCausalLM": "gpt_neox",
     "Gemma2ForCausalLM": "gemma2",
     "Gemma3ForCausalLM": "gemma3_text",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
 }
 
 
@@ -111,6 +115,7 @@ class TransformerConfig:
     attn_softcap: float | None = None
     final_softcap: float | None = None
     rope_theta_local: float | None = None
+    moe: MoEConfig | None = None  # Mixtral / Qwen2-MoE / Qwen3-MoE (tinygraph.io.moe)
 
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
@@ -400,7 +405,7 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
         theta, scaling = _normalise_rope(d, where, mt)
         heads = _int_key(d, where, "num_attention_heads")
         # Qwen2/Qwen3 slide only with use_sliding_window (HF's default: false); Mistral always does
-        use_sw = _bool_key(d, where, "use_sliding_window", mt not in _QWEN_WINDOWS)
+        use_sw = _bool_key(d, where, "use_sliding_window", mt not in _QWEN_WINDOWS + _QWEN_MOE)
         return TransformerConfig(
             model_type=mt,
             vocab_size=_int_key(d, where, "vocab_size"),
@@ -426,6 +431,8 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
             rotary_dim=_rotary_dim(d, where, mt, heads),
             sliding_window=_int_key(d, where, "sliding_window", default=None) if use_sw else None,
             layer_types=_layer_types(d, where, mt),
+            moe=moe_config(d, where, mt, _int_key(d, where, "num_hidden_layers"),
+                           _int_key(d, where, "intermediate_size")),
         )
     except KeyError as exc:
         raise LoadError(f"{where}: required key {exc.args[0]!r} is missing") from exc
@@ -512,6 +519,7 @@ def _rotary_dim(d: dict[str, Any], where: str, mt: str, heads: int) -> int | Non
 
 
 _QWEN_WINDOWS = ("qwen2", "qwen3")  # model types whose layers slide by max_window_layers
+_QWEN_MOE = ("qwen2_moe", "qwen3_moe")  # no sliding window unless use_sliding_window (HF's default)
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
@@ -528,6 +536,9 @@ def _layer_types(d: dict[str, Any], where: str, mt: str) -> list[str] | None:
             raise UnsupportedModelError(f"{where}: layer_types entry {bad[0]!r} is not supported "
                                         f"(supported: {', '.join(LAYER_TYPES)})")
         return list(lt)
+    if mt == "qwen2_moe":  # transformers' Qwen2MoeConfig: layers 0, 2, 4, ... below max_window_layers
+        mwl = _as_int(d.get("max_window_layers", 28), "max_window_layers", where, minimum=0)
+        return ["sliding_attention" if (i + 1) % 2 and i < mwl else "full_attention" for i in range(n)]
     if mt in _QWEN_WINDOWS:
         mwl = d.get("max_window_layers", 28)
         mwl = _as_int(mwl, "max_window_layers", where, minimum=0)

@@ -359,6 +359,10 @@ class GGUFFile:
 
     def _config(self) -> TransformerConfig:
         a = self.arch
+        experts = self.meta(f"{a}.expert_count")
+        if experts or any(n.endswith("_exps.weight") for n in self._tensors):  # e.g. Mixtral as "llama"
+            raise UnsupportedModelError(f"{self.path}: mixture-of-experts GGUF files ({a}, expert_count "
+                                        f"{experts}) are not supported; load the HF safetensors checkpoint")
         hidden = self._int(f"{a}.embedding_length", required=True)
         heads = self._int(f"{a}.attention.head_count", required=True)
         kv = self._int(f"{a}.attention.head_count_kv", heads)

@@ -23,6 +23,8 @@ Canonical names (``{i}`` = layer index)::
     layers.{i}.mlp.gate.weight    [inter, hidden]            gated only
     layers.{i}.mlp.up.weight      [inter, hidden]            (+ .bias if mlp_bias)
     layers.{i}.mlp.down.weight    [hidden, inter]            (+ .bias)
+    layers.{i}.moe.*                                         MoE layers instead of mlp.* (see
+                                                             tinygraph.io.moe; {e} = expert)
     final_norm.weight             [hidden]                   (+ .bias)
     lm_head.weight                [vocab, hidden]            absent when tied to tok_emb
     lm_head.bias                  [vocab]                    lm_head_bias only (Phi-2)
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import LoadError, UnsupportedModelError
+from .moe import moe_names, moe_shape
 
 if TYPE_CHECKING:
     from .config import TransformerConfig
@@ -48,7 +51,7 @@ class WeightRule:
     """How one canonical tensor is made from one HF tensor.
 
     Attributes:
-        canonical: canonical name template (``{i}`` = layer).
+        canonical: canonical name template (``{i}`` = layer, ``{e}`` = expert).
         hf: HF name template, without the ``model.`` / ``transformer.`` prefix.
         transpose: the HF tensor is ``[in, out]`` (GPT-2 Conv1D); transpose it.
         split: ``(part, parts)``: after the optional transpose, take row block
@@ -74,7 +77,7 @@ class ModelSpec:
 
     Attributes:
         name: "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "olmo2", "stablelm", "phi3",
-            "phi", "gpt_neox", "gemma2", "gemma3".
+            "phi", "gpt_neox", "gemma2", "gemma3", "mixtral", "qwen2_moe", "qwen3_moe".
         norm: "layernorm" (weight+bias, mean-centred) or "rmsnorm".
         activation: "gelu_tanh", "silu" or "gelu" (exact).
         gated_mlp: MLP is ``down(act(gate(x)) * up(x))`` rather than ``down(act(up(x)))``.
@@ -246,6 +249,7 @@ PHI3_SPEC = ModelSpec(
     name="phi3", qkv_bias=False, qk_norm=False, **{**_LLAMA_KW, "rules": _fused_rules(  # type: ignore[arg-type]
         _llama_rules(), "self_attn.qkv_proj", "qkv", (("gate_up", "mlp.gate_up_proj"),))})
 
+
 def _renamed_rules(names: dict[str, str], qkv: str | None = None) -> tuple[WeightRule, ...]:
     """Rules for a layout given as canonical -> HF name stems (``{i}`` = layer), weight and bias
     each; ``qkv``: a fused per-head q/k/v tensor stem ("heads" layout) instead of q/k/v stems."""
@@ -292,6 +296,33 @@ _GEMMA2_KW = dict(norm="rmsnorm", activation="gelu_tanh", gated_mlp=True, positi
 GEMMA2_SPEC = ModelSpec(name="gemma2", qk_norm=False, **_GEMMA2_KW)  # type: ignore[arg-type]
 GEMMA3_SPEC = ModelSpec(name="gemma3", qk_norm=True, **_GEMMA2_KW)  # type: ignore[arg-type]
 
+
+def _moe_rules(rules: tuple[WeightRule, ...], block: str, parts: tuple[str, str, str], shared: bool = False
+               ) -> tuple[WeightRule, ...]:
+    """``rules`` plus an MoE block's router (``{block}.gate``) and experts (``{block}.experts.{e}``,
+    their gate / up / down matrices named ``parts``); ``shared``: Qwen2-MoE's shared expert and
+    its gate. Dense layers of the same model keep the ``mlp.*`` names of ``rules``."""
+    L = "layers.{i}"
+    r = list(rules) + [WeightRule(f"{L}.moe.router.weight", f"{L}.{block}.gate.weight")]
+    r += [WeightRule(f"{L}.moe.experts.{{e}}.{c}.weight", f"{L}.{block}.experts.{{e}}.{h}.weight")
+          for c, h in zip(("gate", "up", "down"), parts)]
+    if shared:
+        r += [WeightRule(f"{L}.moe.shared.{c}.weight", f"{L}.{block}.shared_expert.{c}_proj.weight")
+              for c in ("gate", "up", "down")]
+        r.append(WeightRule(f"{L}.moe.shared_gate.weight", f"{L}.{block}.shared_expert_gate.weight"))
+    return tuple(r)
+
+
+_QWEN_EXPERT = ("gate_proj", "up_proj", "down_proj")
+# Mixtral: Mistral with a top-k MoE block in every layer; Qwen2-MoE: Qwen2 (q/k/v biases) with a
+# shared expert; Qwen3-MoE: Qwen3 (q/k norms); the routing details are config values (io/moe.py)
+MIXTRAL_SPEC = ModelSpec(name="mixtral", qkv_bias=False, qk_norm=False, **{**_LLAMA_KW, "rules": _moe_rules(  # type: ignore[arg-type]
+    _llama_rules(), "block_sparse_moe", ("w1", "w3", "w2"))})
+QWEN2_MOE_SPEC = ModelSpec(name="qwen2_moe", qkv_bias=True, qk_norm=False, **{**_LLAMA_KW, "rules": _moe_rules(  # type: ignore[arg-type]
+    _llama_rules(), "mlp", _QWEN_EXPERT, shared=True)})
+QWEN3_MOE_SPEC = ModelSpec(name="qwen3_moe", qkv_bias=False, qk_norm=True, **{**_LLAMA_KW, "rules": _moe_rules(  # type: ignore[arg-type]
+    _llama_rules(), "mlp", _QWEN_EXPERT)})
+
 MODEL_SPECS: dict[str, ModelSpec] = {
     "gpt2": GPT2_SPEC,
     "llama": LLAMA_SPEC,
@@ -307,6 +338,9 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     "gpt_neox": GPT_NEOX_SPEC,
     "gemma2": GEMMA2_SPEC,
     "gemma3": GEMMA3_SPEC,
+    "mixtral": MIXTRAL_SPEC,
+    "qwen2_moe": QWEN2_MOE_SPEC,
+    "qwen3_moe": QWEN3_MOE_SPEC,
 }
 
 # config.json model_type values that are architecturally one of the above.
@@ -353,7 +387,9 @@ def detect_model_spec(tensor_names: Iterable[str]) -> ModelSpec:
 
 # --------------------------------------------------------------------------- name matching
 def _template_regex(template: str) -> re.Pattern[str]:
-    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(\d+)") + "$")
+    """``{i}`` (layer) and ``{e}`` (expert) match integers, as named groups."""
+    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{e\}", r"(?P<e>\d+)")
+                      + "$")
 
 
 @dataclass(frozen=True)
@@ -384,7 +420,9 @@ def map_hf_names(spec: ModelSpec, hf_names: Iterable[str]) -> tuple[dict[str, So
         for rx, rule in rules:
             m = rx.match(short)
             if m:
-                canon = rule.canonical.replace("{i}", m.group(1)) if m.groups() else rule.canonical
+                canon = rule.canonical
+                for key, val in m.groupdict().items():
+                    canon = canon.replace("{" + key + "}", val)
                 plan[canon] = Source(full, rule.transpose, rule.split, rule.add, rule.layout)
                 hit = True
         if not hit and not any(rx.match(short) for rx in ignores):
@@ -414,7 +452,9 @@ def required_names(spec: ModelSpec, cfg: TransformerConfig) -> list[str]:
         if spec.post_norms:
             names.append(L + "attn_post_norm.weight")
         names += [L + "mlp_norm." + k for k in (() if cfg.parallel_residual and not spec.parallel_mlp_norm else pre)]
-        for p in (("gate", "up", "down") if spec.gated_mlp else ("up", "down")):
+        moe = cfg.moe is not None and cfg.moe.sparse[i]
+        names += moe_names(i, cfg) if moe else []
+        for p in () if moe else (("gate", "up", "down") if spec.gated_mlp else ("up", "down")):
             names.append(f"{L}mlp.{p}.weight")
             if spec.mlp_bias:
                 names.append(f"{L}mlp.{p}.bias")
@@ -435,6 +475,8 @@ def expected_shape(name: str, cfg: TransformerConfig, spec: ModelSpec | None = N
     h, hd, inter = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
     q_out, kv_out = cfg.num_heads * hd, cfg.num_kv_heads * hd
     base = re.sub(r"^layers\.\d+\.", "", name)
+    if base.startswith("moe."):
+        return moe_shape(base, cfg)
     table: dict[str, tuple[int, ...]] = {
         "tok_emb.weight": (cfg.vocab_size, h),
         "pos_emb.weight": (cfg.max_position_embeddings, h),
@@ -510,6 +552,9 @@ __all__ = [
     "GPT_NEOX_SPEC",
     "GEMMA2_SPEC",
     "GEMMA3_SPEC",
+    "MIXTRAL_SPEC",
+    "QWEN2_MOE_SPEC",
+    "QWEN3_MOE_SPEC",
     "MODEL_SPECS",
     "HF_PREFIXES",
     "detect_model_spec",

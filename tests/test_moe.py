@@ -1,0 +1,327 @@
+"""Mixture-of-experts families (issue 16): Mixtral, Qwen3-MoE (norm_topk_prob on / off,
+mlp_only_layers, decoder_sparse_step) and Qwen2-MoE (shared expert with its sigmoid gate) against
+HF transformers' outputs in tests/fixtures (tools/make_fixtures.py with tools/fixture_moe.py):
+full-sequence logits, incremental logits through the KV cache, greedy ids (argmax loops over
+HF's forward with and without its cache), on NumPy and (on a GPU) CUDA; the top-k routing graph
+against a NumPy top-k; config keys and refused variants."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinygraph as tg
+from conftest import rel_err
+from tinygraph.io import LoadError, UnsupportedModelError, load_checkpoint
+from tinygraph.io.config import config_from_hf
+from tinygraph.models import load_model
+
+FIX = Path(__file__).parent / "fixtures"
+FAMILIES = ["mixtral", "qwen3_moe", "qwen3_moe_step", "qwen2_moe"]
+HALF = {"float16": (3e-2, 8), "bfloat16": (5e-2, 4)}
+
+
+def _ref(fam: str) -> dict:
+    return dict(np.load(FIX / fam / "reference.npz"))
+
+
+def _cfg(fam: str, **changes) -> dict:
+    d = json.loads((FIX / fam / "config.json").read_text())
+    d.update(changes)
+    return d
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_full_sequence_logits(fam, backend):
+    ref = _ref(fam)
+    with load_model(FIX / fam, backend=backend) as m:
+        assert m.spec.name == fam.removesuffix("_step") and m.config.moe is not None
+        logits = m.get_logits(m(ref["input_ids"][0])[0]).to_numpy()
+    for t in range(logits.shape[0]):
+        assert rel_err(logits[t], ref["logits"][0, t]) < 1e-4, f"position {t}"
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_incremental_decode_and_greedy(fam, backend):
+    ref = _ref(fam)
+    prompt, greedy = ref["input_ids"][0], ref["greedy"][0]
+    with load_model(FIX / fam, backend=backend) as m:
+        hidden, cache = m(prompt)
+        steps = [m.get_logits(hidden).to_numpy()[-1]]
+        for tok in greedy[len(prompt):-1]:
+            hidden, cache = m([tok], past_key_values=cache)
+            steps.append(m.get_logits(hidden).to_numpy()[-1])
+        for k, (got, want) in enumerate(zip(steps, ref["decode_logits"])):
+            assert rel_err(got, want) < 1e-4, f"decode step {k}"
+        # fused prefill + the fused decode loop; without the cache each step is a full forward
+        assert m.generate(prompt, max_new_tokens=8, temperature=0) == list(greedy)
+        assert m.generate(prompt, max_new_tokens=8, temperature=0, use_cache=False) == list(greedy)
+
+
+@pytest.mark.parametrize("dtype", list(HALF))
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_half_precision(fam, dtype, backend):
+    tol, n_same = HALF[dtype]
+    ref = _ref(fam)
+    prompt = ref["input_ids"][0]
+    with load_model(FIX / fam, dtype=dtype, backend=backend) as m:
+        logits = m.get_logits(m(prompt)[0]).to_numpy()
+        assert rel_err(logits, ref["logits"][0]) < tol
+        out = m.generate(prompt, max_new_tokens=8, temperature=0)
+    assert out[: len(prompt) + n_same] == list(ref["greedy"][0][: len(prompt) + n_same])
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_every_expert_is_routed_in_the_reference(fam):
+    """The fixtures' greedy sequences send tokens to every expert of every MoE layer (HF's
+    routers, counted by tools/fixture_moe.py), and the MoE layers are the ones tinygraph reads
+    from the config (dense layers: mlp_only_layers, decoder_sparse_step)."""
+    hits = _ref(fam)["expert_hits"]
+    moe = config_from_hf(_cfg(fam)).moe
+    assert hits.shape == (len(moe.sparse), moe.num_experts)
+    assert [bool(r.any()) for r in hits] == list(moe.sparse)
+    assert all(r.min() > 0 for r, s in zip(hits, moe.sparse) if s)
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_decode_graph_fuses(fam):
+    """The decode step keeps the fused attention and the SwiGLU ``linear`` for the packed
+    experts' gate/up (and the shared expert's); routing is top_k argmax rounds per MoE layer."""
+    with load_model(FIX / fam, backend="numpy") as m:
+        g, _, _ = m.step_graph(1, "argmax")
+        moe, n_layers = m.config.moe, m.config.num_layers
+        ops = [n.op for n in g.nodes]
+        swiglu = [n for n in g.nodes if n.op == "linear" and n.params.get("act") == "swiglu"]
+    n_moe = sum(moe.sparse)
+    assert ops.count("attention_store") == n_layers and "set_rows" not in ops
+    assert ops.count("argmax") == moe.top_k * n_moe + 1  # + the next token
+    assert len(swiglu) == n_layers + (n_moe if moe.shared_size else 0)  # experts or dense MLP, + shared
+
+
+@pytest.mark.parametrize("fam", ["mixtral", "qwen2_moe"])
+def test_unfused_graph_gives_the_same_logits(fam):
+    ref = _ref(fam)
+    ids = ref["input_ids"][0].astype(np.int32)
+    with load_model(FIX / fam, backend="numpy") as m:
+        g, tid, pid = m.step_graph(len(ids), "all_logits", fuse=False)
+        (logits,) = m.session.compute(g, {tid: ids, pid: np.arange(len(ids), dtype=np.int32)})
+    assert rel_err(logits, ref["logits"][0]) < 1e-4
+
+
+@pytest.mark.parametrize("fam", ["qwen3_moe", "qwen2_moe"])
+def test_down_projection_in_groups_of_experts(fam, backend, monkeypatch):
+    """Experts whose down matrices together are wider than MAX_DOWN_K go through several packed
+    matrices (3 + 3 + 2 experts here), summed: same logits and greedy ids."""
+    import tinygraph.models.moe as moe_mod
+    monkeypatch.setattr(moe_mod, "MAX_DOWN_K", 3 * 16 + 5)
+    ref = _ref(fam)
+    with load_model(FIX / fam, backend=backend) as m:
+        assert [n for n in m.W if n.startswith("layers.0.moe.down.")] == [f"layers.0.moe.down.{g}.weight"
+                                                                          for g in (0, 3, 6)]
+        assert m.W["layers.0.moe.down.6.weight"].shape == (64, 32)
+        logits = m.get_logits(m(ref["input_ids"][0])[0]).to_numpy()
+        assert m.generate(ref["input_ids"][0], max_new_tokens=8, temperature=0) == list(ref["greedy"][0])
+    assert rel_err(logits, ref["logits"][0]) < 1e-4
+
+
+# ----------------------------------------------------------------------------------- routing
+def _numpy_routing(logits: np.ndarray, k: int, norm: bool) -> np.ndarray:
+    """Routing weights [T, E]: top-k by a stable sort (ties: lowest index), softmax over the
+    chosen (norm) or over all, kept at the chosen."""
+    x = logits.astype(np.float64)
+    top = np.argsort(-x, axis=-1, kind="stable")[:, :k]
+    mask = np.zeros_like(x, bool)
+    np.put_along_axis(mask, top, True, axis=-1)
+    if norm:
+        e = np.where(mask, np.exp(x - x.max(-1, keepdims=True)), 0.0)
+    else:
+        e = np.exp(x - x.max(-1, keepdims=True)) * 1.0
+        e = e / e.sum(-1, keepdims=True) * mask
+        return e
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("fam", ["qwen3_moe", "qwen3_moe_step", "mixtral"])
+def test_routing_graph_matches_numpy_top_k(fam, backend):
+    """The routing subgraph alone, on random logits and on logits with ties (equal values across
+    the k-th place: the lowest index wins, as argmax; torch.topk's pick among exactly equal
+    values is unspecified, e.g. experts 6 and 5 of 8 equal ones on CPU)."""
+    rng = np.random.default_rng(0)
+    with load_model(FIX / fam, backend=backend) as m:
+        E, k, norm = m.config.moe.num_experts, m.config.moe.top_k, m.config.moe.norm_topk
+        rows = [rng.standard_normal(E) * 3, np.zeros(E), np.repeat([1.0, 2.0], E // 2), np.arange(E) % 2 * 1.0]
+        rows += [rng.integers(0, 3, E).astype(np.float64) for _ in range(4)]
+        x = np.stack(rows).astype(np.float32)
+        g = m.session.graph()
+        inp = g.input(x.shape, tg.float32, name="router_logits")
+        g.output(m._routing(inp, "test"))
+        (w,) = m.session.compute(g, {inp: x})
+    np.testing.assert_allclose(w, _numpy_routing(x, k, norm), rtol=1e-5, atol=1e-7)
+    assert ((w > 0).sum(-1) == k).all() and np.isfinite(w).all()
+
+
+@pytest.mark.parametrize("E, k, norm", [(64, 8, True), (128, 8, False), (60, 4, False), (8, 8, True), (8, 1, False)])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_routing_at_real_model_sizes(E, k, norm, dtype, backend):
+    """Routing alone at Qwen/Mixtral-like expert counts, on logits in steps of 1/8 (exact in
+    float16, so many ties, broken as a stable sort does): the chosen set and weights."""
+    from types import SimpleNamespace
+
+    from tinygraph.io.moe import MoEConfig
+    from tinygraph.models.moe import MoE
+    dt = tg.dtypes.as_dtype(dtype)
+    x = (np.random.default_rng(E + k).integers(-40, 40, (33, E)) / 8).astype(np.float32)
+    with tg.Session(backend=backend) as s:
+        W = {"moe.eye": s.persistent((E, E), dt, name="moe.eye"),
+             "moe.not_eye": s.persistent((E, E), dt, name="moe.not_eye")}
+        s.finalize()
+        s.upload(W["moe.eye"], np.eye(E, dtype=np.float32))
+        s.upload(W["moe.not_eye"], 1 - np.eye(E, dtype=np.float32))
+        me = SimpleNamespace(config=SimpleNamespace(moe=MoEConfig(E, k, 16, norm, None, (True,))), W=W, dtype=dt)
+        g = s.graph()
+        inp = g.input(x.shape, dt, name="router_logits")
+        g.output(MoE._routing(me, inp, "test"))
+        (w,) = s.compute(g, {inp: x})
+    want = _numpy_routing(x, k, norm)
+    assert ((w > 0) == (want > 0)).all()  # the same experts (ties: lowest index)
+    np.testing.assert_allclose(w.astype(np.float64), want, rtol=2e-3 if dtype == "float16" else 1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------- config
+def test_moe_config_keys():
+    c = config_from_hf(_cfg("qwen3_moe")).moe
+    assert (c.num_experts, c.top_k, c.expert_size, c.norm_topk, c.shared_size) == (8, 3, 16, True, None)
+    assert c.sparse == (True, False, True)
+    assert config_from_hf(_cfg("qwen3_moe_step")).moe.sparse == (False, True, False)
+    # hub Qwen3-MoE configs say num_experts; transformers writes num_local_experts
+    d = _cfg("qwen3_moe")
+    d["num_experts"] = d.pop("num_local_experts")
+    assert config_from_hf(d).moe == c
+    assert config_from_hf(_cfg("qwen3_moe", decoder_sparse_step=3, mlp_only_layers=[])).moe.sparse == \
+        (False, False, True)
+    q2 = config_from_hf(_cfg("qwen2_moe")).moe
+    assert (q2.shared_size, q2.norm_topk, q2.sparse) == (32, False, (True, True))
+    mx = config_from_hf(_cfg("mixtral")).moe
+    assert (mx.num_experts, mx.top_k, mx.expert_size, mx.norm_topk) == (8, 2, 16, True)
+    # num_experts 0: transformers builds every layer dense
+    assert config_from_hf(_cfg("qwen3_moe", num_local_experts=0)).moe is None
+    # Qwen2-MoE's sliding layers: 0, 2, ... below max_window_layers, only with use_sliding_window
+    d = _cfg("qwen2_moe", use_sliding_window=True, sliding_window=4, max_window_layers=2)
+    d.pop("layer_types")
+    c2 = config_from_hf(d)
+    assert [c2.layer_window(i) for i in range(2)] == [4, None]
+    assert config_from_hf(_cfg("qwen3_moe", sliding_window=4)).layer_window(0) is None  # off by default
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(num_experts_per_tok=9), "num_experts_per_tok 9 exceeds"),
+    (dict(decoder_sparse_step=0), "decoder_sparse_step"),
+    (dict(mlp_only_layers="1"), "mlp_only_layers"),
+    (dict(norm_topk_prob="yes"), "norm_topk_prob"),
+    (dict(num_experts=4), "num_experts 4 and num_local_experts 8 differ"),
+    (dict(moe_intermediate_size=-1), "moe_intermediate_size"),
+])
+def test_bad_moe_config_values(changes, match):
+    with pytest.raises(LoadError, match=match):
+        config_from_hf(_cfg("qwen3_moe", **changes))
+
+
+@pytest.mark.parametrize("mt", ["olmoe", "deepseek_v2", "phimoe", "granitemoe", "qwen3_next"])
+def test_other_moe_types_are_unsupported(tmp_path, mt):
+    d = tmp_path / mt
+    shutil.copytree(FIX / "mixtral", d)
+    (d / "config.json").write_text(json.dumps(_cfg("mixtral", model_type=mt)))
+    with pytest.raises(UnsupportedModelError, match=f"model_type '{mt}' is not supported"):
+        load_checkpoint(d)
+
+
+# ----------------------------------------------------------------------------------- files
+def _copy(tmp_path: Path, fam: str) -> tuple[Path, dict]:
+    from safetensors.numpy import load_file
+    d = tmp_path / fam
+    shutil.copytree(FIX / fam, d)
+    return d, load_file(str(d / "model.safetensors"))
+
+
+def _save(d: Path, tensors: dict) -> None:
+    from safetensors.numpy import save_file
+    save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_experts_packed_at_load():
+    from safetensors.numpy import load_file
+    st = load_file(str(FIX / "qwen2_moe" / "model.safetensors"))
+    with load_model(FIX / "qwen2_moe", backend="numpy") as m:
+        gu = m.session.download(m.W["layers.1.moe.gate_up.weight"])
+        down = m.session.download(m.W["layers.1.moe.down.0.weight"])
+        pair = m.session.download(m.W["layers.1.moe.shared_gate_pair.weight"])
+        assert "layers.1.moe.experts.0.gate.weight" not in m.W
+    E, I = 8, 16
+    pre = "model.layers.1.mlp"
+    np.testing.assert_array_equal(gu[3 * I:4 * I], st[f"{pre}.experts.3.gate_proj.weight"])
+    np.testing.assert_array_equal(gu[(E + 3) * I:(E + 4) * I], st[f"{pre}.experts.3.up_proj.weight"])
+    np.testing.assert_array_equal(down[:, 5 * I:6 * I], st[f"{pre}.experts.5.down_proj.weight"])
+    np.testing.assert_array_equal(pair, np.concatenate([st[f"{pre}.shared_expert_gate.weight"], np.zeros((1, 64))]))
+
+
+def test_missing_or_misshapen_expert(tmp_path):
+    d, st = _copy(tmp_path, "mixtral")
+    name = "model.layers.1.block_sparse_moe.experts.7.w2.weight"
+    w2 = st.pop(name)
+    _save(d, st)
+    with pytest.raises(LoadError, match=r"layers\.1\.moe\.experts\.7\.down\.weight"):
+        load_checkpoint(d)
+    st[name] = w2[:, :8].copy()
+    _save(d, st)
+    with pytest.raises(LoadError, match=r"experts\.7\.down.*\(64, 8\).*\(64, 16\)"):
+        load_checkpoint(d)
+
+
+def test_fused_3d_experts_are_refused(tmp_path):
+    d, st = _copy(tmp_path, "qwen3_moe")
+    pre = "model.layers.0.mlp.experts"
+    gu = np.stack([np.concatenate([st.pop(f"{pre}.{e}.gate_proj.weight"), st.pop(f"{pre}.{e}.up_proj.weight")])
+                   for e in range(8)])
+    st[f"{pre}.gate_up_proj"] = gu
+    st[f"{pre}.down_proj"] = np.stack([st.pop(f"{pre}.{e}.down_proj.weight") for e in range(8)])
+    _save(d, st)
+    with pytest.raises(UnsupportedModelError, match="qwen3_moe.*fused as 3-D"):
+        load_checkpoint(d)
+
+
+def test_surplus_experts_are_refused(tmp_path):
+    d, st = _copy(tmp_path, "qwen3_moe")
+    (d / "config.json").write_text(json.dumps(_cfg("qwen3_moe", num_local_experts=7)))
+    with pytest.raises(LoadError, match="expert 7 .* config says 7 experts"):
+        load_checkpoint(d)
+    (d / "config.json").write_text(json.dumps(_cfg("qwen3_moe", mlp_only_layers=[0, 1])))
+    st.update({k.replace("layers.1.", "layers.0."): v for k, v in st.items() if k.startswith("model.layers.1.mlp.")})
+    _save(d, st)
+    with pytest.raises(LoadError, match="layer 0 a dense MLP"):
+        load_checkpoint(d)
+
+
+def test_moe_gguf_is_refused(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), arch="llama")
+    w.add_block_count(1)
+    w.add_expert_count(8)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(UnsupportedModelError, match="mixture-of-experts GGUF"):
+        load_checkpoint(tmp_path / "m.gguf")
+
+
+def test_quantize_keeps_the_router_in_the_model_dtype():
+    ref = _ref("qwen3_moe")
+    with load_model(FIX / "qwen3_moe", backend="numpy", quantize="q8_0") as m:
+        assert m.W["layers.0.moe.router.weight"].dtype == tg.float32
+        assert m.W["layers.0.moe.gate_up.weight"].dtype == tg.q8_0
+        assert m.W["layers.0.moe.down.0.weight"].dtype == tg.q8_0
+        logits = m.get_logits(m(ref["input_ids"][0])[0]).to_numpy()
+    assert rel_err(logits, ref["logits"][0]) < 3e-2
