@@ -28,6 +28,7 @@ MODELS = [
     ("mistral", "float16", None), ("gemma", "float16", None), ("gemma2", "float16", None),
     ("phi", "float16", None), ("gpt_neox", "float16", None), ("olmo2", "float16", None),
     ("granite", "float16", None), ("stablelm_parallel", "float16", None), ("phi3", "float16", None),
+    ("mixtral", "bfloat16", None), ("qwen2_moe", "float16", None), ("gemma3_text", "float16", None),
 ]
 STEPS = [(1, "argmax"), (1, "sample"), (7, "logits"), (40, "hidden")]
 
