@@ -23,9 +23,9 @@ from ...errors import BackendError
 from ...graph import ExecPlan, Graph
 from ...tensor import Tensor
 from .. import Backend
-from . import driver
+from . import driver, select
 from .kernels import Arg, KernelLibrary
-from .limits import ALIGN, COUNTER_BYTES, DECODE_ROWS, NeedScratch
+from .limits import ALIGN, COUNTER_BYTES, NeedScratch
 from .lower import LOWERINGS
 
 _ALIGN = ALIGN
@@ -465,13 +465,10 @@ class CudaBackend(Backend):
 
 
 def _decode_like(plan: ExecPlan) -> bool:
-    """True when every matrix product of the plan has at most 8 rows (decode GEMVs)."""
-    for n in plan.order:
-        if n.op == "linear" and n.srcs[0].size // n.srcs[1].shape[1] > DECODE_ROWS:
-            return False
-        if n.op == "matmul" and n.shape[-2:] and n.ndim >= 2 and n.shape[-2] > DECODE_ROWS:
-            return False
-    return True
+    """Whether every matrix product of the plan is a decode GEMV (``select.decode_like``)."""
+    rows = [n.srcs[0].size // n.srcs[1].shape[1] for n in plan.order if n.op == "linear"]
+    rows += [n.shape[-2] for n in plan.order if n.op == "matmul" and n.ndim >= 2]
+    return select.decode_like(rows)
 
 
 def _aligned(nbytes: int) -> int:

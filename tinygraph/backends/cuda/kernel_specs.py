@@ -10,6 +10,7 @@ from typing import Any, NamedTuple, Sequence
 
 from ...util import contiguous_strides
 from . import driver
+from .select import tc3_shared_bytes  # noqa: F401 (re-exported)
 
 # Output columns per warp of gemv_<dtype> (TG_GEMV_R in matmul.cu; the kernel is correct for
 # any grid, this only sizes the grid to one pass).
@@ -355,12 +356,6 @@ class MatmulPlan(NamedTuple):
     grid: tuple
     block: tuple
     shared_mem: int  # dynamic shared memory bytes
-
-
-def tc3_shared_bytes(bk: int, stages: int) -> int:
-    """Dynamic shared memory of matmul_tc3_<bk>_<stages>: per stage a 128 x (bk + 8) tile of A and
-    one of B, 2-byte elements."""
-    return stages * 2 * 128 * (bk + 8) * 2
 
 
 def fa_shared_bytes(D: int) -> int:

@@ -102,7 +102,7 @@ from typing import Sequence
 
 from ...util import contiguous_strides
 from . import compiler
-from . import driver
+from . import driver, select
 from .kernel_specs import (  # noqa: F401 (re-exported: the library's names live on here)
     ARGMAX_CHUNK, Arg, ELEMENTWISE_DTYPES, GEMV_ROWS_PER_WARP, KERNELS, KernelSpec, LINEAR_ACTS,
     LINEAR_NORMS, MatmulPlan, QUANT_KERNEL_TYPES, ROPE_NEOX, ROPE_NORMAL, SAMPLE_CHUNK, SOURCE_FILES,
@@ -385,16 +385,11 @@ class KernelLibrary:
         batch = math.prod(c.shape[:-2])
         b_st = b.full_strides()
         if algo is None:
-            if M == 1:
-                algo = "gemv" if b_st[-2] == 1 else "gemv_nc"
-            elif sfx in ("f16", "bf16") and _arch_number(self.arch) >= 80:
-                algo = "matmul_tc3"
-            else:
-                algo = "matmul"
+            algo = select.matmul_algo(M, N, batch, b_st[-2] == 1, sfx, self.caps)
         if algo in ("gemv", "gemv_nc") and M != 1:
             raise ValueError(f"{algo} needs M == 1, got M = {M}")
         if algo == "matmul_tc3":
-            algo = self._tc3_variant(-(-N // 128) * -(-M // 128) * batch)
+            algo = select.tc3_variant(-(-N // 128) * -(-M // 128) * batch, self.caps)
         smem = 0
         if algo == "gemv":
             bs = gemv_block_size(N * batch, self.sm_count)
@@ -417,18 +412,14 @@ class KernelLibrary:
         return MatmulPlan(f, grid, block, smem)
 
     def _tc3_variant(self, tiles: int) -> str:
-        """matmul_tc3's (K tile, stages) for a product of ``tiles`` 128x128 output tiles. Measured on
-        an H100 (f16, M = 512 and 2048, prefill shapes of the bench models; .dev-style A/B in
-        bench/README.md): at most one wave of tiles runs one block per SM anyway, and 4 stages of
-        64 win (e.g. 4096x4096: 217 vs 167 TFLOP/s with 3); more tiles want two blocks per SM,
-        which 3 stages of 64 allow (24576x4096: 277 vs 226). Smaller configs where the device's
-        shared memory per block is smaller (sm_86/89: 99 KB)."""
-        optin = int(getattr(self.device, "max_shared_per_block_optin", 227 * 1024))
-        pick = (64, 4) if tiles <= self.sm_count else (64, 3)
-        for bk, st in (pick, (64, 3), (32, 4)):
-            if tc3_shared_bytes(bk, st) + 1024 <= optin:
-                return f"matmul_tc3_{bk}_{st}"
-        return "matmul_tc3_32_3"  # 61 KB
+        """matmul_tc3's variant for ``tiles`` output tiles on this device (``select.tc3_variant``)."""
+        return select.tc3_variant(tiles, self.caps)
+
+    @property
+    def caps(self) -> "select.DeviceCaps":
+        """The device capabilities kernel choice reads (``select.DeviceCaps``)."""
+        return select.DeviceCaps(_arch_number(getattr(self, "arch", "sm_90")), self.sm_count,
+                                 int(getattr(self.device, "max_shared_per_block_optin", 227 * 1024)))
 
     # -- fused linear layers -----------------------------------------------------------------------
     def _ensure_dynamic_smem(self, f: driver.Function, nbytes: int) -> None:

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 from ...errors import BackendError
 from ...tensor import Tensor
 from . import driver
-from .kernels import Arg, _arch_number, fa_shared_bytes
-from .limits import ATTN_CHUNK, COUNTER_BYTES, FLASH_MIN_QUERIES, NeedScratch
+from . import select
+from .kernels import Arg, fa_shared_bytes
+from .limits import COUNTER_BYTES, NeedScratch
 
 if TYPE_CHECKING:
     from .backend import CudaBackend
@@ -40,29 +41,15 @@ def attention(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> N
     cfg = attn_splits(be, out, kt.shape[-1], q.shape[-1], window)
     if cfg is None:
         return
-    grid, chunk, part, counters, maxd = cfg
-    # a few queries (decode): the pipelined kernel; many (prefill): the register-lean one,
-    # whose occupancy matters more (f16 128-wide heads: 88 vs 176 registers)
-    kind = "pipe" if grid[0] <= 4 else "split"
+    grid, chunk, part, counters, maxd, kind = cfg
     driver.launch(be.lib.module("attention.cu").get_function(f"attn_{kind}_{dt.short}_{maxd}"), grid, 128,
                   [ptr(part), ptr(counters)] + args + [i32(chunk)], stream=be.stream, pdl=be._pdl())
 
 
 def flash_ok(be: "CudaBackend", out: Arg, q: Arg, kt: Arg, v: Arg, dt) -> bool:
-    """Whether attn_fa (tensor cores, cuda_src/attention_tc.cu) can run this attention: f16 /
-    bf16 on sm_80+, heads of 64 or 128, at least FLASH_MIN_QUERIES queries, head elements
-    contiguous and every row / batch stride and base 16-byte aligned."""
-    D, T = q.shape[-1], out.shape[-2]
-    if (dt.short not in ("f16", "bf16") or _arch_number(be.lib.arch) < 80 or D not in (64, 128)
-            or v.shape[-1] != D or T < FLASH_MIN_QUERIES):
-        return False
-    for a, contiguous_axis in ((q, -1), (kt, -2), (v, -1)):
-        st = a.full_strides()
-        if st[contiguous_axis] != 1 or int(a.addr.value) % 16:
-            return False
-        if any(s % 8 for i, s in enumerate(st) if a.shape[i] != 1 and i != len(st) + contiguous_axis):
-            return False
-    return True
+    """Whether attn_fa can run this attention (``select.flash_ok`` on the operands' layouts)."""
+    ops = [(a.shape, a.full_strides(), int(a.addr.value), axis) for a, axis in ((q, -1), (kt, -2), (v, -1))]
+    return select.flash_ok(dt.short, q.shape[-1], v.shape[-1], out.shape[-2], ops, be.lib.caps)
 
 
 def attention_store(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> None:
@@ -82,7 +69,7 @@ def attention_store(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]
     cfg = attn_splits(be, out, kc.shape[1], q.shape[-1], window)
     if cfg is None:
         return
-    grid, chunk, part, counters, maxd = cfg
+    grid, chunk, part, counters, maxd, _ = cfg
     from .kernels import ROPE_NEOX, ROPE_NORMAL, StoreArgs, f32, i32, ptr
     mode = -1 if not p["rope"] else (ROPE_NEOX if p["mode"] == "neox" else ROPE_NORMAL)
     # pos and the caches' old rows may be read before the kernel waits for its predecessor
@@ -97,27 +84,20 @@ def attention_store(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]
 
 
 def attn_splits(be: "CudaBackend", out: Arg, S: int, D: int, window: int = 0):
-    """Launch shape of the attention kernels for output ``out`` [.., T, Dv] over S keys of D:
-    (grid, chunk, partials, counters, register size), or None for an empty output. With a
-    sliding window a row reads at most ``window`` keys: the splits cover that many (the
-    kernel starts them at each row's first visible key)."""
+    """Launch shape of the attention kernels for output ``out`` [.., T, Dv] over S keys of D
+    (``select.attn_splits``) with the split partials' room in the work buffer: (grid, chunk,
+    partials, counters, register size, kernel kind), or None for an empty output."""
     T, Dv = out.shape[-2], out.shape[-1]
     rows = out.numel // max(Dv, 1) if Dv else 0
-    if rows == 0:
+    sp = select.attn_splits(T, rows, S, D, Dv, window)
+    if sp is None:
         return None
-    batch = rows // T
-    if window > 0:
-        S = max(1, min(S, window))
-    nsplit = max(1, min(-(-S // ATTN_CHUNK), 4096 // rows))
-    chunk = -(-S // nsplit)
-    nsplit = -(-S // chunk)
     part = counters = 0
-    if nsplit > 1:
+    if sp.grid[2] > 1:
         # [counters: one int per row, shared by every graph and left at zero by the kernel]
         # [partials]; rows <= 4096 / nsplit <= 2048 here
-        need = COUNTER_BYTES + rows * nsplit * (Dv + 2) * 4
+        need = COUNTER_BYTES + rows * sp.grid[2] * (Dv + 2) * 4
         if be._work is None or be._work.nbytes < need:
             raise NeedScratch(need, "_work")
         counters, part = be._work.ptr, be._work.ptr + COUNTER_BYTES
-    maxd = next(m for m in (64, 128, 256) if max(D, Dv) <= m)
-    return (T, batch, nsplit), chunk, part, counters, maxd
+    return sp.grid, sp.chunk, part, counters, sp.maxd, sp.kind

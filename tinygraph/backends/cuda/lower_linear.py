@@ -9,7 +9,7 @@ from ...errors import BackendError
 from ...tensor import Tensor
 from . import quant_launch
 from .kernels import Arg
-from .limits import DECODE_ROWS
+from . import select
 
 if TYPE_CHECKING:
     from .backend import CudaBackend
@@ -58,13 +58,13 @@ def linear_parts(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int], x
     xa = be._as(x, base, dt)
     N, K = w.shape
     rows = x.size // K
+    # the quantized GEMV stages the row in shared memory (~9 bytes per element of K): longer rows
+    # (K > ~25k on sm_90) take the dequantize + GEMM path
+    path = select.linear_path(rows, w.dtype.is_quant, quant_launch.linear_q_shared_bytes(K) if w.dtype.is_quant else 0,
+                              has_kernel("linear_gemv", dt.short), be.lib.caps)
     if w.dtype.is_quant:
         wq, ldw = quant_rows(be, w, base, n)
-        # the GEMV stages the row in shared memory (~9 bytes per element of K): longer rows
-        # (K > ~25k on sm_90) take the dequantize + GEMM path
-        optin = int(getattr(be.device, "max_shared_per_block_optin", 227 * 1024))
-        fits = quant_launch.linear_q_shared_bytes(K) + 1024 <= optin
-        if rows <= DECODE_ROWS and fits:
+        if path == "gemv_q":
             ready = all(t.is_persistent and t.storage.id not in be._written
                         for t in (w, bias, nw, nb) if t is not None)
             quant_launch.linear_q(
@@ -85,7 +85,7 @@ def linear_parts(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int], x
         return be._as(t, base, dt).ptr if t is not None else None
     ra = be._as(res, base, dt) if res is not None else None
     fused = has_kernel("linear_gemv", dt.short)
-    if fused and rows <= DECODE_ROWS and not w.dtype.is_quant:  # few rows (decode): one fused GEMV
+    if path == "gemv":  # few rows (decode): one fused GEMV
         # the weights (matrix, bias, norm) may be read before the kernel waits for its
         # predecessor when they are model weights nothing in the graph writes
         ready = w.dtype == dt and all(t.is_persistent and t.storage.id not in be._written

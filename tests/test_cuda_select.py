@@ -1,0 +1,80 @@
+"""Kernel choice (``tinygraph.backends.cuda.select``) on the CPU: each threshold at its boundary."""
+from __future__ import annotations
+
+import pytest
+
+from tinygraph.backends.cuda import select
+from tinygraph.backends.cuda.limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES
+
+H200 = select.DeviceCaps(90, 132, 227 * 1024)
+ADA = select.DeviceCaps(89, 128, 99 * 1024)
+TURING = select.DeviceCaps(75, 40, 64 * 1024)
+
+
+def test_device_caps_of_a_library():
+    class Dev:
+        sm_count, max_shared_per_block_optin = 78, 100_000
+    assert select.DeviceCaps.of("sm_86", Dev()) == select.DeviceCaps(86, 78, 100_000)
+
+
+def test_matmul_algo():
+    assert select.matmul_algo(1, 4096, 1, True, "f16", H200) == "gemv"
+    assert select.matmul_algo(1, 4096, 1, False, "f16", H200) == "gemv_nc"
+    assert select.matmul_algo(2, 4096, 1, True, "f16", H200) == "matmul_tc3_64_4"
+    assert select.matmul_algo(2, 4096, 1, True, "bf16", H200) == "matmul_tc3_64_4"
+    assert select.matmul_algo(2, 4096, 1, True, "f32", H200) == "matmul"
+    assert select.matmul_algo(2, 4096, 1, True, "f16", TURING) == "matmul"
+    # one wave of 128x128 tiles: 4 stages; more: 3 (two blocks per SM); small shared memory: 32-wide K
+    assert select.matmul_algo(128 * 132, 128, 1, True, "f16", H200) == "matmul_tc3_64_4"
+    assert select.matmul_algo(128 * 133, 128, 1, True, "f16", H200) == "matmul_tc3_64_3"
+    assert select.matmul_algo(512, 4096, 1, True, "f16", ADA) == "matmul_tc3_32_4"
+    assert select.tc3_shared_bytes(64, 4) + 1024 <= H200.smem_optin
+
+
+@pytest.mark.parametrize("rows", [1, DECODE_ROWS, DECODE_ROWS + 1])
+def test_linear_path(rows):
+    decode = rows <= DECODE_ROWS
+    assert select.linear_path(rows, False, 0, True, H200) == ("gemv" if decode else "matmul")
+    assert select.linear_path(rows, False, 0, False, H200) == "matmul"  # no fused kernel for the dtype
+    assert select.linear_path(rows, True, 40_000, True, H200) == ("gemv_q" if decode else "dequant_matmul")
+    # a row too long for the GEMV's shared memory: dequantize + matmul even for decode
+    assert select.linear_path(rows, True, H200.smem_optin, True, H200) == "dequant_matmul"
+
+
+def test_decode_like():
+    assert select.decode_like([1, 1, DECODE_ROWS]) and select.decode_like([])
+    assert not select.decode_like([1, DECODE_ROWS + 1])
+
+
+def _ops(D, aligned=True, row_stride=None):
+    st = (4 * D * 64, row_stride or D, 1)
+    addr = 0 if aligned else 8
+    return [((4, 64, D), st, addr, -1), ((4, D, 64), (4 * D * 64, 1, row_stride or D), 0, -2),
+            ((4, 64, D), st, 0, -1)]
+
+
+def test_flash_ok():
+    T = FLASH_MIN_QUERIES
+    assert select.flash_ok("f16", 128, 128, T, _ops(128), H200)
+    assert select.flash_ok("bf16", 64, 64, T, _ops(64), H200)
+    assert not select.flash_ok("f16", 128, 128, T - 1, _ops(128), H200)       # too few queries
+    assert not select.flash_ok("f32", 128, 128, T, _ops(128), H200)           # no f32 variant
+    assert not select.flash_ok("f16", 96, 96, T, _ops(96), H200)              # head size
+    assert not select.flash_ok("f16", 128, 64, T, _ops(128), H200)            # Dv != D
+    assert not select.flash_ok("f16", 128, 128, T, _ops(128), TURING)         # sm_75
+    assert not select.flash_ok("f16", 128, 128, T, _ops(128, aligned=False), H200)
+    assert not select.flash_ok("f16", 128, 128, T, _ops(128, row_stride=132), H200)  # stride not 16-byte
+
+
+def test_attn_splits():
+    # decode over a long cache: splits of ATTN_CHUNK keys, the pipelined kernel
+    sp = select.attn_splits(1, 32, 8192, 128, 128)
+    assert sp.grid == (1, 32, 8192 // ATTN_CHUNK) and sp.chunk == ATTN_CHUNK and sp.kind == "pipe" and sp.maxd == 128
+    # many rows: at most 4096 split rows in all
+    sp = select.attn_splits(512, 512 * 32, 8192, 64, 64)
+    assert sp.grid[2] == 1 and sp.chunk == 8192 and sp.kind == "split" and sp.maxd == 64
+    # a sliding window bounds the keys each row reads
+    sp = select.attn_splits(1, 8, 32768, 128, 128, window=4096)
+    assert sp.grid[2] * sp.chunk >= 4096 and sp.grid[2] == 4096 // ATTN_CHUNK
+    assert select.attn_splits(1, 0, 100, 64, 64) is None
+    assert select.attn_splits(5, 5, 100, 256, 256).maxd == 256 and select.attn_splits(5, 5, 100, 8, 8).kind == "split"

@@ -1,0 +1,122 @@
+"""Kernel choice as pure functions of shapes, dtypes and the device's capabilities.
+
+Every threshold that picks between kernels is applied here, once: GEMV vs tensor-core matmul and
+its tile/stage variant, the decode GEMV of a linear layer (plain or reading quantized blocks) vs
+dequantize + matmul, tensor-core flash attention vs the split/pipelined kernels and how many key
+splits they use. The lowerings (``lower*.py``) and ``KernelLibrary.plan_matmul`` call these;
+``tests/test_cuda_select.py`` checks them on the CPU, and ``tests/test_cuda_launches.py`` that
+the launches they lead to are unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+from .limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES
+
+
+@dataclass(frozen=True)
+class DeviceCaps:
+    """What kernel choice needs to know of a device: compute capability (``arch``: 90 for
+    sm_90), multiprocessors, and the shared memory one block may opt in to (bytes)."""
+
+    arch: int = 90
+    sm_count: int = 132
+    smem_optin: int = 227 * 1024
+
+    @classmethod
+    def of(cls, arch: str, device) -> "DeviceCaps":
+        """The caps of a kernel library's ``arch`` ("sm_90") and ``device``."""
+        return cls(int("".join(c for c in arch if c.isdigit()) or 0), int(getattr(device, "sm_count", 132)),
+                   int(getattr(device, "max_shared_per_block_optin", 227 * 1024)))
+
+
+def tc3_shared_bytes(bk: int, stages: int) -> int:
+    """Dynamic shared memory of matmul_tc3_<bk>_<stages>: per stage a 128 x (bk + 8) tile of A and
+    one of B, 2-byte elements."""
+    return stages * 2 * 128 * (bk + 8) * 2
+
+
+def tc3_variant(tiles: int, caps: DeviceCaps) -> str:
+    """matmul_tc3's (K tile, stages) for a product of ``tiles`` 128x128 output tiles. Measured on
+    an H100 (f16, M = 512 and 2048, prefill shapes of the bench models; .dev-style A/B in
+    bench/README.md): at most one wave of tiles runs one block per SM anyway, and 4 stages of
+    64 win (e.g. 4096x4096: 217 vs 167 TFLOP/s with 3); more tiles want two blocks per SM,
+    which 3 stages of 64 allow (24576x4096: 277 vs 226). Smaller configs where the device's
+    shared memory per block is smaller (sm_86/89: 99 KB)."""
+    pick = (64, 4) if tiles <= caps.sm_count else (64, 3)
+    for bk, st in (pick, (64, 3), (32, 4)):
+        if tc3_shared_bytes(bk, st) + 1024 <= caps.smem_optin:
+            return f"matmul_tc3_{bk}_{st}"
+    return "matmul_tc3_32_3"  # 61 KB
+
+
+def matmul_algo(M: int, N: int, batch: int, b_rows_contiguous: bool, dtype: str, caps: DeviceCaps) -> str:
+    """The matmul kernel for C [batch, M, N] = A @ B: one row -> ``gemv`` (B's K axis contiguous,
+    i.e. a transposed [N, K] weight) or ``gemv_nc``; f16/bf16 on sm_80+ -> a ``matmul_tc3``
+    variant; else the f32 ``matmul``."""
+    if M == 1:
+        return "gemv" if b_rows_contiguous else "gemv_nc"
+    if dtype in ("f16", "bf16") and caps.arch >= 80:
+        return tc3_variant(-(-N // 128) * -(-M // 128) * batch, caps)
+    return "matmul"
+
+
+def linear_path(rows: int, quantized: bool, q_shared_bytes: int, fused_gemv: bool, caps: DeviceCaps) -> str:
+    """How a linear layer over ``rows`` input rows runs: "gemv_q" (the decode GEMV reading a
+    block-quantized weight; it stages a row in shared memory, ``q_shared_bytes``),
+    "dequant_matmul" (the weight dequantized into scratch, then the matmul path), "gemv" (one fused
+    GEMV: norm, product, bias, activation, residual) or "matmul" (norm -> matmul -> epilogue)."""
+    if quantized:
+        return "gemv_q" if rows <= DECODE_ROWS and q_shared_bytes + 1024 <= caps.smem_optin else "dequant_matmul"
+    return "gemv" if fused_gemv and rows <= DECODE_ROWS else "matmul"
+
+
+def decode_like(rows_of_products: Sequence[int]) -> bool:
+    """Whether a graph is decode-like (every matrix product has at most ``DECODE_ROWS`` rows):
+    its kernels then launch with programmatic dependent launch."""
+    return all(r <= DECODE_ROWS for r in rows_of_products)
+
+
+def flash_ok(dtype: str, D: int, Dv: int, T: int, operands: Sequence[tuple[Sequence[int], Sequence[int], int, int]],
+             caps: DeviceCaps) -> bool:
+    """Whether attn_fa (tensor cores, cuda_src/attention_tc.cu) can run an attention: f16 / bf16
+    on sm_80+, heads of 64 or 128, at least ``FLASH_MIN_QUERIES`` queries, and for each operand
+    (shape, strides in elements, byte address, its contiguous axis) head elements contiguous and
+    every row / batch stride and the base 16-byte aligned."""
+    if dtype not in ("f16", "bf16") or caps.arch < 80 or D not in (64, 128) or Dv != D or T < FLASH_MIN_QUERIES:
+        return False
+    for shape, st, addr, contiguous_axis in operands:
+        if st[contiguous_axis] != 1 or addr % 16:
+            return False
+        if any(s % 8 for i, s in enumerate(st) if shape[i] != 1 and i != len(st) + contiguous_axis):
+            return False
+    return True
+
+
+class AttnSplits(NamedTuple):
+    """Launch shape of attn_split / attn_pipe: ``grid`` (queries, batch rows, key splits),
+    ``chunk`` keys per split, ``maxd`` the register size of the head, ``kind`` "pipe" (a few
+    queries: decode) or "split" (many: prefill, where the register-lean kernel's occupancy matters
+    more: f16 128-wide heads, 88 vs 176 registers)."""
+
+    grid: tuple[int, int, int]
+    chunk: int
+    maxd: int
+    kind: str
+
+
+def attn_splits(T: int, rows: int, S: int, D: int, Dv: int, window: int = 0) -> AttnSplits | None:
+    """Key splits for an attention of ``rows`` (batch x query) rows, ``T`` queries each, over
+    ``S`` keys of ``D`` (values ``Dv``): enough splits of ``ATTN_CHUNK`` keys to fill the GPU
+    (flash-decoding), at most 4096 split rows in all; None for an empty output. With a sliding
+    window a row reads at most ``window`` keys: the splits cover that many."""
+    if rows == 0:
+        return None
+    if window > 0:
+        S = max(1, min(S, window))
+    nsplit = max(1, min(-(-S // ATTN_CHUNK), 4096 // rows))
+    chunk = -(-S // nsplit)
+    nsplit = -(-S // chunk)
+    maxd = next(m for m in (64, 128, 256) if max(D, Dv) <= m)
+    return AttnSplits((T, rows // T, nsplit), chunk, maxd, "pipe" if T <= 4 else "split")
