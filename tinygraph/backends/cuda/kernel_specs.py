@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
+from ...ops.fused import _ACTS, _NORMS
 from ...util import contiguous_strides
 from . import driver
 from .select import tc3_shared_bytes  # noqa: F401 (re-exported)
@@ -311,8 +312,12 @@ def gemv_block_size(columns: int, sm_count: int = 132) -> int:
 
 
 # linear_gemv: the norm / act codes, and the launch rules mirrored from cuda_src/linear.cu.
-LINEAR_NORMS = {None: 0, 0: 0, "none": 0, 1: 1, "rms": 1, "rms_norm": 1, 2: 2, "layer": 2, "layer_norm": 2}
-LINEAR_ACTS = {None: 0, 0: 0, "none": 0, 1: 1, "gelu": 1, "gelu_tanh": 1, 2: 2, "silu": 2, 3: 3, "swiglu": 3}
+# the linear kernels' norm / activation codes are the positions in the ``linear`` op's own tuples
+# (one definition: tinygraph/ops/fused.py); their ints and a few long names are accepted too
+LINEAR_NORMS = {**{k: i for i, k in enumerate(_NORMS)}, **{i: i for i in range(len(_NORMS))},
+                "none": 0, "rms_norm": 1, "layer_norm": 2}
+LINEAR_ACTS = {**{k: i for i, k in enumerate(_ACTS)}, **{i: i for i in range(len(_ACTS))},
+               "none": 0, "gelu_tanh": 1}
 _LINEAR_RB_SMEM_BYTES = 65536  # LIN_RB_SMEM_BYTES in linear.cu
 
 
