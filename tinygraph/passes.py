@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import Counter
 
 from .graph import Graph
+from .ops.registry import optional_srcs
 from .tensor import Tensor
 
 
@@ -148,10 +149,9 @@ def fuse_linear(g: Graph) -> int:
         kw: dict = {}
         if x.op in ("rms_norm", "layer_norm") and _only_reader(c, x) is mm and x.dtype == mm.dtype:
             dead.add(x.id)
-            rest = list(x.srcs[1:])
+            o = optional_srcs(x)
             kw.update(norm="rms" if x.op == "rms_norm" else "layer", eps=x.params["eps"],
-                      norm_w=rest.pop(0) if x.params["has_w"] else None,
-                      norm_b=rest.pop(0) if x.params.get("has_b") else None)
+                      norm_w=o["w"], norm_b=o.get("b"))
             x = x.srcs[0]
         tail = mm
         nxt = _only_reader(c, tail)
@@ -224,7 +224,7 @@ def fuse_rope_store(g: Graph) -> int:
         kc, vc = sk.srcs[2], sv.srcs[2]
         if kc.shape[1:] != vc.shape[1:] or kc.dtype != rk.dtype or vc.dtype != v.dtype:
             continue
-        ff = rk.srcs[2] if rk.params["has_ff"] else None
+        ff = optional_srcs(rk)["freq_factors"]
         p = rk.params
         fused = ops.rope_store(rq.srcs[0], rk.srcs[0], v, rows, kc, vc, p["theta"], p["mode"], ff,
                                name=sk.name.rsplit(".", 1)[0] + ".rope_store" if "." in sk.name else None)
@@ -253,7 +253,7 @@ def _absorb_norm(c: dict, x: Tensor, reader: Tensor, hd: int) -> tuple[Tensor, d
     """``x``, or its input when ``x`` is an RMS norm over the head (weight [hd] or none) that
     only ``reader`` reads: (tensor, attention_store norm arguments)."""
     if x.op == "rms_norm" and _only_reader(c, x) is reader and x.shape[-1] == hd:
-        return x.srcs[0], {"w": x.srcs[1] if x.params["has_w"] else None, "eps": x.params["eps"], "id": x.id}
+        return x.srcs[0], {"w": optional_srcs(x)["w"], "eps": x.params["eps"], "id": x.id}
     return x, {}
 
 
@@ -291,7 +291,7 @@ def fuse_attention_store(g: Graph) -> int:
                 continue
             q, k, v = r.srcs[:3]
             kw.update(theta=r.params["theta"], mode=r.params["mode"],
-                      freq_factors=r.srcs[6] if r.params["has_ff"] else None)
+                      freq_factors=optional_srcs(r)["freq_factors"])
             q, qn = _absorb_norm(c, q, r, hd)
             k, kn = _absorb_norm(c, k, r, hd)
             dead.update({r.id} | {n.id for n in chain})

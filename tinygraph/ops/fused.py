@@ -9,11 +9,13 @@ from ..dtypes import int32
 from ..errors import GraphError, ShapeError
 from ..tensor import Tensor
 from .arith import _gelu_ref, _silu_ref
-from .registry import _f32, _need_float, _need_weight, _node, _reference, _row_param
+from .registry import OPS, _f32, _need_float, _need_weight, _node, _reference, _row_param
 from .rows import _attention_ref, _layer_norm_ref, _rms_norm_ref, _rope_args, _rope_ref, _window_arg
 
 
 _NORMS = (None, "rms", "layer")
+#: the linear op's optional sources, in order, with the flags that say they are there
+LINEAR_OPTIONAL = (("bias", "has_bias"), ("residual", "has_residual"), ("norm_w", "has_norm_w"), ("norm_b", "has_norm_b"))
 _ACTS = (None, "gelu", "silu", "swiglu")
 
 
@@ -53,10 +55,10 @@ def linear(x: Tensor, w: Tensor, bias: Tensor | None = None, residual: Tensor | 
     return _node("linear", srcs, out_shape, x.dtype, params, name)
 
 
-@_reference("linear", "matmul")
+@_reference("linear", "matmul", required=2, optional=LINEAR_OPTIONAL)
 def _linear_ref(p, x, w, *rest):
-    rest = list(rest)
-    bias, res, nw, nb = (rest.pop(0) if p[f"has_{k}"] else None for k in ("bias", "residual", "norm_w", "norm_b"))
+    o = OPS["linear"].named(p, (x, w) + rest)
+    bias, res, nw, nb = o["bias"], o["residual"], o["norm_w"], o["norm_b"]
     if p["norm"] == "rms":
         x = _rms_norm_ref({"eps": p["eps"], "has_w": nw is not None}, x, *([nw] if nw is not None else []))
     elif p["norm"] == "layer":
@@ -94,7 +96,7 @@ def rope_store(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, k_cache: Tens
     return t
 
 
-@_reference("rope_store", "rope", side_dsts=(4, 5))
+@_reference("rope_store", "rope", side_dsts=(4, 5), required=6, optional=(("freq_factors", "has_ff"),))
 def _rope_store_ref(p, q, k, v, positions, k_cache, v_cache, *ff):
     if positions.size and (positions.min() < 0 or positions.max() >= k_cache.shape[-2]):
         raise IndexError(f"rope_store: position out of range [0, {k_cache.shape[-2]})")
@@ -154,12 +156,12 @@ def attention_store(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, k_cache:
     return t
 
 
-@_reference("attention_store", "attention", side_dsts=(4, 5))
+@_reference("attention_store", "attention", side_dsts=(4, 5), required=6,
+            optional=(("freq_factors", "has_ff"), ("q_norm_w", "has_qn"), ("k_norm_w", "has_kn")))
 def _attention_store_ref(p, q, k, v, positions, k_cache, v_cache, *extra):
-    rest = list(extra)
-    ff = [rest.pop(0)] if p["has_ff"] else []
-    qn = rest.pop(0) if p["has_qn"] else None
-    kn = rest.pop(0) if p["has_kn"] else None
+    o = OPS["attention_store"].named(p, (q, k, v, positions, k_cache, v_cache) + extra)
+    ff = [o["freq_factors"]] if o["freq_factors"] is not None else []
+    qn, kn = o["q_norm_w"], o["k_norm_w"]
     pos = int(positions[0])
     if not 0 <= pos < k_cache.shape[-2]:
         raise IndexError(f"attention_store: position {pos} out of range [0, {k_cache.shape[-2]})")

@@ -28,7 +28,11 @@ class OpDef:
     is the destination (``dst``, an index into ``srcs``): it is written, not read. Their
     reference is called as ``reference(params, out, *other_srcs)`` and writes ``out`` in place.
     Ops with a result of their own that also write other buffers (``rope_store``) list those
-    sources in ``side_dsts``; their reference writes into the arrays it is given for them."""
+    sources in ``side_dsts``; their reference writes into the arrays it is given for them.
+
+    Optional sources (a norm's weight, a linear's bias, ...) follow the ``required`` ones, in the
+    order of ``optional``: (name, the boolean param that says it is there). ``named(params,
+    srcs)`` reads them by name, for the reference, the passes and the lowerings alike."""
 
     name: str
     family: str
@@ -36,21 +40,34 @@ class OpDef:
     elementwise: bool = False
     dst: int | None = None
     side_dsts: tuple[int, ...] = ()
+    required: int = 0
+    optional: tuple[tuple[str, str], ...] = ()
 
     def written_srcs(self) -> tuple[int, ...]:
         """Indices of sources this op writes rather than reads."""
         return self.side_dsts + ((self.dst,) if self.dst is not None else ())
+
+    def named(self, params: dict, srcs: Sequence[Any]) -> dict[str, Any]:
+        """The optional sources of a node (or of its reference's arrays) by name, None where the
+        node has none."""
+        rest = iter(srcs[self.required:])
+        return {name: next(rest) if params.get(flag) else None for name, flag in self.optional}
 
 
 OPS: dict[str, OpDef] = {}
 
 
 def _reference(name: str, family: str, elementwise: bool = False, dst: int | None = None,
-               side_dsts: tuple[int, ...] = ()):
+               side_dsts: tuple[int, ...] = (), required: int = 0, optional: tuple[tuple[str, str], ...] = ()):
     def deco(fn: Callable[..., Array]) -> Callable[..., Array]:
-        OPS[name] = OpDef(name, family, fn, elementwise, dst, side_dsts)
+        OPS[name] = OpDef(name, family, fn, elementwise, dst, side_dsts, required, optional)
         return fn
     return deco
+
+
+def optional_srcs(n: Tensor) -> dict[str, Tensor | None]:
+    """Node ``n``'s optional sources by name (see :class:`OpDef`)."""
+    return OPS[n.op].named(n.params, n.srcs)
 
 
 def _f32(x: Array) -> Array:

@@ -147,7 +147,7 @@ def layer_norm(x: Tensor, w: Tensor | None = None, b: Tensor | None = None, eps:
                  {"eps": float(eps), "has_w": w is not None, "has_b": b is not None}, name)
 
 
-@_reference("layer_norm", "norm")
+@_reference("layer_norm", "norm", required=1, optional=(("w", "has_w"), ("b", "has_b")))
 def _layer_norm_ref(p, x, *wb):
     x = _f32(x)
     mean = x.mean(axis=-1, keepdims=True)
@@ -169,7 +169,7 @@ def rms_norm(x: Tensor, w: Tensor | None = None, eps: float = 1e-6, name: str | 
     return _node("rms_norm", srcs, x.shape, x.dtype, {"eps": float(eps), "has_w": w is not None}, name)
 
 
-@_reference("rms_norm", "norm")
+@_reference("rms_norm", "norm", required=1, optional=(("w", "has_w"),))
 def _rms_norm_ref(p, x, *w):
     x = _f32(x)
     y = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + np.float32(p["eps"]))
@@ -215,7 +215,7 @@ def rope_angles(positions: Array, head_dim: int, theta: float, freq_factors: Arr
     return np.cos(ang), np.sin(ang)
 
 
-@_reference("rope", "rope")
+@_reference("rope", "rope", required=2, optional=(("freq_factors", "has_ff"),))
 def _rope_ref(p, x, positions, *ff):
     x = _f32(x)
     hd = x.shape[-1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from ...ops.registry import optional_srcs
 from ...tensor import Tensor
 from . import driver, quant_launch
 from .kernels import Arg
@@ -86,7 +87,8 @@ def _rope_store(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) ->
     from .kernels import ROPE_NEOX, ROPE_NORMAL, elementwise_config, f32, i32, ptr
     p, dt, src, lib = n.params, n.dtype, n.srcs, be.lib
     q, k, v, pos_t, kc, vc = src[:6]
-    ff = be._arg(src[6], base).ptr if p["has_ff"] else None
+    fft = optional_srcs(n)["freq_factors"]
+    ff = be._arg(fft, base).ptr if fft is not None else None
     qa, ka, va = (be._as(t, base, dt) for t in (q, k, v))
     kca, vca = be._arg(kc, base), be._arg(vc, base)
     if kc.dtype != dt or vc.dtype != dt:
@@ -101,23 +103,22 @@ def _rope_store(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) ->
 
 
 def _rms_norm(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> None:
-    p, dt = n.params, n.dtype
-    w = be._as(n.srcs[1], base, dt).ptr if p["has_w"] else None
+    p, dt, o = n.params, n.dtype, optional_srcs(n)
+    w = be._as(o["w"], base, dt).ptr if o["w"] is not None else None
     be.lib.rms_norm(dt.short, out, be._as(n.srcs[0], base, dt), w, p["eps"], stream=be.stream)
 
 
 def _layer_norm(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> None:
-    p, dt = n.params, n.dtype
-    rest = list(n.srcs[1:])
-    w = be._as(rest.pop(0), base, dt).ptr if p["has_w"] else None
-    b = be._as(rest.pop(0), base, dt).ptr if p["has_b"] else None
+    p, dt, o = n.params, n.dtype, optional_srcs(n)
+    w, b = (be._as(o[k], base, dt).ptr if o[k] is not None else None for k in ("w", "b"))
     be.lib.layer_norm(dt.short, out, be._as(n.srcs[0], base, dt), w, b, p["eps"], stream=be.stream)
 
 
 def _rope(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> None:
     p, dt = n.params, n.dtype
     pos = be._contiguous_ids(n.srcs[1], base)
-    ff = be._arg(n.srcs[2], base).ptr if p["has_ff"] else None
+    fft = optional_srcs(n)["freq_factors"]
+    ff = be._arg(fft, base).ptr if fft is not None else None
     be.lib.rope(dt.short, out, be._as(n.srcs[0], base, dt), pos, p["theta"], p["mode"], freq_factors=ff,
                 stream=be.stream)
 

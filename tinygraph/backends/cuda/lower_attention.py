@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...errors import BackendError
+from ...ops.registry import optional_srcs
 from ...tensor import Tensor
 from . import driver
 from . import select
@@ -55,16 +56,16 @@ def flash_ok(be: "CudaBackend", out: Arg, q: Arg, kt: Arg, v: Arg, dt) -> bool:
 def attention_store(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> None:
     """One decode step's q/k norm + RoPE + KV-cache write + attention: one kernel."""
     p, dt = n.params, n.dtype
-    q, k, v, pos, kc, vc, *rest = n.srcs
+    q, k, v, pos, kc, vc = n.srcs[:6]
+    o = optional_srcs(n)
     if kc.dtype != dt or vc.dtype != dt or q.shape[-1] > 256:
         raise BackendError(f"attention_store on CUDA needs caches of dtype {dt.name} and heads <= 256: "
                            f"{n.describe()}")
     qa, ka, va = (be._as(t, base, dt) for t in (q, k, v))
     kca, vca = be._arg(kc, base), be._arg(vc, base)
-    fft = rest.pop(0) if p["has_ff"] else None
+    fft = o["freq_factors"]
     ff = be._arg(fft, base).ptr if fft is not None else 0
-    qn = be._as(rest.pop(0), base, dt).ptr if p["has_qn"] else 0
-    kn = be._as(rest.pop(0), base, dt).ptr if p["has_kn"] else 0
+    qn, kn = (be._as(o[k_], base, dt).ptr if o[k_] is not None else 0 for k_ in ("q_norm_w", "k_norm_w"))
     window = p.get("window") or 0
     cfg = attn_splits(be, out, kc.shape[1], q.shape[-1], window)
     if cfg is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...errors import BackendError
+from ...ops.registry import optional_srcs
 from ...tensor import Tensor
 from . import quant_launch
 from .kernels import Arg
@@ -43,8 +44,9 @@ def quant_rows(be: "CudaBackend", t: Tensor, base: dict[int, int], n: Tensor) ->
 
 def linear(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> None:
     p = n.params
-    x, w, *rest = n.srcs
-    bias, res, nw, nb = (rest.pop(0) if p[f"has_{k}"] else None for k in ("bias", "residual", "norm_w", "norm_b"))
+    x, w = n.srcs[:2]
+    o = optional_srcs(n)
+    bias, res, nw, nb = o["bias"], o["residual"], o["norm_w"], o["norm_b"]
     linear_parts(be, n, out, base, x, w, bias, res, nw, nb, p["norm"], p["act"], p["eps"])
 
 
