@@ -93,3 +93,26 @@ def test_linear_op_matches_formula(backend, rng):
     z = h @ w.T + b
     ref = z[:, :8] / (1 + np.exp(-z[:, :8])) * z[:, 8:] + r
     assert rel_err(o, ref) < 1e-5
+
+
+def test_detached_building_and_replace():
+    """A rewrite builds its replacement detached (nothing added, no side effect recorded), then
+    Graph.replace puts it in the old node's place and id."""
+    import numpy as np
+
+    import tinygraph as tg
+    sess = tg.Session(backend="numpy")
+    g = sess.graph()
+    x = g.input((2, 3), tg.float32, name="x")
+    a = tg.scale(x, 2.0, name="a")
+    b = tg.add(a, a, name="b")
+    g.output(b)
+    n_before, old_id = len(g.nodes), a.id
+    with g.detached() as held:
+        a2 = tg.scale(x, 3.0, name="a2")
+    assert len(g.nodes) == n_before and held == [a2] and not g.side_effects
+    g.replace(a, a2)
+    assert a2.id == old_id and g.nodes[g.nodes.index(a2)] is a2 and b.srcs == (a2, a2)
+    (out,) = sess.compute(g, {"x": np.ones((2, 3), np.float32)})
+    assert np.allclose(out, 6.0)
+    sess.close()

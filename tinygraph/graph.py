@@ -1,8 +1,9 @@
 """A lazy graph: the nodes of one step (a prefill or a decode token) in build order."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import networkx as nx
 
@@ -40,14 +41,52 @@ class Graph:
         self.side_effects: list[Tensor] = []
         self._inputs: list[Tensor] = []
         self._plan: ExecPlan | None = None
+        self._held: list[Tensor] | None = None  # nodes built while detached()
 
     # -- building ---------------------------------------------------------------------------
     def _add(self, t: Tensor) -> None:
+        if self._held is not None:
+            self._held.append(t)
+            return
         self.nodes.append(t)
         self._plan = None
 
     def _side_effect(self, t: Tensor) -> None:
-        self.side_effects.append(t)
+        if self._held is None:
+            self.side_effects.append(t)
+
+    @contextlib.contextmanager
+    def detached(self) -> Iterator[list[Tensor]]:
+        """Nodes built inside are made (joining this graph) but not added to it, nor their side
+        effects recorded: a rewrite builds its replacement with the ordinary op builders, then
+        puts it in place with :meth:`replace`. Yields the list of nodes built."""
+        prev, self._held = self._held, []
+        try:
+            yield self._held
+        finally:
+            self._held = prev
+
+    def replace(self, old: Tensor, new: Tensor, dead: set[int] = frozenset(), side_effect: bool = False) -> None:
+        """Put ``new`` (built :meth:`detached`) where ``old`` was (same id, same place in build
+        order), point every reference to ``old`` at ``new``, drop the nodes whose ids are in
+        ``dead``; ``side_effect``: ``new`` writes buffers (``set_rows``-like), keep it as one."""
+        new.id = old.id
+        nodes = []
+        for n in self.nodes:
+            if n is old:
+                nodes.append(new)
+            elif n.id not in dead:
+                if any(s is old for s in n.srcs):
+                    n.srcs = tuple(new if s is old else s for s in n.srcs)
+                if n.storage is old:
+                    n.storage = new
+                nodes.append(n)
+        self.nodes = nodes
+        self.outputs = [new if o is old else o for o in self.outputs]
+        self.side_effects = [new if e is old else e for e in self.side_effects if e.id not in dead]
+        if side_effect and all(e is not new for e in self.side_effects):
+            self.side_effects.append(new)
+        self._plan = None
 
     def input(self, shape: Sequence[int], dtype: DType | str, name: str | None = None) -> Tensor:
         """A tensor fed at ``compute`` time (NumPy array of this shape)."""

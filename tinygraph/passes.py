@@ -40,26 +40,6 @@ def _readers(g: Graph) -> Counter:
     return c
 
 
-def _replace(g: Graph, old: Tensor, new: Tensor, dead: set[int]) -> None:
-    """Put ``new`` where ``old`` was (same id, same place in build order) and point every
-    reference to ``old`` at ``new``; drop the nodes in ``dead``."""
-    new.id = old.id
-    nodes = []
-    for n in g.nodes:
-        if n is old:
-            nodes.append(new)
-        elif n.id not in dead:
-            if any(s is old for s in n.srcs):
-                n.srcs = tuple(new if s is old else s for s in n.srcs)
-            if n.storage is old:
-                n.storage = new
-            nodes.append(n)
-    g.nodes = nodes
-    g.outputs = [new if o is old else o for o in g.outputs]
-    g.side_effects = [new if e is old else e for e in g.side_effects if e.id not in dead]
-    g._plan = None
-
-
 def fuse_attention(g: Graph) -> int:
     """Fuse matmul -> softmax -> matmul chains into ``attention`` nodes. Returns the count."""
     from . import ops
@@ -78,12 +58,12 @@ def fuse_attention(g: Graph) -> int:
         p = probs.params
         past = probs.srcs[1] if p["past_src"] else p["past"]
         name = mix.name.rsplit(".", 1)[0] + ".attention" if "." in mix.name else f"attention_{mix.id}"
-        fused = ops.attention(q, kt, v, p["scale"], p["causal"], past, window=p.get("window"), name=name,
-                              past_rows=p["past"] == -1)
-        g.nodes.pop()  # ops.attention appended it; _replace puts it at mix's place instead
+        with g.detached():
+            fused = ops.attention(q, kt, v, p["scale"], p["causal"], past, window=p.get("window"), name=name,
+                                  past_rows=p["past"] == -1)
         if fused.shape != mix.shape:  # broadcasting differs from the chain's: leave it alone
             continue
-        _replace(g, mix, fused, {scores.id, probs.id})
+        g.replace(mix, fused, {scores.id, probs.id})
         count += 1
     return count
 
@@ -178,10 +158,10 @@ def fuse_linear(g: Graph) -> int:
                 dead.add(nxt.id)
         if tail is mm and "norm" not in kw:
             continue  # a bare matmul: nothing to gain
-        fused = ops.linear(x, w, name=mm.name, **kw)
-        g.nodes.pop()  # ops.linear appended it; _replace puts it at the tail's place instead
+        with g.detached():
+            fused = ops.linear(x, w, name=mm.name, **kw)
         dead.discard(tail.id)
-        _replace(g, tail, fused, dead)
+        g.replace(tail, fused, dead)
         count += 1
     return count
 
@@ -226,13 +206,11 @@ def fuse_rope_store(g: Graph) -> int:
             continue
         ff = optional_srcs(rk)["freq_factors"]
         p = rk.params
-        fused = ops.rope_store(rq.srcs[0], rk.srcs[0], v, rows, kc, vc, p["theta"], p["mode"], ff,
-                               name=sk.name.rsplit(".", 1)[0] + ".rope_store" if "." in sk.name else None)
-        g.nodes.pop()
-        g.side_effects.pop()
+        with g.detached():
+            fused = ops.rope_store(rq.srcs[0], rk.srcs[0], v, rows, kc, vc, p["theta"], p["mode"], ff,
+                                   name=sk.name.rsplit(".", 1)[0] + ".rope_store" if "." in sk.name else None)
         dead = {rk.id, sk.id, sv.id, sk.srcs[0].id, sv.srcs[0].id}
-        _replace(g, rq, fused, dead)
-        g.side_effects.append(fused)
+        g.replace(rq, fused, dead, side_effect=True)
         count += 1
     return count
 
@@ -316,11 +294,9 @@ def fuse_attention_store(g: Graph) -> int:
         if q.shape != (1, H, hd) or k.shape != (1, KV, hd) or q.dtype != kc.dtype:
             continue
         name = a.name + "_store" if a.name else None
-        fused = ops.attention_store(q, k, v, rows, kc, vc, p["scale"], window=p.get("window"), name=name, **kw)
-        g.nodes.pop()
-        g.side_effects.pop()
-        _replace(g, a, fused, dead)
-        g.side_effects.append(fused)
+        with g.detached():
+            fused = ops.attention_store(q, k, v, rows, kc, vc, p["scale"], window=p.get("window"), name=name, **kw)
+        g.replace(a, fused, dead, side_effect=True)
         count += 1
     return count
 
