@@ -29,7 +29,7 @@ from tinygraph.models import load_model  # noqa: E402
 from tinygraph.models.engine import Engine  # noqa: E402
 from tinygraph.serve import create_app  # noqa: E402
 from tinygraph.serve.__main__ import parse_bytes  # noqa: E402
-from tinygraph.serve.text import IncrementalDecoder, StopMatcher  # noqa: E402
+from tinygraph.textstream import IncrementalDecoder, StopMatcher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "llama"

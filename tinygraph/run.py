@@ -154,7 +154,6 @@ def _run(args) -> int:
         raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
-    from .backends import cuda_available
     from .hub import default_model_path
     from .io import load_checkpoint
 
@@ -164,12 +163,7 @@ def _run(args) -> int:
     prompt = _prompt(args)  # before the download: a bad stdin fails at once
     if path is None:
         path = default_model_path()
-    backend = args.backend
-    if backend == "auto":
-        ok, why = cuda_available()
-        backend = "cuda" if ok else "numpy"
-        print(f"tinygraph: backend=auto chose {backend}" + ("" if ok else f" ({why})"), file=sys.stderr)
-    dtype = args.dtype or ("float16" if backend == "cuda" else "float32")
+    backend, dtype = resolve_backend(args.backend, args.dtype, verbose=True)
     if backend == "numpy" and dtype != "float32":
         print(f"tinygraph: warning: {dtype} on the NumPy backend is slow (every op converts to float32 and back); "
               "--dtype float32 is recommended on the CPU", file=sys.stderr)
@@ -205,6 +199,18 @@ def _run(args) -> int:
         return _generate(args, model, prompt, ids)
     finally:
         model.close()
+
+
+def resolve_backend(backend: str, dtype: str | None, verbose: bool = False) -> tuple[str, str]:
+    """(backend, dtype) for the command-line choices: "auto" is CUDA where a GPU is usable, else
+    NumPy (said on stderr with ``verbose``); no dtype is float16 on CUDA, float32 on NumPy."""
+    if backend == "auto":
+        from .backends import cuda_available
+        ok, why = cuda_available()
+        backend = "cuda" if ok else "numpy"
+        if verbose:
+            print(f"tinygraph: backend=auto chose {backend}" + ("" if ok else f" ({why})"), file=sys.stderr)
+    return backend, dtype or ("float16" if backend == "cuda" else "float32")
 
 
 def memory_line(use: dict, dtype: str) -> str:
@@ -251,15 +257,8 @@ def stream_text(args, model, ids: list[int], out=None, interruptible: bool = Fal
     end-of-text token ends it and is not written. ``interruptible``: Ctrl-C ends the text
     (``interrupted``) instead of raising KeyboardInterrupt."""
     out = out or sys.stdout
-    tok = model.tokenizer
-    # the new tokens are decoded after a few prompt tokens, so that a word's leading space
-    # survives (SentencePiece decoders drop the space of the first token they decode)
-    ctx = list(ids[-8:])
-    base = tok.decode(ctx, skip_special_tokens=True)
-
-    def text_of(new: list[int]) -> str:
-        return tok.decode(ctx + new, skip_special_tokens=True)[len(base):]
-
+    from .textstream import IncrementalDecoder
+    dec = IncrementalDecoder(model.tokenizer, ids)
     eos = set() if args.ignore_eos else set(model.config.eos_token_ids)
     new: list[int] = []
     shown = ""
@@ -277,11 +276,11 @@ def stream_text(args, model, ids: list[int], out=None, interruptible: bool = Fal
             if tid in eos:
                 break
             new.append(tid)
-            text_now = text_of(new)
-            if not text_now.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                out.write(text_now[len(shown):])
+            piece = dec.push(tid)  # "" while a multi-byte character waits for its rest
+            if piece:
+                out.write(piece)
                 out.flush()
-                shown = text_now
+                shown += piece
             if len(ids) + len(new) >= model.max_context and len(new) < args.max_new_tokens:
                 out.write("\n")  # the context is full: the model's notice (stderr) gets its own line
                 out.flush()
@@ -293,7 +292,7 @@ def stream_text(args, model, ids: list[int], out=None, interruptible: bool = Fal
     finally:
         stream.close()
     t_end = time.perf_counter()
-    rest = text_of(new)[len(shown):] if new else ""
+    rest = dec.flush()
     if rest:  # a character cut off by the end of generation: written as it decodes (U+FFFD)
         out.write(rest)
         out.flush()

@@ -91,7 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-queue must be >= 0, got {args.max_queue}")
     import uvicorn
 
-    from ..backends import cuda_available
+    from ..run import resolve_backend
     from ..hub import default_model_path
     from ..models import load_model
     from ..models.engine import Engine
@@ -101,10 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
     if path is not None and not path.exists():
         raise FileNotFoundError(f"model path {str(path)!r} does not exist")
     path = path or default_model_path()
-    backend = args.backend
-    if backend == "auto":   # as tinygraph.run: the dtype default depends on where it runs
-        backend = "cuda" if cuda_available()[0] else "numpy"
-    dtype = args.dtype or ("float16" if backend == "cuda" else "float32")
+    backend, dtype = resolve_backend(args.backend, args.dtype)  # as tinygraph.run
     name = args.served_model_name or (path.stem if path.is_file() else path.name)
     sock = _listen(args.host, args.port)   # fail on a taken port before the (slow) load
     t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import protocol as P
-from .text import IncrementalDecoder, StopMatcher
+from ..textstream import IncrementalDecoder, StopMatcher
 
 #: how often a non-streamed request checks whether its client is still connected (seconds)
 DISCONNECT_POLL_S = 0.1

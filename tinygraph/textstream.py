@@ -9,8 +9,8 @@ window of recent tokens, so a long answer costs O(length) decoding, not O(length
 :class:`StopMatcher` cuts the text before the first stop string and, while streaming, holds back
 the tail that could still grow into one (a stop string split over several tokens).
 
-The CLI (``tinygraph.run.stream_text``) applies the same rules inline, decoding the whole answer
-each token; it could use :class:`IncrementalDecoder` instead.
+Both the command line (``tinygraph.run.stream_text``) and the server (``tinygraph.serve``) write
+text through these.
 """
 from __future__ import annotations
 
