@@ -73,7 +73,7 @@ def llama():
 
 @pytest.fixture(scope="module")
 def llama_graph(llama):
-    return model_step_graph(llama, 1, 5, fuse=True) or model_step_graph(llama, 1, 5, fuse=False)
+    return model_step_graph(llama, 1, 5, fuse=True)
 
 
 def _edges(nxg):

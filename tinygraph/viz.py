@@ -252,30 +252,12 @@ def write_graph_files(g: Graph, out_dir: str | Path, stem: str = "graph",
     return files
 
 
-def model_step_graph(model, T: int = 1, start: int = 0, fuse: bool = True) -> Graph | None:
+def model_step_graph(model, T: int = 1, start: int = 0, fuse: bool = True) -> Graph:
     """The graph a loaded model (``tinygraph.models.load_model``) runs for one step over ``T``
     tokens, ending in the argmax of the last position's logits: ``model.step_graph(T, "argmax",
-    fuse=fuse)``. With a builder that bakes positions into the graph (``build_step(g, T, start,
-    last_only)``), that graph at positions ``start..start+T-1`` (unfused: None for ``fuse=True``)."""
-    import inspect
-
-    from . import ops
-    if hasattr(model, "step_graph"):
-        if "fuse" in inspect.signature(model.step_graph).parameters:
-            g, _, _ = model.step_graph(T, "argmax", fuse=fuse)
-        elif fuse:
-            return None
-        else:
-            g, _, _ = model.step_graph(T, "argmax")
-        return g
-    if fuse:
-        return None
-    g = model.session.graph()
-    if "start" in inspect.signature(model.build_step).parameters:
-        _, _, h = model.build_step(g, T, start, last_only=True)
-    else:
-        _, _, h = model.build_step(g, T, last_only=True)
-    g.output(ops.argmax(model.logits_node(h)))
+    fuse=fuse)``. Positions are graph inputs, so ``start`` (where the step begins) does not change
+    the graph; it is accepted for the callers that name it."""
+    g, _, _ = model.step_graph(T, "argmax", fuse=fuse)
     return g
 
 

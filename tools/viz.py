@@ -109,7 +109,7 @@ def _script_graph(args):
     g = build()
     before = None
     if args.before_after:
-        before, g = g, _apply_passes(g, build)
+        before, g = g, _apply_passes(build)
     return g, Path(args.script).stem, Path(args.script).name, g.session, before
 
 
@@ -136,17 +136,12 @@ def _model_graph(args):
                          f"pass --max-context")
     print(f"viz: loaded {path.name} ({model.spec.name}, {model.config.num_layers} layers) in "
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    at = "" if hasattr(model, "step_graph") else f" at position {start}"  # positions fed at run time
-    what = f"decode step{at}" if args.step == "decode" else f"prefill of {T} tokens{at}"
+    # positions are graph inputs: one graph serves every position
+    what = "decode step" if args.step == "decode" else f"prefill of {T} tokens"
     title = f"{path.name} · {what}"
-    if args.before_after:
-        before = model_step_graph(model, T, start, fuse=False)
-        after = model_step_graph(model, T, start, fuse=True)
-        if after is None:  # no fused variant from the builder: the generic hook
-            after = _apply_passes(before, lambda: model_step_graph(model, T, start, fuse=False))
-        return after, args.step, title, model.session, before
-    g = model_step_graph(model, T, start, fuse=True) or model_step_graph(model, T, start, fuse=False)
-    return g, args.step, title, model.session, None
+    g = model_step_graph(model, T, start, fuse=True)
+    before = model_step_graph(model, T, start, fuse=False) if args.before_after else None
+    return g, args.step, title, model.session, before
 
 
 def _backend_extra(sess, g):
@@ -155,25 +150,12 @@ def _backend_extra(sess, g):
     return hook(g) if callable(hook) else None
 
 
-def _apply_passes(g, rebuild):
-    """The graph after the fusion passes: ``tinygraph.passes.apply_fusions(g) -> Graph`` if there is
-    one, else ``tinygraph.passes.optimize`` (in place) on a fresh copy from ``rebuild()``; ``g`` itself
-    is left as it was. Without passes, ``g`` (with a notice)."""
-    try:
-        passes = importlib.import_module("tinygraph.passes")
-    except ImportError:
-        passes = None
-    fn = getattr(passes, "apply_fusions", None)
-    if callable(fn):
-        return fn(g)
-    opt = getattr(passes, "optimize", None)
-    if callable(opt):
-        after = rebuild()
-        counts = opt(after)
-        print(f"viz: passes: {counts}", file=sys.stderr)
-        return after
-    print("viz: --before-after: no fusion passes yet (tinygraph.passes); writing the graph as is", file=sys.stderr)
-    return g
+def _apply_passes(rebuild):
+    """A fresh copy of the graph from ``rebuild()`` after the fusion passes (``tinygraph.passes.optimize``)."""
+    from tinygraph.passes import optimize
+    after = rebuild()
+    print(f"viz: passes: {optimize(after)}", file=sys.stderr)
+    return after
 
 
 def run(args) -> int:
