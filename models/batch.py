@@ -103,16 +103,26 @@ class BatchRunner:
         the number of graphs."""
         Bs = sorted({self.batch_bucket(n) for n in range(1, self.max_batch + 1)})
         Ss = sorted({self.context_bucket(S) for S in WARM_CONTEXTS})
-        keys = [(B, 1, S, w) for S in Ss for B in Bs for w in ("argmax", "logits")]
+        keys = [(B, 1, S, w) for S in Ss for B in Bs for w in ("argmax", "sample")]
         keys += [(1, T, S, "argmax") for T in self.chunks for S in Ss]
         from tqdm import tqdm
+        sess = self.model.session
+        # a backend that compiles and captures (CUDA) runs each graph once; NumPy has nothing to
+        # warm beyond the build and the plan, and a run would only cost time
+        run = sess.backend.name != "numpy"
         for B, T, S, want in tqdm(keys, desc="tinygraph: step graphs", unit="graph", disable=not progress,
                                   leave=False):
             g, layout = self.graph(B, T, S, want)
+            if not run:
+                sess._plan_for(g)
+                continue
             feeds = layout.feeds([None] * B, [0] * B, [0] * B)
             feeds.update(token_ids=np.zeros(B * T, np.int32), positions=np.zeros(B * T, np.int32),
                          pick=np.arange(B, dtype=np.int32) * T)
-            self.model.session.compute(g, feeds)
+            if want == "sample":
+                greedy = tg.sample_params(0.0)
+                feeds.update(sample_fparams=np.stack([greedy[0]] * B), sample_iparams=np.stack([greedy[1]] * B))
+            sess.compute(g, feeds)
         return len(keys)
 
     def run(self, seqs: Sequence[object], tokens: Sequence[Sequence[int]], starts: Sequence[int],

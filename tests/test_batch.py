@@ -196,9 +196,12 @@ def test_warmup_builds_the_graphs_early_requests_use(llama):
         assert eng.stats()["kv_blocks_free"] == 16  # warming writes only the scratch row
         reqs = [eng.submit(p, SamplingParams(max_new_tokens=5, temperature=0))
                 for p in _prompts(llama.config.vocab_size, lens=(3, 9, 20))]
+        reqs.append(eng.submit([5, 6, 7], SamplingParams(max_new_tokens=5, temperature=0.7, seed=3)))
         eng.run_until_done(reqs)
-        assert set(eng.runner._graphs) == built  # nothing new was built for them
-        assert [r.tokens for r in reqs] == _alone(llama, [r.prompt for r in reqs], max_new_tokens=5, temperature=0)
+        assert set(eng.runner._graphs) == built  # nothing new was built for them, greedy or sampled
+        assert [r.tokens for r in reqs[:3]] == _alone(llama, [r.prompt for r in reqs[:3]], max_new_tokens=5,
+                                                      temperature=0)
+        assert reqs[3].tokens == llama.generate([5, 6, 7], max_new_tokens=5, temperature=0.7, seed=3, ignore_eos=True)[3:]
     finally:
         eng.close()
 
