@@ -37,7 +37,9 @@ def load_model(path: str | os.PathLike | None = None, dtype: str = "float32", sp
     The head counts must divide by R (ValueError otherwise). NumPy only: ``backend`` "numpy" or
     "auto" (which then means NumPy); "cuda" raises BackendError (multi-GPU NCCL is not built yet).
     Quantized GGUF tensors load dequantized (``quantize=`` applies to the shards)."""
-    if tensor_parallel is not None and tensor_parallel != 1:
+    # tensor_parallel=1 is the plain model (True is not 1 here: a typo, refused by the check)
+    sharded = tensor_parallel is not None and not (type(tensor_parallel) is int and tensor_parallel == 1)
+    if sharded:
         if backend not in ("numpy", "auto"):
             raise BackendError(f"tensor_parallel={tensor_parallel} runs only on the NumPy backend (its in-process "
                                f"communicator); backend={backend!r}: multi-GPU tensor parallelism (NCCL) is not "
@@ -48,7 +50,7 @@ def load_model(path: str | os.PathLike | None = None, dtype: str = "float32", sp
         path = default_model_path()
     ckpt = load_checkpoint(path, spec=spec)
     try:
-        if tensor_parallel is not None and tensor_parallel != 1:
+        if sharded:
             from .tensor_parallel import ShardedModel
             return ShardedModel(ckpt, tensor_parallel, dtype=dtype, max_context=max_context, quantize=quantize)
         return CausalLM(ckpt, dtype=dtype, backend=backend, max_context=max_context, dequantize=dequantize,

@@ -258,15 +258,21 @@ def _same(results: Sequence[Any], what: str) -> Any:
     return first
 
 
+def _seed(seed: int | None) -> int | None:
+    """``seed``, or one drawn now when None: each rank drawing its own would sample different
+    tokens on different ranks."""
+    return int(np.random.default_rng().integers(0, 2**63)) if seed is None else seed
+
+
 class ShardedModel:
     """A model split over ``ranks`` simulated ranks (threads in this process; see the module
     docstring). ``generate``, ``generate_stream``, ``step``, ``model(ids)`` and ``get_logits``
     run every rank and return rank 0's result (every rank computes the same tokens and logits;
-    ``generate``/``step`` check it). ``step_graph``/``last_graph`` are rank 0's graphs (for
-    dumps: they show the ``all_reduce`` nodes). Calls are serialised by a lock. ``timeout``:
-    seconds a rank waits in one ``all_reduce`` for the others (a failing rank stops the others at
-    once; the error raised is the failing rank's). Not available: ``generate_batch``,
-    ``decode_loop`` and ``profile_decode`` on the whole model (use a rank's), any backend but
+    ``generate``/``step`` check it); ``generate_batch`` runs every rank's engine. ``step_graph``/``last_graph`` are
+    rank 0's graphs (for dumps: they show the ``all_reduce`` nodes). Calls are serialised by a
+    lock. ``timeout``: seconds a rank waits in one ``all_reduce`` for the others (a failing rank
+    stops the others at once; the error raised is the failing rank's). Not available on the
+    whole model: ``decode_loop``, ``profile_decode``, the serving ``Engine``; any backend but
     NumPy."""
 
     def __init__(self, ckpt: Checkpoint, ranks: int, dtype: str = "float32", max_context: int | None = None,
@@ -319,15 +325,35 @@ class ShardedModel:
         """Logits [T, vocab] of final-normed hidden states [T, hidden] (gathered from every rank)."""
         return self._all(lambda m: m.get_logits(hidden))[0]
 
-    def generate(self, input_ids: Sequence[int], max_new_tokens: int = 100, **kw: Any) -> list[int]:
-        """As :meth:`models.model.CausalLM.generate` (same arguments), on every rank."""
-        return _same(self._all(lambda m: m.generate(input_ids, max_new_tokens, **kw)), "generated ids")
+    def generate(self, input_ids: Sequence[int], max_new_tokens: int = 100, temperature: float = 1.0,
+                 top_k: int = 50, top_p: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
+                 use_cache: bool = True, seed: int | None = None, *, ignore_eos: bool = False) -> list[int]:
+        """As :meth:`models.model.CausalLM.generate`, on every rank (a ``seed`` of None is drawn
+        once here, so every rank samples the same stream)."""
+        seed = _seed(seed)
+        return _same(self._all(lambda m: m.generate(input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id,
+                                                    use_cache, seed, ignore_eos=ignore_eos)), "generated ids")
 
-    def generate_stream(self, input_ids: Sequence[int], max_new_tokens: int = 100, **kw: Any) -> Iterator[int]:
-        """As :meth:`CausalLM.generate_stream`: each rank's stream advanced one token at a time,
+    def generate_stream(self, input_ids: Sequence[int], max_new_tokens: int = 100, temperature: float = 1.0,
+                        top_k: int = 50, top_p: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
+                        use_cache: bool = True, seed: int | None = None, *, ignore_eos: bool = False
+                        ) -> Iterator[int]:
+        """As :meth:`CausalLM.generate_stream`: every rank's stream advanced one token at a time,
         all ranks together. Bad arguments raise here, before the first token."""
-        streams = [m.generate_stream(input_ids, max_new_tokens, **kw) for m in self.ranks]
+        seed = _seed(seed)
+        streams = [m.generate_stream(input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, use_cache,
+                                     seed, ignore_eos=ignore_eos) for m in self.ranks]
         return self._lockstep(streams)
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 100, **kw: Any
+                       ) -> list[list[int]]:
+        """As :meth:`CausalLM.generate_batch` (same keywords): every rank runs its own engine over
+        its paged KV cache (its KV heads); the schedulers make the same decisions from the same
+        tokens, so their steps (and all-reduces) line up. Seeds of None are drawn here."""
+        seed = kw.pop("seed", None)
+        if seed is None or isinstance(seed, (int, np.integer)):
+            seed = [_seed(seed) for _ in prompts] if isinstance(prompts, Sequence) else seed
+        return _same(self._all(lambda m: m.generate_batch(prompts, max_new_tokens, seed=seed, **kw)), "batch ids")
 
     def _lockstep(self, streams: list[Iterator[int]]) -> Iterator[int]:
         done = object()
