@@ -297,3 +297,17 @@ def test_split_covers_everything_once():
             assert bounds[0][0] == 0 and bounds[-1][1] == n
             assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
             assert max(hi - lo for lo, hi in bounds) - min(hi - lo for lo, hi in bounds) <= 1
+
+
+def test_viz_tool_shows_a_rank_graph(tmp_path):
+    """``tools/viz.py --tensor-parallel 2``: rank 0's decode graph, its all_reduce nodes in the text and DOT."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "tools" / "viz.py"), "--model", str(FIX / "llama"),
+                        "--tensor-parallel", "2", "--out", str(tmp_path), "--formats", "txt,dot"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    L = json.loads((FIX / "llama" / "config.json").read_text())["num_hidden_layers"]
+    for ext in ("txt", "dot"):
+        assert (tmp_path / f"decode.{ext}").read_text().count("all_reduce") >= 2 * L + 2
