@@ -19,6 +19,7 @@ from tinygraph.models import load_model
 from tinygraph.parallel import CommunicatorError, InProcessCommunicator, attach, run_ranks, split
 from tinygraph.models.tensor_parallel import ShardedCheckpoint, ShardedModel
 from conftest import rel_err
+from test_io_gguf import llama_gguf  # noqa: F401  (the toy GGUF fixture)
 
 FIX = Path(__file__).parent / "fixtures"
 #: the fixtures of test_families.py, test_families_breadth.py, test_moe.py and test_models.py
@@ -311,3 +312,14 @@ def test_viz_tool_shows_a_rank_graph(tmp_path):
     L = json.loads((FIX / "llama" / "config.json").read_text())["num_hidden_layers"]
     for ext in ("txt", "dot"):
         assert (tmp_path / f"decode.{ext}").read_text().count("all_reduce") >= 2 * L + 2
+
+
+def test_gguf_shards_load_dequantized(llama_gguf):
+    """A GGUF with block-quantized tensors: the shards hold the dequantized values (raw blocks are
+    not sliced), so the sharded model equals the unsharded one loaded with ``dequantize=True``."""
+    path, _ = llama_gguf
+    with load_model(path, backend="numpy", dequantize=True) as m0, \
+            load_model(path, backend="numpy", tensor_parallel=2) as m:
+        ids = [1, 5, 9, 3]
+        assert rel_err(m.step(ids, 0), m0.step(ids, 0)) < 1e-5
+        assert m.generate(ids, max_new_tokens=4, temperature=0) == m0.generate(ids, max_new_tokens=4, temperature=0)
