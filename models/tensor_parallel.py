@@ -161,24 +161,30 @@ class TensorParallel:
     tp_rank: int
     tp_size: int
     vocab_slice: tuple[int, int]
+    # what the mixin reads of the Transformer it is mixed into (annotations only, no values)
+    W: dict[str, tg.Tensor]
+    WT: dict[str, tg.Tensor]
+    config: TransformerConfig
+    session: tg.Session
+    dtype: tg.DType
 
     # -- weights -----------------------------------------------------------------------------
     def _declare_weights(self, ckpt) -> None:
         super()._declare_weights(ckpt)  # type: ignore[misc]
-        s = self.session  # type: ignore[attr-defined]
+        s = self.session
         # kept out of W: not weights (not quantized, not counted, no transposed view)
-        self._tp_vocab_map = s.persistent((self.config.vocab_size, 1), tg.int32, name="tp.vocab_map")  # type: ignore[attr-defined]
-        self._tp_zero = s.persistent((1,), self.dtype, name="tp.zero")  # type: ignore[attr-defined]
+        self._tp_vocab_map = s.persistent((self.config.vocab_size, 1), tg.int32, name="tp.vocab_map")
+        self._tp_zero = s.persistent((1,), self.dtype, name="tp.zero")
 
     def _upload_weights(self, ckpt) -> None:
         super()._upload_weights(ckpt)  # type: ignore[misc]
-        V = self.config.vocab_size  # type: ignore[attr-defined]
+        V = self.config.vocab_size
         lo, hi = self.vocab_slice
         m = np.full((V, 1), hi - lo, np.int32)  # outside the slice: the zero row after it
         m[lo:hi, 0] = np.arange(hi - lo, dtype=np.int32)
-        self.session.upload(self._tp_vocab_map, m)  # type: ignore[attr-defined]
-        self.session.upload(self._tp_zero, np.zeros(1))  # type: ignore[attr-defined]
-        emb = self.W["tok_emb.weight"]  # type: ignore[attr-defined]
+        self.session.upload(self._tp_vocab_map, m)
+        self.session.upload(self._tp_zero, np.zeros(1))
+        emb = self.W["tok_emb.weight"]
         # tied LM head: the slice's rows of the embedding shard, without its zero row
         self._tied_head = tg.view(emb, (emb.shape[1], hi - lo), (1, emb.shape[1]), 0, name="lm_head.tied")
 
@@ -202,14 +208,14 @@ class TensorParallel:
         T = ids.shape[0]
         local = tg.reshape(tg.get_rows(self._tp_vocab_map, ids, name="tok_emb.local_ids"), (T,),
                            name="tok_emb.local")
-        rows = tg.get_rows(self.W["tok_emb.weight"], local, name="tok_emb.shard", dtype=self.dtype)  # type: ignore[attr-defined]
+        rows = tg.get_rows(self.W["tok_emb.weight"], local, name="tok_emb.shard", dtype=self.dtype)
         return tg.all_reduce(rows, name="tok_emb")
 
     def _row_linear(self, x: tg.Tensor, prefix: str) -> tg.Tensor:
         """Row-parallel ``o`` / ``down``: the partial product over this rank's input columns,
         summed over ranks, then the bias (once)."""
-        y = tg.all_reduce(tg.matmul(x, self.WT[f"{prefix}.weight"], name=prefix), name=f"{prefix}.reduce")  # type: ignore[attr-defined]
-        b = self.W.get(f"{prefix}.bias")  # type: ignore[attr-defined]
+        y = tg.all_reduce(tg.matmul(x, self.WT[f"{prefix}.weight"], name=prefix), name=f"{prefix}.reduce")
+        b = self.W.get(f"{prefix}.bias")
         return tg.add(y, b, name=f"{prefix}.bias") if b is not None else y
 
     def _moe(self, x: tg.Tensor, i: int) -> tg.Tensor:
@@ -219,21 +225,21 @@ class TensorParallel:
     def _whole_norm(self, y: tg.Tensor, P: str, p: str, heads: int) -> tg.Tensor:
         """OLMo 2's norm over the whole q or k projection: gather it ([T, all heads * hd]), norm
         with the full weight, keep this rank's ``heads`` -> [T, heads, hd]."""
-        hd = self.config.head_dim  # type: ignore[attr-defined]
+        hd = self.config.head_dim
         T, w = y.shape
         full = w * self.tp_size
         g = self._gather_cols(y, self.tp_rank * w, full, name=f"{P}.{p}_gather")
-        n = tg.rms_norm(g, self.W[f"{P}.{p}_norm.weight"], self.config.norm_eps, name=f"{P}.{p}_norm")  # type: ignore[attr-defined]
+        n = tg.rms_norm(g, self.W[f"{P}.{p}_norm.weight"], self.config.norm_eps, name=f"{P}.{p}_norm")
         return tg.view(n, (T, heads, hd), (full, hd, 1), self.tp_rank * w, name=f"{P}.{p}")
 
     def _lm_head(self, h: tg.Tensor) -> tg.Tensor:
         """This rank's slice of the logits, gathered: [T, hidden] -> [T, vocab] on every rank."""
         lo, hi = self.vocab_slice
-        w = self.WT["lm_head.weight"] if "lm_head.weight" in self.WT else self._tied_head  # type: ignore[attr-defined]
+        w = self.WT["lm_head.weight"] if "lm_head.weight" in self.WT else self._tied_head
         y = tg.matmul(h, w, name="lm_head")
-        if "lm_head.bias" in self.W:  # type: ignore[attr-defined]  # Phi-2: the slice's bias
-            y = tg.add(y, self.W["lm_head.bias"], name="lm_head.bias")  # type: ignore[attr-defined]
-        return self._gather_cols(y, lo, self.config.vocab_size, name="lm_head.gather")  # type: ignore[attr-defined]
+        if "lm_head.bias" in self.W:  # Phi-2: the slice's bias
+            y = tg.add(y, self.W["lm_head.bias"], name="lm_head.bias")
+        return self._gather_cols(y, lo, self.config.vocab_size, name="lm_head.gather")
 
 
 class RankModel(TensorParallel, CausalLM):
@@ -366,7 +372,7 @@ class ShardedModel:
                 yield tok
         finally:
             for s in streams:
-                s.close()  # type: ignore[attr-defined]
+                s.close()
 
     # -- inspection ------------------------------------------------------------------------------
     def step_graph(self, T: int, want: str = "logits", fuse: bool = True,

@@ -323,3 +323,9 @@ def test_gguf_shards_load_dequantized(llama_gguf):
         ids = [1, 5, 9, 3]
         assert rel_err(m.step(ids, 0), m0.step(ids, 0)) < 1e-5
         assert m.generate(ids, max_new_tokens=4, temperature=0) == m0.generate(ids, max_new_tokens=4, temperature=0)
+
+
+def test_one_rank_is_the_plain_model():
+    from tinygraph.models import CausalLM
+    with load_model(FIX / "llama", backend="numpy", tensor_parallel=1) as m:
+        assert type(m) is CausalLM
