@@ -7,7 +7,8 @@
 from .loader import (load_gpt2_from_safetensors, load_llama_from_safetensors, load_model,
                      load_model_from_safetensors, load_qwen3_from_safetensors)
 from .model import CausalLM, GenerationTakenOverError
+from .tensor_parallel import ShardedModel
 from .transformer import HostArray, KVCache, Transformer
 
-__all__ = ["CausalLM", "GenerationTakenOverError", "Transformer", "KVCache", "HostArray", "load_model", "load_model_from_safetensors",
+__all__ = ["CausalLM", "GenerationTakenOverError", "Transformer", "ShardedModel", "KVCache", "HostArray", "load_model", "load_model_from_safetensors",
            "load_gpt2_from_safetensors", "load_llama_from_safetensors", "load_qwen3_from_safetensors"]

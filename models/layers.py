@@ -68,7 +68,13 @@ class Layers:
             q = tg.rope(q, positions, theta, spec.rope_mode, ff, name=f"{P}.q_rope")
             k = tg.rope(k, positions, theta, spec.rope_mode, ff, name=f"{P}.k_rope")
         out = kv.attend(q, k, v, i) if kv is not None else self._attend_cache(q, k, v, i, positions)
-        return self._linear(out, f"{P}.o")
+        return self._row_linear(out, f"{P}.o")
+
+    def _row_linear(self, x: tg.Tensor, prefix: str) -> tg.Tensor:
+        """An output projection (attention ``o``, MLP ``down``): ``x`` [T, in] -> [T, hidden].
+        Plain ``_linear`` here; a hook for ``models.tensor_parallel``, whose ranks each hold a
+        slice of the input features and all-reduce the partial products before the bias."""
+        return self._linear(x, prefix)
 
     def _attend_cache(self, q: tg.Tensor, k: tg.Tensor, v: tg.Tensor, i: int, positions: tg.Tensor) -> tg.Tensor:
         """Write ``k``/``v`` [T, nkv, hd] into the model's cache rows of ``positions`` and attend
@@ -170,7 +176,7 @@ class Layers:
             h = tg.mul(self._act(gate, P), up, name=f"{P}.gated")
         else:
             h = self._act(self._linear(x, f"{P}.up"), P)
-        return self._linear(h, f"{P}.down")
+        return self._row_linear(h, f"{P}.down")
 
     def _act(self, x: tg.Tensor, prefix: str) -> tg.Tensor:
         act = self.spec.activation
@@ -193,7 +199,7 @@ class Layers:
         ids = g.input((T,), tg.int32, name="token_ids")
         positions = g.input((T,), tg.int32, name="positions")
         spec, cfg = self.spec, self.config
-        x = tg.get_rows(self.W["tok_emb.weight"], ids, name="tok_emb", dtype=self.dtype)
+        x = self._embed(ids)
         if spec.scale_embeddings:  # Gemma: sqrt(hidden), rounded to the model dtype as HF does
             s = np.float32(math.sqrt(cfg.hidden_size)).astype(self.dtype.np)
             x = tg.scale(x, float(s), name="embed_scale")
@@ -216,6 +222,11 @@ class Layers:
             x = tg.view(x, (1, x.shape[1]), (x.shape[1], 1), (T - 1) * x.shape[1], name="last_token")
         return ids, positions, self._norm(x, "final_norm")
 
+    def _embed(self, ids: tg.Tensor) -> tg.Tensor:
+        """Token embeddings [T, hidden] of ``ids`` [T] int32 (a hook for ``models.tensor_parallel``:
+        vocabulary-parallel ranks look up their slice and all-reduce)."""
+        return tg.get_rows(self.W["tok_emb.weight"], ids, name="tok_emb", dtype=self.dtype)
+
     def _pre_norm(self, x: tg.Tensor, prefix: str) -> tg.Tensor:
         """The norm before a block (none for OLMo 2, which normalises block outputs instead)."""
         return self._norm(x, prefix) if self.spec.pre_norms else x
@@ -229,11 +240,19 @@ class Layers:
             y = tg.scale(y, self.config.residual_multiplier, name=f"{P}.{block}_scaled")
         return tg.add(x, y, name=f"{P}.{block}_residual")
 
-    def logits_node(self, h: tg.Tensor) -> tg.Tensor:
+    def _lm_head(self, h: tg.Tensor) -> tg.Tensor:
+        """``h`` [T, hidden] times the LM head (tied: the embeddings), plus its bias -> [T, vocab]
+        (a hook for ``models.tensor_parallel``: each rank its vocabulary slice, then gathered)."""
         y = tg.matmul(h, self.WT["lm_head.weight" if "lm_head.weight" in self.WT else "tok_emb.weight"],
                       name="lm_head")
         if "lm_head.bias" in self.W:  # Phi-2
             y = tg.add(y, self.W["lm_head.bias"], name="lm_head.bias")
+        return y
+
+    def logits_node(self, h: tg.Tensor) -> tg.Tensor:
+        """Logits [T, vocab] of final-normed ``h`` [T, hidden]: the LM head, Gemma 2's soft-cap,
+        Granite's scaling."""
+        y = self._lm_head(h)
         if self.config.final_softcap is not None:  # Gemma 2: cap * tanh(logits / cap)
             y = tg.softcap(y, self.config.final_softcap, name="logits_capped")
         if self.config.logits_scaling != 1.0:  # Granite divides the logits

@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import os
 
+from typing import TYPE_CHECKING
+
+from tinygraph.errors import BackendError
 from tinygraph.io import GPT2_SPEC, LLAMA_SPEC, QWEN3_SPEC, ModelSpec, load_checkpoint
 
 from .model import CausalLM
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .tensor_parallel import ShardedModel
+
 
 def load_model(path: str | os.PathLike | None = None, dtype: str = "float32", spec: ModelSpec | None = None,
                backend: str = "auto", max_context: int | None = None, dequantize: bool = False,
-               quantize: str | None = None) -> CausalLM:
+               quantize: str | None = None, tensor_parallel: int | None = None) -> "CausalLM | ShardedModel":
     """Load a model directory, ``.safetensors`` file, ``model.safetensors.index.json`` or ``.gguf``.
 
     ``path``: None loads the default model (SmolLM2-135M-Instruct, a Q4_1 GGUF fetched once from
@@ -23,13 +29,30 @@ def load_model(path: str | os.PathLike | None = None, dtype: str = "float32", sp
     their own types by default (``dequantize=True`` expands them to ``dtype`` at load, as
     before); ``quantize="q8_0"|"q4_0"|"q4_k"|...`` quantizes the weight matrices of any
     checkpoint while loading, with tinygraph's own quantizer (K types fall back to q8_0 for
-    matrices whose rows are not whole 256-element blocks)."""
+    matrices whose rows are not whole 256-element blocks).
+
+    ``tensor_parallel=R`` (R >= 2) splits the model Megatron-style over R simulated ranks, each its
+    own NumPy session on its own thread, and returns a :class:`models.tensor_parallel.ShardedModel`
+    (``generate``, ``generate_stream``, ``step``, ``model(ids)``, ``get_logits``: rank 0's result).
+    The head counts must divide by R (ValueError otherwise). NumPy only: ``backend`` "numpy" or
+    "auto" (which then means NumPy); "cuda" raises BackendError (multi-GPU NCCL is not built yet).
+    Quantized GGUF tensors load dequantized (``quantize=`` applies to the shards)."""
+    # tensor_parallel=1 is the plain model (True is not 1 here: a typo, refused by the check)
+    sharded = tensor_parallel is not None and not (type(tensor_parallel) is int and tensor_parallel == 1)
+    if sharded:
+        if backend not in ("numpy", "auto"):
+            raise BackendError(f"tensor_parallel={tensor_parallel} runs only on the NumPy backend (its in-process "
+                               f"communicator); backend={backend!r}: multi-GPU tensor parallelism (NCCL) is not "
+                               "built yet")
     if path is None:
         from tinygraph.hub import default_model_path
 
         path = default_model_path()
     ckpt = load_checkpoint(path, spec=spec)
     try:
+        if sharded:
+            from .tensor_parallel import ShardedModel
+            return ShardedModel(ckpt, tensor_parallel, dtype=dtype, max_context=max_context, quantize=quantize)
         return CausalLM(ckpt, dtype=dtype, backend=backend, max_context=max_context, dequantize=dequantize,
                         quantize=quantize)
     finally:

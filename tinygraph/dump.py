@@ -16,7 +16,8 @@ from .tensor import LEAF_OPS, Tensor
 
 #: fill colours by op family (compute nodes) and by memory class (leaves); DOT and HTML share them
 FAMILY_COLORS = {"matmul": "#f4a582", "attention": "#ef8fb8", "norm": "#92c5de", "softmax": "#e7826d",
-                 "rope": "#b8aee0", "elementwise": "#bfe3b4", "copy": "#fee090", "reduce": "#c8c8c8"}
+                 "rope": "#b8aee0", "elementwise": "#bfe3b4", "copy": "#fee090", "reduce": "#c8c8c8",
+                 "collective": "#ffb000"}  # all_reduce: what a tensor-parallel rank waits on
 #: compute nodes of a family without a colour of its own
 OTHER_COLOR = "#e8e8e8"
 KIND_COLORS = {"weight": "#d4d4d4", "kv_cache": "#d9c2ec", "input": "#ffffff"}

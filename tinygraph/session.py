@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from .errors import DTypeError, GraphError, ShapeError
 from .graph import ExecPlan, Graph
 from .memory import MemoryPlan
 from .tensor import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .parallel import RankHandle
 
 
 class SessionClosedError(GraphError):
@@ -50,6 +53,9 @@ class Session:
         self._freed: set[int] = set()  # ids of persistent buffers released by free()
         self._frees = 0  # free() calls so far: a running compute_loop re-checks its buffers when it moves
         self._plans: dict[tuple, tuple[list[int], dict[str, dict[int, Any]], int, int]] = {}
+        # this session's rank of a tensor-parallel model (tinygraph.parallel.attach): what the
+        # all_reduce nodes of its graphs reduce over; None for an ordinary session
+        self.communicator: "RankHandle | None" = None
 
     @property
     def current_graph(self) -> Graph | None:

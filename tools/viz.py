@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: --prompt-tokens); prefill: where the prompt starts (default 0)")
     p.add_argument("--max-context", type=int, default=None, metavar="N",
                    help="KV-cache length in tokens (default: the model's, as python -m tinygraph.run)")
+    p.add_argument("--tensor-parallel", type=int, default=None, metavar="R",
+                   help="shard the model over R simulated ranks (NumPy) and show rank 0's graph, with its "
+                        "all_reduce nodes")
     p.add_argument("--script", metavar="FILE", help="a Python file defining build(sess) -> Graph")
     p.add_argument("--out", default="out/viz", metavar="DIR", help="output directory (default out/viz)")
     p.add_argument("--stem", default=None, help="file name stem (default: the step, or the script's name)")
@@ -130,7 +133,9 @@ def _model_graph(args):
     if start < 0:
         raise ValueError(f"--position must be >= 0, got {start}")
     t0 = time.perf_counter()
-    model = load_model(path, dtype="float32", backend=args.backend, max_context=args.max_context)
+    tp = getattr(args, "tensor_parallel", None)
+    model = load_model(path, dtype="float32", backend=args.backend, max_context=args.max_context,
+                       **({"tensor_parallel": tp} if tp else {}))
     if start + T > model.max_context:
         raise ValueError(f"positions {start}..{start + T - 1} do not fit the KV cache ({model.max_context} tokens); "
                          f"pass --max-context")
@@ -138,7 +143,7 @@ def _model_graph(args):
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     # positions are graph inputs: one graph serves every position
     what = "decode step" if args.step == "decode" else f"prefill of {T} tokens"
-    title = f"{path.name} · {what}"
+    title = f"{path.name} · {what}" + (f" · rank 0 of {tp}" if tp and tp > 1 else "")
     g = model_step_graph(model, T, start, fuse=True)
     before = model_step_graph(model, T, start, fuse=False) if args.before_after else None
     return g, args.step, title, model.session, before

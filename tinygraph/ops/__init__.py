@@ -10,7 +10,8 @@ Conventions: shapes are NumPy order; strides and offsets are in elements of the 
 
 Modules: ``registry`` (:class:`OpDef`, :data:`OPS`, node helpers), ``layout`` (views and copies),
 ``arith`` (matmul, element-wise), ``rows`` (softmax, attention, norms, rope), ``fused`` (linear,
-rope_store, attention_store), ``sampling`` (argmax, sample). Importing this package registers every
+rope_store, attention_store), ``sampling`` (argmax, sample), ``collective`` (all_reduce, for
+tensor parallelism: ``tinygraph.parallel``). Importing this package registers every
 op; ``tinygraph.ops.X`` is the public name of each.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .arith import add, gelu, matmul, mul, scale, silu, softcap
 from .rows import attention, layer_norm, rms_norm, rope, rope_angles, softmax
 from .fused import attention_store, linear, rope_store
 from .sampling import argmax, sample, sample_draw, sample_params, sample_uniform, sample_weights
+from .collective import all_reduce
 
 # the private names of the single-file ops.py, so code written against it keeps working
 from .registry import (_broadcast_shape, _f32, _graph_for, _need_float, _need_weight,  # noqa: F401
@@ -38,4 +40,4 @@ __all__ = ["OPS", "OpDef", "view", "reshape", "permute", "transpose", "cont", "c
            "attention", "attention_store", "linear", "rope_store",
            "concat", "matmul", "add", "mul", "scale", "gelu", "silu", "softcap", "softmax", "layer_norm", "rms_norm",
            "rope", "rope_angles", "argmax", "sample", "sample_params", "sample_uniform", "sample_weights", "sample_draw",
-           "FLOAT_DTYPES"]
+           "all_reduce", "FLOAT_DTYPES"]

@@ -145,6 +145,15 @@ def _sample(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> Non
                   be._contiguous_ids(src[2], base), ws.ptr, stream=be.stream)
 
 
+def _all_reduce(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> None:
+    # the table needs an entry for every op; the multi-GPU path (NCCL, one process per GPU) is not
+    # written yet, so a tensor-parallel graph is refused here rather than summed over one GPU
+    from ...errors import BackendError
+    raise BackendError(f"all_reduce on CUDA: multi-GPU tensor parallelism (NCCL) is not built yet; "
+                       f"tensor-parallel models run only on the NumPy backend's in-process communicator "
+                       f"({n.describe()})")
+
+
 #: op -> its CUDA lowering (every op of ``tinygraph.ops.OPS``)
 LOWERINGS: dict[str, Lowering] = {
     "cont": _copy, "cast": _copy, "cpy": _copy,
@@ -154,4 +163,5 @@ LOWERINGS: dict[str, Lowering] = {
     "softmax": _softmax, "attention": attention, "attention_store": attention_store, "rope_store": _rope_store,
     "rms_norm": _rms_norm, "layer_norm": _layer_norm, "rope": _rope,
     "argmax": _argmax, "sample": _sample,
+    "all_reduce": _all_reduce,
 }
