@@ -192,3 +192,45 @@ def test_family_keys(tmp_path):
     assert (c.attention_multiplier, c.logits_scaling, c.embedding_multiplier) == (None, 8.0, 1.0)
     with pytest.raises(LoadError, match="rope_factors_short"):
         load_gguf(_write(tmp_path / "lr.gguf", "phi3", {}, {"rope_factors_long.weight": (8,)}))
+
+
+# ------------------------------------------------------------------ quantized files
+def _requantize_q8_0(src: Path, dst: Path) -> None:
+    """``src`` with every 2-D weight (rows of whole 32-value blocks) stored as Q8_0 (gguf.quants,
+    llama.cpp's reference bytes), metadata and the other tensors as they are."""
+    from gguf import GGMLQuantizationType as QT
+    from gguf import GGUFValueType as VT
+
+    r = gguf.GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(dst), arch=str(r.fields["general.architecture"].contents()))
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        w.add_key_value(key, f.contents(), f.types[0], f.types[-1] if f.types[0] == VT.ARRAY else None)
+    for t in r.tensors:
+        a = np.asarray(t.data, np.float32).reshape(tuple(reversed([int(x) for x in t.shape])))
+        if a.ndim == 2 and a.shape[1] % 32 == 0:
+            w.add_tensor(t.name, gguf.quants.quantize(a, QT.Q8_0), raw_dtype=QT.Q8_0)
+        else:
+            w.add_tensor(t.name, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("fam", ["phi3", "gpt_neox", "granite", "gemma3_gguf"])
+def test_q8_0_file_equals_quantizing_the_safetensors(fam, tmp_path):
+    """A Q8_0 GGUF keeps its blocks (Phi-3's fused attn_qkv / ffn_up and GPT-NeoX's attn_qkv cut by
+    whole block rows, Granite's Q/K rows un-permuted as raw blocks) and gives exactly the logits of
+    the safetensors model quantized to Q8_0 at load (the same ggml bytes; Phi-3's LongRoPE attention
+    factor is the file's float32 value, HF's is computed in float64: a 1e-7 difference)."""
+    p = tmp_path / f"{fam}-q8_0.gguf"
+    _requantize_q8_0(_gguf(fam), p)
+    ids = _ref(fam)["input_ids"][0]
+    with load_model(p, backend="numpy") as m:
+        assert m.memory_usage()["weight_types"].get("q8_0", 0) >= 2 * m.config.num_layers
+        got = m.get_logits(m(ids)[0]).to_numpy()
+    with load_model(FIX / fam, backend="numpy", quantize="q8_0") as m:
+        want = m.get_logits(m(ids)[0]).to_numpy()
+    assert rel_err(got, want) < 1e-6
