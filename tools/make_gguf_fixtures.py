@@ -67,6 +67,8 @@ def convert(llama_cpp: Path, family: str, out: Path) -> None:
     sys.path.insert(0, str(llama_cpp / "gguf-py"))
     sys.path.insert(0, str(llama_cpp))
     import gguf
+    # the converter's own gguf-py, not an installed gguf package (their versions may differ)
+    assert Path(gguf.__file__).resolve().is_relative_to((llama_cpp / "gguf-py").resolve()), gguf.__file__
     from conversion import ModelBase, ModelType, TextModel, get_model_architecture, get_model_class
 
     with tempfile.TemporaryDirectory() as tmp:
