@@ -173,6 +173,8 @@ def test_gemma_defaults_as_llama_cpp_reads_them(tmp_path):
                                                             "attention.sliding_window_pattern": [True, False]},
                          {})).config
     assert [c.layer_window(i) for i in range(2)] == [8, None]
+    with pytest.raises(LoadError, match="block_count' is 4294967295"):
+        load_gguf(_write(tmp_path / "huge.gguf", "gemma2", {}, {}, layers=2**32 - 1))
     with pytest.raises(LoadError, match="sliding_window_pattern"):
         load_gguf(_write(tmp_path / "bad.gguf", "gemma3", {"attention.sliding_window": 8,
                                                             "attention.sliding_window_pattern": [True]}, {}))

@@ -95,6 +95,7 @@ FUSED_GATE_UP_ARCHS = frozenset({"phi3"})  # ffn_up holds [gate; up]
 _EXPERTS = re.compile(r"^blk\.\d+\.ffn_(gate|up|down|gate_up)_(exps|shexp)\.|^blk\.\d+\.ffn_gate_inp\.")
 # the 27B models' layer counts: llama.cpp scales their attention by 1/sqrt(hidden / heads)
 _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+_MAX_LAYERS = 1 << 16
 
 
 def check_supported(g: Any) -> None:
@@ -122,6 +123,8 @@ def _layer_types(g: Any, n_layers: int, default: int) -> list[str]:
     it (``load_swa_pattern``): one bool per layer, or an int n (layer i slides unless
     ``i % n == n - 1``; 0: every layer), else ``default``."""
     key = f"{g.arch}.attention.sliding_window_pattern"
+    if n_layers > _MAX_LAYERS:  # a corrupt block_count must not build a list of 2**32 entries
+        raise LoadError(f"GGUF metadata '{g.arch}.block_count' is {n_layers}, more layers than any model has")
     v = g.meta(key)
     if isinstance(v, list):
         if len(v) != n_layers or not all(isinstance(x, (bool, int)) for x in v):
