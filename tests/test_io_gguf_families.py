@@ -237,11 +237,3 @@ def test_q8_0_file_equals_quantizing_the_safetensors(fam, tmp_path):
         want = m.get_logits(m(ids)[0]).to_numpy()
     assert rel_err(got, want) < 1e-6
 
-
-def test_hostile_layer_count_in_config_json():
-    """A config.json with 2**40 layers is refused before any per-layer list is built (Qwen2's
-    sliding-window rule made one: the config fuzz test ran out of memory on it)."""
-    from tinygraph.io.config import config_from_hf
-    with pytest.raises(LoadError, match="num_hidden_layers 1099511627776"):
-        config_from_hf({"model_type": "qwen2", "vocab_size": 12, "hidden_size": 8, "intermediate_size": 16,
-                        "num_hidden_layers": 2**40, "num_attention_heads": 2})
