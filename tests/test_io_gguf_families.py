@@ -180,6 +180,14 @@ def test_gemma_defaults_as_llama_cpp_reads_them(tmp_path):
                                                             "attention.sliding_window_pattern": [True]}, {}))
 
 
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3", "phi2", "llama"])
+def test_zero_heads_is_a_load_error(arch, tmp_path):
+    """Sizes the per-architecture values derive from (head_dim = hidden / heads) fail as LoadError."""
+    p = _write(tmp_path / "z.gguf", arch, {"attention.head_count": 0}, {"blk.0.attn_k.weight": (32, 64)})
+    with pytest.raises(LoadError, match="num_heads must be a positive int"):
+        load_gguf(p)
+
+
 def test_family_keys(tmp_path):
     """Partial rotary, parallel residual, Phi-3's window 0 (none), Granite's absent attention scale."""
     c = load_gguf(_write(tmp_path / "n.gguf", "gptneox", {"rope.dimension_count": 4}, {})).config

@@ -154,7 +154,7 @@ def _phi2_sizes(g: Any, heads: int, head_dim: int) -> dict[str, Any]:
     qkv = _rows(g, "blk.0.attn_qkv.weight")
     if k_rows is None and qkv is not None:
         k_rows = (qkv - heads * head_dim) // 2
-    if k_rows and k_rows % head_dim == 0:
+    if k_rows and head_dim > 0 and k_rows % head_dim == 0:
         out["num_kv_heads"] = k_rows // head_dim
     return out
 
@@ -169,7 +169,8 @@ def arch_config(g: Any, base: dict[str, Any]) -> dict[str, Any]:
     a, out = g.arch, dict(base)
     out["activation"] = _ACTIVATIONS.get(a, "silu")
     heads, hidden, layers = base["num_heads"], base["hidden_size"], base["num_layers"]
-    hd = base["head_dim"] or hidden // heads
+    # bad sizes (0 heads, ...) are left to TransformerConfig's checks: nothing here divides by them
+    hd = base["head_dim"] or (hidden // heads if heads > 0 else 0)
     sw = g._int(f"{a}.attention.sliding_window") or None  # 0 means none (Phi-4-mini)
     out["sliding_window"] = sw
     rot = g._int(f"{a}.rope.dimension_count")
@@ -183,8 +184,9 @@ def arch_config(g: Any, base: dict[str, Any]) -> dict[str, Any]:
             raise LoadError(f"GGUF metadata '{a}.use_parallel_residual' must be a bool, got {v!r}")
         out["parallel_residual"] = bool(v)
     elif a in ("gemma2", "gemma3"):
-        scale_hd = hidden // heads if layers == _GEMMA_27B_LAYERS[a] else hd
-        out["attention_multiplier"] = 1.0 / math.sqrt(scale_hd)
+        scale_hd = hidden // heads if layers == _GEMMA_27B_LAYERS[a] and heads > 0 else hd
+        if scale_hd > 0:
+            out["attention_multiplier"] = 1.0 / math.sqrt(scale_hd)
         if a == "gemma2":
             out["attn_softcap"] = g._float(f"{a}.attn_logit_softcapping", 50.0)
             out["final_softcap"] = g._float(f"{a}.final_logit_softcapping", 30.0)
