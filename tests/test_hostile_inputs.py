@@ -473,3 +473,13 @@ def test_numpy_int_start_still_works(llama_model):
     a = llama_model.step([1, 2], start=np.int64(0), want="argmax")
     b = llama_model.step([1, 2], start=0, want="argmax")
     assert a == b
+
+
+def test_hostile_layer_count_in_config_json():
+    """A config.json with 2**40 layers is refused before any per-layer list is built (Qwen2's
+    sliding-window rule made one: the config fuzz test ran out of memory on it)."""
+    from tinygraph.io.config import config_from_hf
+    from tinygraph.io import LoadError
+    with pytest.raises(LoadError, match="num_hidden_layers 1099511627776"):
+        config_from_hf({"model_type": "qwen2", "vocab_size": 12, "hidden_size": 8, "intermediate_size": 16,
+                        "num_hidden_layers": 2**40, "num_attention_heads": 2})

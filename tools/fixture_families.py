@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 SEEDS = {"qwen3_yarn": 1012, "llama_dynamic": 1013, "phi3": 1014, "phi3_partial": 1015,
-         "phi": 1016, "gpt_neox": 1017, "gpt_neox_sequential": 1019, "gemma2": 1020, "gemma3_text": 1021}
+         "phi": 1016, "gpt_neox": 1017, "gpt_neox_sequential": 1019, "gemma2": 1020, "gemma3_text": 1021,
+         "gemma2_gguf": 8022, "gemma3_gguf": 1023}
 
 
 def _factors(seed: int, n: int) -> list[float]:
@@ -71,12 +72,26 @@ BREADTH = {
         tie_word_embeddings=False, pad_token_id=0,
         rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
+    # The Gemma 2 / 3 models a GGUF can describe, for tests/fixtures/gguf (tools/make_gguf_fixtures.py):
+    # llama.cpp derives the attention scale from head_dim (query_pre_attn_scalar is not written), Gemma 2's
+    # converter drops lm_head (tied), and Gemma 3's layer pattern is llama.cpp's default (5 sliding, 1 global)
+    "gemma2_gguf": ("Gemma2Config", dict(
+        head_dim=16, intermediate_size=32, sliding_window=4, query_pre_attn_scalar=16,
+        attn_logit_softcapping=5.0, final_logit_softcapping=8.0, hidden_activation="gelu_pytorch_tanh",
+        tie_word_embeddings=True, pad_token_id=0)),
+    "gemma3_gguf": ("Gemma3TextConfig", dict(
+        num_hidden_layers=6, head_dim=16, intermediate_size=32, sliding_window=4, query_pre_attn_scalar=16,
+        layer_types=["sliding_attention"] * 5 + ["full_attention"], hidden_activation="gelu_pytorch_tanh",
+        tie_word_embeddings=False, pad_token_id=0,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
 }
 
 
 def adjust_(model, name: str) -> None:
     """Gemma 2 / 3 store RMSNorm weights as ``w`` of ``1 + w``: re-centre reinit_'s ``1 + N(0, 0.1)``
-    to ``N(0, 0.1)`` so the norms scale by about 1, not 2 (greedy tokens then vary)."""
+    to ``N(0, 0.1)`` so the norms scale by about 1, not 2 (greedy tokens then vary); the tied
+    ``gemma2_gguf`` also gets smaller embeddings."""
     import torch
 
     if not name.startswith("gemma"):
@@ -85,6 +100,10 @@ def adjust_(model, name: str) -> None:
         for pname, p in model.named_parameters():
             if "norm" in pname:
                 p.sub_(1.0)
+            elif name == "gemma2_gguf" and "embed_tokens" in pname:
+                # tied (a GGUF Gemma 2 has no lm_head): at N(0, 0.2) the sqrt(hidden)-scaled embedding of
+                # the last token dominates and greedy repeats it; x0.35 (with seed 8022) lets it vary
+                p.mul_(0.35)
 
 
 def make_breadth_config(name: str, hidden: int, layers: int, vocab: int, max_pos: int):

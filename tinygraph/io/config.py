@@ -527,6 +527,8 @@ def _layer_types(d: dict[str, Any], where: str, mt: str) -> list[str] | None:
     """HF ``layer_types`` (checked), else Qwen2/Qwen3's rule (transformers' Qwen2Config: layer
     ``i`` slides when ``i >= max_window_layers``, default 28), else None (every layer alike)."""
     n = _int_key(d, where, "num_hidden_layers")
+    if n > 1 << 16 and mt in (*_QWEN_WINDOWS, "gemma2", "gemma3_text"):  # no per-layer list for a hostile 2**40
+        raise LoadError(f"{where}: bad value: num_hidden_layers {n} is more layers than any model has")
     lt = d.get("layer_types")
     if lt is not None:
         if not isinstance(lt, list) or len(lt) != n:

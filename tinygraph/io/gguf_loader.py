@@ -15,7 +15,10 @@ Facts this module relies on:
 * llama.cpp's converter permutes the rows of LLaMA-architecture Q and K
   projections (``reshape(h, 2, rows/h/2, in).swapaxes(1, 2)``) so its
   interleaved ("normal") RoPE sees HF's rotate-half pairs. We undo that so every
-  checkpoint has HF/"neox" layout. Qwen2/Qwen3 are not permuted by llama.cpp.
+  checkpoint has HF/"neox" layout. Only llama and granite are permuted (llama.cpp's "normal" RoPE
+  families); the other architectures are NeoX-style and stored as HF has them.
+* What each architecture's metadata means (Gemma's norms, Phi-3's fused tensors, partial rotary,
+  soft-caps, sliding-window patterns, Granite's multipliers, ...) is in :mod:`.gguf_arch`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,18 @@ from .. import quant
 from .config import TransformerConfig
 from .errors import LoadError, UnsupportedModelError
 from .files import open_regular
-from .spec import GPT2_SPEC, LLAMA_SPEC, QWEN2_SPEC, QWEN3_SPEC, ModelSpec
+from .gguf_arch import (
+    ARCH_SPECS,
+    EXTRA_NAMES,
+    FUSED_GATE_UP_ARCHS,
+    NOT_WEIGHTS,
+    PERMUTED_ARCHS,
+    arch_config,
+    check_supported,
+    norm_eps_key,
+    upgrade_spec,
+)
+from .spec import ModelSpec
 
 try:
     import gguf
@@ -43,13 +57,6 @@ try:
     from gguf import GGUFValueType as VT
 except ImportError as _exc:  # pragma: no cover - gguf is a hard dependency in pyproject
     raise ImportError("tinygraph.io.gguf_loader needs the 'gguf' package (pip install gguf)") from _exc
-
-ARCH_SPECS: dict[str, ModelSpec] = {
-    "llama": LLAMA_SPEC,
-    "qwen2": QWEN2_SPEC,
-    "qwen3": QWEN3_SPEC,
-    "gpt2": GPT2_SPEC,
-}
 
 # GGUF tensor name template -> canonical template ({i} = block index).
 _GGUF_NAMES: tuple[tuple[str, str], ...] = (
@@ -71,9 +78,10 @@ _GGUF_NAMES: tuple[tuple[str, str], ...] = (
         ("ffn_gate", "mlp.gate"), ("ffn_up", "mlp.up"), ("ffn_down", "mlp.down"),
     )
     for kind in ("weight", "bias")
-)
+) + EXTRA_NAMES
 _FUSED_QKV = re.compile(r"^blk\.(\d+)\.attn_qkv\.(weight|bias)$")
-_NOT_WEIGHTS = {"rope_freqs.weight"}  # exposed separately as rope factors
+_FFN_UP = re.compile(r"^blk\.(\d+)\.ffn_up\.(weight|bias)$")
+_NOT_WEIGHTS = NOT_WEIGHTS  # rope factors, exposed separately
 
 
 def _rx(t: str) -> re.Pattern[str]:
@@ -312,9 +320,11 @@ class GGUFFile:
                     f"{self.path}: GGUF architecture {self.arch!r} is not supported "
                     f"(supported: {', '.join(ARCH_SPECS)})"[:500]
                 )
-            self.spec: ModelSpec = ARCH_SPECS[self.arch]
+            check_supported(self)
             self.config: TransformerConfig = self._config()
             self.plan: dict[str, GGUFSource] = self._plan()
+            # bias / q-k-norm flags from the tensors present, as for safetensors
+            self.spec: ModelSpec = upgrade_spec(ARCH_SPECS[self.arch], set(self.plan))
         except LoadError as exc:
             self.close()
             if str(self.path) in str(exc):
@@ -330,6 +340,11 @@ class GGUFFile:
                 raise UnsupportedModelError(
                     f"{self.path}: tensor {src.gguf_name!r} ({canon}) has type {QT(int(qtype)).name}, "
                     "which tinygraph cannot decode")
+
+    @property
+    def tensor_names(self) -> Any:
+        """Names of the tensors stored in the file (a set-like view)."""
+        return self._tensors.keys()
 
     # ---- metadata
     def meta(self, key: str, default: Any = None) -> Any:
@@ -359,10 +374,6 @@ class GGUFFile:
 
     def _config(self) -> TransformerConfig:
         a = self.arch
-        experts = self.meta(f"{a}.expert_count")
-        if experts or any(n.endswith("_exps.weight") for n in self._tensors):  # e.g. Mixtral as "llama"
-            raise UnsupportedModelError(f"{self.path}: mixture-of-experts GGUF files ({a}, expert_count "
-                                        f"{experts}) are not supported; load the HF safetensors checkpoint")
         hidden = self._int(f"{a}.embedding_length", required=True)
         heads = self._int(f"{a}.attention.head_count", required=True)
         kv = self._int(f"{a}.attention.head_count_kv", heads)
@@ -376,7 +387,6 @@ class GGUFFile:
             vocab = int(emb.shape[-1])
         if not vocab:
             raise LoadError(f"{self.path}: cannot determine vocab size (no token list, vocab_size or token_embd)")
-        eps_key = f"{a}.attention.layer_norm_epsilon" if a == "gpt2" else f"{a}.attention.layer_norm_rms_epsilon"
         scaling = None
         st = self.meta(f"{a}.rope.scaling.type")
         if st and st != "none":
@@ -390,7 +400,7 @@ class GGUFFile:
         eos_ids = list(dict.fromkeys(x for x in stops if x is not None))
         eos: int | list[int] | None = eos_ids[0] if len(eos_ids) == 1 else (eos_ids or None)
         bos = self._int("tokenizer.ggml.bos_token_id")
-        return TransformerConfig(
+        kw = dict(
             model_type=a,
             vocab_size=int(vocab),
             hidden_size=hidden,
@@ -400,23 +410,25 @@ class GGUFFile:
             head_dim=head_dim or None,
             intermediate_size=self._int(f"{a}.feed_forward_length", required=True),
             max_position_embeddings=self._int(f"{a}.context_length", 2048),
-            norm_eps=self._float(eps_key, 1e-5),
+            norm_eps=self._float(norm_eps_key(a), 1e-5),
             rope_theta=self._float(f"{a}.rope.freq_base", 10000.0),
             rope_scaling=scaling,
             tie_word_embeddings="output.weight" not in self._tensors,
-            # every layer slides when set (Mistral); per-layer patterns (Gemma 2/3) are not read yet
-            sliding_window=self._int(f"{a}.attention.sliding_window"),
             bos_token_id=bos,
             eos_token_id=eos,
-            activation="gelu_tanh" if a == "gpt2" else "silu",
         )
+        # per architecture: activation, sliding windows (every layer, or llama.cpp's patterns),
+        # partial rotary, soft-caps, multipliers, LongRoPE, ...
+        return TransformerConfig(**arch_config(self, kw))
 
     # ---- tensors
     def _plan(self) -> dict[str, GGUFSource]:
         cfg = self.config
         assert cfg.head_dim is not None and cfg.num_kv_heads is not None
         q_out, kv_out = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        permute = self.arch == "llama"
+        permute = self.arch in PERMUTED_ARCHS
+        assert cfg.intermediate_size is not None
+        inter = cfg.intermediate_size
         plan: dict[str, GGUFSource] = {}
         self.unused: list[str] = []
         for name in self._tensors:
@@ -426,6 +438,12 @@ class GGUFFile:
                 bounds = {"q": (0, q_out), "k": (q_out, q_out + kv_out), "v": (q_out + kv_out, q_out + 2 * kv_out)}
                 for p, rows in bounds.items():
                     plan[f"layers.{i}.attn.{p}.{kind}"] = GGUFSource(name, rows=rows)
+                continue
+            m = _FFN_UP.match(name)
+            if m and self.arch in FUSED_GATE_UP_ARCHS and self.stored_shape(name)[0] == 2 * inter:
+                i, kind = m.groups()  # Phi-3's fused ffn_up: gate rows, then up rows
+                plan[f"layers.{i}.mlp.gate.{kind}"] = GGUFSource(name, rows=(0, inter))
+                plan[f"layers.{i}.mlp.up.{kind}"] = GGUFSource(name, rows=(inter, 2 * inter))
                 continue
             for rx, canon in _GGUF_RULES:
                 m = rx.match(name)
@@ -518,7 +536,7 @@ class GGUFFile:
         cross a row) that make the canonical tensor: its row range (fused q/k/v), un-permuted."""
         if src.rows is not None:
             if src.rows[1] > w.shape[0]:
-                raise LoadError(f"{where} has {w.shape[0]} rows, fused q/k/v needs {src.rows[1]}")
+                raise LoadError(f"{where} has {w.shape[0]} rows, the fused tensor's part needs {src.rows[1]}")
             w = w[src.rows[0]: src.rows[1]]
         if src.unpermute_heads:
             try:
