@@ -13,11 +13,11 @@ import pytest
 from tinygraph.io import LoadError, UnsupportedModelError
 from tinygraph.io.config import config_from_hf
 from tinygraph.models import load_model
-from conftest import rel_err
+from hf_checks import (HALF, check_full_sequence_logits, check_half_precision,
+                       check_incremental_decode_and_greedy)
 
 FIX = Path(__file__).parent / "fixtures"
 FAMILIES = ["gemma", "granite", "olmo2", "stablelm", "stablelm_parallel"]
-HALF = {"float16": (3e-2, 8), "bfloat16": (5e-2, 4)}
 
 
 def _load(fam, backend, dtype="float32", path=None):
@@ -26,42 +26,22 @@ def _load(fam, backend, dtype="float32", path=None):
 
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_full_sequence_logits(fam, backend):
-    ref = np.load(FIX / fam / "reference.npz")
     with _load(fam, backend) as m:
         assert m.spec.name == fam.split("_")[0]
-        logits = m.get_logits(m(ref["input_ids"][0])[0]).to_numpy()
-    for t in range(logits.shape[0]):
-        assert rel_err(logits[t], ref["logits"][0, t]) < 1e-4, f"position {t}"
+        check_full_sequence_logits(m, np.load(FIX / fam / "reference.npz"))
 
 
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_incremental_decode_and_greedy(fam, backend):
-    ref = np.load(FIX / fam / "reference.npz")
-    prompt, greedy = ref["input_ids"][0], ref["greedy"][0]
     with _load(fam, backend) as m:
-        hidden, cache = m(prompt)
-        steps = [m.get_logits(hidden).to_numpy()[-1]]
-        for tok in greedy[len(prompt):-1]:
-            hidden, cache = m([tok], past_key_values=cache)
-            steps.append(m.get_logits(hidden).to_numpy()[-1])
-        for k, (got, want) in enumerate(zip(steps, ref["decode_logits"])):
-            assert rel_err(got, want) < 1e-4, f"decode step {k}"
-        # fused prefill + the fused decode loop (argmax on the backend)
-        assert m.generate(prompt, max_new_tokens=8, temperature=0) == list(greedy)
-        assert m.generate(prompt, max_new_tokens=8, temperature=0, use_cache=False) == list(greedy)
+        check_incremental_decode_and_greedy(m, np.load(FIX / fam / "reference.npz"))
 
 
 @pytest.mark.parametrize("dtype", list(HALF))
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_half_precision(fam, dtype, backend):
-    tol, n_same = HALF[dtype]
-    ref = np.load(FIX / fam / "reference.npz")
-    prompt, greedy = ref["input_ids"][0], ref["greedy"][0]
     with _load(fam, backend, dtype) as m:
-        logits = m.get_logits(m(prompt)[0]).to_numpy()
-        assert rel_err(logits, ref["logits"][0]) < tol
-        out = m.generate(prompt, max_new_tokens=8, temperature=0)
-    assert out[: len(prompt) + n_same] == list(greedy[: len(prompt) + n_same])
+        check_half_precision(m, np.load(FIX / fam / "reference.npz"), dtype)
 
 
 @pytest.mark.parametrize("fam", FAMILIES)

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import rel_err
+from hf_checks import (HALF, check_full_sequence_logits, check_half_precision,
+                       check_incremental_decode_and_greedy)
 from tinygraph.io import LoadError, UnsupportedModelError
 from tinygraph.io.config import config_from_hf
 from tinygraph.io.rope_scaling import rope_scaling
@@ -19,7 +21,6 @@ from tinygraph.models import load_model
 FIX = Path(__file__).parent / "fixtures"
 FAMILIES = ["qwen3_yarn", "llama_dynamic", "phi3", "phi3_partial", "phi", "gpt_neox", "gpt_neox_sequential",
             "gemma2", "gemma3_text"]
-HALF = {"float16": (3e-2, 8), "bfloat16": (5e-2, 4)}
 # llama_dynamic's max_position_embeddings is 10: its 15-token runs need a longer cache
 LOAD = {"llama_dynamic": {"max_context": 32}}
 
@@ -42,42 +43,21 @@ def _cfg(fam: str, **changes) -> dict:
 
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_full_sequence_logits(fam, backend):
-    ref = _ref(fam)
     with _load(fam, backend) as m:
-        logits = m.get_logits(m(ref["input_ids"][0])[0]).to_numpy()
-    for t in range(logits.shape[0]):
-        assert rel_err(logits[t], ref["logits"][0, t]) < 1e-4, f"position {t}"
+        check_full_sequence_logits(m, _ref(fam))
 
 
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_incremental_decode_and_greedy(fam, backend):
-    ref = _ref(fam)
-    prompt, greedy, cached_ids = ref["input_ids"][0], ref["greedy"][0], ref["greedy_cached"][0]
     with _load(fam, backend) as m:
-        hidden, cache = m(prompt)
-        steps = [m.get_logits(hidden).to_numpy()[-1]]
-        for tok in cached_ids[len(prompt):-1]:
-            hidden, cache = m([tok], past_key_values=cache)
-            steps.append(m.get_logits(hidden).to_numpy()[-1])
-        for k, (got, want) in enumerate(zip(steps, ref["decode_logits"])):
-            assert rel_err(got, want) < 1e-4, f"decode step {k}"
-        # fused prefill + the fused decode loop (argmax on the backend); without the cache every
-        # step is a full forward, as HF's argmax loop
-        assert m.generate(prompt, max_new_tokens=8, temperature=0) == list(cached_ids)
-        assert m.generate(prompt, max_new_tokens=8, temperature=0, use_cache=False) == list(greedy)
+        check_incremental_decode_and_greedy(m, _ref(fam))
 
 
 @pytest.mark.parametrize("dtype", list(HALF))
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_half_precision(fam, dtype, backend):
-    tol, n_same = HALF[dtype]
-    ref = _ref(fam)
-    prompt = ref["input_ids"][0]
     with _load(fam, backend, dtype) as m:
-        logits = m.get_logits(m(prompt)[0]).to_numpy()
-        assert rel_err(logits, ref["logits"][0]) < tol
-        out = m.generate(prompt, max_new_tokens=8, temperature=0)
-    assert out[: len(prompt) + n_same] == list(ref["greedy_cached"][0][: len(prompt) + n_same])
+        check_half_precision(m, _ref(fam), dtype)
 
 
 @pytest.mark.parametrize("fam", FAMILIES)
