@@ -123,6 +123,11 @@ def test_unknown_rope_type_and_bad_parameters():
     with pytest.raises(LoadError, match="factor"):
         config_from_hf(_cfg("llama_dynamic", rope_parameters={"rope_type": "yarn", "factor": -1.0,
                                                              "rope_theta": 1e4}))
+    # parameters whose float32 frequencies underflow or divide by zero: refused, not NaN rotations
+    for rp in ({"rope_type": "yarn", "factor": 1e-45, "original_max_position_embeddings": 32, "rope_theta": 1e4},
+               {"rope_type": "linear", "factor": 1e-45, "rope_theta": 1e4}):
+        with pytest.raises(LoadError, match="finite|factor"):
+            rope_scaling(config_from_hf(_cfg("llama_dynamic", rope_parameters=rp)))
 
 
 # ----------------------------------------------------------------------------------------- Phi-3

@@ -100,18 +100,34 @@ def rope_scaling(cfg: "TransformerConfig") -> RopeScaling:
         raise UnsupportedModelError(f"{where} is not supported (supported: {', '.join(ROPE_TYPES)})")
     dim, half = rotary_pairs(cfg)
     try:
-        if rtype == "linear":
-            return RopeScaling(np.full(half, float(sc["factor"]), dtype=np.float32))
-        if rtype == "llama3":
-            return RopeScaling(_llama3(cfg, sc, dim, where))
-        if rtype == "yarn":
-            return _yarn(cfg, sc, dim, where)
-        if rtype == "longrope":
-            return _longrope(cfg, sc, dim, where)
-        return RopeScaling(np.ones(half, np.float32), switch_at=cfg.max_position_embeddings,
-                           dynamic=float(sc["factor"]))
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # checked below instead
+            if rtype == "linear":
+                out = RopeScaling(np.full(half, float(sc["factor"]), dtype=np.float32))
+            elif rtype == "llama3":
+                out = RopeScaling(_llama3(cfg, sc, dim, where))
+            elif rtype == "yarn":
+                out = _yarn(cfg, sc, dim, where)
+            elif rtype == "longrope":
+                out = _longrope(cfg, sc, dim, where)
+            else:
+                out = RopeScaling(np.ones(half, np.float32), switch_at=cfg.max_position_embeddings,
+                                  dynamic=float(sc["factor"]))
     except KeyError as exc:
         raise LoadError(f"{where}: missing parameter {exc.args[0]!r}") from exc
+    # extreme parameters (a factor of 0, a base that underflows float32) would give inf/NaN
+    # rotations, i.e. silently wrong logits: refuse them here
+    base = _inv_freq32(cfg.rope_theta, dim)
+    for f in (out.factors, out.long_factors):
+        if f is None:
+            continue
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            freqs = base / f
+        if not (np.all(np.isfinite(f)) and np.all(f > 0) and np.all(np.isfinite(freqs))):
+            raise LoadError(f"{where}: its parameters (with rope_theta {cfg.rope_theta}) give RoPE frequencies "
+                            "that are not finite and positive in float32")
+    if not (math.isfinite(out.attention_factor) and out.attention_factor > 0):
+        raise LoadError(f"{where}: attention factor {out.attention_factor} is not finite and positive")
+    return out
 
 
 def rope_freq_factors(cfg: "TransformerConfig") -> np.ndarray | None:
