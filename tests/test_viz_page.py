@@ -25,9 +25,11 @@ def test_page_assets_are_package_data_and_inlined():
     assert {"page.html", "page.css", *viz_html.JS_FILES} <= set(names)
     # every file there is shipped by a non-editable install (pyproject's package-data globs)
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tinygraph"]
+    st = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "tinygraph.viz_assets" in st["packages"]
+    globs = st["package-data"]["tinygraph.viz_assets"]
     for n in names:
-        assert any(fnmatch.fnmatch(f"{viz_html.ASSETS}/{n}", gl) for gl in globs), n
+        assert any(fnmatch.fnmatch(n, gl) for gl in globs), n
     g, _ = kv_graph()
     page = to_html(g)
     for n in ("page.css", *viz_html.JS_FILES):  # inlined as they are: the page stays one file
