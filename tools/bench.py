@@ -47,6 +47,15 @@ matrices/embeddings/biases ~ N(0, 0.04), norm scales ~ 1 + N(0, 0.04)), saves it
     the checkpoint written as an F16 GGUF (cached in --gguf-dir), ``llama-bench -m F -p 512 -n 128
     -ngl 99 -fa 1 -o json`` (tok/s = its avg_ts), and with --contexts ``llama-bench -d 2048,8192
     -p 0 -n 128``.
+  --batch 1,8,32,64  (``tools/bench_batch.py`` has the details) for each N, N sequences of
+    --prompt-tokens (32) random tokens, --new-tokens (128) greedy tokens each (EOS ignored), through
+    tinygraph's continuous-batching engine (``Engine(max_batch=max N)``, as ``generate_batch``;
+    ``Engine.warmup()``, one warm-up run per N, median of --runs). Decode tok/s = tokens made in the
+    steps in which all N sequences decode / the time of those steps (llama-batched-bench's S_TG:
+    generated tokens over generation time); TTFT per sequence; the KV pool's bytes and every step's
+    time in the JSON. With --llamacpp: ``llama-batched-bench -m F16.gguf -c N*(P+T) -npp 32 -ntg 128
+    -npl 1,8,32,64 -ngl 99 -fa on --output-format jsonl`` --runs times, median S_TG per N. One table:
+    tinygraph, llama.cpp and the ratio per N. ``--batch-only``: nothing else (no HF, no batch-1).
   --quant Q8_0,Q4_K_M  for each type, with --llamacpp: ``llama-quantize F16.gguf X-Q4_K_M.gguf
     Q4_K_M``, tinygraph loads that file (keeping its types) and is timed as above, then llama-bench
     runs on it; without: ``load_model(checkpoint, quantize="q4_k")`` (tinygraph's own quantizer;
@@ -71,6 +80,7 @@ Usage (from the repo root):
     python tools/bench.py --merge a.json b.json --json all.json   # one table from split runs
     python tools/bench.py --models smollm2 --quant Q8_0,Q4_K_M --llamacpp /tmp/llbuild/bin --no-hf
     python tools/bench.py --models qwen3-0.6b --contexts 2048,8192,32768 --llamacpp /tmp/llbuild/bin
+    python tools/bench.py --models smollm2 --batch 1,8,32,64 --batch-only --llamacpp /tmp/llbuild/bin
 
 Where one command may run at most 10 minutes (the lent GPUs), split the full run in two
 (``--models gpt2,smollm2,qwen3-0.6b`` took 3.6 min on an H100; then ``--models
@@ -99,6 +109,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_configs as bc  # noqa: E402
+import bench_batch as bb  # noqa: E402
 from bench_device import device_info, measure_floor, torch_copy_check  # noqa: E402
 from bench_hf import (bench_hf, build_torch_model, free_torch, have_torch,  # noqa: E402
                       prepare_hf_for_generate, save_torch_model)
@@ -189,6 +200,11 @@ def bench_model(name: str, args, use_torch: bool, work: Path, gguf_dir: Path) ->
         if args.skip_f16:
             bench_quant(name, hf, ckpt, args, prompts, m, gguf_dir)
             return m
+        if args.batch_only:
+            hf_model = None
+            free_torch()
+            bb.batch_only(name, hf, ckpt, args, m, gguf_dir)
+            return m
         m["hf"] = {}
         if hf_model is not None and not args.no_hf:
             prepare_hf_for_generate(hf_model)
@@ -217,8 +233,12 @@ def bench_model(name: str, args, use_torch: bool, work: Path, gguf_dir: Path) ->
                 m["tinygraph"]["error"] = error_record(e)["error"]
             log(f"  tinygraph ERROR {error_record(e)['error'][:300]}")
         _matches(m, tokens)
+        if args.batch:                     # before bench_quant: it deletes the checkpoint
+            bb.batch_tinygraph(m, ckpt, hf, args)
         if args.quant_types or args.llamacpp:
             bench_quant(name, hf, ckpt, args, prompts, m, gguf_dir)
+        if args.batch and args.llamacpp:   # on the F16 GGUF bench_quant wrote
+            bb.batch_llamacpp(m, args)
     finally:
         hf_model = None
         free_torch()
@@ -269,6 +289,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-f16", action="store_true",
                    help="only the --quant types: no HF, F16 or context runs; with --llamacpp the checkpoint is "
                         "built only when the F16 GGUF is not in --gguf-dir yet")
+    p.add_argument("--batch", default="", metavar="N,...",
+                   help="numbers of sequences decoded together, e.g. 1,8,32,64: tinygraph's batching engine "
+                        "(and llama-batched-bench with --llamacpp), aggregate decode tok/s per N")
+    p.add_argument("--batch-only", action="store_true", help="only the --batch measurements (no HF, no batch-1)")
     p.add_argument("--llamacpp-reps", type=int, default=5, help="llama-bench -r (default 5)")
     p.add_argument("--llamacpp-timeout", type=float, default=900.0, help="seconds per llama.cpp command")
     p.add_argument("--no-hf", action="store_true", help="tinygraph only")
@@ -314,6 +338,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--quant: {e}")
     if a.skip_f16 and not a.quant_types:
         p.error("--skip-f16 needs --quant")
+    try:
+        a.batch = bb.parse_batch_sizes(a.batch)
+    except ValueError as e:
+        p.error(f"--batch {e}")
+    if a.batch_only and not a.batch:
+        p.error("--batch-only needs --batch, e.g. --batch 1,8,32,64")
+    if a.batch and a.skip_f16:
+        p.error("--batch measures the F16 model: not with --skip-f16")
     if a.skip_f16:
         a.contexts = []
     if a.llamacpp and not a.merge:
@@ -354,33 +386,40 @@ def add_tables(results: dict[str, Any], contexts: list[int], settings: dict[str,
                                        "table": format_quant_table(rows, settings)}
     if settings.get("llamacpp") and contexts:
         results["context_table"] = format_context_table(results, contexts, settings.get("context_decode_tokens", 128))
-    results["notes"] = notes_for(results) + quant_notes(results)
+    if bb.batch_sizes_of(results):
+        results["batch_table"], results["batch_ttft_table"] = bb.format_batch_tables(results)
+    results["notes"] = notes_for(results) + quant_notes(results) + bb.batch_notes(results)
 
 
 def render(results: dict[str, Any]) -> str:
     """The tables as printed: the main one, then each type's, the context table, the notes."""
-    out = [results["table"]]
+    only_batch = all((m.get("tinygraph") or {}).get("skipped") == "--batch-only" for m in results["models"].values())
+    out = [] if only_batch and results["models"] else [results["table"]]
     for qt, t in (results.get("quant_tables") or {}).items():
         out += ["", f"### {t['title']}", t["table"]]
     if results.get("context_table"):
         n = (results.get("settings") or {}).get("context_decode_tokens", 128)
         out += ["", f"### Decode of {n} tokens after a context of d tokens (llama.cpp: llama-bench -d d -n {n})",
                 results["context_table"]]
+    if results.get("batch_table"):
+        out += ["", f"### {bb.batch_title(results)}", results["batch_table"], "", results["batch_ttft_table"]]
     out += [f"- {line}" for line in results.get("notes", []) + ([results["warning"]] if "warning" in results else [])]
     return "\n".join(out)
 
 
 def _combine(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-    """A model met again in a later file replaces the earlier record, except that a --skip-f16 run
-    (quantized types only) and a full run of the same model are combined: the full run's record
-    with the other's GGUF, llama.cpp and quantized results added."""
-    def quant_only(m: dict[str, Any]) -> bool:
-        return (m.get("tinygraph") or {}).get("skipped") == "--skip-f16"
+    """A model met again in a later file replaces the earlier record, except that a partial run
+    (--skip-f16: quantized types only; --batch-only) and a run of another kind of the same model are
+    combined: the full run's record (else the later one) with the other's GGUF, llama.cpp,
+    quantized and batch results added."""
+    def part(m: dict[str, Any]) -> str | None:
+        s = (m.get("tinygraph") or {}).get("skipped")
+        return s if s in ("--skip-f16", "--batch-only") else None
 
-    if old is None or quant_only(old) == quant_only(new):
+    if old is None or part(old) == part(new):
         return new
-    base, extra = (new, old) if quant_only(old) else (old, new)
-    for key in ("gguf", "llamacpp", "quant"):
+    base, extra = (old, new) if part(old) is None else (new, old)
+    for key in ("gguf", "llamacpp", "quant", "batch"):
         if isinstance(extra.get(key), dict):
             base.setdefault(key, {}).update(extra[key])
     return base
@@ -465,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                            "per-type tables / the GGUF's tensor bytes (tinygraph's weight bytes without a file)",
             "pct_floor": "100 * decode_tok_s / floor_tok_s",
             "llama_cpp": "llama-bench -p prefill_tokens -n new_tokens -ngl 99 -fa 1 -o json: avg_ts of each test",
+            **bb.DEFINITIONS,
         },
         "models": {},
     }
