@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 #: prefill chunk sizes (tokens); a longer prompt runs in chunks of the largest
 PREFILL_CHUNKS = (16, 64, 256)
+#: most sequences one prefill step takes (their chunks padded to one size)
+PREFILL_BATCH = 8
 #: step graphs kept (least recently used dropped)
 MAX_GRAPHS = 64
 #: contexts (gathered positions) whose graphs ``warm`` builds ahead
@@ -104,7 +106,8 @@ class BatchRunner:
         Bs = sorted({self.batch_bucket(n) for n in range(1, self.max_batch + 1)})
         Ss = sorted({self.context_bucket(S) for S in WARM_CONTEXTS})
         keys = [(B, 1, S, w) for S in Ss for B in Bs for w in ("argmax", "sample")]
-        keys += [(1, T, S, "argmax") for T in self.chunks for S in Ss]
+        Ps = sorted({self.batch_bucket(n) for n in range(1, min(PREFILL_BATCH, self.max_batch) + 1)})
+        keys += [(P, T, S, "argmax") for T in self.chunks for S in Ss for P in Ps]
         from tqdm import tqdm
         sess = self.model.session
         # a backend that compiles and captures (CUDA) runs each graph once; NumPy has nothing to
@@ -129,16 +132,16 @@ class BatchRunner:
             want: str, long_rope: bool = False,
             sampling: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
         """One step: sequence ``seqs[b]`` runs ``tokens[b]`` at positions ``starts[b]..`` (their
-        keys/values are stored in its pool rows, which it must own). Every sequence gives the
-        same number of tokens except that a single sequence may give fewer than its chunk.
+        keys/values are stored in its pool rows, which it must own). Decode steps give one token
+        per sequence; prefill steps up to a chunk each, the shorter ones padded.
         Returns, for each sequence's last token, the logits [n, vocab] (float32), or the argmax
         or sampled ids [n] (int32; ``sampling``: each sequence's ``tg.sample_params`` arrays)."""
         n = len(seqs)
         lens = [len(t) for t in tokens]
         T = self.chunk_for(max(lens)) if max(lens) > 1 else 1
-        if any(L > T for L in lens) or (n > 1 and len(set(lens)) != 1):
+        if any(L > T or L < 1 for L in lens):
             raise ValueError(f"batch step: token counts {lens} do not fit one step")
-        B = self.batch_bucket(n) if T == 1 else n
+        B = self.batch_bucket(n)
         S = self.context_bucket(max(s + L for s, L in zip(starts, lens)))
         g, layout = self.graph(B, T, S, want, long_rope)
         pad = B - n

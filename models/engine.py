@@ -2,7 +2,8 @@
 
 :class:`Engine` keeps a queue of :class:`Request` objects. Each scheduler iteration it retires
 finished and cancelled requests (their KV blocks go back at once), admits waiting ones while KV
-blocks and batch slots allow, runs one prefill chunk of one admitted request, and then one decode
+blocks and batch slots allow, runs one prefill step (a chunk of up to ``PREFILL_BATCH`` admitted
+requests whose chunks pad to one size, in one graph), and then one decode
 step for every request that is decoding (one token each, the weights read once for all rows).
 When a decoding request needs a new block and none is free, the most recently admitted request
 is preempted: its blocks are freed and it goes back to the front of the queue, to be prefilled
@@ -30,7 +31,7 @@ import numpy as np
 
 import tinygraph as tg
 
-from .batch import BatchRunner
+from .batch import PREFILL_BATCH, BatchRunner
 from .paged import KVPool, blocks_for_memory, token_bytes
 from .sampling import check_sampling_args, effective_temperature
 
@@ -294,15 +295,15 @@ class Engine:
 
     # -- one scheduler iteration ----------------------------------------------------------------
     def step(self) -> None:
-        """Retire, admit, one prefill chunk, one decode step."""
+        """Retire, admit, one prefill step, one decode step."""
         with self._cond:
             self._retire()
             self._admit()
         self.steps += 1
         # a request's tokens not yet in the pool: all but its newest are prefilled in chunks; the
         # newest one runs in the decode step, which gives its next token
-        pre = next((r for r in self.running if len(r.context) - r._cached > 1), None)
-        if pre is not None:
+        pre = [r for r in self.running if len(r.context) - r._cached > 1]
+        if pre:
             self._prefill(pre)
         dec = [r for r in self.running if len(r.context) - r._cached == 1]
         if dec:
@@ -350,14 +351,29 @@ class Engine:
         self.model._dynamic_rope(end)
         return self.runner.run(rs, tokens, starts, want, self._rope_regime(end)[0], sampling)
 
-    def _prefill(self, r: Request) -> None:
-        """One chunk of ``r``'s context (never its newest token, which the decode step runs)."""
-        n = min(len(r.context) - 1 - r._cached, self.runner.chunks[-1])
+    def _prefill(self, pending: list[Request]) -> None:
+        """One prefill chunk each for the first of ``pending`` and the next ones (up to
+        ``PREFILL_BATCH``) whose chunks fit the same chunk size and rope regime, in one step;
+        never a request's newest token, which the decode step runs."""
+        cap = self.runner.chunks[-1]
+        first = pending[0]
+        T = self.runner.chunk_for(min(len(first.context) - 1 - first._cached, cap))
         # the rope regime as generate() has it: the whole prompt's (one forward call there)
-        end = len(r.context)
-        self._run([r], [r.context[r._cached:r._cached + n]], [r._cached], "argmax", end)
-        r._cached += n
-        self.pool.register(r, r.context, r._cached, self._rope_regime(end))
+        regime = self._rope_regime(len(first.context))
+        group = [first]
+        if regime[1] is None:  # dynamic NTK's divisors are per length: those prefill alone
+            for r in pending[1:]:
+                if len(group) == min(PREFILL_BATCH, self.max_batch):
+                    break
+                if (min(len(r.context) - 1 - r._cached, cap) <= T
+                        and self._rope_regime(len(r.context)) == regime):
+                    group.append(r)
+        ns = [min(len(r.context) - 1 - r._cached, cap) for r in group]
+        self._run(group, [r.context[r._cached:r._cached + n] for r, n in zip(group, ns)],
+                  [r._cached for r in group], "argmax", len(first.context))
+        for r, n in zip(group, ns):
+            r._cached += n
+            self.pool.register(r, r.context, r._cached, regime)
 
     def _decode(self, rs: list[Request]) -> None:
         # every row needs a pool row for its new position; free blocks by preempting the newest

@@ -130,8 +130,9 @@ def test_run_batch_gives_generate_batchs_tokens(tmp_path):
         engine.close()
         want = model.generate_batch(prompts, max_new_tokens=8, temperature=0, ignore_eos=True, max_batch=3)
         assert r["tokens0"] == want[0]
-        assert r["first_step"] == [0, 1, 2] and r["last_step"] == [7, 8, 9] and r["kv_reused_tokens"] == 0
-        assert r["decode_steps"] == 8 - 3 and r["full_batch"] and r["step_tokens"] == [1, 2, 3, 3, 3, 3, 3, 3, 2, 1]
+        # the three prompts prefill together (one step, up to PREFILL_BATCH), then decode together
+        assert r["first_step"] == [0, 0, 0] and r["last_step"] == [7, 7, 7] and r["kv_reused_tokens"] == 0
+        assert r["decode_steps"] == 7 and r["full_batch"] and r["step_tokens"] == [3] * 8
     finally:
         model.close()
 
@@ -228,8 +229,9 @@ def test_batch_only_end_to_end_and_merge(tmp_path, capsys):
         s = tg["sizes"][str(n)]
         assert len(s["runs"]) == 2 and len(s["warmup"]) == 1 and s["full_batch"]
         run = s["runs"][0]
-        assert run["decode_steps"] == 6 - n and run["decode_tokens"] == n * (6 - n) and run["kv_reused_tokens"] == 0
-        assert sum(run["step_tokens"]) == 6 * n and len(run["step_s"]) == run["steps"] == 6 + n - 1
+        # the n prompts prefill in one step (n <= PREFILL_BATCH): all decode together from step 0
+        assert run["decode_steps"] == 5 and run["decode_tokens"] == n * 5 and run["kv_reused_tokens"] == 0
+        assert sum(run["step_tokens"]) == 6 * n and len(run["step_s"]) == run["steps"] == 6
         assert s["median_decode_tok_s"] > 0 and s["median_ttft_last_ms"] >= s["median_ttft_median_ms"] > 0
     ll = m["batch"]["llamacpp"]
     assert ll["command"][2] == m["gguf"]["F16"]["path"] and len(ll["runs"]) == 2

@@ -10,19 +10,18 @@ tinygraph: ``models.engine.Engine`` (what ``model.generate_batch`` drives), driv
 the way ``generate_batch`` drives it (``submit`` every prompt, ``step()`` until all are done), with
 a clock read after each step. ``max_batch`` is the largest N (one engine serves every N, as
 ``generate_batch(..., max_batch=max N)`` would) and ``kv_memory`` holds every sequence's whole
-context, so no sequence is preempted. The engine admits all N at once but prefills one prompt per
-step (each step also decodes the sequences already running): sequence i gets its first token in
-step i, the first sequence its last token in step T - 1, and the N sequences decode together in the
-steps between. So:
+context, so no sequence is preempted. The engine admits all N at once and prefills up to
+``PREFILL_BATCH`` (8) prompts per step (each step also decodes the sequences already running):
+sequence i gets its first token in step i // 8, and the N sequences decode together from then on
+until the first one ends. So:
 
   decode tok/s  (S_TG's counterpart) tokens generated in the steps after the one that gave the last
                 sequence its first token, up to and including the one that gave the first sequence
-                its last token, over the time of those steps: N * (T - N) / (t[T-1] - t[N-1]) for
-                N < T new tokens each; at N = 1, (T - 1) / (last - first token time), as the batch-1
-                decode rate. No value when N >= T (the batch is never all decoding at once).
-                Not N * (T - 1) / (end - last sequence's first token): by then the earlier sequences
-                have made part of their tokens (at N = 64, T = 128 only 6,112 of the 8,128 come after
-                it), and the batch shrinks towards the end.
+                its last token, over the time of those steps (read from the timeline: every step
+                of that span gives all N sequences a token); at N = 1, (T - 1) / (last - first
+                token time), as the batch-1 decode rate. No value when no step has all N decoding.
+                Not N * (T - 1) / (end - last sequence's first token): by then the earlier
+                sequences have made part of their tokens, and the batch shrinks towards the end.
   span tok/s    the tokens made after the last sequence's first token / (end - that token's time):
                 the same span with the tokens really made in it, ramp-down included.
   e2e tok/s     N * T / (time from the submit of the batch to its last token), prefill included.
