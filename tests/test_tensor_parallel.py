@@ -137,7 +137,8 @@ def test_sampling_and_stream_and_batch():
             load_model(FIX / "qwen3", backend="numpy", tensor_parallel=2) as m:
         kw = dict(max_new_tokens=6, temperature=0.8, top_k=20, seed=5)
         assert m.generate(prompt, **kw) == m0.generate(prompt, **kw)
-        assert len(m.generate(prompt, max_new_tokens=6, temperature=0.8, seed=None)) == len(prompt) + 6
+        # an unseeded stream may draw EOS and stop early: its length is fixed only with EOS ignored
+        assert len(m.generate(prompt, max_new_tokens=6, temperature=0.8, seed=None, ignore_eos=True)) == len(prompt) + 6
         assert list(m.generate_stream(prompt, max_new_tokens=6, temperature=0)) == \
             m0.generate(prompt, max_new_tokens=6, temperature=0)[len(prompt):]
         prompts = [prompt, prompt[:3], prompt[2:]]
