@@ -5,12 +5,31 @@ fixture has it, is HF's argmax loop through its own KV cache (longrope: the two 
 else ``ref["greedy"]`` serves both."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from conftest import rel_err
 
+FIX = Path(__file__).parent / "fixtures"
+
 #: dtype -> (relative logit tolerance, greedy tokens that must agree)
 HALF = {"float16": (3e-2, 8), "bfloat16": (5e-2, 4)}
+
+
+def reference(fam: str) -> dict:
+    """Fixture ``fam``'s HF reference arrays (``greedy_cached`` defaulting to ``greedy``)."""
+    r = dict(np.load(FIX / fam / "reference.npz"))
+    r.setdefault("greedy_cached", r["greedy"])  # longrope: HF's cached loop differs (see README_fixtures)
+    return r
+
+
+def hf_config(fam: str, **changes) -> dict:
+    """Fixture ``fam``'s config.json as a dict, with ``changes`` applied."""
+    d = json.loads((FIX / fam / "config.json").read_text())
+    d.update(changes)
+    return d
 
 
 def _cached(ref) -> np.ndarray:

@@ -3,7 +3,6 @@ tools/make_fixtures.py): full-sequence logits, incremental decode through the KV
 generation, on NumPy and (on a GPU) CUDA; their decode graphs still fuse; their config keys."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from tinygraph.io import LoadError, UnsupportedModelError
 from tinygraph.io.config import config_from_hf
 from tinygraph.models import load_model
+from hf_checks import hf_config as _cfg
 from hf_checks import (HALF, check_full_sequence_logits, check_half_precision,
                        check_incremental_decode_and_greedy)
 
@@ -64,12 +64,6 @@ def test_gemma_norm_weights_are_one_plus_w():
     with _load("gemma", "numpy") as m:
         got = m.session.download(m.W["layers.0.attn_norm.weight"])
     np.testing.assert_array_equal(got, stored["model.layers.0.input_layernorm.weight"] + np.float32(1))
-
-
-def _cfg(fam: str, **changes) -> dict:
-    d = json.loads((FIX / fam / "config.json").read_text())
-    d.update(changes)
-    return d
 
 
 def test_gemma_legacy_gelu_is_tanh():

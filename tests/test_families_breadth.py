@@ -4,13 +4,13 @@ through the KV cache, greedy ids (an argmax loop over HF's full forward; with th
 cached argmax loop where its semantics differ: longrope), on NumPy and (on a GPU) CUDA."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import rel_err
+from hf_checks import reference as _ref, hf_config as _cfg
 from hf_checks import (HALF, check_full_sequence_logits, check_half_precision,
                        check_incremental_decode_and_greedy)
 from tinygraph.io import LoadError, UnsupportedModelError
@@ -27,18 +27,6 @@ LOAD = {"llama_dynamic": {"max_context": 32}}
 
 def _load(fam: str, backend: str, dtype: str = "float32"):
     return load_model(FIX / fam, dtype=dtype, backend=backend, **LOAD.get(fam, {}))
-
-
-def _ref(fam: str) -> dict:
-    r = dict(np.load(FIX / fam / "reference.npz"))
-    r.setdefault("greedy_cached", r["greedy"])
-    return r
-
-
-def _cfg(fam: str, **changes) -> dict:
-    d = json.loads((FIX / fam / "config.json").read_text())
-    d.update(changes)
-    return d
 
 
 @pytest.mark.parametrize("fam", FAMILIES)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import rel_err
+from hf_checks import reference as _ref
 from hf_checks import (HALF, check_full_sequence_logits, check_half_precision,
                        check_incremental_decode_and_greedy)
 from tinygraph.io import LoadError, UnsupportedModelError, load_checkpoint
@@ -29,12 +30,6 @@ FAMILIES = {
 
 def _gguf(fam: str) -> Path:
     return FIX / "gguf" / f"{fam}.gguf"
-
-
-def _ref(fam: str) -> dict:
-    r = dict(np.load(FIX / fam / "reference.npz"))
-    r.setdefault("greedy_cached", r["greedy"])  # longrope: HF's cached loop differs (see README_fixtures)
-    return r
 
 
 @pytest.mark.parametrize("fam", FAMILIES)

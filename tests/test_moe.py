@@ -15,6 +15,7 @@ import pytest
 
 import tinygraph as tg
 from conftest import rel_err
+from hf_checks import reference as _ref, hf_config as _cfg
 from hf_checks import (HALF, check_full_sequence_logits, check_half_precision,
                        check_incremental_decode_and_greedy)
 from tinygraph.io import LoadError, UnsupportedModelError, load_checkpoint
@@ -23,16 +24,6 @@ from tinygraph.models import load_model
 
 FIX = Path(__file__).parent / "fixtures"
 FAMILIES = ["mixtral", "qwen3_moe", "qwen3_moe_step", "qwen2_moe"]
-
-
-def _ref(fam: str) -> dict:
-    return dict(np.load(FIX / fam / "reference.npz"))
-
-
-def _cfg(fam: str, **changes) -> dict:
-    d = json.loads((FIX / fam / "config.json").read_text())
-    d.update(changes)
-    return d
 
 
 @pytest.mark.parametrize("fam", FAMILIES)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hf_checks import reference as _ref
 import tinygraph as tg
 from tinygraph.backends.cuda.lower import LOWERINGS
 from tinygraph.io import load_checkpoint
@@ -46,10 +47,6 @@ def _cases() -> tuple[list, list]:
 
 
 SHARDABLE, UNSHARDABLE = _cases()
-
-
-def _ref(fam: str) -> dict:
-    return dict(np.load(FIX / fam / "reference.npz"))
 
 
 @pytest.mark.parametrize("fam, R", SHARDABLE)
