@@ -72,6 +72,7 @@ class KVPool:
         self._refs: dict[int, int] = {}                       # block -> sequences using it
         self._by_hash: OrderedDict[int, int] = OrderedDict()  # prefix hash -> block (LRU order)
         self._hash_of: dict[int, int] = {}                    # block -> its prefix hash
+        self._idle = 0                                        # cached blocks no sequence uses
         self._chains: dict[object, list[int]] = {}            # seq -> hashes of its full blocks
         self.reused_tokens = 0
 
@@ -82,7 +83,7 @@ class KVPool:
     @property
     def free_blocks(self) -> int:
         """Blocks a request can get: free ones and cached prefix blocks no sequence uses."""
-        return len(self._free) + sum(1 for b in self._by_hash.values() if not self._refs.get(b))
+        return len(self._free) + self._idle
 
     def blocks_for(self, tokens: int) -> int:
         return -(-int(tokens) // self.block_size)
@@ -93,6 +94,7 @@ class KVPool:
             return self._free.pop()
         h, b = next((h, b) for h, b in self._by_hash.items() if not self._refs.get(b))
         del self._by_hash[h], self._hash_of[b]
+        self._idle -= 1
         return b
 
     def reserve(self, seq: object, tokens: int) -> bool:
@@ -123,6 +125,8 @@ class KVPool:
             if b is None:
                 break
             self._by_hash.move_to_end(h)
+            if not self._refs.get(b):
+                self._idle -= 1
             self._refs[b] = self._refs.get(b, 0) + 1
             table.append(b)
             chain.append(h)
@@ -150,7 +154,9 @@ class KVPool:
             self._refs[b] -= 1
             if not self._refs[b]:
                 del self._refs[b]
-                if b not in self._hash_of:
+                if b in self._hash_of:
+                    self._idle += 1
+                else:
                     self._free.append(b)
 
     def rows_of(self, seq: object, positions: np.ndarray) -> np.ndarray:
@@ -177,6 +183,7 @@ class KVPool:
             s.free(self.k + self.v)
         self.k, self.v, self.k_rows, self.v_rows, self.tables = [], [], [], [], {}
         self._by_hash.clear()
+        self._idle = 0
 
     def __repr__(self) -> str:
         return (f"KVPool({self.num_blocks} blocks x {self.block_size} tokens, {self.free_blocks} free, "
