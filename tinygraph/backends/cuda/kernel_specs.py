@@ -11,7 +11,7 @@ from typing import Any, NamedTuple, Sequence
 from ...ops.fused import _ACTS, _NORMS
 from ...util import contiguous_strides
 from . import driver
-from .select import tc3_shared_bytes  # noqa: F401 (re-exported)
+from .select import arch_number as _arch_number, tc3_shared_bytes  # noqa: F401 (re-exported)
 
 # Output columns per warp of gemv_<dtype> (TG_GEMV_R in matmul.cu; the kernel is correct for
 # any grid, this only sizes the grid to one pass).
@@ -367,12 +367,6 @@ def fa_shared_bytes(D: int) -> int:
     """Dynamic shared memory of attn_fa_<dtype>_<D> (cuda_src/attention_tc.cu): the query tile and
     two stages of key and value tiles, 64 rows of D + 8 two-byte elements each."""
     return 5 * 64 * (D + 8) * 2
-
-
-def _arch_number(arch: str) -> int:
-    """'sm_90' -> 90, 'sm_90a' -> 90, 'sm_100' -> 100."""
-    digits = "".join(ch for ch in arch if ch.isdigit())
-    return int(digits) if digits else 0
 
 
 def _linear_code(what: str, v, table: dict) -> int:

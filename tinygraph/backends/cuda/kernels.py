@@ -418,8 +418,7 @@ class KernelLibrary:
     @property
     def caps(self) -> "select.DeviceCaps":
         """The device capabilities kernel choice reads (``select.DeviceCaps``)."""
-        return select.DeviceCaps(_arch_number(getattr(self, "arch", "sm_90")), self.sm_count,
-                                 int(getattr(self.device, "max_shared_per_block_optin", 227 * 1024)))
+        return select.DeviceCaps.of(getattr(self, "arch", "sm_90"), self.device)
 
     # -- fused linear layers -----------------------------------------------------------------------
     def _ensure_dynamic_smem(self, f: driver.Function, nbytes: int) -> None:

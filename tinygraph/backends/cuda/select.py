@@ -27,8 +27,14 @@ class DeviceCaps:
     @classmethod
     def of(cls, arch: str, device) -> "DeviceCaps":
         """The caps of a kernel library's ``arch`` ("sm_90") and ``device``."""
-        return cls(int("".join(c for c in arch if c.isdigit()) or 0), int(getattr(device, "sm_count", 132)),
+        return cls(arch_number(arch), int(getattr(device, "sm_count", 132)),
                    int(getattr(device, "max_shared_per_block_optin", 227 * 1024)))
+
+
+def arch_number(arch: str) -> int:
+    """'sm_90' -> 90, 'sm_90a' -> 90, 'sm_100' -> 100."""
+    digits = "".join(ch for ch in arch if ch.isdigit())
+    return int(digits) if digits else 0
 
 
 def tc3_shared_bytes(bk: int, stages: int) -> int:
