@@ -130,21 +130,13 @@ TG_ALL_TYPES(TG_UNARY, gelu, OpGelu)
 TG_ALL_TYPES(TG_UNARY, gelu_erf, OpGeluErf)
 TG_ALL_TYPES(TG_UNARY, silu, OpSilu)
 
-#define TG_SCALE(T, sfx)                                                                       \
-    extern "C" __global__ void scale_##sfx(T* out, TD od, const T* x, TD xd, float s) { tg_pdl_enter(); \
-        unary_kernel<T, OpScale>(out, od, x, xd, s);                                           \
+// unary ops with one float parameter (the scale; the soft-cap)
+#define TG_UNARY_P(name, Op, T, sfx)                                                           \
+    extern "C" __global__ void name##_##sfx(T* out, TD od, const T* x, TD xd, float p) { tg_pdl_enter(); \
+        unary_kernel<T, Op>(out, od, x, xd, p);                                                \
     }
-TG_SCALE(float, f32)
-TG_SCALE(__half, f16)
-TG_SCALE(__nv_bfloat16, bf16)
-
-#define TG_SOFTCAP(T, sfx)                                                                     \
-    extern "C" __global__ void softcap_##sfx(T* out, TD od, const T* x, TD xd, float c) { tg_pdl_enter(); \
-        unary_kernel<T, OpSoftcap>(out, od, x, xd, c);                                         \
-    }
-TG_SOFTCAP(float, f32)
-TG_SOFTCAP(__half, f16)
-TG_SOFTCAP(__nv_bfloat16, bf16)
+TG_ALL_TYPES(TG_UNARY_P, scale, OpScale)
+TG_ALL_TYPES(TG_UNARY_P, softcap, OpSoftcap)
 
 #define TG_CPY(S, ss, D, ds)                                                                   \
     extern "C" __global__ void cpy_##ss##_##ds(D* dst, TD dd, const S* src, TD sd) { tg_pdl_enter(); \
