@@ -47,7 +47,7 @@ import numpy as np
 
 import bench_configs as bc
 from bench_llamacpp import _run
-from bench_report import _ratio, markdown_table
+from bench_report import _pick, _ratio, markdown_table
 from bench_tinygraph import free_device_bytes, load_tinygraph
 from bench_util import _num, guarded, log, median, token_match
 
@@ -385,18 +385,10 @@ def batch_sizes_of(results: dict[str, Any]) -> list[int]:
 
 def _size_value(part: Any, n: int, key: str) -> Any:
     """A median of one N from a tinygraph / llama.cpp batch record, or "err" / "skip" / "-"."""
-    if not isinstance(part, dict):
-        return "-"
-    if "error" in part:
-        return "err"
-    if "skipped" in part:
-        return "skip"
-    s = (part.get("sizes") or {}).get(str(n))
-    if not isinstance(s, dict):
-        return "-"
-    if "error" in s:
-        return "err"
-    return "-" if s.get(key) is None else s[key]
+    sizes = _pick(part, "sizes")
+    if not isinstance(sizes, dict):
+        return sizes if sizes in ("err", "skip") else "-"
+    return _pick(sizes.get(str(n)), key)
 
 
 def batch_row(name: str, m: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
