@@ -103,7 +103,11 @@ class BatchRunner:
         graphs of every decode batch bucket and prefill chunk at the short contexts
         (``WARM_CONTEXTS``), so that early requests pay no graph building or planning. Returns
         the number of graphs."""
+        from tqdm import tqdm
         sess = self.model.session
+        # a backend that compiles and captures (CUDA) runs each graph once; NumPy has nothing to
+        # warm beyond the build and the plan, and a run would only cost time
+        captured = sess.backend.name != "numpy"
         Bs = sorted({self.batch_bucket(n) for n in range(1, self.max_batch + 1)})
         Ss = sorted({self.context_bucket(S) for S in WARM_CONTEXTS})
         keys = [(B, 1, S, w) for S in Ss for B in Bs for w in ("argmax", "sample")]
@@ -111,17 +115,12 @@ class BatchRunner:
         # several prompts per prefill step: the short chunks (256 tokens x 8 builds large graphs
         # that long prompts alone need: built on first use), and only where graphs are captured
         # (on NumPy building them ahead would only slow the start: ~3x here)
-        multi = sess.backend.name != "numpy"
         keys += [(P, T, S, "argmax") for T in self.chunks for S in Ss for P in Ps
-                 if P == 1 or (multi and T < self.chunks[-1])]
-        from tqdm import tqdm
-        # a backend that compiles and captures (CUDA) runs each graph once; NumPy has nothing to
-        # warm beyond the build and the plan, and a run would only cost time
-        run = sess.backend.name != "numpy"
+                 if P == 1 or (captured and T < self.chunks[-1])]
         for B, T, S, want in tqdm(keys, desc="tinygraph: step graphs", unit="graph", disable=not progress,
                                   leave=False):
             g, layout = self.graph(B, T, S, want)
-            if not run:
+            if not captured:
                 sess._plan_for(g)
                 continue
             feeds = layout.feeds([None] * B, [0] * B, [0] * B)
