@@ -35,6 +35,8 @@ __device__ __forceinline__ unsigned ld4(const unsigned char* p) {
     return __ldg(reinterpret_cast<const unsigned*>(p));
 }
 __device__ __forceinline__ unsigned byte_of(unsigned w, int i) { return (w >> (8 * i)) & 0xFFu; }
+// bits 0..3 of x to bit 0 of bytes 0..3 (the x << 7k terms of the product never overlap)
+__device__ __forceinline__ unsigned spread4(unsigned x) { return ((x & 0xFu) * 0x00204081u) & 0x01010101u; }
 
 // Q8_0: {f16 d; int8 q[32]}: w = d * q. One unit, one run.
 struct QQ8_0 {
@@ -50,6 +52,13 @@ struct QQ8_0 {
         }
         d[0] = dd;
         m[0] = -128.0f * dd;
+    }
+    // codes as signed bytes (the block's int8s), d = scale, m = 0
+    static __device__ __forceinline__ void decode_i8(const unsigned char* b, int, int* qw, float* d, float* m) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) qw[i] = (int)ld4a2(b + 2 + 4 * i);
+        d[0] = qh16(b);
+        m[0] = 0.0f;
     }
 };
 
@@ -67,6 +76,17 @@ struct QQ4_0 {
                 q[4 * i + j] = qv<E>(byte_of(w, j) & 0xF);
                 q[16 + 4 * i + j] = qv<E>(byte_of(w, j) >> 4);
             }
+        }
+        d[0] = d[1] = dd;
+        m[0] = m[1] = -8.0f * dd;
+    }
+    static __device__ __forceinline__ void decode_i8(const unsigned char* b, int, int* qw, float* d, float* m) {
+        const float dd = qh16(b);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const unsigned w = ld4a2(b + 2 + 4 * i);
+            qw[i] = (int)(w & 0x0F0F0F0Fu);
+            qw[4 + i] = (int)((w >> 4) & 0x0F0F0F0Fu);
         }
         d[0] = d[1] = dd;
         m[0] = m[1] = -8.0f * dd;
@@ -91,6 +111,16 @@ struct QQ4_1 {
         d[0] = d[1] = dd;
         m[0] = m[1] = mm;
     }
+    static __device__ __forceinline__ void decode_i8(const unsigned char* b, int, int* qw, float* d, float* m) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const unsigned w = ld4(b + 4 + 4 * i);
+            qw[i] = (int)(w & 0x0F0F0F0Fu);
+            qw[4 + i] = (int)((w >> 4) & 0x0F0F0F0Fu);
+        }
+        d[0] = d[1] = qh16(b);
+        m[0] = m[1] = qh16(b + 2);
+    }
 };
 
 // Q5_0: {f16 d; u32 qh; u8 qs[16]}: bit j of qh is bit 4 of element j; w = d * (q - 16)
@@ -109,6 +139,18 @@ struct QQ5_0 {
                 q[e] = qv<E>((byte_of(w, j) & 0xF) | (((qh >> e) & 1u) << 4));
                 q[16 + e] = qv<E>((byte_of(w, j) >> 4) | (((qh >> (e + 16)) & 1u) << 4));
             }
+        }
+        d[0] = d[1] = dd;
+        m[0] = m[1] = -16.0f * dd;
+    }
+    static __device__ __forceinline__ void decode_i8(const unsigned char* b, int, int* qw, float* d, float* m) {
+        const float dd = qh16(b);
+        const unsigned qh = ld4a2(b + 2);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const unsigned w = ld4a2(b + 6 + 4 * i);
+            qw[i] = (int)((w & 0x0F0F0F0Fu) | (spread4(qh >> (4 * i)) << 4));
+            qw[4 + i] = (int)(((w >> 4) & 0x0F0F0F0Fu) | (spread4(qh >> (16 + 4 * i)) << 4));
         }
         d[0] = d[1] = dd;
         m[0] = m[1] = -16.0f * dd;
@@ -135,6 +177,17 @@ struct QQ5_1 {
         d[0] = d[1] = dd;
         m[0] = m[1] = mm;
     }
+    static __device__ __forceinline__ void decode_i8(const unsigned char* b, int, int* qw, float* d, float* m) {
+        const unsigned qh = ld4(b + 4);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const unsigned w = ld4(b + 8 + 4 * i);
+            qw[i] = (int)((w & 0x0F0F0F0Fu) | (spread4(qh >> (4 * i)) << 4));
+            qw[4 + i] = (int)(((w >> 4) & 0x0F0F0F0Fu) | (spread4(qh >> (16 + 4 * i)) << 4));
+        }
+        d[0] = d[1] = qh16(b);
+        m[0] = m[1] = qh16(b + 2);
+    }
 };
 
 // Q2_K: {u8 scales[16]; u8 qs[64]; f16 d, dmin}. Unit s = (n = s/4, j = s%4): elements
@@ -145,14 +198,23 @@ struct QQ2_K {
     static __device__ __forceinline__ int start(int s, int r) { return 32 * s + 16 * r; }
     static __device__ __forceinline__ void decode(const unsigned char* b, int s, float* q, float* d, float* m) {
         const int n = s >> 2, j = s & 3;
-        const float dd = qh16(b + 80), dmin = qh16(b + 82);
-        const unsigned sc2 = __ldg(reinterpret_cast<const unsigned short*>(b + 8 * n + 2 * j));
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             const unsigned w = ld4(b + 16 + 32 * n + 4 * i);
 #pragma unroll
             for (int k = 0; k < 4; ++k) q[4 * i + k] = qv<E>((byte_of(w, k) >> (2 * j)) & 3u);
         }
+        k2_scales(b, n, j, d, m);
+    }
+    static __device__ __forceinline__ void decode_i8(const unsigned char* b, int s, int* qw, float* d, float* m) {
+        const int n = s >> 2, j = s & 3;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) qw[i] = (int)((ld4(b + 16 + 32 * n + 4 * i) >> (2 * j)) & 0x03030303u);
+        k2_scales(b, n, j, d, m);
+    }
+    static __device__ __forceinline__ void k2_scales(const unsigned char* b, int n, int j, float* d, float* m) {
+        const float dd = qh16(b + 80), dmin = qh16(b + 82);
+        const unsigned sc2 = __ldg(reinterpret_cast<const unsigned short*>(b + 8 * n + 2 * j));
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const unsigned sc = (sc2 >> (8 * r)) & 0xFFu;
@@ -170,7 +232,6 @@ struct QQ3_K {
     static __device__ __forceinline__ int start(int s, int r) { return 32 * s + 16 * r; }
     static __device__ __forceinline__ void decode(const unsigned char* b, int s, float* q, float* d, float* m) {
         const int n = s >> 2, j = s & 3, hb = 4 * n + j;
-        const float dd = qh16(b + 108);
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             const unsigned w = ld4a2(b + 32 + 32 * n + 4 * i);
@@ -179,6 +240,19 @@ struct QQ3_K {
             for (int k = 0; k < 4; ++k)  // q + 4 in [0, 7]
                 q[4 * i + k] = qv<E>(((byte_of(w, k) >> (2 * j)) & 3u) | (((byte_of(h, k) >> hb) & 1u) << 2));
         }
+        k3_scales(b, n, j, d, m);
+    }
+    static __device__ __forceinline__ void decode_i8(const unsigned char* b, int s, int* qw, float* d, float* m) {
+        const int n = s >> 2, j = s & 3, hb = 4 * n + j;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {  // q + 4 in [0, 7]
+            const unsigned w = ld4a2(b + 32 + 32 * n + 4 * i), h = ld4a2(b + 4 * i);
+            qw[i] = (int)(((w >> (2 * j)) & 0x03030303u) | (((h >> hb) & 0x01010101u) << 2));
+        }
+        k3_scales(b, n, j, d, m);
+    }
+    static __device__ __forceinline__ void k3_scales(const unsigned char* b, int n, int j, float* d, float* m) {
+        const float dd = qh16(b + 108);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int is = 8 * n + 2 * j + r;
@@ -216,6 +290,16 @@ struct QHeaderK4 {
             mn = (float)((byte(is + 4) >> 4) | ((byte(is) >> 6) << 4));
         }
     }
+    // d and m of the two runs of a Q4_K / Q5_K unit in sub-block pair j (sub-blocks 2j, 2j + 1)
+    __device__ __forceinline__ void scales2(int j, float* dr, float* mr) const {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float sc, mn;
+            scale_min(2 * j + r, sc, mn);
+            dr[r] = d * sc;
+            mr[r] = -dmin * mn;
+        }
+    }
 };
 
 // Q4_K: {f16 d, dmin; u8 scales[12]; u8 qs[128]}. Unit s = (j = s/2, half hh = s%2): 16 bytes
@@ -235,14 +319,18 @@ struct QQ4_K {
                 q[4 * i + k] = qv<E>(byte_of(a[i], k) & 0xF);
                 q[16 + 4 * i + k] = qv<E>(byte_of(a[i], k) >> 4);
             }
-        const QHeaderK4 hd(b);
+        QHeaderK4(b).scales2(j, d, m);
+    }
+    static __device__ __forceinline__ void decode_i8(const unsigned char* b, int s, int* qw, float* d, float* m) {
+        const int j = s >> 1, hh = s & 1;
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(b + 16 + 32 * j + 16 * hh));
+        const unsigned a[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float sc, mn;
-            hd.scale_min(2 * j + r, sc, mn);
-            d[r] = hd.d * sc;
-            m[r] = -hd.dmin * mn;
+        for (int i = 0; i < 4; ++i) {
+            qw[i] = (int)(a[i] & 0x0F0F0F0Fu);
+            qw[4 + i] = (int)((a[i] >> 4) & 0x0F0F0F0Fu);
         }
+        QHeaderK4(b).scales2(j, d, m);
     }
 };
 
@@ -264,14 +352,20 @@ struct QQ5_K {
                 q[4 * i + k] = qv<E>((byte_of(a[i], k) & 0xF) | ((hb & 1u) << 4));
                 q[16 + 4 * i + k] = qv<E>((byte_of(a[i], k) >> 4) | ((hb & 2u) << 3));
             }
-        const QHeaderK4 hd(b);
+        QHeaderK4(b).scales2(j, d, m);
+    }
+    static __device__ __forceinline__ void decode_i8(const unsigned char* b, int s, int* qw, float* d, float* m) {
+        const int j = s >> 1, hh = s & 1;
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(b + 48 + 32 * j + 16 * hh));
+        const uint4 hv = __ldg(reinterpret_cast<const uint4*>(b + 16 + 16 * hh));
+        const unsigned a[4] = {v.x, v.y, v.z, v.w}, h[4] = {hv.x, hv.y, hv.z, hv.w};
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float sc, mn;
-            hd.scale_min(2 * j + r, sc, mn);
-            d[r] = hd.d * sc;
-            m[r] = -hd.dmin * mn;
+        for (int i = 0; i < 4; ++i) {
+            const unsigned hb = h[i] >> (2 * j);
+            qw[i] = (int)((a[i] & 0x0F0F0F0Fu) | ((hb & 0x01010101u) << 4));
+            qw[4 + i] = (int)(((a[i] >> 4) & 0x0F0F0F0Fu) | ((hb & 0x02020202u) << 3));
         }
+        QHeaderK4(b).scales2(j, d, m);
     }
 };
 
@@ -299,6 +393,26 @@ struct QQ6_K {
                 q[16 + e] = qv<E>((byte_of(lo, k) >> 4) | (((hb >> 4) & 3u) << 4));
                 q[24 + e] = qv<E>((byte_of(hi, k) >> 4) | (((hb >> 6) & 3u) << 4));
             }
+        }
+        const float dd = qh16(b + 208);
+        const signed char* sc = reinterpret_cast<const signed char*>(b + 192 + 8 * n + (l0 >> 4));
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            d[r] = dd * (float)sc[2 * r];
+            m[r] = -32.0f * d[r];
+        }
+    }
+    static __device__ __forceinline__ void decode_i8(const unsigned char* b, int s, int* qw, float* d, float* m) {
+        const int n = s >> 2, l0 = 8 * (s & 3);
+        const unsigned char* ql = b + 64 * n + l0;
+        const unsigned char* qh = b + 128 + 32 * n + l0;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const unsigned lo = ld4a2(ql + 4 * i), hi = ld4a2(ql + 32 + 4 * i), h = ld4a2(qh + 4 * i);
+            qw[i] = (int)((lo & 0x0F0F0F0Fu) | ((h & 0x03030303u) << 4));
+            qw[2 + i] = (int)((hi & 0x0F0F0F0Fu) | (((h >> 2) & 0x03030303u) << 4));
+            qw[4 + i] = (int)(((lo >> 4) & 0x0F0F0F0Fu) | (((h >> 4) & 0x03030303u) << 4));
+            qw[6 + i] = (int)(((hi >> 4) & 0x0F0F0F0Fu) | (((h >> 6) & 0x03030303u) << 4));
         }
         const float dd = qh16(b + 208);
         const signed char* sc = reinterpret_cast<const signed char*>(b + 192 + 8 * n + (l0 >> 4));

@@ -78,3 +78,9 @@ def test_attn_splits():
     assert sp.grid[2] * sp.chunk >= 4096 and sp.grid[2] == 4096 // ATTN_CHUNK
     assert select.attn_splits(1, 0, 100, 64, 64) is None
     assert select.attn_splits(5, 5, 100, 256, 256).maxd == 256 and select.attn_splits(5, 5, 100, 8, 8).kind == "split"
+
+
+def test_quant_gemv_rounds_16_bit_activations_only() -> None:
+    assert select.quant_gemv("f16") == select.quant_gemv("bf16") == "linear_q8a"
+    assert select.quant_gemv("f32") == "linear_q"
+    assert select.quant_gemv("f16", exact=True) == "linear_q"

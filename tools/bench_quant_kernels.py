@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Time the block-quantized decode GEMV (cuda_src/linear_q.cu) on model layer shapes.
 
-For each (model layer, ggml type) one fused ``linear_q`` launch (one row, f16 activations) is
-timed as CUDA-graph replays (median), rotating over enough weight copies that every call reads
+For each (model layer, ggml type) one fused GEMV launch (one row, f16 activations) of each
+``--kernels`` family (``linear_q``: float32 products with the staged row; ``linear_q8a``: the row
+rounded to int8, dp4a; see cuda_src/linear_q.cu) is timed as CUDA-graph replays (median), rotating over enough weight copies that every call reads
 its weights from DRAM rather than L2; GB/s counts the weight bytes. The f16 ``linear_gemv`` of
-the same shape is the baseline. Also timed: ``dequant`` of the whole weight to f16 (the prefill
-path's extra pass; GB/s counts bytes read + written). Weights are random blocks (timing does not
+the same shape is the baseline. With ``--dequant``, also timed: ``dequant`` of the whole weight
+to f16 (the prefill path's extra pass; GB/s counts bytes read + written). Weights are random blocks (timing does not
 depend on values).
 
     PYTHONPATH=. python3 tools/bench_quant_kernels.py [--types q8_0,q4_k,q6_k] [--models Qwen3-8B]
@@ -27,18 +28,39 @@ from bench_linear import SHAPES, Buf  # noqa: E402
 Arg = kernels.Arg
 
 
+def _compile(job) -> None:
+    from tinygraph.backends.cuda import compiler
+    path, arch, opts = job
+    compiler.compile_source(Path(path), arch, opts)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--types", default="q8_0,q4_0,q4_k,q5_k,q6_k")
     ap.add_argument("--models", default="SmolLM2,TinyLlama,Qwen3-8B")
+    ap.add_argument("--kernels", default="linear_q,linear_q8a", help="GEMV families to time")
+    ap.add_argument("--dequant", action="store_true", help="also time the prefill path's dequantization")
+    ap.add_argument("--variants", default="", help="linear_q8a built with other options, timed too: "
+                    "'NAME:-DTG_LQ_ROWS=4 -DTG_LQ_UNROLL=1;NAME2:...'")
+    ap.add_argument("--layers", default="", help="only these layers (comma list, e.g. gate_up,down)")
     args = ap.parse_args(argv)
     dev = driver.get_device(0)
     lib = kernels.KernelLibrary(dev)
+    variants = {}
+    for item in filter(None, args.variants.split(";")):
+        name, opts = item.split(":", 1)
+        variants[name] = opts.split()
+    if variants:  # compile them side by side (the disk cache then serves the libraries)
+        import multiprocessing as mp
+        jobs = [(str(lib.src_dir / "linear_q.cu"), lib.arch, o) for o in variants.values()]
+        with mp.get_context("spawn").Pool(len(jobs)) as pool:
+            pool.map(_compile, jobs)
+    vlibs = {n: kernels.KernelLibrary(dev, options=o) for n, o in variants.items()}
     s = driver.Stream()
     rng = np.random.default_rng(0)
-    print(f"{'model':10s} {'layer':8s} {'K':>6s} {'N':>6s} {'type':6s} {'us':>8s} {'GB/s':>7s}")
+    print(f"{'model':10s} {'layer':8s} {'K':>6s} {'N':>6s} {'type':6s} {'kernel':10s} {'us':>8s} {'GB/s':>7s}")
     for model, layer, K, N, norm, act, has_res in SHAPES:
-        if model not in args.models.split(","):
+        if model not in args.models.split(",") or (args.layers and layer not in args.layers.split(",")):
             continue
         x = Buf((1, 1, K), np.float16, rng=rng)
         nw = Buf((K,), np.float16, rng=rng, scale=0.2, shift=1.0)
@@ -59,27 +81,32 @@ def main(argv=None) -> int:
                 b.upload(raw)
                 ws.append(b)
 
-            def run(i, qt=qt, ws=ws):
-                w = ws[i % len(ws)]
-                kw = dict(bias=None, res=res.arg() if res else None, norm=norm, norm_w=nw.buf.ptr if norm else None,
-                          eps=1e-5, act=act, stream=s)
-                if qt == "f16":
-                    lib.linear("f16", y.arg(), x.arg(), w.ptr, K, N, K, **kw)
-                else:
-                    quant_launch.linear_q(lib, qt, "f16", y.arg(), x.arg(), w.ptr, dtypes.as_dtype(qt).nbytes(K),
-                                          N, K, **kw)
-            us = driver.graph_time_us(run, s, 20, 15)
-            extra = ""
-            if qt != "f16":  # the prefill path: the whole weight dequantized to f16 scratch
+            kerns = [("linear", lib)] if qt == "f16" else [(k, lib) for k in args.kernels.split(",")]
+            kerns += [] if qt == "f16" else [(f"q8a/{n}", vl) for n, vl in vlibs.items()]
+            for kern, klib in kerns:
+                def run(i, qt=qt, ws=ws, kern=kern, klib=klib):
+                    w = ws[i % len(ws)]
+                    kw = dict(bias=None, res=res.arg() if res else None, norm=norm,
+                              norm_w=nw.buf.ptr if norm else None, eps=1e-5, act=act, stream=s)
+                    if qt == "f16":
+                        klib.linear("f16", y.arg(), x.arg(), w.ptr, K, N, K, **kw)
+                    else:
+                        quant_launch.linear_q(klib, qt, "f16", y.arg(), x.arg(), w.ptr,
+                                              dtypes.as_dtype(qt).nbytes(K), N, K,
+                                              kernel=kern if "/" not in kern else "linear_q8a", **kw)
+                us = driver.graph_time_us(run, s, 20, 15)
+                print(f"{model:10s} {layer:8s} {K:6d} {N:6d} {qt:6s} {kern:10s} {us:8.1f} {nbytes / us / 1e3:7.0f}",
+                      flush=True)
+            if qt != "f16" and args.dequant:  # the prefill path: the whole weight dequantized to f16 scratch
                 out = driver.DeviceBuffer(N * K * 2, what="bench dequant")
 
                 def deq(i, qt=qt, ws=ws, out=out):
                     quant_launch.dequant(lib, qt, "f16", Arg(out.ptr, (N, K)), ws[i % len(ws)].ptr,
                                          dtypes.as_dtype(qt).nbytes(K), None, stream=s)
                 dus = driver.graph_time_us(deq, s, 10, 9)
-                extra = f"   dequant {dus:7.1f} us ({(nbytes + N * K * 2) / dus / 1e3:5.0f} GB/s)"
+                print(f"{model:10s} {layer:8s} {K:6d} {N:6d} {qt:6s} {'dequant':10s} {dus:8.1f} "
+                      f"{(nbytes + N * K * 2) / dus / 1e3:7.0f} (read + written)", flush=True)
                 out.free()
-            print(f"{model:10s} {layer:8s} {K:6d} {N:6d} {qt:6s} {us:8.1f} {nbytes / us / 1e3:7.0f}{extra}", flush=True)
             for b in ws:
                 b.free()
     return 0

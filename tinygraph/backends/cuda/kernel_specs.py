@@ -254,6 +254,8 @@ _LINEAR_PARAMS = (("y", "ptr"), ("yd", "td"), ("x", "ptr"), ("xd", "td"), ("w", 
 for _q in QUANT_KERNEL_TYPES:
     _reg(KernelSpec(f"linear_q_{_q}", "linear_q.cu", _LINEAR_PARAMS, _ONE, "linear_gemv",
                     f"linear_gemv with a {_q} weight (w: raw blocks, row n at byte n*ldw)"),
+         KernelSpec(f"linear_q8a_{_q}", "linear_q.cu", _LINEAR_PARAMS, _ONE, "linear_gemv",
+                    f"linear_q_{_q} with the normalised row rounded to int8 per 32 (integer dot products)"),
          KernelSpec(f"dequant_{_q}", "linear_q.cu",
                     (("out", "ptr"), ("od", "td"), ("w", "ptr"), ("ldw", "i64"), ("ids", "ptr")), _ONE,
                     "elementwise", f"out[.., r, :] = dequant({_q} row ids[r] (or r when ids is NULL))"))

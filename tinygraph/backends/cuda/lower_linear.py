@@ -3,6 +3,7 @@
 ``matmul`` (plain, or with a block-quantized weight read as its raw blocks)."""
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from ...errors import BackendError
@@ -62,7 +63,9 @@ def linear_parts(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int], x
     rows = x.size // K
     # the quantized GEMV stages the row in shared memory (~9 bytes per element of K): longer rows
     # (K > ~25k on sm_90) take the dequantize + GEMM path
-    path = select.linear_path(rows, w.dtype.is_quant, quant_launch.linear_q_shared_bytes(K) if w.dtype.is_quant else 0,
+    qk = select.quant_gemv(dt.short, os.environ.get("TINYGRAPH_QUANT_EXACT", "0") == "1")
+    path = select.linear_path(rows, w.dtype.is_quant,
+                              quant_launch.linear_q_shared_bytes(K, qk) if w.dtype.is_quant else 0,
                               has_kernel("linear_gemv", dt.short), be.lib.caps)
     if w.dtype.is_quant:
         wq, ldw = quant_rows(be, w, base, n)
@@ -75,7 +78,7 @@ def linear_parts(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int], x
                 res=be._as(res, base, dt) if res is not None else None, norm=norm,
                 norm_w=be._as(nw, base, dt).ptr if nw is not None else None,
                 norm_b=be._as(nb, base, dt).ptr if nb is not None else None, eps=eps, act=act,
-                stream=s, weight_ready=ready)
+                stream=s, weight_ready=ready, kernel=qk)
             return
         wd = be._tmp((N, K), dt)  # prefill: the whole weight dequantized, then the GEMM
         quant_launch.dequant(lib, w.dtype.name, dt.short, wd, wq, ldw, None, stream=s)

@@ -16,27 +16,31 @@ from .kernels import (LINEAR_ACTS, LINEAR_NORMS, Arg, KernelLibrary, _linear_cod
 LINEAR_Q_BLOCK = 256
 
 
-def linear_q_shared_bytes(K: int) -> int:
-    """Dynamic shared memory of linear_q: the staged row (float32, padded to 4), its copy with 4
-    floats of padding per 32 (lq_pad) and its sums of 8."""
+def linear_q_shared_bytes(K: int, kernel: str = "linear_q") -> int:
+    """Dynamic shared memory of ``kernel``: the staged row (float32, padded to 4), then for
+    linear_q its copy with 4 floats of padding per 32 (lq_pad) and its sums of 8; for linear_q8a
+    its int8 codes, its sums of 8 and its scales per 32."""
+    if kernel == "linear_q8a":
+        return -(-K // 4) * 4 * 4 + K + (K // 8 + K // 32) * 4
     return (-(-K // 4) * 4 + K + K // 8 + K // 8) * 4
 
 
 def linear_q(lib: KernelLibrary, qtype: str, dtype, y: Arg, x: Arg, w_ptr: int, ldw: int, N: int, K: int,
              bias=None, res: Arg | None = None, norm=0, norm_w=None, norm_b=None, eps: float = 0.0, act=0,
-             stream=None, weight_ready: bool = False) -> None:
+             stream=None, weight_ready: bool = False, kernel: str = "linear_q") -> None:
     """One fused kernel: ``y = act(norm(x) @ dequant(w).T + bias) + res`` with ``w`` a row-major
     [N, K] matrix of ggml ``qtype`` blocks (row n at byte ``w_ptr + n * ldw``). Arguments as
-    :meth:`KernelLibrary.linear`; K must be a multiple of the type's block size. The grid is
-    (rows of x) x (column blocks), the column blocks capped at one wave of resident blocks."""
+    :meth:`KernelLibrary.linear`; K must be a multiple of the type's block size; ``kernel``:
+    "linear_q" or "linear_q8a" (``select.quant_gemv``). The grid is (rows of x) x (column
+    blocks), the column blocks capped at one wave of resident blocks."""
     sfx = dtype_suffix(dtype)
     norm_c, act_c = _linear_code("norm", norm, LINEAR_NORMS), _linear_code("act", act, LINEAR_ACTS)
     nout = N // 2 if act_c == 3 else N
     rows = math.prod(tuple(y.shape)[:-1])
     if rows == 0:
         return
-    f = lib.get(f"linear_q_{qtype}", sfx)
-    smem = linear_q_shared_bytes(K)
+    f = lib.get(f"{kernel}_{qtype}", sfx)
+    smem = linear_q_shared_bytes(K, kernel)
     lib._ensure_dynamic_smem(f, smem)
     bs = LINEAR_Q_BLOCK
     cb = -(-nout // (bs // 32))

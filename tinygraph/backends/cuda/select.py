@@ -78,6 +78,14 @@ def linear_path(rows: int, quantized: bool, q_shared_bytes: int, fused_gemv: boo
     return "gemv" if fused_gemv and rows <= DECODE_ROWS else "matmul"
 
 
+def quant_gemv(dtype: str, exact: bool = False) -> str:
+    """The decode GEMV kernel family of a block-quantized weight for activations of ``dtype``:
+    "linear_q8a" (the normalised row rounded to int8 per block of 32, integer dot products; the
+    fast one) for f16 / bf16, "linear_q" (float32 products of the decoded weights and the staged
+    row) for f32 activations or when ``exact`` (``TINYGRAPH_QUANT_EXACT=1``) asks for it."""
+    return "linear_q" if exact or dtype == "f32" else "linear_q8a"
+
+
 def decode_like(rows_of_products: Sequence[int]) -> bool:
     """Whether a graph is decode-like (every matrix product has at most ``DECODE_ROWS`` rows):
     its kernels then launch with programmatic dependent launch."""
