@@ -95,13 +95,13 @@ __device__ __forceinline__ void lq_unit_f32(const unsigned char* const* wr, int 
     }
 }
 
-// The int8 path's dot products of unit s of block blk of rows wr[0 .. nr-1] with the quantized
+// The int8 path's dot products of unit s of block blk of rows wr[0 .. R-1] with the quantized
 // row: aq int8 codes, ascale their scale per 32, hsum the sums of 8 of the rounded values (for
 // the offset terms m * sum h: the same rounded row on both sides keeps the error that of w * h).
 // Codes times activations are 4-wide integer dot products (dp4a): about 1/4 of the float path's
 // instructions per weight, which is what kept that one from reading memory at full speed.
 template <class Q, int R>
-__device__ __forceinline__ void lq_unit_i8(const unsigned char* const* wr, int nr, int blk, int s,
+__device__ __forceinline__ void lq_unit_i8(const unsigned char* const* wr, int blk, int s,
                                            const signed char* aq, const float* ascale, const float* hsum,
                                            float* acc) {
     int av[8];
@@ -127,8 +127,7 @@ __device__ __forceinline__ void lq_unit_i8(const unsigned char* const* wr, int n
         for (int i = 0; i < Q::RL / 8; ++i) hs[r] += hsum[st / 8 + i];
     }
 #pragma unroll
-    for (int k = 0; k < R; ++k) {
-        if (k >= nr) break;
+    for (int k = 0; k < R; ++k) {  // rows past nr repeat a valid row: computed, not used (no branch)
         int qw[8];
         float d[Q::RUNS], m[Q::RUNS];
         Q::decode_i8(wr[k] + (long long)blk * Q::BB, s, qw, d, m);
@@ -262,7 +261,7 @@ __device__ __forceinline__ void linear_q_body(T* y, const TD& yd, const T* x, co
 #pragma unroll UNROLL
             for (int u = lane; u < nunits; u += 32) {
                 const int blk = u / Q::NSUB;
-                lq_unit_i8<Q, R>(wr, nr, blk, u - blk * Q::NSUB, reinterpret_cast<const signed char*>(h), ascale,
+                lq_unit_i8<Q, R>(wr, blk, u - blk * Q::NSUB, reinterpret_cast<const signed char*>(h), ascale,
                                  hsum, acc);
             }
         } else {

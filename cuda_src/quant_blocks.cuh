@@ -265,40 +265,40 @@ struct QQ3_K {
 };
 
 // The 16-byte header of a Q4_K / Q5_K block {f16 d, dmin; u8 scales[12]} (16-byte aligned: the
-// blocks are 144 / 176 bytes) in one load, and the 6-bit scale and min of sub-block `is` (0..7)
-// from it (ggml's get_scale_min_k4).
+// blocks are 144 / 176 bytes) in one load, and the 6-bit scales and mins of sub-blocks 2j and
+// 2j + 1 from it (ggml's get_scale_min_k4), both at once from 16-bit pairs of scale bytes:
+//   j < 2:  sc = scales[2j + r] & 63,  mn = scales[2j + 4 + r] & 63
+//   j >= 2: sc = (scales[2j + 4 + r] & 15) | (scales[2j - 4 + r] >> 6) << 4,
+//           mn = (scales[2j + 4 + r] >> 4) | (scales[2j + r] >> 6) << 4
+// (the byte-by-byte form with a run-time index cost ~40 integer instructions per unit and row,
+// more than the dot products themselves)
 struct QHeaderK4 {
     float d, dmin;
-    unsigned long long lo;  // scales[0..7]
-    unsigned hi;            // scales[8..11]
+    unsigned s0, s1, s2;  // scales[0..3], [4..7], [8..11]
     __device__ __forceinline__ explicit QHeaderK4(const unsigned char* b) {
         const uint4 v = __ldg(reinterpret_cast<const uint4*>(b));
         d = __half2float(__ushort_as_half((unsigned short)(v.x & 0xFFFFu)));
         dmin = __half2float(__ushort_as_half((unsigned short)(v.x >> 16)));
-        lo = (unsigned long long)v.y | ((unsigned long long)v.z << 32);
-        hi = v.w;
-    }
-    __device__ __forceinline__ unsigned byte(int i) const {
-        return i < 8 ? (unsigned)(lo >> (8 * i)) & 0xFFu : (hi >> (8 * (i - 8))) & 0xFFu;
-    }
-    __device__ __forceinline__ void scale_min(int is, float& s, float& mn) const {
-        if (is < 4) {
-            s = (float)(byte(is) & 63);
-            mn = (float)(byte(is + 4) & 63);
-        } else {
-            s = (float)((byte(is + 4) & 0xF) | ((byte(is - 4) >> 6) << 4));
-            mn = (float)((byte(is + 4) >> 4) | ((byte(is) >> 6) << 4));
-        }
+        s0 = v.y;
+        s1 = v.z;
+        s2 = v.w;
     }
     // d and m of the two runs of a Q4_K / Q5_K unit in sub-block pair j (sub-blocks 2j, 2j + 1)
     __device__ __forceinline__ void scales2(int j, float* dr, float* mr) const {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float sc, mn;
-            scale_min(2 * j + r, sc, mn);
-            dr[r] = d * sc;
-            mr[r] = -dmin * mn;
+        const int sh = 16 * (j & 1);  // which 16-bit half of a word holds the pair
+        const unsigned p0 = (s0 >> sh) & 0xFFFFu, p1 = (s1 >> sh) & 0xFFFFu, p2 = (s2 >> sh) & 0xFFFFu;
+        unsigned sc, mn;
+        if (j < 2) {
+            sc = p0 & 0x3F3Fu;
+            mn = p1 & 0x3F3Fu;
+        } else {
+            sc = (p2 & 0x0F0Fu) | ((p0 & 0xC0C0u) >> 2);
+            mn = ((p2 >> 4) & 0x0F0Fu) | ((p1 & 0xC0C0u) >> 2);
         }
+        dr[0] = d * (float)(sc & 0xFFu);
+        dr[1] = d * (float)(sc >> 8);
+        mr[0] = -dmin * (float)(mn & 0xFFu);
+        mr[1] = -dmin * (float)(mn >> 8);
     }
 };
 
