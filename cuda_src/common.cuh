@@ -157,6 +157,9 @@ __device__ __forceinline__ void tg_pdl_wait() {
 __device__ __forceinline__ void tg_prefetch_l2(const void* p) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
+__device__ __forceinline__ void tg_prefetch_l1(const void* p) {
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
 __device__ __forceinline__ void tg_pdl_enter() {
     tg_pdl_trigger();
     tg_pdl_wait();

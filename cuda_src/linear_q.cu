@@ -47,6 +47,9 @@ extern __shared__ float lq_smem[];
 #ifndef TG_LQ_UNROLL
 #define TG_LQ_UNROLL 4  // units per lane in flight in linear_q8a (H200, Qwen3-8B shapes: 4 beat 2 by 0-10%)
 #endif
+#ifndef TG_LQ_PREFETCH
+#define TG_LQ_PREFETCH 0  // >0: linear_q8a prefetches into L1 the unit this many trips ahead (untimed)
+#endif
 #ifndef TG_LQ_MINB
 #define TG_LQ_MINB 3  // resident blocks per SM linear_q8a is compiled for
 #endif
@@ -261,6 +264,13 @@ __device__ __forceinline__ void linear_q_body(T* y, const TD& yd, const T* x, co
 #pragma unroll UNROLL
             for (int u = lane; u < nunits; u += 32) {
                 const int blk = u / Q::NSUB;
+                if (TG_LQ_PREFETCH > 0 && u + 32 * TG_LQ_PREFETCH < nunits) {
+                    // the unit TG_LQ_PREFETCH trips ahead into L1: its loads then wait on L1,
+                    // not DRAM (the loop issues each unit's loads just before their use)
+                    const int pb = (u + 32 * TG_LQ_PREFETCH) / Q::NSUB;
+#pragma unroll
+                    for (int k = 0; k < R; ++k) tg_prefetch_l1(wr[k] + (long long)pb * Q::BB);
+                }
                 lq_unit_i8<Q, R>(wr, blk, u - blk * Q::NSUB, reinterpret_cast<const signed char*>(h), ascale,
                                  hsum, acc);
             }
