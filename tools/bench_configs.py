@@ -199,15 +199,32 @@ def write_numpy_checkpoint(hf: dict[str, Any], out_dir: str | os.PathLike, seed:
     import numpy as np
     from safetensors.numpy import save_file
 
+    import zlib
+    from concurrent.futures import ThreadPoolExecutor
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for name, shape in hf_tensor_shapes(hf).items():
-        a = rng.standard_normal(shape, dtype=np.float32) * std
+    shapes = hf_tensor_shapes(hf)
+    tensors = {name: np.empty(shape, np.float16) for name, shape in shapes.items()}
+    # Pieces of <= 2**24 values, each from its own generator seeded by (seed, tensor name, piece):
+    # the same weights whatever the thread count, and NumPy fills arrays without the GIL, so an
+    # 8B model takes seconds on 16 cores instead of ~3.5 minutes on one.
+    piece = 1 << 24
+    jobs = [(name, i) for name, a in tensors.items() for i in range(0, a.size, piece)]
+
+    def fill(job: tuple[str, int]) -> None:
+        name, i = job
+        flat = tensors[name].reshape(-1)
+        n = min(piece, flat.size - i)
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode()), i // piece])
+        a = rng.standard_normal(n, dtype=np.float32)
+        a *= std
         if _is_norm_weight(name):
             a += 1.0
-        tensors[name] = a.astype(np.float16)
+        flat[i:i + n] = a
+
+    with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1)) as pool:
+        list(pool.map(fill, jobs))
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     cfg = {k: v for k, v in hf.items() if k != "rope_theta"}
     if "rope_theta" in hf:
