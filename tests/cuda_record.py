@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from tinygraph.backends.cuda import backend as cb
 from tinygraph.backends.cuda import compiler, driver, kernels
+from tinygraph.backends.cuda import launch as launch_mod
 from tinygraph.graph import Graph
 from tinygraph.graph import ExecPlan
 
@@ -88,6 +89,9 @@ def fake_driver() -> Iterator[list]:
         b = (block, 1, 1) if isinstance(block, int) else tuple(block) + (1,) * (3 - len(tuple(block)))
         rec.append((func.name, list(g), list(b), int(shared_mem), bool(func.pdl if pdl is None else pdl),
                     [_plain(a) for a in args]))
+        obs = launch_mod.LAUNCH_OBSERVER.get()  # as the real launch does
+        if obs is not None:
+            obs(func.name)
 
     saved = {}
     patches = [(driver, "launch", launch), (driver, "Module", FakeModule), (driver, "DeviceBuffer", FakeBuffer),
@@ -117,6 +121,7 @@ def fake_backend() -> cb.CudaBackend:
     be._work.ptr = WORK
     be._rings, be._written, be._owner, be.launches = [], set(), None, 0
     be._scratch_used = 0
+    be._klog = None
     return be
 
 

@@ -42,6 +42,9 @@ class Graph:
         self._inputs: list[Tensor] = []
         self._plan: ExecPlan | None = None
         self._held: list[Tensor] | None = None  # nodes built while detached()
+        #: node id -> names of the kernels it launched, filled by the CUDA backend each time it
+        #: lowers this graph (a direct run, or the run it captures for replay); shown by dump()
+        self.kernels: dict[int, list[str]] = {}
 
     # -- building ---------------------------------------------------------------------------
     def _add(self, t: Tensor) -> None:
@@ -147,11 +150,14 @@ class Graph:
         return dependency_graph(self)
 
     def dump(self) -> str:
-        """Text table: id, name, op, shape, dtype, strides, offset, base buffer, arena offset/size."""
+        """Text table: id, name, op, shape, dtype, strides, offset, base buffer, arena offset/size,
+        and, once the CUDA backend has run the graph, the kernels each node launched."""
         plan = self.plan()
         mem = plan.memory
         step = {n.id: i for i, n in enumerate(plan.order)}
-        rows = [("step", "id", "name", "op", "shape", "dtype", "strides", "offset", "buffer", "arena")]
+        kern = bool(self.kernels)
+        rows = [("step", "id", "name", "op", "shape", "dtype", "strides", "offset", "buffer", "arena")
+                + (("kernels",) if kern else ())]
         for n in sorted(needed_nodes(self), key=lambda t: (step.get(t.id, -1), t.id)):
             if n.op == "persistent":
                 continue
@@ -161,7 +167,8 @@ class Graph:
                 arena = "-"
             buf = "arena" if n.storage.id in mem.offsets and n.storage is n else n.storage.name
             rows.append((str(step.get(n.id, "-")), str(n.id), n.name, n.op, str(n.shape), n.dtype.short,
-                         str(n.strides), str(n.offset), buf, arena))
+                         str(n.strides), str(n.offset), buf, arena)
+                        + ((" ".join(self.kernels.get(n.id, [])) or "-",) if kern else ()))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.append(f"{len(plan.order)} compute nodes, {len(self.outputs)} outputs, "

@@ -25,6 +25,7 @@ from ...tensor import Tensor
 from .. import Backend
 from . import driver, select
 from .kernels import Arg, KernelLibrary
+from .launch import LAUNCH_OBSERVER
 from .limits import ALIGN, COUNTER_BYTES, NeedScratch
 from .lower import LOWERINGS
 
@@ -58,6 +59,7 @@ class CudaBackend(Backend):
         # per graph: [plan, addresses, eager runs, captured exec]
         self._replay: "weakref.WeakKeyDictionary[Graph, list]" = weakref.WeakKeyDictionary()
         self.launches = 0
+        self._klog: dict[int, list[str]] | None = None  # the graph being lowered's Graph.kernels
 
     # -- persistent buffers -------------------------------------------------------------------
     def allocate(self, t: Tensor) -> None:
@@ -156,18 +158,23 @@ class CudaBackend(Backend):
         # (+ [(key, exec, increments)] of compute_loop's step-with-tail graph: _loop_exec)
         if state is None or state[0] is not plan or state[1] != addresses:
             state = self._replay[graph] = [plan, addresses, 0, None, base, layout]
-        if times is not None:
-            self._run_timed(plan, base, times)
-        elif REPLAY and state[2] >= CAPTURE_AFTER:
-            cg = driver.Graph()
-            with driver.capture(self.stream, cg):
+        graph.kernels.clear()
+        self._klog = graph.kernels
+        try:
+            if times is not None:
+                self._run_timed(plan, base, times)
+            elif REPLAY and state[2] >= CAPTURE_AFTER:
+                cg = driver.Graph()
+                with driver.capture(self.stream, cg):
+                    self._run_all(plan, base)
+                state[3] = cg.instantiate()
+                state[3].launch(self.stream)
+            else:
                 self._run_all(plan, base)
-            state[3] = cg.instantiate()
-            state[3].launch(self.stream)
-        else:
-            self._run_all(plan, base)
-            state[1] = self._addresses()  # scratch may have grown during the run
-            state[2] += 1
+                state[1] = self._addresses()  # scratch may have grown during the run
+                state[2] += 1
+        finally:
+            self._klog = None
         outs = []
         self.stream.synchronize("reading graph outputs")
         for o in graph.outputs:
@@ -452,7 +459,16 @@ class CudaBackend(Backend):
             raise BackendError(f"CUDA backend has no kernel for op {n.op!r} (node {n.describe()})")
         out = self._arg(n, base)
         self.launches += 1
-        lower(self, n, out, base)
+        if self._klog is None:
+            lower(self, n, out, base)
+            return
+        names: list[str] = []
+        tok = LAUNCH_OBSERVER.set(names.append)
+        try:
+            lower(self, n, out, base)
+        finally:
+            LAUNCH_OBSERVER.reset(tok)
+        self._klog[n.id] = names
 
     def _pdl(self) -> bool | None:
         """A direct launch's PDL choice: the kernel's own (None), unless the run turned it off."""

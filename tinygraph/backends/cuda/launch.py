@@ -4,6 +4,7 @@ parameter layout, packing and checking launch arguments, launching (with program
 launch where asked), prepared launches."""
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import os
 import weakref
@@ -125,6 +126,9 @@ def _as_ctype(a, func: Function, i: int):
 
 
 _SYNC_EACH_LAUNCH = os.environ.get("TINYGRAPH_CUDA_SYNC", "") not in ("", "0")
+#: called with each launched kernel's name while set (the backend's record of which kernels a
+#: graph node launched: ``Graph.kernels``)
+LAUNCH_OBSERVER: contextvars.ContextVar = contextvars.ContextVar("tinygraph_launch_observer", default=None)
 
 
 _DEFAULT_STREAM = None
@@ -210,6 +214,9 @@ def launch(func: Function, grid, block, args: Iterable[Any], shared_mem: int = 0
             check(drv.cuCtxSynchronize(), f"synchronize after {desc}")
         else:
             check(drv.cuStreamSynchronize(hs), f"synchronize after {desc}")
+    obs = LAUNCH_OBSERVER.get()
+    if obs is not None:
+        obs(func.name)
 
 
 class PreparedLaunch:
