@@ -97,6 +97,6 @@ def test_graph_kernels_name_each_nodes_launches() -> None:
             be._run_all(plan, base)
         assert [k for n in plan.order for k in g.kernels[n.id]] == [r[0] for r in rec]
         assert g.kernels[plan.order[-1].id] == ["argmax_f16"]
-        assert any(ks == ["linear_q8a_q8_0_f16"] for ks in g.kernels.values())
+        assert any(ks == ["linear_q_q8_0_f16"] for ks in g.kernels.values())
         table = g.dump()
-        assert table.splitlines()[0].rstrip().endswith("kernels") and "linear_q8a_q8_0_f16" in table
+        assert table.splitlines()[0].rstrip().endswith("kernels") and "linear_q_q8_0_f16" in table

@@ -159,13 +159,13 @@ def test_download_and_unfused_matmul_of_a_quantized_weight(cuda, qt) -> None:
 
 @pytest.mark.parametrize("qt", ["q8_0", "q4_1", "q5_0", "q4_k", "q6_k"])
 def test_int8_activation_gemv_against_the_exact_one(cuda, qt, monkeypatch) -> None:
-    # f16 decode GEMVs round the normalised row to int8 per 32 (linear_q8a); TINYGRAPH_QUANT_EXACT=1
-    # keeps float32 products (linear_q). Both against float64, and the rounding's share bounded.
+    # TINYGRAPH_QUANT_ACT=int8: f16 decode GEMVs round the normalised row to int8 per 32
+    # (linear_q8a); by default they keep float32 products (linear_q). Both against float64.
     rng = np.random.default_rng(zlib.crc32(qt.encode()))
     blk = tg.dtypes.as_dtype(qt).block
     seed, got = int(rng.integers(1 << 30)), {}
     for exact in ("0", "1"):  # the same data both times
-        monkeypatch.setenv("TINYGRAPH_QUANT_EXACT", exact)
+        monkeypatch.setenv("TINYGRAPH_QUANT_ACT", "exact" if exact == "1" else "int8")
         y, ref = _case(cuda, qt, tg.float16, 1, 96, 8 * blk, "rms", "swiglu", True, True, np.random.default_rng(seed))
         got[exact] = (np.asarray(y, np.float64), ref)
     (y8, ref), (yx, ref2) = got["0"], got["1"]
@@ -176,7 +176,8 @@ def test_int8_activation_gemv_against_the_exact_one(cuda, qt, monkeypatch) -> No
     assert _rel(y8, ref) < 2e-2, _rel(y8, ref)
 
 
-def test_int8_activation_gemv_propagates_non_finite_input(cuda) -> None:
+def test_int8_activation_gemv_propagates_non_finite_input(cuda, monkeypatch) -> None:
+    monkeypatch.setenv("TINYGRAPH_QUANT_ACT", "int8")
     N, K = 16, 256
     raw = quantize(np.random.default_rng(3).standard_normal((N, K)).astype(np.float32), "q4_k")
     W = cuda.persistent((N, K), tg.q4_k)

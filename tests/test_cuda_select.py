@@ -80,7 +80,7 @@ def test_attn_splits():
     assert select.attn_splits(5, 5, 100, 256, 256).maxd == 256 and select.attn_splits(5, 5, 100, 8, 8).kind == "split"
 
 
-def test_quant_gemv_rounds_16_bit_activations_only() -> None:
-    assert select.quant_gemv("f16") == select.quant_gemv("bf16") == "linear_q8a"
-    assert select.quant_gemv("f32") == "linear_q"
-    assert select.quant_gemv("f16", exact=True) == "linear_q"
+def test_quant_gemv_rounds_16_bit_activations_only_when_asked() -> None:
+    assert select.quant_gemv("f16") == select.quant_gemv("bf16") == select.quant_gemv("f32") == "linear_q"
+    assert select.quant_gemv("f16", True) == select.quant_gemv("bf16", True) == "linear_q8a"
+    assert select.quant_gemv("f32", True) == "linear_q"
