@@ -3,9 +3,9 @@
 What llama.cpp's converter writes (``conversion/``: the HF per-expert matrices stacked per layer)
 and how llama.cpp reads it (``src/models/{llama,qwen2moe,qwen3moe}.cpp``):
 
-* ``blk.N.ffn_gate_inp.weight`` [E, hidden]: the router. A layer has an MoE block when it has one
-  (llama.cpp's ``llama`` builds a dense MLP where it is absent), so per-layer sparsity is read from
-  the tensors.
+* ``blk.N.ffn_gate_inp.weight`` [E, hidden]: the router. A layer has an MoE block when it has MoE
+  tensors (llama.cpp's ``llama`` builds a dense MLP where the router is absent), so per-layer
+  sparsity is read from the tensors; one without its router is reported missing.
 * ``blk.N.ffn_{gate,up,down}_exps.weight``: 3-D, NumPy ``[E, I, hidden]`` (gate, up) and
   ``[E, hidden, I]`` (down), i.e. expert ``e``'s HF matrix is ``[e]``. The converter's
   ``--fuse-gate-up-exps`` writes ``ffn_gate_up_exps`` ``[E, 2 I, hidden]``: gate rows, then up.
