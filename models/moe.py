@@ -66,8 +66,13 @@ class MoE:
             shapes = [tuple(ckpt.shape(p)) for p in parts]
             shape = list(shapes[0])
             shape[axis] = sum(s[axis] for s in shapes)
-            decl(name, tuple(shape), self._weight_dtype(ckpt, parts[0], tuple(shape)))
-            self._moe_arrays[name] = lambda: np.concatenate([ckpt.tensor(p) for p in parts], axis=axis)
+            dt = self._weight_dtype(ckpt, parts[0], tuple(shape))
+            # a GGUF's block-quantized experts keep their blocks (rows are whole blocks, so rows or
+            # row bytes concatenate as the values do); otherwise floats, quantized at upload if asked
+            raw = dt.is_quant and all(ckpt.quant_type(p) == dt for p in parts)
+            get = ckpt.tensor_raw if raw else ckpt.tensor
+            decl(name, tuple(shape), dt)
+            self._moe_arrays[name] = lambda: np.concatenate([get(p) for p in parts], axis=axis)
             used.update(parts)
 
         def const(name: str, make: Callable[[], np.ndarray], shape: tuple[int, ...], parts: tuple[str, ...] = ()

@@ -2,7 +2,8 @@
 tools/make_gguf_fixtures.py from the HF fixtures), against HF transformers' outputs of the same
 weights: full-sequence logits, incremental decode through the KV cache, greedy ids, half precision,
 with the safetensors fixtures' tolerances; every canonical tensor equals the safetensors one; the
-metadata keys each architecture reads; clear refusals for what is not built (MoE, q/k LayerNorm)."""
+metadata keys each architecture reads; clear refusals for what is not built (q/k LayerNorm, other MoE
+kinds). The MoE families' GGUF files: tests/test_io_gguf_moe.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -111,13 +112,15 @@ def _write(path: Path, arch: str, meta: dict, tensors: dict[str, tuple[int, ...]
     return path
 
 
-def test_moe_gguf_is_refused_naming_the_architecture(tmp_path):
-    p = _write(tmp_path / "moe.gguf", "llama", {"expert_count": 8, "expert_used_count": 2},
+def test_unsupported_moe_gguf_is_refused_naming_the_architecture(tmp_path):
+    """MoE GGUF files load for llama (Mixtral), qwen2moe and qwen3moe (tests/test_io_gguf_moe.py);
+    other routing and other MoE architectures are refused by name."""
+    p = _write(tmp_path / "moe.gguf", "llama", {"expert_count": 8, "expert_used_count": 2, "expert_gating_func": 2},
                {"blk.0.ffn_gate_exps.weight": (8, 32, 64)})
-    with pytest.raises(UnsupportedModelError, match="'llama' with mixture-of-experts"):
+    with pytest.raises(UnsupportedModelError, match="'llama': expert_gating_func 2"):
         load_checkpoint(p)
-    p = _write(tmp_path / "moe2.gguf", "qwen2moe", {}, {})
-    with pytest.raises(UnsupportedModelError, match="'qwen2moe' is not supported.*gemma3.*phi3.*gptneox"):
+    p = _write(tmp_path / "moe2.gguf", "olmoe", {}, {})
+    with pytest.raises(UnsupportedModelError, match="'olmoe' is not supported.*gemma3.*phi3.*gptneox.*qwen3moe"):
         load_checkpoint(p)
 
 

@@ -3,7 +3,8 @@ mlp_only_layers, decoder_sparse_step) and Qwen2-MoE (shared expert with its sigm
 HF transformers' outputs in tests/fixtures (tools/make_fixtures.py with tools/fixture_moe.py):
 full-sequence logits, incremental logits through the KV cache, greedy ids (argmax loops over
 HF's forward with and without its cache), on NumPy and (on a GPU) CUDA; the top-k routing graph
-against a NumPy top-k; config keys and refused variants."""
+against a NumPy top-k; config keys and refused variants. (qwen3_moe_gguf: the HF model of the
+Qwen3-MoE GGUF fixture, every layer MoE; GGUF files: tests/test_io_gguf_moe.py.)"""
 from __future__ import annotations
 
 import json
@@ -23,13 +24,13 @@ from tinygraph.io.config import config_from_hf
 from tinygraph.models import load_model
 
 FIX = Path(__file__).parent / "fixtures"
-FAMILIES = ["mixtral", "qwen3_moe", "qwen3_moe_step", "qwen2_moe"]
+FAMILIES = ["mixtral", "qwen3_moe", "qwen3_moe_step", "qwen2_moe", "qwen3_moe_gguf"]
 
 
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_full_sequence_logits(fam, backend):
     with load_model(FIX / fam, backend=backend) as m:
-        assert m.spec.name == fam.removesuffix("_step") and m.config.moe is not None
+        assert m.spec.name == fam.removesuffix("_step").removesuffix("_gguf") and m.config.moe is not None
         check_full_sequence_logits(m, _ref(fam))
 
 
@@ -274,19 +275,6 @@ def test_surplus_experts_are_refused(tmp_path):
     _save(d, st)
     with pytest.raises(LoadError, match="layer 0 a dense MLP"):
         load_checkpoint(d)
-
-
-def test_moe_gguf_is_refused(tmp_path):
-    gguf = pytest.importorskip("gguf")
-    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), arch="llama")
-    w.add_block_count(1)
-    w.add_expert_count(8)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    with pytest.raises(UnsupportedModelError, match="mixture-of-experts GGUF"):
-        load_checkpoint(tmp_path / "m.gguf")
 
 
 def test_quantize_keeps_the_router_in_the_model_dtype():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SEEDS = {"mixtral": 1020, "qwen3_moe": 1021, "qwen3_moe_step": 1022, "qwen2_moe": 1023}
+SEEDS = {"mixtral": 1020, "qwen3_moe": 1021, "qwen3_moe_step": 1022, "qwen2_moe": 1023, "qwen3_moe_gguf": 1024}
 
 MOE = {
     # top-2 of 8, softmax over the two chosen logits (Mixtral's renormalised top-k), every layer MoE
@@ -28,6 +28,12 @@ MOE = {
     "qwen3_moe_step": ("Qwen3MoeConfig", dict(
         num_hidden_layers=3, intermediate_size=32, moe_intermediate_size=16, num_experts=4,
         num_experts_per_tok=2, norm_topk_prob=False, decoder_sparse_step=2, mlp_only_layers=[],
+        use_sliding_window=False, attention_bias=False)),
+    # the GGUF one (tests/fixtures/gguf/qwen3_moe_gguf.gguf): llama.cpp's qwen3moe has an MoE block
+    # in every layer (its converter cannot map a dense layer's MLP) and always renormalises the top-k
+    "qwen3_moe_gguf": ("Qwen3MoeConfig", dict(
+        num_hidden_layers=2, intermediate_size=32, moe_intermediate_size=16, num_experts=8,
+        num_experts_per_tok=3, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
         use_sliding_window=False, attention_bias=False)),
     # top-2 of 8 not renormalised, q/k/v biases, shared expert (intermediate 32) with its sigmoid gate
     "qwen2_moe": ("Qwen2MoeConfig", dict(

@@ -14,7 +14,9 @@ pre-tokenizer fingerprint check answered "gpt-2" (the fingerprint list knows onl
 tokenizers), and GPT-NeoX configs get the hub's ``rotary_pct`` key beside transformers 5's
 ``rope_parameters.partial_rotary_factor`` (same value; the converter reads only the former). Those are
 the only deviations: hyper-parameters and tensors (names, the Gemma ``+ 1``,
-GPT-NeoX's q/k/v re-layout, Granite's Q/K permutation, ...) are the converter's, unchanged.
+GPT-NeoX's q/k/v re-layout, Granite's Q/K permutation, the experts stacked into 3-D ``ffn_*_exps``,
+...) are the converter's, unchanged. Qwen3-MoE converts from ``qwen3_moe_gguf`` (every layer MoE,
+top-k renormalised): the converter cannot map ``qwen3_moe``'s dense layer (``mlp_only_layers``).
 
     /work/venv-ref/bin/python tools/make_gguf_fixtures.py --llama-cpp /path/to/llama.cpp [--family NAME ...]
 """
@@ -35,6 +37,8 @@ FAMILIES = {
     "gemma": "gemma", "granite": "granite", "olmo2": "olmo2", "stablelm": "stablelm",
     "stablelm_parallel": "stablelm", "phi": "phi2", "phi3": "phi3", "phi3_partial": "phi3",
     "gpt_neox": "gptneox", "gpt_neox_sequential": "gptneox", "gemma2_gguf": "gemma2", "gemma3_gguf": "gemma3",
+    # mixture-of-experts: Mixtral is llama with 3-D ``ffn_*_exps`` tensors
+    "mixtral": "llama", "qwen3_moe_gguf": "qwen3moe", "qwen2_moe": "qwen2moe",
 }
 # the older families (not committed as fixtures; ``--family`` converts them for a manual check)
 OLDER = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2", "llama3": "llama",

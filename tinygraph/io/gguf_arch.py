@@ -33,16 +33,19 @@ file written by the converter loads to the model HF defines:
   ``residual_scale``, ``logit_scale`` (logits divided by it).
 * **OLMo 2**: post-norms ``post_attention_norm`` / ``post_ffw_norm``, q/k norms over the whole
   projection; a sliding window only when written (pattern default 4).
+* **Mixture of experts** (Mixtral as ``llama`` with experts, ``qwen2moe``, ``qwen3moe``): see
+  :mod:`.gguf_moe`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Any
 
 from .errors import LoadError, UnsupportedModelError
+from .gguf_moe import check_moe_supported, has_experts, moe_config
+from .moe import MoEConfig
 from .spec import (
     GEMMA2_SPEC,
     GEMMA3_SPEC,
@@ -51,10 +54,13 @@ from .spec import (
     GPT_NEOX_SPEC,
     GRANITE_SPEC,
     LLAMA_SPEC,
+    MIXTRAL_SPEC,
     OLMO2_SPEC,
     PHI3_SPEC,
     PHI_SPEC,
+    QWEN2_MOE_SPEC,
     QWEN2_SPEC,
+    QWEN3_MOE_SPEC,
     QWEN3_SPEC,
     STABLELM_SPEC,
     ModelSpec,
@@ -75,6 +81,8 @@ ARCH_SPECS: dict[str, ModelSpec] = {
     "stablelm": STABLELM_SPEC,
     "olmo2": OLMO2_SPEC,
     "granite": GRANITE_SPEC,
+    "qwen2moe": QWEN2_MOE_SPEC,  # mixture-of-experts: gguf_moe.py (Mixtral is "llama" with experts)
+    "qwen3moe": QWEN3_MOE_SPEC,
 }
 
 LAYERNORM_ARCHS = frozenset({"gpt2", "phi2", "gptneox", "stablelm"})
@@ -92,7 +100,6 @@ EXTRA_NAMES: tuple[tuple[str, str], ...] = (
 # Not weights of the builder: RoPE factors read into the config / rope scaling instead.
 NOT_WEIGHTS = frozenset({"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"})
 FUSED_GATE_UP_ARCHS = frozenset({"phi3"})  # ffn_up holds [gate; up]
-_EXPERTS = re.compile(r"^blk\.\d+\.ffn_(gate|up|down|gate_up)_(exps|shexp)\.|^blk\.\d+\.ffn_gate_inp\.")
 # the 27B models' layer counts: llama.cpp scales their attention by 1/sqrt(hidden / heads)
 _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 _MAX_LAYERS = 1 << 16
@@ -100,17 +107,19 @@ _MAX_LAYERS = 1 << 16
 
 def check_supported(g: Any) -> None:
     """Refuse, naming the architecture, files of a known architecture with parts tinygraph does
-    not build: mixture-of-experts layers, StableLM / Phi-2's per-head q/k LayerNorm."""
+    not build: mixture-of-experts parts other than Mixtral's / Qwen-MoE's (:mod:`.gguf_moe`),
+    StableLM / Phi-2's per-head q/k LayerNorm."""
     a = g.arch
     names = list(g.tensor_names)
-    experts = g.meta(f"{a}.expert_count")
-    if (isinstance(experts, int) and experts > 0) or any(_EXPERTS.match(n) for n in names):
-        raise UnsupportedModelError(
-            f"GGUF architecture {a!r} with mixture-of-experts layers ({experts or 'expert'} experts): "
-            "mixture-of-experts GGUF files are not supported yet; load the HF safetensors checkpoint "
-            "(Mixtral, Qwen2-MoE and Qwen3-MoE run from safetensors)")
+    if has_experts(g):
+        check_moe_supported(g)
     if a in ("stablelm", "phi2") and any(".attn_q_norm." in n or ".attn_k_norm." in n for n in names):
         raise UnsupportedModelError(f"GGUF architecture {a!r}: per-head q/k LayerNorm (qk_layernorm) is not supported")
+
+
+def arch_spec(arch: str, moe: MoEConfig | None) -> ModelSpec:
+    """The builder's spec of ``arch``: a ``llama`` file with experts is Mixtral."""
+    return MIXTRAL_SPEC if arch == "llama" and moe is not None else ARCH_SPECS[arch]
 
 
 def norm_eps_key(arch: str) -> str:
@@ -169,6 +178,7 @@ def arch_config(g: Any, base: dict[str, Any]) -> dict[str, Any]:
     ``rope_theta``, the generic RoPE scaling ...)."""
     a, out = g.arch, dict(base)
     out["activation"] = _ACTIVATIONS.get(a, "silu")
+    out["moe"] = moe_config(g, base["num_layers"], base["intermediate_size"])  # None: dense
     heads, hidden, layers = base["num_heads"], base["hidden_size"], base["num_layers"]
     # bad sizes (0 heads, ...) are left to TransformerConfig's checks: nothing here divides by them
     hd = base["head_dim"] or (hidden // heads if heads > 0 else 0)
@@ -237,4 +247,4 @@ def upgrade_spec(spec: ModelSpec, canonical: set[str]) -> ModelSpec:
 
 
 __all__ = ["ARCH_SPECS", "EXTRA_NAMES", "NOT_WEIGHTS", "PERMUTED_ARCHS", "FUSED_GATE_UP_ARCHS", "arch_config",
-           "check_supported", "norm_eps_key", "upgrade_spec"]
+           "arch_spec", "check_supported", "norm_eps_key", "upgrade_spec"]

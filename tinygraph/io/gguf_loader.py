@@ -45,10 +45,12 @@ from .gguf_arch import (
     NOT_WEIGHTS,
     PERMUTED_ARCHS,
     arch_config,
+    arch_spec,
     check_supported,
     norm_eps_key,
     upgrade_spec,
 )
+from .gguf_moe import moe_parts
 from .spec import ModelSpec
 
 try:
@@ -294,11 +296,13 @@ def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
 # --------------------------------------------------------------------------- file
 @dataclass(frozen=True)
 class GGUFSource:
-    """How a canonical tensor is read: GGUF tensor, optional row range (fused qkv), optional un-permute."""
+    """How a canonical tensor is read: GGUF tensor, optional expert (a 3-D expert tensor's [e]),
+    optional row range (fused qkv), optional un-permute."""
 
     gguf_name: str
     rows: tuple[int, int] | None = None
     unpermute_heads: int | None = None
+    expert: int | None = None
 
 
 class GGUFFile:
@@ -324,7 +328,7 @@ class GGUFFile:
             self.config: TransformerConfig = self._config()
             self.plan: dict[str, GGUFSource] = self._plan()
             # bias / q-k-norm flags from the tensors present, as for safetensors
-            self.spec: ModelSpec = upgrade_spec(ARCH_SPECS[self.arch], set(self.plan))
+            self.spec: ModelSpec = upgrade_spec(arch_spec(self.arch, self.config.moe), set(self.plan))
         except LoadError as exc:
             self.close()
             if str(self.path) in str(exc):
@@ -455,7 +459,10 @@ class GGUFFile:
                     plan[c] = GGUFSource(name, unpermute_heads=heads)
                     break
             else:
-                if name not in _NOT_WEIGHTS:
+                parts = moe_parts(self, name, cfg.moe)
+                if parts is not None:  # router, shared expert, or one canonical tensor per expert
+                    plan.update((c, GGUFSource(name, rows=r, expert=e)) for c, e, r in parts)
+                elif name not in _NOT_WEIGHTS:
                     self.unused.append(name)
         if cfg.tie_word_embeddings:
             plan.pop("lm_head.weight", None)
@@ -467,23 +474,29 @@ class GGUFFile:
 
     def shape(self, canonical: str) -> tuple[int, ...]:
         src = self.plan[canonical]
-        shape = self.stored_shape(src.gguf_name)
+        shape = self._src_shape(src)
         if src.rows is not None:
             shape = (src.rows[1] - src.rows[0],) + shape[1:]
         return shape
 
+    def _src_shape(self, src: GGUFSource) -> tuple[int, ...]:
+        """Stored shape of ``src``'s tensor, or of its expert's slice."""
+        shape = self.stored_shape(src.gguf_name)
+        return shape if src.expert is None else shape[1:]
+
     def tensor_type(self, gguf_name: str) -> str:
         return QT(int(self._tensors[gguf_name].tensor_type)).name
 
-    def load_raw(self, gguf_name: str) -> np.ndarray:
-        """Dequantised float32 array of a GGUF tensor, NumPy shape, no remapping."""
+    def load_raw(self, gguf_name: str, expert: int | None = None) -> np.ndarray:
+        """Dequantised float32 array of a GGUF tensor (or of expert ``expert``'s slice of a 3-D
+        expert tensor: only its blocks are decoded), NumPy shape, no remapping."""
         if self.reader is None:
             raise LoadError(f"{self.path}: file was closed; cannot read tensor {gguf_name!r}")
         t = self._tensors[gguf_name]
-        shape = self.stored_shape(gguf_name)
+        shape = self._src_shape(GGUFSource(gguf_name, expert=expert))
         kind = self.tensor_type(gguf_name)
         try:
-            return dequantize(t.data, t.tensor_type, shape)
+            return dequantize(t.data if expert is None else t.data[expert], t.tensor_type, shape)
         except UnsupportedModelError as exc:
             raise UnsupportedModelError(f"{self.path}: tensor {gguf_name!r}: {exc}") from exc
         except (ValueError, TypeError, IndexError, KeyError, AssertionError) as exc:
@@ -498,7 +511,7 @@ class GGUFFile:
         src = self.plan[canonical]
         t = self._tensors[src.gguf_name]
         dt = QUANT_BY_GGML_ID.get(int(t.tensor_type))
-        shape = self.stored_shape(src.gguf_name)
+        shape = self._src_shape(src)
         if dt is None or len(shape) != 2:
             return None
         if shape[1] % dt.block:
@@ -514,11 +527,11 @@ class GGUFFile:
         src = self.plan[canonical]
         t = self._tensors[src.gguf_name]
         dt = self.quant_type(canonical)
-        rows, k = self.stored_shape(src.gguf_name)
+        rows, k = self._src_shape(src)
         rb = dt.nbytes(k)
         where = f"{self.path}: tensor {src.gguf_name!r} ({dt.name} [{rows}, {k}])"
-        try:
-            raw = np.asarray(t.data).view(np.uint8).reshape(-1)
+        try:  # an expert's rows are whole blocks: its slice of the 3-D tensor is its raw blocks
+            raw = np.asarray(t.data if src.expert is None else t.data[src.expert]).view(np.uint8).reshape(-1)
         except (ValueError, TypeError, IndexError) as exc:
             raise LoadError(f"{where}: cannot read its blocks: {exc}") from exc
         if raw.size != rows * rb:
@@ -528,7 +541,8 @@ class GGUFFile:
     def load(self, canonical: str) -> np.ndarray:
         """Canonical float32 array: dequantised, split, un-permuted, contiguous."""
         src = self.plan[canonical]
-        return self._canonical_rows(src, self.load_raw(src.gguf_name), f"{self.path}: tensor {src.gguf_name!r}")
+        w = self.load_raw(src.gguf_name, src.expert)
+        return self._canonical_rows(src, w, f"{self.path}: tensor {src.gguf_name!r}")
 
     @staticmethod
     def _canonical_rows(src: GGUFSource, w: np.ndarray, where: str) -> np.ndarray:

@@ -16,7 +16,7 @@ Canonical names of an MoE layer ``i`` (HF ``[out, in]`` orientation; ``{e}`` = e
     layers.{i}.moe.shared.{gate,up,down}.weight                      Qwen2-MoE shared_expert
     layers.{i}.moe.shared_gate.weight        [1, hidden]             Qwen2-MoE shared_expert_gate
 
-GGUF files of MoE models are not supported (their expert tensors are 3-D ``ffn_*_exps``).
+GGUF files of these models (3-D ``ffn_*_exps`` expert tensors) map onto the same names: see ``gguf_moe``.
 """
 from __future__ import annotations
 
