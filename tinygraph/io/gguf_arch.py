@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
+import numpy as np
 from typing import Any
 
 from .errors import LoadError, UnsupportedModelError
@@ -248,3 +250,16 @@ def upgrade_spec(spec: ModelSpec, canonical: set[str]) -> ModelSpec:
 
 __all__ = ["ARCH_SPECS", "EXTRA_NAMES", "NOT_WEIGHTS", "PERMUTED_ARCHS", "FUSED_GATE_UP_ARCHS", "arch_config",
            "arch_spec", "check_supported", "norm_eps_key", "upgrade_spec"]
+
+
+def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation (works on [rows, in] weights and [rows] biases).
+
+    llama.cpp: ``w.reshape(h, 2, rows//h//2, ...).swapaxes(1, 2)``; inverse:
+    ``w.reshape(h, rows//h//2, 2, ...).swapaxes(1, 2)``.
+    """
+    rows = w.shape[0]
+    if rows % (2 * n_head):
+        raise LoadError(f"cannot un-permute {rows} rows over {n_head} heads (need a multiple of {2 * n_head})")
+    rest = w.shape[1:]
+    return np.ascontiguousarray(w.reshape(n_head, rows // n_head // 2, 2, *rest).swapaxes(1, 2).reshape(w.shape))

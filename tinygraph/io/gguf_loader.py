@@ -49,7 +49,7 @@ from .gguf_arch import (
     check_supported,
     norm_eps_key,
     upgrade_spec,
-)
+ unpermute_rows)
 from .gguf_moe import moe_parts
 from .spec import ModelSpec
 
@@ -278,19 +278,6 @@ def dequantize(data: np.ndarray, qtype: Any, shape: tuple[int, ...]) -> np.ndarr
     except NotImplementedError as exc:
         raise UnsupportedModelError(f"GGUF tensor type {qtype.name} cannot be dequantised: {exc}") from exc
     return np.asarray(out, dtype=np.float32).reshape(shape)
-
-
-def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Undo llama.cpp's Q/K row permutation (works on [rows, in] weights and [rows] biases).
-
-    llama.cpp: ``w.reshape(h, 2, rows//h//2, ...).swapaxes(1, 2)``; inverse:
-    ``w.reshape(h, rows//h//2, 2, ...).swapaxes(1, 2)``.
-    """
-    rows = w.shape[0]
-    if rows % (2 * n_head):
-        raise LoadError(f"cannot un-permute {rows} rows over {n_head} heads (need a multiple of {2 * n_head})")
-    rest = w.shape[1:]
-    return np.ascontiguousarray(w.reshape(n_head, rows // n_head // 2, 2, *rest).swapaxes(1, 2).reshape(w.shape))
 
 
 # --------------------------------------------------------------------------- file
