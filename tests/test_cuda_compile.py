@@ -276,3 +276,21 @@ def test_tc3_variant_follows_tiles_and_shared_memory():
     assert kernels.tc3_shared_bytes(32, 4) + 1024 <= 99 * 1024 < kernels.tc3_shared_bytes(64, 3)
     for name in ("matmul_tc3_32_3", "matmul_tc3_32_4", "matmul_tc3_64_3", "matmul_tc3_64_4"):
         assert name in kernels.KERNELS
+
+
+def test_compile_many_side_by_side_fills_the_cache(tmp_path, monkeypatch, count_compiles):
+    # KernelLibrary.precompile's path: several sources on threads, each once, then all cache hits
+    monkeypatch.setenv("TINYGRAPH_CACHE_DIR", str(tmp_path / "cache"))
+    srcs = []
+    for i in range(3):
+        d = tmp_path / f"s{i}"
+        d.mkdir()
+        (d / "hdr.cuh").write_text(f"#define VALUE {i}.5f\n")
+        (d / "k.cu").write_text(SMALL)
+        srcs.append(d / "k.cu")
+    got = compiler.compile_many(srcs, "sm_90", workers=3)
+    assert len(count_compiles) == 3 and len(set(got)) == 3
+    compiler.clear_memory_cache()
+    again = compiler.compile_many(srcs, "sm_90", workers=3)
+    assert again == got and len(count_compiles) == 3  # read back from the disk cache
+    assert compiler.compile_many(srcs[:1], "sm_90") == got[:1]

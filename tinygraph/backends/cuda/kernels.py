@@ -195,6 +195,13 @@ class KernelLibrary:
         for f in SOURCE_FILES:
             self.module(f)
 
+    def precompile(self) -> None:
+        """Fill the kernel cache for every source file, the missing ones compiled side by side
+        (``compiler.compile_many``); modules still load on first use. A no-op when the library
+        does not use the cache."""
+        if self.cache:
+            compiler.compile_many([self.src_dir / f for f in SOURCE_FILES], self.arch, self.options)
+
     # -- launching / recording -------------------------------------------------------------------
     def _launch(self, func, grid, block, args, stream=None, shared_mem: int = 0, pdl: bool | None = None) -> None:
         if not self.pdl_active:
