@@ -100,3 +100,6 @@ def test_graph_kernels_name_each_nodes_launches() -> None:
         assert any(ks == ["linear_q_q8_0_f16"] for ks in g.kernels.values())
         table = g.dump()
         assert table.splitlines()[0].rstrip().endswith("kernels") and "linear_q_q8_0_f16" in table
+        from tinygraph.viz import graph_data
+        shown = {n["id"]: n.get("kernel") for n in graph_data(g)["nodes"]}
+        assert all(shown[i] == " ".join(ks) for i, ks in g.kernels.items() if ks)

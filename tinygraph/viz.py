@@ -121,7 +121,7 @@ def graph_data(g: Graph, extra: Mapping[int, Mapping] | None = None) -> dict:
     memory written besides the node's result: ``buffer``, ``storage`` id, ``memory`` class, ``offset``,
     ``shape``, ``strides``; e.g. ``attention_store``'s two KV caches), plus the keys
     of ``extra[id]`` (``kernel``, ``launch``, ``time_us``, ...; a key that clashes with one of these
-    goes under ``"extra"``). Each edge: ``src``, ``dst``, ``kind``
+    goes under ``"extra"``); ``kernel`` defaults to the names in ``g.kernels`` (CUDA runs). Each edge: ``src``, ``dst``, ``kind``
     (``"data"``/``"hazard"``) and, for hazards, ``buffer``."""
     plan = g.plan()
     mem = plan.memory
@@ -148,6 +148,8 @@ def graph_data(g: Graph, extra: Mapping[int, Mapping] | None = None) -> dict:
                          "offset": w.offset, "shape": list(w.shape), "strides": list(w.strides)}
                         for w in written_tensors(t)],
         }
+        if g.kernels.get(t.id):  # what the CUDA backend launched for it (Graph.kernels)
+            node["kernel"] = " ".join(g.kernels[t.id])
         x = extra.get(t.id)
         if x:
             for k, v in x.items():
