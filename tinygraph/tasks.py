@@ -1,0 +1,185 @@
+"""A planned graph as tasks for a persistent kernel: split, ordered by counters, scheduled per SM.
+
+The first, backend-free part of a persistent decode kernel (issue 18): the graph's compute nodes
+become *tasks* (a decode ``linear`` split into tiles of output columns; every other node one
+task), each node gets a completion counter, and a task may start once the counters of the nodes
+it *waits on* are full. A node waits on every earlier node whose memory it conflicts with: it reads
+what that node writes (RAW), writes what it reads (WAR: the memory planner reuses arena blocks,
+so a later node may overwrite a buffer an earlier, slower task still reads) or writes what it
+writes (WAW). Tasks go to per-SM queues in plan order, so a queue never waits on a task behind
+it: with waits only on earlier nodes the schedule cannot deadlock.
+
+:func:`simulate` runs a task plan on NumPy in a random interleaving of the SM queues that the
+counters allow, and gives the graph's outputs: equal to an ordinary run when the waits are right
+(``tests/test_tasks.py``). Nothing runs on a GPU yet; the CUDA kernel that consumes this plan is
+the next step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .graph import ExecPlan, Graph
+from .memory import MemoryPlan
+from .ops.registry import OPS
+from .tensor import Tensor
+
+#: output columns per task of a split decode linear (a GEMV tile)
+TILE_COLS = 64
+#: most input rows of a linear that is split into column tiles (decode-like)
+SPLIT_ROWS = 8
+
+
+@dataclass(frozen=True)
+class Task:
+    """Part ``part`` of ``parts`` of the node at position ``step`` of the plan."""
+
+    step: int
+    part: int
+    parts: int
+
+
+@dataclass
+class TaskPlan:
+    """``order``: the plan's compute nodes; ``parts[i]``: tasks of node i; ``waits[i]``: the
+    earlier nodes whose counters node i's tasks wait on; ``queues[s]``: SM s's tasks, in order;
+    ``memory``: the plan's arena placement (the tasks share it)."""
+
+    order: list[Tensor]
+    parts: list[int]
+    waits: list[list[int]]
+    queues: list[list[Task]] = field(default_factory=list)
+    memory: MemoryPlan = field(default_factory=MemoryPlan)
+
+    @property
+    def num_tasks(self) -> int:
+        return sum(self.parts)
+
+    def dump(self) -> str:
+        """One line per node: step, op, name, tasks, and the steps it waits on."""
+        lines = [f"{len(self.order)} nodes, {self.num_tasks} tasks on {len(self.queues)} SMs"]
+        for i, n in enumerate(self.order):
+            lines.append(f"{i:4d} {n.op:16s} {n.name:28s} tasks {self.parts[i]:3d}  waits {self.waits[i]}")
+        return "\n".join(lines)
+
+
+def split_parts(n: Tensor, tile_cols: int = TILE_COLS) -> int:
+    """How many tasks node ``n`` becomes: a decode ``linear`` one per ``tile_cols`` output
+    columns, any other node one."""
+    if n.op == "linear" and n.srcs[0].size // n.srcs[0].shape[-1] <= SPLIT_ROWS:
+        return max(1, -(-n.shape[-1] // tile_cols))
+    return 1
+
+
+def _regions(t: Tensor, plan: ExecPlan) -> tuple[object, int, int]:
+    """(memory, lo, hi): the arena's bytes a planned intermediate covers, else its storage's
+    element interval."""
+    off = plan.memory.offsets.get(t.storage.id)
+    if off is not None:
+        it = t.dtype.itemsize
+        lo, hi = t.region()
+        return "arena", off + lo * it, off + hi * it
+    lo, hi = t.region()
+    return t.storage.id, lo, hi
+
+
+def _reads_writes(n: Tensor, plan: ExecPlan) -> tuple[list, list]:
+    written = set(OPS[n.op].written_srcs())
+    reads = [_regions(s, plan) for i, s in enumerate(n.srcs) if i not in written]
+    writes = [_regions(n, plan)] + [_regions(n.srcs[i], plan) for i in written]
+    return reads, writes
+
+
+def _overlap(a: list, b: list) -> bool:
+    return any(x[0] == y[0] and x[1] < y[2] and y[1] < x[2] for x in a for y in b)
+
+
+def task_plan(plan: ExecPlan, num_sms: int = 132, tile_cols: int = TILE_COLS) -> TaskPlan:
+    """Split ``plan``'s nodes into tasks, find what each node waits on, and deal the tasks to
+    ``num_sms`` queues in plan order (each node's tasks round-robin from the SM after the last one
+    used, so consecutive small nodes spread over the SMs)."""
+    order = list(plan.order)
+    rw = [_reads_writes(n, plan) for n in order]
+    waits: list[list[int]] = []
+    for j, (rj, wj) in enumerate(rw):
+        waits.append([i for i in range(j) if _overlap(rw[i][1], rj) or _overlap(rw[i][0], wj)
+                      or _overlap(rw[i][1], wj)])
+    parts = [split_parts(n, tile_cols) for n in order]
+    queues: list[list[Task]] = [[] for _ in range(max(1, num_sms))]
+    sm = 0
+    for i, k in enumerate(parts):
+        for p in range(k):
+            queues[sm].append(Task(i, p, k))
+            sm = (sm + 1) % len(queues)
+    return TaskPlan(order, parts, waits, queues, plan.memory)
+
+
+def simulate(graph: Graph, tp: TaskPlan, inputs: dict[int, np.ndarray], buffers: dict[int, np.ndarray],
+             rng: np.random.Generator, values: Callable[[Tensor], np.ndarray] | None = None) -> list[np.ndarray]:
+    """Run ``tp`` on NumPy: repeatedly pick, at random, an SM whose next task's waits are all
+    complete, run that task, count it. ``buffers``: flat arrays of the persistent tensors
+    (written in place, as a device's would be); ``inputs``: flat arrays of the graph's inputs;
+    ``values(t)``: float32 values of a quantized persistent. Returns the graph's outputs. Raises
+    ``RuntimeError`` when no queue can move (a deadlock)."""
+    m = tp.memory
+    arena = np.zeros(max(1, m.peak), np.uint8)
+    flat = {**buffers, **{k: v.reshape(-1) for k, v in inputs.items()},
+            **{tid: arena[o: o + m.sizes[tid]] for tid, o in m.offsets.items()}}
+
+    def arr(t: Tensor) -> np.ndarray:
+        if t.dtype.is_quant:
+            npd, buf = np.dtype(np.float32), values(t.storage)
+        else:
+            npd, buf = t.dtype.np, flat[t.storage.id]
+        it = npd.itemsize
+        return np.ndarray(t.shape, npd, buffer=buf, offset=t.offset * it, strides=tuple(s * it for s in t.strides))
+
+    done = [0] * len(tp.order)
+    heads = [0] * len(tp.queues)
+    left = tp.num_tasks
+    while left:
+        ready = [s for s, q in enumerate(tp.queues)
+                 if heads[s] < len(q) and all(done[i] == tp.parts[i] for i in tp.waits[q[heads[s]].step])]
+        if not ready:
+            raise RuntimeError("task plan deadlocked: no SM's next task has its waits complete")
+        s = ready[int(rng.integers(len(ready)))]
+        task = tp.queues[s][heads[s]]
+        _run_task(tp.order[task.step], task, arr)
+        heads[s] += 1
+        done[task.step] += 1
+        left -= 1
+    return [arr(o).copy() for o in graph.outputs]
+
+
+def _run_task(n: Tensor, task: Task, arr: Callable[[Tensor], np.ndarray]) -> None:
+    d = OPS[n.op]
+    if task.parts == 1:
+        if d.dst is not None:
+            d.reference(n.params, arr(n), *[arr(s) for i, s in enumerate(n.srcs) if i != d.dst])
+        else:
+            out = arr(n)
+            r = d.reference(n.params, *[arr(s) for s in n.srcs])
+            out[...] = r if r.dtype == out.dtype else r.astype(out.dtype)
+        return
+    # a tile of a linear: output columns [a, b); swiglu reads weight rows [a, b) and half + [a, b)
+    nout = n.shape[-1]
+    a = task.part * -(-nout // task.parts)
+    b = min(nout, a + -(-nout // task.parts))
+    if a >= b:
+        return
+    o = d.named(n.params, n.srcs)
+    rows = np.arange(a, b)
+    if n.params["act"] == "swiglu":
+        rows = np.concatenate([rows, rows + nout])
+    srcs = [arr(n.srcs[0]), arr(n.srcs[1])[rows]]
+    for name, _flag in d.optional:
+        t = o[name]
+        if t is None:
+            continue
+        v = arr(t)
+        srcs.append(v[rows] if name == "bias" else v[..., a:b] if name == "residual" else v)
+    out = arr(n)
+    r = d.reference(n.params, *srcs)
+    out[..., a:b] = r if r.dtype == out.dtype else r.astype(out.dtype)
