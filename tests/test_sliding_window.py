@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import tinygraph as tg
+from conftest import attention_views, kv_cache
 from tinygraph.attention_ref import blocked_attention
 from tinygraph.passes import optimize
 
@@ -119,12 +120,8 @@ def test_blocked_memory_grows_with_T_not_T_squared(rng):
 # ---------------------------------------------------------------------------------------------
 def _session_with_cache(rng, KV=2, S=48, D=16):
     sess = tg.Session(backend="numpy")
-    K = sess.persistent((KV, S, D), tg.float32, name="K")
-    V = sess.persistent((KV, S, D), tg.float32, name="V")
-    sess.finalize()
     k, v = rng.standard_normal((KV, S, D)), rng.standard_normal((KV, S, D))
-    sess.upload(K, k)
-    sess.upload(V, v)
+    K, V = kv_cache(sess, k, v, tg.float32)
     return sess, K, V, k.astype(np.float32), v.astype(np.float32)
 
 
@@ -133,8 +130,7 @@ def _chain(sess, K, V, T, G, window, fuse):
     g = sess.graph()
     q = g.input((KV, G, T, D), tg.float32, name="q")
     pos = g.input((T,), tg.int32, name="pos")
-    kt = tg.view(K, (KV, 1, D, S), (S * D, 0, 1, D))
-    vv = tg.view(V, (KV, 1, S, D), (S * D, 0, D, 1))
+    kt, vv = attention_views(K, V)
     s = tg.matmul(q, kt, name="l0.scores")
     p = tg.softmax(s, 0.25, causal=True, past=pos, window=window, name="l0.probs")
     g.output(tg.matmul(p, vv, name="l0.mix"))
