@@ -63,6 +63,24 @@ def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
+def kv_cache(sess: tg.Session, k: np.ndarray, v: np.ndarray, dtype: tg.DType) -> tuple[tg.Tensor, tg.Tensor]:
+    """Persistent caches "K" and "V" of ``dtype`` holding ``k`` and ``v`` ([kv, S, d]); finalizes
+    ``sess``, so declare any other persistent buffer first."""
+    K = sess.persistent(k.shape, dtype, name="K")
+    V = sess.persistent(v.shape, dtype, name="V")
+    sess.finalize()
+    sess.upload(K, k)
+    sess.upload(V, v)
+    return K, V
+
+
+def attention_views(K: tg.Tensor, V: tg.Tensor) -> tuple[tg.Tensor, tg.Tensor]:
+    """[kv, S, d] caches as grouped attention's operands, K^T [kv, 1, d, S] and V [kv, 1, S, d]:
+    the size-1 axis (stride 0) broadcasts each KV head over its group of query heads."""
+    kv, S, d = K.shape
+    return tg.view(K, (kv, 1, d, S), (S * d, 0, 1, d)), tg.view(V, (kv, 1, S, d), (S * d, 0, d, 1))
+
+
 def rounded(a: np.ndarray, dtype: tg.DType) -> np.ndarray:
     """``a`` rounded to ``dtype`` and returned as float64: the exact inputs a backend sees."""
     return np.asarray(a).astype(dtype.np).astype(np.float64)

@@ -86,6 +86,31 @@ class DT:
         return m.reshape(self.host.shape)
 
 
+def launched_names(monkeypatch) -> list[str]:
+    """The names of the kernels launched from now on in this test, in order (driver.launch spied on)."""
+    names: list[str] = []
+    real = driver.launch
+
+    def spy(f, *a, **k):
+        names.append(f.name)
+        return real(f, *a, **k)
+
+    monkeypatch.setattr(driver, "launch", spy)
+    return names
+
+
+def replay_in_graph(launches) -> None:
+    """Capture recorded launches (``lib.record()``) into a CUDA graph on a new stream, launch the
+    graph once and wait for it."""
+    s = driver.Stream()
+    g = driver.Graph()
+    with driver.capture(s, g):
+        for p in launches:
+            p(s)
+    g.instantiate().launch(s)
+    s.synchronize()
+
+
 def rnd(rng, shape, dt, scale=1.0, shift=0.0):
     return (rng.standard_normal(shape) * scale + shift).astype(NP[dt])
 

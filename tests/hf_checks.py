@@ -2,13 +2,16 @@
 tools/make_fixtures.py), written once: full-sequence logits, logits step by step through the KV
 cache plus greedy ids with and without it, and half precision. ``ref["greedy_cached"]``, where a
 fixture has it, is HF's argmax loop through its own KV cache (longrope: the two loops differ);
-else ``ref["greedy"]`` serves both."""
+else ``ref["greedy"]`` serves both. :func:`reference_tests` turns the three into a module's
+parametrized tests."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterable
 
 import numpy as np
+import pytest
 
 from conftest import rel_err
 
@@ -64,3 +67,36 @@ def check_half_precision(m, ref, dtype: str) -> None:
     assert rel_err(logits, ref["logits"][0]) < tol
     out = m.generate(prompt, max_new_tokens=8, temperature=0)
     assert out[: len(prompt) + n_same] == list(_cached(ref)[: len(prompt) + n_same])
+
+
+def reference_tests(families: Iterable[str], load: Callable[[str, str, str], ContextManager[Any]],
+                    check_model: Callable[[Any, str], None] | None = None) -> tuple[Callable[..., None], ...]:
+    """The three checks above as tests parametrized over ``families``, for a test module to bind
+    at its top level (pytest collects them under these names)::
+
+        test_full_sequence_logits, test_incremental_decode_and_greedy, test_half_precision = \\
+            reference_tests(FAMILIES, load)
+
+    ``load(fam, backend, dtype)`` opens fixture ``fam``'s model (whichever file format);
+    ``check_model(m, fam)``, where given, is asserted on the float32 model before its logits."""
+    fams = pytest.mark.parametrize("fam", list(families))
+
+    @fams
+    def test_full_sequence_logits(fam: str, backend: str) -> None:
+        with load(fam, backend, "float32") as m:
+            if check_model is not None:
+                check_model(m, fam)
+            check_full_sequence_logits(m, reference(fam))
+
+    @fams
+    def test_incremental_decode_and_greedy(fam: str, backend: str) -> None:
+        with load(fam, backend, "float32") as m:
+            check_incremental_decode_and_greedy(m, reference(fam))
+
+    @pytest.mark.parametrize("dtype", list(HALF))
+    @fams
+    def test_half_precision(fam: str, dtype: str, backend: str) -> None:
+        with load(fam, backend, dtype) as m:
+            check_half_precision(m, reference(fam), dtype)
+
+    return test_full_sequence_logits, test_incremental_decode_and_greedy, test_half_precision

@@ -20,38 +20,24 @@ br = _load("bench_report")
 
 # llama-bench -o json output in the layout its README documents (one object per test; fields
 # trimmed to those that matter), with the H200 anchor's SmolLM2 Q4_K_M figures; not captured from a
-# run. A log line precedes the array, as when a build prints to stdout.
-LLAMA_BENCH_SAMPLE = """ggml_cuda_init: found 1 CUDA devices:
-[
-  {
+# run. A log line precedes the array, as when a build prints to stdout. The fields every test shares
+# are written once.
+_SAMPLE_COMMON = {
     "build_commit": "0000000", "build_number": 1, "gpu_info": "NVIDIA H200", "backends": "CUDA",
     "model_filename": "/tmp/llgguf/smollm2-135m-Q4_K_M.gguf", "model_type": "llama ?B Q4_K - Medium",
     "model_size": 101712384, "model_n_params": 134515008, "n_batch": 2048, "n_ubatch": 512,
-    "type_k": "f16", "type_v": "f16", "n_gpu_layers": 99, "flash_attn": true,
-    "n_prompt": 512, "n_gen": 0, "n_depth": 0, "test_time": "2026-11-30T10:01:02Z",
-    "avg_ns": 10431000, "stddev_ns": 91000, "avg_ts": 49084.5, "stddev_ts": 431.2,
-    "samples_ns": [ 10400000, 10460000 ], "samples_ts": [ 49230.8, 48948.4 ]
-  },
-  {
-    "build_commit": "0000000", "build_number": 1, "gpu_info": "NVIDIA H200", "backends": "CUDA",
-    "model_filename": "/tmp/llgguf/smollm2-135m-Q4_K_M.gguf", "model_type": "llama ?B Q4_K - Medium",
-    "model_size": 101712384, "model_n_params": 134515008, "n_batch": 2048, "n_ubatch": 512,
-    "type_k": "f16", "type_v": "f16", "n_gpu_layers": 99, "flash_attn": true,
-    "n_prompt": 0, "n_gen": 128, "n_depth": 0, "test_time": "2026-11-30T10:01:03Z",
-    "avg_ns": 143498000, "stddev_ns": 520000, "avg_ts": 892.0, "stddev_ts": 3.2,
-    "samples_ns": [ 143100000, 143900000 ], "samples_ts": [ 894.5, 889.5 ]
-  },
-  {
-    "build_commit": "0000000", "build_number": 1, "gpu_info": "NVIDIA H200", "backends": "CUDA",
-    "model_filename": "/tmp/llgguf/smollm2-135m-Q4_K_M.gguf", "model_type": "llama ?B Q4_K - Medium",
-    "model_size": 101712384, "model_n_params": 134515008, "n_batch": 2048, "n_ubatch": 512,
-    "type_k": "f16", "type_v": "f16", "n_gpu_layers": 99, "flash_attn": true,
-    "n_prompt": 0, "n_gen": 128, "n_depth": 8192, "test_time": "2026-11-30T10:01:09Z",
-    "avg_ns": 155717000, "stddev_ns": 610000, "avg_ts": 822.0, "stddev_ts": 3.1,
-    "samples_ns": [ 155300000, 156100000 ], "samples_ts": [ 824.2, 819.8 ]
-  }
+    "type_k": "f16", "type_v": "f16", "n_gpu_layers": 99, "flash_attn": True,
+}
+# (n_prompt, n_gen, n_depth, test_time, avg_ns, stddev_ns, avg_ts, stddev_ts, samples_ns, samples_ts)
+_SAMPLE_TESTS = [
+    (512, 0, 0, "2026-11-30T10:01:02Z", 10431000, 91000, 49084.5, 431.2, [10400000, 10460000], [49230.8, 48948.4]),
+    (0, 128, 0, "2026-11-30T10:01:03Z", 143498000, 520000, 892.0, 3.2, [143100000, 143900000], [894.5, 889.5]),
+    (0, 128, 8192, "2026-11-30T10:01:09Z", 155717000, 610000, 822.0, 3.1, [155300000, 156100000], [824.2, 819.8]),
 ]
-"""
+_SAMPLE_KEYS = ("n_prompt", "n_gen", "n_depth", "test_time", "avg_ns", "stddev_ns", "avg_ts", "stddev_ts",
+                "samples_ns", "samples_ts")
+LLAMA_BENCH_SAMPLE = "ggml_cuda_init: found 1 CUDA devices:\n" + json.dumps(
+    [_SAMPLE_COMMON | dict(zip(_SAMPLE_KEYS, t)) for t in _SAMPLE_TESTS], indent=2) + "\n"
 
 
 def test_parse_llama_bench_json():

@@ -9,8 +9,8 @@ import pytest
 
 import cuda_support  # noqa: F401  (skips this module without a GPU)
 import tinygraph as tg
-from conftest import TOL, rel_err, rounded
-from tinygraph.backends.cuda import driver
+from conftest import TOL, attention_views, kv_cache, rel_err, rounded
+from cuda_support import launched_names
 
 
 def softmax64(x, causal, past):
@@ -23,27 +23,14 @@ def softmax64(x, causal, past):
 
 def run_attention(monkeypatch, dtype, T, S, d, causal, past, rng, kv=2, g=4):
     """q [kv, g, T, d] against [kv, S, d] caches; returns (output, reference, kernel names)."""
-    names = []
-    real = driver.launch
-
-    def spy(f, *a, **k):
-        names.append(f.name)
-        return real(f, *a, **k)
-
-    monkeypatch.setattr(driver, "launch", spy)
+    names = launched_names(monkeypatch)
     q = rng.standard_normal((kv, g, T, d)).astype(np.float32)
     k = rng.standard_normal((kv, S, d)).astype(np.float32)
     v = rng.standard_normal((kv, S, d)).astype(np.float32)
     sess = tg.Session(backend="cuda")
-    K = sess.persistent(k.shape, dtype, name="K")
-    V = sess.persistent(v.shape, dtype, name="V")
-    sess.finalize()
-    sess.upload(K, k)
-    sess.upload(V, v)
+    kt, vv = attention_views(*kv_cache(sess, k, v, dtype))
     gr = sess.graph()
     qi = gr.input(q.shape, dtype)
-    kt = tg.view(K, (kv, 1, d, S), (S * d, 0, 1, d))
-    vv = tg.view(V, (kv, 1, S, d), (S * d, 0, d, 1))
     scale = d ** -0.5
     gr.output(tg.attention(qi, kt, vv, scale, causal=causal, past=past))
     (out,) = sess.compute(gr, {qi: q})

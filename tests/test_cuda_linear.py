@@ -18,7 +18,7 @@ import pytest
 
 from tinygraph.backends.cuda import driver, kernels  # noqa: E402
 from cuda_support import (DT, DTYPES, NP, TOL, Arg, assert_close, assert_poison_kept, dev, f64,  # noqa: E402,F401
-                          rnd, rng)
+                          replay_in_graph, rnd, rng)
 
 NORMS = [0, 1, 2]
 ACTS = [0, 1, 2, 3]
@@ -270,13 +270,7 @@ def test_linear_in_graph_and_record(lib, rng):
         big.run(lib, y=yb)
     assert len(launches) == 2
     assert np.isnan(f64(y.fetch())).all(), "record() must not launch"
-    s = driver.Stream()
-    g = driver.Graph()
-    with driver.capture(s, g):
-        for p in launches:
-            p(s)
-    g.instantiate().launch(s)
-    s.synchronize()
+    replay_in_graph(launches)
     assert_close(y.fetch(), ref, "f16", what="graph")
     assert_close(yb.fetch(), refb, "f16", what="graph big K")
 

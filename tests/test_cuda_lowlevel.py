@@ -19,7 +19,7 @@ from tinygraph.backends.cuda import compiler, driver, kernels  # noqa: E402
 Arg = kernels.Arg
 
 from cuda_support import (DT, DTYPES, NP, TOL, assert_close, assert_poison_kept, dev, f64,  # noqa: E402,F401
-                          rnd, rng)
+                          replay_in_graph, rnd, rng)
 
 
 @pytest.fixture(scope="module")
@@ -586,6 +586,16 @@ def test_matmul_strided_out_and_big_tc(lib, rng, dt):
     assert_close(out.fetch(), f64(a.host) @ f64(b.view), dt, MM_TOL[dt], what="big")
 
 
+def _check_matmul_kernel(lib, dt: str, a: DT, b: DT, kernel: str, what: str) -> None:
+    """lib.matmul of a @ b picks a kernel whose name starts with ``kernel`` and matches float64."""
+    ref = np.matmul(f64(a.view), f64(b.view))
+    out = DT.empty(ref.shape, NP[dt])
+    f = lib.plan_matmul(dt, out.arg, a.arg, b.arg).func
+    assert f.name.startswith(kernel), f.name
+    lib.matmul(dt, out.arg, a.arg, b.arg)
+    assert_close(out.fetch(), ref, dt, MM_TOL[dt], what=what)
+
+
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("K", [1000, 1001, 4096, 24])
 def test_gemv(lib, rng, dt, K):
@@ -600,12 +610,7 @@ def test_gemv(lib, rng, dt, K):
         ("strided_x", DT(rnd(rng, (1, 2 * K), dt), lambda h: h[:, ::2]), DT(rnd(rng, (N, K), dt), lambda h: h.T)),
     ]
     for name, a, b in cases:
-        ref = np.matmul(f64(a.view), f64(b.view))
-        out = DT.empty(ref.shape, NP[dt])
-        f = lib.plan_matmul(dt, out.arg, a.arg, b.arg).func
-        assert f.name.startswith("gemv_"), f.name
-        lib.matmul(dt, out.arg, a.arg, b.arg)
-        assert_close(out.fetch(), ref, dt, MM_TOL[dt], what=f"gemv {name} K={K}")
+        _check_matmul_kernel(lib, dt, a, b, "gemv_", f"gemv {name} K={K}")
 
 
 GEMV_TUNE = [(1, 2, 0), (1, 4, 0), (1, 8, 0), (1, 4, 1), (2, 2, 0), (2, 4, 0), (4, 1, 0), (4, 2, 0), (2, 2, 1)]
@@ -640,12 +645,7 @@ def test_gemv_nc(lib, rng, dt):
         ("attn_v", DT(rnd(rng, (4, 1, 301), dt)), DT(rnd(rng, (4, 301, 64), dt))),
         ("conv1d_weight", DT(rnd(rng, (1, 200), dt)), DT(rnd(rng, (200, 333), dt))),
     ]:
-        ref = np.matmul(f64(a.view), f64(b.view))
-        out = DT.empty(ref.shape, NP[dt])
-        f = lib.plan_matmul(dt, out.arg, a.arg, b.arg).func
-        assert f.name.startswith("gemv_nc_"), f.name
-        lib.matmul(dt, out.arg, a.arg, b.arg)
-        assert_close(out.fetch(), ref, dt, MM_TOL[dt], what=f"gemv_nc {name}")
+        _check_matmul_kernel(lib, dt, a, b, "gemv_nc_", f"gemv_nc {name}")
     # the generic path on a K-contiguous B, forced
     a, b = DT(rnd(rng, (1, 96), dt)), DT(rnd(rng, (50, 96), dt), lambda h: h.T)
     out = DT.empty((1, 50), NP[dt])
@@ -686,13 +686,7 @@ def test_prepared_launch_and_record(lib, rng):
     z = 3.0 * f64(x.host)
     assert_close(y.fetch(), z / (1 + np.exp(-z)), "f32", what="prepared")
     launches[0].set_arg(2, x2.buf)  # read from x2 instead
-    s = driver.Stream()
-    g = driver.Graph()
-    with driver.capture(s, g):
-        for p in launches:
-            p(s)
-    g.instantiate().launch(s)
-    s.synchronize()
+    replay_in_graph(launches)
     z = 3.0 * f64(x2.host)
     assert_close(y.fetch(), z / (1 + np.exp(-z)), "f32", what="prepared, patched, in a graph")
     with pytest.raises(driver.KernelArgumentError):

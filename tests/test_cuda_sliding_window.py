@@ -10,30 +10,18 @@ import pytest
 
 import cuda_support  # noqa: F401  (skips this module without a GPU)
 import tinygraph as tg
-from conftest import TOL, rel_err, rounded
+from conftest import TOL, attention_views, kv_cache, rel_err, rounded
+from cuda_support import launched_names
 from test_sliding_window import SEQ, _model_dir, attention64, forward64, mask64
-from tinygraph.backends.cuda import driver
 
 DT = {"f32": tg.float32, "f16": tg.float16, "bf16": tg.bfloat16}
-
-
-def _spy(monkeypatch) -> list[str]:
-    names: list[str] = []
-    real = driver.launch
-
-    def spy(f, *a, **k):
-        names.append(f.name)
-        return real(f, *a, **k)
-
-    monkeypatch.setattr(driver, "launch", spy)
-    return names
 
 
 def run_attention(monkeypatch, rng, dtype, T, S, d, past, window, kv=2, g=4, nan_before=0):
     """The fused attention of q [kv, g, T, d] over [kv, S, d] caches (past from a tensor, as in a
     model's step graph) with keys/values before ``nan_before`` and after the last visible one set
     to NaN. Returns (output, float64 reference, launched kernel names)."""
-    names = _spy(monkeypatch)
+    names = launched_names(monkeypatch)
     q = rng.standard_normal((kv, g, T, d)).astype(np.float32)
     k = rng.standard_normal((kv, S, d)).astype(np.float32)
     v = rng.standard_normal((kv, S, d)).astype(np.float32)
@@ -41,16 +29,10 @@ def run_attention(monkeypatch, rng, dtype, T, S, d, past, window, kv=2, g=4, nan
     k[:, :nan_before] = v[:, :nan_before] = np.nan
     k[:, T + past:] = v[:, T + past:] = np.nan
     sess = tg.Session(backend="cuda")
-    K = sess.persistent(k.shape, dtype, name="K")
-    V = sess.persistent(v.shape, dtype, name="V")
-    sess.finalize()
-    sess.upload(K, k)
-    sess.upload(V, v)
+    kt, vv = attention_views(*kv_cache(sess, k, v, dtype))
     gr = sess.graph()
     qi = gr.input(q.shape, dtype, name="q")
     pos = gr.input((T,), tg.int32, name="pos")
-    kt = tg.view(K, (kv, 1, d, S), (S * d, 0, 1, d))
-    vv = tg.view(V, (kv, 1, S, d), (S * d, 0, d, 1))
     scale = d ** -0.5
     gr.output(tg.attention(qi, kt, vv, scale, causal=True, past=pos, window=window))
     (out,) = sess.compute(gr, {qi: q, pos: np.arange(past, past + T, dtype=np.int32)})
@@ -101,7 +83,7 @@ def test_split_window_many_queries_f32(monkeypatch, rng, T):
 def test_rows_that_see_no_key_are_zero(monkeypatch, rng, dtype, T):
     """Positions whose window lies past the last key (S = 50, window 10) give zeros, not NaN or
     stale memory, in every kernel (the NumPy reference does the same)."""
-    names = _spy(monkeypatch)
+    names = launched_names(monkeypatch)
     S, d, past, w = 50, 64, 45, 10
     q = rng.standard_normal((2, 4, T, d)).astype(np.float32)
     kv = rng.standard_normal((2, S, d)).astype(np.float32)
@@ -113,8 +95,7 @@ def test_rows_that_see_no_key_are_zero(monkeypatch, rng, dtype, T):
         sess.upload(K, kv)
         gr = sess.graph()
         qi = gr.input(q.shape, dtype)
-        kt = tg.view(K, (2, 1, d, S), (S * d, 0, 1, d))
-        vv = tg.view(K, (2, 1, S, d), (S * d, 0, d, 1))
+        kt, vv = attention_views(K, K)
         gr.output(tg.attention(qi, kt, vv, 0.125, causal=True, past=past, window=w))
         outs.append(sess.compute(gr, {qi: q})[0].astype(np.float64))
         sess.close()
@@ -152,11 +133,7 @@ def test_attention_store_window(rng, dt, hd, pos, window):
     res = {}
     for backend in ("cuda", "numpy"):
         sess = tg.Session(backend=backend)
-        K = sess.persistent(kc.shape, dtype, name="K")
-        V = sess.persistent(vc.shape, dtype, name="V")
-        sess.finalize()
-        sess.upload(K, kc)
-        sess.upload(V, vc)
+        K, V = kv_cache(sess, kc, vc, dtype)
         g, qi, ki, vi, pi = _store_graph(sess, K, V, H, window)
         for _ in range(3):  # eager runs, then the captured CUDA graph replays
             (out,) = sess.compute(g, {qi: q, ki: k, vi: v, pi: np.array([pos], np.int32)})

@@ -13,8 +13,7 @@ from tinygraph.io import LoadError, UnsupportedModelError
 from tinygraph.io.config import config_from_hf
 from tinygraph.models import load_model
 from hf_checks import hf_config as _cfg
-from hf_checks import (HALF, check_full_sequence_logits, check_half_precision,
-                       check_incremental_decode_and_greedy)
+from hf_checks import reference_tests
 
 FIX = Path(__file__).parent / "fixtures"
 FAMILIES = ["gemma", "granite", "olmo2", "stablelm", "stablelm_parallel"]
@@ -24,24 +23,12 @@ def _load(fam, backend, dtype="float32", path=None):
     return load_model(path or FIX / fam, dtype=dtype, backend=backend)
 
 
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_full_sequence_logits(fam, backend):
-    with _load(fam, backend) as m:
-        assert m.spec.name == fam.split("_")[0]
-        check_full_sequence_logits(m, np.load(FIX / fam / "reference.npz"))
+def _check_spec(m, fam: str) -> None:
+    assert m.spec.name == fam.split("_")[0]
 
 
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_incremental_decode_and_greedy(fam, backend):
-    with _load(fam, backend) as m:
-        check_incremental_decode_and_greedy(m, np.load(FIX / fam / "reference.npz"))
-
-
-@pytest.mark.parametrize("dtype", list(HALF))
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_half_precision(fam, dtype, backend):
-    with _load(fam, backend, dtype) as m:
-        check_half_precision(m, np.load(FIX / fam / "reference.npz"), dtype)
+test_full_sequence_logits, test_incremental_decode_and_greedy, test_half_precision = \
+    reference_tests(FAMILIES, _load, _check_spec)
 
 
 @pytest.mark.parametrize("fam", FAMILIES)

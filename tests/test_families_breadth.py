@@ -11,8 +11,7 @@ import pytest
 
 from conftest import rel_err
 from hf_checks import reference as _ref, hf_config as _cfg
-from hf_checks import (HALF, check_full_sequence_logits, check_half_precision,
-                       check_incremental_decode_and_greedy)
+from hf_checks import reference_tests
 from tinygraph.io import LoadError, UnsupportedModelError
 from tinygraph.io.config import config_from_hf
 from tinygraph.io.rope_scaling import rope_scaling
@@ -29,23 +28,8 @@ def _load(fam: str, backend: str, dtype: str = "float32"):
     return load_model(FIX / fam, dtype=dtype, backend=backend, **LOAD.get(fam, {}))
 
 
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_full_sequence_logits(fam, backend):
-    with _load(fam, backend) as m:
-        check_full_sequence_logits(m, _ref(fam))
-
-
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_incremental_decode_and_greedy(fam, backend):
-    with _load(fam, backend) as m:
-        check_incremental_decode_and_greedy(m, _ref(fam))
-
-
-@pytest.mark.parametrize("dtype", list(HALF))
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_half_precision(fam, dtype, backend):
-    with _load(fam, backend, dtype) as m:
-        check_half_precision(m, _ref(fam), dtype)
+test_full_sequence_logits, test_incremental_decode_and_greedy, test_half_precision = \
+    reference_tests(FAMILIES, _load)
 
 
 @pytest.mark.parametrize("fam", FAMILIES)

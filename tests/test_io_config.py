@@ -9,21 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinygraph.io import (
-    GPT2_SPEC,
-    LLAMA_SPEC,
-    MISTRAL_SPEC,
-    MODEL_SPECS,
-    QWEN2_SPEC,
-    QWEN3_SPEC,
-    LoadError,
-    TransformerConfig,
-    config_from_hf,
-    detect_model_spec,
-    load_hf_config,
-    rope_freq_factors,
-    spec_for_model_type,
-)
+from tinygraph.io import (GPT2_SPEC, LLAMA_SPEC, MISTRAL_SPEC, MODEL_SPECS, QWEN2_SPEC, QWEN3_SPEC, LoadError,
+                          TransformerConfig, config_from_hf, detect_model_spec, load_hf_config,
+                          rope_freq_factors, spec_for_model_type)
 from tinygraph.io.errors import UnsupportedModelError
 
 LLAMA3_COMMON = {

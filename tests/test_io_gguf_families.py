@@ -14,8 +14,7 @@ import pytest
 
 from conftest import rel_err
 from hf_checks import reference as _ref
-from hf_checks import (HALF, check_full_sequence_logits, check_half_precision,
-                       check_incremental_decode_and_greedy)
+from hf_checks import reference_tests
 from tinygraph.io import LoadError, UnsupportedModelError, load_checkpoint
 from tinygraph.io.gguf_loader import load_gguf
 from tinygraph.models import load_model
@@ -33,23 +32,8 @@ def _gguf(fam: str) -> Path:
     return FIX / "gguf" / f"{fam}.gguf"
 
 
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_full_sequence_logits(fam, backend):
-    with load_model(_gguf(fam), backend=backend) as m:
-        check_full_sequence_logits(m, _ref(fam))
-
-
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_incremental_decode_and_greedy(fam, backend):
-    with load_model(_gguf(fam), backend=backend) as m:
-        check_incremental_decode_and_greedy(m, _ref(fam))
-
-
-@pytest.mark.parametrize("dtype", list(HALF))
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_half_precision(fam, dtype, backend):
-    with load_model(_gguf(fam), dtype=dtype, backend=backend) as m:
-        check_half_precision(m, _ref(fam), dtype)
+test_full_sequence_logits, test_incremental_decode_and_greedy, test_half_precision = reference_tests(
+    FAMILIES, lambda fam, backend, dtype: load_model(_gguf(fam), dtype=dtype, backend=backend))
 
 
 @pytest.mark.parametrize("fam", FAMILIES)

@@ -18,8 +18,7 @@ from gguf import GGUFValueType as VT
 import tinygraph as tg
 from conftest import rel_err
 from hf_checks import reference as _ref
-from hf_checks import (HALF, check_full_sequence_logits, check_half_precision,
-                       check_incremental_decode_and_greedy)
+from hf_checks import check_full_sequence_logits, reference_tests
 from tinygraph import quant
 from tinygraph.io import LoadError, UnsupportedModelError, load_checkpoint
 from tinygraph.io.gguf_loader import load_gguf
@@ -34,24 +33,12 @@ def _gguf(fam: str) -> Path:
     return FIX / "gguf" / f"{fam}.gguf"
 
 
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_full_sequence_logits(fam, backend):
-    with load_model(_gguf(fam), backend=backend) as m:
-        assert m.config.moe is not None and all(m.config.moe.sparse)
-        check_full_sequence_logits(m, _ref(fam))
+def _check_moe(m, fam: str) -> None:
+    assert m.config.moe is not None and all(m.config.moe.sparse)
 
 
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_incremental_decode_and_greedy(fam, backend):
-    with load_model(_gguf(fam), backend=backend) as m:
-        check_incremental_decode_and_greedy(m, _ref(fam))
-
-
-@pytest.mark.parametrize("dtype", list(HALF))
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_half_precision(fam, dtype, backend):
-    with load_model(_gguf(fam), dtype=dtype, backend=backend) as m:
-        check_half_precision(m, _ref(fam), dtype)
+test_full_sequence_logits, test_incremental_decode_and_greedy, test_half_precision = reference_tests(
+    FAMILIES, lambda fam, backend, dtype: load_model(_gguf(fam), dtype=dtype, backend=backend), _check_moe)
 
 
 @pytest.mark.parametrize("fam", FAMILIES)

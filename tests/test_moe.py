@@ -17,8 +17,7 @@ import pytest
 import tinygraph as tg
 from conftest import rel_err
 from hf_checks import reference as _ref, hf_config as _cfg
-from hf_checks import (HALF, check_full_sequence_logits, check_half_precision,
-                       check_incremental_decode_and_greedy)
+from hf_checks import reference_tests
 from tinygraph.io import LoadError, UnsupportedModelError, load_checkpoint
 from tinygraph.io.config import config_from_hf
 from tinygraph.models import load_model
@@ -27,24 +26,12 @@ FIX = Path(__file__).parent / "fixtures"
 FAMILIES = ["mixtral", "qwen3_moe", "qwen3_moe_step", "qwen2_moe", "qwen3_moe_gguf"]
 
 
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_full_sequence_logits(fam, backend):
-    with load_model(FIX / fam, backend=backend) as m:
-        assert m.spec.name == fam.removesuffix("_step").removesuffix("_gguf") and m.config.moe is not None
-        check_full_sequence_logits(m, _ref(fam))
+def _check_spec(m, fam: str) -> None:
+    assert m.spec.name == fam.removesuffix("_step").removesuffix("_gguf") and m.config.moe is not None
 
 
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_incremental_decode_and_greedy(fam, backend):
-    with load_model(FIX / fam, backend=backend) as m:
-        check_incremental_decode_and_greedy(m, _ref(fam))
-
-
-@pytest.mark.parametrize("dtype", list(HALF))
-@pytest.mark.parametrize("fam", FAMILIES)
-def test_half_precision(fam, dtype, backend):
-    with load_model(FIX / fam, dtype=dtype, backend=backend) as m:
-        check_half_precision(m, _ref(fam), dtype)
+test_full_sequence_logits, test_incremental_decode_and_greedy, test_half_precision = reference_tests(
+    FAMILIES, lambda fam, backend, dtype: load_model(FIX / fam, dtype=dtype, backend=backend), _check_spec)
 
 
 @pytest.mark.parametrize("fam", FAMILIES)

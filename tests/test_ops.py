@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tinygraph as tg
-from conftest import TOL, rel_err, rounded
+from conftest import TOL, attention_views, kv_cache, rel_err, rounded
 
 FLOATS = [tg.float32, tg.float16, tg.bfloat16]
 
@@ -248,16 +248,10 @@ def test_attention_over_a_cache(backend, dtype, T, S, past, d, rng):
     v[:, min(S, T + past):] = np.nan        # keys the mask hides must never be read
     k[:, min(S, T + past):] = np.nan
     sess = tg.Session(backend=backend)
-    K = sess.persistent(k.shape, dtype, name="K")
-    V = sess.persistent(v.shape, dtype, name="V")
-    sess.finalize()
-    sess.upload(K, k)
-    sess.upload(V, v)
+    kt, vv = attention_views(*kv_cache(sess, k, v, dtype))
     g_ = sess.graph()
     qi = g_.input(q.shape, dtype)
     pos = g_.input((T,), tg.int32)
-    kt = tg.view(K, (kv, 1, d, S), (S * d, 0, 1, d))
-    vv = tg.view(V, (kv, 1, S, d), (S * d, 0, d, 1))
     g_.output(tg.attention(qi, kt, vv, 0.125, causal=True, past=pos), tg.attention(qi, kt, vv, 0.125, True, past))
     o1, o2 = sess.compute(g_, {qi: q, pos: np.arange(past, past + T, dtype=np.int32)})
     vis = min(S, T + past)
@@ -337,8 +331,7 @@ def _unfused_step(g, q, k, v, pos, K, V, scale, rope, norm):
     tg.set_rows(K, tg.permute(k, (1, 0, 2)), pos)
     tg.set_rows(V, tg.permute(v, (1, 0, 2)), pos)
     qg = tg.permute(tg.reshape(q, (1, KV, q.shape[1] // KV, hd)), (1, 2, 0, 3))
-    kt = tg.view(K, (KV, 1, hd, S), (S * hd, 0, 1, hd))
-    vv = tg.view(V, (KV, 1, S, hd), (S * hd, 0, hd, 1))
+    kt, vv = attention_views(K, V)
     return tg.attention(qg, kt, vv, scale, True, pos)
 
 

@@ -5,16 +5,14 @@ import numpy as np
 
 import tinygraph as tg
 from tinygraph.passes import fuse_attention, optimize
-from conftest import rel_err
+from conftest import attention_views, rel_err
 
 
 def _chain(sess, q_shape, K, past):
     g = sess.graph()
     q = g.input(q_shape, tg.float32, name="q")
     pos = g.input((q_shape[-2],), tg.int32, name="pos")
-    kv, S, d = K.shape
-    kt = tg.view(K, (kv, 1, d, S), (S * d, 0, 1, d))
-    vv = tg.view(K, (kv, 1, S, d), (S * d, 0, d, 1))
+    kt, vv = attention_views(K, K)
     s = tg.matmul(q, kt, name="l0.scores")
     p = tg.softmax(s, 0.2, causal=True, past=pos if past is None else past, name="l0.probs")
     o = tg.matmul(p, vv, name="l0.mix")

@@ -491,17 +491,23 @@ def test_every_load_error_is_a_tinygraph_error():
 
 
 # ============================================================================ no half-built models
-def test_load_model_failing_midway_closes_its_session(tmp_path, monkeypatch):
-    """A failure after the session was created (here: while uploading the weights) closes that
-    session and the checkpoint, and propagates the original error."""
-    created: list[tg.Session] = []
+@pytest.fixture
+def created(monkeypatch) -> list[tg.Session]:
+    """Every tg.Session made during the test, in order (to check that a failed load closed it)."""
+    sessions: list[tg.Session] = []
     real_init = tg.Session.__init__
 
     def spy(self, *a, **k):
         real_init(self, *a, **k)
-        created.append(self)
+        sessions.append(self)
 
     monkeypatch.setattr(tg.Session, "__init__", spy)
+    return sessions
+
+
+def test_load_model_failing_midway_closes_its_session(tmp_path, monkeypatch, created):
+    """A failure after the session was created (here: while uploading the weights) closes that
+    session and the checkpoint, and propagates the original error."""
     real_upload = tg.Session.upload
     calls = {"n": 0}
 
@@ -524,15 +530,7 @@ def test_load_model_failing_midway_closes_its_session(tmp_path, monkeypatch):
     assert len(closed) == 1
 
 
-def test_bad_model_arguments_close_the_session(monkeypatch):
-    created: list[tg.Session] = []
-    real_init = tg.Session.__init__
-
-    def spy(self, *a, **k):
-        real_init(self, *a, **k)
-        created.append(self)
-
-    monkeypatch.setattr(tg.Session, "__init__", spy)
+def test_bad_model_arguments_close_the_session(created):
     for kw in ({"dtype": "int32"}, {"max_context": 10**6, "spec": None}):
         kw.pop("spec", None)
         with pytest.raises(ValueError):

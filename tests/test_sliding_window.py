@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import tinygraph as tg
+from conftest import attention_views, kv_cache
 from tinygraph.attention_ref import blocked_attention
 from tinygraph.passes import optimize
 
@@ -37,6 +38,18 @@ def attention64(q, kt, v, scale, causal, past, window):
     return np.matmul(e / np.where(d > 0, d, 1), v.astype(np.float64))
 
 
+def qkv(rng, q_shape, kt_shape, v_shape, dtype=np.float32) -> tuple[np.ndarray, ...]:
+    """Random q, k^T and v of these shapes (standard normal, drawn in this order) as ``dtype``."""
+    return tuple(rng.standard_normal(s).astype(dtype) for s in (q_shape, kt_shape, v_shape))
+
+
+def check_blocked(q, kt, v, scale, causal, past, window, block) -> np.ndarray:
+    """The blocked reference against the plain float64 formula; returns the blocked result."""
+    got = blocked_attention(q, kt, v, scale, causal, past, window, block=block)
+    np.testing.assert_allclose(got, attention64(q, kt, v, scale, causal, past, window), rtol=2e-5, atol=2e-6)
+    return got
+
+
 # ---------------------------------------------------------------------------------------------
 # the blocked reference
 # ---------------------------------------------------------------------------------------------
@@ -44,59 +57,40 @@ def attention64(q, kt, v, scale, causal, past, window):
 @pytest.mark.parametrize("T,S,past,block", [(1, 40, 39, 8), (23, 23, 0, 8), (37, 60, 20, 16), (64, 64, 0, 64),
                                              (50, 90, 40, 7)])
 def test_blocked_equals_plain_formula_gqa(rng, T, S, past, block, window):
-    q = rng.standard_normal((2, 3, T, 16)).astype(np.float32)        # [KV, G, T, D]
-    kt = rng.standard_normal((2, 1, 16, S)).astype(np.float32)       # [KV, 1, D, S]
-    v = rng.standard_normal((2, 1, S, 12)).astype(np.float32)        # Dv != D
-    got = blocked_attention(q, kt, v, 0.3, True, past, window, block=block)
-    want = attention64(q, kt, v, 0.3, True, past, window)
+    # q [KV, G, T, D], k^T [KV, 1, D, S], v [KV, 1, S, Dv] with Dv != D
+    q, kt, v = qkv(rng, (2, 3, T, 16), (2, 1, 16, S), (2, 1, S, 12))
+    got = check_blocked(q, kt, v, 0.3, True, past, window, block)
     assert got.dtype == np.float32 and got.shape == (2, 3, T, 12)
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("block", [1, 5, 256])
 def test_blocked_not_causal_and_broadcast_queries(rng, block):
-    q = rng.standard_normal((1, 4, 19, 8)).astype(np.float32)
-    kt = rng.standard_normal((3, 1, 8, 31)).astype(np.float32)
-    v = rng.standard_normal((3, 1, 31, 8)).astype(np.float32)
-    got = blocked_attention(q, kt, v, 0.5, False, 0, None, block=block)
-    np.testing.assert_allclose(got, attention64(q, kt, v, 0.5, False, 0, None), rtol=2e-5, atol=2e-6)
+    q, kt, v = qkv(rng, (1, 4, 19, 8), (3, 1, 8, 31), (3, 1, 31, 8))
+    check_blocked(q, kt, v, 0.5, False, 0, None, block)
 
 
 @pytest.mark.parametrize("qs,ks,vs", [((9, 8), (8, 20), (20, 5)),                      # no leading axes
                                       ((2, 1, 3, 9, 8), (1, 3, 1, 8, 20), (2, 1, 1, 20, 5))])
 def test_blocked_other_ranks(rng, qs, ks, vs):
-    q, kt, v = (rng.standard_normal(s).astype(np.float32) for s in (qs, ks, vs))
-    got = blocked_attention(q, kt, v, 0.3, True, 11, 4, block=2)
-    np.testing.assert_allclose(got, attention64(q, kt, v, 0.3, True, 11, 4), rtol=2e-5, atol=2e-6)
+    check_blocked(*qkv(rng, qs, ks, vs), 0.3, True, 11, 4, 2)
 
 
 def test_blocked_half_inputs_math_in_float32(rng):
-    q = rng.standard_normal((2, 9, 8)).astype(np.float16)
-    kt = rng.standard_normal((2, 8, 30)).astype(np.float16)
-    v = rng.standard_normal((2, 30, 8)).astype(np.float16)
-    got = blocked_attention(q, kt, v, 0.4, True, 21, 6, block=4)
+    got = check_blocked(*qkv(rng, (2, 9, 8), (2, 8, 30), (2, 30, 8), np.float16), 0.4, True, 21, 6, 4)
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, attention64(q, kt, v, 0.4, True, 21, 6), rtol=2e-5, atol=2e-6)
 
 
 def test_rows_that_see_nothing_are_zero(rng):
     # keys 0..9 exist; positions 20.. with a window of 5 see none of them
-    q = rng.standard_normal((1, 4, 8)).astype(np.float32)
-    kt = rng.standard_normal((1, 8, 10)).astype(np.float32)
-    v = rng.standard_normal((1, 10, 8)).astype(np.float32)
-    out = blocked_attention(q, kt, v, 1.0, True, 12, 5, block=2)
-    want = attention64(q, kt, v, 1.0, True, 12, 5)
+    out = check_blocked(*qkv(rng, (1, 4, 8), (1, 8, 10), (1, 10, 8)), 1.0, True, 12, 5, 2)
     assert np.isfinite(out).all()
-    np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-6)
     assert (out[0, 2:] == 0).all() and (out[0, 0] != 0).all()   # rows at 12, 13 see key 9 / 9..; 14, 15 none
 
 
 def test_keys_outside_the_window_are_not_read(rng):
     """NaN keys/values outside every row's window do not reach the result (skipped, not masked)."""
     T, S, past, w = 20, 100, 80, 8
-    q = rng.standard_normal((2, T, 8)).astype(np.float32)
-    kt = rng.standard_normal((2, 8, S)).astype(np.float32)
-    v = rng.standard_normal((2, S, 8)).astype(np.float32)
+    q, kt, v = qkv(rng, (2, T, 8), (2, 8, S), (2, S, 8))
     want = blocked_attention(q, kt, v, 0.3, True, past, w, block=4)
     kt[..., : past - w + 1] = np.nan   # before the first row's window
     v[:, : past - w + 1] = np.nan
@@ -109,9 +103,7 @@ def test_keys_outside_the_window_are_not_read(rng):
 def test_blocked_memory_grows_with_T_not_T_squared(rng):
     """2 heads x 3072 queries: the plain formula would hold 72 MiB of scores at once."""
     T, D = 3072, 8
-    q = rng.standard_normal((2, T, D)).astype(np.float32)
-    kt = rng.standard_normal((2, D, T)).astype(np.float32)
-    v = rng.standard_normal((2, T, D)).astype(np.float32)
+    q, kt, v = qkv(rng, (2, T, D), (2, D, T), (2, T, D))
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
@@ -128,12 +120,8 @@ def test_blocked_memory_grows_with_T_not_T_squared(rng):
 # ---------------------------------------------------------------------------------------------
 def _session_with_cache(rng, KV=2, S=48, D=16):
     sess = tg.Session(backend="numpy")
-    K = sess.persistent((KV, S, D), tg.float32, name="K")
-    V = sess.persistent((KV, S, D), tg.float32, name="V")
-    sess.finalize()
     k, v = rng.standard_normal((KV, S, D)), rng.standard_normal((KV, S, D))
-    sess.upload(K, k)
-    sess.upload(V, v)
+    K, V = kv_cache(sess, k, v, tg.float32)
     return sess, K, V, k.astype(np.float32), v.astype(np.float32)
 
 
@@ -142,8 +130,7 @@ def _chain(sess, K, V, T, G, window, fuse):
     g = sess.graph()
     q = g.input((KV, G, T, D), tg.float32, name="q")
     pos = g.input((T,), tg.int32, name="pos")
-    kt = tg.view(K, (KV, 1, D, S), (S * D, 0, 1, D))
-    vv = tg.view(V, (KV, 1, S, D), (S * D, 0, D, 1))
+    kt, vv = attention_views(K, V)
     s = tg.matmul(q, kt, name="l0.scores")
     p = tg.softmax(s, 0.25, causal=True, past=pos, window=window, name="l0.probs")
     g.output(tg.matmul(p, vv, name="l0.mix"))

@@ -3,12 +3,14 @@ networkx edges, hazard edges of KV-cache writes, every view's offset and strides
 the files, and the HTML page works in a real headless Chromium (skipped where there is none)."""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -330,20 +332,14 @@ def test_cli_model(tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
 
 
-SCRIPT = '''
-import tinygraph as tg
+def _doc_example() -> str:
+    """The ``--script`` example of tools/viz.py's docstring (its --help): the test runs what the
+    help shows, so the two cannot drift apart."""
+    doc = ast.get_docstring(ast.parse((ROOT / "tools" / "viz.py").read_text()))
+    return textwrap.dedent(doc.split("Example::\n", 1)[1].split("\n\n``", 1)[0])
 
-def build(sess):
-    W = sess.persistent((16, 8), tg.float32, name="W")
-    K = sess.persistent((32, 8), tg.float32, name="cache.k.0")
-    sess.finalize()
-    g = sess.graph()
-    x = g.input((1, 16), tg.float32, name="x")
-    k = tg.matmul(x, W, name="k")
-    tg.cpy(k, tg.view(K, (1, 8), (8, 1), 3 * 8), name="k_store")
-    g.output(tg.softmax(tg.matmul(k, tg.transpose(tg.view(K, (4, 8), (8, 1), 0))), name="probs"))
-    return g
-'''
+
+SCRIPT = _doc_example()
 
 
 def test_cli_script(tmp_path):

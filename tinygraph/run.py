@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from .dtypes import QUANT_DTYPES
 
@@ -114,6 +114,16 @@ def _one_line(e: BaseException) -> str:
     return first + (" [...] (--debug shows the details)" if rest.strip() else "")
 
 
+def error_exit(prog: str, e: BaseException, debug: bool,
+               describe: Callable[[BaseException], str] = _one_line) -> int:
+    """A command's last resort for an error: re-raised under --debug (the traceback), else
+    ``prog: error: ...`` on stderr and exit status 2. Shared by the run, serve and viz CLIs."""
+    if debug:
+        raise e
+    print(f"{prog}: error: {describe(e)}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -130,10 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit:
         raise
     except BaseException as e:  # one line unless --debug (BaseException: tokenizers' Rust panics)
-        if args.debug:
-            raise
-        print(f"python -m tinygraph.run: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        return error_exit("python -m tinygraph.run", e, args.debug)
 
 
 def _run(args) -> int:

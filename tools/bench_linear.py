@@ -33,22 +33,24 @@ ROOT = Path(__file__).resolve().parents[1]
 from tinygraph.backends.cuda import compiler, driver, kernels  # noqa: E402
 Arg = kernels.Arg
 
-# (model, layer, K, N, norm, act, residual)
-SHAPES = [
-    ("SmolLM2", "qkv", 576, 960, 1, 0, False),
-    ("SmolLM2", "o", 576, 576, 0, 0, True),
-    ("SmolLM2", "gate_up", 576, 3072, 1, 3, False),
-    ("SmolLM2", "down", 1536, 576, 0, 0, True),
-    ("SmolLM2", "lm_head", 576, 49152, 1, 0, False),
-    ("TinyLlama", "qkv", 2048, 2560, 1, 0, False),
-    ("TinyLlama", "o", 2048, 2048, 0, 0, True),
-    ("TinyLlama", "gate_up", 2048, 11264, 1, 3, False),
-    ("TinyLlama", "down", 5632, 2048, 0, 0, True),
-    ("Qwen3-8B", "qkv", 4096, 6144, 1, 0, False),
-    ("Qwen3-8B", "o", 4096, 4096, 0, 0, True),
-    ("Qwen3-8B", "gate_up", 4096, 24576, 1, 3, False),
-    ("Qwen3-8B", "down", 12288, 4096, 0, 0, True),
-]
+
+def _decode_shapes() -> list[tuple[str, str, int, int, int, int, bool]]:
+    """(model, layer, K, N, norm, act, residual) of each decode linear, from the published configs
+    in bench_configs.py (one source for the shapes): qkv, o, gate_up, down; SmolLM2's lm_head too."""
+    from bench_configs import CONFIGS, dims
+
+    out: list[tuple[str, str, int, int, int, int, bool]] = []
+    for key, label in (("smollm2", "SmolLM2"), ("tinyllama", "TinyLlama"), ("qwen3-8b", "Qwen3-8B")):
+        k = dims(CONFIGS[key]["hf"])
+        d, q, kv = k["hidden"], k["heads"] * k["head_dim"], k["kv_heads"] * k["head_dim"]
+        out += [(label, "qkv", d, q + 2 * kv, 1, 0, False), (label, "o", q, d, 0, 0, True),
+                (label, "gate_up", d, 2 * k["inter"], 1, 3, False), (label, "down", k["inter"], d, 0, 0, True)]
+        if key == "smollm2":
+            out.append((label, "lm_head", d, k["vocab"], 1, 0, False))
+    return out
+
+
+SHAPES = _decode_shapes()  # order kept: code below picks rows by index (SHAPES[2], [10], [11])
 VARIANT_OPTS = {"U2": ["-DTG_LINEAR_U=2"], "PB1": ["-DTG_LINEAR_PB=1"]}
 SOURCES = ("linear.cu", "matmul.cu", "norms.cu", "elementwise.cu")
 

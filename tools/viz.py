@@ -189,14 +189,12 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tinygraph.run import error_exit
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except Exception as e:
-        if args.debug:
-            raise
-        print(f"python tools/viz.py: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:   # the whole message (str), not run's one line
+        return error_exit("python tools/viz.py", e, args.debug, str)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ up front so a broken checkpoint fails before any graph is built.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -39,6 +38,7 @@ from .spec import (
     spec_for_model_type,
     split_rows,
     strip_prefix,
+    upgrade_spec,
 )
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -305,16 +305,7 @@ def _build_safetensors(p: Path, st: SafeTensorsFile, model_dir: Path, spec: Mode
     plan, unused = map_hf_names(spec, st.tensor_names)
     # Biases that exist but the family normally lacks (e.g. llama with attention_bias)
     # must not be silently dropped: turn the spec flag on.
-    flags = {
-        "qkv_bias": any(n.endswith(".attn.q.bias") for n in plan),
-        "o_bias": any(n.endswith(".attn.o.bias") for n in plan),
-        "mlp_bias": any(n.endswith((".mlp.up.bias", ".mlp.down.bias")) for n in plan),
-        "qk_norm": any(n.endswith(".attn.q_norm.weight") for n in plan),
-        "lm_head_bias": "lm_head.bias" in plan,
-    }
-    upgrade: dict[str, Any] = {k: True for k, v in flags.items() if v and not getattr(spec, k)}
-    if upgrade:
-        spec = dataclasses.replace(spec, **upgrade)
+    spec = upgrade_spec(spec, set(plan))
     check_expert_names(p, cfg, unused, list(plan))  # fused 3-D or surplus experts: refused, not ignored
     if unused:
         warnings.warn(f"{p}: {len(unused)} tensors not used by {spec.name}: {unused[:5]}", stacklevel=3)

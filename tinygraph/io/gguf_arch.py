@@ -39,7 +39,6 @@ file written by the converter loads to the model HF defines:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -66,6 +65,7 @@ from .spec import (
     QWEN3_SPEC,
     STABLELM_SPEC,
     ModelSpec,
+    upgrade_spec,  # re-exported: the GGUF loader's import (it lives with the specs, shared with safetensors)
 )
 
 # llama.cpp architecture name (``general.architecture``) -> the builder's spec
@@ -232,20 +232,6 @@ def arch_config(g: Any, base: dict[str, Any]) -> dict[str, Any]:
             sc["attention_factor"] = g._float(f"{a}.rope.scaling.attn_factor", 1.0)
         out["rope_scaling"] = sc
     return out
-
-
-def upgrade_spec(spec: ModelSpec, canonical: set[str]) -> ModelSpec:
-    """``spec`` with the bias / q-k-norm flags turned on where the file has those tensors (as the
-    safetensors loader does: Phi-2's and GPT-NeoX's biases, a LLaMA with attention biases)."""
-    flags = {
-        "qkv_bias": any(n.endswith(".attn.q.bias") for n in canonical),
-        "o_bias": any(n.endswith(".attn.o.bias") for n in canonical),
-        "mlp_bias": any(n.endswith((".mlp.up.bias", ".mlp.down.bias")) for n in canonical),
-        "qk_norm": any(n.endswith(".attn.q_norm.weight") for n in canonical),
-        "lm_head_bias": "lm_head.bias" in canonical,
-    }
-    upgrade = {k: True for k, v in flags.items() if v and not getattr(spec, k)}
-    return dataclasses.replace(spec, **upgrade) if upgrade else spec
 
 
 __all__ = ["ARCH_SPECS", "EXTRA_NAMES", "NOT_WEIGHTS", "PERMUTED_ARCHS", "FUSED_GATE_UP_ARCHS", "arch_config",

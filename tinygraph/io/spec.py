@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -430,6 +430,21 @@ def map_hf_names(spec: ModelSpec, hf_names: Iterable[str]) -> tuple[dict[str, So
     return plan, unused
 
 
+def upgrade_spec(spec: ModelSpec, canonical: set[str]) -> ModelSpec:
+    """``spec`` with the bias / q-k-norm flags turned on where the file has those tensors (Phi-2's
+    and GPT-NeoX's biases, a LLaMA with attention biases): tensors the family normally lacks must
+    not be silently dropped. Both loaders (safetensors and GGUF) pass their canonical names."""
+    flags = {
+        "qkv_bias": any(n.endswith(".attn.q.bias") for n in canonical),
+        "o_bias": any(n.endswith(".attn.o.bias") for n in canonical),
+        "mlp_bias": any(n.endswith((".mlp.up.bias", ".mlp.down.bias")) for n in canonical),
+        "qk_norm": any(n.endswith(".attn.q_norm.weight") for n in canonical),
+        "lm_head_bias": "lm_head.bias" in canonical,
+    }
+    upgrade = {k: True for k, v in flags.items() if v and not getattr(spec, k)}
+    return replace(spec, **upgrade) if upgrade else spec
+
+
 def required_names(spec: ModelSpec, cfg: TransformerConfig) -> list[str]:
     """Canonical names the builder needs for ``spec``/``cfg``, in model order."""
     nb = ("weight", "bias") if spec.norm_bias else ("weight",)
@@ -561,6 +576,7 @@ __all__ = [
     "spec_for_model_type",
     "strip_prefix",
     "map_hf_names",
+    "upgrade_spec",
     "required_names",
     "expected_shape",
     "source_shape",

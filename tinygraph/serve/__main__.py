@@ -144,7 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..run import _one_line
+    from ..run import error_exit
     args = build_parser().parse_args(argv)
     try:
         return _serve(args)
@@ -153,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit:
         raise
     except BaseException as e:   # one line unless --debug
-        if args.debug:
-            raise
-        print(f"python -m tinygraph.serve: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        return error_exit("python -m tinygraph.serve", e, args.debug)
 
 
 if __name__ == "__main__":

@@ -287,16 +287,25 @@ def create_app(model: Any, engine: Any, model_name: str = "tinygraph", api_key: 
         st.check_model(name)
         return model_card()
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Any:
+    async def start(request: Request, chat: bool) -> tuple[_Generation, P.GenParams, str, int]:
+        """What both generation endpoints do first, in this order: the key, the body's parameters
+        and model name, the prompt's ids (a chat rendered through the template), the request on the
+        engine; then the response's id and creation time."""
         st.check_key(request)
         body = await _json_body(request)
-        p = P.parse_params(body, chat=False)
+        p = P.parse_params(body, chat=chat)
         st.check_model(p.model)
-        prompt = P.parse_prompt(body)
-        ids = st.encode(prompt, "prompt") if isinstance(prompt, str) else prompt
-        gen = _Generation(st, ids, p, "prompt")
-        rid, created = P.new_id("cmpl"), int(time.time())
+        if chat:
+            param, ids = "messages", st.encode(st.render_chat(P.parse_messages(body)), "messages")
+        else:
+            param, prompt = "prompt", P.parse_prompt(body)
+            ids = st.encode(prompt, "prompt") if isinstance(prompt, str) else prompt
+        gen = _Generation(st, ids, p, param)
+        return gen, p, P.new_id("chatcmpl" if chat else "cmpl"), int(time.time())
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        gen, p, rid, created = await start(request, chat=False)
         if p.stream:
             def chunk(text: str, finish: str | None) -> dict:
                 return P.completion_chunk(rid, st.model_name, created, text, finish, p.include_usage)
@@ -307,14 +316,7 @@ def create_app(model: Any, engine: Any, model_name: str = "tinygraph", api_key: 
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        st.check_key(request)
-        body = await _json_body(request)
-        p = P.parse_params(body, chat=True)
-        st.check_model(p.model)
-        messages = P.parse_messages(body)
-        ids = st.encode(st.render_chat(messages), "messages")
-        gen = _Generation(st, ids, p, "messages")
-        rid, created = P.new_id("chatcmpl"), int(time.time())
+        gen, p, rid, created = await start(request, chat=True)
         if p.stream:
             def chunk(text: str, finish: str | None) -> dict:
                 delta = {"content": text} if finish is None else {}
