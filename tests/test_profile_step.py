@@ -1,0 +1,21 @@
+"""tools/profile_step.py on the NumPy backend: per-op sums, the slowest nodes, the replayed rate."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import profile_step  # noqa: E402
+
+
+def test_profile_two_models_side_by_side(capsys) -> None:
+    fix = ROOT / "tests" / "fixtures"
+    assert profile_step.main(["--model", str(fix / "llama"), "--compare", str(fix / "qwen3"), "--backend", "numpy",
+                              "--dtype", "float32", "--runs", "1", "--context", "4", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["op", "llama", "qwen3"]
+    assert any(line.startswith("linear") for line in lines) and "total (alone)" in out and "us/tok" in out
+    assert out.count("slowest 3 nodes") == 2

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Where one decode step's time goes, node by node, for one model or two side by side.
+
+Each model decodes ``--context`` tokens of a prompt, then its decode step graph is run ``--runs``
+times with ``Session.compute(..., times=...)``: on CUDA every node is launched on its own between
+two events (no replay, no overlap between kernels: the sum is what the kernels take alone), on
+NumPy timed on the host. Printed: per op, the median summed time and node count; the slowest
+nodes with the kernels they launched (``Graph.kernels``); the total, and next to it the replayed
+step's own time (``model.generate`` tok/s), so that the gap between "kernels alone" and "in the
+captured graph" is visible. With ``--compare OTHER`` the same for a second model, in columns.
+
+    python tools/profile_step.py --model M.gguf --compare M-F16.gguf --backend cuda
+    python tools/profile_step.py --backend numpy --runs 2          # the default model on the CPU
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tinygraph.models import load_model  # noqa: E402
+
+
+def profile(path: str | None, backend: str, dtype: str, context: int, runs: int, quantize: str | None) -> dict:
+    """Per-node median times (µs) of one decode step at position ``context``, the ops and kernels
+    of the nodes, and the replayed decode rate."""
+    with load_model(path, backend=backend, dtype=dtype, quantize=quantize, max_context=context + 64) as m:
+        prompt = (np.arange(context, dtype=np.int32) * 7 + 11) % 1000
+        m.step(prompt, 0)
+        g, ids, pos = m.step_graph(1, "logits")
+        feeds = {ids: np.array([5], np.int32), pos: np.array([context], np.int32)}
+        m.session.compute(g, feeds)  # warm-up (compiles, sizes scratch)
+        samples: dict[int, list[float]] = defaultdict(list)
+        for _ in range(runs):
+            t: dict[int, float] = {}
+            m.session.compute(g, feeds, times=t)
+            for k, v in t.items():
+                samples[k].append(v)
+        nodes = {n.id: n for n in g.plan().order}
+        per_node = {k: statistics.median(v) for k, v in samples.items()}
+        t0 = time.perf_counter()
+        out = m.generate(list(prompt[:8]), max_new_tokens=32, temperature=0, ignore_eos=True)
+        rate = len(out) / (time.perf_counter() - t0)
+        return {"name": Path(path).name if path else "default model", "nodes": nodes, "us": per_node,
+                "kernels": dict(g.kernels), "weights": m.memory_usage().get("weight_types"), "tok_s": rate}
+
+
+def report(profs: list[dict], top: int) -> str:
+    lines = []
+    ops = sorted({n.op for p in profs for n in p["nodes"].values()})
+    head = f"{'op':20s}" + "".join(f" {p['name'][:28]:>30s}" for p in profs)
+    lines += [head, "-" * len(head)]
+    for op in ops:
+        row = f"{op:20s}"
+        for p in profs:
+            ids = [i for i, n in p["nodes"].items() if n.op == op]
+            row += f" {sum(p['us'].get(i, 0.0) for i in ids):20.1f} us ({len(ids):3d})"
+        lines.append(row)
+    tot = f"{'total (alone)':20s}" + "".join(f" {sum(p['us'].values()):20.1f} us      " for p in profs)
+    rate = f"{'replayed decode':20s}" + "".join(f" {1e6 / p['tok_s']:20.1f} us/tok  " for p in profs)
+    lines += [tot, rate]
+    for p in profs:
+        lines.append(f"\n{p['name']}: weights {p['weights']}; slowest {top} nodes")
+        for i in sorted(p["us"], key=p["us"].get, reverse=True)[:top]:
+            n = p["nodes"][i]
+            ks = " ".join(p["kernels"].get(i, [])) or "-"
+            lines.append(f"  {p['us'][i]:9.1f} us  {n.op:16s} {n.name[:36]:36s} {str(n.shape):16s} {ks}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="checkpoint or GGUF (default: the default model)")
+    ap.add_argument("--compare", default=None, help="a second model, profiled the same way")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--quantize", default=None, help="quantize --model while loading (e.g. q8_0)")
+    ap.add_argument("--context", type=int, default=32, help="tokens in the cache before the step")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--top", type=int, default=12)
+    args = ap.parse_args(argv)
+    profs = [profile(args.model, args.backend, args.dtype, args.context, args.runs, args.quantize)]
+    if args.compare:
+        profs.append(profile(args.compare, args.backend, args.dtype, args.context, args.runs, None))
+    print(report(profs, args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
