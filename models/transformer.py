@@ -36,6 +36,9 @@ from .moe import MoE
 MAX_CACHED_GRAPHS = 6
 #: what a step graph can produce (see Transformer.step_graph)
 WANTS = ("logits", "argmax", "sample", "hidden", "all_logits")
+#: a step over more tokens runs in chunks of this many (the last one shorter): one graph serves
+#: every full chunk of a long prompt, and no step holds a prompt-long activation or score matrix
+PREFILL_CHUNK = 512
 
 
 @dataclass
@@ -323,17 +326,29 @@ class Transformer(Layers, MoE):
         ids = token_ids(ids, "ids")
         self._check_ids(ids, start)
         T = int(ids.size)
-        g, tid, pid = self._graph(T, want, self._uses_long_rope(start + T))
+        # the RoPE regime (longrope's factors, dynamic NTK) is the whole call's, as in one forward
+        long_rope = self._uses_long_rope(start + T)
         self._dynamic_rope(start + T)
-        feeds = {tid: ids.astype(np.int32), pid: np.arange(start, start + T, dtype=np.int32)}
-        if sampling is not None:
-            feeds["sample_fparams"], feeds["sample_iparams"] = sampling
-        (out,) = self.session.compute(g, feeds, times)
-        self.kv.length = start + T
-        self.last_graph = g
+        rows = want in ("hidden", "all_logits")  # outputs per token: the chunks' are concatenated
+        parts = []
+        for lo in range(0, T, PREFILL_CHUNK):
+            hi = min(T, lo + PREFILL_CHUNK)
+            last = hi == T
+            w = want if (last or rows) else "hidden"  # earlier chunks only fill the cache
+            g, tid, pid = self._graph(hi - lo, w, long_rope)
+            feeds = {tid: ids[lo:hi].astype(np.int32), pid: np.arange(start + lo, start + hi, dtype=np.int32)}
+            if sampling is not None and last:
+                feeds["sample_fparams"], feeds["sample_iparams"] = sampling
+            (out,) = self.session.compute(g, feeds, times if last else None)
+            self.kv.length = start + hi
+            self.last_graph = g
+            if rows:
+                parts.append(out)
         if want in ("argmax", "sample"):
             return int(out[0])
-        return out[0] if want == "logits" else out
+        if want == "logits":
+            return out[0]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def _uses_long_rope(self, end: int) -> bool:
         """Whether a step ending before position ``end`` uses longrope's long factors: HF picks them
