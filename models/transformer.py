@@ -108,9 +108,7 @@ class Transformer(Layers, MoE):
                                         or max_context < 1):
             raise ValueError(f"max_context must be an integer >= 1, got {max_context!r}")
         self.session = session if session is not None else tg.Session(backend=backend)
-        lib = getattr(self.session.backend, "lib", None)
-        if lib is not None and hasattr(lib, "precompile"):  # CUDA: a cold kernel cache compiles
-            lib.precompile()  # side by side now, not file by file during the first steps
+        self.session.backend.prepare_kernels()  # CUDA: a cold kernel cache compiles side by side now
         first = len(self.session.persistents)
         try:
             self._quant_rule(dequantize, quantize)

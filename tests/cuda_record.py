@@ -125,11 +125,13 @@ def fake_backend() -> cb.CudaBackend:
     return be
 
 
-def record_launches(graph: Graph, plan: ExecPlan) -> list:
+def record_launches(graph: Graph, plan: ExecPlan, kernels: dict | None = None) -> list:
     """The launches the CUDA backend makes to run ``plan`` of ``graph`` once, eagerly: a list of
-    (kernel name, grid, block, shared bytes, pdl, arguments as plain data)."""
+    (kernel name, grid, block, shared bytes, pdl, arguments as plain data). ``kernels``: a dict the
+    backend fills as for ``Graph.kernels`` (node id -> kernel names)."""
     with fake_driver() as rec:
         be = fake_backend()
+        be._klog = kernels
         base: dict[int, int] = {}
         for n in plan.order:
             for t in (n,) + tuple(n.srcs):

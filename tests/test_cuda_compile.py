@@ -294,3 +294,13 @@ def test_compile_many_side_by_side_fills_the_cache(tmp_path, monkeypatch, count_
     again = compiler.compile_many(srcs, "sm_90", workers=3)
     assert again == got and len(count_compiles) == 3  # read back from the disk cache
     assert compiler.compile_many(srcs[:1], "sm_90") == got[:1]
+
+
+def test_loading_a_model_prepares_the_backends_kernels(monkeypatch):
+    # the model load is where the CUDA backend compiles its missing sources side by side
+    from tinygraph.backends.numpy import NumpyBackend
+    from tinygraph.models import load_model
+    calls = []
+    monkeypatch.setattr(NumpyBackend, "prepare_kernels", lambda self: calls.append(self), raising=False)
+    load_model(ROOT / "tests" / "fixtures" / "llama", backend="numpy").close()
+    assert len(calls) == 1

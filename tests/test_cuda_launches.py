@@ -84,18 +84,10 @@ def test_every_node_launches_a_known_kernel(records):
 def test_graph_kernels_name_each_nodes_launches() -> None:
     # the backend's record of which kernels each node launched (Graph.kernels, shown by dump())
     # equals the launches themselves, in order
-    from cuda_record import fake_backend, fake_driver
     with load_model(FIX / "llama", backend="numpy", dtype="float16", quantize="q8_0") as m:
         g, _, _ = m.step_graph(1, "argmax")
         plan = m.session._plan_for(g)
-        with fake_driver() as rec:
-            be = fake_backend()
-            base: dict[int, int] = {}
-            for n in plan.order:
-                for t in (n,) + tuple(n.srcs):
-                    base.setdefault(t.storage.id, (len(base) + 1) << 32)
-            be._klog = g.kernels
-            be._run_all(plan, base)
+        rec = record_launches(g, plan, g.kernels)
         assert [k for n in plan.order for k in g.kernels[n.id]] == [r[0] for r in rec]
         assert g.kernels[plan.order[-1].id] == ["argmax_f16"]
         assert any(ks == ["linear_q_q8_0_f16"] for ks in g.kernels.values())

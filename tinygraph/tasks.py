@@ -73,7 +73,7 @@ def split_parts(n: Tensor, tile_cols: int = TILE_COLS) -> int:
     return 1
 
 
-def _regions(t: Tensor, plan: ExecPlan) -> tuple[object, int, int]:
+def _region(t: Tensor, plan: ExecPlan) -> tuple[object, int, int]:
     """(memory, lo, hi): the arena's bytes a planned intermediate covers, else its storage's
     element interval."""
     off = plan.memory.offsets.get(t.storage.id)
@@ -87,8 +87,8 @@ def _regions(t: Tensor, plan: ExecPlan) -> tuple[object, int, int]:
 
 def _reads_writes(n: Tensor, plan: ExecPlan) -> tuple[list, list]:
     written = set(OPS[n.op].written_srcs())
-    reads = [_regions(s, plan) for i, s in enumerate(n.srcs) if i not in written]
-    writes = [_regions(n, plan)] + [_regions(n.srcs[i], plan) for i in written]
+    reads = [_region(s, plan) for i, s in enumerate(n.srcs) if i not in written]
+    writes = [_region(n, plan)] + [_region(n.srcs[i], plan) for i in written]
     return reads, writes
 
 

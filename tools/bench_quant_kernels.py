@@ -23,15 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tinygraph import dtypes  # noqa: E402
 from tinygraph.backends.cuda import driver, kernels, quant_launch  # noqa: E402
-from bench_linear import SHAPES, Buf  # noqa: E402
+from bench_linear import SHAPES, Buf, _compile_one  # noqa: E402
 
 Arg = kernels.Arg
-
-
-def _compile(job) -> None:
-    from tinygraph.backends.cuda import compiler
-    path, arch, opts = job
-    compiler.compile_source(Path(path), arch, opts)
 
 
 def main(argv=None) -> int:
@@ -52,9 +46,9 @@ def main(argv=None) -> int:
         variants[name] = opts.split()
     if variants:  # compile them side by side (the disk cache then serves the libraries)
         import multiprocessing as mp
-        jobs = [(str(lib.src_dir / "linear_q.cu"), lib.arch, o) for o in variants.values()]
+        jobs = [("linear_q.cu", lib.arch, o) for o in variants.values()]
         with mp.get_context("spawn").Pool(len(jobs)) as pool:
-            pool.map(_compile, jobs)
+            pool.map(_compile_one, jobs)
     vlibs = {n: kernels.KernelLibrary(dev, options=o) for n, o in variants.items()}
     s = driver.Stream()
     rng = np.random.default_rng(0)

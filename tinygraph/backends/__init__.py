@@ -41,6 +41,11 @@ class Backend(ABC):
         """Run ``plan.order``; ``inputs`` maps input node ids to host arrays. Returns the outputs.
         When ``times`` is a dict, fill it with each node's run time in microseconds."""
 
+    def prepare_kernels(self) -> None:
+        """Make every kernel the backend may launch ready now (a model is about to run many ops):
+        the CUDA backend compiles the sources its kernel cache lacks, side by side. Nothing to do
+        for a backend without compiled kernels."""
+
     def workspace_bytes(self) -> int:
         """Bytes of the backend's own working memory beyond persistent buffers (arena, staging,
         scratch, dequantized copies), as grown so far."""

@@ -107,6 +107,9 @@ class CudaBackend(Backend):
         self.lib._functions.clear()
         self.stream.destroy()
 
+    def prepare_kernels(self) -> None:
+        self.lib.precompile()
+
     def workspace_bytes(self) -> int:
         return sum(b.nbytes for b in (self._arena, self._inputs, self._scratch, self._work) if b is not None)
 
