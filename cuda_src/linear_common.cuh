@@ -1,5 +1,5 @@
 // linear_common.cuh -- what the fused linear kernels share (linear.cu: 16-bit/f32 weights,
-// linear_q.cu: ggml block-quantized weights): activations, 16-byte unpacking, and the prologue
+// linear_q.cu / linear_qmma.cu: ggml block-quantized weights): activations, 16-byte unpacking, and the prologue
 // that stages one normalised row of x in shared memory as float32.
 #pragma once
 #include "common.cuh"
@@ -16,6 +16,17 @@ __device__ __forceinline__ float lin_gelu(float x) {
 }
 __device__ __forceinline__ float lin_act(float x, int act) {
     return act == 1 ? lin_gelu(x) : (act == 2 ? lin_silu(x) : x);
+}
+// One output column c of the quantized GEMVs from its float32 sums: a0 (for swiglu, P = 2, the
+// gate row's; a1 the up row's, c + half): act(a + bias) + res (res at roff + c * rd.st[3]).
+template <typename T>
+__device__ __forceinline__ float lin_epilogue(float a0, float a1, int c, int half, int P, int act,
+                                              const T* bias, const T* res, long long roff, const TD& rd) {
+    float a;
+    if (P == 2) a = lin_silu(a0 + (bias ? to_f32(bias[c]) : 0.0f)) * (a1 + (bias ? to_f32(bias[c + half]) : 0.0f));
+    else a = lin_act(a0 + (bias ? to_f32(bias[c]) : 0.0f), act);
+    if (res) a += to_f32(res[roff + (long long)c * rd.st[3]]);
+    return a;
 }
 
 __device__ __forceinline__ float2 lin_h2f(unsigned u, __half) {

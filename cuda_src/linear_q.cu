@@ -288,14 +288,8 @@ __device__ __forceinline__ void linear_q_body(T* y, const TD& yd, const T* x, co
             for (int j = 0; j < R / P; ++j) {
                 if (P * j >= nr) break;
                 const int c = col + j * wstride;
-                float a;
-                if (P == 2) {
-                    a = lin_silu(acc[2 * j] + (bias ? to_f32(bias[c]) : 0.0f)) *
-                        (acc[2 * j + 1] + (bias ? to_f32(bias[c + half]) : 0.0f));
-                } else {
-                    a = lin_act(acc[j] + (bias ? to_f32(bias[c]) : 0.0f), act);
-                }
-                if (res) a += to_f32(res[roff + (long long)c * rd.st[3]]);
+                const float a = lin_epilogue(acc[P * j], P == 2 ? acc[2 * j + 1] : 0.0f, c, half, P, act, bias, res,
+                                             roff, rd);
                 y[yoff + (long long)c * yd.st[3]] = from_f32<T>(a);
             }
         }

@@ -90,9 +90,9 @@ def test_graph_kernels_name_each_nodes_launches() -> None:
         rec = record_launches(g, plan, g.kernels)
         assert [k for n in plan.order for k in g.kernels[n.id]] == [r[0] for r in rec]
         assert g.kernels[plan.order[-1].id] == ["argmax_f16"]
-        assert any(ks == ["linear_q_q8_0_f16"] for ks in g.kernels.values())
+        assert any(ks == ["linear_qmma_q8_0_f16"] for ks in g.kernels.values())  # short rows: tensor cores
         table = g.dump()
-        assert table.splitlines()[0].rstrip().endswith("kernels") and "linear_q_q8_0_f16" in table
+        assert table.splitlines()[0].rstrip().endswith("kernels") and "linear_qmma_q8_0_f16" in table
         from tinygraph.viz import graph_data
         shown = {n["id"]: n.get("kernel") for n in graph_data(g)["nodes"]}
         assert all(shown[i] == " ".join(ks) for i, ks in g.kernels.items() if ks)

@@ -76,18 +76,24 @@ def _case(sess, qt, dt, rows, N, K, norm, act, bias, res, rng):
     return y, z
 
 
+def _gemv_cases(blk: int) -> list[tuple]:
+    """(rows, N, K, norm, act, bias, res) decode GEMV cases for a type of block size ``blk``: columns
+    not a multiple of a block's warps or tiles, K = 2, 3, 1 and 16 (or 2) blocks, every norm and
+    activation."""
+    return [
+        (1, 37, 2 * blk, "rms", None, False, False),
+        (1, 66, 3 * blk, None, "swiglu", True, True),
+        (3, 19, blk, "layer", "silu", True, False),
+        (1, 300, 16 * blk if blk == 32 else 2 * blk, "rms", "gelu", False, True),
+    ]
+
+
 @pytest.mark.parametrize("qt", TYPES)
 @pytest.mark.parametrize("dt", [tg.float32, tg.float16, tg.bfloat16], ids=lambda d: d.short)
 def test_linear_q_decode_and_prefill(cuda, qt, dt) -> None:
     rng = np.random.default_rng(zlib.crc32(f"{qt}{dt.name}".encode()))
     blk = tg.dtypes.as_dtype(qt).block
-    cases = [  # rows, N, K, norm, act, bias, res
-        (1, 37, 2 * blk, "rms", None, False, False),
-        (1, 66, 3 * blk, None, "swiglu", True, True),
-        (3, 19, blk, "layer", "silu", True, False),
-        (1, 300, 16 * blk if blk == 32 else 2 * blk, "rms", "gelu", False, True),
-        (40, 70, 2 * blk, "rms", "swiglu", True, True),   # prefill: dequantized weight + GEMM
-    ]
+    cases = _gemv_cases(blk) + [(40, 70, 2 * blk, "rms", "swiglu", True, True)]  # prefill: dequant + GEMM
     for rows, N, K, norm, act, bias, res in cases:
         y, ref = _case(cuda, qt, dt, rows, N, K, norm, act, bias, res, rng)
         assert np.all(np.isfinite(np.asarray(y, np.float32))), (qt, rows, N, K)
@@ -160,12 +166,13 @@ def test_download_and_unfused_matmul_of_a_quantized_weight(cuda, qt) -> None:
 @pytest.mark.parametrize("qt", ["q8_0", "q4_1", "q5_0", "q4_k", "q6_k"])
 def test_int8_activation_gemv_against_the_exact_one(cuda, qt, monkeypatch) -> None:
     # TINYGRAPH_QUANT_ACT=int8: f16 decode GEMVs round the normalised row to int8 per 32
-    # (linear_q8a); by default they keep float32 products (linear_q). Both against float64.
+    # (linear_q8a); linear_q keeps float32 products. Both against float64.
     rng = np.random.default_rng(zlib.crc32(qt.encode()))
     blk = tg.dtypes.as_dtype(qt).block
     seed, got = int(rng.integers(1 << 30)), {}
     for exact in ("0", "1"):  # the same data both times
         monkeypatch.setenv("TINYGRAPH_QUANT_ACT", "exact" if exact == "1" else "int8")
+        monkeypatch.setenv("TINYGRAPH_QUANT_GEMV", "linear_q" if exact == "1" else "")
         y, ref = _case(cuda, qt, tg.float16, 1, 96, 8 * blk, "rms", "swiglu", True, True, np.random.default_rng(seed))
         got[exact] = (np.asarray(y, np.float64), ref)
     (y8, ref), (yx, ref2) = got["0"], got["1"]
@@ -176,12 +183,11 @@ def test_int8_activation_gemv_against_the_exact_one(cuda, qt, monkeypatch) -> No
     assert _rel(y8, ref) < 2e-2, _rel(y8, ref)
 
 
-def test_int8_activation_gemv_propagates_non_finite_input(cuda, monkeypatch) -> None:
-    monkeypatch.setenv("TINYGRAPH_QUANT_ACT", "int8")
-    N, K = 16, 256
-    raw = quantize(np.random.default_rng(3).standard_normal((N, K)).astype(np.float32), "q4_k")
-    W = cuda.persistent((N, K), tg.q4_k)
-    cuda.upload(W, raw)
+def _nan_in_x_gives_nan(cuda, qt: str, K: int, rng) -> list[str]:
+    """A 16 x K ``qt`` linear of a row with one NaN: every output is NaN. Returns the kernels run."""
+    N = 16
+    W = cuda.persistent((N, K), qt)
+    cuda.upload(W, quantize(rng.standard_normal((N, K)).astype(np.float32), qt))
     g = cuda.graph()
     x = g.input((1, K), tg.float16, name="x")
     g.output(tg.linear(x, W))
@@ -190,3 +196,26 @@ def test_int8_activation_gemv_propagates_non_finite_input(cuda, monkeypatch) -> 
     (y,) = cuda.compute(g, {x: xv})
     assert np.isnan(np.asarray(y, np.float32)).all()
     cuda.free([W])
+    return [k for ks in g.kernels.values() for k in ks]
+
+
+def test_int8_activation_gemv_propagates_non_finite_input(cuda, monkeypatch) -> None:
+    monkeypatch.setenv("TINYGRAPH_QUANT_ACT", "int8")
+    assert "linear_q8a_q4_k_f16" in _nan_in_x_gives_nan(cuda, "q4_k", 256, np.random.default_rng(3))
+
+
+@pytest.mark.parametrize("qt", TYPES)
+def test_tensor_core_gemv_against_float64(cuda, qt, monkeypatch) -> None:
+    # TINYGRAPH_QUANT_GEMV=linear_qmma (cuda_src/linear_qmma.cu): weights as float16 scale * code
+    # and the normalised row as float16 into mma.m16n8k16, float32 sums. Tiles of 16 rows with
+    # columns past the end, swiglu's 8 + 8 rows, K not a multiple of 4 units, several x rows,
+    # more tiles than one wave of blocks (a block loops over tiles), and a NaN in x.
+    monkeypatch.setenv("TINYGRAPH_QUANT_GEMV", "linear_qmma")
+    rng = np.random.default_rng(zlib.crc32(f"mma{qt}".encode()))
+    blk = tg.dtypes.as_dtype(qt).block
+    cases = _gemv_cases(blk) + [(8, 130, 5 * blk, "rms", "swiglu", True, True), (1, 20000, 512, "rms", None, True, True)]
+    for rows, N, K, norm, act, bias, res in cases:
+        y, ref = _case(cuda, qt, tg.float16, rows, N, K, norm, act, bias, res, rng)
+        assert np.all(np.isfinite(np.asarray(y, np.float32))), (qt, rows, N, K)
+        assert _rel(y, ref) < 3e-3, (qt, rows, N, K, norm, act, _rel(y, ref))
+    assert f"linear_qmma_{qt}_f16" in _nan_in_x_gives_nan(cuda, qt, 2 * blk, rng)

@@ -82,5 +82,23 @@ def test_attn_splits():
 
 def test_quant_gemv_rounds_16_bit_activations_only_when_asked() -> None:
     assert select.quant_gemv("f16") == select.quant_gemv("bf16") == select.quant_gemv("f32") == "linear_q"
+    # the default per weight type: tensor cores for the k-quants with 4-byte aligned blocks, f16 only
+    assert select.quant_gemv("f16", qtype="q4_k") == select.quant_gemv("f16", qtype="q6_k") == "linear_qmma"
+    assert select.quant_gemv("f16", qtype="q4_1", K=8192) == "linear_qmma"
+    assert select.quant_gemv("bf16", qtype="q4_k") == select.quant_gemv("f32", qtype="q4_k") == "linear_q"
+    # 2-byte aligned blocks: tensor cores only for short rows
+    assert select.quant_gemv("f16", qtype="q8_0", K=1536) == select.quant_gemv("f16", qtype="q5_0", K=576) == "linear_qmma"
+    assert select.quant_gemv("f16", qtype="q8_0", K=2048) == select.quant_gemv("f16", qtype="q3_k", K=4096) == "linear_q"
+    assert select.quant_gemv("f16", True, qtype="q4_k") == "linear_q8a"
     assert select.quant_gemv("f16", True) == select.quant_gemv("bf16", True) == "linear_q8a"
     assert select.quant_gemv("f32", True) == "linear_q"
+
+
+def test_quant_gemv_named_family_and_its_fallbacks() -> None:
+    assert select.quant_gemv("f16", choice="linear_qmma") == "linear_qmma"
+    assert select.quant_gemv("bf16", choice="linear_qmma") == "linear_q"      # f16 tensor-core path only
+    assert select.quant_gemv("f16", choice="linear_qmma", caps=select.DeviceCaps(arch=75)) == "linear_q"
+    assert select.quant_gemv("f32", choice="linear_q8a") == "linear_q"
+    assert select.quant_gemv("f16", True, choice="linear_q") == "linear_q"    # the named family wins
+    with pytest.raises(ValueError, match="TINYGRAPH_QUANT_GEMV"):
+        select.quant_gemv("f16", choice="mma")

@@ -114,3 +114,33 @@ def test_detached_building_and_replace():
     (out,) = sess.compute(g, {"x": np.ones((2, 3), np.float32)})
     assert np.allclose(out, 6.0)
     sess.close()
+
+
+def test_a_norm_read_by_several_weight_matmuls_is_folded_into_each(backend, rng):
+    # a Q4_K_M file's q / k / v of different types stay separate matmuls of one normalised row:
+    # each becomes a linear with the norm (no rms_norm kernel left); a norm something else also
+    # reads (here a graph output) is left alone
+    sess = tg.Session(backend=backend)
+    K = 64
+    ws = [sess.persistent((n, K), tg.float32, name=f"w{n}") for n in (32, 16, 16)]
+    nw = sess.persistent((K,), tg.float32, name="nw")
+    sess.finalize()
+    for w in ws:
+        sess.upload(w, rng.standard_normal(w.shape).astype(np.float32) / 8)
+    sess.upload(nw, (1 + 0.1 * rng.standard_normal(K)).astype(np.float32))
+    xv = rng.standard_normal((2, K)).astype(np.float32)
+    for also_output in (False, True):
+        g = sess.graph()
+        x = g.input((2, K), tg.float32, name="x")
+        h = tg.rms_norm(x, nw, 1e-6, name="n")
+        for w in ws:
+            g.output(tg.matmul(h, tg.transpose(w)))
+        if also_output:
+            g.output(h)
+        ref = sess.compute(g, {x: xv})
+        n = optimize(g)["fuse_linear"]
+        ops = [t.op for t in g.nodes]
+        assert (n, ops.count("rms_norm"), ops.count("linear")) == ((0, 1, 0) if also_output else (3, 0, 3))
+        out = sess.compute(g, {x: xv})
+        for a, b in zip(out, ref):
+            assert rel_err(a, b) < 1e-5

@@ -85,6 +85,18 @@ def _only_reader(c: dict, t: Tensor) -> Tensor | None:
     return r[0] if len(r) == 1 else None
 
 
+def _norm_fusable(c: dict, x: Tensor, mm: Tensor) -> bool:
+    """Whether norm ``x`` may be folded into matmul ``mm``: it is x's only reader, or every
+    reader of x is a matmul of x by a weight (a quantized file's separate q / k / v of different
+    types, a parallel block's attention and MLP inputs): each fused linear then normalises the
+    row itself, which costs less than the norm's own kernel and its round trip through memory."""
+    if x.dtype != mm.dtype:
+        return False
+    readers = c.get(x.id, [])
+    return all(r is not None and r.op == "matmul" and r.srcs[0] is x and _weight_of(r.srcs[1]) is not None
+               and r.dtype == x.dtype for r in readers) and mm in readers
+
+
 def _weight_of(b: Tensor) -> Tensor | None:
     """The persistent [N, K] matrix W when ``b`` is ``transpose(W)`` (an HF [out, in] weight)."""
     w = b.storage
@@ -127,8 +139,9 @@ def fuse_linear(g: Graph) -> int:
             continue
         dead = {mm.id}
         kw: dict = {}
-        if x.op in ("rms_norm", "layer_norm") and _only_reader(c, x) is mm and x.dtype == mm.dtype:
-            dead.add(x.id)
+        if x.op in ("rms_norm", "layer_norm") and _norm_fusable(c, x, mm):
+            if _only_reader(c, x) is mm:  # else the norm stays for its other matmuls (fused later)
+                dead.add(x.id)
             o = optional_srcs(x)
             kw.update(norm="rms" if x.op == "rms_norm" else "layer", eps=x.params["eps"],
                       norm_w=o["w"], norm_b=o.get("b"))

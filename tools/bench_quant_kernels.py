@@ -3,7 +3,8 @@
 
 For each (model layer, ggml type) one fused GEMV launch (one row, f16 activations) of each
 ``--kernels`` family (``linear_q``: float32 products with the staged row; ``linear_q8a``: the row
-rounded to int8, dp4a; see cuda_src/linear_q.cu) is timed as CUDA-graph replays (median), rotating over enough weight copies that every call reads
+rounded to int8, dp4a; ``linear_qmma``: float16 weights and row on tensor cores; see
+cuda_src/linear_q.cu, linear_qmma.cu) is timed as CUDA-graph replays (median), rotating over enough weight copies that every call reads
 its weights from DRAM rather than L2; GB/s counts the weight bytes. The f16 ``linear_gemv`` of
 the same shape is the baseline. With ``--dequant``, also timed: ``dequant`` of the whole weight
 to f16 (the prefill path's extra pass; GB/s counts bytes read + written). Weights are random blocks (timing does not
@@ -28,14 +29,21 @@ from bench_linear import SHAPES, Buf, _compile_one  # noqa: E402
 Arg = kernels.Arg
 
 
+def quant_launch_kernels() -> tuple[str, ...]:
+    from tinygraph.backends.cuda.select import QUANT_GEMVS
+    return QUANT_GEMVS
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--types", default="q8_0,q4_0,q4_k,q5_k,q6_k")
     ap.add_argument("--models", default="SmolLM2,TinyLlama,Qwen3-8B")
     ap.add_argument("--kernels", default="linear_q,linear_q8a", help="GEMV families to time")
     ap.add_argument("--dequant", action="store_true", help="also time the prefill path's dequantization")
-    ap.add_argument("--variants", default="", help="linear_q8a built with other options, timed too: "
+    ap.add_argument("--variants", default="", help="--variant-kernel built with other options, timed too: "
                     "'NAME:-DTG_LQ_ROWS=4 -DTG_LQ_UNROLL=1;NAME2:...'")
+    ap.add_argument("--variant-kernel", default="linear_q8a", choices=quant_launch_kernels(),
+                    help="the GEMV family the --variants rebuild")
     ap.add_argument("--layers", default="", help="only these layers (comma list, e.g. gate_up,down)")
     args = ap.parse_args(argv)
     dev = driver.get_device(0)
@@ -46,7 +54,8 @@ def main(argv=None) -> int:
         variants[name] = opts.split()
     if variants:  # compile them side by side (the disk cache then serves the libraries)
         import multiprocessing as mp
-        jobs = [("linear_q.cu", lib.arch, o) for o in variants.values()]
+        src = "linear_qmma.cu" if args.variant_kernel == "linear_qmma" else "linear_q.cu"
+        jobs = [(src, lib.arch, o) for o in variants.values()]
         with mp.get_context("spawn").Pool(len(jobs)) as pool:
             pool.map(_compile_one, jobs)
     vlibs = {n: kernels.KernelLibrary(dev, options=o) for n, o in variants.items()}
@@ -76,7 +85,7 @@ def main(argv=None) -> int:
                 ws.append(b)
 
             kerns = [("linear", lib)] if qt == "f16" else [(k, lib) for k in args.kernels.split(",")]
-            kerns += [] if qt == "f16" else [(f"q8a/{n}", vl) for n, vl in vlibs.items()]
+            kerns += [] if qt == "f16" else [(f"{args.variant_kernel}/{n}", vl) for n, vl in vlibs.items()]
             for kern, klib in kerns:
                 def run(i, qt=qt, ws=ws, kern=kern, klib=klib):
                     w = ws[i % len(ws)]
@@ -87,7 +96,7 @@ def main(argv=None) -> int:
                     else:
                         quant_launch.linear_q(klib, qt, "f16", y.arg(), x.arg(), w.ptr,
                                               dtypes.as_dtype(qt).nbytes(K), N, K,
-                                              kernel=kern if "/" not in kern else "linear_q8a", **kw)
+                                              kernel=kern.split("/")[0], **kw)
                 us = driver.graph_time_us(run, s, 20, 15)
                 print(f"{model:10s} {layer:8s} {K:6d} {N:6d} {qt:6s} {kern:10s} {us:8.1f} {nbytes / us / 1e3:7.0f}",
                       flush=True)

@@ -256,6 +256,8 @@ for _q in QUANT_KERNEL_TYPES:
                     f"linear_gemv with a {_q} weight (w: raw blocks, row n at byte n*ldw)"),
          KernelSpec(f"linear_q8a_{_q}", "linear_q.cu", _LINEAR_PARAMS, _ONE, "linear_gemv",
                     f"linear_q_{_q} with the normalised row rounded to int8 per 32 (integer dot products)"),
+         KernelSpec(f"linear_qmma_{_q}", "linear_qmma.cu", _LINEAR_PARAMS, (("f16",),), "linear_gemv",
+                    f"linear_q_{_q} on tensor cores: weights and the normalised row as float16, float32 sums"),
          KernelSpec(f"dequant_{_q}", "linear_q.cu",
                     (("out", "ptr"), ("od", "td"), ("w", "ptr"), ("ldw", "i64"), ("ids", "ptr")), _ONE,
                     "elementwise", f"out[.., r, :] = dequant({_q} row ids[r] (or r when ids is NULL))"))

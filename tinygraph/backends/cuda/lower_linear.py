@@ -63,7 +63,9 @@ def linear_parts(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int], x
     rows = x.size // K
     # the quantized GEMV stages the row in shared memory (~9 bytes per element of K): longer rows
     # (K > ~25k on sm_90) take the dequantize + GEMM path
-    qk = select.quant_gemv(dt.short, os.environ.get("TINYGRAPH_QUANT_ACT", "") == "int8")
+    qk = select.quant_gemv(dt.short, os.environ.get("TINYGRAPH_QUANT_ACT", "") == "int8",
+                           os.environ.get("TINYGRAPH_QUANT_GEMV") or None, be.lib.caps,
+                           w.dtype.name if w.dtype.is_quant else None, K)
     path = select.linear_path(rows, w.dtype.is_quant,
                               quant_launch.linear_q_shared_bytes(K, qk) if w.dtype.is_quant else 0,
                               has_kernel("linear_gemv", dt.short), be.lib.caps)

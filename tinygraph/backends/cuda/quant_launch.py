@@ -19,7 +19,10 @@ LINEAR_Q_BLOCK = 256
 def linear_q_shared_bytes(K: int, kernel: str = "linear_q") -> int:
     """Dynamic shared memory of ``kernel``: the staged row (float32, padded to 4), then for
     linear_q its copy with 4 floats of padding per 32 (lq_pad) and its sums of 8; for linear_q8a
-    its int8 codes, its sums of 8 and its scales per 32."""
+    its int8 codes, its sums of 8 and its scales per 32; for linear_qmma the row as float16
+    (16-byte aligned) and the sums of 8 of that."""
+    if kernel == "linear_qmma":
+        return -(-K // 4) * 4 * 4 + (K * 2 + 15) // 16 * 16 + K // 8 * 4
     if kernel == "linear_q8a":
         return -(-K // 4) * 4 * 4 + K + (K // 8 + K // 32) * 4
     return (-(-K // 4) * 4 + K + K // 8 + K // 8) * 4
@@ -31,8 +34,9 @@ def linear_q(lib: KernelLibrary, qtype: str, dtype, y: Arg, x: Arg, w_ptr: int, 
     """One fused kernel: ``y = act(norm(x) @ dequant(w).T + bias) + res`` with ``w`` a row-major
     [N, K] matrix of ggml ``qtype`` blocks (row n at byte ``w_ptr + n * ldw``). Arguments as
     :meth:`KernelLibrary.linear`; K must be a multiple of the type's block size; ``kernel``:
-    "linear_q" or "linear_q8a" (``select.quant_gemv``). The grid is (rows of x) x (column
-    blocks), the column blocks capped at one wave of resident blocks."""
+    "linear_q", "linear_q8a" or "linear_qmma" (f16 only; ``select.quant_gemv``). The grid is
+    (rows of x) x (column blocks), the column blocks capped at one wave of resident blocks;
+    a linear_qmma block computes tiles of 16 weight rows (8 output columns for swiglu)."""
     sfx = dtype_suffix(dtype)
     norm_c, act_c = _linear_code("norm", norm, LINEAR_NORMS), _linear_code("act", act, LINEAR_ACTS)
     nout = N // 2 if act_c == 3 else N
@@ -43,7 +47,7 @@ def linear_q(lib: KernelLibrary, qtype: str, dtype, y: Arg, x: Arg, w_ptr: int, 
     smem = linear_q_shared_bytes(K, kernel)
     lib._ensure_dynamic_smem(f, smem)
     bs = LINEAR_Q_BLOCK
-    cb = -(-nout // (bs // 32))
+    cb = -(-nout // (8 if act_c == 3 else 16)) if kernel == "linear_qmma" else -(-nout // (bs // 32))
     cb = min(cb, max(1, lib.sm_count * lib._blocks_per_sm(f, bs, smem) // rows))
     rd = res.td if res is not None else y.td
     lib._launch(f, rows * cb, bs,

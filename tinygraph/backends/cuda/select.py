@@ -78,15 +78,44 @@ def linear_path(rows: int, quantized: bool, q_shared_bytes: int, fused_gemv: boo
     return "gemv" if fused_gemv and rows <= DECODE_ROWS else "matmul"
 
 
-def quant_gemv(dtype: str, int8_activations: bool = False) -> str:
+#: the decode GEMV families of a block-quantized weight (cuda_src/linear_q.cu, linear_qmma.cu)
+QUANT_GEMVS = ("linear_q", "linear_q8a", "linear_qmma")
+#: weight types whose f16 decode GEMV is linear_qmma by default (H200, same device call, decode
+#: tok/s of whole models, linear_q -> linear_qmma: SmolLM2 Q4_1 1,325 -> 1,539, TinyLlama Q4_K_M
+#: 865 -> 952; per layer q4_k / q6_k 1.1-1.4x on Qwen3-8B shapes; bench/README.md)
+QMMA_TYPES = frozenset({"q4_1", "q5_1", "q2_k", "q4_k", "q5_k", "q6_k"})
+#: types whose blocks are only 2-byte aligned (read 2 bytes at a time): linear_qmma only for rows
+#: shorter than this (SmolLM2 Q8_0, K 576 / 1536: 1,353 -> 1,454 tok/s; TinyLlama Q8_0, K 2048 /
+#: 5632: 912 -> 718)
+QMMA_ALIGN2_TYPES, QMMA_ALIGN2_MAX_K = frozenset({"q8_0", "q4_0", "q5_0", "q3_k"}), 2048
+
+
+def quant_gemv(dtype: str, int8_activations: bool = False, choice: str | None = None,
+               caps: DeviceCaps | None = None, qtype: str | None = None, K: int = 0) -> str:
     """The decode GEMV kernel family of a block-quantized weight for activations of ``dtype``:
-    "linear_q" (float32 products of the decoded weights and the staged row), or "linear_q8a" (the
-    normalised row rounded to int8 per block of 32, integer dot products) for f16 / bf16 when
-    ``int8_activations`` (``TINYGRAPH_QUANT_ACT=int8``) asks for it. Not the default: the GEMV
-    alone is 1.2-1.5x faster on the H200, decode end to end was not measured faster, and the
-    rounding moves a decode step's logits of the default model by 0.1-0.6 rms
-    (tools/quant_act_error.py)."""
-    return "linear_q8a" if int8_activations and dtype in ("f16", "bf16") else "linear_q"
+    "linear_q" (float32 products of the decoded weights and the staged row), "linear_q8a" (the
+    normalised row rounded to int8 per block of 32, integer dot products; f16 / bf16, when
+    ``int8_activations`` (``TINYGRAPH_QUANT_ACT=int8``) asks for it), or "linear_qmma" (f16 on
+    sm_80+: weights and row as float16 into tensor cores, float32 sums). ``choice``
+    (``TINYGRAPH_QUANT_GEMV``) names a family outright; one the dtype or device cannot run
+    falls back to "linear_q". By default f16 uses linear_qmma for the weight types
+    (``qtype``) of ``QMMA_TYPES``, and of ``QMMA_ALIGN2_TYPES`` for rows of ``K`` below
+    ``QMMA_ALIGN2_MAX_K``; linear_q otherwise. linear_q8a is not the default: the rounding moves a decode step's
+    logits of the default model by 0.1-0.6 rms (tools/quant_act_error.py)."""
+    if choice:
+        if choice not in QUANT_GEMVS:
+            raise ValueError(f"TINYGRAPH_QUANT_GEMV={choice!r}: expected one of {', '.join(QUANT_GEMVS)}")
+        fam = choice
+    elif int8_activations:
+        fam = "linear_q8a"
+    else:
+        mma = qtype in QMMA_TYPES or (qtype in QMMA_ALIGN2_TYPES and K < QMMA_ALIGN2_MAX_K)
+        fam = "linear_qmma" if mma else "linear_q"
+    if fam == "linear_q8a" and dtype not in ("f16", "bf16"):
+        return "linear_q"
+    if fam == "linear_qmma" and (dtype != "f16" or (caps is not None and caps.arch < 80)):
+        return "linear_q"
+    return fam
 
 
 def decode_like(rows_of_products: Sequence[int]) -> bool:
