@@ -246,7 +246,7 @@ _reg(
                "linear_gemv; swiglu reads z[.., j] and z[.., j + N/2]); y may alias res"),
 )
 
-# ggml block-quantized weights (linear_q.cu; launch helpers in quant_launch.py)
+# ggml block-quantized weights (linear_q.cu, linear_qmma.cu; launch helpers in quant_launch.py)
 QUANT_KERNEL_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 _LINEAR_PARAMS = (("y", "ptr"), ("yd", "td"), ("x", "ptr"), ("xd", "td"), ("w", "ptr"), ("ldw", "i64"),
                   ("bias", "ptr"), ("res", "ptr"), ("rd", "td"), ("norm_w", "ptr"), ("norm_b", "ptr"),
