@@ -41,20 +41,22 @@ class Layers:
         P = f"layers.{i}.attn"
         # OLMo 2: q/k RMSNorm over the whole projection [T, n * hd], before splitting into heads
         whole = spec.qk_norm and spec.qk_norm_over == "all"
-        if f"{P}.qkv.weight" in self.W:
-            qkv = self._linear(x, f"{P}.qkv")                               # [T, (nh + 2 nkv) hd]
-            row = qkv.shape[1]
+        packed = next((n for n in ("qkv", "qk") if f"{P}.{n}.weight" in self.W), None)
+        if packed:  # q | k (| v) in one matmul; with "qk" (v of another type) v has its own
+            proj = self._linear(x, f"{P}.{packed}")                         # [T, (nh + nkv (+ nkv)) hd]
+            row = proj.shape[1]
             if whole:
-                q, k = (self._whole_norm(tg.view(qkv, (T, n * hd), (row, 1), off, name=f"{P}.{p}_all"), P, p, n)
+                q, k = (self._whole_norm(tg.view(proj, (T, n * hd), (row, 1), off, name=f"{P}.{p}_all"), P, p, n)
                         for p, n, off in (("q", nh, 0), ("k", nkv, nh * hd)))
             else:
-                q = tg.view(qkv, (T, nh, hd), (row, hd, 1), 0, name=f"{P}.q")
-                k = tg.view(qkv, (T, nkv, hd), (row, hd, 1), nh * hd, name=f"{P}.k")
-            v = tg.view(qkv, (T, nkv, hd), (row, hd, 1), (nh + nkv) * hd, name=f"{P}.v")
+                q = tg.view(proj, (T, nh, hd), (row, hd, 1), 0, name=f"{P}.q")
+                k = tg.view(proj, (T, nkv, hd), (row, hd, 1), nh * hd, name=f"{P}.k")
+            v = (tg.view(proj, (T, nkv, hd), (row, hd, 1), (nh + nkv) * hd, name=f"{P}.v") if packed == "qkv"
+                 else tg.reshape(self._linear(x, f"{P}.v"), (T, nkv, hd), name=f"{P}.v"))
         elif whole:  # separate q, k, v matmuls (quantized files), norms over the whole projections
             q, k = (self._whole_norm(self._linear(x, f"{P}.{p}"), P, p, n) for p, n in (("q", nh), ("k", nkv)))
             v = tg.reshape(self._linear(x, f"{P}.v"), (T, nkv, hd), name=f"{P}.v")
-        else:  # q, k, v weights of different types (quantized files)
+        else:  # q, k, v weights of three types (quantized files)
             q, k, v = (tg.reshape(self._linear(x, f"{P}.{p}"), (T, n, hd), name=f"{P}.{p}")
                        for p, n in (("q", nh), ("k", nkv), ("v", nkv)))
         if spec.qk_norm and not whole:

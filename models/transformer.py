@@ -186,7 +186,7 @@ class Transformer(Layers, MoE):
 
         # plain weights keep their canonical names; q/k/v and gate/up are packed into one matrix
         # each (when their parts are kept in one dtype) so a layer does one matmul for q, k and v
-        # and one for gate and up
+        # and one for gate and up (q and k alone when only v has another type)
         self._packs: dict[str, list[str]] = {}
         packed: set[str] = set()
         for i in range(cfg.num_layers):
@@ -197,9 +197,13 @@ class Transformer(Layers, MoE):
                 ws = [f"{p}.weight" for p in parts]
                 if not all(w in names for w in ws):
                     continue
-                types = {self._weight_dtype(ckpt, w, tuple(ckpt.shape(w))) for w in ws}
-                if len(types) != 1:  # e.g. a Q4_K_M file's Q4_K q/k with a Q6_K v: separate matmuls
-                    continue
+                tl = [self._weight_dtype(ckpt, w, tuple(ckpt.shape(w))) for w in ws]
+                if len(set(tl)) != 1:
+                    # a Q4_K_M file's Q4_K q / k with a Q6_K v on some layers: q and k packed, v alone
+                    if pack != "attn.qkv" or tl[0] != tl[1]:
+                        continue
+                    pack, parts, ws = "attn.qk", parts[:2], ws[:2]
+                types = {tl[0]}
                 for kind in ("weight", "bias"):
                     pn = [f"{p}.{kind}" for p in parts]
                     if all(x in names for x in pn):

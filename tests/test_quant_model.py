@@ -205,3 +205,43 @@ def test_cli_quantize_and_dequantize_exclude_each_other(capsys) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--dequantize", "--quantize", "q8_0", "--prompt", "x"])
     assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fam", ["llama", "olmo2"])
+def test_q_and_k_of_one_type_are_packed_when_v_has_another(fam, monkeypatch) -> None:
+    # llama-quantize's Q4_K_M keeps q / k in Q4_K and gives v Q6_K on some layers: q and k stay one
+    # matrix (one GEMV), v its own; OLMo 2's q/k norms over the whole projections read the pack
+    from tinygraph.models import transformer
+
+    plain = transformer.Transformer._weight_dtype
+
+    def mixed(self, ckpt, name, shape):
+        t = plain(self, ckpt, name, shape)
+        return tg.q4_0 if t.is_quant and name.endswith("attn.v.weight") else t
+    fix = f"tests/fixtures/{fam}"
+    ids = [3, 17, 40, 9, 100]
+    monkeypatch.setattr(transformer.Transformer, "_weight_dtype", mixed)
+    m = load_model(fix, backend="numpy", quantize="q8_0")
+    assert m.W["layers.0.attn.qk.weight"].dtype == tg.q8_0 and m.W["layers.0.attn.v.weight"].dtype == tg.q4_0
+    assert "layers.0.attn.qkv.weight" not in m.W and "layers.0.attn.q.weight" not in m.W
+    outs = []
+    for fuse in (False, True):
+        g, tid, pid = m.step_graph(len(ids), "logits", fuse=fuse)
+        outs.append(m.session.compute(g, {tid: np.array(ids, np.int32), pid: np.arange(len(ids), dtype=np.int32)})[0])
+        if fuse:  # the attention norm folded into both projections
+            assert "rms_norm" not in [n.op for n in g.nodes if n.name.startswith("layers.0.attn_norm")]
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+    # the float model (one packed q|k|v) on the same dequantized values
+    monkeypatch.setattr(transformer.Transformer, "_weight_dtype", plain)
+    ref = load_model(fix, backend="numpy")
+    nv = ref.config.num_kv_heads * ref.config.head_dim
+    for name, t in ref.W.items():
+        if name.endswith("attn.qkv.weight"):
+            w = ref.session.download(t)
+            rq = [(w[:-nv], "q8_0"), (w[-nv:], "q4_0")]
+            ref.session.upload(t, np.concatenate([dequantize(quantize(a, q), q, a.shape[1]) for a, q in rq]))
+        elif name in m.W and m.W[name].dtype.is_quant:
+            w, q = ref.session.download(t), m.W[name].dtype.name
+            ref.session.upload(t, dequantize(quantize(w, q), q, w.shape[1]))
+    want = ref.step(ids, 0)
+    np.testing.assert_allclose(np.ravel(outs[1])[-want.size:], np.ravel(want), rtol=1e-4, atol=1e-4)
