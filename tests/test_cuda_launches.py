@@ -96,3 +96,13 @@ def test_graph_kernels_name_each_nodes_launches() -> None:
         from tinygraph.viz import graph_data
         shown = {n["id"]: n.get("kernel") for n in graph_data(g)["nodes"]}
         assert all(shown[i] == " ".join(ks) for i, ks in g.kernels.items() if ks)
+
+
+def test_the_backend_keeps_its_kernel_choices_in_the_plan() -> None:
+    with load_model(FIX / "llama", backend="numpy", dtype="float16", quantize="q8_0") as m:
+        g, _, _ = m.step_graph(1, "argmax")
+        plan = m.session._plan_for(g)
+        assert plan.choices is None
+        record_launches(g, plan)
+        assert plan.choices and all(n.op in ("linear", "matmul") for n in plan.order if n.id in plan.choices)
+        assert {c.gemv for c in plan.choices.values()} == {"linear_qmma"}

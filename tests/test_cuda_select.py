@@ -102,3 +102,35 @@ def test_quant_gemv_named_family_and_its_fallbacks() -> None:
     assert select.quant_gemv("f16", True, choice="linear_q") == "linear_q"    # the named family wins
     with pytest.raises(ValueError, match="TINYGRAPH_QUANT_GEMV"):
         select.quant_gemv("f16", choice="mma")
+
+
+def test_plan_choices_cover_every_weight_product_once() -> None:
+    # select.plan_choices: a pure function of the planned nodes, the device caps and the
+    # environment; the CUDA backend runs it once per plan and keeps the result in ExecPlan.choices
+    from tinygraph.models import load_model
+    gemv = frozenset({"f32", "f16", "bf16"})
+    caps = select.DeviceCaps()
+    with load_model("tests/fixtures/llama", backend="numpy", dtype="float16", quantize="q8_0") as m:
+        for T in (1, 40):
+            g, _, _ = m.step_graph(T, "logits")
+            plan = m.session._plan_for(g)
+            prods = [n for n in plan.order if n.op == "linear" or (n.op == "matmul" and n.srcs[1].dtype.is_quant)]
+            ch = select.plan_choices(plan.order, caps, gemv, {})
+            assert prods and set(ch) == {n.id for n in prods}
+            for n in prods:  # decode rows (a prefill's last-row LM head too): the GEMV
+                w = n.srcs[1] if n.op == "linear" else n.srcs[1].storage
+                rows = n.srcs[0].size // w.shape[1]
+                assert ch[n.id].path == ("gemv_q" if rows <= DECODE_ROWS else "dequant_matmul"), (n.name, rows)
+                assert (ch[n.id].gemv is None) == (ch[n.id].path != "gemv_q")
+            if T == 1:  # short q8_0 rows: tensor cores; the environment names another family
+                assert {c.gemv for c in ch.values()} == {"linear_qmma"}
+                env = {"TINYGRAPH_QUANT_ACT": "int8"}
+                assert {c.gemv for c in select.plan_choices(plan.order, caps, gemv, env).values()} == {"linear_q8a"}
+                env = {"TINYGRAPH_QUANT_GEMV": "linear_q"}
+                assert {c.gemv for c in select.plan_choices(plan.order, caps, gemv, env).values()} == {"linear_q"}
+            else:
+                assert {c.path for c in ch.values()} == {"gemv_q", "dequant_matmul"}
+    with load_model("tests/fixtures/llama", backend="numpy", dtype="float32") as m:
+        g, _, _ = m.step_graph(1, "logits")
+        ch = select.plan_choices(m.session._plan_for(g).order, caps, gemv, {})
+        assert ch and {(c.path, c.gemv) for c in ch.values()} == {("gemv", None)}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Any, TYPE_CHECKING, Iterator, Sequence
 
 import networkx as nx
 
@@ -24,6 +24,9 @@ class ExecPlan:
     order: list[Tensor]
     memory: MemoryPlan
     inputs_read: list[Tensor] | None = None  # filled on first use by Session.compute
+    #: backend kernel choices per node id, made once by the backend that first runs the plan
+    #: (CUDA: ``select.plan_choices``)
+    choices: dict[int, Any] | None = None
 
     @property
     def arena_bytes(self) -> int:

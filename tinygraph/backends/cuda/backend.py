@@ -28,6 +28,7 @@ from .kernels import Arg, KernelLibrary
 from .launch import LAUNCH_OBSERVER
 from .limits import ALIGN, COUNTER_BYTES, NeedScratch
 from .lower import LOWERINGS
+from .lower_linear import GEMV_DTYPES
 
 _ALIGN = ALIGN
 _COUNTER_BYTES = COUNTER_BYTES
@@ -60,6 +61,7 @@ class CudaBackend(Backend):
         self._replay: "weakref.WeakKeyDictionary[Graph, list]" = weakref.WeakKeyDictionary()
         self.launches = 0
         self._klog: dict[int, list[str]] | None = None  # the graph being lowered's Graph.kernels
+        self._choices: dict[int, select.LinearChoice] = {}  # the kernel choices of the plan being run
 
     # -- persistent buffers -------------------------------------------------------------------
     def allocate(self, t: Tensor) -> None:
@@ -400,6 +402,9 @@ class CudaBackend(Backend):
             times[nid] = driver.Event.elapsed_ms(a, b) * 1e3
 
     def _run_all(self, plan: ExecPlan, base: dict[int, int]) -> None:
+        if plan.choices is None:  # the plan's kernel choices, made on its first run and kept in it
+            plan.choices = select.plan_choices(plan.order, self.lib.caps, GEMV_DTYPES, os.environ)
+        self._choices = plan.choices
         for n in plan.order:
             try:
                 self._run(n, base)
@@ -472,6 +477,13 @@ class CudaBackend(Backend):
         finally:
             LAUNCH_OBSERVER.reset(tok)
         self._klog[n.id] = names
+
+    def choice(self, n: Tensor) -> "select.LinearChoice":
+        """The kernel choice of weight product ``n``, from the plan being run."""
+        c = self._choices.get(n.id)
+        if c is None:  # a node run outside a plan (not done by the backend itself)
+            c = select.plan_choices([n], self.lib.caps, GEMV_DTYPES, os.environ)[n.id]
+        return c
 
     def _pdl(self) -> bool | None:
         """A direct launch's PDL choice: the kernel's own (None), unless the run turned it off."""

@@ -3,7 +3,6 @@
 ``matmul`` (plain, or with a block-quantized weight read as its raw blocks)."""
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from ...errors import BackendError
@@ -11,7 +10,6 @@ from ...ops.registry import optional_srcs
 from ...tensor import Tensor
 from . import quant_launch
 from .kernels import Arg
-from . import select
 
 if TYPE_CHECKING:
     from .backend import CudaBackend
@@ -60,15 +58,9 @@ def linear_parts(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int], x
     dt, lib, s = n.dtype, be.lib, be.stream
     xa = be._as(x, base, dt)
     N, K = w.shape
-    rows = x.size // K
-    # the quantized GEMV stages the row in shared memory (~9 bytes per element of K): longer rows
-    # (K > ~25k on sm_90) take the dequantize + GEMM path
-    qk = select.quant_gemv(dt.short, os.environ.get("TINYGRAPH_QUANT_ACT", "") == "int8",
-                           os.environ.get("TINYGRAPH_QUANT_GEMV") or None, be.lib.caps,
-                           w.dtype.name if w.dtype.is_quant else None, K)
-    path = select.linear_path(rows, w.dtype.is_quant,
-                              quant_launch.linear_q_shared_bytes(K, qk) if w.dtype.is_quant else 0,
-                              has_kernel("linear_gemv", dt.short), be.lib.caps)
+    # planned once per graph (select.plan_choices): the path, and the quantized GEMV family
+    ch = be.choice(n)
+    path, qk = ch.path, ch.gemv
     if w.dtype.is_quant:
         wq, ldw = quant_rows(be, w, base, n)
         if path == "gemv_q":
@@ -91,7 +83,7 @@ def linear_parts(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int], x
     def ptr_of(t: Tensor | None) -> int | None:
         return be._as(t, base, dt).ptr if t is not None else None
     ra = be._as(res, base, dt) if res is not None else None
-    fused = has_kernel("linear_gemv", dt.short)
+    fused = dt.short in GEMV_DTYPES
     if path == "gemv":  # few rows (decode): one fused GEMV
         # the weights (matrix, bias, norm) may be read before the kernel waits for its
         # predecessor when they are model weights nothing in the graph writes
@@ -138,3 +130,7 @@ def has_kernel(base_name: str, sfx: str) -> bool:
     """Whether the kernel library offers ``base_name`` for dtype ``sfx``."""
     from .kernels import KERNELS
     return base_name in KERNELS and (sfx,) in KERNELS[base_name].dtypes
+
+
+#: activation dtypes with the fused 16/32-bit GEMV kernel (``linear_gemv``)
+GEMV_DTYPES = frozenset(d for d in ("f32", "f16", "bf16") if has_kernel("linear_gemv", d))

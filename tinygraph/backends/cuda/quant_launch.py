@@ -9,23 +9,12 @@ from __future__ import annotations
 import ctypes
 import math
 
+from .select import linear_q_shared_bytes  # noqa: F401 (re-exported)
 from .kernels import (LINEAR_ACTS, LINEAR_NORMS, Arg, KernelLibrary, _linear_code, dtype_suffix, f32, i32,
                       ptr)
 
 #: threads per linear_q block: 8 warps, each computing whole output columns
 LINEAR_Q_BLOCK = 256
-
-
-def linear_q_shared_bytes(K: int, kernel: str = "linear_q") -> int:
-    """Dynamic shared memory of ``kernel``: the staged row (float32, padded to 4), then for
-    linear_q its copy with 4 floats of padding per 32 (lq_pad) and its sums of 8; for linear_q8a
-    its int8 codes, its sums of 8 and its scales per 32; for linear_qmma the row as float16
-    (16-byte aligned) and the sums of 8 of that."""
-    if kernel == "linear_qmma":
-        return -(-K // 4) * 4 * 4 + (K * 2 + 15) // 16 * 16 + K // 8 * 4
-    if kernel == "linear_q8a":
-        return -(-K // 4) * 4 * 4 + K + (K // 8 + K // 32) * 4
-    return (-(-K // 4) * 4 + K + K // 8 + K // 8) * 4
 
 
 def linear_q(lib: KernelLibrary, qtype: str, dtype, y: Arg, x: Arg, w_ptr: int, ldw: int, N: int, K: int,

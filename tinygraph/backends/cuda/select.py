@@ -10,7 +10,7 @@ the launches they lead to are unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from .limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES
 
@@ -116,6 +116,63 @@ def quant_gemv(dtype: str, int8_activations: bool = False, choice: str | None = 
     if fam == "linear_qmma" and (dtype != "f16" or (caps is not None and caps.arch < 80)):
         return "linear_q"
     return fam
+
+
+def linear_q_shared_bytes(K: int, kernel: str = "linear_q") -> int:
+    """Dynamic shared memory of ``kernel``: the staged row (float32, padded to 4), then for
+    linear_q its copy with 4 floats of padding per 32 (lq_pad) and its sums of 8; for linear_q8a
+    its int8 codes, its sums of 8 and its scales per 32; for linear_qmma the row as float16
+    (16-byte aligned) and the sums of 8 of that."""
+    if kernel == "linear_qmma":
+        return -(-K // 4) * 4 * 4 + (K * 2 + 15) // 16 * 16 + K // 8 * 4
+    if kernel == "linear_q8a":
+        return -(-K // 4) * 4 * 4 + K + (K // 8 + K // 32) * 4
+    return (-(-K // 4) * 4 + K + K // 8 + K // 8) * 4
+
+
+@dataclass(frozen=True)
+class LinearChoice:
+    """How one matrix product with a weight runs: ``path`` as :func:`linear_path`, and for
+    "gemv_q" the quantized GEMV family (:func:`quant_gemv`)."""
+
+    path: str
+    gemv: str | None = None
+
+
+def linear_choice(rows: int, K: int, dtype: str, wtype: str | None, fused_gemv: bool, caps: DeviceCaps,
+                  int8_activations: bool = False, gemv_choice: str | None = None) -> LinearChoice:
+    """The kernels of a product of ``rows`` rows of ``dtype`` activations with a [N, K] weight of
+    block type ``wtype`` (None: a 16/32-bit weight); ``fused_gemv``: the library has the fused
+    16/32-bit GEMV for ``dtype``."""
+    if wtype is None:
+        return LinearChoice(linear_path(rows, False, 0, fused_gemv, caps))
+    fam = quant_gemv(dtype, int8_activations, gemv_choice, caps, wtype, K)
+    path = linear_path(rows, True, linear_q_shared_bytes(K, fam), fused_gemv, caps)
+    return LinearChoice(path, fam if path == "gemv_q" else None)
+
+
+def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
+                 env: Mapping[str, str]) -> dict[int, LinearChoice]:
+    """The kernel choice of every weight product of a planned graph (``order``: its nodes), made
+    once when the CUDA backend first runs the plan and kept in it (``ExecPlan.choices``): node id
+    -> :class:`LinearChoice` for ``linear`` nodes and ``matmul`` nodes with a block-quantized
+    operand. ``gemv_dtypes``: the dtypes with a fused GEMV kernel; ``env``: the environment
+    (``TINYGRAPH_QUANT_ACT``, ``TINYGRAPH_QUANT_GEMV``), read here and nowhere else."""
+    int8 = env.get("TINYGRAPH_QUANT_ACT", "") == "int8"
+    fam = env.get("TINYGRAPH_QUANT_GEMV") or None
+    out = {}
+    for n in order:
+        if n.op == "linear":
+            x, w = n.srcs[:2]
+        elif n.op == "matmul" and n.srcs[1].dtype.is_quant:
+            x, w = n.srcs[0], n.srcs[1].storage
+        else:
+            continue
+        K = w.shape[1]
+        dt = n.dtype.short
+        out[n.id] = linear_choice(x.size // K, K, dt, w.dtype.name if w.dtype.is_quant else None,
+                                  dt in gemv_dtypes, caps, int8, fam)
+    return out
 
 
 def decode_like(rows_of_products: Sequence[int]) -> bool:
