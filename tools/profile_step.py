@@ -9,6 +9,11 @@ nodes with the kernels they launched (``Graph.kernels``); the total, and next to
 step's own time (``model.generate`` tok/s), so that the gap between "kernels alone" and "in the
 captured graph" is visible. With ``--compare OTHER`` the same for a second model, in columns.
 
+Caveat (H200, 2026-12-02): on CUDA the "alone" time of a small kernel is dominated by the host's
+launch loop between the two events (~75 µs a node for TinyLlama's 5-10 µs GEMVs), so it ranks
+large nodes but cannot explain small ones; ``tools/bench_quant_kernels.py`` times kernels as
+CUDA-graph replays instead.
+
     python tools/profile_step.py --model M.gguf --compare M-F16.gguf --backend cuda
     python tools/profile_step.py --backend numpy --runs 2          # the default model on the CPU
 """
