@@ -115,8 +115,13 @@ def test_plan_choices_cover_every_weight_product_once() -> None:
             g, _, _ = m.step_graph(T, "logits")
             plan = m.session._plan_for(g)
             prods = [n for n in plan.order if n.op == "linear" or (n.op == "matmul" and n.srcs[1].dtype.is_quant)]
-            ch = select.plan_choices(plan.order, caps, gemv, {})
+            every = select.plan_choices(plan.order, caps, gemv, {})
+            ch = {k: c for k, c in every.items() if isinstance(c, select.LinearChoice)}
             assert prods and set(ch) == {n.id for n in prods}
+            # and the attention nodes' split-key launch shapes
+            att = [n for n in plan.order if n.op in ("attention", "attention_store")]
+            assert att and all(isinstance(every[n.id], select.AttnSplits) for n in att)
+            assert set(every) == set(ch) | {n.id for n in att}
             for n in prods:  # decode rows (a prefill's last-row LM head too): the GEMV
                 w = n.srcs[1] if n.op == "linear" else n.srcs[1].storage
                 rows = n.srcs[0].size // w.shape[1]
@@ -124,13 +129,13 @@ def test_plan_choices_cover_every_weight_product_once() -> None:
                 assert (ch[n.id].gemv is None) == (ch[n.id].path != "gemv_q")
             if T == 1:  # short q8_0 rows: tensor cores; the environment names another family
                 assert {c.gemv for c in ch.values()} == {"linear_qmma"}
-                env = {"TINYGRAPH_QUANT_ACT": "int8"}
-                assert {c.gemv for c in select.plan_choices(plan.order, caps, gemv, env).values()} == {"linear_q8a"}
-                env = {"TINYGRAPH_QUANT_GEMV": "linear_q"}
-                assert {c.gemv for c in select.plan_choices(plan.order, caps, gemv, env).values()} == {"linear_q"}
+                for env, fam in (({"TINYGRAPH_QUANT_ACT": "int8"}, "linear_q8a"), ({"TINYGRAPH_QUANT_GEMV": "linear_q"}, "linear_q")):
+                    got = select.plan_choices(plan.order, caps, gemv, env)
+                    assert {got[k].gemv for k in ch} == {fam}
             else:
                 assert {c.path for c in ch.values()} == {"gemv_q", "dequant_matmul"}
     with load_model("tests/fixtures/llama", backend="numpy", dtype="float32") as m:
         g, _, _ = m.step_graph(1, "logits")
         ch = select.plan_choices(m.session._plan_for(g).order, caps, gemv, {})
-        assert ch and {(c.path, c.gemv) for c in ch.values()} == {("gemv", None)}
+        lin = [c for c in ch.values() if isinstance(c, select.LinearChoice)]
+        assert lin and {(c.path, c.gemv) for c in lin} == {("gemv", None)}

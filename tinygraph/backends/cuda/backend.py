@@ -61,7 +61,7 @@ class CudaBackend(Backend):
         self._replay: "weakref.WeakKeyDictionary[Graph, list]" = weakref.WeakKeyDictionary()
         self.launches = 0
         self._klog: dict[int, list[str]] | None = None  # the graph being lowered's Graph.kernels
-        self._choices: dict[int, select.LinearChoice] = {}  # the kernel choices of the plan being run
+        self._choices: dict[int, object] = {}  # the kernel choices of the plan being run
 
     # -- persistent buffers -------------------------------------------------------------------
     def allocate(self, t: Tensor) -> None:
@@ -478,12 +478,12 @@ class CudaBackend(Backend):
             LAUNCH_OBSERVER.reset(tok)
         self._klog[n.id] = names
 
-    def choice(self, n: Tensor) -> "select.LinearChoice":
-        """The kernel choice of weight product ``n``, from the plan being run."""
-        c = self._choices.get(n.id)
-        if c is None:  # a node run outside a plan (not done by the backend itself)
-            c = select.plan_choices([n], self.lib.caps, GEMV_DTYPES, os.environ)[n.id]
-        return c
+    def choice(self, n: Tensor):
+        """The kernel choice of node ``n`` (``select.plan_choices``), from the plan being run."""
+        if n.id in self._choices:
+            return self._choices[n.id]
+        # a node run outside a plan (not done by the backend itself)
+        return select.plan_choices([n], self.lib.caps, GEMV_DTYPES, os.environ)[n.id]
 
     def _pdl(self) -> bool | None:
         """A direct launch's PDL choice: the kernel's own (None), unless the run turned it off."""

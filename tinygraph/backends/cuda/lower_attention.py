@@ -39,7 +39,7 @@ def attention(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> N
         driver.launch(f, (-(-T // 64), out.numel // (T * D), 1), 128, args, smem, stream=be.stream,
                       pdl=be._pdl())
         return
-    cfg = attn_splits(be, out, kt.shape[-1], q.shape[-1], window)
+    cfg = attn_splits(be, n, out)
     if cfg is None:
         return
     grid, chunk, part, counters, maxd, kind = cfg
@@ -67,7 +67,7 @@ def attention_store(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]
     ff = be._arg(fft, base).ptr if fft is not None else 0
     qn, kn = (be._as(o[k_], base, dt).ptr if o[k_] is not None else 0 for k_ in ("q_norm_w", "k_norm_w"))
     window = p.get("window") or 0
-    cfg = attn_splits(be, out, kc.shape[1], q.shape[-1], window)
+    cfg = attn_splits(be, n, out)
     if cfg is None:
         return
     grid, chunk, part, counters, maxd, _ = cfg
@@ -84,15 +84,15 @@ def attention_store(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]
                   pdl=be._pdl())
 
 
-def attn_splits(be: "CudaBackend", out: Arg, S: int, D: int, window: int = 0):
-    """Launch shape of the attention kernels for output ``out`` [.., T, Dv] over S keys of D
-    (``select.attn_splits``) with the split partials' room in the work buffer: (grid, chunk,
-    partials, counters, register size, kernel kind), or None for an empty output."""
-    T, Dv = out.shape[-2], out.shape[-1]
-    rows = out.numel // max(Dv, 1) if Dv else 0
-    sp = select.attn_splits(T, rows, S, D, Dv, window)
+def attn_splits(be: "CudaBackend", n: Tensor, out: Arg):
+    """Launch shape of the attention kernels of node ``n`` (output ``out`` [.., T, Dv]): the
+    plan's ``select.attn_splits`` choice, with the split partials' room in the work buffer:
+    (grid, chunk, partials, counters, register size, kernel kind), or None for an empty output."""
+    sp = be.choice(n)
     if sp is None:
         return None
+    rows = out.numel // max(out.shape[-1], 1) if out.shape[-1] else 0
+    Dv = out.shape[-1]
     part = counters = 0
     if sp.grid[2] > 1:
         # [counters: one int per row, shared by every graph and left at zero by the kernel]

@@ -152,16 +152,24 @@ def linear_choice(rows: int, K: int, dtype: str, wtype: str | None, fused_gemv: 
 
 
 def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
-                 env: Mapping[str, str]) -> dict[int, LinearChoice]:
-    """The kernel choice of every weight product of a planned graph (``order``: its nodes), made
-    once when the CUDA backend first runs the plan and kept in it (``ExecPlan.choices``): node id
-    -> :class:`LinearChoice` for ``linear`` nodes and ``matmul`` nodes with a block-quantized
-    operand. ``gemv_dtypes``: the dtypes with a fused GEMV kernel; ``env``: the environment
+                 env: Mapping[str, str]) -> dict[int, "LinearChoice | AttnSplits | None"]:
+    """The kernel choices of a planned graph (``order``: its nodes), made once when the CUDA
+    backend first runs the plan and kept in it (``ExecPlan.choices``): node id -> a
+    :class:`LinearChoice` for ``linear`` nodes and ``matmul`` nodes with a block-quantized
+    operand, the :func:`attn_splits` launch shape (None: empty output) for ``attention`` and
+    ``attention_store``. Not here: whether ``attention`` may take the tensor-core flash kernel
+    (:func:`flash_ok` looks at the operands' addresses, known only when it runs). ``gemv_dtypes``: the dtypes with a fused GEMV kernel; ``env``: the environment
     (``TINYGRAPH_QUANT_ACT``, ``TINYGRAPH_QUANT_GEMV``), read here and nowhere else."""
     int8 = env.get("TINYGRAPH_QUANT_ACT", "") == "int8"
     fam = env.get("TINYGRAPH_QUANT_GEMV") or None
-    out = {}
+    out: dict = {}
     for n in order:
+        if n.op in ("attention", "attention_store"):  # the split-key kernels' launch shape
+            S = n.srcs[1].shape[-1] if n.op == "attention" else n.srcs[4].shape[1]
+            T, Dv = n.shape[-2], n.shape[-1]
+            out[n.id] = attn_splits(T, n.size // Dv if Dv else 0, S, n.srcs[0].shape[-1], Dv,
+                                    n.params.get("window") or 0)
+            continue
         if n.op == "linear":
             x, w = n.srcs[:2]
         elif n.op == "matmul" and n.srcs[1].dtype.is_quant:
