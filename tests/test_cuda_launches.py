@@ -107,3 +107,27 @@ def test_the_backend_keeps_its_kernel_choices_in_the_plan() -> None:
         assert plan.choices and all(n.op in ("linear", "matmul", "attention", "attention_store")
                                     for n in plan.order if n.id in plan.choices)
         assert {c.gemv for c in plan.choices.values() if hasattr(c, "gemv")} == {"linear_qmma"}
+
+
+def test_plain_matmul_kernels_come_from_the_plan() -> None:
+    # plain matmuls (not fused into linear): one decode row against a transposed weight (gemv),
+    # a non-transposed one (gemv_nc), several rows and a batch (tensor cores), float32 (the
+    # CUDA-core matmul), an operand of another dtype (copied first); the plan names each kernel
+    import tinygraph as tg
+    from tinygraph.backends.cuda import select
+    s = tg.Session(backend="numpy")
+    W = s.persistent((48, 64), tg.float16, name="W")
+    W32 = s.persistent((48, 64), tg.float32, name="W32")
+    s.finalize()
+    g = s.graph()
+    x1, x9 = g.input((1, 64), tg.float16, name="x1"), g.input((9, 64), tg.float16, name="x9")
+    xb, xf = g.input((3, 5, 64), tg.float16, name="xb"), g.input((7, 64), tg.float32, name="xf")
+    for a, b in ((x1, tg.transpose(W)), (x9, tg.transpose(W)), (xb, tg.transpose(W)), (xf, tg.transpose(W32)),
+                 (x1, tg.reshape(W, (64, 48))), (x9, tg.transpose(W32))):
+        g.output(tg.matmul(a, b))
+    plan = s._plan_for(g)
+    got = [r[0] for r in record_launches(g, plan)]
+    tc = select.tc3_variant(1, select.DeviceCaps())
+    assert got == ["gemv_f16", f"{tc}_f16", f"{tc}_f16", "matmul_f32", "gemv_nc_f16", "cpy_f32_f16", f"{tc}_f16"]
+    assert [plan.choices[n.id] for n in plan.order if n.op == "matmul"] == ["gemv", tc, tc, "matmul", "gemv_nc", tc]
+    s.close()

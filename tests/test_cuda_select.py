@@ -132,8 +132,11 @@ def test_plan_choices_cover_every_weight_product_once() -> None:
                 for env, fam in (({"TINYGRAPH_QUANT_ACT": "int8"}, "linear_q8a"), ({"TINYGRAPH_QUANT_GEMV": "linear_q"}, "linear_q")):
                     got = select.plan_choices(plan.order, caps, gemv, env)
                     assert {got[k].gemv for k in ch} == {fam}
-            else:
+            else:  # the prefill rows' GEMM: a tensor-core variant, named in the plan too
                 assert {c.path for c in ch.values()} == {"gemv_q", "dequant_matmul"}
+                assert {c.matmul for c in ch.values() if c.path == "dequant_matmul"} <= {
+                    select.tc3_variant(t, caps) for t in (1, 10 ** 6)}
+                assert all(c.matmul is None for c in ch.values() if c.path == "gemv_q")
     with load_model("tests/fixtures/llama", backend="numpy", dtype="float32") as m:
         g, _, _ = m.step_graph(1, "logits")
         ch = select.plan_choices(m.session._plan_for(g).order, caps, gemv, {})

@@ -26,7 +26,7 @@ def matmul(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> None
         linear_parts(be, n, out, base, a, b.storage, None, None, None, None, None, None, 0.0)
         return
     dt = n.dtype
-    be.lib.matmul(dt.short, out, be._as(a, base, dt), be._as(b, base, dt), stream=be.stream)
+    be.lib.matmul(dt.short, out, be._as(a, base, dt), be._as(b, base, dt), stream=be.stream, algo=be.choice(n))
 
 
 def quant_rows(be: "CudaBackend", t: Tensor, base: dict[int, int], n: Tensor) -> tuple[int, int]:
@@ -102,7 +102,7 @@ def linear_parts(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int], x
             lib.layer_norm(dt.short, h, xa, ptr_of(nw), ptr_of(nb), p["eps"], stream=s)
     plain = bias is None and res is None and p["act"] is None
     z = out if plain else be._tmp(x.shape[:-1] + (N,), dt)
-    lib.matmul(dt.short, z, h, Arg(wp, (K, N), (1, K)), stream=s)
+    lib.matmul(dt.short, z, h, Arg(wp, (K, N), (1, K)), stream=s, algo=ch.matmul)
     if plain:
         return
     if fused:

@@ -9,9 +9,11 @@ the launches they lead to are unchanged.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
+from ...util import contiguous_strides
 from .limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES
 
 
@@ -137,18 +139,24 @@ class LinearChoice:
 
     path: str
     gemv: str | None = None
+    matmul: str | None = None  # the matmul kernel (matmul_algo) of paths "matmul" / "dequant_matmul"
 
 
-def linear_choice(rows: int, K: int, dtype: str, wtype: str | None, fused_gemv: bool, caps: DeviceCaps,
-                  int8_activations: bool = False, gemv_choice: str | None = None) -> LinearChoice:
-    """The kernels of a product of ``rows`` rows of ``dtype`` activations with a [N, K] weight of
-    block type ``wtype`` (None: a 16/32-bit weight); ``fused_gemv``: the library has the fused
-    16/32-bit GEMV for ``dtype``."""
+def linear_choice(x_shape: Sequence[int], N: int, K: int, dtype: str, wtype: str | None, fused_gemv: bool,
+                  caps: DeviceCaps, int8_activations: bool = False, gemv_choice: str | None = None) -> LinearChoice:
+    """The kernels of the product of activations ``x_shape`` [.., M, K] of ``dtype`` with a
+    [N, K] weight of block type ``wtype`` (None: a 16/32-bit weight); ``fused_gemv``: the library
+    has the fused 16/32-bit GEMV for ``dtype``."""
+    rows = math.prod(x_shape) // K
+    M = x_shape[-2] if len(x_shape) >= 2 else 1
+    batch = math.prod(x_shape[:-2])
     if wtype is None:
-        return LinearChoice(linear_path(rows, False, 0, fused_gemv, caps))
-    fam = quant_gemv(dtype, int8_activations, gemv_choice, caps, wtype, K)
-    path = linear_path(rows, True, linear_q_shared_bytes(K, fam), fused_gemv, caps)
-    return LinearChoice(path, fam if path == "gemv_q" else None)
+        path, fam = linear_path(rows, False, 0, fused_gemv, caps), None
+    else:
+        fam = quant_gemv(dtype, int8_activations, gemv_choice, caps, wtype, K)
+        path = linear_path(rows, True, linear_q_shared_bytes(K, fam), fused_gemv, caps)
+    mm = matmul_algo(M, N, batch, True, dtype, caps) if path in ("matmul", "dequant_matmul") else None
+    return LinearChoice(path, fam if path == "gemv_q" else None, mm)
 
 
 def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
@@ -156,7 +164,8 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
     """The kernel choices of a planned graph (``order``: its nodes), made once when the CUDA
     backend first runs the plan and kept in it (``ExecPlan.choices``): node id -> a
     :class:`LinearChoice` for ``linear`` nodes and ``matmul`` nodes with a block-quantized
-    operand, the :func:`attn_splits` launch shape (None: empty output) for ``attention`` and
+    operand, the :func:`matmul_algo` kernel name for other ``matmul`` nodes, the
+    :func:`attn_splits` launch shape (None: empty output) for ``attention`` and
     ``attention_store``. Not here: whether ``attention`` may take the tensor-core flash kernel
     (:func:`flash_ok` looks at the operands' addresses, known only when it runs). ``gemv_dtypes``: the dtypes with a fused GEMV kernel; ``env``: the environment
     (``TINYGRAPH_QUANT_ACT``, ``TINYGRAPH_QUANT_GEMV``), read here and nowhere else."""
@@ -170,15 +179,20 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
             out[n.id] = attn_splits(T, n.size // Dv if Dv else 0, S, n.srcs[0].shape[-1], Dv,
                                     n.params.get("window") or 0)
             continue
+        dt = n.dtype.short
         if n.op == "linear":
             x, w = n.srcs[:2]
         elif n.op == "matmul" and n.srcs[1].dtype.is_quant:
             x, w = n.srcs[0], n.srcs[1].storage
+        elif n.op == "matmul":  # a plain matmul; an operand of another dtype is copied contiguous
+            a, b = n.srcs
+            bst = b.strides if b.dtype == n.dtype else contiguous_strides(b.shape)
+            out[n.id] = matmul_algo(a.shape[-2], b.shape[-1], math.prod(n.shape[:-2]), bst[-2] == 1, dt, caps)
+            continue
         else:
             continue
-        K = w.shape[1]
-        dt = n.dtype.short
-        out[n.id] = linear_choice(x.size // K, K, dt, w.dtype.name if w.dtype.is_quant else None,
+        N, K = w.shape
+        out[n.id] = linear_choice(x.shape, N, K, dt, w.dtype.name if w.dtype.is_quant else None,
                                   dt in gemv_dtypes, caps, int8, fam)
     return out
 
