@@ -24,14 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tinygraph import dtypes  # noqa: E402
 from tinygraph.backends.cuda import driver, kernels, quant_launch  # noqa: E402
+from tinygraph.backends.cuda.select import QUANT_GEMVS  # noqa: E402
 from bench_linear import SHAPES, Buf, _compile_one  # noqa: E402
 
 Arg = kernels.Arg
-
-
-def quant_launch_kernels() -> tuple[str, ...]:
-    from tinygraph.backends.cuda.select import QUANT_GEMVS
-    return QUANT_GEMVS
 
 
 def main(argv=None) -> int:
@@ -42,7 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dequant", action="store_true", help="also time the prefill path's dequantization")
     ap.add_argument("--variants", default="", help="--variant-kernel built with other options, timed too: "
                     "'NAME:-DTG_LQ_ROWS=4 -DTG_LQ_UNROLL=1;NAME2:...'")
-    ap.add_argument("--variant-kernel", default="linear_q8a", choices=quant_launch_kernels(),
+    ap.add_argument("--variant-kernel", default="linear_q8a", choices=QUANT_GEMVS,
                     help="the GEMV family the --variants rebuild")
     ap.add_argument("--layers", default="", help="only these layers (comma list, e.g. gate_up,down)")
     args = ap.parse_args(argv)

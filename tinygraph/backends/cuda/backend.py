@@ -479,11 +479,9 @@ class CudaBackend(Backend):
         self._klog[n.id] = names
 
     def choice(self, n: Tensor):
-        """The kernel choice of node ``n`` (``select.plan_choices``), from the plan being run."""
-        if n.id in self._choices:
-            return self._choices[n.id]
-        # a node run outside a plan (not done by the backend itself)
-        return select.plan_choices([n], self.lib.caps, GEMV_DTYPES, os.environ)[n.id]
+        """The kernel choice of node ``n`` (``select.plan_choices``), from the plan being run
+        (every node is run by ``_run_all``, which makes the plan's choices first)."""
+        return self._choices[n.id]
 
     def _pdl(self) -> bool | None:
         """A direct launch's PDL choice: the kernel's own (None), unless the run turned it off."""

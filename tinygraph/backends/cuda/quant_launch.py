@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import math
 
-from .select import linear_q_shared_bytes  # noqa: F401 (re-exported)
+from .select import linear_q_shared_bytes
 from .kernels import (LINEAR_ACTS, LINEAR_NORMS, Arg, KernelLibrary, _linear_code, dtype_suffix, f32, i32,
                       ptr)
 
