@@ -37,13 +37,9 @@
 //     the sliding window, if window > 0: only rows pos - window < j <= pos are read).
 //     With sa.early (programmatic dependent launch), pos is read, the RoPE angles computed and
 //     the keys of the rows before pos loaded (registers, L2; values to L2) before tg_pdl_wait.
-#include "common.cuh"
+#include "attention_common.cuh"
 
 #define ATT_WARPS 4
-
-__device__ __forceinline__ long long bcast(const TD& d, int k, long long c) {
-    return d.ne[k] == 1 ? 0 : c * d.st[k];
-}
 
 // A key row held in registers: the whole row as 16-byte vectors when it is contiguous, aligned
 // and exactly MAXD long ("fast"); other rows are read element by element in key_dot.
@@ -97,52 +93,6 @@ __device__ __forceinline__ void value_batch(float (&vv)[8][PER], const T* vb, co
         }
     }
 }
-
-template <typename T>
-__device__ __forceinline__ void attn_merge(const float* pr, T* out, const TD& od, int nsplit,
-                                          long long b0, long long b1, long long t) {
-    const int Dv = (int)od.ne[3];
-    float M = -INFINITY;
-    for (int z = 0; z < nsplit; ++z) M = fmaxf(M, pr[z * (Dv + 2)]);
-    float L = 0.0f;
-    for (int z = 0; z < nsplit; ++z) {
-        const float mz = pr[z * (Dv + 2)];
-        if (mz != -INFINITY) L += pr[z * (Dv + 2) + 1] * expf(mz - M);
-    }
-    T* orow = out + b0 * od.st[0] + b1 * od.st[1] + t * od.st[2];
-    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
-        float a = 0.0f;
-        for (int z = 0; z < nsplit; ++z) {
-            const float mz = pr[z * (Dv + 2)];
-            if (mz != -INFINITY) a += __ldcg(&pr[z * (Dv + 2) + 2 + d]) * expf(mz - M);
-        }
-        orow[d * od.st[3]] = from_f32<T>(L > 0.0f ? a / L : 0.0f);
-    }
-}
-
-// The step's own keys and values for attn_store (nullptr for attn_split): per-head RMS norm
-// (weights optional), RoPE (mode < 0: none), then the write into the cache row pos.
-template <typename T>
-struct StoreArgs {
-    const T* k;            // new keys [1, KV, hd] (rank 4: ne[2] = KV heads)
-    TD kd;
-    const T* v;            // new values, same shape
-    TD vd;
-    T* kc;                 // caches [KV, ctx, hd] (rank 4, leading 1)
-    TD kcd;
-    T* vc;
-    TD vcd;
-    const float* ff;       // RoPE frequency factors [hd/2] or NULL
-    const T* qn;           // q / k RMS-norm weights [hd] or NULL; norms only when has_norm
-    const T* kn;
-    float eps;
-    float theta;
-    int mode;              // 2 neox, 0 normal, -1 no RoPE
-    int q_norm, k_norm;    // 1: RMS-normalise q / k before RoPE
-    int early;             // 1: pos, ff and the caches are written by no earlier kernel of the
-                           // graph (the backend checks): read pos, ff and the old cache rows
-                           // before tg_pdl_wait
-};
 
 // attn_store's prologue: s_q = scale * rope(norm(q row)), and the block(s) whose split holds
 // key `pos` write rope(norm(k)) / v of KV head b0 into cache row pos (every q head of the group

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+import tinygraph as tg
 from tinygraph.backends.cuda import select
-from tinygraph.backends.cuda.limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES
+from tinygraph.backends.cuda.limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES, GQA_BLOCKS_PER_SM, GQA_MIN_CHUNK
 
 H200 = select.DeviceCaps(90, 132, 227 * 1024)
 ADA = select.DeviceCaps(89, 128, 99 * 1024)
@@ -78,6 +79,42 @@ def test_attn_splits():
     assert sp.grid[2] * sp.chunk >= 4096 and sp.grid[2] == 4096 // ATTN_CHUNK
     assert select.attn_splits(1, 0, 100, 64, 64) is None
     assert select.attn_splits(5, 5, 100, 256, 256).maxd == 256 and select.attn_splits(5, 5, 100, 8, 8).kind == "split"
+
+
+def test_attn_splits_gqa():
+    # a key head's query group per block (attn_gqa): f16 / bf16, heads of 64 or 128, <= 16 rows
+    sp = select.attn_splits(1, 32, 40960, 128, 128, group=4, dtype="f16", caps=H200)
+    assert sp.kind == "gqa" and sp.chunk == GQA_MIN_CHUNK and sp.maxd == 128
+    assert sp.grid == (1, 8, -(-GQA_BLOCKS_PER_SM * H200.sm_count // 8))  # ~2 blocks per SM in all
+    assert select.attn_splits(1, 9, 100, 64, 64, group=3, dtype="bf16", caps=H200).grid == (1, 3, 2)  # <= S / 64
+    assert select.attn_splits(1, 32, 8192, 128, 128, window=64, group=4, dtype="f16", caps=H200).grid[2] == 1
+    for dt, d, group, caps in (("f32", 128, 4, H200), ("f16", 256, 4, H200), ("f16", 80, 4, H200),
+                               ("f16", 128, 17, H200), ("f16", 128, 4, TURING), ("f16", 128, 4, None)):
+        assert select.attn_splits(1, 4 * group, 8192, d, d, group=group, dtype=dt, caps=caps).kind == "pipe"
+
+
+def test_gqa_group_reads_the_layout():
+    """gqa_group: the query rows per key head of attention / attention_store nodes that attn_gqa
+    can read (broadcast key head, contiguous head elements, 8-element strides), else 0."""
+    from conftest import attention_views
+    sess = tg.Session(backend="numpy")
+    K = sess.persistent((2, 64, 128), tg.float16, name="K")
+    V = sess.persistent((2, 64, 128), tg.float16, name="V")
+    sess.finalize()
+    kt, vv = attention_views(K, V)
+    g = sess.graph()
+    q = g.input((2, 4, 1, 128), tg.float16)
+    assert select.gqa_group(tg.attention(q, kt, vv, 0.1, True, 3)) == 4
+    q3 = g.input((2, 4, 3, 128), tg.float16)
+    assert select.gqa_group(tg.attention(q3, kt, vv, 0.1, True, 3)) == 12
+    # keys not broadcast over the group's heads; keys of another dtype; a head stride not of 8
+    kt4 = g.input((2, 4, 128, 64), tg.float16)
+    v4 = g.input((2, 4, 64, 128), tg.float16)
+    assert select.gqa_group(tg.attention(q, tg.permute(tg.permute(kt4, (0, 1, 3, 2)), (0, 1, 3, 2)), v4, 0.1)) == 0
+    assert select.gqa_group(tg.attention(q, g.input((2, 1, 128, 64), tg.float32), vv, 0.1)) == 0
+    kt3 = tg.view(K, (2, 1, 128, 60), (64 * 128, 0, 1, 128), 3)  # element offset 3: not 16-byte aligned
+    v3 = tg.view(V, (2, 1, 60, 128), (64 * 128, 0, 128, 1), 3)
+    assert select.gqa_group(tg.attention(q, kt3, v3, 0.1)) == 0
 
 
 def test_quant_gemv_rounds_16_bit_activations_only_when_asked() -> None:

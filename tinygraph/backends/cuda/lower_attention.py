@@ -1,5 +1,7 @@
-"""CUDA lowerings of the attention ops (kernels: cuda_src/attention.cu, attention_tc.cu, rope.cu):
-``attention`` (flash-decoding splits, or tensor-core flash attention for many queries),
+"""CUDA lowerings of the attention ops (kernels: cuda_src/attention.cu, attention_gqa.cu,
+attention_tc.cu, rope.cu): ``attention`` (flash-decoding splits: a key head's query group per
+block on tensor cores when the layout allows, else one query row per block; tensor-core flash
+attention for many queries),
 ``attention_store`` (a decode step's norm + RoPE + KV write + attention in one kernel) and
 ``rope_store`` (RoPE of q/k and the KV-cache write)."""
 from __future__ import annotations
@@ -39,11 +41,13 @@ def attention(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> N
         driver.launch(f, (-(-T // 64), out.numel // (T * D), 1), 128, args, smem, stream=be.stream,
                       pdl=be._pdl())
         return
-    cfg = attn_splits(be, n, out)
+    aligned = all(int(a.addr.value) % 16 == 0 for a in (kt, v))
+    cfg = attn_splits(be, n, out, aligned)
     if cfg is None:
         return
     grid, chunk, part, counters, maxd, kind = cfg
-    driver.launch(be.lib.module("attention.cu").get_function(f"attn_{kind}_{dt.short}_{maxd}"), grid, 128,
+    src = "attention_gqa.cu" if kind == "gqa" else "attention.cu"
+    driver.launch(be.lib.module(src).get_function(f"attn_{kind}_{dt.short}_{maxd}"), grid, 128,
                   [ptr(part), ptr(counters)] + args + [i32(chunk)], stream=be.stream, pdl=be._pdl())
 
 
@@ -67,10 +71,10 @@ def attention_store(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]
     ff = be._arg(fft, base).ptr if fft is not None else 0
     qn, kn = (be._as(o[k_], base, dt).ptr if o[k_] is not None else 0 for k_ in ("q_norm_w", "k_norm_w"))
     window = p.get("window") or 0
-    cfg = attn_splits(be, n, out)
+    cfg = attn_splits(be, n, out, all(int(c.addr.value) % 16 == 0 for c in (kca, vca)))
     if cfg is None:
         return
-    grid, chunk, part, counters, maxd, _ = cfg
+    grid, chunk, part, counters, maxd, kind = cfg
     from .kernels import ROPE_NEOX, ROPE_NORMAL, StoreArgs, f32, i32, ptr
     mode = -1 if not p["rope"] else (ROPE_NEOX if p["mode"] == "neox" else ROPE_NORMAL)
     # pos and the caches' old rows may be read before the kernel waits for its predecessor
@@ -78,21 +82,28 @@ def attention_store(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]
     early = all(t.storage.id not in be._written for t in (pos, kc, vc, fft) if t is not None)
     sa = StoreArgs(ka.ptr, ka.td, va.ptr, va.td, kca.ptr, kca.td, vca.ptr, vca.td, ff, qn, kn,
                    p["eps"], p["theta"], mode, int(p["q_norm"]), int(p["k_norm"]), int(early))
-    driver.launch(be.lib.module("attention.cu").get_function(f"attn_store_{dt.short}_{maxd}"), grid, 128,
+    f = (be.lib.module("attention_gqa.cu").get_function(f"attn_gqa_store_{dt.short}_{maxd}") if kind == "gqa"
+         else be.lib.module("attention.cu").get_function(f"attn_store_{dt.short}_{maxd}"))
+    driver.launch(f, grid, 128,
                   [ptr(part), ptr(counters), out.addr, out.td, qa.addr, qa.td, sa, f32(p["scale"]),
                    ptr(be._contiguous_ids(pos, base)), i32(window), i32(chunk)], stream=be.stream,
                   pdl=be._pdl())
 
 
-def attn_splits(be: "CudaBackend", n: Tensor, out: Arg):
+def attn_splits(be: "CudaBackend", n: Tensor, out: Arg, aligned: bool):
     """Launch shape of the attention kernels of node ``n`` (output ``out`` [.., T, Dv]): the
     plan's ``select.attn_splits`` choice, with the split partials' room in the work buffer:
-    (grid, chunk, partials, counters, register size, kernel kind), or None for an empty output."""
+    (grid, chunk, partials, counters, register size, kernel kind), or None for an empty output.
+    attn_gqa needs 16-byte aligned keys and values: when they are not (``aligned`` False; known
+    only here), the choice without it."""
     sp = be.choice(n)
     if sp is None:
         return None
     rows = out.numel // max(out.shape[-1], 1) if out.shape[-1] else 0
     Dv = out.shape[-1]
+    if sp.kind == "gqa" and not aligned:
+        S = n.srcs[1].shape[-1] if n.op == "attention" else n.srcs[4].shape[1]
+        sp = select.attn_splits(out.shape[-2], rows, S, n.srcs[0].shape[-1], Dv, n.params.get("window") or 0)
     part = counters = 0
     if sp.grid[2] > 1:
         # [counters: one int per row, shared by every graph and left at zero by the kernel]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from ...util import contiguous_strides
-from .limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES
+from .limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES, GQA_BLOCKS_PER_SM, GQA_MIN_CHUNK, GQA_ROWS
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,8 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
     :func:`attn_splits` launch shape (None: empty output) for ``attention`` and
     ``attention_store``. Not here: whether ``attention`` may take the tensor-core flash kernel
     (:func:`flash_ok` looks at the operands' addresses, known only when it runs). ``gemv_dtypes``: the dtypes with a fused GEMV kernel; ``env``: the environment
-    (``TINYGRAPH_QUANT_ACT``, ``TINYGRAPH_QUANT_GEMV``), read here and nowhere else."""
+    (``TINYGRAPH_QUANT_ACT``, ``TINYGRAPH_QUANT_GEMV``; ``TINYGRAPH_ATTN_GQA=0``: decode attention
+    one query head per block, not attn_gqa), read here and nowhere else."""
     int8 = env.get("TINYGRAPH_QUANT_ACT", "") == "int8"
     fam = env.get("TINYGRAPH_QUANT_GEMV") or None
     out: dict = {}
@@ -176,8 +177,9 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
         if n.op in ("attention", "attention_store"):  # the split-key kernels' launch shape
             S = n.srcs[1].shape[-1] if n.op == "attention" else n.srcs[4].shape[1]
             T, Dv = n.shape[-2], n.shape[-1]
+            group = gqa_group(n) if env.get("TINYGRAPH_ATTN_GQA", "1") != "0" else 0
             out[n.id] = attn_splits(T, n.size // Dv if Dv else 0, S, n.srcs[0].shape[-1], Dv,
-                                    n.params.get("window") or 0)
+                                    n.params.get("window") or 0, group, n.dtype.short, caps)
             continue
         dt = n.dtype.short
         if n.op == "linear":
@@ -219,11 +221,42 @@ def flash_ok(dtype: str, D: int, Dv: int, T: int, operands: Sequence[tuple[Seque
     return True
 
 
+def gqa_fits(dtype: str, D: int, Dv: int, group: int, caps: DeviceCaps) -> bool:
+    """Whether attn_gqa has a kernel for the dtype, head sizes and group: f16 / bf16 on sm_80+,
+    keys and values of 64 or 128 elements, at most ``GQA_ROWS`` query rows per key head."""
+    return dtype in ("f16", "bf16") and caps.arch >= 80 and D == Dv and D in (64, 128) and 1 <= group <= GQA_ROWS
+
+
+def gqa_group(n) -> int:
+    """Query rows per key head of an ``attention`` / ``attention_store`` node when attn_gqa can
+    read its operands (keys and values of the node's dtype with head elements contiguous, other
+    strides multiples of 8 elements, the key head broadcast over the group's query heads), else 0.
+    ``attention_store``: the group G of out [KV, G, 1, hd]. ``attention``: out [B0, B1, T, Dv],
+    rank <= 4: B1 * T, the keys [B0 | 1, 1, D, S] (or B1 == 1)."""
+    if n.op == "attention_store":
+        kc, vc = n.srcs[4], n.srcs[5]
+        ok = all(c.strides[-1] == 1 and c.offset % 8 == 0 and all(s % 8 == 0 for s in c.strides[:-1])
+                 for c in (kc, vc))
+        return n.shape[1] if ok else 0
+    q, kt, v = n.srcs[:3]
+    if len(n.shape) > 4 or kt.dtype != n.dtype or v.dtype != n.dtype or min(len(kt.shape), len(v.shape)) < 2:
+        return 0
+    B1 = n.shape[-3] if len(n.shape) >= 3 else 1
+    if B1 > 1 and (len(kt.shape) < 3 or kt.shape[-3] != 1 or len(v.shape) < 3 or v.shape[-3] != 1):
+        return 0
+    if kt.strides[-2] != 1 or v.strides[-1] != 1 or kt.offset % 8 or v.offset % 8:
+        return 0
+    rest = [st for t, ax in ((kt, -2), (v, -1)) for i, st in enumerate(t.strides)
+            if i != len(t.strides) + ax and t.shape[i] != 1]
+    return B1 * n.shape[-2] if all(st % 8 == 0 for st in rest) else 0
+
+
 class AttnSplits(NamedTuple):
-    """Launch shape of attn_split / attn_pipe: ``grid`` (queries, batch rows, key splits),
-    ``chunk`` keys per split, ``maxd`` the register size of the head, ``kind`` "pipe" (a few
-    queries: decode) or "split" (many: prefill, where the register-lean kernel's occupancy matters
-    more: f16 128-wide heads, 88 vs 176 registers)."""
+    """Launch shape of attn_split / attn_pipe / attn_gqa: ``grid`` (queries, batch rows, key
+    splits; attn_gqa: 1, key heads, splits), ``chunk`` keys per split (attn_gqa: at least),
+    ``maxd`` the register size of the head, ``kind`` "gqa" (decode, a key head's query group per
+    block on tensor cores), "pipe" (a few queries: decode) or "split" (many: prefill, where the
+    register-lean kernel's occupancy matters more: f16 128-wide heads, 88 vs 176 registers)."""
 
     grid: tuple[int, int, int]
     chunk: int
@@ -231,15 +264,26 @@ class AttnSplits(NamedTuple):
     kind: str
 
 
-def attn_splits(T: int, rows: int, S: int, D: int, Dv: int, window: int = 0) -> AttnSplits | None:
+def attn_splits(T: int, rows: int, S: int, D: int, Dv: int, window: int = 0, group: int = 0, dtype: str = "",
+                caps: DeviceCaps | None = None) -> AttnSplits | None:
     """Key splits for an attention of ``rows`` (batch x query) rows, ``T`` queries each, over
     ``S`` keys of ``D`` (values ``Dv``): enough splits of ``ATTN_CHUNK`` keys to fill the GPU
     (flash-decoding), at most 4096 split rows in all; None for an empty output. With a sliding
-    window a row reads at most ``window`` keys: the splits cover that many."""
+    window a row reads at most ``window`` keys: the splits cover that many.
+
+    ``group`` > 0: every ``group`` consecutive rows share their keys and values, laid out as
+    attn_gqa reads them (:func:`gqa_group`); when ``dtype`` / ``caps`` / the head sizes allow
+    it too (:func:`gqa_fits`), attn_gqa: one block per key head and split, about
+    ``GQA_BLOCKS_PER_SM`` blocks per multiprocessor (the kernel sizes the splits from the
+    position it reads, at least ``GQA_MIN_CHUNK`` keys)."""
     if rows == 0:
         return None
     if window > 0:
         S = max(1, min(S, window))
+    if group and caps is not None and gqa_fits(dtype, D, Dv, group, caps):
+        heads = rows // group
+        nsplit = max(1, min(-(-GQA_BLOCKS_PER_SM * caps.sm_count // heads), -(-S // GQA_MIN_CHUNK)))
+        return AttnSplits((1, heads, nsplit), GQA_MIN_CHUNK, D, "gqa")
     nsplit = max(1, min(-(-S // ATTN_CHUNK), 4096 // rows))
     chunk = -(-S // nsplit)
     nsplit = -(-S // chunk)

@@ -1,0 +1,57 @@
+// attention_common.cuh -- what the decode attention kernels share (attention.cu,
+// attention_gqa.cu): broadcast offsets, attn_store's arguments, the merge of split partials.
+#pragma once
+#include "common.cuh"
+
+__device__ __forceinline__ long long bcast(const TD& d, int k, long long c) {
+    return d.ne[k] == 1 ? 0 : c * d.st[k];
+}
+
+// The step's own keys and values for attn_store (nullptr for attn_split): per-head RMS norm
+// (weights optional), RoPE (mode < 0: none), then the write into the cache row pos.
+template <typename T>
+struct StoreArgs {
+    const T* k;            // new keys [1, KV, hd] (rank 4: ne[2] = KV heads)
+    TD kd;
+    const T* v;            // new values, same shape
+    TD vd;
+    T* kc;                 // caches [KV, ctx, hd] (rank 4, leading 1)
+    TD kcd;
+    T* vc;
+    TD vcd;
+    const float* ff;       // RoPE frequency factors [hd/2] or NULL
+    const T* qn;           // q / k RMS-norm weights [hd] or NULL; norms only when has_norm
+    const T* kn;
+    float eps;
+    float theta;
+    int mode;              // 2 neox, 0 normal, -1 no RoPE
+    int q_norm, k_norm;    // 1: RMS-normalise q / k before RoPE
+    int early;             // 1: pos, ff and the caches are written by no earlier kernel of the
+                           // graph (the backend checks): read pos, ff and the old cache rows
+                           // before tg_pdl_wait
+};
+
+// The merge of flash-decoding splits: partials pr[z * (Dv + 2)] = (max, sum, acc[Dv]) of splits
+// z < nsplit (natural-log domain; max -inf: the split saw no key of this row) -> the row of out
+// (b0, b1, t).
+template <typename T>
+__device__ __forceinline__ void attn_merge(const float* pr, T* out, const TD& od, int nsplit,
+                                          long long b0, long long b1, long long t) {
+    const int Dv = (int)od.ne[3];
+    float M = -INFINITY;
+    for (int z = 0; z < nsplit; ++z) M = fmaxf(M, pr[z * (Dv + 2)]);
+    float L = 0.0f;
+    for (int z = 0; z < nsplit; ++z) {
+        const float mz = pr[z * (Dv + 2)];
+        if (mz != -INFINITY) L += pr[z * (Dv + 2) + 1] * expf(mz - M);
+    }
+    T* orow = out + b0 * od.st[0] + b1 * od.st[1] + t * od.st[2];
+    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+        float a = 0.0f;
+        for (int z = 0; z < nsplit; ++z) {
+            const float mz = pr[z * (Dv + 2)];
+            if (mz != -INFINITY) a += __ldcg(&pr[z * (Dv + 2) + 2 + d]) * expf(mz - M);
+        }
+        orow[d * od.st[3]] = from_f32<T>(L > 0.0f ? a / L : 0.0f);
+    }
+}
