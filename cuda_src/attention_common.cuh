@@ -1,5 +1,5 @@
 // attention_common.cuh -- what the decode attention kernels share (attention.cu,
-// attention_gqa.cu): broadcast offsets, attn_store's arguments, the merge of split partials.
+// attention_gqa.cu): broadcast offsets and attn_store's arguments.
 #pragma once
 #include "common.cuh"
 
@@ -30,28 +30,3 @@ struct StoreArgs {
                            // graph (the backend checks): read pos, ff and the old cache rows
                            // before tg_pdl_wait
 };
-
-// The merge of flash-decoding splits: partials pr[z * (Dv + 2)] = (max, sum, acc[Dv]) of splits
-// z < nsplit (natural-log domain; max -inf: the split saw no key of this row) -> the row of out
-// (b0, b1, t).
-template <typename T>
-__device__ __forceinline__ void attn_merge(const float* pr, T* out, const TD& od, int nsplit,
-                                          long long b0, long long b1, long long t) {
-    const int Dv = (int)od.ne[3];
-    float M = -INFINITY;
-    for (int z = 0; z < nsplit; ++z) M = fmaxf(M, pr[z * (Dv + 2)]);
-    float L = 0.0f;
-    for (int z = 0; z < nsplit; ++z) {
-        const float mz = pr[z * (Dv + 2)];
-        if (mz != -INFINITY) L += pr[z * (Dv + 2) + 1] * expf(mz - M);
-    }
-    T* orow = out + b0 * od.st[0] + b1 * od.st[1] + t * od.st[2];
-    for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
-        float a = 0.0f;
-        for (int z = 0; z < nsplit; ++z) {
-            const float mz = pr[z * (Dv + 2)];
-            if (mz != -INFINITY) a += __ldcg(&pr[z * (Dv + 2) + 2 + d]) * expf(mz - M);
-        }
-        orow[d * od.st[3]] = from_f32<T>(L > 0.0f ? a / L : 0.0f);
-    }
-}

@@ -17,7 +17,9 @@
 //     rows') is cut into splits of max(chunk, ceil((hi - lo) / nsplit) rounded up to 64) keys, so
 //     the split size follows the position a replayed graph reads from past_dev: every position
 //     fills the GPU, and a graph sized for the whole cache costs nothing extra early on. nsplit
-//     > 1: partials and the last block's merge as attn_split (part rows b0 * B1 * Tq + r).
+//     (<= GQA_MAX_SPLITS) > 1: split z of key head b0 writes its partials at part + (b0 * nsplit
+//     + z) * (R * D + 2 * GQA_ROWS): acc [R, D], then (max, sum) per row, base 2; the last live
+//     block of the head (counted in counters[b0], left at 0) merges them, all rows at once.
 //   attn_gqa_store_T_D(float* part, int* counters, T* out, TD od, const T* q, TD qd,
 //                      StoreArgs<T> sa, float scale, const int* pos, int window, int chunk)
 //     attn_store (attention.cu) for a group per block: q [1, H, D] -> out [KV, G, 1, D], G <= 16;
@@ -41,6 +43,10 @@
 #define GQA_WARPS 4
 #define GQA_ROWS 16  // query rows per block: the mma's M
 #define GQA_MIN_CHUNK 64
+#ifndef TG_GQA_PREFETCH
+#define TG_GQA_PREFETCH 1  // steps ahead whose key / value rows a warp asks L2 for (0: none)
+#endif
+#define GQA_MAX_SPLITS 128  // gridDim.z at most (the merge's weights live in shared memory)
 
 template <int D>
 struct GqaSmem {
@@ -52,27 +58,34 @@ struct GqaSmem {
     int last;
 };
 
-// attn_gqa_store's prologue: the group's R query rows and the new key, RMS-normalised and
-// rotated, into sm.q / sm.k (one warp per row); the writer block stores the key (rounded to T)
-// and the value into cache row pos.
+// attn_gqa_store's prologue: the group's R query rows and the new key into sm.q / sm.k (all
+// loads in one round), then one warp per row RMS-normalises and rotates it there; the writer
+// block stores the key (rounded to T) and the value into cache row pos.
 template <typename T, int D>
 __device__ __forceinline__ void gqa_store_prologue(GqaSmem<D>& sm, const T* q, const TD& qd, const StoreArgs<T>& sa,
                                                    long long b0, int R, int pos, bool writer) {
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    for (int i = threadIdx.x; i < (R + 1) * D; i += blockDim.x) {
+        const int r = i / D, d = i % D;
+        if (r < R) sm.q[r][d] = to_f32(q[bcast(qd, 0, b0) + bcast(qd, 1, r) + d * qd.st[3]]);
+        else sm.k[d] = to_f32(sa.k[b0 * sa.kd.st[2] + d * sa.kd.st[3]]);
+    }
+    if (writer)
+        for (int d = threadIdx.x; d < D; d += blockDim.x)
+            sa.vc[b0 * sa.vcd.st[1] + (long long)pos * sa.vcd.st[2] + d * sa.vcd.st[3]] =
+                sa.v[b0 * sa.vd.st[2] + d * sa.vd.st[3]];
+    __syncthreads();
     for (int r = w; r <= R; r += GQA_WARPS) {  // rows 0..R-1: queries; row R: the new key
         const bool isk = r == R;
         float* x = isk ? sm.k : sm.q[r];
-        const T* src = isk ? sa.k + b0 * sa.kd.st[2] : q + bcast(qd, 0, b0) + bcast(qd, 1, r);
-        const long long es = isk ? sa.kd.st[3] : qd.st[3];
-        float ss = 0.0f;
-        for (int d = lane; d < D; d += 32) {
-            const float a = to_f32(src[d * es]);
-            x[d] = a;
-            ss += a * a;
-        }
         const bool nrm = isk ? sa.k_norm : sa.q_norm;
         const T* nw = isk ? sa.kn : sa.qn;
-        const float inv = nrm ? rsqrtf(warp_sum(ss) / (float)D + sa.eps) : 1.0f;
+        float inv = 1.0f;
+        if (nrm) {
+            float ss = 0.0f;
+            for (int d = lane; d < D; d += 32) ss += x[d] * x[d];
+            inv = rsqrtf(warp_sum(ss) / (float)D + sa.eps);
+        }
         __syncwarp();
         for (int p = lane; p < D / 2; p += 32) {
             const int a = sa.mode == 2 ? p : 2 * p, b = sa.mode == 2 ? p + D / 2 : 2 * p + 1;
@@ -92,10 +105,6 @@ __device__ __forceinline__ void gqa_store_prologue(GqaSmem<D>& sm, const T* q, c
                 kw[b * sa.kcd.st[3]] = from_f32<T>(xb);
             }
         }
-        if (isk && writer)
-            for (int d = lane; d < D; d += 32)
-                sa.vc[b0 * sa.vcd.st[1] + (long long)pos * sa.vcd.st[2] + d * sa.vcd.st[3]] =
-                    sa.v[b0 * sa.vd.st[2] + d * sa.vd.st[3]];
     }
 }
 
@@ -188,6 +197,17 @@ __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, con
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
 
     for (long long base = j0 + 16LL * w; base < j1; base += 16LL * GQA_WARPS) {
+#if TG_GQA_PREFETCH > 0
+        {   // the rows TG_GQA_PREFETCH steps on, to L2 (lane: row lane % 16, its 128-byte line lane / 16)
+            const long long nb = base + 16LL * GQA_WARPS * TG_GQA_PREFETCH;
+            const int col = (lane >> 4) * (int)(128 / sizeof(T));
+            if (nb < j1 && col < D) {
+                const long long jr = min(nb + (lane & 15), j1 - 1);
+                tg_prefetch_l2(kb + jr * kst + col);
+                tg_prefetch_l2(vb + jr * vst + col);
+            }
+        }
+#endif
         // key rows base + 8 nt + g (quarter tq), value rows base + 2tq + {0, 1, 8, 9} (eighth g);
         // rows past the split's end read its last row (finite; masked)
         uint4 kr[2][KU], vr[4][VU];
@@ -288,6 +308,9 @@ __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, con
     }
     __syncthreads();
     const bool direct = nsplit == 1 || live <= 1;
+    // partials of split z of key head b0: acc [R][D], then (max, sum) per row (base 2)
+    const long long PB = (long long)R * D + 2 * GQA_ROWS;
+    float* P = part + (b0 * nsplit) * PB;
     for (int i = threadIdx.x; i < R * D; i += blockDim.x) {
         const int r = i / D, d = i % D, fi = (d % (D / 8)) * 8 + d / (D / 8);
         float M = -INFINITY;
@@ -305,16 +328,16 @@ __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, con
             out[b0 * od.st[0] + (r / Tq) * od.st[1] + (r % Tq) * od.st[2] + d * od.st[3]] =
                 from_f32<T>(L > 0.0f ? a / L : 0.0f);
         } else {
-            float* pr = part + ((b0 * R + r) * nsplit + z) * (long long)(D + 2);
+            float* pz = P + z * PB;
+            pz[i] = a;
             if (d == 0) {
-                pr[0] = M * 0.6931471805599453f;  // to the natural-log domain of attn_merge
-                pr[1] = L;
+                pz[R * D + 2 * r] = M;
+                pz[R * D + 2 * r + 1] = L;
             }
-            pr[2 + d] = a;
         }
     }
     if (direct) return;
-    // the last live block of this KV head to arrive merges every row's live splits
+    // the last live block of this key head to arrive merges the live splits of all its rows
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -325,8 +348,51 @@ __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, con
     __syncthreads();
     if (!sm.last) return;
     __threadfence();
-    for (int r = 0; r < R; ++r)
-        attn_merge<T>(part + (b0 * R + r) * nsplit * (long long)(D + 2), out, od, live, b0, r / Tq, r % Tq);
+    // (max, sum) of every (split, row) in one round of loads; then per row (a warp) the weight of
+    // each split, 2^(max_z - max) / sum, replaces its max; then the outputs, 4 columns a thread
+    float* sf = &sm.o[0][0][0];  // live * R <= GQA_MAX_SPLITS * GQA_ROWS floats each
+    float* sl = sf + GQA_MAX_SPLITS * GQA_ROWS;
+    for (int i = threadIdx.x; i < live * R; i += blockDim.x) {
+        const float2 ml = __ldcg(reinterpret_cast<const float2*>(P + (i / R) * PB + R * D + 2 * (i % R)));
+        sf[i] = ml.x;
+        sl[i] = ml.y;
+    }
+    __syncthreads();
+    for (int r = w; r < R; r += GQA_WARPS) {
+        float M = -INFINITY;
+        for (int zz = lane; zz < live; zz += 32) M = fmaxf(M, sf[zz * R + r]);
+        M = warp_max(M);
+        float L = 0.0f;
+        for (int zz = lane; zz < live; zz += 32) {
+            const float mz = sf[zz * R + r];
+            if (mz != -INFINITY) L += sl[zz * R + r] * exp2f(mz - M);
+        }
+        L = warp_sum(L);
+        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+        for (int zz = lane; zz < live; zz += 32) {
+            const float mz = sf[zz * R + r];
+            sf[zz * R + r] = mz == -INFINITY ? 0.0f : exp2f(mz - M) * inv;
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < R * D / 4; i += blockDim.x) {
+        const int r = 4 * i / D, d = 4 * i % D;
+        float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+        for (int zz = 0; zz < live; ++zz) {
+            const float f = sf[zz * R + r];
+            const float4 x = __ldcg(reinterpret_cast<const float4*>(P + zz * PB + 4 * i));
+            a.x += f * x.x;
+            a.y += f * x.y;
+            a.z += f * x.z;
+            a.w += f * x.w;
+        }
+        T* o4 = out + b0 * od.st[0] + (r / Tq) * od.st[1] + (r % Tq) * od.st[2];
+        o4[d * od.st[3]] = from_f32<T>(a.x);
+        o4[(d + 1) * od.st[3]] = from_f32<T>(a.y);
+        o4[(d + 2) * od.st[3]] = from_f32<T>(a.z);
+        o4[(d + 3) * od.st[3]] = from_f32<T>(a.w);
+    }
 }
 
 #define TG_GQA1(SFX, T, D)                                                                         \

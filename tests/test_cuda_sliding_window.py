@@ -1,5 +1,5 @@
 """Sliding-window attention on the GPU: every CUDA attention kernel with a window (attn_fa on
-tensor cores for prefill, attn_split / attn_pipe, attn_store for decode, the softmax kernel of the
+tensor cores for prefill, attn_split / attn_pipe / attn_gqa, attn_store / attn_gqa_store for decode, the softmax kernel of the
 unfused path) against float64 references and the NumPy backend; decode and prefill, f16 / bf16 /
 f32, heads of 64 and 128, grouped queries, positions far beyond the window, and keys outside the
 window poisoned with NaN (they must not be read). Skipped without a GPU."""
@@ -54,18 +54,24 @@ def test_flash_attention_window(monkeypatch, rng, dtype, d, T, S, past, window):
     assert err < 2 * TOL[dtype.name], f"relative error {err:.3g}"
 
 
+@pytest.mark.parametrize("gqa", [True, False], ids=["gqa", "no_gqa"])
 @pytest.mark.parametrize("dt", ["f32", "f16", "bf16"])
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("T,S,past,window", [(1, 3000, 2999, 1), (1, 3000, 2500, 700), (1, 4096, 4000, 2048),
                                              (1, 100, 50, 8), (3, 4096, 3900, 1000), (8, 500, 400, 33),
                                              (1, 64, 10, 100)])
-def test_split_and_pipe_window(monkeypatch, rng, dt, d, T, S, past, window):
-    """attn_pipe (<= 4 queries: decode) and attn_split: the splits start at the first visible key,
-    so nothing before the window is read (NaN there stays out), long caches split across blocks."""
+def test_split_and_pipe_window(monkeypatch, rng, gqa, dt, d, T, S, past, window):
+    """attn_gqa (f16 / bf16, a group of <= 16 query rows), attn_pipe (<= 4 queries: decode; with
+    TINYGRAPH_ATTN_GQA=0 for f16 / bf16 too) and attn_split: the splits start at the first visible
+    key, so nothing before the window is read (NaN there stays out), long caches split across blocks."""
     dtype = DT[dt]
+    if not gqa:
+        if dt == "f32":
+            pytest.skip("f32 never takes attn_gqa")
+        monkeypatch.setenv("TINYGRAPH_ATTN_GQA", "0")
     out, ref, names = run_attention(monkeypatch, rng, dtype, T, S, d, past, window,
                                     nan_before=max(0, past + 1 - window))
-    kind = "pipe" if T <= 4 else "split"
+    kind = "gqa" if gqa and dt != "f32" and 4 * T <= 16 else "pipe" if T <= 4 else "split"
     assert any(n.startswith(f"attn_{kind}_{dt}_") for n in names), names
     err = rel_err(out, ref)
     assert err < 2 * TOL[dtype.name], f"relative error {err:.3g}"

@@ -173,11 +173,12 @@ def test_sticky_kernel_fault_is_reported_not_fatal(driver, tmp_path):
 def test_session_close_returns_device_memory(driver):
     free0 = _free(driver)
     sess = tg.Session(backend="cuda", verbose=False)
-    sess.persistent((64 << 20,), tg.float32, name="big")  # 256 MiB
+    sess.persistent((256 << 20,), tg.float32, name="big")  # 1 GiB
     sess.finalize()
-    assert _free(driver) <= free0 - (256 << 20)
+    # margins: other test processes on the GPU (pytest -n) allocate and free meanwhile
+    assert _free(driver) <= free0 - (768 << 20)
     sess.close()
-    assert _free(driver) >= free0 - (8 << 20)
+    assert _free(driver) >= free0 - (64 << 20)
 
 
 # ------------------------------------------------------------------ kernel compile cache (NVRTC only)

@@ -6,10 +6,12 @@ ALIGN = 256
 #: keys per attention split block (4 warps x 32 keys: one tile per warp)
 ATTN_CHUNK = 128
 #: attn_gqa (decode attention, a KV head's query group per block): splits of at least this many
-#: keys, at most this many query rows per block, about this many blocks per multiprocessor
+#: keys, at most this many query rows per block, about this many blocks per multiprocessor, at
+#: most this many splits (cuda_src/attention_gqa.cu's GQA_* macros say the same)
 GQA_MIN_CHUNK = 64
 GQA_ROWS = 16
 GQA_BLOCKS_PER_SM = 2
+GQA_MAX_SPLITS = 128
 #: prefill attention on tensor cores (attn_fa) from this many queries on; fewer: attn_split/pipe,
 #: which also split long key ranges across blocks
 FLASH_MIN_QUERIES = 16

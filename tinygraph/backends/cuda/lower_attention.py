@@ -14,7 +14,7 @@ from ...tensor import Tensor
 from . import driver
 from . import select
 from .kernels import Arg, fa_shared_bytes
-from .limits import COUNTER_BYTES, NeedScratch
+from .limits import COUNTER_BYTES, GQA_ROWS, NeedScratch
 
 if TYPE_CHECKING:
     from .backend import CudaBackend
@@ -108,7 +108,8 @@ def attn_splits(be: "CudaBackend", n: Tensor, out: Arg, aligned: bool):
     if sp.grid[2] > 1:
         # [counters: one int per row, shared by every graph and left at zero by the kernel]
         # [partials]; rows <= 4096 / nsplit <= 2048 here
-        need = COUNTER_BYTES + rows * sp.grid[2] * (Dv + 2) * 4
+        need = COUNTER_BYTES + 4 * (sp.grid[1] * sp.grid[2] * (rows // sp.grid[1] * Dv + 2 * GQA_ROWS)
+                                    if sp.kind == "gqa" else rows * sp.grid[2] * (Dv + 2))
         if be._work is None or be._work.nbytes < need:
             raise NeedScratch(need, "_work")
         counters, part = be._work.ptr, be._work.ptr + COUNTER_BYTES

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from ...util import contiguous_strides
-from .limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES, GQA_BLOCKS_PER_SM, GQA_MIN_CHUNK, GQA_ROWS
+from .limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES, GQA_BLOCKS_PER_SM, GQA_MAX_SPLITS, GQA_MIN_CHUNK, GQA_ROWS
 
 
 @dataclass(frozen=True)
@@ -274,15 +274,16 @@ def attn_splits(T: int, rows: int, S: int, D: int, Dv: int, window: int = 0, gro
     ``group`` > 0: every ``group`` consecutive rows share their keys and values, laid out as
     attn_gqa reads them (:func:`gqa_group`); when ``dtype`` / ``caps`` / the head sizes allow
     it too (:func:`gqa_fits`), attn_gqa: one block per key head and split, about
-    ``GQA_BLOCKS_PER_SM`` blocks per multiprocessor (the kernel sizes the splits from the
-    position it reads, at least ``GQA_MIN_CHUNK`` keys)."""
+    ``GQA_BLOCKS_PER_SM`` blocks per multiprocessor, at most ``GQA_MAX_SPLITS`` splits (the
+    kernel sizes the splits from the position it reads, at least ``GQA_MIN_CHUNK`` keys)."""
     if rows == 0:
         return None
     if window > 0:
         S = max(1, min(S, window))
     if group and caps is not None and gqa_fits(dtype, D, Dv, group, caps):
         heads = rows // group
-        nsplit = max(1, min(-(-GQA_BLOCKS_PER_SM * caps.sm_count // heads), -(-S // GQA_MIN_CHUNK)))
+        fill = -(-GQA_BLOCKS_PER_SM * caps.sm_count // heads)
+        nsplit = max(1, min(fill, -(-S // GQA_MIN_CHUNK), GQA_MAX_SPLITS))
         return AttnSplits((1, heads, nsplit), GQA_MIN_CHUNK, D, "gqa")
     nsplit = max(1, min(-(-S // ATTN_CHUNK), 4096 // rows))
     chunk = -(-S // nsplit)
