@@ -46,6 +46,9 @@
 #ifndef TG_GQA_PREFETCH
 #define TG_GQA_PREFETCH 1  // steps ahead whose key / value rows a warp asks L2 for (0: none)
 #endif
+#ifndef TG_GQA_MERGE_UNROLL
+#define TG_GQA_MERGE_UNROLL 16  // splits whose partials a merging thread loads together
+#endif
 #define GQA_MAX_SPLITS 128  // gridDim.z at most (the merge's weights live in shared memory)
 
 template <int D>
@@ -378,7 +381,7 @@ __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, con
     for (int i = threadIdx.x; i < R * D / 4; i += blockDim.x) {
         const int r = 4 * i / D, d = 4 * i % D;
         float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 8
+#pragma unroll TG_GQA_MERGE_UNROLL
         for (int zz = 0; zz < live; ++zz) {
             const float f = sf[zz * R + r];
             const float4 x = __ldcg(reinterpret_cast<const float4*>(P + zz * PB + 4 * i));
