@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import weakref
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +41,29 @@ CAPTURE_AFTER = int(os.environ.get("TINYGRAPH_CUDA_CAPTURE_AFTER", "1"))
 REPLAY = os.environ.get("TINYGRAPH_CUDA_GRAPHS", "1") != "0"
 
 
+@dataclass
+class ReplayState:
+    """What the backend keeps per graph between runs (``CudaBackend._replay``): the plan and the
+    device addresses it last ran with (a change of either starts over), how many eager runs it
+    had, the captured step (``exec``, after ``CAPTURE_AFTER`` eager runs), every node's base
+    address, the input area's layout (total bytes, input id -> byte offset), and compute_loop's
+    step-with-tail capture (``loop_key``, ``loop_exec``, the increments' device buffer)."""
+
+    plan: ExecPlan
+    addresses: tuple[int, ...]
+    base: dict[int, int]
+    layout: tuple[int, dict[int, int]]
+    eager_runs: int = 0
+    exec: Any = None
+    loop_key: Any = None
+    loop_exec: Any = None
+    loop_incs: Any = None
+
+    def current(self, plan: ExecPlan, addresses: tuple[int, ...]) -> bool:
+        """Whether this state belongs to ``plan`` at these device addresses."""
+        return self.plan is plan and self.addresses == addresses
+
+
 class CudaBackend(Backend):
     name = "cuda"
 
@@ -58,7 +83,7 @@ class CudaBackend(Backend):
         self._owner: object | None = None  # the compute_loop whose inputs the input area holds
         self._pin_free = driver.Event(timing=False)  # recorded after each upload from self._pin
         # per graph: [plan, addresses, eager runs, captured exec]
-        self._replay: "weakref.WeakKeyDictionary[Graph, list]" = weakref.WeakKeyDictionary()
+        self._replay: "weakref.WeakKeyDictionary[Graph, ReplayState]" = weakref.WeakKeyDictionary()
         self.launches = 0
         self._klog: dict[int, list[str]] | None = None  # the graph being lowered's Graph.kernels
         self._choices: dict[int, object] = {}  # the kernel choices of the plan being run
@@ -159,25 +184,23 @@ class CudaBackend(Backend):
         self._stage(inputs, base, layout)
         self._scratch_used = 0
         addresses = self._addresses()
-        # replay state per graph: [plan, addresses, eager runs, captured exec, base, input layout]
-        # (+ [(key, exec, increments)] of compute_loop's step-with-tail graph: _loop_exec)
-        if state is None or state[0] is not plan or state[1] != addresses:
-            state = self._replay[graph] = [plan, addresses, 0, None, base, layout]
+        if state is None or not state.current(plan, addresses):
+            state = self._replay[graph] = ReplayState(plan, addresses, base, layout)
         graph.kernels.clear()
         self._klog = graph.kernels
         try:
             if times is not None:
                 self._run_timed(plan, base, times)
-            elif REPLAY and state[2] >= CAPTURE_AFTER:
+            elif REPLAY and state.eager_runs >= CAPTURE_AFTER:
                 cg = driver.Graph()
                 with driver.capture(self.stream, cg):
                     self._run_all(plan, base)
-                state[3] = cg.instantiate()
-                state[3].launch(self.stream)
+                state.exec = cg.instantiate()
+                state.exec.launch(self.stream)
             else:
                 self._run_all(plan, base)
-                state[1] = self._addresses()  # scratch may have grown during the run
-                state[2] += 1
+                state.addresses = self._addresses()  # scratch may have grown during the run
+                state.eager_runs += 1
         finally:
             self._klog = None
         outs = []
@@ -200,10 +223,10 @@ class CudaBackend(Backend):
                 driver.memcpy_dtoh(host_ptr, src, nb, self.stream)
             host_ptr += _aligned(nb)
 
-    def _replay_stage(self, state: list, inputs: dict[int, np.ndarray], extra: int = 0) -> np.ndarray:
+    def _replay_stage(self, state: ReplayState, inputs: dict[int, np.ndarray], extra: int = 0) -> np.ndarray:
         """Queue the copy of ``inputs`` into the captured graph's input area through page-locked
         memory; returns that memory (``extra`` more bytes past the inputs, e.g. for outputs)."""
-        total, offs = state[5]
+        total, offs = state.layout
         self._pin_free.synchronize()  # a compute_loop's upload may still be reading it
         pin = self._pinned(total + extra)
         host = pin.array(np.uint8, total + extra)
@@ -214,14 +237,14 @@ class CudaBackend(Backend):
             self._pin_free.record(self.stream)
         return host
 
-    def _replay_fast(self, graph: Graph, state: list, inputs: dict[int, np.ndarray]) -> list[np.ndarray]:
+    def _replay_fast(self, graph: Graph, state: ReplayState, inputs: dict[int, np.ndarray]) -> list[np.ndarray]:
         """The per-token path: inputs into page-locked memory and up, one graph launch, the
         outputs' spans down into page-locked memory, one wait: all queued at once, so the GPU
         sees no host work between them."""
-        spans = self._out_spans(graph, state[4])
-        total = state[5][0]
+        spans = self._out_spans(graph, state.base)
+        total = state.layout[0]
         host = self._replay_stage(state, inputs, _span_bytes(spans))
-        state[3].launch(self.stream)
+        state.exec.launch(self.stream)
         self._download_spans(spans, self._pin.ptr + total)
         self.stream.synchronize("reading graph outputs")
         outs = _unpack(host, total, spans)
@@ -271,7 +294,7 @@ class CudaBackend(Backend):
         def layout() -> None:
             nonlocal ring, slot, spans, copies
             state = self._replay[graph]
-            base, offs = state[4], state[5][1]
+            base, offs = state.base, state.layout[1]
             copies = [(self._inputs.ptr + offs[tid], base[o.storage.id] + o.offset * o.dtype.itemsize, o.nbytes)
                       for tid, oi in feedback.items() if tid in offs for o in (graph.outputs[oi],)]
             spans = self._out_spans(graph, base)
@@ -338,10 +361,10 @@ class CudaBackend(Backend):
         positions) never race it."""
         state = self._replay[graph]
         key = (tuple(copies), tuple((tid, inc.tobytes()) for tid, inc in adv))
-        if len(state) > 6 and state[6][0] == key:
-            return state[6][1]
+        if state.loop_exec is not None and state.loop_key == key:
+            return state.loop_exec
         from .kernels import i32, ptr
-        base, offs = state[4], state[5][1]
+        base, offs = state.base, state.layout[1]
         incbuf = None
         if adv:
             incs = np.concatenate([inc for _, inc in adv]).astype(np.int32)
@@ -361,13 +384,12 @@ class CudaBackend(Backend):
                               [ptr(self._inputs.ptr + offs[tid]), ptr(incbuf.ptr + at), i32(inc.size)],
                               stream=self.stream, pdl=False)
                 at += inc.nbytes
-        state[6:] = [(key, cg.instantiate(), incbuf)]
-        return state[6][1]
+        state.loop_key, state.loop_exec, state.loop_incs = key, cg.instantiate(), incbuf
+        return state.loop_exec
 
     def _captured(self, graph: Graph, plan: ExecPlan) -> bool:
         state = self._replay.get(graph)
-        return (state is not None and state[3] is not None and state[0] is plan
-                and state[1] == self._addresses())
+        return state is not None and state.exec is not None and state.current(plan, self._addresses())
 
     def _pinned(self, nbytes: int) -> driver.PinnedBuffer:
         """Page-locked host staging for the replay path (grown on demand; reused: every replay
