@@ -10,41 +10,16 @@ import pytest
 
 import cuda_support  # noqa: F401  (skips this module without a GPU)
 import tinygraph as tg
-from conftest import TOL, attention_views, kv_cache, rel_err, rounded
+from conftest import TOL, kv_cache, rel_err, rounded
 from cuda_support import launched_names
+from test_cuda_sliding_window import run_attention
+from test_sliding_window import attention64
 
 
-def attention64(q, k, v, scale, T, past, window=None):
-    """float64 causal attention of q [kv, g, T, d] at positions past..past+T-1 over k, v [kv, S, d]."""
-    S = k.shape[1]
-    s = q @ k[:, None].transpose(0, 1, 3, 2) * scale
-    pos = past + np.arange(T)[:, None]
-    j = np.arange(S)[None, :]
-    ok = j <= pos
-    if window:
-        ok &= j > pos - window
-    s = np.where(ok, s, -np.inf)
-    e = np.exp(s - s.max(-1, keepdims=True))
-    return (e / e.sum(-1, keepdims=True)) @ v[:, None]
-
-
-def run_decode(monkeypatch, rng, dtype, d, G, S, T=1, past=None, window=None, kv=2):
-    """q [kv, G, T, d] at position ``past`` (a device tensor: default S - T) over [kv, S, d] caches."""
-    names = launched_names(monkeypatch)
-    past = S - T if past is None else past
-    q = rng.standard_normal((kv, G, T, d)).astype(np.float32)
-    k = rng.standard_normal((kv, S, d)).astype(np.float32)
-    v = rng.standard_normal((kv, S, d)).astype(np.float32)
-    sess = tg.Session(backend="cuda")
-    kt, vv = attention_views(*kv_cache(sess, k, v, dtype))
-    gr = sess.graph()
-    qi = gr.input(q.shape, dtype)
-    pi = gr.input((1,), tg.int32)
-    scale = d ** -0.5
-    gr.output(tg.attention(qi, kt, vv, scale, True, pi, window=window))
-    (out,) = sess.compute(gr, {qi: q, pi: np.array([past], np.int32)})
-    ref = attention64(rounded(q, dtype), rounded(k, dtype), rounded(v, dtype), scale, T, past, window)
-    return out, ref, names
+def run_decode(monkeypatch, rng, dtype, d, G, S, T=1, past=None, window=None):
+    """q [2, G, T, d] at position ``past`` (a device tensor; default S - T) over [2, S, d] caches:
+    test_cuda_sliding_window's run (keys past the last visible one NaN)."""
+    return run_attention(monkeypatch, rng, dtype, T, S, d, S - T if past is None else past, window, g=G)
 
 
 @pytest.mark.parametrize("dtype", [tg.float16, tg.bfloat16], ids=lambda d: d.name)
@@ -126,5 +101,5 @@ def test_gqa_store_matches_float64(monkeypatch, rng, dtype, hd, G, S, pos):
     kk[:, pos] = rounded(kr, dtype)
     vv = rounded(v0, dtype).copy()
     vv[:, pos] = rounded(v[0], dtype)
-    ref = attention64(qr.reshape(KV, G, 1, hd), kk, vv, scale, 1, pos)
+    ref = attention64(qr.reshape(KV, G, 1, hd), kk[:, None].transpose(0, 1, 3, 2), vv[:, None], scale, True, pos, None)
     assert rel_err(out, ref) < TOL[dtype.name]

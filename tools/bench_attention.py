@@ -81,9 +81,8 @@ def main(argv=None) -> int:
                 select.GQA_BLOCKS_PER_SM = blocks or saved
                 sp = attn_splits(1, H, S, hd, hd, 0, G if kern.startswith("gqa") else 0, "f16", caps)
                 select.GQA_BLOCKS_PER_SM = saved
-                name = f"attn_gqa_store_f16_{sp.maxd}" if sp.kind == "gqa" else f"attn_store_f16_{sp.maxd}"
-                src = "attention_gqa.cu" if sp.kind == "gqa" else "attention.cu"
-                f = klib.module(src).get_function(name)
+                store = "attn_gqa_store" if sp.kind == "gqa" else "attn_store"
+                f = klib.function(f"{store}_f16_{sp.maxd}")
                 cache_td = Arg(0, (1, KV, S, hd)).td
                 o = Arg(out.ptr, (KV, G, 1, hd))
                 qa = Arg(q.ptr, (1, 1, H, hd))

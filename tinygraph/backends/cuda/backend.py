@@ -82,7 +82,6 @@ class CudaBackend(Backend):
         self._written: set[int] = set()
         self._owner: object | None = None  # the compute_loop whose inputs the input area holds
         self._pin_free = driver.Event(timing=False)  # recorded after each upload from self._pin
-        # per graph: [plan, addresses, eager runs, captured exec]
         self._replay: "weakref.WeakKeyDictionary[Graph, ReplayState]" = weakref.WeakKeyDictionary()
         self.launches = 0
         self._klog: dict[int, list[str]] | None = None  # the graph being lowered's Graph.kernels
@@ -361,7 +360,7 @@ class CudaBackend(Backend):
         positions) never race it."""
         state = self._replay[graph]
         key = (tuple(copies), tuple((tid, inc.tobytes()) for tid, inc in adv))
-        if state.loop_exec is not None and state.loop_key == key:
+        if state.loop_key == key:
             return state.loop_exec
         from .kernels import i32, ptr
         base, offs = state.base, state.layout[1]

@@ -263,29 +263,26 @@ for _q in QUANT_KERNEL_TYPES:
                     "elementwise", f"out[.., r, :] = dequant({_q} row ids[r] (or r when ids is NULL))"))
 
 # attention (attention.cu, attention_gqa.cu, attention_tc.cu; launched by lower_attention.py, which picks the
-# variant: select.attn_splits / select.flash_ok / select.gqa_ok). Suffixes: dtype, then the head's register size D.
+# variant: select.attn_splits / select.flash_ok / select.gqa_group). Suffixes: dtype, then the head's register size D.
 _ATTN_IO = (("out", "ptr"), ("od", "td"), ("q", "ptr"), ("qd", "td"))
 _ATTN_KV = (("kt", "ptr"), ("ktd", "td"), ("v", "ptr"), ("vd", "td"), ("scale", "f32"), ("causal", "i32"),
             ("past", "i32"), ("past_dev", "ptr"), ("window", "i32"))
 _PARTS = (("part", "ptr"), ("counters", "ptr"))
+_SPLIT = _PARTS + _ATTN_IO + _ATTN_KV + (("chunk", "i32"),)
+_STORE = _PARTS + _ATTN_IO + (("sa", "store"), ("scale", "f32"), ("pos", "ptr"), ("window", "i32"), ("chunk", "i32"))
 _BY_D = tuple((d, str(m)) for d in _F for m in (64, 128, 256))
-_GQA_D = tuple((d, str(m)) for d in ("f16", "bf16") for m in (64, 128))
-_reg(KernelSpec("attn_split", "attention.cu", _PARTS + _ATTN_IO + _ATTN_KV + (("chunk", "i32"),), _BY_D,
+_TC_D = tuple((d, str(m)) for d in ("f16", "bf16") for m in (64, 128))  # the tensor-core kernels
+_reg(KernelSpec("attn_split", "attention.cu", _SPLIT, _BY_D,
                 "attention", "flash-decoding attention: key splits of `chunk`, partials merged by the last"),
-     KernelSpec("attn_pipe", "attention.cu", _PARTS + _ATTN_IO + _ATTN_KV + (("chunk", "i32"),), _BY_D,
+     KernelSpec("attn_pipe", "attention.cu", _SPLIT, _BY_D,
                 "attention", "attn_split for at most 4 query rows, keys streamed through a cp.async pipeline"),
-     KernelSpec("attn_store", "attention.cu",
-                _PARTS + _ATTN_IO + (("sa", "store"), ("scale", "f32"), ("pos", "ptr"), ("window", "i32"),
-                                     ("chunk", "i32")), _BY_D,
+     KernelSpec("attn_store", "attention.cu", _STORE, _BY_D,
                 "attention", "a decode step's q/k norm + RoPE + KV-cache write + attention (StoreArgs sa)"),
-     KernelSpec("attn_gqa", "attention_gqa.cu", _PARTS + _ATTN_IO + _ATTN_KV + (("chunk", "i32"),), _GQA_D,
+     KernelSpec("attn_gqa", "attention_gqa.cu", _SPLIT, _TC_D,
                 "attention", "decode attention on tensor cores, a KV head's whole query group per block"),
-     KernelSpec("attn_gqa_store", "attention_gqa.cu",
-                _PARTS + _ATTN_IO + (("sa", "store"), ("scale", "f32"), ("pos", "ptr"), ("window", "i32"),
-                                     ("chunk", "i32")), _GQA_D,
+     KernelSpec("attn_gqa_store", "attention_gqa.cu", _STORE, _TC_D,
                 "attention", "attn_store with attn_gqa's group per block (StoreArgs sa)"),
-     KernelSpec("attn_fa", "attention_tc.cu", _ATTN_IO + _ATTN_KV,
-                tuple((d, str(m)) for d in ("f16", "bf16") for m in (64, 128)),
+     KernelSpec("attn_fa", "attention_tc.cu", _ATTN_IO + _ATTN_KV, _TC_D,
                 "attention", "tensor-core flash attention for 16+ queries (prefill)"))
 
 ELEMENTWISE_DTYPES = _F

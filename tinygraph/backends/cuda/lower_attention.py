@@ -14,7 +14,7 @@ from ...tensor import Tensor
 from . import driver
 from . import select
 from .kernels import Arg, fa_shared_bytes
-from .limits import COUNTER_BYTES, GQA_ROWS, NeedScratch
+from .limits import COUNTER_BYTES, NeedScratch
 
 if TYPE_CHECKING:
     from .backend import CudaBackend
@@ -41,13 +41,11 @@ def attention(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> N
         driver.launch(f, (-(-T // 64), out.numel // (T * D), 1), 128, args, smem, stream=be.stream,
                       pdl=be._pdl())
         return
-    aligned = all(int(a.addr.value) % 16 == 0 for a in (kt, v))
-    cfg = attn_splits(be, n, out, aligned)
+    cfg = attn_splits(be, n, out, (kt, v))
     if cfg is None:
         return
     grid, chunk, part, counters, maxd, kind = cfg
-    src = "attention_gqa.cu" if kind == "gqa" else "attention.cu"
-    driver.launch(be.lib.module(src).get_function(f"attn_{kind}_{dt.short}_{maxd}"), grid, 128,
+    driver.launch(be.lib.function(f"attn_{kind}_{dt.short}_{maxd}"), grid, 128,
                   [ptr(part), ptr(counters)] + args + [i32(chunk)], stream=be.stream, pdl=be._pdl())
 
 
@@ -71,7 +69,7 @@ def attention_store(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]
     ff = be._arg(fft, base).ptr if fft is not None else 0
     qn, kn = (be._as(o[k_], base, dt).ptr if o[k_] is not None else 0 for k_ in ("q_norm_w", "k_norm_w"))
     window = p.get("window") or 0
-    cfg = attn_splits(be, n, out, all(int(c.addr.value) % 16 == 0 for c in (kca, vca)))
+    cfg = attn_splits(be, n, out, (kca, vca))
     if cfg is None:
         return
     grid, chunk, part, counters, maxd, kind = cfg
@@ -82,34 +80,32 @@ def attention_store(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]
     early = all(t.storage.id not in be._written for t in (pos, kc, vc, fft) if t is not None)
     sa = StoreArgs(ka.ptr, ka.td, va.ptr, va.td, kca.ptr, kca.td, vca.ptr, vca.td, ff, qn, kn,
                    p["eps"], p["theta"], mode, int(p["q_norm"]), int(p["k_norm"]), int(early))
-    f = (be.lib.module("attention_gqa.cu").get_function(f"attn_gqa_store_{dt.short}_{maxd}") if kind == "gqa"
-         else be.lib.module("attention.cu").get_function(f"attn_store_{dt.short}_{maxd}"))
-    driver.launch(f, grid, 128,
+    store = "attn_gqa_store" if kind == "gqa" else "attn_store"
+    driver.launch(be.lib.function(f"{store}_{dt.short}_{maxd}"), grid, 128,
                   [ptr(part), ptr(counters), out.addr, out.td, qa.addr, qa.td, sa, f32(p["scale"]),
                    ptr(be._contiguous_ids(pos, base)), i32(window), i32(chunk)], stream=be.stream,
                   pdl=be._pdl())
 
 
-def attn_splits(be: "CudaBackend", n: Tensor, out: Arg, aligned: bool):
+def attn_splits(be: "CudaBackend", n: Tensor, out: Arg, keys_values: tuple[Arg, Arg]):
     """Launch shape of the attention kernels of node ``n`` (output ``out`` [.., T, Dv]): the
     plan's ``select.attn_splits`` choice, with the split partials' room in the work buffer:
     (grid, chunk, partials, counters, register size, kernel kind), or None for an empty output.
-    attn_gqa needs 16-byte aligned keys and values: when they are not (``aligned`` False; known
-    only here), the choice without it."""
+    attn_gqa needs 16-byte aligned keys and values (``keys_values``; their addresses are known
+    only here): when they are not, the choice without it."""
     sp = be.choice(n)
     if sp is None:
         return None
     rows = out.numel // max(out.shape[-1], 1) if out.shape[-1] else 0
     Dv = out.shape[-1]
-    if sp.kind == "gqa" and not aligned:
-        S = n.srcs[1].shape[-1] if n.op == "attention" else n.srcs[4].shape[1]
-        sp = select.attn_splits(out.shape[-2], rows, S, n.srcs[0].shape[-1], Dv, n.params.get("window") or 0)
+    if sp.kind == "gqa" and any(int(a.addr.value) % 16 for a in keys_values):
+        sp = select.attn_splits(out.shape[-2], rows, select.attn_keys(n), n.srcs[0].shape[-1], Dv,
+                                n.params.get("window") or 0)
     part = counters = 0
     if sp.grid[2] > 1:
         # [counters: one int per row, shared by every graph and left at zero by the kernel]
         # [partials]; rows <= 4096 / nsplit <= 2048 here
-        need = COUNTER_BYTES + 4 * (sp.grid[1] * sp.grid[2] * (rows // sp.grid[1] * Dv + 2 * GQA_ROWS)
-                                    if sp.kind == "gqa" else rows * sp.grid[2] * (Dv + 2))
+        need = COUNTER_BYTES + sp.partial_bytes(rows, Dv)
         if be._work is None or be._work.nbytes < need:
             raise NeedScratch(need, "_work")
         counters, part = be._work.ptr, be._work.ptr + COUNTER_BYTES

@@ -175,10 +175,9 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
     out: dict = {}
     for n in order:
         if n.op in ("attention", "attention_store"):  # the split-key kernels' launch shape
-            S = n.srcs[1].shape[-1] if n.op == "attention" else n.srcs[4].shape[1]
             T, Dv = n.shape[-2], n.shape[-1]
             group = gqa_group(n) if env.get("TINYGRAPH_ATTN_GQA", "1") != "0" else 0
-            out[n.id] = attn_splits(T, n.size // Dv if Dv else 0, S, n.srcs[0].shape[-1], Dv,
+            out[n.id] = attn_splits(T, n.size // Dv if Dv else 0, attn_keys(n), n.srcs[0].shape[-1], Dv,
                                     n.params.get("window") or 0, group, n.dtype.short, caps)
             continue
         dt = n.dtype.short
@@ -219,6 +218,12 @@ def flash_ok(dtype: str, D: int, Dv: int, T: int, operands: Sequence[tuple[Seque
         if any(s % 8 for i, s in enumerate(st) if shape[i] != 1 and i != len(st) + contiguous_axis):
             return False
     return True
+
+
+def attn_keys(n) -> int:
+    """Keys an ``attention`` (kt [.., D, S]) or ``attention_store`` (caches [KV, S, hd]) node
+    attends over at most: S."""
+    return n.srcs[1].shape[-1] if n.op == "attention" else n.srcs[4].shape[1]
 
 
 def gqa_fits(dtype: str, D: int, Dv: int, group: int, caps: DeviceCaps) -> bool:
@@ -262,6 +267,15 @@ class AttnSplits(NamedTuple):
     chunk: int
     maxd: int
     kind: str
+
+    def partial_bytes(self, rows: int, Dv: int) -> int:
+        """Bytes of the split partials for ``rows`` output rows of ``Dv``: per (row, split)
+        (max, sum, acc[Dv]) floats; attn_gqa per (key head, split) acc [rows per head, Dv] and
+        ``GQA_ROWS`` (max, sum) pairs (cuda_src/attention_gqa.cu)."""
+        if self.kind == "gqa":
+            heads, nsplit = self.grid[1], self.grid[2]
+            return 4 * heads * nsplit * (rows // heads * Dv + 2 * GQA_ROWS)
+        return 4 * rows * self.grid[2] * (Dv + 2)
 
 
 def attn_splits(T: int, rows: int, S: int, D: int, Dv: int, window: int = 0, group: int = 0, dtype: str = "",
