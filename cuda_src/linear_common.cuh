@@ -29,6 +29,27 @@ __device__ __forceinline__ float lin_epilogue(float a0, float a1, int c, int hal
     return a;
 }
 
+// Values 8g .. 8g+7 of the staged row hrow into v (zeros when g >= ng) and their sum; returns the
+// largest |value| of their 32-block. The 4 threads of a block are lanes 4c..4c+3 of one warp and
+// every lane must call it (shuffles): the row quantizers of linear_q8a and linear_qr.
+__device__ __forceinline__ float lin_load8_amax32(const float* hrow, int g, int ng, float* v, float& sum) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = 0.0f;
+    if (g < ng) {
+        *reinterpret_cast<float4*>(v) = *reinterpret_cast<const float4*>(hrow + 8 * g);
+        *reinterpret_cast<float4*>(v + 4) = *reinterpret_cast<const float4*>(hrow + 8 * g + 4);
+    }
+    float amax = 0.0f;
+    sum = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+        amax = fmaxf(amax, fabsf(v[e]));
+        sum += v[e];
+    }
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    return fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+}
+
 __device__ __forceinline__ float2 lin_h2f(unsigned u, __half) {
     __half2 h = *reinterpret_cast<__half2*>(&u);
     return __half22float2(h);

@@ -183,15 +183,15 @@ def test_int8_activation_gemv_against_the_exact_one(cuda, qt, monkeypatch) -> No
     assert _rel(y8, ref) < 2e-2, _rel(y8, ref)
 
 
-def _nan_in_x_gives_nan(cuda, qt: str, K: int, rng) -> list[str]:
+def _nan_in_x_gives_nan(cuda, qt: str, K: int, rng, dt=tg.float16) -> list[str]:
     """A 16 x K ``qt`` linear of a row with one NaN: every output is NaN. Returns the kernels run."""
     N = 16
     W = cuda.persistent((N, K), qt)
     cuda.upload(W, quantize(rng.standard_normal((N, K)).astype(np.float32), qt))
     g = cuda.graph()
-    x = g.input((1, K), tg.float16, name="x")
+    x = g.input((1, K), dt, name="x")
     g.output(tg.linear(x, W))
-    xv = np.ones((1, K), np.float16)
+    xv = np.ones((1, K), dt.np)
     xv[0, 7] = np.nan
     (y,) = cuda.compute(g, {x: xv})
     assert np.isnan(np.asarray(y, np.float32)).all()
@@ -219,3 +219,29 @@ def test_tensor_core_gemv_against_float64(cuda, qt, monkeypatch) -> None:
         assert np.all(np.isfinite(np.asarray(y, np.float32))), (qt, rows, N, K)
         assert _rel(y, ref) < 3e-3, (qt, rows, N, K, norm, act, _rel(y, ref))
     assert f"linear_qmma_{qt}_f16" in _nan_in_x_gives_nan(cuda, qt, 2 * blk, rng)
+
+
+@pytest.mark.parametrize("dt", [tg.float16, tg.bfloat16], ids=lambda d: d.short)
+def test_register_slice_gemv_against_float64(cuda, dt, monkeypatch) -> None:
+    # TINYGRAPH_QUANT_GEMV=linear_qr (cuda_src/linear_qr.cu): a lane keeps its 128-weight slice of
+    # the row in registers as two int8 planes (16-bit fixed point per 32). Teams of 8 lanes (4
+    # slices: idle lanes), 16, 32, 64 (two warps, 44 slices) and 96 (three warps, blocks of 192),
+    # several x rows, swiglu's gate and up rows, columns past the end, many trips per team.
+    monkeypatch.setenv("TINYGRAPH_QUANT_GEMV", "linear_qr")
+    rng = np.random.default_rng(zlib.crc32(f"qr{dt.short}".encode()))
+    tol = 3e-3 if dt == tg.float16 else 8e-3  # the output's rounding
+    cases = [(1, 37, 512, "rms", None, False, False), (1, 66, 2048, None, "swiglu", True, True),
+             (3, 19, 4096, "layer", "silu", True, False), (1, 300, 5632, "rms", "gelu", False, True),
+             (2, 130, 12288, "rms", "swiglu", True, True), (1, 20000, 1024, "rms", None, True, True)]
+    for rows, N, K, norm, act, bias, res in cases:
+        y, ref = _case(cuda, "q4_k", dt, rows, N, K, norm, act, bias, res, rng)
+        assert np.all(np.isfinite(np.asarray(y, np.float32))), (rows, N, K)
+        assert _rel(y, ref) < tol, (rows, N, K, norm, act, _rel(y, ref))
+    assert f"linear_qr_q4_k_{dt.short}" in _nan_in_x_gives_nan(cuda, "q4_k", 512, rng, dt)
+
+
+def test_register_slice_gemv_falls_back_where_it_has_no_kernel(cuda, monkeypatch) -> None:
+    # linear_qr asked for a type it does not have (q8_0): the default family runs, correctly
+    monkeypatch.setenv("TINYGRAPH_QUANT_GEMV", "linear_qr")
+    kernels = _nan_in_x_gives_nan(cuda, "q8_0", 64, np.random.default_rng(5))
+    assert not any(k.startswith("linear_qr") for k in kernels), kernels

@@ -139,6 +139,22 @@ def test_quant_gemv_named_family_and_its_fallbacks() -> None:
     assert select.quant_gemv("f16", True, choice="linear_q") == "linear_q"    # the named family wins
     with pytest.raises(ValueError, match="TINYGRAPH_QUANT_GEMV"):
         select.quant_gemv("f16", choice="mma")
+    # linear_qr: q4_k rows of 256n weights up to QR_MAX_K, f16 / bf16; otherwise the default family
+    assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_k", K=4096) == "linear_qr"
+    assert select.quant_gemv("bf16", choice="linear_qr", qtype="q4_k", K=12288) == "linear_qr"
+    assert select.quant_gemv("f16", choice="linear_qr", qtype="q8_0", K=4096) == "linear_q"
+    assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_k", K=2 * select.QR_MAX_K) == "linear_qmma"
+    assert select.quant_gemv("f32", choice="linear_qr", qtype="q4_k", K=4096) == "linear_q"
+
+
+def test_linear_qr_teams_and_blocks() -> None:
+    # one lane per 128-weight slice, teams of 8 / 16 / 32 lanes or whole warps; blocks of <= 256
+    assert [select.qr_team(K) for K in (256, 1024, 2048, 4096, 5632, 12288)] == [8, 8, 16, 32, 64, 96]
+    assert [select.qr_block(K) for K in (1024, 4096, 5632, 12288, 20480, 32768)] == [256, 256, 256, 192, 160, 256]
+    for K in range(256, select.QR_MAX_K + 1, 256):
+        ts, bs = select.qr_team(K), select.qr_block(K)
+        assert ts >= K // 128 and bs % ts == 0 and bs <= 256 and bs % 32 == 0
+    assert select.linear_q_shared_bytes(4096, "linear_qr") == 4096 * 4 + 2 * 4096 + 4096 // 32 * 4 + 4096 // 8 * 4
 
 
 def test_plan_choices_cover_every_weight_product_once() -> None:

@@ -3,8 +3,9 @@
 
 For each (model layer, ggml type) one fused GEMV launch (one row, f16 activations) of each
 ``--kernels`` family (``linear_q``: float32 products with the staged row; ``linear_q8a``: the row
-rounded to int8, dp4a; ``linear_qmma``: float16 weights and row on tensor cores; see
-cuda_src/linear_q.cu, linear_qmma.cu) is timed as CUDA-graph replays (median), rotating over enough weight copies that every call reads
+rounded to int8, dp4a; ``linear_qmma``: float16 weights and row on tensor cores; ``linear_qr``: each
+lane's slice of the row in registers as two int8 planes; see cuda_src/linear_q.cu, linear_qmma.cu,
+linear_qr.cu) is timed as CUDA-graph replays (median), rotating over enough weight copies that every call reads
 its weights from DRAM rather than L2; GB/s counts the weight bytes. The f16 ``linear_gemv`` of
 the same shape is the baseline. With ``--dequant``, also timed: ``dequant`` of the whole weight
 to f16 (the prefill path's extra pass; GB/s counts bytes read + written). Weights are random blocks (timing does not
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tinygraph import dtypes  # noqa: E402
 from tinygraph.backends.cuda import driver, kernels, quant_launch  # noqa: E402
-from tinygraph.backends.cuda.select import QUANT_GEMVS  # noqa: E402
+from tinygraph.backends.cuda.select import QUANT_GEMVS, qr_ok  # noqa: E402
 from bench_linear import SHAPES, Buf, _compile_one  # noqa: E402
 
 Arg = kernels.Arg
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
         variants[name] = opts.split()
     if variants:  # compile them side by side (the disk cache then serves the libraries)
         import multiprocessing as mp
-        src = "linear_qmma.cu" if args.variant_kernel == "linear_qmma" else "linear_q.cu"
+        src = {"linear_qmma": "linear_qmma.cu", "linear_qr": "linear_qr.cu"}.get(args.variant_kernel, "linear_q.cu")
         jobs = [(src, lib.arch, o) for o in variants.values()]
         with mp.get_context("spawn").Pool(len(jobs)) as pool:
             pool.map(_compile_one, jobs)
@@ -82,6 +83,7 @@ def main(argv=None) -> int:
 
             kerns = [("linear", lib)] if qt == "f16" else [(k, lib) for k in args.kernels.split(",")]
             kerns += [] if qt == "f16" else [(f"{args.variant_kernel}/{n}", vl) for n, vl in vlibs.items()]
+            kerns = [(k, kl) for k, kl in kerns if not k.startswith("linear_qr") or qr_ok(qt, K)]
             for kern, klib in kerns:
                 def run(i, qt=qt, ws=ws, kern=kern, klib=klib):
                     w = ws[i % len(ws)]

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple, Sequence
 from ...ops.fused import _ACTS, _NORMS
 from ...util import contiguous_strides
 from . import driver
-from .select import arch_number as _arch_number, tc3_shared_bytes  # noqa: F401 (re-exported)
+from .select import QR_TYPES, arch_number as _arch_number, tc3_shared_bytes  # noqa: F401 (re-exported)
 
 # Output columns per warp of gemv_<dtype> (TG_GEMV_R in matmul.cu; the kernel is correct for
 # any grid, this only sizes the grid to one pass).
@@ -246,7 +246,7 @@ _reg(
                "linear_gemv; swiglu reads z[.., j] and z[.., j + N/2]); y may alias res"),
 )
 
-# ggml block-quantized weights (linear_q.cu, linear_qmma.cu; launch helpers in quant_launch.py)
+# ggml block-quantized weights (linear_q.cu, linear_qmma.cu, linear_qr.cu; launch helpers in quant_launch.py)
 QUANT_KERNEL_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 _LINEAR_PARAMS = (("y", "ptr"), ("yd", "td"), ("x", "ptr"), ("xd", "td"), ("w", "ptr"), ("ldw", "i64"),
                   ("bias", "ptr"), ("res", "ptr"), ("rd", "td"), ("norm_w", "ptr"), ("norm_b", "ptr"),
@@ -261,6 +261,11 @@ for _q in QUANT_KERNEL_TYPES:
          KernelSpec(f"dequant_{_q}", "linear_q.cu",
                     (("out", "ptr"), ("od", "td"), ("w", "ptr"), ("ldw", "i64"), ("ids", "ptr")), _ONE,
                     "elementwise", f"out[.., r, :] = dequant({_q} row ids[r] (or r when ids is NULL))"))
+
+for _q in sorted(QR_TYPES):
+    _reg(KernelSpec(f"linear_qr_{_q}", "linear_qr.cu", _LINEAR_PARAMS, (("f16",), ("bf16",)), "linear_gemv",
+                    f"linear_q_{_q} with each lane's 128-weight slice of the row in registers as two int8 "
+                    "planes (16-bit fixed point per 32), dp4a"))
 
 # attention (attention.cu, attention_gqa.cu, attention_tc.cu; launched by lower_attention.py, which picks the
 # variant: select.attn_splits / select.flash_ok / select.gqa_group). Suffixes: dtype, then the head's register size D.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import math
 
-from .select import linear_q_shared_bytes
+from .select import linear_q_shared_bytes, qr_block, qr_team
 from .kernels import (LINEAR_ACTS, LINEAR_NORMS, Arg, KernelLibrary, _linear_code, dtype_suffix, f32, i32,
                       ptr)
 
@@ -23,7 +23,7 @@ def linear_q(lib: KernelLibrary, qtype: str, dtype, y: Arg, x: Arg, w_ptr: int, 
     """One fused kernel: ``y = act(norm(x) @ dequant(w).T + bias) + res`` with ``w`` a row-major
     [N, K] matrix of ggml ``qtype`` blocks (row n at byte ``w_ptr + n * ldw``). Arguments as
     :meth:`KernelLibrary.linear`; K must be a multiple of the type's block size; ``kernel``:
-    "linear_q", "linear_q8a" or "linear_qmma" (f16 only; ``select.quant_gemv``). The grid is
+    "linear_q", "linear_q8a", "linear_qmma" (f16 only) or "linear_qr" (``select.quant_gemv``). The grid is
     (rows of x) x (column blocks), the column blocks capped at one wave of resident blocks;
     a linear_qmma block computes tiles of 16 weight rows (8 output columns for swiglu)."""
     sfx = dtype_suffix(dtype)
@@ -36,7 +36,13 @@ def linear_q(lib: KernelLibrary, qtype: str, dtype, y: Arg, x: Arg, w_ptr: int, 
     smem = linear_q_shared_bytes(K, kernel)
     lib._ensure_dynamic_smem(f, smem)
     bs = LINEAR_Q_BLOCK
-    cb = -(-nout // (8 if act_c == 3 else 16)) if kernel == "linear_qmma" else -(-nout // (bs // 32))
+    if kernel == "linear_qr":  # teams of qr_team(K) lanes, 4 weight rows per team and trip
+        bs = qr_block(K)
+        cb = -(-nout // ((2 if act_c == 3 else 4) * (bs // qr_team(K))))
+    elif kernel == "linear_qmma":
+        cb = -(-nout // (8 if act_c == 3 else 16))
+    else:
+        cb = -(-nout // (bs // 32))
     cb = min(cb, max(1, lib.sm_count * lib._blocks_per_sm(f, bs, smem) // rows))
     rd = res.td if res is not None else y.td
     lib._launch(f, rows * cb, bs,

@@ -80,8 +80,28 @@ def linear_path(rows: int, quantized: bool, q_shared_bytes: int, fused_gemv: boo
     return "gemv" if fused_gemv and rows <= DECODE_ROWS else "matmul"
 
 
-#: the decode GEMV families of a block-quantized weight (cuda_src/linear_q.cu, linear_qmma.cu)
-QUANT_GEMVS = ("linear_q", "linear_q8a", "linear_qmma")
+#: the decode GEMV families of a block-quantized weight (cuda_src/linear_q.cu, linear_qmma.cu, linear_qr.cu)
+QUANT_GEMVS = ("linear_q", "linear_q8a", "linear_qmma", "linear_qr")
+#: weight types linear_qr has (a lane's 128-weight slice in registers; rows up to QR_MAX_K weights)
+QR_TYPES, QR_MAX_K = frozenset({"q4_k"}), 32768
+
+
+def qr_ok(qtype: str | None, K: int) -> bool:
+    """Whether linear_qr can compute a ``qtype`` weight with rows of ``K`` weights."""
+    return qtype in QR_TYPES and K % 256 == 0 and 0 < K <= QR_MAX_K
+
+
+def qr_team(K: int) -> int:
+    """Lanes of a linear_qr team (one per 128-weight slice: 8, 16, 32 or a multiple of 32); as
+    lqr_team in cuda_src/linear_qr.cu."""
+    ns = K // 128
+    return 8 if ns <= 8 else 16 if ns <= 16 else 32 if ns <= 32 else 32 * -(-ns // 32)
+
+
+def qr_block(K: int) -> int:
+    """Threads of a linear_qr block: 256, or the largest multiple of a multi-warp team <= 256."""
+    ts = qr_team(K)
+    return 256 if ts <= 32 else ts * max(1, 256 // ts)
 #: weight types whose f16 decode GEMV is linear_qmma by default (H200, same device call, decode
 #: tok/s of whole models, linear_q -> linear_qmma: SmolLM2 Q4_1 1,325 -> 1,539, TinyLlama Q4_K_M
 #: 865 -> 952; per layer q4_k / q6_k 1.1-1.4x on Qwen3-8B shapes; bench/README.md)
@@ -117,6 +137,8 @@ def quant_gemv(dtype: str, int8_activations: bool = False, choice: str | None = 
         return "linear_q"
     if fam == "linear_qmma" and (dtype != "f16" or (caps is not None and caps.arch < 80)):
         return "linear_q"
+    if fam == "linear_qr" and (dtype not in ("f16", "bf16") or not qr_ok(qtype, K)):
+        return quant_gemv(dtype, int8_activations, None, caps, qtype, K)
     return fam
 
 
@@ -125,6 +147,8 @@ def linear_q_shared_bytes(K: int, kernel: str = "linear_q") -> int:
     linear_q its copy with 4 floats of padding per 32 (lq_pad) and its sums of 8; for linear_q8a
     its int8 codes, its sums of 8 and its scales per 32; for linear_qmma the row as float16
     (16-byte aligned) and the sums of 8 of that."""
+    if kernel == "linear_qr":  # the row as float32, two int8 planes, scales per 32, sums per 8
+        return K * 4 + 2 * K + K // 32 * 4 + K // 8 * 4
     if kernel == "linear_qmma":
         return -(-K // 4) * 4 * 4 + (K * 2 + 15) // 16 * 16 + K // 8 * 4
     if kernel == "linear_q8a":

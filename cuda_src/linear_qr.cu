@@ -1,0 +1,294 @@
+// linear_qr.cu -- the decode GEMV with ggml K-quant weights (q4_k), the activations held in registers.
+//
+// Semantics: those of linear_q (linear_q.cu): y = act(norm(x) @ dequant(w).T + bias) + res for a
+// few rows of x, w the file's raw blocks (row n at byte n * ldw, ldw and w 16-byte aligned),
+// float32 sums. What it rounds: the normalised row, per block of 32, to a 16-bit fixed-point
+// value held as two int8 planes, x ~= s * (hi + lo / 254) with s = max|x| / 127 (so the error of
+// an element is at most s / 508, about 2^-16 of the block's largest element: finer than float16
+// for elements within 1/32 of that largest one, coarser for much smaller ones). Weight codes
+// stay integers; code x plane products are 4-wide integer dot products (dp4a), exact; the
+// per-run scales and the offsets (d * sc, -dmin * m times the rounded row's run sums) in float32.
+//
+// Signature (Q = q4_k; T = __half | __nv_bfloat16, suffix f16 | bf16):
+//   linear_qr_Q_T(y, yd, x, xd, w, ldw, bias, res, rd, norm_w, norm_b, eps, norm, act, N, K)
+//     Design: a lane owns one "slice" of the row -- half a 256-weight super-block, 128 weights --
+//       for the whole kernel: its slice of the normalised, rounded row sits in 64 registers (both
+//       planes) with the slice's scales and sums, loaded once. A team of TS lanes (the smallest of
+//       8, 16, 32 or a multiple of 32 lanes with one lane per slice, K / 128 slices) computes whole
+//       weight rows, LQR_ROWS at a time: each lane loads its slice of each row (16 bytes of header,
+//       64 of codes: five 16-byte loads, all rows' loads issued together), decodes the codes with
+//       one AND per 4 weights and multiplies them with both planes by dp4a; the team's lanes then
+//       meet by shuffles (and, when a team spans warps, in shared memory). Why: linear_q8a and
+//       linear_qmma re-read the activations from shared memory and re-derive addresses and
+//       scales per 32-weight unit (5-8 instructions per weight, ncu: issue-bound at 50-60% with
+//       DRAM at 25-40%); here a weight costs about one instruction.
+//     Prologue: the block stages its row of x, normalised, as float32 (linear_common.cuh), rounds
+//       it to the two planes per 32 (a thread per 8 values), and each lane copies its slice into
+//       registers. The first rows' weights are loaded before waiting for the previous kernel.
+//     Launch: grid = rows * C blocks (any C is correct); block = qr_block(K) threads (256, or for
+//       K > 4096 the multiple of a team's TS that is <= 256); dynamic shared memory
+//       K*4 + 2*K + K/8*4 + K/32*4 bytes (select.linear_q_shared_bytes).
+#include "linear_common.cuh"
+#include "quant_blocks.cuh"
+
+extern __shared__ float lqr_smem[];
+
+#ifndef TG_LQR_ROWS
+#define TG_LQR_ROWS 4  // weight rows a team computes at once (their loads in flight together)
+#endif
+#ifndef TG_LQR_DB
+#define TG_LQR_DB 0  // 1: the next rows' loads issued before this iteration's products (twice the registers)
+#endif
+#ifndef TG_LQR_MINB
+#define TG_LQR_MINB 1  // resident blocks per SM the kernel is compiled for
+#endif
+
+// lo plane: the remainder (x/s - hi) in [-0.5, 0.5] times LQR_LO, rounded
+#define LQR_LO 254
+
+// dp4a of 4 unsigned bytes (a) with 4 signed ones (b): a nibble kept in the high half of its
+// byte (code * 16, 0..240) needs no shift.
+__device__ __forceinline__ int lqr_dp4a_us(unsigned a, int b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// The team size for K: one lane per 128-weight slice, rounded up to 8, 16, 32 or a multiple of 32.
+__device__ __forceinline__ int lqr_team(int K) {
+    const int ns = K / 128;
+    return ns <= 8 ? 8 : ns <= 16 ? 16 : ns <= 32 ? 32 : 32 * ((ns + 31) / 32);
+}
+
+// Round the staged row hrow [K] to the two planes (hi, lo: int8 [K]), their scale per 32 divided by
+// LQR_LO (sa32) and, per 8 values, LQR_LO * sum(hi) + sum(lo) (isum8). A thread takes 8 values, so
+// the 4 threads of a 32-block are lanes 4c..4c+3 of one warp. A non-finite value makes its
+// block's scale NaN (every output that reads it is then NaN, as with float math).
+__device__ __forceinline__ void lqr_quantize_row(const float* hrow, int K, signed char* hi, signed char* lo,
+                                                 float* sa32, int* isum8) {
+    const int ng = K / 8;
+    for (int g0 = 0; g0 < ng; g0 += blockDim.x) {  // uniform trip count: every lane reaches the shuffles
+        const int g = g0 + threadIdx.x;
+        float v[8], sum;
+        const float amax = lin_load8_amax32(hrow, g, ng, v, sum);
+        int bad = isfinite(sum) ? 0 : 1;
+        bad |= __shfl_xor_sync(0xffffffffu, bad, 1);
+        bad |= __shfl_xor_sync(0xffffffffu, bad, 2);
+        if (g < ng) {
+            const float inv = (amax > 0.0f && !bad) ? 127.0f / amax : 0.0f;
+            unsigned ph[2] = {0u, 0u}, pl[2] = {0u, 0u};
+            int sh = 0, sl = 0;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                const float xs = v[e] * inv;
+                const int qh = __float2int_rn(xs);
+                const int ql = __float2int_rn((xs - (float)qh) * (float)LQR_LO);
+                sh += qh;
+                sl += ql;
+                ph[e >> 2] |= ((unsigned)qh & 0xFFu) << (8 * (e & 3));
+                pl[e >> 2] |= ((unsigned)ql & 0xFFu) << (8 * (e & 3));
+            }
+            *reinterpret_cast<uint2*>(hi + 8 * g) = make_uint2(ph[0], ph[1]);
+            *reinterpret_cast<uint2*>(lo + 8 * g) = make_uint2(pl[0], pl[1]);
+            isum8[g] = LQR_LO * sh + sl;
+            if ((g & 3) == 0) sa32[g >> 2] = bad ? __int_as_float(0x7fc00000) : amax / (127.0f * (float)LQR_LO);
+        }
+    }
+}
+
+// A lane's slice of the rounded row: planes (word i of sub-block b: elements 32b + 4i .. +3),
+// scale / LQR_LO and the offset-term sum (scale * (LQR_LO * sum hi + sum lo), i.e. the sum of the
+// rounded values) per 32-weight sub-block.
+struct LqrAct {
+    int h[4][8], l[4][8];
+    float sa[4], sx[4];
+};
+
+// Q4_K slice: half hh of super-block blk (sub-blocks 4hh .. 4hh+3): header (d, dmin, 12 bytes of
+// 6-bit scales and mins) and qs[64hh .. 64hh+63] (pair j = 2hh + p: 32 bytes, low nibbles =
+// sub-block 2j, high = 2j + 1).
+struct LqrQ4K {
+    uint4 hd, q[4];
+    __device__ __forceinline__ void load(const unsigned char* row, int sl) {
+        const unsigned char* b = row + (long long)(sl >> 1) * 144;
+        hd = __ldg(reinterpret_cast<const uint4*>(b));
+        const uint4* qs = reinterpret_cast<const uint4*>(b + 16 + 64 * (sl & 1));
+#pragma unroll
+        for (int i = 0; i < 4; ++i) q[i] = __ldg(qs + i);
+    }
+    // sum over the slice of w * x (x the rounded row)
+    __device__ __forceinline__ float dot(const LqrAct& a, int hh) const {
+        const float d = __half2float(__ushort_as_half((unsigned short)(hd.x & 0xFFFFu)));
+        const float dmin = __half2float(__ushort_as_half((unsigned short)(hd.x >> 16)));
+        // 6-bit scales / mins of sub-blocks 4hh .. 4hh+3 as 4 bytes each (ggml get_scale_min_k4)
+        const unsigned sc = hh ? ((hd.w & 0x0F0F0F0Fu) | ((hd.y & 0xC0C0C0C0u) >> 2)) : (hd.y & 0x3F3F3F3Fu);
+        const unsigned mn = hh ? (((hd.w >> 4) & 0x0F0F0F0Fu) | ((hd.z & 0xC0C0C0C0u) >> 2)) : (hd.z & 0x3F3F3F3Fu);
+        const unsigned qw[16] = {q[0].x, q[0].y, q[0].z, q[0].w, q[1].x, q[1].y, q[1].z, q[1].w,
+                                 q[2].x, q[2].y, q[2].z, q[2].w, q[3].x, q[3].y, q[3].z, q[3].w};
+        float acc = 0.0f;
+#pragma unroll
+        for (int p = 0; p < 2; ++p) {
+            int ah = 0, al = 0, bh = 0, bl = 0;  // sub-block 2p (low nibbles), 2p + 1 (high, x16)
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const unsigned wv = qw[8 * p + i];
+                const unsigned lw = wv & 0x0F0F0F0Fu, hw = wv & 0xF0F0F0F0u;
+                ah = lqr_dp4a_us(lw, a.h[2 * p][i], ah);
+                al = lqr_dp4a_us(lw, a.l[2 * p][i], al);
+                bh = lqr_dp4a_us(hw, a.h[2 * p + 1][i], bh);
+                bl = lqr_dp4a_us(hw, a.l[2 * p + 1][i], bl);
+            }
+            const int s0 = 2 * p, s1 = 2 * p + 1;
+            acc = fmaf(d * (float)((sc >> (8 * s0)) & 0xFFu) * a.sa[s0], (float)(LQR_LO * ah + al), acc);
+            acc = fmaf(d * (float)((sc >> (8 * s1)) & 0xFFu) * (a.sa[s1] * 0.0625f), (float)(LQR_LO * bh + bl), acc);
+            acc = fmaf(-dmin * (float)((mn >> (8 * s0)) & 0xFFu), a.sx[s0], acc);
+            acc = fmaf(-dmin * (float)((mn >> (8 * s1)) & 0xFFu), a.sx[s1], acc);
+        }
+        return acc;
+    }
+};
+
+template <class Q> struct LqrSlice;
+template <> struct LqrSlice<QQ4_K> { using S = LqrQ4K; };
+
+template <typename T, class Q>
+__device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, const TD& xd,
+                                               const unsigned char* w, long long ldw, const T* bias,
+                                               const T* res, const TD& rd, const T* nw, const T* nbias,
+                                               float eps, int norm, int act, int N, int K) {
+    using S = typename LqrSlice<Q>::S;
+    constexpr int R = TG_LQR_ROWS;
+    __shared__ float scratch[32];
+    __shared__ float red[2][32][R];
+    const long long rows = td_rows(yd);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const long long grp = (long long)blockIdx.x % rows, cb = (long long)blockIdx.x / rows;
+    const long long ncb = (long long)gridDim.x / rows;
+    if (cb >= ncb) return;
+    const int TS = lqr_team(K), nsl = K / 128;
+    const int team = tid / TS, tl = tid - team * TS;  // team in the block, lane in the team
+    const int tpb = (int)blockDim.x / TS;
+    const int P = act == 3 ? 2 : 1, ncols = act == 3 ? N / 2 : N, half = act == 3 ? N / 2 : 0;
+    const int cpi = R / P;                                  // output columns per team iteration
+    const long long nteams = ncb * tpb;
+    const long long tg = cb * tpb + team;
+    const int iters = (int)((ncols + nteams * cpi - 1) / (nteams * cpi));  // uniform over the block
+    const int sl = tl < nsl ? tl : 0;  // lanes past the last slice compute slice 0 with zero activations
+
+    // weight row k (0 .. R-1) of iteration it: columns c0 .. c0 + cpi - 1, for swiglu gate then up
+    auto wrow = [&](int it, int k) -> const unsigned char* {
+        int c = (int)((tg + (long long)it * nteams) * cpi) + (P == 2 ? k / 2 : k);
+        c = c < ncols ? c : ncols - 1;
+        return w + (long long)((P == 2 && (k & 1)) ? c + half : c) * ldw;
+    };
+
+    tg_pdl_trigger();
+    lin_norm_prefetch<T>(K, norm, nw, nbias);
+    S cur[R];
+#pragma unroll
+    for (int k = 0; k < R; ++k) cur[k].load(wrow(0, k), sl);  // weights: not written by any kernel
+    tg_pdl_wait();
+
+    float* hrow = lqr_smem;
+    signed char* phi = reinterpret_cast<signed char*>(lqr_smem + K);
+    signed char* plo = phi + K;
+    float* sa32 = reinterpret_cast<float*>(plo + K);
+    int* isum8 = reinterpret_cast<int*>(sa32 + K / 32);
+    lin_stage_row<T, 16 / sizeof(T)>(hrow, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, 0, norm, nw,
+                                     nbias, eps, scratch);
+    __syncthreads();
+    lqr_quantize_row(hrow, K, phi, plo, sa32, isum8);
+    __syncthreads();
+    LqrAct a;
+    {
+        const int e0 = sl * 128;
+        const bool on = tl < nsl;
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const uint4 vh = *reinterpret_cast<const uint4*>(phi + e0 + 32 * b + 16 * i);
+                const uint4 vl = *reinterpret_cast<const uint4*>(plo + e0 + 32 * b + 16 * i);
+                a.h[b][4 * i] = on ? (int)vh.x : 0; a.h[b][4 * i + 1] = on ? (int)vh.y : 0;
+                a.h[b][4 * i + 2] = on ? (int)vh.z : 0; a.h[b][4 * i + 3] = on ? (int)vh.w : 0;
+                a.l[b][4 * i] = on ? (int)vl.x : 0; a.l[b][4 * i + 1] = on ? (int)vl.y : 0;
+                a.l[b][4 * i + 2] = on ? (int)vl.z : 0; a.l[b][4 * i + 3] = on ? (int)vl.w : 0;
+            }
+            const int s = e0 / 32 + b;
+            const float sa = on ? sa32[s] : 0.0f;
+            const int is = isum8[4 * s] + isum8[4 * s + 1] + isum8[4 * s + 2] + isum8[4 * s + 3];
+            a.sa[b] = sa;
+            a.sx[b] = sa * (float)is;
+        }
+    }
+
+    const long long yoff = td_row_offset(yd, grp);
+    const long long roff = res ? td_row_offset_bcast(rd, yd, grp) : 0;
+    const int hh = sl & 1;
+    const int red_w = TS < 32 ? TS : 32;
+    for (int it = 0; it < iters; ++it) {
+        float tot[R];
+        if constexpr (TG_LQR_DB) {
+            S nxt[R];
+            const int itn = it + 1 < iters ? it + 1 : it;  // the last iteration reloads its own rows
+#pragma unroll
+            for (int k = 0; k < R; ++k) nxt[k].load(wrow(itn, k), sl);
+#pragma unroll
+            for (int k = 0; k < R; ++k) tot[k] = cur[k].dot(a, hh);
+#pragma unroll
+            for (int k = 0; k < R; ++k) cur[k] = nxt[k];
+        } else {
+#pragma unroll
+            for (int k = 0; k < R; ++k) tot[k] = cur[k].dot(a, hh);
+            if (it + 1 < iters) {
+#pragma unroll
+                for (int k = 0; k < R; ++k) cur[k].load(wrow(it + 1, k), sl);
+            }
+        }
+#pragma unroll
+        for (int off = red_w / 2; off >= 1; off >>= 1)
+#pragma unroll
+            for (int k = 0; k < R; ++k) tot[k] += __shfl_xor_sync(0xffffffffu, tot[k], off);
+        bool writer = tl < cpi;
+        int wc = tl;
+        if (TS > 32) {  // a team of several warps: their sums meet in shared memory
+            const int par = it & 1;
+            if (lane == 0) {
+#pragma unroll
+                for (int k = 0; k < R; ++k) red[par][warp][k] = tot[k];
+            }
+            __syncthreads();
+            const int w0 = team * (TS / 32);
+#pragma unroll
+            for (int k = 0; k < R; ++k) {
+                float s = 0.0f;
+                for (int i = 0; i < TS / 32; ++i) s += red[par][w0 + i][k];
+                tot[k] = s;
+            }
+            writer = warp == w0 && lane < cpi;
+            wc = lane;
+        }
+        if (writer) {
+            const int c = (int)((tg + (long long)it * nteams) * cpi) + wc;
+            float a0 = 0.0f, a1 = 0.0f;
+#pragma unroll
+            for (int j = 0; j < R / P; ++j)
+                if (j == wc) {
+                    a0 = tot[P * j];
+                    a1 = P == 2 ? tot[P * j + 1] : 0.0f;
+                }
+            if (c < ncols)
+                y[yoff + (long long)c * yd.st[3]] = from_f32<T>(lin_epilogue(a0, a1, c, half, P, act, bias, res, roff, rd));
+        }
+    }
+}
+
+#define TG_LINEAR_QR_T(Q, qn, T, sfx)                                                               \
+    extern "C" __global__ void __launch_bounds__(256, TG_LQR_MINB) linear_qr_##qn##_##sfx(              \
+        T* y, TD yd, const T* x, TD xd, const unsigned char* w, long long ldw, const T* bias,         \
+        const T* res, TD rd, const T* norm_w, const T* norm_b, float eps, int norm, int act, int N,   \
+        int K) {                                                                                      \
+        linear_qr_body<T, Q>(y, yd, x, xd, w, ldw, bias, res, rd, norm_w, norm_b, eps, norm, act, N, K); \
+    }
+#define TG_LINEAR_QR(Q, qn) TG_LINEAR_QR_T(Q, qn, __half, f16) TG_LINEAR_QR_T(Q, qn, __nv_bfloat16, bf16)
+TG_LINEAR_QR(QQ4_K, q4_k)
