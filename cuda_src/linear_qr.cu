@@ -39,6 +39,12 @@ extern __shared__ float lqr_smem[];
 #ifndef TG_LQR_DB
 #define TG_LQR_DB 0  // 1: the next rows' loads issued before this iteration's products (twice the registers)
 #endif
+#ifndef TG_LQR_TMA
+#define TG_LQR_TMA 1  // sm_90: weight rows by bulk copies into shared-memory stages (else loads to registers)
+#endif
+#ifndef TG_LQR_STAGES
+#define TG_LQR_STAGES 2  // stages per team of the bulk-copy ring
+#endif
 #ifndef TG_LQR_MINB
 #define TG_LQR_MINB 1  // resident blocks per SM the kernel is compiled for
 #endif
@@ -116,6 +122,14 @@ struct LqrQ4K {
 #pragma unroll
         for (int i = 0; i < 4; ++i) q[i] = __ldg(qs + i);
     }
+    // the same bytes from a copy of the row in shared memory
+    __device__ __forceinline__ void load_shared(const unsigned char* row, int sl) {
+        const unsigned char* b = row + (sl >> 1) * 144;
+        hd = *reinterpret_cast<const uint4*>(b);
+        const uint4* qs = reinterpret_cast<const uint4*>(b + 16 + 64 * (sl & 1));
+#pragma unroll
+        for (int i = 0; i < 4; ++i) q[i] = qs[i];
+    }
     // sum over the slice of w * x (x the rounded row)
     __device__ __forceinline__ float dot(const LqrAct& a, int hh) const {
         const float d = __half2float(__ushort_as_half((unsigned short)(hd.x & 0xFFFFu)));
@@ -151,6 +165,50 @@ struct LqrQ4K {
 template <class Q> struct LqrSlice;
 template <> struct LqrSlice<QQ4_K> { using S = LqrQ4K; };
 
+// --- the weight rows' path on sm_90 (TG_LQR_TMA): bulk copies into a ring of shared-memory stages ---
+// A team's lane 0 copies the rows of trip it + STAGES (R rows, contiguous runs of ldw bytes)
+// into stage it % STAGES with one or two cp.async.bulk, completing a transaction barrier; the
+// lanes wait on it and read their slices from shared memory. Bytes in flight no longer take
+// registers: (STAGES - 1) * R rows per team at any time, issued before the kernel even waits for
+// its predecessor. The wait gives up (trap: a launch error, not a hang) after ~2^26 polls.
+__device__ __forceinline__ void lqr_bar_init(unsigned long long* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
+#endif
+}
+__device__ __forceinline__ void lqr_bar_fence() {  // the barriers' initialisation before the copies use them
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void lqr_bar_wait(unsigned long long* bar, unsigned phase) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const unsigned a = (unsigned)__cvta_generic_to_shared(bar);
+    for (long long spin = 0;; ++spin) {
+        unsigned ok;
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+                     : "=r"(ok) : "r"(a), "r"(phase) : "memory");
+        if (ok) return;
+        if (spin > (1LL << 26)) __trap();
+    }
+#endif
+}
+// expect `bytes` on bar, then copy [src, src + n0) to dst and [src1, src1 + n1) to dst1 (n1 may be 0)
+__device__ __forceinline__ void lqr_copy(unsigned long long* bar, unsigned char* dst, const unsigned char* src,
+                                         unsigned n0, unsigned char* dst1, const unsigned char* src1, unsigned n1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const unsigned b = (unsigned)__cvta_generic_to_shared(bar);
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // our earlier reads of the stage first
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(n0 + n1) : "memory");
+    if (n0)
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                     ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(n0), "r"(b) : "memory");
+    if (n1)
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                     ::"r"((unsigned)__cvta_generic_to_shared(dst1)), "l"(src1), "r"(n1), "r"(b) : "memory");
+#endif
+}
+
 template <typename T, class Q>
 __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, const TD& xd,
                                                const unsigned char* w, long long ldw, const T* bias,
@@ -158,8 +216,15 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
                                                float eps, int norm, int act, int N, int K) {
     using S = typename LqrSlice<Q>::S;
     constexpr int R = TG_LQR_ROWS;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr bool TMA = TG_LQR_TMA != 0;
+#else
+    constexpr bool TMA = false;
+#endif
+    constexpr int STG = TG_LQR_STAGES;
     __shared__ float scratch[32];
     __shared__ float red[2][32][R];
+    __shared__ unsigned long long bars[TMA ? 32 * STG : 1];
     const long long rows = td_rows(yd);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const long long grp = (long long)blockIdx.x % rows, cb = (long long)blockIdx.x / rows;
@@ -175,25 +240,51 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
     const int iters = (int)((ncols + nteams * cpi - 1) / (nteams * cpi));  // uniform over the block
     const int sl = tl < nsl ? tl : 0;  // lanes past the last slice compute slice 0 with zero activations
 
-    // weight row k (0 .. R-1) of iteration it: columns c0 .. c0 + cpi - 1, for swiglu gate then up
+    // first column of iteration it; weight row k (0 .. R-1) of it: for swiglu gate, up, gate, up
+    auto col0 = [&](int it) -> int { return (int)((tg + (long long)it * nteams) * cpi); };
     auto wrow = [&](int it, int k) -> const unsigned char* {
-        int c = (int)((tg + (long long)it * nteams) * cpi) + (P == 2 ? k / 2 : k);
+        int c = col0(it) + (P == 2 ? k / 2 : k);
         c = c < ncols ? c : ncols - 1;
         return w + (long long)((P == 2 && (k & 1)) ? c + half : c) * ldw;
     };
-
-    tg_pdl_trigger();
-    lin_norm_prefetch<T>(K, norm, nw, nbias);
-    S cur[R];
-#pragma unroll
-    for (int k = 0; k < R; ++k) cur[k].load(wrow(0, k), sl);  // weights: not written by any kernel
-    tg_pdl_wait();
-
     float* hrow = lqr_smem;
     signed char* phi = reinterpret_cast<signed char*>(lqr_smem + K);
     signed char* plo = phi + K;
     float* sa32 = reinterpret_cast<float*>(plo + K);
     int* isum8 = reinterpret_cast<int*>(sa32 + K / 32);
+    // the ring (TMA): team t, stage s at ring + (t * STG + s) * R * ldw; a stage holds the trip's
+    // rows in slots 0 .. R-1 (swiglu: gate rows in the first half, up rows in the second)
+    unsigned char* ring = reinterpret_cast<unsigned char*>(lqr_smem) + ((K * 53 / 8 + 127) & ~127);
+    auto stage = [&](int s) -> unsigned char* { return ring + (long long)(team * STG + s) * R * ldw; };
+    auto slot = [&](int k) -> int { return P == 2 ? (k & 1) * (R / 2) + k / 2 : k; };
+    auto issue = [&](int it) {  // lane 0 of the team: trip it's rows into its stage
+        const int c0 = col0(it), nv = max(0, min(cpi, ncols - c0));
+        const unsigned n = (unsigned)(nv * ldw);
+        unsigned char* st = stage(it % STG);
+        lqr_copy(&bars[team * STG + it % STG], st, w + (long long)c0 * ldw, n, st + (long long)(R / 2) * ldw,
+                 w + (long long)(c0 + half) * ldw, P == 2 ? n : 0u);
+    };
+
+    tg_pdl_trigger();
+    lin_norm_prefetch<T>(K, norm, nw, nbias);
+    S cur[R];
+    if constexpr (TMA) {
+        // the launch sized shared memory for select.QR_ROWS / QR_STAGES: a build with more is refused
+        unsigned dyn;
+        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+        if ((long long)(stage(STG) - reinterpret_cast<unsigned char*>(lqr_smem)) + (long long)(tpb - 1 - team) * STG * R * ldw > dyn)
+            __trap();  // weights: not written by any kernel, so copied before the wait
+        if (tid < tpb * STG) lqr_bar_init(&bars[tid]);
+        lqr_bar_fence();
+        __syncthreads();
+        if (tl == 0)
+            for (int it = 0; it < min(STG, iters); ++it) issue(it);
+    } else {
+#pragma unroll
+        for (int k = 0; k < R; ++k) cur[k].load(wrow(0, k), sl);
+    }
+    tg_pdl_wait();
+
     lin_stage_row<T, 16 / sizeof(T)>(hrow, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, 0, norm, nw,
                                      nbias, eps, scratch);
     __syncthreads();
@@ -228,7 +319,15 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
     const int red_w = TS < 32 ? TS : 32;
     for (int it = 0; it < iters; ++it) {
         float tot[R];
-        if constexpr (TG_LQR_DB) {
+        if constexpr (TMA) {
+            lqr_bar_wait(&bars[team * STG + it % STG], (unsigned)(it / STG) & 1u);
+            const unsigned char* st = stage(it % STG);
+#pragma unroll
+            for (int k = 0; k < R; ++k) {
+                cur[0].load_shared(st + (long long)slot(k) * ldw, sl);
+                tot[k] = cur[0].dot(a, hh);
+            }
+        } else if constexpr (TG_LQR_DB) {
             S nxt[R];
             const int itn = it + 1 < iters ? it + 1 : it;  // the last iteration reloads its own rows
 #pragma unroll
@@ -257,7 +356,7 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
 #pragma unroll
                 for (int k = 0; k < R; ++k) red[par][warp][k] = tot[k];
             }
-            __syncthreads();
+            __syncthreads();  // (also: every lane of the team is done with this trip's stage)
             const int w0 = team * (TS / 32);
 #pragma unroll
             for (int k = 0; k < R; ++k) {
@@ -267,9 +366,12 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
             }
             writer = warp == w0 && lane < cpi;
             wc = lane;
+        } else if (TMA) {
+            __syncwarp();  // every lane of the warp's teams is done with this trip's stage
         }
+        if (TMA && tl == 0 && it + STG < iters) issue(it + STG);
         if (writer) {
-            const int c = (int)((tg + (long long)it * nteams) * cpi) + wc;
+            const int c = col0(it) + wc;
             float a0 = 0.0f, a1 = 0.0f;
 #pragma unroll
             for (int j = 0; j < R / P; ++j)

@@ -144,6 +144,7 @@ def test_quant_gemv_named_family_and_its_fallbacks() -> None:
     assert select.quant_gemv("bf16", choice="linear_qr", qtype="q4_k", K=12288) == "linear_qr"
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q8_0", K=4096) == "linear_q"
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_k", K=2 * select.QR_MAX_K) == "linear_qmma"
+    assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_k", K=32768) == "linear_qmma"  # smem
     assert select.quant_gemv("f32", choice="linear_qr", qtype="q4_k", K=4096) == "linear_q"
 
 
@@ -154,7 +155,10 @@ def test_linear_qr_teams_and_blocks() -> None:
     for K in range(256, select.QR_MAX_K + 1, 256):
         ts, bs = select.qr_team(K), select.qr_block(K)
         assert ts >= K // 128 and bs % ts == 0 and bs <= 256 and bs % 32 == 0
-    assert select.linear_q_shared_bytes(4096, "linear_qr") == 4096 * 4 + 2 * 4096 + 4096 // 32 * 4 + 4096 // 8 * 4
+    # staging (row, planes, scales, sums) then the ring: 8 teams x 2 stages x 4 rows of 2,304 bytes
+    assert select.linear_q_shared_bytes(4096, "linear_qr", "q4_k") == 27136 + 8 * 2 * 4 * 2304
+    assert select.qr_ok("q4_k", 12288) and not select.qr_ok("q4_k", 32768)  # 191 KB fits, 434 KB does not
+    assert not select.qr_ok("q4_k", 4096, select.DeviceCaps(smem_optin=163 * 1024))  # an A100's 163 KB
 
 
 def test_plan_choices_cover_every_weight_product_once() -> None:

@@ -33,7 +33,7 @@ def linear_q(lib: KernelLibrary, qtype: str, dtype, y: Arg, x: Arg, w_ptr: int, 
     if rows == 0:
         return
     f = lib.get(f"{kernel}_{qtype}", sfx)
-    smem = linear_q_shared_bytes(K, kernel)
+    smem = linear_q_shared_bytes(K, kernel, qtype)
     lib._ensure_dynamic_smem(f, smem)
     bs = LINEAR_Q_BLOCK
     if kernel == "linear_qr":  # teams of qr_team(K) lanes, 4 weight rows per team and trip

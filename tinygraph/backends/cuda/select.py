@@ -82,13 +82,20 @@ def linear_path(rows: int, quantized: bool, q_shared_bytes: int, fused_gemv: boo
 
 #: the decode GEMV families of a block-quantized weight (cuda_src/linear_q.cu, linear_qmma.cu, linear_qr.cu)
 QUANT_GEMVS = ("linear_q", "linear_q8a", "linear_qmma", "linear_qr")
-#: weight types linear_qr has (a lane's 128-weight slice in registers; rows up to QR_MAX_K weights)
+#: weight types linear_qr has (a lane's 128-weight slice in registers; rows up to QR_MAX_K weights),
+#: their bytes per 256 weights, and its TG_LQR_ROWS / TG_LQR_STAGES (rows per team trip, stages of
+#: the shared-memory ring the rows are bulk-copied into)
 QR_TYPES, QR_MAX_K = frozenset({"q4_k"}), 32768
+QR_BLOCK_BYTES = {"q4_k": 144}
+QR_ROWS, QR_STAGES = 4, 2
 
 
-def qr_ok(qtype: str | None, K: int) -> bool:
-    """Whether linear_qr can compute a ``qtype`` weight with rows of ``K`` weights."""
-    return qtype in QR_TYPES and K % 256 == 0 and 0 < K <= QR_MAX_K
+def qr_ok(qtype: str | None, K: int, caps: "DeviceCaps | None" = None) -> bool:
+    """Whether linear_qr can compute a ``qtype`` weight with rows of ``K`` weights (and its shared
+    memory fits the device's)."""
+    if qtype not in QR_TYPES or K % 256 or not 0 < K <= QR_MAX_K:
+        return False
+    return linear_q_shared_bytes(K, "linear_qr", qtype) + 1024 <= (caps or DeviceCaps()).smem_optin
 
 
 def qr_team(K: int) -> int:
@@ -137,18 +144,19 @@ def quant_gemv(dtype: str, int8_activations: bool = False, choice: str | None = 
         return "linear_q"
     if fam == "linear_qmma" and (dtype != "f16" or (caps is not None and caps.arch < 80)):
         return "linear_q"
-    if fam == "linear_qr" and (dtype not in ("f16", "bf16") or not qr_ok(qtype, K)):
+    if fam == "linear_qr" and (dtype not in ("f16", "bf16") or not qr_ok(qtype, K, caps)):
         return quant_gemv(dtype, int8_activations, None, caps, qtype, K)
     return fam
 
 
-def linear_q_shared_bytes(K: int, kernel: str = "linear_q") -> int:
+def linear_q_shared_bytes(K: int, kernel: str = "linear_q", qtype: str | None = None) -> int:
     """Dynamic shared memory of ``kernel``: the staged row (float32, padded to 4), then for
     linear_q its copy with 4 floats of padding per 32 (lq_pad) and its sums of 8; for linear_q8a
     its int8 codes, its sums of 8 and its scales per 32; for linear_qmma the row as float16
     (16-byte aligned) and the sums of 8 of that."""
-    if kernel == "linear_qr":  # the row as float32, two int8 planes, scales per 32, sums per 8
-        return K * 4 + 2 * K + K // 32 * 4 + K // 8 * 4
+    if kernel == "linear_qr":  # the row as float32, two int8 planes, scales per 32, sums per 8; the ring
+        ldw = K // 256 * QR_BLOCK_BYTES.get(qtype or "q4_k", 144)
+        return (K * 53 // 8 + 127) // 128 * 128 + qr_block(K) // qr_team(K) * QR_STAGES * QR_ROWS * ldw
     if kernel == "linear_qmma":
         return -(-K // 4) * 4 * 4 + (K * 2 + 15) // 16 * 16 + K // 8 * 4
     if kernel == "linear_q8a":
@@ -178,7 +186,7 @@ def linear_choice(x_shape: Sequence[int], N: int, K: int, dtype: str, wtype: str
         path, fam = linear_path(rows, False, 0, fused_gemv, caps), None
     else:
         fam = quant_gemv(dtype, int8_activations, gemv_choice, caps, wtype, K)
-        path = linear_path(rows, True, linear_q_shared_bytes(K, fam), fused_gemv, caps)
+        path = linear_path(rows, True, linear_q_shared_bytes(K, fam, wtype), fused_gemv, caps)
     mm = matmul_algo(M, N, batch, True, dtype, caps) if path in ("matmul", "dequant_matmul") else None
     return LinearChoice(path, fam if path == "gemv_q" else None, mm)
 
