@@ -143,6 +143,8 @@ def test_quant_gemv_named_family_and_its_fallbacks() -> None:
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_k", K=4096) == "linear_qr"
     assert select.quant_gemv("bf16", choice="linear_qr", qtype="q4_k", K=12288) == "linear_qr"
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q8_0", K=4096) == "linear_q"
+    assert select.quant_gemv("f16", choice="linear_qr", qtype="q6_k", K=4096) == "linear_qr"
+    assert select.quant_gemv("f16", choice="linear_qr", qtype="q6_k", K=1536) == "linear_qmma"  # rows of 1,260 bytes
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_k", K=2 * select.QR_MAX_K) == "linear_qmma"
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_k", K=32768) == "linear_qmma"  # smem
     assert select.quant_gemv("f32", choice="linear_qr", qtype="q4_k", K=4096) == "linear_q"

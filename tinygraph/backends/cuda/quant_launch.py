@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import math
 
-from .select import linear_q_shared_bytes, qr_block, qr_team
+from .select import QR_ROWS, linear_q_shared_bytes, qr_block, qr_team
 from .kernels import (LINEAR_ACTS, LINEAR_NORMS, Arg, KernelLibrary, _linear_code, dtype_suffix, f32, i32,
                       ptr)
 
@@ -36,9 +36,9 @@ def linear_q(lib: KernelLibrary, qtype: str, dtype, y: Arg, x: Arg, w_ptr: int, 
     smem = linear_q_shared_bytes(K, kernel, qtype)
     lib._ensure_dynamic_smem(f, smem)
     bs = LINEAR_Q_BLOCK
-    if kernel == "linear_qr":  # teams of qr_team(K) lanes, 4 weight rows per team and trip
+    if kernel == "linear_qr":  # teams of qr_team(K) lanes, QR_ROWS weight rows per team and trip
         bs = qr_block(K)
-        cb = -(-nout // ((2 if act_c == 3 else 4) * (bs // qr_team(K))))
+        cb = -(-nout // (QR_ROWS[qtype] // (2 if act_c == 3 else 1) * (bs // qr_team(K))))
     elif kernel == "linear_qmma":
         cb = -(-nout // (8 if act_c == 3 else 16))
     else:

@@ -85,16 +85,16 @@ QUANT_GEMVS = ("linear_q", "linear_q8a", "linear_qmma", "linear_qr")
 #: weight types linear_qr has (a lane's 128-weight slice in registers; rows up to QR_MAX_K weights),
 #: their bytes per 256 weights, and its TG_LQR_ROWS / TG_LQR_STAGES (rows per team trip, stages of
 #: the shared-memory ring the rows are bulk-copied into)
-QR_TYPES, QR_MAX_K = frozenset({"q4_k"}), 32768
-QR_BLOCK_BYTES = {"q4_k": 144}
-QR_ROWS, QR_STAGES = 4, 2
+QR_TYPES, QR_MAX_K = frozenset({"q4_k", "q6_k"}), 32768
+QR_BLOCK_BYTES = {"q4_k": 144, "q6_k": 210}
+QR_ROWS, QR_STAGES = {"q4_k": 4, "q6_k": 2}, 2
 
 
 def qr_ok(qtype: str | None, K: int, caps: "DeviceCaps | None" = None) -> bool:
     """Whether linear_qr can compute a ``qtype`` weight with rows of ``K`` weights (and its shared
     memory fits the device's)."""
-    if qtype not in QR_TYPES or K % 256 or not 0 < K <= QR_MAX_K:
-        return False
+    if qtype not in QR_TYPES or K % 256 or not 0 < K <= QR_MAX_K or K // 256 * QR_BLOCK_BYTES[qtype] % 16:
+        return False  # (rows are bulk-copied: 16-byte aligned)
     return linear_q_shared_bytes(K, "linear_qr", qtype) + 1024 <= (caps or DeviceCaps()).smem_optin
 
 
@@ -155,8 +155,9 @@ def linear_q_shared_bytes(K: int, kernel: str = "linear_q", qtype: str | None = 
     its int8 codes, its sums of 8 and its scales per 32; for linear_qmma the row as float16
     (16-byte aligned) and the sums of 8 of that."""
     if kernel == "linear_qr":  # the row as float32, two int8 planes, scales per 32, sums per 8; the ring
-        ldw = K // 256 * QR_BLOCK_BYTES.get(qtype or "q4_k", 144)
-        return (K * 53 // 8 + 127) // 128 * 128 + qr_block(K) // qr_team(K) * QR_STAGES * QR_ROWS * ldw
+        qt = qtype if qtype in QR_TYPES else "q4_k"
+        ldw = K // 256 * QR_BLOCK_BYTES[qt]
+        return (K * 53 // 8 + 127) // 128 * 128 + qr_block(K) // qr_team(K) * QR_STAGES * QR_ROWS[qt] * ldw
     if kernel == "linear_qmma":
         return -(-K // 4) * 4 * 4 + (K * 2 + 15) // 16 * 16 + K // 8 * 4
     if kernel == "linear_q8a":
