@@ -150,6 +150,22 @@ def test_quant_gemv_named_family_and_its_fallbacks() -> None:
     assert select.quant_gemv("f32", choice="linear_qr", qtype="q4_k", K=4096) == "linear_q"
 
 
+def test_linear_qr_is_the_default_for_large_layers_on_sm90() -> None:
+    big, small = dict(K=4096, N=24576), dict(K=4096, N=4096)  # Qwen3-8B gate/up and o
+    assert select.quant_gemv("f16", qtype="q4_k", **big) == select.quant_gemv("bf16", qtype="q6_k", **big) == "linear_qr"
+    assert select.quant_gemv("f16", qtype="q4_k", **small) == "linear_qmma"
+    assert select.quant_gemv("bf16", qtype="q4_k", **small) == "linear_q"
+    assert select.quant_gemv("f16", qtype="q8_0", **big) == "linear_q"        # no q8_0 slices
+    assert select.quant_gemv("f16", qtype="q4_k", qr=False, **big) == "linear_qmma"   # TINYGRAPH_QUANT_QR=0
+    assert select.quant_gemv("f16", True, qtype="q4_k", **big) == "linear_q8a"         # int8 asked for
+    assert select.quant_gemv("f16", qtype="q4_k", caps=select.DeviceCaps(arch=80), **big) == "linear_qmma"
+    assert select.quant_gemv("f32", qtype="q4_k", **big) == "linear_q"
+    assert select.quant_gemv("f16", qtype="q6_k", K=1536, N=20000) == "linear_qmma"   # rows not 16-byte multiples
+    x = (1, 1, 4096)
+    assert select.linear_choice(x, 24576, 4096, "f16", "q4_k", True, select.DeviceCaps()).gemv == "linear_qr"
+    assert select.linear_choice(x, 24576, 4096, "f16", "q4_k", True, select.DeviceCaps(), qr=False).gemv == "linear_qmma"
+
+
 def test_linear_qr_teams_and_blocks() -> None:
     # one lane per 128-weight slice, teams of 8 / 16 / 32 lanes or whole warps; blocks of <= 256
     assert [select.qr_team(K) for K in (256, 1024, 2048, 4096, 5632, 12288)] == [8, 8, 16, 32, 64, 96]

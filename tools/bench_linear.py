@@ -36,7 +36,7 @@ Arg = kernels.Arg
 
 def _decode_shapes() -> list[tuple[str, str, int, int, int, int, bool]]:
     """(model, layer, K, N, norm, act, residual) of each decode linear, from the published configs
-    in bench_configs.py (one source for the shapes): qkv, o, gate_up, down; SmolLM2's lm_head too."""
+    in bench_configs.py (one source for the shapes): qkv, o, gate_up, down; SmolLM2's and Qwen3-8B's lm_head too."""
     from bench_configs import CONFIGS, dims
 
     out: list[tuple[str, str, int, int, int, int, bool]] = []
@@ -45,7 +45,7 @@ def _decode_shapes() -> list[tuple[str, str, int, int, int, int, bool]]:
         d, q, kv = k["hidden"], k["heads"] * k["head_dim"], k["kv_heads"] * k["head_dim"]
         out += [(label, "qkv", d, q + 2 * kv, 1, 0, False), (label, "o", q, d, 0, 0, True),
                 (label, "gate_up", d, 2 * k["inter"], 1, 3, False), (label, "down", k["inter"], d, 0, 0, True)]
-        if key == "smollm2":
+        if key in ("smollm2", "qwen3-8b"):  # (appended last: the indices above stay)
             out.append((label, "lm_head", d, k["vocab"], 1, 0, False))
     return out
 

@@ -119,8 +119,16 @@ QMMA_TYPES = frozenset({"q4_1", "q5_1", "q2_k", "q4_k", "q5_k", "q6_k"})
 QMMA_ALIGN2_TYPES, QMMA_ALIGN2_MAX_K = frozenset({"q8_0", "q4_0", "q5_0", "q3_k"}), 2048
 
 
+#: linear_qr is the default (f16 / bf16, sm_90) for weights of at least this many elements (H200,
+#: one GEMV, µs, linear_qmma -> linear_qr: Qwen3-8B q4_k gate/up 37.0 -> 24.4, down 21.7 -> 18.7,
+#: qkv 14.9 -> 13.4, TinyLlama gate/up 13.5 -> 12.0; but o 4096 x 4096 8.9 -> 10.4 and the smaller
+#: TinyLlama layers 5.4-8.7 -> 7.6-10.0: its prologue is longer, so only large layers gain)
+QR_MIN_WEIGHTS = 20_000_000
+
+
 def quant_gemv(dtype: str, int8_activations: bool = False, choice: str | None = None,
-               caps: DeviceCaps | None = None, qtype: str | None = None, K: int = 0) -> str:
+               caps: DeviceCaps | None = None, qtype: str | None = None, K: int = 0, N: int = 0,
+               qr: bool = True) -> str:
     """The decode GEMV kernel family of a block-quantized weight for activations of ``dtype``:
     "linear_q" (float32 products of the decoded weights and the staged row), "linear_q8a" (the
     normalised row rounded to int8 per block of 32, integer dot products; f16 / bf16, when
@@ -129,14 +137,20 @@ def quant_gemv(dtype: str, int8_activations: bool = False, choice: str | None = 
     (``TINYGRAPH_QUANT_GEMV``) names a family outright; one the dtype or device cannot run
     falls back to "linear_q". By default f16 uses linear_qmma for the weight types
     (``qtype``) of ``QMMA_TYPES``, and of ``QMMA_ALIGN2_TYPES`` for rows of ``K`` below
-    ``QMMA_ALIGN2_MAX_K``; linear_q otherwise. linear_q8a is not the default: the rounding moves a decode step's
-    logits of the default model by 0.1-0.6 rms (tools/quant_act_error.py)."""
+    ``QMMA_ALIGN2_MAX_K``; linear_q otherwise -- except that weights of at least
+    ``QR_MIN_WEIGHTS`` elements (``N`` x ``K``) that "linear_qr" has (``qr_ok``) take it, f16 and
+    bf16 on sm_90 (``qr``: False, ``TINYGRAPH_QUANT_QR=0``, turns that off). linear_q8a is not the
+    default: the rounding moves a decode step's logits of the default model by 0.1-0.6 rms
+    (tools/quant_act_error.py); linear_qr's two planes keep about 16 bits of each activation."""
     if choice:
         if choice not in QUANT_GEMVS:
             raise ValueError(f"TINYGRAPH_QUANT_GEMV={choice!r}: expected one of {', '.join(QUANT_GEMVS)}")
         fam = choice
     elif int8_activations:
         fam = "linear_q8a"
+    elif (qr and dtype in ("f16", "bf16") and (caps or DeviceCaps()).arch >= 90 and N * K >= QR_MIN_WEIGHTS
+          and qr_ok(qtype, K, caps)):
+        fam = "linear_qr"
     else:
         mma = qtype in QMMA_TYPES or (qtype in QMMA_ALIGN2_TYPES and K < QMMA_ALIGN2_MAX_K)
         fam = "linear_qmma" if mma else "linear_q"
@@ -145,7 +159,7 @@ def quant_gemv(dtype: str, int8_activations: bool = False, choice: str | None = 
     if fam == "linear_qmma" and (dtype != "f16" or (caps is not None and caps.arch < 80)):
         return "linear_q"
     if fam == "linear_qr" and (dtype not in ("f16", "bf16") or not qr_ok(qtype, K, caps)):
-        return quant_gemv(dtype, int8_activations, None, caps, qtype, K)
+        return quant_gemv(dtype, int8_activations, None, caps, qtype, K, N, False)
     return fam
 
 
@@ -176,7 +190,8 @@ class LinearChoice:
 
 
 def linear_choice(x_shape: Sequence[int], N: int, K: int, dtype: str, wtype: str | None, fused_gemv: bool,
-                  caps: DeviceCaps, int8_activations: bool = False, gemv_choice: str | None = None) -> LinearChoice:
+                  caps: DeviceCaps, int8_activations: bool = False, gemv_choice: str | None = None,
+                  qr: bool = True) -> LinearChoice:
     """The kernels of the product of activations ``x_shape`` [.., M, K] of ``dtype`` with a
     [N, K] weight of block type ``wtype`` (None: a 16/32-bit weight); ``fused_gemv``: the library
     has the fused 16/32-bit GEMV for ``dtype``."""
@@ -186,7 +201,7 @@ def linear_choice(x_shape: Sequence[int], N: int, K: int, dtype: str, wtype: str
     if wtype is None:
         path, fam = linear_path(rows, False, 0, fused_gemv, caps), None
     else:
-        fam = quant_gemv(dtype, int8_activations, gemv_choice, caps, wtype, K)
+        fam = quant_gemv(dtype, int8_activations, gemv_choice, caps, wtype, K, N, qr)
         path = linear_path(rows, True, linear_q_shared_bytes(K, fam, wtype), fused_gemv, caps)
     mm = matmul_algo(M, N, batch, True, dtype, caps) if path in ("matmul", "dequant_matmul") else None
     return LinearChoice(path, fam if path == "gemv_q" else None, mm)
@@ -201,10 +216,11 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
     :func:`attn_splits` launch shape (None: empty output) for ``attention`` and
     ``attention_store``. Not here: whether ``attention`` may take the tensor-core flash kernel
     (:func:`flash_ok` looks at the operands' addresses, known only when it runs). ``gemv_dtypes``: the dtypes with a fused GEMV kernel; ``env``: the environment
-    (``TINYGRAPH_QUANT_ACT``, ``TINYGRAPH_QUANT_GEMV``; ``TINYGRAPH_ATTN_GQA=0``: decode attention
+    (``TINYGRAPH_QUANT_ACT``, ``TINYGRAPH_QUANT_GEMV``, ``TINYGRAPH_QUANT_QR``; ``TINYGRAPH_ATTN_GQA=0``: decode attention
     one query head per block, not attn_gqa), read here and nowhere else."""
     int8 = env.get("TINYGRAPH_QUANT_ACT", "") == "int8"
     fam = env.get("TINYGRAPH_QUANT_GEMV") or None
+    qr = env.get("TINYGRAPH_QUANT_QR", "1") != "0"
     out: dict = {}
     for n in order:
         if n.op in ("attention", "attention_store"):  # the split-key kernels' launch shape
@@ -227,7 +243,7 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
             continue
         N, K = w.shape
         out[n.id] = linear_choice(x.shape, N, K, dt, w.dtype.name if w.dtype.is_quant else None,
-                                  dt in gemv_dtypes, caps, int8, fam)
+                                  dt in gemv_dtypes, caps, int8, fam, qr)
     return out
 
 
