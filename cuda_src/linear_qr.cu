@@ -37,7 +37,7 @@ extern __shared__ float lqr_smem[];
 #define TG_LQR_ROWS 4  // weight rows a team computes at once (their loads in flight together)
 #endif
 #ifndef TG_LQR_ROWS_Q6
-#define TG_LQR_ROWS_Q6 2  // the same for q6_k (its rows are 46% longer: the ring must fit)
+#define TG_LQR_ROWS_Q6 2  // the same for q6_k and q8_0 (rows 46% / 89% longer: the ring must fit)
 #endif
 #ifndef TG_LQR_DB
 #define TG_LQR_DB 0  // 1: the next rows' loads issued before this iteration's products (twice the registers)
@@ -224,9 +224,44 @@ struct LqrQ6K {
     }
 };
 
+// Q8_0 slice: blocks 4sl .. 4sl+3 (136 bytes at 136 * sl: 8-byte aligned), block j = sub-block j:
+// f16 d at byte 34j, int8 codes at 34j + 2 (blocks 0 and 2 start 4-byte aligned, 1 and 3 do not).
+struct LqrQ8 {
+    unsigned wd[34];
+    __device__ __forceinline__ void load_any(const unsigned char* row, int sl) {
+        const uint2* p = reinterpret_cast<const uint2*>(row + sl * 136);
+#pragma unroll
+        for (int i = 0; i < 17; ++i) {
+            const uint2 v = p[i];
+            wd[2 * i] = v.x;
+            wd[2 * i + 1] = v.y;
+        }
+    }
+    __device__ __forceinline__ void load(const unsigned char* row, int sl) { load_any(row, sl); }
+    __device__ __forceinline__ void load_shared(const unsigned char* row, int sl) { load_any(row, sl); }
+    __device__ __forceinline__ float dot(const LqrAct& a, int) const {
+        float acc = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int w0 = (34 * j) / 4;  // the word holding d: its low half (j even) or high half
+            const unsigned short dbits = (unsigned short)((j & 1) ? (wd[w0] >> 16) : (wd[w0] & 0xFFFFu));
+            int ih = 0, il = 0;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {  // codes of j even: bytes 2.. of word w0 on; j odd: word w0 + 1 on
+                const unsigned c = (j & 1) ? wd[w0 + 1 + i] : __funnelshift_r(wd[w0 + i], wd[w0 + i + 1], 16);
+                ih = __dp4a((int)c, a.h[j][i], ih);
+                il = __dp4a((int)c, a.l[j][i], il);
+            }
+            acc = fmaf(__half2float(__ushort_as_half(dbits)) * a.sa[j], (float)(LQR_LO * ih + il), acc);
+        }
+        return acc;
+    }
+};
+
 template <class Q> struct LqrSlice;
 template <> struct LqrSlice<QQ4_K> { using S = LqrQ4K; static constexpr int R = TG_LQR_ROWS; };
 template <> struct LqrSlice<QQ6_K> { using S = LqrQ6K; static constexpr int R = TG_LQR_ROWS_Q6; };
+template <> struct LqrSlice<QQ8_0> { using S = LqrQ8; static constexpr int R = TG_LQR_ROWS_Q6; };
 
 // --- the weight rows' path on sm_90 (TG_LQR_TMA): bulk copies into a ring of shared-memory stages ---
 // A team's lane 0 copies the rows of trip it + STAGES (R rows, contiguous runs of ldw bytes)
@@ -460,3 +495,4 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
 #define TG_LINEAR_QR(Q, qn) TG_LINEAR_QR_T(Q, qn, __half, f16) TG_LINEAR_QR_T(Q, qn, __nv_bfloat16, bf16)
 TG_LINEAR_QR(QQ4_K, q4_k)
 TG_LINEAR_QR(QQ6_K, q6_k)
+TG_LINEAR_QR(QQ8_0, q8_0)

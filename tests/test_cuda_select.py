@@ -142,7 +142,8 @@ def test_quant_gemv_named_family_and_its_fallbacks() -> None:
     # linear_qr: q4_k rows of 256n weights up to QR_MAX_K, f16 / bf16; otherwise the default family
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_k", K=4096) == "linear_qr"
     assert select.quant_gemv("bf16", choice="linear_qr", qtype="q4_k", K=12288) == "linear_qr"
-    assert select.quant_gemv("f16", choice="linear_qr", qtype="q8_0", K=4096) == "linear_q"
+    assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_0", K=4096) == "linear_q"
+    assert select.quant_gemv("f16", choice="linear_qr", qtype="q8_0", K=4096) == "linear_qr"
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q6_k", K=4096) == "linear_qr"
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q6_k", K=1536) == "linear_qmma"  # rows of 1,260 bytes
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_k", K=2 * select.QR_MAX_K) == "linear_qmma"
@@ -155,7 +156,8 @@ def test_linear_qr_is_the_default_for_large_layers_on_sm90() -> None:
     assert select.quant_gemv("f16", qtype="q4_k", **big) == select.quant_gemv("bf16", qtype="q6_k", **big) == "linear_qr"
     assert select.quant_gemv("f16", qtype="q4_k", **small) == "linear_qmma"
     assert select.quant_gemv("bf16", qtype="q4_k", **small) == "linear_q"
-    assert select.quant_gemv("f16", qtype="q8_0", **big) == "linear_q"        # no q8_0 slices
+    assert select.quant_gemv("f16", qtype="q8_0", **big) == "linear_qr"
+    assert select.quant_gemv("f16", qtype="q4_0", **big) == "linear_q"        # no q4_0 slices
     assert select.quant_gemv("f16", qtype="q4_k", qr=False, **big) == "linear_qmma"   # TINYGRAPH_QUANT_QR=0
     assert select.quant_gemv("f16", True, qtype="q4_k", **big) == "linear_q8a"         # int8 asked for
     assert select.quant_gemv("f16", qtype="q4_k", caps=select.DeviceCaps(arch=80), **big) == "linear_qmma"

@@ -85,9 +85,9 @@ QUANT_GEMVS = ("linear_q", "linear_q8a", "linear_qmma", "linear_qr")
 #: weight types linear_qr has (a lane's 128-weight slice in registers; rows up to QR_MAX_K weights),
 #: their bytes per 256 weights, and its TG_LQR_ROWS / TG_LQR_STAGES (rows per team trip, stages of
 #: the shared-memory ring the rows are bulk-copied into)
-QR_TYPES, QR_MAX_K = frozenset({"q4_k", "q6_k"}), 32768
-QR_BLOCK_BYTES = {"q4_k": 144, "q6_k": 210}
-QR_ROWS, QR_STAGES = {"q4_k": 4, "q6_k": 2}, 2
+QR_TYPES, QR_MAX_K = frozenset({"q4_k", "q6_k", "q8_0"}), 32768
+QR_BLOCK_BYTES = {"q4_k": 144, "q6_k": 210, "q8_0": 272}
+QR_ROWS, QR_STAGES = {"q4_k": 4, "q6_k": 2, "q8_0": 2}, 2
 
 
 def qr_ok(qtype: str | None, K: int, caps: "DeviceCaps | None" = None) -> bool:
