@@ -1,33 +1,42 @@
-// linear_qr.cu -- the decode GEMV with ggml K-quant weights (q4_k), the activations held in registers.
+// linear_qr.cu -- the decode GEMV with ggml q4_k / q6_k / q8_0 weights, the activations held in registers.
 //
 // Semantics: those of linear_q (linear_q.cu): y = act(norm(x) @ dequant(w).T + bias) + res for a
 // few rows of x, w the file's raw blocks (row n at byte n * ldw, ldw and w 16-byte aligned),
 // float32 sums. What it rounds: the normalised row, per block of 32, to a 16-bit fixed-point
 // value held as two int8 planes, x ~= s * (hi + lo / 254) with s = max|x| / 127 (so the error of
-// an element is at most s / 508, about 2^-16 of the block's largest element: finer than float16
-// for elements within 1/32 of that largest one, coarser for much smaller ones). Weight codes
-// stay integers; code x plane products are 4-wide integer dot products (dp4a), exact; the
-// per-run scales and the offsets (d * sc, -dmin * m times the rounded row's run sums) in float32.
+// an element is at most s / 508, about 2^-16 of the block's largest element: on random rows 2e-5
+// relative error on a product, against 2e-4 for float16; tools/quant_act_error.py --products).
+// Weight codes stay integers; code x plane products are 4-wide integer dot products (dp4a),
+// exact; the per-run scales and offsets (d * sc, -dmin * m or q6_k's -32 times the rounded row's
+// run sums) in float32.
 //
-// Signature (Q = q4_k; T = __half | __nv_bfloat16, suffix f16 | bf16):
+// Signature (Q = q4_k | q6_k | q8_0; T = __half | __nv_bfloat16, suffix f16 | bf16):
 //   linear_qr_Q_T(y, yd, x, xd, w, ldw, bias, res, rd, norm_w, norm_b, eps, norm, act, N, K)
-//     Design: a lane owns one "slice" of the row -- half a 256-weight super-block, 128 weights --
-//       for the whole kernel: its slice of the normalised, rounded row sits in 64 registers (both
-//       planes) with the slice's scales and sums, loaded once. A team of TS lanes (the smallest of
-//       8, 16, 32 or a multiple of 32 lanes with one lane per slice, K / 128 slices) computes whole
-//       weight rows, LQR_ROWS at a time: each lane loads its slice of each row (16 bytes of header,
-//       64 of codes: five 16-byte loads, all rows' loads issued together), decodes the codes with
-//       one AND per 4 weights and multiplies them with both planes by dp4a; the team's lanes then
-//       meet by shuffles (and, when a team spans warps, in shared memory). Why: linear_q8a and
-//       linear_qmma re-read the activations from shared memory and re-derive addresses and
-//       scales per 32-weight unit (5-8 instructions per weight, ncu: issue-bound at 50-60% with
-//       DRAM at 25-40%); here a weight costs about one instruction.
+//     Design: a lane owns one "slice" of the row -- 128 weights: half a 256-weight super-block,
+//       or 4 q8_0 blocks -- for the whole kernel: its slice of the normalised, rounded row sits
+//       in 64 registers (both planes) with the slice's scales and sums, loaded once. A team of TS
+//       lanes (the smallest of 8, 16, 32 or a multiple of 32 lanes with one lane per slice, K / 128
+//       slices) computes whole weight rows, R at a time (q4_k 4, q6_k / q8_0 2): each lane
+//       decodes its slice of each row with a few logic ops per 4 weights and multiplies the codes
+//       with both planes by dp4a; the team's lanes then meet by shuffles (and, when a team spans
+//       warps, in shared memory). Weight rows: on sm_90 (TG_LQR_TMA) a team's lane 0 bulk-copies
+//       each trip's rows (cp.async.bulk, a transaction barrier per stage) into a ring of
+//       TG_LQR_STAGES shared-memory stages, the first trips before the kernel waits for its
+//       predecessor; otherwise (and with -DTG_LQR_TMA=0) each lane loads its slices into
+//       registers, the next trip's after this one's products. q6_k's 210-byte and q8_0's 34-byte
+//       blocks are read as aligned words and funnel shifts.
+//     Why: linear_q8a and linear_qmma re-read the activations from shared memory and re-derive
+//       addresses and scales per 32-weight unit (ncu: issue-bound at 50-60% with DRAM at
+//       25-40%). Measured (bench/README.md): large layers gain (Qwen3-8B q4_k gate/up 37 -> 24
+//       µs), small ones lose (a longer prologue), hence select.QR_MIN_WEIGHTS; the bulk copies
+//       measured the same as the register loads on the H200.
 //     Prologue: the block stages its row of x, normalised, as float32 (linear_common.cuh), rounds
 //       it to the two planes per 32 (a thread per 8 values), and each lane copies its slice into
-//       registers. The first rows' weights are loaded before waiting for the previous kernel.
-//     Launch: grid = rows * C blocks (any C is correct); block = qr_block(K) threads (256, or for
-//       K > 4096 the multiple of a team's TS that is <= 256); dynamic shared memory
-//       K*4 + 2*K + K/8*4 + K/32*4 bytes (select.linear_q_shared_bytes).
+//       registers.
+//     Launch: grid = rows * C blocks (any C is correct); block = select.qr_block(K) threads (256,
+//       or the multiple of a multi-warp team's TS that is <= 256); dynamic shared memory
+//       select.linear_q_shared_bytes(K, "linear_qr", Q): the staging (K*53/8 bytes, to 128) and
+//       the ring (teams x stages x R x ldw); a build whose ring is larger traps.
 #include "linear_common.cuh"
 #include "quant_blocks.cuh"
 
