@@ -1,4 +1,4 @@
-// linear_qr.cu -- the decode GEMV with ggml q4_k / q6_k / q8_0 weights, the activations held in registers.
+// linear_qr.cu -- the decode GEMV with ggml q4_k / q8_0 weights, the activations held in registers.
 //
 // Semantics: those of linear_q (linear_q.cu): y = act(norm(x) @ dequant(w).T + bias) + res for a
 // few rows of x, w the file's raw blocks (row n at byte n * ldw, ldw and w 16-byte aligned),
@@ -7,24 +7,26 @@
 // an element is at most s / 508, about 2^-16 of the block's largest element: on random rows 2e-5
 // relative error on a product, against 2e-4 for float16; tools/quant_act_error.py --products).
 // Weight codes stay integers; code x plane products are 4-wide integer dot products (dp4a),
-// exact; the per-run scales and offsets (d * sc, -dmin * m or q6_k's -32 times the rounded row's
-// run sums) in float32.
+// exact; the per-run scales and offsets (d * sc, -dmin * m times the rounded row's run sums) in
+// float32.
 //
-// Signature (Q = q4_k | q6_k | q8_0; T = __half | __nv_bfloat16, suffix f16 | bf16):
+// Signature (Q = q4_k | q8_0; T = __half | __nv_bfloat16, suffix f16 | bf16):
 //   linear_qr_Q_T(y, yd, x, xd, w, ldw, bias, res, rd, norm_w, norm_b, eps, norm, act, N, K)
 //     Design: a lane owns one "slice" of the row -- 128 weights: half a 256-weight super-block,
 //       or 4 q8_0 blocks -- for the whole kernel: its slice of the normalised, rounded row sits
 //       in 64 registers (both planes) with the slice's scales and sums, loaded once. A team of TS
 //       lanes (the smallest of 8, 16, 32 or a multiple of 32 lanes with one lane per slice, K / 128
-//       slices) computes whole weight rows, R at a time (q4_k 4, q6_k / q8_0 2): each lane
+//       slices) computes whole weight rows, R at a time (q4_k 4, q8_0 2): each lane
 //       decodes its slice of each row with a few logic ops per 4 weights and multiplies the codes
 //       with both planes by dp4a; the team's lanes then meet by shuffles (and, when a team spans
 //       warps, in shared memory). Weight rows: on sm_90 (TG_LQR_TMA) a team's lane 0 bulk-copies
 //       each trip's rows (cp.async.bulk, a transaction barrier per stage) into a ring of
 //       TG_LQR_STAGES shared-memory stages, the first trips before the kernel waits for its
 //       predecessor; otherwise (and with -DTG_LQR_TMA=0) each lane loads its slices into
-//       registers, the next trip's after this one's products. q6_k's 210-byte and q8_0's 34-byte
-//       blocks are read as aligned words and funnel shifts.
+//       registers, the next trip's after this one's products. q8_0's 34-byte blocks are read as
+//       8-byte words and funnel shifts. (A q6_k slice read its 2-byte aligned blocks as aligned
+//       32-bit words: on the H200 that ran up to 6 bytes past the ring's last stage and faulted;
+//       it was taken out, commit 4c1e00a has it.)
 //     Why: linear_q8a and linear_qmma re-read the activations from shared memory and re-derive
 //       addresses and scales per 32-weight unit (ncu: issue-bound at 50-60% with DRAM at
 //       25-40%). Measured (bench/README.md): large layers gain (Qwen3-8B q4_k gate/up 37 -> 24
@@ -45,8 +47,8 @@ extern __shared__ float lqr_smem[];
 #ifndef TG_LQR_ROWS
 #define TG_LQR_ROWS 4  // weight rows a team computes at once (their loads in flight together)
 #endif
-#ifndef TG_LQR_ROWS_Q6
-#define TG_LQR_ROWS_Q6 2  // the same for q6_k and q8_0 (rows 46% / 89% longer: the ring must fit)
+#ifndef TG_LQR_ROWS_Q8
+#define TG_LQR_ROWS_Q8 2  // the same for q8_0 (rows 89% longer: the ring must fit)
 #endif
 #ifndef TG_LQR_DB
 #define TG_LQR_DB 0  // 1: the next rows' loads issued before this iteration's products (twice the registers)
@@ -120,7 +122,6 @@ __device__ __forceinline__ void lqr_quantize_row(const float* hrow, int K, signe
 struct LqrAct {
     int h[4][8], l[4][8];
     float sa[4], sx[4];
-    int s16[4][2];  // LQR_LO * sum(hi) + sum(lo) per 16 (q6_k's code offset -32, kept in integers)
 };
 
 // Q4_K slice: half hh of super-block blk (sub-blocks 4hh .. 4hh+3): header (d, dmin, 12 bytes of
@@ -175,64 +176,6 @@ struct LqrQ4K {
     }
 };
 
-// n consecutive 32-bit words from p, only 2-byte aligned (q6_k's 210-byte blocks): n + 1 aligned
-// words and a funnel shift each (p's alignment is the same for every row: ldw % 16 == 0). Plain
-// loads: the row may be in shared memory (the bulk-copy ring) or global memory.
-template <int n>
-__device__ __forceinline__ void lqr_words(const unsigned char* p, unsigned* o) {
-    const unsigned* a = reinterpret_cast<const unsigned*>(reinterpret_cast<unsigned long long>(p) & ~3ULL);
-    const unsigned sh = 8u * (unsigned)(reinterpret_cast<unsigned long long>(p) & 3ULL);
-    unsigned v[n + 1];
-#pragma unroll
-    for (int i = 0; i <= n; ++i) v[i] = a[i];
-#pragma unroll
-    for (int i = 0; i < n; ++i) o[i] = __funnelshift_r(v[i], v[i + 1], sh);
-}
-
-// Q6_K slice: half hh of block blk, elements 128hh + 32r + l (r < 4, l < 32): code (0..63) from
-// ql[64hh + l] (r 0, 2: low, high nibble) or ql[64hh + 32 + l] (r 1, 3) and bits 2r, 2r+1 of
-// qh[32hh + l]; w = d * scales[8hh + l/16 + 2r] * (code - 32).
-struct LqrQ6K {
-    unsigned ql[16], qh[8], sc[2], dw;
-    __device__ __forceinline__ void load_any(const unsigned char* row, int sl) {
-        const unsigned char* b = row + (sl >> 1) * 210;
-        const int hh = sl & 1;
-        lqr_words<16>(b + 64 * hh, ql);
-        lqr_words<8>(b + 128 + 32 * hh, qh);
-        lqr_words<2>(b + 192 + 8 * hh, sc);
-        lqr_words<1>(b + 208, &dw);  // d in the low 16 bits
-    }
-    __device__ __forceinline__ void load(const unsigned char* row, int sl) { load_any(row, sl); }
-    __device__ __forceinline__ void load_shared(const unsigned char* row, int sl) { load_any(row, sl); }
-    __device__ __forceinline__ float dot(const LqrAct& a, int) const {
-        const float d = __half2float(__ushort_as_half((unsigned short)(dw & 0xFFFFu)));
-        int ih[4][2] = {{0, 0}, {0, 0}, {0, 0}, {0, 0}}, il[4][2] = {{0, 0}, {0, 0}, {0, 0}, {0, 0}};
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const unsigned L0 = ql[i], L1 = ql[8 + i], H = qh[i];
-            const unsigned c[4] = {(L0 & 0x0F0F0F0Fu) | ((H << 4) & 0x30303030u),
-                                   (L1 & 0x0F0F0F0Fu) | ((H << 2) & 0x30303030u),
-                                   ((L0 >> 4) & 0x0F0F0F0Fu) | (H & 0x30303030u),
-                                   ((L1 >> 4) & 0x0F0F0F0Fu) | ((H >> 2) & 0x30303030u)};
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                ih[r][i >> 2] = lqr_dp4a_us(c[r], a.h[r][i], ih[r][i >> 2]);
-                il[r][i >> 2] = lqr_dp4a_us(c[r], a.l[r][i], il[r][i >> 2]);
-            }
-        }
-        float acc = 0.0f;
-#pragma unroll
-        for (int r = 0; r < 4; ++r)
-#pragma unroll
-            for (int g = 0; g < 2; ++g) {
-                const int k = g + 2 * r;  // the run's scale: byte k of the lane's 8
-                const float scv = (float)(signed char)((sc[k >> 2] >> (8 * (k & 3))) & 0xFFu);
-                acc = fmaf(d * scv * a.sa[r], (float)(LQR_LO * ih[r][g] + il[r][g] - 32 * a.s16[r][g]), acc);
-            }
-        return acc;
-    }
-};
-
 // Q8_0 slice: blocks 4sl .. 4sl+3 (136 bytes at 136 * sl: 8-byte aligned), block j = sub-block j:
 // f16 d at byte 34j, int8 codes at 34j + 2 (blocks 0 and 2 start 4-byte aligned, 1 and 3 do not).
 struct LqrQ8 {
@@ -269,8 +212,7 @@ struct LqrQ8 {
 
 template <class Q> struct LqrSlice;
 template <> struct LqrSlice<QQ4_K> { using S = LqrQ4K; static constexpr int R = TG_LQR_ROWS; };
-template <> struct LqrSlice<QQ6_K> { using S = LqrQ6K; static constexpr int R = TG_LQR_ROWS_Q6; };
-template <> struct LqrSlice<QQ8_0> { using S = LqrQ8; static constexpr int R = TG_LQR_ROWS_Q6; };
+template <> struct LqrSlice<QQ8_0> { using S = LqrQ8; static constexpr int R = TG_LQR_ROWS_Q8; };
 
 // --- the weight rows' path on sm_90 (TG_LQR_TMA): bulk copies into a ring of shared-memory stages ---
 // A team's lane 0 copies the rows of trip it + STAGES (R rows, contiguous runs of ldw bytes)
@@ -417,8 +359,6 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
             const int is = isum8[4 * s] + isum8[4 * s + 1] + isum8[4 * s + 2] + isum8[4 * s + 3];
             a.sa[b] = sa;
             a.sx[b] = sa * (float)is;
-            a.s16[b][0] = on ? isum8[4 * s] + isum8[4 * s + 1] : 0;
-            a.s16[b][1] = on ? isum8[4 * s + 2] + isum8[4 * s + 3] : 0;
         }
     }
 
@@ -503,5 +443,4 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
     }
 #define TG_LINEAR_QR(Q, qn) TG_LINEAR_QR_T(Q, qn, __half, f16) TG_LINEAR_QR_T(Q, qn, __nv_bfloat16, bf16)
 TG_LINEAR_QR(QQ4_K, q4_k)
-TG_LINEAR_QR(QQ6_K, q6_k)
 TG_LINEAR_QR(QQ8_0, q8_0)

@@ -144,8 +144,8 @@ def test_quant_gemv_named_family_and_its_fallbacks() -> None:
     assert select.quant_gemv("bf16", choice="linear_qr", qtype="q4_k", K=12288) == "linear_qr"
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_0", K=4096) == "linear_q"
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q8_0", K=4096) == "linear_qr"
-    assert select.quant_gemv("f16", choice="linear_qr", qtype="q6_k", K=4096) == "linear_qr"
-    assert select.quant_gemv("f16", choice="linear_qr", qtype="q6_k", K=1536) == "linear_qmma"  # rows of 1,260 bytes
+    assert select.quant_gemv("f16", choice="linear_qr", qtype="q6_k", K=4096) == "linear_qmma"  # no q6_k slices
+    assert select.quant_gemv("f16", choice="linear_qr", qtype="q8_0", K=4160) == "linear_q"  # not 256n
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_k", K=2 * select.QR_MAX_K) == "linear_qmma"
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_k", K=32768) == "linear_qmma"  # smem
     assert select.quant_gemv("f32", choice="linear_qr", qtype="q4_k", K=4096) == "linear_q"
@@ -153,16 +153,17 @@ def test_quant_gemv_named_family_and_its_fallbacks() -> None:
 
 def test_linear_qr_is_the_default_for_large_layers_on_sm90() -> None:
     big, small = dict(K=4096, N=24576), dict(K=4096, N=4096)  # Qwen3-8B gate/up and o
-    assert select.quant_gemv("f16", qtype="q4_k", **big) == select.quant_gemv("bf16", qtype="q6_k", **big) == "linear_qr"
+    assert select.quant_gemv("f16", qtype="q4_k", **big) == select.quant_gemv("bf16", qtype="q4_k", **big) == "linear_qr"
+    assert select.quant_gemv("f16", qtype="q6_k", **big) == "linear_qmma"
     assert select.quant_gemv("f16", qtype="q4_k", **small) == "linear_qmma"
     assert select.quant_gemv("bf16", qtype="q4_k", **small) == "linear_q"
-    assert select.quant_gemv("f16", qtype="q8_0", **big) == "linear_qr"
+    assert select.quant_gemv("f16", qtype="q8_0", **big) == "linear_q"        # q8_0 slices: not the default (untimed)
     assert select.quant_gemv("f16", qtype="q4_0", **big) == "linear_q"        # no q4_0 slices
     assert select.quant_gemv("f16", qtype="q4_k", qr=False, **big) == "linear_qmma"   # TINYGRAPH_QUANT_QR=0
     assert select.quant_gemv("f16", True, qtype="q4_k", **big) == "linear_q8a"         # int8 asked for
     assert select.quant_gemv("f16", qtype="q4_k", caps=select.DeviceCaps(arch=80), **big) == "linear_qmma"
     assert select.quant_gemv("f32", qtype="q4_k", **big) == "linear_q"
-    assert select.quant_gemv("f16", qtype="q6_k", K=1536, N=20000) == "linear_qmma"   # rows not 16-byte multiples
+    assert select.quant_gemv("f16", qtype="q4_k", K=32768, N=4096) == "linear_qmma"  # its shared memory would not fit
     x = (1, 1, 4096)
     assert select.linear_choice(x, 24576, 4096, "f16", "q4_k", True, select.DeviceCaps()).gemv == "linear_qr"
     assert select.linear_choice(x, 24576, 4096, "f16", "q4_k", True, select.DeviceCaps(), qr=False).gemv == "linear_qmma"
