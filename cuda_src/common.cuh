@@ -157,17 +157,6 @@ __device__ __forceinline__ void tg_pdl_wait() {
 __device__ __forceinline__ void tg_prefetch_l2(const void* p) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
-// Ask for bytes [p, p + n) to be brought into L2 (no register, no wait): on sm_90 one bulk
-// prefetch (the range widened to 16-byte bounds), below it one line prefetch per 128 bytes.
-__device__ __forceinline__ void tg_prefetch_l2_range(const void* p, unsigned long long n) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const unsigned long long a = reinterpret_cast<unsigned long long>(p) & ~15ULL;
-    const unsigned long long e = (reinterpret_cast<unsigned long long>(p) + n + 15) & ~15ULL;
-    if (e > a) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"((unsigned)(e - a)) : "memory");
-#else
-    for (unsigned long long o = 0; o < n; o += 128) tg_prefetch_l2(reinterpret_cast<const char*>(p) + o);
-#endif
-}
 __device__ __forceinline__ void tg_prefetch_l1(const void* p) {
     asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
 }

@@ -50,9 +50,6 @@ extern __shared__ float lq_smem[];
 #ifndef TG_LQ_PREFETCH
 #define TG_LQ_PREFETCH 0  // >0: linear_q8a prefetches into L1 the unit this many trips ahead (untimed)
 #endif
-#ifndef TG_LQ_L2AHEAD
-#define TG_LQ_L2AHEAD 0  // >0: linear_q8a brings the weight rows of its columns this many trips ahead into L2
-#endif
 #ifndef TG_LQ_MINB
 #define TG_LQ_MINB 3  // resident blocks per SM linear_q8a is compiled for
 #endif
@@ -213,18 +210,6 @@ __device__ __forceinline__ void linear_q_body(T* y, const TD& yd, const T* x, co
             for (long long off = 128 * lane; off < ldw; off += 32 * 128) tg_prefetch_l2(wrow + off);
         }
     }
-    // lanes 0 .. R-1: the weight row k = lane of the trip starting at column c0 into L2 (one bulk
-    // prefetch each), TG_LQ_L2AHEAD trips ahead, so that DRAM streams while the warp computes
-    auto prefetch_trip = [&](int c0) {
-        if (!I8 || TG_LQ_L2AHEAD <= 0 || lane >= R) return;
-        const int c = c0 + (P == 2 ? lane / 2 : lane) * wstride;
-        if (c >= ncols) return;
-        tg_prefetch_l2_range(w + (long long)((P == 2 && (lane & 1)) ? c + half : c) * ldw, (unsigned long long)ldw);
-    };
-    {
-        const int c0 = (int)cb * nwarps + (tid >> 5);
-        for (int k = 1; k < TG_LQ_L2AHEAD; ++k) prefetch_trip(c0 + k * (R / P) * wstride);
-    }
     tg_pdl_wait();
     lin_stage_row<T, 16 / sizeof(T)>(hrow, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, 0, norm, nw,
                                      nbias, eps, scratch);
@@ -249,7 +234,6 @@ __device__ __forceinline__ void linear_q_body(T* y, const TD& yd, const T* x, co
     // each one row, or for swiglu (P = 2) its gate and up rows.
     const int step = R / P * wstride;
     for (int col = (int)cb * nwarps + (tid >> 5); col < ncols; col += step) {
-        prefetch_trip(col + TG_LQ_L2AHEAD * step);
         const unsigned char* wr[R];
         int nr = 0;  // rows in use: those of the columns below ncols (a prefix)
 #pragma unroll

@@ -31,9 +31,6 @@ extern __shared__ float lqm_smem[];
 #ifndef TG_LQM_MINB
 #define TG_LQM_MINB 2  // resident blocks per SM the kernel is compiled for
 #endif
-#ifndef TG_LQM_L2AHEAD
-#define TG_LQM_L2AHEAD 0  // >0: a block brings the weight rows of its tile this many tiles ahead into L2
-#endif
 #ifndef TG_LQM_UNROLL
 #define TG_LQM_UNROLL 2  // steps per warp unrolled (their weight loads issued together)
 #endif
@@ -156,15 +153,6 @@ __device__ __forceinline__ void linear_qmma_body(__half* y, const TD& yd, const 
     if ((int)cb < ntiles && ldw <= 64 * 128)
         for (long long off = 128LL * tid; off < 16 * ldw; off += 128LL * blockDim.x)
             tg_prefetch_l2(wrow((int)cb, (int)(off / ldw)) + off % ldw);
-    // the weight rows of tile `tl` of this block into L2 (bulk prefetches of 8 or 16 rows): issued
-    // TG_LQM_L2AHEAD tiles ahead, so that DRAM streams while the warps reduce and meet per tile
-    auto prefetch_tile = [&](int tl) {
-        if (TG_LQM_L2AHEAD <= 0 || tid != 0 || tl >= ntiles) return;
-        const int c0 = tl * per, nr = min(per, ncols - c0);
-        tg_prefetch_l2_range(w + (long long)c0 * ldw, (unsigned long long)nr * ldw);
-        if (P == 2) tg_prefetch_l2_range(w + (long long)(c0 + half) * ldw, (unsigned long long)nr * ldw);
-    };
-    for (int k = 1; k < TG_LQM_L2AHEAD; ++k) prefetch_tile((int)cb + k * (int)ncb);
     tg_pdl_wait();
     lin_stage_row<__half, 8>(hrow, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, 0, norm, nw, nbias, eps,
                              scratch);
@@ -185,7 +173,6 @@ __device__ __forceinline__ void linear_qmma_body(__half* y, const TD& yd, const 
     const long long yoff = td_row_offset(yd, grp);
     const long long roff = res ? td_row_offset_bcast(rd, yd, grp) : 0;
     for (int tile = (int)cb; tile < ntiles; tile += (int)ncb) {
-        prefetch_tile(tile + TG_LQM_L2AHEAD * (int)ncb);
         const unsigned char* wa = wrow(tile, g);
         const unsigned char* wb = wrow(tile, g + 8);
         float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};

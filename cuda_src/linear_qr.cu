@@ -50,9 +50,6 @@ extern __shared__ float lqr_smem[];
 #ifndef TG_LQR_ROWS_Q8
 #define TG_LQR_ROWS_Q8 2  // the same for q8_0 (rows 89% longer: the ring must fit)
 #endif
-#ifndef TG_LQR_DB
-#define TG_LQR_DB 0  // 1: the next rows' loads issued before this iteration's products (twice the registers)
-#endif
 #ifndef TG_LQR_TMA
 #define TG_LQR_TMA 1  // sm_90: weight rows by bulk copies into shared-memory stages (else loads to registers)
 #endif
@@ -376,15 +373,6 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
                 cur[0].load_shared(st + (long long)slot(k) * ldw, sl);
                 tot[k] = cur[0].dot(a, hh);
             }
-        } else if constexpr (TG_LQR_DB) {
-            S nxt[R];
-            const int itn = it + 1 < iters ? it + 1 : it;  // the last iteration reloads its own rows
-#pragma unroll
-            for (int k = 0; k < R; ++k) nxt[k].load(wrow(itn, k), sl);
-#pragma unroll
-            for (int k = 0; k < R; ++k) tot[k] = cur[k].dot(a, hh);
-#pragma unroll
-            for (int k = 0; k < R; ++k) cur[k] = nxt[k];
         } else {
 #pragma unroll
             for (int k = 0; k < R; ++k) tot[k] = cur[k].dot(a, hh);

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         variants[name] = opts.split()
     if variants:  # compile them side by side (the disk cache then serves the libraries)
         import multiprocessing as mp
-        src = {"linear_qmma": "linear_qmma.cu", "linear_qr": "linear_qr.cu"}.get(args.variant_kernel, "linear_q.cu")
+        src = kernels.KERNELS[f"{args.variant_kernel}_q4_k"].file  # the family's source, from the registry
         jobs = [(src, lib.arch, o) for o in variants.values()]
         with mp.get_context("spawn").Pool(len(jobs)) as pool:
             pool.map(_compile_one, jobs)

@@ -70,7 +70,7 @@ class CudaBackend(Backend):
     def __init__(self, ordinal: int = 0) -> None:
         self.device = driver.get_device(ordinal)
         self.device.make_current()
-        # TINYGRAPH_CUDA_OPTIONS: extra NVRTC options for every kernel (e.g. "-DTG_LQM_L2AHEAD=2",
+        # TINYGRAPH_CUDA_OPTIONS: extra NVRTC options for every kernel (e.g. "-DTG_LQR_TMA=0",
         # a tuning knob of a .cu file), so a whole model can be timed with a kernel variant
         self.lib = KernelLibrary(self.device, options=os.environ.get("TINYGRAPH_CUDA_OPTIONS", "").split())
         self.stream = driver.Stream()

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
+from ...dtypes import as_dtype
 from ...util import contiguous_strides
 from .limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES, GQA_BLOCKS_PER_SM, GQA_MAX_SPLITS, GQA_MIN_CHUNK, GQA_ROWS
 
@@ -82,11 +83,10 @@ def linear_path(rows: int, quantized: bool, q_shared_bytes: int, fused_gemv: boo
 
 #: the decode GEMV families of a block-quantized weight (cuda_src/linear_q.cu, linear_qmma.cu, linear_qr.cu)
 QUANT_GEMVS = ("linear_q", "linear_q8a", "linear_qmma", "linear_qr")
-#: weight types linear_qr has (a lane's 128-weight slice in registers; rows up to QR_MAX_K weights),
-#: their bytes per 256 weights, and its TG_LQR_ROWS / TG_LQR_STAGES (rows per team trip, stages of
-#: the shared-memory ring the rows are bulk-copied into)
+#: weight types linear_qr has (a lane's 128-weight slice in registers; rows up to QR_MAX_K weights)
+#: and its TG_LQR_ROWS / TG_LQR_ROWS_Q8 / TG_LQR_STAGES (rows per team trip, stages of the
+#: shared-memory ring the rows are bulk-copied into)
 QR_TYPES, QR_MAX_K = frozenset({"q4_k", "q8_0"}), 32768
-QR_BLOCK_BYTES = {"q4_k": 144, "q8_0": 272}
 QR_ROWS, QR_STAGES = {"q4_k": 4, "q8_0": 2}, 2
 #: the types linear_qr is the default for (large layers): q8_0's slices pass their tests but were
 #: not timed (sixth session: the device time ran out)
@@ -96,7 +96,7 @@ QR_DEFAULT_TYPES = frozenset({"q4_k"})
 def qr_ok(qtype: str | None, K: int, caps: "DeviceCaps | None" = None) -> bool:
     """Whether linear_qr can compute a ``qtype`` weight with rows of ``K`` weights (and its shared
     memory fits the device's)."""
-    if qtype not in QR_TYPES or K % 256 or not 0 < K <= QR_MAX_K or K // 256 * QR_BLOCK_BYTES[qtype] % 16:
+    if qtype not in QR_TYPES or K % 256 or not 0 < K <= QR_MAX_K or as_dtype(qtype).nbytes(K) % 16:
         return False  # (rows are bulk-copied: 16-byte aligned)
     return linear_q_shared_bytes(K, "linear_qr", qtype) + 1024 <= (caps or DeviceCaps()).smem_optin
 
@@ -151,9 +151,8 @@ def quant_gemv(dtype: str, int8_activations: bool = False, choice: str | None = 
         fam = choice
     elif int8_activations:
         fam = "linear_q8a"
-    elif (qr and qtype in QR_DEFAULT_TYPES and dtype in ("f16", "bf16") and (caps or DeviceCaps()).arch >= 90
-          and N * K >= QR_MIN_WEIGHTS and qr_ok(qtype, K, caps)):
-        fam = "linear_qr"
+    elif qr and qtype in QR_DEFAULT_TYPES and (caps or DeviceCaps()).arch >= 90 and N * K >= QR_MIN_WEIGHTS:
+        fam = "linear_qr"  # (dtype and qr_ok: checked below, as for a named family)
     else:
         mma = qtype in QMMA_TYPES or (qtype in QMMA_ALIGN2_TYPES and K < QMMA_ALIGN2_MAX_K)
         fam = "linear_qmma" if mma else "linear_q"
@@ -173,7 +172,7 @@ def linear_q_shared_bytes(K: int, kernel: str = "linear_q", qtype: str | None = 
     (16-byte aligned) and the sums of 8 of that."""
     if kernel == "linear_qr":  # the row as float32, two int8 planes, scales per 32, sums per 8; the ring
         qt = qtype if qtype in QR_TYPES else "q4_k"
-        ldw = K // 256 * QR_BLOCK_BYTES[qt]
+        ldw = as_dtype(qt).nbytes(K)
         return (K * 53 // 8 + 127) // 128 * 128 + qr_block(K) // qr_team(K) * QR_STAGES * QR_ROWS[qt] * ldw
     if kernel == "linear_qmma":
         return -(-K // 4) * 4 * 4 + (K * 2 + 15) // 16 * 16 + K // 8 * 4
