@@ -50,6 +50,9 @@ extern __shared__ float lqr_smem[];
 #ifndef TG_LQR_ROWS_Q8
 #define TG_LQR_ROWS_Q8 2  // the same for q8_0 (rows 89% longer: the ring must fit)
 #endif
+#ifndef TG_LQR_ROWS_Q6
+#define TG_LQR_ROWS_Q6 2  // the same for q6_k (rows 46% longer)
+#endif
 #ifndef TG_LQR_TMA
 #define TG_LQR_TMA 1  // sm_90: weight rows by bulk copies into shared-memory stages (else loads to registers)
 #endif
@@ -119,6 +122,7 @@ __device__ __forceinline__ void lqr_quantize_row(const float* hrow, int K, signe
 struct LqrAct {
     int h[4][8], l[4][8];
     float sa[4], sx[4];
+    int s16[4][2];  // LQR_LO * sum(hi) + sum(lo) per 16 (q6_k's code offset -32, kept in integers)
 };
 
 // Q4_K slice: half hh of super-block blk (sub-blocks 4hh .. 4hh+3): header (d, dmin, 12 bytes of
@@ -207,9 +211,72 @@ struct LqrQ8 {
     }
 };
 
+// n consecutive 32-bit words from p, only 2-byte aligned (q6_k's 210-byte blocks): aligned words and
+// a funnel shift each. The word past the run is read only when p is misaligned (then it holds the
+// run's last 2 bytes), so no read leaves the run's 4-byte span: the last block of a shared-memory
+// stage ends the ring. Plain loads: the row is in shared memory (the ring) or in global memory.
+template <int n>
+__device__ __forceinline__ void lqr_words(const unsigned char* p, unsigned* o) {
+    const unsigned* a = reinterpret_cast<const unsigned*>(reinterpret_cast<unsigned long long>(p) & ~3ULL);
+    const unsigned sh = 8u * (unsigned)(reinterpret_cast<unsigned long long>(p) & 3ULL);
+    unsigned v[n + 1];
+#pragma unroll
+    for (int i = 0; i < n; ++i) v[i] = a[i];
+    v[n] = sh ? a[n] : 0u;
+#pragma unroll
+    for (int i = 0; i < n; ++i) o[i] = __funnelshift_r(v[i], v[i + 1], sh);
+}
+
+// Q6_K slice: half hh of block blk, elements 128hh + 32r + l (r < 4, l < 32): code (0..63) from
+// ql[64hh + l] (r 0, 2: low, high nibble) or ql[64hh + 32 + l] (r 1, 3) and bits 2r, 2r+1 of
+// qh[32hh + l]; w = d * scales[8hh + l/16 + 2r] * (code - 32). The block's f16 d (its last 2
+// bytes) is read as 16 bits.
+struct LqrQ6K {
+    unsigned ql[16], qh[8], sc[2];
+    unsigned short db;
+    __device__ __forceinline__ void load_any(const unsigned char* row, int sl) {
+        const unsigned char* b = row + (sl >> 1) * 210;
+        const int hh = sl & 1;
+        lqr_words<16>(b + 64 * hh, ql);
+        lqr_words<8>(b + 128 + 32 * hh, qh);
+        lqr_words<2>(b + 192 + 8 * hh, sc);
+        db = *reinterpret_cast<const unsigned short*>(b + 208);
+    }
+    __device__ __forceinline__ void load(const unsigned char* row, int sl) { load_any(row, sl); }
+    __device__ __forceinline__ void load_shared(const unsigned char* row, int sl) { load_any(row, sl); }
+    __device__ __forceinline__ float dot(const LqrAct& a, int) const {
+        const float d = __half2float(__ushort_as_half(db));
+        int ih[4][2] = {{0, 0}, {0, 0}, {0, 0}, {0, 0}}, il[4][2] = {{0, 0}, {0, 0}, {0, 0}, {0, 0}};
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const unsigned L0 = ql[i], L1 = ql[8 + i], H = qh[i];
+            const unsigned c[4] = {(L0 & 0x0F0F0F0Fu) | ((H << 4) & 0x30303030u),
+                                   (L1 & 0x0F0F0F0Fu) | ((H << 2) & 0x30303030u),
+                                   ((L0 >> 4) & 0x0F0F0F0Fu) | (H & 0x30303030u),
+                                   ((L1 >> 4) & 0x0F0F0F0Fu) | ((H >> 2) & 0x30303030u)};
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                ih[r][i >> 2] = lqr_dp4a_us(c[r], a.h[r][i], ih[r][i >> 2]);
+                il[r][i >> 2] = lqr_dp4a_us(c[r], a.l[r][i], il[r][i >> 2]);
+            }
+        }
+        float acc = 0.0f;
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+#pragma unroll
+            for (int g = 0; g < 2; ++g) {
+                const int k = g + 2 * r;  // the run's scale: byte k of the lane's 8
+                const float scv = (float)(signed char)((sc[k >> 2] >> (8 * (k & 3))) & 0xFFu);
+                acc = fmaf(d * scv * a.sa[r], (float)(LQR_LO * ih[r][g] + il[r][g] - 32 * a.s16[r][g]), acc);
+            }
+        return acc;
+    }
+};
+
 template <class Q> struct LqrSlice;
 template <> struct LqrSlice<QQ4_K> { using S = LqrQ4K; static constexpr int R = TG_LQR_ROWS; };
 template <> struct LqrSlice<QQ8_0> { using S = LqrQ8; static constexpr int R = TG_LQR_ROWS_Q8; };
+template <> struct LqrSlice<QQ6_K> { using S = LqrQ6K; static constexpr int R = TG_LQR_ROWS_Q6; };
 
 // --- the weight rows' path on sm_90 (TG_LQR_TMA): bulk copies into a ring of shared-memory stages ---
 // A team's lane 0 copies the rows of trip it + STAGES (R rows, contiguous runs of ldw bytes)
@@ -356,6 +423,8 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
             const int is = isum8[4 * s] + isum8[4 * s + 1] + isum8[4 * s + 2] + isum8[4 * s + 3];
             a.sa[b] = sa;
             a.sx[b] = sa * (float)is;
+            a.s16[b][0] = on ? isum8[4 * s] + isum8[4 * s + 1] : 0;
+            a.s16[b][1] = on ? isum8[4 * s + 2] + isum8[4 * s + 3] : 0;
         }
     }
 
@@ -432,3 +501,4 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
 #define TG_LINEAR_QR(Q, qn) TG_LINEAR_QR_T(Q, qn, __half, f16) TG_LINEAR_QR_T(Q, qn, __nv_bfloat16, bf16)
 TG_LINEAR_QR(QQ4_K, q4_k)
 TG_LINEAR_QR(QQ8_0, q8_0)
+TG_LINEAR_QR(QQ6_K, q6_k)

@@ -221,19 +221,25 @@ def test_tensor_core_gemv_against_float64(cuda, qt, monkeypatch) -> None:
     assert f"linear_qmma_{qt}_f16" in _nan_in_x_gives_nan(cuda, qt, 2 * blk, rng)
 
 
-@pytest.mark.parametrize("qt", ["q4_k", "q8_0"])
+@pytest.mark.parametrize("qt", ["q4_k", "q8_0", "q6_k"])
 @pytest.mark.parametrize("dt", [tg.float16, tg.bfloat16], ids=lambda d: d.short)
 def test_register_slice_gemv_against_float64(cuda, qt, dt, monkeypatch) -> None:
     # TINYGRAPH_QUANT_GEMV=linear_qr (cuda_src/linear_qr.cu): a lane keeps its 128-weight slice of
     # the row in registers as two int8 planes (16-bit fixed point per 32). Teams of 8 lanes (idle
     # lanes), 16, 32, 64 (two warps: 44 slices) and 96 (three warps, blocks of 192), several x rows,
-    # swiglu's gate and up rows, columns past the end, many trips per team; q8_0's 34-byte blocks.
+    # swiglu's gate and up rows, columns past the end, many trips per team; q8_0's 34-byte blocks;
+    # q6_k's 210-byte blocks at both 2-byte offsets of a word, the last ones at a stage's end.
     monkeypatch.setenv("TINYGRAPH_QUANT_GEMV", "linear_qr")
     rng = np.random.default_rng(zlib.crc32(f"qr{qt}{dt.short}".encode()))
     tol = 3e-3 if dt == tg.float16 else 8e-3  # the output's rounding
-    cases = [(1, 37, 512, "rms", None, False, False), (1, 66, 2048, None, "swiglu", True, True),
-             (3, 19, 4096, "layer", "silu", True, False), (1, 300, 5632, "rms", "gelu", False, True),
-             (2, 130, 12288, "rms", "swiglu", True, True), (1, 20000, 1024, "rms", None, True, True)]
+    if qt != "q6_k":
+        cases = [(1, 37, 512, "rms", None, False, False), (1, 66, 2048, None, "swiglu", True, True),
+                 (3, 19, 4096, "layer", "silu", True, False), (1, 300, 5632, "rms", "gelu", False, True),
+                 (2, 130, 12288, "rms", "swiglu", True, True), (1, 20000, 1024, "rms", None, True, True)]
+    else:  # rows of 16n bytes (bulk copies): K a multiple of 2048
+        cases = [(1, 37, 2048, "rms", None, False, False), (1, 66, 4096, None, "swiglu", True, True),
+                 (3, 19, 6144, "layer", "silu", True, False), (2, 130, 12288, "rms", "swiglu", True, True),
+                 (1, 5000, 2048, "rms", "gelu", True, True), (1, 3000, 4096, "rms", None, False, True)]
     for rows, N, K, norm, act, bias, res in cases:
         y, ref = _case(cuda, qt, dt, rows, N, K, norm, act, bias, res, rng)
         assert np.all(np.isfinite(np.asarray(y, np.float32))), (rows, N, K)

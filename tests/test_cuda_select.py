@@ -144,7 +144,8 @@ def test_quant_gemv_named_family_and_its_fallbacks() -> None:
     assert select.quant_gemv("bf16", choice="linear_qr", qtype="q4_k", K=12288) == "linear_qr"
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_0", K=4096) == "linear_q"
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q8_0", K=4096) == "linear_qr"
-    assert select.quant_gemv("f16", choice="linear_qr", qtype="q6_k", K=4096) == "linear_qmma"  # no q6_k slices
+    assert select.quant_gemv("f16", choice="linear_qr", qtype="q6_k", K=4096) == "linear_qr"
+    assert select.quant_gemv("f16", choice="linear_qr", qtype="q6_k", K=1536) == "linear_qmma"  # rows of 1,260 bytes
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q8_0", K=4160) == "linear_q"  # not 256n
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_k", K=2 * select.QR_MAX_K) == "linear_qmma"
     assert select.quant_gemv("f16", choice="linear_qr", qtype="q4_k", K=32768) == "linear_qmma"  # smem
@@ -154,7 +155,7 @@ def test_quant_gemv_named_family_and_its_fallbacks() -> None:
 def test_linear_qr_is_the_default_for_large_layers_on_sm90() -> None:
     big, small = dict(K=4096, N=24576), dict(K=4096, N=4096)  # Qwen3-8B gate/up and o
     assert select.quant_gemv("f16", qtype="q4_k", **big) == select.quant_gemv("bf16", qtype="q4_k", **big) == "linear_qr"
-    assert select.quant_gemv("f16", qtype="q6_k", **big) == "linear_qmma"
+    assert select.quant_gemv("f16", qtype="q6_k", **big) == "linear_qr"
     assert select.quant_gemv("f16", qtype="q4_k", **small) == "linear_qmma"
     assert select.quant_gemv("bf16", qtype="q4_k", **small) == "linear_q"
     assert select.quant_gemv("f16", qtype="q8_0", **big) == "linear_q"        # q8_0 slices: not the default (untimed)

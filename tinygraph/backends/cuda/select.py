@@ -84,13 +84,13 @@ def linear_path(rows: int, quantized: bool, q_shared_bytes: int, fused_gemv: boo
 #: the decode GEMV families of a block-quantized weight (cuda_src/linear_q.cu, linear_qmma.cu, linear_qr.cu)
 QUANT_GEMVS = ("linear_q", "linear_q8a", "linear_qmma", "linear_qr")
 #: weight types linear_qr has (a lane's 128-weight slice in registers; rows up to QR_MAX_K weights)
-#: and its TG_LQR_ROWS / TG_LQR_ROWS_Q8 / TG_LQR_STAGES (rows per team trip, stages of the
-#: shared-memory ring the rows are bulk-copied into)
-QR_TYPES, QR_MAX_K = frozenset({"q4_k", "q8_0"}), 32768
-QR_ROWS, QR_STAGES = {"q4_k": 4, "q8_0": 2}, 2
+#: and its TG_LQR_ROWS / TG_LQR_ROWS_Q8 / TG_LQR_ROWS_Q6 / TG_LQR_STAGES (rows per team trip,
+#: stages of the shared-memory ring the rows are bulk-copied into)
+QR_TYPES, QR_MAX_K = frozenset({"q4_k", "q8_0", "q6_k"}), 32768
+QR_ROWS, QR_STAGES = {"q4_k": 4, "q8_0": 2, "q6_k": 2}, 2
 #: the types linear_qr is the default for (large layers): q8_0's slices pass their tests but were
 #: not timed (sixth session: the device time ran out)
-QR_DEFAULT_TYPES = frozenset({"q4_k"})
+QR_DEFAULT_TYPES = frozenset({"q4_k", "q6_k"})
 
 
 def qr_ok(qtype: str | None, K: int, caps: "DeviceCaps | None" = None) -> bool:
