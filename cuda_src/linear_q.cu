@@ -325,31 +325,68 @@ __device__ __forceinline__ void lq_store_run(T* o, const float* v) {
     }
 }
 
+// dequant: tiles of 256 32-weight units (whole blocks: NSUB divides 256). A thread decodes one
+// unit into the tile in shared memory, then the block writes the tile's 8192 values out as 16-byte
+// chunks, consecutive threads consecutive chunks (a unit's runs are not contiguous, e.g. q4_k's two
+// runs of 16 are 32 apart: stored directly, a warp's stores were half-sector pieces). Indices are
+// 32-bit while the unit count allows (64-bit divisions cost ~100 instructions each).
+#define DQ_TILE 256
+template <typename T, class Q, typename I>
+__device__ __forceinline__ void dequant_tiles(T* out, const TD& od, const unsigned char* w, long long ldw,
+                                              const int* ids, T* tile) {
+    constexpr int PER = 16 / sizeof(T);  // values per 16-byte chunk
+    const I K = (I)od.ne[3], nunits = K / 32, rows = (I)td_rows(od), total = rows * nunits;
+    // a contiguous output: value f of the flattened [rows, K] is at out + f
+    const bool flat = od.st[3] == 1 && od.st[2] == (long long)K && od.st[1] == od.ne[2] * od.st[2] &&
+                      od.st[0] == od.ne[1] * od.st[1];
+    for (I u0 = (I)blockIdx.x * DQ_TILE; u0 < total; u0 += (I)gridDim.x * DQ_TILE) {
+        const I u = u0 + (I)threadIdx.x;
+        if (u < total) {
+            const I row = u / nunits, ur = u - row * nunits, blk = ur / Q::NSUB;
+            const int s = (int)(ur - blk * Q::NSUB);
+            const long long src = ids ? (long long)ids[row] : (long long)row;
+            float q[32], d[Q::RUNS], m[Q::RUNS];
+            Q::decode(w + src * ldw + (long long)blk * Q::BB, s, q, d, m);
+            T* o = tile + (threadIdx.x / Q::NSUB) * Q::QK;
+#pragma unroll
+            for (int r = 0; r < Q::RUNS; ++r) {
+                float v[Q::RL];
+                const float dr = d[r] * (float)(1 << Q::E);
+#pragma unroll
+                for (int e = 0; e < Q::RL; ++e) v[e] = fmaf(dr, q[r * Q::RL + e] - 1.0f, m[r]);
+                lq_store_run<T, Q::RL>(o + Q::start(s, r), v);
+            }
+        }
+        __syncthreads();
+        const I nval = (total - u0 < (I)DQ_TILE ? total - u0 : (I)DQ_TILE) * 32;
+        for (I c = (I)threadIdx.x * PER; c < nval; c += DQ_TILE * PER) {
+            const I f = u0 * 32 + c;  // flat index of the chunk's first value (chunks never cross rows)
+            long long off = (long long)f;
+            if (!flat) {
+                const I row = f / K;
+                off = td_row_offset(od, (long long)row) + (long long)(f - row * K);
+            }
+            T* dst = out + off;
+            if ((reinterpret_cast<unsigned long long>(dst) & 15) == 0) {
+                *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(tile + c);
+            } else {  // a view whose rows are not 16-byte aligned
+#pragma unroll
+                for (int e = 0; e < PER; ++e) dst[e] = tile[c + e];
+            }
+        }
+        __syncthreads();
+    }
+}
+
 template <typename T, class Q>
 __device__ __forceinline__ void dequant_body(T* out, const TD& od, const unsigned char* w, long long ldw,
                                              const int* ids) {
+    __shared__ __align__(16) T tile[DQ_TILE * 32];
     tg_pdl_enter();
-    const long long rows = td_rows(od);
-    const int K = (int)od.ne[3];
-    const int nunits = K / Q::QK * Q::NSUB;
-    const long long total = rows * nunits;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (long long)gridDim.x * blockDim.x) {
-        const long long row = i / nunits;
-        const int u = (int)(i - row * nunits), blk = u / Q::NSUB, s = u - blk * Q::NSUB;
-        const long long src = ids ? (long long)ids[row] : row;
-        float q[32], d[Q::RUNS], m[Q::RUNS];
-        Q::decode(w + src * ldw + (long long)blk * Q::BB, s, q, d, m);
-        T* o = out + td_row_offset(od, row) + (long long)blk * Q::QK;
-#pragma unroll
-        for (int r = 0; r < Q::RUNS; ++r) {
-            float v[Q::RL];
-            const float dr = d[r] * (float)(1 << Q::E);
-#pragma unroll
-            for (int e = 0; e < Q::RL; ++e) v[e] = fmaf(dr, q[r * Q::RL + e] - 1.0f, m[r]);
-            lq_store_run<T, Q::RL>(o + Q::start(s, r), v);
-        }
-    }
+    if (td_numel(od) < (1LL << 31))
+        dequant_tiles<T, Q, unsigned>(out, od, w, ldw, ids, tile);
+    else
+        dequant_tiles<T, Q, long long>(out, od, w, ldw, ids, tile);
 }
 
 #define TG_LINEAR_Q_T(Q, qn, T, sfx)                                                               \

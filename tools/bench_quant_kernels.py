@@ -41,6 +41,9 @@ def main(argv=None) -> int:
                     "'NAME:-DTG_LQ_ROWS=4 -DTG_LQ_UNROLL=1;NAME2:...'")
     ap.add_argument("--variant-kernel", default="linear_q8a", choices=QUANT_GEMVS,
                     help="the GEMV family the --variants rebuild")
+    ap.add_argument("--pdl", action="store_true",
+                    help="launch as the models do (programmatic dependent launch: a kernel loads its weights "
+                         "before its predecessor ends); without it each call waits for the last")
     ap.add_argument("--layers", default="", help="only these layers (comma list, e.g. gate_up,down)")
     args = ap.parse_args(argv)
     dev = driver.get_device(0)
@@ -90,11 +93,11 @@ def main(argv=None) -> int:
                     kw = dict(bias=None, res=res.arg() if res else None, norm=norm,
                               norm_w=nw.buf.ptr if norm else None, eps=1e-5, act=act, stream=s)
                     if qt == "f16":
-                        klib.linear("f16", y.arg(), x.arg(), w.ptr, K, N, K, **kw)
+                        klib.linear("f16", y.arg(), x.arg(), w.ptr, K, N, K, weight_ready=args.pdl, **kw)
                     else:
                         quant_launch.linear_q(klib, qt, "f16", y.arg(), x.arg(), w.ptr,
                                               dtypes.as_dtype(qt).nbytes(K), N, K,
-                                              kernel=kern.split("/")[0], **kw)
+                                              kernel=kern.split("/")[0], weight_ready=args.pdl, **kw)
                 us = driver.graph_time_us(run, s, 20, 15)
                 print(f"{model:10s} {layer:8s} {K:6d} {N:6d} {qt:6s} {kern:10s} {us:8.1f} {nbytes / us / 1e3:7.0f}",
                       flush=True)

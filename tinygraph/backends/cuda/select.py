@@ -88,9 +88,11 @@ QUANT_GEMVS = ("linear_q", "linear_q8a", "linear_qmma", "linear_qr")
 #: stages of the shared-memory ring the rows are bulk-copied into)
 QR_TYPES, QR_MAX_K = frozenset({"q4_k", "q8_0", "q6_k"}), 32768
 QR_ROWS, QR_STAGES = {"q4_k": 4, "q8_0": 2, "q6_k": 2}, 2
-#: the types linear_qr is the default for (large layers): q8_0's slices pass their tests but were
-#: not timed (sixth session: the device time ran out)
-QR_DEFAULT_TYPES = frozenset({"q4_k", "q6_k"})
+#: the types linear_qr is the default for (large layers). H200, one GEMV, µs (seventh session):
+#: Qwen3-8B q8_0 qkv 19.2 (linear_q) -> 14.2, o 14.8 -> 11.7, gate/up 52.3 -> 34.9, down 29.7 ->
+#: 25.5, lm_head 260 -> 176; q6_k (linear_qmma ->) qkv 22.1 -> 15.8, gate/up 57.0 -> 33.6, down
+#: 28.8 -> 27.3, lm_head 294 -> 173 (o 12.7 -> 13.4)
+QR_DEFAULT_TYPES = frozenset({"q4_k", "q6_k", "q8_0"})
 
 
 def qr_ok(qtype: str | None, K: int, caps: "DeviceCaps | None" = None) -> bool:
@@ -124,9 +126,11 @@ QMMA_ALIGN2_TYPES, QMMA_ALIGN2_MAX_K = frozenset({"q8_0", "q4_0", "q5_0", "q3_k"
 
 #: linear_qr is the default (f16 / bf16, sm_90) for weights of at least this many elements (H200,
 #: one GEMV, µs, linear_qmma -> linear_qr: Qwen3-8B q4_k gate/up 37.0 -> 24.4, down 21.7 -> 18.7,
-#: qkv 14.9 -> 13.4, TinyLlama gate/up 13.5 -> 12.0; but o 4096 x 4096 8.9 -> 10.4 and the smaller
-#: TinyLlama layers 5.4-8.7 -> 7.6-10.0: its prologue is longer, so only large layers gain)
-QR_MIN_WEIGHTS = 20_000_000
+#: qkv 14.9 -> 13.4, TinyLlama gate/up 13.5 -> 12.0; o 4096 x 4096 8.9 -> 10.4 alone, but in the
+#: model (whose launches overlap, unlike the kernel bench's) Qwen3-8B Q4_K_M decodes at 306 tok/s
+#: with a 20M threshold and 319 with linear_qr on every layer, o included; the smaller TinyLlama
+#: layers 5.4-8.7 -> 7.6-10.0 alone: its prologue is longer, so small layers lose)
+QR_MIN_WEIGHTS = 16_000_000
 
 
 def quant_gemv(dtype: str, int8_activations: bool = False, choice: str | None = None,
