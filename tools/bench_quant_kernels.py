@@ -31,6 +31,29 @@ from bench_linear import SHAPES, Buf, _compile_one  # noqa: E402
 Arg = kernels.Arg
 
 
+def _print_probe(f) -> None:
+    """The last call's stamps (cuda_src/linear_qr.cu, TG_LQR_PROBE): per point, the median and the
+    latest block, µs after the earliest block started."""
+    from cuda.bindings import driver as cu
+
+    err, dptr, size = cu.cuModuleGetGlobal(f.module.handle, b"lqr_probe")
+    if err != cu.CUresult.CUDA_SUCCESS:
+        print(f"    probe: no lqr_probe symbol ({err})")
+        return
+    t = np.zeros(int(size) // 8, np.uint64)
+    driver.memcpy_dtoh(t, int(dptr))
+    t = t.reshape(-1, 8)[:, :5].astype(np.int64)
+    t = t[t[:, 0] > 0]
+    if not len(t):
+        return
+    t = t[t[:, 0] >= t[:, 0].max() - 1_000_000]  # the last call's blocks (stamps of earlier calls are older)
+    d = (t - t[:, 0].min()) / 1e3
+    names = ("start", "waited", "row ready", "rows in", "end")
+    print("    probe (µs, median / last block): " + ", ".join(
+        f"{n} {np.median(d[:, i]):.2f}/{d[:, i].max():.2f}" for i, n in enumerate(names)) + f"  [{len(t)} blocks]")
+    t.fill(0)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--types", default="q8_0,q4_0,q4_k,q5_k,q6_k")
@@ -44,11 +67,18 @@ def main(argv=None) -> int:
     ap.add_argument("--pdl", action="store_true",
                     help="launch as the models do (programmatic dependent launch: a kernel loads its weights "
                          "before its predecessor ends); without it each call waits for the last")
+    ap.add_argument("--probe", action="store_true",
+                    help="also run linear_qr built with -DTG_LQR_PROBE=1 (as any --variants with that option) "
+                         "and print where a call's time goes "
+                         "(thread 0 of each block stamps %%globaltimer: start, after the wait, row in registers, "
+                         "first weight rows in shared memory, end; µs from the first block's start)")
     ap.add_argument("--layers", default="", help="only these layers (comma list, e.g. gate_up,down)")
     args = ap.parse_args(argv)
     dev = driver.get_device(0)
     lib = kernels.KernelLibrary(dev)
-    variants = {}
+    variants = {"probe": ["-DTG_LQR_PROBE=1"]} if args.probe else {}
+    if args.probe:
+        args.variant_kernel = "linear_qr"
     for item in filter(None, args.variants.split(";")):
         name, opts = item.split(":", 1)
         variants[name] = opts.split()
@@ -101,6 +131,8 @@ def main(argv=None) -> int:
                 us = driver.graph_time_us(run, s, 20, 15)
                 print(f"{model:10s} {layer:8s} {K:6d} {N:6d} {qt:6s} {kern:10s} {us:8.1f} {nbytes / us / 1e3:7.0f}",
                       flush=True)
+                if "-DTG_LQR_PROBE=1" in variants.get(kern.partition("/")[2], []):  # a probe build
+                    _print_probe(klib.get(f"linear_qr_{qt}", "f16"))
             if qt != "f16" and args.dequant:  # the prefill path: the whole weight dequantized to f16 scratch
                 out = driver.DeviceBuffer(N * K * 2, what="bench dequant")
 
