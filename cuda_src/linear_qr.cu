@@ -63,8 +63,8 @@ extern __shared__ float lqr_smem[];
 #define TG_LQR_MINB 1  // resident blocks per SM the kernel is compiled for
 #endif
 
-#ifndef TG_LQR_LOCAL
-#define TG_LQR_LOCAL 1  // 1: each lane normalises and rounds its own slice of the row (lqr_row_local)
+#ifndef TG_LQR_EARLY
+#define TG_LQR_EARLY TG_LQR_STAGES  // trips per team whose rows are copied before the wait (the rest: once x is read)
 #endif
 #ifndef TG_LQR_PROBE
 #define TG_LQR_PROBE 0  // 1: thread 0 of each block stamps %globaltimer at 5 points (tools/bench_quant_kernels.py --probe)
@@ -294,144 +294,6 @@ struct LqrQ6K {
     }
 };
 
-// --- the row, lane-local (TG_LQR_LOCAL): the block copies x's raw row into shared memory (one
-// L2 read per block, chunk c of slice sl at a rotated slot so a team's 16-byte reads do not
-// collide in banks); each lane reads its slice, the norm's sums meet across the team by shuffles
-// (a team of several warps: through shared memory), and the lane normalises and rounds its own
-// 4 x 32 values into registers. One block barrier instead of the staging's five.
-__device__ __forceinline__ int lqr_slot(int c) {  // chunk c (8 values) -> its 16-byte slot
-    return (c & ~15) | ((c + (c >> 4)) & 15);
-}
-__device__ __forceinline__ float lqr_team_sum(float v, int TS, float* red) {
-    const int w = TS < 32 ? TS : 32;
-    for (int o = w / 2; o >= 1; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (TS > 32) {  // (uniform: every team of the block spans warps)
-        __syncthreads();
-        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-        __syncthreads();
-        const int w0 = (int)(threadIdx.x / TS) * (TS / 32);
-        float t = 0.0f;
-        for (int i = 0; i < TS / 32; ++i) t += red[w0 + i];
-        v = t;
-    }
-    return v;
-}
-template <typename T>
-__device__ __forceinline__ float2 lqr_pair(unsigned u) { return lin_h2f(u, T()); }
-template <typename T>
-__device__ __forceinline__ unsigned lqr_raw2(T a, T b) {
-    return (unsigned)reinterpret_cast<const unsigned short&>(a) | ((unsigned)reinterpret_cast<const unsigned short&>(b) << 16);
-}
-// 8 values of a norm weight / bias at p (16-byte aligned when al)
-template <typename T>
-__device__ __forceinline__ void lqr_load8(const T* p, bool al, float* f) {
-    if (al) {
-        lin_unpack<T>(__ldg(reinterpret_cast<const uint4*>(p)), f);
-    } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) f[e] = to_f32(__ldg(p + e));
-    }
-}
-template <typename T>
-__device__ __forceinline__ void lqr_row_local(LqrAct& a, const T* xr, long long xs, int K, int norm, const T* nw,
-                                              const T* nb, float eps, int sl, bool on, int TS, unsigned* raw,
-                                              float* red) {
-    // the raw row -> shared memory, 16-byte chunks at lqr_slot(c)
-    const int nch = K / 8;
-    if (xs == 1 && lin_al16(xr)) {
-        for (int c = threadIdx.x; c < nch; c += blockDim.x)
-            reinterpret_cast<uint4*>(raw)[lqr_slot(c)] = __ldg(reinterpret_cast<const uint4*>(xr) + c);
-    } else {
-        for (int c = threadIdx.x; c < nch; c += blockDim.x) {
-            const T* p = xr + (long long)8 * c * xs;
-            reinterpret_cast<uint4*>(raw)[lqr_slot(c)] =
-                make_uint4(lqr_raw2(p[0], p[xs]), lqr_raw2(p[2 * xs], p[3 * xs]), lqr_raw2(p[4 * xs], p[5 * xs]),
-                           lqr_raw2(p[6 * xs], p[7 * xs]));
-        }
-    }
-    __syncthreads();
-    unsigned xp[64];  // the lane's 128 values, as pairs
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-        const uint4 v = on ? reinterpret_cast<const uint4*>(raw)[lqr_slot(16 * sl + j)] : make_uint4(0u, 0u, 0u, 0u);
-        xp[4 * j] = v.x; xp[4 * j + 1] = v.y; xp[4 * j + 2] = v.z; xp[4 * j + 3] = v.w;
-    }
-    float mean = 0.0f, inv = 1.0f;
-    if (norm) {
-        float s = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 64; ++i) {
-            const float2 f = lqr_pair<T>(xp[i]);
-            s += norm == 1 ? f.x * f.x + f.y * f.y : f.x + f.y;
-        }
-        s = lqr_team_sum(s, TS, red);
-        if (norm == 1) {
-            inv = 1.0f / sqrtf(s / (float)K + eps);
-        } else {
-            mean = s / (float)K;
-            float q = 0.0f;
-#pragma unroll
-            for (int i = 0; i < 64; ++i) {
-                const float2 f = lqr_pair<T>(xp[i]);
-                q += (f.x - mean) * (f.x - mean) + (f.y - mean) * (f.y - mean);
-            }
-            inv = 1.0f / sqrtf(lqr_team_sum(q, TS, red) / (float)K + eps);
-        }
-    }
-    const int e0 = 128 * sl;
-    const bool wal = (!nw || lin_al16(nw)) && (!nb || lin_al16(nb));
-#pragma unroll
-    for (int b = 0; b < 4; ++b) {
-        float v[32];
-        float amax = 0.0f, sum = 0.0f;
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {  // 8 values at a time
-            float g[8], bb[8];
-            if (norm && nw && on) lqr_load8<T>(nw + e0 + 32 * b + 8 * c, wal, g);
-            if (norm == 2 && nb && on) lqr_load8<T>(nb + e0 + 32 * b + 8 * c, wal, bb);
-#pragma unroll
-            for (int e = 0; e < 8; e += 2) {
-                const float2 f = lqr_pair<T>(xp[16 * b + 4 * c + e / 2]);
-                float t0 = f.x, t1 = f.y;
-                if (norm) {
-                    t0 = (t0 - mean) * inv;
-                    t1 = (t1 - mean) * inv;
-                    if (nw && on) { t0 *= g[e]; t1 *= g[e + 1]; }
-                    if (norm == 2 && nb && on) { t0 += bb[e]; t1 += bb[e + 1]; }
-                }
-                v[8 * c + e] = t0;
-                v[8 * c + e + 1] = t1;
-                amax = fmaxf(amax, fmaxf(fabsf(t0), fabsf(t1)));
-                sum += t0 + t1;
-            }
-        }
-        const bool bad = !isfinite(sum);
-        const float sc = (amax > 0.0f && !bad) ? 127.0f / amax : 0.0f;
-        int sh[2] = {0, 0}, slo[2] = {0, 0};
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            unsigned ph = 0u, pl = 0u;
-#pragma unroll
-            for (int k = 0; k < 4; ++k) {
-                const float xsv = v[4 * i + k] * sc;
-                const int qh = __float2int_rn(xsv);
-                const int ql = __float2int_rn((xsv - (float)qh) * (float)LQR_LO);
-                sh[i >> 2] += qh;
-                slo[i >> 2] += ql;
-                ph |= ((unsigned)qh & 0xFFu) << (8 * k);
-                pl |= ((unsigned)ql & 0xFFu) << (8 * k);
-            }
-            a.h[b][i] = (int)ph;
-            a.l[b][i] = (int)pl;
-        }
-        const float sa = !on ? 0.0f : bad ? __int_as_float(0x7fc00000) : amax / (127.0f * (float)LQR_LO);
-        a.sa[b] = sa;
-        a.s16[b][0] = LQR_LO * sh[0] + slo[0];
-        a.s16[b][1] = LQR_LO * sh[1] + slo[1];
-        a.sx[b] = sa * (float)(a.s16[b][0] + a.s16[b][1]);
-    }
-}
-
 template <class Q> struct LqrSlice;
 template <> struct LqrSlice<QQ4_K> { using S = LqrQ4K; static constexpr int R = TG_LQR_ROWS; };
 template <> struct LqrSlice<QQ8_0> { using S = LqrQ8; static constexpr int R = TG_LQR_ROWS_Q8; };
@@ -551,7 +413,7 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
         lqr_bar_fence();
         __syncthreads();
         if (tl == 0)
-            for (int it = 0; it < min(STG, iters); ++it) issue(it);
+            for (int it = 0; it < min(min(TG_LQR_EARLY, STG), iters); ++it) issue(it);
     } else {
 #pragma unroll
         for (int k = 0; k < R; ++k) cur[k].load(wrow(0, k), sl);
@@ -559,13 +421,10 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
     tg_pdl_wait();
     LQR_MARK(1);
 
-#if TG_LQR_LOCAL
-    LqrAct a;
-    lqr_row_local<T>(a, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, norm, nw, nbias, eps, sl, tl < nsl, TS,
-                     reinterpret_cast<unsigned*>(lqr_smem), scratch);
-#else
     lin_stage_row<T, 16 / sizeof(T)>(hrow, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, 0, norm, nw,
                                      nbias, eps, scratch);
+    if (TMA && tl == 0)  // the rest of the first trips: x's loads went first (under a flood of weight
+        for (int it = min(TG_LQR_EARLY, STG); it < min(STG, iters); ++it) issue(it);  // copies they queue for µs)
     __syncthreads();
     lqr_quantize_row(hrow, K, phi, plo, sa32, isum8);
     __syncthreads();
@@ -594,7 +453,6 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
         }
     }
 
-#endif
     LQR_MARK(2);
     const long long yoff = td_row_offset(yd, grp);
     const long long roff = res ? td_row_offset_bcast(rd, yd, grp) : 0;

