@@ -160,6 +160,7 @@ def test_linear_qr_is_the_default_for_large_layers_on_sm90() -> None:
     assert select.quant_gemv("bf16", qtype="q4_k", **small) == "linear_q"
     assert select.quant_gemv("f16", qtype="q8_0", **big) == "linear_qr"
     assert select.quant_gemv("f16", qtype="q4_k", K=4096, N=4096) == "linear_qr"  # Qwen3-8B o
+    assert select.quant_gemv("f16", qtype="q4_k", K=2048, N=11264) == "linear_qmma"  # TinyLlama gate/up: rows too short
     assert select.quant_gemv("f16", qtype="q4_0", **big) == "linear_q"        # no q4_0 slices
     assert select.quant_gemv("f16", qtype="q4_k", qr=False, **big) == "linear_qmma"   # TINYGRAPH_QUANT_QR=0
     assert select.quant_gemv("f16", True, qtype="q4_k", **big) == "linear_q8a"         # int8 asked for

@@ -131,6 +131,10 @@ QMMA_ALIGN2_TYPES, QMMA_ALIGN2_MAX_K = frozenset({"q8_0", "q4_0", "q5_0", "q3_k"
 #: with a 20M threshold and 319 with linear_qr on every layer, o included; the smaller TinyLlama
 #: layers 5.4-8.7 -> 7.6-10.0 alone: its prologue is longer, so small layers lose)
 QR_MIN_WEIGHTS = 16_000_000
+#: ... and rows of at least this many weights: at K = 2048 (TinyLlama) the kernel bench has linear_qr
+#: level with linear_qmma on gate/up (11.3 vs 11.8 µs) and behind on the rest, and no whole-model
+#: run of that mix was timed
+QR_MIN_K = 4096
 
 
 def quant_gemv(dtype: str, int8_activations: bool = False, choice: str | None = None,
@@ -145,7 +149,7 @@ def quant_gemv(dtype: str, int8_activations: bool = False, choice: str | None = 
     falls back to "linear_q". By default f16 uses linear_qmma for the weight types
     (``qtype``) of ``QMMA_TYPES``, and of ``QMMA_ALIGN2_TYPES`` for rows of ``K`` below
     ``QMMA_ALIGN2_MAX_K``; linear_q otherwise -- except that weights of at least
-    ``QR_MIN_WEIGHTS`` elements (``N`` x ``K``) of the ``QR_DEFAULT_TYPES`` take "linear_qr"
+    ``QR_MIN_WEIGHTS`` elements (``N`` x ``K``, rows of ``QR_MIN_K`` or more) of the ``QR_DEFAULT_TYPES`` take "linear_qr"
     (where ``qr_ok``), f16 and bf16 on sm_90 (``qr``: False, ``TINYGRAPH_QUANT_QR=0``, turns
     that off). linear_q8a is not the default: the rounding moves a decode step's logits of the default model by 0.1-0.6 rms
     (tools/quant_act_error.py); linear_qr's two planes keep about 16 bits of each activation."""
@@ -155,7 +159,8 @@ def quant_gemv(dtype: str, int8_activations: bool = False, choice: str | None = 
         fam = choice
     elif int8_activations:
         fam = "linear_q8a"
-    elif qr and qtype in QR_DEFAULT_TYPES and (caps or DeviceCaps()).arch >= 90 and N * K >= QR_MIN_WEIGHTS:
+    elif (qr and qtype in QR_DEFAULT_TYPES and (caps or DeviceCaps()).arch >= 90 and N * K >= QR_MIN_WEIGHTS
+          and K >= QR_MIN_K):
         fam = "linear_qr"  # (dtype and qr_ok: checked below, as for a named family)
     else:
         mma = qtype in QMMA_TYPES or (qtype in QMMA_ALIGN2_TYPES and K < QMMA_ALIGN2_MAX_K)
