@@ -64,10 +64,11 @@ extern __shared__ float lqr_smem[];
 #endif
 
 #ifndef TG_LQR_EARLY
-// trips per team whose rows are copied before the wait (the rest once x is read). 0: H200, Qwen3-8B
-// q4_k with programmatic launch, µs, 2 -> 0: gate/up 21.8 -> 20.4, down 18.6 -> 17.2, o 9.1 -> 8.4,
-// qkv 12.1 -> 11.5 (the probe: x's loads no longer queue behind the copies); Q4_K_M 314 -> 320 tok/s
-#define TG_LQR_EARLY 0
+// trips per team whose rows are copied before the wait (the rest once x is read). H200, Qwen3-8B q4_k
+// with programmatic launch, µs, 2 -> 0: gate/up 21.8 -> 20.4, down 18.6 -> 17.2, o 9.1 -> 8.4, qkv
+// 12.1 -> 11.5 (x's loads no longer queue behind the copies), Q4_K_M 314 -> 320 tok/s; but 0 was
+// timed, not tested on the GPU (the session's device time ran out): the default stays the tested 2
+#define TG_LQR_EARLY TG_LQR_STAGES
 #endif
 #ifndef TG_LQR_PROBE
 #define TG_LQR_PROBE 0  // 1: thread 0 of each block stamps %globaltimer at 5 points (tools/bench_quant_kernels.py --probe)
