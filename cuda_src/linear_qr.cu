@@ -105,39 +105,135 @@ __device__ __forceinline__ int lqr_team(int K) {
     return ns <= 8 ? 8 : ns <= 16 ? 16 : ns <= 32 ? 32 : 32 * ((ns + 31) / 32);
 }
 
-// Round the staged row hrow [K] to the two planes (hi, lo: int8 [K]), their scale per 32 divided by
-// LQR_LO (sa32) and, per 8 values, LQR_LO * sum(hi) + sum(lo) (isum8). A thread takes 8 values, so
-// the 4 threads of a 32-block are lanes 4c..4c+3 of one warp. A non-finite value makes its
-// block's scale NaN (every output that reads it is then NaN, as with float math).
+// Round values 8g .. 8g+7 of the row (v; zeros when g >= ng) to the two planes (hi, lo: int8 [K]),
+// their scale per 32 divided by LQR_LO (sa32) and, per 8 values, LQR_LO * sum(hi) + sum(lo)
+// (isum8). The 4 threads of a 32-block are lanes 4c..4c+3 of one warp, and every lane calls it
+// (shuffles). A non-finite value makes its block's scale NaN (every output that reads it is then
+// NaN, as with float math).
+__device__ __forceinline__ void lqr_round8(const float* v, int g, int ng, signed char* hi, signed char* lo,
+                                           float* sa32, int* isum8) {
+    float amax = 0.0f, sum = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+        amax = fmaxf(amax, fabsf(v[e]));
+        sum += v[e];
+    }
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    int bad = isfinite(sum) ? 0 : 1;
+    bad |= __shfl_xor_sync(0xffffffffu, bad, 1);
+    bad |= __shfl_xor_sync(0xffffffffu, bad, 2);
+    if (g < ng) {
+        const float inv = (amax > 0.0f && !bad) ? 127.0f / amax : 0.0f;
+        unsigned ph[2] = {0u, 0u}, pl[2] = {0u, 0u};
+        int sh = 0, sl = 0;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            const float xs = v[e] * inv;
+            const int qh = __float2int_rn(xs);
+            const int ql = __float2int_rn((xs - (float)qh) * (float)LQR_LO);
+            sh += qh;
+            sl += ql;
+            ph[e >> 2] |= ((unsigned)qh & 0xFFu) << (8 * (e & 3));
+            pl[e >> 2] |= ((unsigned)ql & 0xFFu) << (8 * (e & 3));
+        }
+        *reinterpret_cast<uint2*>(hi + 8 * g) = make_uint2(ph[0], ph[1]);
+        *reinterpret_cast<uint2*>(lo + 8 * g) = make_uint2(pl[0], pl[1]);
+        isum8[g] = LQR_LO * sh + sl;
+        if ((g & 3) == 0) sa32[g >> 2] = bad ? __int_as_float(0x7fc00000) : amax / (127.0f * (float)LQR_LO);
+    }
+}
+
+// Round the staged, normalised row hrow [K] (float32) to the two planes, a thread per 8 values.
 __device__ __forceinline__ void lqr_quantize_row(const float* hrow, int K, signed char* hi, signed char* lo,
                                                  float* sa32, int* isum8) {
     const int ng = K / 8;
     for (int g0 = 0; g0 < ng; g0 += blockDim.x) {  // uniform trip count: every lane reaches the shuffles
         const int g = g0 + threadIdx.x;
-        float v[8], sum;
-        const float amax = lin_load8_amax32(hrow, g, ng, v, sum);
-        int bad = isfinite(sum) ? 0 : 1;
-        bad |= __shfl_xor_sync(0xffffffffu, bad, 1);
-        bad |= __shfl_xor_sync(0xffffffffu, bad, 2);
+        float v[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = 0.0f;
         if (g < ng) {
-            const float inv = (amax > 0.0f && !bad) ? 127.0f / amax : 0.0f;
-            unsigned ph[2] = {0u, 0u}, pl[2] = {0u, 0u};
-            int sh = 0, sl = 0;
+            *reinterpret_cast<float4*>(v) = *reinterpret_cast<const float4*>(hrow + 8 * g);
+            *reinterpret_cast<float4*>(v + 4) = *reinterpret_cast<const float4*>(hrow + 8 * g + 4);
+        }
+        lqr_round8(v, g, ng, hi, lo, sa32, isum8);
+    }
+}
+
+#ifndef TG_LQR_FUSED
+// 1: the row's prologue in registers (lqr_row_fused) where it fits, else the staging. Not yet run
+// on a GPU (written after the seventh session's device time ran out): time and test it first.
+#define TG_LQR_FUSED 0
+#endif
+#define LQR_FR 8  // the fused prologue's most 16-byte chunks of x per thread (K / 8 <= 8 x threads)
+
+// The prologue without staging: each thread keeps its chunks of x (and of the norm weight, loaded
+// by the caller before the wait: a model weight) in registers, the norm's sums meet in one block
+// reduction (layer norm: two), and the thread rounds its normalised values straight to the planes.
+// One L2 round trip (x) after the wait instead of two (x, then the norm weight), no float32 row in
+// shared memory. Same arithmetic as lin_stage_row + lqr_quantize_row (sums in the same order).
+template <typename T>
+__device__ __forceinline__ void lqr_row_fused(const T* xr, int K, int norm, const uint4* nwv, bool has_nw,
+                                              const T* nb, float eps, signed char* hi, signed char* lo,
+                                              float* sa32, int* isum8, float* scratch) {
+    const int tid = threadIdx.x, nthr = blockDim.x, nch = K / 8, rounds = (nch + nthr - 1) / nthr;
+    uint4 xv[LQR_FR];
+#pragma unroll
+    for (int r = 0; r < LQR_FR; ++r) {
+        const int g = r * nthr + tid;
+        xv[r] = (r < rounds && g < nch) ? __ldg(reinterpret_cast<const uint4*>(xr) + g) : make_uint4(0u, 0u, 0u, 0u);
+    }
+    float mean = 0.0f, inv = 1.0f;
+    if (norm) {
+        float s = 0.0f;
+#pragma unroll
+        for (int r = 0; r < LQR_FR; ++r) {
+            float f[8];
+            lin_unpack<T>(xv[r], f);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) s += norm == 1 ? f[e] * f[e] : f[e];
+        }
+        if (norm == 1) {
+            inv = 1.0f / sqrtf(block_sum(s, scratch) / (float)K + eps);
+        } else {
+            mean = block_sum(s, scratch) / (float)K;
+            float q = 0.0f;
+#pragma unroll
+            for (int r = 0; r < LQR_FR; ++r) {
+                float f[8];
+                lin_unpack<T>(xv[r], f);
+                const bool in = r < rounds && r * nthr + tid < nch;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) q += in ? (f[e] - mean) * (f[e] - mean) : 0.0f;
+            }
+            inv = 1.0f / sqrtf(block_sum(q, scratch) / (float)K + eps);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < LQR_FR; ++r) {
+        if (r >= rounds) break;  // (uniform over the block)
+        const int g = r * nthr + tid;
+        float v[8];
+        lin_unpack<T>(xv[r], v);
+        if (norm) {
+            float gw[8], bb[8];
+            if (has_nw) lin_unpack<T>(nwv[r], gw);
+            const bool addb = norm == 2 && nb && g < nch;
+            if (addb) lin_unpack<T>(__ldg(reinterpret_cast<const uint4*>(nb) + g), bb);
 #pragma unroll
             for (int e = 0; e < 8; ++e) {
-                const float xs = v[e] * inv;
-                const int qh = __float2int_rn(xs);
-                const int ql = __float2int_rn((xs - (float)qh) * (float)LQR_LO);
-                sh += qh;
-                sl += ql;
-                ph[e >> 2] |= ((unsigned)qh & 0xFFu) << (8 * (e & 3));
-                pl[e >> 2] |= ((unsigned)ql & 0xFFu) << (8 * (e & 3));
+                float t = (v[e] - mean) * inv;
+                if (has_nw) t *= gw[e];
+                if (addb) t += bb[e];
+                v[e] = t;
             }
-            *reinterpret_cast<uint2*>(hi + 8 * g) = make_uint2(ph[0], ph[1]);
-            *reinterpret_cast<uint2*>(lo + 8 * g) = make_uint2(pl[0], pl[1]);
-            isum8[g] = LQR_LO * sh + sl;
-            if ((g & 3) == 0) sa32[g >> 2] = bad ? __int_as_float(0x7fc00000) : amax / (127.0f * (float)LQR_LO);
         }
+        if (g >= nch) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v[e] = 0.0f;
+        }
+        lqr_round8(v, g, nch, hi, lo, sa32, isum8);
     }
 }
 
@@ -422,15 +518,35 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
 #pragma unroll
         for (int k = 0; k < R; ++k) cur[k].load(wrow(0, k), sl);
     }
+#if TG_LQR_FUSED
+    const T* xrow = x + td_row_offset_bcast(xd, yd, grp);
+    const bool fused = (K / 8 + (int)blockDim.x - 1) / (int)blockDim.x <= LQR_FR && xd.st[3] == 1 && lin_al16(xrow) &&
+                       (!nw || lin_al16(nw)) && (norm != 2 || !nbias || lin_al16(nbias));
+    uint4 nwv[LQR_FR];
+#pragma unroll
+    for (int r = 0; r < LQR_FR; ++r) {  // the norm weight: a model weight, read before the wait
+        const int g = r * (int)blockDim.x + tid;
+        nwv[r] = (fused && norm && nw && g < K / 8) ? __ldg(reinterpret_cast<const uint4*>(nw) + g) : make_uint4(0u, 0u, 0u, 0u);
+    }
+#endif
     tg_pdl_wait();
     LQR_MARK(1);
 
-    lin_stage_row<T, 16 / sizeof(T)>(hrow, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, 0, norm, nw,
-                                     nbias, eps, scratch);
-    if (TMA && tl == 0)  // the rest of the first trips: x's loads went first (under a flood of weight
-        for (int it = min(TG_LQR_EARLY, STG); it < min(STG, iters); ++it) issue(it);  // copies they queue for µs)
-    __syncthreads();
-    lqr_quantize_row(hrow, K, phi, plo, sa32, isum8);
+#if TG_LQR_FUSED
+    if (fused) {
+        lqr_row_fused<T>(xrow, K, norm, nwv, nw != nullptr, nbias, eps, phi, plo, sa32, isum8, scratch);
+        if (TMA && tl == 0)
+            for (int it = min(TG_LQR_EARLY, STG); it < min(STG, iters); ++it) issue(it);
+    } else
+#endif
+    {
+        lin_stage_row<T, 16 / sizeof(T)>(hrow, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, 0, norm, nw,
+                                         nbias, eps, scratch);
+        if (TMA && tl == 0)  // the rest of the first trips: x's loads went first (under a flood of weight
+            for (int it = min(TG_LQR_EARLY, STG); it < min(STG, iters); ++it) issue(it);  // copies they queue for µs)
+        __syncthreads();
+        lqr_quantize_row(hrow, K, phi, plo, sa32, isum8);
+    }
     __syncthreads();
     LqrAct a;
     {
