@@ -84,3 +84,21 @@ def attention_views(K: tg.Tensor, V: tg.Tensor) -> tuple[tg.Tensor, tg.Tensor]:
 def rounded(a: np.ndarray, dtype: tg.DType) -> np.ndarray:
     """``a`` rounded to ``dtype`` and returned as float64: the exact inputs a backend sees."""
     return np.asarray(a).astype(dtype.np).astype(np.float64)
+
+
+@pytest.fixture(scope="session")
+def qwen3_256(tmp_path_factory) -> Path:
+    """A random 2-layer Qwen3 checkpoint whose every matrix has rows of 256 or 512 weights (hidden
+    256, 4 x 64 query heads, 2 KV heads, MLP 512, vocabulary 512), the smallest shapes linear_qr
+    (cuda_src/linear_qr.cu: rows of 256n) can run; float16, weights ~ N(0, 0.1)."""
+    import copy
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import bench_configs as bc
+
+    hf = copy.deepcopy(bc.CONFIGS["qwen3-0.6b"]["hf"])
+    hf.update(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=64, hidden_size=256,
+              intermediate_size=512, vocab_size=512, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    out = tmp_path_factory.mktemp("qwen3_256")
+    bc.write_numpy_checkpoint(hf, out, seed=7, std=0.1)
+    return out

@@ -131,3 +131,20 @@ def test_plain_matmul_kernels_come_from_the_plan() -> None:
     assert got == ["gemv_f16", f"{tc}_f16", f"{tc}_f16", "matmul_f32", "gemv_nc_f16", "cpy_f32_f16", f"{tc}_f16"]
     assert [plan.choices[n.id] for n in plan.order if n.op == "matmul"] == ["gemv", tc, tc, "matmul", "gemv_nc", tc]
     s.close()
+
+
+@pytest.mark.parametrize("qt", ["q4_k", "q8_0"])
+def test_linear_qr_runs_every_linear_of_a_model_where_asked(qwen3_256, qt, monkeypatch) -> None:
+    # TINYGRAPH_QUANT_GEMV=linear_qr on a model whose rows are 256n weights: the decode step's
+    # q/k/v, o, gate/up, down of both layers and the LM head all launch linear_qr, each with a
+    # block of 256 threads and the shared memory select.linear_q_shared_bytes names (the GPU
+    # side: test_cuda_quant.test_linear_qr_model_matches_numpy)
+    from tinygraph.backends.cuda import select
+    monkeypatch.setenv("TINYGRAPH_QUANT_GEMV", "linear_qr")
+    with load_model(qwen3_256, backend="numpy", dtype="float16", quantize=qt) as m:
+        g, _, _ = m.step_graph(1, "argmax")
+        plan = m.session._plan_for(g)
+        rec = [r for r in record_launches(g, plan) if r[0].startswith("linear")]
+    assert [r[0] for r in rec] == [f"linear_qr_{qt}_f16"] * 9
+    assert all(r[2] == [256, 1, 1] for r in rec)
+    assert {r[3] for r in rec} == {select.linear_q_shared_bytes(K, "linear_qr", qt) for K in (256, 512)}

@@ -134,6 +134,36 @@ def test_quantized_model_on_cuda_matches_numpy(qt) -> None:
     mc.close()
 
 
+@pytest.mark.parametrize("qt", ["q4_k", "q8_0"])
+def test_linear_qr_model_matches_numpy(qwen3_256, qt, monkeypatch) -> None:
+    # every linear of a whole model on linear_qr (the wiring: test_cuda_launches), float16 on the
+    # GPU, against the NumPy float32 model on the same dequantized weights: the logits of a prompt
+    # and of each decode step fed NumPy's greedy ids, then the captured decode loop's greedy ids,
+    # equal up to the first near-tie (top-2 gap of NumPy's logits under 0.1)
+    from tinygraph.models import load_model
+    monkeypatch.setenv("TINYGRAPH_QUANT_GEMV", "linear_qr")
+    ids, n_new = [3, 17, 40, 9, 100, 5, 77, 12], 12
+    mn = load_model(qwen3_256, backend="numpy", quantize=qt)
+    mc = load_model(qwen3_256, backend="cuda", dtype="float16", quantize=qt)
+    want, gaps, pos, feed = [], [], 0, list(ids)
+    for _ in range(n_new):
+        ln = np.asarray(mn.step(feed, pos), np.float64).reshape(-1, 512)[-1]
+        lc = np.asarray(mc.step(feed, pos), np.float64).reshape(-1, 512)[-1]
+        assert np.abs(lc - ln).max() <= 0.02 * np.abs(ln).max() + 0.02, (qt, pos, np.abs(lc - ln).max())
+        top = np.sort(ln)
+        gaps.append(top[-1] - top[-2])
+        want.append(int(np.argmax(ln)))
+        pos += len(feed)
+        feed = [want[-1]]
+    got = mc.generate(ids, max_new_tokens=n_new, temperature=0, ignore_eos=True)[len(ids):]
+    for i, (a, b) in enumerate(zip(want, got)):
+        if a != b:
+            assert gaps[i] < 0.1, (qt, i, want, got, gaps[i])
+            break
+    mc.close()
+    mn.close()
+
+
 @pytest.mark.parametrize("qt", ["q8_0", "q4_k", "q6_k"])
 def test_linear_q_two_columns_per_warp_and_long_rows(cuda, qt) -> None:
     # N large enough that the grid cap leaves each warp two columns (the P=1 second-row path),
