@@ -71,7 +71,7 @@ extern __shared__ float lqr_smem[];
 #define TG_LQR_EARLY TG_LQR_STAGES
 #endif
 #ifndef TG_LQR_PROBE
-#define TG_LQR_PROBE 0  // 1: thread 0 of each block stamps %globaltimer at 5 points (tools/bench_quant_kernels.py --probe)
+#define TG_LQR_PROBE 0  // 1: thread 0 of each block stamps %globaltimer at 7 points (tools/bench_quant_kernels.py --probe)
 #endif
 #if TG_LQR_PROBE
 #define LQR_PROBE_BLOCKS 4096
@@ -499,7 +499,8 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
                  w + (long long)(c0 + half) * ldw, P == 2 ? n : 0u);
     };
 
-    LQR_MARK(0);  // (probe points: 0 start, 1 after the wait, 2 row in registers, 3 first rows here, 4 end)
+    LQR_MARK(0);  // (probe points: 0 start, 1 after the wait, 5 row staged, 6 rounded, 2 row in registers,
+                  //  3 first rows here, 4 end)
     tg_pdl_trigger();
     lin_norm_prefetch<T>(K, norm, nw, nbias);
     S cur[R];
@@ -542,11 +543,13 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
     {
         lin_stage_row<T, 16 / sizeof(T)>(hrow, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, 0, norm, nw,
                                          nbias, eps, scratch);
+        LQR_MARK(5);
         if (TMA && tl == 0)  // the rest of the first trips: x's loads went first (under a flood of weight
             for (int it = min(TG_LQR_EARLY, STG); it < min(STG, iters); ++it) issue(it);  // copies they queue for µs)
         __syncthreads();
         lqr_quantize_row(hrow, K, phi, plo, sa32, isum8);
     }
+    LQR_MARK(6);
     __syncthreads();
     LqrAct a;
     {

@@ -42,15 +42,16 @@ def _print_probe(f) -> None:
         return
     t = np.zeros(int(size) // 8, np.uint64)
     driver.memcpy_dtoh(t, int(dptr))
-    t = t.reshape(-1, 8)[:, :5].astype(np.int64)
+    t = t.reshape(-1, 8)[:, [0, 1, 5, 6, 2, 3, 4]].astype(np.int64)  # in the order the kernel passes them
     t = t[t[:, 0] > 0]
     if not len(t):
         return
     t = t[t[:, 0] >= t[:, 0].max() - 1_000_000]  # the last call's blocks (stamps of earlier calls are older)
     d = (t - t[:, 0].min()) / 1e3
-    names = ("start", "waited", "row ready", "rows in", "end")
+    names = ("start", "waited", "staged", "rounded", "row ready", "rows in", "end")
     print("    probe (µs, median / last block): " + ", ".join(
-        f"{n} {np.median(d[:, i]):.2f}/{d[:, i].max():.2f}" for i, n in enumerate(names)) + f"  [{len(t)} blocks]")
+        f"{n} {np.median(d[:, i]):.2f}/{d[:, i].max():.2f}" for i, n in enumerate(names) if (t[:, i] > 0).all())
+        + f"  [{len(t)} blocks]")
     t.fill(0)
 
 
@@ -70,8 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--probe", action="store_true",
                     help="also run linear_qr built with -DTG_LQR_PROBE=1 (as any --variants with that option) "
                          "and print where a call's time goes "
-                         "(thread 0 of each block stamps %%globaltimer: start, after the wait, row in registers, "
-                         "first weight rows in shared memory, end; µs from the first block's start)")
+                         "(thread 0 of each block stamps %%globaltimer: start, after the wait, row staged, rounded, "
+                         "row in registers, first weight rows in shared memory, end; µs from the first block's start)")
     ap.add_argument("--layers", default="", help="only these layers (comma list, e.g. gate_up,down)")
     args = ap.parse_args(argv)
     dev = driver.get_device(0)
