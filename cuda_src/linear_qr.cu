@@ -499,6 +499,13 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
                  w + (long long)(c0 + half) * ldw, P == 2 ? n : 0u);
     };
 
+    // the first trips not copied before the wait, once x has been read (under a flood of weight
+    // copies x's loads queue for µs)
+    auto issue_late = [&] {
+        if (TMA && tl == 0)
+            for (int it = min(TG_LQR_EARLY, STG); it < min(STG, iters); ++it) issue(it);
+    };
+
     LQR_MARK(0);  // (probe points: 0 start, 1 after the wait, 5 row staged, 6 rounded, 2 row in registers,
                   //  3 first rows here, 4 end)
     tg_pdl_trigger();
@@ -536,16 +543,14 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
 #if TG_LQR_FUSED
     if (fused) {
         lqr_row_fused<T>(xrow, K, norm, nwv, nw != nullptr, nbias, eps, phi, plo, sa32, isum8, scratch);
-        if (TMA && tl == 0)
-            for (int it = min(TG_LQR_EARLY, STG); it < min(STG, iters); ++it) issue(it);
+        issue_late();
     } else
 #endif
     {
         lin_stage_row<T, 16 / sizeof(T)>(hrow, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, 0, norm, nw,
                                          nbias, eps, scratch);
         LQR_MARK(5);
-        if (TMA && tl == 0)  // the rest of the first trips: x's loads went first (under a flood of weight
-            for (int it = min(TG_LQR_EARLY, STG); it < min(STG, iters); ++it) issue(it);  // copies they queue for µs)
+        issue_late();
         __syncthreads();
         lqr_quantize_row(hrow, K, phi, plo, sa32, isum8);
     }

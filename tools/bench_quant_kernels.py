@@ -52,7 +52,6 @@ def _print_probe(f) -> None:
     print("    probe (µs, median / last block): " + ", ".join(
         f"{n} {np.median(d[:, i]):.2f}/{d[:, i].max():.2f}" for i, n in enumerate(names) if (t[:, i] > 0).all())
         + f"  [{len(t)} blocks]")
-    t.fill(0)
 
 
 def main(argv=None) -> int:
@@ -122,13 +121,14 @@ def main(argv=None) -> int:
                 def run(i, qt=qt, ws=ws, kern=kern, klib=klib):
                     w = ws[i % len(ws)]
                     kw = dict(bias=None, res=res.arg() if res else None, norm=norm,
-                              norm_w=nw.buf.ptr if norm else None, eps=1e-5, act=act, stream=s)
+                              norm_w=nw.buf.ptr if norm else None, eps=1e-5, act=act, stream=s,
+                              weight_ready=args.pdl)
                     if qt == "f16":
-                        klib.linear("f16", y.arg(), x.arg(), w.ptr, K, N, K, weight_ready=args.pdl, **kw)
+                        klib.linear("f16", y.arg(), x.arg(), w.ptr, K, N, K, **kw)
                     else:
                         quant_launch.linear_q(klib, qt, "f16", y.arg(), x.arg(), w.ptr,
                                               dtypes.as_dtype(qt).nbytes(K), N, K,
-                                              kernel=kern.split("/")[0], weight_ready=args.pdl, **kw)
+                                              kernel=kern.split("/")[0], **kw)
                 us = driver.graph_time_us(run, s, 20, 15)
                 print(f"{model:10s} {layer:8s} {K:6d} {N:6d} {qt:6s} {kern:10s} {us:8.1f} {nbytes / us / 1e3:7.0f}",
                       flush=True)

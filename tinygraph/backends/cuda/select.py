@@ -88,11 +88,6 @@ QUANT_GEMVS = ("linear_q", "linear_q8a", "linear_qmma", "linear_qr")
 #: stages of the shared-memory ring the rows are bulk-copied into)
 QR_TYPES, QR_MAX_K = frozenset({"q4_k", "q8_0", "q6_k"}), 32768
 QR_ROWS, QR_STAGES = {"q4_k": 4, "q8_0": 2, "q6_k": 2}, 2
-#: the types linear_qr is the default for (large layers). H200, one GEMV, µs (seventh session):
-#: Qwen3-8B q8_0 qkv 19.2 (linear_q) -> 14.2, o 14.8 -> 11.7, gate/up 52.3 -> 34.9, down 29.7 ->
-#: 25.5, lm_head 260 -> 176; q6_k (linear_qmma ->) qkv 22.1 -> 15.8, gate/up 57.0 -> 33.6, down
-#: 28.8 -> 27.3, lm_head 294 -> 173 (o 12.7 -> 13.4)
-QR_DEFAULT_TYPES = frozenset({"q4_k", "q6_k", "q8_0"})
 
 
 def qr_ok(qtype: str | None, K: int, caps: "DeviceCaps | None" = None) -> bool:
@@ -124,8 +119,11 @@ QMMA_TYPES = frozenset({"q4_1", "q5_1", "q2_k", "q4_k", "q5_k", "q6_k"})
 QMMA_ALIGN2_TYPES, QMMA_ALIGN2_MAX_K = frozenset({"q8_0", "q4_0", "q5_0", "q3_k"}), 2048
 
 
-#: linear_qr is the default (f16 / bf16, sm_90) for weights of at least this many elements (H200,
-#: one GEMV, µs, linear_qmma -> linear_qr: Qwen3-8B q4_k gate/up 37.0 -> 24.4, down 21.7 -> 18.7,
+#: linear_qr is the default for all its types (H200, one GEMV, µs, seventh session: Qwen3-8B q8_0
+#: qkv 19.2 (linear_q) -> 14.2, o 14.8 -> 11.7, gate/up 52.3 -> 34.9, down 29.7 -> 25.5, lm_head
+#: 260 -> 176; q6_k (linear_qmma ->) qkv 22.1 -> 15.8, gate/up 57.0 -> 33.6, down 28.8 -> 27.3,
+#: lm_head 294 -> 173, o 12.7 -> 13.4), f16 / bf16 on sm_90, for weights of at least this many
+#: elements (H200, one GEMV, µs, linear_qmma -> linear_qr: Qwen3-8B q4_k gate/up 37.0 -> 24.4, down 21.7 -> 18.7,
 #: qkv 14.9 -> 13.4, TinyLlama gate/up 13.5 -> 12.0; o 4096 x 4096 8.9 -> 10.4 alone, but in the
 #: model (whose launches overlap, unlike the kernel bench's) Qwen3-8B Q4_K_M decodes at 306 tok/s
 #: with a 20M threshold and 319 with linear_qr on every layer, o included; the smaller TinyLlama
@@ -149,7 +147,7 @@ def quant_gemv(dtype: str, int8_activations: bool = False, choice: str | None = 
     falls back to "linear_q". By default f16 uses linear_qmma for the weight types
     (``qtype``) of ``QMMA_TYPES``, and of ``QMMA_ALIGN2_TYPES`` for rows of ``K`` below
     ``QMMA_ALIGN2_MAX_K``; linear_q otherwise -- except that weights of at least
-    ``QR_MIN_WEIGHTS`` elements (``N`` x ``K``, rows of ``QR_MIN_K`` or more) of the ``QR_DEFAULT_TYPES`` take "linear_qr"
+    ``QR_MIN_WEIGHTS`` elements (``N`` x ``K``, rows of ``QR_MIN_K`` or more) of the ``QR_TYPES`` take "linear_qr"
     (where ``qr_ok``), f16 and bf16 on sm_90 (``qr``: False, ``TINYGRAPH_QUANT_QR=0``, turns
     that off). linear_q8a is not the default: the rounding moves a decode step's logits of the default model by 0.1-0.6 rms
     (tools/quant_act_error.py); linear_qr's two planes keep about 16 bits of each activation."""
@@ -159,7 +157,7 @@ def quant_gemv(dtype: str, int8_activations: bool = False, choice: str | None = 
         fam = choice
     elif int8_activations:
         fam = "linear_q8a"
-    elif (qr and qtype in QR_DEFAULT_TYPES and (caps or DeviceCaps()).arch >= 90 and N * K >= QR_MIN_WEIGHTS
+    elif (qr and qtype in QR_TYPES and (caps or DeviceCaps()).arch >= 90 and N * K >= QR_MIN_WEIGHTS
           and K >= QR_MIN_K):
         fam = "linear_qr"  # (dtype and qr_ok: checked below, as for a named family)
     else:
