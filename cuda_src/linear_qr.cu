@@ -70,8 +70,13 @@ extern __shared__ float lqr_smem[];
 // timed, not tested on the GPU (the session's device time ran out): the default stays the tested 2
 #define TG_LQR_EARLY TG_LQR_STAGES
 #endif
+#ifndef TG_LQR_AFTER_ROW
+// 1: the trips not copied before the wait are copied once the row is in registers (not after x is
+// read): the prologue then runs with the block's weight copies not yet queued in front of its loads
+#define TG_LQR_AFTER_ROW 0
+#endif
 #ifndef TG_LQR_PROBE
-#define TG_LQR_PROBE 0  // 1: thread 0 of each block stamps %globaltimer at 7 points (tools/bench_quant_kernels.py --probe)
+#define TG_LQR_PROBE 0  // 1: thread 0 of each block stamps %globaltimer at 8 points (tools/bench_quant_kernels.py --probe)
 #endif
 #if TG_LQR_PROBE
 #define LQR_PROBE_BLOCKS 4096
@@ -502,12 +507,12 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
     // the first trips not copied before the wait, once x has been read (under a flood of weight
     // copies x's loads queue for µs)
     auto issue_late = [&] {
-        if (TMA && tl == 0)
+        if (TMA && tl == 0 && !TG_LQR_AFTER_ROW)
             for (int it = min(TG_LQR_EARLY, STG); it < min(STG, iters); ++it) issue(it);
     };
 
-    LQR_MARK(0);  // (probe points: 0 start, 1 after the wait, 5 row staged, 6 rounded, 2 row in registers,
-                  //  3 first rows here, 4 end)
+    LQR_MARK(0);  // (probe points: 0 start, 1 after the wait, 5 row staged, 6 rounded, 7 block met,
+                  //  2 row in registers, 3 first rows here, 4 end)
     tg_pdl_trigger();
     lin_norm_prefetch<T>(K, norm, nw, nbias);
     S cur[R];
@@ -556,6 +561,7 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
     }
     LQR_MARK(6);
     __syncthreads();
+    LQR_MARK(7);
     LqrAct a;
     {
         const int e0 = sl * 128;
@@ -582,6 +588,8 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
     }
 
     LQR_MARK(2);
+    if (TMA && TG_LQR_AFTER_ROW && tl == 0)
+        for (int it = min(TG_LQR_EARLY, STG); it < min(STG, iters); ++it) issue(it);
     const long long yoff = td_row_offset(yd, grp);
     const long long roff = res ? td_row_offset_bcast(rd, yd, grp) : 0;
     const int hh = sl & 1;

@@ -42,13 +42,13 @@ def _print_probe(f) -> None:
         return
     t = np.zeros(int(size) // 8, np.uint64)
     driver.memcpy_dtoh(t, int(dptr))
-    t = t.reshape(-1, 8)[:, [0, 1, 5, 6, 2, 3, 4]].astype(np.int64)  # in the order the kernel passes them
+    t = t.reshape(-1, 8)[:, [0, 1, 5, 6, 7, 2, 3, 4]].astype(np.int64)  # in the order the kernel passes them
     t = t[t[:, 0] > 0]
     if not len(t):
         return
     t = t[t[:, 0] >= t[:, 0].max() - 1_000_000]  # the last call's blocks (stamps of earlier calls are older)
     d = (t - t[:, 0].min()) / 1e3
-    names = ("start", "waited", "staged", "rounded", "row ready", "rows in", "end")
+    names = ("start", "waited", "staged", "rounded", "met", "row ready", "rows in", "end")
     print("    probe (µs, median / last block): " + ", ".join(
         f"{n} {np.median(d[:, i]):.2f}/{d[:, i].max():.2f}" for i, n in enumerate(names) if (t[:, i] > 0).all())
         + f"  [{len(t)} blocks]")
