@@ -21,8 +21,8 @@
 //       with both planes by dp4a; the team's lanes then meet by shuffles (and, when a team spans
 //       warps, in shared memory). Weight rows: on sm_90 (TG_LQR_TMA) a team's lane 0 bulk-copies
 //       each trip's rows (cp.async.bulk, a transaction barrier per stage) into a ring of
-//       TG_LQR_STAGES shared-memory stages, the first trips before the kernel waits for its
-//       predecessor; otherwise (and with -DTG_LQR_TMA=0) each lane loads its slices into
+//       TG_LQR_STAGES shared-memory stages, the first trips once the block has read x
+//       (TG_LQR_EARLY); otherwise (and with -DTG_LQR_TMA=0) each lane loads its slices into
 //       registers, the next trip's after this one's products. q8_0's 34-byte blocks are read as
 //       8-byte words and funnel shifts. (A q6_k slice read its 2-byte aligned blocks as aligned
 //       32-bit words: on the H200 that ran up to 6 bytes past the ring's last stage and faulted;
@@ -33,8 +33,8 @@
 //       µs), small ones lose (a longer prologue), hence select.QR_MIN_WEIGHTS; the bulk copies
 //       measured the same as the register loads on the H200.
 //     Prologue: the block stages its row of x, normalised, as float32 (linear_common.cuh), rounds
-//       it to the two planes per 32 (a thread per 8 values), and each lane copies its slice into
-//       registers.
+//       it to the two planes per 32 (a thread per 8 values; stored transposed, lqr_at8, so that
+//       the lanes' reads meet no bank conflicts), and each lane copies its slice into registers.
 //     Launch: grid = rows * C blocks (any C is correct); block = select.qr_block(K) threads (256,
 //       or the multiple of a multi-warp team's TS that is <= 256); dynamic shared memory
 //       select.linear_q_shared_bytes(K, "linear_qr", Q): the staging (K*53/8 bytes, to 128) and
@@ -64,16 +64,11 @@ extern __shared__ float lqr_smem[];
 #endif
 
 #ifndef TG_LQR_EARLY
-// trips per team whose rows are copied before the wait (the rest once x is read). H200, Qwen3-8B q4_k
-// with programmatic launch, µs, 2 -> 0: gate/up 21.8 -> 20.4, down 18.6 -> 17.2, o 9.1 -> 8.4, qkv
-// 12.1 -> 11.5 (x's loads no longer queue behind the copies), Q4_K_M 314 -> 320 tok/s; but 0 was
-// timed, not tested on the GPU (the session's device time ran out): the default stays the tested 2
-#define TG_LQR_EARLY TG_LQR_STAGES
-#endif
-#ifndef TG_LQR_AFTER_ROW
-// 1: the trips not copied before the wait are copied once the row is in registers (not after x is
-// read): the prologue then runs with the block's weight copies not yet queued in front of its loads
-#define TG_LQR_AFTER_ROW 0
+// trips per team whose rows are copied before the wait (the rest once x is read: under a flood of
+// weight copies x's loads queue for µs). H200, Qwen3-8B q4_k with programmatic launch, µs, 2 -> 0:
+// gate/up 21.8 -> 20.4, down 18.6 -> 17.2, o 9.1 -> 8.4, qkv 12.1 -> 11.5; Q4_K_M 315 -> 321 tok/s
+// (three calls). Copying them only once the row is in registers measured slower (302 tok/s).
+#define TG_LQR_EARLY 0
 #endif
 #ifndef TG_LQR_PROBE
 #define TG_LQR_PROBE 0  // 1: thread 0 of each block stamps %globaltimer at 8 points (tools/bench_quant_kernels.py --probe)
@@ -110,9 +105,21 @@ __device__ __forceinline__ int lqr_team(int K) {
     return ns <= 8 ? 8 : ns <= 16 ? 16 : ns <= 32 ? 32 : 32 * ((ns + 31) / 32);
 }
 
+// Where the rounded row sits in shared memory: transposed so that the lanes of a team, lane sl
+// reading slice sl (values 128 sl ..), read consecutive words. In a plane, 16-byte chunk c (values
+// 16c .. 16c+15) of slice sl is at byte (c * nsl + sl) * 16; the sum of group g (values 8g ..) at
+// (g % 16) * nsl + g / 16; the scale of 32-block s at (s % 4) * nsl + s / 4. (In row order a lane's
+// chunks were 128 bytes from its neighbour's: 8-way bank conflicts, 16-way on the sums; the probe
+// put the 8 warps' reads at ~3 µs a block on the H200.)
+__device__ __forceinline__ int lqr_at8(int g, int nsl) {  // byte of values 8g .. 8g+7 in a plane
+    return (((g & 15) >> 1) * nsl + (g >> 4)) * 16 + (g & 1) * 8;
+}
+__device__ __forceinline__ int lqr_at_sum8(int g, int nsl) { return (g & 15) * nsl + (g >> 4); }
+__device__ __forceinline__ int lqr_at_scale(int s, int nsl) { return (s & 3) * nsl + (s >> 2); }
+
 // Round values 8g .. 8g+7 of the row (v; zeros when g >= ng) to the two planes (hi, lo: int8 [K]),
 // their scale per 32 divided by LQR_LO (sa32) and, per 8 values, LQR_LO * sum(hi) + sum(lo)
-// (isum8). The 4 threads of a 32-block are lanes 4c..4c+3 of one warp, and every lane calls it
+// (isum8), at the places lqr_at8 / lqr_at_sum8 / lqr_at_scale name. The 4 threads of a 32-block are lanes 4c..4c+3 of one warp, and every lane calls it
 // (shuffles). A non-finite value makes its block's scale NaN (every output that reads it is then
 // NaN, as with float math).
 __device__ __forceinline__ void lqr_round8(const float* v, int g, int ng, signed char* hi, signed char* lo,
@@ -142,10 +149,12 @@ __device__ __forceinline__ void lqr_round8(const float* v, int g, int ng, signed
             ph[e >> 2] |= ((unsigned)qh & 0xFFu) << (8 * (e & 3));
             pl[e >> 2] |= ((unsigned)ql & 0xFFu) << (8 * (e & 3));
         }
-        *reinterpret_cast<uint2*>(hi + 8 * g) = make_uint2(ph[0], ph[1]);
-        *reinterpret_cast<uint2*>(lo + 8 * g) = make_uint2(pl[0], pl[1]);
-        isum8[g] = LQR_LO * sh + sl;
-        if ((g & 3) == 0) sa32[g >> 2] = bad ? __int_as_float(0x7fc00000) : amax / (127.0f * (float)LQR_LO);
+        const int nsl = ng >> 4;
+        *reinterpret_cast<uint2*>(hi + lqr_at8(g, nsl)) = make_uint2(ph[0], ph[1]);
+        *reinterpret_cast<uint2*>(lo + lqr_at8(g, nsl)) = make_uint2(pl[0], pl[1]);
+        isum8[lqr_at_sum8(g, nsl)] = LQR_LO * sh + sl;
+        if ((g & 3) == 0)
+            sa32[lqr_at_scale(g >> 2, nsl)] = bad ? __int_as_float(0x7fc00000) : amax / (127.0f * (float)LQR_LO);
     }
 }
 
@@ -163,82 +172,6 @@ __device__ __forceinline__ void lqr_quantize_row(const float* hrow, int K, signe
             *reinterpret_cast<float4*>(v + 4) = *reinterpret_cast<const float4*>(hrow + 8 * g + 4);
         }
         lqr_round8(v, g, ng, hi, lo, sa32, isum8);
-    }
-}
-
-#ifndef TG_LQR_FUSED
-// 1: the row's prologue in registers (lqr_row_fused) where it fits, else the staging. Not yet run
-// on a GPU (written after the seventh session's device time ran out): time and test it first.
-#define TG_LQR_FUSED 0
-#endif
-#define LQR_FR 8  // the fused prologue's most 16-byte chunks of x per thread (K / 8 <= 8 x threads)
-
-// The prologue without staging: each thread keeps its chunks of x (and of the norm weight, loaded
-// by the caller before the wait: a model weight) in registers, the norm's sums meet in one block
-// reduction (layer norm: two), and the thread rounds its normalised values straight to the planes.
-// One L2 round trip (x) after the wait instead of two (x, then the norm weight), no float32 row in
-// shared memory. Same arithmetic as lin_stage_row + lqr_quantize_row (sums in the same order).
-template <typename T>
-__device__ __forceinline__ void lqr_row_fused(const T* xr, int K, int norm, const uint4* nwv, bool has_nw,
-                                              const T* nb, float eps, signed char* hi, signed char* lo,
-                                              float* sa32, int* isum8, float* scratch) {
-    const int tid = threadIdx.x, nthr = blockDim.x, nch = K / 8, rounds = (nch + nthr - 1) / nthr;
-    uint4 xv[LQR_FR];
-#pragma unroll
-    for (int r = 0; r < LQR_FR; ++r) {
-        const int g = r * nthr + tid;
-        xv[r] = (r < rounds && g < nch) ? __ldg(reinterpret_cast<const uint4*>(xr) + g) : make_uint4(0u, 0u, 0u, 0u);
-    }
-    float mean = 0.0f, inv = 1.0f;
-    if (norm) {
-        float s = 0.0f;
-#pragma unroll
-        for (int r = 0; r < LQR_FR; ++r) {
-            float f[8];
-            lin_unpack<T>(xv[r], f);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) s += norm == 1 ? f[e] * f[e] : f[e];
-        }
-        if (norm == 1) {
-            inv = 1.0f / sqrtf(block_sum(s, scratch) / (float)K + eps);
-        } else {
-            mean = block_sum(s, scratch) / (float)K;
-            float q = 0.0f;
-#pragma unroll
-            for (int r = 0; r < LQR_FR; ++r) {
-                float f[8];
-                lin_unpack<T>(xv[r], f);
-                const bool in = r < rounds && r * nthr + tid < nch;
-#pragma unroll
-                for (int e = 0; e < 8; ++e) q += in ? (f[e] - mean) * (f[e] - mean) : 0.0f;
-            }
-            inv = 1.0f / sqrtf(block_sum(q, scratch) / (float)K + eps);
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < LQR_FR; ++r) {
-        if (r >= rounds) break;  // (uniform over the block)
-        const int g = r * nthr + tid;
-        float v[8];
-        lin_unpack<T>(xv[r], v);
-        if (norm) {
-            float gw[8], bb[8];
-            if (has_nw) lin_unpack<T>(nwv[r], gw);
-            const bool addb = norm == 2 && nb && g < nch;
-            if (addb) lin_unpack<T>(__ldg(reinterpret_cast<const uint4*>(nb) + g), bb);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                float t = (v[e] - mean) * inv;
-                if (has_nw) t *= gw[e];
-                if (addb) t += bb[e];
-                v[e] = t;
-            }
-        }
-        if (g >= nch) {
-#pragma unroll
-            for (int e = 0; e < 8; ++e) v[e] = 0.0f;
-        }
-        lqr_round8(v, g, nch, hi, lo, sa32, isum8);
     }
 }
 
@@ -507,7 +440,7 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
     // the first trips not copied before the wait, once x has been read (under a flood of weight
     // copies x's loads queue for µs)
     auto issue_late = [&] {
-        if (TMA && tl == 0 && !TG_LQR_AFTER_ROW)
+        if (TMA && tl == 0)
             for (int it = min(TG_LQR_EARLY, STG); it < min(STG, iters); ++it) issue(it);
     };
 
@@ -531,26 +464,9 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
 #pragma unroll
         for (int k = 0; k < R; ++k) cur[k].load(wrow(0, k), sl);
     }
-#if TG_LQR_FUSED
-    const T* xrow = x + td_row_offset_bcast(xd, yd, grp);
-    const bool fused = (K / 8 + (int)blockDim.x - 1) / (int)blockDim.x <= LQR_FR && xd.st[3] == 1 && lin_al16(xrow) &&
-                       (!nw || lin_al16(nw)) && (norm != 2 || !nbias || lin_al16(nbias));
-    uint4 nwv[LQR_FR];
-#pragma unroll
-    for (int r = 0; r < LQR_FR; ++r) {  // the norm weight: a model weight, read before the wait
-        const int g = r * (int)blockDim.x + tid;
-        nwv[r] = (fused && norm && nw && g < K / 8) ? __ldg(reinterpret_cast<const uint4*>(nw) + g) : make_uint4(0u, 0u, 0u, 0u);
-    }
-#endif
     tg_pdl_wait();
     LQR_MARK(1);
 
-#if TG_LQR_FUSED
-    if (fused) {
-        lqr_row_fused<T>(xrow, K, norm, nwv, nw != nullptr, nbias, eps, phi, plo, sa32, isum8, scratch);
-        issue_late();
-    } else
-#endif
     {
         lin_stage_row<T, 16 / sizeof(T)>(hrow, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, 0, norm, nw,
                                          nbias, eps, scratch);
@@ -564,32 +480,31 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
     LQR_MARK(7);
     LqrAct a;
     {
-        const int e0 = sl * 128;
         const bool on = tl < nsl;
 #pragma unroll
         for (int b = 0; b < 4; ++b) {
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const uint4 vh = *reinterpret_cast<const uint4*>(phi + e0 + 32 * b + 16 * i);
-                const uint4 vl = *reinterpret_cast<const uint4*>(plo + e0 + 32 * b + 16 * i);
+            for (int i = 0; i < 2; ++i) {  // chunk 2b + i of the slice (lqr_at8)
+                const int at = ((2 * b + i) * nsl + sl) * 16;
+                const uint4 vh = *reinterpret_cast<const uint4*>(phi + at);
+                const uint4 vl = *reinterpret_cast<const uint4*>(plo + at);
                 a.h[b][4 * i] = on ? (int)vh.x : 0; a.h[b][4 * i + 1] = on ? (int)vh.y : 0;
                 a.h[b][4 * i + 2] = on ? (int)vh.z : 0; a.h[b][4 * i + 3] = on ? (int)vh.w : 0;
                 a.l[b][4 * i] = on ? (int)vl.x : 0; a.l[b][4 * i + 1] = on ? (int)vl.y : 0;
                 a.l[b][4 * i + 2] = on ? (int)vl.z : 0; a.l[b][4 * i + 3] = on ? (int)vl.w : 0;
             }
-            const int s = e0 / 32 + b;
-            const float sa = on ? sa32[s] : 0.0f;
-            const int is = isum8[4 * s] + isum8[4 * s + 1] + isum8[4 * s + 2] + isum8[4 * s + 3];
+            const float sa = on ? sa32[lqr_at_scale(4 * sl + b, nsl)] : 0.0f;
+            const int g0 = 16 * sl + 4 * b;  // the 32-block's groups of 8: g0 .. g0 + 3
+            const int s01 = isum8[lqr_at_sum8(g0, nsl)] + isum8[lqr_at_sum8(g0 + 1, nsl)];
+            const int s23 = isum8[lqr_at_sum8(g0 + 2, nsl)] + isum8[lqr_at_sum8(g0 + 3, nsl)];
             a.sa[b] = sa;
-            a.sx[b] = sa * (float)is;
-            a.s16[b][0] = on ? isum8[4 * s] + isum8[4 * s + 1] : 0;
-            a.s16[b][1] = on ? isum8[4 * s + 2] + isum8[4 * s + 3] : 0;
+            a.sx[b] = sa * (float)(s01 + s23);
+            a.s16[b][0] = on ? s01 : 0;
+            a.s16[b][1] = on ? s23 : 0;
         }
     }
 
     LQR_MARK(2);
-    if (TMA && TG_LQR_AFTER_ROW && tl == 0)
-        for (int it = min(TG_LQR_EARLY, STG); it < min(STG, iters); ++it) issue(it);
     const long long yoff = td_row_offset(yd, grp);
     const long long roff = res ? td_row_offset_bcast(rd, yd, grp) : 0;
     const int hh = sl & 1;
