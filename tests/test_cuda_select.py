@@ -153,14 +153,17 @@ def test_quant_gemv_named_family_and_its_fallbacks() -> None:
 
 
 def test_linear_qr_is_the_default_for_large_layers_on_sm90() -> None:
-    big, small = dict(K=4096, N=24576), dict(K=2048, N=2048)  # Qwen3-8B gate/up, TinyLlama o
+    big, small = dict(K=4096, N=24576), dict(K=1024, N=2048)  # Qwen3-8B gate/up, Qwen3-0.6B q
     assert select.quant_gemv("f16", qtype="q4_k", **big) == select.quant_gemv("bf16", qtype="q4_k", **big) == "linear_qr"
     assert select.quant_gemv("f16", qtype="q6_k", **big) == "linear_qr"
-    assert select.quant_gemv("f16", qtype="q4_k", **small) == "linear_qmma"
+    assert select.quant_gemv("f16", qtype="q4_k", **small) == "linear_qmma"   # rows shorter than QR_MIN_K
     assert select.quant_gemv("bf16", qtype="q4_k", **small) == "linear_q"
     assert select.quant_gemv("f16", qtype="q8_0", **big) == "linear_qr"
     assert select.quant_gemv("f16", qtype="q4_k", K=4096, N=4096) == "linear_qr"  # Qwen3-8B o
-    assert select.quant_gemv("f16", qtype="q4_k", K=2048, N=11264) == "linear_qmma"  # TinyLlama gate/up: rows too short
+    for K, N in ((2048, 2560), (2048, 2048), (2048, 11264), (5632, 2048)):  # every TinyLlama GEMV
+        assert select.quant_gemv("f16", qtype="q4_k", K=K, N=N) == "linear_qr"
+        assert select.quant_gemv("f16", qtype="q8_0", K=K, N=N) == "linear_qr"
+    assert select.quant_gemv("f16", qtype="q4_k", K=2048, N=1024) == "linear_qmma"  # Qwen3-0.6B o: fewer weights than QR_MIN_WEIGHTS
     assert select.quant_gemv("f16", qtype="q4_0", **big) == "linear_q"        # no q4_0 slices
     assert select.quant_gemv("f16", qtype="q4_k", qr=False, **big) == "linear_qmma"   # TINYGRAPH_QUANT_QR=0
     assert select.quant_gemv("f16", True, qtype="q4_k", **big) == "linear_q8a"         # int8 asked for

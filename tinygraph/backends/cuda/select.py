@@ -119,20 +119,16 @@ QMMA_TYPES = frozenset({"q4_1", "q5_1", "q2_k", "q4_k", "q5_k", "q6_k"})
 QMMA_ALIGN2_TYPES, QMMA_ALIGN2_MAX_K = frozenset({"q8_0", "q4_0", "q5_0", "q3_k"}), 2048
 
 
-#: linear_qr is the default for all its types (H200, one GEMV, µs, seventh session: Qwen3-8B q8_0
-#: qkv 19.2 (linear_q) -> 14.2, o 14.8 -> 11.7, gate/up 52.3 -> 34.9, down 29.7 -> 25.5, lm_head
-#: 260 -> 176; q6_k (linear_qmma ->) qkv 22.1 -> 15.8, gate/up 57.0 -> 33.6, down 28.8 -> 27.3,
-#: lm_head 294 -> 173, o 12.7 -> 13.4), f16 / bf16 on sm_90, for weights of at least this many
-#: elements (H200, one GEMV, µs, linear_qmma -> linear_qr: Qwen3-8B q4_k gate/up 37.0 -> 24.4, down 21.7 -> 18.7,
-#: qkv 14.9 -> 13.4, TinyLlama gate/up 13.5 -> 12.0; o 4096 x 4096 8.9 -> 10.4 alone, but in the
-#: model (whose launches overlap, unlike the kernel bench's) Qwen3-8B Q4_K_M decodes at 306 tok/s
-#: with a 20M threshold and 319 with linear_qr on every layer, o included; the smaller TinyLlama
-#: layers 5.4-8.7 -> 7.6-10.0 alone: its prologue is longer, so small layers lose)
-QR_MIN_WEIGHTS = 16_000_000
-#: ... and rows of at least this many weights: at K = 2048 (TinyLlama) the kernel bench has linear_qr
-#: level with linear_qmma on gate/up (11.3 vs 11.8 µs) and behind on the rest, and no whole-model
-#: run of that mix was timed
-QR_MIN_K = 4096
+#: linear_qr is the default for all its types, f16 / bf16 on sm_90, for weights of at least this
+#: many elements with rows of at least QR_MIN_K (H200, eighth session, the row transposed in shared
+#: memory; one GEMV with programmatic launch, µs, linear_qmma -> linear_qr: Qwen3-8B q4_k qkv 13.0
+#: -> 10.0, o 7.8 -> 6.0, gate/up 35.1 -> 20.2, down 19.8 -> 15.4; q6_k qkv 18.7 -> 11.6, o 10.8 ->
+#: 9.5, gate/up 53.8 -> 27.4, down 27.0 -> 22.9; TinyLlama (K = 2048) q4_k qkv 5.3 -> 5.7, o 4.4 ->
+#: 4.4, gate/up 11.6 -> 9.4, down 8.8 -> 6.5; whole model, tok/s: TinyLlama Q4_K_M 948 -> 1,034 and
+#: Q8_0 885 -> 1,182 with linear_qr on every layer). The smallest layer measured was TinyLlama's o
+#: (2048 x 2048): smaller ones (Qwen3-0.6B, rows of 1024) keep the older families, untimed
+QR_MIN_WEIGHTS = 4_000_000
+QR_MIN_K = 2048
 
 
 def quant_gemv(dtype: str, int8_activations: bool = False, choice: str | None = None,
