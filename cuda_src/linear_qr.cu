@@ -29,9 +29,10 @@
 //       it was taken out, commit 4c1e00a has it.)
 //     Why: linear_q8a and linear_qmma re-read the activations from shared memory and re-derive
 //       addresses and scales per 32-weight unit (ncu: issue-bound at 50-60% with DRAM at
-//       25-40%). Measured (bench/README.md): large layers gain (Qwen3-8B q4_k gate/up 37 -> 24
-//       µs), small ones lose (a longer prologue), hence select.QR_MIN_WEIGHTS; the bulk copies
-//       measured the same as the register loads on the H200.
+//       25-40%). Measured (bench/README.md, H200, with programmatic launch, µs): Qwen3-8B q4_k
+//       gate/up 35.1 -> 20.2, down 19.8 -> 15.4; TinyLlama's layers level or faster; smaller
+//       layers untimed, hence select.QR_MIN_WEIGHTS / QR_MIN_K. Bulk copies against register
+//       loads (-DTG_LQR_TMA=0): 321 against 297 tok/s on Qwen3-8B Q4_K_M.
 //     Prologue: the block stages its row of x, normalised, as float32 (linear_common.cuh), rounds
 //       it to the two planes per 32 (a thread per 8 values; stored transposed, lqr_at8, so that
 //       the lanes' reads meet no bank conflicts), and each lane copies its slice into registers.
