@@ -71,7 +71,7 @@ def main(argv=None) -> int:
                     help="also run linear_qr built with -DTG_LQR_PROBE=1 (as any --variants with that option) "
                          "and print where a call's time goes "
                          "(thread 0 of each block stamps %%globaltimer: start, after the wait, row staged, rounded, "
-                         "row in registers, first weight rows in shared memory, end; µs from the first block's start)")
+                         "block met, row in registers, first weight rows in shared memory, end; µs from the first block's start)")
     ap.add_argument("--layers", default="", help="only these layers (comma list, e.g. gate_up,down)")
     args = ap.parse_args(argv)
     dev = driver.get_device(0)
