@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextvars
 import ctypes
 import os
+import warnings
 import weakref
 from typing import Any, Iterable
 
@@ -126,6 +127,13 @@ def _as_ctype(a, func: Function, i: int):
 
 
 _SYNC_EACH_LAUNCH = os.environ.get("TINYGRAPH_CUDA_SYNC", "") not in ("", "0")
+#: a profiling aid (tools/profile_skip.py): kernels whose names start with one of these
+#: (``TINYGRAPH_PROFILE_SKIP=attn,rope_store``) are not launched at all, so that a replayed
+#: step can be timed without them. Every result is then wrong; a warning says so at import.
+PROFILE_SKIP = tuple(p for p in os.environ.get("TINYGRAPH_PROFILE_SKIP", "").split(",") if p)
+if PROFILE_SKIP:
+    warnings.warn(f"TINYGRAPH_PROFILE_SKIP={','.join(PROFILE_SKIP)}: kernels named so are not launched; "
+                  "every result is wrong (profiling only)", RuntimeWarning, stacklevel=2)
 #: called with each launched kernel's name while set (the backend's record of which kernels a
 #: graph node launched: ``Graph.kernels``)
 LAUNCH_OBSERVER: contextvars.ContextVar = contextvars.ContextVar("tinygraph_launch_observer", default=None)
@@ -197,6 +205,8 @@ def launch(func: Function, grid, block, args: Iterable[Any], shared_mem: int = 0
     the previous kernels may still write). Raises CudaError naming the kernel when the driver
     refuses the launch, KernelArgumentError when the arguments do not match the kernel.
     """
+    if PROFILE_SKIP and func.name.startswith(PROFILE_SKIP):
+        return
     drv = _drv()
     g = (grid, 1, 1) if isinstance(grid, int) else _dim3(grid)
     b = (block, 1, 1) if isinstance(block, int) else _dim3(block)
@@ -252,6 +262,8 @@ class PreparedLaunch:
         ctypes.memmove(ctypes.addressof(a), ctypes.addressof(v), ctypes.sizeof(a))
 
     def __call__(self, stream=None) -> None:
+        if PROFILE_SKIP and self.func.name.startswith(PROFILE_SKIP):
+            return
         drv = _drv()
         g, b = self.grid, self.block
         hs = _launch_stream(stream)
