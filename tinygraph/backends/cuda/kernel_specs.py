@@ -363,11 +363,10 @@ def linear_rows_per_block(rows: int, K: int) -> int:
     return rb
 
 
-def linear_block_size(columns: int, groups: int = 1, sm_count: int = 132) -> int:
-    """Threads per linear_gemv block (one output column per warp at a time): 256. Measured on
-    an H100 (tools/bench_linear.py), 256 beat 128 and 64 at every decode shape, the small ones
-    (N = 576, 72 blocks) included: a block stages the normalised row once for 8 warps."""
-    return 256
+#: threads per linear_gemv block (one output column per warp at a time). Measured on an H100
+#: (tools/bench_linear.py), 256 beat 128 and 64 at every decode shape, the small ones (N = 576,
+#: 72 blocks) included: a block stages the normalised row once for 8 warps.
+LINEAR_BLOCK = 256
 
 
 SAMPLE_CHUNK = 4096  # logits per block of the sample kernels (SMP_CHUNK in sample.cu)

@@ -113,7 +113,7 @@ from .kernel_specs import (  # noqa: F401 (re-exported: the library's names live
     StoreArgs, TD, _BIN, _DTYPE_ALIASES, _F, _ITEMSIZE, _LINEAR_PARAMS, _LINEAR_RB_SMEM_BYTES, _MM, _ONE,
     _PAIRS, _SAMPLE_TAIL, _UN, _arch_number, _check_broadcast, _fold_to_rank4, _linear_code, _reg,
     all_kernel_names, dtype_suffix, elementwise_config, f32, fa_shared_bytes, gemv_block_size, i32, itemsize,
-    kernel_name, linear_block_size, linear_rows_per_block, ptr, row_block_size, sample_workspace_bytes,
+    LINEAR_BLOCK, kernel_name, linear_rows_per_block, ptr, row_block_size, sample_workspace_bytes,
     tc3_shared_bytes, td)
 
 __all__ = [
@@ -140,7 +140,7 @@ __all__ = [
     "ROPE_NORMAL",
     "ROPE_NEOX",
     "linear_rows_per_block",
-    "linear_block_size",
+    "LINEAR_BLOCK",
     "LINEAR_NORMS",
     "LINEAR_ACTS",
 ]
@@ -517,7 +517,7 @@ class KernelLibrary:
         f = func if func is not None else self.get("linear_gemv1" if rb == 1 else "linear_gemv", sfx)
         self._ensure_dynamic_smem(f, smem)
         groups = -(-rows // rb)
-        bs = int(block) if block else linear_block_size(nout, groups, self.sm_count)
+        bs = int(block) if block else LINEAR_BLOCK
         if bs % 32 or not 32 <= bs <= 256:
             raise ValueError(f"linear: block {bs} must be a multiple of 32 in [32, 256]")
         cb = -(-nout // (bs // 32))
