@@ -117,6 +117,33 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return warp_sum(v);
 }
 
+// A pair (a, b) merged over the warp by merge(a, b, a2, b2) (in place), as a butterfly: every lane
+// ends with the merge of all 32 lanes' pairs.
+template <typename A, typename B, class M>
+__device__ __forceinline__ void warp_merge2(A& a, B& b, M merge) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const A a2 = __shfl_xor_sync(0xffffffffu, a, o);
+        const B b2 = __shfl_xor_sync(0xffffffffu, b, o);
+        merge(a, b, a2, b2);
+    }
+}
+// ... over the block (blockDim.x a multiple of 32): the warps' pairs meet through shared memory
+// (sa, sb: 32 each) and are merged again, by every warp (ALL) or by warp 0 only, whose threads
+// then hold the result; lanes past the last warp start from (a0, b0), the merge's identity.
+template <bool ALL, typename A, typename B, class M>
+__device__ __forceinline__ void block_merge2(A& a, B& b, A* sa, B* sb, A a0, B b0, M merge) {
+    warp_merge2(a, b, merge);
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) { sa[wid] = a; sb[wid] = b; }
+    __syncthreads();
+    if (ALL || wid == 0) {
+        a = lane < nw ? sa[lane] : a0;
+        b = lane < nw ? sb[lane] : b0;
+        warp_merge2(a, b, merge);
+    }
+}
+
 // RoPE: (cos, sin) of the angle of rotation pair p for a head of n_dims rotated elements:
 // inv_freq = 1 / theta^(2p / n_dims) rounded once to float32 as HF computes it (/ ff[p] when
 // ff is non-NULL), angle = float(position) * inv_freq in float32. rope.cu, attention.cu.

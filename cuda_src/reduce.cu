@@ -53,25 +53,9 @@ __device__ __forceinline__ void argmax_block(const T* xr, long long xs, int j0, 
             if (j < j1 && am_better(v[u], j, bv, bi)) { bv = v[u]; bi = j; }
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float v2 = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (am_better(v2, i2, bv, bi)) { bv = v2; bi = i2; }
-    }
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if (lane == 0) { sv[wid] = bv; si[wid] = bi; }
-    __syncthreads();
-    if (wid == 0) {
-        bv = lane < nw ? sv[lane] : -INFINITY;
-        bi = lane < nw ? si[lane] : 0x7fffffff;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float v2 = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (am_better(v2, i2, bv, bi)) { bv = v2; bi = i2; }
-        }
-    }
+    block_merge2<false>(bv, bi, sv, si, -INFINITY, 0x7fffffff, [](float& v, int& i, float v2, int i2) {
+        if (am_better(v2, i2, v, i)) { v = v2; i = i2; }
+    });
 }
 
 template <typename T>

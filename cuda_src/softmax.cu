@@ -48,24 +48,7 @@ __device__ __forceinline__ void softmax_kernel(T* out, const TD& od, const T* x,
         if (v > m) { s = (m == -INFINITY ? 0.0f : s * expf(m - v)) + 1.0f; m = v; }
         else s += expf(v - m);
     }
-    // warp merge
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
-        const float s2 = __shfl_xor_sync(0xffffffffu, s, o);
-        ms_merge(m, s, m2, s2);
-    }
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if (lane == 0) { sm[wid] = m; ss[wid] = s; }
-    __syncthreads();
-    m = lane < nw ? sm[lane] : -INFINITY;
-    s = lane < nw ? ss[lane] : 0.0f;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
-        const float s2 = __shfl_xor_sync(0xffffffffu, s, o);
-        ms_merge(m, s, m2, s2);
-    }
+    block_merge2<true>(m, s, sm, ss, -INFINITY, 0.0f, ms_merge);
     const float inv = s > 0.0f ? 1.0f / s : 0.0f;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         float y = 0.0f;
