@@ -343,23 +343,19 @@ __device__ __forceinline__ void attn_store(float* part, int* counters, T* out, c
                                     window, chunk, &sa);
 }
 
-#define TG_ATTN1(SFX, T, MAXD)                                                                      \
+// attn_split_* (PIPE false) and attn_pipe_* (true): the same entry over attn_split<.., PIPE>
+#define TG_ATTN_SPLIT_ENTRY(NAME, SFX, T, MAXD, PIPE)                                               \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
-    attn_split_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,        \
-                              const T* kt, TD ktd, const T* v, TD vd, float scale, int causal,     \
-                              int past, const int* past_dev, int window, int chunk) {               \
+    NAME##_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,             \
+                          const T* kt, TD ktd, const T* v, TD vd, float scale, int causal,         \
+                          int past, const int* past_dev, int window, int chunk) {                   \
         tg_pdl_enter();                                                                             \
-        attn_split<T, MAXD, false, false>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale,    \
-                                          causal, past, past_dev, window, chunk, nullptr);          \
-    }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
-    attn_pipe_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,         \
-                             const T* kt, TD ktd, const T* v, TD vd, float scale, int causal,      \
-                             int past, const int* past_dev, int window, int chunk) {                \
-        tg_pdl_enter();                                                                             \
-        attn_split<T, MAXD, false, true>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale,     \
+        attn_split<T, MAXD, false, PIPE>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale,     \
                                          causal, past, past_dev, window, chunk, nullptr);           \
-    }                                                                                               \
+    }
+#define TG_ATTN1(SFX, T, MAXD)                                                                      \
+    TG_ATTN_SPLIT_ENTRY(attn_split, SFX, T, MAXD, false)                                            \
+    TG_ATTN_SPLIT_ENTRY(attn_pipe, SFX, T, MAXD, true)                                              \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
     attn_store_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,        \
                               StoreArgs<T> sa, float scale, const int* pos, int window,             \

@@ -93,6 +93,16 @@ __device__ __forceinline__ long long td_row_offset_bcast(const TD& d, const TD& 
            (d.ne[2] == 1 ? 0 : c2 * d.st[2]);
 }
 
+// Two packed 16-bit values (a __half2 / __nv_bfloat162 in a 32-bit word) as float2 (the tag picks the type).
+__device__ __forceinline__ float2 h2f(unsigned u, __half) {
+    __half2 h = *reinterpret_cast<__half2*>(&u);
+    return __half22float2(h);
+}
+__device__ __forceinline__ float2 h2f(unsigned u, __nv_bfloat16) {
+    __nv_bfloat162 h = *reinterpret_cast<__nv_bfloat162*>(&u);
+    return __bfloat1622float2(h);
+}
+
 // ---- reductions -----------------------------------------------------------------------------
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -287,19 +287,17 @@ __device__ __forceinline__ void linear_epilogue_body(T* y, const TD& yd, const T
     }
 }
 
+// linear_gemv_* and linear_gemv1_* (ONE: one row per block): the same entry, the flag apart
+#define TG_LINEAR_GEMV_ENTRY(NAME, T, ONE)                                                     \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                    \
+        T* y, TD yd, const T* x, TD xd, const T* w, long long ldw, const T* bias, const T* res, \
+        TD rd, const T* norm_w, const T* norm_b, float eps, int norm, int act, int N, int K) {   \
+        linear_gemv_kernel<T>(y, yd, x, xd, w, ldw, bias, res, rd, norm_w, norm_b, eps, norm,  \
+                              act, N, K, ONE);                                                  \
+    }
 #define TG_LINEAR(T, sfx)                                                                      \
-    extern "C" __global__ void __launch_bounds__(256) linear_gemv_##sfx(                        \
-        T* y, TD yd, const T* x, TD xd, const T* w, long long ldw, const T* bias, const T* res, \
-        TD rd, const T* norm_w, const T* norm_b, float eps, int norm, int act, int N, int K) {   \
-        linear_gemv_kernel<T>(y, yd, x, xd, w, ldw, bias, res, rd, norm_w, norm_b, eps, norm,  \
-                              act, N, K, false);                                                \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(256) linear_gemv1_##sfx(                       \
-        T* y, TD yd, const T* x, TD xd, const T* w, long long ldw, const T* bias, const T* res, \
-        TD rd, const T* norm_w, const T* norm_b, float eps, int norm, int act, int N, int K) {   \
-        linear_gemv_kernel<T>(y, yd, x, xd, w, ldw, bias, res, rd, norm_w, norm_b, eps, norm,  \
-                              act, N, K, true);                                                 \
-    }                                                                                          \
+    TG_LINEAR_GEMV_ENTRY(linear_gemv_##sfx, T, false)                                          \
+    TG_LINEAR_GEMV_ENTRY(linear_gemv1_##sfx, T, true)                                          \
     extern "C" __global__ void linear_epilogue_##sfx(T* y, TD yd, const T* z, TD zd,           \
                                                      const T* bias, const T* res, TD rd,       \
                                                      int act) { tg_pdl_enter();                \

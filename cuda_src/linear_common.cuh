@@ -50,14 +50,6 @@ __device__ __forceinline__ float lin_load8_amax32(const float* hrow, int g, int 
     return fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
 }
 
-__device__ __forceinline__ float2 lin_h2f(unsigned u, __half) {
-    __half2 h = *reinterpret_cast<__half2*>(&u);
-    return __half22float2(h);
-}
-__device__ __forceinline__ float2 lin_h2f(unsigned u, __nv_bfloat16) {
-    __nv_bfloat162 h = *reinterpret_cast<__nv_bfloat162*>(&u);
-    return __bfloat1622float2(h);
-}
 
 // 16 bytes of w -> VEC floats.
 template <typename T>
@@ -69,7 +61,7 @@ __device__ __forceinline__ void lin_unpack(const uint4& v, float* f) {
         const unsigned a[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-            const float2 p = lin_h2f(a[q], T());
+            const float2 p = h2f(a[q], T());
             f[2 * q] = p.x;
             f[2 * q + 1] = p.y;
         }

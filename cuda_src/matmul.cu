@@ -248,14 +248,6 @@ __device__ __forceinline__ float dot16(const uint4& w, const uint4& x, float) {
     return __uint_as_float(w.x) * __uint_as_float(x.x) + __uint_as_float(w.y) * __uint_as_float(x.y) +
            __uint_as_float(w.z) * __uint_as_float(x.z) + __uint_as_float(w.w) * __uint_as_float(x.w);
 }
-__device__ __forceinline__ float2 h2f(unsigned u, __half) {
-    __half2 h = *reinterpret_cast<__half2*>(&u);
-    return __half22float2(h);
-}
-__device__ __forceinline__ float2 h2f(unsigned u, __nv_bfloat16) {
-    __nv_bfloat162 h = *reinterpret_cast<__nv_bfloat162*>(&u);
-    return __bfloat1622float2(h);
-}
 template <typename T>
 __device__ __forceinline__ float dot16(const uint4& w, const uint4& x, T tag) {
     float s = 0.0f;

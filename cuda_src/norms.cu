@@ -11,52 +11,33 @@
 //   32 in [32, 1024] (kernels.py picks 32..1024 from the row length).
 #include "common.cuh"
 
-template <typename T>
-__device__ __forceinline__ void rms_norm_kernel(T* out, const TD& od, const T* x, const TD& xd,
-                                                const T* w, float eps) {
+// Row blockIdx.x of x normalised over its last axis into out: RMSNorm x / rms(x) (LAYER false) or
+// LayerNorm (x - mean) / std (LAYER true), each times w and (LayerNorm) plus b where given.
+template <typename T, bool LAYER>
+__device__ __forceinline__ void norm_kernel(T* out, const TD& od, const T* x, const TD& xd, const T* w,
+                                            const T* b, float eps) {
     __shared__ float scratch[32];
     const long long r = blockIdx.x;
     const int n = (int)xd.ne[3];
     const T* xr = x + td_row_offset(xd, r);
     T* orow = out + td_row_offset(od, r);
     const long long xs = xd.st[3], os = od.st[3];
-    float ss = 0.0f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const float v = to_f32(xr[j * xs]);
-        ss += v * v;
+    float mean = 0.0f;  // (RMSNorm: x - 0.0f is x, folded away)
+    if (LAYER) {
+        float s = 0.0f;
+        for (int j = threadIdx.x; j < n; j += blockDim.x) s += to_f32(xr[j * xs]);
+        mean = block_sum(s, scratch) / (float)n;
     }
-    ss = block_sum(ss, scratch);
-    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        float v = to_f32(xr[j * xs]) * inv;
-        if (w) v *= to_f32(w[j]);
-        orow[j * os] = from_f32<T>(v);
-    }
-}
-
-template <typename T>
-__device__ __forceinline__ void layer_norm_kernel(T* out, const TD& od, const T* x, const TD& xd,
-                                                  const T* w, const T* b, float eps) {
-    __shared__ float scratch[32];
-    const long long r = blockIdx.x;
-    const int n = (int)xd.ne[3];
-    const T* xr = x + td_row_offset(xd, r);
-    T* orow = out + td_row_offset(od, r);
-    const long long xs = xd.st[3], os = od.st[3];
-    float s = 0.0f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) s += to_f32(xr[j * xs]);
-    const float mean = block_sum(s, scratch) / (float)n;
     float q = 0.0f;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         const float d = to_f32(xr[j * xs]) - mean;
         q += d * d;
     }
-    const float var = block_sum(q, scratch) / (float)n;
-    const float inv = 1.0f / sqrtf(var + eps);
+    const float inv = 1.0f / sqrtf(block_sum(q, scratch) / (float)n + eps);
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         float v = (to_f32(xr[j * xs]) - mean) * inv;
         if (w) v *= to_f32(w[j]);
-        if (b) v += to_f32(b[j]);
+        if (LAYER && b) v += to_f32(b[j]);
         orow[j * os] = from_f32<T>(v);
     }
 }
@@ -64,11 +45,11 @@ __device__ __forceinline__ void layer_norm_kernel(T* out, const TD& od, const T*
 #define TG_NORMS(T, sfx)                                                                       \
     extern "C" __global__ void rms_norm_##sfx(T* out, TD od, const T* x, TD xd, const T* w,    \
                                               float eps) { tg_pdl_enter();                     \
-        rms_norm_kernel<T>(out, od, x, xd, w, eps);                                            \
+        norm_kernel<T, false>(out, od, x, xd, w, nullptr, eps);                                            \
     }                                                                                          \
     extern "C" __global__ void layer_norm_##sfx(T* out, TD od, const T* x, TD xd, const T* w,  \
                                                 const T* b, float eps) { tg_pdl_enter();       \
-        layer_norm_kernel<T>(out, od, x, xd, w, b, eps);                                       \
+        norm_kernel<T, true>(out, od, x, xd, w, b, eps);                                       \
     }
 TG_NORMS(float, f32)
 TG_NORMS(__half, f16)

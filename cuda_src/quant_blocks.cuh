@@ -123,35 +123,45 @@ struct QQ4_1 {
     }
 };
 
+// The 32 codes of a Q5_0 / Q5_1 block: element e < 16 is the low nibble of qs[e], e >= 16 the high
+// nibble of qs[e - 16], bit 4 bit e of qh; qs read as 4 words by ld (the blocks' alignments differ).
+template <int E, class LD>
+__device__ __forceinline__ void q5_decode(const unsigned char* qs, unsigned qh, float* q, LD ld) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const unsigned w = ld(qs + 4 * i);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int e = 4 * i + j;
+            q[e] = qv<E>((byte_of(w, j) & 0xF) | (((qh >> e) & 1u) << 4));
+            q[16 + e] = qv<E>((byte_of(w, j) >> 4) | (((qh >> (e + 16)) & 1u) << 4));
+        }
+    }
+}
+// ... as int8 codes, 4 to a word (decode_i8's layout)
+template <class LD>
+__device__ __forceinline__ void q5_decode_i8(const unsigned char* qs, unsigned qh, int* qw, LD ld) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const unsigned w = ld(qs + 4 * i);
+        qw[i] = (int)((w & 0x0F0F0F0Fu) | (spread4(qh >> (4 * i)) << 4));
+        qw[4 + i] = (int)(((w >> 4) & 0x0F0F0F0Fu) | (spread4(qh >> (16 + 4 * i)) << 4));
+    }
+}
+
 // Q5_0: {f16 d; u32 qh; u8 qs[16]}: bit j of qh is bit 4 of element j; w = d * (q - 16)
 struct QQ5_0 {
     static constexpr int QK = 32, BB = 22, NSUB = 1, RUNS = 2, RL = 16, E = 5;
     static __device__ __forceinline__ int start(int, int r) { return 16 * r; }
     static __device__ __forceinline__ void decode(const unsigned char* b, int, float* q, float* d, float* m) {
         const float dd = qh16(b);
-        const unsigned qh = ld4a2(b + 2);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const unsigned w = ld4a2(b + 6 + 4 * i);
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int e = 4 * i + j;
-                q[e] = qv<E>((byte_of(w, j) & 0xF) | (((qh >> e) & 1u) << 4));
-                q[16 + e] = qv<E>((byte_of(w, j) >> 4) | (((qh >> (e + 16)) & 1u) << 4));
-            }
-        }
+        q5_decode<E>(b + 6, ld4a2(b + 2), q, [](const unsigned char* p) { return ld4a2(p); });
         d[0] = d[1] = dd;
         m[0] = m[1] = -16.0f * dd;
     }
     static __device__ __forceinline__ void decode_i8(const unsigned char* b, int, int* qw, float* d, float* m) {
         const float dd = qh16(b);
-        const unsigned qh = ld4a2(b + 2);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const unsigned w = ld4a2(b + 6 + 4 * i);
-            qw[i] = (int)((w & 0x0F0F0F0Fu) | (spread4(qh >> (4 * i)) << 4));
-            qw[4 + i] = (int)(((w >> 4) & 0x0F0F0F0Fu) | (spread4(qh >> (16 + 4 * i)) << 4));
-        }
+        q5_decode_i8(b + 6, ld4a2(b + 2), qw, [](const unsigned char* p) { return ld4a2(p); });
         d[0] = d[1] = dd;
         m[0] = m[1] = -16.0f * dd;
     }
@@ -163,28 +173,12 @@ struct QQ5_1 {
     static __device__ __forceinline__ int start(int, int r) { return 16 * r; }
     static __device__ __forceinline__ void decode(const unsigned char* b, int, float* q, float* d, float* m) {
         const float dd = qh16(b), mm = qh16(b + 2);
-        const unsigned qh = ld4(b + 4);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const unsigned w = ld4(b + 8 + 4 * i);
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int e = 4 * i + j;
-                q[e] = qv<E>((byte_of(w, j) & 0xF) | (((qh >> e) & 1u) << 4));
-                q[16 + e] = qv<E>((byte_of(w, j) >> 4) | (((qh >> (e + 16)) & 1u) << 4));
-            }
-        }
+        q5_decode<E>(b + 8, ld4(b + 4), q, [](const unsigned char* p) { return ld4(p); });
         d[0] = d[1] = dd;
         m[0] = m[1] = mm;
     }
     static __device__ __forceinline__ void decode_i8(const unsigned char* b, int, int* qw, float* d, float* m) {
-        const unsigned qh = ld4(b + 4);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const unsigned w = ld4(b + 8 + 4 * i);
-            qw[i] = (int)((w & 0x0F0F0F0Fu) | (spread4(qh >> (4 * i)) << 4));
-            qw[4 + i] = (int)(((w >> 4) & 0x0F0F0F0Fu) | (spread4(qh >> (16 + 4 * i)) << 4));
-        }
+        q5_decode_i8(b + 8, ld4(b + 4), qw, [](const unsigned char* p) { return ld4(p); });
         d[0] = d[1] = qh16(b);
         m[0] = m[1] = qh16(b + 2);
     }
