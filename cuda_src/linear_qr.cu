@@ -118,61 +118,41 @@ __device__ __forceinline__ int lqr_at8(int g, int nsl) {  // byte of values 8g .
 __device__ __forceinline__ int lqr_at_sum8(int g, int nsl) { return (g & 15) * nsl + (g >> 4); }
 __device__ __forceinline__ int lqr_at_scale(int s, int nsl) { return (s & 3) * nsl + (s >> 2); }
 
-// Round values 8g .. 8g+7 of the row (v; zeros when g >= ng) to the two planes (hi, lo: int8 [K]),
-// their scale per 32 divided by LQR_LO (sa32) and, per 8 values, LQR_LO * sum(hi) + sum(lo)
-// (isum8), at the places lqr_at8 / lqr_at_sum8 / lqr_at_scale name. The 4 threads of a 32-block are lanes 4c..4c+3 of one warp, and every lane calls it
-// (shuffles). A non-finite value makes its block's scale NaN (every output that reads it is then
-// NaN, as with float math).
-__device__ __forceinline__ void lqr_round8(const float* v, int g, int ng, signed char* hi, signed char* lo,
-                                           float* sa32, int* isum8) {
-    float amax = 0.0f, sum = 0.0f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-        amax = fmaxf(amax, fabsf(v[e]));
-        sum += v[e];
-    }
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-    int bad = isfinite(sum) ? 0 : 1;
-    bad |= __shfl_xor_sync(0xffffffffu, bad, 1);
-    bad |= __shfl_xor_sync(0xffffffffu, bad, 2);
-    if (g < ng) {
-        const float inv = (amax > 0.0f && !bad) ? 127.0f / amax : 0.0f;
-        unsigned ph[2] = {0u, 0u}, pl[2] = {0u, 0u};
-        int sh = 0, sl = 0;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            const float xs = v[e] * inv;
-            const int qh = __float2int_rn(xs);
-            const int ql = __float2int_rn((xs - (float)qh) * (float)LQR_LO);
-            sh += qh;
-            sl += ql;
-            ph[e >> 2] |= ((unsigned)qh & 0xFFu) << (8 * (e & 3));
-            pl[e >> 2] |= ((unsigned)ql & 0xFFu) << (8 * (e & 3));
-        }
-        const int nsl = ng >> 4;
-        *reinterpret_cast<uint2*>(hi + lqr_at8(g, nsl)) = make_uint2(ph[0], ph[1]);
-        *reinterpret_cast<uint2*>(lo + lqr_at8(g, nsl)) = make_uint2(pl[0], pl[1]);
-        isum8[lqr_at_sum8(g, nsl)] = LQR_LO * sh + sl;
-        if ((g & 3) == 0)
-            sa32[lqr_at_scale(g >> 2, nsl)] = bad ? __int_as_float(0x7fc00000) : amax / (127.0f * (float)LQR_LO);
-    }
-}
-
-// Round the staged, normalised row hrow [K] (float32) to the two planes, a thread per 8 values.
+// Round the staged, normalised row hrow [K] (float32) to the two planes (hi, lo: int8 [K]), their
+// scale per 32 divided by LQR_LO (sa32) and, per 8 values, LQR_LO * sum(hi) + sum(lo) (isum8), at
+// the places lqr_at8 / lqr_at_sum8 / lqr_at_scale name. A thread takes 8 values, so the 4 threads
+// of a 32-block are lanes 4c..4c+3 of one warp. A non-finite value makes its block's scale NaN
+// (every output that reads it is then NaN, as with float math).
 __device__ __forceinline__ void lqr_quantize_row(const float* hrow, int K, signed char* hi, signed char* lo,
                                                  float* sa32, int* isum8) {
-    const int ng = K / 8;
+    const int ng = K / 8, nsl = ng >> 4;
     for (int g0 = 0; g0 < ng; g0 += blockDim.x) {  // uniform trip count: every lane reaches the shuffles
         const int g = g0 + threadIdx.x;
-        float v[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) v[e] = 0.0f;
+        float v[8], sum;
+        const float amax = lin_load8_amax32(hrow, g, ng, v, sum);
+        int bad = isfinite(sum) ? 0 : 1;
+        bad |= __shfl_xor_sync(0xffffffffu, bad, 1);
+        bad |= __shfl_xor_sync(0xffffffffu, bad, 2);
         if (g < ng) {
-            *reinterpret_cast<float4*>(v) = *reinterpret_cast<const float4*>(hrow + 8 * g);
-            *reinterpret_cast<float4*>(v + 4) = *reinterpret_cast<const float4*>(hrow + 8 * g + 4);
+            const float inv = (amax > 0.0f && !bad) ? 127.0f / amax : 0.0f;
+            unsigned ph[2] = {0u, 0u}, pl[2] = {0u, 0u};
+            int sh = 0, sl = 0;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                const float xs = v[e] * inv;
+                const int qh = __float2int_rn(xs);
+                const int ql = __float2int_rn((xs - (float)qh) * (float)LQR_LO);
+                sh += qh;
+                sl += ql;
+                ph[e >> 2] |= ((unsigned)qh & 0xFFu) << (8 * (e & 3));
+                pl[e >> 2] |= ((unsigned)ql & 0xFFu) << (8 * (e & 3));
+            }
+            *reinterpret_cast<uint2*>(hi + lqr_at8(g, nsl)) = make_uint2(ph[0], ph[1]);
+            *reinterpret_cast<uint2*>(lo + lqr_at8(g, nsl)) = make_uint2(pl[0], pl[1]);
+            isum8[lqr_at_sum8(g, nsl)] = LQR_LO * sh + sl;
+            if ((g & 3) == 0)
+                sa32[lqr_at_scale(g >> 2, nsl)] = bad ? __int_as_float(0x7fc00000) : amax / (127.0f * (float)LQR_LO);
         }
-        lqr_round8(v, g, ng, hi, lo, sa32, isum8);
     }
 }
 
@@ -468,14 +448,12 @@ __device__ __forceinline__ void linear_qr_body(T* y, const TD& yd, const T* x, c
     tg_pdl_wait();
     LQR_MARK(1);
 
-    {
-        lin_stage_row<T, 16 / sizeof(T)>(hrow, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, 0, norm, nw,
-                                         nbias, eps, scratch);
-        LQR_MARK(5);
-        issue_late();
-        __syncthreads();
-        lqr_quantize_row(hrow, K, phi, plo, sa32, isum8);
-    }
+    lin_stage_row<T, 16 / sizeof(T)>(hrow, x + td_row_offset_bcast(xd, yd, grp), xd.st[3], K, 0, norm, nw,
+                                     nbias, eps, scratch);
+    LQR_MARK(5);
+    issue_late();
+    __syncthreads();
+    lqr_quantize_row(hrow, K, phi, plo, sa32, isum8);
     LQR_MARK(6);
     __syncthreads();
     LQR_MARK(7);
