@@ -150,13 +150,15 @@ __device__ __forceinline__ void tc3_load_tile(__half* S, const void* base_, long
 
 extern __shared__ __align__(16) unsigned char tc3_smem[];
 
-template <typename T, int BK, int ST>
+// SPLIT: blockIdx.z is a split of K (batch 1): K tiles [z * tps, (z + 1) * tps), float32 partial
+// sums to P + z * M * N (row-major M x N) instead of C; matmul_splitk_reduce adds them up.
+template <typename T, int BK, int ST, bool SPLIT = false>
 __device__ __forceinline__ void matmul_tc3(T* C, const TD& cd, const T* A, const TD& ad, const T* B,
-                                           const TD& bd) {
+                                           const TD& bd, float* P = nullptr, int tps = 0) {
     constexpr int LD = BK + 8, TILE = 128 * LD;  // elements of one operand tile
     __half* sm = reinterpret_cast<__half*>(tc3_smem);
     const long long M = cd.ne[2], N = cd.ne[3], K = ad.ne[3];
-    const long long z = blockIdx.z;
+    const long long z = SPLIT ? 0 : blockIdx.z;
     const T* Ab = A + batch_offset(ad, cd, z);
     const T* Bb = B + batch_offset(bd, cd, z);
     T* Cb = C + batch_offset(cd, cd, z);
@@ -180,11 +182,15 @@ __device__ __forceinline__ void matmul_tc3(T* C, const TD& cd, const T* A, const
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
 
-    const long long ntiles = (K + BK - 1) / BK;
+    long long t0 = 0, ntiles = (K + BK - 1) / BK;  // this block's K tiles: t0 .. t0 + ntiles - 1
+    if constexpr (SPLIT) {
+        t0 = (long long)blockIdx.z * tps;
+        ntiles = ntiles - t0 < tps ? ntiles - t0 : tps;
+    }
     auto load = [&](long long t) {
         __half* s = sm + (int)(t % ST) * 2 * TILE;
-        tc3_load_tile<BK>(s, Ab, M, K, m0, t * BK, as_m, as_k, a_vec, a_kfast);
-        tc3_load_tile<BK>(s + TILE, Bb, N, K, n0, t * BK, bs_n, bs_k, b_vec, b_kfast);
+        tc3_load_tile<BK>(s, Ab, M, K, m0, (t0 + t) * BK, as_m, as_k, a_vec, a_kfast);
+        tc3_load_tile<BK>(s + TILE, Bb, N, K, n0, (t0 + t) * BK, bs_n, bs_k, b_vec, b_kfast);
     };
 #pragma unroll
     for (int t = 0; t < ST - 1; ++t) {
@@ -216,6 +222,23 @@ __device__ __forceinline__ void matmul_tc3(T* C, const TD& cd, const T* A, const
         }
     }
     cp_async_wait<0>();
+    if constexpr (SPLIT) {
+        float* Pz = P + (long long)blockIdx.z * M * N;
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const long long m = m0 + wm * 64 + i * 16 + g + 8 * h;
+                if (m >= M) continue;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const long long n = n0 + wn * 32 + j * 8 + 2 * t4;
+                    if (n < N) Pz[m * N + n] = acc[i][j][2 * h];
+                    if (n + 1 < N) Pz[m * N + n + 1] = acc[i][j][2 * h + 1];
+                }
+            }
+        return;
+    }
     const long long cs_m = cd.st[2], cs_n = cd.st[3];
     const bool pair = cs_n == 1 && (N & 1) == 0 && (cs_m & 1) == 0 &&
                       ((reinterpret_cast<unsigned long long>(Cb) & 3) == 0);
@@ -430,3 +453,23 @@ TG_GEMV_TUNE_ALL(float, f32)
     TG_MATMUL_TC3(32, 3, T, sfx) TG_MATMUL_TC3(32, 4, T, sfx) TG_MATMUL_TC3(64, 3, T, sfx) TG_MATMUL_TC3(64, 4, T, sfx)
 TG_MATMUL_TC3_ALL(__half, f16)
 TG_MATMUL_TC3_ALL(__nv_bfloat16, bf16)
+
+// Split-K for products with few output tiles (a batched decode's M <= 64 rows): K tiles split over
+// grid.z blocks of matmul_tc3s (4 stages of 64), partial sums added in split order by the reduce.
+#define TG_MATMUL_SPLITK(T, sfx)                                                                \
+    extern "C" __global__ void __launch_bounds__(256)                                          \
+        matmul_tc3s_##sfx(float* P, const T* A, TD ad, const T* B, TD bd, TD cd, int tps) {    \
+        tg_pdl_enter();                                                                        \
+        matmul_tc3<T, 64, 4, true>(nullptr, cd, A, ad, B, bd, P, tps);                         \
+    }                                                                                          \
+    extern "C" __global__ void matmul_splitk_reduce_##sfx(T* C, TD cd, const float* P, int splits) { \
+        tg_pdl_enter();                                                                        \
+        const long long M = cd.ne[2], N = cd.ne[3];                                            \
+        TG_GRID_STRIDE_LOOP(i, M * N) {                                                        \
+            float s = 0.0f;                                                                    \
+            for (int z = 0; z < splits; ++z) s += P[z * M * N + i];                            \
+            C[(i / N) * cd.st[2] + (i % N) * cd.st[3]] = from_f32<T>(s);                       \
+        }                                                                                      \
+    }
+TG_MATMUL_SPLITK(__half, f16)
+TG_MATMUL_SPLITK(__nv_bfloat16, bf16)

@@ -260,13 +260,27 @@ class PagedStep:
         """Layout inputs for sequences ``seqs`` (None: a padding row) whose ``lens[b]`` real
         tokens start at position ``starts[b]``; a sequence's padding tokens, and padding rows,
         write the scratch row."""
-        pool, T = self.pool, self.T
-        rows = np.full((self.B, T), pool.scratch, np.int32)
-        for b, (s, p, n) in enumerate(zip(seqs, starts, lens)):
-            if s is not None:
-                rows[b, :n] = pool.rows_of(s, np.arange(p, p + n))
-        gather = np.stack([pool.gather_index(s, self.S) for s in seqs])
+        pool, T, S, bs = self.pool, self.T, self.S, self.pool.block_size
+        # every sequence's block table as one padded array (-1: not owned -> scratch), so the rows
+        # of all tokens and gathers come from one vectorised lookup (a Python loop per sequence
+        # cost ~30 µs each: 2 ms a step at 64 sequences)
+        tabs = [pool.tables.get(s, []) if s is not None else [] for s in seqs]
+        width = max(max(map(len, tabs)), (max(starts) + T - 1) // bs + 1, (S - 1) // bs + 1) + 1
+        tbl = np.full((len(seqs), width), -1, np.int64)
+        for b, t in enumerate(tabs):
+            tbl[b, :len(t)] = t
+
+        def rows_at(pos: np.ndarray) -> np.ndarray:  # pool rows of positions [B, n] (as rows_of)
+            blk = np.take_along_axis(tbl, pos // bs, axis=1)
+            return np.where(blk >= 0, blk * bs + pos % bs, pool.scratch)
+
+        pos = np.asarray(starts, np.int64)[:, None] + np.arange(T)
+        real = np.arange(T)[None, :] < np.asarray(lens)[:, None]
+        rows = np.where(real, rows_at(pos), pool.scratch).astype(np.int32)
+        ctx = rows_at(np.broadcast_to(np.arange(S, dtype=np.int64), (len(seqs), S)))          # [B, S]
         nkv = pool.model.config.num_kv_heads
+        heads = np.arange(nkv, dtype=np.int64)[None, :, None] * pool.rows
+        gather = (heads + ctx[:, None, :]).reshape(len(seqs), -1).astype(np.int32)
         return {"kv_rows": rows.reshape(-1), "kv_gather": gather, "kv_past": np.asarray(starts, np.int32),
                 "kv_past_heads": np.repeat(np.asarray(starts, np.int32), nkv)}
 

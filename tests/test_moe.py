@@ -2,8 +2,8 @@
 mlp_only_layers, decoder_sparse_step) and Qwen2-MoE (shared expert with its sigmoid gate) against
 HF transformers' outputs in tests/fixtures (tools/make_fixtures.py with tools/fixture_moe.py):
 full-sequence logits, incremental logits through the KV cache, greedy ids (argmax loops over
-HF's forward with and without its cache), on NumPy and (on a GPU) CUDA; the top-k routing graph
-against a NumPy top-k; config keys and refused variants. (qwen3_moe_gguf: the HF model of the
+HF's forward with and without its cache), on NumPy and (on a GPU) CUDA; the grouped (chosen
+experts only) and dense forms; ``moe_route`` against a NumPy top-k; config keys and refused variants. (qwen3_moe_gguf: the HF model of the
 Qwen3-MoE GGUF fixture, every layer MoE; GGUF files: tests/test_io_gguf_moe.py.)"""
 from __future__ import annotations
 
@@ -48,8 +48,9 @@ def test_every_expert_is_routed_in_the_reference(fam):
 
 @pytest.mark.parametrize("fam", FAMILIES)
 def test_decode_graph_fuses(fam):
-    """The decode step keeps the fused attention and the SwiGLU ``linear`` for the packed
-    experts' gate/up (and the shared expert's); routing is top_k argmax rounds per MoE layer."""
+    """The decode step keeps the fused attention; each MoE layer is one ``moe_route`` and the
+    grouped ``moe_gate_up`` / ``moe_down`` (only the chosen experts); SwiGLU ``linear``s remain
+    for the dense MLP layers and the shared expert."""
     with load_model(FIX / fam, backend="numpy") as m:
         g, _, _ = m.step_graph(1, "argmax")
         moe, n_layers = m.config.moe, m.config.num_layers
@@ -57,8 +58,35 @@ def test_decode_graph_fuses(fam):
         swiglu = [n for n in g.nodes if n.op == "linear" and n.params.get("act") == "swiglu"]
     n_moe = sum(moe.sparse)
     assert ops.count("attention_store") == n_layers and "set_rows" not in ops
-    assert ops.count("argmax") == moe.top_k * n_moe + 1  # + the next token
-    assert len(swiglu) == n_layers + (n_moe if moe.shared_size else 0)  # experts or dense MLP, + shared
+    assert ops.count("argmax") == 1  # the next token only: routing is moe_route
+    assert ops.count("moe_route") == ops.count("moe_gate_up") == ops.count("moe_down") == n_moe
+    assert len(swiglu) == n_layers - n_moe + (n_moe if moe.shared_size else 0)  # dense MLP layers, + shared
+
+
+@pytest.mark.parametrize("fam", ["qwen3_moe", "mixtral"])
+def test_prefill_runs_every_expert_densely(fam):
+    """Where most experts see a token (``T * top_k > E``), the block runs the dense form: one
+    SwiGLU ``linear`` over all experts' gate/up rows, the routing weights applied before ``down``."""
+    with load_model(FIX / fam, backend="numpy") as m:
+        moe = m.config.moe
+        T = moe.num_experts // moe.top_k + 1
+        g, _, _ = m.step_graph(T, "argmax")
+        ops = [n.op for n in g.nodes]
+    assert "moe_gate_up" not in ops and ops.count("moe_route") == sum(moe.sparse)
+
+
+def test_grouped_and_dense_forms_agree(monkeypatch):
+    """One decode step and the greedy ids, grouped form vs ``TINYGRAPH_MOE=dense`` (its down
+    matrices in groups), on the Qwen2-MoE fixture (shared expert too)."""
+    import tinygraph.models.moe as moe_mod
+    ref = _ref("qwen2_moe")
+    out = {}
+    for grouped in (True, False):
+        monkeypatch.setattr(moe_mod, "GROUPED", grouped)
+        with load_model(FIX / "qwen2_moe", backend="numpy") as m:
+            assert m._moe_group == (8 if grouped else 16384 // 16)
+            out[grouped] = m.generate(ref["input_ids"][0], max_new_tokens=8, temperature=0)
+    assert out[True] == out[False] == list(ref["greedy"][0])
 
 
 @pytest.mark.parametrize("fam", ["mixtral", "qwen2_moe"])
@@ -73,10 +101,12 @@ def test_unfused_graph_gives_the_same_logits(fam):
 
 @pytest.mark.parametrize("fam", ["qwen3_moe", "qwen2_moe"])
 def test_down_projection_in_groups_of_experts(fam, backend, monkeypatch):
-    """Experts whose down matrices together are wider than MAX_DOWN_K go through several packed
-    matrices (3 + 3 + 2 experts here), summed: same logits and greedy ids."""
+    """With the grouped form off (``TINYGRAPH_MOE=dense``; block-quantized experts), experts whose
+    down matrices together are wider than MAX_DOWN_K go through several packed matrices (3 + 3 +
+    2 experts here), summed: same logits and greedy ids."""
     import tinygraph.models.moe as moe_mod
     monkeypatch.setattr(moe_mod, "MAX_DOWN_K", 3 * 16 + 5)
+    monkeypatch.setattr(moe_mod, "GROUPED", False)  # the grouped form packs every expert in one matrix
     ref = _ref(fam)
     with load_model(FIX / fam, backend=backend) as m:
         assert [n for n in m.W if n.startswith("layers.0.moe.down.")] == [f"layers.0.moe.down.{g}.weight"
@@ -104,47 +134,39 @@ def _numpy_routing(logits: np.ndarray, k: int, norm: bool) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+def _route(backend: str, x: np.ndarray, k: int, norm: bool, dtype: str = "float32") -> np.ndarray:
+    with tg.Session(backend=backend) as s:
+        g = s.graph()
+        inp = g.input(x.shape, tg.dtypes.as_dtype(dtype), name="router_logits")
+        g.output(tg.moe_route(inp, k, norm))
+        (w,) = s.compute(g, {inp: x})
+    return w
+
+
 @pytest.mark.parametrize("fam", ["qwen3_moe", "qwen3_moe_step", "mixtral"])
-def test_routing_graph_matches_numpy_top_k(fam, backend):
-    """The routing subgraph alone, on random logits and on logits with ties (equal values across
-    the k-th place: the lowest index wins, as argmax; torch.topk's pick among exactly equal
-    values is unspecified, e.g. experts 6 and 5 of 8 equal ones on CPU)."""
+def test_routing_matches_numpy_top_k(fam, backend):
+    """``moe_route`` with each fixture's (E, top_k, norm), on random logits and on logits with
+    ties (equal values across the k-th place: the lowest index wins; torch.topk's pick among
+    exactly equal values is unspecified, e.g. experts 6 and 5 of 8 equal ones on CPU)."""
     rng = np.random.default_rng(0)
-    with load_model(FIX / fam, backend=backend) as m:
-        E, k, norm = m.config.moe.num_experts, m.config.moe.top_k, m.config.moe.norm_topk
-        rows = [rng.standard_normal(E) * 3, np.zeros(E), np.repeat([1.0, 2.0], E // 2), np.arange(E) % 2 * 1.0]
-        rows += [rng.integers(0, 3, E).astype(np.float64) for _ in range(4)]
-        x = np.stack(rows).astype(np.float32)
-        g = m.session.graph()
-        inp = g.input(x.shape, tg.float32, name="router_logits")
-        g.output(m._routing(inp, "test"))
-        (w,) = m.session.compute(g, {inp: x})
+    moe = config_from_hf(_cfg(fam)).moe
+    E, k, norm = moe.num_experts, moe.top_k, moe.norm_topk
+    rows = [rng.standard_normal(E) * 3, np.zeros(E), np.repeat([1.0, 2.0], E // 2), np.arange(E) % 2 * 1.0]
+    rows += [rng.integers(0, 3, E).astype(np.float64) for _ in range(4)]
+    x = np.stack(rows).astype(np.float32)
+    w = _route(backend, x, k, norm)
     np.testing.assert_allclose(w, _numpy_routing(x, k, norm), rtol=1e-5, atol=1e-7)
     assert ((w > 0).sum(-1) == k).all() and np.isfinite(w).all()
 
 
-@pytest.mark.parametrize("E, k, norm", [(64, 8, True), (128, 8, False), (60, 4, False), (8, 8, True), (8, 1, False)])
+@pytest.mark.parametrize("E, k, norm", [(64, 8, True), (128, 8, False), (60, 4, False), (8, 8, True), (8, 1, False),
+                                        (256, 8, True), (33, 3, False)])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_routing_at_real_model_sizes(E, k, norm, dtype, backend):
     """Routing alone at Qwen/Mixtral-like expert counts, on logits in steps of 1/8 (exact in
     float16, so many ties, broken as a stable sort does): the chosen set and weights."""
-    from types import SimpleNamespace
-
-    from tinygraph.io.moe import MoEConfig
-    from tinygraph.models.moe import MoE
-    dt = tg.dtypes.as_dtype(dtype)
     x = (np.random.default_rng(E + k).integers(-40, 40, (33, E)) / 8).astype(np.float32)
-    with tg.Session(backend=backend) as s:
-        W = {"moe.eye": s.persistent((E, E), dt, name="moe.eye"),
-             "moe.not_eye": s.persistent((E, E), dt, name="moe.not_eye")}
-        s.finalize()
-        s.upload(W["moe.eye"], np.eye(E, dtype=np.float32))
-        s.upload(W["moe.not_eye"], 1 - np.eye(E, dtype=np.float32))
-        me = SimpleNamespace(config=SimpleNamespace(moe=MoEConfig(E, k, 16, norm, None, (True,))), W=W, dtype=dt)
-        g = s.graph()
-        inp = g.input(x.shape, dt, name="router_logits")
-        g.output(MoE._routing(me, inp, "test"))
-        (w,) = s.compute(g, {inp: x})
+    w = _route(backend, x, k, norm, dtype)
     want = _numpy_routing(x, k, norm)
     assert ((w > 0) == (want > 0)).all()  # the same experts (ties: lowest index)
     np.testing.assert_allclose(w.astype(np.float64), want, rtol=2e-3 if dtype == "float16" else 1e-5, atol=1e-6)

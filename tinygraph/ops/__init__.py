@@ -11,7 +11,8 @@ Conventions: shapes are NumPy order; strides and offsets are in elements of the 
 Modules: ``registry`` (:class:`OpDef`, :data:`OPS`, node helpers), ``layout`` (views and copies),
 ``arith`` (matmul, element-wise), ``rows`` (softmax, attention, norms, rope), ``fused`` (linear,
 rope_store, attention_store), ``sampling`` (argmax, sample), ``collective`` (all_reduce, for
-tensor parallelism: ``tinygraph.parallel``). Importing this package registers every
+tensor parallelism: ``tinygraph.parallel``), ``moe`` (mixture-of-experts routing and the chosen
+experts' products). Importing this package registers every
 op; ``tinygraph.ops.X`` is the public name of each.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .rows import attention, layer_norm, rms_norm, rope, rope_angles, softmax
 from .fused import attention_store, linear, rope_store
 from .sampling import argmax, sample, sample_draw, sample_params, sample_uniform, sample_weights
 from .collective import all_reduce
+from .moe import moe_down, moe_gate_up, moe_route
 
 # the private names of the single-file ops.py, so code written against it keeps working
 from .registry import (_broadcast_shape, _f32, _graph_for, _need_float, _need_weight,  # noqa: F401
@@ -40,4 +42,4 @@ __all__ = ["OPS", "OpDef", "view", "reshape", "permute", "transpose", "cont", "c
            "attention", "attention_store", "linear", "rope_store",
            "concat", "matmul", "add", "mul", "scale", "gelu", "silu", "softcap", "softmax", "layer_norm", "rms_norm",
            "rope", "rope_angles", "argmax", "sample", "sample_params", "sample_uniform", "sample_weights", "sample_draw",
-           "all_reduce", "FLOAT_DTYPES"]
+           "all_reduce", "moe_route", "moe_gate_up", "moe_down", "FLOAT_DTYPES"]

@@ -220,6 +220,12 @@ _reg(
     *(KernelSpec(f"matmul_tc3_{bk}_{st}", "matmul.cu", _MM, (("f16",), ("bf16",)), "matmul_tc",
                  f"tensor cores, {st}-stage cp.async pipeline of K={bk} tiles (dynamic shared memory)")
       for bk, st in ((32, 3), (32, 4), (64, 3), (64, 4))),
+    KernelSpec("matmul_tc3s", "matmul.cu",
+               (("P", "ptr"), ("A", "ptr"), ("ad", "td"), ("B", "ptr"), ("bd", "td"), ("cd", "td"), ("tps", "i32")),
+               (("f16",), ("bf16",)), "matmul_tc",
+               "matmul_tc3_64_4 over K tiles [z * tps, (z + 1) * tps) of block z: float32 partials P [splits, M, N]"),
+    KernelSpec("matmul_splitk_reduce", "matmul.cu", (("C", "ptr"), ("cd", "td"), ("P", "ptr"), ("splits", "i32")),
+               (("f16",), ("bf16",)), "elementwise", "C = sum over splits of P (in split order)"),
     KernelSpec("gemv", "matmul.cu", _MM, _ONE, "gemv"),
     KernelSpec("gemv_nc", "matmul.cu", _MM, _ONE, "gemv_nc"),
     KernelSpec("linear_gemv", "linear.cu",
@@ -303,6 +309,23 @@ _reg(
                (("i32",),), "sample", "histogram of the keys; the row's last block finds the thresholds (2 of 3)"),
     KernelSpec("sample_pick", "sample.cu", (("out", "ptr"), ("od", "td"), ("xd", "td")) + _SAMPLE_TAIL,
                (("i32",),), "sample", "kept weight per chunk; the row's last block picks the token (3 of 3)"),
+)
+
+# mixture-of-experts decode (cuda_src/moe.cu; lowered in lower_moe.py): the router and the chosen experts' GEMVs
+_MOE_GU = (("y", "ptr"), ("x", "ptr"), ("w", "ptr"), ("route", "ptr"), ("rows", "i32"), ("K", "i32"), ("I", "i32"),
+           ("E", "i32"), ("k", "i32"), ("act", "i32"), ("ldx", "i64"), ("ldr", "i64"))
+_MOE_DOWN = (("y", "ptr"), ("h", "ptr"), ("w", "ptr"), ("route", "ptr"), ("rows", "i32"), ("H", "i32"), ("I", "i32"),
+             ("E", "i32"), ("k", "i32"), ("ldr", "i64"), ("ldy", "i64"))
+_reg(
+    KernelSpec("moe_route", "moe.cu", (("out", "ptr"), ("logits", "ptr"), ("rows", "i32"), ("E", "i32"), ("k", "i32"),
+                                       ("norm", "i32"), ("ldl", "i64"), ("ldo", "i64")),
+               _ONE, "moe", "routing weights [rows, E]: softmax, top-k kept (optionally renormalised), 0 elsewhere"),
+    KernelSpec("moe_gate_up", "moe.cu", _MOE_GU, _ONE, "moe",
+               "act(gate_e . x) * (up_e . x) for each row's chosen experts -> [rows, k, I]"),
+    KernelSpec("moe_gate_up_vec", "moe.cu", _MOE_GU, _ONE, "moe", "moe_gate_up with 16-byte loads"),
+    KernelSpec("moe_down", "moe.cu", _MOE_DOWN, _ONE, "moe",
+               "sum_j route[e_j] * (down_e_j . h[j]) -> [rows, H]"),
+    KernelSpec("moe_down_vec", "moe.cu", _MOE_DOWN, _ONE, "moe", "moe_down with 16-byte loads"),
 )
 SOURCE_FILES = tuple(sorted({s.file for s in KERNELS.values()}))
 

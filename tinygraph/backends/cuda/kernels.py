@@ -55,6 +55,10 @@ sample_hist sample.cu      (int* out, TD od, TD xd, const float* fp, const int* 
 sample_pick sample.cu      same; sample_hist / sample_pick only as _i32 (they read ws's keys)
 matmul      matmul.cu      (T* C, TD cd, const T* A, TD ad, const T* B, TD bd)  CUDA cores
 matmul_tc3_<BK>_<ST>  matmul.cu  same; f16/bf16 only, tensor cores (sm_80+), ST-stage cp.async pipeline
+matmul_tc3s matmul.cu      (float* P, const T* A, TD ad, const T* B, TD bd, TD cd, int tps)  split-K:
+                            matmul_tc3_64_4 over K tiles [z tps, (z+1) tps), float32 partials
+matmul_     matmul.cu      (T* C, TD cd, const float* P, int splits)  C = the partials' sum
+splitk_reduce               (select.split_k: 9..64 rows, few output tiles: batched decode)
 gemv        matmul.cu      same; M == 1, B K-contiguous (B.st[-2] == 1)
 gemv_nc     matmul.cu      same; M == 1, any B strides
 linear_gemv linear.cu      (T* y, TD yd, const T* x, TD xd, const T* w, long long ldw,
@@ -65,6 +69,9 @@ linear_     linear.cu      same; one row per block (fewer registers: KernelLibra
 gemv1                       choice when linear_rows_per_block(rows, K) == 1, e.g. decode B=1)
 linear_     linear.cu      (T* y, TD yd, const T* z, TD zd, const T* bias, const T* res, TD rd,
 epilogue                    int act)   y = act(z + bias) + res (prefill tail after matmul)
+moe_route,  moe.cu         mixture-of-experts decode: the router, and the chosen experts' GEMVs
+moe_gate_up,                (lowered in lower_moe.py; signatures at the top of moe.cu)
+moe_down
 =========== ============== ======================================================================
 
 Concat has no kernel of its own: copy each input with ``cpy`` into a strided view of the output
@@ -421,6 +428,23 @@ class KernelLibrary:
         f = self.get(algo, sfx)
         self._ensure_dynamic_smem(f, smem)
         return MatmulPlan(f, grid, block, smem)
+
+    def matmul_splitk(self, dtype, c: Arg, a: Arg, b: Arg, ws, splits: int, stream=None) -> None:
+        """C [M, N] = A @ B with K split over ``splits`` blocks per output tile (``select.split_k``):
+        float32 partials in ``ws`` (device, >= splits * M * N floats), then added up in order."""
+        sfx = dtype_suffix(dtype)
+        M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+        kt = -(-K // 64)
+        tps = -(-kt // splits)
+        splits = -(-kt // tps)  # no empty split
+        f = self.get("matmul_tc3s", sfx)
+        smem = tc3_shared_bytes(64, 4)
+        self._ensure_dynamic_smem(f, smem)
+        self._launch(f, (-(-N // 128), -(-M // 128), splits), (256, 1, 1),
+                     [ptr(ws), a.addr, a.td, b.addr, b.td, c.td, i32(tps)], stream=stream, shared_mem=smem)
+        g, bl = self._ew(M * N)
+        self._launch(self.get("matmul_splitk_reduce", sfx), g, bl, [c.addr, c.td, ptr(ws), i32(splits)],
+                     stream=stream)
 
     def _tc3_variant(self, tiles: int) -> str:
         """matmul_tc3's variant for ``tiles`` output tiles on this device (``select.tc3_variant``)."""

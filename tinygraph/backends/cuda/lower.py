@@ -4,7 +4,7 @@ A lowering is ``fn(be, n, out, base)``: backend ``be`` (its kernel library ``be.
 scratch space and operand helpers ``be._arg`` / ``be._as`` / ``be._tmp`` / ``be._contiguous_ids``),
 node ``n``, its output ``out`` (an ``Arg``: address, shape, strides) and ``base`` (storage id ->
 device address). Simple ops are lowered here; the matrix products live in ``lower_linear.py``,
-attention in ``lower_attention.py``, beside the kernels they choose between. A new op adds one
+attention in ``lower_attention.py``, the mixture-of-experts ops in ``lower_moe.py``, beside the kernels they choose between. A new op adds one
 entry to :data:`LOWERINGS` (``tests/test_cuda_lowering.py`` fails for an op of ``OPS`` without
 one), and every launch goes through ``KernelLibrary`` helpers or ``driver.launch`` with the
 backend's PDL choice (``be._pdl()``).
@@ -20,6 +20,7 @@ from .kernels import Arg
 from .limits import COUNTER_BYTES, NeedScratch
 from .lower_attention import attention, attention_store
 from .lower_linear import linear, matmul, quant_rows
+from .lower_moe import moe_down, moe_gate_up, moe_route
 
 if TYPE_CHECKING:
     from .backend import CudaBackend
@@ -164,4 +165,5 @@ LOWERINGS: dict[str, Lowering] = {
     "rms_norm": _rms_norm, "layer_norm": _layer_norm, "rope": _rope,
     "argmax": _argmax, "sample": _sample,
     "all_reduce": _all_reduce,
+    "moe_route": moe_route, "moe_gate_up": moe_gate_up, "moe_down": moe_down,
 }

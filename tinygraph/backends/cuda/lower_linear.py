@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ...errors import BackendError
 from ...ops.registry import optional_srcs
 from ...tensor import Tensor
-from . import quant_launch
+from . import quant_launch, select
 from .kernels import Arg
 
 if TYPE_CHECKING:
@@ -26,7 +26,25 @@ def matmul(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> None
         linear_parts(be, n, out, base, a, b.storage, None, None, None, None, None, None, 0.0)
         return
     dt = n.dtype
-    be.lib.matmul(dt.short, out, be._as(a, base, dt), be._as(b, base, dt), stream=be.stream, algo=be.choice(n))
+    gemm(be, dt, out, be._as(a, base, dt), be._as(b, base, dt), be.choice(n))
+
+
+def gemm(be: "CudaBackend", dt, c: Arg, a: Arg, b: Arg, algo: str | None) -> None:
+    """``lib.matmul`` with the planned ``algo``; a tensor-core product with few output tiles (a
+    batched decode's rows) split along K instead (``select.split_k``), its partials in scratch."""
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    batch = 1
+    for d in c.shape[:-2]:
+        batch *= d
+    splits = 1
+    if algo is None or algo.startswith("matmul_tc3"):
+        splits = select.split_k(M, N, K, batch, dt.short, be.lib.caps)
+    if splits <= 1:
+        be.lib.matmul(dt.short, c, a, b, stream=be.stream, algo=algo)
+        return
+    from ...dtypes import float32
+    ws = be._tmp((splits, M, N), float32)
+    be.lib.matmul_splitk(dt.short, c, a, b, ws.ptr, splits, stream=be.stream)
 
 
 def quant_rows(be: "CudaBackend", t: Tensor, base: dict[int, int], n: Tensor) -> tuple[int, int]:
@@ -102,7 +120,7 @@ def linear_parts(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int], x
             lib.layer_norm(dt.short, h, xa, ptr_of(nw), ptr_of(nb), p["eps"], stream=s)
     plain = bias is None and res is None and p["act"] is None
     z = out if plain else be._tmp(x.shape[:-1] + (N,), dt)
-    lib.matmul(dt.short, z, h, Arg(wp, (K, N), (1, K)), stream=s, algo=ch.matmul)
+    gemm(be, dt, z, h, Arg(wp, (K, N), (1, K)), ch.matmul)
     if plain:
         return
     if fused:

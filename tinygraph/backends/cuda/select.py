@@ -71,6 +71,24 @@ def matmul_algo(M: int, N: int, batch: int, b_rows_contiguous: bool, dtype: str,
     return "matmul"
 
 
+#: most rows of a split-K product (batched decode steps; prefill's larger products are unchanged)
+SPLIT_MAX_ROWS = 64
+
+
+def split_k(M: int, N: int, K: int, batch: int, dtype: str, caps: DeviceCaps) -> int:
+    """Blocks along K for a tensor-core product with few 128x128 output tiles (1: no split):
+    a batched decode's 9..64 rows give as few tiles as the weight has 128-column strips (e.g.
+    16 for a 2048-wide projection), which leaves most SMs idle; splitting K fills about one
+    block per SM, at least 4 K tiles of 64 each (``matmul_tc3s`` + ``matmul_splitk_reduce``)."""
+    if (batch != 1 or dtype not in ("f16", "bf16") or caps.arch < 80 or not 2 <= M <= SPLIT_MAX_ROWS
+            or tc3_shared_bytes(64, 4) + 1024 > caps.smem_optin):
+        return 1
+    tiles = -(-N // 128) * -(-M // 128)
+    if 2 * tiles > caps.sm_count:
+        return 1
+    return max(1, min(-(-K // 64) // 4, caps.sm_count // tiles))
+
+
 def linear_path(rows: int, quantized: bool, q_shared_bytes: int, fused_gemv: bool, caps: DeviceCaps) -> str:
     """How a linear layer over ``rows`` input rows runs: "gemv_q" (the decode GEMV reading a
     block-quantized weight; it stages a row in shared memory, ``q_shared_bytes``),
