@@ -469,19 +469,21 @@ class CudaBackend(Backend):
 
     def _run(self, n: Tensor, base: dict[int, int]) -> None:
         self._scratch_used = 0  # a node's temporaries are dead once the next node is queued
-        try:
-            self._dispatch(n, base)
-        except _NeedScratch as e:  # first sight of a node needing more scratch: make room, retry
-            self.stream.synchronize("growing scratch")
-            old = getattr(self, e.attr)
-            buf = driver.DeviceBuffer(max(e.nbytes * 2, 1 << 20), what="kernel scratch space", device=self.device)
-            driver.memset_d8(buf.ptr, 0, buf.nbytes)  # attention's split counters must start at zero
-            setattr(self, e.attr, buf)
-            if old is not None:
-                old.free()
-            if e.attr == "_scratch":
-                self._scratch_used = 0
-            self._dispatch(n, base)
+        for _ in range(8):  # a node with several temporaries may find each one too small in turn
+            try:
+                self._dispatch(n, base)
+                return
+            except _NeedScratch as e:  # first sight of a node needing more scratch: make room, retry
+                self.stream.synchronize("growing scratch")
+                old = getattr(self, e.attr)
+                buf = driver.DeviceBuffer(max(e.nbytes * 2, 1 << 20), what="kernel scratch space", device=self.device)
+                driver.memset_d8(buf.ptr, 0, buf.nbytes)  # attention's split counters must start at zero
+                setattr(self, e.attr, buf)
+                if old is not None:
+                    old.free()
+                if e.attr == "_scratch":
+                    self._scratch_used = 0
+        raise BackendError(f"{n.describe()}: kernel scratch space kept growing")
 
     def _dispatch(self, n: Tensor, base: dict[int, int]) -> None:
         """Launch ``n``'s kernels: its entry in the lowering table (``lower.LOWERINGS``)."""
