@@ -121,10 +121,10 @@ __device__ __forceinline__ void moe_load(const T* p, float* f) {
     }
 }
 
-// a0 . b and a1 . b over n elements (n a multiple of VEC; the gate and up rows against x),
-// lane-strided in steps of 32 * VEC; the warp's sums to every lane.
-template <typename T, int VEC>
-__device__ __forceinline__ void moe_dot2(const T* a0, const T* a1, const T* b, int n, float& d0, float& d1) {
+// a . b over n elements (n a multiple of VEC), lane-strided in steps of 32 * VEC; the warp's sum
+// to every lane. Two rows of a share b (the gate and up rows): d0 += a0 . b, d1 += a1 . b.
+template <typename T, int VEC, bool TWO>
+__device__ __forceinline__ void moe_dot(const T* a0, const T* a1, const T* b, int n, float& d0, float& d1) {
     const int lane = threadIdx.x & 31;
     float s0 = 0.0f, s1 = 0.0f;
 #pragma unroll 4
@@ -132,15 +132,15 @@ __device__ __forceinline__ void moe_dot2(const T* a0, const T* a1, const T* b, i
         float fb[VEC], f0[VEC], f1[VEC];
         moe_load<T, VEC>(b + c, fb);
         moe_load<T, VEC>(a0 + c, f0);
-        moe_load<T, VEC>(a1 + c, f1);
+        if (TWO) moe_load<T, VEC>(a1 + c, f1);
 #pragma unroll
         for (int i = 0; i < VEC; i++) {
             s0 = fmaf(f0[i], fb[i], s0);
-            s1 = fmaf(f1[i], fb[i], s1);
+            if (TWO) s1 = fmaf(f1[i], fb[i], s1);
         }
     }
-    d0 = warp_sum(s0);
-    d1 = warp_sum(s1);
+    d0 += warp_sum(s0);
+    if (TWO) d1 += warp_sum(s1);
 }
 
 template <typename T, int VEC>
@@ -154,7 +154,7 @@ __device__ __forceinline__ void moe_gate_up_kernel(T* y, const T* x, const T* w,
     if (e >= 0) {
         const T* wg = w + ((long long)e * I + c) * K;
         const T* wu = wg + (long long)E * I * K;
-        moe_dot2<T, VEC>(wg, wu, x + r * ldx, K, g, u);
+        moe_dot<T, VEC, true>(wg, wu, x + r * ldx, K, g, u);
     }
     if ((threadIdx.x & 31) == 0)
         y[((long long)r * k + j) * I + c] = from_f32<T>(e >= 0 ? lin_act(g, act) * u : 0.0f);
@@ -177,27 +177,15 @@ __device__ __forceinline__ void moe_down_kernel(T* y, const T* h, const T* w, co
     __syncthreads();
     const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (n >= H) return;
-    int nk = 0;  // filled slots (they fill in order)
-    while (nk < k && s_e[nk] >= 0) nk++;
-    // one pass over every (slot, 16-byte chunk) pair, lanes on consecutive chunks: the loads of
-    // different experts are in flight together (a dot per expert would wait for each in turn)
     const long long ldw = (long long)E * I;
-    const int cpr = I / VEC, lane = threadIdx.x & 31;
-    const T* wn = w + n * ldw;
-    const T* hr = h + (long long)r * k * I;
-    float s = 0.0f;
-#pragma unroll 4
-    for (int q = lane; q < nk * cpr; q += 32) {
-        const int j = q / cpr, c = (q - j * cpr) * VEC;
-        float fw[VEC], fh[VEC];
-        moe_load<T, VEC>(wn + (long long)s_e[j] * I + c, fw);
-        moe_load<T, VEC>(hr + (long long)j * I + c, fh);
-        float d = 0.0f;
-#pragma unroll
-        for (int i = 0; i < VEC; i++) d = fmaf(fw[i], fh[i], d);
-        s = fmaf(s_w[j], d, s);
+    float acc = 0.0f;
+    for (int j = 0; j < k; j++) {
+        const int e = s_e[j];
+        if (e < 0) break;  // slots fill in order: the rest are empty
+        float d = 0.0f, unused = 0.0f;
+        moe_dot<T, VEC, false>(w + n * ldw + (long long)e * I, nullptr, h + ((long long)r * k + j) * I, I, d, unused);
+        acc = fmaf(s_w[j], d, acc);
     }
-    const float acc = warp_sum(s);
     if ((threadIdx.x & 31) == 0) y[r * ldy + n] = from_f32<T>(acc);
 }
 
