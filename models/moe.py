@@ -5,11 +5,11 @@ it reads the model's ``config.moe`` (:class:`tinygraph.io.moe.MoEConfig`), ``W``
 **Two forms.** The router is one ``moe_route`` op (softmax, top-k, renormalised with
 ``norm_topk``): routing weights ``[T, E]``, 0 for the experts a token was not sent to.
 
-- *Grouped* (float experts, ``T * top_k <= E``: decode and small batches): ``moe_gate_up`` and
-  ``moe_down`` compute only each token's chosen experts, found from the routing weights at run
-  time (on CUDA: in device memory, so a captured decode graph reads only the chosen experts'
-  rows on every replay).
-- *Dense* (longer prefill chunks, where most experts see some token, and GGUF's block-quantized
+- *Grouped* (float experts, ``T * top_k <= E`` or ``T <= 8``: decode and small batches):
+  ``moe_gate_up`` and ``moe_down`` compute only each token's chosen experts, found from the
+  routing weights at run time (on CUDA: in device memory, so a captured decode graph reads only
+  the chosen experts' rows on every replay).
+- *Dense* (longer prefill chunks, where most experts see some token; GGUF's block-quantized
   experts): *every* expert on *every* token, each weighted by its routing weight (exactly 0 for
   the unchosen, so the result is exact) with the tensor-core GEMM over all experts at once. One
   caveat of computing unchosen experts: an expert whose activation overflows (float16 only, in
@@ -45,11 +45,12 @@ from typing import Callable
 import numpy as np
 
 import tinygraph as tg
+from tinygraph.backends.cuda.limits import DECODE_ROWS  # a constants module: imports no CUDA
 from tinygraph.io import Checkpoint
 
 #: most columns (K) of one packed down matrix of block-quantized experts (see the module docstring)
 MAX_DOWN_K = 16384
-#: whether float experts may take the grouped form (``TINYGRAPH_MOE=dense``: never)
+#: whether float experts may take the grouped form (``TINYGRAPH_MOE=dense``: never); read at load
 GROUPED = os.environ.get("TINYGRAPH_MOE", "grouped").lower() != "dense"
 #: the activations the grouped form applies (spec activation -> moe_gate_up's act)
 _GROUPED_ACTS = {"silu": "silu", "gelu_tanh": "gelu"}
@@ -91,7 +92,8 @@ class MoE:
         first = f"layers.{moe.sparse.index(True)}.moe.experts.0.down.weight"
         quantized = self._quantize is not None or (not self._dequantize and ckpt.quant_type(first) is not None)
         # experts per down matrix: all of them for the grouped form (moe_down reads them per expert)
-        self._moe_group = E if GROUPED and not quantized else max(1, MAX_DOWN_K // moe.expert_size)
+        self._moe_grouped = GROUPED and not quantized  # fixed at load: it decides the packing below
+        self._moe_group = E if self._moe_grouped else max(1, MAX_DOWN_K // moe.expert_size)
         for i in (i for i, s in enumerate(moe.sparse) if s):
             P = f"layers.{i}.moe"
             ex = [f"{P}.experts.{e}" for e in range(E)]
@@ -121,8 +123,11 @@ class MoE:
         w = tg.moe_route(logits, moe.top_k, moe.norm_topk, name=f"{P}.weights")       # [T, E]
         act = _GROUPED_ACTS.get(self.spec.activation)
         gu, down = self.W[f"{P}.gate_up.weight"], self.W[f"{P}.down.0.weight"]
-        if (GROUPED and act is not None and T * moe.top_k <= E and self._moe_group >= E
-                and gu.dtype.is_float and down.dtype.is_float):
+        # grouped where it reads fewer expert rows than the dense form, and always for decode-like
+        # rows: the dense form's one [hidden, E I] down matrix (grouped packing) would go to the
+        # CUDA decode GEMV, which stages a whole input row of E I values in shared memory
+        few = T * moe.top_k <= E or T <= DECODE_ROWS
+        if self._moe_grouped and act is not None and few and gu.dtype.is_float and down.dtype.is_float:
             h = tg.moe_gate_up(x, gu, w, moe.top_k, act, name=f"{P}.experts")           # [T, top_k, I]
             y = tg.moe_down(h, down, w, name=f"{P}.down")                               # [T, hidden]
         else:

@@ -123,9 +123,12 @@ def measure(path: Path, hf: dict[str, Any], args, grouped: bool) -> dict[str, An
     from bench_tinygraph import measure_decode, measure_prefill
     from tinygraph.models import load_model
 
-    moe_mod.GROUPED = grouped
+    was, moe_mod.GROUPED = moe_mod.GROUPED, grouped
     t = time.perf_counter()
-    model = load_model(str(path), dtype="bfloat16", backend=args.backend, max_context=args.prefill_tokens + 8)
+    try:
+        model = load_model(str(path), dtype="bfloat16", backend=args.backend, max_context=args.prefill_tokens + 8)
+    finally:
+        moe_mod.GROUPED = was  # the form is fixed when the model packs its experts (and builds graphs below)
     rec: dict[str, Any] = {"load_s": time.perf_counter() - t, "weight_bytes": int(model.weight_bytes)}
     log(f"  {'grouped' if grouped else 'dense'}: loaded in {rec['load_s']:.1f} s, {rec['weight_bytes'] / 1e9:.2f} GB")
     try:
