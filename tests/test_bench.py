@@ -30,7 +30,8 @@ bench = _load("bench")
 
 # -- configs --------------------------------------------------------------------------------
 def test_five_configs_with_published_fields():
-    assert list(bc.CONFIGS) == ["gpt2", "smollm2", "qwen3-0.6b", "tinyllama", "qwen3-8b"]
+    assert list(bc.CONFIGS) == ["gpt2", "smollm2", "qwen3-0.6b", "tinyllama", "qwen3-8b", "gemma2-2b", "phi3-mini"]
+    assert list(bc.DEFAULT_MODELS) == list(bc.CONFIGS)[:5]
     g = bc.CONFIGS["gpt2"]["hf"]
     assert (g["n_embd"], g["n_layer"], g["n_head"], g["vocab_size"], g["n_positions"]) == (768, 12, 12, 50257, 1024)
     s = bc.CONFIGS["smollm2"]["hf"]
@@ -56,7 +57,8 @@ def test_five_configs_with_published_fields():
 
 
 @pytest.mark.parametrize("name,approx", [("gpt2", 124.4e6), ("smollm2", 134.5e6), ("qwen3-0.6b", 596e6),
-                                         ("tinyllama", 1.100e9), ("qwen3-8b", 8.19e9)])
+                                         ("tinyllama", 1.100e9), ("qwen3-8b", 8.19e9), ("gemma2-2b", 2.614e9),
+                                         ("phi3-mini", 3.821e9)])
 def test_param_counts(name, approx):
     hf = bc.CONFIGS[name]["hf"]
     n = bc.param_count(hf)
@@ -204,7 +206,7 @@ def test_args():
     a = bench.parse_args(["--quick", "--models", "gpt2,smollm2"])
     assert a.runs == 2 and a.contexts == [] and a.model_list == ["gpt2", "smollm2"]
     a = bench.parse_args([])
-    assert a.runs == 3 and a.contexts == [2048, 8192] and a.model_list == list(bc.CONFIGS)
+    assert a.runs == 3 and a.contexts == [2048, 8192] and a.model_list == list(bc.DEFAULT_MODELS)
     assert a.new_tokens == 128 and a.prompt_tokens == 32 and a.prefill_tokens == 512
     assert a.context_decode_tokens == 128 and a.quant_types == [] and a.llamacpp is None
     with pytest.raises(SystemExit):
@@ -267,3 +269,15 @@ def test_merge(tmp_path, capsys):
     assert m["models"]["smollm2"]["summary"]["pct_floor"] == pytest.approx(45.0)   # its own file's bandwidth
     assert "warning" not in m and "decode@8k" in capsys.readouterr().out
 
+
+
+@pytest.mark.parametrize("name", ["gemma2-2b", "phi3-mini"])
+def test_hf_only_families_write_loadable_checkpoints(name, tmp_path):
+    """The NumPy checkpoint writer's tensor names for issue 16's bench families are the ones HF
+    writes: a small config of each loads in tinygraph as that family and decodes."""
+    from tinygraph.models import load_model
+    hf = bc.tiny(bc.CONFIGS[name]["hf"])
+    path = bc.write_numpy_checkpoint(hf, tmp_path / name)
+    with load_model(str(path), backend="numpy") as m:
+        assert m.spec.name == hf["model_type"]
+        assert len(m.generate([1, 2, 3], max_new_tokens=3, temperature=0)) >= 3

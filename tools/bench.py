@@ -262,8 +262,9 @@ def _int_list(p: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="tinygraph vs HF transformers and llama.cpp, side by side (random weights)",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=",".join(bc.CONFIGS),
-                   help=f"comma-separated, from {', '.join(bc.CONFIGS)} (default: all)")
+    p.add_argument("--models", default=",".join(bc.DEFAULT_MODELS),
+                   help=f"comma-separated, from {', '.join(bc.CONFIGS)} (default: {', '.join(bc.DEFAULT_MODELS)}; "
+                        "gemma2-2b and phi3-mini against HF only, no GGUF)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per measurement (default 3; --quick 2)")
     p.add_argument("--warmup-seconds", type=float, default=2.0,
                    help="decode warm-ups continue until this much decoding has run (default 2 s)")

@@ -73,7 +73,35 @@ CONFIGS: dict[str, dict[str, Any]] = {
             "max_window_layers": 36, "bos_token_id": 151643, "eos_token_id": 151645,
         },
     },
+    # issue 16's dense families, measured against HF only (bench_gguf writes no GGUF for them):
+    # google/gemma-2-2b and microsoft/Phi-3-mini-4k-instruct
+    "gemma2-2b": {
+        "label": "Gemma-2-2B",
+        "hf": {
+            "model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"],
+            "hidden_size": 2304, "num_hidden_layers": 26, "num_attention_heads": 8,
+            "num_key_value_heads": 4, "head_dim": 256, "intermediate_size": 9216, "vocab_size": 256000,
+            "max_position_embeddings": 8192, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
+            "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 256, "sliding_window": 4096,
+            "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0, "attention_bias": False,
+            "tie_word_embeddings": True, "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0,
+        },
+    },
+    "phi3-mini": {
+        "label": "Phi-3-mini-4k",
+        "hf": {
+            "model_type": "phi3", "architectures": ["Phi3ForCausalLM"],
+            "hidden_size": 3072, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 32, "intermediate_size": 8192, "vocab_size": 32064,
+            "max_position_embeddings": 4096, "original_max_position_embeddings": 4096, "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-5, "hidden_act": "silu", "sliding_window": 2047, "rope_scaling": None,
+            "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 32000, "pad_token_id": 32000,
+        },
+    },
 }
+
+#: the models ``tools/bench.py`` runs by default (the others by name with ``--models``)
+DEFAULT_MODELS = ("gpt2", "smollm2", "qwen3-0.6b", "tinyllama", "qwen3-8b")
 
 #: parameter counts of the real checkpoints (for the tests; tied heads counted once)
 EXPECTED_PARAMS = {
@@ -82,6 +110,8 @@ EXPECTED_PARAMS = {
     "qwen3-0.6b": 596_049_920,
     "tinyllama": 1_100_048_384,
     "qwen3-8b": 8_190_735_360,
+    "gemma2-2b": 2_614_341_888,
+    "phi3-mini": 3_821_079_552,
 }
 
 
@@ -101,7 +131,7 @@ def dims(hf: dict[str, Any]) -> dict[str, Any]:
 
 def hf_tensor_shapes(hf: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape, as transformers' ``save_pretrained`` writes them (a tied head is
-    not stored). Supports gpt2, llama and qwen3."""
+    not stored). Supports gpt2, llama, qwen3, gemma2 and phi3."""
     k = dims(hf)
     d, L, V, I = k["hidden"], k["layers"], k["vocab"], k["inter"]
     out: dict[str, tuple[int, ...]] = {}
@@ -125,7 +155,7 @@ def hf_tensor_shapes(hf: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         out[p + "ln_f.weight"] = (d,)
         out[p + "ln_f.bias"] = (d,)
         return out
-    if k["family"] not in ("llama", "qwen3"):
+    if k["family"] not in ("llama", "qwen3", "gemma2", "phi3"):
         raise ValueError(f"unsupported model_type {k['family']!r}")
     hd, nh, nkv = k["head_dim"], k["heads"], k["kv_heads"]
     out["model.embed_tokens.weight"] = (V, d)
@@ -133,15 +163,24 @@ def hf_tensor_shapes(hf: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         b = f"model.layers.{i}."
         out[b + "input_layernorm.weight"] = (d,)
         out[b + "post_attention_layernorm.weight"] = (d,)
-        out[b + "self_attn.q_proj.weight"] = (nh * hd, d)
-        out[b + "self_attn.k_proj.weight"] = (nkv * hd, d)
-        out[b + "self_attn.v_proj.weight"] = (nkv * hd, d)
+        if k["family"] == "gemma2":  # norms before and after attention and MLP
+            out[b + "pre_feedforward_layernorm.weight"] = (d,)
+            out[b + "post_feedforward_layernorm.weight"] = (d,)
+        if k["family"] == "phi3":  # fused q | k | v and gate | up
+            out[b + "self_attn.qkv_proj.weight"] = ((nh + 2 * nkv) * hd, d)
+        else:
+            out[b + "self_attn.q_proj.weight"] = (nh * hd, d)
+            out[b + "self_attn.k_proj.weight"] = (nkv * hd, d)
+            out[b + "self_attn.v_proj.weight"] = (nkv * hd, d)
         out[b + "self_attn.o_proj.weight"] = (d, nh * hd)
         if k["family"] == "qwen3":
             out[b + "self_attn.q_norm.weight"] = (hd,)
             out[b + "self_attn.k_norm.weight"] = (hd,)
-        out[b + "mlp.gate_proj.weight"] = (I, d)
-        out[b + "mlp.up_proj.weight"] = (I, d)
+        if k["family"] == "phi3":
+            out[b + "mlp.gate_up_proj.weight"] = (2 * I, d)
+        else:
+            out[b + "mlp.gate_proj.weight"] = (I, d)
+            out[b + "mlp.up_proj.weight"] = (I, d)
         out[b + "mlp.down_proj.weight"] = (d, I)
     out["model.norm.weight"] = (d,)
     if not k["tied"]:
@@ -158,7 +197,8 @@ def param_count(hf: dict[str, Any]) -> int:
         return V * d + k["max_pos"] * d + L * per_layer + 2 * d
     hd, nh, nkv = k["head_dim"], k["heads"], k["kv_heads"]
     attn = d * nh * hd + 2 * d * nkv * hd + nh * hd * d + (2 * hd if k["family"] == "qwen3" else 0)
-    per_layer = 2 * d + attn + 3 * d * I
+    norms = 4 * d if k["family"] == "gemma2" else 2 * d
+    per_layer = norms + attn + 3 * d * I
     return V * d * (1 if k["tied"] else 2) + L * per_layer + d
 
 
