@@ -222,23 +222,7 @@ __device__ __forceinline__ void matmul_tc3(T* C, const TD& cd, const T* A, const
         }
     }
     cp_async_wait<0>();
-    if constexpr (SPLIT) {
-        float* Pz = P + (long long)blockIdx.z * M * N;
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const long long m = m0 + wm * 64 + i * 16 + g + 8 * h;
-                if (m >= M) continue;
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const long long n = n0 + wn * 32 + j * 8 + 2 * t4;
-                    if (n < N) Pz[m * N + n] = acc[i][j][2 * h];
-                    if (n + 1 < N) Pz[m * N + n + 1] = acc[i][j][2 * h + 1];
-                }
-            }
-        return;
-    }
+    float* Pz = SPLIT ? P + (long long)blockIdx.z * M * N : nullptr;  // split-K: this split's partials
     const long long cs_m = cd.st[2], cs_n = cd.st[3];
     const bool pair = cs_n == 1 && (N & 1) == 0 && (cs_m & 1) == 0 &&
                       ((reinterpret_cast<unsigned long long>(Cb) & 3) == 0);
@@ -252,7 +236,10 @@ __device__ __forceinline__ void matmul_tc3(T* C, const TD& cd, const T* A, const
             for (int j = 0; j < 4; ++j) {
                 const long long n = n0 + wn * 32 + j * 8 + 2 * t4;
                 const float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
-                if (pair && n + 1 < N) {  // two neighbouring outputs as one 4-byte store
+                if constexpr (SPLIT) {  // float32, row-major M x N
+                    if (n < N) Pz[m * N + n] = v0;
+                    if (n + 1 < N) Pz[m * N + n + 1] = v1;
+                } else if (pair && n + 1 < N) {  // two neighbouring outputs as one 4-byte store
                     const T v2[2] = {from_f32<T>(v0), from_f32<T>(v1)};
                     *reinterpret_cast<unsigned*>(Cb + m * cs_m + n) = *reinterpret_cast<const unsigned*>(v2);
                 } else {

@@ -159,22 +159,35 @@ class KVPool:
                 else:
                     self._free.append(b)
 
+    def rows_at(self, seqs: "list[object | None]", positions: np.ndarray) -> np.ndarray:
+        """Pool rows (int64 [len(seqs), n]) of each sequence's ``positions`` [len(seqs), n], in one
+        vectorised lookup over the block tables padded into one array; positions a sequence does
+        not own (and every position of None, a padding row) map to scratch."""
+        bs = self.block_size
+        positions = np.asarray(positions, np.int64)
+        tabs = [self.tables.get(s, []) if s is not None else [] for s in seqs]
+        width = max(max(map(len, tabs), default=0), int(positions.max(initial=0)) // bs + 1) + 1
+        tbl = np.full((len(seqs), width), -1, np.int64)  # -1: not owned
+        for b, t in enumerate(tabs):
+            tbl[b, :len(t)] = t
+        blk = np.take_along_axis(tbl, positions // bs, axis=1)
+        return np.where(blk >= 0, blk * bs + positions % bs, self.scratch)
+
     def rows_of(self, seq: object, positions: np.ndarray) -> np.ndarray:
         """Pool rows (int32) of ``seq``'s ``positions``; positions it does not own map to scratch."""
-        table = np.asarray(self.tables.get(seq, []), np.int64)
         positions = np.asarray(positions, np.int64)
-        blk = positions // self.block_size
-        owned = blk < table.size
-        rows = np.full(positions.shape, self.scratch, np.int64)
-        rows[owned] = table[blk[owned]] * self.block_size + positions[owned] % self.block_size
-        return rows.astype(np.int32)
+        return self.rows_at([seq], positions.reshape(1, -1))[0].reshape(positions.shape).astype(np.int32)
+
+    def gather_indices(self, seqs: "list[object | None]", S: int) -> np.ndarray:
+        """Indices into the ``[kv_heads * rows, hd]`` views of each sequence's positions 0..S-1,
+        head by head (int32 [len(seqs), kv_heads * S]); None: all scratch (a padding row)."""
+        ctx = self.rows_at(seqs, np.broadcast_to(np.arange(S, dtype=np.int64), (len(seqs), S)))
+        heads = np.arange(self.model.config.num_kv_heads, dtype=np.int64)[None, :, None] * self.rows
+        return (heads + ctx[:, None, :]).reshape(len(seqs), -1).astype(np.int32)
 
     def gather_index(self, seq: object | None, S: int) -> np.ndarray:
-        """Indices into the ``[kv_heads * rows, hd]`` views of ``seq``'s positions 0..S-1, head by
-        head (int32 [kv_heads * S]); ``seq`` None: all scratch (a padding row of the step)."""
-        rows = (self.rows_of(seq, np.arange(S)) if seq is not None else np.full(S, self.scratch, np.int32))
-        heads = np.arange(self.model.config.num_kv_heads, dtype=np.int64)[:, None] * self.rows
-        return (heads + rows[None, :]).reshape(-1).astype(np.int32)
+        """:meth:`gather_indices` of one sequence (int32 [kv_heads * S])."""
+        return self.gather_indices([seq], S)[0]
 
     def close(self) -> None:
         """Release the pool's buffers (the model's session stays open)."""
@@ -260,27 +273,14 @@ class PagedStep:
         """Layout inputs for sequences ``seqs`` (None: a padding row) whose ``lens[b]`` real
         tokens start at position ``starts[b]``; a sequence's padding tokens, and padding rows,
         write the scratch row."""
-        pool, T, S, bs = self.pool, self.T, self.S, self.pool.block_size
-        # every sequence's block table as one padded array (-1: not owned -> scratch), so the rows
-        # of all tokens and gathers come from one vectorised lookup (a Python loop per sequence
-        # cost ~30 µs each: 2 ms a step at 64 sequences)
-        tabs = [pool.tables.get(s, []) if s is not None else [] for s in seqs]
-        width = max(max(map(len, tabs)), (max(starts) + T - 1) // bs + 1, (S - 1) // bs + 1) + 1
-        tbl = np.full((len(seqs), width), -1, np.int64)
-        for b, t in enumerate(tabs):
-            tbl[b, :len(t)] = t
-
-        def rows_at(pos: np.ndarray) -> np.ndarray:  # pool rows of positions [B, n] (as rows_of)
-            blk = np.take_along_axis(tbl, pos // bs, axis=1)
-            return np.where(blk >= 0, blk * bs + pos % bs, pool.scratch)
-
+        pool, T = self.pool, self.T
+        # every sequence at once (KVPool.rows_at): a Python loop per sequence cost ~30 µs each,
+        # 2 ms a step at 64 sequences
         pos = np.asarray(starts, np.int64)[:, None] + np.arange(T)
         real = np.arange(T)[None, :] < np.asarray(lens)[:, None]
-        rows = np.where(real, rows_at(pos), pool.scratch).astype(np.int32)
-        ctx = rows_at(np.broadcast_to(np.arange(S, dtype=np.int64), (len(seqs), S)))          # [B, S]
+        rows = np.where(real, pool.rows_at(seqs, pos), pool.scratch).astype(np.int32)
+        gather = pool.gather_indices(seqs, self.S)
         nkv = pool.model.config.num_kv_heads
-        heads = np.arange(nkv, dtype=np.int64)[None, :, None] * pool.rows
-        gather = (heads + ctx[:, None, :]).reshape(len(seqs), -1).astype(np.int32)
         return {"kv_rows": rows.reshape(-1), "kv_gather": gather, "kv_past": np.asarray(starts, np.int32),
                 "kv_past_heads": np.repeat(np.asarray(starts, np.int32), nkv)}
 

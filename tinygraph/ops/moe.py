@@ -60,9 +60,9 @@ def moe_slots(route_row: Array, top_k: int) -> list[int]:
     return [int(e) for e in np.flatnonzero(route_row)[:top_k]]
 
 
-def _check_route(op: str, route: Tensor, T: int, E: int | None = None) -> None:
+def _check_route(op: str, route: Tensor, T: int) -> None:
     _need_float(op, route)
-    if route.ndim != 2 or route.shape[0] != T or (E is not None and route.shape[1] != E):
+    if route.ndim != 2 or route.shape[0] != T:
         raise ShapeError(f"{op}: routing weights {route.describe()} must be [{T}, experts]")
 
 

@@ -3,8 +3,10 @@
 ``matmul`` (plain, or with a block-quantized weight read as its raw blocks)."""
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
+from ...dtypes import float32
 from ...errors import BackendError
 from ...ops.registry import optional_srcs
 from ...tensor import Tensor
@@ -33,16 +35,12 @@ def gemm(be: "CudaBackend", dt, c: Arg, a: Arg, b: Arg, algo: str | None) -> Non
     """``lib.matmul`` with the planned ``algo``; a tensor-core product with few output tiles (a
     batched decode's rows) split along K instead (``select.split_k``), its partials in scratch."""
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
-    batch = 1
-    for d in c.shape[:-2]:
-        batch *= d
     splits = 1
     if algo is None or algo.startswith("matmul_tc3"):
-        splits = select.split_k(M, N, K, batch, dt.short, be.lib.caps)
+        splits = select.split_k(M, N, K, math.prod(c.shape[:-2]), dt.short, be.lib.caps)
     if splits <= 1:
         be.lib.matmul(dt.short, c, a, b, stream=be.stream, algo=algo)
         return
-    from ...dtypes import float32
     ws = be._tmp((splits, M, N), float32)
     be.lib.matmul_splitk(dt.short, c, a, b, ws.ptr, splits, stream=be.stream)
 
