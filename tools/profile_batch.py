@@ -11,7 +11,8 @@ kernel time per step, and the kernels by summed time per step (and launches per 
 Caveat (H200, 2026-12-03): kernels launched with programmatic dependent launch (PDL, the default)
 start before their predecessor ends and wait in ``griddepcontrol.wait``; CUPTI counts that wait in
 their duration, so the per-kernel sums overlap and can exceed the step (SmolLM2 at N=1: 6.5 ms of
-kernels in a 1.8 ms step). Set ``TINYGRAPH_PDL=0`` for durations that add up.
+kernels in a 1.8 ms step). ``TINYGRAPH_PDL=0`` turns PDL off, which should give durations that add
+up (not measured yet).
 
     python tools/profile_batch.py smollm2 1,8,64 --json out.json
 """
@@ -30,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_configs as bc  # noqa: E402
+from bench_batch import kv_memory_for  # noqa: E402
 
 
 def profile_sizes(name: str, sizes: list[int], prompt: int = 32, new: int = 128, top: int = 40) -> dict:
@@ -45,9 +47,8 @@ def profile_sizes(name: str, sizes: list[int], prompt: int = 32, new: int = 128,
     if not (ck / "model.safetensors").exists():
         bc.write_numpy_checkpoint(hf, ck)
     m = load_model(str(ck), dtype="float16", backend="cuda", max_context=prompt + new)
-    c = m.config
-    kv = 2 * max(sizes) * (prompt + new + 16) * 2 * c.num_layers * c.num_kv_heads * c.head_dim
-    eng = Engine(m, max_batch=max(sizes), kv_memory=kv, block_size=16)
+    # sized as tools/bench.py --batch sizes it: every sequence's whole context, no preemption
+    eng = Engine(m, max_batch=max(sizes), kv_memory=kv_memory_for(m, max(sizes), prompt + new, 16), block_size=16)
     eng.warmup()
     rng = np.random.default_rng(0)
     vocab = bc.dims(hf)["vocab"]
@@ -66,7 +67,8 @@ def profile_sizes(name: str, sizes: list[int], prompt: int = 32, new: int = 128,
     res: dict[int, dict] = {}
     try:
         for n in sizes:
-            run(n), run(n)
+            for _ in range(2):  # warm-up
+                run(n)
             with profile(activities=[ProfilerActivity.CUDA]) as pr:
                 steps = run(n)
             k: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
