@@ -27,6 +27,11 @@
 //     computed once) and the block whose split holds pos writes the key and value rows.
 //     With sa.early: pos and the angles are read and the split's older cache rows prefetched
 //     to L2 before tg_pdl_wait.
+//   attn_gqa_paged_T_D(<attn_gqa_store's arguments>, const int* rows, int rs)
+//     attn_gqa_store for N sequences of one token over a paged cache: q [N, H, D], sa's new
+//     keys / values [N, KV, D], pos [N], out [N * KV, G, 1, D]; sequence n's position j lives in
+//     cache row rows[n * rs + j] (j < rs), and its new key / value go to row rows[n * rs + pos[n]].
+//     Grid (1, N * KV, nsplit): block y serves sequence y / KV's key head y % KV.
 // Design: 4 warps; a warp takes 16 keys at a time. Scores S [16 rows, 16 keys] = Q K^T with
 // mma.m16n8k16: A = the query rows (rounded to T; rows past B1 * Tq zero), B = key rows straight
 // from global memory -- the head dimension is permuted (lane quarter tq holds elements
@@ -61,12 +66,12 @@ struct GqaSmem {
     int last;
 };
 
-// attn_gqa_store's prologue: the group's R query rows and the new key into sm.q / sm.k (all
-// loads in one round), then one warp per row RMS-normalises and rotates it there; the writer
-// block stores the key (rounded to T) and the value into cache row pos.
+// attn_gqa_store's prologue: the group's R query rows and the new key of key head b0 into sm.q /
+// sm.k (all loads in one round), then one warp per row RMS-normalises and rotates it there; the
+// writer block stores the key (rounded to T) and the value into cache row wrow.
 template <typename T, int D>
 __device__ __forceinline__ void gqa_store_prologue(GqaSmem<D>& sm, const T* q, const TD& qd, const StoreArgs<T>& sa,
-                                                   long long b0, int R, int pos, bool writer) {
+                                                   long long b0, int R, long long wrow, bool writer) {
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     for (int i = threadIdx.x; i < (R + 1) * D; i += blockDim.x) {
         const int r = i / D, d = i % D;
@@ -75,7 +80,7 @@ __device__ __forceinline__ void gqa_store_prologue(GqaSmem<D>& sm, const T* q, c
     }
     if (writer)
         for (int d = threadIdx.x; d < D; d += blockDim.x)
-            sa.vc[b0 * sa.vcd.st[1] + (long long)pos * sa.vcd.st[2] + d * sa.vcd.st[3]] =
+            sa.vc[b0 * sa.vcd.st[1] + wrow * sa.vcd.st[2] + d * sa.vcd.st[3]] =
                 sa.v[b0 * sa.vd.st[2] + d * sa.vd.st[3]];
     __syncthreads();
     for (int r = w; r <= R; r += GQA_WARPS) {  // rows 0..R-1: queries; row R: the new key
@@ -103,7 +108,7 @@ __device__ __forceinline__ void gqa_store_prologue(GqaSmem<D>& sm, const T* q, c
             x[a] = xa;
             x[b] = xb;
             if (isk && writer) {
-                T* kw = sa.kc + b0 * sa.kcd.st[1] + (long long)pos * sa.kcd.st[2];
+                T* kw = sa.kc + b0 * sa.kcd.st[1] + wrow * sa.kcd.st[2];
                 kw[a * sa.kcd.st[3]] = from_f32<T>(xa);
                 kw[b * sa.kcd.st[3]] = from_f32<T>(xb);
             }
@@ -111,22 +116,30 @@ __device__ __forceinline__ void gqa_store_prologue(GqaSmem<D>& sm, const T* q, c
     }
 }
 
-template <typename T, int D, bool STORE>
+// PAGED (attn_gqa_paged): block y serves sequence y / kvh's key head y % kvh; that sequence's
+// position j lives in cache row rows[(y / kvh) * rs + j] (rs: positions per sequence), its
+// position is past_dev[y / kvh], and q / sa's new rows are already offset to the sequence.
+template <typename T, int D, bool STORE, bool PAGED = false>
 __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, const TD& od, const T* q,
                                          const TD& qd, const T* kt, const TD& ktd, const T* v, const TD& vd,
                                          float scale, int causal, int past, const int* past_dev, int window,
-                                         int chunk, const StoreArgs<T>* sa) {
+                                         int chunk, const StoreArgs<T>* sa, const int* rows = nullptr,
+                                         int rs = 0, int kvh = 1) {
     constexpr int KS = D / 16;  // k-steps of the score mma
     constexpr int KU = D / 32;  // 16-byte loads of a lane's quarter of a key row
     constexpr int VU = D / 64;  // 16-byte loads of a lane's eighth of a value row
     constexpr int NT = D / 8;   // n-tiles of O (8 columns each)
     __shared__ __align__(16) GqaSmem<D> sm;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
-    const long long b0 = blockIdx.y;
+    const long long b0 = blockIdx.y;  // output rows, partials and counters
+    const long long hb = PAGED ? b0 % kvh : b0;  // the key head: q, keys, values, cache rows
+    const int* krow = PAGED ? rows + (b0 / kvh) * rs : nullptr;
+    // cache row of position j (PAGED: the sequence's table; else j itself)
+    auto row = [krow](long long j) -> long long { return PAGED ? (long long)__ldg(krow + j) : j; };
     const int z = blockIdx.z, nsplit = gridDim.z;
     const int Tq = (int)od.ne[2], R = (int)od.ne[1] * Tq;
-    const long long S = ktd.ne[3];
-    if (past_dev) past = past_dev[past < 0 ? b0 : 0];
+    const long long S = PAGED ? (long long)rs : ktd.ne[3];
+    if (past_dev) past = past_dev[PAGED ? b0 / kvh : (past < 0 ? b0 : 0)];
     // the block's keys: [lo, hi), the union of its rows' visible ranges (row t: position t + past)
     long long hi = causal ? (long long)past + Tq : S;
     if (hi > S) hi = S;
@@ -140,8 +153,8 @@ __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, con
     if (nsplit > 1 && z >= max(live, 1)) return;
     const long long j0 = lo + (long long)z * ch;
     const long long j1 = min(j0 + ch, hi);
-    const T* kb = kt + bcast(ktd, 0, b0);
-    const T* vb = v + bcast(vd, 0, b0);
+    const T* kb = kt + bcast(ktd, 0, hb);
+    const T* vb = v + bcast(vd, 0, hb);
     const long long kst = ktd.st[3], vst = vd.st[2];
 
     if constexpr (STORE) {
@@ -154,17 +167,19 @@ __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, con
             constexpr int LINES = (int)(D * sizeof(T) / 128);
             for (long long r = j0 + threadIdx.x / LINES; r < pe; r += blockDim.x / LINES) {
                 const int c = (threadIdx.x % LINES) * (int)(128 / sizeof(T));
-                tg_prefetch_l2(kb + r * kst + c);
-                tg_prefetch_l2(vb + r * vst + c);
+                const long long cr = row(r);
+                tg_prefetch_l2(kb + cr * kst + c);
+                tg_prefetch_l2(vb + cr * vst + c);
             }
             tg_pdl_wait();
         }
         __syncthreads();  // sm.cs
-        gqa_store_prologue<T, D>(sm, q, qd, *sa, b0, R, past, j0 <= past && past < j1);
+        const bool writer = j0 <= past && past < j1;
+        gqa_store_prologue<T, D>(sm, q, qd, *sa, hb, R, writer ? row(past) : 0, writer);
     } else {
         for (int i = threadIdx.x; i < R * D; i += blockDim.x) {
             const int r = i / D, d = i % D;
-            const T* qr = q + bcast(qd, 0, b0) + bcast(qd, 1, r / Tq) + (long long)(r % Tq) * qd.st[2];
+            const T* qr = q + bcast(qd, 0, hb) + bcast(qd, 1, r / Tq) + (long long)(r % Tq) * qd.st[2];
             sm.q[r][d] = to_f32(qr[d * qd.st[3]]);
         }
     }
@@ -205,7 +220,7 @@ __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, con
             const long long nb = base + 16LL * GQA_WARPS * TG_GQA_PREFETCH;
             const int col = (lane >> 4) * (int)(128 / sizeof(T));
             if (nb < j1 && col < D) {
-                const long long jr = min(nb + (lane & 15), j1 - 1);
+                const long long jr = row(min(nb + (lane & 15), j1 - 1));
                 tg_prefetch_l2(kb + jr * kst + col);
                 tg_prefetch_l2(vb + jr * vst + col);
             }
@@ -216,14 +231,14 @@ __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, con
         uint4 kr[2][KU], vr[4][VU];
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
-            const long long j = min(base + 8 * nt + g, j1 - 1);
+            const long long j = row(min(base + 8 * nt + g, j1 - 1));
             const uint4* p = reinterpret_cast<const uint4*>(kb + j * kst + tq * (D / 4));
 #pragma unroll
             for (int i = 0; i < KU; ++i) kr[nt][i] = p[i];
         }
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            const long long j = min(base + 2 * tq + (e & 1) + 8 * (e >> 1), j1 - 1);
+            const long long j = row(min(base + 2 * tq + (e & 1) + 8 * (e >> 1), j1 - 1));
             const uint4* p = reinterpret_cast<const uint4*>(vb + j * vst + g * (D / 8));
 #pragma unroll
             for (int i = 0; i < VU; ++i) vr[e][i] = p[i];
@@ -418,6 +433,22 @@ __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, con
         const TD v4 = {{KV, 1, sa.vcd.ne[2], sa.vcd.ne[3]}, {sa.vcd.st[1], 0, sa.vcd.st[2], sa.vcd.st[3]}};  \
         attn_gqa<T, D, true>(part, counters, out, od, q, q4, sa.kc, kt4, sa.vc, v4, scale, 1, 0, pos,  \
                              window, chunk, &sa);                                                  \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(GQA_WARPS * 32)                                   \
+    attn_gqa_paged_##SFX##_##D(float* part, int* counters, T* out, TD od, const T* q, TD qd,       \
+                               StoreArgs<T> sa, float scale, const int* pos, int window, int chunk, \
+                               const int* rows, int rs) {                                          \
+        tg_pdl_trigger();                                                                          \
+        if (!sa.early) tg_pdl_wait();                                                              \
+        const long long KV = sa.kcd.ne[1], G = od.ne[1], n = blockIdx.y / KV;                      \
+        StoreArgs<T> sn = sa; /* the sequence's new key and value rows */                          \
+        sn.k += n * sa.kd.st[1];                                                                   \
+        sn.v += n * sa.vd.st[1];                                                                   \
+        const TD q4 = {{KV, G, 1, qd.ne[3]}, {G * qd.st[2], qd.st[2], 0, qd.st[3]}};               \
+        const TD kt4 = {{KV, 1, sa.kcd.ne[3], sa.kcd.ne[2]}, {sa.kcd.st[1], 0, sa.kcd.st[3], sa.kcd.st[2]}}; \
+        const TD v4 = {{KV, 1, sa.vcd.ne[2], sa.vcd.ne[3]}, {sa.vcd.st[1], 0, sa.vcd.st[2], sa.vcd.st[3]}};  \
+        attn_gqa<T, D, true, true>(part, counters, out, od, q + n * qd.st[1], q4, sa.kc, kt4, sa.vc, v4, \
+                                   scale, 1, 0, pos, window, chunk, &sn, rows, rs, (int)KV);       \
     }
 #define TG_GQA(SFX, T) TG_GQA1(SFX, T, 64) TG_GQA1(SFX, T, 128)
 

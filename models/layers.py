@@ -69,7 +69,7 @@ class Layers:
             ff, theta = (None, cfg.rope_theta_local) if self._local_rope(i) else (self._rope_factors(), cfg.rope_theta)
             q = tg.rope(q, positions, theta, spec.rope_mode, ff, name=f"{P}.q_rope")
             k = tg.rope(k, positions, theta, spec.rope_mode, ff, name=f"{P}.k_rope")
-        out = kv.attend(q, k, v, i) if kv is not None else self._attend_cache(q, k, v, i, positions)
+        out = kv.attend(q, k, v, i, positions) if kv is not None else self._attend_cache(q, k, v, i, positions)
         return self._row_linear(out, f"{P}.o")
 
     def _row_linear(self, x: tg.Tensor, prefix: str) -> tg.Tensor:
@@ -105,12 +105,7 @@ class Layers:
         else:
             qg = tg.permute(tg.reshape(q, (T, nkv, nh // nkv, hd)), (1, 2, 0, 3))   # [nkv, groups, T, hd]
         scores = tg.matmul(qg, keys_t, name=f"{P}.scores")                   # [nkv, groups, T, S]
-        scale = cfg.attention_multiplier if cfg.attention_multiplier is not None else 1.0 / math.sqrt(hd)
-        af = 1.0 if self._local_rope(i) else self.rope.attention_factor
-        if af != 1.0 and cfg.rotary_dim is None:
-            # YaRN / LongRoPE: HF multiplies cos and sin by af, so every element of q and k: the
-            # scores grow by af^2 (partial rotary scales only the rotated part, in _partial_rope)
-            scale *= af * af
+        scale = self.attn_scale(i)
         if cfg.attn_softcap is not None:
             # Gemma 2: cap * tanh(scores * scale / cap) before the mask; the capping sits between the
             # matmul and the softmax, so this attention stays unfused (the fused kernels have no cap)
@@ -123,6 +118,18 @@ class Layers:
         if per_row:
             return tg.reshape(out, (T, nh * hd))
         return tg.reshape(tg.permute(out, (2, 0, 1, 3)), (T, nh * hd))
+
+    def attn_scale(self, i: int) -> float:
+        """The factor layer ``i``'s attention scores are multiplied by before the softmax (and
+        before Gemma 2's soft-capping)."""
+        cfg = self.config
+        scale = cfg.attention_multiplier if cfg.attention_multiplier is not None else 1.0 / math.sqrt(cfg.head_dim)
+        af = 1.0 if self._local_rope(i) else self.rope.attention_factor
+        if af != 1.0 and cfg.rotary_dim is None:
+            # YaRN / LongRoPE: HF multiplies cos and sin by af, so every element of q and k: the
+            # scores grow by af^2 (partial rotary scales only the rotated part, in _partial_rope)
+            scale *= af * af
+        return scale
 
     def _partial_rope(self, x: tg.Tensor, positions: tg.Tensor, prefix: str) -> tg.Tensor:
         """RoPE on the first ``rotary_dim`` elements of each head of ``x`` [T, heads, hd] (their

@@ -7,14 +7,18 @@ lives in row ``table[p // block_size] * block_size + p % block_size``. The last 
 padding tokens of a step write there, and gathers of positions a sequence does not own read it
 (the causal mask hides them).
 
-A step over several sequences (:class:`PagedStep`) writes each token's keys/values into its row
-(``set_rows`` with a row per token) and, for each sequence, gathers its first ``S`` positions
-into contiguous keys/values (``get_rows`` with one index per head and position) and attends over
-them with the model's own attention (``Transformer.attend``). ``S`` is the step's context bucket:
-graphs are built per (sequences, tokens each, bucket) and fed new tables every step.
+A decode step over several sequences (:class:`PagedStep`, one token each) is one
+``attention_store`` per layer with a table of each sequence's pool rows: it writes the token's
+keys/values into its row and attends over the sequence's rows where they lie (on CUDA one
+kernel). Prefill steps, and models whose attention that op cannot express (Gemma 2's capped
+scores), write each token's keys/values into its row (``set_rows``), gather each sequence's first
+``S`` positions into contiguous keys/values (``get_rows``) and attend over them with the model's
+own attention (``Transformer.attend``). ``S`` is the step's context bucket: graphs are built per
+(sequences, tokens each, bucket) and fed new tables every step.
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -31,8 +35,9 @@ if TYPE_CHECKING:
 class KVLayout(Protocol):
     """Where a step's keys/values go and which keys its queries see (``Transformer.build_step``)."""
 
-    def attend(self, q: tg.Tensor, k: tg.Tensor, v: tg.Tensor, i: int) -> tg.Tensor:
-        """Store layer ``i``'s ``k``/``v`` [N, nkv, hd] and attend with ``q`` [N, nh, hd] -> [N, nh * hd]."""
+    def attend(self, q: tg.Tensor, k: tg.Tensor, v: tg.Tensor, i: int, positions: tg.Tensor) -> tg.Tensor:
+        """Store layer ``i``'s ``k``/``v`` [N, nkv, hd] and attend with ``q`` [N, nh, hd] (tokens at
+        ``positions``, int32 [N]) -> [N, nh * hd]."""
         ...
 
 
@@ -178,10 +183,15 @@ class KVPool:
         positions = np.asarray(positions, np.int64)
         return self.rows_at([seq], positions.reshape(1, -1))[0].reshape(positions.shape).astype(np.int32)
 
+    def position_rows(self, seqs: "list[object | None]", S: int) -> np.ndarray:
+        """Pool rows of each sequence's positions 0..S-1 (int32 [len(seqs), S]; positions it does
+        not own, and every position of None, a padding row: scratch)."""
+        return self.rows_at(seqs, np.broadcast_to(np.arange(S, dtype=np.int64), (len(seqs), S))).astype(np.int32)
+
     def gather_indices(self, seqs: "list[object | None]", S: int) -> np.ndarray:
         """Indices into the ``[kv_heads * rows, hd]`` views of each sequence's positions 0..S-1,
         head by head (int32 [len(seqs), kv_heads * S]); None: all scratch (a padding row)."""
-        ctx = self.rows_at(seqs, np.broadcast_to(np.arange(S, dtype=np.int64), (len(seqs), S)))
+        ctx = self.position_rows(seqs, S).astype(np.int64)
         heads = np.arange(self.model.config.num_kv_heads, dtype=np.int64)[None, :, None] * self.rows
         return (heads + ctx[:, None, :]).reshape(len(seqs), -1).astype(np.int32)
 
@@ -218,14 +228,19 @@ class PagedStep:
     """The KV layout of one step graph over ``B`` sequences of ``T`` tokens each (row ``b * T + t``
     is token ``t`` of sequence ``b``), each seeing its positions ``0..S-1`` of the pool.
 
-    Graph inputs it declares (fed by :meth:`feeds`): ``kv_rows`` int32 [B * T] (each token's pool
-    row), ``kv_gather`` int32 [B, kv_heads * S] (each sequence's gather indices), ``kv_past``
-    int32 [B] (each sequence's first position in the step) and ``kv_past_heads`` [B * kv_heads]
-    (the same, once per KV head: the rows of a decode step's attention).
+    Decode steps (``T == 1``) whose attention ``attention_store`` expresses (``fused``: no score
+    soft-capping, and a backend kernel for the head size and group,
+    ``Backend.paged_attention_ok``; ``TINYGRAPH_PAGED_ATTN=0`` turns it off) declare one input, ``kv_table`` int32 [B, S] (each sequence's
+    pool row of positions 0..S-1), and run one ``attention_store`` per layer: every sequence's new
+    key and value go to its row of its position, and each attends over its own rows in place.
 
-    Decode steps (``T == 1``) gather every sequence's keys at once and run one attention whose
-    rows are (sequence, KV head), each with its own position (``past_rows``), so the graph does
-    not grow with ``B``; prefill steps attend per sequence."""
+    Other steps declare (all fed by :meth:`feeds`) ``kv_rows`` int32 [B * T] (each token's pool
+    row), ``kv_gather`` int32 [B, kv_heads * S] (each sequence's gather indices) and ``kv_past``
+    int32 [B] (each sequence's first position in the step); unfused decode steps also
+    ``kv_past_heads`` [B * kv_heads] (the same, once per KV head: the attention's rows). They
+    store with ``set_rows``, gather with ``get_rows`` and attend with ``Transformer.attend``:
+    unfused decode steps in one attention whose rows are (sequence, KV head), each at its own
+    position, prefill steps per sequence."""
 
     pool: KVPool
     g: tg.Graph
@@ -234,17 +249,28 @@ class PagedStep:
     S: int
 
     def __post_init__(self) -> None:
-        nkv = self.pool.model.config.num_kv_heads
+        m = self.pool.model
+        c = m.config
+        # TINYGRAPH_PAGED_ATTN=0: the unfused form everywhere (for A/B runs)
+        self.fused = self.T == 1 and c.attn_softcap is None and os.environ.get("TINYGRAPH_PAGED_ATTN", "1") != "0" \
+            and m.session.backend.paged_attention_ok(m.dtype, c.head_dim, c.num_heads // c.num_kv_heads)
+        if self.fused:
+            self.table = self.g.input((self.B, self.S), tg.int32, name="kv_table")
+            return
         self.rows = self.g.input((self.B * self.T,), tg.int32, name="kv_rows")
-        self.gather = self.g.input((self.B, nkv * self.S), tg.int32, name="kv_gather")
+        self.gather = self.g.input((self.B, c.num_kv_heads * self.S), tg.int32, name="kv_gather")
         self.past = self.g.input((self.B,), tg.int32, name="kv_past")
-        # decode steps: each sequence's position once per KV head (the attention's rows)
-        self.past_heads = self.g.input((self.B * nkv,), tg.int32, name="kv_past_heads")
+        if self.T == 1:  # each sequence's position once per KV head (the attention's rows)
+            self.past_heads = self.g.input((self.B * c.num_kv_heads,), tg.int32, name="kv_past_heads")
 
-    def attend(self, q: tg.Tensor, k: tg.Tensor, v: tg.Tensor, i: int) -> tg.Tensor:
+    def attend(self, q: tg.Tensor, k: tg.Tensor, v: tg.Tensor, i: int, positions: tg.Tensor) -> tg.Tensor:
         m, pool, B, T, S = self.pool.model, self.pool, self.B, self.T, self.S
         nkv, hd = m.config.num_kv_heads, m.config.head_dim
         P = f"layers.{i}.attn"
+        if self.fused:  # RoPE and q/k norms join it in passes.fuse_attention_store
+            out = tg.attention_store(q, k, v, positions, pool.k[i], pool.v[i], m.attn_scale(i),
+                                     window=m.windows[i], rows=self.table, name=f"{P}.attention_store")
+            return tg.reshape(out, (B, q.shape[1] * hd), name=f"{P}.heads")
         tg.set_rows(pool.k[i], tg.permute(k, (1, 0, 2)), self.rows, name=f"{P}.k_store")
         tg.set_rows(pool.v[i], tg.permute(v, (1, 0, 2)), self.rows, name=f"{P}.v_store")
         if T == 1:  # decode: every sequence's keys in one gather, one attention with a position per row
@@ -274,15 +300,18 @@ class PagedStep:
         tokens start at position ``starts[b]``; a sequence's padding tokens, and padding rows,
         write the scratch row."""
         pool, T = self.pool, self.T
+        if self.fused:  # a padding row's table is all scratch: its token writes there
+            return {"kv_table": pool.position_rows(seqs, self.S)}
         # every sequence at once (KVPool.rows_at): a Python loop per sequence cost ~30 µs each,
         # 2 ms a step at 64 sequences
         pos = np.asarray(starts, np.int64)[:, None] + np.arange(T)
         real = np.arange(T)[None, :] < np.asarray(lens)[:, None]
         rows = np.where(real, pool.rows_at(seqs, pos), pool.scratch).astype(np.int32)
-        gather = pool.gather_indices(seqs, self.S)
-        nkv = pool.model.config.num_kv_heads
-        return {"kv_rows": rows.reshape(-1), "kv_gather": gather, "kv_past": np.asarray(starts, np.int32),
-                "kv_past_heads": np.repeat(np.asarray(starts, np.int32), nkv)}
+        out = {"kv_rows": rows.reshape(-1), "kv_gather": pool.gather_indices(seqs, self.S),
+               "kv_past": np.asarray(starts, np.int32)}
+        if T == 1:
+            out["kv_past_heads"] = np.repeat(np.asarray(starts, np.int32), pool.model.config.num_kv_heads)
+        return out
 
 
 def _concat_rows(parts: list[tg.Tensor], name: str) -> tg.Tensor:

@@ -125,6 +125,20 @@ def fake_backend() -> cb.CudaBackend:
     return be
 
 
+@contextlib.contextmanager
+def cuda_graph_rules(session) -> Iterator[None]:
+    """Build graphs in ``session`` (a NumPy one) as a CUDA session would where the two differ:
+    ``Backend.paged_attention_ok`` (a paged decode step's attention fused only where attn_gqa
+    has a kernel)."""
+    with fake_driver():
+        rule = fake_backend().paged_attention_ok
+    session.backend.paged_attention_ok = rule
+    try:
+        yield
+    finally:
+        del session.backend.paged_attention_ok
+
+
 def record_launches(graph: Graph, plan: ExecPlan, kernels: dict | None = None) -> list:
     """The launches the CUDA backend makes to run ``plan`` of ``graph`` once, eagerly: a list of
     (kernel name, grid, block, shared bytes, pdl, arguments as plain data). ``kernels``: a dict the

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cuda_record import record_launches
+from cuda_record import cuda_graph_rules, record_launches
 from tinygraph.models import load_model
 from tinygraph.models.batch import BatchRunner
 from tinygraph.models.paged import KVPool
@@ -44,9 +44,10 @@ def _records() -> dict[str, list]:
             if fam in ("llama", "qwen3", "gemma2") and quant is None:
                 pool = KVPool(m, num_blocks=8, block_size=16)
                 runner = BatchRunner(m, pool, max_batch=4)
-                for B, T, S, want in ((4, 1, 64, "argmax"), (4, 1, 128, "sample"), (1, 16, 64, "argmax")):
-                    g, _ = runner.graph(B, T, S, want)
-                    out[f"{key}/batch{B}x{T}/S{S}/{want}"] = record_launches(g, m.session._plan_for(g))
+                with cuda_graph_rules(m.session):
+                    for B, T, S, want in ((4, 1, 64, "argmax"), (4, 1, 128, "sample"), (1, 16, 64, "argmax")):
+                        g, _ = runner.graph(B, T, S, want)
+                        out[f"{key}/batch{B}x{T}/S{S}/{want}"] = record_launches(g, m.session._plan_for(g))
                 pool.close()
     return out
 

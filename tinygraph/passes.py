@@ -12,7 +12,9 @@ write in one kernel).
 
 ``fuse_attention_store`` (decode graphs: one query token): an ``attention`` over a KV cache,
 the write of this step's keys/values into it (``rope_store`` or two ``set_rows``) and the q/k
-RMS norms before RoPE become one ``attention_store`` node.
+RMS norms before RoPE become one ``attention_store`` node; an ``attention_store`` built without
+RoPE (``models.paged``'s decode steps) takes in the ``rope`` nodes of its q and k, and their
+norms.
 
 ``fuse_linear``: ``norm -> matmul(x, transpose(W)) -> + bias -> activation -> + residual``
 (any prefix of that chain after the matmul, with swiglu = ``silu(gate view) * up view``) becomes
@@ -310,6 +312,37 @@ def fuse_attention_store(g: Graph) -> int:
         with g.detached():
             fused = ops.attention_store(q, k, v, rows, kc, vc, p["scale"], window=p.get("window"), name=name, **kw)
         g.replace(a, fused, dead, side_effect=True)
+        count += 1
+    return count + _absorb_rope(g)
+
+
+def _absorb_rope(g: Graph) -> int:
+    """Fold into each ``attention_store`` without RoPE the ``rope`` nodes of its q and k (same
+    positions as the store's, same parameters, read by nothing else) and the RMS norms over the
+    head before them. Returns the count."""
+    from . import ops
+    count = 0
+    for a in [n for n in g.nodes if n.op == "attention_store" and not n.params["rope"]]:
+        p, o = a.params, optional_srcs(a)
+        q, k, v, pos, kc, vc = a.srcs[:6]
+        c = _consumers(g)
+        if not (q.op == k.op == "rope" and q.params == k.params and q.srcs[1:] == k.srcs[1:] and q.srcs[1] is pos
+                and _only_reader(c, q) is a and _only_reader(c, k) is a) or p["q_norm"] or p["k_norm"]:
+            continue
+        hd = kc.shape[2]
+        q0, qn = _absorb_norm(c, q.srcs[0], q, hd)
+        k0, kn = _absorb_norm(c, k.srcs[0], k, hd)
+        if qn and kn and qn["eps"] != kn["eps"]:
+            q0, qn, k0, kn = q.srcs[0], {}, k.srcs[0], {}
+        kw: dict = {}
+        for nm, info in (("q", qn), ("k", kn)):
+            if info:
+                kw.update({f"{nm}_norm": True, f"{nm}_norm_w": info["w"], "eps": info["eps"]})
+        with g.detached():
+            fused = ops.attention_store(q0, k0, v, pos, kc, vc, p["scale"], q.params["theta"], q.params["mode"],
+                                        optional_srcs(q)["freq_factors"], window=p.get("window"), name=a.name,
+                                        rows=o["rows"], **kw)
+        g.replace(a, fused, {q.id, k.id} | {info["id"] for info in (qn, kn) if info}, side_effect=True)
         count += 1
     return count
 

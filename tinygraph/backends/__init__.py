@@ -46,6 +46,12 @@ class Backend(ABC):
         the CUDA backend compiles the sources its kernel cache lacks, side by side. Nothing to do
         for a backend without compiled kernels."""
 
+    def paged_attention_ok(self, dtype, head_dim: int, group: int) -> bool:
+        """Whether an ``attention_store`` with a rows table (a paged cache: ``models.paged``) of
+        ``dtype`` runs here for heads of ``head_dim`` and ``group`` query heads per key head. The
+        NumPy reference runs every case."""
+        return True
+
     def workspace_bytes(self) -> int:
         """Bytes of the backend's own working memory beyond persistent buffers (arena, staging,
         scratch, dequantized copies), as grown so far."""

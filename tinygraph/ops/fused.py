@@ -109,33 +109,42 @@ def attention_store(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, k_cache:
                     scale: float, theta: float | None = None, mode: str = "neox",
                     freq_factors: Tensor | None = None, q_norm_w: Tensor | None = None,
                     k_norm_w: Tensor | None = None, q_norm: bool = False, k_norm: bool = False,
-                    eps: float = 1e-6, window: int | None = None, name: str | None = None) -> Tensor:
+                    eps: float = 1e-6, window: int | None = None, name: str | None = None,
+                    rows: Tensor | None = None) -> Tensor:
     """One decode step's attention with its cache write, as one op (made by the
-    ``fuse_attention_store`` pass; on CUDA one kernel per layer):
+    ``fuse_attention_store`` pass, or by ``models.paged`` for many sequences; on CUDA one kernel
+    per layer). For each of the N sequences n, at position pos = positions[n]:
 
         q' = rope(rms_norm(q) * q_norm_w)  k' = rope(rms_norm(k) * k_norm_w)   (each part optional)
-        k_cache[:, pos, :] = k';  v_cache[:, pos, :] = v                         (side effects)
-        out = attention(q' grouped [KV, G, 1, hd], k_cache^T, v_cache, scale, causal, past=pos,
-                        window)
+        k_cache[:, row(pos), :] = k'[n];  v_cache[:, row(pos), :] = v[n]         (side effects)
+        out[n] = attention(q'[n] grouped [KV, G, 1, hd], the cache rows row(0..S-1), scale,
+                           causal, past=pos, window)
 
-    ``q`` [1, H, hd], ``k``/``v`` [1, KV, hd] (one token; any strides), ``positions`` int32 [1]
-    (pos), caches [KV, ctx, hd] of q's dtype, H a multiple of KV (G = H / KV). ``theta`` None:
-    no RoPE; else as :func:`rope` (``mode``, ``freq_factors``). ``q_norm`` / ``k_norm``: RMS
-    norm over hd (weights [hd] optional). Returns [KV, G, 1, hd], the layout of the grouped
-    :func:`attention` it replaces. The normalised, rotated q stays in float32 (the unfused graph
-    rounds it to the storage dtype). ``window`` (None = off): only the cache rows
-    ``pos - window < j <= pos`` are attended to (see :func:`softmax`)."""
+    ``q`` [N, H, hd], ``k``/``v`` [N, KV, hd] (one token per sequence; any strides),
+    ``positions`` int32 [N], caches [KV, ctx, hd] of q's dtype, H a multiple of KV (G = H / KV).
+    ``rows`` None: one sequence (N = 1) whose position p is cache row p (S = ctx). ``rows``
+    int32 [N, S] (a paged cache): sequence n's position p is cache row ``rows[n, p]``; every
+    write happens before any read, and sequences may share rows only where neither writes.
+    ``theta`` None: no RoPE; else as :func:`rope` (``mode``, ``freq_factors``). ``q_norm`` /
+    ``k_norm``: RMS norm over hd (weights [hd] optional). Returns [N * KV, G, 1, hd] (N = 1: the
+    layout of the grouped :func:`attention` it replaces). The normalised, rotated q stays in
+    float32 (the unfused graph rounds it to the storage dtype). ``window`` (None = off): only
+    positions ``pos - window < j <= pos`` are attended to (see :func:`softmax`)."""
     _need_float("attention_store", q, k, v)
-    if q.ndim != 3 or q.shape[0] != 1 or k.ndim != 3 or v.shape != k.shape or k.shape[0] != 1 \
+    if q.ndim != 3 or k.ndim != 3 or v.shape != k.shape or k.shape[0] != q.shape[0] \
             or k.shape[2] != q.shape[2] or q.shape[1] % k.shape[1]:
-        raise ShapeError(f"attention_store: q [1, H, hd], k/v [1, KV, hd] with KV dividing H: "
+        raise ShapeError(f"attention_store: q [N, H, hd], k/v [N, KV, hd] with KV dividing H: "
                          f"{q.describe()}, {k.describe()}, {v.describe()}")
-    KV, hd = k.shape[1], k.shape[2]
+    N, (KV, hd) = q.shape[0], k.shape[1:]
     for c in (k_cache, v_cache):
         if c.ndim != 3 or c.shape[0] != KV or c.shape[2] != hd or c.dtype != q.dtype or c.shape != k_cache.shape:
             raise ShapeError(f"attention_store: cache {c.describe()} must be [{KV}, ctx, {hd}] of {q.dtype.name}")
-    if positions.dtype != int32 or positions.shape != (1,):
-        raise ShapeError(f"attention_store: positions {positions.describe()} must be int32 (1,)")
+    if positions.dtype != int32 or positions.shape != (N,):
+        raise ShapeError(f"attention_store: positions {positions.describe()} must be int32 ({N},)")
+    if rows is None and N != 1:
+        raise ShapeError(f"attention_store: {N} sequences need a rows table [N, S]")
+    if rows is not None and (rows.dtype != int32 or rows.ndim != 2 or rows.shape[0] != N or not rows.is_contiguous):
+        raise ShapeError(f"attention_store: rows {rows.describe()} must be a contiguous int32 [{N}, S]")
     extra: tuple[Tensor, ...] = ()
     params = {"scale": float(scale), "rope": theta is not None, "theta": float(theta or 0.0), "mode": mode,
               "has_ff": False, "q_norm": bool(q_norm), "k_norm": bool(k_norm), "eps": float(eps),
@@ -150,29 +159,44 @@ def attention_store(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, k_cache:
                 raise GraphError("attention_store: a norm weight needs q_norm / k_norm=True")
             _row_param("attention_store", q, w, "norm weight")
             extra += (w,)
-    t = _node("attention_store", (q, k, v, positions, k_cache, v_cache) + extra, (KV, q.shape[1] // KV, 1, hd),
-              q.dtype, params, name)
+    if rows is not None:  # the flag only when set: one-sequence graphs keep their params
+        params["has_rows"] = True
+        extra += (rows,)
+    t = _node("attention_store", (q, k, v, positions, k_cache, v_cache) + extra,
+              (N * KV, q.shape[1] // KV, 1, hd), q.dtype, params, name)
     t.graph._side_effect(t)
     return t
 
 
 @_reference("attention_store", "attention", side_dsts=(4, 5), required=6,
-            optional=(("freq_factors", "has_ff"), ("q_norm_w", "has_qn"), ("k_norm_w", "has_kn")))
+            optional=(("freq_factors", "has_ff"), ("q_norm_w", "has_qn"), ("k_norm_w", "has_kn"),
+                      ("rows", "has_rows")))
 def _attention_store_ref(p, q, k, v, positions, k_cache, v_cache, *extra):
     o = OPS["attention_store"].named(p, (q, k, v, positions, k_cache, v_cache) + extra)
     ff = [o["freq_factors"]] if o["freq_factors"] is not None else []
     qn, kn = o["q_norm_w"], o["k_norm_w"]
-    pos = int(positions[0])
-    if not 0 <= pos < k_cache.shape[-2]:
-        raise IndexError(f"attention_store: position {pos} out of range [0, {k_cache.shape[-2]})")
+    N, table = q.shape[0], o["rows"]
+    S = table.shape[1] if table is not None else k_cache.shape[-2]
+    for pos in positions:
+        if not 0 <= pos < S:
+            raise IndexError(f"attention_store: position {pos} out of range [0, {S})")
+    if table is not None and table.size and (table.min() < 0 or table.max() >= k_cache.shape[-2]):
+        raise IndexError(f"attention_store: a cache row out of range [0, {k_cache.shape[-2]})")
     norm = {"eps": p["eps"], "has_w": False}
     qf = _rms_norm_ref(norm, q) * (_f32(qn) if qn is not None else 1) if p["q_norm"] else _f32(q)
     kf = _rms_norm_ref(norm, k) * (_f32(kn) if kn is not None else 1) if p["k_norm"] else _f32(k)
-    if p["rope"]:
+    if p["rope"]:  # rope_ref rotates row t of x at positions[t]: one token per sequence
         qf, kf = (_rope_ref(p, x, positions, *ff) for x in (qf, kf))
-    k_cache[:, pos, :] = kf[0]
-    v_cache[:, pos, :] = v[0]
+    for n in range(N):  # every write before any read
+        r = table[n, positions[n]] if table is not None else positions[n]
+        k_cache[:, r, :] = kf[n]
+        v_cache[:, r, :] = v[n]
     KV, hd = k_cache.shape[0], k_cache.shape[2]
-    qg = qf.reshape(1, KV, -1, hd).transpose(1, 2, 0, 3)                     # [KV, G, 1, hd]
-    return _attention_ref({"scale": p["scale"], "causal": True, "past": pos, "past_src": False,
-                           "window": p.get("window")}, qg, k_cache[:, None].transpose(0, 1, 3, 2), v_cache[:, None])
+    outs = []
+    for n in range(N):  # the sequence's rows [KV, S, hd] (one sequence: the caches themselves)
+        kc, vc = (k_cache[:, table[n]], v_cache[:, table[n]]) if table is not None else (k_cache, v_cache)
+        qg = qf[n:n + 1].reshape(1, KV, -1, hd).transpose(1, 2, 0, 3)         # [KV, G, 1, hd]
+        outs.append(_attention_ref({"scale": p["scale"], "causal": True, "past": int(positions[n]),
+                                    "past_src": False, "window": p.get("window")},
+                                   qg, kc[:, None].transpose(0, 1, 3, 2), vc[:, None]))
+    return np.concatenate(outs, axis=0)

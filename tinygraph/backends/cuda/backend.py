@@ -138,6 +138,11 @@ class CudaBackend(Backend):
     def prepare_kernels(self) -> None:
         self.lib.precompile()
 
+    def paged_attention_ok(self, dtype, head_dim: int, group: int) -> bool:
+        """attn_gqa_paged's cases (``select.gqa_fits``): f16 / bf16, heads of 64 or 128, groups
+        of at most 16."""
+        return select.gqa_fits(dtype.short, head_dim, head_dim, group, self.lib.caps)
+
     def workspace_bytes(self) -> int:
         return sum(b.nbytes for b in (self._arena, self._inputs, self._scratch, self._work) if b is not None)
 

@@ -293,6 +293,8 @@ _reg(KernelSpec("attn_split", "attention.cu", _SPLIT, _BY_D,
                 "attention", "decode attention on tensor cores, a KV head's whole query group per block"),
      KernelSpec("attn_gqa_store", "attention_gqa.cu", _STORE, _TC_D,
                 "attention", "attn_store with attn_gqa's group per block (StoreArgs sa)"),
+     KernelSpec("attn_gqa_paged", "attention_gqa.cu", _STORE + (("rows", "ptr"), ("rs", "i32")), _TC_D,
+                "attention", "attn_gqa_store for many sequences over a paged cache (rows table [N, rs])"),
      KernelSpec("attn_fa", "attention_tc.cu", _ATTN_IO + _ATTN_KV, _TC_D,
                 "attention", "tensor-core flash attention for 16+ queries (prefill)"))
 

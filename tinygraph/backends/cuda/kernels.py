@@ -39,6 +39,8 @@ attn_gqa_   attention_gqa.cu (the arguments of attn_split)   decode on tensor co
 <T>_<D>                     per KV head and split serves its whole query group; f16/bf16, D = 64 | 128
 attn_gqa_   attention_gqa.cu (the arguments of attn_store)   attn_store as attn_gqa
 store_<T>_<D>
+attn_gqa_   attention_gqa.cu (the arguments of attn_store, const int* rows, int rs)   attn_gqa_store
+paged_<T>_<D>               for N sequences over a paged cache: position j of sequence n is row rows[n * rs + j]
 attn_fa_    attention_tc.cu (T* out, TD od, const T* q, TD qd, const T* kt, TD ktd, const T* v,
 <T>_<D>                     TD vd, float scale, int causal, int past, const int* past_dev,
                             int window)   tensor-core prefill, f16/bf16, D = 64 | 128

@@ -2,7 +2,8 @@
 attention_tc.cu, rope.cu): ``attention`` (flash-decoding splits: a key head's query group per
 block on tensor cores when the layout allows, else one query row per block; tensor-core flash
 attention for many queries),
-``attention_store`` (a decode step's norm + RoPE + KV write + attention in one kernel) and
+``attention_store`` (a decode step's norm + RoPE + KV write + attention in one kernel; with a
+rows table, many sequences' steps over a paged cache) and
 ``rope_store`` (RoPE of q/k and the KV-cache write)."""
 from __future__ import annotations
 
@@ -75,15 +76,23 @@ def attention_store(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]
     grid, chunk, part, counters, maxd, kind = cfg
     from .kernels import ROPE_NEOX, ROPE_NORMAL, StoreArgs, f32, i32, ptr
     mode = -1 if not p["rope"] else (ROPE_NEOX if p["mode"] == "neox" else ROPE_NORMAL)
-    # pos and the caches' old rows may be read before the kernel waits for its predecessor
-    # when nothing else in the graph writes them
-    early = all(t.storage.id not in be._written for t in (pos, kc, vc, fft) if t is not None)
+    rows = o["rows"]
+    # pos, the rows table and the caches' old rows may be read before the kernel waits for its
+    # predecessor when nothing else in the graph writes them
+    early = all(t.storage.id not in be._written for t in (pos, kc, vc, fft, rows) if t is not None)
     sa = StoreArgs(ka.ptr, ka.td, va.ptr, va.td, kca.ptr, kca.td, vca.ptr, vca.td, ff, qn, kn,
                    p["eps"], p["theta"], mode, int(p["q_norm"]), int(p["k_norm"]), int(early))
-    store = "attn_gqa_store" if kind == "gqa" else "attn_store"
-    driver.launch(be.lib.function(f"{store}_{dt.short}_{maxd}"), grid, 128,
-                  [ptr(part), ptr(counters), out.addr, out.td, qa.addr, qa.td, sa, f32(p["scale"]),
-                   ptr(be._contiguous_ids(pos, base)), i32(window), i32(chunk)], stream=be.stream,
+    args = [ptr(part), ptr(counters), out.addr, out.td, qa.addr, qa.td, sa, f32(p["scale"]),
+            ptr(be._contiguous_ids(pos, base)), i32(window), i32(chunk)]
+    if rows is not None:  # a paged cache: attn_gqa only (select.plan_choices picks it)
+        if kind != "gqa":
+            raise BackendError(f"attention_store with a rows table needs attn_gqa (f16/bf16, heads of 64 or "
+                               f"128, groups <= 16, 16-byte aligned caches): {n.describe()}")
+        store = "attn_gqa_paged"
+        args += [ptr(be._contiguous_ids(rows, base)), i32(rows.shape[1])]
+    else:
+        store = "attn_gqa_store" if kind == "gqa" else "attn_store"
+    driver.launch(be.lib.function(f"{store}_{dt.short}_{maxd}"), grid, 128, args, stream=be.stream,
                   pdl=be._pdl())
 
 

@@ -248,7 +248,9 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
     for n in order:
         if n.op in ("attention", "attention_store"):  # the split-key kernels' launch shape
             T, Dv = n.shape[-2], n.shape[-1]
-            group = gqa_group(n) if env.get("TINYGRAPH_ATTN_GQA", "1") != "0" else 0
+            # a paged attention_store (rows table) has only attn_gqa's kernel
+            paged = n.op == "attention_store" and n.params.get("has_rows")
+            group = gqa_group(n) if env.get("TINYGRAPH_ATTN_GQA", "1") != "0" or paged else 0
             out[n.id] = attn_splits(T, n.size // Dv if Dv else 0, attn_keys(n), n.srcs[0].shape[-1], Dv,
                                     n.params.get("window") or 0, group, n.dtype.short, caps)
             continue
@@ -293,9 +295,11 @@ def flash_ok(dtype: str, D: int, Dv: int, T: int, operands: Sequence[tuple[Seque
 
 
 def attn_keys(n) -> int:
-    """Keys an ``attention`` (kt [.., D, S]) or ``attention_store`` (caches [KV, S, hd]) node
-    attends over at most: S."""
-    return n.srcs[1].shape[-1] if n.op == "attention" else n.srcs[4].shape[1]
+    """Keys an ``attention`` (kt [.., D, S]) or ``attention_store`` (caches [KV, S, hd]; with a
+    rows table [N, S], its S) node attends over at most: S."""
+    if n.op == "attention":
+        return n.srcs[1].shape[-1]
+    return n.srcs[-1].shape[1] if n.params.get("has_rows") else n.srcs[4].shape[1]
 
 
 def gqa_fits(dtype: str, D: int, Dv: int, group: int, caps: DeviceCaps) -> bool:
