@@ -60,6 +60,11 @@
 //       NULL or any strides (y may alias res). The tail of the prefill path
 //       (norm -> matmul_tc3 -> epilogue).
 //       Launch: 1-D grid-stride loop over y's elements (kernels.py: 256 threads).
+//   linear_splitk_epilogue_T(T* y, TD yd, const float* P, int splits, int N, const T* bias,
+//                            const T* res, TD rd, int act)
+//       linear_epilogue with z = the sum, in split order, of matmul_tc3s's float32 partials P
+//       [splits, M, N] (row-major; y [1, 1, M, Nout], fewer than 2^31 elements): the split-K
+//       reduce and the epilogue in one kernel (a batched decode step's projections).
 #include "linear_common.cuh"
 
 #ifndef TG_LINEAR_U
@@ -261,22 +266,20 @@ __device__ __forceinline__ void linear_gemv_kernel(T* y, const TD& yd, const T* 
 #undef LIN_CALL
 }
 
-template <typename T, typename I>
-__device__ __forceinline__ void linear_epilogue_body(T* y, const TD& yd, const T* z, const TD& zd,
+// zat(c, up): the product at y's index c (up: the up half's column, act 3) as float32
+template <typename T, typename I, typename Z>
+__device__ __forceinline__ void linear_epilogue_body(T* y, const TD& yd, Z zat, long long half,
                                                      const T* bias, const T* res, const TD& rd,
                                                      int act, long long n) {
-    const long long half = zd.ne[3] / 2;
-    const long long upoff = half * zd.st[3];
     for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (I)n; i += (I)gridDim.x * blockDim.x) {
         I c[4];
         td_unravel<I>(i, yd, c);
-        const long long zo = td_offset(zd, c);
         const long long j = (long long)c[3];
-        float v = to_f32(z[zo]);
+        float v = zat(c, false);
         if (bias) v += to_f32(bias[j]);
         float a;
         if (act == 3) {
-            float u = to_f32(z[zo + upoff]);
+            float u = zat(c, true);
             if (bias) u += to_f32(bias[j + half]);
             a = lin_silu(v) * u;
         } else {
@@ -301,9 +304,22 @@ __device__ __forceinline__ void linear_epilogue_body(T* y, const TD& yd, const T
     extern "C" __global__ void linear_epilogue_##sfx(T* y, TD yd, const T* z, TD zd,           \
                                                      const T* bias, const T* res, TD rd,       \
                                                      int act) { tg_pdl_enter();                \
-        const long long n = td_numel(yd);                                                      \
-        if (n < (1LL << 31)) linear_epilogue_body<T, unsigned>(y, yd, z, zd, bias, res, rd, act, n); \
-        else linear_epilogue_body<T, unsigned long long>(y, yd, z, zd, bias, res, rd, act, n); \
+        const long long n = td_numel(yd), half = zd.ne[3] / 2, upoff = half * zd.st[3];         \
+        auto zat = [&](const auto* c, bool up) { return to_f32(z[td_offset(zd, c) + (up ? upoff : 0)]); }; \
+        if (n < (1LL << 31)) linear_epilogue_body<T, unsigned>(y, yd, zat, half, bias, res, rd, act, n); \
+        else linear_epilogue_body<T, unsigned long long>(y, yd, zat, half, bias, res, rd, act, n); \
+    }                                                                                          \
+    extern "C" __global__ void linear_splitk_epilogue_##sfx(T* y, TD yd, const float* P, int splits, \
+                                                            int N, const T* bias, const T* res, \
+                                                            TD rd, int act) { tg_pdl_enter();  \
+        const long long n = td_numel(yd), MN = (long long)yd.ne[2] * N;                         \
+        auto zat = [&](const unsigned* c, bool up) {                                            \
+            const long long o = (long long)c[2] * N + c[3] + (up ? N / 2 : 0);                  \
+            float s = 0.0f;                                                                     \
+            for (int k = 0; k < splits; ++k) s += P[k * MN + o];                                \
+            return s;                                                                           \
+        };                                                                                      \
+        linear_epilogue_body<T, unsigned>(y, yd, zat, N / 2, bias, res, rd, act, n);            \
     }
 TG_LINEAR(float, f32)
 TG_LINEAR(__half, f16)

@@ -150,13 +150,16 @@ class BatchRunner:
         g, layout = self.graph(B, T, S, want, long_rope)
         pad = B - n
         ids = np.zeros((B, T), np.int32)
-        pos = np.zeros((B, T), np.int32)
-        last = self.model.max_context - 1
-        for b, (t, s) in enumerate(zip(tokens, starts)):
-            ids[b, :len(t)] = t
-            # padding tokens continue the positions (kept inside the context: learned position
-            # tables end there); their keys/values go to the scratch row
-            pos[b] = np.minimum(np.arange(s, s + T), last)
+        if T == 1:  # decode: one token each
+            ids[:n, 0] = [t[0] for t in tokens]
+        else:
+            for b, t in enumerate(tokens):
+                ids[b, :len(t)] = t
+        # padding tokens continue the positions (kept inside the context: learned position
+        # tables end there); their keys/values go to the scratch row
+        st = np.zeros(B, np.int64)
+        st[:n] = starts
+        pos = np.minimum(st[:, None] + np.arange(T), self.model.max_context - 1).astype(np.int32)
         feeds = layout.feeds(list(seqs) + [None] * pad, list(starts) + [0] * pad, lens + [0] * pad)
         feeds.update(token_ids=ids.reshape(-1), positions=pos.reshape(-1),
                      pick=np.array([b * T + max(L, 1) - 1 for b, L in enumerate(lens + [0] * pad)], np.int32))

@@ -105,6 +105,16 @@ class Request:
     def context(self) -> list[int]:
         return self.prompt + self.tokens
 
+    @property
+    def length(self) -> int:
+        """``len(context)`` without building it (read per request per scheduler step)."""
+        return len(self.prompt) + len(self.tokens)
+
+    @property
+    def last(self) -> int:
+        """The newest id of ``context``."""
+        return self.tokens[-1] if self.tokens else self.prompt[-1]
+
     def cancel(self) -> None:
         """Stop generating (no-op when finished); the engine frees the KV blocks."""
         self._cancelled = True
@@ -302,10 +312,10 @@ class Engine:
         self.steps += 1
         # a request's tokens not yet in the pool: all but its newest are prefilled in chunks; the
         # newest one runs in the decode step, which gives its next token
-        pre = [r for r in self.running if len(r.context) - r._cached > 1]
+        pre = [r for r in self.running if r.length - r._cached > 1]
         if pre:
             self._prefill(pre)
-        dec = [r for r in self.running if len(r.context) - r._cached == 1]
+        dec = [r for r in self.running if r.length - r._cached == 1]
         if dec:
             self._decode(dec)
 
@@ -397,12 +407,14 @@ class Engine:
         for part in regimes.values():
             greedy = all(r._greedy for r in part)
             sampling = None if greedy else [r._sample_params() for r in part]
-            out = self._run(part, [[r.context[-1]] for r in part], [r._cached for r in part],
+            out = self._run(part, [[r.last] for r in part], [r._cached for r in part],
                             "argmax" if greedy else "sample", part[0]._cached + 1, sampling)
             for r, o in zip(part, out):
                 r._cached += 1
-                # generated tokens' blocks are reusable too (where the regime does not move)
-                if self.model.rope.switch_at is None and self.model.rope.dynamic is None:
+                # generated tokens' blocks are reusable too (where the regime does not move); a
+                # decode step fills at most one block: offered when it does
+                if r._cached % self.pool.block_size == 0 and self.model.rope.switch_at is None \
+                        and self.model.rope.dynamic is None:
                     self.pool.register(r, r.context, r._cached, (False, None))
                 self._accept(r, o)
 
@@ -422,7 +434,7 @@ class Engine:
             r._finish("stop")
         elif len(r.tokens) >= p.max_new_tokens:
             r._finish("length")
-        elif len(r.context) >= self.model.max_context:
+        elif r.length >= self.model.max_context:
             r._finish("length")
         if r.done:
             self._drop(r, r.finish_reason)

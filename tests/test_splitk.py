@@ -47,3 +47,41 @@ def test_split_products(M, K, N, dtype, backend):
     tol = 3e-3 if dtype == "float16" else 2e-2
     assert rel_err(mm.astype(np.float64), want) < tol
     assert rel_err(lin.astype(np.float64), want / (1 + np.exp(-want))) < tol
+
+
+@pytest.mark.parametrize("act", ["swiglu", "gelu", None])
+def test_split_linear_epilogue(act, backend):
+    """A split linear with every epilogue part (RMS norm, bias, activation or SwiGLU, residual):
+    on CUDA the kernel that adds split-K's partials up applies them (linear_splitk_epilogue)."""
+    M, K, N = 40, 2048, 2048
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32) * 0.1
+    nw = (1 + 0.1 * rng.standard_normal(K)).astype(np.float32)
+    Nout = N // 2 if act == "swiglu" else N
+    r = rng.standard_normal((M, Nout)).astype(np.float32)
+    dt = tg.float16
+    xs, ws, bs, ns, rs = (np.asarray(a, dt.np).astype(np.float64) for a in (x, w, b, nw, r))
+    h = np.asarray(xs / np.sqrt((xs * xs).mean(-1, keepdims=True) + 1e-6) * ns, dt.np).astype(np.float64)
+    z = h @ ws.T + bs
+    if act == "swiglu":
+        g_, u = z[:, :Nout], z[:, Nout:]
+        a = g_ / (1 + np.exp(-g_)) * u
+    elif act == "gelu":
+        a = 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3)))
+    else:
+        a = z
+    with tg.Session(backend=backend) as s:
+        W, B, NW = (s.persistent(sh, dt, name=nm) for sh, nm in (((N, K), "w"), ((N,), "b"), ((K,), "nw")))
+        s.finalize()
+        for t, v in ((W, w), (B, b), (NW, nw)):
+            s.upload(t, v)
+        g = s.graph()
+        xi, ri = g.input((M, K), dt, name="x"), g.input((M, Nout), dt, name="r")
+        g.output(tg.linear(xi, W, bias=B, residual=ri, norm="rms", norm_w=NW, eps=1e-6, act=act))
+        (y,) = s.compute(g, {xi: x, ri: r})
+        if backend == "cuda":
+            assert any(k == ["rms_norm_f16", "matmul_tc3s_f16", "linear_splitk_epilogue_f16"]
+                       for k in g.kernels.values()), g.kernels
+    assert rel_err(y.astype(np.float64), a + rs) < 3e-3

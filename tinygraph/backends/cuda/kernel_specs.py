@@ -250,6 +250,12 @@ _reg(
                _ONE, "elementwise",
                "y [.., Nout] = act(z [.., N] + bias[N]) + res [.., Nout] element-wise (act as "
                "linear_gemv; swiglu reads z[.., j] and z[.., j + N/2]); y may alias res"),
+    KernelSpec("linear_splitk_epilogue", "linear.cu",
+               (("y", "ptr"), ("yd", "td"), ("P", "ptr"), ("splits", "i32"), ("N", "i32"), ("bias", "ptr"),
+                ("res", "ptr"), ("rd", "td"), ("act", "i32")),
+               _ONE, "elementwise",
+               "linear_epilogue of z = the sum over splits of matmul_tc3s's partials P [splits, M, N] "
+               "(in split order): split-K's reduce and the epilogue in one kernel"),
 )
 
 # ggml block-quantized weights (linear_q.cu, linear_qmma.cu, linear_qr.cu; launch helpers in quant_launch.py)

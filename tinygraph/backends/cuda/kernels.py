@@ -71,31 +71,19 @@ linear_     linear.cu      same; one row per block (fewer registers: KernelLibra
 gemv1                       choice when linear_rows_per_block(rows, K) == 1, e.g. decode B=1)
 linear_     linear.cu      (T* y, TD yd, const T* z, TD zd, const T* bias, const T* res, TD rd,
 epilogue                    int act)   y = act(z + bias) + res (prefill tail after matmul)
+linear_spl  linear.cu      (T* y, TD yd, const float* P, int splits, int N, const T* bias, ...)
+itk_epil.                   the same with z = the sum of matmul_tc3s's partials (no reduce kernel)
 moe_route,  moe.cu         mixture-of-experts decode: the router, and the chosen experts' GEMVs
 moe_gate_up,                (lowered in lower_moe.py; signatures at the top of moe.cu)
 moe_down
 =========== ============== ======================================================================
 
-Concat has no kernel of its own: copy each input with ``cpy`` into a strided view of the output
-(output pointer advanced by the input's offset along the concat axis).
+Concat has no kernel of its own: each input is ``cpy``-ed into a strided view of the output.
 
-Usage::
-
-    from tinygraph.backends.cuda import driver, kernels
-    dev = driver.get_device(0)
-    lib = kernels.KernelLibrary(dev)
-    a = driver.DeviceBuffer.from_array(np.ones((3, 5), np.float32))
-    out = driver.DeviceBuffer(3 * 5 * 4)
-    lib.binary("add", "f32", kernels.Arg(out, (3, 5)), kernels.Arg(a, (3, 5)),
-               kernels.Arg(a, (1, 5)))          # broadcast of row 0
-    # or by hand:
-    f = lib.get("add", "f32")
-    driver.launch(f, grid, 256, [kernels.ptr(out), kernels.td((3, 5)), ...])
-    # record prepared launches (cheap replays, or capture them into a CUDA graph):
-    with lib.record() as launches:
-        lib.matmul("f16", c, a, b)
-    for pl in launches:
-        pl(stream)
+Usage: ``lib = kernels.KernelLibrary(driver.get_device(0))``, then its launch helpers
+(``lib.binary("add", "f32", Arg(out, (3, 5)), Arg(a, (3, 5)), Arg(a, (1, 5)))``) or
+``driver.launch(lib.get("add", "f32"), grid, 256, [ptr(out), td((3, 5)), ...])``;
+``with lib.record() as launches:`` keeps prepared launches to replay or capture.
 
 matmul dispatch (``plan_matmul``): M == 1 -> gemv (B K-contiguous) or gemv_nc; f16/bf16 ->
 matmul_tc3 (K tile and stage count by the number of output tiles, ``_tc3_variant``); f32 ->
@@ -431,9 +419,12 @@ class KernelLibrary:
         self._ensure_dynamic_smem(f, smem)
         return MatmulPlan(f, grid, block, smem)
 
-    def matmul_splitk(self, dtype, c: Arg, a: Arg, b: Arg, ws, splits: int, stream=None) -> None:
+    def matmul_splitk(self, dtype, c: Arg, a: Arg, b: Arg, ws, splits: int, stream=None,
+                      epilogue: "tuple[Arg, int | None, Arg | None, object] | None" = None) -> None:
         """C [M, N] = A @ B with K split over ``splits`` blocks per output tile (``select.split_k``):
-        float32 partials in ``ws`` (device, >= splits * M * N floats), then added up in order."""
+        float32 partials in ``ws`` (device, >= splits * M * N floats), then added up in order.
+        ``epilogue`` (y, bias pointer, res, act): instead of C, y = act(C + bias) + res as
+        :meth:`linear_epilogue` has it, in the kernel that adds the partials up (C is not written)."""
         sfx = dtype_suffix(dtype)
         M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
         kt = -(-K // 64)
@@ -444,6 +435,11 @@ class KernelLibrary:
         self._ensure_dynamic_smem(f, smem)
         self._launch(f, (-(-N // 128), -(-M // 128), splits), (256, 1, 1),
                      [ptr(ws), a.addr, a.td, b.addr, b.td, c.td, i32(tps)], stream=stream, shared_mem=smem)
+        if epilogue is not None:
+            y, bias, res, act = epilogue
+            self._epilogue("linear_splitk_epilogue", sfx, y, Arg(0, (M, N)), [ptr(ws), i32(splits), i32(N)],
+                           bias, res, act, stream)
+            return
         g, bl = self._ew(M * N)
         self._launch(self.get("matmul_splitk_reduce", sfx), g, bl, [c.addr, c.td, ptr(ws), i32(splits)],
                      stream=stream)
@@ -571,24 +567,29 @@ class KernelLibrary:
         z [..., N], y [..., Nout] (Nout = N, or N/2 for act 3 = swiglu: silu(z[..., :N/2]) *
         z[..., N/2:]); bias [N] device pointer or None; res [..., Nout] or None (any strides;
         y may alias res)."""
+        self._epilogue("linear_epilogue", dtype, y, z, [z.addr, z.td], bias, res, act, stream)
+
+    def _epilogue(self, name: str, dtype, y: Arg, z: Arg, zargs: list, bias, res: Arg | None, act,
+                  stream) -> None:
+        """Launch epilogue kernel ``name`` (linear_epilogue or linear_splitk_epilogue; ``zargs``:
+        where its z comes from) after checking y, z [.., N] and res against each other."""
         act_c = _linear_code("act", act, LINEAR_ACTS)
         ys, zs = tuple(y.shape), tuple(z.shape)
         if not ys or not zs or len(ys) > 4:
-            raise ValueError(f"linear_epilogue: bad shapes y{ys}, z{zs}")
+            raise ValueError(f"{name}: bad shapes y{ys}, z{zs}")
         N = zs[-1]
         if (2 * ys[-1] if act_c == 3 else ys[-1]) != N:
-            raise ValueError(f"linear_epilogue: z{zs} has {N} columns, y{ys} wants "
+            raise ValueError(f"{name}: z{zs} has {N} columns, y{ys} wants "
                              f"{2 * ys[-1] if act_c == 3 else ys[-1]} (act={act_c})")
-        _check_broadcast("linear_epilogue", ys[:-1], zs[:-1])
+        _check_broadcast(name, ys[:-1], zs[:-1])
         if res is not None:
-            _check_broadcast("linear_epilogue residual", ys, res.shape)
+            _check_broadcast(f"{name} residual", ys, res.shape)
         if y.numel == 0:
             return
         g, bl = self._ew(y.numel)
-        self._launch(self.get("linear_epilogue", dtype), g, bl,
-                     [y.addr, y.td, z.addr, z.td, ptr(bias),
-                      res.addr if res is not None else ptr(None), res.td if res is not None else y.td,
-                      i32(act_c)], stream=stream)
+        self._launch(self.get(name, dtype), g, bl,
+                     [y.addr, y.td] + zargs + [ptr(bias), res.addr if res is not None else ptr(None),
+                                               res.td if res is not None else y.td, i32(act_c)], stream=stream)
 
     def matmul(self, dtype, c: Arg, a: Arg, b: Arg, stream=None, algo: str | None = None) -> None:
         """C = A @ B (batched, strided, broadcast batch dims)."""

@@ -31,18 +31,21 @@ def matmul(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> None
     gemm(be, dt, out, be._as(a, base, dt), be._as(b, base, dt), be.choice(n))
 
 
-def gemm(be: "CudaBackend", dt, c: Arg, a: Arg, b: Arg, algo: str | None) -> None:
+def gemm(be: "CudaBackend", dt, c: Arg, a: Arg, b: Arg, algo: str | None, epilogue=None) -> bool:
     """``lib.matmul`` with the planned ``algo``; a tensor-core product with few output tiles (a
-    batched decode's rows) split along K instead (``select.split_k``), its partials in scratch."""
+    batched decode's rows) split along K instead (``select.split_k``), its partials in scratch.
+    ``epilogue`` ((y, bias, res, act) of ``lib.linear_epilogue``): applied by the kernel that adds
+    up split-K's partials, if the product splits. Returns whether it was applied."""
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     splits = 1
     if algo is None or algo.startswith("matmul_tc3"):
         splits = select.split_k(M, N, K, math.prod(c.shape[:-2]), dt.short, be.lib.caps)
     if splits <= 1:
         be.lib.matmul(dt.short, c, a, b, stream=be.stream, algo=algo)
-        return
+        return False
     ws = be._tmp((splits, M, N), float32)
-    be.lib.matmul_splitk(dt.short, c, a, b, ws.ptr, splits, stream=be.stream)
+    be.lib.matmul_splitk(dt.short, c, a, b, ws.ptr, splits, stream=be.stream, epilogue=epilogue)
+    return epilogue is not None
 
 
 def quant_rows(be: "CudaBackend", t: Tensor, base: dict[int, int], n: Tensor) -> tuple[int, int]:
@@ -118,8 +121,8 @@ def linear_parts(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int], x
             lib.layer_norm(dt.short, h, xa, ptr_of(nw), ptr_of(nb), p["eps"], stream=s)
     plain = bias is None and res is None and p["act"] is None
     z = out if plain else be._tmp(x.shape[:-1] + (N,), dt)
-    gemm(be, dt, z, h, Arg(wp, (K, N), (1, K)), ch.matmul)
-    if plain:
+    epi = (out, ptr_of(bias), ra, p["act"]) if fused and not plain else None
+    if gemm(be, dt, z, h, Arg(wp, (K, N), (1, K)), ch.matmul, epi) or plain:
         return
     if fused:
         lib.linear_epilogue(dt.short, out, z, bias=ptr_of(bias), res=ra, act=p["act"], stream=s)
