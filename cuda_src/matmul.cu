@@ -118,7 +118,7 @@ __device__ __forceinline__ void matmul_tiled(T* C, const TD& cd, const T* A, con
 // Stage layout: A [128][BK+8], then B [128][BK+8] (rows padded by 16 bytes: the 8 rows an
 // ldmatrix reads start in different bank groups).
 // ------------------------------------------------------------------------------------------------
-template <int BK>
+template <int BK, int ROWS = 128>
 __device__ __forceinline__ void tc3_load_tile(__half* S, const void* base_, long long rows, long long K,
                                               long long r0, long long k0, long long s_r, long long s_k,
                                               bool vec, bool kfast) {
@@ -128,8 +128,9 @@ __device__ __forceinline__ void tc3_load_tile(__half* S, const void* base_, long
     unsigned short* Su = reinterpret_cast<unsigned short*>(S);
     if (vec) {
 #pragma unroll
-        for (int l = 0; l < 128 * CPR / 256; ++l) {
+        for (int l = 0; l < (ROWS * CPR + 255) / 256; ++l) {
             const int c = tid + 256 * l;
+            if (ROWS * CPR % 256 && c >= ROWS * CPR) break;  // a tile of fewer chunks than threads
             const int rr = c / CPR, kc = (c % CPR) * 8;
             const long long r = r0 + rr, k = k0 + kc;
             const bool p = r < rows && k < K;
@@ -137,11 +138,11 @@ __device__ __forceinline__ void tc3_load_tile(__half* S, const void* base_, long
         }
     } else {
 #pragma unroll 4
-        for (int l = 0; l < 128 * BK / 256; ++l) {
+        for (int l = 0; l < ROWS * BK / 256; ++l) {
             const int idx = tid + 256 * l;
             int rr, kk;
             if (kfast) { kk = idx % BK; rr = idx / BK; }
-            else { rr = idx & 127; kk = idx >> 7; }
+            else { rr = idx % ROWS; kk = idx / ROWS; }
             const long long r = r0 + rr, k = k0 + kk;
             Su[rr * LD + kk] = (r < rows && k < K) ? base[r * s_r + k * s_k] : (unsigned short)0;
         }
@@ -152,17 +153,23 @@ extern __shared__ __align__(16) unsigned char tc3_smem[];
 
 // SPLIT: blockIdx.z is a split of K (batch 1): K tiles [z * tps, (z + 1) * tps), float32 partial
 // sums to P + z * M * N (row-major M x N) instead of C; matmul_splitk_reduce adds them up.
-template <typename T, int BK, int ST, bool SPLIT = false>
+// BM: rows of the block's output tile. 128: warps 2 (M) x 4 (N), warp tile 64 x 32. 16 / 32 / 64
+// (a batched decode's few rows): warps 1 x 8, warp tile BM x 16 -- the mma work per weight tile
+// shrinks with the rows instead of computing 128 rows of padding; A's tile holds BM rows.
+template <typename T, int BK, int ST, bool SPLIT = false, int BM = 128>
 __device__ __forceinline__ void matmul_tc3(T* C, const TD& cd, const T* A, const TD& ad, const T* B,
                                            const TD& bd, float* P = nullptr, int tps = 0) {
-    constexpr int LD = BK + 8, TILE = 128 * LD;  // elements of one operand tile
+    static_assert(BM == 128 || BM == 64 || BM == 32 || BM == 16, "BM");
+    constexpr int LD = BK + 8, TILE_A = BM * LD, TILE = 128 * LD;  // elements of A's and B's tiles
+    constexpr int WMR = BM == 128 ? 64 : BM, WN = BM == 128 ? 32 : 16;  // warp tile rows, columns
+    constexpr int MI = WMR / 16, NJ = WN / 8;                          // its m16 and n8 tiles
     __half* sm = reinterpret_cast<__half*>(tc3_smem);
     const long long M = cd.ne[2], N = cd.ne[3], K = ad.ne[3];
     const long long z = SPLIT ? 0 : blockIdx.z;
     const T* Ab = A + batch_offset(ad, cd, z);
     const T* Bb = B + batch_offset(bd, cd, z);
     T* Cb = C + batch_offset(cd, cd, z);
-    const long long m0 = (long long)blockIdx.y * 128, n0 = (long long)blockIdx.x * 128;
+    const long long m0 = (long long)blockIdx.y * BM, n0 = (long long)blockIdx.x * 128;
     const long long as_m = ad.st[2], as_k = ad.st[3], bs_k = bd.st[2], bs_n = bd.st[3];
     const bool a_vec = as_k == 1 && (K & 7) == 0 && (as_m & 7) == 0 &&
                        ((reinterpret_cast<unsigned long long>(Ab) & 15) == 0);
@@ -172,13 +179,13 @@ __device__ __forceinline__ void matmul_tc3(T* C, const TD& cd, const T* A, const
     const bool b_kfast = bs_k == 1 && bs_n != 1;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int wm = warp >> 2, wn = warp & 3;
+    const int wm = BM == 128 ? warp >> 2 : 0, wn = BM == 128 ? warp & 3 : warp;
     const int g = lane >> 2, t4 = lane & 3;
-    float acc[4][4][4];
+    float acc[MI][NJ][4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < MI; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < NJ; ++j)
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
 
@@ -188,9 +195,9 @@ __device__ __forceinline__ void matmul_tc3(T* C, const TD& cd, const T* A, const
         ntiles = ntiles - t0 < tps ? ntiles - t0 : tps;
     }
     auto load = [&](long long t) {
-        __half* s = sm + (int)(t % ST) * 2 * TILE;
-        tc3_load_tile<BK>(s, Ab, M, K, m0, (t0 + t) * BK, as_m, as_k, a_vec, a_kfast);
-        tc3_load_tile<BK>(s + TILE, Bb, N, K, n0, (t0 + t) * BK, bs_n, bs_k, b_vec, b_kfast);
+        __half* s = sm + (int)(t % ST) * (TILE_A + TILE);
+        tc3_load_tile<BK, BM>(s, Ab, M, K, m0, (t0 + t) * BK, as_m, as_k, a_vec, a_kfast);
+        tc3_load_tile<BK>(s + TILE_A, Bb, N, K, n0, (t0 + t) * BK, bs_n, bs_k, b_vec, b_kfast);
     };
 #pragma unroll
     for (int t = 0; t < ST - 1; ++t) {
@@ -202,23 +209,23 @@ __device__ __forceinline__ void matmul_tc3(T* C, const TD& cd, const T* A, const
         __syncthreads();          // everyone's have; and everyone is done with tile t-1's stage
         if (t + ST - 1 < ntiles) load(t + ST - 1);  // into tile t-1's stage
         cp_async_commit();
-        const __half* As = sm + (int)(t % ST) * 2 * TILE;
-        const __half* Bs = As + TILE;
+        const __half* As = sm + (int)(t % ST) * (TILE_A + TILE);
+        const __half* Bs = As + TILE_A;
 #pragma unroll
         for (int ks = 0; ks < BK; ks += 16) {
-            unsigned af[4][4], bfr[4][2];
+            unsigned af[MI][4], bfr[NJ][2];
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
+            for (int i = 0; i < MI; ++i)
                 ldsm_x4(af[i][0], af[i][1], af[i][2], af[i][3],
-                        As + (wm * 64 + i * 16 + (lane & 15)) * LD + ks + (lane >> 4) * 8);
+                        As + (wm * WMR + i * 16 + (lane & 15)) * LD + ks + (lane >> 4) * 8);
 #pragma unroll
-            for (int jj = 0; jj < 2; ++jj)
+            for (int jj = 0; jj < NJ / 2; ++jj)
                 ldsm_x4(bfr[2 * jj][0], bfr[2 * jj][1], bfr[2 * jj + 1][0], bfr[2 * jj + 1][1],
-                        Bs + (wn * 32 + jj * 16 + (lane & 7) + (lane >> 4) * 8) * LD + ks + ((lane >> 3) & 1) * 8);
+                        Bs + (wn * WN + jj * 16 + (lane & 7) + (lane >> 4) * 8) * LD + ks + ((lane >> 3) & 1) * 8);
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
+            for (int i = 0; i < MI; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) MmaOp<T>::run(acc[i][j], af[i], bfr[j]);
+                for (int j = 0; j < NJ; ++j) MmaOp<T>::run(acc[i][j], af[i], bfr[j]);
         }
     }
     cp_async_wait<0>();
@@ -227,14 +234,14 @@ __device__ __forceinline__ void matmul_tc3(T* C, const TD& cd, const T* A, const
     const bool pair = cs_n == 1 && (N & 1) == 0 && (cs_m & 1) == 0 &&
                       ((reinterpret_cast<unsigned long long>(Cb) & 3) == 0);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < MI; ++i) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const long long m = m0 + wm * 64 + i * 16 + g + 8 * h;
+            const long long m = m0 + wm * WMR + i * 16 + g + 8 * h;
             if (m >= M) continue;
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const long long n = n0 + wn * 32 + j * 8 + 2 * t4;
+            for (int j = 0; j < NJ; ++j) {
+                const long long n = n0 + wn * WN + j * 8 + 2 * t4;
                 const float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
                 if constexpr (SPLIT) {  // float32, row-major M x N
                     if (n < N) Pz[m * N + n] = v0;
@@ -443,12 +450,21 @@ TG_MATMUL_TC3_ALL(__nv_bfloat16, bf16)
 
 // Split-K for products with few output tiles (a batched decode's M <= 64 rows): K tiles split over
 // grid.z blocks of matmul_tc3s (4 stages of 64), partial sums added in split order by the reduce.
+// matmul_tc3s_m<BM>: the same with output tiles of BM x 128 (grid (N/128, M/BM, splits); dynamic
+// shared memory 4 * (BM + 128) * 72 * 2 bytes), for M <= BM <= 64.
+#define TG_MATMUL_TC3S_M(BM, T, sfx)                                                            \
+    extern "C" __global__ void __launch_bounds__(256)                                          \
+        matmul_tc3s_m##BM##_##sfx(float* P, const T* A, TD ad, const T* B, TD bd, TD cd, int tps) { \
+        tg_pdl_enter();                                                                        \
+        matmul_tc3<T, 64, 4, true, BM>(nullptr, cd, A, ad, B, bd, P, tps);                     \
+    }
 #define TG_MATMUL_SPLITK(T, sfx)                                                                \
     extern "C" __global__ void __launch_bounds__(256)                                          \
         matmul_tc3s_##sfx(float* P, const T* A, TD ad, const T* B, TD bd, TD cd, int tps) {    \
         tg_pdl_enter();                                                                        \
         matmul_tc3<T, 64, 4, true>(nullptr, cd, A, ad, B, bd, P, tps);                         \
     }                                                                                          \
+    TG_MATMUL_TC3S_M(16, T, sfx) TG_MATMUL_TC3S_M(32, T, sfx) TG_MATMUL_TC3S_M(64, T, sfx)     \
     extern "C" __global__ void matmul_splitk_reduce_##sfx(T* C, TD cd, const float* P, int splits) { \
         tg_pdl_enter();                                                                        \
         const long long M = cd.ne[2], N = cd.ne[3];                                            \

@@ -21,8 +21,14 @@ def test_device_caps_of_a_library():
 def test_matmul_algo():
     assert select.matmul_algo(1, 4096, 1, True, "f16", H200) == "gemv"
     assert select.matmul_algo(1, 4096, 1, False, "f16", H200) == "gemv_nc"
-    assert select.matmul_algo(2, 4096, 1, True, "f16", H200) == "matmul_tc3_64_4"
-    assert select.matmul_algo(2, 4096, 1, True, "bf16", H200) == "matmul_tc3_64_4"
+    # 2..64 rows (batch 1): tiles of the fewest rows in 16 / 32 / 64 that hold them
+    assert select.matmul_algo(2, 4096, 1, True, "f16", H200) == "matmul_tc3s_m16"
+    assert select.matmul_algo(17, 4096, 1, True, "bf16", H200) == "matmul_tc3s_m32"
+    assert select.matmul_algo(64, 4096, 1, True, "f16", H200) == "matmul_tc3s_m64"
+    assert select.matmul_algo(65, 4096, 1, True, "f16", H200) == "matmul_tc3_64_4"
+    assert select.matmul_algo(16, 4096, 2, True, "f16", H200) == "matmul_tc3_64_4"      # batched: never
+    assert select.matmul_algo(2, 4096, 1, True, "f16", H200, small_m=False) == "matmul_tc3_64_4"
+    assert select.matmul_algo(2, 4096, 1, True, "bf16", H200, small_m=False) == "matmul_tc3_64_4"
     assert select.matmul_algo(2, 4096, 1, True, "f32", H200) == "matmul"
     assert select.matmul_algo(2, 4096, 1, True, "f16", TURING) == "matmul"
     # one wave of 128x128 tiles: 4 stages; more: 3 (two blocks per SM); small shared memory: 32-wide K
@@ -30,6 +36,15 @@ def test_matmul_algo():
     assert select.matmul_algo(128 * 133, 128, 1, True, "f16", H200) == "matmul_tc3_64_3"
     assert select.matmul_algo(512, 4096, 1, True, "f16", ADA) == "matmul_tc3_32_4"
     assert select.tc3_shared_bytes(64, 4) + 1024 <= H200.smem_optin
+
+
+def test_small_m_splits():
+    # about two blocks per SM (64-row tiles: 4 x 192 x 72 x 2 = 110.6 KB each), >= 4 K tiles per split
+    assert select.small_m_splits(64, 4096, 4096, 64, H200) == 8       # 32 tiles: 264 // 32 = 8, 64 // 4 = 16
+    assert select.small_m_splits(8, 24576, 4096, 16, H200) == 1       # 192 tiles already
+    assert select.small_m_splits(40, 2048, 12288, 64, H200) == 16     # 16 tiles: 264 // 16 = 16
+    assert select.small_m_splits(64, 2048, 192, 64, H200) == 1        # 3 K tiles
+    assert select.small_m_splits(64, 4096, 4096, 64, ADA) == 4        # one block per SM: 128 // 32
 
 
 @pytest.mark.parametrize("rows", [1, DECODE_ROWS, DECODE_ROWS + 1])
@@ -216,9 +231,11 @@ def test_plan_choices_cover_every_weight_product_once() -> None:
                 for env, fam in (({"TINYGRAPH_QUANT_ACT": "int8"}, "linear_q8a"), ({"TINYGRAPH_QUANT_GEMV": "linear_q"}, "linear_q")):
                     got = select.plan_choices(plan.order, caps, gemv, env)
                     assert {got[k].gemv for k in ch} == {fam}
-            else:  # the prefill rows' GEMM: a tensor-core variant, named in the plan too
+            else:  # the prefill rows' GEMM (40 rows: 64-row tiles), named in the plan too
                 assert {c.path for c in ch.values()} == {"gemv_q", "dequant_matmul"}
-                assert {c.matmul for c in ch.values() if c.path == "dequant_matmul"} <= {
+                assert {c.matmul for c in ch.values() if c.path == "dequant_matmul"} == {"matmul_tc3s_m64"}
+                got = select.plan_choices(plan.order, caps, gemv, {"TINYGRAPH_SMALL_M": "0"})
+                assert {got[k].matmul for k in ch if got[k].path == "dequant_matmul"} <= {
                     select.tc3_variant(t, caps) for t in (1, 10 ** 6)}
                 assert all(c.matmul is None for c in ch.values() if c.path == "gemv_q")
     with load_model("tests/fixtures/llama", backend="numpy", dtype="float32") as m:

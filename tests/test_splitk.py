@@ -1,7 +1,8 @@
 """Split-K products (``select.split_k``, ``matmul_tc3s`` + ``matmul_splitk_reduce``): a batched
 decode's 9..64 rows against a 2048-wide weight give few 128x128 output tiles, so K is split over
-about one block per SM. The choice on the CPU; the products against float64 on NumPy and (on a
-GPU) CUDA, as ``linear`` (the fused op's prefill path) and as a plain ``matmul``."""
+about one block per SM; 2..64 rows take ``matmul_tc3s_m<16|32|64>`` (output tiles of that many
+rows, ``select.small_m_splits``). The choice on the CPU; the products against float64 on NumPy
+and (on a GPU) CUDA, as ``linear`` (the fused op's prefill path) and as a plain ``matmul``."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,7 +27,8 @@ def test_split_choice():
     assert select.split_k(64, 2048, 2048, 1, "f16", select.DeviceCaps(89, 128, 99 * 1024)) == 1  # 147 KB smem
 
 
-@pytest.mark.parametrize("M, K, N", [(64, 2048, 2048), (33, 5632, 2048), (17, 1000, 576), (64, 4160, 300)])
+@pytest.mark.parametrize("M, K, N", [(64, 2048, 2048), (33, 5632, 2048), (17, 1000, 576), (64, 4160, 300),
+                                     (2, 4160, 300), (9, 2048, 24576), (16, 72, 130), (32, 4096, 6144)])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_split_products(M, K, N, dtype, backend):
     rng = np.random.default_rng(M + K + N)

@@ -224,6 +224,10 @@ _reg(
                (("P", "ptr"), ("A", "ptr"), ("ad", "td"), ("B", "ptr"), ("bd", "td"), ("cd", "td"), ("tps", "i32")),
                (("f16",), ("bf16",)), "matmul_tc",
                "matmul_tc3_64_4 over K tiles [z * tps, (z + 1) * tps) of block z: float32 partials P [splits, M, N]"),
+    *(KernelSpec(f"matmul_tc3s_m{bm}", "matmul.cu",
+                 (("P", "ptr"), ("A", "ptr"), ("ad", "td"), ("B", "ptr"), ("bd", "td"), ("cd", "td"), ("tps", "i32")),
+                 (("f16",), ("bf16",)), "matmul_tc", f"matmul_tc3s with {bm} x 128 output tiles (M <= {bm})")
+      for bm in (16, 32, 64)),
     KernelSpec("matmul_splitk_reduce", "matmul.cu", (("C", "ptr"), ("cd", "td"), ("P", "ptr"), ("splits", "i32")),
                (("f16",), ("bf16",)), "elementwise", "C = sum over splits of P (in split order)"),
     KernelSpec("gemv", "matmul.cu", _MM, _ONE, "gemv"),

@@ -420,20 +420,20 @@ class KernelLibrary:
         return MatmulPlan(f, grid, block, smem)
 
     def matmul_splitk(self, dtype, c: Arg, a: Arg, b: Arg, ws, splits: int, stream=None,
-                      epilogue: "tuple[Arg, int | None, Arg | None, object] | None" = None) -> None:
+                      epilogue: "tuple[Arg, int | None, Arg | None, object] | None" = None, bm: int = 128) -> None:
         """C [M, N] = A @ B with K split over ``splits`` blocks per output tile (``select.split_k``):
         float32 partials in ``ws`` (device, >= splits * M * N floats), then added up in order.
-        ``epilogue`` (y, bias pointer, res, act): instead of C, y = act(C + bias) + res as
-        :meth:`linear_epilogue` has it, in the kernel that adds the partials up (C is not written)."""
+        ``epilogue`` (y, bias pointer, res, act): y = act(C + bias) + res (:meth:`linear_epilogue`)
+        by the kernel that adds the partials up, C not written. ``bm`` < 128: ``matmul_tc3s_m<bm>``."""
         sfx = dtype_suffix(dtype)
         M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
         kt = -(-K // 64)
         tps = -(-kt // splits)
         splits = -(-kt // tps)  # no empty split
-        f = self.get("matmul_tc3s", sfx)
-        smem = tc3_shared_bytes(64, 4)
+        f = self.get("matmul_tc3s" if bm == 128 else f"matmul_tc3s_m{bm}", sfx)
+        smem = tc3_shared_bytes(64, 4, bm)
         self._ensure_dynamic_smem(f, smem)
-        self._launch(f, (-(-N // 128), -(-M // 128), splits), (256, 1, 1),
+        self._launch(f, (-(-N // 128), -(-M // bm), splits), (256, 1, 1),
                      [ptr(ws), a.addr, a.td, b.addr, b.td, c.td, i32(tps)], stream=stream, shared_mem=smem)
         if epilogue is not None:
             y, bias, res, act = epilogue

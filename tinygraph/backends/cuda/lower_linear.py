@@ -37,14 +37,20 @@ def gemm(be: "CudaBackend", dt, c: Arg, a: Arg, b: Arg, algo: str | None, epilog
     ``epilogue`` ((y, bias, res, act) of ``lib.linear_epilogue``): applied by the kernel that adds
     up split-K's partials, if the product splits. Returns whether it was applied."""
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
-    splits = 1
-    if algo is None or algo.startswith("matmul_tc3"):
+    splits, bm = 1, 128
+    if algo is not None and algo.startswith("matmul_tc3s_m"):  # few rows: BM-row tiles, K split
+        bm = int(algo[len("matmul_tc3s_m"):])
+        splits = select.small_m_splits(M, N, K, bm, be.lib.caps)
+    elif algo is None or algo.startswith("matmul_tc3"):
         splits = select.split_k(M, N, K, math.prod(c.shape[:-2]), dt.short, be.lib.caps)
-    if splits <= 1:
+        if splits <= 1:
+            be.lib.matmul(dt.short, c, a, b, stream=be.stream, algo=algo)
+            return False
+    else:
         be.lib.matmul(dt.short, c, a, b, stream=be.stream, algo=algo)
         return False
     ws = be._tmp((splits, M, N), float32)
-    be.lib.matmul_splitk(dt.short, c, a, b, ws.ptr, splits, stream=be.stream, epilogue=epilogue)
+    be.lib.matmul_splitk(dt.short, c, a, b, ws.ptr, splits, stream=be.stream, epilogue=epilogue, bm=bm)
     return epilogue is not None
 
 

@@ -40,10 +40,10 @@ def arch_number(arch: str) -> int:
     return int(digits) if digits else 0
 
 
-def tc3_shared_bytes(bk: int, stages: int) -> int:
-    """Dynamic shared memory of matmul_tc3_<bk>_<stages>: per stage a 128 x (bk + 8) tile of A and
-    one of B, 2-byte elements."""
-    return stages * 2 * 128 * (bk + 8) * 2
+def tc3_shared_bytes(bk: int, stages: int, bm: int = 128) -> int:
+    """Dynamic shared memory of matmul_tc3_<bk>_<stages> (and of matmul_tc3s_m<bm>: 64, 4, bm):
+    per stage a bm x (bk + 8) tile of A and a 128 x (bk + 8) one of B, 2-byte elements."""
+    return stages * (bm + 128) * (bk + 8) * 2
 
 
 def tc3_variant(tiles: int, caps: DeviceCaps) -> str:
@@ -60,15 +60,28 @@ def tc3_variant(tiles: int, caps: DeviceCaps) -> str:
     return "matmul_tc3_32_3"  # 61 KB
 
 
-def matmul_algo(M: int, N: int, batch: int, b_rows_contiguous: bool, dtype: str, caps: DeviceCaps) -> str:
+def matmul_algo(M: int, N: int, batch: int, b_rows_contiguous: bool, dtype: str, caps: DeviceCaps,
+                small_m: bool = True) -> str:
     """The matmul kernel for C [batch, M, N] = A @ B: one row -> ``gemv`` (B's K axis contiguous,
     i.e. a transposed [N, K] weight) or ``gemv_nc``; f16/bf16 on sm_80+ -> a ``matmul_tc3``
-    variant; else the f32 ``matmul``."""
+    variant, or for 2..64 rows (``small_m``; batch 1) ``matmul_tc3s_m<BM>``, output tiles of the
+    fewest rows BM in 16 / 32 / 64 that hold M (:func:`small_m_splits`); else the f32 ``matmul``."""
     if M == 1:
         return "gemv" if b_rows_contiguous else "gemv_nc"
     if dtype in ("f16", "bf16") and caps.arch >= 80:
+        bm = next(b for b in (16, 32, 64) if M <= b) if M <= SPLIT_MAX_ROWS else 0
+        if small_m and bm and batch == 1 and tc3_shared_bytes(64, 4, bm) + 1024 <= caps.smem_optin:
+            return f"matmul_tc3s_m{bm}"
         return tc3_variant(-(-N // 128) * -(-M // 128) * batch, caps)
     return "matmul"
+
+
+def small_m_splits(M: int, N: int, K: int, bm: int, caps: DeviceCaps) -> int:
+    """K splits of a ``matmul_tc3s_m<bm>`` product: about as many blocks as fit the GPU at once
+    (two per SM when their shared memory allows), at least 4 K tiles of 64 each."""
+    per_sm = 2 if 2 * (tc3_shared_bytes(64, 4, bm) + 1024) <= caps.smem_optin else 1
+    tiles = -(-N // 128) * -(-M // bm)
+    return max(1, min(-(-K // 64) // 4, per_sm * caps.sm_count // tiles))
 
 
 #: most rows of a split-K product (batched decode steps; prefill's larger products are unchanged)
@@ -214,7 +227,7 @@ class LinearChoice:
 
 def linear_choice(x_shape: Sequence[int], N: int, K: int, dtype: str, wtype: str | None, fused_gemv: bool,
                   caps: DeviceCaps, int8_activations: bool = False, gemv_choice: str | None = None,
-                  qr: bool = True) -> LinearChoice:
+                  qr: bool = True, small_m: bool = True) -> LinearChoice:
     """The kernels of the product of activations ``x_shape`` [.., M, K] of ``dtype`` with a
     [N, K] weight of block type ``wtype`` (None: a 16/32-bit weight); ``fused_gemv``: the library
     has the fused 16/32-bit GEMV for ``dtype``."""
@@ -226,7 +239,7 @@ def linear_choice(x_shape: Sequence[int], N: int, K: int, dtype: str, wtype: str
     else:
         fam = quant_gemv(dtype, int8_activations, gemv_choice, caps, wtype, K, N, qr)
         path = linear_path(rows, True, linear_q_shared_bytes(K, fam, wtype), fused_gemv, caps)
-    mm = matmul_algo(M, N, batch, True, dtype, caps) if path in ("matmul", "dequant_matmul") else None
+    mm = matmul_algo(M, N, batch, True, dtype, caps, small_m) if path in ("matmul", "dequant_matmul") else None
     return LinearChoice(path, fam if path == "gemv_q" else None, mm)
 
 
@@ -239,11 +252,13 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
     :func:`attn_splits` launch shape (None: empty output) for ``attention`` and
     ``attention_store``. Not here: whether ``attention`` may take the tensor-core flash kernel
     (:func:`flash_ok` looks at the operands' addresses, known only when it runs). ``gemv_dtypes``: the dtypes with a fused GEMV kernel; ``env``: the environment
-    (``TINYGRAPH_QUANT_ACT``, ``TINYGRAPH_QUANT_GEMV``, ``TINYGRAPH_QUANT_QR``; ``TINYGRAPH_ATTN_GQA=0``: decode attention
+    (``TINYGRAPH_QUANT_ACT``, ``TINYGRAPH_QUANT_GEMV``, ``TINYGRAPH_QUANT_QR``; ``TINYGRAPH_SMALL_M=0``:
+    2..64-row products on the 128-row tiles; ``TINYGRAPH_ATTN_GQA=0``: decode attention
     one query head per block, not attn_gqa), read here and nowhere else."""
     int8 = env.get("TINYGRAPH_QUANT_ACT", "") == "int8"
     fam = env.get("TINYGRAPH_QUANT_GEMV") or None
     qr = env.get("TINYGRAPH_QUANT_QR", "1") != "0"
+    small_m = env.get("TINYGRAPH_SMALL_M", "1") != "0"
     out: dict = {}
     for n in order:
         if n.op in ("attention", "attention_store"):  # the split-key kernels' launch shape
@@ -262,13 +277,14 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
         elif n.op == "matmul":  # a plain matmul; an operand of another dtype is copied contiguous
             a, b = n.srcs
             bst = b.strides if b.dtype == n.dtype else contiguous_strides(b.shape)
-            out[n.id] = matmul_algo(a.shape[-2], b.shape[-1], math.prod(n.shape[:-2]), bst[-2] == 1, dt, caps)
+            out[n.id] = matmul_algo(a.shape[-2], b.shape[-1], math.prod(n.shape[:-2]), bst[-2] == 1, dt, caps,
+                                    small_m)
             continue
         else:
             continue
         N, K = w.shape
         out[n.id] = linear_choice(x.shape, N, K, dt, w.dtype.name if w.dtype.is_quant else None,
-                                  dt in gemv_dtypes, caps, int8, fam, qr)
+                                  dt in gemv_dtypes, caps, int8, fam, qr, small_m)
     return out
 
 
