@@ -386,8 +386,10 @@ class Engine:
             self.pool.register(r, r.context, r._cached, regime)
 
     def _decode(self, rs: list[Request]) -> None:
-        # every row needs a pool row for its new position; free blocks by preempting the newest
-        for r in list(rs):
+        # every row needs a pool row for its new position (a new block once per block_size steps);
+        # free blocks by preempting the newest
+        bs, tables = self.pool.block_size, self.pool.tables
+        for r in [r for r in rs if len(tables.get(r, ())) * bs <= r._cached]:
             while r in self.running and not self.pool.reserve(r, r._cached + 1):
                 if len(self.running) == 1:  # it alone fills the pool: waiting would not help
                     print(f"tinygraph engine: KV memory ({self.pool.num_blocks * self.pool.block_size} tokens) "
@@ -401,9 +403,13 @@ class Engine:
                     rs.remove(victim)
         # one step per rope regime (longrope past its switch: another graph; dynamic NTK past
         # max_position_embeddings: divisors of each length); almost always a single one
-        regimes: dict[tuple, list[Request]] = {}
-        for r in rs:
-            regimes.setdefault(self._rope_regime(r._cached + 1), []).append(r)
+        m = self.model
+        if m.rope.long_factors is None and m.rope.dynamic is None:  # one regime whatever the position
+            regimes = {(False, None): rs} if rs else {}
+        else:
+            regimes = {}
+            for r in rs:
+                regimes.setdefault(self._rope_regime(r._cached + 1), []).append(r)
         for part in regimes.values():
             greedy = all(r._greedy for r in part)
             sampling = None if greedy else [r._sample_params() for r in part]

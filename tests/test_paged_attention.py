@@ -166,3 +166,21 @@ def test_cuda_batched_decode_on_the_paged_kernel_equals_one_at_a_time(qwen3_256)
         assert sum(a == b for a, b in zip(got, alone)) >= len(prompts) - 1, (got, alone)
     finally:
         mp.undo()
+
+
+def test_position_rows_equals_the_row_lookup():
+    """KVPool.position_rows (a decode step's table, built block by block) equals rows_at over
+    every position: owned positions in their blocks, the rest and padding rows on scratch."""
+    with load_model(FIX / "llama", backend="numpy") as m:
+        pool = KVPool(m, num_blocks=40, block_size=16)
+        seqs = ["a", "b", None, "c"]
+        for s, n in (("a", 40), ("b", 16), ("c", 1)):
+            assert pool.reserve(s, n)
+        pool.release("b")
+        assert pool.reserve("b", 33)
+        for S in (1, 16, 17, 64, 100):
+            want = pool.rows_at(seqs, np.broadcast_to(np.arange(S), (len(seqs), S)))
+            got = pool.position_rows(seqs, S)
+            assert got.dtype == np.int32 and got.shape == (len(seqs), S) and (got == want).all(), S
+        assert (pool.position_rows(seqs, 64)[2] == pool.scratch).all()
+        pool.close()
