@@ -47,6 +47,18 @@ def test_small_m_splits():
     assert select.small_m_splits(64, 4096, 4096, 64, ADA) == 4        # one block per SM: 128 // 32
 
 
+def test_gemv_rows_moves_the_crossover():
+    # TINYGRAPH_GEMV_ROWS (A/B timing): the fused GEMVs take at most that many rows, the rest the
+    # tensor cores; quantized weights' GEMVs never more than DECODE_ROWS
+    assert select.linear_path(2, False, 0, True, H200, gemv_rows=1) == "matmul"
+    assert select.linear_path(1, False, 0, True, H200, gemv_rows=1) == "gemv"
+    assert select.linear_path(16, False, 0, True, H200, gemv_rows=16) == "gemv"
+    assert select.linear_path(16, True, 40_000, True, H200, gemv_rows=16) == "dequant_matmul"
+    assert select.linear_path(4, True, 40_000, True, H200, gemv_rows=2) == "dequant_matmul"
+    ch = select.linear_choice((4, 4096), 4096, 4096, "f16", None, True, H200, gemv_rows=1)
+    assert ch == select.LinearChoice("matmul", None, "matmul_tc3s_m16")
+
+
 @pytest.mark.parametrize("rows", [1, DECODE_ROWS, DECODE_ROWS + 1])
 def test_linear_path(rows):
     decode = rows <= DECODE_ROWS

@@ -102,14 +102,17 @@ def split_k(M: int, N: int, K: int, batch: int, dtype: str, caps: DeviceCaps) ->
     return max(1, min(-(-K // 64) // 4, caps.sm_count // tiles))
 
 
-def linear_path(rows: int, quantized: bool, q_shared_bytes: int, fused_gemv: bool, caps: DeviceCaps) -> str:
+def linear_path(rows: int, quantized: bool, q_shared_bytes: int, fused_gemv: bool, caps: DeviceCaps,
+                gemv_rows: int = DECODE_ROWS) -> str:
     """How a linear layer over ``rows`` input rows runs: "gemv_q" (the decode GEMV reading a
     block-quantized weight; it stages a row in shared memory, ``q_shared_bytes``),
     "dequant_matmul" (the weight dequantized into scratch, then the matmul path), "gemv" (one fused
-    GEMV: norm, product, bias, activation, residual) or "matmul" (norm -> matmul -> epilogue)."""
+    GEMV: norm, product, bias, activation, residual) or "matmul" (norm -> matmul -> epilogue).
+    The GEMVs take up to ``gemv_rows`` rows (quantized weights: ``DECODE_ROWS`` at most)."""
     if quantized:
-        return "gemv_q" if rows <= DECODE_ROWS and q_shared_bytes + 1024 <= caps.smem_optin else "dequant_matmul"
-    return "gemv" if fused_gemv and rows <= DECODE_ROWS else "matmul"
+        gq = min(gemv_rows, DECODE_ROWS)
+        return "gemv_q" if rows <= gq and q_shared_bytes + 1024 <= caps.smem_optin else "dequant_matmul"
+    return "gemv" if fused_gemv and rows <= gemv_rows else "matmul"
 
 
 #: the decode GEMV families of a block-quantized weight (cuda_src/linear_q.cu, linear_qmma.cu, linear_qr.cu)
@@ -227,7 +230,7 @@ class LinearChoice:
 
 def linear_choice(x_shape: Sequence[int], N: int, K: int, dtype: str, wtype: str | None, fused_gemv: bool,
                   caps: DeviceCaps, int8_activations: bool = False, gemv_choice: str | None = None,
-                  qr: bool = True, small_m: bool = True) -> LinearChoice:
+                  qr: bool = True, small_m: bool = True, gemv_rows: int = DECODE_ROWS) -> LinearChoice:
     """The kernels of the product of activations ``x_shape`` [.., M, K] of ``dtype`` with a
     [N, K] weight of block type ``wtype`` (None: a 16/32-bit weight); ``fused_gemv``: the library
     has the fused 16/32-bit GEMV for ``dtype``."""
@@ -235,10 +238,10 @@ def linear_choice(x_shape: Sequence[int], N: int, K: int, dtype: str, wtype: str
     M = x_shape[-2] if len(x_shape) >= 2 else 1
     batch = math.prod(x_shape[:-2])
     if wtype is None:
-        path, fam = linear_path(rows, False, 0, fused_gemv, caps), None
+        path, fam = linear_path(rows, False, 0, fused_gemv, caps, gemv_rows), None
     else:
         fam = quant_gemv(dtype, int8_activations, gemv_choice, caps, wtype, K, N, qr)
-        path = linear_path(rows, True, linear_q_shared_bytes(K, fam, wtype), fused_gemv, caps)
+        path = linear_path(rows, True, linear_q_shared_bytes(K, fam, wtype), fused_gemv, caps, gemv_rows)
     mm = matmul_algo(M, N, batch, True, dtype, caps, small_m) if path in ("matmul", "dequant_matmul") else None
     return LinearChoice(path, fam if path == "gemv_q" else None, mm)
 
@@ -253,12 +256,14 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
     ``attention_store``. Not here: whether ``attention`` may take the tensor-core flash kernel
     (:func:`flash_ok` looks at the operands' addresses, known only when it runs). ``gemv_dtypes``: the dtypes with a fused GEMV kernel; ``env``: the environment
     (``TINYGRAPH_QUANT_ACT``, ``TINYGRAPH_QUANT_GEMV``, ``TINYGRAPH_QUANT_QR``; ``TINYGRAPH_SMALL_M=0``:
-    2..64-row products on the 128-row tiles; ``TINYGRAPH_ATTN_GQA=0``: decode attention
+    2..64-row products on the 128-row tiles; ``TINYGRAPH_GEMV_ROWS=n``: the fused GEMVs take at
+    most n rows (default ``DECODE_ROWS``; more rows take the tensor cores), for A/B timing; ``TINYGRAPH_ATTN_GQA=0``: decode attention
     one query head per block, not attn_gqa), read here and nowhere else."""
     int8 = env.get("TINYGRAPH_QUANT_ACT", "") == "int8"
     fam = env.get("TINYGRAPH_QUANT_GEMV") or None
     qr = env.get("TINYGRAPH_QUANT_QR", "1") != "0"
     small_m = env.get("TINYGRAPH_SMALL_M", "1") != "0"
+    gemv_rows = max(1, int(env.get("TINYGRAPH_GEMV_ROWS", DECODE_ROWS)))
     out: dict = {}
     for n in order:
         if n.op in ("attention", "attention_store"):  # the split-key kernels' launch shape
@@ -284,7 +289,7 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
             continue
         N, K = w.shape
         out[n.id] = linear_choice(x.shape, N, K, dt, w.dtype.name if w.dtype.is_quant else None,
-                                  dt in gemv_dtypes, caps, int8, fam, qr, small_m)
+                                  dt in gemv_dtypes, caps, int8, fam, qr, small_m, gemv_rows)
     return out
 
 
