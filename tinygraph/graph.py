@@ -82,8 +82,10 @@ class Graph:
             if n is old:
                 nodes.append(new)
             elif n.id not in dead:
-                if any(s is old for s in n.srcs):
-                    n.srcs = tuple(new if s is old else s for s in n.srcs)
+                for s in n.srcs:  # a loop, not any(genexpr): this runs per node per rewrite
+                    if s is old:
+                        n.srcs = tuple(new if x is old else x for x in n.srcs)
+                        break
                 if n.storage is old:
                     n.storage = new
                 nodes.append(n)

@@ -82,6 +82,23 @@ def _consumers(g: Graph) -> dict[int, list[Tensor]]:
     return c
 
 
+def _replace(g: Graph, c: dict, old: Tensor, new: Tensor, dead: set[int], side_effect: bool = False) -> None:
+    """``g.replace(old, new, dead, side_effect)`` with the reader index ``c`` (:func:`_consumers`)
+    kept true: the dead nodes and ``old`` stop reading their sources, ``new`` reads its own.
+    (Recomputing the index after each rewrite made the passes quadratic in the graph's size.)"""
+    gone = [n for n in g.nodes if n.id in dead] + [old]
+    g.replace(old, new, dead, side_effect=side_effect)
+    for d in gone:
+        for src in d.srcs:
+            readers = c.get(src.id)
+            if readers is not None:
+                c[src.id] = [r for r in readers if r is not d]
+        if d is not old:
+            c.pop(d.id, None)
+    for src in new.srcs:
+        c.setdefault(src.id, []).append(new)
+
+
 def _only_reader(c: dict, t: Tensor) -> Tensor | None:
     r = c.get(t.id, [])
     return r[0] if len(r) == 1 else None
@@ -131,10 +148,11 @@ def fuse_linear(g: Graph) -> int:
     """Fuse norm/matmul/bias/activation/residual chains into ``linear`` nodes. Returns the count."""
     from . import ops
     count = 0
+    c = _consumers(g)
+    alive = {n.id: n for n in g.nodes}  # id -> the node now in the graph
     for mm in list(g.nodes):
-        if mm.op != "matmul" or mm not in g.nodes:
+        if mm.op != "matmul" or alive.get(mm.id) is not mm:
             continue
-        c = _consumers(g)
         x, b = mm.srcs
         w = _weight_of(b)
         if w is None or (w.dtype != mm.dtype and not w.dtype.is_quant) or x.dtype != mm.dtype:
@@ -176,7 +194,10 @@ def fuse_linear(g: Graph) -> int:
         with g.detached():
             fused = ops.linear(x, w, name=mm.name, **kw)
         dead.discard(tail.id)
-        g.replace(tail, fused, dead)
+        _replace(g, c, tail, fused, dead)
+        for i in dead:
+            alive.pop(i, None)
+        alive[fused.id] = fused
         count += 1
     return count
 
@@ -193,10 +214,11 @@ def fuse_rope_store(g: Graph) -> int:
     """Fuse each layer's q/k RoPE and K/V cache writes into one ``rope_store`` node."""
     from . import ops
     count = 0
+    c = _consumers(g)
+    alive = {n.id: n for n in g.nodes}  # id -> the node now in the graph
     for sk in [n for n in g.nodes if n.op == "set_rows"]:
-        if sk not in g.nodes:
+        if alive.get(sk.id) is not sk:
             continue
-        c = _consumers(g)
         rk = _stored_from(c, sk)
         rows = sk.srcs[1]
         if rk is None or rk.op != "rope" or rk.srcs[1] is not rows or _only_reader(c, rk) is None:
@@ -225,7 +247,10 @@ def fuse_rope_store(g: Graph) -> int:
             fused = ops.rope_store(rq.srcs[0], rk.srcs[0], v, rows, kc, vc, p["theta"], p["mode"], ff,
                                    name=sk.name.rsplit(".", 1)[0] + ".rope_store" if "." in sk.name else None)
         dead = {rk.id, sk.id, sv.id, sk.srcs[0].id, sv.srcs[0].id}
-        g.replace(rq, fused, dead, side_effect=True)
+        _replace(g, c, rq, fused, dead, side_effect=True)
+        for i in dead:
+            alive.pop(i, None)
+        alive[fused.id] = fused
         count += 1
     return count
 
@@ -256,6 +281,7 @@ def fuse_attention_store(g: Graph) -> int:
     RoPE into one ``attention_store`` node. Decode graphs only (one query token)."""
     from . import ops
     count = 0
+    c = _consumers(g)
     for a in [n for n in g.nodes if n.op == "attention"]:
         p = a.params
         if not (p["causal"] and p["past_src"]) or p["past"] == -1 or a.ndim != 4 or a.shape[2] != 1:
@@ -269,7 +295,6 @@ def fuse_attention_store(g: Graph) -> int:
                 (vv.shape, vv.strides, vv.offset) != ((KV, 1, ctx, hd), (ctx * hd, 0, hd, 1), 0):
             continue
         H = q4.shape[0] * q4.shape[1]
-        c = _consumers(g)
         dead: set[int] = set()
         writes = [n for n in g.nodes if n is not a and any(s.storage is kc or s.storage is vc for s in n.srcs)]
         rs = [n for n in writes if n.op == "rope_store" and n.srcs[4] is kc and n.srcs[5] is vc and n.srcs[3] is rows]
@@ -311,7 +336,7 @@ def fuse_attention_store(g: Graph) -> int:
         name = a.name + "_store" if a.name else None
         with g.detached():
             fused = ops.attention_store(q, k, v, rows, kc, vc, p["scale"], window=p.get("window"), name=name, **kw)
-        g.replace(a, fused, dead, side_effect=True)
+        _replace(g, c, a, fused, dead, side_effect=True)
         count += 1
     return count + _absorb_rope(g)
 
