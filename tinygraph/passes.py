@@ -347,10 +347,10 @@ def _absorb_rope(g: Graph) -> int:
     head before them. Returns the count."""
     from . import ops
     count = 0
+    c = _consumers(g)
     for a in [n for n in g.nodes if n.op == "attention_store" and not n.params["rope"]]:
         p, o = a.params, optional_srcs(a)
         q, k, v, pos, kc, vc = a.srcs[:6]
-        c = _consumers(g)
         if not (q.op == k.op == "rope" and q.params == k.params and q.srcs[1:] == k.srcs[1:] and q.srcs[1] is pos
                 and _only_reader(c, q) is a and _only_reader(c, k) is a) or p["q_norm"] or p["k_norm"]:
             continue
@@ -367,7 +367,7 @@ def _absorb_rope(g: Graph) -> int:
             fused = ops.attention_store(q0, k0, v, pos, kc, vc, p["scale"], q.params["theta"], q.params["mode"],
                                         optional_srcs(q)["freq_factors"], window=p.get("window"), name=a.name,
                                         rows=o["rows"], **kw)
-        g.replace(a, fused, {q.id, k.id} | {info["id"] for info in (qn, kn) if info}, side_effect=True)
+        _replace(g, c, a, fused, {q.id, k.id} | {info["id"] for info in (qn, kn) if info}, side_effect=True)
         count += 1
     return count
 
