@@ -184,3 +184,19 @@ def test_position_rows_equals_the_row_lookup():
             assert got.dtype == np.int32 and got.shape == (len(seqs), S) and (got == want).all(), S
         assert (pool.position_rows(seqs, 64)[2] == pool.scratch).all()
         pool.close()
+
+
+def test_unfused_paged_decode_still_equals_one_at_a_time(monkeypatch):
+    """TINYGRAPH_PAGED_ATTN=0 (the A/B switch): decode steps gather and attend unfused, and the
+    tokens are still each prompt's own."""
+    monkeypatch.setenv("TINYGRAPH_PAGED_ATTN", "0")
+    with load_model(FIX / "qwen3", backend="numpy") as m:
+        rng = np.random.default_rng(5)
+        prompts = [[int(t) for t in rng.integers(0, m.config.vocab_size, n)] for n in (3, 20, 9)]
+        kw = dict(max_new_tokens=12, temperature=0, ignore_eos=True)
+        got = m.generate_batch(prompts, **kw)
+        assert got == [m.generate(p, **kw)[len(p):] for p in prompts]
+        pool = KVPool(m, num_blocks=8, block_size=16)
+        g, layout = BatchRunner(m, pool, max_batch=4).graph(4, 1, 64, "argmax")
+        assert not layout.fused and "attention_store" not in {n.op for n in g.nodes}
+        pool.close()
