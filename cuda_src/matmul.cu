@@ -123,6 +123,8 @@ __device__ __forceinline__ void tc3_load_tile(__half* S, const void* base_, long
                                               long long r0, long long k0, long long s_r, long long s_k,
                                               bool vec, bool kfast) {
     constexpr int LD = BK + 8, CPR = BK / 8;  // chunks of 8 elements per row
+    constexpr int LOG2_ROWS = ROWS == 128 ? 7 : ROWS == 64 ? 6 : ROWS == 32 ? 5 : 4;
+    static_assert(1 << LOG2_ROWS == ROWS, "ROWS: 16, 32, 64 or 128");
     const int tid = threadIdx.x;
     const unsigned short* base = reinterpret_cast<const unsigned short*>(base_);
     unsigned short* Su = reinterpret_cast<unsigned short*>(S);
@@ -142,7 +144,7 @@ __device__ __forceinline__ void tc3_load_tile(__half* S, const void* base_, long
             const int idx = tid + 256 * l;
             int rr, kk;
             if (kfast) { kk = idx % BK; rr = idx / BK; }
-            else { rr = idx % ROWS; kk = idx / ROWS; }
+            else { rr = idx & (ROWS - 1); kk = idx >> LOG2_ROWS; }
             const long long r = r0 + rr, k = k0 + kk;
             Su[rr * LD + kk] = (r < rows && k < K) ? base[r * s_r + k * s_k] : (unsigned short)0;
         }
