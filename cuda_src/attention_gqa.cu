@@ -175,7 +175,7 @@ __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, con
         }
         __syncthreads();  // sm.cs
         const bool writer = j0 <= past && past < j1;
-        gqa_store_prologue<T, D>(sm, q, qd, *sa, hb, R, writer ? row(past) : 0, writer);
+        gqa_store_prologue<T, D>(sm, q, qd, *sa, hb, R, PAGED ? (writer ? row(past) : 0) : past, writer);
     } else {
         for (int i = threadIdx.x; i < R * D; i += blockDim.x) {
             const int r = i / D, d = i % D;
