@@ -236,9 +236,10 @@ class PagedStep:
 
     Decode steps (``T == 1``) whose attention ``attention_store`` expresses (``fused``: no score
     soft-capping, and a backend kernel for the head size and group,
-    ``Backend.paged_attention_ok``; ``TINYGRAPH_PAGED_ATTN=0`` turns it off) declare one input, ``kv_table`` int32 [B, S] (each sequence's
-    pool row of positions 0..S-1), and run one ``attention_store`` per layer: every sequence's new
-    key and value go to its row of its position, and each attends over its own rows in place.
+    ``Backend.paged_attention_ok``; ``TINYGRAPH_PAGED_ATTN=0`` turns it off) declare one input,
+    ``kv_table`` int32 [B, S] (each sequence's pool row of positions 0..S-1), and run one
+    ``attention_store`` per layer: every sequence's new key and value go to its row of its
+    position, and each attends over its own rows in place.
 
     Other steps declare (all fed by :meth:`feeds`) ``kv_rows`` int32 [B * T] (each token's pool
     row), ``kv_gather`` int32 [B, kv_heads * S] (each sequence's gather indices) and ``kv_past``

@@ -254,11 +254,12 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
     operand, the :func:`matmul_algo` kernel name for other ``matmul`` nodes, the
     :func:`attn_splits` launch shape (None: empty output) for ``attention`` and
     ``attention_store``. Not here: whether ``attention`` may take the tensor-core flash kernel
-    (:func:`flash_ok` looks at the operands' addresses, known only when it runs). ``gemv_dtypes``: the dtypes with a fused GEMV kernel; ``env``: the environment
-    (``TINYGRAPH_QUANT_ACT``, ``TINYGRAPH_QUANT_GEMV``, ``TINYGRAPH_QUANT_QR``; ``TINYGRAPH_SMALL_M=0``:
-    2..64-row products on the 128-row tiles; ``TINYGRAPH_GEMV_ROWS=n``: the fused GEMVs take at
-    most n rows (default ``DECODE_ROWS``; more rows take the tensor cores), for A/B timing; ``TINYGRAPH_ATTN_GQA=0``: decode attention
-    one query head per block, not attn_gqa), read here and nowhere else."""
+    (:func:`flash_ok` looks at the operands' addresses, known only when it runs). ``gemv_dtypes``:
+    the dtypes with a fused GEMV kernel; ``env``: the environment (``TINYGRAPH_QUANT_ACT``,
+    ``TINYGRAPH_QUANT_GEMV``, ``TINYGRAPH_QUANT_QR``; ``TINYGRAPH_SMALL_M=0``: 2..64-row products
+    on the 128-row tiles; ``TINYGRAPH_GEMV_ROWS=n``: the fused GEMVs take at most n rows (default
+    ``DECODE_ROWS``; more rows take the tensor cores), for A/B timing; ``TINYGRAPH_ATTN_GQA=0``:
+    decode attention one query head per block, not attn_gqa), read here and nowhere else."""
     int8 = env.get("TINYGRAPH_QUANT_ACT", "") == "int8"
     fam = env.get("TINYGRAPH_QUANT_GEMV") or None
     qr = env.get("TINYGRAPH_QUANT_QR", "1") != "0"
