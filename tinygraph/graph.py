@@ -72,23 +72,28 @@ class Graph:
         finally:
             self._held = prev
 
-    def replace(self, old: Tensor, new: Tensor, dead: set[int] = frozenset(), side_effect: bool = False) -> None:
+    def replace(self, old: Tensor, new: Tensor, dead: set[int] = frozenset(), side_effect: bool = False,
+                readers: "Sequence[Tensor] | None" = None) -> None:
         """Put ``new`` (built :meth:`detached`) where ``old`` was (same id, same place in build
         order), point every reference to ``old`` at ``new``, drop the nodes whose ids are in
-        ``dead``; ``side_effect``: ``new`` writes buffers (``set_rows``-like), keep it as one."""
+        ``dead``; ``side_effect``: ``new`` writes buffers (``set_rows``-like), keep it as one.
+        ``readers``: every node with ``old`` among its sources, when the caller knows them (a
+        pass's reader index): only those are rewritten instead of every node's sources scanned."""
         new.id = old.id
-        nodes = []
-        for n in self.nodes:
-            if n is old:
-                nodes.append(new)
-            elif n.id not in dead:
-                for s in n.srcs:  # a loop, not any(genexpr): this runs per node per rewrite
-                    if s is old:
-                        n.srcs = tuple(new if x is old else x for x in n.srcs)
-                        break
-                if n.storage is old:
-                    n.storage = new
-                nodes.append(n)
+        if dead:
+            nodes = [new if n is old else n for n in self.nodes if n.id not in dead]
+        else:
+            nodes = [new if n is old else n for n in self.nodes]
+        for n in nodes if readers is None else readers:
+            if n is None:  # a pass's index marks graph outputs so
+                continue
+            for s in n.srcs:  # a loop, not any(genexpr): this may run per node per rewrite
+                if s is old:
+                    n.srcs = tuple(new if x is old else x for x in n.srcs)
+                    break
+        for n in nodes:  # views of old (of a view of it, too) have it as their storage
+            if n.storage is old:
+                n.storage = new
         self.nodes = nodes
         self.outputs = [new if o is old else o for o in self.outputs]
         self.side_effects = [new if e is old else e for e in self.side_effects if e.id not in dead]

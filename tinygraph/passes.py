@@ -47,6 +47,7 @@ def fuse_attention(g: Graph) -> int:
     from . import ops
     count = 0
     readers = _readers(g)
+    c = _consumers(g)
     for mix in list(g.nodes):
         if mix.op != "matmul":
             continue
@@ -65,7 +66,7 @@ def fuse_attention(g: Graph) -> int:
                                   past_rows=p["past"] == -1)
         if fused.shape != mix.shape:  # broadcasting differs from the chain's: leave it alone
             continue
-        g.replace(mix, fused, {scores.id, probs.id})
+        _replace(g, c, mix, fused, {scores.id, probs.id})
         count += 1
     return count
 
@@ -87,7 +88,7 @@ def _replace(g: Graph, c: dict, old: Tensor, new: Tensor, dead: set[int], side_e
     kept true: the dead nodes and ``old`` stop reading their sources, ``new`` reads its own.
     (Recomputing the index after each rewrite made the passes quadratic in the graph's size.)"""
     gone = [n for n in g.nodes if n.id in dead] + [old]
-    g.replace(old, new, dead, side_effect=side_effect)
+    g.replace(old, new, dead, side_effect=side_effect, readers=list(c.get(old.id, ())))
     for d in gone:
         for src in d.srcs:
             readers = c.get(src.id)
