@@ -206,6 +206,8 @@ class Engine:
         if kv_memory is None:
             kv_memory = DEFAULT_CONTEXTS * (model.max_context + block_size) * token_bytes(model)
         self.model = model
+        # no longrope switch nor dynamic NTK: every step rotates alike (one regime, one graph)
+        self._fixed_regime = model.rope.switch_at is None and model.rope.dynamic is None
         self.max_batch, self.max_queue = max_batch, int(max_queue)
         self.pool = KVPool(model, blocks_for_memory(model, kv_memory, block_size), block_size)
         self.runner = BatchRunner(model, self.pool, max_batch)
@@ -403,8 +405,7 @@ class Engine:
                     rs.remove(victim)
         # one step per rope regime (longrope past its switch: another graph; dynamic NTK past
         # max_position_embeddings: divisors of each length); almost always a single one
-        m = self.model
-        if m.rope.long_factors is None and m.rope.dynamic is None:  # one regime whatever the position
+        if self._fixed_regime:
             regimes = {(False, None): rs} if rs else {}
         else:
             regimes = {}
@@ -419,8 +420,7 @@ class Engine:
                 r._cached += 1
                 # generated tokens' blocks are reusable too (where the regime does not move); a
                 # decode step fills at most one block: offered when it does
-                if r._cached % self.pool.block_size == 0 and self.model.rope.switch_at is None \
-                        and self.model.rope.dynamic is None:
+                if r._cached % self.pool.block_size == 0 and self._fixed_regime:
                     self.pool.register(r, r.context, r._cached, (False, None))
                 self._accept(r, o)
 

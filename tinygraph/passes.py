@@ -83,10 +83,13 @@ def _consumers(g: Graph) -> dict[int, list[Tensor]]:
     return c
 
 
-def _replace(g: Graph, c: dict, old: Tensor, new: Tensor, dead: set[int], side_effect: bool = False) -> None:
+def _replace(g: Graph, c: dict, old: Tensor, new: Tensor, dead: set[int], side_effect: bool = False,
+             alive: dict | None = None) -> None:
     """``g.replace(old, new, dead, side_effect)`` with the reader index ``c`` (:func:`_consumers`)
     kept true: the dead nodes and ``old`` stop reading their sources, ``new`` reads its own.
-    (Recomputing the index after each rewrite made the passes quadratic in the graph's size.)"""
+    (Recomputing the index after each rewrite made the passes quadratic in the graph's size.)
+    ``alive`` (id -> the node now in the graph, for a pass that walks a list of the nodes it
+    started with): kept true too."""
     gone = [n for n in g.nodes if n.id in dead] + [old]
     g.replace(old, new, dead, side_effect=side_effect, readers=list(c.get(old.id, ())))
     for d in gone:
@@ -98,6 +101,10 @@ def _replace(g: Graph, c: dict, old: Tensor, new: Tensor, dead: set[int], side_e
             c.pop(d.id, None)
     for src in new.srcs:
         c.setdefault(src.id, []).append(new)
+    if alive is not None:
+        for i in dead:
+            alive.pop(i, None)
+        alive[new.id] = new
 
 
 def _only_reader(c: dict, t: Tensor) -> Tensor | None:
@@ -195,10 +202,7 @@ def fuse_linear(g: Graph) -> int:
         with g.detached():
             fused = ops.linear(x, w, name=mm.name, **kw)
         dead.discard(tail.id)
-        _replace(g, c, tail, fused, dead)
-        for i in dead:
-            alive.pop(i, None)
-        alive[fused.id] = fused
+        _replace(g, c, tail, fused, dead, alive=alive)
         count += 1
     return count
 
@@ -248,10 +252,7 @@ def fuse_rope_store(g: Graph) -> int:
             fused = ops.rope_store(rq.srcs[0], rk.srcs[0], v, rows, kc, vc, p["theta"], p["mode"], ff,
                                    name=sk.name.rsplit(".", 1)[0] + ".rope_store" if "." in sk.name else None)
         dead = {rk.id, sk.id, sv.id, sk.srcs[0].id, sv.srcs[0].id}
-        _replace(g, c, rq, fused, dead, side_effect=True)
-        for i in dead:
-            alive.pop(i, None)
-        alive[fused.id] = fused
+        _replace(g, c, rq, fused, dead, side_effect=True, alive=alive)
         count += 1
     return count
 
@@ -274,6 +275,18 @@ def _absorb_norm(c: dict, x: Tensor, reader: Tensor, hd: int) -> tuple[Tensor, d
     if x.op == "rms_norm" and _only_reader(c, x) is reader and x.shape[-1] == hd:
         return x.srcs[0], {"w": optional_srcs(x)["w"], "eps": x.params["eps"], "id": x.id}
     return x, {}
+
+
+def _norm_args(qn: dict, kn: dict) -> dict | None:
+    """``attention_store``'s norm arguments from :func:`_absorb_norm`'s q and k results; None
+    when both norms are there with different eps (the op has one eps)."""
+    if qn and kn and qn["eps"] != kn["eps"]:
+        return None
+    kw: dict = {}
+    for nm, info in (("q", qn), ("k", kn)):
+        if info:
+            kw.update({f"{nm}_norm": True, f"{nm}_norm_w": info["w"], "eps": info["eps"]})
+    return kw
 
 
 def fuse_attention_store(g: Graph) -> int:
@@ -326,12 +339,11 @@ def fuse_attention_store(g: Graph) -> int:
             dead.update({sk.id, sv.id, sk.srcs[0].id, sv.srcs[0].id} | {n.id for n in chain})
         else:
             continue
-        if qn and kn and qn["eps"] != kn["eps"]:
+        norms = _norm_args(qn, kn)
+        if norms is None:
             continue
-        for nm, info in (("q", qn), ("k", kn)):
-            if info:
-                kw.update({f"{nm}_norm": True, f"{nm}_norm_w": info["w"], "eps": info["eps"]})
-                dead.add(info["id"])
+        kw.update(norms)
+        dead.update(info["id"] for info in (qn, kn) if info)
         if q.shape != (1, H, hd) or k.shape != (1, KV, hd) or q.dtype != kc.dtype:
             continue
         name = a.name + "_store" if a.name else None
@@ -358,12 +370,9 @@ def _absorb_rope(g: Graph) -> int:
         hd = kc.shape[2]
         q0, qn = _absorb_norm(c, q.srcs[0], q, hd)
         k0, kn = _absorb_norm(c, k.srcs[0], k, hd)
-        if qn and kn and qn["eps"] != kn["eps"]:
-            q0, qn, k0, kn = q.srcs[0], {}, k.srcs[0], {}
-        kw: dict = {}
-        for nm, info in (("q", qn), ("k", kn)):
-            if info:
-                kw.update({f"{nm}_norm": True, f"{nm}_norm_w": info["w"], "eps": info["eps"]})
+        kw = _norm_args(qn, kn)
+        if kw is None:  # norms of different eps: RoPE alone
+            q0, qn, k0, kn, kw = q.srcs[0], {}, k.srcs[0], {}, {}
         with g.detached():
             fused = ops.attention_store(q0, k0, v, pos, kc, vc, p["scale"], q.params["theta"], q.params["mode"],
                                         optional_srcs(q)["freq_factors"], window=p.get("window"), name=a.name,

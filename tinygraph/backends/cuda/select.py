@@ -77,8 +77,9 @@ def matmul_algo(M: int, N: int, batch: int, b_rows_contiguous: bool, dtype: str,
 
 
 def small_m_splits(M: int, N: int, K: int, bm: int, caps: DeviceCaps) -> int:
-    """K splits of a ``matmul_tc3s_m<bm>`` product: about as many blocks as fit the GPU at once
-    (two per SM when their shared memory allows), at least 4 K tiles of 64 each."""
+    """K splits of a ``matmul_tc3s_m<bm>`` product (bm = 128: ``matmul_tc3s``): about as many
+    blocks as fit the GPU at once (two per SM when their shared memory allows), at least 4 K tiles
+    of 64 each."""
     per_sm = 2 if 2 * (tc3_shared_bytes(64, 4, bm) + 1024) <= caps.smem_optin else 1
     tiles = -(-N // 128) * -(-M // bm)
     return max(1, min(-(-K // 64) // 4, per_sm * caps.sm_count // tiles))
@@ -96,10 +97,7 @@ def split_k(M: int, N: int, K: int, batch: int, dtype: str, caps: DeviceCaps) ->
     if (batch != 1 or dtype not in ("f16", "bf16") or caps.arch < 80 or not 2 <= M <= SPLIT_MAX_ROWS
             or tc3_shared_bytes(64, 4) + 1024 > caps.smem_optin):
         return 1
-    tiles = -(-N // 128) * -(-M // 128)
-    if 2 * tiles > caps.sm_count:
-        return 1
-    return max(1, min(-(-K // 64) // 4, caps.sm_count // tiles))
+    return small_m_splits(M, N, K, 128, caps)  # one block per SM: over sm_count / 2 tiles, no split
 
 
 def linear_path(rows: int, quantized: bool, q_shared_bytes: int, fused_gemv: bool, caps: DeviceCaps,
