@@ -5,7 +5,7 @@ import pytest
 
 import tinygraph as tg
 from tinygraph.backends.cuda import select
-from tinygraph.backends.cuda.limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES, GQA_BLOCKS_PER_SM, GQA_MIN_CHUNK
+from tinygraph.backends.cuda.limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES, GEMV_MAX_ROWS, GQA_BLOCKS_PER_SM, GQA_MIN_CHUNK
 
 H200 = select.DeviceCaps(90, 132, 227 * 1024)
 ADA = select.DeviceCaps(89, 128, 99 * 1024)
@@ -53,10 +53,25 @@ def test_gemv_rows_moves_the_crossover():
     assert select.linear_path(2, False, 0, True, H200, gemv_rows=1) == "matmul"
     assert select.linear_path(1, False, 0, True, H200, gemv_rows=1) == "gemv"
     assert select.linear_path(16, False, 0, True, H200, gemv_rows=16) == "gemv"
-    assert select.linear_path(16, True, 40_000, True, H200, gemv_rows=16) == "dequant_matmul"
-    assert select.linear_path(4, True, 40_000, True, H200, gemv_rows=2) == "dequant_matmul"
+    q = dict(dtype="f16", wtype="q8_0", fused_gemv=True, caps=H200)
+    assert select.linear_choice((16, 4096), 4096, 4096, gemv_rows=16, **q).path == "dequant_matmul"
+    assert select.linear_choice((4, 4096), 4096, 4096, gemv_rows=2, **q).path == "dequant_matmul"
+    assert select.linear_choice((4, 4096), 4096, 4096, gemv_rows=4, **q).path == "gemv_q"
     ch = select.linear_choice((4, 4096), 4096, 4096, "f16", None, True, H200, gemv_rows=1)
     assert ch == select.LinearChoice("matmul", None, "matmul_tc3s_m16")
+
+
+def test_gemv_limit():
+    # f16/bf16 weights with tensor cores: the GEMV while it reads each weight once; quantized
+    # weights (dequantizing the whole weight for a few rows costs more) and f32: up to DECODE_ROWS
+    assert select.gemv_limit("f16", False, H200) == select.gemv_limit("bf16", False, H200) == GEMV_MAX_ROWS
+    assert select.gemv_limit("f16", True, H200) == select.gemv_limit("f32", False, H200) == DECODE_ROWS
+    assert select.gemv_limit("f16", False, select.DeviceCaps(arch=75)) == DECODE_ROWS
+    assert select.gemv_limit("f16", False, H200, 16) == 16 and select.gemv_limit("f16", True, H200, 16) == DECODE_ROWS
+    for rows, path in ((GEMV_MAX_ROWS, "gemv"), (GEMV_MAX_ROWS + 1, "matmul")):
+        assert select.linear_choice((rows, 4096), 4096, 4096, "f16", None, True, H200).path == path
+        assert select.linear_choice((rows, 4096), 4096, 4096, "f32", None, True, H200).path == "gemv"
+        assert select.linear_choice((rows, 4096), 4096, 4096, "f16", "q8_0", True, H200).path == "gemv_q"
 
 
 @pytest.mark.parametrize("rows", [1, DECODE_ROWS, DECODE_ROWS + 1])

@@ -21,6 +21,11 @@ COUNTER_BYTES = 2048 * 4
 #: matrix products of at most this many rows run as GEMVs (decode), and graphs made only of
 #: such products launch their kernels with programmatic dependent launch
 DECODE_ROWS = 8
+#: 16/32-bit products of at most this many rows take the fused GEMV (linear.cu reads each weight
+#: once for up to 4 rows: lin_rows_per_block), more take the tensor cores. H200, batched decode at
+#: 8 sequences, 8 -> 4 (bench/README.md, twelfth session): Qwen3-8B 620 -> 1,266 tok/s, TinyLlama
+#: 3,171 -> 4,411, SmolLM2 5,599 -> 5,335 (2 and 4 sequences, the same kernels: +-15% run to run)
+GEMV_MAX_ROWS = 4
 
 
 class NeedScratch(Exception):

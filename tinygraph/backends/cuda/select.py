@@ -15,7 +15,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from ...dtypes import as_dtype
 from ...util import contiguous_strides
-from .limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES, GQA_BLOCKS_PER_SM, GQA_MAX_SPLITS, GQA_MIN_CHUNK, GQA_ROWS
+from .limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES, GEMV_MAX_ROWS, GQA_BLOCKS_PER_SM, GQA_MAX_SPLITS, GQA_MIN_CHUNK, GQA_ROWS
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ SPLIT_MAX_ROWS = 64
 
 def split_k(M: int, N: int, K: int, batch: int, dtype: str, caps: DeviceCaps) -> int:
     """Blocks along K for a tensor-core product with few 128x128 output tiles (1: no split):
-    a batched decode's 9..64 rows give as few tiles as the weight has 128-column strips (e.g.
+    a batched decode's 5..64 rows give as few tiles as the weight has 128-column strips (e.g.
     16 for a 2048-wide projection), which leaves most SMs idle; splitting K fills about one
     block per SM, at least 4 K tiles of 64 each (``matmul_tc3s`` + ``matmul_splitk_reduce``)."""
     if (batch != 1 or dtype not in ("f16", "bf16") or caps.arch < 80 or not 2 <= M <= SPLIT_MAX_ROWS
@@ -100,16 +100,27 @@ def split_k(M: int, N: int, K: int, batch: int, dtype: str, caps: DeviceCaps) ->
     return small_m_splits(M, N, K, 128, caps)  # one block per SM: over sm_count / 2 tiles, no split
 
 
+def gemv_limit(dtype: str, quantized: bool, caps: DeviceCaps, override: int | None = None) -> int:
+    """Most rows a product with a weight runs on the decode GEMV: with 16-bit weights where the
+    tensor cores take over (f16 / bf16, sm_80+), ``GEMV_MAX_ROWS`` (it reads each weight once for
+    that many rows); else ``DECODE_ROWS`` (quantized: the alternative dequantizes the whole
+    weight). ``override`` (``TINYGRAPH_GEMV_ROWS``, A/B timing) replaces it, at most
+    ``DECODE_ROWS`` for quantized weights."""
+    if override is not None:
+        return min(override, DECODE_ROWS) if quantized else override
+    tensor_cores = dtype in ("f16", "bf16") and caps.arch >= 80
+    return GEMV_MAX_ROWS if tensor_cores and not quantized else DECODE_ROWS
+
+
 def linear_path(rows: int, quantized: bool, q_shared_bytes: int, fused_gemv: bool, caps: DeviceCaps,
                 gemv_rows: int = DECODE_ROWS) -> str:
     """How a linear layer over ``rows`` input rows runs: "gemv_q" (the decode GEMV reading a
     block-quantized weight; it stages a row in shared memory, ``q_shared_bytes``),
     "dequant_matmul" (the weight dequantized into scratch, then the matmul path), "gemv" (one fused
     GEMV: norm, product, bias, activation, residual) or "matmul" (norm -> matmul -> epilogue).
-    The GEMVs take up to ``gemv_rows`` rows (quantized weights: ``DECODE_ROWS`` at most)."""
+    The GEMVs take up to ``gemv_rows`` rows (:func:`gemv_limit`)."""
     if quantized:
-        gq = min(gemv_rows, DECODE_ROWS)
-        return "gemv_q" if rows <= gq and q_shared_bytes + 1024 <= caps.smem_optin else "dequant_matmul"
+        return "gemv_q" if rows <= gemv_rows and q_shared_bytes + 1024 <= caps.smem_optin else "dequant_matmul"
     return "gemv" if fused_gemv and rows <= gemv_rows else "matmul"
 
 
@@ -228,18 +239,19 @@ class LinearChoice:
 
 def linear_choice(x_shape: Sequence[int], N: int, K: int, dtype: str, wtype: str | None, fused_gemv: bool,
                   caps: DeviceCaps, int8_activations: bool = False, gemv_choice: str | None = None,
-                  qr: bool = True, small_m: bool = True, gemv_rows: int = DECODE_ROWS) -> LinearChoice:
+                  qr: bool = True, small_m: bool = True, gemv_rows: int | None = None) -> LinearChoice:
     """The kernels of the product of activations ``x_shape`` [.., M, K] of ``dtype`` with a
     [N, K] weight of block type ``wtype`` (None: a 16/32-bit weight); ``fused_gemv``: the library
-    has the fused 16/32-bit GEMV for ``dtype``."""
+    has the fused 16/32-bit GEMV for ``dtype``; ``gemv_rows``: :func:`gemv_limit`'s override."""
     rows = math.prod(x_shape) // K
     M = x_shape[-2] if len(x_shape) >= 2 else 1
     batch = math.prod(x_shape[:-2])
+    limit = gemv_limit(dtype, wtype is not None, caps, gemv_rows)
     if wtype is None:
-        path, fam = linear_path(rows, False, 0, fused_gemv, caps, gemv_rows), None
+        path, fam = linear_path(rows, False, 0, fused_gemv, caps, limit), None
     else:
         fam = quant_gemv(dtype, int8_activations, gemv_choice, caps, wtype, K, N, qr)
-        path = linear_path(rows, True, linear_q_shared_bytes(K, fam, wtype), fused_gemv, caps, gemv_rows)
+        path = linear_path(rows, True, linear_q_shared_bytes(K, fam, wtype), fused_gemv, caps, limit)
     mm = matmul_algo(M, N, batch, True, dtype, caps, small_m) if path in ("matmul", "dequant_matmul") else None
     return LinearChoice(path, fam if path == "gemv_q" else None, mm)
 
@@ -256,13 +268,13 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
     the dtypes with a fused GEMV kernel; ``env``: the environment (``TINYGRAPH_QUANT_ACT``,
     ``TINYGRAPH_QUANT_GEMV``, ``TINYGRAPH_QUANT_QR``; ``TINYGRAPH_SMALL_M=0``: 2..64-row products
     on the 128-row tiles; ``TINYGRAPH_GEMV_ROWS=n``: the fused GEMVs take at most n rows (default
-    ``DECODE_ROWS``; more rows take the tensor cores), for A/B timing; ``TINYGRAPH_ATTN_GQA=0``:
+    ``GEMV_MAX_ROWS``, quantized ``DECODE_ROWS``; more rows take the tensor cores), for A/B timing; ``TINYGRAPH_ATTN_GQA=0``:
     decode attention one query head per block, not attn_gqa), read here and nowhere else."""
     int8 = env.get("TINYGRAPH_QUANT_ACT", "") == "int8"
     fam = env.get("TINYGRAPH_QUANT_GEMV") or None
     qr = env.get("TINYGRAPH_QUANT_QR", "1") != "0"
     small_m = env.get("TINYGRAPH_SMALL_M", "1") != "0"
-    gemv_rows = max(1, int(env.get("TINYGRAPH_GEMV_ROWS", DECODE_ROWS)))
+    gemv_rows = max(1, int(env["TINYGRAPH_GEMV_ROWS"])) if env.get("TINYGRAPH_GEMV_ROWS") else None
     out: dict = {}
     for n in order:
         if n.op in ("attention", "attention_store"):  # the split-key kernels' launch shape
