@@ -28,7 +28,8 @@ def test_split_choice():
 
 
 @pytest.mark.parametrize("M, K, N", [(64, 2048, 2048), (33, 5632, 2048), (17, 1000, 576), (64, 4160, 300),
-                                     (2, 4160, 300), (9, 2048, 24576), (16, 72, 130), (32, 4096, 6144)])
+                                     (2, 4160, 300), (9, 2048, 24576), (16, 72, 130), (32, 4096, 6144),
+                                     (5, 1000, 576), (8, 2048, 2048)])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_split_products(M, K, N, dtype, backend):
     rng = np.random.default_rng(M + K + N)
@@ -51,11 +52,13 @@ def test_split_products(M, K, N, dtype, backend):
     assert rel_err(lin.astype(np.float64), want / (1 + np.exp(-want))) < tol
 
 
+@pytest.mark.parametrize("M, tile", [(40, 64), (8, 16)])
 @pytest.mark.parametrize("act", ["swiglu", "gelu", None])
-def test_split_linear_epilogue(act, backend):
+def test_split_linear_epilogue(act, M, tile, backend):
     """A split linear with every epilogue part (RMS norm, bias, activation or SwiGLU, residual):
-    on CUDA the kernel that adds split-K's partials up applies them (linear_splitk_epilogue)."""
-    M, K, N = 40, 2048, 2048
+    on CUDA the kernel that adds split-K's partials up applies them (linear_splitk_epilogue).
+    8 rows: past the fused GEMV's limit (select.gemv_limit), on 16-row tiles."""
+    K, N = 2048, 2048
     rng = np.random.default_rng(7)
     x = rng.standard_normal((M, K)).astype(np.float32)
     w = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32)
@@ -83,7 +86,7 @@ def test_split_linear_epilogue(act, backend):
         xi, ri = g.input((M, K), dt, name="x"), g.input((M, Nout), dt, name="r")
         g.output(tg.linear(xi, W, bias=B, residual=ri, norm="rms", norm_w=NW, eps=1e-6, act=act))
         (y,) = s.compute(g, {xi: x, ri: r})
-        if backend == "cuda":  # 40 rows: 64-row tiles (matmul_tc3s_m64), the epilogue adds the partials
-            assert any(k == ["rms_norm_f16", "matmul_tc3s_m64_f16", "linear_splitk_epilogue_f16"]
+        if backend == "cuda":  # output tiles of `tile` rows; the epilogue adds the partials
+            assert any(k == ["rms_norm_f16", f"matmul_tc3s_m{tile}_f16", "linear_splitk_epilogue_f16"]
                        for k in g.kernels.values()), g.kernels
     assert rel_err(y.astype(np.float64), a + rs) < 3e-3
