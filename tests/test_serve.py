@@ -493,6 +493,39 @@ def test_loadgen_tool(srv):
     srv.wait_idle()
 
 
+def test_loadgen_starts_the_server(model_dir):
+    """--serve: loadgen starts tinygraph.serve on a free port, warms it, runs once per --clients
+    value, and stops it (a clean exit)."""
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "loadgen.py"), "--serve", str(model_dir),
+                          "--serve-args", "--backend numpy --kv-memory 1M --max-batch 4", "--clients", "1,2",
+                          "--max-tokens", "4", "--warmup", "1", "--json"], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    runs = json.loads(out.stdout)["runs"]
+    assert [(r["server"], r["clients"], r["requests"], r["ok"]) for r in runs] == [("tinygraph", 1, 1, 1),
+                                                                                  ("tinygraph", 2, 2, 2)]
+    assert "tinygraph ready in" in out.stderr
+
+
+def test_loadgen_llama_server_command_and_failures(tmp_path):
+    """--llama-server: one slot per client of --llama-context tokens; a binary that exits at once is
+    reported with its output; no --gguf is an error before anything starts."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import loadgen_servers
+    cmd = loadgen_servers.llama_server_command("llama-server", "m.gguf", 8123, 64, 512)
+    assert cmd[:3] == ["llama-server", "-m", "m.gguf"]
+    assert cmd[cmd.index("-np") + 1] == "64" and cmd[cmd.index("-c") + 1] == str(64 * 512)
+    assert cmd[cmd.index("--port") + 1] == "8123" and cmd[cmd.index("-ngl") + 1] == "99"
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/sh\necho 'error: no model here'\nexit 3\n")
+    fake.chmod(0o755)
+    tool = [sys.executable, str(ROOT / "tools" / "loadgen.py"), "--clients", "1"]
+    out = subprocess.run(tool + ["--llama-server", str(fake), "--gguf", str(tmp_path / "m.gguf")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "exited with code 3" in out.stderr and "no model here" in out.stderr
+    out = subprocess.run(tool + ["--llama-server", str(fake)], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "needs --gguf" in out.stderr
+
+
 def test_command_line_server(model_dir):
     """``python -m tinygraph.serve``: the startup line, the API key, a graceful stop on SIGINT."""
     p = subprocess.Popen([sys.executable, "-m", "tinygraph.serve", "--model", str(model_dir), "--port", "0",

@@ -8,18 +8,31 @@ with httpx so that every chunk is timed as it arrives.
     python -m tinygraph.serve --model path/to/model &
     python tools/loadgen.py --url http://127.0.0.1:8000/v1 --clients 16 --requests 64 --max-tokens 128
 
-``--json`` prints the summary (and each request's record with ``--per-request``) as one JSON object.
+Or let it start the servers itself (``tools/loadgen_servers.py``), each on a free local port, and put
+the same load on tinygraph and on llama.cpp's llama-server (same GGUF file) in one invocation:
+
+    python tools/loadgen.py --serve model.gguf --llama-server /path/to/llama-server --gguf model.gguf \
+        --clients 1,64 --rounds 2 --max-tokens 128 --completions --ignore-eos
+
+``--clients 1,64`` runs the load once per value. ``--json`` prints the summary (and each request's
+record with ``--per-request``) as one JSON object; with several runs, ``{"runs": [summary, ...]}``.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import shlex
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loadgen_servers as servers  # noqa: E402
 
 
 @dataclass
@@ -107,11 +120,12 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> Record
     return rec
 
 
-async def run_load(args: argparse.Namespace) -> dict:
-    """Run the load and return the summary (and the records under "requests")."""
+async def run_load(args: argparse.Namespace, url: str, clients: int, requests: int) -> dict:
+    """Put ``requests`` requests on the server at ``url`` (its /v1 base), at most ``clients`` in
+    flight, and return the summary (and the records under "requests_detail")."""
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    base = args.url.rstrip("/")
-    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+    base = url.rstrip("/")
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(headers=headers, timeout=args.timeout, limits=limits) as client:
         model = args.model
         if model is None:
@@ -119,13 +133,13 @@ async def run_load(args: argparse.Namespace) -> dict:
             r.raise_for_status()
             model = r.json()["data"][0]["id"]
         url = f"{base}/completions" if args.completions else f"{base}/chat/completions"
-        sem = asyncio.Semaphore(args.clients)   # at most --clients requests in flight
+        sem = asyncio.Semaphore(clients)   # at most `clients` requests in flight
 
         async def bounded(i: int) -> Record:
             async with sem:
                 return await one_request(client, url, _payload(args, model, i))
         t0 = time.perf_counter()
-        records = await asyncio.gather(*(bounded(i) for i in range(args.requests)))
+        records = await asyncio.gather(*(bounded(i) for i in range(requests)))
         wall = time.perf_counter() - t0
     ok = [r for r in records if r.ok]
     tokens = sum(r.completion_tokens for r in ok)
@@ -133,7 +147,7 @@ async def run_load(args: argparse.Namespace) -> dict:
     gaps = [g for r in ok for g in r.gaps_s]
     ms = lambda v: None if v is None else round(v * 1000, 2)   # noqa: E731
     errors = [r.error for r in records if not r.ok]
-    return {"model": model, "clients": args.clients, "requests": len(records), "ok": len(ok),
+    return {"model": model, "clients": clients, "requests": len(records), "ok": len(ok),
             "errors": len(errors), "first_error": errors[0] if errors else None,
             "wall_s": round(wall, 3), "completion_tokens": tokens,
             "tokens_per_s": round(tokens / wall, 2) if wall > 0 else None,
@@ -149,8 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="http://127.0.0.1:8000/v1", help="the server's /v1 base URL")
     p.add_argument("--api-key", default=None, help="sent as 'Authorization: Bearer KEY'")
     p.add_argument("--model", default=None, help="model name (default: the first of /v1/models)")
-    p.add_argument("--clients", type=int, default=8, help="concurrent streaming clients")
-    p.add_argument("--requests", type=int, default=None, help="requests in all (default: one per client)")
+    p.add_argument("--clients", default="8",
+                   help="concurrent streaming clients; a comma list (1,64) runs the load once per value")
+    p.add_argument("--requests", type=int, default=None,
+                   help="requests in all, per run (default: clients x --rounds)")
+    p.add_argument("--rounds", type=int, default=1, help="without --requests: requests = clients x rounds")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="unmeasured requests (one at a time) before a server's first run (default: 2 for a "
+                        "server loadgen starts, else 0)")
     p.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each request")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--seed", type=int, default=None, help="request i gets seed SEED + i")
@@ -162,32 +182,86 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--per-request", action="store_true", help="with --json: include every request's record")
+    g = p.add_argument_group("servers loadgen starts itself (instead of --url), on free local ports")
+    g.add_argument("--serve", metavar="MODEL", default=None,
+                   help="start 'python -m tinygraph.serve --model MODEL' ('default': the default model)")
+    g.add_argument("--serve-args", default="", help="more tinygraph.serve arguments, e.g. '--kv-memory 4G'")
+    g.add_argument("--llama-server", metavar="BIN", default=None,
+                   help="start llama.cpp's llama-server binary on --gguf (-ngl 99 -fa on, one slot per client)")
+    g.add_argument("--gguf", default=None, help="the GGUF file llama-server loads")
+    g.add_argument("--llama-context", type=int, default=1024, help="llama-server's context per slot (tokens)")
+    g.add_argument("--llama-args", default="", help="more llama-server arguments")
+    g.add_argument("--start-timeout", type=float, default=900.0, help="seconds a started server may take to load")
     return p
+
+
+def parse_clients(text: str) -> list[int]:
+    """``"1,64"`` -> [1, 64]; SystemExit naming the problem for anything but integers >= 1."""
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        sys.exit(f"loadgen: --clients takes integers >= 1 (e.g. 8 or 1,64), got {text!r}")
+    return values
+
+
+def _targets(args: argparse.Namespace, stack: ExitStack, most_clients: int) -> list[tuple[str, str]]:
+    """(name, /v1 URL) of every server to load: the ones started here, else --url."""
+    out = []
+    if args.serve:
+        port = servers.free_port()
+        cmd = servers.tinygraph_command("" if args.serve == "default" else args.serve, port,
+                                        shlex.split(args.serve_args))
+        out.append(("tinygraph", stack.enter_context(servers.started(cmd, "tinygraph", args.start_timeout, port))))
+    if args.llama_server:
+        if not args.gguf:
+            sys.exit("loadgen: --llama-server needs --gguf FILE (the model it loads)")
+        port = servers.free_port()
+        cmd = servers.llama_server_command(args.llama_server, args.gguf, port, most_clients, args.llama_context,
+                                           shlex.split(args.llama_args))
+        out.append(("llama.cpp", stack.enter_context(servers.started(cmd, "llama-server", args.start_timeout,
+                                                                     port))))
+    return out or [(args.url, args.url)]
+
+
+def _print_text(s: dict) -> None:
+    print(f"{s['server']}: {s['requests']} requests ({s['clients']} concurrent) to {s['model']}: {s['ok']} ok, "
+          f"{s['errors']} failed" + (f" (first: {s['first_error']})" if s["errors"] else ""))
+    print(f"  {s['completion_tokens']} completion tokens in {s['wall_s']} s: {s['tokens_per_s']} tok/s")
+    print(f"  time to first token: p50 {s['ttft_ms_p50']} ms, p99 {s['ttft_ms_p99']} ms")
+    print(f"  inter-token latency: p50 {s['itl_ms_p50']} ms, p99 {s['itl_ms_p99']} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.clients < 1:
-        sys.exit("loadgen: --clients must be >= 1")
-    args.requests = args.clients if args.requests is None else args.requests
-    if args.requests < 1:
-        sys.exit("loadgen: --requests must be >= 1")
+    sizes = parse_clients(args.clients)
+    if (args.requests is not None and args.requests < 1) or args.rounds < 1:
+        sys.exit("loadgen: --requests and --rounds must be >= 1")
+    started = bool(args.serve or args.llama_server)
+    warmup = (2 if started else 0) if args.warmup is None else args.warmup
+    runs: list[dict] = []
     try:
-        s = asyncio.run(run_load(args))
+        with ExitStack() as stack:
+            for name, url in _targets(args, stack, max(sizes)):
+                if warmup:
+                    asyncio.run(run_load(args, url, 1, warmup))
+                for c in sizes:
+                    s = asyncio.run(run_load(args, url, c, args.requests or c * args.rounds))
+                    s["server"] = name
+                    detail = s.pop("requests_detail")
+                    if args.per_request:
+                        s["requests_detail"] = detail
+                    runs.append(s)
+                    if not args.json:
+                        _print_text(s)
     except httpx.HTTPError as e:
-        sys.exit(f"loadgen: cannot reach {args.url}: {e}")
-    detail = s.pop("requests_detail")
+        sys.exit(f"loadgen: a request failed outright ({type(e).__name__}: {e}); is the server at {args.url} up?")
+    except RuntimeError as e:                      # a server loadgen started did not come up
+        sys.exit(f"loadgen: {e}")
     if args.json:
-        if args.per_request:
-            s["requests_detail"] = detail
-        print(json.dumps(s))
-    else:
-        print(f"{s['requests']} requests ({s['clients']} concurrent) to {s['model']}: {s['ok']} ok, "
-              f"{s['errors']} failed" + (f" (first: {s['first_error']})" if s["errors"] else ""))
-        print(f"  {s['completion_tokens']} completion tokens in {s['wall_s']} s: {s['tokens_per_s']} tok/s")
-        print(f"  time to first token: p50 {s['ttft_ms_p50']} ms, p99 {s['ttft_ms_p99']} ms")
-        print(f"  inter-token latency: p50 {s['itl_ms_p50']} ms, p99 {s['itl_ms_p99']} ms")
-    return 0 if s["errors"] == 0 else 1
+        print(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}))
+    return 0 if all(s["errors"] == 0 for s in runs) else 1
 
 
 if __name__ == "__main__":
