@@ -19,6 +19,7 @@ Run it on a background thread (``start()``; the server does) or drive it from th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sys
 import threading
@@ -40,6 +41,39 @@ if TYPE_CHECKING:
 
 #: default KV memory when none is given: room for this many full contexts
 DEFAULT_CONTEXTS = 4
+
+
+class _Notices(threading.local):
+    """Asyncio waiters to wake at the end of a scheduler step, per event loop (None: wake at once)."""
+    pending: "dict[asyncio.AbstractEventLoop, list[asyncio.Event]] | None" = None
+
+
+_notices = _Notices()
+
+
+def _set_all(events: list) -> None:
+    for ev in events:
+        ev.set()
+
+
+@contextlib.contextmanager
+def _batched_notices() -> Iterator[None]:
+    """Within it (a scheduler step), the asyncio consumers of every request that got tokens are
+    woken once per event loop when it ends: one ``call_soon_threadsafe`` (one write to the loop's
+    self-pipe, one wakeup) per step instead of one per request."""
+    if _notices.pending is not None:
+        yield
+        return
+    _notices.pending = {}
+    try:
+        yield
+    finally:
+        pending, _notices.pending = _notices.pending, None
+        for loop, events in pending.items():
+            try:
+                loop.call_soon_threadsafe(_set_all, events)
+            except RuntimeError:  # that event loop is closed: its consumers are gone
+                pass
 
 
 class QueueFullError(RuntimeError):
@@ -130,7 +164,11 @@ class Request:
         with self._cond:
             self._cond.notify_all()
             waiters = list(self._waiters)
+        pending = _notices.pending
         for loop, ev in waiters:
+            if pending is not None:  # inside a scheduler step: woken when it ends
+                pending.setdefault(loop, []).append(ev)
+                continue
             try:
                 loop.call_soon_threadsafe(ev.set)
             except RuntimeError:  # that event loop is closed: its consumer is gone
@@ -169,6 +207,15 @@ class Request:
 
     async def astream(self) -> AsyncIterator[int]:
         """The new tokens as they come, for asyncio code (one event-loop wakeup per token batch)."""
+        async with contextlib.aclosing(self.astream_batches()) as batches:
+            async for batch in batches:
+                for t in batch:
+                    yield t
+
+    async def astream_batches(self) -> AsyncIterator[list[int]]:
+        """The new tokens as they come, for asyncio code: each item is every token that arrived
+        since the consumer last looked (one token per scheduler step while it keeps up; more when
+        it falls behind, so that a busy server writes fewer, larger pieces)."""
         loop = asyncio.get_running_loop()
         ev = asyncio.Event()
         with self._cond:
@@ -178,8 +225,8 @@ class Request:
             while True:
                 ev.clear()
                 new, finished = self.tokens[i:], self.done
-                for t in new:
-                    yield t
+                if new:
+                    yield new
                 i += len(new)
                 if finished and i >= len(self.tokens):
                     break
@@ -307,7 +354,11 @@ class Engine:
 
     # -- one scheduler iteration ----------------------------------------------------------------
     def step(self) -> None:
-        """Retire, admit, one prefill step, one decode step."""
+        """Retire, admit, one prefill step, one decode step (asyncio consumers woken at its end)."""
+        with _batched_notices():
+            self._step()
+
+    def _step(self) -> None:
         with self._cond:
             self._retire()
             self._admit()

@@ -244,3 +244,36 @@ def test_dynamic_ntk_past_max_positions_and_longrope_switch_like_generate():
         prompts = _prompts(m.config.vocab_size, lens=(5, 11, 12, 13, 30))
         kw = dict(max_new_tokens=10, temperature=0, ignore_eos=True)
         assert m.generate_batch(prompts, **kw) == _alone(m, prompts, **kw)
+
+
+def test_async_consumers_get_token_batches_and_one_wakeup_per_step(llama):
+    """astream_batches: a consumer that looks only after several steps gets every token made
+    meanwhile as one batch (so a busy server writes fewer chunks); a scheduler step wakes each
+    event loop once (one call_soon_threadsafe), however many of its requests got tokens."""
+    import asyncio
+
+    e = Engine(llama, max_batch=4)
+    sp = SamplingParams(max_new_tokens=6, temperature=0.0, seed=0, eos=frozenset())
+    reqs = [e.submit(p, sp) for p in _prompts(llama.config.vocab_size, (3, 9, 5))]
+
+    async def main() -> list[list[list[int]]]:
+        loop = asyncio.get_running_loop()
+        wakeups = []
+        real = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *a, **k: (wakeups.append(a[0]), real(*a, **k))[1]
+        streams = [r.astream_batches() for r in reqs]
+        firsts = [asyncio.ensure_future(s.__anext__()) for s in streams]
+        await asyncio.sleep(0)                          # every consumer waits on its request
+        e.step()                                        # prefill: the first token of each
+        first = await asyncio.gather(*firsts)
+        assert len(wakeups) == 1, wakeups               # one wakeup for the three requests
+        while not all(r.done for r in reqs):            # the rest, while nobody looks
+            e.step()
+        rest = [[b async for b in s] for s in streams]
+        return [[f] + r for f, r in zip(first, rest)]
+
+    got = asyncio.run(main())
+    for r, batches in zip(reqs, got):
+        assert [t for b in batches for t in b] == r.tokens and len(r.tokens) == 6
+        assert batches[0] == r.tokens[:1] and batches[1] == r.tokens[1:]   # 5 tokens in one batch
+    e.close()

@@ -77,14 +77,22 @@ class _Generation:
         dec = IncrementalDecoder(self.app.tokenizer, self.prompt)
         stop = StopMatcher(self.stops)
         try:
-            async with contextlib.aclosing(self.req.astream()) as tokens:
-                async for t in tokens:
-                    self.completion_tokens += 1
-                    if t in self.eos:   # the engine ends the request with it; it has no text
-                        continue
-                    out, hit = stop.push(dec.push(t))
-                    if out:
-                        yield out
+            # every token that arrived since the last look becomes one piece: a busy server
+            # writes fewer, larger chunks instead of falling further behind
+            async with contextlib.aclosing(self.req.astream_batches()) as batches:
+                async for batch in batches:
+                    text, hit = [], False
+                    for t in batch:
+                        self.completion_tokens += 1
+                        if t in self.eos:   # the engine ends the request with it; it has no text
+                            continue
+                        out, hit = stop.push(dec.push(t))
+                        if out:
+                            text.append(out)
+                        if hit:
+                            break
+                    if text:
+                        yield "".join(text)
                     if hit:
                         self.finish_reason = "stop"
                         return
