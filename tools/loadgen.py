@@ -25,9 +25,10 @@ import json
 import shlex
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -206,23 +207,23 @@ def parse_clients(text: str) -> list[int]:
     return values
 
 
-def _targets(args: argparse.Namespace, stack: ExitStack, most_clients: int) -> list[tuple[str, str]]:
-    """(name, /v1 URL) of every server to load: the ones started here, else --url."""
-    out = []
+def _targets(args: argparse.Namespace, most_clients: int) -> list[tuple[str, Any]]:
+    """(name, a context manager giving the /v1 URL) of every server to load, in order: the ones
+    loadgen starts (one at a time, each stopped before the next starts), else --url."""
+    out: list[tuple[str, Any]] = []
     if args.serve:
         port = servers.free_port()
         cmd = servers.tinygraph_command("" if args.serve == "default" else args.serve, port,
                                         shlex.split(args.serve_args))
-        out.append(("tinygraph", stack.enter_context(servers.started(cmd, "tinygraph", args.start_timeout, port))))
+        out.append(("tinygraph", servers.started(cmd, "tinygraph", args.start_timeout, port)))
     if args.llama_server:
         if not args.gguf:
             sys.exit("loadgen: --llama-server needs --gguf FILE (the model it loads)")
         port = servers.free_port()
         cmd = servers.llama_server_command(args.llama_server, args.gguf, port, most_clients, args.llama_context,
                                            shlex.split(args.llama_args))
-        out.append(("llama.cpp", stack.enter_context(servers.started(cmd, "llama-server", args.start_timeout,
-                                                                     port))))
-    return out or [(args.url, args.url)]
+        out.append(("llama.cpp", servers.started(cmd, "llama-server", args.start_timeout, port)))
+    return out or [(args.url, nullcontext(args.url))]
 
 
 def _print_text(s: dict) -> None:
@@ -242,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     warmup = (2 if started else 0) if args.warmup is None else args.warmup
     runs: list[dict] = []
     try:
-        with ExitStack() as stack:
-            for name, url in _targets(args, stack, max(sizes)):
+        for name, server in _targets(args, max(sizes)):
+            with server as url:
                 if warmup:
                     asyncio.run(run_load(args, url, 1, warmup))
                 for c in sizes:
@@ -261,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"loadgen: {e}")
     if args.json:
         print(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}))
+    elif len(runs) > 1:
+        print("\n| server | clients | tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | ok |\n|---|---|---|---|---|---|")
+        for s in runs:
+            print(f"| {s['server']} | {s['clients']} | {s['tokens_per_s']} | {s['ttft_ms_p50']} / {s['ttft_ms_p99']} | "
+                  f"{s['itl_ms_p50']} / {s['itl_ms_p99']} | {s['ok']}/{s['requests']} |")
     return 0 if all(s["errors"] == 0 for s in runs) else 1
 
 
