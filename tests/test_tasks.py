@@ -41,6 +41,8 @@ def test_random_interleavings_give_the_ordinary_outputs(fam: str) -> None:
         assert all(i < j for j, w in enumerate(tp.waits) for i in w)
         for q in tp.queues:  # each queue in plan order: what it waits on is never behind it
             assert [t.step for t in q] == sorted(t.step for t in q)
+        queues = tp.dump_queues().splitlines()[1:]   # every task once, on its SM's line
+        assert len(queues) == 8 and sum(len(q.split(": ", 1)[1].split(" ")) // 2 for q in queues) == tp.num_tasks
         got = [_simulate(m, g, feeds, tp, seed) for seed in range(3)]
         (want,) = m.session.compute(g, feeds)
         for (out,) in got:

@@ -349,6 +349,10 @@ def test_cli_script(tmp_path):
     assert r.returncode == 0, r.stderr
     data = _embedded((tmp_path / "o" / "my_graph.html").read_text())["graphs"]["after"]
     assert data["summary"]["nodes"] == 10 and data["summary"]["hazard_edges"] == 1
+    r = _cli("--script", str(script), "--out", str(tmp_path / "t"), "--formats", "txt", "--tasks", "3")
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "t" / "my_graph.tasks.txt").read_text()   # the persistent kernel's queues
+    assert "tasks on 3 SMs" in text and text.count("\nSM ") == 3
     bad = tmp_path / "bad.py"
     bad.write_text("x = 1\n")
     r = _cli("--script", str(bad), "--out", str(tmp_path / "o"))

@@ -64,6 +64,15 @@ class TaskPlan:
             lines.append(f"{i:4d} {n.op:16s} {n.name:28s} tasks {self.parts[i]:3d}  waits {self.waits[i]}")
         return "\n".join(lines)
 
+    def dump_queues(self) -> str:
+        """One line per SM: its tasks in the order it runs them, each as ``step.part/parts op``
+        (``step``: the node's line in :meth:`dump`)."""
+        lines = [f"{len(self.queues)} SMs, {self.num_tasks} tasks"]
+        for s, q in enumerate(self.queues):
+            items = " ".join(f"{t.step}.{t.part}/{t.parts} {self.order[t.step].op}" for t in q)
+            lines.append(f"SM {s:3d} ({len(q):3d} tasks): {items}")
+        return "\n".join(lines)
+
 
 def split_parts(n: Tensor, tile_cols: int = TILE_COLS) -> int:
     """How many tasks node ``n`` becomes: a decode ``linear`` one per ``tile_cols`` output

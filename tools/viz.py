@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["numpy", "cuda", "auto"], default="numpy",
                    help="session backend (default numpy: building and planning a graph needs no GPU)")
     p.add_argument("--open", action="store_true", help="open the HTML page in the default web browser")
+    p.add_argument("--tasks", type=int, default=None, metavar="SMS",
+                   help="also write STEM.tasks.txt: the graph split into tasks for a persistent kernel on SMS "
+                        "multiprocessors (tinygraph/tasks.py): each node's tasks and waits, then each SM's queue")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -163,6 +166,17 @@ def _apply_passes(rebuild):
     return after
 
 
+def _write_tasks(sess, g, sms: int, path: Path) -> Path:
+    """The persistent-kernel task plan of ``g`` on ``sms`` multiprocessors, as text, to ``path``."""
+    from tinygraph.tasks import task_plan
+    if sms < 1:
+        raise ValueError(f"--tasks must be >= 1 (multiprocessors), got {sms}")
+    tp = task_plan(sess._plan_for(g), num_sms=sms)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tp.dump() + "\n\n" + tp.dump_queues() + "\n")
+    return path
+
+
 def run(args) -> int:
     from tinygraph.viz import graph_summary, summary_line, write_graph_files
 
@@ -174,6 +188,8 @@ def run(args) -> int:
                               before=before, extra=extra)
     for fmt, p in files.items():
         print(f"{fmt:>4}: {p}" if p is not None else f"{fmt:>4}: skipped ({files.notes.get(fmt, '')})")
+    if args.tasks is not None:
+        print(f"tasks: {_write_tasks(sess, g, args.tasks, Path(args.out) / f'{args.stem or stem}.tasks.txt')}")
     if before is not None:
         print(f"viz: before the passes: {summary_line(graph_summary(before))}")
     print(f"viz: {summary_line(graph_summary(g, extra))}")
