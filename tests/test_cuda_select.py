@@ -68,6 +68,10 @@ def test_gemv_limit():
     assert select.gemv_limit("f16", True, H200) == select.gemv_limit("f32", False, H200) == DECODE_ROWS
     assert select.gemv_limit("f16", False, select.DeviceCaps(arch=75)) == DECODE_ROWS
     assert select.gemv_limit("f16", False, H200, 16) == 16 and select.gemv_limit("f16", True, H200, 16) == DECODE_ROWS
+    assert select.gemv_limit("f16", False, H200, small_tiles=False) == DECODE_ROWS   # no small-row tiles
+    # rows spread over batch dimensions ([8, 1, K]) or TINYGRAPH_SMALL_M=0: no small-row tiles there
+    assert select.linear_choice((8, 1, 4096), 4096, 4096, "f16", None, True, H200).path == "gemv"
+    assert select.linear_choice((8, 4096), 4096, 4096, "f16", None, True, H200, small_m=False).path == "gemv"
     for rows, path in ((GEMV_MAX_ROWS, "gemv"), (GEMV_MAX_ROWS + 1, "matmul")):
         assert select.linear_choice((rows, 4096), 4096, 4096, "f16", None, True, H200).path == path
         assert select.linear_choice((rows, 4096), 4096, 4096, "f32", None, True, H200).path == "gemv"

@@ -100,16 +100,18 @@ def split_k(M: int, N: int, K: int, batch: int, dtype: str, caps: DeviceCaps) ->
     return small_m_splits(M, N, K, 128, caps)  # one block per SM: over sm_count / 2 tiles, no split
 
 
-def gemv_limit(dtype: str, quantized: bool, caps: DeviceCaps, override: int | None = None) -> int:
+def gemv_limit(dtype: str, quantized: bool, caps: DeviceCaps, override: int | None = None,
+               small_tiles: bool = True) -> int:
     """Most rows a product with a weight runs on the decode GEMV: with 16-bit weights where the
-    tensor cores take over (f16 / bf16, sm_80+), ``GEMV_MAX_ROWS`` (it reads each weight once for
-    that many rows); else ``DECODE_ROWS`` (quantized: the alternative dequantizes the whole
+    small-row tensor-core tiles take over (f16 / bf16, sm_80+, ``small_tiles``: the rows are one
+    matrix, and ``TINYGRAPH_SMALL_M`` is not 0), ``GEMV_MAX_ROWS`` (it reads each weight once
+    for that many rows); else ``DECODE_ROWS`` (quantized: the alternative dequantizes the whole
     weight). ``override`` (``TINYGRAPH_GEMV_ROWS``, A/B timing) replaces it, at most
     ``DECODE_ROWS`` for quantized weights."""
     if override is not None:
         return min(override, DECODE_ROWS) if quantized else override
-    tensor_cores = dtype in ("f16", "bf16") and caps.arch >= 80
-    return GEMV_MAX_ROWS if tensor_cores and not quantized else DECODE_ROWS
+    tiles = small_tiles and dtype in ("f16", "bf16") and caps.arch >= 80
+    return GEMV_MAX_ROWS if tiles and not quantized else DECODE_ROWS
 
 
 def linear_path(rows: int, quantized: bool, q_shared_bytes: int, fused_gemv: bool, caps: DeviceCaps,
@@ -246,7 +248,7 @@ def linear_choice(x_shape: Sequence[int], N: int, K: int, dtype: str, wtype: str
     rows = math.prod(x_shape) // K
     M = x_shape[-2] if len(x_shape) >= 2 else 1
     batch = math.prod(x_shape[:-2])
-    limit = gemv_limit(dtype, wtype is not None, caps, gemv_rows)
+    limit = gemv_limit(dtype, wtype is not None, caps, gemv_rows, small_m and batch == 1)
     if wtype is None:
         path, fam = linear_path(rows, False, 0, fused_gemv, caps, limit), None
     else:
