@@ -165,6 +165,18 @@ def test_stop_matcher_holds_back_prefixes():
     assert StopMatcher([]).push("abc") == ("abc", False)
 
 
+def test_streamed_text_chunks_render_as_the_chunk_json():
+    """The per-token SSE line (the chunk's JSON rendered once around a placeholder) equals the
+    chunk dict encoded, for texts JSON must escape (quotes, backslashes, controls, non-ASCII)."""
+    from tinygraph.serve import app as A, protocol as P
+    texts = ["", " Paris", 'say "hi"\\n', "\t\x01\u2028", "caf\u00e9 \u4e2d\U0001f600", "\x00tinygraph\x00"]
+    for chunk in (lambda t, f: P.completion_chunk("cmpl-1", "m", 7, t, f, True),
+                  lambda t, f: P.chat_chunk("chatcmpl-1", "m", 7, {"content": t} if f is None else {}, f, False)):
+        line = A._text_sse(chunk)
+        for t in texts:
+            assert line(t) == A._sse(chunk(t, None))
+
+
 def test_parse_bytes():
     assert parse_bytes("2G") == 2 * 2**30 and parse_bytes("512M") == 512 * 2**20
     assert parse_bytes("1.5GiB") == 3 * 2**29 and parse_bytes("4096") == 4096 and parse_bytes("64kb") == 65536
