@@ -1,7 +1,7 @@
 """The ASGI app: OpenAI-compatible endpoints on a continuous-batching :class:`Engine`.
 
 Every request is submitted to the engine (which decodes all running requests together on its
-own thread) and its tokens are read back with ``Request.astream()`` on the event loop, so one
+own thread) and its tokens are read back with ``Request.astream_batches()`` on the event loop, so one
 process serves many clients at once. Text is decoded incrementally (:mod:`.text`), stop strings
 are cut on the server, and a request is cancelled (its KV blocks freed) as soon as its answer is
 complete, its client goes away, or the server shuts down.
