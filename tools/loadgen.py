@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import random
 import shlex
 import sys
 import time
@@ -61,6 +63,10 @@ def percentile(values: list[float], q: float) -> float | None:
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
+#: numbers the requests of one loadgen process (each gets its own random prompt ids)
+_prompt_counter = itertools.count()
+
+
 def _payload(args: argparse.Namespace, model: str, i: int) -> dict:
     body: dict = {"model": model, "max_tokens": args.max_tokens, "temperature": args.temperature,
                   "stream": True, "stream_options": {"include_usage": True}}
@@ -68,7 +74,13 @@ def _payload(args: argparse.Namespace, model: str, i: int) -> dict:
         body["seed"] = args.seed + i   # a different, reproducible stream per request
     if args.ignore_eos:
         body["ignore_eos"] = True
-    if args.completions:
+    if args.prompt_ids:
+        # fresh ids for every request sent (warm-up included): no request finds another's prompt
+        # in a server's prefix cache, and both engines see the same tokens whatever their vocabulary
+        r = random.Random(next(_prompt_counter))
+        lo, hi = args.id_range
+        body["prompt"] = [r.randrange(lo, hi) for _ in range(args.prompt_ids)]
+    elif args.completions:
         body["prompt"] = args.prompt
     else:
         body["messages"] = [{"role": "user", "content": args.prompt}]
@@ -166,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name (default: the first of /v1/models)")
     p.add_argument("--clients", default="8",
                    help="concurrent streaming clients; a comma list (1,64) runs the load once per value")
-    p.add_argument("--requests", type=int, default=None,
-                   help="requests in all, per run (default: clients x --rounds)")
+    p.add_argument("--requests", default=None,
+                   help="requests in all, per run (default: clients x --rounds); a comma list gives one count per "
+                        "--clients value")
     p.add_argument("--rounds", type=int, default=1, help="without --requests: requests = clients x rounds")
     p.add_argument("--warmup", type=int, default=None,
                    help="unmeasured requests (one at a time) before a server's first run (default: 2 for a "
@@ -180,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="Write a short story about a robot learning to paint.",
                    help="the user message (or prompt, with --completions)")
     p.add_argument("--completions", action="store_true", help="use /v1/completions instead of chat")
+    p.add_argument("--prompt-ids", type=int, default=0, metavar="N",
+                   help="/v1/completions with a prompt of N random token ids, new for every request (no prefix-cache "
+                        "hits; the same tokens on servers with different vocabularies)")
+    p.add_argument("--id-range", default="300,20000", metavar="LO,HI", help="the ids --prompt-ids draws from")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--per-request", action="store_true", help="with --json: include every request's record")
@@ -196,14 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_clients(text: str) -> list[int]:
-    """``"1,64"`` -> [1, 64]; SystemExit naming the problem for anything but integers >= 1."""
+def parse_counts(text: str, flag: str = "--clients") -> list[int]:
+    """``"1,64"`` -> [1, 64]; SystemExit naming ``flag`` for anything but integers >= 1."""
     try:
         values = [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         values = []
     if not values or min(values) < 1:
-        sys.exit(f"loadgen: --clients takes integers >= 1 (e.g. 8 or 1,64), got {text!r}")
+        sys.exit(f"loadgen: {flag} takes integers >= 1 (e.g. 8 or 1,64), got {text!r}")
     return values
 
 
@@ -236,9 +253,22 @@ def _print_text(s: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    sizes = parse_clients(args.clients)
-    if (args.requests is not None and args.requests < 1) or args.rounds < 1:
-        sys.exit("loadgen: --requests and --rounds must be >= 1")
+    sizes = parse_counts(args.clients)
+    counts = parse_counts(args.requests, "--requests") if args.requests is not None else [c * args.rounds for c in sizes]
+    if len(counts) == 1:
+        counts *= len(sizes)
+    if len(counts) != len(sizes):
+        sys.exit(f"loadgen: --requests gives {len(counts)} counts for {len(sizes)} --clients values")
+    try:
+        args.id_range = tuple(int(v) for v in args.id_range.split(","))
+        assert len(args.id_range) == 2 and 0 <= args.id_range[0] < args.id_range[1]
+    except (ValueError, AssertionError):
+        sys.exit(f"loadgen: --id-range takes LO,HI with 0 <= LO < HI, got {args.id_range!r}")
+    if args.prompt_ids < 0:
+        sys.exit("loadgen: --prompt-ids must be >= 0")
+    args.completions = args.completions or args.prompt_ids > 0
+    if args.rounds < 1:
+        sys.exit("loadgen: --rounds must be >= 1")
     started = bool(args.serve or args.llama_server)
     warmup = (2 if started else 0) if args.warmup is None else args.warmup
     runs: list[dict] = []
@@ -247,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             with server as url:
                 if warmup:
                     asyncio.run(run_load(args, url, 1, warmup))
-                for c in sizes:
-                    s = asyncio.run(run_load(args, url, c, args.requests or c * args.rounds))
+                for c, n in zip(sizes, counts):
+                    s = asyncio.run(run_load(args, url, c, n))
                     s["server"] = name
                     detail = s.pop("requests_detail")
                     if args.per_request:
