@@ -419,6 +419,6 @@ struct QQ6_K {
 };
 
 // X(type struct, kernel suffix) for every supported type
-#define TG_QUANT_TYPES(X) \
-    X(QQ8_0, q8_0) X(QQ4_0, q4_0) X(QQ4_1, q4_1) X(QQ5_0, q5_0) X(QQ5_1, q5_1) \
-    X(QQ2_K, q2_k) X(QQ3_K, q3_k) X(QQ4_K, q4_k) X(QQ5_K, q5_k) X(QQ6_K, q6_k)
+#define TG_QUANT_TYPES_32(X) X(QQ8_0, q8_0) X(QQ4_0, q4_0) X(QQ4_1, q4_1) X(QQ5_0, q5_0) X(QQ5_1, q5_1)
+#define TG_QUANT_TYPES_256(X) X(QQ2_K, q2_k) X(QQ3_K, q3_k) X(QQ4_K, q4_k) X(QQ5_K, q5_k) X(QQ6_K, q6_k)
+#define TG_QUANT_TYPES(X) TG_QUANT_TYPES_32(X) TG_QUANT_TYPES_256(X)

@@ -426,7 +426,7 @@ def compile_source(
                 entry.unlink()
             except OSError:
                 pass
-    if cache:  # a cache miss can take seconds (attention.cu: ~20 s): say what the wait is, and how many
+    if cache:  # a cache miss can take seconds (linear_q_k.cu: ~20 s): say what the wait is, and how many
         count = _miss_count(src_dir, search, key_opts, sm, cdir) if src_dir is not None else ""
         with _CompileNotice(f"tinygraph: compiling {Path(prog_name).name} for {sm}{count} "
                             "(once; kept in the kernel cache)"):

@@ -34,7 +34,7 @@ class TD(ctypes.Structure):
 
 
 class StoreArgs(ctypes.Structure):
-    """``struct StoreArgs<T>`` of cuda_src/attention.cu (attn_store's new keys/values, caches,
+    """``struct StoreArgs<T>`` of cuda_src/attention_common.cuh (attn_store's new keys/values, caches,
     RoPE and q/k-norm arguments), passed by value."""
 
     _fields_ = [("k", ctypes.c_uint64), ("kd", TD), ("v", ctypes.c_uint64), ("vd", TD),
@@ -262,19 +262,22 @@ _reg(
                "(in split order): split-K's reduce and the epilogue in one kernel"),
 )
 
-# ggml block-quantized weights (linear_q.cu, linear_qmma.cu, linear_qr.cu; launch helpers in quant_launch.py)
+# ggml block-quantized weights (linear_q.cu and linear_q_k.cu, linear_qmma.cu, linear_qr.cu; launch helpers in
+# quant_launch.py). linear_q.cuh's kernels are instantiated in two files, the k-quants apart, so that a cold
+# kernel cache compiles them side by side (one file took ~35 s of NVRTC, the longest by far)
 QUANT_KERNEL_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 _LINEAR_PARAMS = (("y", "ptr"), ("yd", "td"), ("x", "ptr"), ("xd", "td"), ("w", "ptr"), ("ldw", "i64"),
                   ("bias", "ptr"), ("res", "ptr"), ("rd", "td"), ("norm_w", "ptr"), ("norm_b", "ptr"),
                   ("eps", "f32"), ("norm", "i32"), ("act", "i32"), ("N", "i32"), ("K", "i32"))
 for _q in QUANT_KERNEL_TYPES:
-    _reg(KernelSpec(f"linear_q_{_q}", "linear_q.cu", _LINEAR_PARAMS, _ONE, "linear_gemv",
+    _lq = "linear_q_k.cu" if _q.endswith("_k") else "linear_q.cu"
+    _reg(KernelSpec(f"linear_q_{_q}", _lq, _LINEAR_PARAMS, _ONE, "linear_gemv",
                     f"linear_gemv with a {_q} weight (w: raw blocks, row n at byte n*ldw)"),
-         KernelSpec(f"linear_q8a_{_q}", "linear_q.cu", _LINEAR_PARAMS, _ONE, "linear_gemv",
+         KernelSpec(f"linear_q8a_{_q}", _lq, _LINEAR_PARAMS, _ONE, "linear_gemv",
                     f"linear_q_{_q} with the normalised row rounded to int8 per 32 (integer dot products)"),
          KernelSpec(f"linear_qmma_{_q}", "linear_qmma.cu", _LINEAR_PARAMS, (("f16",),), "linear_gemv",
                     f"linear_q_{_q} on tensor cores: weights and the normalised row as float16, float32 sums"),
-         KernelSpec(f"dequant_{_q}", "linear_q.cu",
+         KernelSpec(f"dequant_{_q}", _lq,
                     (("out", "ptr"), ("od", "td"), ("w", "ptr"), ("ldw", "i64"), ("ids", "ptr")), _ONE,
                     "elementwise", f"out[.., r, :] = dequant({_q} row ids[r] (or r when ids is NULL))"))
 
@@ -297,7 +300,7 @@ _reg(KernelSpec("attn_split", "attention.cu", _SPLIT, _BY_D,
                 "attention", "flash-decoding attention: key splits of `chunk`, partials merged by the last"),
      KernelSpec("attn_pipe", "attention.cu", _SPLIT, _BY_D,
                 "attention", "attn_split for at most 4 query rows, keys streamed through a cp.async pipeline"),
-     KernelSpec("attn_store", "attention.cu", _STORE, _BY_D,
+     KernelSpec("attn_store", "attention_store.cu", _STORE, _BY_D,
                 "attention", "a decode step's q/k norm + RoPE + KV-cache write + attention (StoreArgs sa)"),
      KernelSpec("attn_gqa", "attention_gqa.cu", _SPLIT, _TC_D,
                 "attention", "decode attention on tensor cores, a KV head's whole query group per block"),

@@ -33,7 +33,7 @@ attn_split_ attention.cu   (float* part, int* counters, T* out, TD od, const T* 
 <T>_<D>,                    const T* kt, TD ktd, const T* v, TD vd, float scale, int causal,
 attn_pipe_                  int past, const int* past_dev, int window, int chunk)  fused attention
 <T>_<D>                     (flash-decoding splits; D = 64 | 128 | 256 register sizes)
-attn_store_ attention.cu   (float* part, int* counters, T* out, TD od, const T* q, TD qd,
+attn_store_ attention_store.cu (float* part, int* counters, T* out, TD od, const T* q, TD qd,
 <T>_<D>                     StoreArgs<T> sa, float scale, const int* pos, int window, int chunk)
 attn_gqa_   attention_gqa.cu (the arguments of attn_split)   decode on tensor cores: one block
 <T>_<D>                     per KV head and split serves its whole query group; f16/bf16, D = 64 | 128
