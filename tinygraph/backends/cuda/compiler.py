@@ -487,8 +487,9 @@ class _CompileNotice:
                 from tqdm import tqdm
             except ImportError:
                 pass
-        if tqdm is None:
-            print(self.text, file=sys.stderr, flush=True)
+        if tqdm is None:  # one write: files compiling side by side must not interleave their lines
+            sys.stderr.write(self.text + "\n")
+            sys.stderr.flush()
             return self
         self.bar = tqdm(total=None, desc=self.text, bar_format="{desc} {elapsed}", file=sys.stderr, leave=True)
         threading.Thread(target=self._tick, daemon=True).start()
