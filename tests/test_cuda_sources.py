@@ -22,6 +22,23 @@ def _text(path: Path) -> str:
     return _COMMENT.sub("", path.read_text()).replace("\\\n", "\n")
 
 
+def _unit(path: Path, seen: set[str] | None = None) -> str:
+    """The text of a translation unit: the file with the cuda_src headers it includes (once each)
+    inlined, so that kernels defined in a shared header (linear_q.cuh, attention.cuh) and
+    instantiated by a small .cu file are checked there."""
+    seen = set() if seen is None else seen
+    out = []
+    for line in _text(path).split("\n"):
+        m = re.match(r'\s*#include\s+"([^"]+)"', line)
+        if m and (SRC / m.group(1)).is_file() and m.group(1) not in ("common.cuh",):
+            if m.group(1) not in seen:
+                seen.add(m.group(1))
+                out.append(_unit(SRC / m.group(1), seen))
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
 def _bodies(text: str) -> dict[str, list[str]]:
     """Function name -> bodies of its definitions (brace-matched; overloads collected)."""
     out: dict[str, list[str]] = {}
@@ -65,7 +82,7 @@ COMMON = _bodies(_text(SRC / "common.cuh"))
 
 @pytest.mark.parametrize("src", sorted(SRC.glob("*.cu")), ids=lambda p: p.name)
 def test_every_kernel_waits_for_its_predecessor(src):
-    text = _text(src)
+    text = _unit(src)
     defs = {**COMMON, **_bodies(text)}
     kernels = _kernels(text)
     assert kernels, f"no __global__ kernels found in {src.name}"
