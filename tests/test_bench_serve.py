@@ -26,3 +26,6 @@ def test_bench_serve_dry_run(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_serve.py"), "--models", "nope"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "unknown model" in r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_serve.py"), "--clients", "1,64", "--requests", "1,2,3",
+                        "--work-dir", str(tmp_path / "w")], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "3 counts for 2" in r.stderr and not (tmp_path / "w").exists()

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_configs as bc  # noqa: E402
 from bench_gguf import write_gguf  # noqa: E402
 from bench_util import log  # noqa: E402
+from loadgen import parse_counts  # noqa: E402
 
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
 
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+def bench_model(name: str, args: argparse.Namespace, work: Path, most_clients: int) -> list[dict[str, Any]]:
     """Write ``name``'s GGUF, run loadgen on it, return loadgen's run summaries (plus the model)."""
     hf = bc.CONFIGS[name]["hf"]
     hf = bc.tiny(hf) if args.tiny else hf
@@ -66,7 +67,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
     shutil.rmtree(ckpt, ignore_errors=True)
     log(f"{name}: wrote {gguf.name} ({gguf.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t:.1f} s")
     serve = (f"--backend {args.backend} --max-context {args.max_context} --kv-memory {args.kv_memory} "
-             f"--max-batch {max(int(c) for c in args.clients.split(','))}")
+             f"--max-batch {most_clients}")
     vocab = bc.dims(hf)["vocab"]
     cmd = [sys.executable, str(LOADGEN), "--serve", str(gguf), "--serve-args", serve, "--clients", args.clients,
            "--requests", args.requests, "--max-tokens", str(args.max_tokens), "--ignore-eos",
@@ -102,11 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in names if m not in bc.CONFIGS]
     if unknown:
         sys.exit(f"bench_serve: unknown model(s) {unknown}; known: {', '.join(bc.CONFIGS)}")
+    # checked before any GGUF is written (loadgen would refuse them only after)
+    sizes, counts = parse_counts(args.clients), parse_counts(args.requests, "--requests")
+    if len(counts) not in (1, len(sizes)):
+        sys.exit(f"bench_serve: --requests gives {len(counts)} counts for {len(sizes)} --clients values")
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="tinygraph-serve-"))
     work.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
     for name in names:
-        runs += bench_model(name, args, work)
+        runs += bench_model(name, args, work, max(sizes))
     print(table(runs))
     if args.json:
         Path(args.json).write_text(json.dumps({"tool": "tools/bench_serve.py", "argv": sys.argv[1:],
