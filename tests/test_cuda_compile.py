@@ -304,3 +304,27 @@ def test_loading_a_model_prepares_the_backends_kernels(monkeypatch):
     monkeypatch.setattr(NumpyBackend, "prepare_kernels", lambda self: calls.append(self), raising=False)
     load_model(ROOT / "tests" / "fixtures" / "llama", backend="numpy").close()
     assert len(calls) == 1
+
+
+def test_compile_notice_is_one_write(monkeypatch):
+    """Off a terminal the notice is one write of the whole line: sources compiled side by side
+    (compile_many's threads) must not interleave their lines."""
+    from tinygraph.backends.cuda import compiler
+
+    class Err:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, s):
+            self.writes.append(s)
+
+        def flush(self):
+            pass
+
+        def isatty(self):
+            return False
+    err = Err()
+    monkeypatch.setattr(compiler.sys, "stderr", err)
+    with compiler._CompileNotice("tinygraph: compiling x.cu for sm_90 (1/2)"):
+        pass
+    assert err.writes == ["tinygraph: compiling x.cu for sm_90 (1/2)\n"]
