@@ -5,8 +5,8 @@
 //
 // Signatures (T = float | __half | __nv_bfloat16, suffix f32 | f16 | bf16):
 //   attn_split_T(float* part, int* counters, T* out, TD od, const T* q, TD qd, const T* kt, TD ktd,
-//                const T* v, TD vd, float scale, int causal, int past, const int* past_dev,
-//                int window, int chunk)
+//                const T* v, TD vd, float scale, float cap, int causal, int past,
+//                const int* past_dev, int window, int chunk)
 //     q [B0, B1, Tq, D], kt [B0', B1', D, S] (keys, transposed: any strides), v [B0', B1', S, Dv],
 //     out [B0, B1, Tq, Dv]; a size-1 batch dim of q/kt/v broadcasts (grouped-query attention).
 //     Query row t sees keys j <= t + past (causal) and j < S; past is read from past_dev[0] when
@@ -14,6 +14,7 @@
 //     of axis 0, when past < 0: a decode step over many sequences, each at its own position). window > 0 (causal only; 0 or
 //     negative: none): a sliding window, row t (position p = t + past) sees only keys
 //     p - window < j <= p (HF's kv_idx > q_idx - sliding_window); a row that sees no key gets 0.
+//     cap > 0 (Gemma 2; 0: none): each score s = scale * q . k becomes cap * tanh(s / cap).
 //     Grid: (Tq, B0*B1, nsplit); block (128, 1, 1). Split z handles keys [f + z*chunk,
 //     f + (z+1)*chunk), f = the row's first visible key (0, or p - window + 1), so a windowed
 //     decode reads only its window; the backend sizes nsplit for min(S, window) keys.
@@ -32,7 +33,7 @@
 //     value batches double-buffered. About twice the registers (f16, 128: 176 vs 88), so the
 //     lean attn_split serves prefill, where occupancy matters more.
 //   attn_store_T_<64|128|256>(float* part, int* counters, T* out, TD od, const T* q, TD qd,
-//                  StoreArgs<T> sa, float scale, const int* pos, int window, int chunk)
+//                  StoreArgs<T> sa, float scale, float cap, const int* pos, int window, int chunk)
 //     the attention_store op (one decode token): q [1, H, hd] -> out [KV, G, 1, hd]; the
 //     prologue RMS-normalises (optional) and rotates (optional) q and the new key, and writes
 //     key and value into cache row pos; then attn_pipe over the cache with past = pos[0] (and
@@ -172,7 +173,7 @@ __device__ __forceinline__ void store_prologue(float* s_q, float* s_k, const T* 
 template <typename T, int MAXD, bool STORE, bool PIPE>
 __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, const TD& od, const T* q,
                                            const TD& qd, const T* kt, const TD& ktd, const T* v,
-                                           const TD& vd, float scale, int causal, int past,
+                                           const TD& vd, float scale, float cap, int causal, int past,
                                            const int* past_dev, int window, int chunk,
                                            const StoreArgs<T>* sa) {
     constexpr int PER = MAXD / 32;  // value columns per lane: registers sized for the head
@@ -258,6 +259,7 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
             key_load<T, MAXD>(k1, kb + j * ktd.st[3], fast);
             s = key_dot<T, MAXD>(k1, s_q, kb + j * ktd.st[3], ktd.st[2], D, fast);
         }
+        if (cap > 0.0f && j < j1) s = cap * tanhf(s / cap);  // s_q holds q * scale
         const long long nt = tile + 32LL * ATT_WARPS;
         if (KP && nt + lane < j1) key_load<T, MAXD>(kr, kb + (nt + lane) * ktd.st[3], fast);
         float vv[DB ? 2 : 1][8][PER];
@@ -337,23 +339,23 @@ __device__ __forceinline__ void attn_split(float* part, int* counters, T* out, c
 template <typename T, int MAXD>
 __device__ __forceinline__ void attn_store(float* part, int* counters, T* out, const TD& od, const T* q,
                                            const TD& qd, const StoreArgs<T>& sa, float scale,
-                                           const int* pos, int window, int chunk) {
+                                           float cap, const int* pos, int window, int chunk) {
     const long long KV = sa.kcd.ne[1], G = od.ne[1];
     TD q4 = {{KV, G, 1, qd.ne[3]}, {G * qd.st[2], qd.st[2], 0, qd.st[3]}};
     TD kt4 = {{KV, 1, sa.kcd.ne[3], sa.kcd.ne[2]}, {sa.kcd.st[1], 0, sa.kcd.st[3], sa.kcd.st[2]}};
     TD v4 = {{KV, 1, sa.vcd.ne[2], sa.vcd.ne[3]}, {sa.vcd.st[1], 0, sa.vcd.st[2], sa.vcd.st[3]}};
-    attn_split<T, MAXD, true, true>(part, counters, out, od, q, q4, sa.kc, kt4, sa.vc, v4, scale, 1, 0, pos,
-                                    window, chunk, &sa);
+    attn_split<T, MAXD, true, true>(part, counters, out, od, q, q4, sa.kc, kt4, sa.vc, v4, scale, cap, 1, 0,
+                                    pos, window, chunk, &sa);
 }
 
 // attn_split_* (PIPE false) and attn_pipe_* (true): the same entry over attn_split<.., PIPE>
 #define TG_ATTN_SPLIT_ENTRY(NAME, SFX, T, MAXD, PIPE)                                               \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
     NAME##_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,             \
-                          const T* kt, TD ktd, const T* v, TD vd, float scale, int causal,         \
-                          int past, const int* past_dev, int window, int chunk) {                   \
+                          const T* kt, TD ktd, const T* v, TD vd, float scale, float cap,          \
+                          int causal, int past, const int* past_dev, int window, int chunk) {       \
         tg_pdl_enter();                                                                             \
-        attn_split<T, MAXD, false, PIPE>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale,     \
+        attn_split<T, MAXD, false, PIPE>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale, cap, \
                                          causal, past, past_dev, window, chunk, nullptr);           \
     }
 // the entries of one head register size: attn_split + attn_pipe (attention.cu), attn_store
@@ -364,11 +366,11 @@ __device__ __forceinline__ void attn_store(float* part, int* counters, T* out, c
 #define TG_ATTN_STORE(SFX, T, MAXD)                                                                 \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)                                    \
     attn_store_##SFX##_##MAXD(float* part, int* counters, T* out, TD od, const T* q, TD qd,        \
-                              StoreArgs<T> sa, float scale, const int* pos, int window,             \
+                              StoreArgs<T> sa, float scale, float cap, const int* pos, int window,  \
                               int chunk) {                                                          \
         tg_pdl_trigger();                                                                           \
         if (!sa.early) tg_pdl_wait();                                                               \
-        attn_store<T, MAXD>(part, counters, out, od, q, qd, sa, scale, pos, window, chunk);         \
+        attn_store<T, MAXD>(part, counters, out, od, q, qd, sa, scale, cap, pos, window, chunk);    \
     }
 // X(SFX, T, MAXD) for every dtype and head register size
 #define TG_ATTN_EACH(X)                                                                             \

@@ -4,12 +4,12 @@
 // Signatures (T = __half | __nv_bfloat16, suffix f16 | bf16; D = 64 | 128, the head size of
 // keys and values alike):
 //   attn_gqa_T_D(float* part, int* counters, T* out, TD od, const T* q, TD qd, const T* kt,
-//                TD ktd, const T* v, TD vd, float scale, int causal, int past,
+//                TD ktd, const T* v, TD vd, float scale, float cap, int causal, int past,
 //                const int* past_dev, int window, int chunk)
 //     The operands and semantics of attn_split (attention.cu): q [B0, B1, Tq, D], kt [B0, 1, D, S]
 //     (keys transposed), v [B0, 1, S, D], out [B0, B1, Tq, D]: the B1 * Tq <= 16 query rows of
 //     one b0 (a KV head: B1 its query heads) share its keys. Causal masks, past / past_dev
-//     (past < 0: past_dev[b0]) and the sliding window as attn_split.
+//     (past < 0: past_dev[b0]), the sliding window and the soft cap as attn_split.
 //     Layout (the backend checks it, else attn_pipe runs): key and value elements contiguous
 //     (ktd.st[2] == 1, vd.st[3] == 1), row and batch strides multiples of 8 elements, the bases
 //     16-byte aligned. q and out: any strides.
@@ -21,7 +21,7 @@
 //     + z) * (R * D + 2 * GQA_ROWS): acc [R, D], then (max, sum) per row, base 2; the last live
 //     block of the head (counted in counters[b0], left at 0) merges them, all rows at once.
 //   attn_gqa_store_T_D(float* part, int* counters, T* out, TD od, const T* q, TD qd,
-//                      StoreArgs<T> sa, float scale, const int* pos, int window, int chunk)
+//                      StoreArgs<T> sa, float scale, float cap, const int* pos, int window, int chunk)
 //     attn_store (attention.cu) for a group per block: q [1, H, D] -> out [KV, G, 1, D], G <= 16;
 //     the prologue normalises / rotates the group's G query rows and the new key (cos / sin
 //     computed once) and the block whose split holds pos writes the key and value rows.
@@ -122,7 +122,7 @@ __device__ __forceinline__ void gqa_store_prologue(GqaSmem<D>& sm, const T* q, c
 template <typename T, int D, bool STORE, bool PAGED = false>
 __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, const TD& od, const T* q,
                                          const TD& qd, const T* kt, const TD& ktd, const T* v, const TD& vd,
-                                         float scale, int causal, int past, const int* past_dev, int window,
+                                         float scale, float cap, int causal, int past, const int* past_dev, int window,
                                          int chunk, const StoreArgs<T>* sa, const int* rows = nullptr,
                                          int rs = 0, int kvh = 1) {
     constexpr int KS = D / 16;  // k-steps of the score mma
@@ -208,7 +208,7 @@ __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, con
         if (r >= R) { lim[i] = hi; fst[i] = lo; }
         lim[i] = min(lim[i], j1);
     }
-    const float sl2 = scale * 1.4426950408889634f;
+    const ScoreScale sl2 = score_scale(scale, cap, 1.4426950408889634f);  // base 2
     float o[NT][4];
 #pragma unroll
     for (int j = 0; j < NT; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
@@ -262,7 +262,7 @@ __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, con
             for (int c = 0; c < 4; ++c) {
                 const int i = c >> 1;
                 const long long j = base + 8 * nt + 2 * tq + (c & 1);
-                const float x = (j < lim[i] && j >= fst[i]) ? sc[nt][c] * sl2 : -INFINITY;
+                const float x = (j < lim[i] && j >= fst[i]) ? attn_score(sc[nt][c], sl2) : -INFINITY;
                 sc[nt][c] = x;
                 mx[i] = fmaxf(mx[i], x);
             }
@@ -416,28 +416,29 @@ __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, con
 #define TG_GQA1(SFX, T, D)                                                                         \
     extern "C" __global__ void __launch_bounds__(GQA_WARPS * 32)                                   \
     attn_gqa_##SFX##_##D(float* part, int* counters, T* out, TD od, const T* q, TD qd, const T* kt, \
-                         TD ktd, const T* v, TD vd, float scale, int causal, int past,             \
+                         TD ktd, const T* v, TD vd, float scale, float cap, int causal, int past,  \
                          const int* past_dev, int window, int chunk) {                             \
         tg_pdl_enter();                                                                            \
-        attn_gqa<T, D, false>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale, causal, past, \
-                              past_dev, window, chunk, nullptr);                                   \
+        attn_gqa<T, D, false>(part, counters, out, od, q, qd, kt, ktd, v, vd, scale, cap, causal,  \
+                              past, past_dev, window, chunk, nullptr);                             \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(GQA_WARPS * 32)                                   \
     attn_gqa_store_##SFX##_##D(float* part, int* counters, T* out, TD od, const T* q, TD qd,       \
-                               StoreArgs<T> sa, float scale, const int* pos, int window, int chunk) { \
+                               StoreArgs<T> sa, float scale, float cap, const int* pos, int window, \
+                               int chunk) {                                                        \
         tg_pdl_trigger();                                                                          \
         if (!sa.early) tg_pdl_wait();                                                              \
         const long long KV = sa.kcd.ne[1], G = od.ne[1];                                           \
         const TD q4 = {{KV, G, 1, qd.ne[3]}, {G * qd.st[2], qd.st[2], 0, qd.st[3]}};               \
         const TD kt4 = {{KV, 1, sa.kcd.ne[3], sa.kcd.ne[2]}, {sa.kcd.st[1], 0, sa.kcd.st[3], sa.kcd.st[2]}}; \
         const TD v4 = {{KV, 1, sa.vcd.ne[2], sa.vcd.ne[3]}, {sa.vcd.st[1], 0, sa.vcd.st[2], sa.vcd.st[3]}};  \
-        attn_gqa<T, D, true>(part, counters, out, od, q, q4, sa.kc, kt4, sa.vc, v4, scale, 1, 0, pos,  \
-                             window, chunk, &sa);                                                  \
+        attn_gqa<T, D, true>(part, counters, out, od, q, q4, sa.kc, kt4, sa.vc, v4, scale, cap, 1, 0,  \
+                             pos, window, chunk, &sa);                                             \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(GQA_WARPS * 32)                                   \
     attn_gqa_paged_##SFX##_##D(float* part, int* counters, T* out, TD od, const T* q, TD qd,       \
-                               StoreArgs<T> sa, float scale, const int* pos, int window, int chunk, \
-                               const int* rows, int rs) {                                          \
+                               StoreArgs<T> sa, float scale, float cap, const int* pos, int window, \
+                               int chunk, const int* rows, int rs) {                               \
         tg_pdl_trigger();                                                                          \
         if (!sa.early) tg_pdl_wait();                                                              \
         const long long KV = sa.kcd.ne[1], G = od.ne[1], n = blockIdx.y / KV;                      \
@@ -448,7 +449,7 @@ __device__ __forceinline__ void attn_gqa(float* part, int* counters, T* out, con
         const TD kt4 = {{KV, 1, sa.kcd.ne[3], sa.kcd.ne[2]}, {sa.kcd.st[1], 0, sa.kcd.st[3], sa.kcd.st[2]}}; \
         const TD v4 = {{KV, 1, sa.vcd.ne[2], sa.vcd.ne[3]}, {sa.vcd.st[1], 0, sa.vcd.st[2], sa.vcd.st[3]}};  \
         attn_gqa<T, D, true, true>(part, counters, out, od, q + n * qd.st[1], q4, sa.kc, kt4, sa.vc, v4, \
-                                   scale, 1, 0, pos, window, chunk, &sn, rows, rs, (int)KV);       \
+                                   scale, cap, 1, 0, pos, window, chunk, &sn, rows, rs, (int)KV);  \
     }
 #define TG_GQA(SFX, T) TG_GQA1(SFX, T, 64) TG_GQA1(SFX, T, 128)
 

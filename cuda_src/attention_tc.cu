@@ -1,15 +1,15 @@
 // attention_tc.cu -- attention for many queries (prefill) on tensor cores, flash-attention style:
 // out = softmax(scale * q @ kt, causal, past) @ v, the scores never leave registers.
 //
-// Signature (T = __half | __nv_bfloat16, suffix f16 | bf16; D = 64 | 128):
+// Signature (T = __half | __nv_bfloat16, suffix f16 | bf16; D = 64 | 80 | 96 | 128, limits.FLASH_HEADS):
 //   attn_fa_T_D(T* out, TD od, const T* q, TD qd, const T* kt, TD ktd, const T* v, TD vd,
-//               float scale, int causal, int past, const int* past_dev, int window)
+//               float scale, float cap, int causal, int past, const int* past_dev, int window)
 //     Shapes and semantics of attn_split (attention.cu): q [B0, B1, Tq, D], kt [B0', B1', D, S],
 //     v [B0', B1', S, D], out [B0, B1, Tq, D]; size-1 batch dims of q/kt/v broadcast (grouped
 //     queries); query row t sees keys j <= t + past (causal) and j < S; past_dev non-NULL: past
 //     is past_dev[0] (past_dev[i0], i0 the index of axis 0, when past < 0). window > 0 (causal
 //     only; 0 or negative: none): a sliding window, row t (position p = t + past) sees only keys p - window < j <= p (HF's convention). A row that
-//     sees no key gets zeros.
+//     sees no key gets zeros. cap > 0 (Gemma 2; 0: none): scores soft-capped as in attn_split.
 //     Layout requirements (the backend checks them, else it runs attn_split): head elements
 //     contiguous (q st[3] == 1, kt st[2] == 1, v st[3] == 1: keys and values are rows of a
 //     [S, D] cache), row and batch strides multiples of 8 elements, 16-byte aligned bases.
@@ -53,7 +53,7 @@ extern __shared__ __align__(16) unsigned char fa_smem[];
 
 template <typename T, int D>
 __device__ __forceinline__ void attn_fa(T* out, const TD& od, const T* q, const TD& qd, const T* kt,
-                                        const TD& ktd, const T* v, const TD& vd, float scale, int causal,
+                                        const TD& ktd, const T* v, const TD& vd, float scale, float cap, int causal,
                                         int past, const int* past_dev, int window) {
     constexpr int LD = D + 8, TILE = FA_ROWS * LD;
     unsigned short* sQ = reinterpret_cast<unsigned short*>(fa_smem);
@@ -83,7 +83,7 @@ __device__ __forceinline__ void attn_fa(T* out, const TD& od, const T* q, const 
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     const long long rlo = q0 + warp * 16 + g;  // this thread's query rows: rlo and rlo + 8
-    const float sl2 = scale * 1.4426950408889634f;
+    const ScoreScale sl2 = score_scale(scale, cap, 1.4426950408889634f);  // base 2
     unsigned qf[D / 16][4];
     float o[D / 8][4];
 #pragma unroll
@@ -134,7 +134,7 @@ __device__ __forceinline__ void attn_fa(T* out, const TD& od, const T* q, const 
         for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                float x = s[nt][e] * sl2;
+                float x = attn_score(s[nt][e], sl2);
                 if (masked) {
                     const long long j = j0 + nt * 8 + 2 * t4 + (e & 1);
                     const long long r = rlo + (e >> 1) * 8;
@@ -220,11 +220,15 @@ __device__ __forceinline__ void attn_fa(T* out, const TD& od, const T* q, const 
 #define TG_ATTN_FA(T, sfx, D)                                                                       \
     extern "C" __global__ void __launch_bounds__(128) attn_fa_##sfx##_##D(                          \
         T* out, TD od, const T* q, TD qd, const T* kt, TD ktd, const T* v, TD vd, float scale,      \
-        int causal, int past, const int* past_dev, int window) {                                    \
+        float cap, int causal, int past, const int* past_dev, int window) {                         \
         tg_pdl_enter();                                                                             \
-        attn_fa<T, D>(out, od, q, qd, kt, ktd, v, vd, scale, causal, past, past_dev, window);       \
+        attn_fa<T, D>(out, od, q, qd, kt, ktd, v, vd, scale, cap, causal, past, past_dev, window);  \
     }
 TG_ATTN_FA(__half, f16, 64)
+TG_ATTN_FA(__half, f16, 80)
+TG_ATTN_FA(__half, f16, 96)
 TG_ATTN_FA(__half, f16, 128)
 TG_ATTN_FA(__nv_bfloat16, bf16, 64)
+TG_ATTN_FA(__nv_bfloat16, bf16, 80)
+TG_ATTN_FA(__nv_bfloat16, bf16, 96)
 TG_ATTN_FA(__nv_bfloat16, bf16, 128)

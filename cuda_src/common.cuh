@@ -48,6 +48,21 @@ template <typename T> struct Convert<T, T> {
     static __device__ __forceinline__ T f(T x) { return x; }
 };
 
+// ---- attention scores ---------------------------------------------------------------------------
+// Scale factors of an attention score s (a raw q . k): `mul` and, with Gemma 2's soft-capping
+// (cap > 0), `cap` such that attn_score(s) = cap * tanh(s * mul), else s * mul. `base` is 1
+// for natural exponentials, log2(e) for base 2: mul = scale * base and cap = 0 without a cap,
+// mul = scale / cap and cap = cap * base with one (cap * tanh(s * scale / cap), in that base).
+struct ScoreScale {
+    float mul, cap;
+};
+__device__ __forceinline__ ScoreScale score_scale(float scale, float cap, float base) {
+    return cap > 0.0f ? ScoreScale{scale / cap, cap * base} : ScoreScale{scale * base, 0.0f};
+}
+__device__ __forceinline__ float attn_score(float s, const ScoreScale& k) {
+    return k.cap > 0.0f ? k.cap * tanhf(s * k.mul) : s * k.mul;
+}
+
 // ---- descriptor helpers -----------------------------------------------------------------------
 __device__ __forceinline__ long long td_numel(const TD& d) {
     return d.ne[0] * d.ne[1] * d.ne[2] * d.ne[3];

@@ -107,8 +107,8 @@ class Layers:
         scores = tg.matmul(qg, keys_t, name=f"{P}.scores")                   # [nkv, groups, T, S]
         scale = self.attn_scale(i)
         if cfg.attn_softcap is not None:
-            # Gemma 2: cap * tanh(scores * scale / cap) before the mask; the capping sits between the
-            # matmul and the softmax, so this attention stays unfused (the fused kernels have no cap)
+            # Gemma 2: cap * tanh(scores * scale / cap) before the mask (passes.fuse_attention folds
+            # the scale and the cap into the attention op's softcap)
             scores = tg.softcap(tg.scale(scores, scale, name=f"{P}.scores_scaled"), cfg.attn_softcap,
                                 name=f"{P}.scores_capped")
             scale = 1.0

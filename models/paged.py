@@ -259,7 +259,7 @@ class PagedStep:
         m = self.pool.model
         c = m.config
         # TINYGRAPH_PAGED_ATTN=0: the unfused form everywhere (for A/B runs)
-        self.fused = self.T == 1 and c.attn_softcap is None and os.environ.get("TINYGRAPH_PAGED_ATTN", "1") != "0" \
+        self.fused = self.T == 1 and os.environ.get("TINYGRAPH_PAGED_ATTN", "1") != "0" \
             and m.session.backend.paged_attention_ok(m.dtype, c.head_dim, c.num_heads // c.num_kv_heads)
         if self.fused:
             self.table = self.g.input((self.B, self.S), tg.int32, name="kv_table")
@@ -276,7 +276,8 @@ class PagedStep:
         P = f"layers.{i}.attn"
         if self.fused:  # RoPE and q/k norms join it in passes.fuse_attention_store
             out = tg.attention_store(q, k, v, positions, pool.k[i], pool.v[i], m.attn_scale(i),
-                                     window=m.windows[i], rows=self.table, name=f"{P}.attention_store")
+                                     window=m.windows[i], rows=self.table, name=f"{P}.attention_store",
+                                     softcap=m.config.attn_softcap)
             return tg.reshape(out, (B, q.shape[1] * hd), name=f"{P}.heads")
         tg.set_rows(pool.k[i], tg.permute(k, (1, 0, 2)), self.rows, name=f"{P}.k_store")
         tg.set_rows(pool.v[i], tg.permute(v, (1, 0, 2)), self.rows, name=f"{P}.v_store")

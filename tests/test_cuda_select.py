@@ -106,7 +106,10 @@ def test_flash_ok():
     assert select.flash_ok("bf16", 64, 64, T, _ops(64), H200)
     assert not select.flash_ok("f16", 128, 128, T - 1, _ops(128), H200)       # too few queries
     assert not select.flash_ok("f32", 128, 128, T, _ops(128), H200)           # no f32 variant
-    assert not select.flash_ok("f16", 96, 96, T, _ops(96), H200)              # head size
+    assert select.flash_ok("f16", 96, 96, T, _ops(96), H200)                  # Phi-3
+    assert select.flash_ok("bf16", 80, 80, T, _ops(80), H200)                 # Phi-2
+    assert not select.flash_ok("f16", 256, 256, T, _ops(256), H200)           # head size (Gemma)
+    assert not select.flash_ok("f16", 72, 72, T, _ops(72), H200)
     assert not select.flash_ok("f16", 128, 64, T, _ops(128), H200)            # Dv != D
     assert not select.flash_ok("f16", 128, 128, T, _ops(128), TURING)         # sm_75
     assert not select.flash_ok("f16", 128, 128, T, _ops(128, aligned=False), H200)

@@ -109,7 +109,7 @@ def test_paged_attention_store_matches_float64(backend, rng, dtype, hd, G, S, po
 
 def test_paged_decode_step_is_one_attention_store_per_layer():
     """A paged decode graph: per layer one attention_store with the RoPE and q/k norms folded in
-    (no rope, set_rows or gather left); Gemma 2's capped scores stay unfused."""
+    (no rope, set_rows or gather left); Gemma 2's capped scores too (the cap a parameter)."""
     with load_model(FIX / "qwen3", backend="numpy") as m:
         pool = KVPool(m, num_blocks=8, block_size=16)
         g, layout = BatchRunner(m, pool, max_batch=4).graph(4, 1, 64, "argmax")
@@ -124,7 +124,10 @@ def test_paged_decode_step_is_one_attention_store_per_layer():
     with load_model(FIX / "gemma2", backend="numpy") as m:
         pool = KVPool(m, num_blocks=8, block_size=16)
         g, layout = BatchRunner(m, pool, max_batch=4).graph(4, 1, 64, "argmax")
-        assert not layout.fused and "attention_store" not in {n.op for n in g.nodes}
+        stores = [n for n in g.nodes if n.op == "attention_store"]
+        assert layout.fused and len(stores) == m.config.num_layers
+        assert all(n.params["softcap"] == m.config.attn_softcap for n in stores)
+        assert "softcap" not in {n.op for n in g.nodes if n.name != "logits_capped"}
         pool.close()
 
 

@@ -144,3 +144,43 @@ def test_a_norm_read_by_several_weight_matmuls_is_folded_into_each(backend, rng)
         out = sess.compute(g, {x: xv})
         for a, b in zip(out, ref):
             assert rel_err(a, b) < 1e-5
+
+
+def _capped_chain(sess, q_shape, K, softmax_scale=1.0):
+    """Gemma 2's scores: matmul -> scale -> softcap -> softmax -> matmul."""
+    g = sess.graph()
+    q = g.input(q_shape, tg.float32, name="q")
+    kt, vv = attention_views(K, K)
+    s = tg.softcap(tg.scale(tg.matmul(q, kt, name="l0.scores"), 0.5, name="l0.scores_scaled"), 1.5,
+                   name="l0.scores_capped")
+    p = tg.softmax(s, softmax_scale, causal=True, past=20, name="l0.probs")
+    g.output(tg.matmul(p, vv, name="l0.mix"))
+    return g, q
+
+
+def test_fuse_attention_folds_a_soft_cap(backend, rng):
+    """scale -> softcap between the scores and the softmax becomes the attention's softcap; the
+    result is softmax(cap * tanh(s * scale / cap)) @ v, checked in float64."""
+    sess = tg.Session(backend=backend)
+    kv = rng.standard_normal((2, 50, 16)).astype(np.float32)
+    K = sess.persistent(kv.shape, tg.float32, name="K")
+    sess.finalize()
+    sess.upload(K, kv)
+    qv = rng.standard_normal((2, 3, 4, 16)).astype(np.float32)
+    g, q = _capped_chain(sess, qv.shape, K)
+    assert fuse_attention(g) == 1
+    (att,) = [n for n in g.nodes if n.op == "attention"]
+    assert att.params["softcap"] == 1.5 and att.params["scale"] == 0.5
+    assert not {"softcap", "scale", "softmax"} & {n.op for n in g.nodes}
+    (got,) = sess.compute(g, {q: qv})
+    s = 1.5 * np.tanh(qv.astype(np.float64) @ kv[:, None].transpose(0, 1, 3, 2).astype(np.float64) * 0.5 / 1.5)
+    s = np.where(np.arange(50)[None, :] <= np.arange(4)[:, None] + 20, s, -np.inf)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    want = (e / e.sum(-1, keepdims=True)) @ kv[:, None].astype(np.float64)
+    assert rel_err(got, want) < 1e-5
+    # a softmax that scales the capped scores again, or capped scores read elsewhere: no fusion
+    g2, _ = _capped_chain(sess, qv.shape, K, softmax_scale=0.7)
+    assert fuse_attention(g2) == 0
+    g3, _ = _capped_chain(sess, qv.shape, K)
+    g3.output(next(n for n in g3.nodes if n.name == "l0.scores_capped"))
+    assert fuse_attention(g3) == 0

@@ -1,6 +1,7 @@
 """The NumPy reference of the fused ``attention`` op, computed in blocks (flash-attention style).
 
-``softmax(q @ kt * scale, causal, past, window) @ v`` without the [..., T, S] scores: queries go
+``softmax(q @ kt * scale, causal, past, window) @ v`` (scores optionally soft-capped, Gemma 2:
+``cap * tanh(s / cap)`` before the mask) without the [..., T, S] scores: queries go
 in blocks of ``block`` rows, and each block walks the keys it can see in blocks, keeping a
 running maximum, sum and weighted value sum per row (online softmax). Memory grows with T (the
 output and one block of scores), not T^2: an 8k-token prompt of 32 heads needs a few tens of MiB
@@ -38,9 +39,18 @@ def _mask(rows: int, t0: int, j0: int, j1: int, past: int, window: int | None) -
     return (j <= p) & (j > p - window) if window else j <= p
 
 
+def _cap(s: Array, softcap: float | None) -> Array:
+    """Gemma 2's attention-logit soft-capping ``cap * tanh(s / cap)`` (None or 0: off)."""
+    if not softcap:
+        return s
+    c = np.float32(softcap)
+    return np.tanh(s / c) * c
+
+
 def blocked_attention(q: Array, kt: Array, v: Array, scale: float, causal: bool = False, past: int = 0,
-                      window: int | None = None, block: int = BLOCK) -> Array:
-    """``softmax(q @ kt * scale [masked]) @ v`` in float32, in blocks of ``block`` queries.
+                      window: int | None = None, block: int = BLOCK, softcap: float | None = None) -> Array:
+    """``softmax(cap(q @ kt * scale) [masked]) @ v`` in float32, in blocks of ``block`` queries
+    (``cap``: ``softcap * tanh(s / softcap)``, or nothing when ``softcap`` is None).
 
     ``q`` [..., T, D], ``kt`` [..., D, S], ``v`` [..., S, Dv]; leading axes broadcast (GQA:
     ``q`` [KV, G, T, D] with ``kt`` [KV, 1, D, S]). ``causal``: query row ``t`` (position
@@ -77,7 +87,7 @@ def blocked_attention(q: Array, kt: Array, v: Array, scale: float, causal: bool 
         acc = np.zeros(np.broadcast_shapes(kshape, v.shape[:-2]) + (G * rows, Dv), np.float32)
         for j0 in range(lo, hi, kb):
             j1 = min(hi, j0 + kb)
-            s = np.matmul(qb, _f32(kt[..., j0:j1])) * sc
+            s = _cap(np.matmul(qb, _f32(kt[..., j0:j1])) * sc, softcap)
             # only chunks that cross the diagonal or the window's lower edge need the mask
             if causal and (j1 - 1 > t0 + past or (window and j0 <= t1 - 1 + past - window)):
                 sm = s.reshape(s.shape[:-2] + (G, rows, j1 - j0))
@@ -94,7 +104,8 @@ def blocked_attention(q: Array, kt: Array, v: Array, scale: float, causal: bool 
     return out
 
 
-def rowwise_attention(q: Array, kt: Array, v: Array, scale: float, pasts: Array, window: int | None = None) -> Array:
+def rowwise_attention(q: Array, kt: Array, v: Array, scale: float, pasts: Array, window: int | None = None,
+                      softcap: float | None = None) -> Array:
     """Causal attention where index ``n`` of the first axis is at its own position ``pasts[n]``:
     ``q`` [N, G, T, D], ``kt`` [N or 1, 1 or G, D, S], ``v`` [N or 1, 1 or G, S, Dv] -> [N, G, T, Dv]
     float32 (a decode step over N sequences: T is small, so all scores at once). Keys no row of
@@ -106,7 +117,7 @@ def rowwise_attention(q: Array, kt: Array, v: Array, scale: float, pasts: Array,
     j = np.arange(S).reshape(1, 1, 1, S)
     p = np.arange(T).reshape(1, 1, T, 1) + pasts                      # [N, 1, T, 1] positions
     seen = (j <= p) & (j > p - window) if window else j <= p           # [N, 1, T, S]
-    s = np.where(seen, np.matmul(q, kt) * np.float32(scale), -np.inf)
+    s = np.where(seen, _cap(np.matmul(q, kt) * np.float32(scale), softcap), -np.inf)
     m = s.max(-1, keepdims=True)
     e = np.exp(s - np.where(np.isneginf(m), np.float32(0), m))
     d = e.sum(-1, keepdims=True)

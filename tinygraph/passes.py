@@ -2,7 +2,8 @@
 rewrites it made; ``optimize`` runs them all. Dump the graph before and after to see the change.
 
 ``fuse_attention``: ``matmul(q, kt) -> softmax(causal, past, window) -> matmul(p, v)`` becomes
-one ``attention`` node when the scores and probabilities have no other reader. The fused op never
+one ``attention`` node when the scores and probabilities have no other reader (Gemma 2's
+``matmul -> scale -> softcap -> softmax -> matmul`` too: the cap becomes the op's ``softcap``). The fused op never
 materialises the [.., T, S] scores and reads only the keys the mask (and sliding window) lets
 through, so a decode graph may span the whole KV cache.
 
@@ -52,23 +53,41 @@ def fuse_attention(g: Graph) -> int:
         if mix.op != "matmul":
             continue
         probs, v = mix.srcs
-        if probs.op != "softmax" or readers[probs.id] != 1 or probs.srcs[0].op != "matmul":
+        if probs.op != "softmax" or readers[probs.id] != 1:
             continue
-        scores = probs.srcs[0]
-        if readers[scores.id] != 1 or scores.dtype != mix.dtype or probs.dtype != mix.dtype:
+        p = probs.params
+        scale, cap, capped = p["scale"], None, _capped_scores(probs.srcs[0], readers)
+        if capped is not None:  # Gemma 2: matmul -> scale -> softcap -> softmax(scale 1)
+            if p["scale"] != 1.0:
+                continue
+            scores, scale, cap, dead = capped
+        else:
+            scores, dead = probs.srcs[0], set()
+        if scores.op != "matmul" or readers[scores.id] != 1 or scores.dtype != mix.dtype or probs.dtype != mix.dtype:
             continue
         q, kt = scores.srcs
-        p = probs.params
         past = probs.srcs[1] if p["past_src"] else p["past"]
         name = mix.name.rsplit(".", 1)[0] + ".attention" if "." in mix.name else f"attention_{mix.id}"
         with g.detached():
-            fused = ops.attention(q, kt, v, p["scale"], p["causal"], past, window=p.get("window"), name=name,
-                                  past_rows=p["past"] == -1)
+            fused = ops.attention(q, kt, v, scale, p["causal"], past, window=p.get("window"), name=name,
+                                  past_rows=p["past"] == -1, softcap=cap)
         if fused.shape != mix.shape:  # broadcasting differs from the chain's: leave it alone
             continue
-        _replace(g, c, mix, fused, {scores.id, probs.id})
+        _replace(g, c, mix, fused, {scores.id, probs.id} | dead)
         count += 1
     return count
+
+
+def _capped_scores(x: Tensor, readers: Counter) -> tuple[Tensor, float, float, set[int]] | None:
+    """``x = softcap(scale(scores, a), cap)`` with each step read only by the next: (scores, a,
+    cap, ids of the scale and softcap nodes); else None. The fused kernels compute the capped
+    scores in float32 (the chain rounds them to the storage dtype twice)."""
+    if x.op != "softcap" or readers[x.id] != 1 or x.srcs[0].op != "scale":
+        return None
+    sc = x.srcs[0]
+    if readers[sc.id] != 1 or sc.dtype != x.dtype or sc.shape != x.shape or sc.srcs[0].shape != x.shape:
+        return None
+    return sc.srcs[0], sc.params["scale"], x.params["cap"], {sc.id, x.id}
 
 
 def _consumers(g: Graph) -> dict[int, list[Tensor]]:
@@ -348,7 +367,8 @@ def fuse_attention_store(g: Graph) -> int:
             continue
         name = a.name + "_store" if a.name else None
         with g.detached():
-            fused = ops.attention_store(q, k, v, rows, kc, vc, p["scale"], window=p.get("window"), name=name, **kw)
+            fused = ops.attention_store(q, k, v, rows, kc, vc, p["scale"], window=p.get("window"), name=name,
+                                        softcap=p.get("softcap"), **kw)
         _replace(g, c, a, fused, dead, side_effect=True)
         count += 1
     return count + _absorb_rope(g)
@@ -376,7 +396,7 @@ def _absorb_rope(g: Graph) -> int:
         with g.detached():
             fused = ops.attention_store(q0, k0, v, pos, kc, vc, p["scale"], q.params["theta"], q.params["mode"],
                                         optional_srcs(q)["freq_factors"], window=p.get("window"), name=a.name,
-                                        rows=o["rows"], **kw)
+                                        rows=o["rows"], softcap=p.get("softcap"), **kw)
         _replace(g, c, a, fused, {q.id, k.id} | {info["id"] for info in (qn, kn) if info}, side_effect=True)
         count += 1
     return count

@@ -10,7 +10,7 @@ from ..errors import GraphError, ShapeError
 from ..tensor import Tensor
 from .arith import _gelu_ref, _silu_ref
 from .registry import OPS, _f32, _need_float, _need_weight, _node, _reference, _row_param
-from .rows import _attention_ref, _layer_norm_ref, _rms_norm_ref, _rope_args, _rope_ref, _window_arg
+from .rows import _attention_ref, _layer_norm_ref, _rms_norm_ref, _rope_args, _rope_ref, _window_arg, softcap_param
 
 
 _NORMS = (None, "rms", "layer")
@@ -110,7 +110,7 @@ def attention_store(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, k_cache:
                     freq_factors: Tensor | None = None, q_norm_w: Tensor | None = None,
                     k_norm_w: Tensor | None = None, q_norm: bool = False, k_norm: bool = False,
                     eps: float = 1e-6, window: int | None = None, name: str | None = None,
-                    rows: Tensor | None = None) -> Tensor:
+                    rows: Tensor | None = None, softcap: float | None = None) -> Tensor:
     """One decode step's attention with its cache write, as one op (made by the
     ``fuse_attention_store`` pass, or by ``models.paged`` for many sequences; on CUDA one kernel
     per layer). For each of the N sequences n, at position pos = positions[n]:
@@ -129,7 +129,8 @@ def attention_store(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, k_cache:
     ``k_norm``: RMS norm over hd (weights [hd] optional). Returns [N * KV, G, 1, hd] (N = 1: the
     layout of the grouped :func:`attention` it replaces). The normalised, rotated q stays in
     float32 (the unfused graph rounds it to the storage dtype). ``window`` (None = off): only
-    positions ``pos - window < j <= pos`` are attended to (see :func:`softmax`)."""
+    positions ``pos - window < j <= pos`` are attended to (see :func:`softmax`). ``softcap``
+    (None = off): the scores soft-capped as in :func:`attention`."""
     _need_float("attention_store", q, k, v)
     if q.ndim != 3 or k.ndim != 3 or v.shape != k.shape or k.shape[0] != q.shape[0] \
             or k.shape[2] != q.shape[2] or q.shape[1] % k.shape[1]:
@@ -149,7 +150,8 @@ def attention_store(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, k_cache:
     params = {"scale": float(scale), "rope": theta is not None, "theta": float(theta or 0.0), "mode": mode,
               "has_ff": False, "q_norm": bool(q_norm), "k_norm": bool(k_norm), "eps": float(eps),
               "has_qn": q_norm_w is not None, "has_kn": k_norm_w is not None,
-              "window": _window_arg("attention_store", window, True)}
+              "window": _window_arg("attention_store", window, True),
+              **softcap_param("attention_store", softcap)}
     if theta is not None:
         extra, rp = _rope_args("attention_store", q, positions, theta, mode, freq_factors)
         params["has_ff"] = rp["has_ff"]
@@ -197,6 +199,7 @@ def _attention_store_ref(p, q, k, v, positions, k_cache, v_cache, *extra):
         kc, vc = (k_cache[:, table[n]], v_cache[:, table[n]]) if table is not None else (k_cache, v_cache)
         qg = qf[n:n + 1].reshape(1, KV, -1, hd).transpose(1, 2, 0, 3)         # [KV, G, 1, hd]
         outs.append(_attention_ref({"scale": p["scale"], "causal": True, "past": int(positions[n]),
-                                    "past_src": False, "window": p.get("window")},
+                                    "past_src": False, "window": p.get("window"),
+                                    **({"softcap": p["softcap"]} if "softcap" in p else {})},
                                    qg, kc[:, None].transpose(0, 1, 3, 2), vc[:, None]))
     return np.concatenate(outs, axis=0)

@@ -101,7 +101,7 @@ def _softmax_ref(p, x, *past):
 
 def attention(q: Tensor, kt: Tensor, v: Tensor, scale: float = 1.0, causal: bool = False,
               past: "int | Tensor" = 0, window: int | None = None, name: str | None = None,
-              past_rows: bool = False) -> Tensor:
+              past_rows: bool = False, softcap: float | None = None) -> Tensor:
     """``softmax(q @ kt * scale, causal, past, window) @ v`` as one op: ``q`` [..., T, D], ``kt``
     (keys, transposed) [..., D, S], ``v`` [..., S, Dv] -> [..., T, Dv]; leading axes broadcast as
     in ``matmul`` (grouped-query attention: a size-1 KV axis). With ``causal`` only keys
@@ -110,7 +110,9 @@ def attention(q: Tensor, kt: Tensor, v: Tensor, scale: float = 1.0, causal: bool
     ``p - window < j <= p``, and keys before the window are never read either. A row that sees
     no key gives zeros. Made by the fusion pass from matmul -> softmax -> matmul.
     ``past_rows`` (4-D only): ``past`` is an int32 tensor [N] for an output [N, H, T, Dv], each
-    index of the first axis at its own position (see :func:`softmax`)."""
+    index of the first axis at its own position (see :func:`softmax`). ``softcap`` (Gemma 2;
+    None: off): the scores become ``softcap * tanh(scores * scale / softcap)`` before the mask
+    and the softmax (the fusion pass folds a ``scale`` -> ``softcap`` chain in here)."""
     _need_float("attention", q, kt, v)
     if q.ndim < 2 or kt.ndim < 2 or v.ndim < 2 or q.shape[-1] != kt.shape[-2] or kt.shape[-1] != v.shape[-2]:
         raise ShapeError(f"attention: shapes do not chain: q {q.describe()}, kt {kt.describe()}, v {v.describe()}")
@@ -124,7 +126,18 @@ def attention(q: Tensor, kt: Tensor, v: Tensor, scale: float = 1.0, causal: bool
     extra, pp = _past_arg("attention", past, int(lead[0]) if past_rows else None)
     return _node("attention", (q, kt, v) + extra, tuple(lead) + (q.shape[-2], v.shape[-1]), q.dtype,
                  {"scale": float(scale), "causal": bool(causal), **pp,
-                  "window": _window_arg("attention", window, causal)}, name)
+                  "window": _window_arg("attention", window, causal), **softcap_param("attention", softcap)}, name)
+
+
+def softcap_param(op: str, cap: float | None) -> dict:
+    """``{"softcap": cap}`` for a finite cap > 0, ``{}`` for None (the key only when set, so
+    graphs without a cap keep their params)."""
+    if cap is None:
+        return {}
+    if isinstance(cap, bool) or not isinstance(cap, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(cap) or cap <= 0:
+        raise GraphError(f"{op}: softcap must be None or a finite number > 0, got {cap!r}")
+    return {"softcap": float(cap)}
 
 
 @_reference("attention", "attention")
@@ -132,8 +145,9 @@ def _attention_ref(p, q, kt, v, *past):
     # in blocks of queries and keys (online softmax): memory grows with T, not T^2
     from ..attention_ref import blocked_attention, rowwise_attention
     if p["past"] == -1:  # one position per index of the first axis
-        return rowwise_attention(q, kt, v, p["scale"], past[0].reshape(-1), p.get("window"))
-    return blocked_attention(q, kt, v, p["scale"], p["causal"], _past_value(p, past), p.get("window"))
+        return rowwise_attention(q, kt, v, p["scale"], past[0].reshape(-1), p.get("window"), p.get("softcap"))
+    return blocked_attention(q, kt, v, p["scale"], p["causal"], _past_value(p, past), p.get("window"),
+                             softcap=p.get("softcap"))
 
 
 def layer_norm(x: Tensor, w: Tensor | None = None, b: Tensor | None = None, eps: float = 1e-5,

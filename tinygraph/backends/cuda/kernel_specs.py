@@ -12,6 +12,7 @@ from ...ops.fused import _ACTS, _NORMS
 from ...util import contiguous_strides
 from . import driver
 from .select import QR_TYPES, arch_number as _arch_number, tc3_shared_bytes  # noqa: F401 (re-exported)
+from .limits import FLASH_HEADS
 
 # Output columns per warp of gemv_<dtype> (TG_GEMV_R in matmul.cu; the kernel is correct for
 # any grid, this only sizes the grid to one pass).
@@ -289,13 +290,15 @@ for _q in sorted(QR_TYPES):
 # attention (attention.cu, attention_gqa.cu, attention_tc.cu; launched by lower_attention.py, which picks the
 # variant: select.attn_splits / select.flash_ok / select.gqa_group). Suffixes: dtype, then the head's register size D.
 _ATTN_IO = (("out", "ptr"), ("od", "td"), ("q", "ptr"), ("qd", "td"))
-_ATTN_KV = (("kt", "ptr"), ("ktd", "td"), ("v", "ptr"), ("vd", "td"), ("scale", "f32"), ("causal", "i32"),
-            ("past", "i32"), ("past_dev", "ptr"), ("window", "i32"))
+_ATTN_KV = (("kt", "ptr"), ("ktd", "td"), ("v", "ptr"), ("vd", "td"), ("scale", "f32"), ("cap", "f32"),
+            ("causal", "i32"), ("past", "i32"), ("past_dev", "ptr"), ("window", "i32"))
 _PARTS = (("part", "ptr"), ("counters", "ptr"))
 _SPLIT = _PARTS + _ATTN_IO + _ATTN_KV + (("chunk", "i32"),)
-_STORE = _PARTS + _ATTN_IO + (("sa", "store"), ("scale", "f32"), ("pos", "ptr"), ("window", "i32"), ("chunk", "i32"))
+_STORE = _PARTS + _ATTN_IO + (("sa", "store"), ("scale", "f32"), ("cap", "f32"), ("pos", "ptr"), ("window", "i32"),
+                               ("chunk", "i32"))
 _BY_D = tuple((d, str(m)) for d in _F for m in (64, 128, 256))
 _TC_D = tuple((d, str(m)) for d in ("f16", "bf16") for m in (64, 128))  # the tensor-core kernels
+_FA_D = tuple((d, str(m)) for d in ("f16", "bf16") for m in FLASH_HEADS)
 _reg(KernelSpec("attn_split", "attention.cu", _SPLIT, _BY_D,
                 "attention", "flash-decoding attention: key splits of `chunk`, partials merged by the last"),
      KernelSpec("attn_pipe", "attention.cu", _SPLIT, _BY_D,
@@ -308,7 +311,7 @@ _reg(KernelSpec("attn_split", "attention.cu", _SPLIT, _BY_D,
                 "attention", "attn_store with attn_gqa's group per block (StoreArgs sa)"),
      KernelSpec("attn_gqa_paged", "attention_gqa.cu", _STORE + (("rows", "ptr"), ("rs", "i32")), _TC_D,
                 "attention", "attn_gqa_store for many sequences over a paged cache (rows table [N, rs])"),
-     KernelSpec("attn_fa", "attention_tc.cu", _ATTN_IO + _ATTN_KV, _TC_D,
+     KernelSpec("attn_fa", "attention_tc.cu", _ATTN_IO + _ATTN_KV, _FA_D,
                 "attention", "tensor-core flash attention for 16+ queries (prefill)"))
 
 ELEMENTWISE_DTYPES = _F

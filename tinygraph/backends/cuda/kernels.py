@@ -30,11 +30,13 @@ layer_norm  norms.cu       (T* out, TD od, const T* x, TD xd, const T* w, const 
 softmax     softmax.cu     (T* out, TD od, const T* x, TD xd, float scale, int causal, int past,
                             const int* past_dev, int window)   window > 0: sliding window
 attn_split_ attention.cu   (float* part, int* counters, T* out, TD od, const T* q, TD qd,
-<T>_<D>,                    const T* kt, TD ktd, const T* v, TD vd, float scale, int causal,
-attn_pipe_                  int past, const int* past_dev, int window, int chunk)  fused attention
-<T>_<D>                     (flash-decoding splits; D = 64 | 128 | 256 register sizes)
+<T>_<D>,                    const T* kt, TD ktd, const T* v, TD vd, float scale, float cap,
+attn_pipe_                  int causal, int past, const int* past_dev, int window, int chunk)
+<T>_<D>                     fused attention (flash-decoding splits; D = 64 | 128 | 256 register
+                            sizes); cap > 0: scores cap * tanh(s / cap) (Gemma 2), 0: none
 attn_store_ attention_store.cu (float* part, int* counters, T* out, TD od, const T* q, TD qd,
-<T>_<D>                     StoreArgs<T> sa, float scale, const int* pos, int window, int chunk)
+<T>_<D>                     StoreArgs<T> sa, float scale, float cap, const int* pos, int window,
+                            int chunk)
 attn_gqa_   attention_gqa.cu (the arguments of attn_split)   decode on tensor cores: one block
 <T>_<D>                     per KV head and split serves its whole query group; f16/bf16, D = 64 | 128
 attn_gqa_   attention_gqa.cu (the arguments of attn_store)   attn_store as attn_gqa
@@ -42,8 +44,9 @@ store_<T>_<D>
 attn_gqa_   attention_gqa.cu (the arguments of attn_store, const int* rows, int rs)   attn_gqa_store
 paged_<T>_<D>               for N sequences over a paged cache: position j of sequence n is row rows[n * rs + j]
 attn_fa_    attention_tc.cu (T* out, TD od, const T* q, TD qd, const T* kt, TD ktd, const T* v,
-<T>_<D>                     TD vd, float scale, int causal, int past, const int* past_dev,
-                            int window)   tensor-core prefill, f16/bf16, D = 64 | 128
+<T>_<D>                     TD vd, float scale, float cap, int causal, int past,
+                            const int* past_dev, int window)   tensor-core prefill, f16/bf16,
+                            D = 64 | 80 | 96 | 128
 rope        rope.cu        (T* out, TD od, const T* x, TD xd, const int* pos, const float* ff,
                             float theta, int mode, int n_dims)    mode 0 normal, 2 neox
 getrows     getrows.cu     (T* out, TD od, const T* table, TD tbl, const int* ids)

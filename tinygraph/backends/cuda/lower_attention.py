@@ -32,7 +32,7 @@ def attention(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> N
     from .kernels import f32, i32, ptr
     window = p.get("window") or 0  # 0: none (the kernels' convention)
     args = [out.addr, out.td, q.addr, q.td, kt.addr, kt.td, v.addr, v.td, f32(p["scale"]),
-            i32(1 if p["causal"] else 0), i32(p["past"]), ptr(past_dev), i32(window)]
+            f32(p.get("softcap") or 0.0), i32(1 if p["causal"] else 0), i32(p["past"]), ptr(past_dev), i32(window)]
     if flash_ok(be, out, q, kt, v, dt):
         D = q.shape[-1]
         f = be.lib.module("attention_tc.cu").get_function(f"attn_fa_{dt.short}_{D}")
@@ -83,7 +83,7 @@ def attention_store(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]
     sa = StoreArgs(ka.ptr, ka.td, va.ptr, va.td, kca.ptr, kca.td, vca.ptr, vca.td, ff, qn, kn,
                    p["eps"], p["theta"], mode, int(p["q_norm"]), int(p["k_norm"]), int(early))
     args = [ptr(part), ptr(counters), out.addr, out.td, qa.addr, qa.td, sa, f32(p["scale"]),
-            ptr(be._contiguous_ids(pos, base)), i32(window), i32(chunk)]
+            f32(p.get("softcap") or 0.0), ptr(be._contiguous_ids(pos, base)), i32(window), i32(chunk)]
     if rows is not None:  # a paged cache: attn_gqa only (select.plan_choices picks it)
         if kind != "gqa":
             raise BackendError(f"attention_store with a rows table needs attn_gqa (f16/bf16, heads of 64 or "

@@ -15,7 +15,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from ...dtypes import as_dtype
 from ...util import contiguous_strides
-from .limits import ATTN_CHUNK, DECODE_ROWS, FLASH_MIN_QUERIES, GEMV_MAX_ROWS, GQA_BLOCKS_PER_SM, GQA_MAX_SPLITS, GQA_MIN_CHUNK, GQA_ROWS
+from .limits import ATTN_CHUNK, DECODE_ROWS, FLASH_HEADS, FLASH_MIN_QUERIES, GEMV_MAX_ROWS, GQA_BLOCKS_PER_SM, GQA_MAX_SPLITS, GQA_MIN_CHUNK, GQA_ROWS
 
 
 @dataclass(frozen=True)
@@ -315,10 +315,10 @@ def decode_like(rows_of_products: Sequence[int]) -> bool:
 def flash_ok(dtype: str, D: int, Dv: int, T: int, operands: Sequence[tuple[Sequence[int], Sequence[int], int, int]],
              caps: DeviceCaps) -> bool:
     """Whether attn_fa (tensor cores, cuda_src/attention_tc.cu) can run an attention: f16 / bf16
-    on sm_80+, heads of 64 or 128, at least ``FLASH_MIN_QUERIES`` queries, and for each operand
+    on sm_80+, heads of ``FLASH_HEADS`` elements, at least ``FLASH_MIN_QUERIES`` queries, and for each operand
     (shape, strides in elements, byte address, its contiguous axis) head elements contiguous and
     every row / batch stride and the base 16-byte aligned."""
-    if dtype not in ("f16", "bf16") or caps.arch < 80 or D not in (64, 128) or Dv != D or T < FLASH_MIN_QUERIES:
+    if dtype not in ("f16", "bf16") or caps.arch < 80 or D not in FLASH_HEADS or Dv != D or T < FLASH_MIN_QUERIES:
         return False
     for shape, st, addr, contiguous_axis in operands:
         if st[contiguous_axis] != 1 or addr % 16:
