@@ -29,6 +29,9 @@
 #ifndef MOE_EPL
 #define MOE_EPL 8  // router logits per lane: E <= 256
 #endif
+#ifndef MOE_DOWN_SLOTS
+#define MOE_DOWN_SLOTS 4  // moe_down: experts whose rows a warp reads side by side
+#endif
 
 // ---- router ----------------------------------------------------------------------------------
 template <typename T>
@@ -178,14 +181,39 @@ __device__ __forceinline__ void moe_down_kernel(T* y, const T* h, const T* w, co
     const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (n >= H) return;
     const long long ldw = (long long)E * I;
+    const T* wn = w + n * ldw;
+    const T* hr = h + (long long)r * k * I;
+    // slots in groups of MOE_DOWN_SLOTS, their loads interleaved (a warp keeps that many experts'
+    // rows in flight, not one); each lane sums route weight x its part of every dot, and the warp
+    // reduces once at the end (the sum is linear in the parts)
+    const int lane = threadIdx.x & 31;
     float acc = 0.0f;
-    for (int j = 0; j < k; j++) {
-        const int e = s_e[j];
-        if (e < 0) break;  // slots fill in order: the rest are empty
-        float d = 0.0f, unused = 0.0f;
-        moe_dot<T, VEC, false>(w + n * ldw + (long long)e * I, nullptr, h + ((long long)r * k + j) * I, I, d, unused);
-        acc = fmaf(s_w[j], d, acc);
+    for (int j0 = 0; j0 < k && s_e[j0] >= 0; j0 += MOE_DOWN_SLOTS) {  // slots fill in order
+        const T* wj[MOE_DOWN_SLOTS];
+        float part[MOE_DOWN_SLOTS];
+#pragma unroll
+        for (int jj = 0; jj < MOE_DOWN_SLOTS; ++jj) {
+            const int j = j0 + jj, e = j < k ? s_e[j] : -1;
+            wj[jj] = e >= 0 ? wn + (long long)e * I : nullptr;
+            part[jj] = 0.0f;
+        }
+#pragma unroll 2
+        for (int c = lane * VEC; c < I; c += 32 * VEC) {
+#pragma unroll
+            for (int jj = 0; jj < MOE_DOWN_SLOTS; ++jj) {
+                if (wj[jj] == nullptr) continue;
+                float fw[VEC], fh[VEC];
+                moe_load<T, VEC>(wj[jj] + c, fw);
+                moe_load<T, VEC>(hr + (long long)(j0 + jj) * I + c, fh);
+#pragma unroll
+                for (int i = 0; i < VEC; i++) part[jj] = fmaf(fw[i], fh[i], part[jj]);
+            }
+        }
+#pragma unroll
+        for (int jj = 0; jj < MOE_DOWN_SLOTS; ++jj)
+            if (wj[jj] != nullptr) acc = fmaf(s_w[j0 + jj], part[jj], acc);
     }
+    acc = warp_sum(acc);
     if ((threadIdx.x & 31) == 0) y[r * ldy + n] = from_f32<T>(acc);
 }
 

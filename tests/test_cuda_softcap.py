@@ -53,7 +53,7 @@ def test_capped_attention_matches_float64(monkeypatch, rng, dt, T, d, kind, gqa,
                    d ** -0.5, CAP, past, window)
     plain = capped64(rounded(q, dtype), rounded(k, dtype)[:, None].transpose(0, 1, 3, 2),
                      rounded(v, dtype)[:, None], d ** -0.5, 1e9, past, window)
-    assert rel_err(plain, ref) > 20 * TOL[dtype.name]  # the cap matters at this tolerance
+    assert rel_err(plain, ref) > 5 * TOL[dtype.name]  # the cap matters at this tolerance
     assert any(n.startswith(f"attn_{kind}_{dt}_") for n in names), names
     assert rel_err(out, ref) < 2 * TOL[dtype.name], f"relative error {rel_err(out, ref):.3g}"
 
