@@ -1,7 +1,7 @@
 // attention_tc.cu -- attention for many queries (prefill) on tensor cores, flash-attention style:
 // out = softmax(scale * q @ kt, causal, past) @ v, the scores never leave registers.
 //
-// Signature (T = __half | __nv_bfloat16, suffix f16 | bf16; D = 64 | 80 | 96 | 128, limits.FLASH_HEADS):
+// Signature (T = __half | __nv_bfloat16, suffix f16 | bf16; D = 64 | 80 | 96 | 128 | 256, limits.FLASH_HEADS):
 //   attn_fa_T_D(T* out, TD od, const T* q, TD qd, const T* kt, TD ktd, const T* v, TD vd,
 //               float scale, float cap, int causal, int past, const int* past_dev, int window)
 //     Shapes and semantics of attn_split (attention.cu): q [B0, B1, Tq, D], kt [B0', B1', D, S],
@@ -84,7 +84,10 @@ __device__ __forceinline__ void attn_fa(T* out, const TD& od, const T* q, const 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     const long long rlo = q0 + warp * 16 + g;  // this thread's query rows: rlo and rlo + 8
     const ScoreScale sl2 = score_scale(scale, cap, 1.4426950408889634f);  // base 2
-    unsigned qf[D / 16][4];
+    // the query fragments stay in registers for the whole key loop up to D = 128; wider heads
+    // (Gemma, 256) read them from the shared query tile per key tile (registers would spill)
+    constexpr bool QREG = D <= 128;
+    unsigned qf[QREG ? D / 16 : 1][4];
     float o[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
@@ -100,7 +103,7 @@ __device__ __forceinline__ void attn_fa(T* out, const TD& od, const T* q, const 
         cp_async_commit();
         cp_async_wait<1>();  // tile it (and q) landed for this thread
         __syncthreads();     // ... and for every thread
-        if (it == it0) {
+        if (QREG && it == it0) {
 #pragma unroll
             for (int kq = 0; kq < D / 16; ++kq)
                 ldsm_x4(qf[kq][0], qf[kq][1], qf[kq][2], qf[kq][3],
@@ -115,13 +118,17 @@ __device__ __forceinline__ void attn_fa(T* out, const TD& od, const T* q, const 
         for (int i = 0; i < 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
 #pragma unroll
         for (int kq = 0; kq < D / 16; ++kq) {
+            unsigned qt[4];
+            if (!QREG)
+                ldsm_x4(qt[0], qt[1], qt[2], qt[3], sQ + (warp * 16 + (lane & 15)) * LD + kq * 16 + (lane >> 4) * 8);
+            const unsigned* qk = QREG ? qf[kq] : qt;
 #pragma unroll
             for (int jj = 0; jj < 4; ++jj) {
                 unsigned kf[4];
                 ldsm_x4(kf[0], kf[1], kf[2], kf[3],
                         Ks + (jj * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kq * 16 + ((lane >> 3) & 1) * 8);
-                MmaOp<T>::run(s[2 * jj], qf[kq], kf);
-                MmaOp<T>::run(s[2 * jj + 1], qf[kq], kf + 2);
+                MmaOp<T>::run(s[2 * jj], qk, kf);
+                MmaOp<T>::run(s[2 * jj + 1], qk, kf + 2);
             }
         }
 
@@ -228,7 +235,9 @@ TG_ATTN_FA(__half, f16, 64)
 TG_ATTN_FA(__half, f16, 80)
 TG_ATTN_FA(__half, f16, 96)
 TG_ATTN_FA(__half, f16, 128)
+TG_ATTN_FA(__half, f16, 256)
 TG_ATTN_FA(__nv_bfloat16, bf16, 64)
 TG_ATTN_FA(__nv_bfloat16, bf16, 80)
 TG_ATTN_FA(__nv_bfloat16, bf16, 96)
 TG_ATTN_FA(__nv_bfloat16, bf16, 128)
+TG_ATTN_FA(__nv_bfloat16, bf16, 256)

@@ -171,10 +171,23 @@ __device__ __forceinline__ void moe_down_kernel(T* y, const T* h, const T* w, co
     const int r = blockIdx.y;
     if (r >= rows) return;
     const T* rr = route + r * ldr;
-    if (threadIdx.x < 32) {  // warp 0 finds the row's experts and their weights
-        for (int j = 0; j < k; j++) {
-            const int e = moe_slot_expert(rr, E, j);
-            if (threadIdx.x == 0) { s_e[j] = e; s_w[j] = e >= 0 ? to_f32(rr[e]) : 0.0f; }
+    if (threadIdx.x < 32) {  // warp 0 finds the row's experts and their weights in one pass
+        const int lane = threadIdx.x;
+        float v[MOE_EPL];
+#pragma unroll
+        for (int i = 0; i < MOE_EPL; i++) {  // every load issued before the first ballot
+            const int e = i * 32 + lane;
+            v[i] = e < E ? to_f32(rr[e]) : 0.0f;
+        }
+        for (int j = lane; j < k; j += 32) s_e[j] = -1;  // slots past the last non-zero: empty
+        __syncwarp();
+        int seen = 0;
+#pragma unroll
+        for (int i = 0; i < MOE_EPL; i++) {  // the j-th non-zero in index order is slot j
+            const unsigned b = __ballot_sync(0xffffffffu, v[i] != 0.0f);
+            const int j = seen + __popc(b & ((1u << lane) - 1u));
+            if (v[i] != 0.0f && j < k) { s_e[j] = i * 32 + lane; s_w[j] = v[i]; }
+            seen += __popc(b);
         }
     }
     __syncthreads();

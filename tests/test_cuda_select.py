@@ -108,7 +108,9 @@ def test_flash_ok():
     assert not select.flash_ok("f32", 128, 128, T, _ops(128), H200)           # no f32 variant
     assert select.flash_ok("f16", 96, 96, T, _ops(96), H200)                  # Phi-3
     assert select.flash_ok("bf16", 80, 80, T, _ops(80), H200)                 # Phi-2
-    assert not select.flash_ok("f16", 256, 256, T, _ops(256), H200)           # head size (Gemma)
+    assert select.flash_ok("f16", 256, 256, T, _ops(256), H200)               # Gemma
+    assert not select.flash_ok("f16", 256, 256, T, _ops(256), ADA)            # 166 KB of shared memory
+    assert select.flash_ok("f16", 128, 128, T, _ops(128), ADA)
     assert not select.flash_ok("f16", 72, 72, T, _ops(72), H200)
     assert not select.flash_ok("f16", 128, 64, T, _ops(128), H200)            # Dv != D
     assert not select.flash_ok("f16", 128, 128, T, _ops(128), TURING)         # sm_75

@@ -42,7 +42,7 @@ def run_attention(monkeypatch, rng, dtype, T, S, d, past, window, kv=2, g=4, nan
 
 
 @pytest.mark.parametrize("dtype", [tg.float16, tg.bfloat16], ids=lambda d: d.name)
-@pytest.mark.parametrize("d", [64, 80, 96, 128])
+@pytest.mark.parametrize("d", [64, 80, 96, 128, 256])
 @pytest.mark.parametrize("T,S,past,window", [(64, 64, 0, 1), (200, 333, 5, 17), (130, 1200, 1000, 64),
                                              (256, 256, 0, 100), (100, 2000, 1800, 300), (77, 500, 0, 1000)])
 def test_flash_attention_window(monkeypatch, rng, dtype, d, T, S, past, window):

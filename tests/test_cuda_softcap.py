@@ -29,7 +29,8 @@ def capped64(q, kt, v, scale, cap, past, window=None):
 @pytest.mark.parametrize("dt,T,d,kind,gqa", [
     ("f16", 64, 128, "fa", True), ("bf16", 100, 64, "fa", True), ("f16", 70, 96, "fa", True),
     ("f16", 1, 128, "gqa", True), ("bf16", 3, 64, "gqa", True), ("f16", 1, 128, "pipe", False),
-    ("f32", 1, 64, "pipe", True), ("f32", 40, 64, "split", True), ("f16", 20, 256, "split", True),
+    ("f32", 1, 64, "pipe", True), ("f32", 40, 64, "split", True), ("f16", 20, 256, "fa", True),
+    ("f16", 12, 256, "split", True),
     ("bf16", 1, 256, "pipe", True)])
 @pytest.mark.parametrize("window", [None, 37])
 def test_capped_attention_matches_float64(monkeypatch, rng, dt, T, d, kind, gqa, window):

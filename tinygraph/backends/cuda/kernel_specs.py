@@ -11,7 +11,7 @@ from typing import Any, NamedTuple, Sequence
 from ...ops.fused import _ACTS, _NORMS
 from ...util import contiguous_strides
 from . import driver
-from .select import QR_TYPES, arch_number as _arch_number, tc3_shared_bytes  # noqa: F401 (re-exported)
+from .select import QR_TYPES, arch_number as _arch_number, fa_shared_bytes, tc3_shared_bytes  # noqa: F401 (re-exported)
 from .limits import FLASH_HEADS
 
 # Output columns per warp of gemv_<dtype> (TG_GEMV_R in matmul.cu; the kernel is correct for
@@ -433,12 +433,6 @@ class MatmulPlan(NamedTuple):
     grid: tuple
     block: tuple
     shared_mem: int  # dynamic shared memory bytes
-
-
-def fa_shared_bytes(D: int) -> int:
-    """Dynamic shared memory of attn_fa_<dtype>_<D> (cuda_src/attention_tc.cu): the query tile and
-    two stages of key and value tiles, 64 rows of D + 8 two-byte elements each."""
-    return 5 * 64 * (D + 8) * 2
 
 
 def _linear_code(what: str, v, table: dict) -> int:

@@ -46,7 +46,7 @@ paged_<T>_<D>               for N sequences over a paged cache: position j of se
 attn_fa_    attention_tc.cu (T* out, TD od, const T* q, TD qd, const T* kt, TD ktd, const T* v,
 <T>_<D>                     TD vd, float scale, float cap, int causal, int past,
                             const int* past_dev, int window)   tensor-core prefill, f16/bf16,
-                            D = 64 | 80 | 96 | 128
+                            D = 64 | 80 | 96 | 128 | 256
 rope        rope.cu        (T* out, TD od, const T* x, TD xd, const int* pos, const float* ff,
                             float theta, int mode, int n_dims)    mode 0 normal, 2 neox
 getrows     getrows.cu     (T* out, TD od, const T* table, TD tbl, const int* ids)

@@ -15,8 +15,9 @@ GQA_MAX_SPLITS = 128
 #: prefill attention on tensor cores (attn_fa) from this many queries on; fewer: attn_split/pipe,
 #: which also split long key ranges across blocks
 FLASH_MIN_QUERIES = 16
-#: head sizes attn_fa is built for (cuda_src/attention_tc.cu's TG_ATTN_FA lines): 80 Phi-2, 96 Phi-3
-FLASH_HEADS = (64, 80, 96, 128)
+#: head sizes attn_fa is built for (cuda_src/attention_tc.cu's TG_ATTN_FA lines): 80 Phi-2, 96 Phi-3,
+#: 256 Gemma (its query fragments from shared memory, 160 bytes of register spills on sm_90)
+FLASH_HEADS = (64, 80, 96, 128, 256)
 #: bytes of split counters at the start of the work buffer (one int per row, left at zero by the
 #: kernels that use them: attention splits, argmax partials)
 COUNTER_BYTES = 2048 * 4

@@ -312,13 +312,21 @@ def decode_like(rows_of_products: Sequence[int]) -> bool:
     return all(r <= DECODE_ROWS for r in rows_of_products)
 
 
+def fa_shared_bytes(D: int) -> int:
+    """Dynamic shared memory of attn_fa_<dtype>_<D> (cuda_src/attention_tc.cu): the query tile and
+    two stages of key and value tiles, 64 rows of D + 8 two-byte elements each."""
+    return 5 * 64 * (D + 8) * 2
+
+
 def flash_ok(dtype: str, D: int, Dv: int, T: int, operands: Sequence[tuple[Sequence[int], Sequence[int], int, int]],
              caps: DeviceCaps) -> bool:
     """Whether attn_fa (tensor cores, cuda_src/attention_tc.cu) can run an attention: f16 / bf16
-    on sm_80+, heads of ``FLASH_HEADS`` elements, at least ``FLASH_MIN_QUERIES`` queries, and for each operand
+    on sm_80+, heads of ``FLASH_HEADS`` elements whose tiles fit the shared memory, at least ``FLASH_MIN_QUERIES`` queries, and for each operand
     (shape, strides in elements, byte address, its contiguous axis) head elements contiguous and
     every row / batch stride and the base 16-byte aligned."""
     if dtype not in ("f16", "bf16") or caps.arch < 80 or D not in FLASH_HEADS or Dv != D or T < FLASH_MIN_QUERIES:
+        return False
+    if fa_shared_bytes(D) + 1024 > caps.smem_optin:  # heads of 256 need 166 KB: not on an A100 or Ada
         return False
     for shape, st, addr, contiguous_axis in operands:
         if st[contiguous_axis] != 1 or addr % 16:
