@@ -37,11 +37,9 @@ def test_capped_attention_matches_float64(monkeypatch, rng, dt, T, d, kind, gqa,
     """tg.attention(..., softcap=CAP) over a cache, past from a tensor (as in a step graph)."""
     if not gqa:
         monkeypatch.setenv("TINYGRAPH_ATTN_GQA", "0")
-    names = launched_names(monkeypatch)
     dtype, kv, g, S, past = DT[dt], 2, 4, 300, 300 - T
-    q = rng.standard_normal((kv, g, T, d)).astype(np.float32)
-    k = rng.standard_normal((kv, S, d)).astype(np.float32)
-    v = rng.standard_normal((kv, S, d)).astype(np.float32)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((kv, g, T, d), (kv, S, d), (kv, S, d)))
+    names = launched_names(monkeypatch)
     sess = tg.Session(backend="cuda")
     kt, vv = attention_views(*kv_cache(sess, k, v, dtype))
     gr = sess.graph()
