@@ -91,6 +91,45 @@ def test_split_parts_and_dump() -> None:
             assert k == (-(-n.shape[-1] // 32) if n.op == "linear" else 1)
         assert sum(len(q) for q in tp.queues) == tp.num_tasks
         text = tp.dump()
-        assert text.splitlines()[0] == f"{len(tp.order)} nodes, {tp.num_tasks} tasks on 4 SMs"
+        assert text.splitlines()[0].startswith(f"{len(tp.order)} nodes, {tp.num_tasks} tasks on 4 SMs, ")
         g40, _, _ = m.step_graph(40, "hidden")  # prefill rows: linears stay whole
         assert all(k == 1 for k in tasks.task_plan(m.session._plan_for(g40)).parts)
+
+
+def _closure(waits):
+    """Bit sets: node j runs after node i in the order the waits impose."""
+    out = []
+    for w in waits:
+        b = 0
+        for i in w:
+            b |= out[i] | (1 << i)
+        out.append(b)
+    return out
+
+
+def test_reduce_waits_drops_only_implied_waits() -> None:
+    # 2 waits on 0 and 1, 1 waits on 0: 2 needs only 1; 3 waits on 0 and 2: needs only 2
+    assert tasks.reduce_waits([[], [0], [0, 1], [0, 2], [1]]) == [[], [0], [1], [2], [1]]
+    with pytest.raises(ValueError):
+        tasks.reduce_waits([[], [1]])
+    with load_model(FIX / "qwen3", backend="numpy") as m:
+        g, _ = _decode_case(m)
+        tp = tasks.task_plan(m.session._plan_for(g), num_sms=8)
+    assert all(set(n) <= set(w) for n, w in zip(tp.needs, tp.waits))
+    assert _closure(tp.needs) == _closure(tp.waits)  # the same order, fewer checks
+    assert sum(map(len, tp.needs)) < sum(map(len, tp.waits)) / 2
+
+
+def test_tables_hold_the_plan() -> None:
+    with load_model(FIX / "gemma2", backend="numpy") as m:
+        g, _ = _decode_case(m)
+        tp = tasks.task_plan(m.session._plan_for(g), num_sms=6, tile_cols=16)
+    tb = tp.tables()
+    assert tb.counters == len(tp.order) and tb.tasks.dtype == tb.needs.dtype == np.int32
+    assert sorted(tb.queue_tasks.tolist()) == list(range(tp.num_tasks))  # every task once
+    for s, q in enumerate(tp.queues):  # each SM's slice: its tasks, in order
+        rows = tb.tasks[tb.queue_tasks[tb.queue_start[s]:tb.queue_start[s + 1]]]
+        assert [(int(r[0]), int(r[1]), int(r[2])) for r in rows] == [(t.step, t.part, t.parts) for t in q]
+        for node, _, _, n0, nn in rows:  # its needs: the node's, each counted to that node's tasks
+            assert tb.needs[n0:n0 + nn, 0].tolist() == tp.needs[node]
+            assert tb.needs[n0:n0 + nn, 1].tolist() == [tp.parts[i] for i in tp.needs[node]]

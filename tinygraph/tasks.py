@@ -7,11 +7,18 @@ it *waits on* are full. A node waits on every earlier node whose memory it confl
 what that node writes (RAW), writes what it reads (WAR: the memory planner reuses arena blocks,
 so a later node may overwrite a buffer an earlier, slower task still reads) or writes what it
 writes (WAW). Tasks go to per-SM queues in plan order, so a queue never waits on a task behind
-it: with waits only on earlier nodes the schedule cannot deadlock.
+it: with waits only on earlier nodes the schedule cannot deadlock. Of those waits a task needs to
+check only the *needs* (:func:`reduce_waits`): a wait implied by another (node j waits on i and on
+i', and i' itself, directly or not, waits on i) is dropped, since i' cannot finish before i has.
 
-:func:`simulate` runs a task plan on NumPy in a random interleaving of the SM queues that the
-counters allow, and gives the graph's outputs: equal to an ordinary run when the waits are right
-(``tests/test_tasks.py``). Nothing runs on a GPU yet; the CUDA kernel that consumes this plan is
+:meth:`TaskPlan.tables` flattens the plan into the int32 arrays a persistent kernel reads: per
+task its node, part and slice of the needs list; per need a counter (the node) and the count it
+must reach (the node's task count); per SM the start of its slice of the task queue.
+
+:func:`simulate` runs those tables on NumPy as the kernel would -- a task starts when every
+counter it needs has reached its count, and adds one to its node's counter when done -- in a
+random interleaving of the SM queues, and gives the graph's outputs: equal to an ordinary run
+when the waits are right (``tests/test_tasks.py``). Nothing runs on a GPU yet; the CUDA kernel that consumes this plan is
 the next step.
 """
 from __future__ import annotations
@@ -41,28 +48,72 @@ class Task:
     parts: int
 
 
+@dataclass(frozen=True)
+class TaskTables:
+    """A task plan as the flat int32 arrays a persistent kernel reads (:meth:`TaskPlan.tables`).
+
+    ``tasks`` [n_tasks, 5]: node (its counter), part, parts, first need, number of needs.
+    ``needs`` [n_needs, 2]: counter, the count it must reach before the task starts.
+    ``queue_start`` [n_sms + 1]: SM s runs ``queue_tasks[queue_start[s]:queue_start[s + 1]]``
+    (task indices into ``tasks``), in order. ``counters``: how many (one per node, from 0)."""
+
+    tasks: np.ndarray
+    needs: np.ndarray
+    queue_start: np.ndarray
+    queue_tasks: np.ndarray
+    counters: int
+
+
 @dataclass
 class TaskPlan:
     """``order``: the plan's compute nodes; ``parts[i]``: tasks of node i; ``waits[i]``: the
-    earlier nodes whose counters node i's tasks wait on; ``queues[s]``: SM s's tasks, in order;
-    ``memory``: the plan's arena placement (the tasks share it)."""
+    earlier nodes node i conflicts with (must run after); ``queues[s]``: SM s's tasks, in order;
+    ``memory``: the plan's arena placement (the tasks share it); ``needs[i]``: the waits node i's
+    tasks check (:func:`reduce_waits` of ``waits`` unless given)."""
 
     order: list[Tensor]
     parts: list[int]
     waits: list[list[int]]
     queues: list[list[Task]] = field(default_factory=list)
     memory: MemoryPlan = field(default_factory=MemoryPlan)
+    needs: list[list[int]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.needs is None:
+            self.needs = reduce_waits(self.waits)
 
     @property
     def num_tasks(self) -> int:
         return sum(self.parts)
 
     def dump(self) -> str:
-        """One line per node: step, op, name, tasks, and the steps it waits on."""
-        lines = [f"{len(self.order)} nodes, {self.num_tasks} tasks on {len(self.queues)} SMs"]
+        """One line per node: step, op, name, tasks, the steps it needs (checks) and how many it
+        conflicts with in all."""
+        needs = self.needs or []
+        lines = [f"{len(self.order)} nodes, {self.num_tasks} tasks on {len(self.queues)} SMs, "
+                 f"{sum(map(len, needs))} needs of {sum(map(len, self.waits))} waits"]
         for i, n in enumerate(self.order):
-            lines.append(f"{i:4d} {n.op:16s} {n.name:28s} tasks {self.parts[i]:3d}  waits {self.waits[i]}")
+            lines.append(f"{i:4d} {n.op:16s} {n.name:28s} tasks {self.parts[i]:3d}  needs {needs[i]} "
+                         f"(of {len(self.waits[i])} waits)")
         return "\n".join(lines)
+
+    def tables(self) -> TaskTables:
+        """The plan as :class:`TaskTables` (what the kernel reads; :func:`simulate` runs them)."""
+        needs = self.needs or []
+        start = np.zeros(len(self.order) + 1, np.int64)
+        start[1:] = np.cumsum([len(w) for w in needs])
+        flat = [(i, self.parts[i]) for w in needs for i in w]
+        need_arr = np.array(flat, np.int32).reshape(-1, 2)
+        ids: dict[tuple[int, int], int] = {}
+        rows = []
+        for q in self.queues:
+            for t in q:
+                ids[(t.step, t.part)] = len(rows)
+                rows.append((t.step, t.part, t.parts, start[t.step], len(needs[t.step])))
+        qs = np.zeros(len(self.queues) + 1, np.int32)
+        qs[1:] = np.cumsum([len(q) for q in self.queues])
+        qt = np.array([ids[(t.step, t.part)] for q in self.queues for t in q], np.int32)
+        return TaskTables(np.array(rows, np.int32).reshape(-1, 5), need_arr, qs, qt, len(self.order))
 
     def dump_queues(self) -> str:
         """One line per SM: its tasks in the order it runs them, each as ``step.part/parts op``
@@ -105,6 +156,28 @@ def _overlap(a: list, b: list) -> bool:
     return any(x[0] == y[0] and x[1] < y[2] and y[1] < x[2] for x in a for y in b)
 
 
+def reduce_waits(waits: list[list[int]]) -> list[list[int]]:
+    """The waits each node must check: ``waits[j]`` (earlier nodes only) less those implied by
+    another of its waits -- i is dropped when some other i' in ``waits[j]`` comes after i in the
+    order that the waits impose (i' waits on i, directly or through others). A task that checks
+    the result still starts only after every node in ``waits[j]`` is complete."""
+    before: list[int] = []   # bit i of before[j]: node j runs after node i (transitively)
+    out: list[list[int]] = []
+    for j, w in enumerate(waits):
+        if any(i >= j for i in w):
+            raise ValueError(f"reduce_waits: node {j} waits on a node not before it: {w}")
+        covered = 0
+        for i in w:
+            covered |= before[i]
+        keep = [i for i in sorted(set(w)) if not covered >> i & 1]
+        out.append(keep)
+        b = 0
+        for i in keep:
+            b |= before[i] | (1 << i)
+        before.append(b)
+    return out
+
+
 def task_plan(plan: ExecPlan, num_sms: int = 132, tile_cols: int = TILE_COLS) -> TaskPlan:
     """Split ``plan``'s nodes into tasks, find what each node waits on, and deal the tasks to
     ``num_sms`` queues in plan order (each node's tasks round-robin from the SM after the last one
@@ -145,19 +218,25 @@ def simulate(graph: Graph, tp: TaskPlan, inputs: dict[int, np.ndarray], buffers:
         it = npd.itemsize
         return np.ndarray(t.shape, npd, buffer=buf, offset=t.offset * it, strides=tuple(s * it for s in t.strides))
 
-    done = [0] * len(tp.order)
-    heads = [0] * len(tp.queues)
-    left = tp.num_tasks
+    tb = tp.tables()
+    counters = np.zeros(tb.counters, np.int64)
+    heads = tb.queue_start[:-1].astype(np.int64)
+    ends = tb.queue_start[1:]
+
+    def can_start(s: int) -> bool:  # the kernel's spin: every needed counter at its count
+        node, _, _, n0, nn = tb.tasks[tb.queue_tasks[heads[s]]]
+        return all(counters[c] >= k for c, k in tb.needs[n0:n0 + nn])
+
+    left = len(tb.queue_tasks)
     while left:
-        ready = [s for s, q in enumerate(tp.queues)
-                 if heads[s] < len(q) and all(done[i] == tp.parts[i] for i in tp.waits[q[heads[s]].step])]
+        ready = [s for s in range(len(heads)) if heads[s] < ends[s] and can_start(s)]
         if not ready:
-            raise RuntimeError("task plan deadlocked: no SM's next task has its waits complete")
+            raise RuntimeError("task plan deadlocked: no SM's next task has its needs complete")
         s = ready[int(rng.integers(len(ready)))]
-        task = tp.queues[s][heads[s]]
-        _run_task(tp.order[task.step], task, arr)
+        node, part, parts, _, _ = (int(v) for v in tb.tasks[tb.queue_tasks[heads[s]]])
+        _run_task(tp.order[node], Task(node, part, parts), arr)
         heads[s] += 1
-        done[task.step] += 1
+        counters[node] += 1
         left -= 1
     return [arr(o).copy() for o in graph.outputs]
 
