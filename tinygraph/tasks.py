@@ -18,8 +18,15 @@ must reach (the node's task count); per SM the start of its slice of the task qu
 :func:`simulate` runs those tables on NumPy as the kernel would -- a task starts when every
 counter it needs has reached its count, and adds one to its node's counter when done -- in a
 random interleaving of the SM queues, and gives the graph's outputs: equal to an ordinary run
-when the waits are right (``tests/test_tasks.py``). Nothing runs on a GPU yet; the CUDA kernel that consumes this plan is
-the next step.
+when the waits are right (``tests/test_tasks.py``). Nothing runs on a GPU yet; the CUDA kernel that
+consumes these tables is the next step. Its intended shape (not built, not measured): one block
+per SM walks its queue; before a task, one thread spins on an acquire load of each needed counter;
+after it, the block synchronises and one thread releases (fence, then ``atomicAdd`` on the node's
+counter); a memset node of the captured graph zeroes the counters before each launch. A ``linear``
+task reuses ``linear_gemv_body`` (cuda_src/linear.cu) with a virtual block index (part p of parts
+is block p of a launch with parts column blocks), its input row read past the non-coherent
+read-only cache (``ld.global.cg``: another block wrote it in the same kernel). Nodes without a task
+form (attention first) end a persistent segment and run as today's kernels.
 """
 from __future__ import annotations
 
