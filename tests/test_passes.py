@@ -184,3 +184,16 @@ def test_fuse_attention_folds_a_soft_cap(backend, rng):
     g3, _ = _capped_chain(sess, qv.shape, K)
     g3.output(next(n for n in g3.nodes if n.name == "l0.scores_capped"))
     assert fuse_attention(g3) == 0
+
+
+def test_attention_softcap_must_be_a_positive_finite_number():
+    import pytest
+    from tinygraph.errors import GraphError
+    sess = tg.Session(backend="numpy")
+    g = sess.graph()
+    q, kt, v = (g.input(s, tg.float32) for s in ((1, 2, 3, 8), (1, 1, 8, 5), (1, 1, 5, 8)))
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "30"):
+        with pytest.raises(GraphError, match="cap must be a finite number > 0"):
+            tg.attention(q, kt, v, softcap=bad)
+    assert tg.attention(q, kt, v, softcap=30).params["softcap"] == 30.0
+    assert "softcap" not in tg.attention(q, kt, v).params  # graphs without a cap keep their params

@@ -98,13 +98,19 @@ def _gelu_ref(p, x):
     return 0.5 * x * (1.0 + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)))
 
 
+def cap_value(op: str, cap: float) -> float:
+    """A soft cap as a float: a finite number > 0 (``softcap``, and the fused attentions' ``softcap``)."""
+    if isinstance(cap, bool) or not isinstance(cap, (int, float, np.integer, np.floating)) \
+            or not (math.isfinite(cap) and cap > 0):
+        raise GraphError(f"{op}: cap must be a finite number > 0, got {cap!r}")
+    return float(cap)
+
+
 def softcap(x: Tensor, cap: float, name: str | None = None) -> Tensor:
     """Tanh soft-capping, ``cap * tanh(x / cap)``: values squashed into (-cap, cap) (Gemma 2's
     attention-logit and final-logit capping). ``cap`` a finite number > 0."""
     _need_float("softcap", x)
-    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not (math.isfinite(cap) and cap > 0):
-        raise GraphError(f"softcap: cap must be a finite number > 0, got {cap!r}")
-    return _node("softcap", (x,), x.shape, x.dtype, {"cap": float(cap)}, name)
+    return _node("softcap", (x,), x.shape, x.dtype, {"cap": cap_value("softcap", cap)}, name)
 
 
 @_reference("softcap", "elementwise", elementwise=True)

@@ -7,6 +7,7 @@ import numpy as np
 from ..dtypes import float32, int32
 from ..errors import GraphError, ShapeError
 from ..tensor import Tensor
+from .arith import cap_value
 from .registry import Array, _f32, _need_float, _node, _reference, _row_param
 
 
@@ -132,12 +133,7 @@ def attention(q: Tensor, kt: Tensor, v: Tensor, scale: float = 1.0, causal: bool
 def softcap_param(op: str, cap: float | None) -> dict:
     """``{"softcap": cap}`` for a finite cap > 0, ``{}`` for None (the key only when set, so
     graphs without a cap keep their params)."""
-    if cap is None:
-        return {}
-    if isinstance(cap, bool) or not isinstance(cap, (int, float, np.floating, np.integer)) \
-            or not np.isfinite(cap) or cap <= 0:
-        raise GraphError(f"{op}: softcap must be None or a finite number > 0, got {cap!r}")
-    return {"softcap": float(cap)}
+    return {} if cap is None else {"softcap": cap_value(op, cap)}
 
 
 @_reference("attention", "attention")
