@@ -105,6 +105,30 @@ __device__ __forceinline__ int moe_slot_expert(const T* route_row, int E, int j)
     return -1;
 }
 
+// Every slot of row r at once, by warp 0 of the block: e[j] = moe_slot_expert(route_row, E, j)
+// and w[j] its routing weight for j < k (-1 / unset past the last non-zero). All loads are issued
+// before the first ballot (E <= 32 * MOE_EPL), where k calls of moe_slot_expert would scan k times.
+template <typename T>
+__device__ __forceinline__ void moe_row_slots(const T* route_row, int E, int k, int* e, float* w) {
+    const int lane = threadIdx.x;  // warp 0: threadIdx.x < 32
+    float v[MOE_EPL];
+#pragma unroll
+    for (int i = 0; i < MOE_EPL; i++) {
+        const int ex = i * 32 + lane;
+        v[i] = ex < E ? to_f32(route_row[ex]) : 0.0f;
+    }
+    for (int j = lane; j < k; j += 32) e[j] = -1;
+    __syncwarp();
+    int seen = 0;
+#pragma unroll
+    for (int i = 0; i < MOE_EPL; i++) {  // the j-th non-zero in index order is slot j
+        const unsigned b = __ballot_sync(0xffffffffu, v[i] != 0.0f);
+        const int j = seen + __popc(b & ((1u << lane) - 1u));
+        if (v[i] != 0.0f && j < k) { e[j] = i * 32 + lane; w[j] = v[i]; }
+        seen += __popc(b);
+    }
+}
+
 // VEC elements of a row from p into f (float32): 16-byte loads when VEC * sizeof(T) == 16.
 template <typename T, int VEC>
 __device__ __forceinline__ void moe_load(const T* p, float* f) {
@@ -171,25 +195,7 @@ __device__ __forceinline__ void moe_down_kernel(T* y, const T* h, const T* w, co
     const int r = blockIdx.y;
     if (r >= rows) return;
     const T* rr = route + r * ldr;
-    if (threadIdx.x < 32) {  // warp 0 finds the row's experts and their weights in one pass
-        const int lane = threadIdx.x;
-        float v[MOE_EPL];
-#pragma unroll
-        for (int i = 0; i < MOE_EPL; i++) {  // every load issued before the first ballot
-            const int e = i * 32 + lane;
-            v[i] = e < E ? to_f32(rr[e]) : 0.0f;
-        }
-        for (int j = lane; j < k; j += 32) s_e[j] = -1;  // slots past the last non-zero: empty
-        __syncwarp();
-        int seen = 0;
-#pragma unroll
-        for (int i = 0; i < MOE_EPL; i++) {  // the j-th non-zero in index order is slot j
-            const unsigned b = __ballot_sync(0xffffffffu, v[i] != 0.0f);
-            const int j = seen + __popc(b & ((1u << lane) - 1u));
-            if (v[i] != 0.0f && j < k) { s_e[j] = i * 32 + lane; s_w[j] = v[i]; }
-            seen += __popc(b);
-        }
-    }
+    if (threadIdx.x < 32) moe_row_slots(rr, E, k, s_e, s_w);  // warp 0
     __syncthreads();
     const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (n >= H) return;

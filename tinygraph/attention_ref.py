@@ -40,11 +40,9 @@ def _mask(rows: int, t0: int, j0: int, j1: int, past: int, window: int | None) -
 
 
 def _cap(s: Array, softcap: float | None) -> Array:
-    """Gemma 2's attention-logit soft-capping ``cap * tanh(s / cap)`` (None or 0: off)."""
-    if not softcap:
-        return s
-    c = np.float32(softcap)
-    return np.tanh(s / c) * c
+    """Gemma 2's attention-logit soft-capping (None or 0: off): the ``softcap`` op's formula."""
+    from .ops.arith import _softcap_ref
+    return _softcap_ref({"cap": softcap}, s) if softcap else s
 
 
 def blocked_attention(q: Array, kt: Array, v: Array, scale: float, causal: bool = False, past: int = 0,
