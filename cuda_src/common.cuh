@@ -205,6 +205,13 @@ __device__ __forceinline__ void tg_pdl_wait() {
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
+// A read-only load: __ldg, or with CG ld.global.cg (through L2, past the SM's non-coherent L1 and
+// read-only caches) for memory that another block of the same persistent kernel wrote.
+template <bool CG, typename P>
+__device__ __forceinline__ P tg_ld(const P* p) {
+    if constexpr (CG) return __ldcg(p);
+    else return __ldg(p);
+}
 // Ask for the 128-byte line holding p to be brought into L2 (no register, no wait).
 __device__ __forceinline__ void tg_prefetch_l2(const void* p) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));

@@ -104,8 +104,9 @@ __device__ __forceinline__ void lin_norm_prefetch(int K, int norm, const T* nw, 
 }
 
 // Stage row `xr` (K elements, stride xs) into h as float32, normalised (norm 1 / 2). Loads are
-// 16 bytes wide and four per thread in flight where x (and norm_w / norm_b) allow it.
-template <typename T, int VEC>
+// 16 bytes wide and four per thread in flight where x (and norm_w / norm_b) allow it. CG: x is
+// read through L2 (tg_ld: another block of the same persistent kernel wrote it).
+template <typename T, int VEC, bool CG = false>
 __device__ __forceinline__ void lin_stage_row(float* h, const T* xr, long long xs, int K, int nv,
                                               int norm, const T* nw, const T* nbias, float eps,
                                               float* scratch) {
@@ -119,7 +120,7 @@ __device__ __forceinline__ void lin_stage_row(float* h, const T* xr, long long x
 #pragma unroll
         for (int j = 0; j < PB; ++j) {
             const int c = c0 + j * nthr;
-            if (c < nxc) v[j] = __ldg(reinterpret_cast<const uint4*>(xr) + c);
+            if (c < nxc) v[j] = tg_ld<CG>(reinterpret_cast<const uint4*>(xr) + c);
         }
 #pragma unroll
         for (int j = 0; j < PB; ++j) {
@@ -137,7 +138,7 @@ __device__ __forceinline__ void lin_stage_row(float* h, const T* xr, long long x
     }
 #pragma unroll 2
     for (int k = nxc * VEC + tid; k < K; k += nthr) {
-        const float v = to_f32(__ldg(xr + k * xs));
+        const float v = to_f32(tg_ld<CG>(xr + k * xs));
         h[lin_idx<VEC>(k, nv)] = v;
         s += norm == 1 ? v * v : v;
     }

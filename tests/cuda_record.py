@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 from typing import Any, Iterator
 
 from tinygraph.backends.cuda import backend as cb
@@ -42,13 +43,28 @@ class FakeModule:
 
 class FakeBuffer:
     _next = [0x7D0000000000]
+    #: buffers given contents (a persistent kernel's tables): their launches record the contents
+    uploaded: list["FakeBuffer"] = []
 
     def __init__(self, nbytes: int, what: str = "", device=None) -> None:
         self.nbytes, self.ptr = int(nbytes), self._next[0]
         self._next[0] += 1 << 36
+        self.data: bytes | None = None
+
+    def upload(self, host, offset: int = 0, stream=None) -> None:
+        self.data = bytes(memoryview(host).cast("B"))
+        FakeBuffer.uploaded.append(self)
 
     def free(self) -> None:
         pass
+
+
+def _table_ref(v: int) -> Any:
+    """A pointer into an uploaded buffer as (digest of its contents, offset), else itself."""
+    for b in FakeBuffer.uploaded:
+        if b.ptr <= v < b.ptr + b.nbytes:
+            return ["table", hashlib.sha256(b.data).hexdigest()[:16], v - b.ptr]
+    return v
 
 
 class FakeDevice:
@@ -73,7 +89,7 @@ def _plain(a: Any) -> Any:
         return [_plain(x) for x in a]
     if isinstance(a, ctypes._SimpleCData):
         v = a.value
-        return round(v, 7) if isinstance(v, float) else v
+        return round(v, 7) if isinstance(v, float) else _table_ref(v) if isinstance(v, int) else v
     if isinstance(a, (FakeBuffer,)):
         return a.ptr
     return a
@@ -122,6 +138,7 @@ def fake_backend() -> cb.CudaBackend:
     be._rings, be._written, be._owner, be.launches = [], set(), None, 0
     be._scratch_used = 0
     be._klog = None
+    be._persist = {}
     return be
 
 

@@ -27,6 +27,9 @@ class ExecPlan:
     #: backend kernel choices per node id, made once by the backend that first runs the plan
     #: (CUDA: ``select.plan_choices``)
     choices: dict[int, Any] | None = None
+    #: runs of nodes the backend runs as one persistent kernel, made with ``choices``
+    #: (CUDA: ``persistent.plan_segments``)
+    segments: list[Any] | None = None
 
     @property
     def arena_bytes(self) -> int:

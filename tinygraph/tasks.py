@@ -185,17 +185,19 @@ def reduce_waits(waits: list[list[int]]) -> list[list[int]]:
     return out
 
 
-def task_plan(plan: ExecPlan, num_sms: int = 132, tile_cols: int = TILE_COLS) -> TaskPlan:
-    """Split ``plan``'s nodes into tasks, find what each node waits on, and deal the tasks to
-    ``num_sms`` queues in plan order (each node's tasks round-robin from the SM after the last one
-    used, so consecutive small nodes spread over the SMs)."""
+def task_plan(plan: ExecPlan, num_sms: int = 132, tile_cols: int = TILE_COLS,
+              split: Callable[[Tensor], int] | None = None) -> TaskPlan:
+    """Split ``plan``'s nodes into tasks (``split(n)`` of them; default :func:`split_parts` with
+    ``tile_cols``), find what each node waits on, and deal the tasks to ``num_sms`` queues in plan
+    order (each node's tasks round-robin from the SM after the last one used, so consecutive
+    small nodes spread over the SMs)."""
     order = list(plan.order)
     rw = [_reads_writes(n, plan) for n in order]
     waits: list[list[int]] = []
     for j, (rj, wj) in enumerate(rw):
         waits.append([i for i in range(j) if _overlap(rw[i][1], rj) or _overlap(rw[i][0], wj)
                       or _overlap(rw[i][1], wj)])
-    parts = [split_parts(n, tile_cols) for n in order]
+    parts = [split(n) if split is not None else split_parts(n, tile_cols) for n in order]
     queues: list[list[Task]] = [[] for _ in range(max(1, num_sms))]
     sm = 0
     for i, k in enumerate(parts):

@@ -25,7 +25,7 @@ from ...errors import BackendError
 from ...graph import ExecPlan, Graph
 from ...tensor import Tensor
 from .. import Backend
-from . import driver, select
+from . import driver, persistent, select
 from .kernels import Arg, KernelLibrary
 from .launch import LAUNCH_OBSERVER
 from .limits import ALIGN, COUNTER_BYTES, NeedScratch
@@ -88,6 +88,7 @@ class CudaBackend(Backend):
         self.launches = 0
         self._klog: dict[int, list[str]] | None = None  # the graph being lowered's Graph.kernels
         self._choices: dict[int, object] = {}  # the kernel choices of the plan being run
+        self._persist: dict[bytes, tuple] = {}  # persistent segments' device tables, by content
 
     # -- persistent buffers -------------------------------------------------------------------
     def allocate(self, t: Tensor) -> None:
@@ -124,9 +125,11 @@ class CudaBackend(Backend):
             b.free()
         self.buffers.clear()
         self._replay.clear()
-        for b in (self._arena, self._inputs, self._scratch, self._work, self._pin, *self._rings):
+        for b in (self._arena, self._inputs, self._scratch, self._work, self._pin, *self._rings,
+                  *(x for kept in self._persist.values() for x in kept)):
             if b is not None:
                 b.free()
+        self._persist.clear()
         self._arena = self._inputs = self._scratch = self._work = self._pin = None
         self._rings.clear()
         for m in self.lib._modules.values():  # the kernels' device memory
@@ -433,11 +436,40 @@ class CudaBackend(Backend):
         if plan.choices is None:  # the plan's kernel choices, made on its first run and kept in it
             plan.choices = select.plan_choices(plan.order, self.lib.caps, GEMV_DTYPES, os.environ)
         self._choices = plan.choices
-        for n in plan.order:
+        if plan.segments is None:
+            plan.segments = persistent.plan_segments(plan, plan.choices, self._written, self.lib.sm_count)
+        starts = {s.start: s for s in plan.segments}
+        i, order = 0, plan.order
+        while i < len(order):
+            seg = starts.get(i)
+            if seg is not None and self.lib.pdl_active:  # decode-like plans only (see execute)
+                self._run_segment(seg, order, base)
+                i = seg.stop
+                continue
+            n = order[i]
             try:
                 self._run(n, base)
             except driver.CudaError as e:
                 raise driver.CudaError(f"while running node {n.describe()}: {e}", getattr(e, "result", None)) from e
+            i += 1
+
+    def _run_segment(self, seg: "persistent.Segment", order: list[Tensor], base: dict[int, int]) -> None:
+        """Nodes ``order[seg.start:seg.stop]`` as one persistent kernel (its launch logged under
+        the segment's first node, the others with none)."""
+        self.launches += 1
+        names: list[str] = []
+        tok = LAUNCH_OBSERVER.set(names.append)
+        try:
+            persistent.launch(self, seg, order, base)
+        except driver.CudaError as e:
+            raise driver.CudaError(f"while running the persistent segment of nodes {seg.start}..{seg.stop - 1} "
+                                   f"({order[seg.start].describe()} ...): {e}", getattr(e, "result", None)) from e
+        finally:
+            LAUNCH_OBSERVER.reset(tok)
+        if self._klog is not None:
+            self._klog[order[seg.start].id] = names
+            for n in order[seg.start + 1: seg.stop]:
+                self._klog[n.id] = []
 
     def _fetch(self, t: Tensor, base: dict[int, int]) -> np.ndarray:
         """Host copy of ``t`` (any strides): download its span, then view it with its strides."""

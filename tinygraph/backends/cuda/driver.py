@@ -293,6 +293,11 @@ def _capture_begins() -> None:
     _captures_open += 1
 
 
+def capturing() -> bool:
+    """Whether a stream capture is open (synchronous copies and allocations would break it)."""
+    return _captures_open > 0
+
+
 def _capture_ends() -> None:
     global _captures_open
     _captures_open -= 1

@@ -263,6 +263,13 @@ _reg(
                "(in split order): split-K's reduce and the epilogue in one kernel"),
 )
 
+# the persistent kernel of a decode segment (cuda_src/persist.cu; planned and launched by persistent.py)
+_reg(KernelSpec("persist_linear", "persist.cu",
+                (("args", "ptr"), ("tasks", "ptr"), ("needs", "ptr"), ("qstart", "ptr"), ("qtasks", "ptr"),
+                 ("counters", "ptr"), ("ncounters", "i32")),
+                _ONE, "persistent",
+                "a run of decode linears as tasks on one block per SM, ordered by counters (PLinear args)"))
+
 # ggml block-quantized weights (linear_q.cu and linear_q_k.cu, linear_qmma.cu, linear_qr.cu; launch helpers in
 # quant_launch.py). linear_q.cuh's kernels are instantiated in two files, the k-quants apart, so that a cold
 # kernel cache compiles them side by side (one file took ~35 s of NVRTC, the longest by far)

@@ -1,0 +1,91 @@
+// persist.cu -- a persistent kernel that runs a segment of a decode step's nodes as tasks
+// (tinygraph/tasks.py plans them, tinygraph/backends/cuda/persistent.py launches this).
+//
+// persist_linear_T(const PLinear<T>* args, const int* tasks, const int* needs, const int* qstart,
+//                  const int* qtasks, int* counters, int ncounters)
+//   One block per SM (grid = the number of queues, every block resident: the tasks of a block
+//   wait only on tasks of nodes earlier in the plan, which the other blocks reach first).
+//   Block s runs tasks qtasks[qstart[s] .. qstart[s+1]) in order. Task t (tasks[5t ..]: node,
+//   part, parts, first need, number of needs) is part `part` of `parts` of node `node`'s fused
+//   linear (args[node]: linear_gemv1's arguments, one row): the columns that block `part` of a
+//   `parts`-block linear_gemv1 launch would compute. A task
+//     1. loads its first batch of weight rows (and, in a block's first task, only then waits for
+//        the kernel before this one: programmatic dependent launch),
+//     2. spins until counters[needs[2i]] >= needs[2i+1] for each of its needs (one thread each,
+//        acquire loads; then a fence and __syncthreads),
+//     3. runs the GEMV, reading x and res through L2 (written by other blocks of this kernel),
+//     4. __syncthreads, then thread 0 releases: fence, counters[node] += 1.
+//   The last block to finish resets counters[0 .. ncounters] to zero (counters[ncounters] counts
+//   finished blocks), so every launch starts from zeros without a memset.
+//   Dynamic shared memory: ceil(K/4)*4*4 bytes for the largest K among the nodes; 256 threads.
+#include "linear_gemv.cuh"
+
+template <typename T>
+struct PLinear {  // mirrored by persistent.PLinear (ctypes)
+    T* y;
+    const T* x;
+    const T* w;
+    const T* bias;
+    const T* res;
+    const T* nw;
+    const T* nb;
+    long long ldw;
+    TD yd, xd, rd;
+    float eps;
+    int norm, act, N, K;
+};
+
+__device__ __forceinline__ int tg_ld_acquire(const int* p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+template <typename T>
+__device__ __forceinline__ void persist_linear(const PLinear<T>* __restrict__ args, const int* __restrict__ tasks,
+                                               const int* __restrict__ needs, const int* __restrict__ qstart,
+                                               const int* __restrict__ qtasks, int* counters, int ncounters) {
+    bool first = true;
+    const int q0 = qstart[blockIdx.x], q1 = qstart[blockIdx.x + 1];
+    for (int i = q0; i < q1; ++i) {
+        const int* tk = tasks + 5 * qtasks[i];
+        const int node = tk[0], part = tk[1], parts = tk[2], n0 = tk[3], nn = tk[4];
+        const PLinear<T>& a = args[node];
+        auto wait = [&] {
+            if (first) tg_pdl_wait();  // the first task's weights were loaded before this
+            first = false;
+            for (int j = threadIdx.x; j < nn; j += blockDim.x) {
+                const int* c = counters + needs[2 * (n0 + j)];
+                const int want = needs[2 * (n0 + j) + 1];
+                while (tg_ld_acquire(c) < want) __nanosleep(32);
+            }
+            __threadfence();
+            __syncthreads();
+        };
+        linear_gemv_body<T, 1, true>(a.y, a.yd, a.x, a.xd, a.w, a.ldw, a.bias, a.res, a.rd, a.nw, a.nb,
+                                     a.eps, a.norm, a.act, a.N, a.K, 1, part, parts, wait);
+        __syncthreads();  // every warp's outputs are written (and the staged row is free again)
+        if (threadIdx.x == 0) {
+            __threadfence();
+            atomicAdd(counters + node, 1);
+        }
+    }
+    if (first) tg_pdl_wait();  // a block without tasks still must not touch the counters early
+    if (threadIdx.x == 0) {
+        __threadfence();
+        if (atomicAdd(counters + ncounters, 1) == (int)gridDim.x - 1) {
+            for (int c = 0; c <= ncounters; ++c) counters[c] = 0;
+            __threadfence();
+        }
+    }
+}
+
+#define TG_PERSIST(T, sfx)                                                                        \
+    extern "C" __global__ void __launch_bounds__(256) persist_linear_##sfx(                       \
+        const PLinear<T>* args, const int* tasks, const int* needs, const int* qstart,             \
+        const int* qtasks, int* counters, int ncounters) {                                        \
+        persist_linear<T>(args, tasks, needs, qstart, qtasks, counters, ncounters);               \
+    }
+TG_PERSIST(float, f32)
+TG_PERSIST(__half, f16)
+TG_PERSIST(__nv_bfloat16, bf16)
