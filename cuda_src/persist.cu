@@ -20,6 +20,17 @@
 //   Dynamic shared memory: ceil(K/4)*4*4 bytes for the largest K among the nodes; 256 threads.
 #include "linear_gemv.cuh"
 
+// Tuning knobs (A/B through TINYGRAPH_CUDA_OPTIONS, e.g. -DTG_PERSIST_SLEEP=0):
+#ifndef TG_PERSIST_SLEEP
+#define TG_PERSIST_SLEEP 32  // ns of __nanosleep between polls of a counter (0: spin)
+#endif
+#ifndef TG_PERSIST_FENCE
+#define TG_PERSIST_FENCE 1  // 1: __threadfence around the counters; 0: release add / acquire loads only
+#endif
+#ifndef TG_PERSIST_TRIGGER
+#define TG_PERSIST_TRIGGER 0  // 1: let the next kernel launch (PDL) once every block starts its last task
+#endif
+
 template <typename T>
 struct PLinear {  // mirrored by persistent.PLinear (ctypes)
     T* y;
@@ -51,23 +62,30 @@ __device__ __forceinline__ void persist_linear(const PLinear<T>* __restrict__ ar
         const int* tk = tasks + 5 * qtasks[i];
         const int node = tk[0], part = tk[1], parts = tk[2], n0 = tk[3], nn = tk[4];
         const PLinear<T>& a = args[node];
+        if (TG_PERSIST_TRIGGER && i == q1 - 1) tg_pdl_trigger();
         auto wait = [&] {
             if (first) tg_pdl_wait();  // the first task's weights were loaded before this
             first = false;
             for (int j = threadIdx.x; j < nn; j += blockDim.x) {
                 const int* c = counters + needs[2 * (n0 + j)];
                 const int want = needs[2 * (n0 + j) + 1];
-                while (tg_ld_acquire(c) < want) __nanosleep(32);
+                while (tg_ld_acquire(c) < want) {
+                    if (TG_PERSIST_SLEEP) __nanosleep(TG_PERSIST_SLEEP);
+                }
             }
-            __threadfence();
+            if (TG_PERSIST_FENCE) __threadfence();
             __syncthreads();
         };
         linear_gemv_body<T, 1, true>(a.y, a.yd, a.x, a.xd, a.w, a.ldw, a.bias, a.res, a.rd, a.nw, a.nb,
                                      a.eps, a.norm, a.act, a.N, a.K, 1, part, parts, wait);
         __syncthreads();  // every warp's outputs are written (and the staged row is free again)
         if (threadIdx.x == 0) {
-            __threadfence();
-            atomicAdd(counters + node, 1);
+            if (TG_PERSIST_FENCE) {
+                __threadfence();
+                atomicAdd(counters + node, 1);
+            } else {
+                asm volatile("red.release.gpu.global.add.s32 [%0], 1;" ::"l"(counters + node) : "memory");
+            }
         }
     }
     if (first) tg_pdl_wait();  // a block without tasks still must not touch the counters early
