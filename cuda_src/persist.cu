@@ -22,14 +22,15 @@
 
 // Tuning knobs (A/B through TINYGRAPH_CUDA_OPTIONS, e.g. -DTG_PERSIST_SLEEP=0):
 #ifndef TG_PERSIST_SLEEP
-#define TG_PERSIST_SLEEP 32  // ns of __nanosleep between polls of a counter (0: spin)
+#define TG_PERSIST_SLEEP 0  // ns of __nanosleep between polls of a counter (0: spin)
 #endif
 #ifndef TG_PERSIST_FENCE
-#define TG_PERSIST_FENCE 1  // 1: __threadfence around the counters; 0: release add / acquire loads only
+#define TG_PERSIST_FENCE 0  // 1: __threadfence around the counters; 0: release add / acquire loads only
 #endif
 #ifndef TG_PERSIST_TRIGGER
-#define TG_PERSIST_TRIGGER 0  // 1: let the next kernel launch (PDL) once every block starts its last task
+#define TG_PERSIST_TRIGGER 1  // 1: let the next kernel launch (PDL) once every block starts its last task
 #endif
+#define PERSIST_SMEM_NODES 16  // segments of at most this many nodes keep their arguments in shared memory
 
 template <typename T>
 struct PLinear {  // mirrored by persistent.PLinear (ctypes)
@@ -58,10 +59,21 @@ __device__ __forceinline__ void persist_linear(const PLinear<T>* __restrict__ ar
                                                const int* __restrict__ qtasks, int* counters, int ncounters) {
     bool first = true;
     const int q0 = qstart[blockIdx.x], q1 = qstart[blockIdx.x + 1];
+    // the nodes' arguments into shared memory once (they are written before the launch, so this
+    // may run before the PDL wait): a task then finds its pointers without a round trip to L2
+    static_assert(sizeof(PLinear<T>) % 8 == 0, "PLinear is copied 8 bytes at a time");
+    __shared__ uint2 sraw[PERSIST_SMEM_NODES * sizeof(PLinear<T>) / 8];
+    const bool in_smem = ncounters <= PERSIST_SMEM_NODES;
+    if (in_smem) {
+        const uint2* g = reinterpret_cast<const uint2*>(args);
+        for (int k = threadIdx.x; k < ncounters * (int)(sizeof(PLinear<T>) / 8); k += blockDim.x) sraw[k] = __ldg(g + k);
+        __syncthreads();
+    }
+    const PLinear<T>* sargs = in_smem ? reinterpret_cast<const PLinear<T>*>(sraw) : args;
     for (int i = q0; i < q1; ++i) {
-        const int* tk = tasks + 5 * qtasks[i];
-        const int node = tk[0], part = tk[1], parts = tk[2], n0 = tk[3], nn = tk[4];
-        const PLinear<T>& a = args[node];
+        const int* tk = tasks + 5 * __ldg(qtasks + i);
+        const int node = __ldg(tk), part = __ldg(tk + 1), parts = __ldg(tk + 2), n0 = __ldg(tk + 3), nn = __ldg(tk + 4);
+        const PLinear<T>& a = sargs[node];
         if (TG_PERSIST_TRIGGER && i == q1 - 1) tg_pdl_trigger();
         auto wait = [&] {
             if (first) tg_pdl_wait();  // the first task's weights were loaded before this
@@ -99,7 +111,7 @@ __device__ __forceinline__ void persist_linear(const PLinear<T>* __restrict__ ar
 }
 
 #define TG_PERSIST(T, sfx)                                                                        \
-    extern "C" __global__ void __launch_bounds__(256) persist_linear_##sfx(                       \
+    extern "C" __global__ void __launch_bounds__(256, 2) persist_linear_##sfx(                     \
         const PLinear<T>* args, const int* tasks, const int* needs, const int* qstart,             \
         const int* qtasks, int* counters, int ncounters) {                                        \
         persist_linear<T>(args, tasks, needs, qstart, qtasks, counters, ncounters);               \

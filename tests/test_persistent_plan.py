@@ -48,12 +48,12 @@ def test_a_decode_step_runs_its_linears_between_attentions_as_segments(fam: str)
             # o_proj, gate_up (or fc1), down (fc2), and the next qkv or the head: up to the next attention
             assert s.stop == len(order) or order[s.stop].op != "linear"
             assert order[s.start - 1].op != "linear"
-            t = s.tables
+            t, q = s.tables, SMS * persistent.BLOCKS_PER_SM  # the queues: blocks of the kernel
             assert t.counters == s.stop - s.start
             for node, part, parts, n0, nn in t.tasks:
-                assert parts == persistent.task_parts(order[s.start + node], SMS) and 0 <= part < parts
+                assert parts == persistent.task_parts(order[s.start + node], q) and 0 <= part < parts
                 assert all(c < node for c, _ in t.needs[n0:n0 + nn])   # within the segment, earlier
-            assert len(t.queue_start) == SMS + 1 and sorted(t.queue_tasks) == list(range(len(t.tasks)))
+            assert len(t.queue_start) == q + 1 and sorted(t.queue_tasks) == list(range(len(t.tasks)))
             assert s.smem >= 4 * max(n.srcs[0].shape[-1] for n in order[s.start:s.stop])
         covered = {i for s in segs for i in range(s.start, s.stop)}
         attn = [i for i, n in enumerate(order) if n.op.startswith("attention")]

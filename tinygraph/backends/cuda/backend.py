@@ -442,9 +442,8 @@ class CudaBackend(Backend):
         i, order = 0, plan.order
         while i < len(order):
             seg = starts.get(i)
-            if seg is not None and self.lib.pdl_active:  # decode-like plans only (see execute)
-                self._run_segment(seg, order, base)
-                i = seg.stop
+            if seg is not None and self.lib.pdl_active and self._run_segment(seg, order, base):
+                i = seg.stop  # decode-like plans only (see execute)
                 continue
             n = order[i]
             try:
@@ -453,23 +452,26 @@ class CudaBackend(Backend):
                 raise driver.CudaError(f"while running node {n.describe()}: {e}", getattr(e, "result", None)) from e
             i += 1
 
-    def _run_segment(self, seg: "persistent.Segment", order: list[Tensor], base: dict[int, int]) -> None:
+    def _run_segment(self, seg: "persistent.Segment", order: list[Tensor], base: dict[int, int]) -> bool:
         """Nodes ``order[seg.start:seg.stop]`` as one persistent kernel (its launch logged under
-        the segment's first node, the others with none)."""
-        self.launches += 1
+        the segment's first node, the others with none); False when it cannot run so (the nodes
+        then run as their own kernels)."""
         names: list[str] = []
         tok = LAUNCH_OBSERVER.set(names.append)
         try:
-            persistent.launch(self, seg, order, base)
+            if not persistent.launch(self, seg, order, base):
+                return False
         except driver.CudaError as e:
             raise driver.CudaError(f"while running the persistent segment of nodes {seg.start}..{seg.stop - 1} "
                                    f"({order[seg.start].describe()} ...): {e}", getattr(e, "result", None)) from e
         finally:
             LAUNCH_OBSERVER.reset(tok)
+        self.launches += 1
         if self._klog is not None:
             self._klog[order[seg.start].id] = names
             for n in order[seg.start + 1: seg.stop]:
                 self._klog[n.id] = []
+        return True
 
     def _fetch(self, t: Tensor, base: dict[int, int]) -> np.ndarray:
         """Host copy of ``t`` (any strides): download its span, then view it with its strides."""

@@ -40,6 +40,9 @@ ENABLED = os.environ.get("TINYGRAPH_PERSISTENT", "1") != "0"
 MIN_NODES = 2
 #: threads per block of persist_linear (8 warps: one output column each at a time)
 BLOCK = 256
+#: blocks (task queues) per SM: 2 keeps twice the weight loads in flight of one (the kernel's
+#: __launch_bounds__ allows 2; a segment whose shared memory leaves fewer resident runs unfused)
+BLOCKS_PER_SM = int(os.environ.get("TINYGRAPH_PERSISTENT_BLOCKS", "2"))
 #: output columns a task gets at least (one per warp)
 TASK_COLS = BLOCK // 32
 #: the float dtypes with a persist_linear kernel
@@ -113,15 +116,16 @@ class Segment:
 
 def plan_segments(plan: ExecPlan, choices: dict, written: set[int], num_sms: int) -> list[Segment]:
     """The plan's persistent segments (none when ``TINYGRAPH_PERSISTENT=0``). ``written``: the
-    storages the plan's nodes write; ``num_sms``: one queue (block) per SM."""
+    storages the plan's nodes write; ``num_sms``: the queues (blocks) are ``BLOCKS_PER_SM`` per SM."""
     if not ENABLED:
         return []
     order = plan.order
+    queues = num_sms * max(1, BLOCKS_PER_SM)
     ok = [task_form(n, choices.get(n.id), written) for n in order]
     segs = []
     for i, j in find_segments(ok, [n.dtype.short for n in order]):
         sub = ExecPlan(order[i:j], plan.memory)
-        tp = tasks.task_plan(sub, num_sms, split=lambda n: task_parts(n, num_sms))
+        tp = tasks.task_plan(sub, queues, split=lambda n: task_parts(n, queues))
         smem = max(-(-n.srcs[0].shape[-1] // 4) * 16 for n in order[i:j])
         segs.append(Segment(i, j, order[i].dtype.short, tp, tp.tables(), smem))
     return segs
@@ -160,10 +164,18 @@ def _blob(be: "CudaBackend", seg: Segment, order: list[Tensor], base: dict[int, 
     return bytes(blob), offs
 
 
-def launch(be: "CudaBackend", seg: Segment, order: list[Tensor], base: dict[int, int]) -> None:
-    """Queue the segment's persistent kernel on the backend's stream. Its tables and counters go
-    to device memory once per distinct content (``be._persist``, kept while the backend lives: a
-    captured graph holds their address); the kernel leaves its counters at zero for the next run."""
+def launch(be: "CudaBackend", seg: Segment, order: list[Tensor], base: dict[int, int]) -> bool:
+    """Queue the segment's persistent kernel on the backend's stream; False (nothing queued) when
+    its blocks could not all be resident at once (every queue must run: a block spins on tasks of
+    others). Its tables and counters go to device memory once per distinct content
+    (``be._persist``, kept while the backend lives: a captured graph holds their address); the
+    kernel leaves its counters at zero for the next run."""
+    lib = be.lib
+    f = lib.get("persist_linear", seg.dtype)
+    lib._ensure_dynamic_smem(f, seg.smem)
+    nq = len(seg.tables.queue_start) - 1
+    if lib._blocks_per_sm(f, BLOCK, seg.smem) * lib.sm_count < nq:
+        return False
     blob, offs = _blob(be, seg, order, base)
     kept = be._persist.get(blob)
     if kept is None:
@@ -177,9 +189,6 @@ def launch(be: "CudaBackend", seg: Segment, order: list[Tensor], base: dict[int,
             dev.upload(np.frombuffer(blob, np.uint8))
         kept = be._persist[blob] = (dev, host)
     dev = kept[0]
-    lib = be.lib
-    f = lib.get("persist_linear", seg.dtype)
-    lib._ensure_dynamic_smem(f, seg.smem)
-    nq = len(seg.tables.queue_start) - 1
     lib._launch(f, nq, BLOCK, [*(ptr(dev.ptr + o) for o in offs), i32(seg.tables.counters)],
                 stream=be.stream, shared_mem=seg.smem, pdl=None)
+    return True
