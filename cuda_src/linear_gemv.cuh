@@ -35,6 +35,30 @@ __device__ __forceinline__ void lin_load_batch(uint4 (&v)[U], const T* wr, int b
 
 extern __shared__ float4 lin_smem[];
 
+#ifndef TG_PERSIST_PREFETCH
+#define TG_PERSIST_PREFETCH 8192  // bytes of weight rows a warp asks into L2 before its task waits
+#endif
+// A persistent task's weight rows past the first batch, up to TG_PERSIST_PREFETCH bytes per warp,
+// asked into L2 (no registers held) before the task waits on the node before it: DRAM streams
+// them while the other blocks finish that node. Rows: the warp's columns col, col + wstride, ...
+// (both passes of swiglu: row c and c + half).
+template <typename T>
+__device__ __forceinline__ void lin_prefetch_rows(const T* w, long long ldw, int col, int wstride, int ncols,
+                                                  int P, int half, int lane) {
+    const long long row_bytes = ldw * (long long)sizeof(T);
+    long long budget = TG_PERSIST_PREFETCH;
+    const long long first = 32LL * TG_LINEAR_U * 16;  // the batch already loaded into registers
+    for (int c = col; c < ncols && budget > 0; c += wstride) {
+        for (int pp = 0; pp < P && budget > 0; ++pp) {
+            const char* r = reinterpret_cast<const char*>(w + (long long)(c + pp * half) * ldw);
+            const long long start = (c == col && pp == 0) ? first : 0;
+            const long long n = row_bytes - start < budget ? row_bytes - start : budget;
+            for (long long o = start + 128LL * lane; o < start + n; o += 32 * 128) tg_prefetch_l2(r + o);
+            budget -= n > 0 ? n : 0;
+        }
+    }
+}
+
 // RB rows per block; one output column per warp at a time, swiglu as two passes over the
 // column (gate row, then up row) so that every path keeps the register budget of one.
 template <typename T, int RB, bool PERSIST, typename Wait>
@@ -94,6 +118,7 @@ __device__ __forceinline__ void linear_gemv_body(T* y, const TD& yd, const T* x,
         lin_load_batch<T, U>(cur, wr, 0, lane, nv);
         load_bias(ecur, col);
     }
+    if constexpr (PERSIST) lin_prefetch_rows<T>(w, ldw, col, wstride, ncols, P, half, lane);
     wait();
     if (col < ncols) load_res(ecur, col);
 

@@ -30,6 +30,9 @@
 #ifndef TG_PERSIST_TRIGGER
 #define TG_PERSIST_TRIGGER 1  // 1: let the next kernel launch (PDL) once every block starts its last task
 #endif
+#ifndef TG_PERSIST_MIN_BLOCKS
+#define TG_PERSIST_MIN_BLOCKS 2  // resident blocks per SM the registers are budgeted for (persistent.BLOCKS_PER_SM)
+#endif
 #define PERSIST_SMEM_NODES 16  // segments of at most this many nodes keep their arguments in shared memory
 
 template <typename T>
@@ -111,7 +114,7 @@ __device__ __forceinline__ void persist_linear(const PLinear<T>* __restrict__ ar
 }
 
 #define TG_PERSIST(T, sfx)                                                                        \
-    extern "C" __global__ void __launch_bounds__(256, 2) persist_linear_##sfx(                     \
+    extern "C" __global__ void __launch_bounds__(256, TG_PERSIST_MIN_BLOCKS) persist_linear_##sfx(                     \
         const PLinear<T>* args, const int* tasks, const int* needs, const int* qstart,             \
         const int* qtasks, int* counters, int ncounters) {                                        \
         persist_linear<T>(args, tasks, needs, qstart, qtasks, counters, ncounters);               \
