@@ -67,17 +67,17 @@
 //       reduce and the epilogue in one kernel (a batched decode step's projections).
 #include "linear_gemv.cuh"
 
-template <typename T>
+template <typename T, bool ONE>
 __device__ __forceinline__ void linear_gemv_kernel(T* y, const TD& yd, const T* x, const TD& xd,
                                                    const T* w, long long ldw, const T* bias,
                                                    const T* res, const TD& rd, const T* nw,
                                                    const T* nbias, float eps, int norm, int act,
-                                                   int N, int K, bool one_row) {
+                                                   int N, int K) {
     const long long rows = td_rows(yd);
-    const int rb = one_row ? 1 : lin_rows_per_block(rows, K);
+    const int rb = ONE ? 1 : lin_rows_per_block(rows, K);
 #define LIN_CALL(RB) \
-    linear_gemv_body<T, RB, false>(y, yd, x, xd, w, ldw, bias, res, rd, nw, nbias, eps, norm, act, N, K, rows, \
-                                   blockIdx.x, gridDim.x, [] { tg_pdl_wait(); })
+    linear_gemv_body<T, RB, false, ONE>(y, yd, x, xd, w, ldw, bias, res, rd, nw, nbias, eps, norm, act, N, K, rows, \
+                                   0, 0, [] { tg_pdl_wait(); })
     if (rb == 4) LIN_CALL(4);
     else if (rb == 2) LIN_CALL(2);
     else LIN_CALL(1);
@@ -109,16 +109,17 @@ __device__ __forceinline__ void linear_epilogue_body(T* y, const TD& yd, Z zat, 
 }
 
 // linear_gemv_* and linear_gemv1_* (ONE: one row per block): the same entry, the flag apart
-#define TG_LINEAR_GEMV_ENTRY(NAME, T, ONE)                                                     \
-    extern "C" __global__ void __launch_bounds__(256) NAME(                                    \
+// (BOUNDS: __launch_bounds__; linear_gemv1 asks for 3 resident blocks per SM, <= 85 registers)
+#define TG_LINEAR_GEMV_ENTRY(NAME, T, ONE, BOUNDS)                                             \
+    extern "C" __global__ void BOUNDS NAME(                                                    \
         T* y, TD yd, const T* x, TD xd, const T* w, long long ldw, const T* bias, const T* res, \
         TD rd, const T* norm_w, const T* norm_b, float eps, int norm, int act, int N, int K) {   \
-        linear_gemv_kernel<T>(y, yd, x, xd, w, ldw, bias, res, rd, norm_w, norm_b, eps, norm,  \
-                              act, N, K, ONE);                                                  \
+        linear_gemv_kernel<T, ONE>(y, yd, x, xd, w, ldw, bias, res, rd, norm_w, norm_b, eps,    \
+                                   norm, act, N, K);                                            \
     }
 #define TG_LINEAR(T, sfx)                                                                      \
-    TG_LINEAR_GEMV_ENTRY(linear_gemv_##sfx, T, false)                                          \
-    TG_LINEAR_GEMV_ENTRY(linear_gemv1_##sfx, T, true)                                          \
+    TG_LINEAR_GEMV_ENTRY(linear_gemv_##sfx, T, false, __launch_bounds__(256))                  \
+    TG_LINEAR_GEMV_ENTRY(linear_gemv1_##sfx, T, true, __launch_bounds__(256, 3))               \
     extern "C" __global__ void linear_epilogue_##sfx(T* y, TD yd, const T* z, TD zd,           \
                                                      const T* bias, const T* res, TD rd,       \
                                                      int act) { tg_pdl_enter();                \

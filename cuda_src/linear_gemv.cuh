@@ -1,12 +1,13 @@
 // linear_gemv.cuh -- the body of the fused decode GEMV (linear.cu's linear_gemv / linear_gemv1,
 // and persist.cu's linear tasks): semantics, design and measurements are in linear.cu's header.
 //
-// linear_gemv_body<T, RB, PERSIST>(..., rows, vb, vg, wait): block vb of a launch of vg blocks
-// (a kernel passes blockIdx.x / gridDim.x; a persistent kernel the task's part / parts). wait()
+// linear_gemv_body<T, RB, PERSIST, NWPRE>(..., rows, vb, vg, wait): block vb of a launch of vg blocks
+// (PERSIST: the task's part / parts; a kernel's own blockIdx.x / gridDim.x otherwise). wait()
 // runs after the first weight batch is loaded and before x or res is read (a kernel: the PDL
 // wait; a persistent kernel: the spin on the task's needs, ending in __syncthreads). PERSIST:
 // x and res are read through L2 (ld.global.cg), since another block of the same kernel wrote
-// them, and no griddepcontrol is issued.
+// them, and no griddepcontrol is issued. NWPRE: the rms weight's first 16 bytes per thread are
+// loaded before wait() too (4 registers more: only the one-row kernels, which have them).
 #pragma once
 #include "linear_common.cuh"
 
@@ -35,8 +36,12 @@ __device__ __forceinline__ void lin_load_batch(uint4 (&v)[U], const T* wr, int b
 
 extern __shared__ float4 lin_smem[];
 
+#ifndef TG_LINEAR_NW_PRE
+#define TG_LINEAR_NW_PRE 1  // 1: a thread's first 16 bytes of the rms norm weight are loaded before the wait
+#endif
 #ifndef TG_PERSIST_PREFETCH
-#define TG_PERSIST_PREFETCH 8192  // bytes of weight rows a warp asks into L2 before its task waits
+#define TG_PERSIST_PREFETCH 0  // bytes of weight rows a warp asks into L2 before its task waits
+// (H200: 8 KB cost TinyLlama 3% and Qwen3-0.6B 2% against none, 32 KB more)
 #endif
 // A persistent task's weight rows past the first batch, up to TG_PERSIST_PREFETCH bytes per warp,
 // asked into L2 (no registers held) before the task waits on the node before it: DRAM streams
@@ -61,7 +66,7 @@ __device__ __forceinline__ void lin_prefetch_rows(const T* w, long long ldw, int
 
 // RB rows per block; one output column per warp at a time, swiglu as two passes over the
 // column (gate row, then up row) so that every path keeps the register budget of one.
-template <typename T, int RB, bool PERSIST, typename Wait>
+template <typename T, int RB, bool PERSIST, bool NWPRE, typename Wait>
 __device__ __forceinline__ void linear_gemv_body(T* y, const TD& yd, const T* x, const TD& xd,
                                                  const T* w, long long ldw, const T* bias,
                                                  const T* res, const TD& rd, const T* nw,
@@ -76,8 +81,11 @@ __device__ __forceinline__ void linear_gemv_body(T* y, const TD& yd, const T* x,
 
     const int tid = threadIdx.x, lane = tid & 31, nwarps = blockDim.x >> 5;
     const long long ngroups = (rows + RB - 1) / RB;
-    const long long ncb = vg / ngroups;
-    const long long grp = vb % ngroups, cb = vb / ngroups;
+    // a kernel reads its block index itself (through an argument, ptxas held more in registers:
+    // linear_gemv spilled 12 bytes); a persistent task is given its part as vb of vg
+    const long long bi = PERSIST ? vb : (long long)blockIdx.x, gd = PERSIST ? vg : (long long)gridDim.x;
+    const long long ncb = gd / ngroups;
+    const long long grp = bi % ngroups, cb = bi / ngroups;
     if (cb >= ncb) return;  // whole block: grid not a multiple of the row groups
 
     const bool vec = (ldw % VEC) == 0 && lin_al16(w);
@@ -118,7 +126,12 @@ __device__ __forceinline__ void linear_gemv_body(T* y, const TD& yd, const T* x,
         lin_load_batch<T, U>(cur, wr, 0, lane, nv);
         load_bias(ecur, col);
     }
-    if constexpr (PERSIST) lin_prefetch_rows<T>(w, ldw, col, wstride, ncols, P, half, lane);
+    if constexpr (PERSIST && TG_PERSIST_PREFETCH > 0) lin_prefetch_rows<T>(w, ldw, col, wstride, ncols, P, half, lane);
+    // the rms weight's first chunk for this thread, so that the normalisation after the wait
+    // does not start with a round trip to L2 (the weights of K <= 256 * VEC: all of it)
+    const bool nw_pre = TG_LINEAR_NW_PRE && NWPRE && RB == 1 && norm == 1 && nw && lin_al16(nw) && tid < K / VEC;
+    uint4 gpre = make_uint4(0u, 0u, 0u, 0u);
+    if (nw_pre) gpre = __ldg(reinterpret_cast<const uint4*>(nw) + tid);
     wait();
     if (col < ncols) load_res(ecur, col);
 
@@ -132,7 +145,7 @@ __device__ __forceinline__ void linear_gemv_body(T* y, const TD& yd, const T* x,
             continue;
         }
         lin_stage_row<T, VEC, PERSIST>(h, x + td_row_offset_bcast(xd, yd, row), xd.st[3], K, nv, norm, nw,
-                              nbias, eps, scratch);
+                                       nbias, eps, scratch, nw_pre, gpre);
     }
     __syncthreads();
 

@@ -91,7 +91,7 @@ __device__ __forceinline__ void persist_linear(const PLinear<T>* __restrict__ ar
             if (TG_PERSIST_FENCE) __threadfence();
             __syncthreads();
         };
-        linear_gemv_body<T, 1, true>(a.y, a.yd, a.x, a.xd, a.w, a.ldw, a.bias, a.res, a.rd, a.nw, a.nb,
+        linear_gemv_body<T, 1, true, true>(a.y, a.yd, a.x, a.xd, a.w, a.ldw, a.bias, a.res, a.rd, a.nw, a.nb,
                                      a.eps, a.norm, a.act, a.N, a.K, 1, part, parts, wait);
         __syncthreads();  // every warp's outputs are written (and the staged row is free again)
         if (threadIdx.x == 0) {

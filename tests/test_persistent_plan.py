@@ -18,6 +18,11 @@ GEMV = frozenset({"f32", "f16", "bf16"})
 SMS = 8
 
 
+@pytest.fixture(autouse=True)
+def _segments_on(monkeypatch):
+    monkeypatch.setattr(persistent, "ENABLED", True)  # off by default (it measured slower)
+
+
 def _decode_plan(m):
     m.step(np.arange(3, 8, dtype=np.int32), 0)
     g, ids, pos = m.step_graph(1, "logits")

@@ -13,7 +13,9 @@ next layer's qkv -- form one segment: 2 launches per layer instead of 5. Nodes w
 form (attention, norms that did not fuse, sampling) run as today's kernels, in stream order
 around the segments.
 
-``TINYGRAPH_PERSISTENT=0`` turns segments off (every node its own kernel), for A/B timing.
+Off by default: on the H200 it measured slower than today's kernel-per-node replay with
+programmatic dependent launch (SmolLM2 -6%, Qwen3-0.6B -6%, TinyLlama -10% decode tok/s; see
+bench/README.md). ``TINYGRAPH_PERSISTENT=1`` turns it on, for A/B timing and for work on it.
 """
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ from .kernel_specs import LINEAR_ACTS, LINEAR_NORMS, TD, i32, ptr
 if TYPE_CHECKING:
     from .backend import CudaBackend
 
-#: whether decode steps run their linear segments as persistent kernels
-ENABLED = os.environ.get("TINYGRAPH_PERSISTENT", "1") != "0"
+#: whether decode steps run their linear segments as persistent kernels (off unless
+#: TINYGRAPH_PERSISTENT=1: it measured slower, see the module docstring)
+ENABLED = os.environ.get("TINYGRAPH_PERSISTENT", "0") == "1"
 #: fewest nodes worth a persistent launch (one node is just its own kernel)
 MIN_NODES = 2
 #: threads per block of persist_linear (8 warps: one output column each at a time)
