@@ -353,6 +353,7 @@ def test_cli_script(tmp_path):
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "t" / "my_graph.tasks.txt").read_text()   # the persistent kernel's queues
     assert "tasks on 3 SMs" in text and text.count("\nSM ") == 3
+    assert "TINYGRAPH_PERSISTENT=1: " in text and "persistent segments" in text  # what CUDA would fuse
     bad = tmp_path / "bad.py"
     bad.write_text("x = 1\n")
     r = _cli("--script", str(bad), "--out", str(tmp_path / "o"))

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--open", action="store_true", help="open the HTML page in the default web browser")
     p.add_argument("--tasks", type=int, default=None, metavar="SMS",
                    help="also write STEM.tasks.txt: the graph split into tasks for a persistent kernel on SMS "
-                        "multiprocessors (tinygraph/tasks.py): each node's tasks and waits, then each SM's queue")
+                        "multiprocessors (tinygraph/tasks.py): each node's tasks and waits, then each SM's queue, "
+                        "then the segments the CUDA backend runs as persistent kernels with TINYGRAPH_PERSISTENT=1")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -171,9 +172,16 @@ def _write_tasks(sess, g, sms: int, path: Path) -> Path:
     from tinygraph.tasks import task_plan
     if sms < 1:
         raise ValueError(f"--tasks must be >= 1 (multiprocessors), got {sms}")
-    tp = task_plan(sess._plan_for(g), num_sms=sms)
+    plan = sess._plan_for(g)
+    tp = task_plan(plan, num_sms=sms)
+    # what the CUDA backend runs as persistent kernels with TINYGRAPH_PERSISTENT=1 (its kernel
+    # choices are pure functions of shapes and device caps: no GPU needed)
+    from tinygraph.backends.cuda import persistent, select
+    choices = select.plan_choices(plan.order, select.DeviceCaps(sm_count=sms), frozenset(persistent.DTYPES), {})
+    segs = persistent.plan_segments(plan, choices, {n.storage.id for n in plan.order}, sms, enabled=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tp.dump() + "\n\n" + tp.dump_queues() + "\n")
+    path.write_text(tp.dump() + "\n\n" + tp.dump_queues() + "\n\nCUDA with TINYGRAPH_PERSISTENT=1: "
+                    + persistent.dump(plan, segs) + "\n")
     return path
 
 

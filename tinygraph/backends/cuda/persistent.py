@@ -117,10 +117,12 @@ class Segment:
     smem: int
 
 
-def plan_segments(plan: ExecPlan, choices: dict, written: set[int], num_sms: int) -> list[Segment]:
-    """The plan's persistent segments (none when ``TINYGRAPH_PERSISTENT=0``). ``written``: the
-    storages the plan's nodes write; ``num_sms``: the queues (blocks) are ``BLOCKS_PER_SM`` per SM."""
-    if not ENABLED:
+def plan_segments(plan: ExecPlan, choices: dict, written: set[int], num_sms: int,
+                  enabled: bool | None = None) -> list[Segment]:
+    """The plan's persistent segments (none unless ``enabled``, default :data:`ENABLED`).
+    ``written``: the storages the plan's nodes write; ``num_sms``: the queues (blocks) are
+    ``BLOCKS_PER_SM`` per SM."""
+    if not (ENABLED if enabled is None else enabled):
         return []
     order = plan.order
     queues = num_sms * max(1, BLOCKS_PER_SM)
@@ -132,6 +134,20 @@ def plan_segments(plan: ExecPlan, choices: dict, written: set[int], num_sms: int
         smem = max(-(-n.srcs[0].shape[-1] // 4) * 16 for n in order[i:j])
         segs.append(Segment(i, j, order[i].dtype.short, tp, tp.tables(), smem))
     return segs
+
+
+def dump(plan: ExecPlan, segments: list[Segment]) -> str:
+    """One line per segment (its nodes, tasks and blocks), then each segment's task queues."""
+    lines = [f"{len(segments)} persistent segments"]
+    for s in segments:
+        t = s.tables
+        names = ", ".join(n.name for n in plan.order[s.start:s.stop])
+        lines.append(f"nodes {s.start}..{s.stop - 1} ({s.dtype}): {len(t.tasks)} tasks on "
+                     f"{len(t.queue_start) - 1} blocks, {len(t.needs)} needs: {names}")
+    for s in segments:
+        lines += ["", f"segment at node {s.start} (a queue per block, {BLOCKS_PER_SM} blocks per SM): "
+                  + s.tasks.dump_queues()]
+    return "\n".join(lines)
 
 
 def _args(be: "CudaBackend", n: Tensor, base: dict[int, int]) -> PLinear:
