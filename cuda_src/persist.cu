@@ -1,20 +1,24 @@
 // persist.cu -- a persistent kernel that runs a segment of a decode step's nodes as tasks
-// (tinygraph/tasks.py plans them, tinygraph/backends/cuda/persistent.py launches this).
+// (tinygraph/tasks.py plans them, tinygraph/backends/cuda/persistent.py launches this; opt-in,
+// TINYGRAPH_PERSISTENT=1: on the H200 it measured 5-8% slower than the kernel-per-node step).
 //
 // persist_linear_T(const PLinear<T>* args, const int* tasks, const int* needs, const int* qstart,
 //                  const int* qtasks, int* counters, int ncounters)
-//   One block per SM (grid = the number of queues, every block resident: the tasks of a block
-//   wait only on tasks of nodes earlier in the plan, which the other blocks reach first).
+//   One block per queue, TG_PERSIST_MIN_BLOCKS (2) per SM; every block must be resident (the
+//   launcher checks the occupancy): the tasks of a block wait only on tasks of nodes earlier in
+//   the plan, which the other blocks reach first. The nodes' arguments are copied into shared
+//   memory once (segments of at most PERSIST_SMEM_NODES nodes).
 //   Block s runs tasks qtasks[qstart[s] .. qstart[s+1]) in order. Task t (tasks[5t ..]: node,
 //   part, parts, first need, number of needs) is part `part` of `parts` of node `node`'s fused
 //   linear (args[node]: linear_gemv1's arguments, one row): the columns that block `part` of a
 //   `parts`-block linear_gemv1 launch would compute. A task
-//     1. loads its first batch of weight rows (and, in a block's first task, only then waits for
-//        the kernel before this one: programmatic dependent launch),
+//     1. loads its first batch of weight rows and its rms weight's first chunk (and, in a
+//        block's first task, only then waits for the kernel before this one: programmatic
+//        dependent launch); at a block's last task it lets the next kernel launch,
 //     2. spins until counters[needs[2i]] >= needs[2i+1] for each of its needs (one thread each,
-//        acquire loads; then a fence and __syncthreads),
+//        acquire loads), then __syncthreads,
 //     3. runs the GEMV, reading x and res through L2 (written by other blocks of this kernel),
-//     4. __syncthreads, then thread 0 releases: fence, counters[node] += 1.
+//     4. __syncthreads, then thread 0 releases: red.release.gpu counters[node] += 1.
 //   The last block to finish resets counters[0 .. ncounters] to zero (counters[ncounters] counts
 //   finished blocks), so every launch starts from zeros without a memset.
 //   Dynamic shared memory: ceil(K/4)*4*4 bytes for the largest K among the nodes; 256 threads.

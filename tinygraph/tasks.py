@@ -18,15 +18,13 @@ must reach (the node's task count); per SM the start of its slice of the task qu
 :func:`simulate` runs those tables on NumPy as the kernel would -- a task starts when every
 counter it needs has reached its count, and adds one to its node's counter when done -- in a
 random interleaving of the SM queues, and gives the graph's outputs: equal to an ordinary run
-when the waits are right (``tests/test_tasks.py``). Nothing runs on a GPU yet; the CUDA kernel that
-consumes these tables is the next step. Its intended shape (not built, not measured): one block
-per SM walks its queue; before a task, one thread spins on an acquire load of each needed counter;
-after it, the block synchronises and one thread releases (fence, then ``atomicAdd`` on the node's
-counter); a memset node of the captured graph zeroes the counters before each launch. A ``linear``
-task reuses ``linear_gemv_body`` (cuda_src/linear.cu) with a virtual block index (part p of parts
-is block p of a launch with parts column blocks), its input row read past the non-coherent
-read-only cache (``ld.global.cg``: another block wrote it in the same kernel). Nodes without a task
-form (attention first) end a persistent segment and run as today's kernels.
+when the waits are right (``tests/test_tasks.py``). On CUDA, ``backends/cuda/persistent.py`` plans
+runs of one-row fused linears this way (``task_plan`` with its own ``split``: a task per block's
+worth of columns) and ``cuda_src/persist.cu`` consumes the tables: one block per queue walks its
+tasks, spins on acquire loads of the needed counters, runs ``linear_gemv_body`` with a virtual
+block index (activations read through L2), and releases its node's counter; nodes without a task
+form (attention first) run as ordinary kernels around the segments. It is opt-in
+(``TINYGRAPH_PERSISTENT=1``): on the H200 it measured 5-8% slower than the kernel-per-node step.
 """
 from __future__ import annotations
 
