@@ -76,7 +76,7 @@ __device__ __forceinline__ void linear_gemv_kernel(T* y, const TD& yd, const T* 
     const long long rows = td_rows(yd);
     const int rb = ONE ? 1 : lin_rows_per_block(rows, K);
 #define LIN_CALL(RB) \
-    linear_gemv_body<T, RB, false, ONE>(y, yd, x, xd, w, ldw, bias, res, rd, nw, nbias, eps, norm, act, N, K, rows, \
+    linear_gemv_body<T, RB, false>(y, yd, x, xd, w, ldw, bias, res, rd, nw, nbias, eps, norm, act, N, K, rows, \
                                    0, 0, [] { tg_pdl_wait(); })
     if (rb == 4) LIN_CALL(4);
     else if (rb == 2) LIN_CALL(2);

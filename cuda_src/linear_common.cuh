@@ -105,13 +105,11 @@ __device__ __forceinline__ void lin_norm_prefetch(int K, int norm, const T* nw, 
 
 // Stage row `xr` (K elements, stride xs) into h as float32, normalised (norm 1 / 2). Loads are
 // 16 bytes wide and four per thread in flight where x (and norm_w / norm_b) allow it. CG: x is
-// read through L2 (tg_ld: another block of the same persistent kernel wrote it). pre: gpre holds
-// this thread's first 16 bytes of norm_w (chunk threadIdx.x, loaded before the PDL wait; rms only).
+// read through L2 (tg_ld: another block of the same persistent kernel wrote it).
 template <typename T, int VEC, bool CG = false>
 __device__ __forceinline__ void lin_stage_row(float* h, const T* xr, long long xs, int K, int nv,
                                               int norm, const T* nw, const T* nbias, float eps,
-                                              float* scratch, bool pre = false,
-                                              uint4 gpre = uint4{}) {
+                                              float* scratch) {
     const int tid = threadIdx.x, nthr = blockDim.x;
     float s = 0.0f;
     // pass 1: x -> h (and sum or sum of squares)
@@ -172,7 +170,7 @@ __device__ __forceinline__ void lin_stage_row(float* h, const T* xr, long long x
         for (int j = 0; j < PB; ++j) {
             const int c = c0 + j * nthr;
             if (c < nwc) {
-                if (nw) gv[j] = (pre && j == 0 && c0 == tid) ? gpre : __ldg(reinterpret_cast<const uint4*>(nw) + c);
+                if (nw) gv[j] = __ldg(reinterpret_cast<const uint4*>(nw) + c);
                 if (nb) bv[j] = __ldg(reinterpret_cast<const uint4*>(nb) + c);
             }
         }

@@ -1,13 +1,12 @@
 // linear_gemv.cuh -- the body of the fused decode GEMV (linear.cu's linear_gemv / linear_gemv1,
 // and persist.cu's linear tasks): semantics, design and measurements are in linear.cu's header.
 //
-// linear_gemv_body<T, RB, PERSIST, NWPRE>(..., rows, vb, vg, wait): block vb of a launch of vg blocks
+// linear_gemv_body<T, RB, PERSIST>(..., rows, vb, vg, wait): block vb of a launch of vg blocks
 // (PERSIST: the task's part / parts; a kernel's own blockIdx.x / gridDim.x otherwise). wait()
 // runs after the first weight batch is loaded and before x or res is read (a kernel: the PDL
 // wait; a persistent kernel: the spin on the task's needs, ending in __syncthreads). PERSIST:
 // x and res are read through L2 (ld.global.cg), since another block of the same kernel wrote
-// them, and no griddepcontrol is issued. NWPRE: the rms weight's first 16 bytes per thread are
-// loaded before wait() too (4 registers more: only the one-row kernels, which have them).
+// them, and no griddepcontrol is issued.
 #pragma once
 #include "linear_common.cuh"
 
@@ -36,38 +35,9 @@ __device__ __forceinline__ void lin_load_batch(uint4 (&v)[U], const T* wr, int b
 
 extern __shared__ float4 lin_smem[];
 
-#ifndef TG_LINEAR_NW_PRE
-#define TG_LINEAR_NW_PRE 0  // 1: a thread's first 16 bytes of the rms norm weight are loaded before the wait
-// (H200 decode tok/s, 1 vs 0: SmolLM2 1583 vs 1597, Qwen3-0.6B 1118 vs 1124, TinyLlama 1063 vs 1062)
-#endif
-#ifndef TG_PERSIST_PREFETCH
-#define TG_PERSIST_PREFETCH 0  // bytes of weight rows a warp asks into L2 before its task waits
-// (H200: 8 KB cost TinyLlama 3% and Qwen3-0.6B 2% against none, 32 KB more)
-#endif
-// A persistent task's weight rows past the first batch, up to TG_PERSIST_PREFETCH bytes per warp,
-// asked into L2 (no registers held) before the task waits on the node before it: DRAM streams
-// them while the other blocks finish that node. Rows: the warp's columns col, col + wstride, ...
-// (both passes of swiglu: row c and c + half).
-template <typename T>
-__device__ __forceinline__ void lin_prefetch_rows(const T* w, long long ldw, int col, int wstride, int ncols,
-                                                  int P, int half, int lane) {
-    const long long row_bytes = ldw * (long long)sizeof(T);
-    long long budget = TG_PERSIST_PREFETCH;
-    const long long first = 32LL * TG_LINEAR_U * 16;  // the batch already loaded into registers
-    for (int c = col; c < ncols && budget > 0; c += wstride) {
-        for (int pp = 0; pp < P && budget > 0; ++pp) {
-            const char* r = reinterpret_cast<const char*>(w + (long long)(c + pp * half) * ldw);
-            const long long start = (c == col && pp == 0) ? first : 0;
-            const long long n = row_bytes - start < budget ? row_bytes - start : budget;
-            for (long long o = start + 128LL * lane; o < start + n; o += 32 * 128) tg_prefetch_l2(r + o);
-            budget -= n > 0 ? n : 0;
-        }
-    }
-}
-
 // RB rows per block; one output column per warp at a time, swiglu as two passes over the
 // column (gate row, then up row) so that every path keeps the register budget of one.
-template <typename T, int RB, bool PERSIST, bool NWPRE, typename Wait>
+template <typename T, int RB, bool PERSIST, typename Wait>
 __device__ __forceinline__ void linear_gemv_body(T* y, const TD& yd, const T* x, const TD& xd,
                                                  const T* w, long long ldw, const T* bias,
                                                  const T* res, const TD& rd, const T* nw,
@@ -127,12 +97,6 @@ __device__ __forceinline__ void linear_gemv_body(T* y, const TD& yd, const T* x,
         lin_load_batch<T, U>(cur, wr, 0, lane, nv);
         load_bias(ecur, col);
     }
-    if constexpr (PERSIST && TG_PERSIST_PREFETCH > 0) lin_prefetch_rows<T>(w, ldw, col, wstride, ncols, P, half, lane);
-    // the rms weight's first chunk for this thread, so that the normalisation after the wait
-    // does not start with a round trip to L2 (the weights of K <= 256 * VEC: all of it)
-    const bool nw_pre = TG_LINEAR_NW_PRE && NWPRE && RB == 1 && norm == 1 && nw && lin_al16(nw) && tid < K / VEC;
-    uint4 gpre = make_uint4(0u, 0u, 0u, 0u);
-    if (nw_pre) gpre = __ldg(reinterpret_cast<const uint4*>(nw) + tid);
     wait();
     if (col < ncols) load_res(ecur, col);
 
@@ -146,7 +110,7 @@ __device__ __forceinline__ void linear_gemv_body(T* y, const TD& yd, const T* x,
             continue;
         }
         lin_stage_row<T, VEC, PERSIST>(h, x + td_row_offset_bcast(xd, yd, row), xd.st[3], K, nv, norm, nw,
-                                       nbias, eps, scratch, nw_pre, gpre);
+                                       nbias, eps, scratch);
     }
     __syncthreads();
 

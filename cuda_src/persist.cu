@@ -1,6 +1,6 @@
 // persist.cu -- a persistent kernel that runs a segment of a decode step's nodes as tasks
 // (tinygraph/tasks.py plans them, tinygraph/backends/cuda/persistent.py launches this; opt-in,
-// TINYGRAPH_PERSISTENT=1: on the H200 it measured 5-8% slower than the kernel-per-node step).
+// TINYGRAPH_PERSISTENT=1: on the H200 it measured 6-10% slower than the kernel-per-node step).
 //
 // persist_linear_T(const PLinear<T>* args, const int* tasks, const int* needs, const int* qstart,
 //                  const int* qtasks, int* counters, int ncounters)
@@ -12,9 +12,9 @@
 //   part, parts, first need, number of needs) is part `part` of `parts` of node `node`'s fused
 //   linear (args[node]: linear_gemv1's arguments, one row): the columns that block `part` of a
 //   `parts`-block linear_gemv1 launch would compute. A task
-//     1. loads its first batch of weight rows and its rms weight's first chunk (and, in a
-//        block's first task, only then waits for the kernel before this one: programmatic
-//        dependent launch); at a block's last task it lets the next kernel launch,
+//     1. loads its first batch of weight rows (and, in a block's first task, only then waits for
+//        the kernel before this one: programmatic dependent launch); at a block's last task it
+//        lets the next kernel launch,
 //     2. spins until counters[needs[2i]] >= needs[2i+1] for each of its needs (one thread each,
 //        acquire loads), then __syncthreads,
 //     3. runs the GEMV, reading x and res through L2 (written by other blocks of this kernel),
@@ -95,7 +95,7 @@ __device__ __forceinline__ void persist_linear(const PLinear<T>* __restrict__ ar
             if (TG_PERSIST_FENCE) __threadfence();
             __syncthreads();
         };
-        linear_gemv_body<T, 1, true, true>(a.y, a.yd, a.x, a.xd, a.w, a.ldw, a.bias, a.res, a.rd, a.nw, a.nb,
+        linear_gemv_body<T, 1, true>(a.y, a.yd, a.x, a.xd, a.w, a.ldw, a.bias, a.res, a.rd, a.nw, a.nb,
                                      a.eps, a.norm, a.act, a.N, a.K, 1, part, parts, wait);
         __syncthreads();  // every warp's outputs are written (and the staged row is free again)
         if (threadIdx.x == 0) {

@@ -24,7 +24,7 @@ worth of columns) and ``cuda_src/persist.cu`` consumes the tables: one block per
 tasks, spins on acquire loads of the needed counters, runs ``linear_gemv_body`` with a virtual
 block index (activations read through L2), and releases its node's counter; nodes without a task
 form (attention first) run as ordinary kernels around the segments. It is opt-in
-(``TINYGRAPH_PERSISTENT=1``): on the H200 it measured 5-8% slower than the kernel-per-node step.
+(``TINYGRAPH_PERSISTENT=1``): on the H200 it measured 6-10% slower than the kernel-per-node step.
 """
 from __future__ import annotations
 

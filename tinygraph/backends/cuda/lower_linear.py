@@ -89,8 +89,7 @@ def linear_parts(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int], x
     if w.dtype.is_quant:
         wq, ldw = quant_rows(be, w, base, n)
         if path == "gemv_q":
-            ready = all(t.is_persistent and t.storage.id not in be._written
-                        for t in (w, bias, nw, nb) if t is not None)
+            ready = weights_ready((w, bias, nw, nb), be._written)
             quant_launch.linear_q(
                 lib, w.dtype.name, dt.short, out, xa, wq, ldw, N, K,
                 bias=be._as(bias, base, dt).ptr if bias is not None else None,
@@ -112,8 +111,7 @@ def linear_parts(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int], x
     if path == "gemv":  # few rows (decode): one fused GEMV
         # the weights (matrix, bias, norm) may be read before the kernel waits for its
         # predecessor when they are model weights nothing in the graph writes
-        ready = w.dtype == dt and all(t.is_persistent and t.storage.id not in be._written
-                                      for t in (w, bias, nw, nb) if t is not None)
+        ready = w.dtype == dt and weights_ready((w, bias, nw, nb), be._written)
         lib.linear(dt.short, out, xa, wp, K, N, K, bias=ptr_of(bias), res=ra, norm=p["norm"],
                    norm_w=ptr_of(nw), norm_b=ptr_of(nb), eps=p["eps"], act=p["act"], stream=s,
                    weight_ready=ready)
@@ -149,6 +147,13 @@ def linear_parts(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int], x
         lib.binary("add", dt.short, out, a, ra, stream=s)
     elif a is not out:
         lib.copy(out, a, dt.short, dt.short, stream=s)
+
+
+def weights_ready(tensors, written: set[int]) -> bool:
+    """Whether every given tensor (None skipped) is a model weight that no node of the graph
+    writes (``written``: storage ids), so a kernel may read it before it waits for the ones
+    before it."""
+    return all(t.is_persistent and t.storage.id not in written for t in tensors if t is not None)
 
 
 def has_kernel(base_name: str, sfx: str) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ from ...tensor import Tensor
 from ... import tasks
 from . import driver
 from .kernel_specs import LINEAR_ACTS, LINEAR_NORMS, TD, i32, ptr
+from .lower_linear import weights_ready
 
 if TYPE_CHECKING:
     from .backend import CudaBackend
@@ -75,8 +77,7 @@ def task_form(n: Tensor, choice, written: set[int]) -> bool:
     o = optional_srcs(n)
     if any(t is not None and t.dtype != n.dtype for t in (x, w, *o.values())):
         return False
-    return all(t.is_persistent and t.storage.id not in written
-               for t in (w, o["bias"], o["norm_w"], o["norm_b"]) if t is not None)
+    return weights_ready((w, o["bias"], o["norm_w"], o["norm_b"]), written)
 
 
 def find_segments(ok: Sequence[bool], dtypes: Sequence[str], min_nodes: int = MIN_NODES) -> list[tuple[int, int]]:
@@ -113,8 +114,11 @@ class Segment:
     stop: int
     dtype: str
     tasks: tasks.TaskPlan
-    tables: tasks.TaskTables
     smem: int
+
+    @cached_property
+    def tables(self) -> tasks.TaskTables:
+        return self.tasks.tables()
 
 
 def plan_segments(plan: ExecPlan, choices: dict, written: set[int], num_sms: int,
@@ -132,7 +136,7 @@ def plan_segments(plan: ExecPlan, choices: dict, written: set[int], num_sms: int
         sub = ExecPlan(order[i:j], plan.memory)
         tp = tasks.task_plan(sub, queues, split=lambda n: task_parts(n, queues))
         smem = max(-(-n.srcs[0].shape[-1] // 4) * 16 for n in order[i:j])
-        segs.append(Segment(i, j, order[i].dtype.short, tp, tp.tables(), smem))
+        segs.append(Segment(i, j, order[i].dtype.short, tp, smem))
     return segs
 
 
@@ -157,11 +161,11 @@ def _args(be: "CudaBackend", n: Tensor, base: dict[int, int]) -> PLinear:
 
     def addr(t: Tensor | None) -> int:
         return be._arg(t, base).ptr if t is not None else 0
-    y, xa = be._arg(n, base), be._arg(x, base)
-    res = o["residual"]
+    y = be._arg(n, base)
+    rd = be._arg(o["residual"], base).td if o["residual"] is not None else y.td
     N, K = w.shape
-    return PLinear(addr(n), addr(x), addr(w), addr(o["bias"]), addr(res), addr(o["norm_w"]),
-                   addr(o["norm_b"]), w.strides[0], y.td, xa.td, be._arg(res, base).td if res is not None else y.td,
+    return PLinear(y.ptr, addr(x), addr(w), addr(o["bias"]), addr(o["residual"]), addr(o["norm_w"]),
+                   addr(o["norm_b"]), w.strides[0], y.td, be._arg(x, base).td, rd,
                    float(p["eps"] or 0.0), LINEAR_NORMS[p["norm"] or 0], LINEAR_ACTS[p["act"] or 0], N, K)
 
 
