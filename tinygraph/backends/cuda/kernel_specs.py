@@ -263,6 +263,13 @@ _reg(
                "(in split order): split-K's reduce and the epilogue in one kernel"),
 )
 
+# Hopper's wgmma GEMM for prefill (cuda_src/gemm_wgmma.cu, sm_90a; work in progress, not chosen yet)
+_reg(KernelSpec("gemm_wgmma", "gemm_wgmma.cu",
+                (("C", "ptr"), ("ldc", "i64"), ("A", "ptr"), ("lda", "i64"), ("W", "ptr"), ("ldw", "i64"),
+                 ("M", "i32"), ("N", "i32"), ("K", "i32")),
+                (("f16",), ("bf16",)), "matmul_tc",
+                "C[M, N] = A[M, K] @ W[N, K]^T on wgmma (sm_90a), 128 x 128 tiles, 4-stage cp.async ring"))
+
 # the persistent kernel of a decode segment (cuda_src/persist.cu; planned and launched by persistent.py)
 _reg(KernelSpec("persist_linear", "persist.cu",
                 (("args", "ptr"), ("tasks", "ptr"), ("needs", "ptr"), ("qstart", "ptr"), ("qtasks", "ptr"),

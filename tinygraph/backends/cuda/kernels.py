@@ -148,6 +148,21 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # library
 # --------------------------------------------------------------------------------------------
+#: sources of sm_90a-only instructions (wgmma): compiled for sm_90a on an sm_90 device; on any
+#: other target their kernels are stubs that trap
+ARCH_A_FILES = frozenset({"gemm_wgmma.cu"})
+
+
+#: sources of sm_90a-only instructions (wgmma): compiled for sm_90a on an sm_90 device; on any
+#: other target their kernels are stubs that trap
+ARCH_A_FILES = frozenset({"gemm_wgmma.cu"})
+
+
+#: dynamic shared memory of gemm_wgmma (GW_SMEM in cuda_src/gemm_wgmma.cu: 4 stages of two
+#: 128 x 64 two-byte tiles, + 1 KB to align the ring to 1024 bytes)
+GEMM_WGMMA_SMEM = 4 * 2 * 128 * 64 * 2 + 1024
+
+
 class KernelLibrary:
     """Compiles (through the disk cache) and loads each kernel source once per device, and
     hands out functions by name; also offers one helper per op family that computes descriptors
@@ -171,11 +186,16 @@ class KernelLibrary:
         self.pdl_active = True  # callers (the backend) may turn it off for a run: see Backend
 
     # -- loading ---------------------------------------------------------------------------------
+    def file_arch(self, file: str) -> str:
+        """The target ``file`` compiles for: sm_90a for the files of Hopper-only instructions
+        (``ARCH_A_FILES``: wgmma) on an sm_90 device, else the library's."""
+        return self.arch + "a" if file in ARCH_A_FILES and self.arch == "sm_90" else self.arch
+
     def module(self, file: str) -> driver.Module:
         with self._lock:
             m = self._modules.get(file)
             if m is None:
-                cubin = compiler.compile_source(self.src_dir / file, self.arch, self.options,
+                cubin = compiler.compile_source(self.src_dir / file, self.file_arch(file), self.options,
                                                 cache=self.cache)
                 self.device.make_current()
                 m = self._modules[file] = driver.Module(cubin, name=file, pdl=self.pdl)
@@ -203,8 +223,9 @@ class KernelLibrary:
         """Fill the kernel cache for every source file, the missing ones compiled side by side
         (``compiler.compile_many``); modules still load on first use. A no-op when the library
         does not use the cache."""
-        if self.cache:
-            compiler.compile_many([self.src_dir / f for f in SOURCE_FILES], self.arch, self.options)
+        if self.cache:  # (the sm_90a files compile on first use: nothing chooses them yet)
+            compiler.compile_many([self.src_dir / f for f in SOURCE_FILES if f not in ARCH_A_FILES],
+                                  self.arch, self.options)
 
     # -- launching / recording -------------------------------------------------------------------
     def _launch(self, func, grid, block, args, stream=None, shared_mem: int = 0, pdl: bool | None = None) -> None:
