@@ -13,13 +13,17 @@ from tinygraph.backends.cuda import gemm_launch, kernels  # noqa: E402
 from cuda_support import DT, assert_close, assert_poison_kept, dev, f64, rnd, rng  # noqa: E402,F401
 
 
-@pytest.fixture(scope="module")
-def lib(dev, tmp_path_factory):
+#: compile-time shapes under test: the default, one wgmma group left running, 128 x 256 tiles
+CONFIGS = [(), ("-DGW_INFLIGHT=1",), ("-DGW_BN=256", "-DGW_INFLIGHT=1")]
+
+
+@pytest.fixture(scope="module", params=CONFIGS, ids=lambda o: " ".join(o) or "default")
+def lib(dev, tmp_path_factory, request):
     old = os.environ.get("TINYGRAPH_CACHE_DIR")
     if old is None:
         os.environ["TINYGRAPH_CACHE_DIR"] = str(tmp_path_factory.mktemp("kcache"))
     try:
-        lib = kernels.KernelLibrary(dev)
+        lib = kernels.KernelLibrary(dev, options=request.param)
         if lib.file_arch("gemm_wgmma.cu") != "sm_90a":
             pytest.skip(f"wgmma needs sm_90 (this GPU: {lib.arch})")
         yield lib
@@ -47,6 +51,18 @@ def test_a_strided_c_and_a(lib, rng):
     gemm_launch.gemm_wgmma(lib, "f16", c.arg, a.arg, w.ptr, K + 8, N)
     assert_close(c.fetch(), f64(a.view) @ f64(w.view).T, "f16")
     assert_poison_kept(c, "strided C")
+
+
+def test_odd_c_stride_and_offset(lib, rng):
+    """C rows of an odd length at an odd element offset: the epilogue's 4-byte stores must fall
+    back to 2-byte ones."""
+    M, N, K = 70, 200, 64
+    a = DT(rnd(rng, (M, K), "bf16"))
+    w = DT(rnd(rng, (N, K), "bf16", scale=K ** -0.5))
+    c = DT.empty((M, N + 3), a.host.dtype, lambda h: h[:, 1:1 + N])
+    gemm_launch.gemm_wgmma(lib, "bf16", c.arg, a.arg, w.ptr, K, N)
+    assert_close(c.fetch(), f64(a.view) @ f64(w.view).T, "bf16")
+    assert_poison_kept(c, "odd C")
 
 
 def test_bad_shapes_are_refused(lib, rng):

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""TFLOP/s of the prefill GEMMs on the GPU: matmul_tc3 (mma.sync, cuda_src/matmul.cu) and the
-Hopper wgmma kernel (cuda_src/gemm_wgmma.cu, sm_90a), C[M, N] = A[M, K] @ W[N, K]^T, f16, timed as
-CUDA-graph replays (driver.graph_time_us), on Qwen3-8B's prefill-512 shapes by default.
+"""TFLOP/s of the prefill GEMMs on the GPU: matmul_tc3 (mma.sync, cuda_src/matmul.cu), the Hopper
+wgmma kernel (cuda_src/gemm_wgmma.cu, sm_90a) in one or more compile-time shapes, and optionally
+cuBLAS through torch (dev tooling only), C[M, N] = A[M, K] @ W[N, K]^T, timed as CUDA-graph replays
+(driver.graph_time_us; medians), on Qwen3-8B's prefill shapes by default. Every wgmma output is
+compared with matmul_tc3's (max |difference| relative to max |C|).
 
-    python tools/bench_gemm.py [--m 512] [--shapes N:K,...] [--dtype f16]
+    python tools/bench_gemm.py [--m 512,2048] [--shapes N:K,...] [--dtype f16]
+        [--variants "default;-DGW_INFLIGHT=1"] [--torch]
 """
 from __future__ import annotations
 
@@ -13,51 +16,97 @@ import numpy as np
 
 # Qwen3-8B: qkv (4096 + 2 x 1024), o, gate_up (2 x 12288), down
 SHAPES = "6144:4096,4096:4096,24576:4096,4096:12288"
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--m", type=int, default=512, help="rows (prompt tokens)")
-    ap.add_argument("--shapes", default=SHAPES, help="N:K,... (default Qwen3-8B's projections)")
-    ap.add_argument("--dtype", default="f16", choices=["f16", "bf16"])
-    args = ap.parse_args(argv)
-    from tinygraph.backends.cuda import driver, gemm_launch, kernels
-    from tinygraph.backends.cuda.kernels import Arg
-    dev = driver.get_device(0)
-    lib = kernels.KernelLibrary(dev)
-    s = driver.Stream()
-    rng = np.random.default_rng(0)
-    npd = np.float16 if args.dtype == "f16" else None
-    print(f"{dev.name if hasattr(dev, 'name') else 'GPU'}, {args.dtype}, M={args.m}")
-    for shape in args.shapes.split(","):
-        N, K = (int(v) for v in shape.split(":"))
-        M = args.m
-        bufs = {}
-        for name, shp in (("a", (M, K)), ("w", (N, K)), ("c1", (M, N)), ("c2", (M, N))):
-            b = driver.DeviceBuffer(int(np.prod(shp)) * 2, what=name)
-            if name in ("a", "w"):
-                x = (rng.standard_normal(shp) * (K ** -0.25)).astype(np.float32)
-                b.upload(x.astype(npd) if npd else _bf16(x))
-            bufs[name] = b
-        A = Arg(bufs["a"].ptr, (M, K))
-        Bt = Arg(bufs["w"].ptr, (K, N), (1, K))
-        flops = 2.0 * M * N * K
-        t_tc = driver.graph_time_us(lambda i: lib.matmul(args.dtype, Arg(bufs["c1"].ptr, (M, N)), A, Bt, stream=s), s)
-        t_wg = driver.graph_time_us(lambda i: gemm_launch.gemm_wgmma(lib, args.dtype, Arg(bufs["c2"].ptr, (M, N)), A,
-                                                                     bufs["w"].ptr, K, N, stream=s), s)
-        c1, c2 = np.empty((M, N), np.uint16), np.empty((M, N), np.uint16)
-        bufs["c1"].download(c1)
-        bufs["c2"].download(c2)
-        same = np.mean(c1 == c2)
-        print(f"N={N:6d} K={K:6d}: matmul {t_tc:8.1f} us {flops / t_tc / 1e6:6.0f} TFLOP/s | "
-              f"wgmma {t_wg:8.1f} us {flops / t_wg / 1e6:6.0f} TFLOP/s | outputs equal: {same:.3f}", flush=True)
-        for b in bufs.values():
-            b.free()
-    return 0
+VARIANTS = "default;-DGW_INFLIGHT=1"
 
 
 def _bf16(x: np.ndarray) -> np.ndarray:
     return (x.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def _as_f32(u16: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "f16":
+        return u16.view(np.float16).astype(np.float32)
+    return (u16.astype(np.uint32) << 16).view(np.float32)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--m", default="512", help="rows (prompt tokens), comma-separated")
+    ap.add_argument("--shapes", default=SHAPES, help="N:K,... (default Qwen3-8B's projections)")
+    ap.add_argument("--dtype", default="f16", choices=["f16", "bf16"])
+    ap.add_argument("--variants", default=VARIANTS,
+                    help="';'-separated compiler option sets of gemm_wgmma ('default': none)")
+    ap.add_argument("--torch", action="store_true", help="also time torch.nn.functional.linear (cuBLAS)")
+    args = ap.parse_args(argv)
+    from tinygraph.backends.cuda import driver, gemm_launch, kernels
+    from tinygraph.backends.cuda.kernels import Arg
+    dev = driver.get_device(0)
+    base = kernels.KernelLibrary(dev)
+    variants = [v.strip() for v in args.variants.split(";") if v.strip()]
+    libs = {v: kernels.KernelLibrary(dev, options=() if v == "default" else tuple(v.split())) for v in variants}
+    s = driver.Stream()
+    rng = np.random.default_rng(0)
+    print(f"{getattr(dev, 'name', 'GPU')}, {args.dtype}; TFLOP/s (median of CUDA-graph replays)")
+    rows = []
+    for M in (int(m) for m in args.m.split(",")):
+        for shape in args.shapes.split(","):
+            N, K = (int(v) for v in shape.split(":"))
+            flops = 2.0 * M * N * K
+            bufs = {}
+            for name, shp in (("a", (M, K)), ("w", (N, K)), ("c", (M, N)), ("c2", (M, N))):
+                b = driver.DeviceBuffer(int(np.prod(shp)) * 2, what=name)
+                if name in ("a", "w"):
+                    x = (rng.standard_normal(shp) * (K ** -0.25)).astype(np.float32)
+                    b.upload(x.astype(np.float16) if args.dtype == "f16" else _bf16(x))
+                bufs[name] = b
+            A = Arg(bufs["a"].ptr, (M, K))
+            Bt = Arg(bufs["w"].ptr, (K, N), (1, K))
+            t = driver.graph_time_us(lambda i: base.matmul(args.dtype, Arg(bufs["c"].ptr, (M, N)), A, Bt, stream=s), s)
+            ref = np.empty((M, N), np.uint16)
+            bufs["c"].download(ref)
+            ref = _as_f32(ref, args.dtype)
+            line = f"M={M:5d} N={N:6d} K={K:6d}: matmul_tc3 {flops / t / 1e6:5.0f}"
+            row = {"M": M, "N": N, "K": K, "matmul_tc3": flops / t / 1e6}
+            for v, lib in libs.items():
+                try:
+                    t = driver.graph_time_us(lambda i: gemm_launch.gemm_wgmma(
+                        lib, args.dtype, Arg(bufs["c2"].ptr, (M, N)), A, bufs["w"].ptr, K, N, stream=s), s)
+                except Exception as e:  # noqa: BLE001  (a variant that fails to build or launch)
+                    line += f" | {v}: {type(e).__name__}: {e}"[:200]
+                    continue
+                out = np.empty((M, N), np.uint16)
+                bufs["c2"].download(out)
+                err = float(np.max(np.abs(_as_f32(out, args.dtype) - ref)) / max(np.max(np.abs(ref)), 1e-30))
+                line += f" | [{v}] {flops / t / 1e6:5.0f} (err {err:.1e})"
+                row[v] = flops / t / 1e6
+            if args.torch:
+                row["cublas"] = _torch_tflops(M, N, K, args.dtype)
+                line += f" | cuBLAS {row['cublas']:5.0f}"
+            print(line, flush=True)
+            rows.append(row)
+            for b in bufs.values():
+                b.free()
+    return 0
+
+
+def _torch_tflops(M: int, N: int, K: int, dtype: str) -> float:
+    import torch
+    dt = torch.float16 if dtype == "f16" else torch.bfloat16
+    a = torch.randn(M, K, device="cuda", dtype=dt)
+    w = torch.randn(N, K, device="cuda", dtype=dt)
+    f = torch.nn.functional.linear
+    for _ in range(3):
+        f(a, w)
+    ts = []
+    for _ in range(15):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        for _ in range(20):
+            f(a, w)
+        e1.record()
+        torch.cuda.synchronize()
+        ts.append(e0.elapsed_time(e1) / 20 * 1e3)
+    return 2.0 * M * N * K / float(np.median(ts)) / 1e6
 
 
 if __name__ == "__main__":

@@ -153,16 +153,6 @@ __all__ = [
 ARCH_A_FILES = frozenset({"gemm_wgmma.cu"})
 
 
-#: sources of sm_90a-only instructions (wgmma): compiled for sm_90a on an sm_90 device; on any
-#: other target their kernels are stubs that trap
-ARCH_A_FILES = frozenset({"gemm_wgmma.cu"})
-
-
-#: dynamic shared memory of gemm_wgmma (GW_SMEM in cuda_src/gemm_wgmma.cu: 4 stages of two
-#: 128 x 64 two-byte tiles, + 1 KB to align the ring to 1024 bytes)
-GEMM_WGMMA_SMEM = 4 * 2 * 128 * 64 * 2 + 1024
-
-
 class KernelLibrary:
     """Compiles (through the disk cache) and loads each kernel source once per device, and
     hands out functions by name; also offers one helper per op family that computes descriptors
