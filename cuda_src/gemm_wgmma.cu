@@ -167,3 +167,129 @@ __device__ __forceinline__ void gemm_wgmma(T*, long long, const T*, long long, c
         int K) { gemm_wgmma<T>(C, ldc, A, lda, W, ldw, M, N, K); }
 TG_GW(__half, f16)
 TG_GW(__nv_bfloat16, bf16)
+
+// ---- the TMA + mbarrier, warp-specialized form ----------------------------------------------
+// gemm_tma<BN>_T(T* C, long long ldc, TgTmap tmA, TgTmap tmW, int M, int N, int K)
+//   Same product and layouts as gemm_wgmma; tmA / tmW: TMA tensor maps (cuTensorMapEncodeTiled)
+//   of A [M, K] (box 64 x 128) and W [N, K] (box 64 x BN), 128-byte swizzle, zero fill past the
+//   edges. Launch: grid (ceil(N / BN), ceil(M / 128)), block 384, GT_SMEM(BN) dynamic bytes.
+// Warpgroup 0 is the producer: one thread waits for a free stage (mbarrier `empty`), arms the
+//   stage's `full` barrier with the byte count and issues the two TMA copies. Warpgroups 1 and 2
+//   consume rows [0, 64) and [64, 128): wait for `full`, issue 4 wgmma, keep one group running,
+//   and release the stage the previous group read (all 256 consumer threads arrive on `empty`).
+//   Phases: stage s = kt % ST is filled for the (kt / ST)-th time; waits test parity (kt / ST) & 1
+//   (`empty`'s first wait per stage tests the parity before the first phase: it passes at once).
+struct alignas(64) TgTmap { unsigned long long v[16]; };
+
+#define GT_STAGES(BN) ((BN) == 256 ? 4 : 6)
+#define GT_STAGE_BYTES(BN) ((GW_BM + (BN)) * GW_BK * 2)
+#define GT_SMEM(BN) (GT_STAGES(BN) * GT_STAGE_BYTES(BN) + 1024 + 256)  // + alignment, + barriers
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void gt_bar_init(unsigned bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void gt_bar_wait(unsigned bar, unsigned parity) {
+    asm volatile("{\n.reg .pred p;\nGT_WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra GT_WAIT;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void gt_bar_arrive(unsigned bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void gt_bar_expect(unsigned bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// a box of a 2-D tensor map at (inner coordinate c0, outer c1) into shared memory, completing on bar
+__device__ __forceinline__ void gt_tma(unsigned dst, const TgTmap* tm, int c0, int c1, unsigned bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3}], [%4];\n"
+                 ::"r"(dst), "l"(reinterpret_cast<unsigned long long>(tm)), "r"(c0), "r"(c1), "r"(bar)
+                 : "memory");
+}
+
+template <typename T, int BN>
+__device__ __forceinline__ void gemm_tma(T* C, long long ldc, const TgTmap* tmA, const TgTmap* tmW, int M, int N,
+                                         int K) {
+    constexpr int ST = GT_STAGES(BN), SB = GT_STAGE_BYTES(BN);
+    extern __shared__ unsigned char gw_raw[];
+    unsigned char* sm = gw_raw + ((1024 - (smem_u32(gw_raw) & 1023)) & 1023);
+    const unsigned ring = smem_u32(sm), full = smem_u32(sm + ST * SB), empty = full + 8 * ST;
+    const int m0 = blockIdx.y * GW_BM, n0 = blockIdx.x * BN;
+    const int wg = threadIdx.x / 128;
+    const int kt_n = (K + GW_BK - 1) / GW_BK;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < ST; ++s) {
+            gt_bar_init(full + 8 * s, 1);
+            gt_bar_init(empty + 8 * s, 256);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    tg_pdl_trigger();
+    tg_pdl_wait();
+    if (wg == 0) {  // producer
+        if (threadIdx.x == 0) {
+            for (int kt = 0; kt < kt_n; ++kt) {
+                const int s = kt % ST;
+                gt_bar_wait(empty + 8 * s, ((kt / ST) & 1) ^ 1);
+                gt_bar_expect(full + 8 * s, SB);
+                gt_tma(ring + s * SB, tmA, kt * GW_BK, m0, full + 8 * s);
+                gt_tma(ring + s * SB + GW_A_BYTES, tmW, kt * GW_BK, n0, full + 8 * s);
+            }
+        }
+        return;
+    }
+    const int c = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    float d[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) d[i] = 0.0f;
+    for (int kt = 0; kt < kt_n; ++kt) {
+        const int s = kt % ST;
+        gt_bar_wait(full + 8 * s, (kt / ST) & 1);
+        const unsigned a0 = ring + s * SB + c * 64 * 128, b0 = ring + s * SB + GW_A_BYTES;
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < GW_BK / 16; ++kk)
+            GwMma<T, BN>::run(d, gw_desc(a0 + 32 * kk), gw_desc(b0 + 32 * kk), kt > 0 || kk > 0);
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+        if (kt > 0) gt_bar_arrive(empty + 8 * ((kt - 1) % ST));  // the previous group is done with it
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    const int r0 = m0 + c * 64 + warp * 16 + lane / 4;
+    const bool pairs = (ldc & 1) == 0 && (reinterpret_cast<unsigned long long>(C) & 3) == 0;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+        const int col = n0 + 8 * j + 2 * (lane % 4);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = r0 + 8 * h;
+            if (r >= M) continue;
+            T* out = C + (long long)r * ldc + col;
+            const float x = d[4 * j + 2 * h], y = d[4 * j + 2 * h + 1];
+            if (pairs && col + 1 < N) {
+                *reinterpret_cast<unsigned*>(out) = pack2(x, y, T());
+            } else {
+                if (col < N) out[0] = from_f32<T>(x);
+                if (col + 1 < N) out[1] = from_f32<T>(y);
+            }
+        }
+    }
+}
+#else
+template <typename T, int BN>
+__device__ __forceinline__ void gemm_tma(T*, long long, const TgTmap*, const TgTmap*, int, int, int) {
+    tg_pdl_enter();
+    __trap();
+}
+#endif
+
+#define TG_GT(T, BN, sfx)                                                                          \
+    extern "C" __global__ void __launch_bounds__(384, 1) gemm_tma##BN##_##sfx(                     \
+        T* C, long long ldc, const __grid_constant__ TgTmap tmA, const __grid_constant__ TgTmap tmW, \
+        int M, int N, int K) { gemm_tma<T, BN>(C, ldc, &tmA, &tmW, M, N, K); }
+TG_GT(__half, 128, f16)
+TG_GT(__nv_bfloat16, 128, bf16)
+TG_GT(__half, 256, f16)
+TG_GT(__nv_bfloat16, 256, bf16)

@@ -13,17 +13,27 @@ from tinygraph.backends.cuda import gemm_launch, kernels  # noqa: E402
 from cuda_support import DT, assert_close, assert_poison_kept, dev, f64, rnd, rng  # noqa: E402,F401
 
 
-#: compile-time shapes under test: the default, one wgmma group left running, 128 x 256 tiles
-CONFIGS = [(), ("-DGW_INFLIGHT=1",), ("-DGW_BN=256", "-DGW_INFLIGHT=1")]
+#: kernels under test: gemm_wgmma (cp.async ring) in three compile-time shapes (the default, one
+#: wgmma group left running, 128 x 256 tiles), and the TMA-fed gemm_tma128 / gemm_tma256
+CONFIGS = [("wgmma", ()), ("wgmma", ("-DGW_INFLIGHT=1",)), ("wgmma", ("-DGW_BN=256", "-DGW_INFLIGHT=1")),
+           ("tma128", ()), ("tma256", ())]
 
 
-@pytest.fixture(scope="module", params=CONFIGS, ids=lambda o: " ".join(o) or "default")
+def _gemm(lib, dt, c, a, w_ptr, ldw, N):
+    if lib.kind == "wgmma":
+        gemm_launch.gemm_wgmma(lib, dt, c, a, w_ptr, ldw, N)
+    else:
+        gemm_launch.gemm_tma(lib, dt, c, a, w_ptr, ldw, N, bn=int(lib.kind[3:]))
+
+
+@pytest.fixture(scope="module", params=CONFIGS, ids=lambda p: " ".join((p[0],) + p[1]))
 def lib(dev, tmp_path_factory, request):
     old = os.environ.get("TINYGRAPH_CACHE_DIR")
     if old is None:
         os.environ["TINYGRAPH_CACHE_DIR"] = str(tmp_path_factory.mktemp("kcache"))
     try:
-        lib = kernels.KernelLibrary(dev, options=request.param)
+        lib = kernels.KernelLibrary(dev, options=request.param[1])
+        lib.kind = request.param[0]
         if lib.file_arch("gemm_wgmma.cu") != "sm_90a":
             pytest.skip(f"wgmma needs sm_90 (this GPU: {lib.arch})")
         yield lib
@@ -39,7 +49,7 @@ def test_gemm_matches_float64(lib, rng, dt, M, N, K):
     a = DT(rnd(rng, (M, K), dt))
     w = DT(rnd(rng, (N, K), dt, scale=K ** -0.5))
     c = DT.empty((M, N), a.host.dtype)
-    gemm_launch.gemm_wgmma(lib, dt, c.arg, a.arg, w.ptr, K, N)
+    _gemm(lib, dt, c.arg, a.arg, w.ptr, K, N)
     assert_close(c.fetch(), f64(a.view) @ f64(w.view).T, dt, what=f"{M}x{N}x{K}")
 
 
@@ -48,7 +58,7 @@ def test_a_strided_c_and_a(lib, rng):
     a = DT(rnd(rng, (M, K + 64), "f16"), lambda h: h[:, 16:16 + K])     # rows of K + 64, offset 16
     w = DT(rnd(rng, (N, K + 8), "f16", scale=K ** -0.5), lambda h: h[:, :K])
     c = DT.empty((M, N + 24), np.float16, lambda h: h[:, 8:8 + N])
-    gemm_launch.gemm_wgmma(lib, "f16", c.arg, a.arg, w.ptr, K + 8, N)
+    _gemm(lib, "f16", c.arg, a.arg, w.ptr, K + 8, N)
     assert_close(c.fetch(), f64(a.view) @ f64(w.view).T, "f16")
     assert_poison_kept(c, "strided C")
 
@@ -60,7 +70,7 @@ def test_odd_c_stride_and_offset(lib, rng):
     a = DT(rnd(rng, (M, K), "bf16"))
     w = DT(rnd(rng, (N, K), "bf16", scale=K ** -0.5))
     c = DT.empty((M, N + 3), a.host.dtype, lambda h: h[:, 1:1 + N])
-    gemm_launch.gemm_wgmma(lib, "bf16", c.arg, a.arg, w.ptr, K, N)
+    _gemm(lib, "bf16", c.arg, a.arg, w.ptr, K, N)
     assert_close(c.fetch(), f64(a.view) @ f64(w.view).T, "bf16")
     assert_poison_kept(c, "odd C")
 
@@ -69,4 +79,4 @@ def test_bad_shapes_are_refused(lib, rng):
     a = DT(rnd(rng, (4, 12), "f16"))
     c = DT.empty((4, 16), np.float16)
     with pytest.raises(ValueError, match="multiples of 8"):
-        gemm_launch.gemm_wgmma(lib, "f16", c.arg, a.arg, a.ptr, 12, 16)
+        _gemm(lib, "f16", c.arg, a.arg, a.ptr, 12, 16)

@@ -16,7 +16,7 @@ import numpy as np
 
 # Qwen3-8B: qkv (4096 + 2 x 1024), o, gate_up (2 x 12288), down
 SHAPES = "6144:4096,4096:4096,24576:4096,4096:12288"
-VARIANTS = "default;-DGW_INFLIGHT=1"
+VARIANTS = "tma128;tma256;default"
 
 
 def _bf16(x: np.ndarray) -> np.ndarray:
@@ -35,7 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default=SHAPES, help="N:K,... (default Qwen3-8B's projections)")
     ap.add_argument("--dtype", default="f16", choices=["f16", "bf16"])
     ap.add_argument("--variants", default=VARIANTS,
-                    help="';'-separated compiler option sets of gemm_wgmma ('default': none)")
+                    help="';'-separated: tma128 / tma256 (gemm_tma), or compiler option sets of gemm_wgmma "
+                         "('default': none)")
     ap.add_argument("--torch", action="store_true", help="also time torch.nn.functional.linear (cuBLAS)")
     args = ap.parse_args(argv)
     from tinygraph.backends.cuda import driver, gemm_launch, kernels
@@ -43,7 +44,8 @@ def main(argv=None) -> int:
     dev = driver.get_device(0)
     base = kernels.KernelLibrary(dev)
     variants = [v.strip() for v in args.variants.split(";") if v.strip()]
-    libs = {v: kernels.KernelLibrary(dev, options=() if v == "default" else tuple(v.split())) for v in variants}
+    libs = {v: base if v in ("default", "tma128", "tma256") else kernels.KernelLibrary(dev, options=tuple(v.split()))
+            for v in variants}
     s = driver.Stream()
     rng = np.random.default_rng(0)
     print(f"{getattr(dev, 'name', 'GPU')}, {args.dtype}; TFLOP/s (median of CUDA-graph replays)")
@@ -69,8 +71,15 @@ def main(argv=None) -> int:
             row = {"M": M, "N": N, "K": K, "matmul_tc3": flops / t / 1e6}
             for v, lib in libs.items():
                 try:
-                    t = driver.graph_time_us(lambda i: gemm_launch.gemm_wgmma(
-                        lib, args.dtype, Arg(bufs["c2"].ptr, (M, N)), A, bufs["w"].ptr, K, N, stream=s), s)
+                    if v.startswith("tma"):
+                        def run(i, lib=lib, bn=int(v[3:])):
+                            gemm_launch.gemm_tma(lib, args.dtype, Arg(bufs["c2"].ptr, (M, N)), A, bufs["w"].ptr, K, N,
+                                                 bn=bn, stream=s)
+                    else:
+                        def run(i, lib=lib):
+                            gemm_launch.gemm_wgmma(lib, args.dtype, Arg(bufs["c2"].ptr, (M, N)), A, bufs["w"].ptr,
+                                                   K, N, stream=s)
+                    t = driver.graph_time_us(run, s)
                 except Exception as e:  # noqa: BLE001  (a variant that fails to build or launch)
                     line += f" | {v}: {type(e).__name__}: {e}"[:200]
                     continue

@@ -47,3 +47,56 @@ def gemm_wgmma(lib, dtype, C: Arg, A: Arg, w_ptr, ldw: int, N: int, stream=None)
     lib._launch(f, (-(-N // cfg["GW_BN"]), -(-M // 128)), 256,
                 [C.addr, ctypes.c_int64(ldc), A.addr, ctypes.c_int64(lda), ptr(w_ptr), ctypes.c_int64(ldw),
                  i32(M), i32(N), i32(K)], stream=stream, shared_mem=smem)
+
+
+# -- the TMA-fed form ----------------------------------------------------------------------------
+#: gemm_tma<BN>'s ring depth (GT_STAGES in cuda_src/gemm_wgmma.cu)
+TMA_STAGES = {128: 6, 256: 4}
+
+
+def tma_smem(bn: int) -> int:
+    """Dynamic shared memory (bytes) of gemm_tma<bn>: its stages of a 128 x 64 A tile and a
+    bn x 64 W tile, + 1 KB alignment, + 256 bytes of mbarriers (GT_SMEM)."""
+    return TMA_STAGES[bn] * (128 + bn) * 64 * 2 + 1024 + 256
+
+
+def tensor_map(ptr: int, rows: int, cols: int, ld: int, box_rows: int, dtype: str) -> ctypes.Array:
+    """A TMA tensor map (128 bytes, passed to the kernel by value) of a row-major 2-D [rows, cols]
+    tensor of 2-byte ``dtype`` with row stride ``ld`` elements at device address ``ptr``: boxes of
+    box_rows x 64 elements, 128-byte swizzle, zeros past the edges. Needs ptr 16-byte aligned and
+    ld a multiple of 8."""
+    from cuda.bindings import driver as drv
+    u64, u32 = drv.cuuint64_t, drv.cuuint32_t
+    dt = (drv.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_FLOAT16 if dtype == "f16"
+          else drv.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16)
+    err, tm = drv.cuTensorMapEncodeTiled(
+        dt, 2, ptr, [u64(cols), u64(rows)], [u64(ld * 2)], [u32(64), u32(box_rows)], [u32(1), u32(1)],
+        drv.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE,
+        drv.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
+        drv.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+        drv.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)
+    if err != drv.CUresult.CUDA_SUCCESS:
+        raise ValueError(f"cuTensorMapEncodeTiled({rows}x{cols}, ld={ld}, box {box_rows}x64): {err}")
+    return (ctypes.c_uint64 * 16)(*tm.opaque)
+
+
+def gemm_tma(lib, dtype, C: Arg, A: Arg, w_ptr, ldw: int, N: int, bn: int = 128, stream=None) -> None:
+    """``C[M, N] = A[M, K] @ W[N, K]^T`` on Hopper's wgmma, fed by TMA (gemm_tma<bn>, bn 128 or
+    256 tile columns). Operands as :func:`gemm_wgmma`; A and W 16-byte aligned."""
+    sfx = dtype_suffix(dtype)
+    (M, K), (Mc, Nc) = A.shape, C.shape
+    lda, ldc = A.full_strides()[0], C.full_strides()[0]
+    if (Mc, Nc) != (M, N) or A.full_strides()[1] != 1 or C.full_strides()[1] != 1:
+        raise ValueError(f"gemm_tma: C{C.shape} must be [{M}, {N}] with rows contiguous, as A's")
+    a_ptr, w_ptr = A.addr.value, ptr(w_ptr).value
+    if K % 8 or lda % 8 or ldw % 8 or a_ptr % 16 or w_ptr % 16:
+        raise ValueError(f"gemm_tma: K={K}, lda={lda}, ldw={ldw} must be multiples of 8, A and W 16-byte aligned")
+    if lib.file_arch("gemm_wgmma.cu") != "sm_90a":
+        raise ValueError(f"gemm_tma needs an sm_90 device (this library targets {lib.arch})")
+    f = lib.get(f"gemm_tma{bn}", sfx)
+    smem = tma_smem(bn)
+    lib._ensure_dynamic_smem(f, smem)
+    tma = tensor_map(a_ptr, M, K, lda, 128, sfx)
+    tmw = tensor_map(w_ptr, N, K, ldw, bn, sfx)
+    lib._launch(f, (-(-N // bn), -(-M // 128)), 384,
+                [C.addr, ctypes.c_int64(ldc), tma, tmw, i32(M), i32(N), i32(K)], stream=stream, shared_mem=smem)

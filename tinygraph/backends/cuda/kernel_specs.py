@@ -155,7 +155,7 @@ def itemsize(dt) -> int:
 class KernelSpec:
     base: str
     file: str
-    params: tuple          # (name, kind) with kind in {'ptr', 'td', 'f32', 'i32'}
+    params: tuple          # (name, kind) with kind in {'ptr', 'td', 'f32', 'i32', 'i64', 'tmap'}
     dtypes: tuple          # suffix tuples accepted, e.g. (('f32',), ('f16',)) or (('f32','f16'),...)
     launch: str            # 'elementwise' | 'rows' | 'rope' | 'matmul' | 'matmul_tc' | 'gemv' | 'gemv_nc'
     #                        | 'linear_gemv'   (params kinds also 'i64': long long by value)
@@ -263,12 +263,19 @@ _reg(
                "(in split order): split-K's reduce and the epilogue in one kernel"),
 )
 
-# Hopper's wgmma GEMM for prefill (cuda_src/gemm_wgmma.cu, sm_90a; work in progress, not chosen yet)
+# Hopper's wgmma GEMMs for prefill (cuda_src/gemm_wgmma.cu, sm_90a; launch helpers in gemm_launch.py)
 _reg(KernelSpec("gemm_wgmma", "gemm_wgmma.cu",
                 (("C", "ptr"), ("ldc", "i64"), ("A", "ptr"), ("lda", "i64"), ("W", "ptr"), ("ldw", "i64"),
                  ("M", "i32"), ("N", "i32"), ("K", "i32")),
                 (("f16",), ("bf16",)), "matmul_tc",
                 "C[M, N] = A[M, K] @ W[N, K]^T on wgmma (sm_90a), 128 x 128 tiles, 4-stage cp.async ring"))
+for _bn in (128, 256):
+    _reg(KernelSpec(f"gemm_tma{_bn}", "gemm_wgmma.cu",
+                    (("C", "ptr"), ("ldc", "i64"), ("tmA", "tmap"), ("tmW", "tmap"),
+                     ("M", "i32"), ("N", "i32"), ("K", "i32")),
+                    (("f16",), ("bf16",)), "matmul_tc",
+                    f"C[M, N] = A[M, K] @ W[N, K]^T on wgmma (sm_90a), 128 x {_bn} tiles fed by TMA "
+                    "(tensor maps of A and W), one producer and two consumer warpgroups"))
 
 # the persistent kernel of a decode segment (cuda_src/persist.cu; planned and launched by persistent.py)
 _reg(KernelSpec("persist_linear", "persist.cu",
