@@ -77,7 +77,7 @@ def tensor_map(ptr: int, rows: int, cols: int, ld: int, box_rows: int, dtype: st
         drv.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)
     if err != drv.CUresult.CUDA_SUCCESS:
         raise ValueError(f"cuTensorMapEncodeTiled({rows}x{cols}, ld={ld}, box {box_rows}x64): {err}")
-    return (ctypes.c_uint64 * 16)(*tm.opaque)
+    return (ctypes.c_uint64 * 16).from_buffer_copy(ctypes.string_at(tm.getPtr(), 128))
 
 
 def gemm_tma(lib, dtype, C: Arg, A: Arg, w_ptr, ldw: int, N: int, bn: int = 128, stream=None) -> None:
