@@ -1,47 +1,41 @@
 // gemm_wgmma.cu -- Hopper (sm_90a) tensor-core GEMM for prefill: C[M, N] = A[M, K] @ W[N, K]^T
-// with float32 accumulators (work in progress on branch wgmma-prefill).
+// with float32 accumulators, fed by TMA.
 //
-// gemm_wgmma_T(T* C, long long ldc, const T* A, long long lda, const T* W, long long ldw,
-//              int M, int N, int K)          T = __half (f16) | __nv_bfloat16 (bf16)
-//   A row-major [M, K] (row stride lda elements), W row-major [N, K] (a linear's HF weight, row
-//   stride ldw), C row-major [M, N] (ldc). K, lda, ldw: multiples of 8; A and W 16-byte aligned.
-//   Ragged M, N, K: the tiles are zero-filled past the edges, C written only inside.
-//   Launch: grid (ceil(N / GW_BN), ceil(M / 128)), block 256 (two warpgroups), dynamic shared
-//   memory GW_SMEM bytes (needs the opt-in attribute: > 48 KB).
-// Compile-time shape (-D): GW_BN (128 | 256) tile columns, GW_STAGES ring depth, GW_INFLIGHT
-//   (0 | 1) wgmma groups left running while the next k-tile is waited for.
-// Design: a block computes a 128 x GW_BN tile of C; warpgroup g the rows [64 g, 64 g + 64) with
-//   wgmma.m64nBNk16 (both operands K-major from shared memory, so neither is transposed).
-//   K goes in tiles of 64 (128 bytes of a row: one 128-byte swizzle atom) through a GW_STAGES-deep
-//   cp.async ring, GW_STAGES - 1 - GW_INFLIGHT tiles ahead; every thread loads, then waits, fences
-//   the async proxy and syncs before the warpgroups issue 4 wgmma (k16 each) per tile. Shared
-//   memory of a stage: A's 128 rows of 128 bytes, then W's GW_BN rows; 16-byte chunk c of row r at
-//   r * 128 + ((c ^ (r % 8)) * 16) (the 128-byte swizzle), every tile 1024-byte aligned.
-//   Descriptor: start >> 4, leading byte offset 1 (unused for swizzled K-major), stride byte offset
-//   1024 >> 4 (8 rows of 128 bytes), swizzle mode 1 (128 B) in bits 62-63; the k-th k16 step
-//   starts 32 * k bytes further.
-//   Accumulator fragment (warp w of the warpgroup, lane l): for each n8 block j, d[4j..4j+3] are
+// gemm_tma<BN>_T(T* C, long long ldc, TgTmap tmA, TgTmap tmW, int M, int N, int K)
+//   T = __half (f16) | __nv_bfloat16 (bf16); BN = 128 | 256 tile columns.
+//   A row-major [M, K], W row-major [N, K] (a linear's HF weight), C row-major [M, N] (row stride
+//   ldc elements). tmA / tmW: TMA tensor maps (cuTensorMapEncodeTiled; gemm_launch.tensor_map) of
+//   A (box 64 x 128) and W (box 64 x BN), 128-byte swizzle, zeros past the edges, so ragged M, N,
+//   K need nothing more; C is written only inside. Launch: grid (ceil(M / 128), ceil(N / BN)) --
+//   the row tiles that share a W tile run side by side, so W streams from memory about once --
+//   block 384, GT_SMEM(BN) bytes of dynamic shared memory (opt-in: > 48 KB).
+// Design: a block computes a 128 x BN tile of C. Warpgroup 0 is the producer: one thread waits
+//   for a free stage of the ring (mbarrier `empty`), arms the stage's `full` barrier with its byte
+//   count and issues the two TMA copies (A's 128 x 64 tile, W's BN x 64 tile). Warpgroups 1 and 2
+//   consume rows [0, 64) and [64, 128): wait for `full`, issue 4 wgmma.m64nBNk16 (k16 each; both
+//   operands K-major from shared memory, so neither is transposed), keep one wgmma group running
+//   and release the stage the previous group read (all 256 consumer threads arrive on `empty`).
+//   Phases: stage s = kt % ST is filled for the (kt / ST)-th time; waits test parity (kt / ST) & 1
+//   (`empty`'s first wait per stage tests the parity before the first phase: it passes at once).
+// Shared memory of a stage: A's 128 rows of 128 bytes, then W's BN rows, as TMA's 128-byte swizzle
+//   writes them (16-byte chunk c of row r at r * 128 + ((c ^ (r % 8)) * 16), every tile
+//   1024-byte aligned). wgmma descriptor: start >> 4, leading byte offset 1 (unused for swizzled
+//   K-major), stride byte offset 1024 >> 4 (8 rows of 128 bytes), swizzle mode 1 (128 B) in bits
+//   62-63; the k-th k16 step starts 32 * k bytes further.
+// Accumulator fragment (warp w of the warpgroup, lane l): for each n8 block j, d[4j..4j+3] are
 //   (row 16 w + l / 4, cols 8 j + 2 (l % 4) + {0, 1}) and the same 8 rows further.
-//   Ring safety: the stage refilled at iteration kt was last read by wgmma kt - 1 - GW_INFLIGHT,
-//   which every warpgroup waited for before the barrier of iteration kt.
 #include "mma.cuh"
 
 #define GW_BM 128
-#ifndef GW_BN
-#define GW_BN 128
-#endif
 #define GW_BK 64
-#ifndef GW_STAGES
-#define GW_STAGES 4
-#endif
-#ifndef GW_INFLIGHT
-#define GW_INFLIGHT 0
-#endif
-#define GW_AHEAD (GW_STAGES - 1 - GW_INFLIGHT)             // k-tiles loading ahead of the one in use
 #define GW_A_BYTES (GW_BM * GW_BK * 2)                     // A's tile: 16 KB
-#define GW_STAGE_BYTES (GW_A_BYTES + GW_BN * GW_BK * 2)
-#define GW_SMEM (GW_STAGES * GW_STAGE_BYTES + 1024)         // + alignment slack
-static_assert(GW_AHEAD >= 1, "GW_STAGES too small for GW_INFLIGHT");
+
+// TMA tensor map: 128 opaque bytes, passed by value as a __grid_constant__ parameter
+struct alignas(64) TgTmap { unsigned long long v[16]; };
+
+#define GT_STAGES(BN) ((BN) == 256 ? 4 : 6)
+#define GT_STAGE_BYTES(BN) ((GW_BM + (BN)) * GW_BK * 2)
+#define GT_SMEM(BN) (GT_STAGES(BN) * GT_STAGE_BYTES(BN) + 1024 + 256)  // + alignment, + barriers
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ unsigned long long gw_desc(unsigned saddr) {
@@ -78,114 +72,7 @@ GW_MMA256(__nv_bfloat16, "bf16")
 #undef GW_MMA128
 #undef GW_MMA256
 
-// this thread's share of one stage: A rows [m0, m0 + 128) and W rows [n0, n0 + GW_BN) of k-tile kt
-template <typename T>
-__device__ __forceinline__ void gw_load(unsigned char* st, const T* A, long long lda, const T* W, long long ldw,
-                                        int M, int N, int K, int m0, int n0, int kt) {
-    const int k0 = kt * GW_BK;
-#pragma unroll
-    for (int i = 0; i < ((GW_BM + GW_BN) * 8) / 256; ++i) {  // 16-byte chunks, 8 per row
-        const int idx = threadIdx.x + 256 * i;
-        const bool isw = idx >= GW_BM * 8;                    // (resolved at compile time per i)
-        const int r = isw ? idx / 8 - GW_BM : idx / 8, c = idx % 8;
-        const int k = k0 + 8 * c;
-        const int row = (isw ? n0 : m0) + r;
-        const bool ok = row < (isw ? N : M) && k < K;
-        const T* src = isw ? W + (long long)(ok ? row : 0) * ldw + (ok ? k : 0)
-                           : A + (long long)(ok ? row : 0) * lda + (ok ? k : 0);
-        cp_async16(st + (isw ? GW_A_BYTES : 0) + r * 128 + ((c ^ (r & 7)) << 4), src, ok);
-    }
-}
 
-template <typename T>
-__device__ __forceinline__ void gemm_wgmma(T* C, long long ldc, const T* A, long long lda, const T* W,
-                                           long long ldw, int M, int N, int K) {
-    extern __shared__ unsigned char gw_raw[];
-    unsigned char* sm = gw_raw + ((1024 - (smem_u32(gw_raw) & 1023)) & 1023);
-    const int m0 = blockIdx.y * GW_BM, n0 = blockIdx.x * GW_BN;
-    const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-    const int kt_n = (K + GW_BK - 1) / GW_BK;
-    float d[GW_BN / 2];
-#pragma unroll
-    for (int i = 0; i < GW_BN / 2; ++i) d[i] = 0.0f;
-
-    tg_pdl_trigger();
-    tg_pdl_wait();
-#pragma unroll
-    for (int s = 0; s < GW_AHEAD; ++s) {
-        if (s < kt_n) gw_load<T>(sm + s * GW_STAGE_BYTES, A, lda, W, ldw, M, N, K, m0, n0, s);
-        cp_async_commit();
-    }
-    for (int kt = 0; kt < kt_n; ++kt) {
-        cp_async_wait<GW_AHEAD - 1>();                                   // k-tile kt has landed
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // cp.async's writes, seen by wgmma
-        __syncthreads();
-        unsigned char* st = sm + (kt % GW_STAGES) * GW_STAGE_BYTES;
-        const unsigned a0 = smem_u32(st) + wg * 64 * 128, b0 = smem_u32(st + GW_A_BYTES);
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-        for (int kk = 0; kk < GW_BK / 16; ++kk)
-            GwMma<T, GW_BN>::run(d, gw_desc(a0 + 32 * kk), gw_desc(b0 + 32 * kk), kt > 0 || kk > 0);
-        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        const int nk = kt + GW_AHEAD;  // into the stage wgmma kt - 1 - GW_INFLIGHT read (see the header)
-        if (nk < kt_n) gw_load<T>(sm + (nk % GW_STAGES) * GW_STAGE_BYTES, A, lda, W, ldw, M, N, K, m0, n0, nk);
-        cp_async_commit();
-        asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(GW_INFLIGHT) : "memory");
-    }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    const int r0 = m0 + wg * 64 + warp * 16 + lane / 4;
-    const bool pairs = (ldc & 1) == 0 && (reinterpret_cast<unsigned long long>(C) & 3) == 0;  // 4-byte stores
-#pragma unroll
-    for (int j = 0; j < GW_BN / 8; ++j) {
-        const int c = n0 + 8 * j + 2 * (lane % 4);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int r = r0 + 8 * h;
-            if (r >= M) continue;
-            T* out = C + (long long)r * ldc + c;
-            const float x = d[4 * j + 2 * h], y = d[4 * j + 2 * h + 1];
-            if (pairs && c + 1 < N) {
-                *reinterpret_cast<unsigned*>(out) = pack2(x, y, T());
-            } else {
-                if (c < N) out[0] = from_f32<T>(x);
-                if (c + 1 < N) out[1] = from_f32<T>(y);
-            }
-        }
-    }
-}
-#else
-template <typename T>  // wgmma needs sm_90a: anywhere else the kernel traps (the library never launches it)
-__device__ __forceinline__ void gemm_wgmma(T*, long long, const T*, long long, const T*, long long, int, int, int) {
-    tg_pdl_enter();
-    __trap();
-}
-#endif
-
-#define TG_GW(T, sfx)                                                                              \
-    extern "C" __global__ void __launch_bounds__(256) gemm_wgmma_##sfx(                            \
-        T* C, long long ldc, const T* A, long long lda, const T* W, long long ldw, int M, int N,   \
-        int K) { gemm_wgmma<T>(C, ldc, A, lda, W, ldw, M, N, K); }
-TG_GW(__half, f16)
-TG_GW(__nv_bfloat16, bf16)
-
-// ---- the TMA + mbarrier, warp-specialized form ----------------------------------------------
-// gemm_tma<BN>_T(T* C, long long ldc, TgTmap tmA, TgTmap tmW, int M, int N, int K)
-//   Same product and layouts as gemm_wgmma; tmA / tmW: TMA tensor maps (cuTensorMapEncodeTiled)
-//   of A [M, K] (box 64 x 128) and W [N, K] (box 64 x BN), 128-byte swizzle, zero fill past the
-//   edges. Launch: grid (ceil(N / BN), ceil(M / 128)), block 384, GT_SMEM(BN) dynamic bytes.
-// Warpgroup 0 is the producer: one thread waits for a free stage (mbarrier `empty`), arms the
-//   stage's `full` barrier with the byte count and issues the two TMA copies. Warpgroups 1 and 2
-//   consume rows [0, 64) and [64, 128): wait for `full`, issue 4 wgmma, keep one group running,
-//   and release the stage the previous group read (all 256 consumer threads arrive on `empty`).
-//   Phases: stage s = kt % ST is filled for the (kt / ST)-th time; waits test parity (kt / ST) & 1
-//   (`empty`'s first wait per stage tests the parity before the first phase: it passes at once).
-struct alignas(64) TgTmap { unsigned long long v[16]; };
-
-#define GT_STAGES(BN) ((BN) == 256 ? 4 : 6)
-#define GT_STAGE_BYTES(BN) ((GW_BM + (BN)) * GW_BK * 2)
-#define GT_SMEM(BN) (GT_STAGES(BN) * GT_STAGE_BYTES(BN) + 1024 + 256)  // + alignment, + barriers
-
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ void gt_bar_init(unsigned bar, unsigned count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
@@ -215,7 +102,7 @@ __device__ __forceinline__ void gemm_tma(T* C, long long ldc, const TgTmap* tmA,
     extern __shared__ unsigned char gw_raw[];
     unsigned char* sm = gw_raw + ((1024 - (smem_u32(gw_raw) & 1023)) & 1023);
     const unsigned ring = smem_u32(sm), full = smem_u32(sm + ST * SB), empty = full + 8 * ST;
-    const int m0 = blockIdx.y * GW_BM, n0 = blockIdx.x * BN;
+    const int m0 = blockIdx.x * GW_BM, n0 = blockIdx.y * BN;  // row tiles vary fastest
     const int wg = threadIdx.x / 128;
     const int kt_n = (K + GW_BK - 1) / GW_BK;
     if (threadIdx.x == 0) {

@@ -25,17 +25,45 @@ def test_matmul_algo():
     assert select.matmul_algo(2, 4096, 1, True, "f16", H200) == "matmul_tc3s_m16"
     assert select.matmul_algo(17, 4096, 1, True, "bf16", H200) == "matmul_tc3s_m32"
     assert select.matmul_algo(64, 4096, 1, True, "f16", H200) == "matmul_tc3s_m64"
-    assert select.matmul_algo(65, 4096, 1, True, "f16", H200) == "matmul_tc3_64_4"
+    # more rows of one matrix times a transposed weight on sm_90: Hopper's gemm_tma
+    assert select.matmul_algo(65, 4096, 1, True, "f16", H200) == "gemm_tma128"
+    assert select.matmul_algo(65, 4096, 1, True, "f16", H200, wgmma=False) == "matmul_tc3_64_4"
+    assert select.matmul_algo(512, 4096, 1, False, "f16", H200) == "matmul_tc3_64_4"    # B not a weight
+    assert select.matmul_algo(512, 4096, 2, True, "bf16", H200) == "matmul_tc3_64_3"    # batched
+    assert select.matmul_algo(512, 4096, 1, True, "f16", select.DeviceCaps(100, 148)) == "matmul_tc3_64_4"
     assert select.matmul_algo(16, 4096, 2, True, "f16", H200) == "matmul_tc3_64_4"      # batched: never
     assert select.matmul_algo(2, 4096, 1, True, "f16", H200, small_m=False) == "matmul_tc3_64_4"
     assert select.matmul_algo(2, 4096, 1, True, "bf16", H200, small_m=False) == "matmul_tc3_64_4"
     assert select.matmul_algo(2, 4096, 1, True, "f32", H200) == "matmul"
     assert select.matmul_algo(2, 4096, 1, True, "f16", TURING) == "matmul"
     # one wave of 128x128 tiles: 4 stages; more: 3 (two blocks per SM); small shared memory: 32-wide K
-    assert select.matmul_algo(128 * 132, 128, 1, True, "f16", H200) == "matmul_tc3_64_4"
-    assert select.matmul_algo(128 * 133, 128, 1, True, "f16", H200) == "matmul_tc3_64_3"
+    assert select.matmul_algo(128 * 132, 128, 1, True, "f16", H200, wgmma=False) == "matmul_tc3_64_4"
+    assert select.matmul_algo(128 * 133, 128, 1, True, "f16", H200, wgmma=False) == "matmul_tc3_64_3"
     assert select.matmul_algo(512, 4096, 1, True, "f16", ADA) == "matmul_tc3_32_4"
     assert select.tc3_shared_bytes(64, 4) + 1024 <= H200.smem_optin
+
+
+def test_gemm_tile_counts_waves():
+    # 128-wide tiles unless 256-wide ones save a wave's worth (they are TMA256_SPEEDUP faster each)
+    assert select.gemm_tile(512, 4096, H200) == 128     # 128 tiles: 1 wave; 64: 1 wave of slower tiles
+    assert select.gemm_tile(512, 6144, H200) == 256     # 2 waves vs 1
+    assert select.gemm_tile(512, 24576, H200) == 256    # 6 vs 3
+    assert select.gemm_tile(2048, 4096, H200) == 256    # 4 vs 2
+    assert select.gemm_tile(100, 1024, H200) == 128     # 8 tiles vs 4: one wave either way
+    assert select.matmul_algo(2048, 4096, 1, True, "f16", H200) == "gemm_tma256"
+
+
+def test_plan_choices_put_prefill_on_gemm_tma_unless_told_not_to() -> None:
+    from tinygraph.models import load_model
+    gemv = frozenset({"f32", "f16", "bf16"})
+    with load_model("tests/fixtures/llama", backend="numpy", dtype="float16") as m:
+        g, _, _ = m.step_graph(100, "logits")
+        order = m.session._plan_for(g).order
+        for caps, env, want in ((H200, {}, {"gemm_tma128"}), (H200, {"TINYGRAPH_WGMMA": "0"}, {"matmul_tc3_64_4"}),
+                                (select.DeviceCaps(100, 148), {}, {"matmul_tc3_64_4"})):
+            ch = [c for c in select.plan_choices(order, caps, gemv, env).values()
+                  if isinstance(c, select.LinearChoice) and c.path == "matmul"]
+            assert ch and {c.matmul for c in ch} == want, (caps, env)
 
 
 def test_small_m_splits():

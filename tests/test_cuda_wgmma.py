@@ -1,4 +1,4 @@
-"""Hopper's wgmma GEMM (cuda_src/gemm_wgmma.cu, sm_90a; work in progress) vs float64 NumPy:
+"""Hopper's TMA-fed wgmma GEMM (cuda_src/gemm_wgmma.cu, sm_90a; both tile widths) vs float64 NumPy:
 C = A @ W^T for whole tiles, ragged edges (zero-filled loads, masked stores) and a strided C, in
 f16 and bf16. Skipped without an sm_90 GPU. Every output is poisoned (NaN) first, so an unwritten
 element fails, and the bytes around a strided C must stay untouched."""
@@ -13,27 +13,18 @@ from tinygraph.backends.cuda import gemm_launch, kernels  # noqa: E402
 from cuda_support import DT, assert_close, assert_poison_kept, dev, f64, rnd, rng  # noqa: E402,F401
 
 
-#: kernels under test: gemm_wgmma (cp.async ring) in three compile-time shapes (the default, one
-#: wgmma group left running, 128 x 256 tiles), and the TMA-fed gemm_tma128 / gemm_tma256
-CONFIGS = [("wgmma", ()), ("wgmma", ("-DGW_INFLIGHT=1",)), ("wgmma", ("-DGW_BN=256", "-DGW_INFLIGHT=1")),
-           ("tma128", ()), ("tma256", ())]
-
-
 def _gemm(lib, dt, c, a, w_ptr, ldw, N):
-    if lib.kind == "wgmma":
-        gemm_launch.gemm_wgmma(lib, dt, c, a, w_ptr, ldw, N)
-    else:
-        gemm_launch.gemm_tma(lib, dt, c, a, w_ptr, ldw, N, bn=int(lib.kind[3:]))
+    gemm_launch.gemm_tma(lib, dt, c, a, w_ptr, ldw, N, bn=lib.bn)
 
 
-@pytest.fixture(scope="module", params=CONFIGS, ids=lambda p: " ".join((p[0],) + p[1]))
+@pytest.fixture(scope="module", params=[128, 256], ids=lambda bn: f"tma{bn}")
 def lib(dev, tmp_path_factory, request):
     old = os.environ.get("TINYGRAPH_CACHE_DIR")
     if old is None:
         os.environ["TINYGRAPH_CACHE_DIR"] = str(tmp_path_factory.mktemp("kcache"))
     try:
-        lib = kernels.KernelLibrary(dev, options=request.param[1])
-        lib.kind = request.param[0]
+        lib = kernels.KernelLibrary(dev)
+        lib.bn = request.param  # the tile width under test
         if lib.file_arch("gemm_wgmma.cu") != "sm_90a":
             pytest.skip(f"wgmma needs sm_90 (this GPU: {lib.arch})")
         yield lib
@@ -80,3 +71,57 @@ def test_bad_shapes_are_refused(lib, rng):
     c = DT.empty((4, 16), np.float16)
     with pytest.raises(ValueError, match="multiples of 8"):
         _gemm(lib, "f16", c.arg, a.arg, a.ptr, 12, 16)
+
+
+def _prefill_chain(backend: str, dt, M: int, K: int, offset: int = 0, seed: int = 0):
+    """x [M, K] (a view ``offset`` elements into its input) -> swiglu up (2F; x itself is the
+    GEMM's A) -> down + residual -> layer-normed gelu with bias: three prefill-sized linears
+    through the backend's lowering, as a model's layers use them."""
+    import tinygraph as tg
+    rng = np.random.default_rng(seed)
+    F = 3 * K // 2
+    sess = tg.Session(backend=backend, verbose=False)
+    shapes = {"up": ((2 * F, K), K ** -0.5), "down": ((K, F), F ** -0.5),
+              "lw": ((K,), 1.0), "lb": ((K,), 0.1), "fc": ((K, K), K ** -0.5), "b": ((K,), 0.1)}
+    ws = {k: (sess.persistent(s, dt, name=k), (rng.standard_normal(s) * sc).astype(np.float32))
+          for k, (s, sc) in shapes.items()}
+    sess.finalize()
+    for t, v in ws.values():
+        sess.upload(t, v.astype(dt.np))
+    g = sess.graph()
+    xin = g.input((M * K + offset,), dt, name="x")
+    x = tg.view(xin, (M, K), offset=offset)
+    w = {k: t for k, (t, _) in ws.items()}
+    h = tg.linear(x, w["up"], act="swiglu")
+    h = tg.linear(h, w["down"], residual=x)
+    g.output(tg.linear(h, w["fc"], bias=w["b"], norm="layer", norm_w=w["lw"], norm_b=w["lb"], act="gelu"))
+    xv = rng.standard_normal((M * K + offset,)).astype(dt.np)
+    out = sess.compute(g, {xin: xv})[0]
+    sess.close()
+    return out
+
+
+@pytest.mark.parametrize("dtn,M,K,offset,want", [("float16", 100, 576, 0, "gemm_tma128"),
+                                                 ("bfloat16", 300, 1024, 0, "gemm_tma"),
+                                                 ("float16", 130, 512, 4, "matmul_tc3")])
+def test_prefill_linears_take_gemm_tma(dev, monkeypatch, dtn, M, K, offset, want):
+    """Prefill-sized linears run on gemm_tma on an sm_90 GPU (an activation 8 bytes off a 16-byte
+    boundary falls back to matmul_tc3 for the product that reads it), and agree with the NumPy backend; TINYGRAPH_WGMMA=0 puts
+    them back on matmul_tc3 with the same result up to float32 rounding order."""
+    import tinygraph as tg
+    from cuda_support import launched_names
+    if kernels.KernelLibrary(dev).file_arch("gemm_wgmma.cu") != "sm_90a":
+        pytest.skip("gemm_tma needs sm_90")
+    dt = getattr(tg, dtn)
+    names = launched_names(monkeypatch)
+    on = _prefill_chain("cuda", dt, M, K, offset)
+    gemms = [n for n in names if n.startswith(("gemm_tma", "matmul_tc3"))]
+    assert len(gemms) == 3 and gemms[0].startswith(want) and all(n.startswith("gemm_tma") for n in gemms[1:]), gemms
+    monkeypatch.setenv("TINYGRAPH_WGMMA", "0")
+    del names[:]
+    off = _prefill_chain("cuda", dt, M, K, offset)
+    assert not any(n.startswith("gemm_tma") for n in names)
+    ref = _prefill_chain("numpy", dt, M, K, offset)
+    tol = 3e-2
+    np.testing.assert_allclose(on.astype(np.float32), ref.astype(np.float32), rtol=tol, atol=tol)
+    np.testing.assert_allclose(on.astype(np.float32), off.astype(np.float32), rtol=tol, atol=tol)

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """TFLOP/s of the prefill GEMMs on the GPU: matmul_tc3 (mma.sync, cuda_src/matmul.cu), the Hopper
-wgmma kernel (cuda_src/gemm_wgmma.cu, sm_90a) in one or more compile-time shapes, and optionally
-cuBLAS through torch (dev tooling only), C[M, N] = A[M, K] @ W[N, K]^T, timed as CUDA-graph replays
-(driver.graph_time_us; medians), on Qwen3-8B's prefill shapes by default. Every wgmma output is
-compared with matmul_tc3's (max |difference| relative to max |C|).
+wgmma + TMA kernel (cuda_src/gemm_wgmma.cu, sm_90a) at both tile widths, and optionally cuBLAS through torch (dev tooling only), C[M, N] = A[M, K] @ W[N, K]^T, timed as CUDA-graph replays
+(driver.graph_time_us; medians), on Qwen3-8B's prefill shapes by default, and the tile width
+``select.gemm_tile`` would pick. Every wgmma output is compared with matmul_tc3's (max |difference|
+relative to max |C|).
 
     python tools/bench_gemm.py [--m 512,2048] [--shapes N:K,...] [--dtype f16]
-        [--variants "default;-DGW_INFLIGHT=1"] [--torch]
+        [--torch] [--json OUT]
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import numpy as np
 
 # Qwen3-8B: qkv (4096 + 2 x 1024), o, gate_up (2 x 12288), down
 SHAPES = "6144:4096,4096:4096,24576:4096,4096:12288"
-VARIANTS = "tma128;tma256;default"
 
 
 def _bf16(x: np.ndarray) -> np.ndarray:
@@ -34,18 +33,15 @@ def main(argv=None) -> int:
     ap.add_argument("--m", default="512", help="rows (prompt tokens), comma-separated")
     ap.add_argument("--shapes", default=SHAPES, help="N:K,... (default Qwen3-8B's projections)")
     ap.add_argument("--dtype", default="f16", choices=["f16", "bf16"])
-    ap.add_argument("--variants", default=VARIANTS,
-                    help="';'-separated: tma128 / tma256 (gemm_tma), or compiler option sets of gemm_wgmma "
-                         "('default': none)")
     ap.add_argument("--torch", action="store_true", help="also time torch.nn.functional.linear (cuBLAS)")
+    ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args(argv)
     from tinygraph.backends.cuda import driver, gemm_launch, kernels
     from tinygraph.backends.cuda.kernels import Arg
     dev = driver.get_device(0)
+    from tinygraph.backends.cuda.select import DeviceCaps, gemm_tile
     base = kernels.KernelLibrary(dev)
-    variants = [v.strip() for v in args.variants.split(";") if v.strip()]
-    libs = {v: base if v in ("default", "tma128", "tma256") else kernels.KernelLibrary(dev, options=tuple(v.split()))
-            for v in variants}
+    caps = DeviceCaps.of(base.arch, dev)
     s = driver.Stream()
     rng = np.random.default_rng(0)
     print(f"{getattr(dev, 'name', 'GPU')}, {args.dtype}; TFLOP/s (median of CUDA-graph replays)")
@@ -69,25 +65,18 @@ def main(argv=None) -> int:
             ref = _as_f32(ref, args.dtype)
             line = f"M={M:5d} N={N:6d} K={K:6d}: matmul_tc3 {flops / t / 1e6:5.0f}"
             row = {"M": M, "N": N, "K": K, "matmul_tc3": flops / t / 1e6}
-            for v, lib in libs.items():
-                try:
-                    if v.startswith("tma"):
-                        def run(i, lib=lib, bn=int(v[3:])):
-                            gemm_launch.gemm_tma(lib, args.dtype, Arg(bufs["c2"].ptr, (M, N)), A, bufs["w"].ptr, K, N,
-                                                 bn=bn, stream=s)
-                    else:
-                        def run(i, lib=lib):
-                            gemm_launch.gemm_wgmma(lib, args.dtype, Arg(bufs["c2"].ptr, (M, N)), A, bufs["w"].ptr,
-                                                   K, N, stream=s)
-                    t = driver.graph_time_us(run, s)
-                except Exception as e:  # noqa: BLE001  (a variant that fails to build or launch)
-                    line += f" | {v}: {type(e).__name__}: {e}"[:200]
-                    continue
+            for bn in (128, 256):
+                def run(i, bn=bn):
+                    gemm_launch.gemm_tma(base, args.dtype, Arg(bufs["c2"].ptr, (M, N)), A, bufs["w"].ptr, K, N,
+                                         bn=bn, stream=s)
+                t = driver.graph_time_us(run, s)
                 out = np.empty((M, N), np.uint16)
                 bufs["c2"].download(out)
                 err = float(np.max(np.abs(_as_f32(out, args.dtype) - ref)) / max(np.max(np.abs(ref)), 1e-30))
-                line += f" | [{v}] {flops / t / 1e6:5.0f} (err {err:.1e})"
-                row[v] = flops / t / 1e6
+                line += f" | tma{bn} {flops / t / 1e6:5.0f} (err {err:.1e})"
+                row[f"tma{bn}"] = flops / t / 1e6
+            row["picked"] = f"tma{gemm_tile(M, N, caps)}"
+            line += f" | picked {row['picked']}"
             if args.torch:
                 row["cublas"] = _torch_tflops(M, N, K, args.dtype)
                 line += f" | cuBLAS {row['cublas']:5.0f}"
@@ -95,6 +84,11 @@ def main(argv=None) -> int:
             rows.append(row)
             for b in bufs.values():
                 b.free()
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump({"device": getattr(dev, "name", "GPU"), "dtype": args.dtype, "unit": "TFLOP/s", "rows": rows},
+                      f, indent=1)
     return 0
 
 

@@ -263,12 +263,7 @@ _reg(
                "(in split order): split-K's reduce and the epilogue in one kernel"),
 )
 
-# Hopper's wgmma GEMMs for prefill (cuda_src/gemm_wgmma.cu, sm_90a; launch helpers in gemm_launch.py)
-_reg(KernelSpec("gemm_wgmma", "gemm_wgmma.cu",
-                (("C", "ptr"), ("ldc", "i64"), ("A", "ptr"), ("lda", "i64"), ("W", "ptr"), ("ldw", "i64"),
-                 ("M", "i32"), ("N", "i32"), ("K", "i32")),
-                (("f16",), ("bf16",)), "matmul_tc",
-                "C[M, N] = A[M, K] @ W[N, K]^T on wgmma (sm_90a), 128 x 128 tiles, 4-stage cp.async ring"))
+# Hopper's wgmma GEMM for prefill (cuda_src/gemm_wgmma.cu, sm_90a; launched by gemm_launch.py)
 for _bn in (128, 256):
     _reg(KernelSpec(f"gemm_tma{_bn}", "gemm_wgmma.cu",
                     (("C", "ptr"), ("ldc", "i64"), ("tmA", "tmap"), ("tmW", "tmap"),

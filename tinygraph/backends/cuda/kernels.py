@@ -393,7 +393,8 @@ class KernelLibrary:
 
     # -- matmul ----------------------------------------------------------------------------------
     def plan_matmul(self, dtype, c: Arg, a: Arg, b: Arg, algo: str | None = None) -> "MatmulPlan":
-        """Pick a kernel and launch config: (function, grid, block, dynamic shared bytes)."""
+        """Pick a kernel and launch config: (function, grid, block, dynamic shared bytes), among
+        the matmul.cu kernels (Hopper's gemm_tma is launched by ``gemm_launch``)."""
         sfx = dtype_suffix(dtype)
         if len(a.shape) < 2 or len(b.shape) < 2 or len(c.shape) < 2:
             raise ValueError("matmul operands need rank >= 2")
@@ -407,7 +408,7 @@ class KernelLibrary:
         batch = math.prod(c.shape[:-2])
         b_st = b.full_strides()
         if algo is None:
-            algo = select.matmul_algo(M, N, batch, b_st[-2] == 1, sfx, self.caps)
+            algo = select.matmul_algo(M, N, batch, b_st[-2] == 1, sfx, self.caps, wgmma=False)
         if algo in ("gemv", "gemv_nc") and M != 1:
             raise ValueError(f"{algo} needs M == 1, got M = {M}")
         if algo == "matmul_tc3":

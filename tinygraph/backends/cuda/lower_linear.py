@@ -1,4 +1,5 @@
-"""CUDA lowerings of the matrix products (kernels: cuda_src/linear.cu, linear_q.cu, matmul.cu):
+"""CUDA lowerings of the matrix products (kernels: cuda_src/linear.cu, linear_q.cu, matmul.cu,
+gemm_wgmma.cu):
 ``linear`` (norm -> x @ w.T + bias -> activation -> + residual, fused for decode rows) and
 ``matmul`` (plain, or with a block-quantized weight read as its raw blocks)."""
 from __future__ import annotations
@@ -10,7 +11,7 @@ from ...dtypes import float32
 from ...errors import BackendError
 from ...ops.registry import optional_srcs
 from ...tensor import Tensor
-from . import quant_launch, select
+from . import gemm_launch, quant_launch, select
 from .kernels import Arg
 
 if TYPE_CHECKING:
@@ -38,6 +39,12 @@ def gemm(be: "CudaBackend", dt, c: Arg, a: Arg, b: Arg, algo: str | None, epilog
     up split-K's partials, if the product splits. Returns whether it was applied."""
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     splits, bm = 1, 128
+    if algo is not None and algo.startswith("gemm_tma"):
+        if tma_ok(a, b, c):
+            gemm_launch.gemm_tma(be.lib, dt.short, _rows(c), _rows(a), b.ptr, b.full_strides()[-1], N,
+                                 bn=int(algo[len("gemm_tma"):]), stream=be.stream)
+            return False
+        algo = select.tc3_variant(-(-N // 128) * -(-M // 128), be.lib.caps)  # TMA's alignment rules fail
     if algo is not None and algo.startswith("matmul_tc3s_m"):  # few rows: BM-row tiles, K split
         bm = int(algo[len("matmul_tc3s_m"):])
         splits = select.small_m_splits(M, N, K, bm, be.lib.caps)
@@ -52,6 +59,22 @@ def gemm(be: "CudaBackend", dt, c: Arg, a: Arg, b: Arg, algo: str | None, epilog
     ws = be._tmp((splits, M, N), float32)
     be.lib.matmul_splitk(dt.short, c, a, b, ws.ptr, splits, stream=be.stream, epilogue=epilogue, bm=bm)
     return epilogue is not None
+
+
+def _rows(x: Arg) -> Arg:
+    """A [1.., M, n] Arg as the 2-D [M, n] it is."""
+    return Arg(x.ptr, x.shape[-2:], x.full_strides()[-2:])
+
+
+def tma_ok(a: Arg, b: Arg, c: Arg) -> bool:
+    """Whether gemm_tma can run C = A @ B as planned: one matrix each (leading axes of 1), A's and
+    C's rows contiguous, B the transpose of a row-major weight (strides (1, ldw)), A's and the
+    weight's row strides multiples of 8 elements and their addresses of 16 bytes (TMA's rules)."""
+    if any(d != 1 for x in (a, b, c) for d in x.shape[:-2]):
+        return False
+    sa, sb, sc = a.full_strides()[-2:], b.full_strides()[-2:], c.full_strides()[-2:]
+    return (sa[1] == 1 and sc[1] == 1 and sb[0] == 1 and sa[0] % 8 == 0 and sb[1] % 8 == 0
+            and a.addr.value % 16 == 0 and b.addr.value % 16 == 0 and a.shape[-1] % 8 == 0)
 
 
 def quant_rows(be: "CudaBackend", t: Tensor, base: dict[int, int], n: Tensor) -> tuple[int, int]:

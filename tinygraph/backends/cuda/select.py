@@ -61,19 +61,40 @@ def tc3_variant(tiles: int, caps: DeviceCaps) -> str:
 
 
 def matmul_algo(M: int, N: int, batch: int, b_rows_contiguous: bool, dtype: str, caps: DeviceCaps,
-                small_m: bool = True) -> str:
+                small_m: bool = True, wgmma: bool = True) -> str:
     """The matmul kernel for C [batch, M, N] = A @ B: one row -> ``gemv`` (B's K axis contiguous,
-    i.e. a transposed [N, K] weight) or ``gemv_nc``; f16/bf16 on sm_80+ -> a ``matmul_tc3``
-    variant, or for 2..64 rows (``small_m``; batch 1) ``matmul_tc3s_m<BM>``, output tiles of the
-    fewest rows BM in 16 / 32 / 64 that hold M (:func:`small_m_splits`); else the f32 ``matmul``."""
+    i.e. a transposed [N, K] weight) or ``gemv_nc``; f16/bf16 on sm_80+ -> for 2..64 rows
+    (``small_m``; batch 1) ``matmul_tc3s_m<BM>``, output tiles of the fewest rows BM in 16 / 32 /
+    64 that hold M (:func:`small_m_splits`); more rows of one matrix times a transposed weight on
+    an sm_90 device (``wgmma``) -> Hopper's ``gemm_tma<BN>`` (BN: :func:`gemm_tile`), else a
+    ``matmul_tc3`` variant; other dtypes -> the f32 ``matmul``. (``gemm_tma`` also needs 16-byte
+    aligned operands with row strides of multiples of 8: the lowering checks those when it runs
+    and takes :func:`tc3_variant` where they fail.)"""
     if M == 1:
         return "gemv" if b_rows_contiguous else "gemv_nc"
     if dtype in ("f16", "bf16") and caps.arch >= 80:
         bm = next(b for b in (16, 32, 64) if M <= b) if M <= SPLIT_MAX_ROWS else 0
         if small_m and bm and batch == 1 and tc3_shared_bytes(64, 4, bm) + 1024 <= caps.smem_optin:
             return f"matmul_tc3s_m{bm}"
+        if wgmma and caps.arch == 90 and batch == 1 and b_rows_contiguous and M > SPLIT_MAX_ROWS:
+            return f"gemm_tma{gemm_tile(M, N, caps)}"
         return tc3_variant(-(-N // 128) * -(-M // 128) * batch, caps)
     return "matmul"
+
+
+#: gemm_tma256's work per tile relative to gemm_tma128's, per unit of time: its 128 x 256 tiles
+#: are ~15% more efficient (H200, f16, M = 2048: 670 vs 581 TFLOP/s on 4096 x 4096) when both
+#: fill whole waves
+TMA256_SPEEDUP = 1.15
+
+
+def gemm_tile(M: int, N: int, caps: DeviceCaps) -> int:
+    """gemm_tma's tile width (128 or 256 columns) for an [M, N] product: the one with the fewer
+    estimated wave-times, a wave being one 128 x BN tile per SM; a 256-wide tile takes
+    2 / TMA256_SPEEDUP of a 128-wide one's time. E.g. (132 SMs) M = 512: N = 4096 -> 128
+    (1 wave of 128 tiles vs 1 of 64 slower ones), N = 6144 -> 256 (2 waves vs 1)."""
+    waves = {bn: -(-(-(-M // 128) * -(-N // bn)) // caps.sm_count) for bn in (128, 256)}
+    return 256 if waves[256] * 2 / TMA256_SPEEDUP < waves[128] else 128
 
 
 def small_m_splits(M: int, N: int, K: int, bm: int, caps: DeviceCaps) -> int:
@@ -241,10 +262,12 @@ class LinearChoice:
 
 def linear_choice(x_shape: Sequence[int], N: int, K: int, dtype: str, wtype: str | None, fused_gemv: bool,
                   caps: DeviceCaps, int8_activations: bool = False, gemv_choice: str | None = None,
-                  qr: bool = True, small_m: bool = True, gemv_rows: int | None = None) -> LinearChoice:
+                  qr: bool = True, small_m: bool = True, gemv_rows: int | None = None,
+                  wgmma: bool = True) -> LinearChoice:
     """The kernels of the product of activations ``x_shape`` [.., M, K] of ``dtype`` with a
     [N, K] weight of block type ``wtype`` (None: a 16/32-bit weight); ``fused_gemv``: the library
-    has the fused 16/32-bit GEMV for ``dtype``; ``gemv_rows``: :func:`gemv_limit`'s override."""
+    has the fused 16/32-bit GEMV for ``dtype``; ``gemv_rows``: :func:`gemv_limit`'s override;
+    ``wgmma``: :func:`matmul_algo` may pick Hopper's gemm_tma."""
     rows = math.prod(x_shape) // K
     M = x_shape[-2] if len(x_shape) >= 2 else 1
     batch = math.prod(x_shape[:-2])
@@ -254,7 +277,7 @@ def linear_choice(x_shape: Sequence[int], N: int, K: int, dtype: str, wtype: str
     else:
         fam = quant_gemv(dtype, int8_activations, gemv_choice, caps, wtype, K, N, qr)
         path = linear_path(rows, True, linear_q_shared_bytes(K, fam, wtype), fused_gemv, caps, limit)
-    mm = matmul_algo(M, N, batch, True, dtype, caps, small_m) if path in ("matmul", "dequant_matmul") else None
+    mm = matmul_algo(M, N, batch, True, dtype, caps, small_m, wgmma) if path in ("matmul", "dequant_matmul") else None
     return LinearChoice(path, fam if path == "gemv_q" else None, mm)
 
 
@@ -271,12 +294,14 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
     ``TINYGRAPH_QUANT_GEMV``, ``TINYGRAPH_QUANT_QR``; ``TINYGRAPH_SMALL_M=0``: 2..64-row products
     on the 128-row tiles; ``TINYGRAPH_GEMV_ROWS=n``: the fused GEMVs take at most n rows (default
     ``GEMV_MAX_ROWS``, quantized ``DECODE_ROWS``; more rows take the tensor cores), for A/B timing; ``TINYGRAPH_ATTN_GQA=0``:
-    decode attention one query head per block, not attn_gqa), read here and nowhere else."""
+    decode attention one query head per block, not attn_gqa; ``TINYGRAPH_WGMMA=0``: prefill products on
+    matmul_tc3, not Hopper's gemm_tma), read here and nowhere else."""
     int8 = env.get("TINYGRAPH_QUANT_ACT", "") == "int8"
     fam = env.get("TINYGRAPH_QUANT_GEMV") or None
     qr = env.get("TINYGRAPH_QUANT_QR", "1") != "0"
     small_m = env.get("TINYGRAPH_SMALL_M", "1") != "0"
     gemv_rows = max(1, int(env["TINYGRAPH_GEMV_ROWS"])) if env.get("TINYGRAPH_GEMV_ROWS") else None
+    wgmma = env.get("TINYGRAPH_WGMMA", "1") != "0"
     out: dict = {}
     for n in order:
         if n.op in ("attention", "attention_store"):  # the split-key kernels' launch shape
@@ -296,13 +321,13 @@ def plan_choices(order: Iterable, caps: DeviceCaps, gemv_dtypes: frozenset,
             a, b = n.srcs
             bst = b.strides if b.dtype == n.dtype else contiguous_strides(b.shape)
             out[n.id] = matmul_algo(a.shape[-2], b.shape[-1], math.prod(n.shape[:-2]), bst[-2] == 1, dt, caps,
-                                    small_m)
+                                    small_m, wgmma)
             continue
         else:
             continue
         N, K = w.shape
         out[n.id] = linear_choice(x.shape, N, K, dt, w.dtype.name if w.dtype.is_quant else None,
-                                  dt in gemv_dtypes, caps, int8, fam, qr, small_m, gemv_rows)
+                                  dt in gemv_dtypes, caps, int8, fam, qr, small_m, gemv_rows, wgmma)
     return out
 
 
