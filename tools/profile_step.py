@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Where one decode step's time goes, node by node, for one model or two side by side.
+"""Where one decode step's (or, with ``--tokens T``, one T-token prefill step's) time goes, node by
+node, for one model or two side by side.
 
-Each model decodes ``--context`` tokens of a prompt, then its decode step graph is run ``--runs``
-times with ``Session.compute(..., times=...)``: on CUDA every node is launched on its own between
+Each model decodes ``--context`` tokens of a prompt, then its step graph of ``--tokens`` tokens
+(default 1: a decode step; a prefill step's LM head runs on its last row) is run ``--runs`` times with ``Session.compute(..., times=...)``: on CUDA every node is launched on its own between
 two events (no replay, no overlap between kernels: the sum is what the kernels take alone), on
 NumPy timed on the host. Printed: per op, the median summed time and node count; the slowest
 nodes with the kernels they launched (``Graph.kernels``); the total, and next to it the replayed
-step's own time (``model.generate`` tok/s), so that the gap between "kernels alone" and "in the
+step's own time (decode: ``model.generate`` tok/s; prefill: the median wall time of the step run
+as the captured graph), so that the gap between "kernels alone" and "in the
 captured graph" is visible. With ``--compare OTHER`` the same for a second model, in columns.
 
 Caveat (H200, 2026-12-02): on CUDA the "alone" time of a small kernel is dominated by the host's
@@ -15,6 +17,7 @@ large nodes but cannot explain small ones; ``tools/bench_quant_kernels.py`` time
 CUDA-graph replays instead.
 
     python tools/profile_step.py --model M.gguf --compare M-F16.gguf --backend cuda
+    python tools/profile_step.py --model M.gguf --tokens 512 --context 0 # a 512-token prefill
     python tools/profile_step.py --backend numpy --runs 2          # the default model on the CPU
 """
 from __future__ import annotations
@@ -33,14 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tinygraph.models import load_model  # noqa: E402
 
 
-def profile(path: str | None, backend: str, dtype: str, context: int, runs: int, quantize: str | None) -> dict:
-    """Per-node median times (µs) of one decode step at position ``context``, the ops and kernels
-    of the nodes, and the replayed decode rate."""
-    with load_model(path, backend=backend, dtype=dtype, quantize=quantize, max_context=context + 64) as m:
+def profile(path: str | None, backend: str, dtype: str, context: int, runs: int, quantize: str | None,
+            tokens: int = 1) -> dict:
+    """Per-node median times (µs) of one step of ``tokens`` tokens at position ``context``, the
+    ops and kernels of the nodes, and the replayed rate (tokens per second)."""
+    with load_model(path, backend=backend, dtype=dtype, quantize=quantize,
+                    max_context=context + tokens + 64) as m:
         prompt = (np.arange(context, dtype=np.int32) * 7 + 11) % 1000
-        m.step(prompt, 0)
-        g, ids, pos = m.step_graph(1, "logits")
-        feeds = {ids: np.array([5], np.int32), pos: np.array([context], np.int32)}
+        if context:
+            m.step(prompt, 0)
+        g, ids, pos = m.step_graph(tokens, "logits" if tokens == 1 else "argmax")
+        feeds = {ids: (np.arange(tokens, dtype=np.int32) * 13 + 5) % 1000,
+                 pos: np.arange(context, context + tokens, dtype=np.int32)}
         m.session.compute(g, feeds)  # warm-up (compiles, sizes scratch)
         samples: dict[int, list[float]] = defaultdict(list)
         for _ in range(runs):
@@ -50,11 +57,21 @@ def profile(path: str | None, backend: str, dtype: str, context: int, runs: int,
                 samples[k].append(v)
         nodes = {n.id: n for n in g.plan().order}
         per_node = {k: statistics.median(v) for k, v in samples.items()}
-        t0 = time.perf_counter()
-        out = m.generate(list(prompt[:8]), max_new_tokens=32, temperature=0, ignore_eos=True)
-        rate = len(out) / (time.perf_counter() - t0)
+        if tokens == 1:
+            t0 = time.perf_counter()
+            out = m.generate(list(prompt[:8]), max_new_tokens=32, temperature=0, ignore_eos=True)
+            rate = len(out) / (time.perf_counter() - t0)
+        else:  # the step replayed (its outputs come back to the host, so each call waits for it)
+            m.session.compute(g, feeds)
+            secs = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                m.session.compute(g, feeds)
+                secs.append(time.perf_counter() - t0)
+            rate = tokens / statistics.median(secs)
         return {"name": Path(path).name if path else "default model", "nodes": nodes, "us": per_node,
-                "kernels": dict(g.kernels), "weights": m.memory_usage().get("weight_types"), "tok_s": rate}
+                "kernels": dict(g.kernels), "weights": m.memory_usage().get("weight_types"), "tok_s": rate,
+                "tokens": tokens}
 
 
 def report(profs: list[dict], top: int) -> str:
@@ -69,7 +86,7 @@ def report(profs: list[dict], top: int) -> str:
             row += f" {sum(p['us'].get(i, 0.0) for i in ids):20.1f} us ({len(ids):3d})"
         lines.append(row)
     tot = f"{'total (alone)':20s}" + "".join(f" {sum(p['us'].values()):20.1f} us      " for p in profs)
-    rate = f"{'replayed decode':20s}" + "".join(f" {1e6 / p['tok_s']:20.1f} us/tok  " for p in profs)
+    rate = f"{'replayed step':20s}" + "".join(f" {p['tokens'] * 1e6 / p['tok_s']:20.1f} us      " for p in profs)
     lines += [tot, rate]
     for p in profs:
         lines.append(f"\n{p['name']}: weights {p['weights']}; slowest {top} nodes")
@@ -88,12 +105,13 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--quantize", default=None, help="quantize --model while loading (e.g. q8_0)")
     ap.add_argument("--context", type=int, default=32, help="tokens in the cache before the step")
+    ap.add_argument("--tokens", type=int, default=1, help="tokens of the step (1: decode; more: a prefill step)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--top", type=int, default=12)
     args = ap.parse_args(argv)
-    profs = [profile(args.model, args.backend, args.dtype, args.context, args.runs, args.quantize)]
+    profs = [profile(args.model, args.backend, args.dtype, args.context, args.runs, args.quantize, args.tokens)]
     if args.compare:
-        profs.append(profile(args.compare, args.backend, args.dtype, args.context, args.runs, None))
+        profs.append(profile(args.compare, args.backend, args.dtype, args.context, args.runs, None, args.tokens))
     print(report(profs, args.top))
     return 0
 
