@@ -1,21 +1,12 @@
 // gemm_wgmma.cu -- Hopper (sm_90a) tensor-core GEMM for prefill: C[M, N] = A[M, K] @ W[N, K]^T
 // with float32 accumulators, fed by TMA.
 //
-// gemm_tma<BN>_T(T* C, long long ldc, TgTmap tmA, TgTmap tmW, int M, int N, int K,
-//                 const T* bias, const T* res, long long ldr, int act)
+// gemm_tma<BN>_T(T* C, long long ldc, TgTmap tmA, TgTmap tmW, int M, int N, int K)
 //   T = __half (f16) | __nv_bfloat16 (bf16); BN = 128 | 256 tile columns.
-//   With the linear epilogue fused (as linear_epilogue in linear.cu, on the float32 sums):
-//   C = act(A @ W^T + bias) + res; bias [N] or NULL, res row-major [M, N] (row stride ldr) or NULL
-//   (it may be C itself); act 0 none, 1 gelu (tanh), 2 silu, 3 swiglu: then W has 2N rows (gate
-//   rows [0, N), up rows [N, 2N)), bias 2N, and C = silu(gate + bias[j]) * (up + bias[N + j]) + res:
-//   a block's W tile is BN / 2 gate rows and the same BN / 2 up rows (two TMA boxes of BN / 2 rows;
-//   tmW's box is BN / 2 rows then), so each thread holds both factors of its outputs (n8 blocks
-//   j and j + BN / 16) and the block writes BN / 2 columns.
 //   A row-major [M, K], W row-major [N, K] (a linear's HF weight), C row-major [M, N] (row stride
 //   ldc elements). tmA / tmW: TMA tensor maps (cuTensorMapEncodeTiled; gemm_launch.tensor_map) of
 //   A (box 64 x 128) and W (box 64 x BN), 128-byte swizzle, zeros past the edges, so ragged M, N,
-//   K need nothing more; C is written only inside. Launch: grid (ceil(M / 128), ceil(N / BN))
-//   (swiglu: ceil(N / (BN / 2))) --
+//   K need nothing more; C is written only inside. Launch: grid (ceil(M / 128), ceil(N / BN)) --
 //   the row tiles that share a W tile run side by side, so W streams from memory about once --
 //   block 384, GT_SMEM(BN) bytes of dynamic shared memory (opt-in: > 48 KB).
 // Design: a block computes a 128 x BN tile of C. Warpgroup 0 is the producer: one thread waits
@@ -33,7 +24,6 @@
 //   62-63; the k-th k16 step starts 32 * k bytes further.
 // Accumulator fragment (warp w of the warpgroup, lane l): for each n8 block j, d[4j..4j+3] are
 //   (row 16 w + l / 4, cols 8 j + 2 (l % 4) + {0, 1}) and the same 8 rows further.
-#include "linear_common.cuh"
 #include "mma.cuh"
 
 #define GW_BM 128
@@ -105,33 +95,14 @@ __device__ __forceinline__ void gt_tma(unsigned dst, const TgTmap* tm, int c0, i
                  : "memory");
 }
 
-// two adjacent outputs (row r, columns col, col + 1) of the fused epilogue: + bias, act, + res, stored
-// as one 4-byte store where C's layout allows (pairs)
-template <typename T>
-__device__ __forceinline__ void gt_store(T* C, long long ldc, int r, int col, int N, float x, float y, bool pairs,
-                                         const T* res, long long ldr) {
-    if (res) {
-        if (col < N) x += to_f32(res[(long long)r * ldr + col]);
-        if (col + 1 < N) y += to_f32(res[(long long)r * ldr + col + 1]);
-    }
-    T* out = C + (long long)r * ldc + col;
-    if (pairs && col + 1 < N) {
-        *reinterpret_cast<unsigned*>(out) = pack2(x, y, T());
-    } else {
-        if (col < N) out[0] = from_f32<T>(x);
-        if (col + 1 < N) out[1] = from_f32<T>(y);
-    }
-}
-
 template <typename T, int BN>
 __device__ __forceinline__ void gemm_tma(T* C, long long ldc, const TgTmap* tmA, const TgTmap* tmW, int M, int N,
-                                         int K, const T* bias, const T* res, long long ldr, int act) {
+                                         int K) {
     constexpr int ST = GT_STAGES(BN), SB = GT_STAGE_BYTES(BN);
     extern __shared__ unsigned char gw_raw[];
     unsigned char* sm = gw_raw + ((1024 - (smem_u32(gw_raw) & 1023)) & 1023);
     const unsigned ring = smem_u32(sm), full = smem_u32(sm + ST * SB), empty = full + 8 * ST;
-    const bool glu = act == 3;
-    const int m0 = blockIdx.x * GW_BM, n0 = blockIdx.y * (glu ? BN / 2 : BN);  // row tiles vary fastest
+    const int m0 = blockIdx.x * GW_BM, n0 = blockIdx.y * BN;  // row tiles vary fastest
     const int wg = threadIdx.x / 128;
     const int kt_n = (K + GW_BK - 1) / GW_BK;
     if (threadIdx.x == 0) {
@@ -151,12 +122,7 @@ __device__ __forceinline__ void gemm_tma(T* C, long long ldc, const TgTmap* tmA,
                 gt_bar_wait(empty + 8 * s, ((kt / ST) & 1) ^ 1);
                 gt_bar_expect(full + 8 * s, SB);
                 gt_tma(ring + s * SB, tmA, kt * GW_BK, m0, full + 8 * s);
-                if (glu) {  // gate rows n0.., then up rows N + n0..
-                    gt_tma(ring + s * SB + GW_A_BYTES, tmW, kt * GW_BK, n0, full + 8 * s);
-                    gt_tma(ring + s * SB + GW_A_BYTES + (BN / 2) * 128, tmW, kt * GW_BK, N + n0, full + 8 * s);
-                } else {
-                    gt_tma(ring + s * SB + GW_A_BYTES, tmW, kt * GW_BK, n0, full + 8 * s);
-                }
+                gt_tma(ring + s * SB + GW_A_BYTES, tmW, kt * GW_BK, n0, full + 8 * s);
             }
         }
         return;
@@ -180,50 +146,27 @@ __device__ __forceinline__ void gemm_tma(T* C, long long ldc, const TgTmap* tmA,
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     const int r0 = m0 + c * 64 + warp * 16 + lane / 4;
     const bool pairs = (ldc & 1) == 0 && (reinterpret_cast<unsigned long long>(C) & 3) == 0;
-    if (glu) {
 #pragma unroll
-        for (int j = 0; j < BN / 16; ++j) {
-            const int col = n0 + 8 * j + 2 * (lane % 4);
-            float bg[2] = {0.0f, 0.0f}, bu[2] = {0.0f, 0.0f};
-            if (bias) {
+    for (int j = 0; j < BN / 8; ++j) {
+        const int col = n0 + 8 * j + 2 * (lane % 4);
 #pragma unroll
-                for (int e = 0; e < 2; ++e)
-                    if (col + e < N) bg[e] = to_f32(bias[col + e]), bu[e] = to_f32(bias[N + col + e]);
-            }
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = r0 + 8 * h;
-                if (r >= M) continue;
-                const float* g = d + 4 * j + 2 * h;
-                const float* u = d + 4 * (j + BN / 16) + 2 * h;
-                gt_store(C, ldc, r, col, N, lin_silu(g[0] + bg[0]) * (u[0] + bu[0]),
-                         lin_silu(g[1] + bg[1]) * (u[1] + bu[1]), pairs, res, ldr);
-            }
-        }
-    } else {
-#pragma unroll
-        for (int j = 0; j < BN / 8; ++j) {
-            const int col = n0 + 8 * j + 2 * (lane % 4);
-            float b[2] = {0.0f, 0.0f};
-            if (bias) {
-#pragma unroll
-                for (int e = 0; e < 2; ++e)
-                    if (col + e < N) b[e] = to_f32(bias[col + e]);
-            }
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = r0 + 8 * h;
-                if (r >= M) continue;
-                gt_store(C, ldc, r, col, N, lin_act(d[4 * j + 2 * h] + b[0], act),
-                         lin_act(d[4 * j + 2 * h + 1] + b[1], act), pairs, res, ldr);
+        for (int h = 0; h < 2; ++h) {
+            const int r = r0 + 8 * h;
+            if (r >= M) continue;
+            T* out = C + (long long)r * ldc + col;
+            const float x = d[4 * j + 2 * h], y = d[4 * j + 2 * h + 1];
+            if (pairs && col + 1 < N) {
+                *reinterpret_cast<unsigned*>(out) = pack2(x, y, T());
+            } else {
+                if (col < N) out[0] = from_f32<T>(x);
+                if (col + 1 < N) out[1] = from_f32<T>(y);
             }
         }
     }
 }
 #else
 template <typename T, int BN>
-__device__ __forceinline__ void gemm_tma(T*, long long, const TgTmap*, const TgTmap*, int, int, int, const T*,
-                                         const T*, long long, int) {
+__device__ __forceinline__ void gemm_tma(T*, long long, const TgTmap*, const TgTmap*, int, int, int) {
     tg_pdl_enter();
     __trap();
 }
@@ -232,9 +175,7 @@ __device__ __forceinline__ void gemm_tma(T*, long long, const TgTmap*, const TgT
 #define TG_GT(T, BN, sfx)                                                                          \
     extern "C" __global__ void __launch_bounds__(384, 1) gemm_tma##BN##_##sfx(                     \
         T* C, long long ldc, const __grid_constant__ TgTmap tmA, const __grid_constant__ TgTmap tmW, \
-        int M, int N, int K, const T* bias, const T* res, long long ldr, int act) {               \
-        gemm_tma<T, BN>(C, ldc, &tmA, &tmW, M, N, K, bias, res, ldr, act);                      \
-    }
+        int M, int N, int K) { gemm_tma<T, BN>(C, ldc, &tmA, &tmW, M, N, K); }
 TG_GT(__half, 128, f16)
 TG_GT(__nv_bfloat16, 128, bf16)
 TG_GT(__half, 256, f16)

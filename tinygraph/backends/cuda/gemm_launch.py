@@ -18,26 +18,16 @@ def tma_smem(bn: int) -> int:
     return TMA_STAGES[bn] * (128 + bn) * 64 * 2 + 1024 + 256
 
 
-#: tensor maps by (address, rows, columns, row stride, box rows, dtype): a plan's activations and
-#: weights keep their addresses from step to step, so each map is encoded once
-_TMAPS: dict[tuple, ctypes.Array] = {}
-_TMAPS_MAX = 4096
-
-
 def tensor_map(ptr: int, rows: int, cols: int, ld: int, box_rows: int, dtype: str) -> ctypes.Array:
     """A TMA tensor map (128 bytes, passed to the kernel by value) of a row-major 2-D [rows, cols]
     tensor of 2-byte ``dtype`` with row stride ``ld`` elements at device address ``ptr``: boxes of
     box_rows x 64 elements, 128-byte swizzle, zeros past the edges. Needs ptr 16-byte aligned and
-    ld a multiple of 8. Cached (``_TMAPS``)."""
-    key = (ptr, rows, cols, ld, box_rows, dtype)
-    tm = _TMAPS.get(key)
-    if tm is not None:
-        return tm
+    ld a multiple of 8."""
     from cuda.bindings import driver as drv
     u64, u32 = drv.cuuint64_t, drv.cuuint32_t
     dt = (drv.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_FLOAT16 if dtype == "f16"
           else drv.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16)
-    err, enc = drv.cuTensorMapEncodeTiled(
+    err, tm = drv.cuTensorMapEncodeTiled(
         dt, 2, ptr, [u64(cols), u64(rows)], [u64(ld * 2)], [u32(64), u32(box_rows)], [u32(1), u32(1)],
         drv.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE,
         drv.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
@@ -45,32 +35,19 @@ def tensor_map(ptr: int, rows: int, cols: int, ld: int, box_rows: int, dtype: st
         drv.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)
     if err != drv.CUresult.CUDA_SUCCESS:
         raise ValueError(f"cuTensorMapEncodeTiled({rows}x{cols}, ld={ld}, box {box_rows}x64): {err}")
-    tm = (ctypes.c_uint64 * 16).from_buffer_copy(ctypes.string_at(enc.getPtr(), 128))
-    if len(_TMAPS) >= _TMAPS_MAX:
-        _TMAPS.clear()
-    _TMAPS[key] = tm
-    return tm
+    return (ctypes.c_uint64 * 16).from_buffer_copy(ctypes.string_at(tm.getPtr(), 128))
 
 
-#: the fused epilogue's activation codes (LINEAR_ACTS: none, gelu, silu, swiglu)
-ACT_SWIGLU = 3
-
-
-def gemm_tma(lib, dtype, C: Arg, A: Arg, w_ptr, ldw: int, N: int, bn: int = 128, stream=None, bias=None,
-             res: Arg | None = None, act: int = 0) -> None:
-    """``C[M, N] = act(A[M, K] @ W^T + bias) + res`` on Hopper's wgmma, fed by TMA (gemm_tma<bn>,
-    bn 128 or 256 tile columns). A, C and res: row-major 2-D Args (row strides from their strides;
-    res may be C); W: device pointer of a row-major weight with row stride ``ldw`` elements, [N, K]
-    or for ``act`` 3 (swiglu) [2N, K] (gate rows, then up rows; bias then has 2N entries); bias: a
-    device pointer or None. K and the row strides: multiples of 8; A and W 16-byte aligned (TMA's
-    rules)."""
+def gemm_tma(lib, dtype, C: Arg, A: Arg, w_ptr, ldw: int, N: int, bn: int = 128, stream=None) -> None:
+    """``C[M, N] = A[M, K] @ W[N, K]^T`` on Hopper's wgmma, fed by TMA (gemm_tma<bn>, bn 128 or
+    256 tile columns). A and C: row-major 2-D Args (row strides from their strides); W: device
+    pointer of a row-major [N, K] weight with row stride ``ldw`` elements. K and the row strides:
+    multiples of 8; A and W 16-byte aligned (TMA's rules)."""
     sfx = dtype_suffix(dtype)
     (M, K), (Mc, Nc) = A.shape, C.shape
     lda, ldc = A.full_strides()[0], C.full_strides()[0]
     if (Mc, Nc) != (M, N) or A.full_strides()[1] != 1 or C.full_strides()[1] != 1:
         raise ValueError(f"gemm_tma: C{C.shape} must be [{M}, {N}] with rows contiguous, as A's")
-    if res is not None and (tuple(res.shape) != (M, N) or res.full_strides()[1] != 1):
-        raise ValueError(f"gemm_tma: res{res.shape} must be [{M}, {N}] with rows contiguous")
     a_ptr, w_ptr = A.addr.value, ptr(w_ptr).value
     if K % 8 or lda % 8 or ldw % 8 or a_ptr % 16 or w_ptr % 16:
         raise ValueError(f"gemm_tma: K={K}, lda={lda}, ldw={ldw} must be multiples of 8, A and W 16-byte aligned")
@@ -79,12 +56,7 @@ def gemm_tma(lib, dtype, C: Arg, A: Arg, w_ptr, ldw: int, N: int, bn: int = 128,
     f = lib.get(f"gemm_tma{bn}", sfx)
     smem = tma_smem(bn)
     lib._ensure_dynamic_smem(f, smem)
-    glu = act == ACT_SWIGLU
     tma = tensor_map(a_ptr, M, K, lda, 128, sfx)
-    tmw = tensor_map(w_ptr, 2 * N if glu else N, K, ldw, bn // 2 if glu else bn, sfx)
-    cols = bn // 2 if glu else bn
-    lib._launch(f, (-(-M // 128), -(-N // cols)), 384,
-                [C.addr, ctypes.c_int64(ldc), tma, tmw, i32(M), i32(N), i32(K), ptr(bias),
-                 res.addr if res is not None else ptr(None),
-                 ctypes.c_int64(res.full_strides()[0] if res is not None else 0), i32(act)],
-                stream=stream, shared_mem=smem)
+    tmw = tensor_map(w_ptr, N, K, ldw, bn, sfx)
+    lib._launch(f, (-(-M // 128), -(-N // bn)), 384,
+                [C.addr, ctypes.c_int64(ldc), tma, tmw, i32(M), i32(N), i32(K)], stream=stream, shared_mem=smem)
