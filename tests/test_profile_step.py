@@ -19,3 +19,13 @@ def test_profile_two_models_side_by_side(capsys) -> None:
     assert lines[0].split()[:3] == ["op", "llama", "qwen3"]
     assert any(line.startswith("linear") for line in lines) and "total (alone)" in out and "us/tok" in out
     assert out.count("slowest 3 nodes") == 2
+
+
+def test_profile_a_prefill_step(capsys) -> None:
+    # --tokens T: the T-token step's nodes (the linears see T rows), and the replayed step's time
+    fix = ROOT / "tests" / "fixtures"
+    assert profile_step.main(["--model", str(fix / "llama"), "--backend", "numpy", "--dtype", "float32",
+                              "--runs", "1", "--context", "0", "--tokens", "8", "--top", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "us/step" in out and "us/tok" not in out
+    assert any("layers.0.attn.qkv" in line and "(8, " in line for line in out.splitlines()), out

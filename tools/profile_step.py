@@ -86,7 +86,9 @@ def report(profs: list[dict], top: int) -> str:
             row += f" {sum(p['us'].get(i, 0.0) for i in ids):20.1f} us ({len(ids):3d})"
         lines.append(row)
     tot = f"{'total (alone)':20s}" + "".join(f" {sum(p['us'].values()):20.1f} us      " for p in profs)
-    rate = f"{'replayed step':20s}" + "".join(f" {p['tokens'] * 1e6 / p['tok_s']:20.1f} us      " for p in profs)
+    rate = f"{'replayed step':20s}" + "".join(
+        f" {1e6 / p['tok_s']:20.1f} us/tok  " if p["tokens"] == 1 else f" {p['tokens'] * 1e6 / p['tok_s']:20.1f} us/step "
+        for p in profs)
     lines += [tot, rate]
     for p in profs:
         lines.append(f"\n{p['name']}: weights {p['weights']}; slowest {top} nodes")
