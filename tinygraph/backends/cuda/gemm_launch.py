@@ -53,6 +53,8 @@ def gemm_tma(lib, dtype, C: Arg, A: Arg, w_ptr, ldw: int, N: int, bn: int = 128,
         raise ValueError(f"gemm_tma: K={K}, lda={lda}, ldw={ldw} must be multiples of 8, A and W 16-byte aligned")
     if lib.file_arch("gemm_wgmma.cu") != "sm_90a":
         raise ValueError(f"gemm_tma needs an sm_90 device (this library targets {lib.arch})")
+    if M == 0 or N == 0:
+        return
     f = lib.get(f"gemm_tma{bn}", sfx)
     smem = tma_smem(bn)
     lib._ensure_dynamic_smem(f, smem)
