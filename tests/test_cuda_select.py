@@ -307,3 +307,30 @@ def test_plan_choices_cover_every_weight_product_once() -> None:
         ch = select.plan_choices(m.session._plan_for(g).order, caps, gemv, {})
         lin = [c for c in ch.values() if isinstance(c, select.LinearChoice)]
         assert lin and {(c.path, c.gemv) for c in lin} == {("gemv", None)}
+
+
+def test_the_lowering_launches_gemm_tma_with_maps_of_its_operands(monkeypatch) -> None:
+    # recorded without a GPU (tests/cuda_record.py, an sm_90 device faked): a 100-token prefill
+    # step's projections launch gemm_tma128 over (row tiles, column tiles), with tensor maps of
+    # A [100, K] (128-row boxes) and the weight [N, K] (128-row boxes); TINYGRAPH_WGMMA=0: none
+    import ctypes
+    from cuda_record import record_launches
+    from tinygraph.backends.cuda import gemm_launch
+    from tinygraph.models import load_model
+    maps: list[tuple] = []
+    monkeypatch.setattr(gemm_launch, "_TMAPS", {})  # no fake map may outlive the test
+    monkeypatch.setattr(gemm_launch, "_encode", lambda *key: maps.append(key) or (ctypes.c_uint64 * 16)())
+    with load_model("tests/fixtures/llama", backend="numpy", dtype="float16") as m:
+        g, _, _ = m.step_graph(100, "logits")
+        rec = record_launches(g, m.session._plan_for(g))
+        tma = [r for r in rec if r[0].startswith("gemm_tma")]
+        assert tma and all(r[0] == "gemm_tma128_f16" and r[2] == [384, 1, 1] for r in tma)
+        for r in tma:
+            M, N, K = r[5][-3:]
+            assert M == 100 and r[1] == [1, -(-N // 128), 1]
+        a_maps = [k for k in maps if k[4] == 128 and k[1] == 100]
+        w_maps = [k for k in maps if k[1] != 100]
+        assert a_maps and w_maps and all(k[3] % 8 == 0 and k[5] == "f16" for k in maps)
+        monkeypatch.setenv("TINYGRAPH_WGMMA", "0")
+        g, _, _ = m.step_graph(100, "hidden")  # a new plan: the choices are made again
+        assert not any(r[0].startswith("gemm_tma") for r in record_launches(g, m.session._plan_for(g)))

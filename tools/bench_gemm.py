@@ -18,16 +18,6 @@ import numpy as np
 SHAPES = "6144:4096,4096:4096,24576:4096,4096:12288"
 
 
-def _bf16(x: np.ndarray) -> np.ndarray:
-    return (x.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
-
-
-def _as_f32(u16: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "f16":
-        return u16.view(np.float16).astype(np.float32)
-    return (u16.astype(np.uint32) << 16).view(np.float32)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--m", default="512", help="rows (prompt tokens), comma-separated")
@@ -40,8 +30,10 @@ def main(argv=None) -> int:
     from tinygraph.backends.cuda.kernels import Arg
     dev = driver.get_device(0)
     from tinygraph.backends.cuda.select import DeviceCaps, gemm_tile
+    from tinygraph.dtypes import as_dtype
     base = kernels.KernelLibrary(dev)
     caps = DeviceCaps.of(base.arch, dev)
+    npd = as_dtype(args.dtype).np
     s = driver.Stream()
     rng = np.random.default_rng(0)
     print(f"{getattr(dev, 'name', 'GPU')}, {args.dtype}; TFLOP/s (median of CUDA-graph replays)")
@@ -55,14 +47,14 @@ def main(argv=None) -> int:
                 b = driver.DeviceBuffer(int(np.prod(shp)) * 2, what=name)
                 if name in ("a", "w"):
                     x = (rng.standard_normal(shp) * (K ** -0.25)).astype(np.float32)
-                    b.upload(x.astype(np.float16) if args.dtype == "f16" else _bf16(x))
+                    b.upload(x.astype(npd))
                 bufs[name] = b
             A = Arg(bufs["a"].ptr, (M, K))
             Bt = Arg(bufs["w"].ptr, (K, N), (1, K))
             t = driver.graph_time_us(lambda i: base.matmul(args.dtype, Arg(bufs["c"].ptr, (M, N)), A, Bt, stream=s), s)
-            ref = np.empty((M, N), np.uint16)
+            ref = np.empty((M, N), npd)
             bufs["c"].download(ref)
-            ref = _as_f32(ref, args.dtype)
+            ref = ref.astype(np.float32)
             line = f"M={M:5d} N={N:6d} K={K:6d}: matmul_tc3 {flops / t / 1e6:5.0f}"
             row = {"M": M, "N": N, "K": K, "matmul_tc3": flops / t / 1e6}
             for bn in (128, 256):
@@ -70,9 +62,9 @@ def main(argv=None) -> int:
                     gemm_launch.gemm_tma(base, args.dtype, Arg(bufs["c2"].ptr, (M, N)), A, bufs["w"].ptr, K, N,
                                          bn=bn, stream=s)
                 t = driver.graph_time_us(run, s)
-                out = np.empty((M, N), np.uint16)
+                out = np.empty((M, N), npd)
                 bufs["c2"].download(out)
-                err = float(np.max(np.abs(_as_f32(out, args.dtype) - ref)) / max(np.max(np.abs(ref)), 1e-30))
+                err = float(np.max(np.abs(out.astype(np.float32) - ref)) / max(np.max(np.abs(ref)), 1e-30))
                 line += f" | tma{bn} {flops / t / 1e6:5.0f} (err {err:.1e})"
                 row[f"tma{bn}"] = flops / t / 1e6
             row["picked"] = f"tma{gemm_tile(M, N, caps)}"

@@ -18,11 +18,28 @@ def tma_smem(bn: int) -> int:
     return TMA_STAGES[bn] * (128 + bn) * 64 * 2 + 1024 + 256
 
 
+#: tensor maps by (address, rows, columns, row stride, box rows, dtype): a plan's activations and
+#: the weights keep their addresses from one run to the next, so each map is encoded once
+_TMAPS: dict[tuple, ctypes.Array] = {}
+_TMAPS_MAX = 4096
+
+
 def tensor_map(ptr: int, rows: int, cols: int, ld: int, box_rows: int, dtype: str) -> ctypes.Array:
     """A TMA tensor map (128 bytes, passed to the kernel by value) of a row-major 2-D [rows, cols]
     tensor of 2-byte ``dtype`` with row stride ``ld`` elements at device address ``ptr``: boxes of
     box_rows x 64 elements, 128-byte swizzle, zeros past the edges. Needs ptr 16-byte aligned and
-    ld a multiple of 8."""
+    ld a multiple of 8. Cached (``_TMAPS``): the map is a function of these arguments alone."""
+    key = (ptr, rows, cols, ld, box_rows, dtype)
+    tm = _TMAPS.get(key)
+    if tm is None:
+        tm = _encode(*key)
+        if len(_TMAPS) >= _TMAPS_MAX:
+            _TMAPS.clear()
+        _TMAPS[key] = tm
+    return tm
+
+
+def _encode(ptr: int, rows: int, cols: int, ld: int, box_rows: int, dtype: str) -> ctypes.Array:
     from cuda.bindings import driver as drv
     u64, u32 = drv.cuuint64_t, drv.cuuint32_t
     dt = (drv.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_FLOAT16 if dtype == "f16"
@@ -38,27 +55,37 @@ def tensor_map(ptr: int, rows: int, cols: int, ld: int, box_rows: int, dtype: st
     return (ctypes.c_uint64 * 16).from_buffer_copy(ctypes.string_at(tm.getPtr(), 128))
 
 
+def tma_problem(C: Arg, A: Arg, w_ptr, ldw: int, N: int) -> str | None:
+    """Why gemm_tma cannot run ``C[M, N] = A[M, K] @ W[N, K]^T`` with these operands (None: it
+    can): C [M, N] and A 2-D with rows contiguous; K and the row strides of A and W multiples of 8
+    elements, A and W 16-byte aligned (TMA's rules)."""
+    (M, K), (Mc, Nc) = A.shape, C.shape
+    lda = A.full_strides()[0]
+    if (Mc, Nc) != (M, N) or A.full_strides()[1] != 1 or C.full_strides()[1] != 1:
+        return f"C{C.shape} must be [{M}, {N}] with rows contiguous, as A's"
+    if K % 8 or lda % 8 or ldw % 8 or A.addr.value % 16 or ptr(w_ptr).value % 16:
+        return f"K={K}, lda={lda}, ldw={ldw} must be multiples of 8, A and W 16-byte aligned"
+    return None
+
+
 def gemm_tma(lib, dtype, C: Arg, A: Arg, w_ptr, ldw: int, N: int, bn: int = 128, stream=None) -> None:
     """``C[M, N] = A[M, K] @ W[N, K]^T`` on Hopper's wgmma, fed by TMA (gemm_tma<bn>, bn 128 or
     256 tile columns). A and C: row-major 2-D Args (row strides from their strides); W: device
-    pointer of a row-major [N, K] weight with row stride ``ldw`` elements. K and the row strides:
-    multiples of 8; A and W 16-byte aligned (TMA's rules)."""
+    pointer of a row-major [N, K] weight with row stride ``ldw`` elements; :func:`tma_problem`'s
+    rules, else ValueError."""
     sfx = dtype_suffix(dtype)
-    (M, K), (Mc, Nc) = A.shape, C.shape
-    lda, ldc = A.full_strides()[0], C.full_strides()[0]
-    if (Mc, Nc) != (M, N) or A.full_strides()[1] != 1 or C.full_strides()[1] != 1:
-        raise ValueError(f"gemm_tma: C{C.shape} must be [{M}, {N}] with rows contiguous, as A's")
-    a_ptr, w_ptr = A.addr.value, ptr(w_ptr).value
-    if K % 8 or lda % 8 or ldw % 8 or a_ptr % 16 or w_ptr % 16:
-        raise ValueError(f"gemm_tma: K={K}, lda={lda}, ldw={ldw} must be multiples of 8, A and W 16-byte aligned")
+    why = tma_problem(C, A, w_ptr, ldw, N)
+    if why:
+        raise ValueError(f"gemm_tma: {why}")
     if lib.file_arch("gemm_wgmma.cu") != "sm_90a":
         raise ValueError(f"gemm_tma needs an sm_90 device (this library targets {lib.arch})")
+    (M, K), lda, ldc = A.shape, A.full_strides()[0], C.full_strides()[0]
     if M == 0 or N == 0:
         return
     f = lib.get(f"gemm_tma{bn}", sfx)
     smem = tma_smem(bn)
     lib._ensure_dynamic_smem(f, smem)
-    tma = tensor_map(a_ptr, M, K, lda, 128, sfx)
-    tmw = tensor_map(w_ptr, N, K, ldw, bn, sfx)
+    tma = tensor_map(A.addr.value, M, K, lda, 128, sfx)
+    tmw = tensor_map(ptr(w_ptr).value, N, K, ldw, bn, sfx)
     lib._launch(f, (-(-M // 128), -(-N // bn)), 384,
                 [C.addr, ctypes.c_int64(ldc), tma, tmw, i32(M), i32(N), i32(K)], stream=stream, shared_mem=smem)

@@ -213,12 +213,12 @@ class KernelLibrary:
         """Fill the kernel cache for every source file, the missing ones compiled side by side
         (``compiler.compile_many``); modules still load on first use. A no-op when the library
         does not use the cache."""
-        if self.cache:
-            compiler.compile_many([self.src_dir / f for f in SOURCE_FILES if f not in ARCH_A_FILES],
-                                  self.arch, self.options)
-            arch_a = sorted(f for f in ARCH_A_FILES if self.file_arch(f) != self.arch)
-            if arch_a:  # Hopper's sm_90a files (wgmma), for their own target
-                compiler.compile_many([self.src_dir / f for f in arch_a], self.arch + "a", self.options)
+        if self.cache:  # each file for its own target (file_arch: Hopper's wgmma files for sm_90a)
+            by_arch: dict[str, list] = {}
+            for f in SOURCE_FILES:
+                by_arch.setdefault(self.file_arch(f), []).append(self.src_dir / f)
+            for arch, paths in by_arch.items():
+                compiler.compile_many(paths, arch, self.options)
 
     # -- launching / recording -------------------------------------------------------------------
     def _launch(self, func, grid, block, args, stream=None, shared_mem: int = 0, pdl: bool | None = None) -> None:

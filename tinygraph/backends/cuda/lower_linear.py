@@ -67,14 +67,12 @@ def _rows(x: Arg) -> Arg:
 
 
 def tma_ok(a: Arg, b: Arg, c: Arg) -> bool:
-    """Whether gemm_tma can run C = A @ B as planned: one matrix each (leading axes of 1), A's and
-    C's rows contiguous, B the transpose of a row-major weight (strides (1, ldw)), A's and the
-    weight's row strides multiples of 8 elements and their addresses of 16 bytes (TMA's rules)."""
-    if any(d != 1 for x in (a, b, c) for d in x.shape[:-2]):
+    """Whether gemm_tma can run C = A @ B as planned: one matrix each (leading axes of 1), B the
+    transpose of a row-major weight (strides (1, ldw)), and TMA's rules
+    (:func:`gemm_launch.tma_problem`)."""
+    if any(d != 1 for x in (a, b, c) for d in x.shape[:-2]) or b.full_strides()[-2] != 1:
         return False
-    sa, sb, sc = a.full_strides()[-2:], b.full_strides()[-2:], c.full_strides()[-2:]
-    return (sa[1] == 1 and sc[1] == 1 and sb[0] == 1 and sa[0] % 8 == 0 and sb[1] % 8 == 0
-            and a.addr.value % 16 == 0 and b.addr.value % 16 == 0 and a.shape[-1] % 8 == 0)
+    return gemm_launch.tma_problem(_rows(c), _rows(a), b.ptr, b.full_strides()[-1], b.shape[-1]) is None
 
 
 def quant_rows(be: "CudaBackend", t: Tensor, base: dict[int, int], n: Tensor) -> tuple[int, int]:
