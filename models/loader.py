@@ -31,25 +31,34 @@ def load_model(path: str | os.PathLike | None = None, dtype: str = "float32", sp
     checkpoint while loading, with tinygraph's own quantizer (K types fall back to q8_0 for
     matrices whose rows are not whole 256-element blocks).
 
-    ``tensor_parallel=R`` (R >= 2) splits the model Megatron-style over R simulated ranks, each its
-    own NumPy session on its own thread, and returns a :class:`models.tensor_parallel.ShardedModel`
-    (``generate``, ``generate_stream``, ``step``, ``model(ids)``, ``get_logits``: rank 0's result).
-    The head counts must divide by R (ValueError otherwise). NumPy only: ``backend`` "numpy" or
-    "auto" (which then means NumPy); "cuda" raises BackendError (multi-GPU NCCL is not built yet).
-    Quantized GGUF tensors load dequantized (``quantize=`` applies to the shards)."""
+    ``tensor_parallel=R`` (R >= 2) splits the model Megatron-style over R ranks; the head counts
+    must divide by R (ValueError otherwise). Quantized GGUF tensors load dequantized
+    (``quantize=`` applies to the shards).
+
+    - ``backend`` "numpy" or "auto": R simulated ranks, each its own NumPy session on its own
+      thread; returns a :class:`models.tensor_parallel.ShardedModel` (``generate``,
+      ``generate_stream``, ``step``, ``model(ids)``, ``get_logits``: rank 0's result).
+    - ``backend="cuda"``: one process per GPU, started by ``python -m tinygraph.launch --gpus R``
+      (or torchrun): returns this process's :class:`models.tensor_parallel.RankModel` on GPU
+      ``LOCAL_RANK``, its all-reduces over NCCL. Every process makes the same calls; BackendError
+      when ``WORLD_SIZE`` is not R."""
     # tensor_parallel=1 is the plain model (True is not 1 here: a typo, refused by the check)
     sharded = tensor_parallel is not None and not (type(tensor_parallel) is int and tensor_parallel == 1)
-    if sharded:
-        if backend not in ("numpy", "auto"):
-            raise BackendError(f"tensor_parallel={tensor_parallel} runs only on the NumPy backend (its in-process "
-                               f"communicator); backend={backend!r}: multi-GPU tensor parallelism (NCCL) is not "
-                               "built yet")
+    if sharded and backend == "cuda":
+        from .tensor_parallel import launched_env
+
+        launched_env(tensor_parallel)  # before the (long) checkpoint load
+    elif sharded and backend not in ("numpy", "auto"):
+        raise BackendError(f"tensor_parallel={tensor_parallel}: backend {backend!r} is not 'numpy', 'auto' or 'cuda'")
     if path is None:
         from tinygraph.hub import default_model_path
 
         path = default_model_path()
     ckpt = load_checkpoint(path, spec=spec)
     try:
+        if sharded and backend == "cuda":
+            from .tensor_parallel import load_rank
+            return load_rank(ckpt, tensor_parallel, dtype=dtype, max_context=max_context, quantize=quantize)
         if sharded:
             from .tensor_parallel import ShardedModel
             return ShardedModel(ckpt, tensor_parallel, dtype=dtype, max_context=max_context, quantize=quantize)

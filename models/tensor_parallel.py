@@ -243,14 +243,82 @@ class TensorParallel:
 
 
 class RankModel(TensorParallel, CausalLM):
-    """Rank ``rank`` of a tensor-parallel model: a CausalLM on its own NumPy session whose graphs
-    all-reduce over ``comm``. Run it only together with the other ranks (:class:`ShardedModel`):
-    its first ``all_reduce`` waits for them."""
+    """Rank ``rank`` of a tensor-parallel model: a CausalLM whose graphs all-reduce over ``comm``.
+    With the in-process communicator it runs on its own NumPy session, only together with the
+    other ranks (:class:`ShardedModel`: its first ``all_reduce`` waits for them). With an NCCL
+    communicator (:func:`load_rank`) it is this process's model on its GPU; every process makes the
+    same calls, and a ``seed`` of None is drawn from the communicator's shared seed, so all ranks
+    sample the same tokens."""
 
-    def __init__(self, ckpt: ShardedCheckpoint, comm: InProcessCommunicator, **kw: Any) -> None:
+    def __init__(self, ckpt: ShardedCheckpoint, comm: Any, backend: str = "numpy", **kw: Any) -> None:
         self.tp_rank, self.tp_size, self.vocab_slice = ckpt.rank, ckpt.ranks, ckpt.vocab
-        super().__init__(ckpt, backend="numpy", **kw)  # type: ignore[arg-type]
+        self._comm, self._seed_calls = comm, 0
+        super().__init__(ckpt, backend=backend, **kw)  # type: ignore[arg-type]
         attach(self.session, comm, ckpt.rank)
+
+    def _shared_seed(self, seed: Any) -> Any:
+        base = getattr(self._comm, "seed_base", None)
+        if seed is not None or base is None:
+            return seed
+        self._seed_calls += 1  # the same count on every rank: they make the same calls
+        return int(np.random.default_rng([base, self._seed_calls]).integers(0, 2**63))
+
+    def generate(self, input_ids: Sequence[int], max_new_tokens: int = 100, temperature: float = 1.0,
+                 top_k: int = 50, top_p: float = 1.0, eos_token_id: Any = None, use_cache: bool = True,
+                 seed: int | None = None, *, ignore_eos: bool = False) -> list[int]:
+        return super().generate(input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, use_cache,
+                                self._shared_seed(seed), ignore_eos=ignore_eos)
+
+    def generate_stream(self, input_ids: Sequence[int], max_new_tokens: int = 100, temperature: float = 1.0,
+                        top_k: int = 50, top_p: float = 1.0, eos_token_id: Any = None, use_cache: bool = True,
+                        seed: int | None = None, *, ignore_eos: bool = False) -> Iterator[int]:
+        return super().generate_stream(input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id,
+                                       use_cache, self._shared_seed(seed), ignore_eos=ignore_eos)
+
+    def close(self) -> None:
+        super().close()
+        if hasattr(self._comm, "close"):  # an NCCL communicator is this model's own
+            self._comm.close()
+
+
+def launched_env(ranks: int) -> Any:
+    """This process's ``tinygraph.distributed.DistEnv``, checked to be one of ``ranks`` processes;
+    BackendError (how to start them) otherwise."""
+    from tinygraph.distributed import DistEnv
+    from tinygraph.errors import BackendError
+
+    env = DistEnv.from_env()
+    if env is None or env.world_size != ranks:
+        have = "no WORLD_SIZE" if env is None else f"WORLD_SIZE={env.world_size}"
+        raise BackendError(f"tensor_parallel={ranks} on the CUDA backend runs one process per GPU ({have}): "
+                           f"start it with python -m tinygraph.launch --gpus {ranks} ...")
+    return env
+
+
+def load_rank(ckpt: Checkpoint, ranks: int, dtype: str = "float16", max_context: int | None = None,
+              quantize: str | None = None, env: Any = None, timeout: float = 120.0) -> RankModel:
+    """This process's rank of a model split over ``ranks`` GPUs, one process each (started by
+    ``python -m tinygraph.launch --gpus R``; ``env``: its ``tinygraph.distributed.DistEnv``,
+    default from the environment). Builds the rank's CUDA session on GPU ``LOCAL_RANK``, joins the
+    NCCL communicator, and loads the rank's shard."""
+    env = launched_env(ranks) if env is None else env
+    check_shardable(ckpt.config, ranks)
+    from tinygraph.backends.cuda.backend import CudaBackend
+    from tinygraph.backends.cuda.nccl import NcclCommunicator
+
+    session = tg.Session(backend=CudaBackend(env.local_rank))
+    comm = None
+    try:
+        comm = NcclCommunicator(env, session.backend.device, timeout)
+        m = RankModel(ShardedCheckpoint(ckpt, ranks, env.rank), comm, session=session, dtype=dtype,
+                      max_context=max_context, quantize=quantize)
+        m._owns_session = True  # made here for this model alone: closing the model frees the GPU
+        return m
+    except BaseException:
+        if comm is not None:
+            comm.close()
+        session.close()
+        raise
 
 
 def _same(results: Sequence[Any], what: str) -> Any:

@@ -84,8 +84,13 @@ def test_bad_rank_counts(bad):
         load_model(FIX / "llama", backend="numpy", tensor_parallel=bad)
 
 
-def test_cuda_backend_is_refused_before_loading():
-    with pytest.raises(tg.BackendError, match="NCCL"):
+def test_cuda_backend_without_the_launcher_is_refused_before_loading(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(tg.BackendError, match="no WORLD_SIZE.*tinygraph.launch --gpus 2"):
+        load_model(FIX / "llama", backend="cuda", tensor_parallel=2)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(tg.BackendError, match="WORLD_SIZE=4"):
         load_model(FIX / "llama", backend="cuda", tensor_parallel=2)
 
 
@@ -231,7 +236,7 @@ def test_cuda_lowering_refuses_clearly():
     attach(s, comm, 0)
     g = s.graph()
     y = tg.all_reduce(g.input((2,), tg.float32, name="x"), name="sum")
-    with pytest.raises(tg.BackendError, match="NCCL.*not built yet"):
+    with pytest.raises(tg.BackendError, match="needs an NCCL communicator.*tinygraph.launch"):
         LOWERINGS["all_reduce"](None, y, None, {})
 
 

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the checkpoint's own types)")
     p.add_argument("--max-context", type=int, default=None,
                    help="KV-cache length in tokens (default: the model's maximum, at most 4096)")
+    p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                   help="split the model over N ranks: on cuda one process per GPU, started by "
+                        "python -m tinygraph.launch --gpus N (rank 0 prints); on numpy N simulated ranks")
     p.add_argument("--dump-graph", metavar="PATH",
                    help="write the decode graph (.html: interactive page, .dot: Graphviz, else text; default: none)")
     p.add_argument("--profile", action="store_true",
@@ -155,6 +158,19 @@ def _run(args) -> int:
         raise ValueError(f"--max-context must be >= 1, got {args.max_context}")
     if args.seed is not None and args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.tensor_parallel < 1:
+        raise ValueError(f"--tensor-parallel must be >= 1, got {args.tensor_parallel}")
+    from .distributed import DistEnv
+
+    dist = DistEnv.from_env()
+    if dist is not None and dist.world_size > 1:
+        if args.tensor_parallel != dist.world_size:
+            raise ValueError(f"started as {dist.world_size} processes (WORLD_SIZE): pass --tensor-parallel "
+                             f"{dist.world_size}")
+        if args.prompt is None:  # every rank would read stdin, and each gets only part of it
+            raise ValueError("with several processes give the prompt as --prompt (no stdin, no --interactive)")
+        if dist.rank > 0:  # one copy of the output: rank 0's (errors still reach stderr)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if args.dump_graph and not Path(args.dump_graph).resolve().parent.is_dir():
         raise FileNotFoundError(f"--dump-graph: directory {str(Path(args.dump_graph).parent)!r} does not exist")
     if not (args.temperature >= 0 and math.isfinite(args.temperature)):
@@ -174,7 +190,8 @@ def _run(args) -> int:
     if backend == "numpy" and dtype != "float32":
         print(f"tinygraph: warning: {dtype} on the NumPy backend is slow (every op converts to float32 and back); "
               "--dtype float32 is recommended on the CPU", file=sys.stderr)
-    if args.seed is None and args.temperature > 0:
+    if args.seed is None and args.temperature > 0 and not (dist is not None and dist.world_size > 1):
+        # (several processes draw one shared seed from their communicator instead)
         import secrets
         args.seed = secrets.randbits(63)
         print(f"tinygraph: sampling with --seed {args.seed}", file=sys.stderr)
@@ -192,8 +209,11 @@ def _run(args) -> int:
         elif ckpt.tokenizer is None or not ckpt.chat_template:
             raise ValueError(f"{path} has no tokenizer and chat template for a conversation")
         from .models import CausalLM
-        model = CausalLM(ckpt, dtype=dtype, backend=backend, max_context=args.max_context,
-                         dequantize=args.dequantize, quantize=args.quantize)
+        if args.tensor_parallel > 1:
+            model = _sharded(args, ckpt, backend, dtype, dist)
+        else:
+            model = CausalLM(ckpt, dtype=dtype, backend=backend, max_context=args.max_context,
+                             dequantize=args.dequantize, quantize=args.quantize)
     finally:
         ckpt.close()
     load_s = time.perf_counter() - t0
@@ -206,6 +226,20 @@ def _run(args) -> int:
         return _generate(args, model, prompt, ids)
     finally:
         model.close()
+
+
+def _sharded(args, ckpt, backend: str, dtype: str, dist):
+    """The model split over ``--tensor-parallel`` ranks: this process's rank on CUDA (NCCL),
+    every simulated rank on NumPy."""
+    from .errors import BackendError
+    from .models.tensor_parallel import ShardedModel, load_rank
+    if backend == "cuda":
+        return load_rank(ckpt, args.tensor_parallel, dtype=dtype, max_context=args.max_context,
+                         quantize=args.quantize, env=dist)
+    if dist is not None and dist.world_size > 1:
+        raise BackendError("several processes need --backend cuda (one GPU each); the NumPy backend simulates "
+                           "the ranks in one process: run it without tinygraph.launch")
+    return ShardedModel(ckpt, args.tensor_parallel, dtype=dtype, max_context=args.max_context, quantize=args.quantize)
 
 
 def resolve_backend(backend: str, dtype: str | None, verbose: bool = False) -> tuple[str, str]:

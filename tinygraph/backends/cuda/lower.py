@@ -147,12 +147,21 @@ def _sample(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> Non
 
 
 def _all_reduce(be: "CudaBackend", n: Tensor, out: Arg, base: dict[int, int]) -> None:
-    # the table needs an entry for every op; the multi-GPU path (NCCL, one process per GPU) is not
-    # written yet, so a tensor-parallel graph is refused here rather than summed over one GPU
+    # the sum over the GPUs of an NCCL communicator (one process per GPU), enqueued on the stream
+    # like a kernel (so it is captured in the decode graph); the in-process communicator of the
+    # NumPy backend's simulated ranks has no GPU form
     from ...errors import BackendError
-    raise BackendError(f"all_reduce on CUDA: multi-GPU tensor parallelism (NCCL) is not built yet; "
-                       f"tensor-parallel models run only on the NumPy backend's in-process communicator "
-                       f"({n.describe()})")
+    from ...parallel import communicator
+    comm = communicator(n.params["comm"])
+    if getattr(comm, "kind", None) != "nccl":
+        raise BackendError(f"all_reduce on CUDA needs an NCCL communicator (one process per GPU: python -m "
+                           f"tinygraph.launch); the in-process one runs on the NumPy backend ({n.describe()})")
+    x = n.srcs[0]
+    src = be._arg(x, base)
+    if not x.is_contiguous:  # NCCL reads a flat run: gather it into the output first, then sum in place
+        be.lib.copy(out, src, x.dtype.short, n.dtype.short, stream=be.stream)
+        src = out
+    comm.all_reduce_device(src.ptr, out.ptr, n.size, n.dtype.short, be.stream)
 
 
 #: op -> its CUDA lowering (every op of ``tinygraph.ops.OPS``)

@@ -1,0 +1,311 @@
+"""One process per GPU, without GPUs: the ranks' environment, the TCP rendezvous across real
+processes, the launcher (environment, failure of one rank stops the rest), the NCCL communicator
+and the CUDA lowering of ``all_reduce`` against a fake NCCL binding (what reaches NCCL: pointers,
+counts, types, the shared id). Whether NCCL then sums correctly on GPUs is for a multi-GPU machine
+(issue 19's runs)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinygraph as tg
+from tinygraph import parallel
+from tinygraph.distributed import DistEnv, RendezvousError, broadcast_bytes
+from tinygraph.launch import rank_envs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**kw) -> dict:
+    e = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    e.update({k: str(v) for k, v in kw.items()})
+    return e
+
+
+# -- DistEnv ------------------------------------------------------------------------------------------
+def test_dist_env_from_variables():
+    assert DistEnv.from_env({}) is None
+    e = DistEnv.from_env({"WORLD_SIZE": "4", "RANK": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234"})
+    assert e == DistEnv(rank=2, world_size=4, local_rank=2, master_addr="10.0.0.1", master_port=1234)
+    assert DistEnv.from_env({"WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "1"}).local_rank == 1
+
+
+@pytest.mark.parametrize("env, why", [
+    ({"WORLD_SIZE": "2"}, "RANK is not set"),
+    ({"WORLD_SIZE": "two", "RANK": "0"}, "WORLD_SIZE='two' is not an integer"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 outside 0..1"),
+    ({"WORLD_SIZE": "0", "RANK": "0"}, "WORLD_SIZE=0"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_PORT": "70000"}, "not a TCP port"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "-1"}, "LOCAL_RANK=-1"),
+])
+def test_dist_env_bad_values_are_named(env, why):
+    with pytest.raises(ValueError, match=why):
+        DistEnv.from_env(env)
+
+
+# -- the rendezvous -----------------------------------------------------------------------------------
+_FETCH = textwrap.dedent("""
+    import sys
+    from tinygraph.distributed import DistEnv, broadcast_bytes
+    env = DistEnv.from_env()
+    payload = bytes(range(256)) * 3 if env.rank == 0 else None
+    got = broadcast_bytes(env, payload, timeout=60)
+    print(env.rank, got.hex())
+""")
+
+
+def test_rank_zero_bytes_reach_every_process():
+    port, world = _free_port(), 4
+    procs = [subprocess.Popen([sys.executable, "-c", _FETCH], stdout=subprocess.PIPE, text=True,
+                              env=_env(WORLD_SIZE=world, RANK=r, MASTER_PORT=port))
+             for r in (3, 1, 2, 0)]  # rank 0 last: the others retry until it listens
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    got = dict(o.split() for o in outs)
+    assert sorted(got) == ["0", "1", "2", "3"]
+    assert set(got.values()) == {(bytes(range(256)) * 3).hex()}
+
+
+def test_single_rank_needs_no_network():
+    assert broadcast_bytes(DistEnv(0, 1, 0), b"id") == b"id"
+    with pytest.raises(ValueError, match="rank 0 must pass"):
+        broadcast_bytes(DistEnv(0, 2, 0), None)
+    with pytest.raises(ValueError, match="only rank 0"):
+        broadcast_bytes(DistEnv(1, 2, 1), b"x")
+
+
+def test_missing_ranks_time_out_with_names():
+    port = _free_port()
+    t0 = time.monotonic()
+    with pytest.raises(RendezvousError, match=r"rank\(s\) \[1, 2\] did not connect within 0.5 s"):
+        broadcast_bytes(DistEnv(0, 3, 0, master_port=port), b"id", timeout=0.5)
+    with pytest.raises(RendezvousError, match="rank 1: no rank 0 at 127.0.0.1"):
+        broadcast_bytes(DistEnv(1, 3, 1, master_port=port), None, timeout=0.5)
+    assert time.monotonic() - t0 < 10
+
+
+def test_a_peer_of_another_job_is_refused():
+    port = _free_port()
+    peer = subprocess.Popen([sys.executable, "-c", _FETCH], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env(WORLD_SIZE=3, RANK=1, MASTER_PORT=port))
+    with pytest.raises(RendezvousError, match="rank 1 of 3; expected one of \\[1\\] of 2"):
+        broadcast_bytes(DistEnv(0, 2, 0, master_port=port), b"id", timeout=60)
+    _, err = peer.communicate(timeout=60)
+    assert peer.returncode != 0 and "refused this rank" in err
+
+
+# -- the launcher -------------------------------------------------------------------------------------
+def test_rank_envs():
+    envs = rank_envs(2, nnodes=2, node_rank=1, master_addr="h0", master_port=999, base={"X": "1"})
+    assert [(e["RANK"], e["LOCAL_RANK"], e["WORLD_SIZE"]) for e in envs] == [("2", "0", "4"), ("3", "1", "4")]
+    assert all(e["MASTER_ADDR"] == "h0" and e["MASTER_PORT"] == "999" and e["X"] == "1" for e in envs)
+    assert all(e["NCCL_NVLS_ENABLE"] == "0" for e in envs)  # multicast off unless asked for
+    assert rank_envs(1, base={"NCCL_NVLS_ENABLE": "1"})[0]["NCCL_NVLS_ENABLE"] == "1"
+    for bad in ({"gpus": 0}, {"gpus": 1, "nnodes": 2, "node_rank": 2}, {"gpus": 1, "master_port": 0}):
+        with pytest.raises(ValueError):
+            rank_envs(**bad)
+
+
+def test_launcher_runs_every_rank_with_its_environment(tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, sys
+        keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "NCCL_NVLS_ENABLE")
+        out = {{k: os.environ[k] for k in keys}}
+        out["argv"] = sys.argv[1:]
+        open(os.path.join({str(tmp_path)!r}, "rank%s.json" % os.environ["RANK"]), "w").write(json.dumps(out))
+    """))
+    r = subprocess.run([sys.executable, "-m", "tinygraph.launch", "--gpus", "3", "--master-port", "4321",
+                        str(script), "--flag", "x"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(3)]
+    assert [g["RANK"] for g in got] == ["0", "1", "2"]
+    assert all(g["WORLD_SIZE"] == "3" and g["MASTER_PORT"] == "4321" and g["argv"] == ["--flag", "x"]
+               and g["NCCL_NVLS_ENABLE"] == "0" for g in got)
+
+
+def test_launcher_stops_the_others_when_a_rank_fails(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text("import os, sys, time\n"
+                      "if os.environ['RANK'] == '1':\n    sys.exit(3)\n"
+                      "time.sleep(120)\n")
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "tinygraph.launch", "--gpus", "3", "--grace", "2", str(script)],
+                       env=_env(), capture_output=True, text=True, timeout=100)
+    assert r.returncode == 3
+    assert "rank 1 exited with code 3; stopping the other ranks" in r.stderr
+    assert time.monotonic() - t0 < 60  # not the 120 s the other ranks would sleep
+
+
+def test_launcher_runs_a_module(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "tinygraph.launch", "--gpus", "2", "-m", "json.tool", "--help"],
+                       env=_env(), capture_output=True, text=True, timeout=100)
+    assert r.returncode == 0 and r.stdout.count("usage") == 2
+
+
+# -- NCCL, against a fake binding ---------------------------------------------------------------------
+class FakeNccl:
+    """The parts of nccl4py's ``nccl.bindings.nccl`` the communicator calls, recorded."""
+
+    class DataType:
+        Float16, Bfloat16, Float32 = 6, 9, 7
+
+    class RedOp:
+        Sum = 0
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def get_unique_id(self):
+        return bytes(range(128))
+
+    def comm_init_rank_scalable(self, nranks, rank, n_ids, ids, cfg):
+        self.calls.append(("init", nranks, rank, n_ids, bytes(ids), cfg))
+        return "comm"
+
+    def all_reduce(self, *args):
+        self.calls.append(("all_reduce",) + args)
+
+    def comm_destroy(self, comm):
+        self.calls.append(("destroy", comm))
+
+
+class FakeDevice:
+    def make_current(self) -> None:
+        pass
+
+
+def test_nccl_communicator_calls(monkeypatch):
+    from tinygraph.backends.cuda.nccl import NcclCommunicator
+    fake = FakeNccl()
+    comm = NcclCommunicator(DistEnv(0, 1, 0), FakeDevice(), binding=fake)
+    assert fake.calls == [("init", 1, 0, 1, bytes(range(128)), 0)]
+    assert parallel.communicator(comm.id) is comm and comm.kind == "nccl"
+    stream = type("S", (), {"handle": 77})()
+    comm.all_reduce_device(0x1000, 0x2000, 12, "bf16", stream)
+    assert fake.calls[-1] == ("all_reduce", 0x1000, 0x2000, 12, 9, 0, "comm", 77)
+    with pytest.raises(tg.BackendError, match="not i8"):
+        comm.all_reduce_device(0, 0, 1, "i8", stream)
+    with pytest.raises(parallel.CommunicatorError, match="CUDA backend"):
+        comm.all_reduce(0, np.zeros(2, np.float32))
+    comm.close()
+    comm.close()
+    assert fake.calls.count(("destroy", "comm")) == 1
+    with pytest.raises(tg.BackendError, match="closed"):
+        comm.all_reduce_device(0, 0, 1, "f16", stream)
+
+
+_NCCL_RANK = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from test_distributed import FakeNccl, FakeDevice
+    from tinygraph.backends.cuda.nccl import NcclCommunicator
+    from tinygraph.distributed import DistEnv
+    fake = FakeNccl()
+    c = NcclCommunicator(DistEnv.from_env(), FakeDevice(), timeout=60, binding=fake)
+    print(c.rank, fake.calls[0][4].hex(), c.seed_base)
+""")
+
+
+def test_nccl_ranks_share_rank_zeros_id_and_seed():
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", _NCCL_RANK, str(Path(__file__).parent)], stdout=subprocess.PIPE,
+                              text=True, env=_env(WORLD_SIZE=2, RANK=r, MASTER_PORT=port)) for r in (1, 0)]
+    outs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert {o[0] for o in outs} == {"0", "1"}
+    assert outs[0][1:] == outs[1][1:] and outs[0][1] == bytes(range(128)).hex()
+
+
+def test_cuda_lowering_hands_the_node_to_nccl():
+    """The all_reduce node's lowering: a contiguous input is summed out of place into the node's
+    buffer (f16, its element count, on the backend's stream); a strided one is first copied."""
+    from cuda_record import record_launches
+
+    class Comm:
+        kind, size, rank = "nccl", 2, 0
+
+        def __init__(self) -> None:
+            self.id, self.calls = next(parallel._IDS), []
+            parallel._COMMUNICATORS[self.id] = self
+
+        def handle(self, rank):
+            return parallel.RankHandle(self, rank)
+
+        def all_reduce_device(self, src, dst, count, dtype, stream):
+            self.calls.append((src, dst, count, dtype))
+
+    comm = Comm()
+    s = tg.Session(backend="numpy")
+    s.communicator = comm.handle(0)
+    g = s.graph()
+    x = g.input((4, 6), tg.float16, name="x")
+    y = tg.all_reduce(tg.scale(x, 2.0), name="sum")
+    z = tg.all_reduce(tg.transpose(y), name="sum_t")  # a strided view
+    g.output(z)
+    rec = record_launches(g, s._plan_for(g))
+    (src, dst, count, dtype), (src2, dst2, count2, dtype2) = comm.calls
+    assert (count, dtype, count2, dtype2) == (24, "f16", 24, "f16")
+    assert src != dst  # out of place from the scale's buffer
+    assert src2 == dst2  # the transposed view was gathered into the output, then summed in place
+    assert [r[0] for r in rec] == ["scale_f16", "cpy_f16_f16"]  # NCCL calls are not kernel launches
+
+
+# -- the command line ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tok_model(tmp_path_factory) -> Path:
+    import shutil
+
+    from test_first_run import _byte_tokenizer_json
+    d = tmp_path_factory.mktemp("tp_cli") / "llama_tok"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "llama", d)
+    (d / "tokenizer.json").write_text(_byte_tokenizer_json())
+    return d
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], env=env or _env(), capture_output=True, text=True, timeout=300)
+
+
+def test_run_tensor_parallel_on_numpy_gives_the_same_text(tok_model):
+    base = ("-m", "tinygraph.run", "--model", str(tok_model), "--backend", "numpy", "--prompt", "hello there",
+            "--max-new-tokens", "8", "--ignore-eos")
+    one, two = _cli(*base), _cli(*base, "--tensor-parallel", "2")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    assert one.stdout == two.stdout and one.stdout.startswith("hello there")
+
+
+def test_run_under_the_launcher_needs_cuda_and_a_prompt(tok_model):
+    base = ("-m", "tinygraph.launch", "--gpus", "2", "--master-port", str(_free_port()), "-m", "tinygraph.run",
+            "--model", str(tok_model))
+    r = _cli(*base, "--backend", "numpy", "--tensor-parallel", "2", "--prompt", "hi")
+    assert r.returncode != 0 and "several processes need --backend cuda" in r.stderr
+    r = _cli(*base, "--backend", "numpy", "--tensor-parallel", "3", "--prompt", "hi")
+    assert r.returncode != 0 and "pass --tensor-parallel 2" in r.stderr
+    r = _cli(*base, "--backend", "numpy", "--tensor-parallel", "2")
+    assert r.returncode != 0 and "give the prompt as --prompt" in r.stderr
+
+
+def test_run_tensor_parallel_on_cuda_without_the_launcher_is_refused(tok_model):
+    env = _env()
+    env.pop("WORLD_SIZE", None)
+    r = _cli("-m", "tinygraph.run", "--model", str(tok_model), "--backend", "cuda", "--tensor-parallel", "2",
+             "--prompt", "hi", env=env)
+    assert r.returncode != 0
+    # without a GPU the backend is refused first; with one, the missing launcher is named
+    assert "tinygraph.launch --gpus 2" in r.stderr or "CUDA" in r.stderr
