@@ -275,6 +275,15 @@ class RankModel(TensorParallel, CausalLM):
         return super().generate_stream(input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id,
                                        use_cache, self._shared_seed(seed), ignore_eos=ignore_eos)
 
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 100, temperature: float = 1.0,
+                       top_k: int = 50, top_p: float = 1.0, eos_token_id: Any = None, seed: Any = None,
+                       **kw: Any) -> list[list[int]]:
+        if seed is None and isinstance(prompts, Sequence) and not isinstance(prompts, (str, bytes)):
+            seed = [self._shared_seed(None) for _ in prompts]  # one per prompt, as drawn on every rank
+        elif isinstance(seed, Sequence):
+            seed = [self._shared_seed(s) for s in seed]
+        return super().generate_batch(prompts, max_new_tokens, temperature, top_k, top_p, eos_token_id, seed, **kw)
+
     def close(self) -> None:
         super().close()
         if hasattr(self._comm, "close"):  # an NCCL communicator is this model's own

@@ -309,3 +309,20 @@ def test_run_tensor_parallel_on_cuda_without_the_launcher_is_refused(tok_model):
     assert r.returncode != 0
     # without a GPU the backend is refused first; with one, the missing launcher is named
     assert "tinygraph.launch --gpus 2" in r.stderr or "CUDA" in r.stderr
+
+
+def test_rank_models_draw_the_same_seeds_from_the_shared_base():
+    """Two processes' rank models turn a seed of None into the same sequence of seeds (drawn from
+    the communicator's shared base): their samplers agree. A given seed is kept."""
+    from tinygraph.models.tensor_parallel import RankModel
+
+    class Comm:
+        seed_base = 12345
+
+    def seeds():
+        m = RankModel.__new__(RankModel)
+        m._comm, m._seed_calls = Comm(), 0
+        return [m._shared_seed(None) for _ in range(3)] + [m._shared_seed(7)]
+
+    a, b = seeds(), seeds()
+    assert a == b and len(set(a[:3])) == 3 and a[3] == 7
