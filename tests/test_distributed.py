@@ -326,3 +326,14 @@ def test_rank_models_draw_the_same_seeds_from_the_shared_base():
 
     a, b = seeds(), seeds()
     assert a == b and len(set(a[:3])) == 3 and a[3] == 7
+
+
+def test_bench_tp_tool_runs_and_records(tmp_path):
+    """tools/bench_tp.py on the NumPy backend and a tiny config (a check of the tool: the GPU runs
+    go through tinygraph.launch): one JSON line with the rate and the greedy ids."""
+    r = _cli(str(ROOT / "tools" / "bench_tp.py"), "--config", "qwen3-8b", "--tiny", "--backend", "numpy",
+             "--new", "5", "--runs", "2", "--work", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    (row,) = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert row["ranks"] == 1 and row["config"] == "qwen3-8b-tiny" and len(row["ids"]) == 5
+    assert row["decode_tok_s"] > 0 and "1 GPU(s)" in r.stdout
