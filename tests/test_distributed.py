@@ -337,3 +337,26 @@ def test_bench_tp_tool_runs_and_records(tmp_path):
     (row,) = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert row["ranks"] == 1 and row["config"] == "qwen3-8b-tiny" and len(row["ids"]) == 5
     assert row["decode_tok_s"] > 0 and "1 GPU(s)" in r.stdout
+
+
+def test_sigterm_to_the_launcher_stops_every_rank(tmp_path):
+    script = tmp_path / "sleep.py"
+    script.write_text("import os, pathlib, sys, time\n"
+                      f"pathlib.Path({str(tmp_path)!r}, 'pid' + os.environ['RANK']).write_text(str(os.getpid()))\n"
+                      "time.sleep(120)\n")
+    p = subprocess.Popen([sys.executable, "-m", "tinygraph.launch", "--gpus", "2", "--grace", "2", str(script)],
+                         env=_env())
+    pids = [tmp_path / f"pid{r}" for r in range(2)]
+    end = time.monotonic() + 60
+    while not all(f.exists() and f.read_text() for f in pids) and time.monotonic() < end:
+        time.sleep(0.05)
+    p.terminate()
+    assert p.wait(timeout=60) == 143
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    assert not any(alive(int(f.read_text())) for f in pids)

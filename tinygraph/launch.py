@@ -11,7 +11,8 @@ Examples::
     python -m tinygraph.launch --gpus 4 my_script.py --flag
 
 When a rank exits with an error the others are stopped (SIGTERM, then SIGKILL after
-``--grace`` seconds) and the launcher exits with that rank's code; Ctrl-C stops them all.
+``--grace`` seconds) and the launcher exits with that rank's code; Ctrl-C or SIGTERM to the
+launcher stops them all.
 Multi-node: run the launcher on every host with ``--nnodes``, ``--node-rank`` and a
 ``--master-addr`` that every host reaches; ranks are numbered node by node.
 """
@@ -93,6 +94,14 @@ def _stop(procs: list[subprocess.Popen], grace: float) -> None:
             p.wait()
 
 
+class _Terminated(Exception):
+    """The launcher got SIGTERM (a job scheduler stopping it): the ranks are stopped too."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     own, prog = _split(list(sys.argv[1:] if argv is None else argv))
     args = _parser().parse_args(own)
@@ -103,24 +112,36 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         _parser().error(str(e))
     cmd = [sys.executable] + (["-m", args.module] if args.module else []) + prog
-    procs = [subprocess.Popen(cmd, env=e) for e in envs]
-    first = args.node_rank * args.gpus
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    procs: list[subprocess.Popen] = []
     try:
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
-            if failed:
-                i, c = failed[0]
-                print(f"tinygraph.launch: rank {first + i} exited with code {c}; stopping the other ranks",
-                      file=sys.stderr, flush=True)
-                _stop(procs, args.grace)
-                return c if c > 0 else 1
-            if all(c == 0 for c in codes):
-                return 0
-            time.sleep(0.05)
+        for e in envs:
+            procs.append(subprocess.Popen(cmd, env=e))
+        return _watch(procs, args.node_rank * args.gpus, args.grace)
     except KeyboardInterrupt:
         _stop(procs, args.grace)
         return 130
+    except _Terminated:
+        _stop(procs, args.grace)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _watch(procs: list[subprocess.Popen], first: int, grace: float) -> int:
+    """Wait for the ranks: 0 when all succeed; else stop the rest and return the first failure's code."""
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+        if failed:
+            i, c = failed[0]
+            print(f"tinygraph.launch: rank {first + i} exited with code {c}; stopping the other ranks",
+                  file=sys.stderr, flush=True)
+            _stop(procs, grace)
+            return c if c > 0 else 1
+        if all(c == 0 for c in codes):
+            return 0
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":
