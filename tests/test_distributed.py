@@ -360,3 +360,52 @@ def test_sigterm_to_the_launcher_stops_every_rank(tmp_path):
             return False
         return True
     assert not any(alive(int(f.read_text())) for f in pids)
+
+
+# -- the CUDA lowering of every family's sharded graphs (recorded, no GPU) --------------------------
+def _shardable_families() -> list[str]:
+    from test_tensor_parallel import SHARDABLE
+    return sorted({fam for fam, R in SHARDABLE if R == 2})
+
+
+@pytest.mark.parametrize("fam", _shardable_families())
+def test_cuda_backend_lowers_every_sharded_graph(fam, monkeypatch):
+    """Rank 1 of 2 of every shardable fixture, with an NCCL-kind communicator: the CUDA backend
+    (driver faked, tests/cuda_record.py) lowers its prefill and decode graphs (vocabulary-parallel
+    embedding, the zero-padded logits gather, the row-parallel reductions), and every all_reduce
+    node reaches NCCL once, with its own element count and 16-bit type."""
+    import ctypes
+
+    from cuda_record import record_launches
+    from test_tensor_parallel import FIX, LOAD
+    from tinygraph.backends.cuda import gemm_launch
+    from tinygraph.io import load_checkpoint
+    from tinygraph.models.tensor_parallel import RankModel, ShardedCheckpoint
+    monkeypatch.setattr(gemm_launch, "_TMAPS", {})
+    monkeypatch.setattr(gemm_launch, "_encode", lambda *key: (ctypes.c_uint64 * 16)())
+
+    class Comm:
+        kind, size, rank = "nccl", 2, 1
+
+        def __init__(self) -> None:
+            self.id, self.calls = next(parallel._IDS), []
+            parallel._COMMUNICATORS[self.id] = self
+
+        def handle(self, rank):
+            return parallel.RankHandle(self, rank)
+
+        def all_reduce_device(self, src, dst, count, dtype, stream):
+            self.calls.append((count, dtype))
+
+    comm = Comm()
+    with load_checkpoint(FIX / fam) as ckpt:
+        m = RankModel(ShardedCheckpoint(ckpt, 2, 1), comm, dtype="float16", **LOAD.get(fam, {}))
+    with m:
+        for T, want in ((7, "logits"), (1, "argmax")):
+            g, _, _ = m.step_graph(T, want)
+            plan = m.session._plan_for(g)
+            comm.calls.clear()
+            record_launches(g, plan)
+            nodes = [n for n in plan.order if n.op == "all_reduce"]
+            assert nodes and [c for c, _ in comm.calls] == [n.size for n in nodes]
+            assert {d for _, d in comm.calls} == {"f16"}

@@ -208,7 +208,7 @@ _reg(
                _ONE, "elementwise", "RoPE of q and k + K/V cache write at pos (the rope_store op)"),
     KernelSpec("getrows", "getrows.cu",
                (("out", "ptr"), ("od", "td"), ("table", "ptr"), ("tbl", "td"), ("ids", "ptr")),
-               _ONE, "elementwise"),
+               _ONE + (("i32",),), "elementwise", "i32: a tensor-parallel rank's vocabulary map"),
     KernelSpec("set_rows", "getrows.cu",
                (("dst", "ptr"), ("dd", "td"), ("src", "ptr"), ("sd", "td"), ("idx", "ptr")),
                _PAIRS, "elementwise", "name set_rows_<src>_<dst>"),
