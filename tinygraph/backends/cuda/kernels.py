@@ -49,7 +49,7 @@ attn_fa_    attention_tc.cu (T* out, TD od, const T* q, TD qd, const T* kt, TD k
                             D = 64 | 80 | 96 | 128 | 256
 rope        rope.cu        (T* out, TD od, const T* x, TD xd, const int* pos, const float* ff,
                             float theta, int mode, int n_dims)    mode 0 normal, 2 neox
-getrows     getrows.cu     (T* out, TD od, const T* table, TD tbl, const int* ids)
+getrows     getrows.cu     (T* out, TD od, const T* table, TD tbl, const int* ids)  also getrows_i32 (id maps)
 set_rows    getrows.cu     (D* dst, TD dd, const S* src, TD sd, const int* idx)  set_rows_<S>_<D>
 argmax      reduce.cu      (int* out, TD od, const T* x, TD xd)
 argmax_     reduce.cu      (int* out, TD od, const T* x, TD xd, u64* part, int* counters)
