@@ -98,6 +98,19 @@ CONFIGS: dict[str, dict[str, Any]] = {
             "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 32000, "pad_token_id": 32000,
         },
     },
+    # issue 19's 70B-class config (meta-llama/Meta-Llama-3-70B's shapes), for tools/bench_tp.py on
+    # several GPUs: ~141 GB in 16 bits, more than one H200 holds
+    "llama3-70b": {
+        "label": "Llama-3-70B",
+        "hf": {
+            "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+            "hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads": 64,
+            "num_key_value_heads": 8, "intermediate_size": 28672, "vocab_size": 128256,
+            "max_position_embeddings": 8192, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
+            "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+            "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128001,
+        },
+    },
 }
 
 #: the models ``tools/bench.py`` runs by default (the others by name with ``--models``)
@@ -112,6 +125,7 @@ EXPECTED_PARAMS = {
     "qwen3-8b": 8_190_735_360,
     "gemma2-2b": 2_614_341_888,
     "phi3-mini": 3_821_079_552,
+    "llama3-70b": 70_553_706_496,
 }
 
 

@@ -5,13 +5,15 @@ random-weight bench config split over the launcher's ranks, against the same mod
     python tools/bench_tp.py --config qwen3-8b --work /tmp/tp                  # 1 GPU (the baseline)
     python -m tinygraph.launch --gpus 2 tools/bench_tp.py --config qwen3-8b --work /tmp/tp
     python -m tinygraph.launch --gpus 4 tools/bench_tp.py --config qwen3-8b --work /tmp/tp
+    python -m tinygraph.launch --gpus 4 tools/bench_tp.py --config llama3-70b --dtype bfloat16 --work /data/tp
 
 The checkpoint (``tools/bench_configs.py``'s config, random weights, numpy + safetensors) is
 written once to ``--work/<config>`` by rank 0; the other ranks wait for it. Decode tok/s is
 measured as in ``tools/bench.py``: a 32-token prompt, ``--new`` greedy tokens, (new - 1) /
 (total time - time to the first token, both from the same run), the median of ``--runs``.
 Rank 0 appends one JSON line to ``--work/results.jsonl`` (ranks, tok/s, the ids, the device)
-and says whether the ids equal the 1-GPU run's, if that is already there.
+and says whether the ids equal the 1-GPU run's, if that is already there, and the share of the
+bandwidth floor (every GPU reading its part of the weights once per token at ``--bandwidth``).
 """
 from __future__ import annotations
 
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="cuda", choices=["cuda", "numpy"],
                     help="numpy: one process only (a check of the tool, not a measurement)")
     ap.add_argument("--tiny", action="store_true", help="a small config of the same family (tests)")
+    ap.add_argument("--bandwidth", type=float, default=4.2e12,
+                    help="bytes/s one GPU copies (default 4.2e12: the H200's measured copy rate); the floor is "
+                         "ranks * bandwidth / the weights' bytes tokens per second")
     args = ap.parse_args(argv)
     env = DistEnv.from_env()
     ranks, rank = (env.world_size, env.rank) if env else (1, 0)
@@ -82,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         rate = (args.new - 1) / statistics.median([b - a for a, b in zip(first, total)])
         device = getattr(getattr(m.session.backend, "device", None), "name", args.backend)
     if rank == 0:
-        row = {"config": args.config + ("-tiny" if args.tiny else ""), "backend": args.backend, "dtype": args.dtype, "ranks": ranks, "decode_tok_s": rate,
+        hf = bc.CONFIGS[args.config]["hf"]
+        floor = ranks * args.bandwidth / (bc.param_count(bc.tiny(hf) if args.tiny else hf) * 2)
+        row = {"config": args.config + ("-tiny" if args.tiny else ""), "backend": args.backend, "dtype": args.dtype,
+               "ranks": ranks, "decode_tok_s": rate, "floor_tok_s": floor, "pct_of_floor": 100 * rate / floor,
                "ttft_s": statistics.median(first), "new": args.new, "runs": args.runs, "device": str(device),
                "ids": out}
         res = args.work / "results.jsonl"
@@ -92,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             f.write(json.dumps(row) + "\n")
         same = "" if not one or ranks == 1 else f"; ids equal to 1 GPU's: {one[-1]['ids'] == row['ids']}" \
             f"; {rate / one[-1]['decode_tok_s']:.2f}x its rate"
-        print(f"{row['config']} {args.dtype} on {ranks} GPU(s): {rate:.1f} tok/s decode{same}", flush=True)
+        print(f"{row['config']} {args.dtype} on {ranks} GPU(s): {rate:.1f} tok/s decode "
+              f"({row['pct_of_floor']:.0f}% of the {floor:.0f} tok/s floor){same}", flush=True)
     return 0
 
 
