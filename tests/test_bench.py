@@ -30,8 +30,13 @@ bench = _load("bench")
 
 # -- configs --------------------------------------------------------------------------------
 def test_five_configs_with_published_fields():
-    assert list(bc.CONFIGS) == ["gpt2", "smollm2", "qwen3-0.6b", "tinyllama", "qwen3-8b", "gemma2-2b", "phi3-mini"]
+    assert list(bc.CONFIGS) == ["gpt2", "smollm2", "qwen3-0.6b", "tinyllama", "qwen3-8b", "gemma2-2b", "phi3-mini",
+                                "llama3-70b"]
     assert list(bc.DEFAULT_MODELS) == list(bc.CONFIGS)[:5]
+    big = bc.CONFIGS["llama3-70b"]["hf"]  # meta-llama/Meta-Llama-3-70B's config.json
+    assert (big["hidden_size"], big["num_hidden_layers"], big["num_attention_heads"], big["num_key_value_heads"],
+            big["intermediate_size"], big["vocab_size"], big["rope_theta"], big["rms_norm_eps"]) == \
+        (8192, 80, 64, 8, 28672, 128256, 500000.0, 1e-5)
     g = bc.CONFIGS["gpt2"]["hf"]
     assert (g["n_embd"], g["n_layer"], g["n_head"], g["vocab_size"], g["n_positions"]) == (768, 12, 12, 50257, 1024)
     s = bc.CONFIGS["smollm2"]["hf"]
