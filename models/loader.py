@@ -41,13 +41,20 @@ def load_model(path: str | os.PathLike | None = None, dtype: str = "float32", sp
     - ``backend="cuda"``: one process per GPU, started by ``python -m tinygraph.launch --gpus R``
       (or torchrun): returns this process's :class:`models.tensor_parallel.RankModel` on GPU
       ``LOCAL_RANK``, its all-reduces over NCCL. Every process makes the same calls; BackendError
-      when ``WORLD_SIZE`` is not R."""
+      when ``WORLD_SIZE`` is not R.
+    - NumPy started as R processes (``WORLD_SIZE`` set, e.g. by the launcher): this process's
+      ``RankModel``, its all-reduces over TCP through rank 0 (the in-process sums, bit for bit)."""
     # tensor_parallel=1 is the plain model (True is not 1 here: a typo, refused by the check)
     sharded = tensor_parallel is not None and not (type(tensor_parallel) is int and tensor_parallel == 1)
-    if sharded and backend == "cuda":
+    from tinygraph.distributed import DistEnv
+
+    dist = DistEnv.from_env() if sharded else None
+    # one process per rank: CUDA always (NCCL), NumPy when started as several processes
+    per_process = sharded and (backend == "cuda" or (dist is not None and dist.world_size > 1))
+    if per_process:
         from .tensor_parallel import launched_env
 
-        launched_env(tensor_parallel)  # before the (long) checkpoint load
+        launched_env(tensor_parallel, "cuda" if backend == "cuda" else "numpy")  # before the (long) load
     elif sharded and backend not in ("numpy", "auto"):
         raise BackendError(f"tensor_parallel={tensor_parallel}: backend {backend!r} is not 'numpy', 'auto' or 'cuda'")
     if path is None:
@@ -56,9 +63,10 @@ def load_model(path: str | os.PathLike | None = None, dtype: str = "float32", sp
         path = default_model_path()
     ckpt = load_checkpoint(path, spec=spec)
     try:
-        if sharded and backend == "cuda":
+        if per_process:
             from .tensor_parallel import load_rank
-            return load_rank(ckpt, tensor_parallel, dtype=dtype, max_context=max_context, quantize=quantize)
+            return load_rank(ckpt, tensor_parallel, dtype=dtype, max_context=max_context, quantize=quantize,
+                             backend="cuda" if backend == "cuda" else "numpy")
         if sharded:
             from .tensor_parallel import ShardedModel
             return ShardedModel(ckpt, tensor_parallel, dtype=dtype, max_context=max_context, quantize=quantize)

@@ -290,7 +290,7 @@ class RankModel(TensorParallel, CausalLM):
             self._comm.close()
 
 
-def launched_env(ranks: int) -> Any:
+def launched_env(ranks: int, backend: str = "cuda") -> Any:
     """This process's ``tinygraph.distributed.DistEnv``, checked to be one of ``ranks`` processes;
     BackendError (how to start them) otherwise."""
     from tinygraph.distributed import DistEnv
@@ -299,29 +299,41 @@ def launched_env(ranks: int) -> Any:
     env = DistEnv.from_env()
     if env is None or env.world_size != ranks:
         have = "no WORLD_SIZE" if env is None else f"WORLD_SIZE={env.world_size}"
-        raise BackendError(f"tensor_parallel={ranks} on the CUDA backend runs one process per GPU ({have}): "
+        raise BackendError(f"tensor_parallel={ranks} on the {backend} backend runs one process per rank ({have}): "
                            f"start it with python -m tinygraph.launch --gpus {ranks} ...")
     return env
 
 
 def load_rank(ckpt: Checkpoint, ranks: int, dtype: str = "float16", max_context: int | None = None,
-              quantize: str | None = None, env: Any = None, timeout: float = 120.0) -> RankModel:
-    """This process's rank of a model split over ``ranks`` GPUs, one process each (started by
-    ``python -m tinygraph.launch --gpus R``; ``env``: its ``tinygraph.distributed.DistEnv``,
-    default from the environment). Builds the rank's CUDA session on GPU ``LOCAL_RANK``, joins the
-    NCCL communicator, and loads the rank's shard."""
-    env = launched_env(ranks) if env is None else env
+              quantize: str | None = None, env: Any = None, timeout: float = 120.0,
+              backend: str = "cuda") -> RankModel:
+    """This process's rank of a model split over ``ranks`` processes (started by ``python -m
+    tinygraph.launch --gpus R``; ``env``: its ``tinygraph.distributed.DistEnv``, default from the
+    environment). ``backend`` "cuda": a session on GPU ``LOCAL_RANK`` and an NCCL communicator;
+    "numpy": a NumPy session and a ``SocketCommunicator`` (TCP through rank 0; the same sums as
+    the in-process simulation). Then the rank's shard is loaded."""
+    env = launched_env(ranks, backend) if env is None else env
     check_shardable(ckpt.config, ranks)
-    from tinygraph.backends.cuda.backend import CudaBackend
-    from tinygraph.backends.cuda.nccl import NcclCommunicator
-
-    session = tg.Session(backend=CudaBackend(env.local_rank))
     comm = None
+    if backend == "cuda":
+        from tinygraph.backends.cuda.backend import CudaBackend
+        from tinygraph.backends.cuda.nccl import NcclCommunicator
+
+        session = tg.Session(backend=CudaBackend(env.local_rank))
+    elif backend in ("numpy", "auto"):
+        session = tg.Session(backend="numpy")
+    else:
+        raise ValueError(f"load_rank: backend {backend!r} is not 'cuda' or 'numpy'")
     try:
-        comm = NcclCommunicator(env, session.backend.device, timeout)
+        if backend == "cuda":
+            comm = NcclCommunicator(env, session.backend.device, timeout)
+        else:
+            from tinygraph.distributed import SocketCommunicator
+
+            comm = SocketCommunicator(env, timeout)
         m = RankModel(ShardedCheckpoint(ckpt, ranks, env.rank), comm, session=session, dtype=dtype,
                       max_context=max_context, quantize=quantize)
-        m._owns_session = True  # made here for this model alone: closing the model frees the GPU
+        m._owns_session = True  # made here for this model alone: closing the model frees its memory
         return m
     except BaseException:
         if comm is not None:

@@ -290,14 +290,19 @@ def test_run_tensor_parallel_on_numpy_gives_the_same_text(tok_model):
     assert one.stdout == two.stdout and one.stdout.startswith("hello there")
 
 
-def test_run_under_the_launcher_needs_cuda_and_a_prompt(tok_model):
+def test_run_under_the_launcher_on_numpy_prints_once_the_same_text(tok_model):
+    """Two processes (NumPy ranks, all-reduces over TCP): rank 0 alone prints, the same text as
+    one process; a rank count that is not the launcher's, or a prompt on stdin, is refused."""
     base = ("-m", "tinygraph.launch", "--gpus", "2", "--master-port", str(_free_port()), "-m", "tinygraph.run",
-            "--model", str(tok_model))
-    r = _cli(*base, "--backend", "numpy", "--tensor-parallel", "2", "--prompt", "hi")
-    assert r.returncode != 0 and "several processes need --backend cuda" in r.stderr
-    r = _cli(*base, "--backend", "numpy", "--tensor-parallel", "3", "--prompt", "hi")
+            "--model", str(tok_model), "--backend", "numpy")
+    args = ("--prompt", "hello there", "--max-new-tokens", "8", "--ignore-eos")
+    r = _cli(*base, "--tensor-parallel", "2", *args)
+    one = _cli("-m", "tinygraph.run", "--model", str(tok_model), "--backend", "numpy", *args)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == one.stdout and one.stdout.startswith("hello there")
+    r = _cli(*base, "--tensor-parallel", "3", "--prompt", "hi")
     assert r.returncode != 0 and "pass --tensor-parallel 2" in r.stderr
-    r = _cli(*base, "--backend", "numpy", "--tensor-parallel", "2")
+    r = _cli(*base, "--tensor-parallel", "2")
     assert r.returncode != 0 and "give the prompt as --prompt" in r.stderr
 
 
@@ -409,3 +414,81 @@ def test_cuda_backend_lowers_every_sharded_graph(fam, monkeypatch):
             nodes = [n for n in plan.order if n.op == "all_reduce"]
             assert nodes and [c for c, _ in comm.calls] == [n.size for n in nodes]
             assert {d for _, d in comm.calls} == {"f16"}
+
+
+# -- the NumPy backend across processes ---------------------------------------------------------------
+_SOCK_RANK = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from tinygraph.distributed import DistEnv, SocketCommunicator
+    env = DistEnv.from_env()
+    c = SocketCommunicator(env, timeout=60)
+    x = (np.arange(6, dtype=np.float32).reshape(2, 3) + 0.1) * (env.rank + 1)
+    y = c.all_reduce(env.rank, x.astype(np.float16), tag="t")
+    z = c.all_reduce(env.rank, np.full(4, 1e-3 * (env.rank + 1), np.float32), tag="u")
+    bad = None
+    try:
+        c.all_reduce(env.rank, np.zeros(3 if env.rank == 1 else 2, np.float32), tag="v")
+    except Exception as e:
+        bad = type(e).__name__ + ": " + str(e)
+    print(json.dumps({"rank": env.rank, "y": y.tolist(), "z": z.tolist(), "seed": c.seed_base, "bad": bad,
+                      "rounds": c.rounds}))
+""")
+
+
+def test_socket_communicator_sums_in_rank_order_across_processes():
+    port, world = _free_port(), 3
+    procs = [subprocess.Popen([sys.executable, "-c", _SOCK_RANK], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=_env(WORLD_SIZE=world, RANK=r, MASTER_PORT=port)) for r in (2, 0, 1)]
+    outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    x = (np.arange(6, dtype=np.float32).reshape(2, 3) + 0.1)
+    want_y = np.zeros((2, 3), np.float32)
+    want_z = np.zeros(4, np.float32)
+    for r in range(world):  # rank order, float32 (the in-process communicator's arithmetic)
+        want_y += (x * (r + 1)).astype(np.float16)
+        want_z += np.full(4, 1e-3 * (r + 1), np.float32)
+    for o in outs:
+        np.testing.assert_array_equal(np.array(o["y"], np.float32), want_y)
+        np.testing.assert_array_equal(np.array(o["z"], np.float32), want_z)
+        assert "ranks disagree" in o["bad"] and o["rounds"] == 2
+    assert len({o["seed"] for o in outs}) == 1
+
+
+_TP_RANK = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from tinygraph.models import load_model
+    with load_model(sys.argv[1], backend="numpy", tensor_parallel=2) as m:
+        logits = m.step([3, 14, 15, 92, 65], 0)
+        ids = m.generate([3, 14, 15, 92, 65], max_new_tokens=6, temperature=0)
+        sampled = m.generate([3, 14, 15], max_new_tokens=6, temperature=0.8)  # seed None: the shared seed
+        print(json.dumps({"logits": np.asarray(logits, np.float32).tolist(), "ids": ids, "sampled": sampled,
+                          "kind": type(m).__name__}))
+""")
+
+
+@pytest.mark.parametrize("fam", ["llama", "qwen3"])
+def test_numpy_model_over_two_processes_equals_the_in_process_simulation(fam):
+    from tinygraph.models import load_model
+    path = str(ROOT / "tests" / "fixtures" / fam)
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", _TP_RANK, path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=_env(WORLD_SIZE=2, RANK=r, MASTER_PORT=port)) for r in (1, 0)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    got = [json.loads(o[0]) for o in outs]
+    env = dict(os.environ)
+    os.environ.pop("WORLD_SIZE", None)
+    try:
+        with load_model(path, backend="numpy", tensor_parallel=2) as m:
+            want_logits = np.asarray(m.step([3, 14, 15, 92, 65], 0), np.float32)
+            want_ids = m.generate([3, 14, 15, 92, 65], max_new_tokens=6, temperature=0)
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    for g in got:
+        assert g["kind"] == "RankModel"
+        np.testing.assert_array_equal(np.array(g["logits"], np.float32), want_logits)  # bit for bit
+        assert g["ids"] == want_ids
+    assert got[0]["sampled"] == got[1]["sampled"]  # one shared seed: the ranks sample alike

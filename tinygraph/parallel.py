@@ -6,9 +6,10 @@ each rank its own :class:`tinygraph.Session` (NumPy backend) driven by its own t
 ``all_reduce`` hands in its array and waits at a barrier until every rank has handed in one; the
 last to arrive sums them **in rank order** (0, 1, ..., N-1, in float32) once, and every rank gets
 that same array, so all ranks hold bit-identical results and take identical decisions afterwards
-(argmax, sampling, MoE routing). The multi-GPU one is NCCL, one process per GPU
-(``tinygraph.backends.cuda.nccl.NcclCommunicator``); it registers here too, so the op's node finds
-either by id.
+(argmax, sampling, MoE routing). Across processes (one per rank, ``tinygraph.launch``): NCCL on
+GPUs (``tinygraph.backends.cuda.nccl.NcclCommunicator``) and TCP for NumPy ranks
+(``tinygraph.distributed.SocketCommunicator``, the same sums as here); they register here too, so
+the op's node finds any of them by id.
 
 A session is given its rank's handle with :func:`attach` (``session.communicator``); the op's
 node records the communicator's id and the rank (``params``), and its NumPy reference finds the

@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-context", type=int, default=None,
                    help="KV-cache length in tokens (default: the model's maximum, at most 4096)")
     p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
-                   help="split the model over N ranks: on cuda one process per GPU, started by "
-                        "python -m tinygraph.launch --gpus N (rank 0 prints); on numpy N simulated ranks")
+                   help="split the model over N ranks: one process each, started by python -m tinygraph.launch "
+                        "--gpus N (rank 0 prints; cuda: NCCL, numpy: TCP); on numpy without the launcher, N "
+                        "simulated ranks in this process")
     p.add_argument("--dump-graph", metavar="PATH",
                    help="write the decode graph (.html: interactive page, .dot: Graphviz, else text; default: none)")
     p.add_argument("--profile", action="store_true",
@@ -229,16 +230,13 @@ def _run(args) -> int:
 
 
 def _sharded(args, ckpt, backend: str, dtype: str, dist):
-    """The model split over ``--tensor-parallel`` ranks: this process's rank on CUDA (NCCL),
-    every simulated rank on NumPy."""
-    from .errors import BackendError
+    """The model split over ``--tensor-parallel`` ranks: this process's rank when started as
+    several processes (CUDA: NCCL; NumPy: TCP through rank 0) or on CUDA, else every rank
+    simulated in this process (NumPy)."""
     from .models.tensor_parallel import ShardedModel, load_rank
-    if backend == "cuda":
+    if backend == "cuda" or (dist is not None and dist.world_size > 1):
         return load_rank(ckpt, args.tensor_parallel, dtype=dtype, max_context=args.max_context,
-                         quantize=args.quantize, env=dist)
-    if dist is not None and dist.world_size > 1:
-        raise BackendError("several processes need --backend cuda (one GPU each); the NumPy backend simulates "
-                           "the ranks in one process: run it without tinygraph.launch")
+                         quantize=args.quantize, env=dist, backend=backend)
     return ShardedModel(ckpt, args.tensor_parallel, dtype=dtype, max_context=args.max_context, quantize=args.quantize)
 
 

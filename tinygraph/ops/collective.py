@@ -18,8 +18,9 @@ def all_reduce(x: Tensor, name: str | None = None) -> Tensor:
     """The sum over every rank of its ``x`` (same shape and dtype on all ranks) -> ``x``'s shape
     and dtype, identical on every rank (summed in float32, in rank order). ``x``'s session must
     have a communicator (``tinygraph.parallel.attach``): the in-process one (NumPy backend,
-    simulated ranks) or NCCL (CUDA backend, one process per GPU: ``tinygraph.backends.cuda.nccl``,
-    where 16-bit values are summed in their own type along NCCL's ring)."""
+    simulated ranks), TCP between NumPy processes (``tinygraph.distributed``), or NCCL (CUDA
+    backend, one process per GPU: ``tinygraph.backends.cuda.nccl``, where 16-bit values are summed
+    in their own type along NCCL's ring)."""
     _need_float("all_reduce", x)
     comm = getattr(x.session, "communicator", None)
     if comm is None:
