@@ -360,6 +360,7 @@ class Engine:
 
     def _step(self) -> None:
         with self._cond:
+            self._before_schedule()
             self._retire()
             self._admit()
         self.steps += 1
@@ -377,12 +378,20 @@ class Engine:
         with self._cond:
             self._retire()
 
+    def _before_schedule(self) -> None:
+        """Called at the start of each step, under the engine's lock (a lockstep leader sends its
+        followers the step's submissions and cancellations here: ``models/lockstep.py``)."""
+
+    def _is_cancelled(self, r: Request) -> bool:
+        """Whether this step retires ``r`` as cancelled (a lockstep leader: only cancellations it sent)."""
+        return r._cancelled
+
     def _retire(self) -> None:
-        for r in [r for r in self.running if r.done or r._cancelled]:
+        for r in [r for r in self.running if r.done or self._is_cancelled(r)]:
             self.running.remove(r)
             self.pool.release(r)
             r._finish("cancelled")
-        for r in [r for r in self.waiting if r._cancelled]:
+        for r in [r for r in self.waiting if self._is_cancelled(r)]:
             self.waiting.remove(r)
             r._finish("cancelled")
 

@@ -284,3 +284,40 @@ class SocketCommunicator:
 
     def __repr__(self) -> str:
         return f"SocketCommunicator(rank {self.rank} of {self.size})"
+
+
+class ControlChannel:
+    """Rank 0's messages (JSON objects) to every other rank, in order, over TCP on
+    ``MASTER_PORT + 1`` (the communicator's rendezvous has ``MASTER_PORT``): how a lockstep
+    leader tells its followers what each step does (``models/lockstep.py``)."""
+
+    def __init__(self, env: DistEnv, timeout: float = 120.0) -> None:
+        self.rank, self.size = env.rank, env.world_size
+        self._peers: list[socket.socket] = []
+        if env.world_size == 1:
+            return
+        env = dataclasses.replace(env, master_port=env.master_port + 1)
+        deadline = time.monotonic() + timeout
+        if env.rank:
+            s, _ = _dial(env, deadline, timeout)
+            s.settimeout(None)  # a follower waits as long as the leader serves
+            self._peers = [s]
+        else:
+            peers = dict(_accept_peers(env, b"", deadline, timeout))
+            self._peers = [peers[r] for r in range(1, env.world_size)]
+
+    def send(self, msg: dict) -> None:
+        """Rank 0: ``msg`` to every other rank."""
+        body = json.dumps(msg).encode()
+        for s in self._peers:
+            s.sendall(struct.pack("<q", len(body)) + body)
+
+    def recv(self) -> dict:
+        """Another rank: rank 0's next message (blocks); ConnectionError when rank 0 is gone."""
+        (n,) = struct.unpack("<q", _recv_exact(self._peers[0], 8))
+        return json.loads(_recv_exact(self._peers[0], n))
+
+    def close(self) -> None:
+        for s in self._peers:
+            s.close()
+        self._peers = []

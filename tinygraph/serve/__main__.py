@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "numpy", "cuda"], default="auto", help="where to run")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="weights, activations and KV cache (default: float32 on numpy, float16 on cuda)")
+    p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                   help="split the model over N processes started by python -m tinygraph.launch --gpus N "
+                        "(rank 0 serves; cuda: NCCL, numpy: TCP)")
     p.add_argument("--max-batch", type=int, default=64, help="most requests decoded together")
     p.add_argument("--max-context", type=int, default=None,
                    help="tokens per request, prompt and answer (default: the model's maximum, at most 4096)")
@@ -97,18 +100,35 @@ def _serve(args: argparse.Namespace) -> int:
     from ..models.engine import Engine
     from .app import create_app
 
+    from ..distributed import ControlChannel, DistEnv
+
+    dist = DistEnv.from_env()
+    world = dist.world_size if dist is not None else 1
+    if args.tensor_parallel != world:
+        raise ValueError(f"--tensor-parallel {args.tensor_parallel} needs as many processes, started by python -m "
+                         f"tinygraph.launch --gpus {args.tensor_parallel} (this is {world} process(es))")
     path = Path(args.model) if args.model else None
     if path is not None and not path.exists():
         raise FileNotFoundError(f"model path {str(path)!r} does not exist")
     path = path or default_model_path()
     backend, dtype = resolve_backend(args.backend, args.dtype)  # as tinygraph.run
     name = args.served_model_name or (path.stem if path.is_file() else path.name)
-    sock = _listen(args.host, args.port)   # fail on a taken port before the (slow) load
+    leader = dist is None or dist.rank == 0
+    sock = _listen(args.host, args.port) if leader else None  # fail on a taken port before the (slow) load
     t0 = time.perf_counter()
-    model = load_model(path, dtype=dtype, backend=backend, max_context=args.max_context)
+    model = load_model(path, dtype=dtype, backend=backend, max_context=args.max_context,
+                       tensor_parallel=world if world > 1 else None)
+    if sock is None:  # a follower: no HTTP, the leader's steps
+        return _follow(args, model, ControlChannel(dist))
+    engine = None
     try:
-        engine = Engine(model, max_batch=args.max_batch, kv_memory=args.kv_memory, block_size=args.block_size,
-                        max_queue=args.max_queue)
+        kw = dict(max_batch=args.max_batch, kv_memory=args.kv_memory, block_size=args.block_size,
+                  max_queue=args.max_queue)
+        if world > 1:
+            from ..models.lockstep import LeaderEngine
+            engine = LeaderEngine(model, ControlChannel(dist), **kw)
+        else:
+            engine = Engine(model, **kw)
         if not args.no_warmup:   # before serving: no client waits while a graph is built
             engine.warmup(progress=sys.stderr.isatty())
         app = create_app(model, engine, model_name=name, api_key=args.api_key)
@@ -138,8 +158,27 @@ def _serve(args: argparse.Namespace) -> int:
                 signal.signal(sig, handler)
         print("tinygraph: server stopped", file=sys.stderr, flush=True)
     finally:
-        model.close()   # after the app's shutdown closed the engine
+        if engine is not None:   # the app's shutdown closed it (a no-op then); a leader tells its followers
+            engine.close()
+        model.close()
         sock.close()
+    return 0
+
+
+def _follow(args: argparse.Namespace, model, channel) -> int:
+    """A rank other than 0 of a split model: an engine over this rank's shard that runs the
+    leader's steps (``models/lockstep.py``) until the leader stops."""
+    from ..models.engine import Engine
+    from ..models.lockstep import follow
+    try:
+        engine = Engine(model, max_batch=args.max_batch, kv_memory=args.kv_memory, block_size=args.block_size,
+                        max_queue=args.max_queue)
+        if not args.no_warmup:   # the leader warms up too: the same graphs, the same all-reduces
+            engine.warmup()
+        follow(engine, channel)
+    finally:
+        channel.close()
+        model.close()
     return 0
 
 
