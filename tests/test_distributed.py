@@ -334,16 +334,19 @@ def test_rank_models_draw_the_same_seeds_from_the_shared_base():
 
 
 def test_bench_tp_tool_runs_and_records(tmp_path):
-    """tools/bench_tp.py on the NumPy backend and a tiny config (a check of the tool: the GPU runs
-    go through tinygraph.launch): one JSON line with the rate and the greedy ids."""
-    r = _cli(str(ROOT / "tools" / "bench_tp.py"), "--config", "qwen3-8b", "--tiny", "--backend", "numpy",
-             "--new", "5", "--runs", "2", "--work", str(tmp_path))
+    """tools/bench_tp.py on the NumPy backend and a tiny config, in one process and then as two
+    processes under tinygraph.launch (the checkpoint written once, by rank 0): one JSON line
+    each with the rate and the greedy ids, and the two-rank run finds its ids equal to one's."""
+    tool = [str(ROOT / "tools" / "bench_tp.py"), "--config", "qwen3-8b", "--tiny", "--backend", "numpy",
+            "--new", "5", "--runs", "2", "--work", str(tmp_path)]
+    r = _cli(*tool)
     assert r.returncode == 0, r.stderr
-    (row,) = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert row["ranks"] == 1 and row["config"] == "qwen3-8b-tiny" and len(row["ids"]) == 5
-    assert row["decode_tok_s"] > 0 and "1 GPU(s)" in r.stdout
-
-
+    r2 = _cli("-m", "tinygraph.launch", "--gpus", "2", "--master-port", str(_free_port()), *tool)
+    assert r2.returncode == 0, r2.stderr
+    one, two = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert (one["ranks"], two["ranks"]) == (1, 2) and one["config"] == "qwen3-8b-tiny" and len(one["ids"]) == 5
+    assert one["decode_tok_s"] > 0 and two["decode_tok_s"] > 0 and two["ids"] == one["ids"]
+    assert "ids equal to 1 GPU's: True" in r2.stdout and r2.stdout.count("GPU(s):") == 1  # rank 0 reports
 def test_sigterm_to_the_launcher_stops_every_rank(tmp_path):
     script = tmp_path / "sleep.py"
     script.write_text("import os, pathlib, sys, time\n"
