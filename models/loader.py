@@ -46,30 +46,28 @@ def load_model(path: str | os.PathLike | None = None, dtype: str = "float32", sp
       ``RankModel``, its all-reduces over TCP through rank 0 (the in-process sums, bit for bit)."""
     # tensor_parallel=1 is the plain model (True is not 1 here: a typo, refused by the check)
     sharded = tensor_parallel is not None and not (type(tensor_parallel) is int and tensor_parallel == 1)
-    from tinygraph.distributed import DistEnv
+    dist = None
+    if sharded:
+        from tinygraph.distributed import DistEnv
 
-    dist = DistEnv.from_env() if sharded else None
-    # one process per rank: CUDA always (NCCL), NumPy when started as several processes
-    per_process = sharded and (backend == "cuda" or (dist is not None and dist.world_size > 1))
-    if per_process:
-        from .tensor_parallel import launched_env
+        from .tensor_parallel import launched_env, per_process
 
-        launched_env(tensor_parallel, "cuda" if backend == "cuda" else "numpy")  # before the (long) load
-    elif sharded and backend not in ("numpy", "auto"):
-        raise BackendError(f"tensor_parallel={tensor_parallel}: backend {backend!r} is not 'numpy', 'auto' or 'cuda'")
+        dist = DistEnv.from_env()
+        if per_process(backend, dist):  # checked before the (long) load
+            dist = launched_env(tensor_parallel, "cuda" if backend == "cuda" else "numpy")
+        elif backend not in ("numpy", "auto"):
+            raise BackendError(f"tensor_parallel={tensor_parallel}: backend {backend!r} is not 'numpy', 'auto' or "
+                               "'cuda'")
     if path is None:
         from tinygraph.hub import default_model_path
 
         path = default_model_path()
     ckpt = load_checkpoint(path, spec=spec)
     try:
-        if per_process:
-            from .tensor_parallel import load_rank
-            return load_rank(ckpt, tensor_parallel, dtype=dtype, max_context=max_context, quantize=quantize,
-                             backend="cuda" if backend == "cuda" else "numpy")
         if sharded:
-            from .tensor_parallel import ShardedModel
-            return ShardedModel(ckpt, tensor_parallel, dtype=dtype, max_context=max_context, quantize=quantize)
+            from .tensor_parallel import load_sharded
+            return load_sharded(ckpt, tensor_parallel, backend, env=dist, dtype=dtype, max_context=max_context,
+                                quantize=quantize)
         return CausalLM(ckpt, dtype=dtype, backend=backend, max_context=max_context, dequantize=dequantize,
                         quantize=quantize)
     finally:

@@ -37,19 +37,16 @@ class LeaderEngine(Engine):
     def _before_schedule(self) -> None:
         live = self.running + list(self.waiting)
         new = [r for r in self.waiting if r.id not in self._sent]
-        cancels = [r.id for r in live if r._cancelled and r.id not in self._cut and r.id in self._sent]
-        cancels += [r.id for r in new if r._cancelled]
+        cancels = [r.id for r in live if r._cancelled and r.id not in self._cut]  # after the submissions
         self._channel.send({"op": "step",
                             "submit": [{"id": r.id, "prompt": r.prompt, "max_new_tokens": r.params.max_new_tokens,
                                         "temperature": r.params.temperature, "top_k": r.params.top_k,
                                         "top_p": r.params.top_p, "seed": r._seed, "eos": sorted(r.params.eos)}
                                        for r in new],
                             "cancel": cancels})
-        self._sent.update(r.id for r in new)
-        self._cut.update(cancels)
-        alive = {r.id for r in live}
-        self._sent &= alive | {r.id for r in new}
-        self._cut &= self._sent
+        alive = {r.id for r in live}  # forget the requests retired by earlier steps
+        self._sent = (self._sent & alive) | {r.id for r in new}
+        self._cut = (self._cut & alive) | set(cancels)
 
     def _is_cancelled(self, r: Request) -> bool:
         return r.id in self._cut

@@ -342,6 +342,22 @@ def load_rank(ckpt: Checkpoint, ranks: int, dtype: str = "float16", max_context:
         raise
 
 
+def per_process(backend: str, env: Any) -> bool:
+    """Whether a split model runs one rank per process: always on CUDA (NCCL), on NumPy when
+    started as several processes (``env``: this process's ``DistEnv`` or None)."""
+    return backend == "cuda" or (env is not None and env.world_size > 1)
+
+
+def load_sharded(ckpt: Checkpoint, ranks: int, backend: str = "numpy", env: Any = None,
+                 **kw: Any) -> "RankModel | ShardedModel":
+    """A model split over ``ranks``: this process's :class:`RankModel` where :func:`per_process`
+    (``env``: default from the environment), else every rank simulated in this process
+    (:class:`ShardedModel`). ``kw``: dtype, max_context, quantize."""
+    if per_process(backend, env):
+        return load_rank(ckpt, ranks, env=env, backend="cuda" if backend == "cuda" else "numpy", **kw)
+    return ShardedModel(ckpt, ranks, **kw)
+
+
 def _same(results: Sequence[Any], what: str) -> Any:
     """Rank 0's result, after checking that every rank got the same (they compute the same
     numbers: a difference is a bug, not noise)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import socket
 import sys
 from pathlib import Path
 
@@ -53,6 +54,13 @@ def rng() -> np.random.Generator:
 
 # relative error bounds per dtype (float32 math everywhere; inputs/outputs rounded to the dtype)
 TOL = {"float32": 2e-5, "float16": 2e-2, "bfloat16": 2e-2}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free at the time of asking (for a rendezvous between processes)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def rel_err(out: np.ndarray, ref: np.ndarray) -> float:

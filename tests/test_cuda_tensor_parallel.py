@@ -4,13 +4,13 @@ nodes run through NCCL, against the plain model. Skipped without a GPU; the mult
 need a machine with several (tools/bench_tp.py)."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import tinygraph as tg
+from conftest import free_port
 from tinygraph.backends.cuda import driver
 
 if not driver.driver_available():
@@ -32,12 +32,6 @@ def test_get_rows_of_an_int32_map():
     np.testing.assert_array_equal(got, vocab_map[pick])
 
 
-def _free_port() -> int:
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        return sk.getsockname()[1]
-
-
 @pytest.mark.parametrize("fam", ["llama", "qwen3"])
 def test_one_rank_nccl_model_matches_the_plain_model(fam):
     pytest.importorskip("nccl.bindings.nccl", reason="nccl4py is not installed (pip install tinygraph[multi-gpu])")
@@ -49,7 +43,7 @@ def test_one_rank_nccl_model_matches_the_plain_model(fam):
     with load_model(FIX / fam, backend="cuda", dtype="float32") as m0:
         want = m0.generate(prompt, max_new_tokens=8, temperature=0)
     with load_checkpoint(FIX / fam) as ckpt:
-        m = load_rank(ckpt, 1, dtype="float32", env=DistEnv(0, 1, 0, master_port=_free_port()))
+        m = load_rank(ckpt, 1, dtype="float32", env=DistEnv(0, 1, 0, master_port=free_port()))
     with m:
         assert m.generate(prompt, max_new_tokens=8, temperature=0) == want
         assert m._comm.rounds > 0  # the all_reduce nodes went through NCCL

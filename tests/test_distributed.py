@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,17 +17,12 @@ import numpy as np
 import pytest
 
 import tinygraph as tg
+from conftest import free_port
 from tinygraph import parallel
 from tinygraph.distributed import DistEnv, RendezvousError, broadcast_bytes
 from tinygraph.launch import rank_envs
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**kw) -> dict:
@@ -70,7 +64,7 @@ _FETCH = textwrap.dedent("""
 
 
 def test_rank_zero_bytes_reach_every_process():
-    port, world = _free_port(), 4
+    port, world = free_port(), 4
     procs = [subprocess.Popen([sys.executable, "-c", _FETCH], stdout=subprocess.PIPE, text=True,
                               env=_env(WORLD_SIZE=world, RANK=r, MASTER_PORT=port))
              for r in (3, 1, 2, 0)]  # rank 0 last: the others retry until it listens
@@ -90,7 +84,7 @@ def test_single_rank_needs_no_network():
 
 
 def test_missing_ranks_time_out_with_names():
-    port = _free_port()
+    port = free_port()
     t0 = time.monotonic()
     with pytest.raises(RendezvousError, match=r"rank\(s\) \[1, 2\] did not connect within 0.5 s"):
         broadcast_bytes(DistEnv(0, 3, 0, master_port=port), b"id", timeout=0.5)
@@ -100,7 +94,7 @@ def test_missing_ranks_time_out_with_names():
 
 
 def test_a_peer_of_another_job_is_refused():
-    port = _free_port()
+    port = free_port()
     peer = subprocess.Popen([sys.executable, "-c", _FETCH], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=_env(WORLD_SIZE=3, RANK=1, MASTER_PORT=port))
     with pytest.raises(RendezvousError, match="rank 1 of 3; expected one of \\[1\\] of 2"):
@@ -190,6 +184,19 @@ class FakeDevice:
         pass
 
 
+class FakeNcclComm(parallel.OneRankCommunicator):
+    """A communicator of the NCCL kind that records what the CUDA lowering hands it."""
+
+    kind = "nccl"
+
+    def __init__(self, rank: int, size: int = 2) -> None:
+        self.rank, self.size, self.calls = rank, size, []
+        self._register()
+
+    def all_reduce_device(self, src, dst, count, dtype, stream):
+        self.calls.append((src, dst, count, dtype))
+
+
 def test_nccl_communicator_calls(monkeypatch):
     from tinygraph.backends.cuda.nccl import NcclCommunicator
     fake = FakeNccl()
@@ -223,7 +230,7 @@ _NCCL_RANK = textwrap.dedent("""
 
 
 def test_nccl_ranks_share_rank_zeros_id_and_seed():
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, "-c", _NCCL_RANK, str(Path(__file__).parent)], stdout=subprocess.PIPE,
                               text=True, env=_env(WORLD_SIZE=2, RANK=r, MASTER_PORT=port)) for r in (1, 0)]
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
@@ -237,20 +244,7 @@ def test_cuda_lowering_hands_the_node_to_nccl():
     buffer (f16, its element count, on the backend's stream); a strided one is first copied."""
     from cuda_record import record_launches
 
-    class Comm:
-        kind, size, rank = "nccl", 2, 0
-
-        def __init__(self) -> None:
-            self.id, self.calls = next(parallel._IDS), []
-            parallel._COMMUNICATORS[self.id] = self
-
-        def handle(self, rank):
-            return parallel.RankHandle(self, rank)
-
-        def all_reduce_device(self, src, dst, count, dtype, stream):
-            self.calls.append((src, dst, count, dtype))
-
-    comm = Comm()
+    comm = FakeNcclComm(0)
     s = tg.Session(backend="numpy")
     s.communicator = comm.handle(0)
     g = s.graph()
@@ -293,7 +287,7 @@ def test_run_tensor_parallel_on_numpy_gives_the_same_text(tok_model):
 def test_run_under_the_launcher_on_numpy_prints_once_the_same_text(tok_model):
     """Two processes (NumPy ranks, all-reduces over TCP): rank 0 alone prints, the same text as
     one process; a rank count that is not the launcher's, or a prompt on stdin, is refused."""
-    base = ("-m", "tinygraph.launch", "--gpus", "2", "--master-port", str(_free_port()), "-m", "tinygraph.run",
+    base = ("-m", "tinygraph.launch", "--gpus", "2", "--master-port", str(free_port()), "-m", "tinygraph.run",
             "--model", str(tok_model), "--backend", "numpy")
     args = ("--prompt", "hello there", "--max-new-tokens", "8", "--ignore-eos")
     r = _cli(*base, "--tensor-parallel", "2", *args)
@@ -341,7 +335,7 @@ def test_bench_tp_tool_runs_and_records(tmp_path):
             "--new", "5", "--runs", "2", "--work", str(tmp_path)]
     r = _cli(*tool)
     assert r.returncode == 0, r.stderr
-    r2 = _cli("-m", "tinygraph.launch", "--gpus", "2", "--master-port", str(_free_port()), *tool)
+    r2 = _cli("-m", "tinygraph.launch", "--gpus", "2", "--master-port", str(free_port()), *tool)
     assert r2.returncode == 0, r2.stderr
     one, two = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert (one["ranks"], two["ranks"]) == (1, 2) and one["config"] == "qwen3-8b-tiny" and len(one["ids"]) == 5
@@ -392,20 +386,7 @@ def test_cuda_backend_lowers_every_sharded_graph(fam, monkeypatch):
     monkeypatch.setattr(gemm_launch, "_TMAPS", {})
     monkeypatch.setattr(gemm_launch, "_encode", lambda *key: (ctypes.c_uint64 * 16)())
 
-    class Comm:
-        kind, size, rank = "nccl", 2, 1
-
-        def __init__(self) -> None:
-            self.id, self.calls = next(parallel._IDS), []
-            parallel._COMMUNICATORS[self.id] = self
-
-        def handle(self, rank):
-            return parallel.RankHandle(self, rank)
-
-        def all_reduce_device(self, src, dst, count, dtype, stream):
-            self.calls.append((count, dtype))
-
-    comm = Comm()
+    comm = FakeNcclComm(1)
     with load_checkpoint(FIX / fam) as ckpt:
         m = RankModel(ShardedCheckpoint(ckpt, 2, 1), comm, dtype="float16", **LOAD.get(fam, {}))
     with m:
@@ -415,8 +396,8 @@ def test_cuda_backend_lowers_every_sharded_graph(fam, monkeypatch):
             comm.calls.clear()
             record_launches(g, plan)
             nodes = [n for n in plan.order if n.op == "all_reduce"]
-            assert nodes and [c for c, _ in comm.calls] == [n.size for n in nodes]
-            assert {d for _, d in comm.calls} == {"f16"}
+            assert nodes and [c for _, _, c, _ in comm.calls] == [n.size for n in nodes]
+            assert {d for _, _, _, d in comm.calls} == {"f16"}
 
 
 # -- the NumPy backend across processes ---------------------------------------------------------------
@@ -440,7 +421,7 @@ _SOCK_RANK = textwrap.dedent("""
 
 
 def test_socket_communicator_sums_in_rank_order_across_processes():
-    port, world = _free_port(), 3
+    port, world = free_port(), 3
     procs = [subprocess.Popen([sys.executable, "-c", _SOCK_RANK], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=_env(WORLD_SIZE=world, RANK=r, MASTER_PORT=port)) for r in (2, 0, 1)]
     outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
@@ -475,7 +456,7 @@ _TP_RANK = textwrap.dedent("""
 def test_numpy_model_over_two_processes_equals_the_in_process_simulation(fam):
     from tinygraph.models import load_model
     path = str(ROOT / "tests" / "fixtures" / fam)
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, "-c", _TP_RANK, path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=_env(WORLD_SIZE=2, RANK=r, MASTER_PORT=port)) for r in (1, 0)]
     outs = [p.communicate(timeout=300) for p in procs]

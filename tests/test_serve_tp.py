@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
+from conftest import free_port  # noqa: E402
 from test_serve import make_model_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,12 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("serve_tp") / "tiny")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(cmd: list[str]) -> tuple[subprocess.Popen, str]:
@@ -74,7 +68,7 @@ def test_two_rank_server_answers_as_one_process(model_dir):
     finally:
         one.send_signal(signal.SIGINT)
         assert one.wait(30) == 0
-    tp, url = _start(["-m", "tinygraph.launch", "--gpus", "2", "--master-port", str(_free_port()), "--grace", "5",
+    tp, url = _start(["-m", "tinygraph.launch", "--gpus", "2", "--master-port", str(free_port()), "--grace", "5",
                       "-m", "tinygraph.serve", *args, "--tensor-parallel", "2"])
     try:
         got = _answers(url)

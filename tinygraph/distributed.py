@@ -24,7 +24,10 @@ import struct
 import time
 from typing import Mapping
 
+import numpy as np
+
 from .errors import TinygraphError
+from .parallel import CommunicatorError, OneRankCommunicator
 
 _MAGIC = b"TGRV1"  # the rendezvous protocol's first bytes (a stray client is refused, not trusted)
 
@@ -178,7 +181,7 @@ def _dial(env: DistEnv, deadline: float, timeout: float) -> tuple[socket.socket,
                           f"{timeout:g} s (last error: {last})")
 
 
-class SocketCommunicator:
+class SocketCommunicator(OneRankCommunicator):
     """``all_reduce`` between processes over TCP, for the NumPy backend: this process's rank of
     ``env.world_size`` (one process each, e.g. started by ``tinygraph.launch``). Rank 0 is the
     hub: every other rank keeps one connection to it, sends its array, and gets back the sum that
@@ -190,8 +193,6 @@ class SocketCommunicator:
     kind = "socket"
 
     def __init__(self, env: DistEnv, timeout: float = 120.0) -> None:
-        from . import parallel
-
         self.size, self.rank, self.env, self.timeout = env.world_size, env.rank, env, float(timeout)
         self.rounds = 0
         self._peers: list[socket.socket] = []  # rank 0: ranks 1.. in order; others: rank 0
@@ -205,28 +206,16 @@ class SocketCommunicator:
                 peers = dict(_accept_peers(env, payload, deadline, timeout))
                 self._peers = [peers[r] for r in range(1, env.world_size)]
         self.seed_base = int.from_bytes(payload, "little")
-        self.id = next(parallel._IDS)
-        parallel._COMMUNICATORS[self.id] = self
-
-    def handle(self, rank: int):
-        from . import parallel
-
-        if rank != self.rank:
-            raise ValueError(f"a socket communicator belongs to rank {self.rank} only, not {rank}")
-        return parallel.RankHandle(self, rank)  # type: ignore[arg-type]
+        self._register()
 
     @staticmethod
     def _send(s: socket.socket, tag: str, a) -> None:
-        import numpy as np
-
         a = np.ascontiguousarray(a)
         head = json.dumps({"tag": tag, "dtype": a.dtype.str, "shape": list(a.shape)}).encode()
         s.sendall(struct.pack("<iq", len(head), a.nbytes) + head + a.tobytes())
 
     @staticmethod
     def _recv(s: socket.socket):
-        import numpy as np
-
         nh, nb = struct.unpack("<iq", _recv_exact(s, 12))
         head = json.loads(_recv_exact(s, nh))
         if "error" in head:
@@ -235,10 +224,6 @@ class SocketCommunicator:
 
     def all_reduce(self, rank: int, x, tag: str = ""):
         """The float32 sum over the ranks of ``x``, in rank order (read-only, the same on all)."""
-        import numpy as np
-
-        from .parallel import CommunicatorError
-
         if self.size == 1:
             acc = np.array(x, dtype=np.float32)
             acc.flags.writeable = False
@@ -272,8 +257,7 @@ class SocketCommunicator:
             raise CommunicatorError(f"all_reduce {tag!r} on rank {self.rank}: lost {who} "
                                     f"({type(e).__name__}: {e}); a rank failed or stopped") from None
         self.rounds += 1
-        out = np.array(out, dtype=np.float32)
-        out.flags.writeable = False
+        out.flags.writeable = False  # float32 on every rank: rank 0's sum, or those bytes as received
         return out
 
     def close(self) -> None:

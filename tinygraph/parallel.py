@@ -134,6 +134,24 @@ class InProcessCommunicator:
         return self._failure is not None
 
 
+class OneRankCommunicator:
+    """Base of the communicators across processes (NCCL, TCP), of which this process holds one
+    rank: ``size``, ``rank``; :meth:`_register` makes the ``all_reduce`` node find it by id."""
+
+    size: int
+    rank: int
+
+    def _register(self) -> None:
+        self.id = next(_IDS)
+        _COMMUNICATORS[self.id] = self  # type: ignore[assignment]
+
+    def handle(self, rank: int) -> "RankHandle":
+        """This process's handle (what :func:`attach` gives a session): only its own rank."""
+        if rank != self.rank:
+            raise ValueError(f"{type(self).__name__} belongs to rank {self.rank} only, not {rank}")
+        return RankHandle(self, rank)  # type: ignore[arg-type]
+
+
 class RankHandle:
     """One rank's side of a communicator (``session.communicator``)."""
 

@@ -210,8 +210,10 @@ def _run(args) -> int:
         elif ckpt.tokenizer is None or not ckpt.chat_template:
             raise ValueError(f"{path} has no tokenizer and chat template for a conversation")
         from .models import CausalLM
-        if args.tensor_parallel > 1:
-            model = _sharded(args, ckpt, backend, dtype, dist)
+        if args.tensor_parallel > 1:  # this process's rank, or every rank simulated here
+            from .models.tensor_parallel import load_sharded
+            model = load_sharded(ckpt, args.tensor_parallel, backend, env=dist, dtype=dtype,
+                                 max_context=args.max_context, quantize=args.quantize)
         else:
             model = CausalLM(ckpt, dtype=dtype, backend=backend, max_context=args.max_context,
                              dequantize=args.dequantize, quantize=args.quantize)
@@ -227,17 +229,6 @@ def _run(args) -> int:
         return _generate(args, model, prompt, ids)
     finally:
         model.close()
-
-
-def _sharded(args, ckpt, backend: str, dtype: str, dist):
-    """The model split over ``--tensor-parallel`` ranks: this process's rank when started as
-    several processes (CUDA: NCCL; NumPy: TCP through rank 0) or on CUDA, else every rank
-    simulated in this process (NumPy)."""
-    from .models.tensor_parallel import ShardedModel, load_rank
-    if backend == "cuda" or (dist is not None and dist.world_size > 1):
-        return load_rank(ckpt, args.tensor_parallel, dtype=dtype, max_context=args.max_context,
-                         quantize=args.quantize, env=dist, backend=backend)
-    return ShardedModel(ckpt, args.tensor_parallel, dtype=dtype, max_context=args.max_context, quantize=args.quantize)
 
 
 def resolve_backend(backend: str, dtype: str | None, verbose: bool = False) -> tuple[str, str]:

@@ -37,7 +37,7 @@ def load_binding() -> ModuleType:
     return binding
 
 
-class NcclCommunicator:
+class NcclCommunicator(parallel.OneRankCommunicator):
     """This process's rank of an NCCL communicator over ``env.world_size`` GPUs, on ``device``
     (a ``driver.Device``; made current here). ``timeout``: seconds the rendezvous waits for the
     other ranks. ``binding``: nccl4py's low-level module (tests pass a fake)."""
@@ -55,15 +55,8 @@ class NcclCommunicator:
         uid, self.seed_base = payload[:-8], int.from_bytes(payload[-8:], "little")
         # the scalable form takes the id as bytes (what nccl4py's own Communicator.init calls)
         self._comm = self._n.comm_init_rank_scalable(env.world_size, env.rank, 1, uid, 0)
-        self.id = next(parallel._IDS)
-        parallel._COMMUNICATORS[self.id] = self  # the all_reduce node finds it by id
         self.rounds = 0
-
-    def handle(self, rank: int) -> parallel.RankHandle:
-        """This process's handle (what ``tinygraph.parallel.attach`` gives a session)."""
-        if rank != self.rank:
-            raise ValueError(f"an NCCL communicator belongs to rank {self.rank} only, not {rank}")
-        return parallel.RankHandle(self, rank)  # type: ignore[arg-type]
+        self._register()
 
     def all_reduce_device(self, src: int, dst: int, count: int, dtype: str, stream) -> None:
         """Enqueue ``dst[:count] = sum over ranks of src[:count]`` (device pointers, ``dtype`` a
