@@ -23,6 +23,7 @@ def test_get_rows_of_an_int32_map():
     s = tg.Session(backend="cuda")
     vocab_map = np.array([[5], [-1], [0], [2], [7]], np.int32)  # an id map: [V, 1]
     M = s.persistent((5, 1), tg.int32)
+    s.finalize()
     s.upload(M, vocab_map)
     g = s.graph()
     ids = g.input((6,), tg.int32, name="ids")

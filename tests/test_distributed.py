@@ -169,6 +169,8 @@ class FakeNccl:
         return bytes(range(128))
 
     def comm_init_rank_scalable(self, nranks, rank, n_ids, ids, cfg):
+        if memoryview(ids).readonly:  # nccl4py refuses read-only buffers (bytes) for the ids
+            raise ValueError("buf must be ... a 1D contiguous writable buffer")
         self.calls.append(("init", nranks, rank, n_ids, bytes(ids), cfg))
         return "comm"
 

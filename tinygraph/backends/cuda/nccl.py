@@ -53,8 +53,9 @@ class NcclCommunicator(parallel.OneRankCommunicator):
         payload = bytes(self._n.get_unique_id()) + os.urandom(8) if env.rank == 0 else None
         payload = broadcast_bytes(env, payload, timeout)
         uid, self.seed_base = payload[:-8], int.from_bytes(payload[-8:], "little")
-        # the scalable form takes the id as bytes (what nccl4py's own Communicator.init calls)
-        self._comm = self._n.comm_init_rank_scalable(env.world_size, env.rank, 1, uid, 0)
+        # the scalable form takes the id as a writable buffer (bytes are refused), as nccl4py's
+        # own Communicator.init passes it
+        self._comm = self._n.comm_init_rank_scalable(env.world_size, env.rank, 1, bytearray(uid), 0)
         self.rounds = 0
         self._register()
 
