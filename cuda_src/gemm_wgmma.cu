@@ -1,12 +1,22 @@
 // gemm_wgmma.cu -- Hopper (sm_90a) tensor-core GEMM for prefill: C[M, N] = A[M, K] @ W[N, K]^T
 // with float32 accumulators, fed by TMA.
 //
-// gemm_tma<BN>_T(T* C, long long ldc, TgTmap tmA, TgTmap tmW, int M, int N, int K)
-//   T = __half (f16) | __nv_bfloat16 (bf16); BN = 128 | 256 tile columns.
+// gemm_tma<BN>_T(T* C, long long ldc, TgTmap tmA, TgTmap tmW, int M, int N, int K,
+//                 const T* bias, const T* res, long long ldr, int act)
+//   T = __half (f16) | __nv_bfloat16 (bf16); BN = 128 | 192 | 256 tile columns.
+//   With the linear epilogue fused (as linear_epilogue in linear.cu, on the float32 sums):
+//   C = act(A @ W^T + bias) + res; bias [N] or NULL, res row-major [M, N] (row stride ldr) or NULL
+//   (it may be C itself); act 0 none, 1 gelu (tanh), 2 silu, 3 swiglu: then W has 2N rows (gate
+//   rows [0, N), up rows [N, 2N)), bias 2N, and C = silu(gate + bias[j]) * (up + bias[N + j]) + res:
+//   a block's W tile is BN / 2 gate rows and the same BN / 2 up rows (two TMA boxes of BN / 2 rows;
+//   tmW's box is BN / 2 rows then), so the tile holds both factors of its outputs (columns q and
+//   q + BN / 2) and the block writes BN / 2 columns. The epilogue reads the tile staged in shared
+//   memory (gt_epilogue).
 //   A row-major [M, K], W row-major [N, K] (a linear's HF weight), C row-major [M, N] (row stride
 //   ldc elements). tmA / tmW: TMA tensor maps (cuTensorMapEncodeTiled; gemm_launch.tensor_map) of
 //   A (box 64 x 128) and W (box 64 x BN), 128-byte swizzle, zeros past the edges, so ragged M, N,
-//   K need nothing more; C is written only inside. Launch: grid (ceil(M / 128), ceil(N / BN)) --
+//   K need nothing more; C is written only inside. Launch: grid (ceil(M / 128), ceil(N / BN))
+//   (swiglu: ceil(N / (BN / 2))) --
 //   the row tiles that share a W tile run side by side, so W streams from memory about once --
 //   block 384, GT_SMEM(BN) bytes of dynamic shared memory (opt-in: > 48 KB).
 // Design: a block computes a 128 x BN tile of C. Warpgroup 0 is the producer: one thread waits
@@ -24,6 +34,7 @@
 //   62-63; the k-th k16 step starts 32 * k bytes further.
 // Accumulator fragment (warp w of the warpgroup, lane l): for each n8 block j, d[4j..4j+3] are
 //   (row 16 w + l / 4, cols 8 j + 2 (l % 4) + {0, 1}) and the same 8 rows further.
+#include "linear_common.cuh"
 #include "mma.cuh"
 
 #define GW_BM 128
@@ -33,7 +44,7 @@
 // TMA tensor map: 128 opaque bytes, passed by value as a __grid_constant__ parameter
 struct alignas(64) TgTmap { unsigned long long v[16]; };
 
-#define GT_STAGES(BN) ((BN) == 256 ? 4 : 6)
+#define GT_STAGES(BN) ((BN) == 256 ? 4 : (BN) == 192 ? 5 : 6)  // ~200 KB of ring
 #define GT_STAGE_BYTES(BN) ((GW_BM + (BN)) * GW_BK * 2)
 #define GT_SMEM(BN) (GT_STAGES(BN) * GT_STAGE_BYTES(BN) + 1024 + 256)  // + alignment, + barriers
 
@@ -65,11 +76,25 @@ template <typename T, int BN> struct GwMma;
                          : "l"(da), "l"(db), "r"(accumulate));                                     \
         }                                                                                          \
     };
+#define GW_MMA192(T, ty)                                                                            \
+    template <> struct GwMma<T, 192> {                                                                \
+        static __device__ __forceinline__ void run(float* d, unsigned long long da,                \
+                                                   unsigned long long db, int accumulate) {       \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"                              \
+                         "wgmma.mma_async.sync.aligned.m64n192k16.f32." ty "." ty " "              \
+                         "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95}, %96, %97, p, 1, 1, 0, 0;\n}\n"                                \
+                         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])                                                                 \
+                         : "l"(da), "l"(db), "r"(accumulate));                                     \
+        }                                                                                          \
+    };
 GW_MMA128(__half, "f16")
 GW_MMA128(__nv_bfloat16, "bf16")
+GW_MMA192(__half, "f16")
+GW_MMA192(__nv_bfloat16, "bf16")
 GW_MMA256(__half, "f16")
 GW_MMA256(__nv_bfloat16, "bf16")
 #undef GW_MMA128
+#undef GW_MMA192
 #undef GW_MMA256
 
 
@@ -95,14 +120,73 @@ __device__ __forceinline__ void gt_tma(unsigned dst, const TgTmap* tm, int c0, i
                  : "memory");
 }
 
+// floats per staged tile row (+8: the fragments' float2 stores meet at most 2-way bank conflicts)
+#define GT_LD(BN) ((BN) + 8)
+
+// The fused linear epilogue over a staged 128 x BN float32 tile ``st`` (row stride GT_LD(BN)),
+// by the 256 consumer threads (``tid``): output (m0 + r, n0 + q) = act(st[r][q] + bias) + res, or
+// for swiglu (act 3) silu(st[r][q] + bias[n0 + q]) * (st[r][q + BN / 2] + bias[N + n0 + q]) + res;
+// each thread takes runs of 8 columns of one row (16-byte loads of res and stores of C where the
+// run is whole and aligned; element by element at the right edge).
+template <typename T, int BN>
+__device__ __forceinline__ void gt_epilogue(T* C, long long ldc, const float* st, int m0, int n0, int M, int N,
+                                            const T* bias, const T* res, long long ldr, int act, int tid) {
+    const bool glu = act == 3;
+    const int cols = glu ? BN / 2 : BN, runs = cols / 8;
+    const bool vec = (ldc & 7) == 0 && (reinterpret_cast<unsigned long long>(C) & 15) == 0 &&
+                     (!res || ((ldr & 7) == 0 && (reinterpret_cast<unsigned long long>(res) & 15) == 0));
+    for (int e = tid; e < GW_BM * runs; e += 256) {
+        const int r = e / runs, q = (e % runs) * 8, gr = m0 + r, gc = n0 + q;
+        if (gr >= M || gc >= N) continue;
+        const float* srow = st + r * GT_LD(BN) + q;
+        float v[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            const bool in = gc + k < N;
+            float x = srow[k];
+            if (glu) {
+                const float u = srow[k + BN / 2] + (bias && in ? to_f32(bias[N + gc + k]) : 0.0f);
+                x = lin_silu(x + (bias && in ? to_f32(bias[gc + k]) : 0.0f)) * u;
+            } else {
+                x = lin_act(x + (bias && in ? to_f32(bias[gc + k]) : 0.0f), act);
+            }
+            v[k] = x;
+        }
+        T* out = C + (long long)gr * ldc + gc;
+        if (vec && gc + 8 <= N) {
+            if (res) {
+                const uint4 rv = *reinterpret_cast<const uint4*>(res + (long long)gr * ldr + gc);
+                const T* rp = reinterpret_cast<const T*>(&rv);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) v[k] += to_f32(rp[k]);
+            }
+            uint4 o;
+            o.x = pack2(v[0], v[1], T());
+            o.y = pack2(v[2], v[3], T());
+            o.z = pack2(v[4], v[5], T());
+            o.w = pack2(v[6], v[7], T());
+            *reinterpret_cast<uint4*>(out) = o;
+        } else {
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                if (gc + k >= N) break;
+                float x = v[k];
+                if (res) x += to_f32(res[(long long)gr * ldr + gc + k]);
+                out[k] = from_f32<T>(x);
+            }
+        }
+    }
+}
+
 template <typename T, int BN>
 __device__ __forceinline__ void gemm_tma(T* C, long long ldc, const TgTmap* tmA, const TgTmap* tmW, int M, int N,
-                                         int K) {
+                                         int K, const T* bias, const T* res, long long ldr, int act) {
     constexpr int ST = GT_STAGES(BN), SB = GT_STAGE_BYTES(BN);
     extern __shared__ unsigned char gw_raw[];
     unsigned char* sm = gw_raw + ((1024 - (smem_u32(gw_raw) & 1023)) & 1023);
     const unsigned ring = smem_u32(sm), full = smem_u32(sm + ST * SB), empty = full + 8 * ST;
-    const int m0 = blockIdx.x * GW_BM, n0 = blockIdx.y * BN;  // row tiles vary fastest
+    const bool glu = act == 3;
+    const int m0 = blockIdx.x * GW_BM, n0 = blockIdx.y * (glu ? BN / 2 : BN);  // row tiles vary fastest
     const int wg = threadIdx.x / 128;
     const int kt_n = (K + GW_BK - 1) / GW_BK;
     if (threadIdx.x == 0) {
@@ -122,7 +206,12 @@ __device__ __forceinline__ void gemm_tma(T* C, long long ldc, const TgTmap* tmA,
                 gt_bar_wait(empty + 8 * s, ((kt / ST) & 1) ^ 1);
                 gt_bar_expect(full + 8 * s, SB);
                 gt_tma(ring + s * SB, tmA, kt * GW_BK, m0, full + 8 * s);
-                gt_tma(ring + s * SB + GW_A_BYTES, tmW, kt * GW_BK, n0, full + 8 * s);
+                if (glu) {  // gate rows n0.., then up rows N + n0..
+                    gt_tma(ring + s * SB + GW_A_BYTES, tmW, kt * GW_BK, n0, full + 8 * s);
+                    gt_tma(ring + s * SB + GW_A_BYTES + (BN / 2) * 128, tmW, kt * GW_BK, N + n0, full + 8 * s);
+                } else {
+                    gt_tma(ring + s * SB + GW_A_BYTES, tmW, kt * GW_BK, n0, full + 8 * s);
+                }
             }
         }
         return;
@@ -144,29 +233,28 @@ __device__ __forceinline__ void gemm_tma(T* C, long long ldc, const TgTmap* tmA,
         if (kt > 0) gt_bar_arrive(empty + 8 * ((kt - 1) % ST));  // the previous group is done with it
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    const int r0 = m0 + c * 64 + warp * 16 + lane / 4;
-    const bool pairs = (ldc & 1) == 0 && (reinterpret_cast<unsigned long long>(C) & 3) == 0;
+    // The epilogue runs on the tile staged in shared memory (the ring: every load has landed and
+    // been read once both consumer warpgroups pass the first barrier), as a plain loop -- one copy
+    // of the activation code (unrolled over the fragments it made the kernel 10x larger and up to
+    // 2x slower, H200) -- whose 8-column runs become 16-byte coalesced stores.
+    float* st = reinterpret_cast<float*>(sm);
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    {
+        const int rr = c * 64 + warp * 16 + lane / 4;
 #pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-        const int col = n0 + 8 * j + 2 * (lane % 4);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int r = r0 + 8 * h;
-            if (r >= M) continue;
-            T* out = C + (long long)r * ldc + col;
-            const float x = d[4 * j + 2 * h], y = d[4 * j + 2 * h + 1];
-            if (pairs && col + 1 < N) {
-                *reinterpret_cast<unsigned*>(out) = pack2(x, y, T());
-            } else {
-                if (col < N) out[0] = from_f32<T>(x);
-                if (col + 1 < N) out[1] = from_f32<T>(y);
-            }
+        for (int j = 0; j < BN / 8; ++j) {
+            const int cc = 8 * j + 2 * (lane % 4);
+            *reinterpret_cast<float2*>(st + rr * GT_LD(BN) + cc) = make_float2(d[4 * j], d[4 * j + 1]);
+            *reinterpret_cast<float2*>(st + (rr + 8) * GT_LD(BN) + cc) = make_float2(d[4 * j + 2], d[4 * j + 3]);
         }
     }
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    gt_epilogue<T, BN>(C, ldc, st, m0, n0, M, N, bias, res, ldr, act, threadIdx.x - 128);
 }
 #else
 template <typename T, int BN>
-__device__ __forceinline__ void gemm_tma(T*, long long, const TgTmap*, const TgTmap*, int, int, int) {
+__device__ __forceinline__ void gemm_tma(T*, long long, const TgTmap*, const TgTmap*, int, int, int, const T*,
+                                         const T*, long long, int) {
     tg_pdl_enter();
     __trap();
 }
@@ -175,8 +263,12 @@ __device__ __forceinline__ void gemm_tma(T*, long long, const TgTmap*, const TgT
 #define TG_GT(T, BN, sfx)                                                                          \
     extern "C" __global__ void __launch_bounds__(384, 1) gemm_tma##BN##_##sfx(                     \
         T* C, long long ldc, const __grid_constant__ TgTmap tmA, const __grid_constant__ TgTmap tmW, \
-        int M, int N, int K) { gemm_tma<T, BN>(C, ldc, &tmA, &tmW, M, N, K); }
+        int M, int N, int K, const T* bias, const T* res, long long ldr, int act) {               \
+        gemm_tma<T, BN>(C, ldc, &tmA, &tmW, M, N, K, bias, res, ldr, act);                      \
+    }
 TG_GT(__half, 128, f16)
 TG_GT(__nv_bfloat16, 128, bf16)
+TG_GT(__half, 192, f16)
+TG_GT(__nv_bfloat16, 192, bf16)
 TG_GT(__half, 256, f16)
 TG_GT(__nv_bfloat16, 256, bf16)

@@ -17,7 +17,7 @@ def _gemm(lib, dt, c, a, w_ptr, ldw, N):
     gemm_launch.gemm_tma(lib, dt, c, a, w_ptr, ldw, N, bn=lib.bn)
 
 
-@pytest.fixture(scope="module", params=[128, 256], ids=lambda bn: f"tma{bn}")
+@pytest.fixture(scope="module", params=[128, 192, 256], ids=lambda bn: f"tma{bn}")
 def lib(dev, tmp_path_factory, request):
     old = os.environ.get("TINYGRAPH_CACHE_DIR")
     if old is None:
@@ -64,6 +64,41 @@ def test_odd_c_stride_and_offset(lib, rng):
     _gemm(lib, "bf16", c.arg, a.arg, w.ptr, K, N)
     assert_close(c.fetch(), f64(a.view) @ f64(w.view).T, "bf16")
     assert_poison_kept(c, "odd C")
+
+
+def _act(z: np.ndarray, act: int) -> np.ndarray:
+    if act == 1:
+        return 0.5 * z * (1 + np.tanh(0.7978845608028654 * (z + 0.044715 * z ** 3)))
+    return z / (1 + np.exp(-z)) if act == 2 else z
+
+
+@pytest.mark.parametrize("act", [0, 1, 2, 3])
+@pytest.mark.parametrize("M,N,K,with_bias,res_mode", [(200, 136, 72, True, "own"), (128, 256, 128, False, "none"),
+                                                      (300, 1000, 256, True, "alias"), (64, 72, 64, False, "own")])
+def test_fused_epilogue_matches_float64(lib, rng, act, M, N, K, with_bias, res_mode):
+    """C = act(A @ W^T + bias) + res in the GEMM's stores (swiglu: W has 2N rows, gate then up;
+    res "alias": res is C itself, read before it is written)."""
+    dt = "f16"
+    rows = 2 * N if act == 3 else N
+    a = DT(rnd(rng, (M, K), dt))
+    w = DT(rnd(rng, (rows, K), dt, scale=K ** -0.5))
+    bias = DT(rnd(rng, (rows,), dt)) if with_bias else None
+    z = f64(a.view) @ f64(w.view).T + (f64(bias.view) if bias is not None else 0.0)
+    want = _act(z[:, :N], 2) * z[:, N:] if act == 3 else _act(z, act)
+    res = None
+    if res_mode == "own":
+        res = DT(rnd(rng, (M, N), dt))
+        c = DT.empty((M, N), a.host.dtype)
+    elif res_mode == "alias":
+        c = DT(rnd(rng, (M, N), dt))
+        res = c
+    else:
+        c = DT.empty((M, N), a.host.dtype)
+    if res is not None:
+        want = want + f64(res.view)
+    gemm_launch.gemm_tma(lib, dt, c.arg, a.arg, w.ptr, K, N, bn=lib.bn, bias=bias.ptr if bias is not None else None,
+                         res=res.arg if res is not None else None, act=act)
+    assert_close(c.fetch(), want, dt, what=f"act {act} {M}x{N}x{K}")
 
 
 def test_bad_shapes_are_refused(lib, rng):
@@ -117,6 +152,8 @@ def test_prefill_linears_take_gemm_tma(dev, monkeypatch, dtn, M, K, offset, want
     on = _prefill_chain("cuda", dt, M, K, offset)
     gemms = [n for n in names if n.startswith(("gemm_tma", "matmul_tc3"))]
     assert len(gemms) == 3 and gemms[0].startswith(want) and all(n.startswith("gemm_tma") for n in gemms[1:]), gemms
+    # the epilogues (swiglu, residual, bias + gelu) ride in gemm_tma's stores; matmul_tc3 needs its own
+    assert sum(n.startswith("linear_epilogue") for n in names) == (1 if want == "matmul_tc3" else 0), names
     monkeypatch.setenv("TINYGRAPH_WGMMA", "0")
     del names[:]
     off = _prefill_chain("cuda", dt, M, K, offset)

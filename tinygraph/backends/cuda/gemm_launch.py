@@ -9,7 +9,7 @@ from .kernel_specs import Arg, dtype_suffix, i32, ptr
 
 # -- the TMA-fed form ----------------------------------------------------------------------------
 #: gemm_tma<BN>'s ring depth (GT_STAGES in cuda_src/gemm_wgmma.cu)
-TMA_STAGES = {128: 6, 256: 4}
+TMA_STAGES = {128: 6, 192: 5, 256: 4}
 
 
 def tma_smem(bn: int) -> int:
@@ -68,24 +68,37 @@ def tma_problem(C: Arg, A: Arg, w_ptr, ldw: int, N: int) -> str | None:
     return None
 
 
-def gemm_tma(lib, dtype, C: Arg, A: Arg, w_ptr, ldw: int, N: int, bn: int = 128, stream=None) -> None:
-    """``C[M, N] = A[M, K] @ W[N, K]^T`` on Hopper's wgmma, fed by TMA (gemm_tma<bn>, bn 128 or
-    256 tile columns). A and C: row-major 2-D Args (row strides from their strides); W: device
-    pointer of a row-major [N, K] weight with row stride ``ldw`` elements; :func:`tma_problem`'s
-    rules, else ValueError."""
+#: the fused epilogue's activation codes (LINEAR_ACTS: none, gelu, silu, swiglu)
+ACT_SWIGLU = 3
+
+
+def gemm_tma(lib, dtype, C: Arg, A: Arg, w_ptr, ldw: int, N: int, bn: int = 128, stream=None, bias=None,
+             res: Arg | None = None, act: int = 0) -> None:
+    """``C[M, N] = act(A[M, K] @ W^T + bias) + res`` on Hopper's wgmma, fed by TMA (gemm_tma<bn>,
+    bn 128, 192 or 256 tile columns). A, C and res: row-major 2-D Args (res may be C); W: device
+    pointer of a row-major weight with row stride ``ldw`` elements, [N, K] or for ``act`` 3
+    (swiglu) [2N, K] (gate rows, then up rows; bias then has 2N entries); bias: a device pointer
+    or None; :func:`tma_problem`'s rules, else ValueError."""
     sfx = dtype_suffix(dtype)
     why = tma_problem(C, A, w_ptr, ldw, N)
     if why:
         raise ValueError(f"gemm_tma: {why}")
+    (M, K), lda, ldc = A.shape, A.full_strides()[0], C.full_strides()[0]
+    if res is not None and (tuple(res.shape) != (M, N) or res.full_strides()[1] != 1):
+        raise ValueError(f"gemm_tma: res{res.shape} must be [{M}, {N}] with rows contiguous")
     if lib.file_arch("gemm_wgmma.cu") != "sm_90a":
         raise ValueError(f"gemm_tma needs an sm_90 device (this library targets {lib.arch})")
-    (M, K), lda, ldc = A.shape, A.full_strides()[0], C.full_strides()[0]
     if M == 0 or N == 0:
         return
     f = lib.get(f"gemm_tma{bn}", sfx)
     smem = tma_smem(bn)
     lib._ensure_dynamic_smem(f, smem)
+    glu = act == ACT_SWIGLU
     tma = tensor_map(A.addr.value, M, K, lda, 128, sfx)
-    tmw = tensor_map(ptr(w_ptr).value, N, K, ldw, bn, sfx)
-    lib._launch(f, (-(-M // 128), -(-N // bn)), 384,
-                [C.addr, ctypes.c_int64(ldc), tma, tmw, i32(M), i32(N), i32(K)], stream=stream, shared_mem=smem)
+    tmw = tensor_map(ptr(w_ptr).value, 2 * N if glu else N, K, ldw, bn // 2 if glu else bn, sfx)
+    cols = bn // 2 if glu else bn
+    lib._launch(f, (-(-M // 128), -(-N // cols)), 384,
+                [C.addr, ctypes.c_int64(ldc), tma, tmw, i32(M), i32(N), i32(K), ptr(bias),
+                 res.addr if res is not None else ptr(None),
+                 ctypes.c_int64(res.full_strides()[0] if res is not None else 0), i32(act)],
+                stream=stream, shared_mem=smem)

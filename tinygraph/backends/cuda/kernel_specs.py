@@ -264,13 +264,15 @@ _reg(
 )
 
 # Hopper's wgmma GEMM for prefill (cuda_src/gemm_wgmma.cu, sm_90a; launched by gemm_launch.py)
-for _bn in (128, 256):
+for _bn in (128, 192, 256):
     _reg(KernelSpec(f"gemm_tma{_bn}", "gemm_wgmma.cu",
                     (("C", "ptr"), ("ldc", "i64"), ("tmA", "tmap"), ("tmW", "tmap"),
-                     ("M", "i32"), ("N", "i32"), ("K", "i32")),
+                     ("M", "i32"), ("N", "i32"), ("K", "i32"), ("bias", "ptr"), ("res", "ptr"), ("ldr", "i64"),
+                     ("act", "i32")),
                     (("f16",), ("bf16",)), "matmul_tc",
-                    f"C[M, N] = A[M, K] @ W[N, K]^T on wgmma (sm_90a), 128 x {_bn} tiles fed by TMA "
-                    "(tensor maps of A and W), one producer and two consumer warpgroups"))
+                    f"C[M, N] = act(A[M, K] @ W[N, K]^T + bias) + res on wgmma (sm_90a), 128 x {_bn} tiles fed "
+                    "by TMA (tensor maps of A and W), one producer and two consumer warpgroups; the linear "
+                    "epilogue fused (swiglu: W [2N, K])"))
 
 # the persistent kernel of a decode segment (cuda_src/persist.cu; planned and launched by persistent.py)
 _reg(KernelSpec("persist_linear", "persist.cu",

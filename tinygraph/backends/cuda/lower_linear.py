@@ -12,7 +12,7 @@ from ...errors import BackendError
 from ...ops.registry import optional_srcs
 from ...tensor import Tensor
 from . import gemm_launch, quant_launch, select
-from .kernels import Arg
+from .kernels import LINEAR_ACTS, Arg
 
 if TYPE_CHECKING:
     from .backend import CudaBackend
@@ -36,13 +36,21 @@ def gemm(be: "CudaBackend", dt, c: Arg, a: Arg, b: Arg, algo: str | None, epilog
     """``lib.matmul`` with the planned ``algo``; a tensor-core product with few output tiles (a
     batched decode's rows) split along K instead (``select.split_k``), its partials in scratch.
     ``epilogue`` ((y, bias, res, act) of ``lib.linear_epilogue``): applied by the kernel that adds
-    up split-K's partials, if the product splits. Returns whether it was applied."""
+    up split-K's partials, if the product splits, or by gemm_tma's stores (y and res plain rows).
+    Returns whether it was applied."""
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     splits, bm = 1, 128
     if algo is not None and algo.startswith("gemm_tma"):
         if tma_ok(a, b, c):
-            gemm_launch.gemm_tma(be.lib, dt.short, _rows(c), _rows(a), b.ptr, b.full_strides()[-1], N,
-                                 bn=int(algo[len("gemm_tma"):]), stream=be.stream)
+            bn, ldw = int(algo[len("gemm_tma"):]), b.full_strides()[-1]
+            if epilogue is not None and _plain_rows(epilogue[0]) and (
+                    epilogue[2] is None or (_plain_rows(epilogue[2]) and epilogue[2].shape[-2:] == epilogue[0].shape[-2:])):
+                y, bias, res, act = epilogue  # the epilogue in the GEMM's own stores
+                gemm_launch.gemm_tma(be.lib, dt.short, _rows(y), _rows(a), b.ptr, ldw, y.shape[-1], bn=bn,
+                                     stream=be.stream, bias=bias, res=_rows(res) if res is not None else None,
+                                     act=LINEAR_ACTS[act])
+                return True
+            gemm_launch.gemm_tma(be.lib, dt.short, _rows(c), _rows(a), b.ptr, ldw, N, bn=bn, stream=be.stream)
             return False
         algo = select.tc3_variant(-(-N // 128) * -(-M // 128), be.lib.caps)  # TMA's alignment rules fail
     if algo is not None and algo.startswith("matmul_tc3s_m"):  # few rows: BM-row tiles, K split
@@ -64,6 +72,11 @@ def gemm(be: "CudaBackend", dt, c: Arg, a: Arg, b: Arg, algo: str | None, epilog
 def _rows(x: Arg) -> Arg:
     """A [1.., M, n] Arg as the 2-D [M, n] it is."""
     return Arg(x.ptr, x.shape[-2:], x.full_strides()[-2:])
+
+
+def _plain_rows(x: Arg) -> bool:
+    """Whether ``x`` is one row-major matrix: leading axes of 1, its last axis contiguous."""
+    return all(d == 1 for d in x.shape[:-2]) and len(x.shape) >= 2 and x.full_strides()[-1] == 1
 
 
 def tma_ok(a: Arg, b: Arg, c: Arg) -> bool:

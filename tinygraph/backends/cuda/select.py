@@ -82,19 +82,21 @@ def matmul_algo(M: int, N: int, batch: int, b_rows_contiguous: bool, dtype: str,
     return "matmul"
 
 
-#: gemm_tma256's work per tile relative to gemm_tma128's, per unit of time: its 128 x 256 tiles
-#: are ~15% more efficient (H200, f16, M = 2048: 670 vs 581 TFLOP/s on 4096 x 4096) when both
-#: fill whole waves
-TMA256_SPEEDUP = 1.15
+#: gemm_tma's output columns per unit of time by tile width, relative to 128-wide tiles when
+#: every width fills whole waves (H200, f16, M = 2048, `tools/bench_gemm.py`: 128 ~600, 192
+#: ~590-650, 256 ~680-750 TFLOP/s)
+TMA_TILE_SPEED = {128: 1.0, 192: 1.03, 256: 1.13}
 
 
 def gemm_tile(M: int, N: int, caps: DeviceCaps) -> int:
-    """gemm_tma's tile width (128 or 256 columns) for an [M, N] product: the one with the fewer
-    estimated wave-times, a wave being one 128 x BN tile per SM; a 256-wide tile takes
-    2 / TMA256_SPEEDUP of a 128-wide one's time. E.g. (132 SMs) M = 512: N = 4096 -> 128
-    (1 wave of 128 tiles vs 1 of 64 slower ones), N = 6144 -> 256 (2 waves vs 1)."""
-    waves = {bn: -(-(-(-M // 128) * -(-N // bn)) // caps.sm_count) for bn in (128, 256)}
-    return 256 if waves[256] * 2 / TMA256_SPEEDUP < waves[128] else 128
+    """gemm_tma's tile width (128, 192 or 256 columns) for an [M, N] product: the one with the
+    fewest estimated 128-wide-tile times, counting whole waves (one 128 x BN tile per SM) and
+    :data:`TMA_TILE_SPEED`. E.g. (132 SMs) M = 512: N = 4096 -> 128 (128 tiles: one wave),
+    N = 6144 -> 192 (128 tiles of 192: one wave, where 128-wide tiles need two)."""
+    def cost(bn: int) -> float:
+        waves = -(-(-(-M // 128) * -(-N // bn)) // caps.sm_count)
+        return waves * bn / 128 / TMA_TILE_SPEED[bn]
+    return min(TMA_TILE_SPEED, key=lambda bn: (cost(bn), bn))
 
 
 def small_m_splits(M: int, N: int, K: int, bm: int, caps: DeviceCaps) -> int:
