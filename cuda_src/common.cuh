@@ -42,9 +42,11 @@ template <> __device__ __forceinline__ int from_f32<int>(float x) { return (int)
 
 // Conversion between storage types (identity for equal types, exact for int->int).
 template <typename D, typename S> struct Convert {
+    static constexpr bool identity = false;
     static __device__ __forceinline__ D f(S x) { return from_f32<D>(to_f32(x)); }
 };
 template <typename T> struct Convert<T, T> {
+    static constexpr bool identity = true;
     static __device__ __forceinline__ T f(T x) { return x; }
 };
 
@@ -172,13 +174,24 @@ __device__ __forceinline__ void block_merge2(A& a, B& b, A* sa, B* sb, A a0, B b
 // RoPE: (cos, sin) of the angle of rotation pair p for a head of n_dims rotated elements:
 // inv_freq = 1 / theta^(2p / n_dims) rounded once to float32 as HF computes it (/ ff[p] when
 // ff is non-NULL), angle = float(position) * inv_freq in float32. rope.cu, attention.cu.
-__device__ __forceinline__ float2 rope_cossin(long long p, int n_dims, int position, const float* ff,
-                                              float theta) {
+// inv_freq of rotary pair p: theta^(-2p/n_dims) rounded to float32 (like HF's float32 inv_freq),
+// divided by ff[p] (float32 frequency factors) where given.
+__device__ __forceinline__ float rope_inv_freq(long long p, int n_dims, const float* ff, float theta) {
     float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * p) / (double)n_dims));
     if (ff) inv_freq = inv_freq / ff[p];
+    return inv_freq;
+}
+
+// (cos, sin) of the angle float(position) * inv_freq, in float32 like HF.
+__device__ __forceinline__ float2 rope_cossin_at(float inv_freq, int position) {
     float sn, cs;
     sincosf((float)position * inv_freq, &sn, &cs);
     return make_float2(cs, sn);
+}
+
+__device__ __forceinline__ float2 rope_cossin(long long p, int n_dims, int position, const float* ff,
+                                              float theta) {
+    return rope_cossin_at(rope_inv_freq(p, n_dims, ff, theta), position);
 }
 
 #define TG_GRID_STRIDE_LOOP(i, n)                                                            \

@@ -104,11 +104,41 @@ __device__ __forceinline__ void cpy_body(D* __restrict__ dst, const TD& dd, cons
     }
 }
 
+// Whether a same-dtype copy can move 16-byte vectors of E elements: both last axes contiguous
+// and multiples of E, every other stride (of an axis longer than 1) a multiple of E, both
+// pointers 16-byte aligned. Then E elements in a row of one are E in a row of the other.
+__device__ __forceinline__ bool cpy_vectorizable(const void* dst, const TD& dd, const void* src, const TD& sd,
+                                                 int E) {
+    if ((reinterpret_cast<unsigned long long>(dst) | reinterpret_cast<unsigned long long>(src)) & 15) return false;
+    if (dd.st[3] != 1 || sd.st[3] != 1 || dd.ne[3] % E || sd.ne[3] % E) return false;
+#pragma unroll
+    for (int k = 0; k < 3; ++k)
+        if ((dd.ne[k] > 1 && dd.st[k] % E) || (sd.ne[k] > 1 && sd.st[k] % E)) return false;
+    return true;
+}
+
+// The descriptor of the same tensor in units of E elements (last axis contiguous, see above).
+__device__ __forceinline__ TD td_in_vectors(TD d, int E) {
+    d.ne[3] /= E;
+#pragma unroll
+    for (int k = 0; k < 3; ++k) d.st[k] /= E;
+    return d;
+}
+
 template <typename S, typename D>
 __device__ __forceinline__ void cpy_kernel(D* dst, const TD& dd, const S* src, const TD& sd) {
     const long long n = td_numel(dd);
-    if (n < (1LL << 31)) cpy_body<S, D, unsigned>(dst, dd, src, sd, n);
-    else cpy_body<S, D, unsigned long long>(dst, dd, src, sd, n);
+    constexpr int E = 16 / sizeof(S);
+    // a layout copy (cont of a permuted view, e.g. the attention's heads back to rows): 16-byte
+    // vectors, one index decomposition per E elements instead of per element
+    if (sizeof(S) == sizeof(D) && Convert<D, S>::identity && n < (1LL << 31) && cpy_vectorizable(dst, dd, src, sd, E)) {
+        cpy_body<uint4, uint4, unsigned>(reinterpret_cast<uint4*>(dst), td_in_vectors(dd, E),
+                                         reinterpret_cast<const uint4*>(src), td_in_vectors(sd, E), n / E);
+    } else if (n < (1LL << 31)) {
+        cpy_body<S, D, unsigned>(dst, dd, src, sd, n);
+    } else {
+        cpy_body<S, D, unsigned long long>(dst, dd, src, sd, n);
+    }
 }
 
 #define TG_BINARY(name, Op, T, sfx)                                                            \

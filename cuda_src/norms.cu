@@ -8,7 +8,8 @@
 //   w and b are contiguous vectors of length ne[3] (the row length) or NULL (0) for none.
 //   od and xd have the same shape; strides are free (in-place out == x is allowed).
 // Launch: grid = (rows, 1, 1) with rows = ne[0]*ne[1]*ne[2]; block = (B, 1, 1), B a multiple of
-//   32 in [32, 1024] (kernels.py picks 32..1024 from the row length).
+//   32 in [32, 1024] (kernels.py picks 32..1024 from the row length); or, for rows of a warp
+//   (B = 32), block = (32, R) and grid = ceil(rows / R): R rows per block, one warp each.
 #include "common.cuh"
 
 // Row blockIdx.x of x normalised over its last axis into out: RMSNorm x / rms(x) (LAYER false) or
@@ -17,7 +18,12 @@ template <typename T, bool LAYER>
 __device__ __forceinline__ void norm_kernel(T* out, const TD& od, const T* x, const TD& xd, const T* w,
                                             const T* b, float eps) {
     __shared__ float scratch[32];
-    const long long r = blockIdx.x;
+    // blockDim.y rows per block, a warp each when blockDim.y > 1 (short rows: q/k norms of
+    // many heads); one row per block otherwise
+    const long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y;
+    const bool warp_rows = blockDim.y > 1;
+    if (warp_rows && r >= td_rows(xd)) return;  // (no block-wide sync on this path)
+    auto sum = [&](float v) { return warp_rows ? warp_sum(v) : block_sum(v, scratch); };
     const int n = (int)xd.ne[3];
     const T* xr = x + td_row_offset(xd, r);
     T* orow = out + td_row_offset(od, r);
@@ -26,14 +32,14 @@ __device__ __forceinline__ void norm_kernel(T* out, const TD& od, const T* x, co
     if (LAYER) {
         float s = 0.0f;
         for (int j = threadIdx.x; j < n; j += blockDim.x) s += to_f32(xr[j * xs]);
-        mean = block_sum(s, scratch) / (float)n;
+        mean = sum(s) / (float)n;
     }
     float q = 0.0f;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         const float d = to_f32(xr[j * xs]) - mean;
         q += d * d;
     }
-    const float inv = 1.0f / sqrtf(block_sum(q, scratch) / (float)n + eps);
+    const float inv = 1.0f / sqrtf(sum(q) / (float)n + eps);
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         float v = (to_f32(xr[j * xs]) - mean) * inv;
         if (w) v *= to_f32(w[j]);

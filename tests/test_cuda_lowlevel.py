@@ -279,6 +279,27 @@ def test_cpy_reshape_and_concat(lib, rng, dt):
     assert_poison_kept(dstv, "strided cpy")
 
 
+@pytest.mark.parametrize("dt", DTYPES)
+def test_cpy_16_byte_vectors(lib, rng, dt):
+    # the attention's head-major output back to rows: [H, T, hd] viewed as [T, H, hd], copied in
+    # 16-byte vectors (last axes contiguous, strides multiples of the vector)
+    H, T, hd = 5, 37, 64
+    x = DT(rnd(rng, (H, T, hd), dt), lambda h: h.transpose(1, 0, 2))
+    out = DT.empty((T, H * hd), NP[dt])
+    lib.copy(out.arg, x.arg, dt)
+    assert np.array_equal(f64(out.fetch()), f64(x.view).reshape(T, H * hd))
+    # shapes that differ (a reshape), the destination a strided view with its rows padded
+    dst = DT.empty((T * H, 72), NP[dt], lambda h: h[:, :hd])
+    lib.copy(dst.arg, x.arg, dt)
+    assert np.array_equal(f64(dst.fetch()), f64(x.view).reshape(T * H, hd))
+    assert_poison_kept(dst, "vector cpy into a strided view")
+    # one element off the 16-byte boundary: the element-wise path, same result
+    y = DT(rnd(rng, (T, hd + 1), dt), lambda h: h[:, 1:])
+    out2 = DT.empty((T, hd), NP[dt])
+    lib.copy(out2.arg, y.arg, dt)
+    assert np.array_equal(f64(out2.fetch()), f64(y.view))
+
+
 def test_cpy_i32(lib, rng):
     x = DT(rng.integers(-2**31, 2**31 - 1, size=(17, 9), dtype=np.int32), lambda h: h.T)
     out = DT.empty((9, 17), np.int32)
@@ -305,7 +326,7 @@ def _ln_ref(x, w, b, eps):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
-@pytest.mark.parametrize("shape", [(3, 7, 577), (5, 33), (2, 4097), (1, 1, 1, 31)])
+@pytest.mark.parametrize("shape", [(3, 7, 577), (5, 33), (2, 4097), (1, 1, 1, 31), (37, 128), (3, 9, 64)])
 def test_rms_norm(lib, rng, dt, shape):
     D = shape[-1]
     x = DT(rnd(rng, shape, dt) + NP[dt](0.5))
@@ -331,7 +352,7 @@ def test_rms_norm_strided(lib, rng, dt):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
-@pytest.mark.parametrize("shape", [(3, 7, 577), (5, 33), (2, 1025)])
+@pytest.mark.parametrize("shape", [(3, 7, 577), (5, 33), (2, 1025), (19, 96)])
 def test_layer_norm(lib, rng, dt, shape):
     D = shape[-1]
     x = DT(rnd(rng, shape, dt, 2.0) + NP[dt](3.0))  # non-zero mean: tests the two-pass variance
@@ -428,6 +449,7 @@ def test_rope(lib, rng, dt, mode):
         ("batch", (2, 5, 4, 128), 1e6, None, False),
         ("partial", (9, 2, 80), 10000.0, 32, False),
         ("freq_factors", (6, 3, 64), 500000.0, None, True),
+        ("past the inv_freq table", (3, 2, 576), 10000.0, None, True),  # 288 pairs > TG_ROPE_TABLE
     ]
     for name, shape, theta, n_dims, use_ff in cases:
         T, hd = shape[-3], shape[-1]

@@ -446,6 +446,20 @@ def row_block_size(n: int) -> int:
     return b
 
 
+#: rows per block of a norm over rows of at most 128 elements (a warp each)
+NORM_WARP_ROWS = 8
+
+
+def norm_config(rows: int, n: int) -> tuple:
+    """(grid, block) of ``rms_norm`` / ``layer_norm`` over ``rows`` rows of ``n`` elements: a
+    block per row, or for rows a warp covers (n <= 128) a warp per row and NORM_WARP_ROWS rows a
+    block, so that the q / k norms of a long prompt (16k rows of 128) are not 16k 1-warp blocks."""
+    block = row_block_size(n)
+    if block > 32 or rows < 2:
+        return rows, block
+    return -(-rows // NORM_WARP_ROWS), (32, NORM_WARP_ROWS)
+
+
 class MatmulPlan(NamedTuple):
     func: driver.Function
     grid: tuple

@@ -113,7 +113,7 @@ from .kernel_specs import (  # noqa: F401 (re-exported: the library's names live
     StoreArgs, TD, _BIN, _DTYPE_ALIASES, _F, _ITEMSIZE, _LINEAR_PARAMS, _LINEAR_RB_SMEM_BYTES, _MM, _ONE,
     _PAIRS, _SAMPLE_TAIL, _UN, _arch_number, _check_broadcast, _fold_to_rank4, _linear_code, _reg,
     all_kernel_names, dtype_suffix, elementwise_config, f32, fa_shared_bytes, gemv_block_size, i32, itemsize,
-    LINEAR_BLOCK, kernel_name, linear_rows_per_block, ptr, row_block_size, sample_workspace_bytes,
+    LINEAR_BLOCK, kernel_name, linear_rows_per_block, norm_config, ptr, row_block_size, sample_workspace_bytes,
     tc3_shared_bytes, td)
 
 __all__ = [
@@ -293,14 +293,14 @@ class KernelLibrary:
         rows = x.numel // max(1, x.shape[-1]) if x.shape else 1
         if x.numel == 0:
             return
-        self._launch(self.get("rms_norm", dtype), rows, row_block_size(x.shape[-1]),
+        self._launch(self.get("rms_norm", dtype), *norm_config(rows, x.shape[-1]),
                       [out.addr, out.td, x.addr, x.td, ptr(w), f32(eps)], stream=stream)
 
     def layer_norm(self, dtype, out: Arg, x: Arg, w, b, eps: float, stream=None) -> None:
         if x.numel == 0:
             return
         rows = x.numel // x.shape[-1]
-        self._launch(self.get("layer_norm", dtype), rows, row_block_size(x.shape[-1]),
+        self._launch(self.get("layer_norm", dtype), *norm_config(rows, x.shape[-1]),
                       [out.addr, out.td, x.addr, x.td, ptr(w), ptr(b), f32(eps)], stream=stream)
 
     def softmax(self, dtype, out: Arg, x: Arg, scale: float = 1.0, causal: bool = False,
