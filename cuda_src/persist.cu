@@ -22,6 +22,12 @@
 //   The last block to finish resets counters[0 .. ncounters] to zero (counters[ncounters] counts
 //   finished blocks), so every launch starts from zeros without a memset.
 //   Dynamic shared memory: ceil(K/4)*4*4 bytes for the largest K among the nodes; 256 threads.
+//
+// persist_linear_stamps_T(..., int ncounters, unsigned long long* stamps)
+//   The same, and thread 0 of the block running task t writes its timeline: stamps[4t ..] =
+//   %globaltimer (ns) at the task's start, once its needs are met, once its outputs are written
+//   (before the release), and (SM id << 32) | block. persistent.py launches it when a timeline is
+//   asked for (persistent.timeline; tools/profile_step.py --timeline).
 #include "linear_gemv.cuh"
 
 // Tuning knobs (A/B through TINYGRAPH_CUDA_OPTIONS, e.g. -DTG_PERSIST_SLEEP=0):
@@ -60,10 +66,17 @@ __device__ __forceinline__ int tg_ld_acquire(const int* p) {
     return v;
 }
 
-template <typename T>
+__device__ __forceinline__ unsigned long long tg_globaltimer() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+template <typename T, bool STAMPS>
 __device__ __forceinline__ void persist_linear(const PLinear<T>* __restrict__ args, const int* __restrict__ tasks,
                                                const int* __restrict__ needs, const int* __restrict__ qstart,
-                                               const int* __restrict__ qtasks, int* counters, int ncounters) {
+                                               const int* __restrict__ qtasks, int* counters, int ncounters,
+                                               unsigned long long* stamps) {
     bool first = true;
     const int q0 = qstart[blockIdx.x], q1 = qstart[blockIdx.x + 1];
     // the nodes' arguments into shared memory once (they are written before the launch, so this
@@ -78,7 +91,10 @@ __device__ __forceinline__ void persist_linear(const PLinear<T>* __restrict__ ar
     }
     const PLinear<T>* sargs = in_smem ? reinterpret_cast<const PLinear<T>*>(sraw) : args;
     for (int i = q0; i < q1; ++i) {
-        const int* tk = tasks + 5 * __ldg(qtasks + i);
+        const int task = __ldg(qtasks + i);
+        const int* tk = tasks + 5 * task;
+        unsigned long long t_begin = 0, t_ready = 0;
+        if (STAMPS && threadIdx.x == 0) t_begin = tg_globaltimer();
         const int node = __ldg(tk), part = __ldg(tk + 1), parts = __ldg(tk + 2), n0 = __ldg(tk + 3), nn = __ldg(tk + 4);
         const PLinear<T>& a = sargs[node];
         if (TG_PERSIST_TRIGGER && i == q1 - 1) tg_pdl_trigger();
@@ -94,11 +110,20 @@ __device__ __forceinline__ void persist_linear(const PLinear<T>* __restrict__ ar
             }
             if (TG_PERSIST_FENCE) __threadfence();
             __syncthreads();
+            if (STAMPS && threadIdx.x == 0) t_ready = tg_globaltimer();
         };
         linear_gemv_body<T, 1, true>(a.y, a.yd, a.x, a.xd, a.w, a.ldw, a.bias, a.res, a.rd, a.nw, a.nb,
                                      a.eps, a.norm, a.act, a.N, a.K, 1, part, parts, wait);
         __syncthreads();  // every warp's outputs are written (and the staged row is free again)
         if (threadIdx.x == 0) {
+            if (STAMPS) {
+                unsigned smid;
+                asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+                stamps[4 * task] = t_begin;
+                stamps[4 * task + 1] = t_ready;
+                stamps[4 * task + 2] = tg_globaltimer();
+                stamps[4 * task + 3] = ((unsigned long long)smid << 32) | blockIdx.x;
+            }
             if (TG_PERSIST_FENCE) {
                 __threadfence();
                 atomicAdd(counters + node, 1);
@@ -121,7 +146,12 @@ __device__ __forceinline__ void persist_linear(const PLinear<T>* __restrict__ ar
     extern "C" __global__ void __launch_bounds__(256, TG_PERSIST_MIN_BLOCKS) persist_linear_##sfx(                     \
         const PLinear<T>* args, const int* tasks, const int* needs, const int* qstart,             \
         const int* qtasks, int* counters, int ncounters) {                                        \
-        persist_linear<T>(args, tasks, needs, qstart, qtasks, counters, ncounters);               \
+        persist_linear<T, false>(args, tasks, needs, qstart, qtasks, counters, ncounters, nullptr); \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(256, TG_PERSIST_MIN_BLOCKS) persist_linear_stamps_##sfx(              \
+        const PLinear<T>* args, const int* tasks, const int* needs, const int* qstart,             \
+        const int* qtasks, int* counters, int ncounters, unsigned long long* stamps) {            \
+        persist_linear<T, true>(args, tasks, needs, qstart, qtasks, counters, ncounters, stamps); \
     }
 TG_PERSIST(float, f32)
 TG_PERSIST(__half, f16)

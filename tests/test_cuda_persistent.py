@@ -107,3 +107,28 @@ def test_decode_steps_are_the_same_with_and_without_segments(monkeypatch, fam, d
     assert on_toks == off_toks
     for k, (a, b) in enumerate(zip(on, off)):
         _same(a, b, f"step {k}")
+
+
+def test_the_stamped_kernel_keeps_the_order_and_the_outputs(monkeypatch):
+    # persist_linear_stamps: the same logits as the plain persistent kernel, every task stamped
+    # by a block on a real SM, and no task finding its needs met before they were done
+    from tinygraph import task_timeline
+    monkeypatch.setattr(persistent, "ENABLED", True)
+    names = launched_names(monkeypatch)
+    with load_model(FIX / "llama", backend="cuda", dtype="float16") as m:
+        prompt = np.arange(3, 10, dtype=np.int32)
+        m.step(prompt, 0)
+        g, ids, pos = m.step_graph(1, "logits")
+        feeds = {ids: np.array([11], np.int32), pos: np.array([len(prompt)], np.int32)}
+        (plain,) = m.session.compute(g, feeds)
+        persistent.record_timeline(m.session.backend)
+        g2, ids2, pos2 = m.step_graph(1, "logits")
+        (stamped,) = m.session.compute(g2, {ids2: feeds[ids], pos2: feeds[pos]})
+        timelines = persistent.read_timeline(m.session.backend)
+        sms = m.session.backend.lib.sm_count
+    assert any(n.startswith("persist_linear_stamps_") for n in names) and timelines
+    _same(stamped, plain)
+    for seg, stamps in timelines:
+        assert task_timeline.order_violations(seg.tables, stamps) == []
+        assert ((stamps[:, 3] >> np.uint64(32)) < sms).all()
+        assert "block" in task_timeline.report(seg.tables, stamps, [f"n{i}" for i in range(seg.tables.counters)])

@@ -19,6 +19,12 @@ CUDA-graph replays instead.
     python tools/profile_step.py --model M.gguf --compare M-F16.gguf --backend cuda
     python tools/profile_step.py --model M.gguf --tokens 512 --context 0 # a 512-token prefill
     python tools/profile_step.py --backend numpy --runs 2          # the default model on the CPU
+    python tools/profile_step.py --model M.gguf --timeline T.txt   # + the persistent kernel's timeline
+
+``--timeline FILE`` (CUDA, decode): one more decode step with persistent segments on
+(``TINYGRAPH_PERSISTENT``'s mode) and their kernel stamping each task (``persist_linear_stamps``);
+FILE gets each segment's timeline (``tinygraph/task_timeline.py``: per node, then per block and
+SM), and the tool fails if a task found its needs met before the tasks it needs were done.
 """
 from __future__ import annotations
 
@@ -99,6 +105,33 @@ def report(profs: list[dict], top: int) -> str:
     return "\n".join(lines)
 
 
+def timeline(path: str | None, dtype: str, context: int, out: Path) -> list[str]:
+    """One decode step at position ``context`` with persistent segments on and stamped; their
+    timelines written to ``out``. Returns the order violations (empty when the counters held)."""
+    from tinygraph import task_timeline
+    from tinygraph.backends.cuda import persistent
+    was = persistent.ENABLED
+    persistent.ENABLED = True
+    try:
+        with load_model(path, backend="cuda", dtype=dtype, max_context=context + 64) as m:
+            be = m.session.backend
+            persistent.record_timeline(be)
+            g, ids, pos = m.step_graph(1, "logits")
+            m.session.compute(g, {ids: np.array([5], np.int32), pos: np.array([context], np.int32)})
+            texts, bad = [], []
+            order = g.plan().order
+            for seg, stamps in persistent.read_timeline(be):
+                names = [n.name for n in order[seg.start:seg.stop]]
+                texts.append(task_timeline.report(seg.tables, stamps, names, f"segment at node {seg.start}: "))
+                bad += [f"segment at node {seg.start}: {v}" for v in task_timeline.order_violations(seg.tables, stamps)]
+            if not texts:
+                texts.append("no persistent segments in this step (no run of >= 2 one-row fused linears)")
+            out.write_text("\n\n".join(texts) + "\n")
+            return bad
+    finally:
+        persistent.ENABLED = was
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="checkpoint or GGUF (default: the default model)")
@@ -110,11 +143,17 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=1, help="tokens of the step (1: decode; more: a prefill step)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--timeline", default=None, metavar="FILE",
+                    help="CUDA decode: write the persistent kernel's per-task timeline of one step to FILE")
     args = ap.parse_args(argv)
     profs = [profile(args.model, args.backend, args.dtype, args.context, args.runs, args.quantize, args.tokens)]
     if args.compare:
         profs.append(profile(args.compare, args.backend, args.dtype, args.context, args.runs, None, args.tokens))
     print(report(profs, args.top))
+    if args.timeline:
+        bad = timeline(args.model, args.dtype, args.context, Path(args.timeline))
+        print(f"timeline: {args.timeline}" + "".join(f"\n  ORDER VIOLATION {v}" for v in bad))
+        return 1 if bad else 0
     return 0
 
 

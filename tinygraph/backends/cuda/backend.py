@@ -89,6 +89,7 @@ class CudaBackend(Backend):
         self._klog: dict[int, list[str]] | None = None  # the graph being lowered's Graph.kernels
         self._choices: dict[int, object] = {}  # the kernel choices of the plan being run
         self._persist: dict[bytes, tuple] = {}  # persistent segments' device tables, by content
+        self._persist_stamps: dict[int, tuple] | None = None  # persistent.record_timeline's buffers
 
     # -- persistent buffers -------------------------------------------------------------------
     def allocate(self, t: Tensor) -> None:
@@ -126,10 +127,12 @@ class CudaBackend(Backend):
         self.buffers.clear()
         self._replay.clear()
         for b in (self._arena, self._inputs, self._scratch, self._work, self._pin, *self._rings,
-                  *(x for kept in self._persist.values() for x in kept)):
+                  *(x for kept in self._persist.values() for x in kept),
+                  *(buf for _, buf in (self._persist_stamps or {}).values())):
             if b is not None:
                 b.free()
         self._persist.clear()
+        self._persist_stamps = None
         self._arena = self._inputs = self._scratch = self._work = self._pin = None
         self._rings.clear()
         for m in self.lib._modules.values():  # the kernels' device memory

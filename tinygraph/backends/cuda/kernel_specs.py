@@ -280,6 +280,11 @@ _reg(KernelSpec("persist_linear", "persist.cu",
                  ("counters", "ptr"), ("ncounters", "i32")),
                 _ONE, "persistent",
                 "a run of decode linears as tasks on one block per SM, ordered by counters (PLinear args)"))
+_reg(KernelSpec("persist_linear_stamps", "persist.cu",
+                (("args", "ptr"), ("tasks", "ptr"), ("needs", "ptr"), ("qstart", "ptr"), ("qtasks", "ptr"),
+                 ("counters", "ptr"), ("ncounters", "i32"), ("stamps", "ptr")),
+                _ONE, "persistent",
+                "persist_linear writing each task's %globaltimer stamps (start, needs met, done) and SM"))
 
 # ggml block-quantized weights (linear_q.cu and linear_q_k.cu, linear_qmma.cu, linear_qr.cu; launch helpers in
 # quant_launch.py). linear_q.cuh's kernels are instantiated in two files, the k-quants apart, so that a cold

@@ -194,7 +194,8 @@ def launch(be: "CudaBackend", seg: Segment, order: list[Tensor], base: dict[int,
     (``be._persist``, kept while the backend lives: a captured graph holds their address); the
     kernel leaves its counters at zero for the next run."""
     lib = be.lib
-    f = lib.get("persist_linear", seg.dtype)
+    stamps = be._persist_stamps
+    f = lib.get("persist_linear" if stamps is None else "persist_linear_stamps", seg.dtype)
     lib._ensure_dynamic_smem(f, seg.smem)
     nq = len(seg.tables.queue_start) - 1
     if lib._blocks_per_sm(f, BLOCK, seg.smem) * lib.sm_count < nq:
@@ -212,6 +213,45 @@ def launch(be: "CudaBackend", seg: Segment, order: list[Tensor], base: dict[int,
             dev.upload(np.frombuffer(blob, np.uint8))
         kept = be._persist[blob] = (dev, host)
     dev = kept[0]
-    lib._launch(f, nq, BLOCK, [*(ptr(dev.ptr + o) for o in offs), i32(seg.tables.counters)],
-                stream=be.stream, shared_mem=seg.smem, pdl=None)
+    args = [*(ptr(dev.ptr + o) for o in offs), i32(seg.tables.counters)]
+    if stamps is not None:
+        args.append(ptr(_stamp_buffer(be, seg).ptr))
+    lib._launch(f, nq, BLOCK, args, stream=be.stream, shared_mem=seg.smem, pdl=None)
     return True
+
+
+def _stamp_buffer(be: "CudaBackend", seg: Segment) -> driver.DeviceBuffer:
+    """The device buffer segment ``seg``'s stamps go to ([n_tasks, 4] uint64), made (zeroed
+    where no capture is open: the kernel stamps every task anyway) on first use."""
+    kept = be._persist_stamps.get(id(seg))
+    if kept is None:
+        buf = driver.DeviceBuffer(len(seg.tables.tasks) * 32, what="persistent kernel timeline", device=be.device)
+        if not driver.capturing():
+            driver.memset_d8(buf, 0, len(seg.tables.tasks) * 32)
+        kept = be._persist_stamps[id(seg)] = (seg, buf)
+    return kept[1]
+
+
+def record_timeline(be: "CudaBackend", on: bool = True) -> None:
+    """From now on (``on``), the persistent launches of backend ``be`` run the kernel that
+    stamps each task (``persist_linear_stamps``); steps captured before keep their launches, so
+    turn it on before a graph's first run. :func:`read_timeline` reads what the launches wrote."""
+    if not on:
+        for _, buf in (be._persist_stamps or {}).values():
+            buf.free()
+    be._persist_stamps = {} if on else None
+
+
+def read_timeline(be: "CudaBackend") -> list[tuple[Segment, np.ndarray]]:
+    """Each segment's stamps from its latest launch, [n_tasks, 4] uint64 (start, needs met, done:
+    ns of %globaltimer; SM << 32 | block), once the stream has finished; see
+    :mod:`tinygraph.task_timeline` for reading them."""
+    if be._persist_stamps is None:
+        raise RuntimeError("no timeline is being recorded: call persistent.record_timeline(backend) first")
+    be.stream.synchronize("reading the persistent kernels' timeline")
+    out = []
+    for seg, buf in be._persist_stamps.values():
+        host = np.zeros((len(seg.tables.tasks), 4), np.uint64)
+        buf.download(host)
+        out.append((seg, host))
+    return out
