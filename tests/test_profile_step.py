@@ -29,3 +29,11 @@ def test_profile_a_prefill_step(capsys) -> None:
     out = capsys.readouterr().out
     assert "us/step" in out and "us/tok" not in out
     assert any("layers.0.attn.qkv" in line and "(8, " in line for line in out.splitlines()), out
+
+
+def test_the_timeline_needs_the_cuda_backend(capsys) -> None:
+    import pytest
+    fix = ROOT / "tests" / "fixtures"
+    with pytest.raises(SystemExit) as e:
+        profile_step.main(["--model", str(fix / "llama"), "--backend", "numpy", "--timeline", "t.txt"])
+    assert e.value.code == 2 and "--timeline needs the CUDA backend" in capsys.readouterr().err

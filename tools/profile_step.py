@@ -146,6 +146,12 @@ def main(argv=None) -> int:
     ap.add_argument("--timeline", default=None, metavar="FILE",
                     help="CUDA decode: write the persistent kernel's per-task timeline of one step to FILE")
     args = ap.parse_args(argv)
+    if args.timeline:
+        from tinygraph.backends import cuda_available
+        ok, why = cuda_available()
+        if args.backend not in ("cuda", "auto") or not ok:
+            ap.error(f"--timeline needs the CUDA backend (the persistent kernel stamps its tasks on the GPU)"
+                     + ("" if ok else f": {why}"))
     profs = [profile(args.model, args.backend, args.dtype, args.context, args.runs, args.quantize, args.tokens)]
     if args.compare:
         profs.append(profile(args.compare, args.backend, args.dtype, args.context, args.runs, None, args.tokens))
