@@ -1,9 +1,10 @@
 """Helpers shared by the kernel-level CUDA tests: device arrays with poisoned outputs, float64
-references and closeness checks, and the ``dev``/``rng`` fixtures. Importing it skips the
+references and closeness checks, and the ``dev``/``rng``/``lib`` fixtures. Importing it skips the
 importing test module where no CUDA driver/GPU is usable."""
 from __future__ import annotations
 
 import math
+import os
 import zlib
 
 import ml_dtypes
@@ -24,6 +25,21 @@ DTYPES = ["f32", "f16", "bf16"]
 @pytest.fixture(scope="module")
 def dev():
     return driver.get_device(0)
+
+
+@pytest.fixture(scope="module")
+def lib(dev, tmp_path_factory):
+    old = os.environ.get("TINYGRAPH_CACHE_DIR")
+    os.environ["TINYGRAPH_CACHE_DIR"] = str(tmp_path_factory.mktemp("kcache"))
+    try:
+        lib = kernels.KernelLibrary(dev)
+        lib.load_all()
+        yield lib
+    finally:
+        if old is None:
+            os.environ.pop("TINYGRAPH_CACHE_DIR", None)
+        else:
+            os.environ["TINYGRAPH_CACHE_DIR"] = old
 
 
 @pytest.fixture
