@@ -139,6 +139,7 @@ def fake_backend() -> cb.CudaBackend:
     be._scratch_used = 0
     be._klog = None
     be._persist = {}
+    be._persist_stamps = None
     return be
 
 
@@ -156,13 +157,17 @@ def cuda_graph_rules(session) -> Iterator[None]:
         del session.backend.paged_attention_ok
 
 
-def record_launches(graph: Graph, plan: ExecPlan, kernels: dict | None = None) -> list:
+def record_launches(graph: Graph, plan: ExecPlan, kernels: dict | None = None, timeline: bool = False) -> list:
     """The launches the CUDA backend makes to run ``plan`` of ``graph`` once, eagerly: a list of
     (kernel name, grid, block, shared bytes, pdl, arguments as plain data). ``kernels``: a dict the
-    backend fills as for ``Graph.kernels`` (node id -> kernel names)."""
+    backend fills as for ``Graph.kernels`` (node id -> kernel names); ``timeline``: with
+    ``persistent.record_timeline`` on."""
+    from tinygraph.backends.cuda import persistent
     with fake_driver() as rec:
         be = fake_backend()
         be._klog = kernels
+        if timeline:
+            persistent.record_timeline(be)
         base: dict[int, int] = {}
         for n in plan.order:
             for t in (n,) + tuple(n.srcs):

@@ -110,3 +110,24 @@ def test_the_argument_record_matches_the_kernels_struct() -> None:
         names += [v.strip().lstrip("*") for v in decl.split(" ", 1)[1].split(",")] if " " in decl else []
     names = [re.sub(r"^\*", "", n.split()[-1]) for n in names]
     assert names == [f for f, _ in persistent.PLinear._fields_]
+
+
+@pytest.mark.parametrize("timeline", [False, True])
+def test_a_decode_step_launches_a_persistent_kernel_per_segment(timeline: bool) -> None:
+    # recorded without a GPU: one persist_linear launch per segment, one block per queue; with the
+    # timeline on, the stamping kernel with a stamps buffer of its own per segment as its last argument
+    from cuda_record import record_launches
+    with load_model(FIX / "llama", backend="numpy", dtype="float16") as m:
+        m.step(np.arange(3, 8, dtype=np.int32), 0)
+        g, _, _ = m.step_graph(1, "argmax")
+        plan = m.session._plan_for(g)
+        rec = record_launches(g, plan, timeline=timeline)
+    attn = sum(n.op.startswith("attention") for n in plan.order)
+    persist = [x for x in rec if x[0].startswith("persist_linear")]
+    assert len(persist) == attn  # a segment after each attention
+    name = "persist_linear_stamps_f16" if timeline else "persist_linear_f16"
+    assert {x[0] for x in persist} == {name}
+    assert all(x[1][0] == 132 * persistent.BLOCKS_PER_SM and x[2][0] == persistent.BLOCK for x in persist)
+    assert {len(x[5]) for x in persist} == {8 if timeline else 7}
+    if timeline:
+        assert len({x[5][-1] for x in persist}) == len(persist)  # a stamps buffer per segment
