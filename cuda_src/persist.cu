@@ -27,7 +27,7 @@
 //   The same, and thread 0 of the block running task t writes its timeline: stamps[4t ..] =
 //   %globaltimer (ns) at the task's start, once its needs are met, once its outputs are written
 //   (before the release), and (SM id << 32) | block. persistent.py launches it when a timeline is
-//   asked for (persistent.timeline; tools/profile_step.py --timeline).
+//   asked for (persistent.record_timeline; tools/profile_step.py --timeline).
 #include "linear_gemv.cuh"
 
 // Tuning knobs (A/B through TINYGRAPH_CUDA_OPTIONS, e.g. -DTG_PERSIST_SLEEP=0):

@@ -34,7 +34,7 @@ def order_violations(tables: TaskTables, stamps: np.ndarray) -> list[str]:
     whose needs were met before a task of a node it needs was done. Empty when all is well."""
     s = _check(tables, stamps)
     out = []
-    unstamped = np.flatnonzero((s[:, :3] == 0).all(axis=1))
+    unstamped = np.flatnonzero((s[:, :WHERE] == 0).all(axis=1))
     if len(unstamped):
         out.append(f"{len(unstamped)} tasks were never stamped (first: task {int(unstamped[0])})")
     bad = np.flatnonzero((s[:, START] > s[:, READY]) | (s[:, READY] > s[:, DONE]))
@@ -58,9 +58,9 @@ def report(tables: TaskTables, stamps: np.ndarray, names: Sequence[str], title: 
     ``names``: the segment's node names, by node index."""
     s = _check(tables, stamps).astype(np.int64)
     t0 = int(s[:, START].min()) if len(s) else 0
-    us = (s[:, :3] - t0) / 1e3
+    us = (s[:, :WHERE] - t0) / 1e3  # start, ready, done
     node = tables.tasks[:, 0]
-    span = float(us[:, 2].max()) if len(us) else 0.0
+    span = float(us[:, DONE].max()) if len(us) else 0.0
     lines = [f"{title}{len(s)} tasks of {tables.counters} nodes on {len(tables.queue_start) - 1} blocks, "
              f"{span:.1f} µs from the first start to the last done",
              f"{'node':40s} {'tasks':>5s} {'start':>8s} {'done':>8s} {'wait':>7s} {'work':>7s}   (µs)"]
@@ -69,8 +69,8 @@ def report(tables: TaskTables, stamps: np.ndarray, names: Sequence[str], title: 
         if not m.any():
             continue
         u = us[m]
-        lines.append(f"{names[k][:40]:40s} {int(m.sum()):5d} {u[:, 0].min():8.2f} {u[:, 2].max():8.2f} "
-                     f"{(u[:, 1] - u[:, 0]).mean():7.2f} {(u[:, 2] - u[:, 1]).mean():7.2f}")
+        lines.append(f"{names[k][:40]:40s} {int(m.sum()):5d} {u[:, START].min():8.2f} {u[:, DONE].max():8.2f} "
+                     f"{(u[:, READY] - u[:, START]).mean():7.2f} {(u[:, DONE] - u[:, READY]).mean():7.2f}")
     lines.append("")
     lines.append("block (SM): its tasks in order, node.part start+wait+work (µs)")
     for b in range(len(tables.queue_start) - 1):
@@ -78,7 +78,7 @@ def report(tables: TaskTables, stamps: np.ndarray, names: Sequence[str], title: 
         if not len(q):
             continue
         sm = int(s[q[0], WHERE]) >> 32
-        items = " ".join(f"{int(node[t])}.{int(tables.tasks[t, 1])} {us[t, 0]:.1f}+{us[t, 1] - us[t, 0]:.1f}"
-                         f"+{us[t, 2] - us[t, 1]:.1f}" for t in q)
+        items = " ".join(f"{int(node[t])}.{int(tables.tasks[t, 1])} {us[t, START]:.1f}+{us[t, READY] - us[t, START]:.1f}"
+                         f"+{us[t, DONE] - us[t, READY]:.1f}" for t in q)
         lines.append(f"block {b:3d} (SM {sm:3d}): {items}")
     return "\n".join(lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ctypes
 
-from .kernel_specs import Arg, dtype_suffix, i32, ptr
+from .kernel_specs import LINEAR_ACTS, Arg, dtype_suffix, i32, ptr
 
 # -- the TMA-fed form ----------------------------------------------------------------------------
 #: gemm_tma<BN>'s ring depth (GT_STAGES in cuda_src/gemm_wgmma.cu)
@@ -68,8 +68,8 @@ def tma_problem(C: Arg, A: Arg, w_ptr, ldw: int, N: int) -> str | None:
     return None
 
 
-#: the fused epilogue's activation codes (LINEAR_ACTS: none, gelu, silu, swiglu)
-ACT_SWIGLU = 3
+#: the fused epilogue's activation code whose W holds gate and up rows
+ACT_SWIGLU = LINEAR_ACTS["swiglu"]
 
 
 def gemm_tma(lib, dtype, C: Arg, A: Arg, w_ptr, ldw: int, N: int, bn: int = 128, stream=None, bias=None,
@@ -94,9 +94,9 @@ def gemm_tma(lib, dtype, C: Arg, A: Arg, w_ptr, ldw: int, N: int, bn: int = 128,
     smem = tma_smem(bn)
     lib._ensure_dynamic_smem(f, smem)
     glu = act == ACT_SWIGLU
+    cols = bn // 2 if glu else bn  # output columns a block writes (swiglu: half its W tile)
     tma = tensor_map(A.addr.value, M, K, lda, 128, sfx)
-    tmw = tensor_map(ptr(w_ptr).value, 2 * N if glu else N, K, ldw, bn // 2 if glu else bn, sfx)
-    cols = bn // 2 if glu else bn
+    tmw = tensor_map(ptr(w_ptr).value, 2 * N if glu else N, K, ldw, cols, sfx)
     lib._launch(f, (-(-M // 128), -(-N // cols)), 384,
                 [C.addr, ctypes.c_int64(ldc), tma, tmw, i32(M), i32(N), i32(K), ptr(bias),
                  res.addr if res is not None else ptr(None),

@@ -225,9 +225,10 @@ def _stamp_buffer(be: "CudaBackend", seg: Segment) -> driver.DeviceBuffer:
     where no capture is open: the kernel stamps every task anyway) on first use."""
     kept = be._persist_stamps.get(id(seg))
     if kept is None:
-        buf = driver.DeviceBuffer(len(seg.tables.tasks) * 32, what="persistent kernel timeline", device=be.device)
+        nbytes = len(seg.tables.tasks) * 4 * 8
+        buf = driver.DeviceBuffer(nbytes, what="persistent kernel timeline", device=be.device)
         if not driver.capturing():
-            driver.memset_d8(buf, 0, len(seg.tables.tasks) * 32)
+            driver.memset_d8(buf, 0, nbytes)
         kept = be._persist_stamps[id(seg)] = (seg, buf)
     return kept[1]
 
